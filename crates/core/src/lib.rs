@@ -1,0 +1,206 @@
+//! palisade-core: the vocabulary every other Palisade crate shares.
+//!
+//! It owns the types that carry security meaning across crate boundaries:
+//! [`Secret`] (a value that never prints and is wiped on drop), [`RequestId`],
+//! random identifiers, the clock, and Vault-style duration parsing. It sits
+//! underneath everything else in the flow and depends on no other Palisade crate.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A value that must never reach a log, an error message or a panic.
+///
+/// `Debug` prints `Secret([REDACTED])`, there is no `Display`, equality is
+/// constant time, and the memory is zeroed on drop.
+#[derive(Clone, Default)]
+pub struct Secret<T: Zeroize>(T);
+
+impl<T: Zeroize> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// Borrow the secret. Call sites are the places to audit.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Zeroize> Drop for Secret<T> {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl<T: Zeroize> ZeroizeOnDrop for Secret<T> {}
+
+impl<T: Zeroize> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+impl<T: Zeroize + AsRef<[u8]>> PartialEq for Secret<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref().ct_eq(other.0.as_ref()).into()
+    }
+}
+impl<T: Zeroize + AsRef<[u8]>> Eq for Secret<T> {}
+
+impl From<String> for Secret<String> {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+impl From<Vec<u8>> for Secret<Vec<u8>> {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+/// Fill `n` bytes from the operating system's CSPRNG (aws-lc).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    // Invariant: aws-lc's system RNG only fails when the OS has no entropy
+    // source at all, in which case no key can be generated safely and the
+    // process must stop rather than continue with weak randomness.
+    #[allow(clippy::expect_used)]
+    aws_lc_rs::rand::fill(&mut buf).expect("operating system RNG unavailable");
+    buf
+}
+
+/// A random RFC 4122 version-4 UUID string, the format Vault uses for ids.
+pub fn uuid_v4() -> String {
+    let mut b = random_bytes(16);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(&b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The id of one request, carried through logs, audit records and responses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn generate() -> Self {
+        Self(uuid_v4())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Wall-clock time as nanoseconds since the Unix epoch.
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Format Unix nanoseconds as RFC 3339 with nanoseconds, as Vault prints times.
+pub fn rfc3339(nanos: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// Error for a duration that is neither whole seconds nor a Go-style duration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid duration {0:?}")]
+pub struct DurationError(pub String);
+
+/// Parse a Vault duration: whole seconds (`"3600"` or a JSON number) or a
+/// Go-style string of number+unit pairs (`"1h30m"`, `"90s"`, `"7d"`).
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    let s = input.trim();
+    let err = || DurationError(input.chars().take(64).collect());
+    if s.is_empty() {
+        return Err(err());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if num_len == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per: f64 = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "d" => 86400e9,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total = total.saturating_add((value * nanos_per) as u128);
+    }
+    let nanos = u64::try_from(total).map_err(|_| err())?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2-super-secret".to_string());
+        let printed = format!("{s:?}");
+        assert_eq!(printed, "Secret([REDACTED])");
+        assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_eq_is_by_value() {
+        assert_eq!(Secret::new(b"abc".to_vec()), Secret::new(b"abc".to_vec()));
+        assert_ne!(Secret::new(b"abc".to_vec()), Secret::new(b"abd".to_vec()));
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(uuid_v4(), u);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("10x"), Err(DurationError("10x".into())));
+        assert_eq!(parse_duration("h"), Err(DurationError("h".into())));
+        assert_eq!(parse_duration(""), Err(DurationError("".into())));
+    }
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+    }
+}

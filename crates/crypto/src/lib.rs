@@ -1,0 +1,15 @@
+//! palisade-crypto: every cryptographic primitive Palisade uses, in one place.
+//!
+//! - [`aead`]: AES-256-GCM (aws-lc-rs) with a random 96-bit nonce per message.
+//! - [`mac`]: HMAC-SHA256, keyed credential hashing and constant-time comparison.
+//! - [`shamir`]: splitting and combining the unseal key (vsss-rs, GF(256)).
+//!
+//! The barrier, the audit broker, the token store and (later) transit build on
+//! these; none of them touches aws-lc-rs directly. One provider everywhere.
+#![forbid(unsafe_code)]
+
+pub mod aead;
+pub mod mac;
+pub mod shamir;
+
+pub use palisade_core::{Secret, random_bytes};

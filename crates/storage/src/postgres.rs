@@ -1,0 +1,146 @@
+//! PostgreSQL backend. The table is created on start; every write is a
+//! committed transaction, so acknowledged writes are as durable as the
+//! server's own `synchronous_commit` setting (on by default).
+
+use async_trait::async_trait;
+use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
+
+pub const DEFAULT_TABLE: &str = "palisade_store";
+
+pub struct PostgresBackend {
+    pool: PgPool,
+    table: String,
+}
+
+impl PostgresBackend {
+    // SQL here is built with format! only from `table`, which `connect` checked
+    // to be a plain identifier; values always go through bind parameters.
+
+    /// Connect to `url` and create `table` if missing. `table` must be a plain
+    /// SQL identifier (letters, digits, `_`), since it is spliced into SQL.
+    pub async fn connect(url: &str, table: &str) -> Result<Self, StorageError> {
+        let valid = !table.is_empty()
+            && table.len() <= 63
+            && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !table.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(StorageError::Config(format!("invalid table name {table:?}")));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await
+            .map_err(|e| StorageError::Backend(format!("cannot connect to PostgreSQL: {}", redact_url_error(&e))))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (key TEXT COLLATE \"C\" PRIMARY KEY NOT NULL, value BYTEA NOT NULL)"
+        )))
+        .execute(&pool)
+        .await?;
+        Ok(Self { pool, table: table.to_string() })
+    }
+
+    /// Drop the table (tests use a table of their own and clean it up).
+    pub async fn drop_table(&self) -> Result<(), StorageError> {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", self.table)))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn upsert_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            self.table
+        )
+    }
+}
+
+/// sqlx errors can echo the connection string; keep only the kind of failure.
+fn redact_url_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Configuration(_) => "invalid connection URL".into(),
+        other => other.to_string(),
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_key(key)?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT value FROM {} WHERE key = $1", self.table)))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<Vec<u8>, _>(0)?),
+            None => None,
+        })
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        check_key(key)?;
+        sqlx::query(AssertSqlSafe(self.upsert_sql()))
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        check_key(key)?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {} WHERE key = $1", self.table)))
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        check_prefix(prefix)?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT key FROM {} WHERE key >= $1 AND left(key, length($1)) = $1 ORDER BY key",
+            self.table
+        )))
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        let keys = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(collapse_children(prefix, keys))
+    }
+
+    async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        for op in &ops {
+            match op {
+                TxnOp::Put { key, .. } | TxnOp::Delete { key } => check_key(key)?,
+            }
+        }
+        let upsert = self.upsert_sql();
+        let del = format!("DELETE FROM {} WHERE key = $1", self.table);
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value } => {
+                    sqlx::query(AssertSqlSafe(upsert.clone())).bind(key).bind(value).execute(&mut *tx).await?;
+                }
+                TxnOp::Delete { key } => {
+                    sqlx::query(AssertSqlSafe(del.clone())).bind(key).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}

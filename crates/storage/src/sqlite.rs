@@ -1,0 +1,139 @@
+//! SQLite backend: the embedded default. One file, WAL journal,
+//! `synchronous=FULL` so a commit is on disk before it is acknowledged.
+//!
+//! Writes go through a single-connection pool (SQLite has one writer anyway;
+//! this avoids `SQLITE_BUSY` churn), reads through a small pool of their own.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
+
+pub struct SqliteBackend {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteBackend {
+    /// Open (creating if needed) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StorageError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StorageError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(StorageError::from)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS palisade_store (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+        )
+        .execute(&writer)
+        .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_key(key)?;
+        let row = sqlx::query("SELECT value FROM palisade_store WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<Vec<u8>, _>(0)?),
+            None => None,
+        })
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        check_key(key)?;
+        sqlx::query(
+            "INSERT INTO palisade_store (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        check_key(key)?;
+        sqlx::query("DELETE FROM palisade_store WHERE key = ?1")
+            .bind(key)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        check_prefix(prefix)?;
+        let rows = sqlx::query(
+            "SELECT key FROM palisade_store WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )
+        .bind(prefix)
+        .fetch_all(&self.reader)
+        .await?;
+        let keys = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(collapse_children(prefix, keys))
+    }
+
+    async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        for op in &ops {
+            match op {
+                TxnOp::Put { key, .. } | TxnOp::Delete { key } => check_key(key)?,
+            }
+        }
+        let mut tx = self.writer.begin().await?;
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value } => {
+                    sqlx::query(
+                        "INSERT INTO palisade_store (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                TxnOp::Delete { key } => {
+                    sqlx::query("DELETE FROM palisade_store WHERE key = ?1")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
