@@ -1,1 +1,660 @@
-//! placeholder
+//! palisade-barrier: the cryptographic barrier between the server core and the
+//! untrusted storage backend.
+//!
+//! Layout in storage (all other keys are barrier entries):
+//!
+//! | key | content |
+//! |---|---|
+//! | `core/seal-config` | plaintext JSON `{secret_shares, secret_threshold}` (not secret) |
+//! | `core/root-key` | the root key, AES-256-GCM under the unseal key (AAD = the path) |
+//! | `core/keyring` | the keyring (every term's key), AES-256-GCM under the root key |
+//!
+//! A barrier entry is `term (4 bytes, big endian) || nonce || ciphertext || tag`
+//! with the entry's storage path as associated data, so a ciphertext copied to
+//! another path, re-labelled with another term or altered in any byte fails to
+//! open. `sys/init` splits the unseal key with Shamir; unsealing recombines it,
+//! opens the root key and then the keyring. Sealing drops every key (they are
+//! zeroized on drop). [`View`] jails an engine to one prefix.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use palisade_crypto::aead::{AeadError, AeadKey};
+use palisade_crypto::shamir;
+use palisade_storage::{Backend, StorageError, TxnOp};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub const SEAL_CONFIG_PATH: &str = "core/seal-config";
+pub const ROOT_KEY_PATH: &str = "core/root-key";
+pub const KEYRING_PATH: &str = "core/keyring";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BarrierError {
+    #[error("Vault is sealed")]
+    Sealed,
+    #[error("Vault is not initialized")]
+    NotInitialized,
+    #[error("Vault is already initialized")]
+    AlreadyInitialized,
+    /// Integrity failure: the stored bytes were altered, moved or corrupted.
+    #[error("failed to decrypt entry at {path:?}: integrity check failed")]
+    Integrity { path: String },
+    #[error("entry at {path:?} uses unknown key term {term}")]
+    UnknownTerm { path: String, term: u32 },
+    #[error("invalid unseal key")]
+    InvalidUnsealKey,
+    #[error("{0}")]
+    Parameters(String),
+    #[error("invalid path {0:?}")]
+    InvalidPath(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("barrier metadata is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SealConfig {
+    pub secret_shares: u8,
+    pub secret_threshold: u8,
+}
+
+/// One operation of an atomic barrier transaction.
+pub enum BarrierOp {
+    Put { path: String, value: Vec<u8> },
+    Delete { path: String },
+}
+
+struct Term {
+    key: AeadKey,
+    install_time: i64,
+}
+
+/// The unsealed key material. Dropping it wipes every key.
+struct Keyring {
+    root: AeadKey,
+    terms: BTreeMap<u32, Term>,
+    active: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTerm {
+    term: u32,
+    key: String,
+    install_time: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKeyring {
+    active: u32,
+    terms: Vec<StoredTerm>,
+}
+
+impl Keyring {
+    fn to_stored(&self) -> Zeroizing<Vec<u8>> {
+        let stored = StoredKeyring {
+            active: self.active,
+            terms: self
+                .terms
+                .iter()
+                .map(|(t, k)| StoredTerm {
+                    term: *t,
+                    key: base64::engine::general_purpose::STANDARD.encode(k.key.expose_bytes()),
+                    install_time: k.install_time,
+                })
+                .collect(),
+        };
+        let out = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
+        let mut stored = stored;
+        for t in stored.terms.iter_mut() {
+            zeroize::Zeroize::zeroize(&mut t.key);
+        }
+        out
+    }
+
+    fn from_stored(root: AeadKey, bytes: &[u8]) -> Result<Self, BarrierError> {
+        let mut stored: StoredKeyring = serde_json::from_slice(bytes)
+            .map_err(|e| BarrierError::Corrupt(format!("keyring: {e}")))?;
+        let mut terms = BTreeMap::new();
+        for t in stored.terms.iter_mut() {
+            let raw = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&t.key)
+                    .map_err(|_| BarrierError::Corrupt("keyring term encoding".into()))?,
+            );
+            zeroize::Zeroize::zeroize(&mut t.key);
+            let key = AeadKey::from_bytes(&raw)
+                .map_err(|_| BarrierError::Corrupt("keyring term length".into()))?;
+            terms.insert(
+                t.term,
+                Term {
+                    key,
+                    install_time: t.install_time,
+                },
+            );
+        }
+        if !terms.contains_key(&stored.active) {
+            return Err(BarrierError::Corrupt("active term missing".into()));
+        }
+        Ok(Self {
+            root,
+            terms,
+            active: stored.active,
+        })
+    }
+}
+
+/// Progress of a multi-share unseal, as `sys/seal-status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsealProgress {
+    pub sealed: bool,
+    pub progress: usize,
+    pub nonce: String,
+}
+
+#[derive(Default)]
+struct Pending {
+    shares: Vec<Zeroizing<Vec<u8>>>,
+    nonce: String,
+}
+
+/// What `sys/key-status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub term: u32,
+    pub install_time: i64,
+}
+
+pub struct Barrier {
+    backend: Arc<dyn Backend>,
+    keyring: RwLock<Option<Arc<Keyring>>>,
+    pending: Mutex<Pending>,
+    /// Serialises init, unseal, seal and rotate against each other.
+    admin: tokio::sync::Mutex<()>,
+}
+
+fn lock_err() -> BarrierError {
+    BarrierError::Corrupt("lock poisoned".into())
+}
+
+impl Barrier {
+    pub fn new(backend: Arc<dyn Backend>) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            keyring: RwLock::new(None),
+            pending: Mutex::new(Pending::default()),
+            admin: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    pub async fn seal_config(&self) -> Result<Option<SealConfig>, BarrierError> {
+        match self.backend.get(SEAL_CONFIG_PATH).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| BarrierError::Corrupt(format!("seal config: {e}"))),
+        }
+    }
+
+    pub async fn initialized(&self) -> Result<bool, BarrierError> {
+        Ok(self.seal_config().await?.is_some())
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.keyring.read().map(|k| k.is_none()).unwrap_or(true)
+    }
+
+    /// Create the root key, the first keyring term and the unseal key, and
+    /// return the unseal key split into `shares` parts. Leaves the barrier sealed.
+    pub async fn initialize(
+        &self,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<Vec<Zeroizing<Vec<u8>>>, BarrierError> {
+        let _g = self.admin.lock().await;
+        if self.initialized().await? {
+            return Err(BarrierError::AlreadyInitialized);
+        }
+        if shares == 0 {
+            return Err(BarrierError::Parameters(
+                "invalid seal configuration: secret shares must be at least one".into(),
+            ));
+        }
+        if threshold == 0 {
+            return Err(BarrierError::Parameters(
+                "invalid seal configuration: threshold must be greater than zero".into(),
+            ));
+        }
+        if threshold > shares {
+            return Err(BarrierError::Parameters(
+                "invalid seal configuration: threshold cannot be larger than secret shares".into(),
+            ));
+        }
+        if shares > 1 && threshold == 1 {
+            return Err(BarrierError::Parameters(
+                "invalid seal configuration: threshold must be greater than one for multiple shares".into(),
+            ));
+        }
+        let unseal_key = AeadKey::generate();
+        let root = AeadKey::generate();
+        let term = Term {
+            key: AeadKey::generate(),
+            install_time: palisade_core::now_nanos(),
+        };
+        let keyring = Keyring {
+            root,
+            terms: BTreeMap::from([(1, term)]),
+            active: 1,
+        };
+        let wrapped_root = unseal_key
+            .seal(ROOT_KEY_PATH.as_bytes(), keyring.root.expose_bytes())
+            .map_err(aead_internal)?;
+        let wrapped_ring = keyring
+            .root
+            .seal(KEYRING_PATH.as_bytes(), &keyring.to_stored())
+            .map_err(aead_internal)?;
+        let parts = shamir::split(
+            unseal_key.expose_bytes(),
+            shares as usize,
+            threshold as usize,
+        )
+        .map_err(|e| BarrierError::Parameters(e.to_string()))?;
+        let cfg = SealConfig {
+            secret_shares: shares,
+            secret_threshold: threshold,
+        };
+        let cfg_bytes =
+            serde_json::to_vec(&cfg).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
+        // One transaction: a crash never leaves a seal config without its keys.
+        self.backend
+            .transaction(vec![
+                TxnOp::Put {
+                    key: ROOT_KEY_PATH.into(),
+                    value: wrapped_root,
+                },
+                TxnOp::Put {
+                    key: KEYRING_PATH.into(),
+                    value: wrapped_ring,
+                },
+                TxnOp::Put {
+                    key: SEAL_CONFIG_PATH.into(),
+                    value: cfg_bytes,
+                },
+            ])
+            .await?;
+        Ok(parts)
+    }
+
+    /// Unseal directly with the whole unseal key (dev mode, tests).
+    pub async fn unseal_with_key(&self, unseal_key: &[u8]) -> Result<(), BarrierError> {
+        let _g = self.admin.lock().await;
+        self.unseal_locked(unseal_key).await
+    }
+
+    async fn unseal_locked(&self, unseal_key: &[u8]) -> Result<(), BarrierError> {
+        if !self.sealed() {
+            return Ok(());
+        }
+        let unseal = AeadKey::from_bytes(unseal_key).map_err(|_| BarrierError::InvalidUnsealKey)?;
+        let wrapped = self
+            .backend
+            .get(ROOT_KEY_PATH)
+            .await?
+            .ok_or(BarrierError::NotInitialized)?;
+        let root_bytes = unseal
+            .open(ROOT_KEY_PATH.as_bytes(), &wrapped)
+            .map_err(|_| BarrierError::InvalidUnsealKey)?;
+        let root = AeadKey::from_bytes(&root_bytes)
+            .map_err(|_| BarrierError::Corrupt("root key length".into()))?;
+        let ring_ct = self
+            .backend
+            .get(KEYRING_PATH)
+            .await?
+            .ok_or_else(|| BarrierError::Corrupt("keyring missing".into()))?;
+        let ring_bytes =
+            root.open(KEYRING_PATH.as_bytes(), &ring_ct)
+                .map_err(|_| BarrierError::Integrity {
+                    path: KEYRING_PATH.into(),
+                })?;
+        let ring = Keyring::from_stored(root, &ring_bytes)?;
+        *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
+        Ok(())
+    }
+
+    /// Submit one unseal key share. When `threshold` distinct shares are in,
+    /// they are combined and tried; a wrong combination resets the progress.
+    pub async fn submit_share(
+        &self,
+        share: Zeroizing<Vec<u8>>,
+    ) -> Result<UnsealProgress, BarrierError> {
+        let _g = self.admin.lock().await;
+        let cfg = self
+            .seal_config()
+            .await?
+            .ok_or(BarrierError::NotInitialized)?;
+        if !self.sealed() {
+            return Ok(UnsealProgress {
+                sealed: false,
+                progress: 0,
+                nonce: String::new(),
+            });
+        }
+        let threshold = cfg.secret_threshold as usize;
+        let ready = {
+            let mut p = self.pending.lock().map_err(|_| lock_err())?;
+            if p.shares.is_empty() {
+                p.nonce = palisade_core::uuid_v4();
+            }
+            if !p
+                .shares
+                .iter()
+                .any(|s| palisade_crypto::mac::ct_eq(s, &share))
+            {
+                p.shares.push(share);
+            }
+            if p.shares.len() < threshold {
+                return Ok(UnsealProgress {
+                    sealed: true,
+                    progress: p.shares.len(),
+                    nonce: p.nonce.clone(),
+                });
+            }
+            std::mem::take(&mut p.shares)
+        };
+        let combined =
+            shamir::combine(&ready, threshold).map_err(|_| BarrierError::InvalidUnsealKey)?;
+        drop(ready);
+        self.pending.lock().map_err(|_| lock_err())?.nonce.clear();
+        self.unseal_locked(&combined).await?;
+        Ok(UnsealProgress {
+            sealed: false,
+            progress: 0,
+            nonce: String::new(),
+        })
+    }
+
+    pub fn unseal_progress(&self) -> UnsealProgress {
+        let sealed = self.sealed();
+        match self.pending.lock() {
+            Ok(p) if sealed => UnsealProgress {
+                sealed,
+                progress: p.shares.len(),
+                nonce: p.nonce.clone(),
+            },
+            _ => UnsealProgress {
+                sealed,
+                progress: 0,
+                nonce: String::new(),
+            },
+        }
+    }
+
+    pub fn reset_unseal(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.shares.clear();
+            p.nonce.clear();
+        }
+    }
+
+    /// Drop every key from memory. Data stays unreadable until unsealed again.
+    pub async fn seal(&self) -> Result<(), BarrierError> {
+        let _g = self.admin.lock().await;
+        *self.keyring.write().map_err(|_| lock_err())? = None;
+        self.reset_unseal();
+        Ok(())
+    }
+
+    /// Add a new keyring term; new writes use it, older terms still decrypt.
+    pub async fn rotate(&self) -> Result<KeyStatus, BarrierError> {
+        let _g = self.admin.lock().await;
+        let current = self.ring()?;
+        let mut terms = BTreeMap::new();
+        for (t, k) in &current.terms {
+            terms.insert(
+                *t,
+                Term {
+                    key: AeadKey::from_bytes(k.key.expose_bytes()).map_err(aead_internal)?,
+                    install_time: k.install_time,
+                },
+            );
+        }
+        let next = current.active + 1;
+        let now = palisade_core::now_nanos();
+        terms.insert(
+            next,
+            Term {
+                key: AeadKey::generate(),
+                install_time: now,
+            },
+        );
+        let root = AeadKey::from_bytes(current.root.expose_bytes()).map_err(aead_internal)?;
+        let ring = Keyring {
+            root,
+            terms,
+            active: next,
+        };
+        let ct = ring
+            .root
+            .seal(KEYRING_PATH.as_bytes(), &ring.to_stored())
+            .map_err(aead_internal)?;
+        self.backend.put(KEYRING_PATH, &ct).await?;
+        *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
+        Ok(KeyStatus {
+            term: next,
+            install_time: now,
+        })
+    }
+
+    pub fn key_status(&self) -> Result<KeyStatus, BarrierError> {
+        let ring = self.ring()?;
+        let t = ring
+            .terms
+            .get(&ring.active)
+            .ok_or_else(|| BarrierError::Corrupt("active term".into()))?;
+        Ok(KeyStatus {
+            term: ring.active,
+            install_time: t.install_time,
+        })
+    }
+
+    fn ring(&self) -> Result<Arc<Keyring>, BarrierError> {
+        self.keyring
+            .read()
+            .map_err(|_| lock_err())?
+            .clone()
+            .ok_or(BarrierError::Sealed)
+    }
+
+    fn check_path(path: &str) -> Result<(), BarrierError> {
+        if path.starts_with("core/seal-config") || path == ROOT_KEY_PATH || path == KEYRING_PATH {
+            return Err(BarrierError::InvalidPath(path.into()));
+        }
+        palisade_storage::check_key(path)
+            .map_err(|_| BarrierError::InvalidPath(path.chars().take(128).collect()))
+    }
+
+    fn encrypt(ring: &Keyring, path: &str, plaintext: &[u8]) -> Result<Vec<u8>, BarrierError> {
+        let term = ring
+            .terms
+            .get(&ring.active)
+            .ok_or_else(|| BarrierError::Corrupt("active term".into()))?;
+        let ct = term
+            .key
+            .seal(path.as_bytes(), plaintext)
+            .map_err(aead_internal)?;
+        let mut out = Vec::with_capacity(4 + ct.len());
+        out.extend_from_slice(&ring.active.to_be_bytes());
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    fn decrypt(
+        ring: &Keyring,
+        path: &str,
+        stored: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, BarrierError> {
+        if stored.len() < 4 {
+            return Err(BarrierError::Integrity { path: path.into() });
+        }
+        let term = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
+        let key = ring
+            .terms
+            .get(&term)
+            .ok_or_else(|| BarrierError::UnknownTerm {
+                path: path.into(),
+                term,
+            })?;
+        key.key
+            .open(path.as_bytes(), &stored[4..])
+            .map_err(|_| BarrierError::Integrity { path: path.into() })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        Self::check_path(path)?;
+        let ring = self.ring()?;
+        match self.backend.get(path).await? {
+            None => Ok(None),
+            Some(ct) => Self::decrypt(&ring, path, &ct).map(Some),
+        }
+    }
+
+    pub async fn put(&self, path: &str, value: &[u8]) -> Result<(), BarrierError> {
+        Self::check_path(path)?;
+        let ring = self.ring()?;
+        let ct = Self::encrypt(&ring, path, value)?;
+        self.backend.put(path, &ct).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), BarrierError> {
+        Self::check_path(path)?;
+        self.ring()?;
+        self.backend.delete(path).await?;
+        Ok(())
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        self.ring()?;
+        Ok(self.backend.list(prefix).await?)
+    }
+
+    pub async fn transaction(&self, ops: Vec<BarrierOp>) -> Result<(), BarrierError> {
+        let ring = self.ring()?;
+        let mut txn = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                BarrierOp::Put { path, value } => {
+                    Self::check_path(&path)?;
+                    let ct = Self::encrypt(&ring, &path, &value)?;
+                    txn.push(TxnOp::Put {
+                        key: path,
+                        value: ct,
+                    });
+                }
+                BarrierOp::Delete { path } => {
+                    Self::check_path(&path)?;
+                    txn.push(TxnOp::Delete { key: path });
+                }
+            }
+        }
+        self.backend.transaction(txn).await?;
+        Ok(())
+    }
+}
+
+fn aead_internal(e: AeadError) -> BarrierError {
+    BarrierError::Corrupt(e.to_string())
+}
+
+/// A prefix jail over the barrier: every key an engine uses is relative to
+/// its mount's `logical/<uuid>/` prefix and may not climb out of it.
+#[derive(Clone)]
+pub struct View {
+    barrier: Arc<Barrier>,
+    prefix: String,
+}
+
+impl View {
+    pub fn new(barrier: Arc<Barrier>, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self { barrier, prefix }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn full(&self, key: &str) -> Result<String, BarrierError> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(BarrierError::InvalidPath(key.chars().take(128).collect()));
+        }
+        Ok(format!("{}{}", self.prefix, key))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        self.barrier.get(&self.full(key)?).await
+    }
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), BarrierError> {
+        self.barrier.put(&self.full(key)?, value).await
+    }
+    pub async fn delete(&self, key: &str) -> Result<(), BarrierError> {
+        self.barrier.delete(&self.full(key)?).await
+    }
+    /// `prefix` is relative, empty or ending in `/`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        if !prefix.is_empty() {
+            let trimmed = prefix
+                .strip_suffix('/')
+                .ok_or_else(|| BarrierError::InvalidPath(prefix.into()))?;
+            self.full(trimmed)?;
+        }
+        self.barrier
+            .list(&format!("{}{}", self.prefix, prefix))
+            .await
+    }
+    pub async fn transaction(&self, ops: Vec<BarrierOp>) -> Result<(), BarrierError> {
+        let mut full = Vec::with_capacity(ops.len());
+        for op in ops {
+            full.push(match op {
+                BarrierOp::Put { path, value } => BarrierOp::Put {
+                    path: self.full(&path)?,
+                    value,
+                },
+                BarrierOp::Delete { path } => BarrierOp::Delete {
+                    path: self.full(&path)?,
+                },
+            });
+        }
+        self.barrier.transaction(full).await
+    }
+    /// Delete every key under this view (used when a mount is disabled).
+    pub async fn clear(&self) -> Result<(), BarrierError> {
+        let mut stack = vec![String::new()];
+        while let Some(p) = stack.pop() {
+            for child in self.list(&p).await? {
+                let full = format!("{p}{child}");
+                if full.ends_with('/') {
+                    stack.push(full);
+                } else {
+                    self.delete(&full).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -118,12 +118,19 @@ mod tests {
         for i in 0..ct.len() {
             let mut bad = ct.clone();
             bad[i] ^= 0x01;
-            assert_eq!(k.open(b"path/a", &bad).unwrap_err(), AeadError::Open, "byte {i}");
+            assert_eq!(
+                k.open(b"path/a", &bad).unwrap_err(),
+                AeadError::Open,
+                "byte {i}"
+            );
         }
         let other = AeadKey::generate();
         assert_eq!(other.open(b"path/a", &ct).unwrap_err(), AeadError::Open);
         assert_eq!(k.open(b"path/a", &ct[..10]).unwrap_err(), AeadError::Open);
-        assert_eq!(AeadKey::from_bytes(&[0u8; 16]).unwrap_err(), AeadError::KeyLength);
+        assert_eq!(
+            AeadKey::from_bytes(&[0u8; 16]).unwrap_err(),
+            AeadError::KeyLength
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn split(
     if threshold == 1 {
         // vsss-rs requires a threshold of two; a threshold of one means every
         // share is the secret, which is what Vault hands out in that case.
-        return Ok((0..shares).map(|_| Zeroizing::new(secret.to_vec())).collect());
+        return Ok((0..shares)
+            .map(|_| Zeroizing::new(secret.to_vec()))
+            .collect());
     }
     let mut seed = Zeroizing::new([0u8; 32]);
     seed.copy_from_slice(&crate::random_bytes(32));
@@ -49,7 +51,10 @@ pub fn split(
 }
 
 /// Combine shares. With `threshold == 1` any share is the secret.
-pub fn combine(parts: &[Zeroizing<Vec<u8>>], threshold: usize) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
+pub fn combine(
+    parts: &[Zeroizing<Vec<u8>>],
+    threshold: usize,
+) -> Result<Zeroizing<Vec<u8>>, ShamirError> {
     if parts.is_empty() {
         return Err(ShamirError::Combine);
     }

@@ -86,10 +86,15 @@ fn check_prefix(prefix: &str) -> Result<(), StorageError> {
 }
 
 /// Collapse full keys under `prefix` into immediate children (folders end in `/`).
-pub(crate) fn collapse_children<I: IntoIterator<Item = String>>(prefix: &str, keys: I) -> Vec<String> {
+pub(crate) fn collapse_children<I: IntoIterator<Item = String>>(
+    prefix: &str,
+    keys: I,
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for k in keys {
-        let Some(rest) = k.strip_prefix(prefix) else { continue };
+        let Some(rest) = k.strip_prefix(prefix) else {
+            continue;
+        };
         if rest.is_empty() {
             continue;
         }
@@ -114,7 +119,10 @@ mod tests {
     fn keys_are_checked() {
         assert!(check_key("a/b/c").is_ok());
         for bad in ["", "/a", "a//b", "a/../b", "a/./b", "a/", "a\0b", ".."] {
-            assert!(matches!(check_key(bad), Err(StorageError::InvalidKey(_))), "{bad:?}");
+            assert!(
+                matches!(check_key(bad), Err(StorageError::InvalidKey(_))),
+                "{bad:?}"
+            );
         }
         assert!(check_prefix("").is_ok());
         assert!(check_prefix("a/b/").is_ok());

@@ -31,7 +31,12 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
-        Ok(self.map.read().map_err(|_| Self::poisoned())?.get(key).cloned())
+        Ok(self
+            .map
+            .read()
+            .map_err(|_| Self::poisoned())?
+            .get(key)
+            .cloned())
     }
     async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;

@@ -3,8 +3,8 @@
 //! server's own `synchronous_commit` setting (on by default).
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Row};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
 
@@ -27,26 +27,39 @@ impl PostgresBackend {
             && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !table.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            return Err(StorageError::Config(format!("invalid table name {table:?}")));
+            return Err(StorageError::Config(format!(
+                "invalid table name {table:?}"
+            )));
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .connect(url)
             .await
-            .map_err(|e| StorageError::Backend(format!("cannot connect to PostgreSQL: {}", redact_url_error(&e))))?;
+            .map_err(|e| {
+                StorageError::Backend(format!(
+                    "cannot connect to PostgreSQL: {}",
+                    redact_url_error(&e)
+                ))
+            })?;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {table} (key TEXT COLLATE \"C\" PRIMARY KEY NOT NULL, value BYTEA NOT NULL)"
         )))
         .execute(&pool)
         .await?;
-        Ok(Self { pool, table: table.to_string() })
+        Ok(Self {
+            pool,
+            table: table.to_string(),
+        })
     }
 
     /// Drop the table (tests use a table of their own and clean it up).
     pub async fn drop_table(&self) -> Result<(), StorageError> {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", self.table)))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {}",
+            self.table
+        )))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -72,10 +85,13 @@ fn redact_url_error(e: &sqlx::Error) -> String {
 impl Backend for PostgresBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT value FROM {} WHERE key = $1", self.table)))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT value FROM {} WHERE key = $1",
+            self.table
+        )))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
             Some(r) => Some(r.try_get::<Vec<u8>, _>(0)?),
             None => None,
@@ -94,10 +110,13 @@ impl Backend for PostgresBackend {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         check_key(key)?;
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {} WHERE key = $1", self.table)))
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE key = $1",
+            self.table
+        )))
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -129,10 +148,17 @@ impl Backend for PostgresBackend {
         for op in ops {
             match op {
                 TxnOp::Put { key, value } => {
-                    sqlx::query(AssertSqlSafe(upsert.clone())).bind(key).bind(value).execute(&mut *tx).await?;
+                    sqlx::query(AssertSqlSafe(upsert.clone()))
+                        .bind(key)
+                        .bind(value)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 TxnOp::Delete { key } => {
-                    sqlx::query(AssertSqlSafe(del.clone())).bind(key).execute(&mut *tx).await?;
+                    sqlx::query(AssertSqlSafe(del.clone()))
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }

@@ -5,17 +5,25 @@
 
 use std::sync::Arc;
 
-use palisade_storage::{Backend, conformance, memory::MemoryBackend, postgres::PostgresBackend, sqlite::SqliteBackend};
+use palisade_storage::{
+    Backend, conformance, memory::MemoryBackend, postgres::PostgresBackend, sqlite::SqliteBackend,
+};
 
 #[tokio::test]
 async fn memory_conforms() {
-    conformance::run(Arc::new(MemoryBackend::new())).await.unwrap();
+    conformance::run(Arc::new(MemoryBackend::new()))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Arc::new(SqliteBackend::open(&dir.path().join("palisade.db")).await.unwrap());
+    let b = Arc::new(
+        SqliteBackend::open(&dir.path().join("palisade.db"))
+            .await
+            .unwrap(),
+    );
     conformance::run(b.clone()).await.unwrap();
     assert_eq!(b.kind(), "sqlite");
 }
@@ -29,7 +37,10 @@ async fn sqlite_survives_reopen() {
         b.put("k/v", b"durable").await.unwrap();
     }
     let b = SqliteBackend::open(&path).await.unwrap();
-    assert_eq!(b.get("k/v").await.unwrap().as_deref(), Some(&b"durable"[..]));
+    assert_eq!(
+        b.get("k/v").await.unwrap().as_deref(),
+        Some(&b"durable"[..])
+    );
 }
 
 #[tokio::test]
@@ -56,5 +67,7 @@ async fn postgres_conforms() {
 #[tokio::test]
 async fn postgres_rejects_bad_table_name() {
     let r = PostgresBackend::connect("postgres://127.0.0.1:1/x", "t; DROP TABLE x").await;
-    assert!(matches!(r, Err(palisade_storage::StorageError::Config(m)) if m == "invalid table name \"t; DROP TABLE x\""));
+    assert!(
+        matches!(r, Err(palisade_storage::StorageError::Config(m)) if m == "invalid table name \"t; DROP TABLE x\"")
+    );
 }
