@@ -1,0 +1,112 @@
+//! The broker: fans each entry out to every enabled device and decides, by
+//! Vault's rule, whether the request may proceed.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::AuditError;
+use crate::file::FileDevice;
+use crate::record::AuditEntry;
+
+/// Mount paths compare without their trailing slash, so `file` and `file/`
+/// name the same device whichever form the caller has at hand.
+fn same_path(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Handle to the set of enabled audit devices. Cloning is cheap and every
+/// clone sees the same devices; safe to share across tasks.
+#[derive(Clone, Default)]
+pub struct Broker {
+    // The lock only guards the list; writes happen on an Arc snapshot, so
+    // enabling/disabling a device never waits behind file I/O.
+    devices: Arc<RwLock<Vec<Arc<FileDevice>>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot().iter()).finish()
+    }
+}
+
+impl Broker {
+    pub fn new() -> Broker {
+        Broker::default()
+    }
+
+    // The list is always in a consistent state (pushes and removals cannot
+    // half-happen), so a poisoned lock is safe to recover from.
+    fn snapshot(&self) -> Vec<Arc<FileDevice>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Enable a device. A device already enabled at the same path is replaced,
+    /// so one path never writes two files.
+    pub fn add(&self, dev: FileDevice) {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        devices.retain(|d| !same_path(d.path_name(), dev.path_name()));
+        devices.push(Arc::new(dev));
+    }
+
+    /// Disable the device at `path_name`; false if there was none. A `log`
+    /// already in flight may still write its line to the removed device.
+    pub fn remove(&self, path_name: &str) -> bool {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let before = devices.len();
+        devices.retain(|d| !same_path(d.path_name(), path_name));
+        devices.len() != before
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// `sys/audit-hash`: `input` hashed with the key of the device at
+    /// `path_name`, or `None` if no such device is enabled.
+    pub fn hash(&self, path_name: &str, input: &str) -> Option<String> {
+        self.snapshot()
+            .iter()
+            .find(|d| same_path(d.path_name(), path_name))
+            .map(|d| d.hash(input))
+    }
+
+    /// Write the entry to every device. Ok if at least one device wrote it or
+    /// no device is enabled (Vault's rule); `Err(AuditError::NoDeviceWrote)`
+    /// when devices exist and all failed, and the server must then refuse the
+    /// request (fail closed).
+    ///
+    /// Writes are plain blocking appends done inline: they go to the page
+    /// cache (no fsync) and take microseconds, which is cheaper than a hop to
+    /// the blocking pool. The future holds no lock across an await.
+    pub async fn log(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+        let devices = self.snapshot();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut wrote = false;
+        for dev in &devices {
+            match dev.write_entry(entry) {
+                Ok(()) => wrote = true,
+                // The error names the device and the I/O cause, never the
+                // record, so it is safe to log.
+                Err(e) => {
+                    tracing::error!(device = %dev.path_name(), error = %e, "audit device failed to record an entry")
+                }
+            }
+        }
+        if wrote {
+            Ok(())
+        } else {
+            tracing::error!(
+                kind = entry.kind(),
+                "no audit device recorded the entry; refusing the request"
+            );
+            Err(AuditError::NoDeviceWrote)
+        }
+    }
+}

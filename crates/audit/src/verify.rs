@@ -1,0 +1,133 @@
+//! Offline verification of a file device's hash chain.
+//!
+//! Rules, applied to the raw bytes of each line in order:
+//! 1. the line ends in `\n` (a final line without one is a torn write or a cut),
+//! 2. it is a JSON object,
+//! 3. it ends in the `"hash"` field and that hash is SHA-256 of the bytes
+//!    before it,
+//! 4. `seq` is 0 and `prev_hash` is 64 zeros on the first line, otherwise
+//!    `seq` is the previous line's plus one and `prev_hash` its `hash`.
+//!
+//! The first failure is reported with its 1-based line number. Lines cut off
+//! the END of the file cannot be detected here (see the crate docs); compare
+//! [`VerifyReport::last_hash`] with an anchor kept elsewhere for that.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::chain::{self, ZERO_HASH};
+
+/// A file whose chain checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of records in the file.
+    pub lines: u64,
+    /// `hash` of the last record (`None` for an empty file): the value to
+    /// compare with an off-host anchor to detect trailing truncation.
+    pub last_hash: Option<String>,
+}
+
+/// What is wrong with one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("incomplete final line (no trailing newline: torn write or truncated file)")]
+    NoNewline,
+    #[error("not valid JSON")]
+    NotJson,
+    #[error("no trailing hash field (not a chained audit record)")]
+    NoHash,
+    #[error("hash mismatch (line edited)")]
+    HashMismatch,
+    #[error("missing or malformed seq or prev_hash")]
+    BadChainFields,
+    #[error("sequence {found} on the first line, expected 0 (leading lines removed)")]
+    FirstSequence { found: u64 },
+    #[error("previous-hash of the first line is not zero (leading lines removed)")]
+    FirstPrevHash,
+    #[error("sequence {found} follows {previous} (line removed or reordered)")]
+    SequenceGap { found: u64, previous: u64 },
+    #[error("sequence {found} follows {previous} (line inserted or reordered)")]
+    SequenceRepeat { found: u64, previous: u64 },
+    #[error("previous-hash mismatch (line removed, inserted or reordered)")]
+    PrevHashMismatch,
+}
+
+/// Why a file failed verification.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("line {line}: {problem}")]
+    Line { line: u64, problem: LineProblem },
+}
+
+impl VerifyError {
+    /// The 1-based line number at fault, if the failure is about a line.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            VerifyError::Line { line, .. } => Some(*line),
+            VerifyError::Io { .. } => None,
+        }
+    }
+}
+
+/// Verify the hash chain of the audit log at `path`, streaming it line by line.
+pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let io_err = |source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
+    let mut buf = Vec::new();
+    let mut lines = 0u64;
+    let mut prev: Option<chain::Sealed> = None;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_err)? == 0 {
+            break; // clean end of file (after the final `\n`, if any)
+        }
+        lines += 1;
+        let fail = |problem| VerifyError::Line {
+            line: lines,
+            problem,
+        };
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            return Err(fail(LineProblem::NoNewline));
+        };
+        let sealed = chain::check_line(line).map_err(fail)?;
+        match &prev {
+            None => {
+                if sealed.seq != 0 {
+                    return Err(fail(LineProblem::FirstSequence { found: sealed.seq }));
+                }
+                if sealed.prev_hash != ZERO_HASH {
+                    return Err(fail(LineProblem::FirstPrevHash));
+                }
+            }
+            Some(p) => {
+                if Some(sealed.seq) != p.seq.checked_add(1) {
+                    return Err(fail(if sealed.seq > p.seq {
+                        LineProblem::SequenceGap {
+                            found: sealed.seq,
+                            previous: p.seq,
+                        }
+                    } else {
+                        LineProblem::SequenceRepeat {
+                            found: sealed.seq,
+                            previous: p.seq,
+                        }
+                    }));
+                }
+                if sealed.prev_hash != p.hash {
+                    return Err(fail(LineProblem::PrevHashMismatch));
+                }
+            }
+        }
+        prev = Some(sealed);
+    }
+    Ok(VerifyReport {
+        lines,
+        last_hash: prev.map(|p| p.hash),
+    })
+}

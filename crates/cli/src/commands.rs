@@ -1,0 +1,1250 @@
+//! Command definitions and their implementations. Exit codes follow Vault's
+//! CLI: 0 success, 1 local error (bad flags, invalid input, file problems),
+//! 2 remote error (the server refused or could not be reached); `status`
+//! exits 2 when the server is sealed.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use palisade_client::{Client, ClientError};
+use serde_json::{Map, Value, json};
+
+use crate::output::{self, Format};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade: secrets server, security gateway and CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Remote {
+    /// Server address.
+    #[arg(long, env = "PALISADE_ADDR", global = true)]
+    pub address: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub format: Format,
+    /// CA certificate (PEM) to trust in addition to the system roots.
+    #[arg(long = "ca-cert", env = "PALISADE_CACERT", global = true)]
+    pub ca_cert: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the secrets server.
+    Server(ServerArgs),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print the seal status of the server.
+    Status(Remote),
+    /// Store a token in ~/.palisade-token after checking it with the server.
+    Login {
+        token: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Initialise, unseal, seal and rotate.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Key/value secrets.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// ACL policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Secrets engines (mounts).
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+    /// Audit devices, and offline verification of an audit file.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Dev mode: in a fresh temporary SQLite file, initialised, unsealed, plaintext on loopback.
+    #[arg(long)]
+    pub dev: bool,
+    #[arg(long = "dev-root-token-id", env = "PALISADE_DEV_ROOT_TOKEN_ID")]
+    pub dev_root_token_id: Option<String>,
+    #[arg(long = "dev-listen-address", default_value = "127.0.0.1:8200")]
+    pub dev_listen_address: std::net::SocketAddr,
+    /// Dev mode only: enable a file audit device writing here.
+    #[arg(long = "dev-audit-file")]
+    pub dev_audit_file: Option<PathBuf>,
+    /// Server configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a server configuration file, reporting every error at once.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCmd {
+    Init {
+        #[arg(long = "key-shares", default_value_t = 5)]
+        key_shares: u8,
+        #[arg(long = "key-threshold", default_value_t = 3)]
+        key_threshold: u8,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Unseal {
+        /// The key share (prompted from stdin when omitted).
+        key: Option<String>,
+        #[arg(long)]
+        reset: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Seal(Remote),
+    Rotate(Remote),
+    KeyStatus(Remote),
+}
+
+#[derive(Args, Debug)]
+pub struct KvPath {
+    /// Mount path of the KV engine.
+    #[arg(long, default_value = "secret")]
+    pub mount: String,
+    #[arg(default_value = "")]
+    pub path: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCmd {
+    Get {
+        #[command(flatten)]
+        p: KvPath,
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Put {
+        #[command(flatten)]
+        p: KvPath,
+        /// key=value pairs
+        pairs: Vec<String>,
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Patch {
+        #[command(flatten)]
+        p: KvPath,
+        pairs: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Delete {
+        #[command(flatten)]
+        p: KvPath,
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Undelete {
+        #[command(flatten)]
+        p: KvPath,
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Destroy {
+        #[command(flatten)]
+        p: KvPath,
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    List {
+        #[command(flatten)]
+        p: KvPath,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    #[command(subcommand)]
+    Metadata(KvMetaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvMetaCmd {
+    Get {
+        #[command(flatten)]
+        p: KvPath,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Put {
+        #[command(flatten)]
+        p: KvPath,
+        #[arg(long = "max-versions")]
+        max_versions: Option<u64>,
+        #[arg(long = "cas-required")]
+        cas_required: Option<bool>,
+        #[arg(long = "delete-version-after")]
+        delete_version_after: Option<String>,
+        /// key=value custom metadata (repeatable)
+        #[arg(long = "custom-metadata")]
+        custom_metadata: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Delete {
+        #[command(flatten)]
+        p: KvPath,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    Create {
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long = "explicit-max-ttl")]
+        explicit_max_ttl: Option<String>,
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long = "use-limit")]
+        use_limit: Option<i64>,
+        #[arg(long)]
+        orphan: bool,
+        #[arg(long = "no-default-policy")]
+        no_default_policy: bool,
+        #[arg(long = "display-name")]
+        display_name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Lookup {
+        token: Option<String>,
+        #[arg(long)]
+        accessor: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Renew {
+        token: Option<String>,
+        #[arg(long)]
+        increment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Revoke {
+        token: Option<String>,
+        #[arg(long)]
+        accessor: bool,
+        #[arg(long = "self")]
+        self_: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    List(Remote),
+    Read {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Write {
+        name: String,
+        /// Policy file, or - for stdin.
+        file: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Format a policy file in place (local; validates it too).
+    Fmt {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCmd {
+    Enable {
+        /// Engine type: kv or kv-v2.
+        engine: String,
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Disable {
+        path: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    List(Remote),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    Enable {
+        /// Device type (file).
+        kind: String,
+        /// file_path=/abs/path and other options.
+        options: Vec<String>,
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Disable {
+        path: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    List(Remote),
+    /// Check an audit file's hash chain offline.
+    Verify {
+        file: PathBuf,
+    },
+}
+
+/// The token: flag/env first, then ~/.palisade-token.
+fn token() -> Option<String> {
+    for var in ["PALISADE_TOKEN", "VAULT_TOKEN"] {
+        if let Ok(t) = std::env::var(var)
+            && !t.is_empty()
+        {
+            return Some(t);
+        }
+    }
+    let home = std::env::var("HOME").ok()?;
+    std::fs::read_to_string(PathBuf::from(home).join(".palisade-token"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn client(r: &Remote) -> Result<Client, u8> {
+    let addr = r
+        .address
+        .clone()
+        .or_else(|| std::env::var("VAULT_ADDR").ok())
+        .unwrap_or_else(|| "https://127.0.0.1:8200".to_string());
+    let ca = r
+        .ca_cert
+        .clone()
+        .or_else(|| std::env::var("VAULT_CACERT").ok());
+    Client::new(&addr, token(), ca.as_deref()).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })
+}
+
+fn remote_err(e: ClientError) -> u8 {
+    eprintln!("{e}");
+    match e {
+        ClientError::Config(_) => 1,
+        _ => 2,
+    }
+}
+
+fn local_err(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("{msg}");
+    1
+}
+
+fn pairs(list: &[String]) -> Result<Map<String, Value>, u8> {
+    let mut m = Map::new();
+    for p in list {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(local_err(format!("invalid key=value pair {p:?}")));
+        };
+        let v = if let Some(file) = v.strip_prefix('@') {
+            std::fs::read_to_string(file)
+                .map_err(|e| local_err(format!("cannot read {file}: {e}")))?
+        } else if v == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(local_err)?;
+            s
+        } else {
+            v.to_string()
+        };
+        m.insert(k.to_string(), Value::String(v));
+    }
+    Ok(m)
+}
+
+macro_rules! tryc {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
+}
+
+macro_rules! call {
+    ($c:expr, $m:expr, $p:expr, $b:expr) => {
+        match $c.request($m, &$p, $b).await {
+            Ok(r) => r,
+            Err(e) => return remote_err(e),
+        }
+    };
+}
+
+fn init_tracing(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn"))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}
+
+pub async fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Server(a) => server(a).await,
+        Command::Config(ConfigCmd::Check { file }) => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return local_err(format!("cannot read {}: {e}", file.display())),
+            };
+            match palisade_server::config::parse(&text, &|k| std::env::var(k).ok()) {
+                Ok(_) => {
+                    println!("{}: OK", file.display());
+                    0
+                }
+                Err(errs) => {
+                    for e in &errs.0 {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    1
+                }
+            }
+        }
+        Command::Status(r) => {
+            let c = tryc!(client(&r));
+            let reply = call!(c, "GET", "sys/seal-status", None);
+            let d = reply.data();
+            let rows = vec![
+                ("Seal Type".into(), output::scalar(&d["type"])),
+                ("Initialized".into(), output::scalar(&d["initialized"])),
+                ("Sealed".into(), output::scalar(&d["sealed"])),
+                ("Total Shares".into(), output::scalar(&d["n"])),
+                ("Threshold".into(), output::scalar(&d["t"])),
+                (
+                    "Unseal Progress".into(),
+                    format!("{}/{}", d["progress"], d["t"]),
+                ),
+                ("Version".into(), output::scalar(&d["version"])),
+                ("Storage Type".into(), output::scalar(&d["storage_type"])),
+                ("HA Enabled".into(), "false".into()),
+            ];
+            output::print(r.format, &d, rows);
+            if d["sealed"] == json!(true) { 2 } else { 0 }
+        }
+        Command::Login { token, remote } => {
+            let mut c = tryc!(client(&remote));
+            c.set_token(Some(token.clone()));
+            let reply = call!(c, "GET", "auth/token/lookup-self", None);
+            let Ok(home) = std::env::var("HOME") else {
+                return local_err("HOME is not set");
+            };
+            let path = PathBuf::from(home).join(".palisade-token");
+            if let Err(e) = write_private(&path, token.as_bytes()) {
+                return local_err(format!("cannot write {}: {e}", path.display()));
+            }
+            let d = reply.data();
+            println!(
+                "Success! You are now authenticated. Token stored in {}.",
+                path.display()
+            );
+            output::print(
+                remote.format,
+                &d,
+                vec![
+                    ("token_accessor".into(), output::scalar(&d["accessor"])),
+                    ("token_policies".into(), output::scalar(&d["policies"])),
+                ],
+            );
+            0
+        }
+        Command::Operator(cmd) => operator(cmd).await,
+        Command::Kv(cmd) => kv(cmd).await,
+        Command::Token(cmd) => token_cmd(cmd).await,
+        Command::Policy(cmd) => policy(cmd).await,
+        Command::Secrets(cmd) => secrets(cmd).await,
+        Command::Audit(cmd) => audit(cmd).await,
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+async fn server(a: ServerArgs) -> u8 {
+    if a.dev {
+        if a.config.is_some() {
+            return local_err("--dev and --config cannot be combined");
+        }
+        init_tracing("info", false);
+        let opts = palisade_server::DevOptions {
+            root_token_id: a.dev_root_token_id,
+            listen: a.dev_listen_address,
+            audit_file: a.dev_audit_file,
+        };
+        return match palisade_server::run_dev(opts, shutdown_signal()).await {
+            Ok(()) => 0,
+            Err(e) => local_err(format!("error: {e}")),
+        };
+    }
+    let Some(file) = a.config else {
+        return local_err("either --dev or --config FILE is required");
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => return local_err(format!("cannot read {}: {e}", file.display())),
+    };
+    let cfg = match palisade_server::config::parse(&text, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{}: {e}", file.display());
+            }
+            return 1;
+        }
+    };
+    init_tracing(
+        &cfg.log_level,
+        cfg.log_format == palisade_server::config::LogFormat::Json,
+    );
+    match palisade_server::run(cfg, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => local_err(format!("error: {e}")),
+    }
+}
+
+async fn operator(cmd: OperatorCmd) -> u8 {
+    match cmd {
+        OperatorCmd::Init {
+            key_shares,
+            key_threshold,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let r = call!(
+                c,
+                "PUT",
+                "sys/init",
+                Some(&json!({"secret_shares": key_shares, "secret_threshold": key_threshold}))
+            );
+            let d = r.data();
+            match remote.format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default())
+                }
+                Format::Table => {
+                    if let Some(keys) = d["keys_base64"].as_array() {
+                        for (i, k) in keys.iter().enumerate() {
+                            println!("Unseal Key {}: {}", i + 1, output::scalar(k));
+                        }
+                    }
+                    println!(
+                        "\nInitial Root Token: {}\n",
+                        output::scalar(&d["root_token"])
+                    );
+                    println!(
+                        "Palisade initialized with {key_shares} key shares and a key threshold of {key_threshold}."
+                    );
+                }
+            }
+            0
+        }
+        OperatorCmd::Unseal { key, reset, remote } => {
+            let c = tryc!(client(&remote));
+            let body = if reset {
+                json!({"reset": true})
+            } else {
+                let key = match key {
+                    Some(k) => k,
+                    None => {
+                        let mut s = String::new();
+                        if std::io::stdin().read_line(&mut s).is_err() {
+                            return local_err("cannot read key from stdin");
+                        }
+                        s.trim().to_string()
+                    }
+                };
+                json!({"key": key})
+            };
+            let r = call!(c, "PUT", "sys/unseal", Some(&body));
+            let d = r.data();
+            output::print(
+                remote.format,
+                &d,
+                vec![
+                    ("Sealed".into(), output::scalar(&d["sealed"])),
+                    (
+                        "Unseal Progress".into(),
+                        format!("{}/{}", d["progress"], d["t"]),
+                    ),
+                ],
+            );
+            0
+        }
+        OperatorCmd::Seal(remote) => {
+            let c = tryc!(client(&remote));
+            call!(c, "PUT", "sys/seal", None);
+            println!("Success! Palisade is sealed.");
+            0
+        }
+        OperatorCmd::Rotate(remote) => {
+            let c = tryc!(client(&remote));
+            call!(c, "PUT", "sys/rotate", None);
+            let r = call!(c, "GET", "sys/key-status", None);
+            let d = r.data();
+            output::print(
+                remote.format,
+                &d,
+                vec![
+                    ("Key Term".into(), output::scalar(&d["term"])),
+                    ("Install Time".into(), output::scalar(&d["install_time"])),
+                ],
+            );
+            0
+        }
+        OperatorCmd::KeyStatus(remote) => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "GET", "sys/key-status", None);
+            let d = r.data();
+            output::print(
+                remote.format,
+                &d,
+                vec![
+                    ("Key Term".into(), output::scalar(&d["term"])),
+                    ("Install Time".into(), output::scalar(&d["install_time"])),
+                ],
+            );
+            0
+        }
+    }
+}
+
+fn kvp(p: &KvPath, part: &str) -> String {
+    format!(
+        "{}/{}/{}",
+        p.mount.trim_matches('/'),
+        part,
+        p.path.trim_matches('/')
+    )
+}
+
+async fn kv(cmd: KvCmd) -> u8 {
+    match cmd {
+        KvCmd::Get {
+            p,
+            version,
+            field,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let path = if version > 0 {
+                format!("{}?version={version}", kvp(&p, "data"))
+            } else {
+                kvp(&p, "data")
+            };
+            let r = call!(c, "GET", path, None);
+            let d = r.data();
+            if let Some(f) = field {
+                return match d["data"].get(&f) {
+                    Some(v) => {
+                        println!("{}", output::scalar(v));
+                        0
+                    }
+                    None => local_err(format!("field {f:?} not present in secret")),
+                };
+            }
+            match remote.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(r.body.as_ref().unwrap_or(&Value::Null))
+                        .unwrap_or_default()
+                ),
+                Format::Table => {
+                    println!("======= Metadata =======");
+                    print!("{}", output::table(&output::object_rows(&d["metadata"])));
+                    println!("\n====== Data ======");
+                    print!("{}", output::table(&output::object_rows(&d["data"])));
+                }
+            }
+            0
+        }
+        KvCmd::Put {
+            p,
+            pairs: kv,
+            cas,
+            remote,
+        } => {
+            let data = tryc!(pairs(&kv));
+            if data.is_empty() {
+                return local_err("must supply data (key=value pairs)");
+            }
+            let c = tryc!(client(&remote));
+            let mut body = json!({"data": data});
+            if let Some(cas) = cas {
+                body["options"] = json!({"cas": cas});
+            }
+            let r = call!(c, "PUT", kvp(&p, "data"), Some(&body));
+            let d = r.data();
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        KvCmd::Patch {
+            p,
+            pairs: kv,
+            remote,
+        } => {
+            let data = tryc!(pairs(&kv));
+            let c = tryc!(client(&remote));
+            let r = call!(c, "PATCH", kvp(&p, "data"), Some(&json!({"data": data})));
+            let d = r.data();
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        KvCmd::Delete {
+            p,
+            versions,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            if versions.is_empty() {
+                call!(c, "DELETE", kvp(&p, "data"), None);
+            } else {
+                call!(
+                    c,
+                    "POST",
+                    kvp(&p, "delete"),
+                    Some(&json!({"versions": versions}))
+                );
+            }
+            println!(
+                "Success! Data deleted (if it existed) at: {}",
+                kvp(&p, "data")
+            );
+            0
+        }
+        KvCmd::Undelete {
+            p,
+            versions,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "POST",
+                kvp(&p, "undelete"),
+                Some(&json!({"versions": versions}))
+            );
+            println!("Success! Data written to: {}", kvp(&p, "undelete"));
+            0
+        }
+        KvCmd::Destroy {
+            p,
+            versions,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "POST",
+                kvp(&p, "destroy"),
+                Some(&json!({"versions": versions}))
+            );
+            println!("Success! Data written to: {}", kvp(&p, "destroy"));
+            0
+        }
+        KvCmd::List { p, remote } => {
+            let c = tryc!(client(&remote));
+            let path = format!("{}/", kvp(&p, "metadata").trim_end_matches('/'));
+            let r = call!(c, "LIST", path, None);
+            output::list(remote.format, &r.data()["keys"]);
+            0
+        }
+        KvCmd::Metadata(m) => match m {
+            KvMetaCmd::Get { p, remote } => {
+                let c = tryc!(client(&remote));
+                let r = call!(c, "GET", kvp(&p, "metadata"), None);
+                let d = r.data();
+                output::print(remote.format, &d, output::object_rows(&d));
+                0
+            }
+            KvMetaCmd::Put {
+                p,
+                max_versions,
+                cas_required,
+                delete_version_after,
+                custom_metadata,
+                remote,
+            } => {
+                let mut body = Map::new();
+                if let Some(v) = max_versions {
+                    body.insert("max_versions".into(), json!(v));
+                }
+                if let Some(v) = cas_required {
+                    body.insert("cas_required".into(), json!(v));
+                }
+                if let Some(v) = delete_version_after {
+                    body.insert("delete_version_after".into(), json!(v));
+                }
+                if !custom_metadata.is_empty() {
+                    body.insert(
+                        "custom_metadata".into(),
+                        Value::Object(tryc!(pairs(&custom_metadata))),
+                    );
+                }
+                let c = tryc!(client(&remote));
+                call!(c, "POST", kvp(&p, "metadata"), Some(&Value::Object(body)));
+                println!("Success! Data written to: {}", kvp(&p, "metadata"));
+                0
+            }
+            KvMetaCmd::Delete { p, remote } => {
+                let c = tryc!(client(&remote));
+                call!(c, "DELETE", kvp(&p, "metadata"), None);
+                println!(
+                    "Success! Data deleted (if it existed) at: {}",
+                    kvp(&p, "metadata")
+                );
+                0
+            }
+        },
+    }
+}
+
+fn auth_rows(a: &Value) -> Vec<(String, String)> {
+    vec![
+        ("token".into(), output::scalar(&a["client_token"])),
+        ("token_accessor".into(), output::scalar(&a["accessor"])),
+        ("token_duration".into(), format!("{}s", a["lease_duration"])),
+        ("token_renewable".into(), output::scalar(&a["renewable"])),
+        (
+            "token_policies".into(),
+            output::scalar(&a["token_policies"]),
+        ),
+    ]
+}
+
+async fn token_cmd(cmd: TokenCmd) -> u8 {
+    match cmd {
+        TokenCmd::Create {
+            policies,
+            ttl,
+            explicit_max_ttl,
+            period,
+            use_limit,
+            orphan,
+            no_default_policy,
+            display_name,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let mut body = Map::new();
+            if !policies.is_empty() {
+                body.insert("policies".into(), json!(policies));
+            }
+            for (k, v) in [
+                ("ttl", ttl),
+                ("explicit_max_ttl", explicit_max_ttl),
+                ("period", period),
+                ("display_name", display_name),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(n) = use_limit {
+                body.insert("num_uses".into(), json!(n));
+            }
+            if no_default_policy {
+                body.insert("no_default_policy".into(), json!(true));
+            }
+            let path = if orphan {
+                "auth/token/create-orphan"
+            } else {
+                "auth/token/create"
+            };
+            let r = call!(c, "POST", path, Some(&Value::Object(body)));
+            let body = r.body.unwrap_or(Value::Null);
+            output::print(remote.format, &body, auth_rows(&body["auth"]));
+            0
+        }
+        TokenCmd::Lookup {
+            token,
+            accessor,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let r = match (token, accessor) {
+                (Some(a), true) => call!(
+                    c,
+                    "POST",
+                    "auth/token/lookup-accessor",
+                    Some(&json!({"accessor": a}))
+                ),
+                (Some(t), false) => {
+                    call!(c, "POST", "auth/token/lookup", Some(&json!({"token": t})))
+                }
+                (None, true) => return local_err("an accessor is required with --accessor"),
+                (None, false) => call!(c, "GET", "auth/token/lookup-self", None),
+            };
+            let mut d = r.data();
+            if let Some(o) = d.as_object_mut() {
+                o.remove("id");
+            }
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        TokenCmd::Renew {
+            token,
+            increment,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let mut body = Map::new();
+            if let Some(i) = increment {
+                body.insert("increment".into(), json!(i));
+            }
+            let r = match token {
+                Some(t) => {
+                    body.insert("token".into(), json!(t));
+                    call!(c, "POST", "auth/token/renew", Some(&Value::Object(body)))
+                }
+                None => call!(
+                    c,
+                    "POST",
+                    "auth/token/renew-self",
+                    Some(&Value::Object(body))
+                ),
+            };
+            let body = r.body.unwrap_or(Value::Null);
+            output::print(remote.format, &body, auth_rows(&body["auth"]));
+            0
+        }
+        TokenCmd::Revoke {
+            token,
+            accessor,
+            self_,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            match (token, accessor, self_) {
+                (_, _, true) => call!(c, "POST", "auth/token/revoke-self", None),
+                (Some(a), true, false) => call!(
+                    c,
+                    "POST",
+                    "auth/token/revoke-accessor",
+                    Some(&json!({"accessor": a}))
+                ),
+                (Some(t), false, false) => {
+                    call!(c, "POST", "auth/token/revoke", Some(&json!({"token": t})))
+                }
+                (None, _, false) => return local_err("a token (or --self) is required"),
+            };
+            println!("Success! Revoked token (if it existed)");
+            0
+        }
+    }
+}
+
+async fn policy(cmd: PolicyCmd) -> u8 {
+    match cmd {
+        PolicyCmd::List(remote) => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "GET", "sys/policy", None);
+            let d = r.data();
+            match remote.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&d["policies"]).unwrap_or_default()
+                ),
+                Format::Table => {
+                    for p in d["policies"].as_array().cloned().unwrap_or_default() {
+                        println!("{}", output::scalar(&p));
+                    }
+                }
+            }
+            0
+        }
+        PolicyCmd::Read { name, remote } => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "GET", format!("sys/policy/{name}"), None);
+            let d = r.data();
+            match remote.format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default())
+                }
+                Format::Table => println!("{}", output::scalar(&d["rules"])),
+            }
+            0
+        }
+        PolicyCmd::Write { name, file, remote } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                    return local_err(e);
+                }
+                s
+            } else {
+                match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => return local_err(format!("cannot read {file}: {e}")),
+                }
+            };
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "PUT",
+                format!("sys/policy/{name}"),
+                Some(&json!({"policy": text}))
+            );
+            println!("Success! Uploaded policy: {name}");
+            0
+        }
+        PolicyCmd::Delete { name, remote } => {
+            let c = tryc!(client(&remote));
+            call!(c, "DELETE", format!("sys/policy/{name}"), None);
+            println!("Success! Deleted policy: {name}");
+            0
+        }
+        PolicyCmd::Fmt { file } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return local_err(format!("cannot read {}: {e}", file.display())),
+            };
+            match palisade_policy::format_hcl(&text) {
+                Ok(f) => {
+                    if let Err(e) = std::fs::write(&file, f) {
+                        return local_err(format!("cannot write {}: {e}", file.display()));
+                    }
+                    println!("Success! Formatted policy: {}", file.display());
+                    0
+                }
+                Err(e) => local_err(format!("{}: {e}", file.display())),
+            }
+        }
+    }
+}
+
+async fn secrets(cmd: SecretsCmd) -> u8 {
+    match cmd {
+        SecretsCmd::Enable {
+            engine,
+            path,
+            version,
+            description,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let path = path.unwrap_or_else(|| engine.clone());
+            let mut body = json!({"type": engine});
+            if let Some(v) = version {
+                body["options"] = json!({"version": v});
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            call!(
+                c,
+                "POST",
+                format!("sys/mounts/{}", path.trim_matches('/')),
+                Some(&body)
+            );
+            println!(
+                "Success! Enabled the {engine} secrets engine at: {}/",
+                path.trim_matches('/')
+            );
+            0
+        }
+        SecretsCmd::Disable { path, remote } => {
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "DELETE",
+                format!("sys/mounts/{}", path.trim_matches('/')),
+                None
+            );
+            println!(
+                "Success! Disabled the secrets engine (if it existed) at: {}/",
+                path.trim_matches('/')
+            );
+            0
+        }
+        SecretsCmd::List(remote) => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "GET", "sys/mounts", None);
+            let d = r.data();
+            let rows = d
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                format!(
+                                    "{}    {}",
+                                    output::scalar(&v["type"]),
+                                    output::scalar(&v["description"])
+                                ),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            output::print(remote.format, &d, rows);
+            0
+        }
+    }
+}
+
+async fn audit(cmd: AuditCmd) -> u8 {
+    match cmd {
+        AuditCmd::Verify { file } => match palisade_audit::verify(&file) {
+            Ok(rep) => {
+                println!(
+                    "{}: OK, {} lines, hash chain intact",
+                    file.display(),
+                    rep.lines
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                1
+            }
+        },
+        AuditCmd::Enable {
+            kind,
+            options,
+            path,
+            description,
+            remote,
+        } => {
+            let opts = tryc!(pairs(&options));
+            let c = tryc!(client(&remote));
+            let path = path.unwrap_or_else(|| kind.clone());
+            let mut body = json!({"type": kind, "options": opts});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            call!(
+                c,
+                "PUT",
+                format!("sys/audit/{}", path.trim_matches('/')),
+                Some(&body)
+            );
+            println!(
+                "Success! Enabled the {kind} audit device at: {}/",
+                path.trim_matches('/')
+            );
+            0
+        }
+        AuditCmd::Disable { path, remote } => {
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "DELETE",
+                format!("sys/audit/{}", path.trim_matches('/')),
+                None
+            );
+            println!(
+                "Success! Disabled audit device (if it was enabled) at: {}/",
+                path.trim_matches('/')
+            );
+            0
+        }
+        AuditCmd::List(remote) => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "GET", "sys/audit", None);
+            let d = r.data();
+            let rows = d
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                format!(
+                                    "{}    {}",
+                                    output::scalar(&v["type"]),
+                                    output::scalar(&v["options"]["file_path"])
+                                ),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            output::print(remote.format, &d, rows);
+            0
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The typed request and response that flow through `Core::handle`, and the
+//! one error type every handler returns. The HTTP layer parses into these at
+//! the edge; nothing past it sees raw HTTP.
+
+use serde_json::{Map, Value};
+
+/// What the caller asked for, after method/verb mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    List,
+    /// POST or PUT: Vault treats them alike. Whether this is a create or an
+    /// update (for the ACL) is decided by an existence check in the core.
+    Write,
+    Delete,
+    Patch,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::List => "list",
+            Operation::Write => "update",
+            Operation::Delete => "delete",
+            Operation::Patch => "patch",
+        }
+    }
+}
+
+/// A parsed request. `path` has no leading slash and no `/v1/`.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub id: String,
+    pub operation: Operation,
+    pub path: String,
+    pub data: Map<String, Value>,
+    /// Query parameters (already split; for GET options such as `version`).
+    pub query: Vec<(String, String)>,
+    pub token: Option<String>,
+    pub remote_addr: String,
+    /// A body the edge could not parse: audited and answered with 400 by the core.
+    pub body_error: Option<ApiError>,
+}
+
+impl Request {
+    pub fn new(operation: Operation, path: impl Into<String>) -> Self {
+        Self {
+            id: palisade_core::uuid_v4(),
+            operation,
+            path: path.into(),
+            data: Map::new(),
+            query: Vec::new(),
+            token: None,
+            remote_addr: String::new(),
+            body_error: None,
+        }
+    }
+
+    /// A field from the body, falling back to the query string (Vault merges them for GET).
+    pub fn field(&self, name: &str) -> Option<Value> {
+        if let Some(v) = self.data.get(name) {
+            return Some(v.clone());
+        }
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| Value::String(v.clone()))
+    }
+}
+
+/// The `auth` block of a response (token create, login).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AuthBlock {
+    pub client_token: String,
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub token_policies: Vec<String>,
+    pub identity_policies: Option<Vec<String>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub lease_duration: i64,
+    pub renewable: bool,
+    pub entity_id: String,
+    pub token_type: String,
+    pub orphan: bool,
+    pub mfa_requirement: Option<Value>,
+    pub num_uses: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub data: Option<Value>,
+    pub auth: Option<AuthBlock>,
+    pub warnings: Vec<String>,
+    /// Repeat the keys of `data` at the top level (sys/mounts, sys/policy...).
+    pub top_level: bool,
+    /// A body that is not the Vault envelope (sys/health, sys/init...).
+    pub raw: Option<Value>,
+}
+
+impl Response {
+    pub fn data(data: Value) -> Self {
+        Self {
+            status: 200,
+            data: Some(data),
+            auth: None,
+            warnings: Vec::new(),
+            top_level: false,
+            raw: None,
+        }
+    }
+    pub fn no_content() -> Self {
+        Self {
+            status: 204,
+            data: None,
+            auth: None,
+            warnings: Vec::new(),
+            top_level: false,
+            raw: None,
+        }
+    }
+    pub fn raw(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            data: None,
+            auth: None,
+            warnings: Vec::new(),
+            top_level: false,
+            raw: Some(body),
+        }
+    }
+    pub fn with_top_level(mut self) -> Self {
+        self.top_level = true;
+        self
+    }
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+    pub fn warn(mut self, w: impl Into<String>) -> Self {
+        self.warnings.push(w.into());
+        self
+    }
+}
+
+/// An error as the client sees it: a status and Vault's `{"errors":[...]}`.
+/// Messages are written for clients; internal detail is logged, never sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {}", messages.join("; "))]
+pub struct ApiError {
+    pub status: u16,
+    pub messages: Vec<String>,
+    /// Some Vault errors carry a data body (KV v2 deleted version: 404 + metadata).
+    pub body: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, msg: impl Into<String>) -> Self {
+        Self {
+            status,
+            messages: vec![msg.into()],
+            body: None,
+        }
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(400, msg)
+    }
+    pub fn permission_denied() -> Self {
+        Self::new(403, "permission denied")
+    }
+    pub fn not_found() -> Self {
+        Self {
+            status: 404,
+            messages: Vec::new(),
+            body: None,
+        }
+    }
+    pub fn unsupported_path() -> Self {
+        Self::new(404, "unsupported path")
+    }
+    pub fn unsupported_operation() -> Self {
+        Self::new(405, "unsupported operation")
+    }
+    pub fn sealed() -> Self {
+        Self::new(503, "Vault is sealed")
+    }
+    /// The detail goes to the server log; the client sees a fixed message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(500, "internal error")
+    }
+}
+
+impl From<palisade_barrier::BarrierError> for ApiError {
+    fn from(e: palisade_barrier::BarrierError) -> Self {
+        use palisade_barrier::BarrierError as B;
+        match e {
+            B::Sealed => ApiError::sealed(),
+            B::NotInitialized => ApiError::new(400, "Vault is not initialized"),
+            B::AlreadyInitialized => ApiError::bad_request("Vault is already initialized"),
+            B::InvalidPath(_) => ApiError::bad_request("invalid path"),
+            B::Parameters(m) => ApiError::bad_request(m),
+            B::InvalidUnsealKey => ApiError::bad_request("invalid unseal key"),
+            // Integrity failures are reported, never returned as data.
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Helpers for typed field access with Vault-style error messages.
+pub mod fields {
+    use super::ApiError;
+    use serde_json::Value;
+
+    pub fn string(v: &Value, name: &str) -> Result<String, ApiError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(ApiError::bad_request(format!(
+                "field {name:?} must be a string"
+            ))),
+        }
+    }
+
+    /// Go's strconv.ParseBool, which Vault uses for query parameters.
+    pub fn parse_bool(s: &str) -> Option<bool> {
+        match s {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+            _ => None,
+        }
+    }
+
+    pub fn boolean(v: &Value, name: &str) -> Result<bool, ApiError> {
+        match v {
+            Value::Bool(b) => Ok(*b),
+            Value::String(s) => parse_bool(s)
+                .ok_or_else(|| ApiError::bad_request(format!("field {name:?} must be a boolean"))),
+            Value::Number(n) => Ok(n.as_i64().unwrap_or(0) != 0),
+            Value::Null => Ok(false),
+            _ => Err(ApiError::bad_request(format!(
+                "field {name:?} must be a boolean"
+            ))),
+        }
+    }
+
+    pub fn int(v: &Value, name: &str) -> Result<i64, ApiError> {
+        match v {
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                .ok_or_else(|| ApiError::bad_request(format!("field {name:?} must be an integer"))),
+            Value::String(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("field {name:?} must be an integer"))),
+            _ => Err(ApiError::bad_request(format!(
+                "field {name:?} must be an integer"
+            ))),
+        }
+    }
+
+    /// A duration in seconds: a number of seconds or a Go-style string ("1h").
+    pub fn duration_secs(v: &Value, name: &str) -> Result<i64, ApiError> {
+        match v {
+            Value::Number(_) => int(v, name),
+            Value::String(s) if s.is_empty() => Ok(0),
+            Value::String(s) => palisade_core::parse_duration(s)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|_| {
+                    ApiError::bad_request(format!("field {name:?}: invalid duration {s:?}"))
+                }),
+            Value::Null => Ok(0),
+            _ => Err(ApiError::bad_request(format!(
+                "field {name:?} must be a duration"
+            ))),
+        }
+    }
+
+    /// A list of strings given as a JSON array or a comma-separated string.
+    pub fn string_list(v: &Value, name: &str) -> Result<Vec<String>, ApiError> {
+        match v {
+            Value::Array(a) => a.iter().map(|x| string(x, name)).collect(),
+            Value::String(s) => Ok(s
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()),
+            Value::Null => Ok(Vec::new()),
+            _ => Err(ApiError::bad_request(format!(
+                "field {name:?} must be a list of strings"
+            ))),
+        }
+    }
+}

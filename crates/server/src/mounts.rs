@@ -1,0 +1,180 @@
+//! The mount table: which secrets engine answers under which path prefix.
+//! Stored behind the barrier at `core/mounts`; the router picks the longest
+//! matching prefix. Each mount gets its own storage view `logical/<uuid>/`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::logical::ApiError;
+
+pub const MOUNTS_PATH: &str = "core/mounts";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountConfig {
+    pub default_lease_ttl: i64,
+    pub max_lease_ttl: i64,
+    pub force_no_cache: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountEntry {
+    /// With a trailing slash: `secret/`.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub accessor: String,
+    pub uuid: String,
+    pub options: Map<String, Value>,
+    pub config: MountConfig,
+    pub local: bool,
+    pub seal_wrap: bool,
+}
+
+/// The kind of engine behind a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    KvV1,
+    KvV2,
+}
+
+impl MountEntry {
+    pub fn engine(&self) -> Option<EngineKind> {
+        match self.kind.as_str() {
+            "kv" | "generic" => {
+                if self.options.get("version").and_then(|v| v.as_str()) == Some("2") {
+                    Some(EngineKind::KvV2)
+                } else {
+                    Some(EngineKind::KvV1)
+                }
+            }
+            "kv-v2" => Some(EngineKind::KvV2),
+            _ => None,
+        }
+    }
+
+    pub fn view_prefix(&self) -> String {
+        format!("logical/{}/", self.uuid)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": self.kind,
+            "description": self.description,
+            "accessor": self.accessor,
+            "uuid": self.uuid,
+            "config": {
+                "default_lease_ttl": self.config.default_lease_ttl,
+                "max_lease_ttl": self.config.max_lease_ttl,
+                "force_no_cache": self.config.force_no_cache,
+            },
+            "options": if self.options.is_empty() { Value::Null } else { Value::Object(self.options.clone()) },
+            "local": self.local,
+            "seal_wrap": self.seal_wrap,
+            "external_entropy_access": false,
+            "plugin_version": "",
+            "running_plugin_version": "",
+            "running_sha256": "",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MountTable {
+    pub entries: Vec<MountEntry>,
+}
+
+/// Paths that belong to the core and can never be a secrets mount.
+const RESERVED: &[&str] = &["sys/", "auth/", "cubbyhole/", "identity/"];
+
+impl MountTable {
+    /// The mount with the longest prefix of `path`, and the path relative to it.
+    pub fn route<'a>(&'a self, path: &'a str) -> Option<(&'a MountEntry, &'a str)> {
+        self.entries
+            .iter()
+            .filter(|m| path.starts_with(&m.path) || format!("{path}/") == m.path)
+            .max_by_key(|m| m.path.len())
+            .map(|m| (m, path.get(m.path.len()..).unwrap_or("")))
+    }
+
+    /// Normalise and check a mount path from `sys/mounts/<path>`.
+    pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
+        let trimmed = raw.trim_matches('/');
+        if trimmed.is_empty() {
+            return Err(ApiError::bad_request("missing mount path"));
+        }
+        if trimmed
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(ApiError::bad_request(format!("invalid mount path {raw:?}")));
+        }
+        let path = format!("{trimmed}/");
+        if RESERVED.iter().any(|r| path.starts_with(r)) {
+            return Err(ApiError::bad_request(format!(
+                "cannot mount {path:?}: path is reserved"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// A new mount may neither contain nor be contained in an existing one.
+    pub fn conflicts(&self, path: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|m| m.path.starts_with(path) || path.starts_with(&m.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> MountEntry {
+        MountEntry {
+            path: path.into(),
+            kind: "kv".into(),
+            description: String::new(),
+            accessor: "kv_1".into(),
+            uuid: "u".into(),
+            options: Map::new(),
+            config: MountConfig::default(),
+            local: false,
+            seal_wrap: false,
+        }
+    }
+
+    #[test]
+    fn routes_longest_prefix() {
+        let t = MountTable {
+            entries: vec![entry("secret/"), entry("secret-b/"), entry("team/a/")],
+        };
+        assert_eq!(
+            t.route("secret/data/x").map(|(m, r)| (m.path.as_str(), r)),
+            Some(("secret/", "data/x"))
+        );
+        assert_eq!(
+            t.route("secret-b/x").map(|(m, r)| (m.path.as_str(), r)),
+            Some(("secret-b/", "x"))
+        );
+        assert_eq!(
+            t.route("team/a").map(|(m, r)| (m.path.as_str(), r)),
+            Some(("team/a/", ""))
+        );
+        assert!(t.route("secretx/a").is_none());
+        assert!(t.conflicts("secret/sub/"));
+        assert!(t.conflicts("team/"));
+        assert!(!t.conflicts("other/"));
+    }
+
+    #[test]
+    fn mount_paths_are_checked() {
+        assert_eq!(MountTable::normalise_path("/kv/").unwrap(), "kv/");
+        assert_eq!(
+            MountTable::normalise_path("sys").unwrap_err(),
+            ApiError::bad_request("cannot mount \"sys/\": path is reserved")
+        );
+        assert!(MountTable::normalise_path("a/../b").is_err());
+        assert!(MountTable::normalise_path("").is_err());
+    }
+}

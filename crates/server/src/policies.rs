@@ -1,0 +1,158 @@
+//! The policy store: ACL policies behind the barrier at `sys/policy/<name>`,
+//! parsed once and cached; ACLs for a token's policy set are cached too and
+//! dropped whenever any policy changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use palisade_barrier::Barrier;
+use palisade_policy::{Acl, DEFAULT_POLICY, Policy};
+use serde::{Deserialize, Serialize};
+
+use crate::logical::ApiError;
+
+const PREFIX: &str = "sys/policy/";
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    name: String,
+    raw: String,
+}
+
+pub struct PolicyStore {
+    barrier: Arc<Barrier>,
+    policies: RwLock<HashMap<String, Arc<Policy>>>,
+    acls: RwLock<HashMap<Vec<String>, Arc<Acl>>>,
+}
+
+fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::internal(format!("policy store lock: {e}")))
+}
+
+/// Vault's rule for policy names, applied before anything touches storage.
+pub fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim().to_lowercase();
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid policy name {name:?}"
+        )));
+    }
+    Ok(name)
+}
+
+impl PolicyStore {
+    pub fn new(barrier: Arc<Barrier>) -> Self {
+        Self {
+            barrier,
+            policies: RwLock::new(HashMap::new()),
+            acls: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Load every policy into memory; create `default` on first unseal.
+    pub async fn setup(&self) -> Result<(), ApiError> {
+        let mut map = HashMap::new();
+        for name in self.barrier.list(PREFIX).await? {
+            if let Some(b) = self.barrier.get(&format!("{PREFIX}{name}")).await? {
+                let s: Stored = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+                let p = Policy::parse(&s.name, &s.raw).map_err(|e| {
+                    ApiError::internal(format!("stored policy {name} invalid: {e}"))
+                })?;
+                map.insert(s.name, Arc::new(p));
+            }
+        }
+        let need_default = !map.contains_key("default");
+        *lock(self.policies.write())? = map;
+        lock(self.acls.write())?.clear();
+        if need_default {
+            self.write("default", DEFAULT_POLICY).await?;
+        }
+        Ok(())
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut p) = self.policies.write() {
+            p.clear();
+        }
+        if let Ok(mut a) = self.acls.write() {
+            a.clear();
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<String>, ApiError> {
+        let mut names: Vec<String> = lock(self.policies.read())?.keys().cloned().collect();
+        names.push("root".into());
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        name == "root"
+            || self
+                .policies
+                .read()
+                .map(|p| p.contains_key(name))
+                .unwrap_or(false)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<Arc<Policy>>, ApiError> {
+        Ok(lock(self.policies.read())?.get(name).cloned())
+    }
+
+    pub async fn write(&self, name: &str, raw: &str) -> Result<(), ApiError> {
+        let name = check_name(name)?;
+        if name == "root" {
+            return Err(ApiError::bad_request("cannot update root policy"));
+        }
+        let policy = Policy::parse(&name, raw)
+            .map_err(|e| ApiError::bad_request(format!("failed to parse policy: {e}")))?;
+        let bytes = serde_json::to_vec(&Stored {
+            name: name.clone(),
+            raw: raw.to_string(),
+        })
+        .map_err(ApiError::internal)?;
+        self.barrier.put(&format!("{PREFIX}{name}"), &bytes).await?;
+        lock(self.policies.write())?.insert(name, Arc::new(policy));
+        lock(self.acls.write())?.clear();
+        Ok(())
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let name = check_name(name)?;
+        if name == "root" {
+            return Err(ApiError::bad_request("cannot delete root policy"));
+        }
+        if name == "default" {
+            return Err(ApiError::bad_request("cannot delete default policy"));
+        }
+        self.barrier.delete(&format!("{PREFIX}{name}")).await?;
+        lock(self.policies.write())?.remove(&name);
+        lock(self.acls.write())?.clear();
+        Ok(())
+    }
+
+    /// The merged ACL for a set of policy names (unknown names grant nothing).
+    pub fn acl(&self, names: &[String]) -> Result<Arc<Acl>, ApiError> {
+        if let Some(a) = lock(self.acls.read())?.get(names) {
+            return Ok(a.clone());
+        }
+        let acl = if names.iter().any(|n| n == "root") {
+            Acl::root()
+        } else {
+            let map = lock(self.policies.read())?;
+            let found: Vec<&Policy> = names
+                .iter()
+                .filter_map(|n| map.get(n).map(|p| p.as_ref()))
+                .collect();
+            Acl::new(&found)
+        };
+        let acl = Arc::new(acl);
+        lock(self.acls.write())?.insert(names.to_vec(), acl.clone());
+        Ok(acl)
+    }
+}

@@ -1,0 +1,612 @@
+//! `sys/*`: init, unseal, seal, health, mounts, policies, audit devices,
+//! key rotation and capabilities, with Vault's request and response shapes.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
+
+use crate::core::{AuditDeviceEntry, Authorized, Core};
+use crate::logical::{ApiError, Operation, Request, Response, fields};
+use crate::mounts::{MountConfig, MountTable};
+
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+palisade");
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+async fn seal_status(core: &Core) -> Result<Value, ApiError> {
+    let cfg = core.barrier.seal_config().await?;
+    let p = core.barrier.unseal_progress();
+    Ok(json!({
+        "type": "shamir",
+        "initialized": cfg.is_some(),
+        "sealed": p.sealed,
+        "t": cfg.map(|c| c.secret_threshold).unwrap_or(0),
+        "n": cfg.map(|c| c.secret_shares).unwrap_or(0),
+        "progress": p.progress,
+        "nonce": p.nonce,
+        "version": VERSION,
+        "build_date": "",
+        "migration": false,
+        "recovery_seal": false,
+        "storage_type": core.barrier.backend_kind(),
+        "cluster_name": if p.sealed { Value::Null } else { json!("palisade") },
+        "cluster_id": if p.sealed { Value::Null } else { json!("") },
+    }))
+}
+
+fn query_code(req: &Request, name: &str, default: u16) -> Result<u16, ApiError> {
+    match req.query.iter().find(|(k, _)| k == name) {
+        None => Ok(default),
+        Some((_, v)) => v
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("unable to parse {name}: invalid status code {v:?}"))
+            }),
+    }
+}
+
+/// sys/init, sys/unseal, sys/seal-status, sys/health, sys/leader.
+pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<Response, ApiError> {
+    if let Some(err) = &req.body_error {
+        return Err(err.clone());
+    }
+    match (req.path.as_str(), req.operation) {
+        ("sys/init", Operation::Read) => Ok(Response::raw(
+            200,
+            json!({ "initialized": core.barrier.initialized().await? }),
+        )),
+        ("sys/init", Operation::Write) => {
+            let shares = field_u8(req, "secret_shares")?;
+            let threshold = field_u8(req, "secret_threshold")?;
+            for unsupported in [
+                "pgp_keys",
+                "root_token_pgp_key",
+                "stored_shares",
+                "recovery_shares",
+            ] {
+                if req.data.get(unsupported).is_some_and(|v| {
+                    !v.is_null() && v != &json!(0) && v != &json!("") && v != &json!([])
+                }) {
+                    return Err(ApiError::bad_request(format!(
+                        "{unsupported} is not supported"
+                    )));
+                }
+            }
+            let (parts, root) = core.initialize(shares, threshold).await?;
+            let keys: Vec<String> = parts.iter().map(hex::encode).collect();
+            let keys_b64: Vec<String> = parts.iter().map(|p| b64().encode(&p[..])).collect();
+            Ok(Response::raw(
+                200,
+                json!({ "keys": keys, "keys_base64": keys_b64, "root_token": root }),
+            ))
+        }
+        ("sys/seal-status", Operation::Read) => Ok(Response::raw(200, seal_status(core).await?)),
+        ("sys/unseal", Operation::Write) => {
+            if !core.barrier.initialized().await? {
+                return Err(ApiError::bad_request("Vault is not initialized"));
+            }
+            let reset = req
+                .data
+                .get("reset")
+                .map(|v| fields::boolean(v, "reset"))
+                .transpose()?
+                .unwrap_or(false);
+            if reset {
+                core.barrier.reset_unseal();
+                return Ok(Response::raw(200, seal_status(core).await?));
+            }
+            let key = match req.data.get("key") {
+                Some(Value::String(k)) if !k.is_empty() => k.clone(),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "'key' must be specified in request body as JSON, or 'reset' set to true",
+                    ));
+                }
+            };
+            let share = Zeroizing::new(hex::decode(&key).or_else(|_| b64().decode(&key)).map_err(
+                |_| ApiError::bad_request("'key' must be a valid hex or base64 string"),
+            )?);
+            let was_sealed = core.barrier.sealed();
+            let progress = core.barrier.submit_share(share).await?;
+            if was_sealed && !progress.sealed {
+                if let Err(e) = core.post_unseal().await {
+                    // fail closed: a core that cannot load its tables stays sealed
+                    let _ = core.seal().await;
+                    return Err(e);
+                }
+                tracing::info!("unsealed");
+            }
+            Ok(Response::raw(200, seal_status(core).await?))
+        }
+        ("sys/health", Operation::Read) => {
+            let initialized = core.barrier.initialized().await?;
+            let sealed = core.barrier.sealed();
+            let status = if !initialized {
+                query_code(req, "uninitcode", 501)?
+            } else if sealed {
+                query_code(req, "sealedcode", 503)?
+            } else {
+                query_code(req, "activecode", 200)?
+            };
+            // validate the other documented options even though a single node never uses them
+            for opt in ["standbycode", "drsecondarycode", "performancestandbycode"] {
+                query_code(req, opt, 429)?;
+            }
+            Ok(Response::raw(
+                status,
+                json!({
+                    "initialized": initialized,
+                    "sealed": sealed,
+                    "standby": false,
+                    "performance_standby": false,
+                    "replication_performance_mode": "disabled",
+                    "replication_dr_mode": "disabled",
+                    "server_time_utc": palisade_core::now_nanos() / 1_000_000_000,
+                    "version": VERSION,
+                    "enterprise": false,
+                    "cluster_name": "palisade",
+                    "cluster_id": "",
+                    "echo_duration_ms": 0,
+                    "clock_skew_ms": 0,
+                }),
+            ))
+        }
+        ("sys/leader", Operation::Read) => Ok(Response::raw(
+            200,
+            json!({ "ha_enabled": false, "is_self": false, "active_time": "0001-01-01T00:00:00Z",
+                    "leader_address": "", "leader_cluster_address": "", "performance_standby": false }),
+        )),
+        _ => Err(ApiError::unsupported_operation()),
+    }
+}
+
+fn field_u8(req: &Request, name: &str) -> Result<u8, ApiError> {
+    let v = req
+        .data
+        .get(name)
+        .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))?;
+    let n = fields::int(v, name)?;
+    u8::try_from(n).map_err(|_| ApiError::bad_request(format!("{name} must be between 1 and 255")))
+}
+
+/// Everything else under sys/ (the token and ACL were checked by the core).
+pub async fn handle(
+    core: &Arc<Core>,
+    req: &Request,
+    auth: &Authorized,
+    rest: &str,
+) -> Result<Response, ApiError> {
+    let op = req.operation;
+    match rest {
+        "seal" if op == Operation::Write => {
+            core.seal().await?;
+            tracing::info!("sealed by request");
+            return Ok(Response::no_content());
+        }
+        "rotate" if op == Operation::Write => {
+            core.barrier.rotate().await?;
+            return Ok(Response::no_content());
+        }
+        "key-status" if op == Operation::Read => {
+            let st = core.barrier.key_status()?;
+            return Ok(Response::data(json!({
+                "term": st.term,
+                "install_time": palisade_core::rfc3339(st.install_time),
+                "encryptions": 0,
+            }))
+            .with_top_level());
+        }
+        "mounts" if op == Operation::Read || op == Operation::List => return list_mounts(core),
+        "auth" if op == Operation::Read => {
+            let token = json!({
+                "type": "token", "description": "token based credentials", "accessor": "auth_token_0",
+                "uuid": "", "local": false, "seal_wrap": false,
+                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
+                "options": null,
+            });
+            return Ok(Response::data(json!({ "token/": token })).with_top_level());
+        }
+        "policy" | "policies/acl" if op == Operation::Read || op == Operation::List => {
+            let names = core.policies.list()?;
+            if rest == "policy" {
+                return Ok(
+                    Response::data(json!({ "policies": names, "keys": names })).with_top_level()
+                );
+            }
+            let names: Vec<String> = names.into_iter().filter(|n| n != "root").collect();
+            return Ok(Response::data(json!({ "keys": names, "policies": names })).with_top_level());
+        }
+        "audit" if op == Operation::Read || op == Operation::List => {
+            let table = core.audit_table.lock().await;
+            let mut out = Map::new();
+            for d in table.iter() {
+                out.insert(
+                    d.path.clone(),
+                    json!({ "type": d.kind, "description": d.description, "options": d.options, "local": d.local, "path": d.path }),
+                );
+            }
+            return Ok(Response::data(Value::Object(out)).with_top_level());
+        }
+        "capabilities-self" | "capabilities" | "capabilities-accessor"
+            if op == Operation::Write =>
+        {
+            return capabilities(core, req, auth, rest).await;
+        }
+        _ => {}
+    }
+    if let Some(path) = rest.strip_prefix("mounts/") {
+        if let Some(p) = path.strip_suffix("/tune") {
+            return tune_mount(core, req, p).await;
+        }
+        return mount(core, req, path).await;
+    }
+    if let Some(name) = rest.strip_prefix("policy/") {
+        return policy(core, req, name, false).await;
+    }
+    if let Some(name) = rest.strip_prefix("policies/acl/") {
+        return policy(core, req, name, true).await;
+    }
+    if let Some(path) = rest.strip_prefix("audit/") {
+        return audit_device(core, req, path).await;
+    }
+    if let Some(path) = rest.strip_prefix("audit-hash/") {
+        if op != Operation::Write {
+            return Err(ApiError::unsupported_operation());
+        }
+        let input = match req.data.get("input") {
+            Some(v) => fields::string(v, "input")?,
+            None => return Err(ApiError::bad_request("the \"input\" parameter is required")),
+        };
+        let name = format!("{}/", path.trim_end_matches('/'));
+        let hash = core
+            .audit
+            .hash(&name, &input)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown audit backend {name}")))?;
+        return Ok(Response::data(json!({ "hash": hash })).with_top_level());
+    }
+    if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
+        let table = core.mount_table()?;
+        let (m, _) = table.route(path).ok_or_else(|| ApiError::bad_request(format!("preflight capability check returned 403, please ensure client's policies grant access to path \"{path}/\"")))?;
+        let mut v = m.to_json();
+        v["path"] = json!(m.path);
+        return Ok(Response::data(v));
+    }
+    Err(ApiError::unsupported_path())
+}
+
+fn list_mounts(core: &Core) -> Result<Response, ApiError> {
+    let table = core.mount_table()?;
+    let mut out = Map::new();
+    for m in &table.entries {
+        out.insert(m.path.clone(), m.to_json());
+    }
+    out.insert(
+        "sys/".into(),
+        json!({ "type": "system", "description": "system endpoints used for control, policy and debugging",
+                "accessor": "system_0", "uuid": "", "local": false, "seal_wrap": true, "options": null,
+                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false} }),
+    );
+    Ok(Response::data(Value::Object(out)).with_top_level())
+}
+
+fn mount_config(v: Option<&Value>) -> Result<MountConfig, ApiError> {
+    let mut c = MountConfig::default();
+    if let Some(Value::Object(o)) = v {
+        if let Some(x) = o.get("default_lease_ttl") {
+            c.default_lease_ttl = fields::duration_secs(x, "default_lease_ttl")?;
+        }
+        if let Some(x) = o.get("max_lease_ttl") {
+            c.max_lease_ttl = fields::duration_secs(x, "max_lease_ttl")?;
+        }
+        if let Some(x) = o.get("force_no_cache") {
+            c.force_no_cache = fields::boolean(x, "force_no_cache")?;
+        }
+    }
+    Ok(c)
+}
+
+fn string_map(v: Option<&Value>) -> Result<Map<String, Value>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), Value::String(fields::string(v, k)?))))
+            .collect(),
+        Some(_) => Err(ApiError::bad_request("options must be an object")),
+    }
+}
+
+async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, ApiError> {
+    match req.operation {
+        Operation::Write => {
+            let kind = match req.data.get("type") {
+                Some(v) => fields::string(v, "type")?,
+                None => {
+                    return Err(ApiError::bad_request(
+                        "backend type must be specified as a string",
+                    ));
+                }
+            };
+            let description = req
+                .data
+                .get("description")
+                .map(|v| fields::string(v, "description"))
+                .transpose()?
+                .unwrap_or_default();
+            let options = string_map(req.data.get("options"))?;
+            let config = mount_config(req.data.get("config"))?;
+            core.enable_mount(path, &kind, &description, options, config)
+                .await?;
+            Ok(Response::no_content())
+        }
+        Operation::Read => {
+            let p = MountTable::normalise_path(path)?;
+            let table = core.mount_table()?;
+            let m =
+                table.entries.iter().find(|m| m.path == p).ok_or_else(|| {
+                    ApiError::bad_request(format!("No secret engine mount at {p}"))
+                })?;
+            Ok(Response::data(m.to_json()))
+        }
+        Operation::Delete => {
+            let p = MountTable::normalise_path(path)?;
+            let _g = core.table_lock.lock().await;
+            let mut table = (*core.mount_table()?).clone();
+            let Some(idx) = table.entries.iter().position(|m| m.path == p) else {
+                return Ok(Response::no_content());
+            };
+            let m = table.entries.remove(idx);
+            // remove the mount first so no request reaches a half-cleared view
+            core.save_mounts(table).await?;
+            palisade_barrier::View::new(core.barrier.clone(), m.view_prefix())
+                .clear()
+                .await?;
+            Ok(Response::no_content())
+        }
+        _ => Err(ApiError::unsupported_operation()),
+    }
+}
+
+async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, ApiError> {
+    let p = MountTable::normalise_path(path)?;
+    let _g = core.table_lock.lock().await;
+    let mut table = (*core.mount_table()?).clone();
+    let m = table
+        .entries
+        .iter_mut()
+        .find(|m| m.path == p)
+        .ok_or_else(|| ApiError::bad_request(format!("no mount entry found for path {p}")))?;
+    match req.operation {
+        Operation::Read => Ok(Response::data(json!({
+            "default_lease_ttl": m.config.default_lease_ttl,
+            "max_lease_ttl": m.config.max_lease_ttl,
+            "force_no_cache": m.config.force_no_cache,
+            "description": m.description,
+            "options": m.options,
+        }))),
+        Operation::Write => {
+            if let Some(v) = req.data.get("default_lease_ttl") {
+                m.config.default_lease_ttl = fields::duration_secs(v, "default_lease_ttl")?;
+            }
+            if let Some(v) = req.data.get("max_lease_ttl") {
+                m.config.max_lease_ttl = fields::duration_secs(v, "max_lease_ttl")?;
+            }
+            if let Some(v) = req.data.get("description") {
+                m.description = fields::string(v, "description")?;
+            }
+            let opts = string_map(req.data.get("options"))?;
+            if let Some(v) = opts.get("version")
+                && Some(v) != m.options.get("version")
+            {
+                return Err(ApiError::bad_request(
+                    "changing the version of a kv mount is not supported; enable a new mount",
+                ));
+            }
+            core.save_mounts(table).await?;
+            Ok(Response::no_content())
+        }
+        _ => Err(ApiError::unsupported_operation()),
+    }
+}
+
+async fn policy(
+    core: &Arc<Core>,
+    req: &Request,
+    name: &str,
+    acl_api: bool,
+) -> Result<Response, ApiError> {
+    let name = crate::policies::check_name(name)?;
+    match req.operation {
+        Operation::Read => {
+            if name == "root" {
+                let body = if acl_api {
+                    json!({"name": "root", "policy": ""})
+                } else {
+                    json!({"name": "root", "rules": ""})
+                };
+                return Ok(Response::data(body).with_top_level());
+            }
+            let p = core.policies.get(&name)?.ok_or_else(ApiError::not_found)?;
+            let body = if acl_api {
+                json!({ "name": p.name, "policy": p.raw })
+            } else {
+                json!({ "name": p.name, "rules": p.raw })
+            };
+            Ok(Response::data(body).with_top_level())
+        }
+        Operation::Write => {
+            // node-vault sends `rules`; everything else `policy`. Vault also
+            // accepts the policy base64-encoded.
+            let raw = req
+                .data
+                .get("policy")
+                .or_else(|| req.data.get("rules"))
+                .map(|v| fields::string(v, "policy"))
+                .transpose()?
+                .ok_or_else(|| ApiError::bad_request("'policy' parameter not supplied or empty"))?;
+            if raw.trim().is_empty() {
+                return Err(ApiError::bad_request(
+                    "'policy' parameter not supplied or empty",
+                ));
+            }
+            let raw = match b64().decode(raw.trim()) {
+                Ok(bytes) if palisade_policy::Policy::parse(&name, &raw).is_err() => {
+                    String::from_utf8(bytes).unwrap_or(raw)
+                }
+                _ => raw,
+            };
+            core.policies.write(&name, &raw).await?;
+            Ok(Response::no_content())
+        }
+        Operation::Delete => {
+            core.policies.delete(&name).await?;
+            Ok(Response::no_content())
+        }
+        _ => Err(ApiError::unsupported_operation()),
+    }
+}
+
+async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, ApiError> {
+    let name = format!("{}/", path.trim_matches('/'));
+    if name == "/" || name.split('/').any(|s| s == "..") {
+        return Err(ApiError::bad_request("invalid audit path"));
+    }
+    match req.operation {
+        Operation::Write => {
+            let kind = req
+                .data
+                .get("type")
+                .map(|v| fields::string(v, "type"))
+                .transpose()?
+                .unwrap_or_default();
+            if kind != "file" {
+                return Err(ApiError::bad_request(format!(
+                    "unknown backend type: {kind:?}"
+                )));
+            }
+            let options = string_map(req.data.get("options"))?;
+            let Some(file_path) = options.get("file_path").and_then(|v| v.as_str()) else {
+                return Err(ApiError::bad_request("file_path is required"));
+            };
+            if !std::path::Path::new(file_path).is_absolute() {
+                return Err(ApiError::bad_request("file_path must be an absolute path"));
+            }
+            for (k, _) in options.iter() {
+                if !matches!(
+                    k.as_str(),
+                    "file_path"
+                        | "mode"
+                        | "hmac_accessor"
+                        | "log_raw"
+                        | "format"
+                        | "prefix"
+                        | "elide_list_responses"
+                ) {
+                    return Err(ApiError::bad_request(format!("unknown audit option {k:?}")));
+                }
+            }
+            if options
+                .get("log_raw")
+                .and_then(|v| v.as_str())
+                .and_then(fields::parse_bool)
+                == Some(true)
+            {
+                return Err(ApiError::bad_request(
+                    "log_raw is not supported: secrets never reach the audit log in the clear",
+                ));
+            }
+            let description = req
+                .data
+                .get("description")
+                .map(|v| fields::string(v, "description"))
+                .transpose()?
+                .unwrap_or_default();
+            let local = req
+                .data
+                .get("local")
+                .map(|v| fields::boolean(v, "local"))
+                .transpose()?
+                .unwrap_or(false);
+            let key = palisade_crypto::mac::MacKey::generate();
+            core.enable_audit(AuditDeviceEntry {
+                path: name,
+                kind,
+                description,
+                options,
+                local,
+                hmac_key: b64().encode(key.expose_bytes()),
+            })
+            .await?;
+            Ok(Response::no_content())
+        }
+        Operation::Delete => {
+            core.disable_audit(&name).await?;
+            Ok(Response::no_content())
+        }
+        _ => Err(ApiError::unsupported_operation()),
+    }
+}
+
+async fn capabilities(
+    core: &Arc<Core>,
+    req: &Request,
+    auth: &Authorized,
+    which: &str,
+) -> Result<Response, ApiError> {
+    let paths = match req.data.get("paths").or_else(|| req.data.get("path")) {
+        Some(v) => fields::string_list(v, "paths")?,
+        None => return Err(ApiError::bad_request("missing paths")),
+    };
+    let acl = match which {
+        "capabilities-self" => auth.acl.clone(),
+        "capabilities" => {
+            let token = req
+                .data
+                .get("token")
+                .map(|v| fields::string(v, "token"))
+                .transpose()?
+                .unwrap_or_default();
+            let e = core
+                .tokens
+                .lookup(&token)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("invalid token"))?;
+            core.policies.acl(&e.policies)?
+        }
+        _ => {
+            let acc = req
+                .data
+                .get("accessor")
+                .map(|v| fields::string(v, "accessor"))
+                .transpose()?
+                .unwrap_or_default();
+            let e = core
+                .tokens
+                .lookup_accessor(&acc)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
+            core.policies.acl(&e.policies)?
+        }
+    };
+    let mut out = Map::new();
+    let mut all = Vec::new();
+    for p in &paths {
+        let caps = if acl.is_root() {
+            vec!["root"]
+        } else {
+            acl.capabilities(p.trim_start_matches('/'), false).names()
+        };
+        if paths.len() == 1 {
+            all = caps.clone();
+        }
+        out.insert(p.clone(), json!(caps));
+    }
+    out.insert("capabilities".into(), json!(all));
+    Ok(Response::data(Value::Object(out)).with_top_level())
+}

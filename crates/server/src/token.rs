@@ -1,0 +1,421 @@
+//! The token store: service tokens kept only as keyed hashes.
+//!
+//! Storage (behind the barrier):
+//! - `sys/token/salt`: the HMAC key for token and accessor hashing;
+//! - `sys/token/id/<hmac(token)>`: the [`TokenEntry`];
+//! - `sys/token/accessor/<hmac(accessor)>`: the token's hash;
+//! - `sys/token/parent/<parent hash>/<child hash>`: the revocation tree.
+//!
+//! Token strings never reach storage or a log; lookups hash the presented
+//! token and compare fixed-length MACs. Revoking a token revokes its children.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use palisade_barrier::{Barrier, BarrierOp};
+use palisade_crypto::mac::MacKey;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::logical::ApiError;
+
+const SALT_PATH: &str = "sys/token/salt";
+const ID_PREFIX: &str = "sys/token/id/";
+const ACCESSOR_PREFIX: &str = "sys/token/accessor/";
+const PARENT_PREFIX: &str = "sys/token/parent/";
+
+/// Vault's default and maximum token TTL (32 days).
+pub const DEFAULT_TTL: i64 = 768 * 3600;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenEntry {
+    pub hash: String,
+    pub accessor: String,
+    /// Hash of the parent token; empty for orphans.
+    pub parent: String,
+    pub policies: Vec<String>,
+    pub meta: Map<String, Value>,
+    pub display_name: String,
+    /// Remaining uses; 0 means unlimited.
+    pub num_uses: i64,
+    pub creation_time: i64,
+    pub creation_ttl: i64,
+    pub explicit_max_ttl: i64,
+    pub period: i64,
+    pub renewable: bool,
+    /// Unix seconds; 0 means the token never expires (root tokens).
+    pub expire_time: i64,
+    pub issue_time: i64,
+    pub path: String,
+}
+
+impl TokenEntry {
+    pub fn is_root(&self) -> bool {
+        self.policies.iter().any(|p| p == "root")
+    }
+    pub fn ttl_remaining(&self, now: i64) -> i64 {
+        if self.expire_time == 0 {
+            0
+        } else {
+            (self.expire_time - now).max(0)
+        }
+    }
+    pub fn orphan(&self) -> bool {
+        self.parent.is_empty()
+    }
+}
+
+/// What a caller asks for when creating a token; the handler fills it from
+/// the request and its own rules (subset of parent policies, sudo for orphans).
+#[derive(Clone, Debug, Default)]
+pub struct NewToken {
+    pub id: Option<String>,
+    pub parent: String,
+    pub policies: Vec<String>,
+    pub meta: Map<String, Value>,
+    pub display_name: String,
+    pub num_uses: i64,
+    pub ttl: i64,
+    pub explicit_max_ttl: i64,
+    pub period: i64,
+    pub renewable: bool,
+    pub path: String,
+}
+
+pub struct TokenStore {
+    barrier: Arc<Barrier>,
+    salt: RwLock<Option<Arc<MacKey>>>,
+    cache: RwLock<HashMap<String, Arc<TokenEntry>>>,
+}
+
+fn now() -> i64 {
+    palisade_core::now_nanos() / 1_000_000_000
+}
+
+fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::internal(format!("token store lock: {e}")))
+}
+
+/// A random string in the base62 alphabet (token ids, accessors).
+pub fn random_base62(n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        for b in palisade_core::random_bytes(n * 2) {
+            // rejection sampling: 248 = 4 * 62 keeps the distribution uniform
+            if b < 248 && out.len() < n {
+                out.push(ALPHABET[(b % 62) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+impl TokenStore {
+    pub fn new(barrier: Arc<Barrier>) -> Self {
+        Self {
+            barrier,
+            salt: RwLock::new(None),
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Load (or create on first unseal) the hashing key.
+    pub async fn setup(&self) -> Result<(), ApiError> {
+        let key = match self.barrier.get(SALT_PATH).await? {
+            Some(k) => MacKey::from_bytes(&k),
+            None => {
+                let k = MacKey::generate();
+                self.barrier.put(SALT_PATH, k.expose_bytes()).await?;
+                k
+            }
+        };
+        *lock(self.salt.write())? = Some(Arc::new(key));
+        Ok(())
+    }
+
+    /// Forget keys and cached entries (on seal).
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.salt.write() {
+            *s = None;
+        }
+        if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+    }
+
+    fn salt(&self) -> Result<Arc<MacKey>, ApiError> {
+        lock(self.salt.read())?.clone().ok_or_else(ApiError::sealed)
+    }
+
+    pub fn hash(&self, token: &str) -> Result<String, ApiError> {
+        Ok(self.salt()?.sign_hex(token.as_bytes()))
+    }
+
+    async fn store(&self, e: &TokenEntry) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(e).map_err(ApiError::internal)?;
+        self.barrier
+            .put(&format!("{ID_PREFIX}{}", e.hash), &bytes)
+            .await?;
+        lock(self.cache.write())?.insert(e.hash.clone(), Arc::new(e.clone()));
+        Ok(())
+    }
+
+    /// Create a token; returns the token string (shown once) and its entry.
+    pub async fn create(&self, spec: NewToken) -> Result<(String, TokenEntry), ApiError> {
+        let id = match spec.id {
+            Some(id) => {
+                if id.is_empty() || id.contains('.') {
+                    return Err(ApiError::bad_request(
+                        "custom token ID cannot have the '.' in the value",
+                    ));
+                }
+                id
+            }
+            None => format!("hvs.{}", random_base62(24)),
+        };
+        let salt = self.salt()?;
+        let hash = salt.sign_hex(id.as_bytes());
+        if self.entry_by_hash(&hash).await?.is_some() {
+            return Err(ApiError::bad_request(
+                "cannot create a token with a duplicate ID",
+            ));
+        }
+        let accessor = random_base62(24);
+        let now = now();
+        let mut ttl = spec.ttl;
+        if spec.period > 0 {
+            ttl = spec.period;
+        }
+        if spec.explicit_max_ttl > 0 && (ttl == 0 || ttl > spec.explicit_max_ttl) {
+            ttl = spec.explicit_max_ttl;
+        }
+        let is_root = spec.policies.iter().any(|p| p == "root");
+        if ttl == 0 && !is_root {
+            ttl = DEFAULT_TTL;
+        }
+        let entry = TokenEntry {
+            hash: hash.clone(),
+            accessor: accessor.clone(),
+            parent: spec.parent.clone(),
+            policies: spec.policies,
+            meta: spec.meta,
+            display_name: spec.display_name,
+            num_uses: spec.num_uses,
+            creation_time: now,
+            creation_ttl: ttl,
+            explicit_max_ttl: spec.explicit_max_ttl,
+            period: spec.period,
+            renewable: spec.renewable && ttl > 0,
+            expire_time: if ttl > 0 { now + ttl } else { 0 },
+            issue_time: now,
+            path: spec.path,
+        };
+        let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
+        let mut ops = vec![
+            BarrierOp::Put {
+                path: format!("{ID_PREFIX}{hash}"),
+                value: bytes,
+            },
+            BarrierOp::Put {
+                path: format!("{ACCESSOR_PREFIX}{}", salt.sign_hex(accessor.as_bytes())),
+                value: hash.as_bytes().to_vec(),
+            },
+        ];
+        if !spec.parent.is_empty() {
+            ops.push(BarrierOp::Put {
+                path: format!("{PARENT_PREFIX}{}/{hash}", spec.parent),
+                value: Vec::new(),
+            });
+        }
+        self.barrier.transaction(ops).await?;
+        lock(self.cache.write())?.insert(hash, Arc::new(entry.clone()));
+        Ok((id, entry))
+    }
+
+    async fn entry_by_hash(&self, hash: &str) -> Result<Option<Arc<TokenEntry>>, ApiError> {
+        if let Some(e) = lock(self.cache.read())?.get(hash) {
+            return Ok(Some(e.clone()));
+        }
+        match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
+            None => Ok(None),
+            Some(b) => {
+                let e: TokenEntry = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+                let e = Arc::new(e);
+                lock(self.cache.write())?.insert(hash.to_string(), e.clone());
+                Ok(Some(e))
+            }
+        }
+    }
+
+    /// A valid (unexpired) token's entry, or None. Expired tokens are revoked.
+    pub async fn lookup(&self, token: &str) -> Result<Option<Arc<TokenEntry>>, ApiError> {
+        if token.is_empty() || token.len() > 512 {
+            return Ok(None);
+        }
+        let hash = self.hash(token)?;
+        self.lookup_hash(&hash).await
+    }
+
+    pub async fn lookup_hash(&self, hash: &str) -> Result<Option<Arc<TokenEntry>>, ApiError> {
+        let Some(e) = self.entry_by_hash(hash).await? else {
+            return Ok(None);
+        };
+        if e.expire_time != 0 && e.expire_time <= now() {
+            self.revoke_tree(hash).await?;
+            return Ok(None);
+        }
+        Ok(Some(e))
+    }
+
+    pub async fn lookup_accessor(
+        &self,
+        accessor: &str,
+    ) -> Result<Option<Arc<TokenEntry>>, ApiError> {
+        if accessor.is_empty() || accessor.len() > 256 {
+            return Ok(None);
+        }
+        let key = format!(
+            "{ACCESSOR_PREFIX}{}",
+            self.salt()?.sign_hex(accessor.as_bytes())
+        );
+        match self.barrier.get(&key).await? {
+            None => Ok(None),
+            Some(h) => {
+                let hash = String::from_utf8(h.to_vec()).map_err(ApiError::internal)?;
+                self.lookup_hash(&hash).await
+            }
+        }
+    }
+
+    /// Count one use of a limited-use token; the last use revokes it (after
+    /// the request it authorises, as Vault does).
+    pub async fn consume_use(&self, e: &TokenEntry) -> Result<bool, ApiError> {
+        if e.num_uses <= 0 {
+            return Ok(false);
+        }
+        if e.num_uses == 1 {
+            return Ok(true);
+        }
+        let mut next = e.clone();
+        next.num_uses -= 1;
+        self.store(&next).await?;
+        Ok(false)
+    }
+
+    /// Revoke a token and, recursively, every token created from it.
+    pub async fn revoke_tree(&self, hash: &str) -> Result<(), ApiError> {
+        let mut stack = vec![hash.to_string()];
+        let mut order = Vec::new();
+        while let Some(h) = stack.pop() {
+            for child in self.barrier.list(&format!("{PARENT_PREFIX}{h}/")).await? {
+                stack.push(child.trim_end_matches('/').to_string());
+            }
+            order.push(h);
+        }
+        // children first, so a crash midway never leaves an orphaned live child
+        for h in order.into_iter().rev() {
+            self.revoke_one(&h).await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke_one(&self, hash: &str) -> Result<(), ApiError> {
+        let entry = match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
+            Some(b) => Some(serde_json::from_slice::<TokenEntry>(&b).map_err(ApiError::internal)?),
+            None => None,
+        };
+        let mut ops = vec![BarrierOp::Delete {
+            path: format!("{ID_PREFIX}{hash}"),
+        }];
+        if let Some(e) = &entry {
+            let salt = self.salt()?;
+            ops.push(BarrierOp::Delete {
+                path: format!("{ACCESSOR_PREFIX}{}", salt.sign_hex(e.accessor.as_bytes())),
+            });
+            if !e.parent.is_empty() {
+                ops.push(BarrierOp::Delete {
+                    path: format!("{PARENT_PREFIX}{}/{hash}", e.parent),
+                });
+            }
+        }
+        self.barrier.transaction(ops).await?;
+        lock(self.cache.write())?.remove(hash);
+        Ok(())
+    }
+
+    /// Revoke only this token; its children become orphans.
+    pub async fn revoke_orphan(&self, hash: &str) -> Result<(), ApiError> {
+        for child in self
+            .barrier
+            .list(&format!("{PARENT_PREFIX}{hash}/"))
+            .await?
+        {
+            let ch = child.trim_end_matches('/').to_string();
+            if let Some(e) = self.entry_by_hash(&ch).await? {
+                let mut e = (*e).clone();
+                e.parent.clear();
+                self.store(&e).await?;
+            }
+            self.barrier
+                .delete(&format!("{PARENT_PREFIX}{hash}/{ch}"))
+                .await?;
+        }
+        self.revoke_one(hash).await
+    }
+
+    /// Extend a token's lease by `increment` seconds (0 = its creation TTL),
+    /// capped by explicit_max_ttl; periodic tokens renew to their period.
+    pub async fn renew(&self, e: &TokenEntry, increment: i64) -> Result<TokenEntry, ApiError> {
+        if !e.renewable || e.expire_time == 0 {
+            return Err(ApiError::bad_request("lease is not renewable"));
+        }
+        let now = now();
+        let mut ttl = if e.period > 0 {
+            e.period
+        } else if increment > 0 {
+            increment
+        } else {
+            e.creation_ttl
+        };
+        if e.period == 0 && ttl > DEFAULT_TTL {
+            ttl = DEFAULT_TTL;
+        }
+        let mut expire = now + ttl;
+        if e.explicit_max_ttl > 0 {
+            expire = expire.min(e.creation_time + e.explicit_max_ttl);
+        }
+        let mut next = e.clone();
+        next.expire_time = expire.max(now);
+        self.store(&next).await?;
+        Ok(next)
+    }
+
+    /// Revoke every expired token (background tidy; lookups also check expiry).
+    pub async fn tidy(&self) -> Result<usize, ApiError> {
+        let now = now();
+        let mut n = 0;
+        for h in self.barrier.list(ID_PREFIX).await? {
+            if let Some(e) = self.entry_by_hash(&h).await?
+                && e.expire_time != 0
+                && e.expire_time <= now
+            {
+                self.revoke_tree(&h).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every accessor (for `LIST auth/token/accessors`).
+    pub async fn accessors(&self) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for h in self.barrier.list(ID_PREFIX).await? {
+            if let Some(e) = self.entry_by_hash(&h).await? {
+                out.push(e.accessor.clone());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
