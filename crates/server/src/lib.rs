@@ -32,9 +32,13 @@ use palisade_storage::Backend;
 use crate::config::{ServerConfig, StorageConfig, Tls};
 use crate::core::Core;
 
-/// Open the configured storage backend.
+/// Entries the storage read cache keeps (ciphertext; see palisade_storage::cache).
+pub const STORAGE_CACHE_ENTRIES: usize = 131_072;
+
+/// Open the configured storage backend, behind the read cache (the server is
+/// the only writer of its storage; two servers on one database are unsupported).
 pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, String> {
-    Ok(match cfg {
+    let inner: Arc<dyn Backend> = match cfg {
         StorageConfig::Sqlite { path } => Arc::new(
             palisade_storage::sqlite::SqliteBackend::open(path)
                 .await
@@ -45,7 +49,11 @@ pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, Strin
                 .await
                 .map_err(|e| format!("storage: {e}"))?,
         ),
-    })
+    };
+    Ok(Arc::new(palisade_storage::cache::CachedBackend::new(
+        inner,
+        STORAGE_CACHE_ENTRIES,
+    )))
 }
 
 /// Enable the config's `[audit] file_path` device once the core is unsealed.

@@ -13,6 +13,7 @@
 
 use async_trait::async_trait;
 
+pub mod cache;
 pub mod conformance;
 pub mod memory;
 pub mod postgres;

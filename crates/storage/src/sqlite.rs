@@ -1,8 +1,11 @@
 //! SQLite backend: the embedded default. One file, WAL journal,
 //! `synchronous=FULL` so a commit is on disk before it is acknowledged.
 //!
-//! Writes go through a single-connection pool (SQLite has one writer anyway;
-//! this avoids `SQLITE_BUSY` churn), reads through a small pool of their own.
+//! Writes go to one writer task that owns the single write connection (SQLite
+//! has one writer anyway) and commits whatever writes are queued together in
+//! one transaction (group commit): each caller is acknowledged only after the
+//! commit that contains its write returned, so durability per write is kept
+//! while concurrent writers share one fsync. Reads use a small pool of their own.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,9 +19,62 @@ use sqlx::sqlite::{
 
 use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
 
+/// Writes committed together at most (bounds a transaction's size and latency).
+const MAX_BATCH: usize = 256;
+
+struct WriteReq {
+    ops: Vec<TxnOp>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
 pub struct SqliteBackend {
-    writer: SqlitePool,
+    writer: tokio::sync::mpsc::Sender<WriteReq>,
     reader: SqlitePool,
+}
+
+async fn apply_batch(pool: &SqlitePool, batch: &[WriteReq]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for req in batch {
+        for op in &req.ops {
+            match op {
+                TxnOp::Put { key, value } => {
+                    sqlx::query(
+                        "INSERT INTO palisade_store (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(key.as_str())
+                    .bind(value.as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                TxnOp::Delete { key } => {
+                    sqlx::query("DELETE FROM palisade_store WHERE key = ?1")
+                        .bind(key.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+    }
+    tx.commit().await
+}
+
+async fn writer_loop(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<WriteReq>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = apply_batch(&pool, &batch).await.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = batch.len(), "sqlite commit failed");
+        }
+        for req in batch {
+            let _ = req.done.send(result.clone());
+        }
+    }
 }
 
 impl SqliteBackend {
@@ -52,7 +108,20 @@ impl SqliteBackend {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(writer_loop(writer, rx));
+        Ok(Self { writer: tx, reader })
+    }
+
+    async fn write(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(WriteReq { ops, done })
+            .await
+            .map_err(|_| StorageError::Backend("sqlite writer stopped".into()))?;
+        wait.await
+            .map_err(|_| StorageError::Backend("sqlite writer stopped".into()))?
+            .map_err(StorageError::Backend)
     }
 }
 
@@ -72,23 +141,19 @@ impl Backend for SqliteBackend {
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
-        sqlx::query(
-            "INSERT INTO palisade_store (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.write(vec![TxnOp::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }])
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         check_key(key)?;
-        sqlx::query("DELETE FROM palisade_store WHERE key = ?1")
-            .bind(key)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.write(vec![TxnOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -112,28 +177,7 @@ impl Backend for SqliteBackend {
                 TxnOp::Put { key, .. } | TxnOp::Delete { key } => check_key(key)?,
             }
         }
-        let mut tx = self.writer.begin().await?;
-        for op in ops {
-            match op {
-                TxnOp::Put { key, value } => {
-                    sqlx::query(
-                        "INSERT INTO palisade_store (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                TxnOp::Delete { key } => {
-                    sqlx::query("DELETE FROM palisade_store WHERE key = ?1")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(ops).await
     }
 
     fn kind(&self) -> &'static str {

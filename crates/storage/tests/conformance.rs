@@ -71,3 +71,53 @@ async fn postgres_rejects_bad_table_name() {
         matches!(r, Err(palisade_storage::StorageError::Config(m)) if m == "invalid table name \"t; DROP TABLE x\"")
     );
 }
+
+#[tokio::test]
+async fn cached_sqlite_conforms_and_sees_its_writes() {
+    use palisade_storage::cache::CachedBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Backend> =
+        Arc::new(SqliteBackend::open(&dir.path().join("c.db")).await.unwrap());
+    let cached = Arc::new(CachedBackend::new(inner.clone(), 64));
+    conformance::run(cached.clone()).await.unwrap();
+    // reads are served from the cache after the first miss, and writes through it are visible
+    cached.put("x/y", b"1").await.unwrap();
+    assert_eq!(cached.get("x/y").await.unwrap().as_deref(), Some(&b"1"[..]));
+    cached.put("x/y", b"2").await.unwrap();
+    assert_eq!(cached.get("x/y").await.unwrap().as_deref(), Some(&b"2"[..]));
+    cached.delete("x/y").await.unwrap();
+    assert_eq!(cached.get("x/y").await.unwrap(), None);
+    assert_eq!(inner.get("x/y").await.unwrap(), None);
+    // a failed transaction leaves the cache consistent with storage
+    cached.put("t/k", b"old").await.unwrap();
+    let r = cached
+        .transaction(vec![
+            palisade_storage::TxnOp::Put {
+                key: "t/k".into(),
+                value: b"new".to_vec(),
+            },
+            palisade_storage::TxnOp::Put {
+                key: "bad//key".into(),
+                value: b"x".to_vec(),
+            },
+        ])
+        .await;
+    assert!(r.is_err());
+    assert_eq!(
+        cached.get("t/k").await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    // more entries than capacity still read correctly
+    for i in 0..500 {
+        cached
+            .put(&format!("many/{i}"), format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..500 {
+        assert_eq!(
+            cached.get(&format!("many/{i}")).await.unwrap().unwrap(),
+            format!("{i}").as_bytes()
+        );
+    }
+}

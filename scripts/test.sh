@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the third-party test clients the end-to-end
+# tests drive (hvac from PyPI, node-vault from npm when its test exists), then
+# runs every Rust test in the workspace with cargo-nextest (or cargo test).
+#
+# Services: PostgreSQL and Redis are used when reachable (PALISADE_TEST_PG_URL,
+# PALISADE_TEST_REDIS_URL); a test that cannot reach them prints SKIPPED,
+# unless PALISADE_REQUIRE_SERVICES=1 (as .ci/run sets), which makes it fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! python3 -c 'import hvac' 2>/dev/null; then
+  echo "==> installing Python test clients (tests/e2e/requirements.txt)"
+  python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt \
+    || echo "warning: could not install hvac; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+if [ -f tests/e2e/node-vault/package.json ] && [ ! -d tests/e2e/node-vault/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing Node.js test clients (tests/e2e/node-vault)"
+  (cd tests/e2e/node-vault && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install node-vault; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
