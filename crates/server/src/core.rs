@@ -20,7 +20,7 @@ use crate::engines::kv::{self, KeyLocks};
 use crate::logical::{ApiError, Operation, Request, Response};
 use crate::mounts::{EngineKind, MOUNTS_PATH, MountConfig, MountEntry, MountTable};
 use crate::policies::PolicyStore;
-use crate::token::{NewToken, TokenEntry, TokenStore};
+use crate::token::{NewToken, TokenEntry, TokenStore, TokenUse};
 
 pub const AUDIT_TABLE_PATH: &str = "core/audit";
 
@@ -61,6 +61,8 @@ pub struct Core {
     pub kv_locks: Arc<KeyLocks>,
     /// Serialises mount-table and audit-table changes.
     pub table_lock: tokio::sync::Mutex<()>,
+    /// `[audit] file_path` of the server configuration, enabled at `file/` on unseal.
+    pub config_audit_file: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
@@ -89,6 +91,7 @@ impl Core {
             audit_table: tokio::sync::Mutex::new(Vec::new()),
             kv_locks: Arc::new(KeyLocks::default()),
             table_lock: tokio::sync::Mutex::new(()),
+            config_audit_file: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,6 +114,13 @@ impl Core {
             self.audit.add(dev);
         }
         *self.audit_table.lock().await = devices;
+        // the configuration's `[audit] file_path` device is active before the
+        // unseal returns, so no request after unseal goes unaudited
+        if let Some(path) = self.config_audit_file.get() {
+            crate::ensure_config_audit(self, &Some(path.clone()))
+                .await
+                .map_err(ApiError::internal)?;
+        }
         Ok(())
     }
 
@@ -371,26 +381,35 @@ impl Core {
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
 
-        let last_use = self.tokens.consume_use(&entry).await?;
+        let token_use = self.tokens.consume_use(&entry).await?;
         let auth = Authorized {
             token: entry.clone(),
             token_id: token_id.clone(),
             acl,
             caps,
         };
-        let result = if req
-            .field("help")
-            .and_then(|v| crate::logical::fields::boolean(&v, "help").ok())
-            == Some(true)
-        {
-            Ok(Response::data(serde_json::json!({
-                "help": format!("## PATH\n\n{}\n\nSee docs/api-compat.md for the operations Palisade supports here.", req.path),
-                "see_also": Value::Null,
-            })))
+        // help is a query parameter only (Vault's `?help=1`): a body field
+        // named `help` is data, e.g. a KV v1 secret, and must be written
+        let help = req
+            .query
+            .iter()
+            .find(|(k, _)| k == "help")
+            .and_then(|(_, v)| crate::logical::fields::parse_bool(v));
+        let result = if token_use == TokenUse::Exhausted {
+            Err(ApiError::permission_denied())
+        } else if help == Some(true) {
+            // Vault answers help with the bare object, no envelope (node-vault's help() reads `.help`)
+            Ok(Response::raw(
+                200,
+                serde_json::json!({
+                    "help": format!("## PATH\n\n{}\n\nSee docs/api-compat.md for the operations Palisade supports here.", req.path),
+                    "see_also": Value::Null,
+                }),
+            ))
         } else {
             self.route(&req, &auth, route).await
         };
-        if last_use {
+        if token_use == TokenUse::Last {
             self.tokens.revoke_tree(&entry.hash).await?;
         }
 

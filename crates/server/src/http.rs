@@ -136,6 +136,10 @@ async fn handle(
             .find(|(k, _)| k == "list")
             .map(|(_, v)| fields::parse_bool(v).unwrap_or(false))
             .unwrap_or(false);
+        // Input the edge cannot accept on a path it could parse (wrong content
+        // type, body too large): carried into the core, which audits it and
+        // refuses, like a body that is not JSON.
+        let mut input_error = None;
         let operation = match method.as_str() {
             "GET" if list_q => Operation::List,
             "GET" => Operation::Read,
@@ -149,7 +153,7 @@ async fn handle(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if ct.split(';').next().map(str::trim) != Some("application/merge-patch+json") {
-                    return Err(ApiError::new(
+                    input_error = Some(ApiError::new(
                         415,
                         "PATCH requires Content-Type application/merge-patch+json",
                     ));
@@ -168,16 +172,22 @@ async fn handle(
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return Err(ApiError::new(413, "http: request body too large"));
+                input_error.get_or_insert(ApiError::new(413, "http: request body too large"));
+                bytes::Bytes::new()
             }
-            Err(_) => return Err(ApiError::bad_request("failed to read request body")),
+            Err(_) => {
+                input_error.get_or_insert(ApiError::bad_request("failed to read request body"));
+                bytes::Bytes::new()
+            }
         };
         let mut req = Request::new(operation, path);
         req.id = request_id.clone();
         req.query = query;
         req.token = token_from(&headers);
         req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
-        if !bytes.iter().all(u8::is_ascii_whitespace) {
+        if let Some(e) = input_error {
+            req.body_error = Some(e);
+        } else if !bytes.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice::<Value>(&bytes) {
                 Ok(Value::Object(m)) => req.data = m,
                 Ok(Value::Null) => {}
@@ -201,7 +211,9 @@ async fn handle(
         Ok(r) => r.status,
         Err(e) => e.status,
     };
-    tracing::info!(
+    // Per-request lines are debug: the audit log is the security record of
+    // requests; the server log is for operating the server.
+    tracing::debug!(
         request_id = %request_id,
         method = %method,
         path = %uri.path(),

@@ -133,6 +133,10 @@ pub async fn run(
     let backend = open_backend(&cfg.storage).await?;
     let barrier = Barrier::new(backend);
     let core = Core::new(barrier);
+    if let Some(file) = &cfg.audit_file {
+        // the audit device lives behind the barrier: Core::post_unseal enables it
+        let _ = core.config_audit_file.set(file.clone());
+    }
     let tls = match &cfg.listener.tls {
         Tls::Files { cert, key } => Some(listener::tls_config(cert, key)?),
         Tls::Disabled => {
@@ -152,22 +156,6 @@ pub async fn run(
     )?;
     tracing::info!(address = %running.addr, storage = core.barrier.backend_kind(), "palisade server listening");
     spawn_tidy(core.clone());
-    if cfg.audit_file.is_some() {
-        let core2 = core.clone();
-        let file = cfg.audit_file.clone();
-        tokio::spawn(async move {
-            // the audit device lives behind the barrier: enable it after unseal
-            loop {
-                if !core2.barrier.sealed() {
-                    if let Err(e) = ensure_config_audit(&core2, &file).await {
-                        tracing::error!(error = %e, "cannot enable configured audit device");
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-    }
     handle.await.map_err(|e| e.to_string())
 }
 

@@ -109,15 +109,22 @@ impl PolicyStore {
         if name == "root" {
             return Err(ApiError::bad_request("cannot update root policy"));
         }
-        let policy = Policy::parse(&name, raw)
-            .map_err(|e| ApiError::bad_request(format!("failed to parse policy: {e}")))?;
+        let policy = Policy::parse(&name, raw).map_err(|e| {
+            // syntax errors already say "failed to parse policy: "; say it once
+            let e = e.to_string();
+            match e.strip_prefix("failed to parse policy: ") {
+                Some(rest) => ApiError::bad_request(format!("failed to parse policy: {rest}")),
+                None => ApiError::bad_request(format!("failed to parse policy: {e}")),
+            }
+        })?;
         let bytes = serde_json::to_vec(&Stored {
             name: name.clone(),
             raw: raw.to_string(),
         })
         .map_err(ApiError::internal)?;
         self.barrier.put(&format!("{PREFIX}{name}"), &bytes).await?;
-        lock(self.policies.write())?.insert(name, Arc::new(policy));
+        let mut map = lock(self.policies.write())?;
+        map.insert(name, Arc::new(policy));
         lock(self.acls.write())?.clear();
         Ok(())
     }
@@ -131,7 +138,8 @@ impl PolicyStore {
             return Err(ApiError::bad_request("cannot delete default policy"));
         }
         self.barrier.delete(&format!("{PREFIX}{name}")).await?;
-        lock(self.policies.write())?.remove(&name);
+        let mut map = lock(self.policies.write())?;
+        map.remove(&name);
         lock(self.acls.write())?.clear();
         Ok(())
     }
@@ -141,10 +149,13 @@ impl PolicyStore {
         if let Some(a) = lock(self.acls.read())?.get(names) {
             return Ok(a.clone());
         }
+        // Build and cache under the policies read lock: a write (which holds
+        // the write lock while it clears the cache) then either precedes this
+        // and is seen, or follows and clears what we insert. Never a stale ACL.
+        let map = lock(self.policies.read())?;
         let acl = if names.iter().any(|n| n == "root") {
             Acl::root()
         } else {
-            let map = lock(self.policies.read())?;
             let found: Vec<&Policy> = names
                 .iter()
                 .filter_map(|n| map.get(n).map(|p| p.as_ref()))
@@ -153,6 +164,7 @@ impl PolicyStore {
         };
         let acl = Arc::new(acl);
         lock(self.acls.write())?.insert(names.to_vec(), acl.clone());
+        drop(map);
         Ok(acl)
     }
 }

@@ -277,6 +277,23 @@ pub async fn handle(
         v["path"] = json!(m.path);
         return Ok(Response::data(v));
     }
+    // a known endpoint asked for an operation it does not have: 405, as in Vault
+    if matches!(
+        rest,
+        "seal"
+            | "rotate"
+            | "key-status"
+            | "mounts"
+            | "auth"
+            | "policy"
+            | "policies/acl"
+            | "audit"
+            | "capabilities-self"
+            | "capabilities"
+            | "capabilities-accessor"
+    ) {
+        return Err(ApiError::unsupported_operation());
+    }
     Err(ApiError::unsupported_path())
 }
 
@@ -333,9 +350,11 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
                     ));
                 }
             };
+            // hvac sends `"description": null` when none is given; null means absent
             let description = req
                 .data
                 .get("description")
+                .filter(|v| !v.is_null())
                 .map(|v| fields::string(v, "description"))
                 .transpose()?
                 .unwrap_or_default();

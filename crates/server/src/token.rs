@@ -10,6 +10,7 @@
 //! token and compare fixed-length MACs. Revoking a token revokes its children.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use palisade_barrier::{Barrier, BarrierOp};
@@ -86,6 +87,26 @@ pub struct TokenStore {
     barrier: Arc<Barrier>,
     salt: RwLock<Option<Arc<MacKey>>>,
     cache: RwLock<HashMap<String, Arc<TokenEntry>>>,
+    /// Serialises read-modify-write of stored entries (use counts, renewals,
+    /// orphaning), so concurrent requests never act on a stale copy: without
+    /// it a one-use token could authorise every request that arrived at once.
+    modify: tokio::sync::Mutex<()>,
+    /// Bumped by every revocation (under the cache lock): a lookup that read
+    /// an entry from storage before a revocation must not cache it after.
+    revocations: AtomicU64,
+}
+
+/// What counting one use of a token found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    /// The token has no use limit.
+    Unlimited,
+    /// A use was counted and more remain.
+    Counted,
+    /// This was the last use: the request may proceed, then the token is revoked.
+    Last,
+    /// No use was left (another request took the last one): refuse.
+    Exhausted,
 }
 
 fn now() -> i64 {
@@ -117,6 +138,8 @@ impl TokenStore {
             barrier,
             salt: RwLock::new(None),
             cache: RwLock::new(HashMap::new()),
+            modify: tokio::sync::Mutex::new(()),
+            revocations: AtomicU64::new(0),
         }
     }
 
@@ -237,12 +260,18 @@ impl TokenStore {
         if let Some(e) = lock(self.cache.read())?.get(hash) {
             return Ok(Some(e.clone()));
         }
+        let generation = self.revocations.load(Ordering::SeqCst);
         match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
             None => Ok(None),
             Some(b) => {
                 let e: TokenEntry = serde_json::from_slice(&b).map_err(ApiError::internal)?;
                 let e = Arc::new(e);
-                lock(self.cache.write())?.insert(hash.to_string(), e.clone());
+                let mut cache = lock(self.cache.write())?;
+                // a revocation since the read may have deleted this entry:
+                // caching it would bring the token back
+                if self.revocations.load(Ordering::SeqCst) == generation {
+                    cache.insert(hash.to_string(), e.clone());
+                }
                 Ok(Some(e))
             }
         }
@@ -263,6 +292,10 @@ impl TokenStore {
         };
         if e.expire_time != 0 && e.expire_time <= now() {
             self.revoke_tree(hash).await?;
+            return Ok(None);
+        }
+        if e.num_uses < 0 {
+            // last use taken; revocation follows the request that took it
             return Ok(None);
         }
         Ok(Some(e))
@@ -289,18 +322,32 @@ impl TokenStore {
     }
 
     /// Count one use of a limited-use token; the last use revokes it (after
-    /// the request it authorises, as Vault does).
-    pub async fn consume_use(&self, e: &TokenEntry) -> Result<bool, ApiError> {
-        if e.num_uses <= 0 {
-            return Ok(false);
+    /// the request it authorises, as Vault does). The count is re-read and
+    /// written under the store's lock, and the last use marks the entry
+    /// `num_uses = -1` so that no other request can take it meanwhile.
+    pub async fn consume_use(&self, e: &TokenEntry) -> Result<TokenUse, ApiError> {
+        if e.num_uses == 0 {
+            return Ok(TokenUse::Unlimited);
         }
-        if e.num_uses == 1 {
-            return Ok(true);
-        }
-        let mut next = e.clone();
-        next.num_uses -= 1;
+        let _g = self.modify.lock().await;
+        let Some(cur) = self.entry_by_hash(&e.hash).await? else {
+            return Ok(TokenUse::Exhausted);
+        };
+        let mut next = (*cur).clone();
+        let used = match cur.num_uses {
+            n if n < 0 => return Ok(TokenUse::Exhausted),
+            0 => return Ok(TokenUse::Unlimited),
+            1 => {
+                next.num_uses = -1;
+                TokenUse::Last
+            }
+            n => {
+                next.num_uses = n - 1;
+                TokenUse::Counted
+            }
+        };
         self.store(&next).await?;
-        Ok(false)
+        Ok(used)
     }
 
     /// Revoke a token and, recursively, every token created from it.
@@ -321,6 +368,8 @@ impl TokenStore {
     }
 
     async fn revoke_one(&self, hash: &str) -> Result<(), ApiError> {
+        // no use count or renewal may write the entry back after this
+        let _g = self.modify.lock().await;
         let entry = match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
             Some(b) => Some(serde_json::from_slice::<TokenEntry>(&b).map_err(ApiError::internal)?),
             None => None,
@@ -340,7 +389,9 @@ impl TokenStore {
             }
         }
         self.barrier.transaction(ops).await?;
-        lock(self.cache.write())?.remove(hash);
+        let mut cache = lock(self.cache.write())?;
+        cache.remove(hash);
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -352,6 +403,7 @@ impl TokenStore {
             .await?
         {
             let ch = child.trim_end_matches('/').to_string();
+            let _g = self.modify.lock().await;
             if let Some(e) = self.entry_by_hash(&ch).await? {
                 let mut e = (*e).clone();
                 e.parent.clear();
@@ -385,7 +437,13 @@ impl TokenStore {
         if e.explicit_max_ttl > 0 {
             expire = expire.min(e.creation_time + e.explicit_max_ttl);
         }
-        let mut next = e.clone();
+        // only the expiry changes: start from the stored entry, not the
+        // caller's copy, which may predate a use counted since
+        let _g = self.modify.lock().await;
+        let Some(cur) = self.entry_by_hash(&e.hash).await? else {
+            return Err(ApiError::bad_request("invalid token"));
+        };
+        let mut next = (*cur).clone();
         next.expire_time = expire.max(now);
         self.store(&next).await?;
         Ok(next)
@@ -397,8 +455,7 @@ impl TokenStore {
         let mut n = 0;
         for h in self.barrier.list(ID_PREFIX).await? {
             if let Some(e) = self.entry_by_hash(&h).await?
-                && e.expire_time != 0
-                && e.expire_time <= now
+                && ((e.expire_time != 0 && e.expire_time <= now) || e.num_uses < 0)
             {
                 self.revoke_tree(&h).await?;
                 n += 1;

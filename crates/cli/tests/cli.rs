@@ -1,0 +1,201 @@
+//! The `palisade` CLI as users run it, against real server processes:
+//! `config check` reports every error at once (exit 1) and accepts a good
+//! file (exit 0); `audit verify` accepts an intact file and names the edited
+//! line of a tampered one (exit 1); `status` exits 2 while sealed and 0 once
+//! unsealed; `kv get` of a missing secret exits 2; `kv put`/`get` round-trip
+//! with Vault-style `-format=json`. In dev mode the root token is printed
+//! once, on the "Root Token:" line, and nowhere else.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Server, Spec, palisade};
+use serde_json::Value;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn config_check_reports_every_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "log_level = \"loud\"\n[storage]\nbackend = \"sqlite\"\npath = {:?}\n[listener]\naddress = \"nowhere\"\ntls_disable = true\n[audit]\nfile_path = \"relative.log\"\n",
+            s(&dir.path().join("p.db"))
+        ),
+    )
+    .expect("write");
+    let (code, out, err) = palisade(&["config", "check", &s(&bad)], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let want = [
+        "listener.address: \"nowhere\" is not an IP:port address",
+        "audit.file_path: \"relative.log\" must be an absolute path",
+        "log_level: \"loud\" is not one of trace, debug, info, warn, error",
+    ];
+    assert_eq!(lines.len(), 3, "{err}");
+    for (line, w) in lines.iter().zip(want) {
+        assert_eq!(*line, format!("{}: {w}", s(&bad)));
+    }
+
+    let good = dir.path().join("good.toml");
+    let text = format!(
+        "log_format = \"json\"\n{}",
+        Spec::sqlite(dir.path()).config_toml(8200)
+    );
+    std::fs::write(&good, text).expect("write");
+    let (code, out, err) = palisade(&["config", "check", &s(&good)], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), format!("{}: OK", s(&good)));
+
+    let (code, _, err) = palisade(
+        &["config", "check", &s(&dir.path().join("missing.toml"))],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_server_kv_round_trip_and_audit_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let mut server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    let secret = format!("cli-secret-{}", common::unique());
+
+    // put / get with Vault's single-dash flags, JSON output parsed as JSON
+    let pair = format!("password={secret}");
+    let (code, out, err) = palisade(
+        &["kv", "put", "-format=json", "app/db", &pair, "user=app"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("put output is JSON");
+    assert_eq!(v["version"], 1, "{v}");
+    let (code, out, err) = palisade(&["kv", "get", "-format=json", "app/db"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("get output is JSON");
+    assert_eq!(v["data"]["data"]["password"], secret.as_str(), "{v}");
+    assert_eq!(v["data"]["data"]["user"], "app");
+    assert_eq!(v["data"]["metadata"]["version"], 1);
+    let (code, out, _) = palisade(&["kv", "get", "-field=password", "app/db"], &env);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), secret);
+
+    // a missing secret is a remote error: exit 2
+    let (code, out, err) = palisade(&["kv", "get", "app/missing"], &env);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("Code: 404"), "{err}");
+    // no token: the server refuses, exit 2
+    let (code, _, err) = palisade(&["kv", "get", "app/db"], &env[..1]);
+    assert_eq!(code, 2);
+    assert!(err.contains("permission denied"), "{err}");
+
+    server.sigterm();
+    let st = server
+        .wait_exit(std::time::Duration::from_secs(15))
+        .await
+        .expect("dev server exits on SIGTERM");
+    assert!(st.success(), "{st}");
+
+    // dev output: the root token appears once, on the Root Token line
+    let output = server.output();
+    assert_eq!(output.matches(root.as_str()).count(), 1, "{output}");
+    let line = output
+        .lines()
+        .find(|l| l.contains(root.as_str()))
+        .expect("token line");
+    assert_eq!(line.trim(), format!("Root Token: {root}"));
+    common::assert_no_secrets("dev server output", &output, std::slice::from_ref(&secret));
+
+    // audit verify: intact file OK; an edited line is named
+    let text = common::verify_audit(&audit);
+    common::assert_no_secrets("audit file", &text, &[secret.clone(), root.clone()]);
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    assert!(lines.len() >= 3, "audit file too short: {}", lines.len());
+    assert!(
+        lines[1].contains("\"remote_address\":\"127.0.0.1\""),
+        "{}",
+        lines[1]
+    );
+    lines[1] = lines[1].replacen(
+        "\"remote_address\":\"127.0.0.1\"",
+        "\"remote_address\":\"127.0.0.2\"",
+        1,
+    );
+    let edited = dir.path().join("edited.log");
+    std::fs::write(&edited, lines.join("\n") + "\n").expect("write");
+    let (code, out, err) = palisade(&["audit", "verify", &s(&edited)], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("line 2: hash mismatch (line edited)"),
+        "audit verify must name the edited line: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exit_codes_follow_the_seal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let server = Server::start(&spec).await;
+    let env = [("PALISADE_ADDR", server.addr.as_str())];
+
+    let (code, out, err) = palisade(&["status"], &env);
+    assert_eq!(code, 2, "uninitialised is sealed: {out}{err}");
+    assert!(
+        out.contains("Initialized") && out.contains("false"),
+        "{out}"
+    );
+
+    let (code, out, err) = palisade(
+        &[
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("init output is JSON");
+    let key = v["keys_base64"][0].as_str().expect("key").to_string();
+    let root = v["root_token"].as_str().expect("root token").to_string();
+
+    let (code, out, err) = palisade(&["status", "-format=json"], &env);
+    assert_eq!(code, 2, "initialised but sealed: {out}{err}");
+    let st: Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!(st["sealed"], true);
+    assert_eq!(st["initialized"], true);
+
+    let (code, out, err) = palisade(&["operator", "unseal", &key], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = palisade(&["status"], &env);
+    assert_eq!(code, 0, "unsealed: {out}{err}");
+
+    // sealing again flips it back
+    let env2 = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    let (code, out, err) = palisade(&["operator", "seal"], &env2);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = palisade(&["status"], &env);
+    assert_eq!(code, 2);
+
+    // unreachable server: exit 2
+    let (code, _, err) = palisade(&["status", "--address", "http://127.0.0.1:1"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("error connecting"), "{err}");
+    common::assert_no_secrets("server output", &server.output(), &[root, key]);
+}
