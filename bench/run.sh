@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p palisade-cli -p palisade-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-"$target_dir/release/palisade-bench" --palisade "$target_dir/release/palisade" "$@"
+"$target_dir/release/palisade-bench" kv --palisade "$target_dir/release/palisade" "$@"

@@ -13,6 +13,21 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod gateway_setup;
+
+#[derive(Parser, Debug)]
+enum Cli {
+    /// KV v2 read/write throughput of palisade server (docs/benchmarks.md).
+    Kv(Args),
+    /// Write the files bench/gateway.sh needs into DIR.
+    GatewaySetup {
+        dir: PathBuf,
+        /// upstream, nginx proxy, gateway, gateway admin ports
+        #[arg(long, value_delimiter = ',', default_value = "18081,18444,18445,19902")]
+        ports: Vec<u16>,
+    },
+}
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Path to the palisade binary (build it with --release first).
@@ -258,7 +273,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args = match Cli::parse() {
+        Cli::Kv(a) => a,
+        Cli::GatewaySetup { dir, ports } => {
+            let ports: [u16; 4] = match ports.try_into() {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("--ports takes exactly four ports");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = gateway_setup::run(&dir, ports) {
+                eprintln!("gateway-setup: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     println!(
         "palisade-bench: {} clients, {} s x {} rounds per cell, {} keys, file audit device on, HTTP/1.1 keep-alive on loopback",
         args.clients, args.seconds, args.rounds, args.keys

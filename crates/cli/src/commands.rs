@@ -68,6 +68,60 @@ pub enum Command {
     /// Audit devices, and offline verification of an audit file.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Run the security gateway, or manage its API keys.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// Gateway configuration file (TOML).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<GatewayCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GatewayCmd {
+    /// Manage API keys in the gateway's key store ([apikeys] in the config).
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApikeyCmd {
+    /// Create a key; the key is printed once and never stored.
+    Create {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d or 720h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    Revoke {
+        id: String,
+    },
+    /// Issue a new key for the same consumer and scopes; the old key stays valid for --overlap.
+    Rotate {
+        id: String,
+        /// How long the old key keeps working, e.g. 24h (default: until revoked).
+        #[arg(long)]
+        overlap: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -462,6 +516,22 @@ pub async fn run(cli: Cli) -> u8 {
                 Ok(t) => t,
                 Err(e) => return local_err(format!("cannot read {}: {e}", file.display())),
             };
+            if palisade_gateway::config::looks_like_gateway(&text) {
+                return match palisade_gateway::server::read_config(&file, &|k| {
+                    std::env::var(k).ok()
+                }) {
+                    Ok(_) => {
+                        println!("{}: OK (gateway)", file.display());
+                        0
+                    }
+                    Err(errs) => {
+                        for e in errs.lines() {
+                            eprintln!("{}: {e}", file.display());
+                        }
+                        1
+                    }
+                };
+            }
             match palisade_server::config::parse(&text, &|k| std::env::var(k).ok()) {
                 Ok(_) => {
                     println!("{}: OK", file.display());
@@ -528,6 +598,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Policy(cmd) => policy(cmd).await,
         Command::Secrets(cmd) => secrets(cmd).await,
         Command::Audit(cmd) => audit(cmd).await,
+        Command::Gateway(a) => gateway(a).await,
     }
 }
 
@@ -1245,6 +1316,200 @@ async fn audit(cmd: AuditCmd) -> u8 {
                 .unwrap_or_default();
             output::print(remote.format, &d, rows);
             0
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    palisade_core::now_nanos() / 1_000_000_000
+}
+
+async fn gateway(a: GatewayArgs) -> u8 {
+    let Some(file) = a.config else {
+        return local_err("--config FILE is required");
+    };
+    let var = |k: &str| std::env::var(k).ok();
+    match a.command {
+        None => {
+            let cfg = match palisade_gateway::server::read_config(&file, &var) {
+                Ok(c) => c,
+                Err(errs) => {
+                    for e in errs.lines() {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    return 1;
+                }
+            };
+            init_tracing(&cfg.log_level, true);
+            let sink = std::sync::Arc::new(palisade_gateway::log::Sink::Stdout);
+            let var: palisade_gateway::server::EnvLookup =
+                std::sync::Arc::new(|k: &str| std::env::var(k).ok());
+            match palisade_gateway::server::start(file, var, sink, shutdown_signal()).await {
+                Ok((bound, handle)) => {
+                    for (name, addr) in &bound.listeners {
+                        tracing::info!(listener = %name, address = %addr, "gateway listening");
+                    }
+                    tracing::info!(address = %bound.admin, "admin listening");
+                    let _ = handle.await;
+                    0
+                }
+                Err(e) => local_err(format!("error: {e}")),
+            }
+        }
+        Some(GatewayCmd::Apikey(cmd)) => {
+            let cfg = match palisade_gateway::server::read_config(&file, &var) {
+                Ok(c) => c,
+                Err(errs) => {
+                    for e in errs.lines() {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    return 1;
+                }
+            };
+            let Some(ak) = cfg.apikeys else {
+                return local_err("the configuration has no [apikeys] section");
+            };
+            let store =
+                match palisade_apikey::ApiKeyStore::open(&ak.database, ak.pepper.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => return local_err(format!("cannot open key store: {e}")),
+                };
+            apikey(&store, cmd).await
+        }
+    }
+}
+
+fn ttl_secs(s: &str) -> Result<i64, u8> {
+    palisade_core::parse_duration(s)
+        .map(|d| d.as_secs() as i64)
+        .map_err(local_err)
+}
+
+fn key_json(r: &palisade_apikey::ApiKeyRecord) -> Value {
+    json!({
+        "id": r.id, "consumer": r.consumer, "scopes": r.scopes, "created_at": r.created_at,
+        "expires_at": r.expires_at, "revoked_at": r.revoked_at, "description": r.description,
+    })
+}
+
+async fn apikey(store: &palisade_apikey::ApiKeyStore, cmd: ApikeyCmd) -> u8 {
+    match cmd {
+        ApikeyCmd::Create {
+            consumer,
+            scopes,
+            ttl,
+            description,
+            format,
+        } => {
+            let expires_at = match ttl {
+                Some(t) => Some(now_secs() + tryc!(ttl_secs(&t))),
+                None => None,
+            };
+            match store
+                .create(palisade_apikey::NewKey {
+                    consumer,
+                    scopes,
+                    expires_at,
+                    description,
+                })
+                .await
+            {
+                Ok(issued) => {
+                    let mut j = key_json(&issued.record);
+                    j["key"] = json!(issued.key.expose());
+                    output::print(
+                        format,
+                        &j,
+                        vec![
+                            ("key".into(), issued.key.expose().clone()),
+                            ("id".into(), issued.record.id.clone()),
+                            ("consumer".into(), issued.record.consumer.clone()),
+                            ("scopes".into(), issued.record.scopes.join(",")),
+                        ],
+                    );
+                    if format == Format::Table {
+                        eprintln!(
+                            "\nStore the key now: it is shown once and only its keyed hash is kept."
+                        );
+                    }
+                    0
+                }
+                Err(e) => local_err(format!("error: {e}")),
+            }
+        }
+        ApikeyCmd::List { consumer, format } => match store.list(consumer.as_deref()).await {
+            Ok(keys) => {
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &keys.iter().map(key_json).collect::<Vec<_>>()
+                        )
+                        .unwrap_or_default()
+                    ),
+                    Format::Table => {
+                        println!(
+                            "{:<14} {:<20} {:<24} {:<12} DESCRIPTION",
+                            "ID", "CONSUMER", "SCOPES", "STATE"
+                        );
+                        let now = now_secs();
+                        for k in keys {
+                            let state = if k.revoked_at.is_some() {
+                                "revoked"
+                            } else if k.expires_at.is_some_and(|e| e <= now) {
+                                "expired"
+                            } else {
+                                "active"
+                            };
+                            println!(
+                                "{:<14} {:<20} {:<24} {:<12} {}",
+                                k.id,
+                                k.consumer,
+                                k.scopes.join(","),
+                                state,
+                                k.description
+                            );
+                        }
+                    }
+                }
+                0
+            }
+            Err(e) => local_err(format!("error: {e}")),
+        },
+        ApikeyCmd::Revoke { id } => match store.revoke(&id).await {
+            Ok(true) => {
+                println!("Success! Revoked API key {id}");
+                0
+            }
+            Ok(false) => local_err(format!("no API key with id {id}")),
+            Err(e) => local_err(format!("error: {e}")),
+        },
+        ApikeyCmd::Rotate {
+            id,
+            overlap,
+            format,
+        } => {
+            let old_expires_at = match overlap {
+                Some(o) => Some(now_secs() + tryc!(ttl_secs(&o))),
+                None => None,
+            };
+            match store.rotate(&id, old_expires_at).await {
+                Ok(issued) => {
+                    let mut j = key_json(&issued.record);
+                    j["key"] = json!(issued.key.expose());
+                    output::print(
+                        format,
+                        &j,
+                        vec![
+                            ("key".into(), issued.key.expose().clone()),
+                            ("id".into(), issued.record.id.clone()),
+                            ("replaces".into(), id),
+                        ],
+                    );
+                    0
+                }
+                Err(e) => local_err(format!("error: {e}")),
+            }
         }
     }
 }

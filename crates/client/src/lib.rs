@@ -18,7 +18,7 @@ pub enum ClientError {
         url: String,
         status: u16,
         errors: Vec<String>,
-        body: Option<Value>,
+        body: Option<Box<Value>>,
     },
     /// The server could not be reached or the exchange failed.
     #[error("{0}")]
@@ -155,7 +155,7 @@ impl Client {
                 url,
                 status,
                 errors,
-                body,
+                body: body.map(Box::new),
             });
         }
         Ok(Reply { status, body })

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Gateway benchmark: a static upstream (nginx) behind
+#   (a) palisade gateway with TLS, ES256 JWT verification, a Cedar policy and
+#       rate limits all enabled, and
+#   (b) nginx as a plain TLS reverse proxy,
+# driven by the same load tool (wrk, 1 thread, keep-alive) in one run.
+# Reports requests/s, p50/p99 latency and peak RSS side by side (medians of
+# ROUNDS), p99 added latency at half of the gateway's peak rate, and the
+# gateway's RSS with 10,000 idle keep-alive TLS connections.
+# Needs: nginx, wrk (Debian packages), python3. Usage: bench/gateway.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+IDLE=${IDLE:-10000}
+for tool in nginx wrk python3; do command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk)"; exit 1; }; done
+cargo build --release -q -p palisade-cli -p palisade-bench
+T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+DIR=$(mktemp -d)
+ulimit -n 65536
+"$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902
+TOKEN=$(cat "$DIR/token.txt")
+nginx -c "$DIR/nginx.conf" & NGINX=$!
+"$T/release/palisade" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
+cleanup() { kill $GW 2>/dev/null || true; kill $NGINX 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  curl -sf --cacert "$DIR/ca.pem" -H "Authorization: Bearer $TOKEN" https://localhost:18445/orders/index.json >/dev/null 2>&1 \
+    && curl -sf --cacert "$DIR/ca.pem" https://localhost:18444/orders/index.json >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf --cacert "$DIR/ca.pem" -H "Authorization: Bearer $TOKEN" https://localhost:18445/orders/index.json >/dev/null
+# the gateway must really enforce: no token -> 401
+[ "$(curl -s -o /dev/null -w '%{http_code}' --cacert "$DIR/ca.pem" https://localhost:18445/orders/index.json)" = 401 ]
+
+hwm() { local t=0; for p in "$@"; do v=$(awk '/VmHWM/{print $2}' /proc/$p/status 2>/dev/null || echo 0); t=$((t+v)); done; echo $((t/1024)); }
+rss() { awk '/VmRSS/{print int($2/1024)}' /proc/$1/status; }
+nginx_pids() { pgrep -P $NGINX | tr '\n' ' '; echo $NGINX; }
+
+# wrk output -> "rps p50_ms p99_ms"
+parse() { python3 -c '
+import re,sys
+t=sys.stdin.read()
+def ms(v,u): return float(v)*{"us":0.001,"ms":1,"s":1000}[u]
+rps=float(re.search(r"Requests/sec:\s+([\d.]+)",t).group(1))
+p50=re.search(r"50%\s+([\d.]+)(us|ms|s)",t); p99=re.search(r"99%\s+([\d.]+)(us|ms|s)",t)
+errs=re.search(r"Non-2xx or 3xx responses:\s+(\d+)",t)
+print(rps, ms(*p50.groups()), ms(*p99.groups()), errs.group(1) if errs else 0)'; }
+
+run() { wrk -t1 -c$CONNS -d${DURATION}s --latency -H "Authorization: Bearer $TOKEN" "$1" | parse; }
+
+declare -a G N
+for r in $(seq 1 $ROUNDS); do
+  N+=("$(run https://localhost:18444/orders/index.json)")
+  G+=("$(run https://localhost:18445/orders/index.json)")
+done
+median() { python3 -c '
+import sys,statistics
+rows=[list(map(float,l.split())) for l in sys.stdin.read().strip().split("\n")]
+print(" ".join(str(statistics.median(c)) for c in zip(*rows)))'; }
+NM=$(printf '%s\n' "${N[@]}" | median); GM=$(printf '%s\n' "${G[@]}" | median)
+read -r n_rps n_p50 n_p99 n_err <<<"$NM"; read -r g_rps g_p50 g_p99 g_err <<<"$GM"
+n_rss=$(hwm $(nginx_pids)); g_rss=$(hwm $GW)
+
+# p99 at half of the gateway's peak rate: C connections, each waiting D ms between requests
+D=4
+C=$(python3 -c "import math; print(max(1, math.ceil($g_rps/2*$D/1000)))")
+cat > "$DIR/delay.lua" <<LUA
+function delay() return $D end
+LUA
+half() { wrk -t1 -c$C -d${DURATION}s --latency -s "$DIR/delay.lua" -H "Authorization: Bearer $TOKEN" "$1" | parse; }
+read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
+read -r d_rps _ d_p99 _ <<<"$(half https://localhost:18444/orders/index.json)"
+
+# idle keep-alive connections
+exec 3> >(python3 bench/idle_conns.py 127.0.0.1 18445 "$DIR/ca.pem" "$IDLE" /orders/index.json "$TOKEN" > "$DIR/idle.out" 2>&1)
+for _ in $(seq 1 600); do grep -q "open=" "$DIR/idle.out" 2>/dev/null && break; sleep 0.5; done
+sleep 1
+idle_rss=$(rss $GW)
+idle_line=$(cat "$DIR/idle.out" | head -1)
+exec 3>&-
+
+python3 - "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" <<'PY'
+import sys
+a=sys.argv[1:]
+n_rps,n_p50,n_p99,n_rss,g_rps,g_p50,g_p99,g_rss,h_rps,h_p99,d_rps,d_p99=map(float,a[:12])
+idle_rss=a[12]; idle=a[13]; n_err=a[14]; g_err=a[15]
+print("| proxy | requests/s (median) | p50 ms | p99 ms | peak RSS MiB | non-2xx |")
+print("|---|---:|---:|---:|---:|---:|")
+print(f"| nginx 1.22 plain TLS reverse proxy | {n_rps:.0f} | {n_p50:.2f} | {n_p99:.2f} | {n_rss:.0f} | {n_err} |")
+print(f"| palisade gateway: TLS + ES256 JWT + Cedar + rate limits | {g_rps:.0f} | {g_p50:.2f} | {g_p99:.2f} | {g_rss:.0f} | {g_err} |")
+print()
+print(f"throughput ratio palisade/nginx: {g_rps/n_rps:.2f}")
+print(f"p99 at half of palisade's peak ({h_rps:.0f} req/s through palisade, {d_rps:.0f} req/s through nginx): palisade {h_p99:.2f} ms, nginx {d_p99:.2f} ms, added {h_p99-d_p99:+.2f} ms")
+print(f"palisade RSS with idle keep-alive TLS connections ({idle}): {idle_rss} MiB")
+PY

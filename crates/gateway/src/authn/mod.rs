@@ -1,0 +1,284 @@
+//! Authentication (pipeline step 8): turns the request's credential into a
+//! [`Principal`]. Per route, one or more of: JWT bearer tokens
+//! (palisade-jwt), API keys (palisade-apikey), the verified client
+//! certificate, or anonymous access where the route says so explicitly.
+//!
+//! A presented credential that fails is a 401 — the gateway never falls back
+//! to a weaker method or to anonymous when a credential was sent but invalid.
+
+use std::sync::Arc;
+
+use hyper::HeaderMap;
+use hyper::header::{AUTHORIZATION, HeaderName};
+use serde_json::Value;
+
+use crate::config::{AuthnMethod, IssuerKeys, IssuerSpec, RouteConfig};
+use crate::principal::{Method, PeerIdentity, Principal};
+use crate::respond::GatewayError;
+
+pub struct IssuerInfo {
+    pub name: String,
+    pub issuer: String,
+    pub roles_claim: String,
+}
+
+pub struct Authenticator {
+    jwt: Option<Arc<palisade_jwt::Verifier>>,
+    issuers: Vec<IssuerInfo>,
+    apikeys: Option<Arc<palisade_apikey::ApiKeyStore>>,
+    apikey_header: HeaderName,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers", &self.issuers.len())
+            .field("apikeys", &self.apikeys.is_some())
+            .finish()
+    }
+}
+
+/// Which credential a request carries (parsed once, typed from here on).
+enum Credential<'a> {
+    Jwt(&'a str),
+    ApiKey(&'a str),
+    None,
+}
+
+fn alg(name: &str) -> Option<palisade_jwt::Alg> {
+    Some(match name {
+        "RS256" => palisade_jwt::Alg::RS256,
+        "PS256" => palisade_jwt::Alg::PS256,
+        "ES256" => palisade_jwt::Alg::ES256,
+        "ES384" => palisade_jwt::Alg::ES384,
+        "EdDSA" => palisade_jwt::Alg::EdDSA,
+        "HS256" => palisade_jwt::Alg::HS256,
+        _ => return None,
+    })
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Authenticator {
+    pub async fn new(
+        issuers: &[IssuerSpec],
+        apikeys: Option<Arc<palisade_apikey::ApiKeyStore>>,
+        apikey_header: &str,
+        http: reqwest::Client,
+    ) -> Result<Self, String> {
+        let jwt = if issuers.is_empty() {
+            None
+        } else {
+            let mut cfgs = Vec::new();
+            for i in issuers {
+                let keys = match &i.keys {
+                    IssuerKeys::JwksUrl { url, refresh } => palisade_jwt::KeySource::Url {
+                        url: url.clone(),
+                        refresh: *refresh,
+                        min_refetch_interval: std::time::Duration::from_secs(30),
+                    },
+                    IssuerKeys::JwksFile(p) => palisade_jwt::KeySource::File(p.clone()),
+                    IssuerKeys::Hs256(s) => palisade_jwt::KeySource::Hs256Secret(s.clone()),
+                };
+                let algorithms = i.algorithms.iter().filter_map(|a| alg(a)).collect();
+                let mut c = palisade_jwt::IssuerConfig::new(
+                    i.issuer.clone(),
+                    i.audiences.clone(),
+                    algorithms,
+                    keys,
+                );
+                c.leeway = i.leeway;
+                cfgs.push(c);
+            }
+            let v = palisade_jwt::Verifier::new(cfgs, http)
+                .await
+                .map_err(|e| format!("jwt: {e}"))?;
+            v.spawn_refresh();
+            Some(v)
+        };
+        Ok(Self {
+            jwt,
+            issuers: issuers
+                .iter()
+                .map(|i| IssuerInfo {
+                    name: i.name.clone(),
+                    issuer: i.issuer.clone(),
+                    roles_claim: i.roles_claim.clone(),
+                })
+                .collect(),
+            apikeys,
+            apikey_header: HeaderName::from_bytes(apikey_header.as_bytes())
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn credential<'a>(&self, headers: &'a HeaderMap) -> Result<Credential<'a>, GatewayError> {
+        let bad = GatewayError::Unauthenticated {
+            reason: "malformed_credentials",
+            challenge: "Bearer",
+        };
+        if headers.get_all(AUTHORIZATION).iter().count() > 1
+            || headers.get_all(&self.apikey_header).iter().count() > 1
+        {
+            return Err(bad);
+        }
+        if let Some(v) = headers.get(&self.apikey_header) {
+            return Ok(Credential::ApiKey(
+                v.to_str().map_err(|_| bad.clone())?.trim(),
+            ));
+        }
+        if let Some(v) = headers.get(AUTHORIZATION) {
+            let v = v.to_str().map_err(|_| bad.clone())?;
+            let (scheme, rest) = v.split_once(' ').ok_or(bad.clone())?;
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Ok(Credential::Jwt(rest.trim()));
+            }
+            if scheme.eq_ignore_ascii_case("apikey") {
+                return Ok(Credential::ApiKey(rest.trim()));
+            }
+            return Err(GatewayError::Unauthenticated {
+                reason: "unsupported_auth_scheme",
+                challenge: "Bearer",
+            });
+        }
+        Ok(Credential::None)
+    }
+
+    /// Headers that carried the credential (removed before forwarding, so
+    /// services never see gateway credentials).
+    pub fn credential_headers(&self) -> [HeaderName; 2] {
+        [AUTHORIZATION, self.apikey_header.clone()]
+    }
+
+    pub async fn authenticate(
+        &self,
+        route: &RouteConfig,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+        now: i64,
+    ) -> Result<Principal, GatewayError> {
+        let allows = |m| route.authn.contains(&m);
+        match self.credential(headers)? {
+            Credential::Jwt(token) => {
+                if !allows(AuthnMethod::Jwt) {
+                    return Err(GatewayError::Unauthenticated {
+                        reason: "jwt_not_accepted_on_route",
+                        challenge: "Bearer",
+                    });
+                }
+                let v = self.jwt.as_ref().ok_or(GatewayError::Unauthenticated {
+                    reason: "jwt_not_configured",
+                    challenge: "Bearer",
+                })?;
+                let claims = v
+                    .verify(token)
+                    .await
+                    .map_err(|e| GatewayError::Unauthenticated {
+                        reason: e.reason(),
+                        challenge: "Bearer error=\"invalid_token\"",
+                    })?;
+                let claims = claims.all;
+                let iss = claims
+                    .get("iss")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let info = self.issuers.iter().find(|i| i.issuer == iss);
+                if !route.jwt_issuers.is_empty()
+                    && !info.is_some_and(|i| route.jwt_issuers.contains(&i.name))
+                {
+                    return Err(GatewayError::Unauthenticated {
+                        reason: "issuer_not_accepted_on_route",
+                        challenge: "Bearer error=\"invalid_token\"",
+                    });
+                }
+                let roles_claim = info.map(|i| i.roles_claim.as_str()).unwrap_or("roles");
+                let mut scopes = strings(claims.get("scope"));
+                scopes.extend(strings(claims.get("scp")));
+                let mut roles = strings(claims.get(roles_claim));
+                if roles_claim != "groups" {
+                    roles.extend(strings(claims.get("groups")));
+                }
+                Ok(Principal {
+                    method: Method::Jwt,
+                    subject: claims
+                        .get("sub")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                    issuer: iss,
+                    scopes,
+                    roles,
+                    consumer: None,
+                    key_id: None,
+                    claims,
+                    peer: peer.cloned(),
+                })
+            }
+            Credential::ApiKey(key) => {
+                if !allows(AuthnMethod::ApiKey) {
+                    return Err(GatewayError::Unauthenticated {
+                        reason: "apikey_not_accepted_on_route",
+                        challenge: "ApiKey",
+                    });
+                }
+                let store = self.apikeys.as_ref().ok_or(GatewayError::Unauthenticated {
+                    reason: "apikey_not_configured",
+                    challenge: "ApiKey",
+                })?;
+                let rec =
+                    store
+                        .verify(key, now)
+                        .await
+                        .map_err(|e| GatewayError::Unauthenticated {
+                            reason: e.reason(),
+                            challenge: "ApiKey",
+                        })?;
+                Ok(Principal {
+                    method: Method::ApiKey,
+                    subject: rec.consumer.clone(),
+                    issuer: String::new(),
+                    scopes: rec.scopes.clone(),
+                    roles: Vec::new(),
+                    consumer: Some(rec.consumer.clone()),
+                    key_id: Some(rec.id.clone()),
+                    claims: Default::default(),
+                    peer: peer.cloned(),
+                })
+            }
+            Credential::None => {
+                if let Some(p) = peer
+                    && allows(AuthnMethod::PeerCert)
+                {
+                    return Ok(Principal {
+                        method: Method::PeerCert,
+                        subject: p.name().to_string(),
+                        issuer: String::new(),
+                        scopes: Vec::new(),
+                        roles: Vec::new(),
+                        consumer: None,
+                        key_id: None,
+                        claims: Default::default(),
+                        peer: Some(p.clone()),
+                    });
+                }
+                if route.anonymous {
+                    return Ok(Principal::anonymous(peer.cloned()));
+                }
+                Err(GatewayError::Unauthenticated {
+                    reason: "missing_credentials",
+                    challenge: "Bearer",
+                })
+            }
+        }
+    }
+}

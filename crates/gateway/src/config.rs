@@ -1,0 +1,1140 @@
+//! Gateway configuration (docs/gateway-config.md): TOML into `Raw*` structs
+//! with `deny_unknown_fields`, then [`validate`] into typed config, collecting
+//! every error so `palisade config check` reports them all at once. Secrets
+//! (TLS keys, HMAC peppers, HS256 secrets) are referenced by file path or
+//! environment variable name, never written inline.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use palisade_core::Secret;
+use serde::Deserialize;
+
+// ------------------------------------------------------------------ raw
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    pub apikeys: Option<RawApiKeys>,
+    pub ratelimit: Option<RawRateLimit>,
+    pub authorization: Option<RawAuthz>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub address: String,
+    /// "https" (default) or "http".
+    pub protocol: Option<String>,
+    pub tls_profile: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<RawCert>,
+    pub client_auth: Option<RawClientAuth>,
+    /// For "http" listeners: the HTTPS port to redirect to (the default behaviour).
+    pub redirect_https_port: Option<u16>,
+    /// For "http" listeners: serve routes in plaintext instead of redirecting.
+    pub dangerous_plaintext: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca_file: String,
+    #[serde(default)]
+    pub crl_files: Vec<String>,
+    /// "required" (default) or "optional".
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub min_body_rate_bytes_per_s: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout_s: Option<u64>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: String,
+    pub server_name: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_refresh_s: Option<u64>,
+    pub hs256_secret_file: Option<String>,
+    pub hs256_secret_env: Option<String>,
+    pub leeway_s: Option<u64>,
+    /// Claim holding roles/groups (default "roles").
+    pub roles_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    pub database: String,
+    pub pepper_file: Option<String>,
+    pub pepper_env: Option<String>,
+    /// Header carrying the key (default "x-api-key"); `Authorization: ApiKey <key>` also works.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// "local" (default) or "redis".
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_url_env: Option<String>,
+    /// "local_fallback" (default), "fail_closed", or "dangerous_fail_open".
+    pub on_store_failure: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    /// Per-client-IP shield applied before any cryptographic work.
+    pub peer: Option<RawQuota>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub limit: u32,
+    pub period_s: Option<u64>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthz {
+    pub policy_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub upstream: String,
+    /// Any of "jwt", "apikey", "mtls"; the first credential present is used.
+    #[serde(default)]
+    pub authn: Vec<String>,
+    /// Allow unauthenticated requests on this route (explicit opt-in).
+    pub anonymous: Option<bool>,
+    #[serde(default)]
+    pub jwt_issuers: Vec<String>,
+    pub ratelimit: Option<RawRouteLimit>,
+    #[serde(default)]
+    pub consumer_limits: BTreeMap<String, RawQuota>,
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub forward_identity: BTreeMap<String, String>,
+    pub cors: Option<RawCors>,
+    pub content_security_policy: Option<String>,
+    /// Pass upstream 5xx bodies through instead of replacing them.
+    pub pass_upstream_errors: Option<bool>,
+    pub strip_prefix: Option<bool>,
+    pub request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimit {
+    pub limit: u32,
+    pub period_s: Option<u64>,
+    pub burst: Option<u32>,
+    /// "principal" (default), "ip", "route", "apikey".
+    pub per: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    pub max_age_s: Option<u64>,
+    pub allow_credentials: Option<bool>,
+}
+
+// ------------------------------------------------------------------ typed
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsProfile {
+    /// Mozilla "intermediate": TLS 1.2 (ECDHE + AEAD suites) and TLS 1.3.
+    Intermediate,
+    /// Mozilla "modern": TLS 1.3 only.
+    Modern,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSpec {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub server_names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca_file: PathBuf,
+    pub crl_files: Vec<PathBuf>,
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Https {
+        profile: TlsProfile,
+        certificates: Vec<CertSpec>,
+        client_auth: Option<ClientAuth>,
+    },
+    /// Plain HTTP that only redirects to HTTPS.
+    RedirectToHttps { port: u16 },
+    /// Plain HTTP serving routes: only with `dangerous_plaintext = true`.
+    DangerousPlaintext,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub min_body_rate: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            min_body_rate: 1024,
+            max_connections: 20_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca_file: PathBuf,
+    pub server_name: Option<String>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Clone, Debug)]
+pub enum IssuerKeys {
+    JwksUrl { url: String, refresh: Duration },
+    JwksFile(PathBuf),
+    Hs256(Secret<Vec<u8>>),
+}
+
+#[derive(Clone, Debug)]
+pub struct IssuerSpec {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub keys: IssuerKeys,
+    pub leeway: Duration,
+    pub roles_claim: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKeysConfig {
+    pub database: PathBuf,
+    pub pepper: Secret<Vec<u8>>,
+    pub header: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaSpec {
+    pub limit: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    LocalFallback,
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateStore {
+    Local,
+    Redis {
+        url: String,
+        on_failure: FailMode,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub store: RateStore,
+    pub peer: Option<QuotaSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKey {
+    Principal,
+    Ip,
+    Route,
+    ApiKey,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthnMethod {
+    Jwt,
+    ApiKey,
+    PeerCert,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub max_age: Option<u64>,
+    pub allow_credentials: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub methods: Vec<String>,
+    pub upstream: String,
+    pub authn: Vec<AuthnMethod>,
+    pub anonymous: bool,
+    pub jwt_issuers: Vec<String>,
+    pub ratelimit: Option<(QuotaSpec, LimitKey)>,
+    pub consumer_limits: BTreeMap<String, QuotaSpec>,
+    pub max_body_bytes: Option<u64>,
+    /// header name -> claim name
+    pub forward_identity: BTreeMap<String, String>,
+    pub cors: Option<Cors>,
+    pub content_security_policy: Option<String>,
+    pub pass_upstream_errors: bool,
+    pub strip_prefix: bool,
+    pub request_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: SocketAddr,
+    pub limits: Limits,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub issuers: Vec<IssuerSpec>,
+    pub apikeys: Option<ApiKeysConfig>,
+    pub ratelimit: RateLimitConfig,
+    /// Cedar policy text (validated when the gateway builds its authorizer).
+    pub policies: String,
+    pub policy_file: PathBuf,
+    pub routes: Vec<RouteConfig>,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Hooks for the outside world, injected so tests never touch the process environment.
+pub struct Env<'a> {
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    /// Directory relative paths in the file are resolved against.
+    pub base: PathBuf,
+}
+
+pub fn parse(text: &str, env: &Env) -> Result<GatewayConfig, ConfigErrors> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_string()]))?;
+    validate(raw, env)
+}
+
+/// True when the TOML text looks like a gateway configuration (has routes or listeners).
+pub fn looks_like_gateway(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .map(|t| t.contains_key("routes") || t.contains_key("listeners"))
+        .unwrap_or(false)
+}
+
+struct Ctx<'a> {
+    errs: Vec<String>,
+    env: &'a Env<'a>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, msg: impl Into<String>) {
+        self.errs.push(msg.into());
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        let pb = PathBuf::from(p);
+        if pb.is_absolute() {
+            pb
+        } else {
+            self.env.base.join(pb)
+        }
+    }
+    fn file(&mut self, field: &str, p: &str) -> PathBuf {
+        let path = self.path(p);
+        if !path.is_file() {
+            self.err(format!(
+                "{field}: {} does not exist or is not a file",
+                path.display()
+            ));
+        }
+        path
+    }
+    /// A secret from a file or an environment variable, exactly one of them.
+    fn secret(
+        &mut self,
+        field: &str,
+        file: &Option<String>,
+        env: &Option<String>,
+        min_len: usize,
+    ) -> Option<Secret<Vec<u8>>> {
+        let bytes = match (file, env) {
+            (Some(_), Some(_)) => {
+                self.err(format!(
+                    "{field}: set {field}_file or {field}_env, not both"
+                ));
+                return None;
+            }
+            (Some(f), None) => {
+                let path = self.path(f);
+                match std::fs::read(&path) {
+                    Ok(mut b) => {
+                        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                            b.pop();
+                        }
+                        b
+                    }
+                    Err(e) => {
+                        self.err(format!(
+                            "{field}_file: cannot read {}: {}",
+                            path.display(),
+                            e.kind()
+                        ));
+                        return None;
+                    }
+                }
+            }
+            (None, Some(var)) => match (self.env.var)(var) {
+                Some(v) => v.into_bytes(),
+                None => {
+                    self.err(format!(
+                        "{field}_env: environment variable {var} is not set"
+                    ));
+                    return None;
+                }
+            },
+            (None, None) => {
+                self.err(format!("{field}: {field}_file or {field}_env is required"));
+                return None;
+            }
+        };
+        if bytes.len() < min_len {
+            self.err(format!("{field}: must be at least {min_len} bytes"));
+            return None;
+        }
+        Some(Secret::new(bytes))
+    }
+    fn quota(
+        &mut self,
+        field: &str,
+        limit: u32,
+        period_s: Option<u64>,
+        burst: Option<u32>,
+    ) -> Option<QuotaSpec> {
+        let period = Duration::from_secs(period_s.unwrap_or(1));
+        let burst = burst.unwrap_or(0);
+        if let Err(e) = palisade_ratelimit::Quota::new(limit, period, burst) {
+            self.err(format!("{field}: {e}"));
+            return None;
+        }
+        Some(QuotaSpec {
+            limit,
+            period,
+            burst,
+        })
+    }
+}
+
+const ALGS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA", "HS256"];
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors> {
+    let mut c = Ctx {
+        errs: Vec::new(),
+        env,
+    };
+
+    // listeners
+    let mut listeners = Vec::new();
+    if raw.listeners.is_empty() {
+        c.err("listeners: at least one [[listeners]] entry is required");
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+        let field = format!("listeners[{name}]");
+        let address = match l.address.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.err(format!(
+                    "{field}.address: {:?} is not an IP:port address",
+                    l.address
+                ));
+                None
+            }
+        };
+        let kind = match l.protocol.as_deref().unwrap_or("https") {
+            "https" => {
+                if l.redirect_https_port.is_some() || l.dangerous_plaintext.is_some() {
+                    c.err(format!("{field}: redirect_https_port and dangerous_plaintext apply only to http listeners"));
+                }
+                let profile = match l.tls_profile.as_deref().unwrap_or("intermediate") {
+                    "intermediate" => TlsProfile::Intermediate,
+                    "modern" => TlsProfile::Modern,
+                    other => {
+                        c.err(format!(
+                            "{field}.tls_profile: {other:?} is not \"intermediate\" or \"modern\""
+                        ));
+                        TlsProfile::Intermediate
+                    }
+                };
+                if l.certificates.is_empty() {
+                    c.err(format!(
+                        "{field}.certificates: an https listener needs at least one certificate"
+                    ));
+                }
+                let certificates = l
+                    .certificates
+                    .iter()
+                    .map(|cert| CertSpec {
+                        cert_file: c
+                            .file(&format!("{field}.certificates.cert_file"), &cert.cert_file),
+                        key_file: c.file(&format!("{field}.certificates.key_file"), &cert.key_file),
+                        server_names: cert
+                            .server_names
+                            .iter()
+                            .map(|s| s.to_ascii_lowercase())
+                            .collect(),
+                    })
+                    .collect();
+                let client_auth = l.client_auth.as_ref().map(|ca| ClientAuth {
+                    ca_file: c.file(&format!("{field}.client_auth.ca_file"), &ca.ca_file),
+                    crl_files: ca.crl_files.iter().map(|f| c.file(&format!("{field}.client_auth.crl_files"), f)).collect(),
+                    mode: match ca.mode.as_deref().unwrap_or("required") {
+                        "required" => ClientAuthMode::Required,
+                        "optional" => ClientAuthMode::Optional,
+                        other => {
+                            c.err(format!("{field}.client_auth.mode: {other:?} is not \"required\" or \"optional\""));
+                            ClientAuthMode::Required
+                        }
+                    },
+                });
+                ListenerKind::Https {
+                    profile,
+                    certificates,
+                    client_auth,
+                }
+            }
+            "http" => {
+                if !l.certificates.is_empty() || l.client_auth.is_some() || l.tls_profile.is_some()
+                {
+                    c.err(format!("{field}: certificates, client_auth and tls_profile apply only to https listeners"));
+                }
+                match (
+                    l.dangerous_plaintext.unwrap_or(false),
+                    l.redirect_https_port,
+                ) {
+                    (true, None) => ListenerKind::DangerousPlaintext,
+                    (true, Some(_)) => {
+                        c.err(format!(
+                            "{field}: dangerous_plaintext and redirect_https_port are exclusive"
+                        ));
+                        ListenerKind::DangerousPlaintext
+                    }
+                    (false, port) => ListenerKind::RedirectToHttps {
+                        port: port.unwrap_or(443),
+                    },
+                }
+            }
+            other => {
+                c.err(format!(
+                    "{field}.protocol: {other:?} is not \"https\" or \"http\""
+                ));
+                ListenerKind::DangerousPlaintext
+            }
+        };
+        if let Some(address) = address {
+            listeners.push(ListenerConfig {
+                name,
+                address,
+                kind,
+            });
+        }
+    }
+
+    let admin = match raw
+        .admin
+        .and_then(|a| a.address)
+        .as_deref()
+        .unwrap_or("127.0.0.1:9901")
+        .parse::<SocketAddr>()
+    {
+        Ok(a) => a,
+        Err(_) => {
+            c.err("admin.address: not an IP:port address");
+            SocketAddr::from(([127, 0, 0, 1], 9901))
+        }
+    };
+
+    let mut limits = Limits::default();
+    if let Some(l) = raw.limits {
+        if let Some(v) = l.max_header_bytes {
+            limits.max_header_bytes = v;
+        }
+        if let Some(v) = l.max_headers {
+            limits.max_headers = v;
+        }
+        if let Some(v) = l.max_body_bytes {
+            limits.max_body_bytes = v;
+        }
+        if let Some(v) = l.header_timeout_ms {
+            limits.header_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = l.request_timeout_ms {
+            limits.request_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = l.min_body_rate_bytes_per_s {
+            limits.min_body_rate = v;
+        }
+        if let Some(v) = l.max_connections {
+            limits.max_connections = v;
+        }
+        if limits.max_header_bytes < 1024
+            || limits.max_headers == 0
+            || limits.header_timeout.is_zero()
+            || limits.request_timeout.is_zero()
+            || limits.max_connections == 0
+        {
+            c.err("limits: max_header_bytes >= 1024, and max_headers, header_timeout_ms, request_timeout_ms, max_connections > 0");
+        }
+    }
+
+    // upstreams
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    for u in raw.upstreams {
+        let field = format!("upstreams[{}]", u.name);
+        if !names.insert(u.name.clone()) {
+            c.err(format!("{field}: duplicate upstream name"));
+        }
+        if u.endpoints.is_empty() {
+            c.err(format!(
+                "{field}.endpoints: at least one endpoint is required"
+            ));
+        }
+        for e in &u.endpoints {
+            let (host, port) = e.rsplit_once(':').unwrap_or((e, ""));
+            if host.is_empty() || port.parse::<u16>().is_err() || e.contains('/') {
+                c.err(format!("{field}.endpoints: {e:?} is not host:port"));
+            }
+        }
+        let tls = u.tls.map(|t| UpstreamTls {
+            ca_file: c.file(&format!("{field}.tls.ca_file"), &t.ca_file),
+            server_name: t.server_name,
+            client_cert: match (t.client_cert_file, t.client_key_file) {
+                (Some(cf), Some(kf)) => Some((
+                    c.file(&format!("{field}.tls.client_cert_file"), &cf),
+                    c.file(&format!("{field}.tls.client_key_file"), &kf),
+                )),
+                (None, None) => None,
+                _ => {
+                    c.err(format!(
+                        "{field}.tls: client_cert_file and client_key_file go together"
+                    ));
+                    None
+                }
+            },
+        });
+        upstreams.push(UpstreamConfig {
+            name: u.name,
+            endpoints: u.endpoints,
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(2000)),
+            request_timeout: Duration::from_millis(u.request_timeout_ms.unwrap_or(30_000)),
+            max_fails: u.max_fails.unwrap_or(3),
+            fail_timeout: Duration::from_secs(u.fail_timeout_s.unwrap_or(10)),
+            tls,
+        });
+    }
+
+    // issuers
+    let mut issuers = Vec::new();
+    let mut issuer_names = HashSet::new();
+    for i in raw.issuers {
+        let field = format!("issuers[{}]", i.name);
+        if !issuer_names.insert(i.name.clone()) {
+            c.err(format!("{field}: duplicate issuer name"));
+        }
+        if i.algorithms.is_empty() {
+            c.err(format!(
+                "{field}.algorithms: an explicit algorithm allowlist is required"
+            ));
+        }
+        for a in &i.algorithms {
+            if !ALGS.contains(&a.as_str()) {
+                c.err(format!(
+                    "{field}.algorithms: {a:?} is not one of {}",
+                    ALGS.join(", ")
+                ));
+            }
+        }
+        let hs = i.algorithms.iter().any(|a| a == "HS256");
+        let asym = i.algorithms.iter().any(|a| a != "HS256");
+        if hs && asym {
+            c.err(format!(
+                "{field}.algorithms: HS256 cannot be mixed with public-key algorithms in one issuer"
+            ));
+        }
+        if i.audiences.is_empty() {
+            c.err(format!(
+                "{field}.audiences: at least one audience is required"
+            ));
+        }
+        let leeway = i.leeway_s.unwrap_or(30);
+        if leeway > 60 {
+            c.err(format!("{field}.leeway_s: at most 60 seconds"));
+        }
+        let keys = match (&i.jwks_url, &i.jwks_file, hs) {
+            (Some(u), None, false) => {
+                if !(u.starts_with("https://")
+                    || u.starts_with("http://127.0.0.1")
+                    || u.starts_with("http://localhost"))
+                {
+                    c.err(format!(
+                        "{field}.jwks_url: must be https:// (plain http only on loopback)"
+                    ));
+                }
+                Some(IssuerKeys::JwksUrl {
+                    url: u.clone(),
+                    refresh: Duration::from_secs(i.jwks_refresh_s.unwrap_or(300)),
+                })
+            }
+            (None, Some(f), false) => Some(IssuerKeys::JwksFile(
+                c.file(&format!("{field}.jwks_file"), f),
+            )),
+            (None, None, true) => c
+                .secret(
+                    &format!("{field}.hs256_secret"),
+                    &i.hs256_secret_file,
+                    &i.hs256_secret_env,
+                    32,
+                )
+                .map(IssuerKeys::Hs256),
+            (_, _, true) => {
+                c.err(format!(
+                    "{field}: HS256 issuers take hs256_secret_file or hs256_secret_env, not a JWKS"
+                ));
+                None
+            }
+            _ => {
+                c.err(format!(
+                    "{field}: exactly one of jwks_url or jwks_file is required"
+                ));
+                None
+            }
+        };
+        if let Some(keys) = keys {
+            issuers.push(IssuerSpec {
+                name: i.name,
+                issuer: i.issuer,
+                audiences: i.audiences,
+                algorithms: i.algorithms,
+                keys,
+                leeway: Duration::from_secs(leeway.min(60)),
+                roles_claim: i.roles_claim.unwrap_or_else(|| "roles".into()),
+            });
+        }
+    }
+
+    let apikeys = raw.apikeys.and_then(|a| {
+        let pepper = c.secret("apikeys.pepper", &a.pepper_file, &a.pepper_env, 32)?;
+        let header = a
+            .header
+            .unwrap_or_else(|| "x-api-key".into())
+            .to_ascii_lowercase();
+        if !valid_header_name(&header) {
+            c.err("apikeys.header: not a valid header name");
+        }
+        Some(ApiKeysConfig {
+            database: c.path(&a.database),
+            pepper,
+            header,
+        })
+    });
+
+    let ratelimit = {
+        let r = raw.ratelimit.unwrap_or(RawRateLimit {
+            store: None,
+            redis_url: None,
+            redis_url_env: None,
+            on_store_failure: None,
+            redis_timeout_ms: None,
+            peer: None,
+        });
+        let on_failure = match r.on_store_failure.as_deref().unwrap_or("local_fallback") {
+            "local_fallback" => FailMode::LocalFallback,
+            "dangerous_fail_open" => FailMode::FailOpen,
+            "fail_closed" => FailMode::FailClosed,
+            "fail_open" => {
+                c.err("ratelimit.on_store_failure: \"fail_open\" disables rate limiting when Redis is down; spell it \"dangerous_fail_open\" to confirm");
+                FailMode::FailOpen
+            }
+            other => {
+                c.err(format!("ratelimit.on_store_failure: {other:?} is not local_fallback, fail_closed or dangerous_fail_open"));
+                FailMode::LocalFallback
+            }
+        };
+        let store = match r.store.as_deref().unwrap_or("local") {
+            "local" => RateStore::Local,
+            "redis" => {
+                let url = match (r.redis_url, r.redis_url_env) {
+                    (Some(u), None) => Some(u),
+                    (None, Some(var)) => {
+                        let v = (env.var)(&var);
+                        if v.is_none() {
+                            c.err(format!(
+                                "ratelimit.redis_url_env: environment variable {var} is not set"
+                            ));
+                        }
+                        v
+                    }
+                    _ => {
+                        c.err("ratelimit: store = \"redis\" needs exactly one of redis_url or redis_url_env");
+                        None
+                    }
+                };
+                if let Some(u) = &url
+                    && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+                {
+                    c.err("ratelimit.redis_url: must start with redis:// or rediss://");
+                }
+                RateStore::Redis {
+                    url: url.unwrap_or_default(),
+                    on_failure,
+                    timeout: Duration::from_millis(r.redis_timeout_ms.unwrap_or(50)),
+                }
+            }
+            other => {
+                c.err(format!(
+                    "ratelimit.store: {other:?} is not \"local\" or \"redis\""
+                ));
+                RateStore::Local
+            }
+        };
+        let peer = r
+            .peer
+            .and_then(|q| c.quota("ratelimit.peer", q.limit, q.period_s, q.burst));
+        RateLimitConfig { store, peer }
+    };
+
+    let (policies, policy_file) = match raw.authorization {
+        None => {
+            c.err("authorization.policy_file: required (the gateway denies by default; write the policies that allow)");
+            (String::new(), PathBuf::new())
+        }
+        Some(a) => {
+            let p = c.file("authorization.policy_file", &a.policy_file);
+            match std::fs::read_to_string(&p) {
+                Ok(t) => {
+                    if let Err(e) = crate::authz::Authorizer::new(&t) {
+                        c.err(format!("authorization.policy_file: {e}"));
+                    }
+                    (t, p)
+                }
+                Err(_) => (String::new(), p),
+            }
+        }
+    };
+
+    // routes
+    let upstream_names: HashSet<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    if raw.routes.is_empty() {
+        c.err("routes: at least one [[routes]] entry is required");
+    }
+    for r in raw.routes {
+        let field = format!("routes[{}]", r.name);
+        if !route_names.insert(r.name.clone()) {
+            c.err(format!("{field}: duplicate route name"));
+        }
+        if !r.path_prefix.starts_with('/')
+            || r.path_prefix.contains("//")
+            || r.path_prefix.split('/').any(|s| s == "." || s == "..")
+        {
+            c.err(format!(
+                "{field}.path_prefix: must start with / and be normalised"
+            ));
+        }
+        if !upstream_names.contains(&r.upstream) {
+            c.err(format!(
+                "{field}.upstream: no upstream named {:?}",
+                r.upstream
+            ));
+        }
+        let methods: Vec<String> = r.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+        for m in &methods {
+            if !METHODS.contains(&m.as_str()) {
+                c.err(format!(
+                    "{field}.methods: {m:?} is not one of {}",
+                    METHODS.join(", ")
+                ));
+            }
+        }
+        let mut authn = Vec::new();
+        for a in &r.authn {
+            match a.as_str() {
+                "jwt" => {
+                    if issuers.is_empty() && issuer_names.is_empty() {
+                        c.err(format!(
+                            "{field}.authn: \"jwt\" needs at least one [[issuers]] entry"
+                        ));
+                    }
+                    authn.push(AuthnMethod::Jwt)
+                }
+                "apikey" => {
+                    if apikeys.is_none() {
+                        c.err(format!(
+                            "{field}.authn: \"apikey\" needs an [apikeys] section"
+                        ));
+                    }
+                    authn.push(AuthnMethod::ApiKey)
+                }
+                "mtls" => authn.push(AuthnMethod::PeerCert),
+                other => c.err(format!(
+                    "{field}.authn: {other:?} is not jwt, apikey or mtls"
+                )),
+            }
+        }
+        let anonymous = r.anonymous.unwrap_or(false);
+        if authn.is_empty() && !anonymous {
+            c.err(format!(
+                "{field}: set authn (jwt, apikey, mtls) or anonymous = true explicitly"
+            ));
+        }
+        for i in &r.jwt_issuers {
+            if !issuer_names.contains(i) {
+                c.err(format!("{field}.jwt_issuers: no issuer named {i:?}"));
+            }
+        }
+        let ratelimit = r.ratelimit.as_ref().and_then(|rl| {
+            let per = match rl.per.as_deref().unwrap_or("principal") {
+                "principal" => LimitKey::Principal,
+                "ip" => LimitKey::Ip,
+                "route" => LimitKey::Route,
+                "apikey" => LimitKey::ApiKey,
+                other => {
+                    c.err(format!(
+                        "{field}.ratelimit.per: {other:?} is not principal, ip, route or apikey"
+                    ));
+                    LimitKey::Principal
+                }
+            };
+            c.quota(
+                &format!("{field}.ratelimit"),
+                rl.limit,
+                rl.period_s,
+                rl.burst,
+            )
+            .map(|q| (q, per))
+        });
+        let mut consumer_limits = BTreeMap::new();
+        for (consumer, q) in &r.consumer_limits {
+            if let Some(q) = c.quota(
+                &format!("{field}.consumer_limits.{consumer}"),
+                q.limit,
+                q.period_s,
+                q.burst,
+            ) {
+                consumer_limits.insert(consumer.clone(), q);
+            }
+        }
+        let mut forward = BTreeMap::new();
+        for (h, claim) in &r.forward_identity {
+            let hl = h.to_ascii_lowercase();
+            if !valid_header_name(&hl) {
+                c.err(format!(
+                    "{field}.forward_identity: {h:?} is not a valid header name"
+                ));
+            }
+            forward.insert(hl, claim.clone());
+        }
+        let cors = r.cors.map(|cors| {
+            if cors.allowed_origins.iter().any(|o| o == "*")
+                && cors.allow_credentials.unwrap_or(false)
+            {
+                c.err(format!(
+                    "{field}.cors: allow_credentials cannot be combined with the \"*\" origin"
+                ));
+            }
+            Cors {
+                allowed_origins: cors.allowed_origins,
+                allowed_methods: if cors.allowed_methods.is_empty() {
+                    vec!["GET".into(), "POST".into()]
+                } else {
+                    cors.allowed_methods
+                },
+                allowed_headers: cors.allowed_headers,
+                max_age: cors.max_age_s,
+                allow_credentials: cors.allow_credentials.unwrap_or(false),
+            }
+        });
+        let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        routes.push(RouteConfig {
+            name: r.name,
+            hosts,
+            path_prefix: r.path_prefix,
+            methods,
+            upstream: r.upstream,
+            authn,
+            anonymous,
+            jwt_issuers: r.jwt_issuers,
+            ratelimit,
+            consumer_limits,
+            max_body_bytes: r.max_body_bytes,
+            forward_identity: forward,
+            cors,
+            content_security_policy: r.content_security_policy,
+            pass_upstream_errors: r.pass_upstream_errors.unwrap_or(false),
+            strip_prefix: r.strip_prefix.unwrap_or(false),
+            request_timeout: r.request_timeout_ms.map(Duration::from_millis),
+        });
+    }
+
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    if !matches!(
+        log_level.as_str(),
+        "trace" | "debug" | "info" | "warn" | "error"
+    ) {
+        c.err(format!(
+            "log_level: {log_level:?} is not one of trace, debug, info, warn, error"
+        ));
+    }
+
+    if !c.errs.is_empty() {
+        return Err(ConfigErrors(c.errs));
+    }
+    Ok(GatewayConfig {
+        listeners,
+        admin,
+        limits,
+        upstreams,
+        issuers,
+        apikeys,
+        ratelimit,
+        policies,
+        policy_file,
+        routes,
+        log_level,
+    })
+}

@@ -1,0 +1,164 @@
+//! Request inspection (pipeline step 7): path normalisation before routing and
+//! policy, so that the route, the policy and the upstream all see one path.
+//!
+//! Rules: percent-decoding of everything except the characters that would
+//! change the path's structure — an encoded `/` (`%2F`), `\` (`%5C`) and NUL
+//! (`%00`) are rejected, as is a raw `\`; the decoded path must be UTF-8; dot
+//! segments are removed (RFC 3986 §5.2.4, clamped at the root as Envoy does);
+//! duplicate slashes are merged. The result is re-encoded for forwarding.
+
+use crate::respond::GatewayError;
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Normalise a request path (without the query). Returns the decoded,
+/// normalised path.
+pub fn normalize_path(raw: &str) -> Result<String, GatewayError> {
+    if !raw.starts_with('/') {
+        return Err(GatewayError::BadPath("path must start with /"));
+    }
+    if raw.len() > 8192 {
+        return Err(GatewayError::BadPath("path too long"));
+    }
+    let b = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(GatewayError::BadPath("invalid percent-encoding in path"));
+                };
+                let c = h * 16 + l;
+                match c {
+                    b'/' => return Err(GatewayError::BadPath("encoded slash in path")),
+                    b'\\' => return Err(GatewayError::BadPath("encoded backslash in path")),
+                    0 => return Err(GatewayError::BadPath("NUL in path")),
+                    _ => decoded.push(c),
+                }
+                i += 3;
+            }
+            b'\\' => return Err(GatewayError::BadPath("backslash in path")),
+            c => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    let s =
+        String::from_utf8(decoded).map_err(|_| GatewayError::BadPath("path is not valid UTF-8"))?;
+    if s.chars().any(|c| c.is_control()) {
+        return Err(GatewayError::BadPath("control character in path"));
+    }
+    let trailing = s.ends_with('/') || s.ends_with("/.") || s.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in s.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    let mut path = String::with_capacity(s.len());
+    for seg in &out {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || (trailing && !path.ends_with('/')) {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Percent-encode a normalised path for the upstream request line.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether `path` is under `prefix` on a segment boundary (`/a` covers `/a`
+/// and `/a/b`, not `/ab`).
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let p = prefix.trim_end_matches('/');
+    path == p || path.starts_with(&format!("{p}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/./b/../c", "/a/c"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E%2e/%2e/b", "/b"),
+            ("/orders/", "/orders/"),
+            ("/orders/x/..", "/orders/"),
+            ("/caf%C3%A9", "/café"),
+            ("/a%20b", "/a b"),
+        ] {
+            assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        for (raw, why) in [
+            ("/a%2Fb", "encoded slash in path"),
+            ("/a%2fb", "encoded slash in path"),
+            ("/a%00b", "NUL in path"),
+            ("/a%5Cb", "encoded backslash in path"),
+            ("/a\\b", "backslash in path"),
+            ("/a%zz", "invalid percent-encoding in path"),
+            ("/a%2", "invalid percent-encoding in path"),
+            ("/a%ff", "path is not valid UTF-8"),
+            ("/a%0a", "control character in path"),
+            ("a/b", "path must start with /"),
+        ] {
+            assert_eq!(
+                normalize_path(raw).unwrap_err(),
+                GatewayError::BadPath(why),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_and_encoding() {
+        assert!(under_prefix("/orders", "/orders"));
+        assert!(under_prefix("/orders/1", "/orders"));
+        assert!(under_prefix("/orders/1", "/orders/"));
+        assert!(!under_prefix("/ordersx", "/orders"));
+        assert!(under_prefix("/anything", "/"));
+        assert_eq!(encode_path("/a b/café"), "/a%20b/caf%C3%A9");
+        assert_eq!(encode_path("/a?b#c"), "/a%3Fb%23c");
+    }
+}

@@ -1,0 +1,106 @@
+//! Who is calling: the verified peer certificate and the authenticated principal.
+
+use serde_json::{Map, Value};
+
+/// What the client certificate (verified by rustls against the configured CA) says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    pub uris: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// Parse the leaf certificate (already verified by rustls).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut id = PeerIdentity {
+            subject: cert.subject().to_string(),
+            ..Default::default()
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => id.dns_names.push(d.to_string()),
+                    GeneralName::URI(u) => id.uris.push(u.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(id)
+    }
+
+    /// The most specific name: a SPIFFE/URI SAN, else the first DNS name, else the subject.
+    pub fn name(&self) -> &str {
+        self.uris
+            .first()
+            .or(self.dns_names.first())
+            .map(String::as_str)
+            .unwrap_or(&self.subject)
+    }
+}
+
+/// How the principal authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Jwt,
+    ApiKey,
+    PeerCert,
+    Anonymous,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Jwt => "jwt",
+            Method::ApiKey => "apikey",
+            Method::PeerCert => "mtls",
+            Method::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// The authenticated caller, as authz and the security log see it.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub method: Method,
+    /// `sub` for JWT, the consumer for API keys, the certificate name for mTLS.
+    pub subject: String,
+    pub issuer: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    /// API key consumer, when authenticated by key.
+    pub consumer: Option<String>,
+    /// API key id (never the secret), for per-key rate limits and the log.
+    pub key_id: Option<String>,
+    /// Verified JWT claims (for claims -> headers forwarding).
+    pub claims: Map<String, Value>,
+    pub peer: Option<PeerIdentity>,
+}
+
+impl Principal {
+    pub fn anonymous(peer: Option<PeerIdentity>) -> Self {
+        Self {
+            method: Method::Anonymous,
+            subject: String::new(),
+            issuer: String::new(),
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            consumer: None,
+            key_id: None,
+            claims: Map::new(),
+            peer,
+        }
+    }
+
+    /// A stable label for logs and rate-limit keys (never a credential).
+    pub fn label(&self) -> String {
+        match self.method {
+            Method::Anonymous => "anonymous".into(),
+            Method::ApiKey => format!("apikey:{}", self.consumer.as_deref().unwrap_or("")),
+            Method::Jwt => format!("jwt:{}|{}", self.issuer, self.subject),
+            Method::PeerCert => format!("mtls:{}", self.subject),
+        }
+    }
+}

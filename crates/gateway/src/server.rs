@@ -1,0 +1,396 @@
+//! Running the gateway: build a [`Gateway`] from config, bind listeners, serve
+//! connections through [`crate::stack`], hot-reload on SIGHUP and on config
+//! file change (a bad new config is refused and the old one keeps serving;
+//! in-flight requests finish on the config they started with), reload
+//! certificates when their files change, and drain on SIGTERM.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use palisade_ratelimit::{Limiter, Quota};
+use tokio::net::TcpListener;
+
+use crate::authn::Authenticator;
+use crate::authz::Authorizer;
+use crate::config::{self, FailMode, GatewayConfig, Limits, ListenerKind, RateStore, RouteConfig};
+use crate::log::Sink;
+use crate::principal::PeerIdentity;
+use crate::stack::{self, ConnInfo};
+use crate::tls::SniResolver;
+use crate::upstream::Pool;
+
+/// Everything a request needs; replaced whole on reload.
+pub struct Gateway {
+    pub routes: Vec<Arc<RouteConfig>>,
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub authn: Authenticator,
+    pub authz: Authorizer,
+    pub limiter: Arc<Limiter>,
+    pub peer_quota: Option<Quota>,
+    pub limits: Limits,
+    pub log: Arc<Sink>,
+}
+
+/// The reloadable current gateway.
+pub struct Shared {
+    current: RwLock<Arc<Gateway>>,
+}
+
+impl Shared {
+    pub fn current(&self) -> Arc<Gateway> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+    fn replace(&self, gw: Arc<Gateway>) {
+        match self.current.write() {
+            Ok(mut g) => *g = gw,
+            Err(poisoned) => *poisoned.into_inner() = gw,
+        }
+    }
+}
+
+/// Build the limiter from config (kept across reloads so counts survive).
+pub async fn build_limiter(cfg: &GatewayConfig) -> Result<Arc<Limiter>, String> {
+    Ok(Arc::new(match &cfg.ratelimit.store {
+        RateStore::Local => Limiter::local(),
+        RateStore::Redis {
+            url,
+            on_failure,
+            timeout,
+        } => {
+            let mode = match on_failure {
+                FailMode::LocalFallback => palisade_ratelimit::FailMode::LocalFallback,
+                FailMode::FailOpen => palisade_ratelimit::FailMode::FailOpen,
+                FailMode::FailClosed => palisade_ratelimit::FailMode::FailClosed,
+            };
+            Limiter::redis(url, mode, *timeout)
+                .await
+                .map_err(|e| format!("ratelimit: {e}"))?
+        }
+    }))
+}
+
+/// Build a gateway from a validated config.
+pub async fn build(
+    cfg: &GatewayConfig,
+    limiter: Arc<Limiter>,
+    log: Arc<Sink>,
+) -> Result<Gateway, String> {
+    let mut pools = HashMap::new();
+    for u in &cfg.upstreams {
+        pools.insert(
+            u.name.clone(),
+            Pool::new(u).map_err(|e| format!("upstreams[{}]: {e}", u.name))?,
+        );
+    }
+    let apikeys = match &cfg.apikeys {
+        Some(a) => Some(Arc::new(
+            palisade_apikey::ApiKeyStore::open(&a.database, a.pepper.clone())
+                .await
+                .map_err(|e| format!("apikeys: {e}"))?,
+        )),
+        None => None,
+    };
+    let header = cfg
+        .apikeys
+        .as_ref()
+        .map(|a| a.header.clone())
+        .unwrap_or_else(|| "x-api-key".into());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let authn = Authenticator::new(&cfg.issuers, apikeys, &header, http).await?;
+    let authz = Authorizer::new(&cfg.policies).map_err(|e| format!("authorization: {e}"))?;
+    let peer_quota = match &cfg.ratelimit.peer {
+        Some(q) => Some(
+            Quota::new(q.limit, q.period, q.burst).map_err(|e| format!("ratelimit.peer: {e}"))?,
+        ),
+        None => None,
+    };
+    // most specific prefix first; declaration order breaks ties
+    let mut routes: Vec<Arc<RouteConfig>> = cfg.routes.iter().cloned().map(Arc::new).collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()));
+    Ok(Gateway {
+        routes,
+        pools,
+        authn,
+        authz,
+        limiter,
+        peer_quota,
+        limits: cfg.limits.clone(),
+        log,
+    })
+}
+
+pub fn read_config(
+    path: &Path,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    config::parse(&text, &config::Env { var, base }).map_err(|e| e.0.join("\n"))
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Serve one listener until `shutdown` flips.
+async fn serve_listener(
+    listener: TcpListener,
+    name: Arc<str>,
+    kind: ListenerKind,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // step 0: connection limit — over it, the connection is dropped
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            metrics::counter!("palisade_gateway_connections_rejected_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let name = name.clone();
+        let kind = kind.clone();
+        let limits = limits.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_headers(limits.max_headers);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .max_concurrent_streams(128);
+            match (acceptor, kind) {
+                (Some(acc), _) => {
+                    let tls = match tokio::time::timeout(limits.header_timeout, acc.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    };
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| PeerIdentity::from_der(c));
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        listener: name,
+                        tls: true,
+                        identity,
+                    });
+                    let svc = hyper::service::service_fn(move |req| {
+                        stack::handle(shared.current(), info.clone(), req)
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                (None, ListenerKind::RedirectToHttps { port }) => {
+                    let svc = hyper::service::service_fn(move |req| stack::redirect(port, req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                (None, _) => {
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        listener: name,
+                        tls: false,
+                        identity: None,
+                    });
+                    let svc = hyper::service::service_fn(move |req| {
+                        stack::handle(shared.current(), info.clone(), req)
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, "in-flight requests did not finish within 30s");
+    }
+}
+
+/// Looks up environment variables (injected so tests never mutate the environment).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Addresses the gateway actually bound (tests bind port 0).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
+    pub admin: std::net::SocketAddr,
+}
+
+/// Start the gateway from `config_path`; returns the bound addresses and a
+/// future that runs until `shutdown` resolves (then drains).
+pub async fn start(
+    config_path: PathBuf,
+    var: EnvLookup,
+    log: Arc<Sink>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Bound, tokio::task::JoinHandle<()>), String> {
+    let cfg = read_config(&config_path, &*var)?;
+    let limiter = build_limiter(&cfg).await?;
+    let gw = build(&cfg, limiter.clone(), log.clone()).await?;
+    let shared = Arc::new(Shared {
+        current: RwLock::new(Arc::new(gw)),
+    });
+    let _ = crate::admin::metrics_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut bound = Vec::new();
+    let mut resolvers = Vec::new();
+    for l in &cfg.listeners {
+        let tls = match &l.kind {
+            ListenerKind::Https {
+                profile,
+                certificates,
+                client_auth,
+            } => {
+                let resolver = SniResolver::new(certificates.clone())
+                    .map_err(|e| format!("listeners[{}]: {e}", l.name))?;
+                resolvers.push(resolver.clone());
+                Some(
+                    crate::tls::server_config(*profile, resolver, client_auth.as_ref())
+                        .map_err(|e| format!("listeners[{}]: {e}", l.name))?,
+                )
+            }
+            ListenerKind::DangerousPlaintext => {
+                tracing::warn!(listener = %l.name, "serving routes over plaintext HTTP (dangerous_plaintext = true)");
+                None
+            }
+            ListenerKind::RedirectToHttps { .. } => None,
+        };
+        let tcp = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| format!("listeners[{}]: cannot bind {}: {e}", l.name, l.address))?;
+        bound.push((l.name.clone(), tcp.local_addr().map_err(|e| e.to_string())?));
+        tasks.push(tokio::spawn(serve_listener(
+            tcp,
+            Arc::from(l.name.as_str()),
+            l.kind.clone(),
+            tls,
+            shared.clone(),
+            cfg.limits.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let admin_tcp = TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|e| format!("admin: cannot bind {}: {e}", cfg.admin))?;
+    let admin_addr = admin_tcp.local_addr().map_err(|e| e.to_string())?;
+    let mut admin_stop = stop_rx.clone();
+    let admin_app = crate::admin::router(shared.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(admin_tcp, admin_app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.changed().await;
+            })
+            .await;
+    }));
+
+    // reload: SIGHUP or a change of the config file's mtime; certificates on change
+    let reload_shared = shared.clone();
+    let mut reload_stop = stop_rx.clone();
+    let reload_log = log.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut last = mtime(&config_path);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let by_signal = tokio::select! {
+                _ = tick.tick() => false,
+                _ = async { match hup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => true,
+                _ = reload_stop.changed() => break,
+            };
+            for r in &resolvers {
+                match r.reload_if_changed() {
+                    Ok(true) => tracing::info!("certificates reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "certificate reload refused; keeping the current certificates"),
+                }
+            }
+            let now = mtime(&config_path);
+            if !by_signal && now == last {
+                continue;
+            }
+            last = now;
+            match read_config(&config_path, &*var) {
+                Ok(cfg) => match build(&cfg, limiter.clone(), reload_log.clone()).await {
+                    Ok(gw) => {
+                        reload_shared.replace(Arc::new(gw));
+                        tracing::info!("configuration reloaded");
+                        metrics::counter!("palisade_gateway_reloads_total", "result" => "ok").increment(1);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+                        metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+                    metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
+                }
+            }
+        }
+    }));
+
+    let handle = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok((
+        Bound {
+            listeners: bound,
+            admin: admin_addr,
+        },
+        handle,
+    ))
+}

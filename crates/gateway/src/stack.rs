@@ -1,0 +1,629 @@
+//! The gateway pipeline, written once, in design.md's order:
+//!
+//! | # | step | here |
+//! |---|---|---|
+//! | 2 | HTTP framing checks | [`check_framing`] (hyper enforces header limits and the header deadline) |
+//! | 3 | respond | [`crate::respond::error_response`] is the only error renderer |
+//! | 4 | request id | [`handle`] |
+//! | 5 | security log | [`handle`] fills one [`SecurityRecord`] per request |
+//! | 6 | per-IP rate limit | before any cryptographic work |
+//! | 7 | inspect | [`crate::inspect::normalize_path`], body size |
+//! | 8 | authn | [`crate::authn::Authenticator`] |
+//! | 9 | per-principal rate limit | route and consumer quotas |
+//! | 10 | authz | [`crate::authz::Authorizer`] -> `Permit` |
+//! | 11 | upstream | [`crate::upstream::Pool::forward`] takes the `Permit` |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use palisade_ratelimit::{Decision, Key, Quota};
+
+use crate::authz::Resource;
+use crate::config::{LimitKey, RouteConfig};
+use crate::inspect;
+use crate::log::SecurityRecord;
+use crate::principal::{PeerIdentity, Principal};
+use crate::respond::{Body, GatewayError, error_response, full};
+use crate::server::Gateway;
+use crate::upstream::{BoxError, ForwardCtx};
+
+/// What the listener knows about the connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: bool,
+    pub identity: Option<PeerIdentity>,
+}
+
+/// Why a streamed body was cut off (read after an upstream failure).
+const BODY_OK: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_TOO_SLOW: u8 = 2;
+
+/// The request body with the route's size limit and the minimum-rate rule
+/// (slow-body defence) enforced while it streams to the upstream.
+struct GuardedBody {
+    inner: Incoming,
+    read: u64,
+    max: u64,
+    started: Instant,
+    min_rate: u64,
+    state: Arc<AtomicU8>,
+}
+
+/// Grace period before the minimum body rate applies.
+const RATE_GRACE: Duration = Duration::from_secs(5);
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.read += d.len() as u64;
+                    if this.read > this.max {
+                        this.state.store(BODY_TOO_LARGE, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err("request body too large".into())));
+                    }
+                    let elapsed = this.started.elapsed();
+                    if this.min_rate > 0
+                        && elapsed > RATE_GRACE
+                        && (this.read as f64 / elapsed.as_secs_f64()) < this.min_rate as f64
+                    {
+                        this.state.store(BODY_TOO_SLOW, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err("request body too slow".into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ambiguous framing is refused (request smuggling): both Content-Length and
+/// Transfer-Encoding, several or invalid Content-Length values, or a
+/// Transfer-Encoding other than a single `chunked`.
+pub fn check_framing(h: &hyper::HeaderMap) -> Result<(), GatewayError> {
+    let cls: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let tes: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if !cls.is_empty() && !tes.is_empty() {
+        return Err(GatewayError::BadRequest("ambiguous message framing"));
+    }
+    if cls.len() > 1 {
+        return Err(GatewayError::BadRequest("ambiguous message framing"));
+    }
+    if let Some(cl) = cls.first()
+        && !cl
+            .to_str()
+            .is_ok_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(GatewayError::BadRequest("invalid Content-Length"));
+    }
+    if tes.len() > 1
+        || tes
+            .first()
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadRequest("unsupported Transfer-Encoding"));
+    }
+    Ok(())
+}
+
+fn host_of(req: &Request<Incoming>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_default();
+    let h = raw.to_ascii_lowercase();
+    // strip the port (IPv6 literals keep their brackets)
+    match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => h[..i].to_string(),
+        _ => h,
+    }
+}
+
+fn host_matches(route: &RouteConfig, host: &str) -> bool {
+    route.hosts.is_empty()
+        || route.hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(suffix) => host.strip_suffix(suffix).is_some_and(|l| {
+                l.ends_with('.') && l.len() > 1 && !l[..l.len() - 1].contains('.')
+            }),
+            None => h == host,
+        })
+}
+
+/// The route for (host, path, method): most specific prefix first.
+fn select<'a>(
+    gw: &'a Gateway,
+    host: &str,
+    path: &str,
+    method: &str,
+) -> Result<&'a Arc<RouteConfig>, GatewayError> {
+    let mut path_matched = false;
+    for r in &gw.routes {
+        if host_matches(r, host) && inspect::under_prefix(path, &r.path_prefix) {
+            if r.methods.is_empty() || r.methods.iter().any(|m| m == method) {
+                return Ok(r);
+            }
+            path_matched = true;
+        }
+    }
+    Err(if path_matched {
+        GatewayError::MethodNotAllowed
+    } else {
+        GatewayError::NoRoute
+    })
+}
+
+fn limit_err(
+    d: Decision,
+    q: &Quota,
+    name: &'static str,
+) -> Result<Vec<(&'static str, String)>, GatewayError> {
+    let headers = palisade_ratelimit::headers(&d, q, name);
+    match d {
+        Decision::Allow { .. } => Ok(headers),
+        Decision::Deny { retry_after, .. } => Err(GatewayError::RateLimited {
+            retry_after,
+            headers,
+            limit: name,
+        }),
+    }
+}
+
+fn identity_value(p: &Principal, claim: &str) -> Option<String> {
+    let joined = |v: &[String]| {
+        if v.is_empty() {
+            None
+        } else {
+            Some(v.join(","))
+        }
+    };
+    match claim {
+        "sub" | "subject" => Some(p.subject.clone()).filter(|s| !s.is_empty()),
+        "iss" | "issuer" => Some(p.issuer.clone()).filter(|s| !s.is_empty()),
+        "scopes" => joined(&p.scopes),
+        "roles" => joined(&p.roles),
+        "consumer" => p.consumer.clone(),
+        "auth_method" => Some(p.method.as_str().to_string()),
+        "cert_uri" => p.peer.as_ref().and_then(|c| c.uris.first().cloned()),
+        "cert_dns" => p.peer.as_ref().and_then(|c| c.dns_names.first().cloned()),
+        "cert_subject" => p.peer.as_ref().map(|c| c.subject.clone()),
+        other => match p.claims.get(other)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        },
+    }
+}
+
+fn cors_origin(route: &RouteConfig, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let cors = route.cors.as_ref()?;
+    let origin = origin?;
+    let o = origin.to_str().ok()?;
+    if cors.allowed_origins.iter().any(|a| a == o) {
+        Some(origin.clone())
+    } else if cors.allowed_origins.iter().any(|a| a == "*") {
+        Some(HeaderValue::from_static("*"))
+    } else {
+        None
+    }
+}
+
+fn add_cors(resp: &mut Response<Body>, route: &RouteConfig, allowed: HeaderValue) {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if route.cors.as_ref().is_some_and(|c| c.allow_credentials) {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+async fn pipeline(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &str,
+    rec: &mut SecurityRecord,
+) -> Result<(Response<Body>, Option<Arc<RouteConfig>>), GatewayError> {
+    check_framing(req.headers())?;
+
+    // 6: per-IP shield, before any cryptographic work
+    if let Some(q) = &gw.peer_quota {
+        let d = gw.limiter.check(&Key::peer(conn.peer.ip()), q).await;
+        limit_err(d, q, "peer")?;
+    }
+
+    // 7: inspect
+    let path = inspect::normalize_path(req.uri().path())?;
+    rec.path = path.clone();
+    let host = host_of(&req);
+    rec.host = host.clone();
+    let method = req.method().as_str().to_string();
+    let route = select(gw, &host, &path, &method)?.clone();
+    rec.route = route.name.clone();
+    let max_body = route.max_body_bytes.unwrap_or(gw.limits.max_body_bytes);
+    if let Some(cl) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        rec.bytes_in = cl;
+        if cl > max_body {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+
+    // CORS preflight: answered here, never forwarded
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if route.cors.is_some()
+        && method == "OPTIONS"
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let Some(allowed) = cors_origin(&route, origin.as_ref()) else {
+            return Err(GatewayError::Forbidden {
+                reason: "cors_origin_not_allowed".into(),
+            });
+        };
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        if let Some(c) = &route.cors {
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&c.allowed_methods.join(", ")) {
+                h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+            }
+            if !c.allowed_headers.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&c.allowed_headers.join(", "))
+            {
+                h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+            }
+            if let Some(age) = c.max_age {
+                h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
+            }
+        }
+        add_cors(&mut resp, &route, allowed);
+        rec.reason = "cors_preflight".into();
+        return Ok((resp, Some(route)));
+    }
+
+    // 8: authn
+    let now = palisade_core::now_nanos() / 1_000_000_000;
+    let principal = gw
+        .authn
+        .authenticate(&route, req.headers(), conn.identity.as_ref(), now)
+        .await?;
+    rec.principal = principal.label();
+    rec.auth_method = principal.method.as_str().to_string();
+
+    // 9: per-principal / per-consumer / per-route limits
+    let mut limit_headers = Vec::new();
+    let consumer_quota = principal
+        .consumer
+        .as_ref()
+        .and_then(|c| route.consumer_limits.get(c));
+    if let Some(q) = consumer_quota {
+        let quota = Quota::new(q.limit, q.period, q.burst).map_err(|_| GatewayError::Internal)?;
+        let key = Key::principal(&route.name, &principal.label());
+        limit_headers = limit_err(gw.limiter.check(&key, &quota).await, &quota, "consumer")?;
+    } else if let Some((q, per)) = &route.ratelimit {
+        let quota = Quota::new(q.limit, q.period, q.burst).map_err(|_| GatewayError::Internal)?;
+        let key = match per {
+            LimitKey::Principal => Key::principal(&route.name, &principal.label()),
+            LimitKey::Ip => Key::principal(&route.name, &conn.peer.ip().to_string()),
+            LimitKey::Route => Key::route(&route.name),
+            LimitKey::ApiKey => {
+                Key::api_key(&route.name, principal.key_id.as_deref().unwrap_or("none"))
+            }
+        };
+        limit_headers = limit_err(gw.limiter.check(&key, &quota).await, &quota, "route")?;
+    }
+
+    // 10: authz
+    let ip = conn.peer.ip().to_string();
+    let resource = Resource {
+        route: &route.name,
+        method: &method,
+        path: &path,
+        host: &host,
+        ip: &ip,
+    };
+    let permit = gw
+        .authz
+        .authorize(route.clone(), principal, &resource)
+        .map_err(|reason| GatewayError::Forbidden { reason })?;
+    rec.reason = format!("policy:{}", permit.policies());
+
+    // 11: upstream
+    let pool = gw
+        .pools
+        .get(&route.upstream)
+        .ok_or(GatewayError::Internal)?
+        .clone();
+    let mut identity = Vec::new();
+    for (name, claim) in &route.forward_identity {
+        if let (Ok(n), Some(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            identity_value(permit.principal(), claim),
+        ) && let Ok(v) = HeaderValue::from_str(&v)
+        {
+            identity.push((n, v));
+        }
+    }
+    let mut identity_names: Vec<HeaderName> = route
+        .forward_identity
+        .keys()
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    identity_names.extend(gw.authn.credential_headers());
+    let upstream_path = if route.strip_prefix {
+        let rest = path
+            .strip_prefix(route.path_prefix.trim_end_matches('/'))
+            .unwrap_or(&path);
+        if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        }
+    } else {
+        path.clone()
+    };
+    let mut path_and_query = inspect::encode_path(&upstream_path);
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let (parts, body) = req.into_parts();
+    let state = Arc::new(AtomicU8::new(BODY_OK));
+    let guarded = GuardedBody {
+        inner: body,
+        read: 0,
+        max: max_body,
+        started: Instant::now(),
+        min_rate: gw.limits.min_body_rate,
+        state: state.clone(),
+    };
+    let upstream_req = Request::from_parts(parts, guarded.boxed());
+    let ctx = ForwardCtx {
+        request_id,
+        client_ip: &ip,
+        proto: if conn.tls { "https" } else { "http" },
+        identity,
+        identity_names,
+        path_and_query,
+        pass_upstream_errors: route.pass_upstream_errors,
+        timeout: route.request_timeout,
+    };
+    let result = pool.forward(&permit, upstream_req, ctx).await;
+    let (mut resp, endpoint) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(match state.load(Ordering::Relaxed) {
+                BODY_TOO_LARGE => GatewayError::PayloadTooLarge,
+                BODY_TOO_SLOW => GatewayError::RequestTimeout,
+                _ => e,
+            });
+        }
+    };
+    rec.upstream = format!("{}/{}", pool.name, endpoint);
+    for (n, v) in limit_headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    if let Some(allowed) = cors_origin(&route, origin.as_ref()) {
+        add_cors(&mut resp, &route, allowed);
+    }
+    Ok((resp, Some(route)))
+}
+
+/// Security headers on every response.
+fn security_headers(resp: &mut Response<Body>, tls: bool, csp: Option<&str>) {
+    let h = resp.headers_mut();
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if let Some(csp) = csp
+        && let Ok(v) = HeaderValue::from_str(csp)
+    {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.remove(header::SERVER);
+}
+
+/// Entry point for one request on a serving listener.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = palisade_core::uuid_v4();
+    let mut rec = SecurityRecord {
+        time: palisade_core::rfc3339(palisade_core::now_nanos()),
+        request_id: request_id.clone(),
+        listener: conn.listener.to_string(),
+        client_ip: conn.peer.ip().to_string(),
+        method: req.method().as_str().to_string(),
+        path: format!("<{} bytes unnormalised>", req.uri().path().len()),
+        ..Default::default()
+    };
+    let timeout = gw.limits.request_timeout;
+    let outcome =
+        match tokio::time::timeout(timeout, pipeline(&gw, &conn, req, &request_id, &mut rec)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::RequestTimeout),
+        };
+    let (mut resp, route) = match outcome {
+        Ok((r, route)) => {
+            rec.decision = "allow";
+            (r, route)
+        }
+        Err(e) => {
+            rec.decision = "deny";
+            rec.reason = e.log_reason();
+            rec.category = e.category();
+            let mut r = error_response(&e, &request_id);
+            if matches!(
+                e,
+                GatewayError::BadRequest(_)
+                    | GatewayError::RequestTimeout
+                    | GatewayError::PayloadTooLarge
+            ) {
+                // framing or body errors leave the connection in an unknown state
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (r, None)
+        }
+    };
+    security_headers(
+        &mut resp,
+        conn.tls,
+        route
+            .as_ref()
+            .and_then(|r| r.content_security_policy.as_deref()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    rec.status = resp.status().as_u16();
+    rec.latency_us = started.elapsed().as_micros() as u64;
+    rec.bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    metrics::counter!("palisade_gateway_requests_total", "route" => rec.route.clone(), "decision" => rec.decision, "status" => rec.status.to_string()).increment(1);
+    metrics::histogram!("palisade_gateway_request_duration_seconds", "route" => rec.route.clone())
+        .record(started.elapsed().as_secs_f64());
+    if let Some(cat) = rec.category {
+        metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
+    }
+    gw.log.write(&rec);
+    Ok(resp)
+}
+
+/// A plain-HTTP listener's only job by default: redirect to HTTPS.
+pub async fn redirect(port: u16, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let host = host_of(&req);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let target = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut resp = Response::new(full(Bytes::new()));
+    match HeaderValue::from_str(&target) {
+        Ok(v) if !host.is_empty() => {
+            *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        _ => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing() {
+        let mut h = hyper::HeaderMap::new();
+        assert!(check_framing(&h).is_ok());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert!(check_framing(&h).is_ok());
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(
+            check_framing(&h).unwrap_err(),
+            GatewayError::BadRequest("ambiguous message framing")
+        );
+        let mut h = hyper::HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert_eq!(
+            check_framing(&h).unwrap_err(),
+            GatewayError::BadRequest("ambiguous message framing")
+        );
+        let mut h = hyper::HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("+10"));
+        assert_eq!(
+            check_framing(&h).unwrap_err(),
+            GatewayError::BadRequest("invalid Content-Length")
+        );
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert_eq!(
+            check_framing(&h).unwrap_err(),
+            GatewayError::BadRequest("unsupported Transfer-Encoding")
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! JWKS from a URL, served by a tiny HTTP/1.1 server on 127.0.0.1:0.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::JwtError;
+
+/// What the server answers, and how many requests it has seen.
+struct Jwks {
+    response: Mutex<(u16, String)>,
+    requests: AtomicUsize,
+    arrived: Notify,
+}
+
+impl Jwks {
+    fn serve(&self, status: u16, keys: Vec<Value>) {
+        *self.response.lock().unwrap() = (status, json!({ "keys": keys }).to_string());
+    }
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn server(keys: Vec<Value>) -> (Arc<Jwks>, String) {
+    let state = Arc::new(Jwks {
+        response: Mutex::new((200, String::new())),
+        requests: AtomicUsize::new(0),
+        arrived: Notify::new(),
+    });
+    state.serve(200, keys);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let shared = Arc::clone(&state);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let state = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let (status, body) = state.response.lock().unwrap().clone();
+                state.requests.fetch_add(1, Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.shutdown().await;
+                state.arrived.notify_one();
+            });
+        }
+    });
+    (state, url)
+}
+
+fn url_issuer(url: &str, refresh: Duration) -> IssuerConfig {
+    issuer(
+        ISS,
+        vec![Alg::ES256, Alg::RS256],
+        KeySource::Url {
+            url: url.to_owned(),
+            refresh,
+            min_refetch_interval: Duration::from_secs(30),
+        },
+    )
+}
+
+fn es256(kid: &str, key: &EcdsaKeyPair) -> String {
+    token(&header("ES256", kid), &claims(ISS), &Signer::Ec(key))
+}
+
+fn later(base: Instant, secs: u64) -> Now {
+    Now {
+        wall: UNIX_EPOCH + Duration::from_secs(NOW),
+        mono: base + Duration::from_secs(secs),
+    }
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_then_is_rate_limited() {
+    let k = keys();
+    let (jwks, url) = server(vec![ec_jwk("old", &k.p256)]).await;
+    let v = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(jwks.requests(), 1, "fetched once at start-up");
+    let t0 = Instant::now();
+
+    // A known kid needs no fetch.
+    assert!(
+        v.verify_at(&es256("old", &k.p256), later(t0, 0))
+            .await
+            .is_ok()
+    );
+    assert_eq!(jwks.requests(), 1);
+
+    // The issuer rotates to a new key: the first token naming it causes one
+    // refetch and then verifies.
+    jwks.serve(200, vec![ec_jwk("new", &k.attacker_p256)]);
+    assert!(
+        v.verify_at(&es256("new", &k.attacker_p256), later(t0, 0))
+            .await
+            .is_ok()
+    );
+    assert_eq!(jwks.requests(), 2);
+    // The old key is gone with the old set.
+    assert_eq!(
+        v.verify_at(&es256("old", &k.p256), later(t0, 1)).await,
+        Err(JwtError::UnknownKey)
+    );
+
+    // Further unknown kids within min_refetch_interval (30 s) fetch nothing.
+    for (i, kid) in ["made-up-1", "made-up-2", "../../etc/passwd"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            v.verify_at(&es256(kid, &k.p256), later(t0, 2 + i as u64))
+                .await,
+            Err(JwtError::UnknownKey)
+        );
+    }
+    assert_eq!(jwks.requests(), 2, "no refetch within the interval");
+
+    // Once the interval has passed, one more refetch is allowed.
+    assert_eq!(
+        v.verify_at(&es256("made-up-3", &k.p256), later(t0, 31))
+            .await,
+        Err(JwtError::UnknownKey)
+    );
+    assert_eq!(jwks.requests(), 3);
+    // A known kid never refetches.
+    assert!(
+        v.verify_at(&es256("new", &k.attacker_p256), later(t0, 100))
+            .await
+            .is_ok()
+    );
+    assert_eq!(jwks.requests(), 3);
+}
+
+#[tokio::test]
+async fn last_good_set_survives_server_errors() {
+    let k = keys();
+    let (jwks, url) = server(vec![ec_jwk("k1", &k.p256)]).await;
+    let v = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    jwks.serve(500, vec![]);
+
+    // A background refresh that gets a 500 keeps the set.
+    let Keys::Remote(remote) = &v.issuers[ISS].keys else {
+        panic!("URL issuer without a remote key set")
+    };
+    assert!(!remote.refresh(&v.http).await);
+    assert_eq!(jwks.requests(), 2);
+    assert!(
+        v.verify_at(&es256("k1", &k.p256), later(t0, 0))
+            .await
+            .is_ok()
+    );
+
+    // So does a refetch for an unknown kid that gets a 500.
+    assert_eq!(
+        v.verify_at(&es256("k2", &k.p256), later(t0, 0)).await,
+        Err(JwtError::UnknownKey)
+    );
+    assert_eq!(jwks.requests(), 3);
+    assert!(
+        v.verify_at(&es256("k1", &k.p256), later(t0, 1))
+            .await
+            .is_ok()
+    );
+
+    // And a 200 with something that is not a usable JWKS.
+    *jwks.response.lock().unwrap() = (200, "<html>maintenance</html>".into());
+    assert!(!remote.refresh(&v.http).await);
+    jwks.serve(200, vec![json!({"kty": "oct", "k": b64(HS_SECRET)})]);
+    assert!(!remote.refresh(&v.http).await);
+    assert!(
+        v.verify_at(&es256("k1", &k.p256), later(t0, 2))
+            .await
+            .is_ok()
+    );
+    assert_eq!(jwks.requests(), 5);
+}
+
+#[tokio::test]
+async fn url_down_at_start_up_then_recovers() {
+    let k = keys();
+    let (jwks, url) = server(vec![]).await;
+    jwks.serve(503, vec![]);
+    // Start-up succeeds with no keys for this issuer...
+    let v = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(jwks.requests(), 1);
+    let t0 = Instant::now();
+    let t = es256("k1", &k.p256);
+    // ...its tokens are refused (one bounded retry)...
+    assert_eq!(
+        v.verify_at(&t, later(t0, 0)).await,
+        Err(JwtError::KeysUnavailable)
+    );
+    assert_eq!(jwks.requests(), 2);
+    // ...no retry storm while the interval runs...
+    jwks.serve(200, vec![ec_jwk("k1", &k.p256)]);
+    assert_eq!(
+        v.verify_at(&t, later(t0, 10)).await,
+        Err(JwtError::KeysUnavailable)
+    );
+    assert_eq!(jwks.requests(), 2);
+    // ...and once it has run, the recovered URL is fetched.
+    assert!(v.verify_at(&t, later(t0, 30)).await.is_ok());
+    assert_eq!(jwks.requests(), 3);
+}
+
+#[tokio::test]
+async fn background_refresh_picks_up_rotation() {
+    let k = keys();
+    let (jwks, url) = server(vec![ec_jwk("k1", &k.p256)]).await;
+    let v = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(1))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    let handle = v.spawn_refresh();
+    jwks.serve(200, vec![ec_jwk("k2", &k.attacker_p256)]);
+    // The refresh task fetches sequentially, so when the third request
+    // arrives the second one's answer (with k2) has been stored. Waiting on
+    // the server's notification, not on a timer.
+    while jwks.requests() < 3 {
+        tokio::time::timeout(Duration::from_secs(20), jwks.arrived.notified())
+            .await
+            .expect("background refresh did not fetch");
+    }
+    let t0 = Instant::now();
+    assert!(
+        v.verify_at(&es256("k2", &k.attacker_p256), later(t0, 0))
+            .await
+            .is_ok()
+    );
+    // The task stops once the verifier is gone.
+    drop(v);
+    tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("refresh task did not stop")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refresh_task_ends_at_once_without_urls() {
+    let (v, _dir) = fixture().await;
+    tokio::time::timeout(Duration::from_secs(5), v.spawn_refresh())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+use crate::verifier::Keys;

@@ -1,0 +1,260 @@
+//! [`Verifier`]: the issuers, their keys, and the order of the checks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::claims::{self, Claims, Expect, Now};
+use crate::config::{self, Alg, IssuerConfig, KeySource};
+use crate::error::{ConfigError, ConfigProblem, JwtError};
+use crate::keys::{Key, KeySet, MAX_JWKS_BYTES};
+use crate::remote::Remote;
+use crate::{json, jws};
+
+/// Verifies bearer tokens against the configured issuers.
+///
+/// `Send + Sync`; share it as `Arc<Verifier>`. Build it with
+/// [`Verifier::new`], start the background JWKS refresh with
+/// [`Verifier::spawn_refresh`], and call [`Verifier::verify`] per request.
+pub struct Verifier {
+    pub(crate) issuers: HashMap<String, Issuer>,
+    pub(crate) http: reqwest::Client,
+}
+
+/// One issuer, configuration checked and keys loaded.
+pub(crate) struct Issuer {
+    pub(crate) audiences: Vec<String>,
+    pub(crate) algorithms: Vec<Alg>,
+    pub(crate) leeway: Duration,
+    pub(crate) keys: Keys,
+}
+
+pub(crate) enum Keys {
+    /// From a file or a configured secret: fixed for the Verifier's lifetime.
+    Static(Arc<KeySet>),
+    Remote(Arc<Remote>),
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.issuers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Verifier").field("issuers", &names).finish()
+    }
+}
+
+impl Verifier {
+    /// Check the configuration, read every JWKS file, and fetch every JWKS
+    /// URL once (concurrently, each bounded by a 5 s timeout).
+    ///
+    /// A JWKS file that cannot be read or holds no usable key is a
+    /// configuration error. A JWKS URL that fails at start-up is **not**: the
+    /// issuer starts with no keys, its tokens are refused with
+    /// [`JwtError::KeysUnavailable`], and the URL is retried on demand (at
+    /// most once per `min_refetch_interval`) and by [`Verifier::spawn_refresh`].
+    /// The gateway thus starts while an identity provider is briefly down,
+    /// and fails closed for that issuer only.
+    pub async fn new(
+        issuers: Vec<IssuerConfig>,
+        http: reqwest::Client,
+    ) -> Result<Arc<Verifier>, ConfigError> {
+        config::check(&issuers)?;
+        let mut problems = Vec::new();
+        let mut built = HashMap::new();
+        let mut remotes = Vec::new();
+        for cfg in issuers {
+            let keys = match &cfg.keys {
+                KeySource::File(path) => match load_jwks_file(path).await {
+                    Ok(set) => Keys::Static(Arc::new(set)),
+                    Err(reason) => {
+                        problems.push(ConfigProblem::KeyFile {
+                            issuer: cfg.issuer.clone(),
+                            path: path.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
+                },
+                KeySource::Url {
+                    url,
+                    refresh,
+                    min_refetch_interval,
+                } => {
+                    // `check` has parsed it already; this cannot fail.
+                    let Ok(url) = reqwest::Url::parse(url) else {
+                        problems.push(ConfigProblem::InvalidUrl {
+                            issuer: cfg.issuer.clone(),
+                        });
+                        continue;
+                    };
+                    let remote = Arc::new(Remote::new(
+                        cfg.issuer.clone(),
+                        url,
+                        *refresh,
+                        *min_refetch_interval,
+                    ));
+                    remotes.push(Arc::clone(&remote));
+                    Keys::Remote(remote)
+                }
+                KeySource::Hs256Secret(secret) => match Key::hmac(None, secret.expose()) {
+                    Some(key) => Keys::Static(Arc::new(KeySet::new(vec![key]))),
+                    None => {
+                        problems.push(ConfigProblem::SecretTooShort {
+                            issuer: cfg.issuer.clone(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            built.insert(
+                cfg.issuer,
+                Issuer {
+                    audiences: cfg.audiences,
+                    algorithms: cfg.algorithms,
+                    leeway: cfg.leeway,
+                    keys,
+                },
+            );
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for remote in remotes {
+            let http = http.clone();
+            fetches.spawn(async move {
+                remote.refresh(&http).await;
+            });
+        }
+        while fetches.join_next().await.is_some() {}
+        Ok(Verifier::from_parts(built, http))
+    }
+
+    pub(crate) fn from_parts(issuers: HashMap<String, Issuer>, http: reqwest::Client) -> Arc<Self> {
+        Arc::new(Verifier { issuers, http })
+    }
+
+    fn remotes(&self) -> Vec<Arc<Remote>> {
+        self.issuers
+            .values()
+            .filter_map(|i| match &i.keys {
+                Keys::Remote(r) => Some(Arc::clone(r)),
+                Keys::Static(_) => None,
+            })
+            .collect()
+    }
+
+    /// Refresh every JWKS URL in the background, each at its own `refresh`
+    /// interval. After a failed fetch the next try comes after
+    /// `min(refresh, min_refetch_interval)`. The task ends by itself once the
+    /// last `Arc<Verifier>` is dropped (or at once if no issuer uses a URL).
+    /// JWKS files are read only at start-up.
+    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let verifier = Arc::downgrade(self);
+        let remotes = self.remotes();
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut due: Vec<tokio::time::Instant> = remotes
+                .iter()
+                .map(|r| {
+                    if r.snapshot().is_some() {
+                        start + r.refresh
+                    } else {
+                        start + r.refresh.min(r.min_refetch_interval)
+                    }
+                })
+                .collect();
+            loop {
+                let Some(next) = due.iter().min().copied() else {
+                    return;
+                };
+                tokio::time::sleep_until(next).await;
+                if verifier.strong_count() == 0 {
+                    return;
+                }
+                for (remote, when) in remotes.iter().zip(due.iter_mut()) {
+                    if *when <= tokio::time::Instant::now() {
+                        let wait = if remote.refresh(&http).await {
+                            remote.refresh
+                        } else {
+                            remote.refresh.min(remote.min_refetch_interval)
+                        };
+                        *when = tokio::time::Instant::now() + wait;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Verify a bearer token (without the `Bearer ` prefix) and return its
+    /// claims. Every refusal is a [`JwtError`]; see the crate docs for the
+    /// order of checks.
+    pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        self.verify_at(token, Now::system()).await
+    }
+
+    /// [`Verifier::verify`] at an injected time.
+    pub(crate) async fn verify_at(&self, token: &str, now: Now) -> Result<Claims, JwtError> {
+        let jws = jws::parse(token)?;
+        let claims = json::object(&jws.payload).ok_or(JwtError::Malformed)?;
+        // The unverified `iss` is only a lookup key: everything after this is
+        // checked against that issuer's own keys and allowlist.
+        let issuer = match claims.get("iss") {
+            None => return Err(JwtError::MissingClaim("iss")),
+            Some(Value::String(iss)) => self.issuers.get(iss).ok_or(JwtError::UnknownIssuer)?,
+            Some(_) => return Err(JwtError::Malformed),
+        };
+        if !issuer.algorithms.contains(&jws.alg) {
+            return Err(JwtError::AlgNotAllowed);
+        }
+        match &issuer.keys {
+            Keys::Static(set) => jws::verify_signature(&jws, set)?,
+            Keys::Remote(remote) => {
+                let first = match remote.snapshot() {
+                    Some(set) => jws::verify_signature(&jws, &set),
+                    None => Err(JwtError::KeysUnavailable),
+                };
+                match first {
+                    Err(JwtError::UnknownKey | JwtError::KeysUnavailable) => {
+                        remote.refetch_for_unknown_key(&self.http, now.mono).await;
+                        // Retry with whatever set is current now: ours, or
+                        // one a concurrent refetch installed meanwhile.
+                        match remote.snapshot() {
+                            Some(set) => jws::verify_signature(&jws, &set)?,
+                            None => return Err(JwtError::KeysUnavailable),
+                        }
+                    }
+                    other => other?,
+                }
+            }
+        }
+        claims::check(
+            claims,
+            &Expect {
+                audiences: &issuer.audiences,
+                leeway: issuer.leeway,
+            },
+            now.wall,
+            jws.alg,
+            jws.kid,
+        )
+    }
+}
+
+async fn load_jwks_file(path: &Path) -> Result<KeySet, String> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("cannot read: {}", e.kind()))?;
+    if meta.len() > MAX_JWKS_BYTES as u64 {
+        return Err("larger than 1 MiB".to_owned());
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read: {}", e.kind()))?;
+    KeySet::from_jwks(&bytes).map_err(|e| e.to_string())
+}
