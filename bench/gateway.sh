@@ -17,13 +17,13 @@ IDLE=${IDLE:-10000}
 for tool in nginx wrk python3; do command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk)"; exit 1; }; done
 cargo build --release -q -p palisade-cli -p palisade-bench
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-DIR=$(mktemp -d)
-ulimit -n 65536
+DIR=$(mktemp -d); chmod 755 "$DIR"  # nginx workers must read www/
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902
 TOKEN=$(cat "$DIR/token.txt")
 nginx -c "$DIR/nginx.conf" & NGINX=$!
 "$T/release/palisade" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
-cleanup() { kill $GW 2>/dev/null || true; kill $NGINX 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
+cleanup() { [ -s "$DIR/gateway.err" ] && tail -3 "$DIR/gateway.err" >&2; kill $GW 2>/dev/null || true; kill $NGINX 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -sf --cacert "$DIR/ca.pem" -H "Authorization: Bearer $TOKEN" https://localhost:18445/orders/index.json >/dev/null 2>&1 \

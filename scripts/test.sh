@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the third-party test clients the end-to-end
-# tests drive (hvac from PyPI, node-vault from npm when its test exists), then
+# tests drive (hvac from PyPI, node-vault from npm when its test exists; express
+# and jose from npm for the gateway tests), then
 # runs every Rust test in the workspace with cargo-nextest (or cargo test).
 #
 # Services: PostgreSQL and Redis are used when reachable (PALISADE_TEST_PG_URL,
@@ -18,6 +19,11 @@ if [ -f tests/e2e/node-vault/package.json ] && [ ! -d tests/e2e/node-vault/node_
   echo "==> installing Node.js test clients (tests/e2e/node-vault)"
   (cd tests/e2e/node-vault && npm ci --no-audit --no-fund --silent) \
     || echo "warning: could not install node-vault; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+if [ -f tests/e2e/gateway/package.json ] && [ ! -d tests/e2e/gateway/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing Node.js test services (tests/e2e/gateway: express, jose)"
+  (cd tests/e2e/gateway && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install tests/e2e/gateway; the gateway end-to-end tests will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -120,8 +120,8 @@ forward_identity = {{ "x-user" = "sub" }}
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
-events {{ worker_connections 20000; }}
-worker_rlimit_nofile 65536;
+events {{ worker_connections 16000; }}
+worker_rlimit_nofile 20000;
 http {{
   access_log off;
   keepalive_requests 1000000;
@@ -133,7 +133,6 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{nginx_proxy} ssl;
-    http2 on;
     ssl_certificate {d}/server.pem;
     ssl_certificate_key {d}/server-key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;

@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the gateway allocates per request on
+/// every worker thread, and glibc's arena locks showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Vault's CLI takes single-dash long flags (-format=json); accept both.
     let args = std::env::args().map(|a| {

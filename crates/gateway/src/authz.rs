@@ -14,10 +14,9 @@
 use std::str::FromStr;
 
 use cedar_policy::{
-    Context, Decision, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Context, Decision, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
-use serde_json::json;
 
 use crate::principal::{Method, Principal};
 
@@ -138,21 +137,36 @@ impl Authorizer {
         }?;
         let action = uid("Action", res.method)?;
         let resource = uid("Route", res.route)?;
-        let peer = principal.peer.clone().unwrap_or_default();
-        let ctx = json!({
-            "method": res.method,
-            "path": res.path,
-            "host": res.host,
-            "ip": res.ip,
-            "auth_method": principal.method.as_str(),
-            "issuer": principal.issuer,
-            "scopes": principal.scopes,
-            "roles": principal.roles,
-            "api_key_id": principal.key_id.clone().unwrap_or_default(),
-            "cert_uris": peer.uris,
-            "cert_dns": peer.dns_names,
-        });
-        let context = Context::from_json_value(ctx, None).map_err(|e| format!("context: {e}"))?;
+        // Built directly as Cedar values (no JSON round trip: it is on the hot path).
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let set = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|x| RestrictedExpression::new_string(x.clone())),
+            )
+        };
+        let empty: Vec<String> = Vec::new();
+        let (uris, dns) = match &principal.peer {
+            Some(p) => (&p.uris, &p.dns_names),
+            None => (&empty, &empty),
+        };
+        let context = Context::from_pairs([
+            ("method".to_string(), s(res.method)),
+            ("path".to_string(), s(res.path)),
+            ("host".to_string(), s(res.host)),
+            ("ip".to_string(), s(res.ip)),
+            ("auth_method".to_string(), s(principal.method.as_str())),
+            ("issuer".to_string(), s(&principal.issuer)),
+            ("scopes".to_string(), set(&principal.scopes)),
+            ("roles".to_string(), set(&principal.roles)),
+            (
+                "api_key_id".to_string(),
+                s(principal.key_id.as_deref().unwrap_or("")),
+            ),
+            ("cert_uris".to_string(), set(uris)),
+            ("cert_dns".to_string(), set(dns)),
+        ])
+        .map_err(|e| format!("context: {e}"))?;
         let request = Request::new(principal_uid, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
         let response = self

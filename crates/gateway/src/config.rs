@@ -710,13 +710,15 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if let Some(v) = l.max_connections {
             limits.max_connections = v;
         }
-        if limits.max_header_bytes < 1024
+        // hyper's HTTP/1 read buffer, which enforces this limit, cannot be
+        // smaller than 8 KiB: a lower value would be silently not enforced
+        if limits.max_header_bytes < 8192
             || limits.max_headers == 0
             || limits.header_timeout.is_zero()
             || limits.request_timeout.is_zero()
             || limits.max_connections == 0
         {
-            c.err("limits: max_header_bytes >= 1024, and max_headers, header_timeout_ms, request_timeout_ms, max_connections > 0");
+            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, request_timeout_ms, max_connections > 0");
         }
     }
 

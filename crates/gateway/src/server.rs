@@ -219,8 +219,10 @@ async fn serve_listener(
                         tls: true,
                         identity,
                     });
+                    // Boxed: hyper keeps a slot the size of the service future
+                    // in every connection, idle or not; a box keeps it small.
                     let svc = hyper::service::service_fn(move |req| {
-                        stack::handle(shared.current(), info.clone(), req)
+                        Box::pin(stack::handle(shared.current(), info.clone(), req))
                     });
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
@@ -237,8 +239,10 @@ async fn serve_listener(
                         tls: false,
                         identity: None,
                     });
+                    // Boxed: hyper keeps a slot the size of the service future
+                    // in every connection, idle or not; a box keeps it small.
                     let svc = hyper::service::service_fn(move |req| {
-                        stack::handle(shared.current(), info.clone(), req)
+                        Box::pin(stack::handle(shared.current(), info.clone(), req))
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
@@ -337,8 +341,10 @@ pub async fn start(
     let reload_shared = shared.clone();
     let mut reload_stop = stop_rx.clone();
     let reload_log = log.clone();
+    // Installed before `start` returns (and so before the CLI logs that it is
+    // listening): until then SIGHUP has its default action and kills the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tasks.push(tokio::spawn(async move {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut last = mtime(&config_path);
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::claims::{self, Claims, Expect, Now};
 use crate::config::{self, Alg, IssuerConfig, KeySource};
@@ -23,6 +23,23 @@ use crate::{json, jws};
 pub struct Verifier {
     pub(crate) issuers: HashMap<String, Issuer>,
     pub(crate) http: reqwest::Client,
+    /// Tokens whose signature already verified, by SHA-256 of the token (the
+    /// token itself is never kept). A hit skips only the signature check:
+    /// time claims and audience are checked again on every use, and an entry
+    /// is used only while the key set that verified it is still the issuer's
+    /// current one (a JWKS rotation invalidates it).
+    cache: Mutex<HashMap<[u8; 32], Arc<Verified>>>,
+}
+
+/// Entries kept at most; the cache is emptied when full (bounded memory).
+pub const VERIFIED_CACHE_ENTRIES: usize = 10_000;
+
+pub(crate) struct Verified {
+    issuer: String,
+    keys: Option<Arc<KeySet>>,
+    claims: Map<String, Value>,
+    alg: Alg,
+    kid: Option<String>,
 }
 
 /// One issuer, configuration checked and keys loaded.
@@ -135,7 +152,11 @@ impl Verifier {
     }
 
     pub(crate) fn from_parts(issuers: HashMap<String, Issuer>, http: reqwest::Client) -> Arc<Self> {
-        Arc::new(Verifier { issuers, http })
+        Arc::new(Verifier {
+            issuers,
+            http,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     fn remotes(&self) -> Vec<Arc<Remote>> {
@@ -200,23 +221,57 @@ impl Verifier {
 
     /// [`Verifier::verify`] at an injected time.
     pub(crate) async fn verify_at(&self, token: &str, now: Now) -> Result<Claims, JwtError> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut cache_key = [0u8; 32];
+        cache_key.copy_from_slice(digest.as_ref());
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&cache_key)
+            .cloned();
+        if let Some(v) = hit
+            && let Some(issuer) = self.issuers.get(&v.issuer)
+        {
+            let same_keys = match (&issuer.keys, &v.keys) {
+                (Keys::Static(_), None) => true,
+                (Keys::Remote(r), Some(used)) => {
+                    r.snapshot().is_some_and(|cur| Arc::ptr_eq(&cur, used))
+                }
+                _ => false,
+            };
+            if same_keys {
+                let expect = Expect {
+                    audiences: &issuer.audiences,
+                    leeway: issuer.leeway,
+                };
+                return claims::check(v.claims.clone(), &expect, now.wall, v.alg, v.kid.clone());
+            }
+        }
+
         let jws = jws::parse(token)?;
         let claims = json::object(&jws.payload).ok_or(JwtError::Malformed)?;
         // The unverified `iss` is only a lookup key: everything after this is
         // checked against that issuer's own keys and allowlist.
-        let issuer = match claims.get("iss") {
+        let (issuer_name, issuer) = match claims.get("iss") {
             None => return Err(JwtError::MissingClaim("iss")),
-            Some(Value::String(iss)) => self.issuers.get(iss).ok_or(JwtError::UnknownIssuer)?,
+            Some(Value::String(iss)) => self
+                .issuers
+                .get_key_value(iss)
+                .ok_or(JwtError::UnknownIssuer)?,
             Some(_) => return Err(JwtError::Malformed),
         };
         if !issuer.algorithms.contains(&jws.alg) {
             return Err(JwtError::AlgNotAllowed);
         }
-        match &issuer.keys {
-            Keys::Static(set) => jws::verify_signature(&jws, set)?,
+        let used = match &issuer.keys {
+            Keys::Static(set) => {
+                jws::verify_signature(&jws, set)?;
+                None
+            }
             Keys::Remote(remote) => {
                 let first = match remote.snapshot() {
-                    Some(set) => jws::verify_signature(&jws, &set),
+                    Some(set) => jws::verify_signature(&jws, &set).map(|_| set),
                     None => Err(JwtError::KeysUnavailable),
                 };
                 match first {
@@ -225,15 +280,19 @@ impl Verifier {
                         // Retry with whatever set is current now: ours, or
                         // one a concurrent refetch installed meanwhile.
                         match remote.snapshot() {
-                            Some(set) => jws::verify_signature(&jws, &set)?,
+                            Some(set) => {
+                                jws::verify_signature(&jws, &set)?;
+                                Some(set)
+                            }
                             None => return Err(JwtError::KeysUnavailable),
                         }
                     }
-                    other => other?,
+                    other => Some(other?),
                 }
             }
-        }
-        claims::check(
+        };
+        let kept = claims.clone();
+        let verified = claims::check(
             claims,
             &Expect {
                 audiences: &issuer.audiences,
@@ -241,8 +300,23 @@ impl Verifier {
             },
             now.wall,
             jws.alg,
-            jws.kid,
-        )
+            jws.kid.clone(),
+        )?;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= VERIFIED_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(
+            cache_key,
+            Arc::new(Verified {
+                issuer: issuer_name.clone(),
+                keys: used,
+                claims: kept,
+                alg: jws.alg,
+                kid: jws.kid,
+            }),
+        );
+        Ok(verified)
     }
 }
 

@@ -650,3 +650,29 @@ fn reasons_are_stable_and_distinct() {
     }
     assert_eq!(JwtError::Expired.reason(), "expired");
 }
+
+#[tokio::test]
+async fn a_cached_verification_still_expires_and_checks_time_claims() {
+    let (v, _dir) = fixture().await;
+    let k = keys();
+    let t = token(
+        &header("ES256", "ec256"),
+        &claims(ISS),
+        &Signer::Ec(&k.p256),
+    );
+    assert!(v.verify_at(&t, at(NOW)).await.is_ok());
+    // same token string, now served from the verified cache: exp still applies
+    assert_eq!(
+        v.verify_at(&t, at(NOW + 3600 + 61)).await,
+        Err(JwtError::Expired)
+    );
+    assert!(v.verify_at(&t, at(NOW + 10)).await.is_ok());
+    // a different signature over the same claims is not a cache hit
+    let mut forged = t.clone();
+    forged.pop();
+    forged.push(if t.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        v.verify_at(&forged, at(NOW)).await,
+        Err(JwtError::BadSignature)
+    );
+}

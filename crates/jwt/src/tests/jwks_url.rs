@@ -284,3 +284,34 @@ async fn refresh_task_ends_at_once_without_urls() {
 }
 
 use crate::verifier::Keys;
+
+#[tokio::test]
+async fn verified_cache_is_dropped_when_the_key_set_rotates() {
+    let k = keys();
+    let (jwks, url) = server(vec![ec_jwk("k1", &k.p256)]).await;
+    let v = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(1))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let token = es256("k1", &k.p256);
+    // verified once (and cached), then again from the cache
+    assert!(v.verify_at(&token, later(t0, 0)).await.is_ok());
+    assert!(v.verify_at(&token, later(t0, 0)).await.is_ok());
+    // the issuer drops k1; after the refresh the cached verification must not be used
+    let handle = v.spawn_refresh();
+    jwks.serve(200, vec![ec_jwk("k2", &k.attacker_p256)]);
+    while jwks.requests() < 3 {
+        tokio::time::timeout(Duration::from_secs(20), jwks.arrived.notified())
+            .await
+            .expect("background refresh did not fetch");
+    }
+    assert_eq!(
+        v.verify_at(&token, later(t0, 0)).await,
+        Err(JwtError::UnknownKey)
+    );
+    drop(v);
+    let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+// The service behind the gateway in the gateway end-to-end tests
+// (crates/cli/tests/gateway_*.rs): a plain Express app, as our users run.
+//
+// Usage: node upstream.js PORT      (PORT 0 picks a free port)
+//
+// Prints one line `{"listening":PORT}` on stdout once it accepts connections.
+//
+// Routes:
+//   GET|POST|... /orders/boom  500 with a fake stack trace body (the gateway must replace it)
+//   any method   /orders, /orders/*, /health, and every other path:
+//                200 {"method", "path", "headers", "body_bytes"} — what the service saw
+//
+// Express's default `X-Powered-By: Express` stays on, and every response
+// carries a `Server` header with the Node.js version, so the tests can check
+// that the gateway strips both.
+import express from 'express';
+
+const port = Number.parseInt(process.argv[2] ?? '', 10);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error('usage: node upstream.js PORT');
+  process.exit(2);
+}
+
+const app = express(); // x-powered-by is enabled by default
+
+app.use((req, res, next) => {
+  res.set('Server', `node/${process.version}`);
+  next();
+});
+
+app.all('/orders/boom', (req, res) => {
+  res.status(500).type('text/plain').send('Error: boom\n    at secret/internal.js:42\n');
+});
+
+// Everything else echoes what arrived (the body is counted, not kept).
+app.use((req, res) => {
+  let bytes = 0;
+  req.on('data', (chunk) => {
+    bytes += chunk.length;
+  });
+  req.on('end', () => {
+    res.status(200).json({ method: req.method, path: req.path, url: req.originalUrl, headers: req.headers, body_bytes: bytes });
+  });
+});
+
+const server = app.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ listening: server.address().port })}\n`);
+});
+server.on('error', (e) => {
+  console.error(`upstream: ${e.message}`);
+  process.exit(1);
+});
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => server.close(() => process.exit(0)));
+}
