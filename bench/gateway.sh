@@ -63,13 +63,18 @@ NM=$(printf '%s\n' "${N[@]}" | median); GM=$(printf '%s\n' "${G[@]}" | median)
 read -r n_rps n_p50 n_p99 n_err <<<"$NM"; read -r g_rps g_p50 g_p99 g_err <<<"$GM"
 n_rss=$(hwm $(nginx_pids)); g_rss=$(hwm $GW)
 
-# p99 at half of the gateway's peak rate: C connections, each waiting D ms between requests
+# p99 at half of the gateway's peak rate: C connections, each waiting D ms
+# between requests; C is calibrated once against the measured rate, and the
+# same C and D then drive nginx, so both carry the same offered load.
 D=4
-C=$(python3 -c "import math; print(max(1, math.ceil($g_rps/2*$D/1000)))")
+target=$(python3 -c "print($g_rps/2)")
+C=$(python3 -c "import math; print(max(1, math.ceil($target*($D+$g_p50)/1000)))")
 cat > "$DIR/delay.lua" <<LUA
 function delay() return $D end
 LUA
 half() { wrk -t1 -c$C -d${DURATION}s --latency -s "$DIR/delay.lua" -H "Authorization: Bearer $TOKEN" "$1" | parse; }
+read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
+C=$(python3 -c "import math; print(max(1, math.ceil($C*$target/max($h_rps,1))))")
 read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
 read -r d_rps _ d_p99 _ <<<"$(half https://localhost:18444/orders/index.json)"
 

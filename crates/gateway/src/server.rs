@@ -24,6 +24,34 @@ use crate::stack::{self, ConnInfo};
 use crate::tls::SniResolver;
 use crate::upstream::Pool;
 
+thread_local! {
+    /// The index of the worker thread this code runs on (0 elsewhere).
+    pub static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Worker threads serving the listeners: one per core, each with its own
+/// single-threaded runtime and its own SO_REUSEPORT socket per listener, so a
+/// connection and the upstream connection serving it live on one thread
+/// (no cross-thread wake-ups per request, as in nginx's worker model).
+pub fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 64)
+}
+
+fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
 /// Everything a request needs; replaced whole on reload.
 pub struct Gateway {
     pub routes: Vec<Arc<RouteConfig>>,
@@ -155,11 +183,11 @@ async fn serve_listener(
     tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     limits: Limits,
+    conns: Arc<tokio::sync::Semaphore>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -288,6 +316,14 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut bound = Vec::new();
     let mut resolvers = Vec::new();
+    type Job = (
+        std::net::TcpListener,
+        Arc<str>,
+        ListenerKind,
+        Option<Arc<rustls::ServerConfig>>,
+        Arc<tokio::sync::Semaphore>,
+    );
+    let mut per_worker: Vec<Vec<Job>> = (0..workers()).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
         let tls = match &l.kind {
             ListenerKind::Https {
@@ -309,19 +345,74 @@ pub async fn start(
             }
             ListenerKind::RedirectToHttps { .. } => None,
         };
-        let tcp = TcpListener::bind(l.address)
-            .await
+        // the first socket fixes the port (tests bind port 0); every worker
+        // then binds its own socket to that address with SO_REUSEPORT
+        let first = bind_reuseport(l.address)
             .map_err(|e| format!("listeners[{}]: cannot bind {}: {e}", l.name, l.address))?;
-        bound.push((l.name.clone(), tcp.local_addr().map_err(|e| e.to_string())?));
-        tasks.push(tokio::spawn(serve_listener(
-            tcp,
-            Arc::from(l.name.as_str()),
-            l.kind.clone(),
-            tls,
-            shared.clone(),
-            cfg.limits.clone(),
-            stop_rx.clone(),
-        )));
+        let addr = first.local_addr().map_err(|e| e.to_string())?;
+        let mut sockets = vec![first.into_std().map_err(|e| e.to_string())?];
+        for _ in 1..workers() {
+            let s = bind_reuseport(addr)
+                .map_err(|e| format!("listeners[{}]: cannot bind {addr}: {e}", l.name))?;
+            sockets.push(s.into_std().map_err(|e| e.to_string())?);
+        }
+        bound.push((l.name.clone(), addr));
+        let conns = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
+        for (w, sock) in sockets.into_iter().enumerate() {
+            per_worker[w].push((
+                sock,
+                Arc::<str>::from(l.name.as_str()),
+                l.kind.clone(),
+                tls.clone(),
+                conns.clone(),
+            ));
+        }
+    }
+    let mut threads = Vec::new();
+    for (w, jobs) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        let limits = cfg.limits.clone();
+        let stop = stop_rx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("palisade-gw-{w}"))
+            .spawn(move || {
+                WORKER.with(|c| c.set(w));
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a gateway worker runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (sock, name, kind, tls, conns) in jobs {
+                        match TcpListener::from_std(sock) {
+                            Ok(l) => {
+                                set.spawn(serve_listener(
+                                    l,
+                                    name,
+                                    kind,
+                                    tls,
+                                    shared.clone(),
+                                    limits.clone(),
+                                    conns,
+                                    stop.clone(),
+                                ));
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot register a listener socket")
+                            }
+                        }
+                    }
+                    while set.join_next().await.is_some() {}
+                });
+            })
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        threads.push(t);
     }
     let admin_tcp = TcpListener::bind(cfg.admin)
         .await
@@ -391,6 +482,13 @@ pub async fn start(
         for t in tasks {
             let _ = t.await;
         }
+        // worker threads drain their connections, then end
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     });
     Ok((
         Bound {

@@ -75,7 +75,7 @@ pub struct Pool {
     pub name: String,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
-    client: HttpClient,
+    clients: Vec<HttpClient>,
     scheme: &'static str,
     request_timeout: Duration,
     max_fails: u32,
@@ -107,13 +107,13 @@ pub struct ForwardCtx<'a> {
 }
 
 impl Pool {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Self>, String> {
+    fn client(cfg: &UpstreamConfig) -> Result<(HttpClient, &'static str), String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(cfg.tls.is_none());
         let builder = Client::builder(TokioExecutor::new());
-        let (client, scheme) = match &cfg.tls {
+        Ok(match &cfg.tls {
             None => (HttpClient::Plain(builder.build(http)), "http"),
             Some(t) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -161,7 +161,19 @@ impl Pool {
                 let conn = https.enable_http1().wrap_connector(http);
                 (HttpClient::Tls(builder.build(conn)), "https")
             }
-        };
+        })
+    }
+
+    pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Self>, String> {
+        // one client (one connection pool) per worker thread: a request never
+        // waits on a connection task owned by another thread
+        let mut clients = Vec::new();
+        let mut scheme = "http";
+        for _ in 0..crate::server::workers() {
+            let (c, s) = Self::client(cfg)?;
+            clients.push(c);
+            scheme = s;
+        }
         Ok(Arc::new(Self {
             name: cfg.name.clone(),
             endpoints: cfg
@@ -174,7 +186,7 @@ impl Pool {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
+            clients,
             scheme,
             request_timeout: cfg.request_timeout,
             max_fails: cfg.max_fails.max(1),
@@ -239,7 +251,17 @@ impl Pool {
         let uri: Uri = format!("{}://{}{}", self.scheme, ep.authority, ctx.path_and_query)
             .parse()
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
-        let host = req.headers().get(header::HOST).cloned();
+        // HTTP/2 carries the host in :authority, not Host: forwarding over
+        // HTTP/1.1 must turn it into Host (RFC 9113 §8.3.1), or the service
+        // sees the endpoint address instead of the host the client asked for
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            let a = req.uri().authority()?;
+            let h = match a.port_u16() {
+                Some(p) => format!("{}:{p}", a.host()),
+                None => a.host().to_string(),
+            };
+            HeaderValue::from_str(&h).ok()
+        });
         *req.uri_mut() = uri;
         *req.version_mut() = hyper::Version::HTTP_11;
         let h = req.headers_mut();
@@ -267,7 +289,8 @@ impl Pool {
         }
         let timeout = ctx.timeout.unwrap_or(self.request_timeout);
         let fut = async {
-            match &self.client {
+            let idx = crate::server::WORKER.with(std::cell::Cell::get) % self.clients.len();
+            match &self.clients[idx] {
                 HttpClient::Plain(c) => c.request(req).await,
                 HttpClient::Tls(c) => c.request(req).await,
             }
