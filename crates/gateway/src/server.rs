@@ -175,17 +175,29 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Serve one listener until `shutdown` flips.
-async fn serve_listener(
-    listener: TcpListener,
+/// One listener socket of one worker.
+struct ListenerJob {
     name: Arc<str>,
     kind: ListenerKind,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Shared by every worker's socket of this listener: the connection limit is per listener.
+    conns: Arc<tokio::sync::Semaphore>,
+}
+
+/// Serve one listener until `shutdown` flips.
+async fn serve_listener(
+    listener: TcpListener,
+    job: ListenerJob,
     shared: Arc<Shared>,
     limits: Limits,
-    conns: Arc<tokio::sync::Semaphore>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let ListenerJob {
+        name,
+        kind,
+        tls,
+        conns,
+    } = job;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -392,14 +404,17 @@ pub async fn start(
                     for (sock, name, kind, tls, conns) in jobs {
                         match TcpListener::from_std(sock) {
                             Ok(l) => {
-                                set.spawn(serve_listener(
-                                    l,
+                                let job = ListenerJob {
                                     name,
                                     kind,
                                     tls,
+                                    conns,
+                                };
+                                set.spawn(serve_listener(
+                                    l,
+                                    job,
                                     shared.clone(),
                                     limits.clone(),
-                                    conns,
                                     stop.clone(),
                                 ));
                             }
