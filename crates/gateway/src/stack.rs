@@ -459,6 +459,11 @@ async fn pipeline(
     }
     if let Some(allowed) = cors_origin(&route, origin.as_ref()) {
         add_cors(&mut resp, &route, allowed);
+    } else if route.cors.is_some() {
+        // the answer depends on Origin even when it carries no CORS headers:
+        // a shared cache must not hand it to an allowed origin
+        resp.headers_mut()
+            .append(header::VARY, HeaderValue::from_static("Origin"));
     }
     Ok((resp, Some(route)))
 }

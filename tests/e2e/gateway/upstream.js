@@ -8,6 +8,7 @@
 //
 // Routes:
 //   GET|POST|... /orders/boom  500 with a fake stack trace body (the gateway must replace it)
+//   any method   /orders/slow?ms=N  200 {"slow_ms": N} after N ms (at most 60000): request timeouts
 //   any method   /orders, /orders/*, /health, and every other path:
 //                200 {"method", "path", "headers", "body_bytes"} — what the service saw
 //
@@ -31,6 +32,12 @@ app.use((req, res, next) => {
 
 app.all('/orders/boom', (req, res) => {
   res.status(500).type('text/plain').send('Error: boom\n    at secret/internal.js:42\n');
+});
+
+app.all('/orders/slow', (req, res) => {
+  const ms = Math.min(Math.max(Number.parseInt(String(req.query.ms ?? '0'), 10) || 0, 0), 60000);
+  const timer = setTimeout(() => res.status(200).json({ slow_ms: ms, path: req.path }), ms);
+  res.on('close', () => clearTimeout(timer));
 });
 
 // Everything else echoes what arrived (the body is counted, not kept).

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use common::{assert_no_secrets, palisade, skip, unique};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, RevocationReason, RevokedCertParams, SanType,
+    SerialNumber, date_time_ymd,
 };
 use serde_json::Value;
 
@@ -177,13 +178,63 @@ impl Pki {
     /// A client certificate with one URI SAN, issued by this CA: the PEM of
     /// certificate + key, as `reqwest::Identity::from_pem` takes it.
     pub fn client_identity(&self, cn: &str, uri: &str) -> Vec<u8> {
-        client_identity(&self.issuer, cn, uri)
+        let (cert, key) = client_cert(&self.issuer, cn, uri, None);
+        format!("{cert}{key}").into_bytes()
+    }
+
+    /// The same with a chosen serial number (for CRLs): (certificate PEM, key PEM).
+    pub fn client_cert(&self, cn: &str, uri: &str, serial: u64) -> (String, String) {
+        client_cert(&self.issuer, cn, uri, Some(serial))
     }
 
     /// The same, from a different CA the gateway does not trust.
     pub fn foreign_client_identity(cn: &str, uri: &str) -> Vec<u8> {
         let (_, issuer) = ca("some other CA");
-        client_identity(&issuer, cn, uri)
+        let (cert, key) = client_cert(&issuer, cn, uri, None);
+        format!("{cert}{key}").into_bytes()
+    }
+
+    /// A server certificate for `names` (DNS names or IP literals; the first
+    /// is also the CN) issued by this CA: (certificate PEM, key PEM, certificate DER).
+    pub fn server_cert(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign server cert");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// A CRL signed by this CA that revokes the certificates with `serials` (PEM).
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2999, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: date_time_ymd(2021, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("sign CRL")
+            .pem()
+            .expect("CRL PEM")
     }
 
     /// An HTTPS client trusting this CA, optionally presenting a client certificate.
@@ -201,14 +252,20 @@ impl Pki {
     }
 }
 
-fn client_identity(issuer: &Issuer<'static, KeyPair>, cn: &str, uri: &str) -> Vec<u8> {
+fn client_cert(
+    issuer: &Issuer<'static, KeyPair>,
+    cn: &str,
+    uri: &str,
+    serial: Option<u64>,
+) -> (String, String) {
     let key = KeyPair::generate().expect("client key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("URI SAN"))];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = serial.map(SerialNumber::from);
     let cert = params.signed_by(&key, issuer).expect("sign client cert");
-    format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes()
+    (cert.pem(), key.serialize_pem())
 }
 
 /// A plain-HTTP client (no redirects followed).
@@ -230,10 +287,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(dir: &Path) -> Upstream {
-        let log = common::log_file(dir, "upstream.err");
+        Self::start_script(dir, "upstream.js", &[])
+    }
+
+    /// Another script of tests/e2e/gateway taking `PORT ARGS...` and printing
+    /// `{"listening":PORT}` first (its stderr goes to `<script>.err` in `dir`).
+    pub fn start_script(dir: &Path, script: &str, args: &[&Path]) -> Upstream {
+        let err_name = format!("{}.err", script.trim_end_matches(".js"));
+        let log = common::log_file(dir, &err_name);
         let mut child = Command::new("node")
-            .arg(e2e_dir().join("upstream.js"))
+            .arg(e2e_dir().join(script))
             .arg("0")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -252,8 +317,8 @@ impl Upstream {
         let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         let Some(port) = v["listening"].as_u64() else {
-            let err = std::fs::read_to_string(dir.join("upstream.err")).unwrap_or_default();
-            panic!("upstream.js did not start within {DEADLINE:?}: {line:?}\n{err}");
+            let err = std::fs::read_to_string(dir.join(&err_name)).unwrap_or_default();
+            panic!("{script} did not start within {DEADLINE:?}: {line:?}\n{err}");
         };
         up.port = port as u16;
         up

@@ -1,0 +1,363 @@
+//! The upstream side of a real `palisade gateway` process, each control shown
+//! to allow and to deny (exact status and `{"error":{"code"}}`):
+//!
+//! - `upstream_tls_and_client_certificate`: an HTTPS service that requires a
+//!   client certificate (tests/e2e/gateway/upstream_tls.js): with
+//!   `[upstreams.tls]` ca_file + client certificate -> 200 (the service saw
+//!   the gateway's certificate); the wrong CA in ca_file -> 502 `bad_gateway`
+//!   (`upstream_connect_failed`); no client certificate -> 502 `bad_gateway`;
+//! - `passive_health_and_readyz`: two endpoints, one a closed port, round
+//!   robin without retries: exactly `max_fails` requests get 502, then the
+//!   bad endpoint is ejected and every request succeeds; /readyz is 200 while
+//!   an upstream has a healthy endpoint, 503 naming the upstream when all are
+//!   ejected, and 200 again once `fail_timeout_s` has passed;
+//! - `route_request_timeout`: `request_timeout_ms = 300` on a route ->
+//!   a slow upstream answer is cut off with 504 `gateway_timeout` after
+//!   ~300 ms, a fast one on the same route is served, and the same slow
+//!   endpoint through a route without the override is served.
+//!
+//! Skips when node or tests/e2e/gateway/node_modules are missing, unless
+//! PALISADE_REQUIRE_SERVICES=1. Every wait polls with a deadline.
+
+mod gateway_common;
+
+use std::time::{Duration, Instant};
+
+use gateway_common::{Gateway, Pki, Resp, Upstream, plain_client, send, wait_for};
+
+const ANONYMOUS: &str = r#"
+@id("anonymous")
+permit(principal == Anonymous::"anonymous", action, resource);
+"#;
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn header(routes_and_upstreams: &str) -> String {
+    format!(
+        r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[authorization]
+policy_file = "policies.cedar"
+{routes_and_upstreams}"#
+    )
+}
+
+fn route(name: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{upstream}\"\nanonymous = true\n{extra}\n"
+    )
+}
+
+// ------------------------------------------------------------------ TLS to upstreams
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_and_client_certificate() {
+    if !gateway_common::node_ready("upstream_tls_and_client_certificate") {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    // the service's PKI (ca.pem, server.pem for localhost/127.0.0.1, server.key)
+    let svc_dir = dir.join("svc");
+    std::fs::create_dir(&svc_dir).unwrap();
+    let svc = Pki::new(&svc_dir);
+    let (cert, key) = svc.client_cert("palisade-gateway", "spiffe://test/gateway", 7);
+    std::fs::write(dir.join("gw-client.pem"), cert).unwrap();
+    std::fs::write(dir.join("gw-client.key"), key).unwrap();
+    // a CA that did not issue the service's certificate
+    let other_dir = dir.join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    Pki::new(&other_dir);
+    let upstream = Upstream::start_script(
+        dir,
+        "upstream_tls.js",
+        &[
+            &svc_dir.join("server.key"),
+            &svc_dir.join("server.pem"),
+            &svc_dir.join("ca.pem"),
+        ],
+    );
+    let ep = format!("127.0.0.1:{}", upstream.port);
+    let client = r#"client_cert_file = "gw-client.pem"
+client_key_file = "gw-client.key""#;
+    let upstreams = format!(
+        r#"
+[[upstreams]]
+name = "good"
+endpoints = ["{ep}"]
+[upstreams.tls]
+ca_file = "svc/ca.pem"
+{client}
+
+[[upstreams]]
+name = "named"
+endpoints = ["{ep}"]
+[upstreams.tls]
+ca_file = "svc/ca.pem"
+server_name = "localhost"
+{client}
+
+[[upstreams]]
+name = "wrongca"
+endpoints = ["{ep}"]
+[upstreams.tls]
+ca_file = "other/ca.pem"
+{client}
+
+[[upstreams]]
+name = "nocert"
+endpoints = ["{ep}"]
+[upstreams.tls]
+ca_file = "svc/ca.pem"
+
+[[upstreams]]
+name = "plaintext"
+endpoints = ["{ep}"]
+"#
+    );
+    let routes: String = ["good", "named", "wrongca", "nocert", "plaintext"]
+        .iter()
+        .map(|n| route(n, n, ""))
+        .collect();
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(&cfg, header(&format!("{upstreams}{routes}"))).unwrap();
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let c = plain_client();
+    let base = format!("http://{}", gw.addr("plain"));
+
+    // allow: the service's CA and the gateway's client certificate
+    for name in ["good", "named"] {
+        let r = send(c.get(format!("{base}/{name}/items?x=1"))).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        let seen = r.json();
+        assert_eq!(seen["client_cn"], "palisade-gateway", "{seen}");
+        assert_eq!(seen["url"], format!("/{name}/items?x=1"), "{seen}");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
+        let rec = gw.record(&r.request_id()).await;
+        assert_eq!(rec["upstream"], format!("{name}/{ep}"), "{rec}");
+    }
+
+    // deny: the service's certificate is not from the configured CA
+    let r = send(c.get(format!("{base}/wrongca/items"))).await;
+    r.assert_error(
+        502,
+        "bad_gateway",
+        "upstream certificate from an untrusted CA",
+    );
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["reason"], "upstream_connect_failed", "{rec}");
+    // deny: no client certificate -> the service refuses the handshake
+    let r = send(c.get(format!("{base}/nocert/items"))).await;
+    r.assert_error(502, "bad_gateway", "no client certificate for the service");
+    let rec = gw.record(&r.request_id()).await;
+    // TLS 1.3: the gateway's side of the handshake completes; the service's
+    // certificate_required alert arrives with the response
+    assert_eq!(rec["reason"], "upstream_protocol_error", "{rec}");
+    let refused = std::fs::read_to_string(dir.join("upstream_tls.err")).unwrap_or_default();
+    assert!(
+        refused.contains("client refused"),
+        "the service saw the refused handshake: {refused}"
+    );
+    // and plaintext to a TLS service is no answer either
+    let r = send(c.get(format!("{base}/plaintext/items"))).await;
+    r.assert_error(502, "bad_gateway", "plaintext to a TLS service");
+    // none of them leaked the upstream's text
+    assert!(!r.body.contains("upstream_tls"), "{r:?}");
+    eprintln!(
+        "upstream_tls_and_client_certificate: {:?}",
+        started.elapsed()
+    );
+}
+
+// ------------------------------------------------------------------ passive health
+
+async fn readyz(gw: &Gateway) -> Resp {
+    send(plain_client().get(format!("http://{}/readyz", gw.admin))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_health_and_readyz() {
+    if !gateway_common::node_ready("passive_health_and_readyz") {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    let upstream = Upstream::start(dir);
+    let good = format!("127.0.0.1:{}", upstream.port);
+    let bad = format!("127.0.0.1:{}", closed_port());
+    let (dead1, dead2) = (closed_port(), closed_port());
+    const MAX_FAILS: usize = 2;
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        header(&format!(
+            r#"
+[[upstreams]]
+name = "pair"
+endpoints = ["{good}", "{bad}"]
+max_fails = {MAX_FAILS}
+fail_timeout_s = 60
+
+[[upstreams]]
+name = "dead"
+endpoints = ["127.0.0.1:{dead1}", "127.0.0.1:{dead2}"]
+max_fails = 1
+fail_timeout_s = 2
+{}{}"#,
+            route("pair", "pair", ""),
+            route("dead", "dead", "")
+        )),
+    )
+    .unwrap();
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let c = plain_client();
+    let base = format!("http://{}", gw.addr("plain"));
+    let r = readyz(&gw).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+
+    // round robin, no retries: the bad endpoint answers every other request
+    // with 502 until it has failed MAX_FAILS times in a row, then is ejected
+    let mut seq = Vec::new();
+    for i in 0..12 {
+        let r = send(c.get(format!("{base}/pair/{i}"))).await;
+        if r.status != 200 {
+            r.assert_error(502, "bad_gateway", &format!("request {i}"));
+            let rec = gw.record(&r.request_id()).await;
+            assert_eq!(rec["reason"], "upstream_connect_failed", "{rec}");
+        } else {
+            let rec = gw.record(&r.request_id()).await;
+            assert_eq!(rec["upstream"], format!("pair/{good}"), "{rec}");
+        }
+        seq.push(r.status);
+    }
+    // good, bad (1), good, bad (2 = max_fails: ejected), then only good
+    let mut want = [200u16, 502].repeat(MAX_FAILS);
+    want.resize(seq.len(), 200);
+    assert_eq!(
+        seq, want,
+        "exactly {MAX_FAILS} failures, then every request succeeds"
+    );
+    assert!(
+        gw.stderr()
+            .contains("endpoint ejected after consecutive failures")
+    );
+    // one endpoint of "pair" is still healthy, and "dead" was never tried
+    let r = readyz(&gw).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+
+    // every endpoint of "dead" ejected (max_fails = 1): /readyz 503 naming it
+    let r = send(c.get(format!("{base}/dead/1"))).await;
+    r.assert_error(502, "bad_gateway", "dead endpoint 1");
+    let r = readyz(&gw).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"), "one left");
+    let r = send(c.get(format!("{base}/dead/2"))).await;
+    r.assert_error(502, "bad_gateway", "dead endpoint 2");
+    let r = readyz(&gw).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "no healthy endpoint: dead\n"),
+        "{r:?}"
+    );
+    // all ejected: still tried (panic mode), still a clean 502
+    let r = send(c.get(format!("{base}/dead/3"))).await;
+    r.assert_error(502, "bad_gateway", "all endpoints ejected");
+    // "pair" unaffected
+    assert_eq!(send(c.get(format!("{base}/pair/x"))).await.status, 200);
+    // after fail_timeout_s the endpoints are back in rotation
+    wait_for(
+        "readyz 200 after fail_timeout",
+        Duration::from_secs(15),
+        || async {
+            let r = readyz(&gw).await;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    eprintln!("passive_health_and_readyz: {:?}", started.elapsed());
+}
+
+// ------------------------------------------------------------------ request timeout
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_request_timeout() {
+    if !gateway_common::node_ready("route_request_timeout") {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    let upstream = Upstream::start(dir);
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        header(&format!(
+            r#"
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{}"]
+max_fails = 100
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "app"
+anonymous = true
+request_timeout_ms = 300
+
+[[routes]]
+name = "patient"
+path_prefix = "/patient"
+strip_prefix = true
+upstream = "app"
+anonymous = true
+"#,
+            upstream.port
+        )),
+    )
+    .unwrap();
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let c = plain_client();
+    let base = format!("http://{}", gw.addr("plain"));
+
+    // deny: the upstream takes 5 s, the route allows 300 ms
+    let t = Instant::now();
+    let r = send(c.get(format!("{base}/orders/slow?ms=5000"))).await;
+    let took = t.elapsed();
+    r.assert_error(504, "gateway_timeout", "slow upstream");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "cut off after the route's 300 ms, not the upstream's 5 s: {took:?}"
+    );
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["route"], "orders", "{rec}");
+    assert_eq!(rec["reason"], "gateway_timeout", "{rec}");
+
+    // allow: fast answers on the same route
+    let r = send(c.get(format!("{base}/orders/slow?ms=10"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["slow_ms"], 10);
+    let r = send(c.get(format!("{base}/orders/1"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // the same slow endpoint through a route without request_timeout_ms:
+    // the upstream's default (30 s) applies, so 800 ms is served
+    let r = send(c.get(format!("{base}/patient/orders/slow?ms=800"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["slow_ms"], 800);
+    eprintln!("route_request_timeout: {:?}", started.elapsed());
+}
