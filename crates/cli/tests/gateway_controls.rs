@@ -823,6 +823,37 @@ authn = ["apikey"]
     let r = send(c.delete(format!("{base}/reports"))).await;
     r.assert_error(405, "method_not_allowed", "DELETE on a GET-only route");
 
+    // TRACE and extension methods never reach a route, even one without a method list
+    let r = send(c.request(
+        reqwest::Method::from_bytes(b"TRACE").unwrap(),
+        format!("{base}/public/x"),
+    ))
+    .await;
+    r.assert_error(405, "method_not_allowed", "TRACE");
+    let r = send(c.request(
+        reqwest::Method::from_bytes(b"PROPFIND").unwrap(),
+        format!("{base}/public/x"),
+    ))
+    .await;
+    r.assert_error(405, "method_not_allowed", "extension method");
+
+    // client-supplied forwarding headers are replaced by what the gateway saw
+    let r = send(
+        c.get(format!("{base}/public/x"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-real-ip", "6.6.6.6"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert!(
+        seen.get("forwarded").is_none() && seen.get("x-real-ip").is_none(),
+        "{seen}"
+    );
+    assert_eq!(seen["x-forwarded-proto"], "http");
+
     // hosts: exact, wildcard (one label), port and case ignored; nothing else
     for (host, want) in [
         ("api.test", "api"),

@@ -308,6 +308,9 @@ async fn route_request_timeout() {
         &cfg,
         header(&format!(
             r#"
+[limits]
+request_timeout_ms = 1500
+
 [[upstreams]]
 name = "app"
 endpoints = ["127.0.0.1:{}"]
@@ -359,5 +362,12 @@ anonymous = true
     let r = send(c.get(format!("{base}/patient/orders/slow?ms=800"))).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["slow_ms"], 800);
+    // past the global request timeout, time spent waiting on the upstream is a 504, not a 408
+    let r = send(c.get(format!("{base}/patient/orders/slow?ms=5000"))).await;
+    r.assert_error(
+        504,
+        "gateway_timeout",
+        "global timeout while the upstream works",
+    );
     eprintln!("route_request_timeout: {:?}", started.elapsed());
 }

@@ -170,6 +170,13 @@ fn select<'a>(
     path: &str,
     method: &str,
 ) -> Result<&'a Arc<RouteConfig>, GatewayError> {
+    // TRACE, CONNECT and extension methods never reach a route or a policy
+    if !matches!(
+        method,
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+    ) {
+        return Err(GatewayError::MethodNotAllowed);
+    }
     let mut path_matched = false;
     for r in &gw.routes {
         if host_matches(r, host) && inspect::under_prefix(path, &r.path_prefix) {
@@ -436,6 +443,7 @@ async fn pipeline(
         path_and_query,
         pass_upstream_errors: route.pass_upstream_errors,
         timeout: route.request_timeout,
+        client_fault: state.clone(),
     };
     let result = pool.forward(&permit, upstream_req, ctx).await;
     let (mut resp, endpoint) = match result {
@@ -516,6 +524,8 @@ pub async fn handle(
         match tokio::time::timeout(timeout, pipeline(&gw, &conn, req, &request_id, &mut rec)).await
         {
             Ok(r) => r,
+            // past authorization the time went to the upstream: that is a 504
+            Err(_) if rec.reason.starts_with("policy:") => Err(GatewayError::GatewayTimeout),
             Err(_) => Err(GatewayError::RequestTimeout),
         };
     let (mut resp, route) = match outcome {

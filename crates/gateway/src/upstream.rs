@@ -104,6 +104,9 @@ pub struct ForwardCtx<'a> {
     pub path_and_query: String,
     pub pass_upstream_errors: bool,
     pub timeout: Option<Duration>,
+    /// Set by the request body when the *client* broke it (too large, too
+    /// slow): such a failure is not held against the endpoint's health.
+    pub client_fault: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl Pool {
@@ -272,12 +275,12 @@ impl Pool {
         for (n, v) in ctx.identity {
             h.insert(n, v);
         }
-        // X-Forwarded-For: append the peer to what a trusted proxy may have set
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {}", ctx.client_ip),
-            _ => ctx.client_ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        // The gateway is the edge: client-supplied forwarding headers are not
+        // trusted, so services see exactly the peer the gateway saw.
+        h.remove("forwarded");
+        h.remove("x-real-ip");
+        h.remove("x-forwarded-host");
+        if let Ok(v) = HeaderValue::from_str(ctx.client_ip) {
             h.insert("x-forwarded-for", v);
         }
         h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.proto));
@@ -301,7 +304,9 @@ impl Pool {
                 return Err(GatewayError::GatewayTimeout);
             }
             Ok(Err(e)) => {
-                self.record(ep, false);
+                if ctx.client_fault.load(Ordering::Relaxed) == 0 {
+                    self.record(ep, false);
+                }
                 tracing::warn!(upstream = %self.name, endpoint = %ep.authority, error = %e, "upstream request failed");
                 return Err(GatewayError::BadGateway {
                     reason: if e.is_connect() {
