@@ -1048,3 +1048,102 @@ async fn ratelimit_store_down() {
     assert!(store_down(&gw), "{}", gw.stderr());
     eprintln!("ratelimit_store_down: {:?}", started.elapsed());
 }
+
+/// A method the most specific route does not list gets 405; it never falls
+/// through to a shorter (here anonymous) route and reaches the service that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_never_falls_through_to_a_weaker_route() {
+    if !gateway_common::node_ready("method_never_falls_through_to_a_weaker_route") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("policies.cedar"),
+        format!("{ROUTING_POLICIES}\n@id(\"writers\")\npermit(principal, action, resource == Route::\"private-write\") when {{ context.auth_method == \"apikey\" }};\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pepper"),
+        "a-pepper-for-the-fallthrough-e2e-test-0123456789",
+    )
+    .unwrap();
+    let upstream = Upstream::start(dir);
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{}"]
+
+[apikeys]
+database = "keys.db"
+pepper_file = "pepper"
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "everything"
+path_prefix = "/"
+upstream = "app"
+anonymous = true
+
+[[routes]]
+name = "private"
+path_prefix = "/private"
+methods = ["GET"]
+upstream = "app"
+authn = ["apikey"]
+
+[[routes]]
+name = "private-write"
+path_prefix = "/private"
+methods = ["PUT"]
+upstream = "app"
+authn = ["apikey"]
+"#,
+            upstream.port
+        ),
+    )
+    .unwrap();
+    let (key, _) = Gateway::apikey_create(&cfg, "partner", &["any"]);
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let c = plain_client();
+    let base = format!("http://{}", gw.addr("plain"));
+    // allow: the catch-all serves other paths anonymously
+    let r = send(c.get(format!("{base}/public/x"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // allow: GET and PUT on /private with a key, each by its own route
+    let r = send(c.get(format!("{base}/private/x")).header("x-api-key", &key)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(gw.record(&r.request_id()).await["route"], "private");
+    let r = send(
+        c.put(format!("{base}/private/x"))
+            .header("x-api-key", &key)
+            .body("x"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(gw.record(&r.request_id()).await["route"], "private-write");
+    // deny: POST /private is not listed by the /private routes: 405, not the anonymous catch-all
+    let r = send(c.post(format!("{base}/private/x")).body("x")).await;
+    r.assert_error(
+        405,
+        "method_not_allowed",
+        "POST must not fall through to the / route",
+    );
+    // deny: without a key, GET /private is 401 (the /private route decides, not /)
+    let r = send(c.get(format!("{base}/private/x"))).await;
+    r.assert_error(401, "unauthenticated", "no key");
+}

@@ -858,6 +858,14 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         }
     }
 
+    // the JWT crate's own checks (duplicate issuers, URL rules, refresh...), so
+    // `config check` reports what start-up would refuse
+    if !issuers.is_empty()
+        && let Err(e) = palisade_jwt::check(&crate::authn::jwt_issuers(&issuers))
+    {
+        c.err(format!("issuers: {e}"));
+    }
+
     let apikeys = raw.apikeys.and_then(|a| {
         let pepper = c.secret("apikeys.pepper", &a.pepper_file, &a.pepper_env, 32)?;
         let header = a
@@ -883,6 +891,13 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             redis_timeout_ms: None,
             peer: None,
         });
+        // secrets are never inline: a URL with credentials must come from the environment
+        let r_inline_with_password = r
+            .redis_url
+            .as_deref()
+            .and_then(|u| u.split_once("://").map(|(_, rest)| rest))
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|authority| authority.contains('@'));
         let on_failure = match r.on_store_failure.as_deref().unwrap_or("local_fallback") {
             "local_fallback" => FailMode::LocalFallback,
             "dangerous_fail_open" => FailMode::FailOpen,
@@ -919,6 +934,9 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                     && !(u.starts_with("redis://") || u.starts_with("rediss://"))
                 {
                     c.err("ratelimit.redis_url: must start with redis:// or rediss://");
+                }
+                if r_inline_with_password {
+                    c.err("ratelimit.redis_url: holds a password; put the URL in an environment variable named by redis_url_env");
                 }
                 RateStore::Redis {
                     url: url.unwrap_or_default(),
@@ -1012,7 +1030,23 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                     }
                     authn.push(AuthnMethod::ApiKey)
                 }
-                "mtls" => authn.push(AuthnMethod::PeerCert),
+                "mtls" => {
+                    let any_client_auth = listeners.iter().any(|l| {
+                        matches!(
+                            &l.kind,
+                            ListenerKind::Https {
+                                client_auth: Some(_),
+                                ..
+                            }
+                        )
+                    });
+                    if !any_client_auth {
+                        c.err(format!(
+                            "{field}.authn: \"mtls\" needs a listener with [listeners.client_auth]"
+                        ));
+                    }
+                    authn.push(AuthnMethod::PeerCert)
+                }
                 other => c.err(format!(
                     "{field}.authn: {other:?} is not jwt, apikey or mtls"
                 )),
@@ -1139,4 +1173,117 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         routes,
         log_level,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_none(_: &str) -> Option<String> {
+        None
+    }
+
+    fn check(body: &str) -> Result<GatewayConfig, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\ndangerous_plaintext = true\n[authorization]\npolicy_file = \"p.cedar\"\n[[upstreams]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{body}"
+        );
+        parse(
+            &text,
+            &Env {
+                var: &env_none,
+                base: dir.path().to_path_buf(),
+            },
+        )
+    }
+
+    const ROUTE: &str =
+        "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"app\"\nanonymous = true\n";
+
+    #[test]
+    fn a_minimal_config_is_valid() {
+        let c = check(ROUTE).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.listeners[0].kind, ListenerKind::DangerousPlaintext);
+        assert_eq!(c.ratelimit.store, RateStore::Local);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = check(&format!("{ROUTE}bogus = 1\n")).unwrap_err();
+        assert!(e.0[0].contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn weakening_options_must_say_dangerous() {
+        let e = check(&format!("{ROUTE}[ratelimit]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\non_store_failure = \"fail_open\"\n")).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![
+                "ratelimit.on_store_failure: \"fail_open\" disables rate limiting when Redis is down; spell it \"dangerous_fail_open\" to confirm"
+            ]
+        );
+        let c = check(&format!("{ROUTE}[ratelimit]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\non_store_failure = \"dangerous_fail_open\"\n")).unwrap();
+        assert!(matches!(
+            c.ratelimit.store,
+            RateStore::Redis {
+                on_failure: FailMode::FailOpen,
+                ..
+            }
+        ));
+        // a route must opt in to anonymous access explicitly
+        let e = check("[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"app\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            vec!["routes[r]: set authn (jwt, apikey, mtls) or anonymous = true explicitly"]
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_inline() {
+        let e = check(&format!("{ROUTE}[ratelimit]\nstore = \"redis\"\nredis_url = \"redis://user:hunter2@127.0.0.1:6379\"\n")).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![
+                "ratelimit.redis_url: holds a password; put the URL in an environment variable named by redis_url_env"
+            ]
+        );
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let body = "[[routes]]\nname = \"m\"\npath_prefix = \"/m\"\nupstream = \"nope\"\nauthn = [\"mtls\", \"saml\"]\nmethods = [\"FETCH\"]\n\
+            [[issuers]]\nname = \"a\"\nissuer = \"https://a\"\naudiences = [\"x\"]\nalgorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\nleeway_s = 120\n";
+        let e = check(body).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![
+                "issuers[a].leeway_s: at most 60 seconds",
+                "routes[m].upstream: no upstream named \"nope\"",
+                "routes[m].methods: \"FETCH\" is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+                "routes[m].authn: \"mtls\" needs a listener with [listeners.client_auth]",
+                "routes[m].authn: \"saml\" is not jwt, apikey or mtls",
+            ]
+        );
+    }
+
+    #[test]
+    fn jwt_crate_checks_run_at_config_time() {
+        let two = "[[issuers]]\nname = \"a\"\nissuer = \"https://same\"\naudiences = [\"x\"]\nalgorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\n\
+            [[issuers]]\nname = \"b\"\nissuer = \"https://same\"\naudiences = [\"x\"]\nalgorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\n";
+        let e = check(&format!("{ROUTE}{two}")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0[0].starts_with("issuers: invalid JWT issuer configuration:"),
+            "{e}"
+        );
+    }
 }

@@ -177,16 +177,25 @@ fn select<'a>(
     ) {
         return Err(GatewayError::MethodNotAllowed);
     }
-    let mut path_matched = false;
+    // Routes are sorted by prefix length, longest first. The longest prefix
+    // that matches decides: among routes with exactly that prefix, the one
+    // listing the method wins; if none does, 405. A request never falls
+    // through to a shorter, possibly weaker route because of its method.
+    let mut matched_len: Option<usize> = None;
     for r in &gw.routes {
+        let len = r.path_prefix.trim_end_matches('/').len();
+        if matched_len.is_some_and(|m| len < m) {
+            break;
+        }
         if host_matches(r, host) && inspect::under_prefix(path, &r.path_prefix) {
-            if r.methods.is_empty() || r.methods.iter().any(|m| m == method) {
+            matched_len = Some(len);
+            let preflight = method == "OPTIONS" && r.cors.is_some();
+            if r.methods.is_empty() || preflight || r.methods.iter().any(|m| m == method) {
                 return Ok(r);
             }
-            path_matched = true;
         }
     }
-    Err(if path_matched {
+    Err(if matched_len.is_some() {
         GatewayError::MethodNotAllowed
     } else {
         GatewayError::NoRoute

@@ -57,6 +57,33 @@ fn alg(name: &str) -> Option<palisade_jwt::Alg> {
     })
 }
 
+/// The palisade-jwt view of the configured issuers (also used by config validation).
+pub fn jwt_issuers(issuers: &[IssuerSpec]) -> Vec<palisade_jwt::IssuerConfig> {
+    issuers
+        .iter()
+        .map(|i| {
+            let keys = match &i.keys {
+                IssuerKeys::JwksUrl { url, refresh } => palisade_jwt::KeySource::Url {
+                    url: url.clone(),
+                    refresh: *refresh,
+                    min_refetch_interval: std::time::Duration::from_secs(30),
+                },
+                IssuerKeys::JwksFile(p) => palisade_jwt::KeySource::File(p.clone()),
+                IssuerKeys::Hs256(s) => palisade_jwt::KeySource::Hs256Secret(s.clone()),
+            };
+            let algorithms = i.algorithms.iter().filter_map(|a| alg(a)).collect();
+            let mut c = palisade_jwt::IssuerConfig::new(
+                i.issuer.clone(),
+                i.audiences.clone(),
+                algorithms,
+                keys,
+            );
+            c.leeway = i.leeway;
+            c
+        })
+        .collect()
+}
+
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -78,27 +105,7 @@ impl Authenticator {
         let jwt = if issuers.is_empty() {
             None
         } else {
-            let mut cfgs = Vec::new();
-            for i in issuers {
-                let keys = match &i.keys {
-                    IssuerKeys::JwksUrl { url, refresh } => palisade_jwt::KeySource::Url {
-                        url: url.clone(),
-                        refresh: *refresh,
-                        min_refetch_interval: std::time::Duration::from_secs(30),
-                    },
-                    IssuerKeys::JwksFile(p) => palisade_jwt::KeySource::File(p.clone()),
-                    IssuerKeys::Hs256(s) => palisade_jwt::KeySource::Hs256Secret(s.clone()),
-                };
-                let algorithms = i.algorithms.iter().filter_map(|a| alg(a)).collect();
-                let mut c = palisade_jwt::IssuerConfig::new(
-                    i.issuer.clone(),
-                    i.audiences.clone(),
-                    algorithms,
-                    keys,
-                );
-                c.leeway = i.leeway;
-                cfgs.push(c);
-            }
+            let cfgs = jwt_issuers(issuers);
             let v = palisade_jwt::Verifier::new(cfgs, http)
                 .await
                 .map_err(|e| format!("jwt: {e}"))?;
