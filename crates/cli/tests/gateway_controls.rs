@@ -671,10 +671,13 @@ anonymous = true
     assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
     assert_eq!(r.header("access-control-allow-credentials"), None, "{r:?}");
     assert_eq!(r.header("content-security-policy"), Some(CSP));
-    // no Origin at all: no ACAO either
+    // ...but Vary: Origin, so a shared cache never hands this answer to the allowed origin
+    assert!(vary_origin(&r), "{r:?}");
+    // no Origin at all: no ACAO either, still Vary: Origin
     let r = send(c.get(&url)).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+    assert!(vary_origin(&r), "{r:?}");
 
     // a route without CORS / CSP config: neither; an OPTIONS there is just a request
     let other = format!("http://{}/other/x", gw.addr("plain"));

@@ -218,9 +218,16 @@ name = "dead"
 endpoints = ["127.0.0.1:{dead1}", "127.0.0.1:{dead2}"]
 max_fails = 1
 fail_timeout_s = 2
-{}{}"#,
+
+[[upstreams]]
+name = "solo"
+endpoints = ["{good}"]
+max_fails = 1
+fail_timeout_s = 60
+{}{}{}"#,
             route("pair", "pair", ""),
-            route("dead", "dead", "")
+            route("dead", "dead", ""),
+            route("solo", "solo", "max_body_bytes = 1024")
         )),
     )
     .unwrap();
@@ -256,6 +263,25 @@ fail_timeout_s = 2
         gw.stderr()
             .contains("endpoint ejected after consecutive failures")
     );
+    // a client that breaks its own body (chunked, over the route's limit) gets
+    // 413, and the endpoint is not held responsible: it stays in rotation
+    for _ in 0..3 {
+        let chunk = "x".repeat(2048);
+        let req = format!(
+            "POST /solo/upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        );
+        let reply =
+            gateway_common::raw_plain(gw.addr("plain"), req.as_bytes(), Duration::from_secs(5))
+                .await;
+        assert!(reply.text.starts_with("HTTP/1.1 413"), "{reply:?}");
+        assert!(reply.text.contains("payload_too_large"), "{reply:?}");
+    }
+    // solo's only endpoint was not ejected (were it, /readyz would name "solo")
+    let r = readyz(&gw).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"), "{r:?}");
+    assert_eq!(send(c.get(format!("{base}/solo/ok"))).await.status, 200);
+
     // one endpoint of "pair" is still healthy, and "dead" was never tried
     let r = readyz(&gw).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
