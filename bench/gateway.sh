@@ -78,19 +78,29 @@ C=$(python3 -c "import math; print(max(1, math.ceil($C*$target/max($h_rps,1))))"
 read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
 read -r d_rps _ d_p99 _ <<<"$(half https://localhost:18444/orders/index.json)"
 
-# idle keep-alive connections
-exec 3> >(python3 bench/idle_conns.py 127.0.0.1 18445 "$DIR/ca.pem" "$IDLE" /orders/index.json "$TOKEN" > "$DIR/idle.out" 2>&1)
-for _ in $(seq 1 600); do grep -q "open=" "$DIR/idle.out" 2>/dev/null && break; sleep 0.5; done
-sleep 1
-idle_rss=$(rss $GW)
-idle_line=$(cat "$DIR/idle.out" | head -1)
-exec 3>&-
+# idle keep-alive connections: the same client against palisade, then nginx
+# (each connection makes one request, then stays open and idle)
+idle() { # port pids... -> "rss_mib|client's summary line"
+  local port=$1; shift
+  exec 3> >(python3 bench/idle_conns.py 127.0.0.1 "$port" "$DIR/ca.pem" "$IDLE" /orders/index.json "$TOKEN" > "$DIR/idle.out" 2>&1)
+  local pid=$!
+  for _ in $(seq 1 600); do grep -q "open=" "$DIR/idle.out" 2>/dev/null && break; sleep 0.5; done
+  sleep 2
+  local t=0
+  for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status))); done
+  echo "$((t/1024))|$(head -1 "$DIR/idle.out")"
+  exec 3>&-
+  wait $pid 2>/dev/null || true
+  sleep 1
+}
+IFS='|' read -r idle_rss idle_line <<<"$(idle 18445 $GW)"
+IFS='|' read -r nidle_rss nidle_line <<<"$(idle 18444 $(nginx_pids))"
 
-python3 - "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" <<'PY'
+python3 - "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" "$nidle_rss" "$nidle_line" <<'PY'
 import sys
 a=sys.argv[1:]
 n_rps,n_p50,n_p99,n_rss,g_rps,g_p50,g_p99,g_rss,h_rps,h_p99,d_rps,d_p99=map(float,a[:12])
-idle_rss=a[12]; idle=a[13]; n_err=a[14]; g_err=a[15]
+idle_rss=a[12]; idle=a[13]; n_err=a[14]; g_err=a[15]; nidle_rss=a[16]; nidle=a[17]
 print("| proxy | requests/s (median) | p50 ms | p99 ms | peak RSS MiB | non-2xx |")
 print("|---|---:|---:|---:|---:|---:|")
 print(f"| nginx 1.22 plain TLS reverse proxy | {n_rps:.0f} | {n_p50:.2f} | {n_p99:.2f} | {n_rss:.0f} | {n_err} |")
@@ -99,4 +109,5 @@ print()
 print(f"throughput ratio palisade/nginx: {g_rps/n_rps:.2f}")
 print(f"p99 at half of palisade's peak ({h_rps:.0f} req/s through palisade, {d_rps:.0f} req/s through nginx): palisade {h_p99:.2f} ms, nginx {d_p99:.2f} ms, added {h_p99-d_p99:+.2f} ms")
 print(f"palisade RSS with idle keep-alive TLS connections ({idle}): {idle_rss} MiB")
+print(f"nginx RSS (master + workers, also serving the static upstream) with idle keep-alive TLS connections ({nidle}): {nidle_rss} MiB")
 PY

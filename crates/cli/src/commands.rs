@@ -1341,7 +1341,13 @@ async fn gateway(a: GatewayArgs) -> u8 {
                 }
             };
             init_tracing(&cfg.log_level, true);
-            let sink = std::sync::Arc::new(palisade_gateway::log::Sink::Stdout);
+            let sink = match palisade_gateway::log::Sink::stdout() {
+                Ok(s) => std::sync::Arc::new(s),
+                Err(e) => {
+                    eprintln!("error: cannot open stdout for the security log: {e}");
+                    return 1;
+                }
+            };
             let var: palisade_gateway::server::EnvLookup =
                 std::sync::Arc::new(|k: &str| std::env::var(k).ok());
             match palisade_gateway::server::start(file, var, sink, shutdown_signal()).await {

@@ -14,10 +14,28 @@ use crate::server::Shared;
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Install the global Prometheus recorder once per process.
+///
+/// The recorder keeps every histogram sample until they are folded into
+/// their summary; without a scrape nothing would fold them, and memory would
+/// grow with every request. A background thread folds them every 5 s.
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                let upkeep = h.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("palisade-metrics".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(std::time::Duration::from_secs(5));
+                            upkeep.run_upkeep();
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "metrics upkeep thread not started");
+                }
+                Some(h)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 None

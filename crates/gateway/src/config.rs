@@ -82,6 +82,7 @@ pub struct RawLimits {
     pub max_headers: Option<usize>,
     pub max_body_bytes: Option<u64>,
     pub header_timeout_ms: Option<u64>,
+    pub keepalive_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub min_body_rate_bytes_per_s: Option<u64>,
     pub max_connections: Option<usize>,
@@ -96,6 +97,7 @@ pub struct RawUpstream {
     pub request_timeout_ms: Option<u64>,
     pub max_fails: Option<u32>,
     pub fail_timeout_s: Option<u64>,
+    pub max_idle_connections: Option<usize>,
     pub tls: Option<RawUpstreamTls>,
 }
 
@@ -273,6 +275,8 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_body_bytes: u64,
     pub header_timeout: Duration,
+    /// How long an HTTPS HTTP/1.1 connection may wait for its next request.
+    pub keepalive_timeout: Duration,
     pub request_timeout: Duration,
     pub min_body_rate: u64,
     pub max_connections: usize,
@@ -285,6 +289,7 @@ impl Default for Limits {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
             max_connections: 20_000,
@@ -307,6 +312,8 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// Idle kept-alive connections kept per endpoint by each worker (nginx's `keepalive`).
+    pub max_idle_connections: usize,
     pub tls: Option<UpstreamTls>,
 }
 
@@ -701,6 +708,9 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if let Some(v) = l.header_timeout_ms {
             limits.header_timeout = Duration::from_millis(v);
         }
+        if let Some(v) = l.keepalive_timeout_ms {
+            limits.keepalive_timeout = Duration::from_millis(v);
+        }
         if let Some(v) = l.request_timeout_ms {
             limits.request_timeout = Duration::from_millis(v);
         }
@@ -715,10 +725,11 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if limits.max_header_bytes < 8192
             || limits.max_headers == 0
             || limits.header_timeout.is_zero()
+            || limits.keepalive_timeout.is_zero()
             || limits.request_timeout.is_zero()
             || limits.max_connections == 0
         {
-            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, request_timeout_ms, max_connections > 0");
+            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, keepalive_timeout_ms, request_timeout_ms, max_connections > 0");
         }
     }
 
@@ -765,6 +776,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             request_timeout: Duration::from_millis(u.request_timeout_ms.unwrap_or(30_000)),
             max_fails: u.max_fails.unwrap_or(3),
             fail_timeout: Duration::from_secs(u.fail_timeout_s.unwrap_or(10)),
+            max_idle_connections: u.max_idle_connections.unwrap_or(64),
             tls,
         });
     }

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod conn;
 pub mod inspect;
 pub mod log;
 pub mod principal;

@@ -35,24 +35,34 @@ pub struct SecurityRecord {
 
 /// Where records go: stdout by default, a buffer in tests.
 pub enum Sink {
-    Stdout,
+    /// A duplicate of the stdout descriptor: each record is one `write` of
+    /// one whole line, with no process-wide lock between the worker threads
+    /// (the kernel keeps lines of up to PIPE_BUF bytes whole on a pipe and
+    /// serialises writes to a shared file offset).
+    Stdout(std::fs::File),
     Memory(Mutex<Vec<String>>),
 }
 
 impl Sink {
+    /// The stdout sink.
+    pub fn stdout() -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Sink::Stdout(std::fs::File::from(fd)))
+    }
+
     pub fn write(&self, rec: &SecurityRecord) {
-        let Ok(line) = serde_json::to_string(rec) else {
+        let Ok(mut line) = serde_json::to_vec(rec) else {
             return;
         };
         match self {
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.write_all(b"\n");
+            Sink::Stdout(out) => {
+                line.push(b'\n');
+                let _ = (&*out).write_all(&line);
             }
             Sink::Memory(m) => {
                 if let Ok(mut v) = m.lock() {
-                    v.push(line);
+                    v.push(String::from_utf8_lossy(&line).into_owned());
                 }
             }
         }
@@ -61,7 +71,7 @@ impl Sink {
     pub fn lines(&self) -> Vec<String> {
         match self {
             Sink::Memory(m) => m.lock().map(|v| v.clone()).unwrap_or_default(),
-            Sink::Stdout => Vec::new(),
+            Sink::Stdout(_) => Vec::new(),
         }
     }
 }

@@ -184,6 +184,84 @@ struct ListenerJob {
     conns: Arc<tokio::sync::Semaphore>,
 }
 
+/// What a TLS connection's task needs after the handshake (pointers only:
+/// every connection's task carries it).
+struct TlsJob {
+    peer: std::net::SocketAddr,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    h1: Arc<hyper::server::conn::http1::Builder>,
+    drain: tokio::sync::watch::Receiver<bool>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+/// Serve a TLS connection by its ALPN protocol, in a new task: the
+/// handshake's task ends, and the serving task is exactly as large as the
+/// protocol in use needs (an idle HTTP/1.1 connection's task is small).
+fn serve_tls(
+    tls: Box<crate::conn::TlsConn>,
+    job: TlsJob,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let TlsJob {
+        peer,
+        name,
+        shared,
+        limits,
+        h1,
+        drain,
+        watcher,
+    } = job;
+    let identity = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| PeerIdentity::from_der(c));
+    let info = Arc::new(ConnInfo {
+        peer,
+        listener: name,
+        tls: true,
+        identity,
+    });
+    if tls.is_h2() {
+        let svc = hyper::service::service_fn(move |req| {
+            Box::pin(stack::handle(shared.current(), info.clone(), req))
+        });
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(128);
+        let conn = h2.serve_connection(TokioIo::new(*tls), svc);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = watcher.watch(conn).await;
+        });
+        return;
+    }
+    drop(watcher);
+    let state = Arc::new(crate::conn::ConnState::default());
+    let st = state.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let busy = crate::conn::Busy::new(&st);
+        let fut = stack::handle(shared.current(), info.clone(), req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|inner| crate::conn::Tracked { inner, busy }),
+            )
+        })
+    });
+    tokio::spawn(crate::conn::serve_h1(
+        tls,
+        h1,
+        svc,
+        state,
+        limits.keepalive_timeout,
+        drain,
+        permit,
+    ));
+}
+
 /// Serve one listener until `shutdown` flips.
 async fn serve_listener(
     listener: TcpListener,
@@ -199,7 +277,16 @@ async fn serve_listener(
         conns,
     } = job;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    // HTTPS HTTP/1.1 connections drain through this: `true` asks them to
+    // finish, and every connection holds a receiver until it ends
+    let (drain_tx, _) = tokio::sync::watch::channel(false);
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let h1 = Arc::new(h1);
+    let tls_limits = Arc::new(limits.clone());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -219,9 +306,33 @@ async fn serve_listener(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
         let shared = shared.clone();
         let name = name.clone();
+        if let Some(cfg) = &tls {
+            let cfg = cfg.clone();
+            let conn = TlsJob {
+                peer,
+                name,
+                shared,
+                limits: tls_limits.clone(),
+                h1: h1.clone(),
+                drain: drain_tx.subscribe(),
+                watcher: graceful.watcher(),
+            };
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(
+                    conn.limits.header_timeout,
+                    crate::conn::TlsConn::accept(stream, cfg),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    _ => return,
+                };
+                serve_tls(tls, conn, permit);
+            });
+            continue;
+        }
         let kind = kind.clone();
         let limits = limits.clone();
         let watcher = graceful.watcher();
@@ -239,40 +350,13 @@ async fn serve_listener(
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .max_concurrent_streams(128);
-            match (acceptor, kind) {
-                (Some(acc), _) => {
-                    let tls = match tokio::time::timeout(limits.header_timeout, acc.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => s,
-                        _ => return,
-                    };
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| PeerIdentity::from_der(c));
-                    let info = Arc::new(ConnInfo {
-                        peer,
-                        listener: name,
-                        tls: true,
-                        identity,
-                    });
-                    // Boxed: hyper keeps a slot the size of the service future
-                    // in every connection, idle or not; a box keeps it small.
-                    let svc = hyper::service::service_fn(move |req| {
-                        Box::pin(stack::handle(shared.current(), info.clone(), req))
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-                (None, ListenerKind::RedirectToHttps { port }) => {
+            match kind {
+                ListenerKind::RedirectToHttps { port } => {
                     let svc = hyper::service::service_fn(move |req| stack::redirect(port, req));
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
-                (None, _) => {
+                _ => {
                     let info = Arc::new(ConnInfo {
                         peer,
                         listener: name,
@@ -291,7 +375,12 @@ async fn serve_listener(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+    let _ = drain_tx.send(true);
+    let drained = async {
+        graceful.shutdown().await;
+        drain_tx.closed().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drained)
         .await
         .is_err()
     {

@@ -115,7 +115,13 @@ impl Pool {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(cfg.tls.is_none());
-        let builder = Client::builder(TokioExecutor::new());
+        let mut builder = Client::builder(TokioExecutor::new());
+        // idle upstream connections are bounded and expire (each holds
+        // hyper's buffers): a burst must not leave hundreds behind
+        builder
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(cfg.max_idle_connections);
         Ok(match &cfg.tls {
             None => (HttpClient::Plain(builder.build(http)), "http"),
             Some(t) => {
