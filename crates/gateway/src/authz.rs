@@ -76,6 +76,71 @@ pub struct Resource<'a> {
 pub struct Authorizer {
     policies: PolicySet,
     authorizer: cedar_policy::Authorizer,
+    /// Bit i set: some policy reads context attribute `CONTEXT_ATTRS[i]`.
+    /// Only those are built per request (building a Cedar context costs
+    /// about as much as evaluating the policies).
+    context_needed: u16,
+    /// Entity type names, parsed once (parsing runs Cedar's parser).
+    types: [EntityTypeName; 6],
+}
+
+/// Every context attribute of SCHEMA, in bit order.
+const CONTEXT_ATTRS: [&str; 11] = [
+    "method",
+    "path",
+    "host",
+    "ip",
+    "auth_method",
+    "issuer",
+    "scopes",
+    "roles",
+    "api_key_id",
+    "cert_uris",
+    "cert_dns",
+];
+
+const ALL_CONTEXT: u16 = (1 << CONTEXT_ATTRS.len()) - 1;
+
+/// Which context attributes the policies read, from their JSON form:
+/// `context.x`, `context["x"]` and `context has x` name `x`; `context` used
+/// any other way (compared whole, say) needs every attribute. Conservative
+/// by construction: an attribute is left out only when no policy mentions it,
+/// so leaving it out changes no decision (a `forbid` that reads it still
+/// sees it).
+fn context_attrs(v: &serde_json::Value, needed: &mut u16) {
+    use serde_json::Value;
+    let is_context = |v: Option<&Value>| matches!(v, Some(Value::Object(m)) if m.get("Var").and_then(Value::as_str) == Some("context"));
+    match v {
+        Value::Object(m) => {
+            if m.get("Var").and_then(Value::as_str) == Some("context") {
+                *needed = ALL_CONTEXT;
+                return;
+            }
+            for (k, child) in m {
+                if (k == "." || k == "has")
+                    && let Value::Object(inner) = child
+                    && is_context(inner.get("left"))
+                {
+                    match inner.get("attr").and_then(Value::as_str) {
+                        Some(attr) => match CONTEXT_ATTRS.iter().position(|a| *a == attr) {
+                            Some(i) => *needed |= 1 << i,
+                            None => *needed = ALL_CONTEXT,
+                        },
+                        None => *needed = ALL_CONTEXT,
+                    }
+                    for (ik, iv) in inner {
+                        if ik != "left" {
+                            context_attrs(iv, needed);
+                        }
+                    }
+                    continue;
+                }
+                context_attrs(child, needed);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| context_attrs(x, needed)),
+        _ => {}
+    }
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -84,9 +149,17 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
-fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
-    let t = EntityTypeName::from_str(type_name).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+const TYPES: [&str; 6] = [
+    "User",
+    "Consumer",
+    "Workload",
+    "Anonymous",
+    "Action",
+    "Route",
+];
+
+fn uid(t: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
 }
 
 impl Authorizer {
@@ -116,9 +189,20 @@ impl Authorizer {
                 errs.join("; ")
             ));
         }
+        let mut context_needed = 0u16;
+        for p in policies.policies() {
+            match p.to_json() {
+                Ok(j) => context_attrs(&j, &mut context_needed),
+                Err(_) => context_needed = ALL_CONTEXT,
+            }
+        }
+        let types = TYPES.map(|t| EntityTypeName::from_str(t).map_err(|e| e.to_string()));
+        let [user, consumer, workload, anonymous, action, route] = types;
         Ok(Self {
             policies,
             authorizer: cedar_policy::Authorizer::new(),
+            context_needed,
+            types: [user?, consumer?, workload?, anonymous?, action?, route?],
         })
     }
 
@@ -129,15 +213,17 @@ impl Authorizer {
         principal: Principal,
         res: &Resource<'_>,
     ) -> Result<Permit<R>, String> {
+        let [user, consumer, workload, anonymous, action_t, route_t] = &self.types;
         let principal_uid = match principal.method {
-            Method::Jwt => uid("User", &principal.subject),
-            Method::ApiKey => uid("Consumer", principal.consumer.as_deref().unwrap_or("")),
-            Method::PeerCert => uid("Workload", &principal.subject),
-            Method::Anonymous => uid("Anonymous", "anonymous"),
-        }?;
-        let action = uid("Action", res.method)?;
-        let resource = uid("Route", res.route)?;
-        // Built directly as Cedar values (no JSON round trip: it is on the hot path).
+            Method::Jwt => uid(user, &principal.subject),
+            Method::ApiKey => uid(consumer, principal.consumer.as_deref().unwrap_or("")),
+            Method::PeerCert => uid(workload, &principal.subject),
+            Method::Anonymous => uid(anonymous, "anonymous"),
+        };
+        let action = uid(action_t, res.method);
+        let resource = uid(route_t, res.route);
+        // Built directly as Cedar values (no JSON round trip: it is on the
+        // hot path), and only the attributes some policy reads.
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let set = |v: &[String]| {
             RestrictedExpression::new_set(
@@ -150,23 +236,27 @@ impl Authorizer {
             Some(p) => (&p.uris, &p.dns_names),
             None => (&empty, &empty),
         };
-        let context = Context::from_pairs([
-            ("method".to_string(), s(res.method)),
-            ("path".to_string(), s(res.path)),
-            ("host".to_string(), s(res.host)),
-            ("ip".to_string(), s(res.ip)),
-            ("auth_method".to_string(), s(principal.method.as_str())),
-            ("issuer".to_string(), s(&principal.issuer)),
-            ("scopes".to_string(), set(&principal.scopes)),
-            ("roles".to_string(), set(&principal.roles)),
-            (
-                "api_key_id".to_string(),
-                s(principal.key_id.as_deref().unwrap_or("")),
-            ),
-            ("cert_uris".to_string(), set(uris)),
-            ("cert_dns".to_string(), set(dns)),
-        ])
-        .map_err(|e| format!("context: {e}"))?;
+        let mut pairs = Vec::with_capacity(self.context_needed.count_ones() as usize);
+        for (i, name) in CONTEXT_ATTRS.iter().enumerate() {
+            if self.context_needed & (1 << i) == 0 {
+                continue;
+            }
+            let value = match i {
+                0 => s(res.method),
+                1 => s(res.path),
+                2 => s(res.host),
+                3 => s(res.ip),
+                4 => s(principal.method.as_str()),
+                5 => s(&principal.issuer),
+                6 => set(&principal.scopes),
+                7 => set(&principal.roles),
+                8 => s(principal.key_id.as_deref().unwrap_or("")),
+                9 => set(uris),
+                _ => set(dns),
+            };
+            pairs.push((name.to_string(), value));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let request = Request::new(principal_uid, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
         let response = self
@@ -295,6 +385,63 @@ forbid(principal, action, resource) when { context.path like "/orders/admin*" };
             .unwrap_err(),
             "no_policy_permits"
         );
+    }
+
+    #[test]
+    fn only_the_context_attributes_policies_read_are_built_and_decisions_do_not_change() {
+        let bit = |n: &str| 1u16 << CONTEXT_ATTRS.iter().position(|a| *a == n).unwrap();
+        let a = Authorizer::new(POLICIES).unwrap();
+        assert_eq!(
+            a.context_needed,
+            bit("scopes") | bit("roles") | bit("cert_uris") | bit("path")
+        );
+        // the index form, `has`, and a forbid reading an attribute no permit reads
+        let text = r#"
+@id("keyed")
+permit(principal, action == Action::"GET", resource == Route::"orders")
+when { context has api_key_id && context["api_key_id"] == "k1" };
+@id("blocked-ip")
+forbid(principal, action, resource) when { context.ip == "10.0.0.9" };
+"#;
+        let a = Authorizer::new(text).unwrap();
+        assert_eq!(a.context_needed, bit("api_key_id") | bit("ip"));
+        let mut p = jwt(&[], &[]);
+        p.key_id = Some("k1".into());
+        assert_eq!(
+            a.authorize("orders", p.clone(), &res("orders", "GET", "/o"))
+                .unwrap()
+                .policies(),
+            "keyed"
+        );
+        let mut from_blocked = res("orders", "GET", "/o");
+        from_blocked.ip = "10.0.0.9";
+        assert_eq!(
+            a.authorize("orders", p.clone(), &from_blocked).unwrap_err(),
+            "forbidden_by:blocked-ip"
+        );
+        p.key_id = Some("k2".into());
+        assert_eq!(
+            a.authorize("orders", p, &res("orders", "GET", "/o"))
+                .unwrap_err(),
+            "no_policy_permits"
+        );
+        // no policy reads the context: none is built, decisions still work
+        let a = Authorizer::new(
+            r#"permit(principal, action == Action::"GET", resource == Route::"health");"#,
+        )
+        .unwrap();
+        assert_eq!(a.context_needed, 0);
+        assert!(
+            a.authorize("health", jwt(&[], &[]), &res("health", "GET", "/h"))
+                .is_ok()
+        );
+        // the whole context used as a value: everything is built
+        let mut needed = 0;
+        context_attrs(
+            &serde_json::json!({"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}),
+            &mut needed,
+        );
+        assert_eq!(needed, ALL_CONTEXT);
     }
 
     #[test]

@@ -147,12 +147,13 @@ impl Quota {
 
     /// The `RateLimit-Policy` field value: `"name";q=LIMIT;w=WINDOW_SECS`.
     pub fn policy_header(&self, name: &str) -> String {
-        format!(
-            "{};q={};w={}",
-            sf_string(name),
-            self.limit,
-            self.period.as_secs()
-        )
+        let mut out = String::with_capacity(name.len() + 32);
+        push_sf_string(&mut out, name);
+        out.push_str(";q=");
+        push_u64(&mut out, u64::from(self.limit));
+        out.push_str(";w=");
+        push_u64(&mut out, self.period.as_secs());
+        out
     }
 }
 
@@ -213,20 +214,24 @@ pub fn headers(
     quota: &Quota,
     policy_name: &str,
 ) -> Vec<(&'static str, String)> {
-    let name = sf_string(policy_name);
+    // written by hand, not with format!: this runs for every request
     let (remaining, reset, retry_after) = match decision {
         Decision::Allow { remaining, reset } => (*remaining, *reset, None),
         Decision::Deny { retry_after, reset } => (0, *reset, Some(*retry_after)),
     };
-    let mut out = vec![
-        (
-            "RateLimit",
-            format!("{name};r={remaining};t={}", ceil_secs(reset)),
-        ),
-        ("RateLimit-Policy", quota.policy_header(policy_name)),
-    ];
+    let mut limit = String::with_capacity(policy_name.len() + 24);
+    push_sf_string(&mut limit, policy_name);
+    limit.push_str(";r=");
+    push_u64(&mut limit, u64::from(remaining));
+    limit.push_str(";t=");
+    push_u64(&mut limit, ceil_secs(reset));
+    let mut out = Vec::with_capacity(3);
+    out.push(("RateLimit", limit));
+    out.push(("RateLimit-Policy", quota.policy_header(policy_name)));
     if let Some(retry_after) = retry_after {
-        out.push(("Retry-After", ceil_secs(retry_after).max(1).to_string()));
+        let mut v = String::with_capacity(8);
+        push_u64(&mut v, ceil_secs(retry_after).max(1));
+        out.push(("Retry-After", v));
     }
     out
 }
@@ -237,8 +242,7 @@ fn ceil_secs(d: Duration) -> u64 {
 
 /// An RFC 9651 sf-string: printable ASCII with `"` and `\` escaped. Policy names come from
 /// config; anything else is replaced rather than emitted as an invalid field.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -251,7 +255,23 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
+}
+
+/// Decimal digits of `n`, appended.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &buf[i..] {
+        out.push(d as char);
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +313,15 @@ mod tests {
         assert_eq!(q.emission_interval(), Duration::from_micros(333_334));
         assert_eq!(q.tolerance(), Duration::from_micros(666_668));
         assert_eq!((q.limit(), q.period(), q.burst()), (3, secs(1), 2));
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0u64, 7, 10, 99, 100, 4_294_967_295, u64::MAX] {
+            let mut s = String::from("x");
+            push_u64(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     #[test]
