@@ -75,7 +75,7 @@ pub struct Principal {
     /// API key id (never the secret), for per-key rate limits and the log.
     pub key_id: Option<String>,
     /// Verified JWT claims (for claims -> headers forwarding).
-    pub claims: Map<String, Value>,
+    pub claims: std::sync::Arc<Map<String, Value>>,
     pub peer: Option<PeerIdentity>,
 }
 
@@ -89,7 +89,7 @@ impl Principal {
             roles: Vec::new(),
             consumer: None,
             key_id: None,
-            claims: Map::new(),
+            claims: Default::default(),
             peer,
         }
     }

@@ -570,12 +570,13 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    rec.status = resp.status().as_u16();
+    let status = resp.status();
+    rec.status = status.as_u16();
     rec.latency_us = started.elapsed().as_micros() as u64;
     rec.bytes_out = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    metrics::counter!("palisade_gateway_requests_total", "route" => rec.route.clone(), "decision" => rec.decision, "status" => rec.status.to_string()).increment(1);
+    metrics::counter!("palisade_gateway_requests_total", "route" => rec.route.clone(), "decision" => rec.decision, "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!("palisade_gateway_request_duration_seconds", "route" => rec.route.clone())
         .record(started.elapsed().as_secs_f64());
     if let Some(cat) = rec.category {

@@ -24,8 +24,8 @@ pub struct Claims {
     /// The algorithm and key id that verified the signature, for the log.
     pub alg: Alg,
     pub kid: Option<String>,
-    /// Every claim, including the ones above.
-    pub all: Map<String, Value>,
+    /// Every claim, including the ones above (shared with the verified-token cache).
+    pub all: std::sync::Arc<Map<String, Value>>,
 }
 
 impl Claims {
@@ -60,7 +60,7 @@ pub(crate) struct Expect<'a> {
 
 /// Check the claims of a token whose signature has verified.
 pub(crate) fn check(
-    all: Map<String, Value>,
+    all: std::sync::Arc<Map<String, Value>>,
     expect: &Expect<'_>,
     now: SystemTime,
     alg: Alg,

@@ -37,7 +37,7 @@ pub const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 pub(crate) struct Verified {
     issuer: String,
     keys: Option<Arc<KeySet>>,
-    claims: Map<String, Value>,
+    claims: std::sync::Arc<Map<String, Value>>,
     alg: Alg,
     kid: Option<String>,
 }
@@ -291,6 +291,7 @@ impl Verifier {
                 }
             }
         };
+        let claims = std::sync::Arc::new(claims);
         let kept = claims.clone();
         let verified = claims::check(
             claims,
