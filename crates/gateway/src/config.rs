@@ -1227,6 +1227,21 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_and_upstream_idle_pool_settings() {
+        let c = check(ROUTE).unwrap();
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.upstreams[0].max_idle_connections, 64);
+        let c = check(&format!(
+            "max_idle_connections = 8\n{ROUTE}[limits]\nkeepalive_timeout_ms = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstreams[0].max_idle_connections, 8);
+        let e = check(&format!("{ROUTE}[limits]\nkeepalive_timeout_ms = 0\n")).unwrap_err();
+        assert!(e.0[0].contains("keepalive_timeout_ms"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let e = check(&format!("{ROUTE}bogus = 1\n")).unwrap_err();
         assert!(e.0[0].contains("unknown field `bogus`"), "{e}");
