@@ -459,7 +459,7 @@ impl Drop for Busy {
 /// A response body that keeps its connection counted busy until dropped.
 pub struct Tracked<B> {
     pub inner: B,
-    pub busy: Busy,
+    pub busy: Option<Busy>,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -722,7 +722,7 @@ mod tests {
                         );
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Tracked {
                             inner: Full::new(Bytes::from(text)),
-                            busy,
+                            busy: Some(busy),
                         }))
                     })
                 });

@@ -225,7 +225,7 @@ fn serve_tls(
     });
     if tls.is_h2() {
         let svc = hyper::service::service_fn(move |req| {
-            Box::pin(stack::handle(shared.current(), info.clone(), req))
+            Box::pin(stack::handle(shared.current(), info.clone(), req, None))
         });
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -243,13 +243,12 @@ fn serve_tls(
     let st = state.clone();
     let svc = hyper::service::service_fn(move |req| {
         let busy = crate::conn::Busy::new(&st);
-        let fut = stack::handle(shared.current(), info.clone(), req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            Ok::<_, std::convert::Infallible>(
-                resp.map(|inner| crate::conn::Tracked { inner, busy }),
-            )
-        })
+        Box::pin(stack::handle(
+            shared.current(),
+            info.clone(),
+            req,
+            Some(busy),
+        ))
     });
     tokio::spawn(crate::conn::serve_h1(
         tls,
@@ -366,7 +365,7 @@ async fn serve_listener(
                     // Boxed: hyper keeps a slot the size of the service future
                     // in every connection, idle or not; a box keeps it small.
                     let svc = hyper::service::service_fn(move |req| {
-                        Box::pin(stack::handle(shared.current(), info.clone(), req))
+                        Box::pin(stack::handle(shared.current(), info.clone(), req, None))
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;

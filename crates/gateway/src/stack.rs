@@ -512,11 +512,15 @@ fn security_headers(resp: &mut Response<Body>, tls: bool, csp: Option<&str>) {
 }
 
 /// Entry point for one request on a serving listener.
+///
+/// `busy` (HTTPS HTTP/1.1) keeps the connection counted busy until hyper
+/// drops the response body (see `conn.rs`).
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+    busy: Option<crate::conn::Busy>,
+) -> Result<Response<crate::conn::Tracked<Body>>, Infallible> {
     let started = Instant::now();
     let request_id = palisade_core::uuid_v4();
     let mut rec = SecurityRecord {
@@ -583,7 +587,7 @@ pub async fn handle(
         metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
     }
     gw.log.write(&rec);
-    Ok(resp)
+    Ok(resp.map(|inner| crate::conn::Tracked { inner, busy }))
 }
 
 /// A plain-HTTP listener's only job by default: redirect to HTTPS.
