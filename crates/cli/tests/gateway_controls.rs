@@ -427,6 +427,9 @@ certificates = [{{ cert_file = "server.pem", key_file = "server.key" }}]
 [admin]
 address = "127.0.0.1:0"
 
+[limits]
+keepalive_timeout_ms = 1000
+
 [[upstreams]]
 name = "app"
 endpoints = ["127.0.0.1:{}"]
@@ -544,6 +547,42 @@ anonymous = true
         r.json()["headers"]["host"],
         format!("localhost:{}", intermediate.port())
     );
+
+    // an idle HTTP/2 connection is closed (GOAWAY) after keepalive_timeout_ms (1 s here),
+    // not kept open for ever; a busy one is not
+    let h = hello(modern, "localhost", TLS13, &[b"h2"]).await.unwrap();
+    assert_eq!(h.alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h.stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    for i in 0..4 {
+        // requests 600 ms apart: each resets the idle clock
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let req = hyper::Request::get(format!("https://localhost:{}/orders/9", modern.port()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("HTTP/2 request on a connection in use");
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body");
+    }
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the gateway closes an idle HTTP/2 connection");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed after {idle:?}");
     eprintln!("tls_profiles_and_http2: {:?}", started.elapsed());
 }
 

@@ -647,6 +647,54 @@ pub async fn serve_h1<S, B>(
     }
 }
 
+/// Drive an HTTP/2 connection until it ends, closing it gracefully (GOAWAY,
+/// in-flight streams finish) when it has had no stream in flight for
+/// `keepalive`, or when `drain` flips. `shutdown` is hyper's
+/// `graceful_shutdown` for the connection type.
+pub async fn serve_h2<F: Future>(
+    conn: F,
+    shutdown: impl Fn(Pin<&mut F>),
+    state: Arc<ConnState>,
+    keepalive: Duration,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    // the listener's connection slot, held until the connection ends
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let mut timer = Box::pin(tokio::time::sleep(keepalive));
+    let mut seen = state.started.load(Ordering::Relaxed);
+    let mut drained = std::pin::pin!(drain.changed());
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            if !closing && drained.as_mut().poll(cx).is_ready() {
+                closing = true;
+                shutdown(conn.as_mut());
+            }
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if closing {
+                return Poll::Pending;
+            }
+            let started = state.started.load(Ordering::Relaxed);
+            if state.in_flight.load(Ordering::Relaxed) > 0 || started != seen {
+                seen = started;
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + keepalive);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                closing = true;
+                shutdown(conn.as_mut());
+                continue;
+            }
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

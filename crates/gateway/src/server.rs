@@ -193,7 +193,6 @@ struct TlsJob {
     limits: Arc<Limits>,
     h1: Arc<hyper::server::conn::http1::Builder>,
     drain: tokio::sync::watch::Receiver<bool>,
-    watcher: hyper_util::server::graceful::Watcher,
 }
 
 /// Serve a TLS connection by its ALPN protocol, in a new task: the
@@ -211,7 +210,6 @@ fn serve_tls(
         limits,
         h1,
         drain,
-        watcher,
     } = job;
     let identity = tls
         .peer_certificates()
@@ -224,21 +222,32 @@ fn serve_tls(
         identity,
     });
     if tls.is_h2() {
+        let state = Arc::new(crate::conn::ConnState::default());
+        let st = state.clone();
         let svc = hyper::service::service_fn(move |req| {
-            Box::pin(stack::handle(shared.current(), info.clone(), req, None))
+            let busy = crate::conn::Busy::new(&st);
+            Box::pin(stack::handle(
+                shared.current(),
+                info.clone(),
+                req,
+                Some(busy),
+            ))
         });
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
             .max_concurrent_streams(128);
         let conn = h2.serve_connection(TokioIo::new(*tls), svc);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = watcher.watch(conn).await;
-        });
+        tokio::spawn(crate::conn::serve_h2(
+            conn,
+            |c| c.graceful_shutdown(),
+            state,
+            limits.keepalive_timeout,
+            drain,
+            permit,
+        ));
         return;
     }
-    drop(watcher);
     let state = Arc::new(crate::conn::ConnState::default());
     let st = state.clone();
     let svc = hyper::service::service_fn(move |req| {
@@ -316,7 +325,6 @@ async fn serve_listener(
                 limits: tls_limits.clone(),
                 h1: h1.clone(),
                 drain: drain_tx.subscribe(),
-                watcher: graceful.watcher(),
             };
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(
