@@ -586,6 +586,79 @@ anonymous = true
     eprintln!("tls_profiles_and_http2: {:?}", started.elapsed());
 }
 
+/// Anonymous callers on a route limited `per = "principal"` are limited by
+/// their IP (Kong's limit_by fallback), not in one bucket shared by every
+/// anonymous caller: one client exhausting its allowance does not lock out
+/// another address. Two client addresses on loopback: 127.0.0.1 and 127.0.0.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_are_limited_per_ip() {
+    if !gateway_common::node_ready("anonymous_callers_are_limited_per_ip") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let pki = Pki::new(dir);
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    let upstream = Upstream::start(dir);
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+certificates = [{{ cert_file = "server.pem", key_file = "server.key" }}]
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{}"]
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "app"
+anonymous = true
+ratelimit = {{ limit = 1, period_s = 300, burst = 0, per = "principal" }}
+"#,
+            upstream.port
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let port = gw.addr("main").port();
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).expect("CA"),
+            )
+            .local_address(std::net::IpAddr::from(ip))
+            .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], port)))
+            .build()
+            .expect("client")
+    };
+    let url = format!("https://localhost:{port}/orders/1");
+    let one = from([127, 0, 0, 1]);
+    let two = from([127, 0, 0, 2]);
+    // allow: the first request from 127.0.0.1
+    assert_eq!(send(one.get(&url)).await.status, 200);
+    // deny: its second, with the exact error
+    let r = send(one.get(&url)).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "rate_limited", "{r:?}");
+    // allow: another address has its own allowance
+    let r = send(two.get(&url)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // and is then limited too
+    assert_eq!(send(two.get(&url)).await.status, 429);
+}
+
 // ------------------------------------------------------------------ 4. CORS + CSP
 
 const CSP: &str = "default-src 'none'; frame-ancestors 'none'";

@@ -367,13 +367,21 @@ async fn pipeline(
         limit_headers = limit_err(gw.limiter.check(&key, &quota).await, &quota, "consumer")?;
     } else if let Some((q, per)) = &route.ratelimit {
         let quota = Quota::new(q.limit, q.period, q.burst).map_err(|_| GatewayError::Internal)?;
+        // as Kong's limit_by: a caller without the identity the limit is
+        // keyed by (anonymous for `principal`, no key for `apikey`) is
+        // limited by its IP, not in one bucket shared by all such callers
+        let by_ip = || Key::principal(&route.name, &conn.peer.ip().to_string());
         let key = match per {
-            LimitKey::Principal => Key::principal(&route.name, &principal.label()),
-            LimitKey::Ip => Key::principal(&route.name, &conn.peer.ip().to_string()),
-            LimitKey::Route => Key::route(&route.name),
-            LimitKey::ApiKey => {
-                Key::api_key(&route.name, principal.key_id.as_deref().unwrap_or("none"))
+            LimitKey::Principal if principal.method == crate::principal::Method::Anonymous => {
+                by_ip()
             }
+            LimitKey::Principal => Key::principal(&route.name, &principal.label()),
+            LimitKey::Ip => by_ip(),
+            LimitKey::Route => Key::route(&route.name),
+            LimitKey::ApiKey => match principal.key_id.as_deref() {
+                Some(id) => Key::api_key(&route.name, id),
+                None => by_ip(),
+            },
         };
         limit_headers = limit_err(gw.limiter.check(&key, &quota).await, &quota, "route")?;
     }
