@@ -167,6 +167,20 @@ async fn gateway_mtls() {
     // the refused ones never reached the HTTP layer: only the three requests that got answers are logged
     let log = gw.security_log();
     assert_eq!(log.len(), 3, "{log:?}");
+    // ... and are counted: exactly the four refused handshakes (no certificate, foreign CA; each
+    // by reqwest and by the raw probe), none of the accepted ones
+    let metrics = send(plain_client().get(format!("http://{}/metrics", gw.admin))).await;
+    let failures: Vec<&str> = metrics
+        .body
+        .lines()
+        .filter(|l| l.starts_with("palisade_gateway_tls_handshake_failures_total"))
+        .collect();
+    assert_eq!(
+        failures,
+        [r#"palisade_gateway_tls_handshake_failures_total{listener="internal",reason="error"} 4"#],
+        "{}",
+        metrics.body
+    );
 
     // plain HTTP without dangerous_plaintext: a redirect, never the route
     let plain = plain_client();

@@ -221,18 +221,20 @@ fn serve_tls(
         tls: true,
         identity,
     });
+    // one service for both protocols: it counts the connection busy while a
+    // request (HTTP/1.1) or stream (HTTP/2) is in flight, for idle handling
+    let state = Arc::new(crate::conn::ConnState::default());
+    let st = state.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let busy = crate::conn::Busy::new(&st);
+        Box::pin(stack::handle(
+            shared.current(),
+            info.clone(),
+            req,
+            Some(busy),
+        ))
+    });
     if tls.is_h2() {
-        let state = Arc::new(crate::conn::ConnState::default());
-        let st = state.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let busy = crate::conn::Busy::new(&st);
-            Box::pin(stack::handle(
-                shared.current(),
-                info.clone(),
-                req,
-                Some(busy),
-            ))
-        });
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
@@ -248,17 +250,6 @@ fn serve_tls(
         ));
         return;
     }
-    let state = Arc::new(crate::conn::ConnState::default());
-    let st = state.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let busy = crate::conn::Busy::new(&st);
-        Box::pin(stack::handle(
-            shared.current(),
-            info.clone(),
-            req,
-            Some(busy),
-        ))
-    });
     tokio::spawn(crate::conn::serve_h1(
         tls,
         h1,
@@ -334,7 +325,19 @@ async fn serve_listener(
                 .await
                 {
                     Ok(Ok(s)) => s,
-                    _ => return,
+                    // counted (a scanner's stream of failures would flood an
+                    // info log); the reason is logged at debug. rustls errors
+                    // name the failed check, never key material.
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = %conn.name, client_ip = %conn.peer.ip(), error = %e, "TLS handshake failed");
+                        metrics::counter!("palisade_gateway_tls_handshake_failures_total", "listener" => conn.name.to_string(), "reason" => "error").increment(1);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = %conn.name, client_ip = %conn.peer.ip(), "TLS handshake timed out");
+                        metrics::counter!("palisade_gateway_tls_handshake_failures_total", "listener" => conn.name.to_string(), "reason" => "timeout").increment(1);
+                        return;
+                    }
                 };
                 serve_tls(tls, conn, permit);
             });
