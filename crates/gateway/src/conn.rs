@@ -28,17 +28,19 @@ use std::time::Duration;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::record::{self, Opened, RecordError, RecordLayer};
 
 /// First read size; grown (doubling) while a record or handshake message
 /// does not fit.
 const READ_CHUNK: usize = 4096;
 /// Largest buffered ciphertext: a handshake message may span records up to
 /// 64 KiB (a client certificate chain), plus one maximal record.
-const MAX_INCOMING: usize = 64 * 1024 + 16 * 1024 + 2048 + 5;
+const MAX_INCOMING: usize = 64 * 1024 + record::MAX_RECORD;
 /// How long an HTTP/1.1 connection stays idle, holding hyper's buffers,
 /// before it is parked.
 const IDLE_GRACE: Duration = Duration::from_millis(25);
@@ -51,227 +53,22 @@ fn tls_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-enum Step {
-    /// rustls made progress (decrypted, encoded); call again.
-    Continue,
-    /// Nothing to do until more ciphertext arrives.
-    NeedInput,
-    /// The requested plaintext (or close_notify) was encrypted.
-    Wrote(usize),
-    /// The peer sent close_notify.
-    PeerClosed,
-}
-
-/// A server-side TLS connection with buffers owned by us.
-pub struct TlsConn {
-    tcp: TcpStream,
-    conn: UnbufferedServerConnection,
-    /// Received ciphertext, `incoming[..in_len]`.
+/// The socket's buffers: received ciphertext `incoming[..in_len]`,
+/// decrypted plaintext not yet read `plain[plain_pos..]`, and ciphertext
+/// not yet written `outgoing[out_pos..]`.
+#[derive(Default)]
+struct Buffers {
     incoming: Vec<u8>,
     in_len: usize,
-    /// Decrypted plaintext not yet read, `plain[plain_pos..]`.
     plain: Vec<u8>,
     plain_pos: usize,
-    /// Ciphertext not yet written, `outgoing[out_pos..out_len]`.
     outgoing: Vec<u8>,
     out_pos: usize,
-    out_len: usize,
-    read_eof: bool,
-    close_sent: bool,
 }
 
-impl TlsConn {
-    /// Run the server handshake on `tcp`. On failure the alert rustls
-    /// chose (unknown_ca, certificate_required, ...) is sent first.
-    ///
-    /// Boxed: the connection's task then holds a pointer, not the session.
-    pub async fn accept(
-        tcp: TcpStream,
-        config: Arc<rustls::ServerConfig>,
-    ) -> io::Result<Box<Self>> {
-        let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-        let mut s = Box::new(Self {
-            tcp,
-            conn,
-            incoming: Vec::new(),
-            in_len: 0,
-            plain: Vec::new(),
-            plain_pos: 0,
-            outgoing: Vec::new(),
-            out_pos: 0,
-            out_len: 0,
-            read_eof: false,
-            close_sent: false,
-        });
-        loop {
-            match s.step(None, false) {
-                Ok(Step::Continue) => {}
-                Ok(Step::NeedInput | Step::Wrote(_)) => {
-                    std::future::poll_fn(|cx| s.flush_out(cx)).await?;
-                    if !s.conn.is_handshaking() {
-                        return Ok(s);
-                    }
-                    if std::future::poll_fn(|cx| s.fill(cx)).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                Ok(Step::PeerClosed) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Err(e) => {
-                    s.queue_alert();
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        std::future::poll_fn(|cx| s.flush_out(cx)),
-                    )
-                    .await;
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// True when the client negotiated HTTP/2 by ALPN.
-    pub fn is_h2(&self) -> bool {
-        self.conn.alpn_protocol() == Some(b"h2")
-    }
-
-    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.conn.peer_certificates()
-    }
-
-    /// Bytes already here that the next reader will get without waiting.
-    pub fn has_pending_input(&self) -> bool {
-        self.plain_pos < self.plain.len() || self.in_len > 0
-    }
-
-    pub fn read_eof(&self) -> bool {
-        self.read_eof
-    }
-
-    /// Give back every buffer that holds nothing.
-    pub fn release(&mut self) {
-        if self.in_len == 0 {
-            self.incoming = Vec::new();
-        }
-        if self.plain_pos >= self.plain.len() {
-            self.plain = Vec::new();
-            self.plain_pos = 0;
-        }
-        if self.out_pos >= self.out_len {
-            self.outgoing = Vec::new();
-            self.out_pos = 0;
-            self.out_len = 0;
-        }
-    }
-
-    /// Put plaintext back in front of what is still unread.
-    pub fn unread(&mut self, bytes: &[u8]) {
-        let mut v = Vec::with_capacity(bytes.len() + self.plain.len() - self.plain_pos);
-        v.extend_from_slice(bytes);
-        v.extend_from_slice(&self.plain[self.plain_pos..]);
-        self.plain = v;
-        self.plain_pos = 0;
-    }
-
-    /// Wait until the socket has bytes (or EOF) without holding a buffer.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
-    }
-
-    /// One call into rustls: process buffered ciphertext and either move
-    /// decrypted records to `plain`, queue handshake/alert bytes, or, when
-    /// rustls is ready for application data, encrypt `write` (or a
-    /// close_notify).
-    fn step(&mut self, write: Option<&[u8]>, close_notify: bool) -> io::Result<Step> {
-        let UnbufferedStatus { discard, state } = self
-            .conn
-            .process_tls_records(&mut self.incoming[..self.in_len]);
-        let out = match state {
-            Err(e) => Err(tls_error(e)),
-            Ok(ConnectionState::ReadTraffic(mut r)) => {
-                let mut res = Ok(Step::Continue);
-                while let Some(rec) = r.next_record() {
-                    match rec {
-                        Ok(rec) => self.plain.extend_from_slice(rec.payload),
-                        Err(e) => {
-                            res = Err(tls_error(e));
-                            break;
-                        }
-                    }
-                }
-                res
-            }
-            Ok(ConnectionState::EncodeTlsData(mut e)) => loop {
-                match e.encode(&mut self.outgoing[self.out_len..]) {
-                    Ok(n) => {
-                        self.out_len += n;
-                        break Ok(Step::Continue);
-                    }
-                    Err(EncodeError::InsufficientSize(s)) => {
-                        self.outgoing.resize(self.out_len + s.required_size, 0)
-                    }
-                    Err(e) => break Err(tls_error(e)),
-                }
-            },
-            // the bytes are in `outgoing`, which is written in order before
-            // anything encoded later
-            Ok(ConnectionState::TransmitTlsData(t)) => {
-                t.done();
-                Ok(Step::Continue)
-            }
-            Ok(ConnectionState::BlockedHandshake) => Ok(Step::NeedInput),
-            Ok(ConnectionState::WriteTraffic(mut w)) => {
-                if let Some(data) = write {
-                    loop {
-                        match w.encrypt(data, &mut self.outgoing[self.out_len..]) {
-                            Ok(n) => {
-                                self.out_len += n;
-                                break Ok(Step::Wrote(data.len()));
-                            }
-                            Err(EncryptError::InsufficientSize(s)) => {
-                                self.outgoing.resize(self.out_len + s.required_size, 0)
-                            }
-                            Err(e) => break Err(tls_error(e)),
-                        }
-                    }
-                } else if close_notify {
-                    loop {
-                        match w.queue_close_notify(&mut self.outgoing[self.out_len..]) {
-                            Ok(n) => {
-                                self.out_len += n;
-                                break Ok(Step::Wrote(0));
-                            }
-                            Err(EncryptError::InsufficientSize(s)) => {
-                                self.outgoing.resize(self.out_len + s.required_size, 0)
-                            }
-                            Err(e) => break Err(tls_error(e)),
-                        }
-                    }
-                } else {
-                    Ok(Step::NeedInput)
-                }
-            }
-            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Ok(Step::PeerClosed),
-            // early data is never enabled (max_early_data_size = 0)
-            Ok(other) => Err(tls_error(format!("unexpected TLS state {other:?}"))),
-        };
-        if discard > 0 {
-            self.incoming.copy_within(discard..self.in_len, 0);
-            self.in_len -= discard;
-        }
-        out
-    }
-
-    /// After an error: queue the fatal alert rustls recorded, if any.
-    fn queue_alert(&mut self) {
-        for _ in 0..4 {
-            if !matches!(self.step(None, false), Ok(Step::Continue)) {
-                break;
-            }
-        }
-    }
-
+impl Buffers {
     /// Read more ciphertext from the socket. Ready(Ok(0)) is EOF.
-    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    fn fill(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.incoming.len() - self.in_len < 512 {
             if self.in_len >= MAX_INCOMING {
                 return Poll::Ready(Err(tls_error("TLS message too large")));
@@ -284,33 +81,249 @@ impl TlsConn {
             self.incoming.resize(want, 0);
         }
         let mut rb = ReadBuf::new(&mut self.incoming[self.in_len..]);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
+        ready!(Pin::new(tcp).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         self.in_len += n;
         Poll::Ready(Ok(n))
     }
 
     /// Write queued ciphertext to the socket.
-    fn flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out_len {
-            let n = ready!(
-                Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_pos..self.out_len])
-            )?;
+    fn flush(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out_pos += n;
         }
+        self.outgoing.clear();
         self.out_pos = 0;
-        self.out_len = 0;
         Poll::Ready(Ok(()))
     }
 
-    /// A fatal error while serving: send the alert if the socket takes it now.
-    fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
-        self.queue_alert();
-        let _ = self.flush_out(cx);
-        e
+    fn queued(&self) -> usize {
+        self.outgoing.len() - self.out_pos
+    }
+
+    fn consume(&mut self, n: usize) {
+        if n > 0 {
+            self.incoming.copy_within(n..self.in_len, 0);
+            self.in_len -= n;
+        }
+    }
+}
+
+enum HsStep {
+    /// rustls made progress; call again.
+    Continue,
+    /// Nothing to do until more ciphertext arrives.
+    NeedInput,
+    /// rustls is ready for application data.
+    Ready,
+}
+
+/// One call into rustls during the handshake: process buffered ciphertext
+/// and move decrypted early application data to `plain` or queue
+/// handshake/alert bytes.
+fn hs_step(conn: &mut UnbufferedServerConnection, b: &mut Buffers) -> io::Result<HsStep> {
+    let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut b.incoming[..b.in_len]);
+    let out = match state {
+        Err(e) => Err(tls_error(e)),
+        Ok(ConnectionState::ReadTraffic(mut r)) => {
+            let mut res = Ok(HsStep::Continue);
+            while let Some(rec) = r.next_record() {
+                match rec {
+                    Ok(rec) => b.plain.extend_from_slice(rec.payload),
+                    Err(e) => {
+                        res = Err(tls_error(e));
+                        break;
+                    }
+                }
+            }
+            res
+        }
+        Ok(ConnectionState::EncodeTlsData(mut e)) => {
+            let start = b.outgoing.len();
+            let mut room = 1024;
+            loop {
+                b.outgoing.resize(start + room, 0);
+                match e.encode(&mut b.outgoing[start..]) {
+                    Ok(n) => {
+                        b.outgoing.truncate(start + n);
+                        break Ok(HsStep::Continue);
+                    }
+                    Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+                    Err(e) => {
+                        b.outgoing.truncate(start);
+                        break Err(tls_error(e));
+                    }
+                }
+            }
+        }
+        // the bytes are in `outgoing`, which is written in order before
+        // anything encoded later
+        Ok(ConnectionState::TransmitTlsData(t)) => {
+            t.done();
+            Ok(HsStep::Continue)
+        }
+        Ok(ConnectionState::BlockedHandshake) => Ok(HsStep::NeedInput),
+        Ok(ConnectionState::WriteTraffic(_)) => Ok(HsStep::Ready),
+        Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
+        // early data is never enabled (max_early_data_size = 0)
+        Ok(other) => Err(tls_error(format!("unexpected TLS state {other:?}"))),
+    };
+    b.consume(discard);
+    out
+}
+
+/// A server-side TLS connection with buffers owned by us: rustls runs the
+/// handshake, then [`RecordLayer`] protects the records (module docs of
+/// [`crate::record`]).
+pub struct TlsConn {
+    tcp: TcpStream,
+    buf: Buffers,
+    rec: RecordLayer,
+    h2: bool,
+    read_eof: bool,
+    close_sent: bool,
+}
+
+impl TlsConn {
+    /// Run the server handshake on `tcp`. On failure the alert rustls
+    /// chose (unknown_ca, certificate_required, ...) is sent first.
+    /// Returns the connection (boxed: the task then holds a pointer) and
+    /// the client's certificate, if it presented one.
+    pub async fn accept(
+        mut tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<(Box<Self>, Option<CertificateDer<'static>>)> {
+        let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        let mut b = Buffers::default();
+        loop {
+            match hs_step(&mut conn, &mut b) {
+                Ok(HsStep::Continue) => {}
+                Ok(HsStep::Ready) if !conn.is_handshaking() => {
+                    std::future::poll_fn(|cx| b.flush(&mut tcp, cx)).await?;
+                    break;
+                }
+                Ok(HsStep::NeedInput | HsStep::Ready) => {
+                    std::future::poll_fn(|cx| b.flush(&mut tcp, cx)).await?;
+                    if std::future::poll_fn(|cx| b.fill(&mut tcp, cx)).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(e) => {
+                    // the fatal alert rustls recorded
+                    for _ in 0..4 {
+                        if !matches!(hs_step(&mut conn, &mut b), Ok(HsStep::Continue)) {
+                            break;
+                        }
+                    }
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        std::future::poll_fn(|cx| b.flush(&mut tcp, cx)),
+                    )
+                    .await;
+                    return Err(e);
+                }
+            }
+        }
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        let peer = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let rec = RecordLayer::new(secrets, kernel).map_err(tls_error)?;
+        let conn = Box::new(Self {
+            tcp,
+            buf: b,
+            rec,
+            h2,
+            read_eof: false,
+            close_sent: false,
+        });
+        Ok((conn, peer))
+    }
+
+    /// True when the client negotiated HTTP/2 by ALPN.
+    pub fn is_h2(&self) -> bool {
+        self.h2
+    }
+
+    /// Bytes already here that the next reader will get without waiting.
+    pub fn has_pending_input(&self) -> bool {
+        self.buf.plain_pos < self.buf.plain.len() || self.buf.in_len > 0
+    }
+
+    pub fn read_eof(&self) -> bool {
+        self.read_eof
+    }
+
+    /// Give back every buffer that holds nothing, and the expanded keys.
+    pub fn release(&mut self) {
+        let b = &mut self.buf;
+        if b.in_len == 0 {
+            b.incoming = Vec::new();
+        }
+        if b.plain_pos >= b.plain.len() {
+            b.plain = Vec::new();
+            b.plain_pos = 0;
+        }
+        if b.queued() == 0 {
+            b.outgoing = Vec::new();
+            b.out_pos = 0;
+        }
+        self.rec.release();
+    }
+
+    /// Put plaintext back in front of what is still unread.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        let b = &mut self.buf;
+        let mut v = Vec::with_capacity(bytes.len() + b.plain.len() - b.plain_pos);
+        v.extend_from_slice(bytes);
+        v.extend_from_slice(&b.plain[b.plain_pos..]);
+        b.plain = v;
+        b.plain_pos = 0;
+    }
+
+    /// Wait until the socket has bytes (or EOF) without holding a buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    /// Decrypt the record at the front of `incoming`, if it is all here.
+    /// `Ok(None)`: more ciphertext is needed.
+    fn open_next(&mut self) -> Result<Option<Opened>, RecordError> {
+        let b = &mut self.buf;
+        let Some(len) = self.rec.record_len(&b.incoming[..b.in_len])? else {
+            return Ok(None);
+        };
+        if b.in_len < len {
+            return Ok(None);
+        }
+        let r = self
+            .rec
+            .open(&mut b.incoming[..len], &mut b.plain, &mut b.outgoing);
+        b.consume(len);
+        r.map(Some)
+    }
+
+    /// A fatal error while serving: send its alert if the socket takes it
+    /// now, and end the connection.
+    fn fail(&mut self, cx: &mut Context<'_>, e: RecordError) -> io::Error {
+        if let Some(alert) = e.alert
+            && !self.close_sent
+        {
+            self.close_sent = true;
+            if self.rec.seal_alert(alert, &mut self.buf.outgoing).is_ok() {
+                let _ = self.buf.flush(&mut self.tcp, cx);
+            }
+        }
+        self.read_eof = true;
+        tls_error(e)
     }
 
     /// Send close_notify and FIN.
@@ -332,31 +345,37 @@ impl AsyncRead for TlsConn {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.plain_pos < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
-                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
-                this.plain_pos += n;
-                if this.plain_pos == this.plain.len() {
-                    this.plain.clear();
-                    this.plain_pos = 0;
+            let b = &mut this.buf;
+            if b.plain_pos < b.plain.len() {
+                let n = buf.remaining().min(b.plain.len() - b.plain_pos);
+                buf.put_slice(&b.plain[b.plain_pos..b.plain_pos + n]);
+                b.plain_pos += n;
+                if b.plain_pos == b.plain.len() {
+                    b.plain.clear();
+                    b.plain_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
-            match this.step(None, false) {
-                Ok(Step::Continue | Step::Wrote(_)) => {}
-                Ok(Step::PeerClosed) => this.read_eof = true,
-                Ok(Step::NeedInput) => {
-                    // post-handshake bytes rustls queued (tickets, key updates)
-                    if this.out_pos < this.out_len
-                        && let Poll::Ready(Err(e)) = this.flush_out(cx)
+            match this.open_next() {
+                Ok(Some(Opened::Data | Opened::Control)) => {}
+                Ok(Some(Opened::Closed)) => this.read_eof = true,
+                Ok(None) => {
+                    // our answer to a key update
+                    if this.buf.queued() > 0
+                        && let Poll::Ready(Err(e)) = this.buf.flush(&mut this.tcp, cx)
                     {
                         return Poll::Ready(Err(e));
                     }
-                    match ready!(this.fill(cx)) {
-                        Ok(0) => this.read_eof = true,
+                    match ready!(this.buf.fill(&mut this.tcp, cx)) {
+                        Ok(0) => {
+                            // EOF without close_notify: a truncation
+                            // attack or a crashed client; hyper ends the
+                            // connection either way
+                            this.read_eof = true
+                        }
                         Ok(_) => {}
                         Err(e) => return Poll::Ready(Err(e)),
                     }
@@ -374,50 +393,44 @@ impl AsyncWrite for TlsConn {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.out_len - this.out_pos >= MAX_QUEUED {
-            ready!(this.flush_out(cx))?;
+        if this.buf.queued() >= MAX_QUEUED {
+            ready!(this.buf.flush(&mut this.tcp, cx))?;
         }
         let data = &data[..data.len().min(MAX_WRITE_CHUNK)];
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            match this.step(Some(data), false) {
-                Ok(Step::Wrote(n)) => {
-                    // start sending now; what the socket does not take waits
-                    // for poll_flush (the waker is registered)
-                    if let Poll::Ready(Err(e)) = this.flush_out(cx) {
-                        return Poll::Ready(Err(e));
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Ok(Step::Continue) => {}
-                Ok(Step::PeerClosed) => this.read_eof = true,
-                Ok(Step::NeedInput) => {
-                    return Poll::Ready(Err(tls_error("TLS connection not ready for data")));
-                }
-                Err(e) => return Poll::Ready(Err(this.fail(cx, e))),
-            }
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        if let Err(e) = this
+            .rec
+            .seal(record::APPLICATION_DATA, data, &mut this.buf.outgoing)
+        {
+            return Poll::Ready(Err(this.fail(cx, e)));
+        }
+        // start sending now; what the socket does not take waits for
+        // poll_flush (the waker is registered)
+        if let Poll::Ready(Err(e)) = this.buf.flush(&mut this.tcp, cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().flush_out(cx)
+        let this = self.get_mut();
+        this.buf.flush(&mut this.tcp, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.close_sent {
             this.close_sent = true;
-            for _ in 0..8 {
-                match this.step(None, true) {
-                    Ok(Step::Continue) => {}
-                    Ok(Step::PeerClosed) => this.read_eof = true,
-                    _ => break,
-                }
-            }
+            let _ = this
+                .rec
+                .seal_alert(record::CLOSE_NOTIFY, &mut this.buf.outgoing);
         }
-        ready!(this.flush_out(cx))?;
+        ready!(this.buf.flush(&mut this.tcp, cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
@@ -709,6 +722,12 @@ mod tests {
     }
 
     fn pki() -> Pki {
+        pki_for(None)
+    }
+
+    /// Server: every default suite, TLS 1.2 and 1.3. Client: only `suite`
+    /// (and its version) when given.
+    fn pki_for(suite: Option<rustls::SupportedCipherSuite>) -> Pki {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = ck.cert.der().clone();
@@ -720,10 +739,24 @@ mod tests {
             .with_single_cert(vec![cert.clone()], key)
             .unwrap();
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        server.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let (client_provider, versions) = match suite {
+            Some(s) => (
+                rustls::crypto::CryptoProvider {
+                    cipher_suites: vec![s],
+                    ..rustls::crypto::aws_lc_rs::default_provider()
+                },
+                vec![s.version()],
+            ),
+            None => (
+                rustls::crypto::aws_lc_rs::default_provider(),
+                rustls::DEFAULT_VERSIONS.to_vec(),
+            ),
+        };
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(&versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -743,7 +776,18 @@ mod tests {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ) {
-        let pki = pki();
+        connect_with(keepalive, pki()).await
+    }
+
+    async fn connect_with(
+        keepalive: Duration,
+        pki: Pki,
+    ) -> (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        Arc<ConnState>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ConnState::default());
@@ -752,15 +796,24 @@ mod tests {
         let server_cfg = pki.server.clone();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let tls = TlsConn::accept(tcp, server_cfg).await.unwrap();
+            let (tls, _) = TlsConn::accept(tcp, server_cfg).await.unwrap();
             let sem = Arc::new(tokio::sync::Semaphore::new(1));
             let permit = sem.try_acquire_owned().unwrap();
             let svc_state = st.clone();
-            // echo: method, path and the request body's length and first bytes
+            // echo: method, path and the request body's length and byte
+            // sum; GET /blob/N answers N bytes
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let busy = Busy::new(&svc_state);
                     Box::pin(async move {
+                        if let Some(n) = req.uri().path().strip_prefix("/blob/") {
+                            let n: usize = n.parse().unwrap();
+                            let blob: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+                            return Ok(hyper::Response::new(Tracked {
+                                inner: Full::new(Bytes::from(blob)),
+                                busy: Some(busy),
+                            }));
+                        }
                         let head = format!("{} {}", req.method(), req.uri().path());
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let text = format!(
@@ -954,5 +1007,248 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    fn blob(n: usize) -> String {
+        (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect()
+    }
+
+    #[tokio::test]
+    async fn every_cipher_suite_of_both_versions_round_trips_through_the_record_layer() {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        for suite in [
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (mut c, state, _drain, _server) =
+                connect_with(Duration::from_secs(30), pki_for(Some(suite))).await;
+            assert_eq!(c.get_ref().1.negotiated_cipher_suite(), Some(suite));
+            let up: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            let sum: u64 = up.iter().map(|b| *b as u64).sum();
+            for round in 1..=2 {
+                // 40 KB up and down: several records each way
+                c.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 40000\r\n\r\n")
+                    .await
+                    .unwrap();
+                c.write_all(&up).await.unwrap();
+                assert_eq!(
+                    response(&mut c).await,
+                    format!("POST /up len=40000 sum={sum}"),
+                    "{suite:?}"
+                );
+                c.write_all(b"GET /blob/40000 HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                assert_eq!(response(&mut c).await, blob(40_000), "{suite:?}");
+                // parked: keys released, rebuilt for the next round
+                tokio::time::sleep(IDLE_GRACE * 4).await;
+                assert_eq!(state.parked(), round, "{suite:?}");
+            }
+        }
+    }
+
+    /// One TLS connection served by an echo loop on the bare [`TlsConn`]:
+    /// each chunk comes back upper-cased; "bye" ends it. Returns the key
+    /// updates (received, sent) and the error that ended it, if any.
+    async fn echo_server(
+        listener: TcpListener,
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> ((u32, u32), Option<String>) {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut tls, _) = TlsConn::accept(tcp, cfg).await.unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => return (tls.rec.key_updates(), None),
+                Ok(n) => {
+                    let up = buf[..n].to_ascii_uppercase();
+                    tls.write_all(&up).await.unwrap();
+                    tls.flush().await.unwrap();
+                    if up.ends_with(b"BYE\n") {
+                        tls.shutdown().await.unwrap();
+                        return (tls.rec.key_updates(), None);
+                    }
+                }
+                Err(e) => return (tls.rec.key_updates(), Some(e.to_string())),
+            }
+        }
+    }
+
+    async fn read_some(c: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn key_updates_from_the_client_are_followed_and_answered() {
+        let pki = pki();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(echo_server(listener, pki.server.clone()));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(pki.client)
+            .connect(name, TcpStream::connect(addr).await.unwrap())
+            .await
+            .unwrap();
+        c.write_all(b"one\n").await.unwrap();
+        assert_eq!(read_some(&mut c).await, "ONE\n");
+        // rustls sends KeyUpdate(update_requested): the server must switch
+        // its receive keys and answer with its own KeyUpdate, or the next
+        // records cannot be read by either side
+        for word in ["two\n", "three\n"] {
+            c.get_mut().1.refresh_traffic_keys().unwrap();
+            c.write_all(word.as_bytes()).await.unwrap();
+            assert_eq!(read_some(&mut c).await, word.to_uppercase());
+        }
+        c.write_all(b"bye\n").await.unwrap();
+        assert_eq!(read_some(&mut c).await, "BYE\n");
+        let (updates, err) = server.await.unwrap();
+        assert_eq!(err, None);
+        assert_eq!(updates, (2, 2));
+    }
+
+    /// Make one request, then write `raw` straight into the TCP stream
+    /// under the client's TLS; returns the client's read error (the alert
+    /// the server sent) and how many requests the server started.
+    async fn inject(raw: &[u8]) -> (String, u32) {
+        let (mut c, state, _drain, server) = connect(Duration::from_secs(30)).await;
+        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        c.get_mut().0.write_all(raw).await.unwrap();
+        let mut rest = Vec::new();
+        let err = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+            .await
+            .expect("the server reacts")
+            .expect_err("the server sends a fatal alert");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server ends the connection")
+            .unwrap();
+        (err.to_string(), state.started.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn forged_malformed_and_oversized_records_end_the_connection_with_the_right_alert() {
+        // a record the attacker made up: authentication fails
+        let body = b"GET /forged HTTP/1.1\r\nhost: x\r\n\r\n\x17 sixteen-byte tag";
+        let mut forged = vec![23, 3, 3, 0, body.len() as u8];
+        forged.extend_from_slice(body);
+        assert_eq!(
+            inject(&forged).await,
+            ("received fatal alert: BadRecordMac".to_string(), 1)
+        );
+        // longer than 2^14 + 256: refused from the header alone
+        assert_eq!(
+            inject(&[23, 3, 3, 0x41, 0x01]).await,
+            ("received fatal alert: RecordOverflow".to_string(), 1)
+        );
+        // an unprotected handshake record after the handshake (TLS 1.3)
+        assert_eq!(
+            inject(&[22, 3, 3, 0, 4, 1, 0, 0, 0]).await,
+            ("received fatal alert: UnexpectedMessage".to_string(), 1)
+        );
+        // not a TLS record version
+        assert_eq!(
+            inject(&[23, 0x7f, 0x12, 0, 20]).await,
+            ("received fatal alert: DecodeError".to_string(), 1)
+        );
+    }
+
+    /// OpenSSL's s_client as the peer (an independent TLS implementation):
+    /// sends `lines` one at a time, waiting for each echo, with the
+    /// s_client command lines (K: key update, R: renegotiate) in between.
+    async fn s_client(args: &[&str], lines: &[&str]) -> (String, ((u32, u32), Option<String>)) {
+        use tokio::io::AsyncBufReadExt;
+        let pki = pki();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(echo_server(listener, pki.server.clone()));
+        let mut child = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "localhost", "-no_ign_eof"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("openssl (Debian package openssl) must be installed");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = String::new();
+        for line in lines {
+            // s_client exits when the server ends the connection
+            if stdin
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+                || stdin.flush().await.is_err()
+            {
+                break;
+            }
+            if line.len() == 1 {
+                // an s_client command: it takes the whole read, so the
+                // next line must not arrive in the same one
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            let want = line.to_uppercase();
+            let found = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Ok(Some(l)) = out.next_line().await {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                    if l == want {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if found != Ok(true) {
+                break;
+            }
+        }
+        drop(stdin);
+        let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&output.stdout));
+        seen.push_str(&String::from_utf8_lossy(&output.stderr));
+        let srv = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        (seen, srv)
+    }
+
+    #[tokio::test]
+    async fn openssl_client_key_updates_work_and_tls12_renegotiation_is_refused() {
+        // TLS 1.3: K = KeyUpdate(update_requested), k = update_not_requested
+        let (out, (updates, err)) =
+            s_client(&["-tls1_3"], &["hello", "K", "world", "k", "again", "bye"]).await;
+        assert!(out.contains("KEYUPDATE"), "{out}");
+        assert!(
+            out.contains("WORLD\n") && out.contains("AGAIN\n"),
+            "{err:?} {out}"
+        );
+        assert_eq!(err, None);
+        assert_eq!(updates, (2, 1));
+        // TLS 1.2: R = renegotiate: refused with a fatal unexpected_message
+        let (out, (_, err)) = s_client(&["-tls1_2"], &["hello", "R", "world"]).await;
+        assert!(out.contains("HELLO\n"), "{out}");
+        assert!(!out.contains("WORLD\n"), "{out}");
+        assert!(out.contains("alert number 10"), "{out}");
+        assert_eq!(err.as_deref(), Some("TLS: renegotiation is not supported"));
     }
 }

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod inspect;
 pub mod log;
 pub mod principal;
+mod record;
 pub mod respond;
 pub mod server;
 pub mod stack;

@@ -200,6 +200,7 @@ struct TlsJob {
 /// protocol in use needs (an idle HTTP/1.1 connection's task is small).
 fn serve_tls(
     tls: Box<crate::conn::TlsConn>,
+    client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     job: TlsJob,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
@@ -211,10 +212,7 @@ fn serve_tls(
         h1,
         drain,
     } = job;
-    let identity = tls
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| PeerIdentity::from_der(c));
+    let identity = client_cert.and_then(|c| PeerIdentity::from_der(&c));
     let info = Arc::new(ConnInfo {
         peer,
         listener: name,
@@ -339,7 +337,7 @@ async fn serve_listener(
                         return;
                     }
                 };
-                serve_tls(tls, conn, permit);
+                serve_tls(tls.0, tls.1, conn, permit);
             });
             continue;
         }

@@ -212,5 +212,7 @@ pub fn server_config(
     };
     let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // after the handshake the keys move to our record layer (crate::record)
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
