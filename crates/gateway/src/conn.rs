@@ -33,7 +33,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::record::{self, Opened, RecordError, RecordLayer};
+use crate::record::{self, Opened, RecordError, RecordLayer, TrafficSecrets};
 
 /// First read size; grown (doubling) while a record or handshake message
 /// does not fit.
@@ -125,7 +125,15 @@ enum HsStep {
 /// One call into rustls during the handshake: process buffered ciphertext
 /// and move decrypted early application data to `plain` or queue
 /// handshake/alert bytes.
-fn hs_step(conn: &mut UnbufferedServerConnection, b: &mut Buffers) -> io::Result<HsStep> {
+fn hs_step(
+    conn: &mut UnbufferedServerConnection,
+    b: &mut Buffers,
+    traffic: &mut TrafficSecrets,
+) -> io::Result<HsStep> {
+    record::capturing(traffic, || hs_step_inner(conn, b))
+}
+
+fn hs_step_inner(conn: &mut UnbufferedServerConnection, b: &mut Buffers) -> io::Result<HsStep> {
     let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut b.incoming[..b.in_len]);
     let out = match state {
         Err(e) => Err(tls_error(e)),
@@ -201,8 +209,9 @@ impl TlsConn {
     ) -> io::Result<(Box<Self>, Option<CertificateDer<'static>>)> {
         let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut b = Buffers::default();
+        let mut traffic = TrafficSecrets::default();
         loop {
-            match hs_step(&mut conn, &mut b) {
+            match hs_step(&mut conn, &mut b, &mut traffic) {
                 Ok(HsStep::Continue) => {}
                 Ok(HsStep::Ready) if !conn.is_handshaking() => {
                     std::future::poll_fn(|cx| b.flush(&mut tcp, cx)).await?;
@@ -217,7 +226,10 @@ impl TlsConn {
                 Err(e) => {
                     // the fatal alert rustls recorded
                     for _ in 0..4 {
-                        if !matches!(hs_step(&mut conn, &mut b), Ok(HsStep::Continue)) {
+                        if !matches!(
+                            hs_step(&mut conn, &mut b, &mut traffic),
+                            Ok(HsStep::Continue)
+                        ) {
                             break;
                         }
                     }
@@ -236,7 +248,7 @@ impl TlsConn {
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-        let rec = RecordLayer::new(secrets, kernel).map_err(tls_error)?;
+        let rec = RecordLayer::new(secrets, kernel, traffic).map_err(tls_error)?;
         let conn = Box::new(Self {
             tcp,
             buf: b,
@@ -289,9 +301,10 @@ impl TlsConn {
         b.plain_pos = 0;
     }
 
-    /// Wait until the socket has bytes (or EOF) without holding a buffer.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
+    /// Ready when the socket has bytes (or EOF). Uses the socket's own
+    /// reader waker slot: no wait-list node per parked connection.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp.poll_read_ready(cx)
     }
 
     /// Decrypt the record at the front of `incoming`, if it is all here.
@@ -576,7 +589,7 @@ pub async fn serve_h1<S, B>(
         if !io.has_pending_input() {
             io.release();
             tokio::select! {
-                r = tokio::time::timeout(keepalive, io.readable()) => {
+                r = tokio::time::timeout(keepalive, std::future::poll_fn(|cx| io.poll_readable(cx))) => {
                     if !matches!(r, Ok(Ok(()))) {
                         io.close().await;
                         return;
@@ -740,6 +753,7 @@ mod tests {
             .unwrap();
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         server.enable_secret_extraction = true;
+        server.key_log = Arc::new(record::SecretCapture);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
         let (client_provider, versions) = match suite {
@@ -1049,6 +1063,41 @@ mod tests {
                 assert_eq!(state.parked(), round, "{suite:?}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn tls13_secrets_are_captured_only_during_a_handshake_step_and_required() {
+        use rustls::KeyLog;
+        // outside a handshake step the hook asks rustls for nothing
+        assert!(!record::SecretCapture.will_log("CLIENT_TRAFFIC_SECRET_0"));
+        let mut slot = TrafficSecrets::default();
+        record::capturing(&mut slot, || {
+            assert!(record::SecretCapture.will_log("SERVER_TRAFFIC_SECRET_0"));
+            // handshake and TLS 1.2 secrets are never requested
+            assert!(!record::SecretCapture.will_log("CLIENT_HANDSHAKE_TRAFFIC_SECRET"));
+            assert!(!record::SecretCapture.will_log("CLIENT_RANDOM"));
+        });
+        assert!(!record::SecretCapture.will_log("CLIENT_TRAFFIC_SECRET_0"));
+
+        // a TLS 1.3 server whose secrets were not captured refuses to
+        // serve rather than run without key updates
+        let mut pki = pki();
+        let mut server = (*pki.server).clone();
+        server.key_log = Arc::new(rustls::NoKeyLog);
+        pki.server = Arc::new(server);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = pki.server.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsConn::accept(tcp, cfg).await.map(|_| ())
+        });
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let _client = tokio_rustls::TlsConnector::from(pki.client)
+            .connect(name, TcpStream::connect(addr).await.unwrap())
+            .await;
+        let err = server.await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "TLS: key derivation failed");
     }
 
     /// One TLS connection served by an echo loop on the bare [`TlsConn`]:

@@ -9,9 +9,16 @@
 //! rustls connection with its expanded AEAD keys holds ~3.3 KB for as long
 //! as the connection lives; here a connection keeps 2 × 44 bytes of key
 //! material and expands the AEAD keys only while it reads or writes
-//! ([`RecordLayer::release`] drops them when the connection parks). TLS 1.3
-//! key updates still go through rustls ([`KernelConnection`] keeps the
-//! traffic secrets and derives the next keys).
+//! ([`RecordLayer::release`] drops them when the connection parks).
+//!
+//! TLS 1.3 key updates need the application traffic secrets, which rustls
+//! hands out only through its key-log hook: [`SecretCapture`] receives them
+//! while this thread runs one synchronous step of *this* connection's
+//! handshake ([`capturing`]) and never writes them anywhere; the connection
+//! then checks that they derive exactly the keys rustls handed over before
+//! it uses them (RFC 8446 §7.1-7.2: HKDF-Expand-Label "key", "iv",
+//! "traffic upd"). Keeping rustls's `KernelConnection` for this instead
+//! would cost ~0.9 KB per idle connection.
 //!
 //! What is accepted after the handshake, and what ends the connection
 //! (with the alert sent, as rustls would):
@@ -30,9 +37,11 @@
 
 use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey};
 use aws_lc_rs::aead::{Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+use std::cell::RefCell;
 use zeroize::Zeroizing;
 
 pub const HEADER_LEN: usize = 5;
@@ -102,6 +111,17 @@ pub enum Opened {
     Closed,
 }
 
+/// An AEAD key (first `key_len` bytes used) and IV.
+type KeyIv = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 12]>);
+
+fn derive_key_iv(secret: &[u8], key_len: usize) -> Result<KeyIv, RecordError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut iv = Zeroizing::new([0u8; 12]);
+    expand_label(secret, b"key", &mut key[..key_len])?;
+    expand_label(secret, b"iv", &mut iv[..])?;
+    Ok((key, iv))
+}
+
 /// One direction's keys: the raw key material (zeroed on drop) and the
 /// AEAD key expanded from it, present only while in use.
 struct Keys {
@@ -113,6 +133,115 @@ struct Keys {
     iv: Zeroizing<[u8; 12]>,
     seq: u64,
     expanded: Option<LessSafeKey>,
+    /// TLS 1.3: the application traffic secret these keys came from.
+    secret: Secret,
+}
+
+/// A TLS 1.3 application traffic secret (32 or 48 bytes; empty: none).
+pub struct Secret {
+    bytes: Zeroizing<[u8; 48]>,
+    len: u8,
+}
+
+impl Default for Secret {
+    fn default() -> Self {
+        Self {
+            bytes: Zeroizing::new([0; 48]),
+            len: 0,
+        }
+    }
+}
+
+impl Secret {
+    fn new(s: &[u8]) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 48]);
+        let len = s.len().min(48);
+        bytes[..len].copy_from_slice(&s[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// The client's and the server's application traffic secrets of one TLS
+/// 1.3 handshake, as captured by [`SecretCapture`].
+#[derive(Default)]
+pub struct TrafficSecrets {
+    client: Secret,
+    server: Secret,
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<TrafficSecrets>> = const { RefCell::new(None) };
+}
+
+/// rustls's key-log hook, used only to hand the TLS 1.3 application traffic
+/// secrets to the connection whose handshake step this thread is running
+/// (armed by [`capturing`]). Writes nothing anywhere; asks rustls for no
+/// other secret.
+#[derive(Debug)]
+pub struct SecretCapture;
+
+const CLIENT_TRAFFIC: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for SecretCapture {
+    fn will_log(&self, label: &str) -> bool {
+        (label == CLIENT_TRAFFIC || label == SERVER_TRAFFIC)
+            && CAPTURE.with(|c| c.borrow().is_some())
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        CAPTURE.with(|c| {
+            if let Some(t) = c.borrow_mut().as_mut() {
+                match label {
+                    CLIENT_TRAFFIC => t.client = Secret::new(secret),
+                    SERVER_TRAFFIC => t.server = Secret::new(secret),
+                    _ => {}
+                }
+            }
+        })
+    }
+}
+
+/// Run `step` (one synchronous step of a handshake) with the secrets it
+/// derives captured into `slot`.
+pub fn capturing<R>(slot: &mut TrafficSecrets, step: impl FnOnce() -> R) -> R {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(std::mem::take(slot)));
+    let r = step();
+    if let Some(t) = CAPTURE.with(|c| c.borrow_mut().take()) {
+        *slot = t;
+    }
+    r
+}
+
+/// HKDF-Expand-Label(secret, label, "", out.len()) (RFC 8446 §7.1); the
+/// hash is the one the secret's length implies (SHA-256 or SHA-384).
+fn expand_label(secret: &[u8], label: &[u8], out: &mut [u8]) -> Result<(), RecordError> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let fail = RecordError::alert(INTERNAL_ERROR, "key derivation failed");
+    let alg = match secret.len() {
+        32 => hkdf::HKDF_SHA256,
+        48 => hkdf::HKDF_SHA384,
+        _ => return Err(fail),
+    };
+    let prk = hkdf::Prk::new_less_safe(alg, secret);
+    let len = (out.len() as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let info: [&[u8]; 5] = [&len, &label_len, b"tls13 ", label, &[0]];
+    prk.expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| fail)
 }
 
 impl Keys {
@@ -149,6 +278,45 @@ impl Keys {
             iv: v,
             seq,
             expanded: None,
+            secret: Secret::default(),
+        })
+    }
+
+    /// TLS 1.3: attach the traffic secret, after checking that it derives
+    /// exactly these keys.
+    fn with_secret(mut self, secret: Secret) -> Result<Self, RecordError> {
+        let (key, iv) = derive_key_iv(secret.get(), self.key_len as usize)?;
+        if key[..] != self.key[..] || iv[..] != self.iv[..] {
+            return Err(RecordError::alert(
+                INTERNAL_ERROR,
+                "traffic secret does not match the keys",
+            ));
+        }
+        self.secret = secret;
+        Ok(self)
+    }
+
+    /// The keys after a TLS 1.3 key update (RFC 8446 §7.2).
+    fn next(&self) -> Result<Self, RecordError> {
+        let mut next = Secret {
+            len: self.secret.len,
+            ..Secret::default()
+        };
+        expand_label(
+            self.secret.get(),
+            b"traffic upd",
+            &mut next.bytes[..next.len as usize],
+        )?;
+        let (key, iv) = derive_key_iv(next.get(), self.key_len as usize)?;
+        Ok(Self {
+            alg: self.alg,
+            tls12_gcm: false,
+            key,
+            key_len: self.key_len,
+            iv,
+            seq: 0,
+            expanded: None,
+            secret: next,
         })
     }
 
@@ -189,8 +357,6 @@ pub struct RecordLayer {
     /// Records sealed under one key before it must be replaced (the
     /// suite's confidentiality limit: 2^24 for AES-GCM in TLS 1.3).
     tx_limit: u64,
-    /// TLS 1.3 only: derives the keys after a key update.
-    kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
     /// Records in a row that carried no application data (key updates,
     /// ignored alerts, empty records); capped like BoringSSL and rustls do.
     controls: u8,
@@ -199,21 +365,30 @@ pub struct RecordLayer {
 }
 
 impl RecordLayer {
+    /// `traffic`: the TLS 1.3 traffic secrets captured during the
+    /// handshake (required for TLS 1.3, unused for 1.2). `kernel` is only
+    /// read for the version and suite.
     pub fn new(
         secrets: ExtractedSecrets,
         kernel: KernelConnection<ServerConnectionData>,
+        traffic: TrafficSecrets,
     ) -> Result<Self, RecordError> {
         let tls13 = kernel.protocol_version() == ProtocolVersion::TLSv1_3;
         let tx_limit = match kernel.negotiated_cipher_suite() {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
             SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
         };
+        let mut tx = Keys::new(secrets.tx, tls13)?;
+        let mut rx = Keys::new(secrets.rx, tls13)?;
+        if tls13 {
+            tx = tx.with_secret(traffic.server)?;
+            rx = rx.with_secret(traffic.client)?;
+        }
         Ok(Self {
             tls13,
-            tx: Keys::new(secrets.tx, tls13)?,
-            rx: Keys::new(secrets.rx, tls13)?,
+            tx,
+            rx,
             tx_limit,
-            kernel: tls13.then(|| Box::new(kernel)),
             controls: 0,
             updates: (0, 0),
         })
@@ -456,14 +631,7 @@ impl RecordLayer {
     }
 
     fn key_update_rx(&mut self) -> Result<(), RecordError> {
-        let kernel = self
-            .kernel
-            .as_mut()
-            .ok_or(RecordError::alert(INTERNAL_ERROR, "no key schedule"))?;
-        let next = kernel
-            .update_rx_secret()
-            .map_err(|_| RecordError::alert(INTERNAL_ERROR, "key update failed"))?;
-        self.rx = Keys::new(next, true)?;
+        self.rx = self.rx.next()?;
         self.updates.0 += 1;
         tracing::debug!(received = self.updates.0, "TLS key update from the client");
         Ok(())
@@ -473,14 +641,7 @@ impl RecordLayer {
     /// switch to the next one (RFC 8446 §4.6.3).
     fn key_update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
-        let kernel = self
-            .kernel
-            .as_mut()
-            .ok_or(RecordError::alert(INTERNAL_ERROR, "no key schedule"))?;
-        let next = kernel
-            .update_tx_secret()
-            .map_err(|_| RecordError::alert(INTERNAL_ERROR, "key update failed"))?;
-        self.tx = Keys::new(next, true)?;
+        self.tx = self.tx.next()?;
         self.updates.1 += 1;
         tracing::debug!(sent = self.updates.1, "TLS key update sent");
         Ok(())

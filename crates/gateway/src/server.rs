@@ -212,7 +212,7 @@ fn serve_tls(
         h1,
         drain,
     } = job;
-    let identity = client_cert.and_then(|c| PeerIdentity::from_der(&c));
+    let identity = client_cert.and_then(|c| PeerIdentity::from_der(&c).map(Box::new));
     let info = Arc::new(ConnInfo {
         peer,
         listener: name,

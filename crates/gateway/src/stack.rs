@@ -43,7 +43,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<str>,
     pub tls: bool,
-    pub identity: Option<PeerIdentity>,
+    /// Boxed: most connections have none, and every idle connection
+    /// holds a `ConnInfo`.
+    pub identity: Option<Box<PeerIdentity>>,
 }
 
 /// Why a streamed body was cut off (read after an upstream failure).
@@ -350,7 +352,7 @@ async fn pipeline(
     let now = palisade_core::now_nanos() / 1_000_000_000;
     let principal = gw
         .authn
-        .authenticate(&route, req.headers(), conn.identity.as_ref(), now)
+        .authenticate(&route, req.headers(), conn.identity.as_deref(), now)
         .await?;
     rec.principal = principal.label();
     rec.auth_method = principal.method.as_str().to_string();
