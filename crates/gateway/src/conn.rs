@@ -729,6 +729,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    #[derive(Clone)]
     struct Pki {
         server: Arc<rustls::ServerConfig>,
         client: Arc<rustls::ClientConfig>,
@@ -1038,29 +1039,41 @@ mod tests {
             cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
             cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
         ] {
-            let (mut c, state, _drain, _server) =
-                connect_with(Duration::from_secs(30), pki_for(Some(suite))).await;
-            assert_eq!(c.get_ref().1.negotiated_cipher_suite(), Some(suite));
-            let up: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-            let sum: u64 = up.iter().map(|b| *b as u64).sum();
-            for round in 1..=2 {
-                // 40 KB up and down: several records each way
-                c.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 40000\r\n\r\n")
-                    .await
-                    .unwrap();
-                c.write_all(&up).await.unwrap();
-                assert_eq!(
-                    response(&mut c).await,
-                    format!("POST /up len=40000 sum={sum}"),
-                    "{suite:?}"
-                );
-                c.write_all(b"GET /blob/40000 HTTP/1.1\r\nhost: x\r\n\r\n")
-                    .await
-                    .unwrap();
-                assert_eq!(response(&mut c).await, blob(40_000), "{suite:?}");
-                // parked: keys released, rebuilt for the next round
-                tokio::time::sleep(IDLE_GRACE * 4).await;
-                assert_eq!(state.parked(), round, "{suite:?}");
+            let pki = pki_for(Some(suite));
+            // the second connection resumes the first one's session
+            for (kind, resumed) in [
+                (rustls::HandshakeKind::Full, false),
+                (rustls::HandshakeKind::Resumed, true),
+            ] {
+                let (mut c, state, _drain, _server) =
+                    connect_with(Duration::from_secs(30), pki.clone()).await;
+                assert_eq!(c.get_ref().1.negotiated_cipher_suite(), Some(suite));
+                assert_eq!(c.get_ref().1.handshake_kind(), Some(kind), "{suite:?}");
+                let up: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+                let sum: u64 = up.iter().map(|b| *b as u64).sum();
+                for round in 1..=2 {
+                    if round == 2 && resumed && suite.version() == &rustls::version::TLS13 {
+                        // a key update (update_requested) with this suite's hash
+                        c.get_mut().1.refresh_traffic_keys().unwrap();
+                    }
+                    // 40 KB up and down: several records each way
+                    c.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 40000\r\n\r\n")
+                        .await
+                        .unwrap();
+                    c.write_all(&up).await.unwrap();
+                    assert_eq!(
+                        response(&mut c).await,
+                        format!("POST /up len=40000 sum={sum}"),
+                        "{suite:?}"
+                    );
+                    c.write_all(b"GET /blob/40000 HTTP/1.1\r\nhost: x\r\n\r\n")
+                        .await
+                        .unwrap();
+                    assert_eq!(response(&mut c).await, blob(40_000), "{suite:?}");
+                    // parked: keys released, rebuilt for the next round
+                    tokio::time::sleep(IDLE_GRACE * 4).await;
+                    assert_eq!(state.parked(), round, "{suite:?}");
+                }
             }
         }
     }
