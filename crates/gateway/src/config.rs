@@ -83,6 +83,7 @@ pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     pub header_timeout_ms: Option<u64>,
     pub keepalive_timeout_ms: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub min_body_rate_bytes_per_s: Option<u64>,
     pub max_connections: Option<usize>,
@@ -277,6 +278,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long an HTTPS HTTP/1.1 connection may wait for its next request.
     pub keepalive_timeout: Duration,
+    /// HTTPS: the longest a write to the client may make no progress.
+    pub send_timeout: Duration,
     pub request_timeout: Duration,
     pub min_body_rate: u64,
     pub max_connections: usize,
@@ -290,6 +293,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
             max_connections: 20_000,
@@ -711,6 +715,9 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if let Some(v) = l.keepalive_timeout_ms {
             limits.keepalive_timeout = Duration::from_millis(v);
         }
+        if let Some(v) = l.send_timeout_ms {
+            limits.send_timeout = Duration::from_millis(v);
+        }
         if let Some(v) = l.request_timeout_ms {
             limits.request_timeout = Duration::from_millis(v);
         }
@@ -726,10 +733,11 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             || limits.max_headers == 0
             || limits.header_timeout.is_zero()
             || limits.keepalive_timeout.is_zero()
+            || limits.send_timeout.is_zero()
             || limits.request_timeout.is_zero()
             || limits.max_connections == 0
         {
-            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, keepalive_timeout_ms, request_timeout_ms, max_connections > 0");
+            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, keepalive_timeout_ms, send_timeout_ms, request_timeout_ms, max_connections > 0");
         }
     }
 
@@ -1230,12 +1238,16 @@ mod tests {
     fn keepalive_and_upstream_idle_pool_settings() {
         let c = check(ROUTE).unwrap();
         assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].max_idle_connections, 64);
         let c = check(&format!(
-            "max_idle_connections = 8\n{ROUTE}[limits]\nkeepalive_timeout_ms = 5000\n"
+            "max_idle_connections = 8\n{ROUTE}[limits]\nkeepalive_timeout_ms = 5000\nsend_timeout_ms = 7000\n"
         ))
         .unwrap();
         assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.send_timeout, Duration::from_secs(7));
+        let e = check(&format!("{ROUTE}[limits]\nsend_timeout_ms = 0\n")).unwrap_err();
+        assert!(e.0[0].contains("send_timeout_ms"), "{e}");
         assert_eq!(c.upstreams[0].max_idle_connections, 8);
         let e = check(&format!("{ROUTE}[limits]\nkeepalive_timeout_ms = 0\n")).unwrap_err();
         assert!(e.0[0].contains("keepalive_timeout_ms"), "{e}");

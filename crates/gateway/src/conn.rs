@@ -64,6 +64,10 @@ struct Buffers {
     plain_pos: usize,
     outgoing: Vec<u8>,
     out_pos: usize,
+    /// How long a write may make no progress (None: no limit).
+    send_timeout: Option<Duration>,
+    /// Running while queued ciphertext waits for the socket.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Buffers {
@@ -87,10 +91,32 @@ impl Buffers {
         Poll::Ready(Ok(n))
     }
 
-    /// Write queued ciphertext to the socket.
+    /// Write queued ciphertext to the socket. A client that takes none of
+    /// it for `send_timeout` is cut off (nginx's `send_timeout`): a reader
+    /// that never reads would otherwise hold the connection, its buffers
+    /// and an upstream connection for ever.
     fn flush(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_pos < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
+            let n = match Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.out_pos..]) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    let Some(limit) = self.send_timeout else {
+                        return Poll::Pending;
+                    };
+                    let timer = self
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.stalled = None;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client took no response bytes within send_timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            self.stalled = None;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -258,6 +284,12 @@ impl TlsConn {
             close_sent: false,
         });
         Ok((conn, peer))
+    }
+
+    /// Cut the connection off when the client takes no response bytes for
+    /// `limit` (`limits.send_timeout_ms`).
+    pub fn set_send_timeout(&mut self, limit: Duration) {
+        self.buf.send_timeout = Some(limit);
     }
 
     /// True when the client negotiated HTTP/2 by ALPN.
@@ -729,6 +761,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+
     #[derive(Clone)]
     struct Pki {
         server: Arc<rustls::ServerConfig>,
@@ -811,7 +845,8 @@ mod tests {
         let server_cfg = pki.server.clone();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (tls, _) = TlsConn::accept(tcp, server_cfg).await.unwrap();
+            let (mut tls, _) = TlsConn::accept(tcp, server_cfg).await.unwrap();
+            tls.set_send_timeout(SEND_TIMEOUT);
             let sem = Arc::new(tokio::sync::Semaphore::new(1));
             let permit = sem.try_acquire_owned().unwrap();
             let svc_state = st.clone();
@@ -1022,6 +1057,52 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Read a response head; returns its Content-Length.
+    async fn head(c: &mut tokio_rustls::client::TlsStream<TcpStream>) -> usize {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(c.read(&mut byte).await.unwrap(), 1);
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8(buf).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout_a_slow_one_is_not() {
+        // more than the loopback socket buffers hold, so writes do stall
+        const BIG: &[u8] = b"GET /blob/30000000 HTTP/1.1\r\nhost: x\r\n\r\n";
+        // a steady reader: 1 MB every 100 ms; no stall reaches 500 ms
+        let (mut c, _state, _drain, _server) = connect(Duration::from_secs(30)).await;
+        c.write_all(BIG).await.unwrap();
+        let len = head(&mut c).await;
+        let mut got = 0;
+        let mut chunk = vec![0u8; 1 << 20];
+        while got < len {
+            let want = chunk.len().min(len - got);
+            c.read_exact(&mut chunk[..want]).await.unwrap();
+            got += want;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, 30_000_000);
+
+        // a reader that stops: the server ends the connection
+        let (mut c, _state, _drain, server) = connect(Duration::from_secs(30)).await;
+        c.write_all(BIG).await.unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("a connection whose client stopped reading is cut off")
+            .unwrap();
+        assert!(started.elapsed() >= SEND_TIMEOUT, "{:?}", started.elapsed());
     }
 
     fn blob(n: usize) -> String {

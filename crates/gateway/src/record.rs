@@ -7,8 +7,9 @@
 //! API (`dangerous_into_kernel_connection`, the path kTLS uses) and
 //! protects records here, with aws-lc's AEADs. The reason is memory: a
 //! rustls connection with its expanded AEAD keys holds ~3.3 KB for as long
-//! as the connection lives; here a connection keeps 2 × 44 bytes of key
-//! material and expands the AEAD keys only while it reads or writes
+//! as the connection lives; here a connection keeps ~300 bytes of key
+//! material (keys, IVs, TLS 1.3 traffic secrets) and expands the AEAD keys
+//! only while it reads or writes
 //! ([`RecordLayer::release`] drops them when the connection parks).
 //!
 //! TLS 1.3 key updates need the application traffic secrets, which rustls

@@ -199,7 +199,7 @@ struct TlsJob {
 /// handshake's task ends, and the serving task is exactly as large as the
 /// protocol in use needs (an idle HTTP/1.1 connection's task is small).
 fn serve_tls(
-    tls: Box<crate::conn::TlsConn>,
+    mut tls: Box<crate::conn::TlsConn>,
     client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     job: TlsJob,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -213,6 +213,7 @@ fn serve_tls(
         drain,
     } = job;
     let identity = client_cert.and_then(|c| PeerIdentity::from_der(&c).map(Box::new));
+    tls.set_send_timeout(limits.send_timeout);
     let info = Arc::new(ConnInfo {
         peer,
         listener: name,
