@@ -63,6 +63,7 @@ header_timeout_ms = {}
 max_body_bytes = 1024
 max_headers = 20
 max_header_bytes = 8192
+send_timeout_ms = 1000
 
 [[upstreams]]
 name = "app"
@@ -410,6 +411,33 @@ async fn gateway_hardening() {
         gateway_common::palisade(&["config", "check", &low.display().to_string()], &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("limits: max_header_bytes >= 8192"), "{err}");
+
+    // --- slow read: a TLS client that asks for 32 MiB and stops reading is
+    // disconnected after send_timeout_ms (1 s) instead of holding the
+    // connection, its buffers and an upstream connection for ever
+    {
+        let mut s = gateway_common::tls_connect(tls, "localhost", &pki.ca_pem, None)
+            .await
+            .expect("TLS handshake");
+        s.write_all(b"GET /orders/big?mb=32 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stalled connection was kept open");
+        assert!(got < 32 << 20, "all {got} bytes arrived: not cut off");
+        eprintln!("slow read: cut off after {got} bytes");
+    }
 
     // --- still up
     let r = send(c.get(format!("http://{plain}/orders/after"))).await;

@@ -40,6 +40,12 @@ app.all('/orders/slow', (req, res) => {
   res.on('close', () => clearTimeout(timer));
 });
 
+// ?mb=N megabytes of 'x' (at most 64): a response larger than socket buffers
+app.all('/orders/big', (req, res) => {
+  const mb = Math.min(Math.max(Number.parseInt(String(req.query.mb ?? '1'), 10) || 1, 1), 64);
+  res.status(200).type('application/octet-stream').send(Buffer.alloc(mb << 20, 0x78));
+});
+
 // Everything else echoes what arrived (the body is counted, not kept).
 app.use((req, res) => {
   let bytes = 0;
