@@ -203,15 +203,7 @@ certificates = [
   {{ cert_file = "b.pem", key_file = "b.key", server_names = ["*.b.test"] }},
 ]
 
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{}"]
-
-[authorization]
-policy_file = "policies.cedar"
+{}
 
 [[routes]]
 name = "all"
@@ -219,7 +211,7 @@ path_prefix = "/"
 upstream = "app"
 anonymous = true
 "#,
-            closed_port()
+            app_sections(closed_port())
         ),
     )
     .unwrap();
@@ -335,15 +327,7 @@ address = "127.0.0.1:0"
 certificates = [{{ cert_file = "server.pem", key_file = "server.key" }}]
 client_auth = {{ ca_file = "ca.pem", crl_files = ["revoked.crl.pem"], mode = "required" }}
 
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{}"]
-
-[authorization]
-policy_file = "policies.cedar"
+{}
 
 [[routes]]
 name = "orders"
@@ -351,7 +335,7 @@ path_prefix = "/orders"
 upstream = "app"
 authn = ["mtls"]
 "#,
-            upstream.port
+            app_sections(upstream.port)
         ),
     )
     .unwrap();
@@ -609,15 +593,7 @@ name = "main"
 address = "127.0.0.1:0"
 certificates = [{{ cert_file = "server.pem", key_file = "server.key" }}]
 
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{}"]
-
-[authorization]
-policy_file = "policies.cedar"
+{}
 
 [[routes]]
 name = "orders"
@@ -626,7 +602,7 @@ upstream = "app"
 anonymous = true
 ratelimit = {{ limit = 1, period_s = 300, burst = 0, per = "principal" }}
 "#,
-            upstream.port
+            app_sections(upstream.port)
         ),
     )
     .unwrap();
@@ -683,15 +659,7 @@ address = "127.0.0.1:0"
 protocol = "http"
 dangerous_plaintext = true
 
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{}"]
-
-[authorization]
-policy_file = "policies.cedar"
+{}
 
 [[routes]]
 name = "web"
@@ -707,7 +675,7 @@ path_prefix = "/other"
 upstream = "app"
 anonymous = true
 "#,
-            upstream.port
+            app_sections(upstream.port)
         ),
     )
     .unwrap();
@@ -1261,4 +1229,21 @@ authn = ["apikey"]
     // deny: without a key, GET /private is 401 (the /private route decides, not /)
     let r = send(c.get(format!("{base}/private/x"))).await;
     r.assert_error(401, "unauthenticated", "no key");
+}
+
+/// The sections most of these configs share: the admin listener, the
+/// upstream `app` at `port`, and the Cedar policy file.
+fn app_sections(port: u16) -> String {
+    format!(
+        r#"[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{port}"]
+
+[authorization]
+policy_file = "policies.cedar"
+"#
+    )
 }

@@ -273,8 +273,11 @@ impl TlsConn {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
+        // the kernel connection is not kept: key updates are derived from
+        // the captured traffic secrets (crate::record)
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-        let rec = RecordLayer::new(secrets, kernel, traffic).map_err(tls_error)?;
+        let rec = RecordLayer::new(secrets, kernel.negotiated_cipher_suite(), traffic)
+            .map_err(tls_error)?;
         let conn = Box::new(Self {
             tcp,
             buf: b,
@@ -909,6 +912,22 @@ mod tests {
         (client, state, drain_tx, server)
     }
 
+    /// One request answered on an open connection.
+    async fn get_one(c: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(c).await, "GET /one len=0 sum=0");
+    }
+
+    /// The server side of a test connection ends within 5 s.
+    async fn server_ends<T>(server: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server ends the connection")
+            .unwrap()
+    }
+
     /// Read one response with a Content-Length body; returns its body.
     async fn response(c: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
         let mut buf = Vec::new();
@@ -939,10 +958,7 @@ mod tests {
     #[tokio::test]
     async fn keep_alive_survives_parking_and_split_and_pipelined_requests() {
         let (mut c, state, _drain, _server) = connect(Duration::from_secs(30)).await;
-        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        get_one(&mut c).await;
         // idle past the grace period: the connection parks and still serves
         tokio::time::sleep(IDLE_GRACE * 4).await;
         let parked = state.parked();
@@ -1004,10 +1020,7 @@ mod tests {
         // gets a partial head and nothing more: it must be closed at the
         // deadline, not kept alive by re-parking
         let (mut c, state, _drain, server) = connect(Duration::from_secs(60)).await;
-        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        get_one(&mut c).await;
         tokio::time::sleep(IDLE_GRACE * 4).await;
         assert_eq!(state.parked(), 1);
         c.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n")
@@ -1024,19 +1037,13 @@ mod tests {
             waited >= Duration::from_millis(4500) && waited < Duration::from_secs(7),
             "closed after {waited:?}"
         );
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
+        server_ends(server).await;
     }
 
     #[tokio::test]
     async fn idle_connection_is_closed_after_the_keepalive_timeout() {
         let (mut c, _state, _drain, server) = connect(Duration::from_millis(300)).await;
-        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        get_one(&mut c).await;
         let started = std::time::Instant::now();
         let mut rest = Vec::new();
         // close_notify then EOF: read_to_end ends cleanly
@@ -1050,19 +1057,13 @@ mod tests {
             waited >= Duration::from_millis(250),
             "closed after {waited:?}"
         );
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
+        server_ends(server).await;
     }
 
     #[tokio::test]
     async fn drain_closes_idle_connections_and_finishes_in_flight_ones() {
         let (mut c, _state, drain, server) = connect(Duration::from_secs(30)).await;
-        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        get_one(&mut c).await;
         // a request whose body is still coming when the drain starts
         c.write_all(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\na")
             .await
@@ -1078,10 +1079,7 @@ mod tests {
             .await
             .expect("closed after the in-flight request")
             .expect("clean close");
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
+        server_ends(server).await;
     }
 
     /// Read a response head; returns its Content-Length.
@@ -1288,20 +1286,14 @@ mod tests {
     /// the server sent) and how many requests the server started.
     async fn inject(raw: &[u8]) -> (String, u32) {
         let (mut c, state, _drain, server) = connect(Duration::from_secs(30)).await;
-        c.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(response(&mut c).await, "GET /one len=0 sum=0");
+        get_one(&mut c).await;
         c.get_mut().0.write_all(raw).await.unwrap();
         let mut rest = Vec::new();
         let err = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
             .await
             .expect("the server reacts")
             .expect_err("the server sends a fatal alert");
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("the server ends the connection")
-            .unwrap();
+        server_ends(server).await;
         (err.to_string(), state.started.load(Ordering::Relaxed))
     }
 
@@ -1393,11 +1385,7 @@ mod tests {
             .unwrap();
         seen.push_str(&String::from_utf8_lossy(&output.stdout));
         seen.push_str(&String::from_utf8_lossy(&output.stderr));
-        let srv = tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .unwrap()
-            .unwrap();
-        (seen, srv)
+        (seen, server_ends(server).await)
     }
 
     #[tokio::test]

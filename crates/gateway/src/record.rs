@@ -39,9 +39,7 @@
 use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey};
 use aws_lc_rs::aead::{Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
-use rustls::kernel::KernelConnection;
-use rustls::server::ServerConnectionData;
-use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, SupportedCipherSuite};
 use std::cell::RefCell;
 use zeroize::Zeroizing;
 
@@ -366,16 +364,15 @@ pub struct RecordLayer {
 }
 
 impl RecordLayer {
-    /// `traffic`: the TLS 1.3 traffic secrets captured during the
-    /// handshake (required for TLS 1.3, unused for 1.2). `kernel` is only
-    /// read for the version and suite.
+    /// `suite`: the negotiated one; `traffic`: the TLS 1.3 traffic secrets
+    /// captured during the handshake (required for TLS 1.3, unused for 1.2).
     pub fn new(
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        suite: SupportedCipherSuite,
         traffic: TrafficSecrets,
     ) -> Result<Self, RecordError> {
-        let tls13 = kernel.protocol_version() == ProtocolVersion::TLSv1_3;
-        let tx_limit = match kernel.negotiated_cipher_suite() {
+        let tls13 = suite.tls13().is_some();
+        let tx_limit = match suite {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
             SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
         };
