@@ -16,7 +16,7 @@ BIN=${BIN:-$T/release/palisade}
 DIR=$(mktemp -d); chmod 755 "$DIR"
 "$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902 >/dev/null
 TOKEN=$(cat "$DIR/token.txt")
-nginx -c "$DIR/nginx.conf" & NGINX=$!
+nginx -c "$DIR/upstream.conf" & NGINX=$!
 trap 'kill $NGINX 2>/dev/null || true; rm -rf "$DIR"' EXIT
 run() {
   valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.$1" "$BIN" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gw.err" & GW=$!

@@ -14,6 +14,11 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 IDLE=${IDLE:-10000}
+# separate: the static upstream is its own nginx instance, apart from the
+# nginx proxy (as in a deployment). shared: one nginx serves both the proxy
+# and the upstream (the layout of runs A-F in docs/benchmarks.md).
+UPSTREAM=${UPSTREAM:-separate}
+case "$UPSTREAM" in separate|shared) ;; *) echo "UPSTREAM must be separate or shared"; exit 1;; esac
 for tool in nginx wrk python3; do command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk)"; exit 1; }; done
 cargo build --release -q -p palisade-cli -p palisade-bench
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
@@ -21,9 +26,14 @@ DIR=$(mktemp -d); chmod 755 "$DIR"  # nginx workers must read www/
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902
 TOKEN=$(cat "$DIR/token.txt")
-nginx -c "$DIR/nginx.conf" & NGINX=$!
+if [ "$UPSTREAM" = shared ]; then
+  nginx -c "$DIR/shared.conf" & NGINX=$!; UP=$NGINX
+else
+  nginx -c "$DIR/upstream.conf" & UP=$!
+  nginx -c "$DIR/proxy.conf" & NGINX=$!
+fi
 "$T/release/palisade" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
-cleanup() { [ -s "$DIR/gateway.err" ] && tail -3 "$DIR/gateway.err" >&2; kill $GW 2>/dev/null || true; kill $NGINX 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
+cleanup() { [ -s "$DIR/gateway.err" ] && tail -3 "$DIR/gateway.err" >&2; kill $GW 2>/dev/null || true; kill $NGINX $UP 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -sf --cacert "$DIR/ca.pem" -H "Authorization: Bearer $TOKEN" https://localhost:18445/orders/index.json >/dev/null 2>&1 \
@@ -50,16 +60,20 @@ print(rps, ms(*p50.groups()), ms(*p99.groups()), errs.group(1) if errs else 0)';
 
 run() { wrk -t1 -c$CONNS -d${DURATION}s --latency -H "Authorization: Bearer $TOKEN" "$1" | parse; }
 
-declare -a G N
+declare -a G N U
 for r in $(seq 1 $ROUNDS); do
   N+=("$(run https://localhost:18444/orders/index.json)")
   G+=("$(run https://localhost:18445/orders/index.json)")
+  # the upstream alone (plain HTTP), to show it is not what limits the proxies
+  U+=("$(run http://127.0.0.1:18081/orders/index.json)")
 done
 median() { python3 -c '
 import sys,statistics
 rows=[list(map(float,l.split())) for l in sys.stdin.read().strip().split("\n")]
 print(" ".join(str(statistics.median(c)) for c in zip(*rows)))'; }
 NM=$(printf '%s\n' "${N[@]}" | median); GM=$(printf '%s\n' "${G[@]}" | median)
+read -r u_rps _ <<<"$(printf '%s\n' "${U[@]}" | median)"
+rounds() { printf '%s\n' "$@" | awk '{printf "%s%d", (NR>1?", ":""), $1}'; }
 read -r n_rps n_p50 n_p99 n_err <<<"$NM"; read -r g_rps g_p50 g_p99 g_err <<<"$GM"
 n_rss=$(hwm $(nginx_pids)); g_rss=$(hwm $GW)
 
@@ -96,9 +110,11 @@ idle() { # port pids... -> "rss_mib|client's summary line"
 IFS='|' read -r idle_rss idle_line <<<"$(idle 18445 $GW)"
 IFS='|' read -r nidle_rss nidle_line <<<"$(idle 18444 $(nginx_pids))"
 
-python3 - "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" "$nidle_rss" "$nidle_line" <<'PY'
+echo "upstream layout: $UPSTREAM"
+echo "rounds (req/s): nginx $(rounds "${N[@]}"); palisade $(rounds "${G[@]}"); upstream alone $(rounds "${U[@]}")"
+python3 - "$UPSTREAM" "$u_rps" "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" "$nidle_rss" "$nidle_line" <<'PY'
 import sys
-a=sys.argv[1:]
+layout=sys.argv[1]; u_rps=float(sys.argv[2]); a=sys.argv[3:]
 n_rps,n_p50,n_p99,n_rss,g_rps,g_p50,g_p99,g_rss,h_rps,h_p99,d_rps,d_p99=map(float,a[:12])
 idle_rss=a[12]; idle=a[13]; n_err=a[14]; g_err=a[15]; nidle_rss=a[16]; nidle=a[17]
 print("| proxy | requests/s (median) | p50 ms | p99 ms | peak RSS MiB | non-2xx |")
@@ -109,5 +125,6 @@ print()
 print(f"throughput ratio palisade/nginx: {g_rps/n_rps:.2f}")
 print(f"p99 at half of palisade's peak ({h_rps:.0f} req/s through palisade, {d_rps:.0f} req/s through nginx): palisade {h_p99:.2f} ms, nginx {d_p99:.2f} ms, added {h_p99-d_p99:+.2f} ms")
 print(f"palisade RSS with idle keep-alive TLS connections ({idle}): {idle_rss} MiB")
-print(f"nginx RSS (master + workers, also serving the static upstream) with idle keep-alive TLS connections ({nidle}): {nidle_rss} MiB")
+print(f"upstream alone, plain HTTP, same wrk: {u_rps:.0f} req/s")
+print(f"nginx proxy RSS (master + workers{', also serving the upstream' if layout == 'shared' else ''}) with idle keep-alive TLS connections ({nidle}): {nidle_rss} MiB")
 PY

@@ -1,7 +1,8 @@
 //! `palisade-bench gateway-setup DIR`: writes everything bench/gateway.sh
 //! needs: a CA and a server certificate for 127.0.0.1/localhost, an ES256 key
 //! with its JWKS and a signed token, the Cedar policy, the gateway config and
-//! the nginx configs (static upstream and plain TLS reverse proxy).
+//! the nginx configs (static upstream, plain TLS reverse proxy, and both in
+//! one instance).
 
 use std::path::Path;
 
@@ -112,25 +113,29 @@ forward_identity = {{ "x-user" = "sub" }}
         ),
     )
     .map_err(|e| e.to_string())?;
+    // nginx configs. The static upstream runs as its own nginx instance
+    // (upstream.conf) and the proxy as another (proxy.conf), so both proxies
+    // reach a separate upstream process, as in a deployment. shared.conf is
+    // the earlier layout (one nginx serving both the proxy and the upstream,
+    // which lets nginx answer a proxied request within one worker's event
+    // loop): bench/gateway.sh UPSTREAM=shared.
     let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
+    let head = |name: &str| {
         format!(
-            r#"worker_processes 2;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 16000; }}
-worker_rlimit_nofile 20000;
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  upstream static_up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
-  server {{
+            "worker_processes 2;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
+             events {{ worker_connections 16000; }}\nworker_rlimit_nofile 20000;\n"
+        )
+    };
+    let upstream_server = format!(
+        r#"  server {{
     listen 127.0.0.1:{upstream};
     root {d}/www;
     index index.json;
   }}
+"#
+    );
+    let proxy_server = format!(
+        r#"  upstream static_up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{nginx_proxy} ssl;
     ssl_certificate {d}/server.pem;
@@ -142,10 +147,19 @@ http {{
       proxy_set_header Connection "";
     }}
   }}
-}}
 "#
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    let http = |servers: &str| {
+        format!("http {{\n  access_log off;\n  keepalive_requests 1000000;\n{servers}}}\n")
+    };
+    for (file, servers) in [
+        ("upstream.conf", upstream_server.clone()),
+        ("proxy.conf", proxy_server.clone()),
+        ("shared.conf", format!("{proxy_server}{upstream_server}")),
+    ] {
+        let name = file.trim_end_matches(".conf");
+        std::fs::write(dir.join(file), format!("{}{}", head(name), http(&servers)))
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }

@@ -11,7 +11,9 @@
 //! [`Permit`] is the proof the upstream step requires; only this module can
 //! construct one.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Context, Decision, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
@@ -48,7 +50,7 @@ action "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" appliesTo {
 pub struct Permit<R> {
     route: R,
     principal: Principal,
-    policies: String,
+    policies: Arc<str>,
 }
 
 impl<R> Permit<R> {
@@ -82,6 +84,9 @@ pub struct Authorizer {
     context_needed: u16,
     /// Entity type names, parsed once (parsing runs Cedar's parser).
     types: [EntityTypeName; 6],
+    /// Decisions by exact request (see [`Authorizer::authorize`]), one map
+    /// per worker thread so workers never wait on each other.
+    decisions: Box<[Mutex<DecisionCache>]>,
 }
 
 /// Every context attribute of SCHEMA, in bit order.
@@ -203,59 +208,130 @@ impl Authorizer {
             authorizer: cedar_policy::Authorizer::new(),
             context_needed,
             types: [user?, consumer?, workload?, anonymous?, action?, route?],
+            decisions: (0..crate::server::workers())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         })
     }
 
     /// Decide. `Ok(Permit)` only on an explicit permit and no forbid.
+    ///
+    /// A decision is a pure function of what Cedar is given: the principal,
+    /// action and resource ids and the context attributes some policy reads
+    /// (no entity store, no clock). Those values, length-prefixed, are the
+    /// key of a per-worker decision cache, so a request that repeats them
+    /// exactly (the same caller calling the same route) gets the decision
+    /// Cedar gave before without building and evaluating the request again.
+    /// The cache belongs to this policy set: a reload builds a new one.
     pub fn authorize<R>(
         &self,
         route: R,
         principal: Principal,
         res: &Resource<'_>,
     ) -> Result<Permit<R>, String> {
-        let [user, consumer, workload, anonymous, action_t, route_t] = &self.types;
-        let principal_uid = match principal.method {
-            Method::Jwt => uid(user, &principal.subject),
-            Method::ApiKey => uid(consumer, principal.consumer.as_deref().unwrap_or("")),
-            Method::PeerCert => uid(workload, &principal.subject),
-            Method::Anonymous => uid(anonymous, "anonymous"),
-        };
-        let action = uid(action_t, res.method);
-        let resource = uid(route_t, res.route);
-        // Built directly as Cedar values (no JSON round trip: it is on the
-        // hot path), and only the attributes some policy reads.
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let set = |v: &[String]| {
-            RestrictedExpression::new_set(
-                v.iter()
-                    .map(|x| RestrictedExpression::new_string(x.clone())),
-            )
-        };
         let empty: Vec<String> = Vec::new();
         let (uris, dns) = match &principal.peer {
             Some(p) => (&p.uris, &p.dns_names),
             None => (&empty, &empty),
         };
-        let mut pairs = Vec::with_capacity(self.context_needed.count_ones() as usize);
-        for (i, name) in CONTEXT_ATTRS.iter().enumerate() {
-            if self.context_needed & (1 << i) == 0 {
-                continue;
-            }
-            let value = match i {
-                0 => s(res.method),
-                1 => s(res.path),
-                2 => s(res.host),
-                3 => s(res.ip),
-                4 => s(principal.method.as_str()),
-                5 => s(&principal.issuer),
-                6 => set(&principal.scopes),
-                7 => set(&principal.roles),
-                8 => s(principal.key_id.as_deref().unwrap_or("")),
-                9 => set(uris),
-                _ => set(dns),
-            };
-            pairs.push((name.to_string(), value));
+        let (kind, principal_id) = match principal.method {
+            Method::Jwt => (0u8, principal.subject.as_str()),
+            Method::ApiKey => (1, principal.consumer.as_deref().unwrap_or("")),
+            Method::PeerCert => (2, principal.subject.as_str()),
+            Method::Anonymous => (3, "anonymous"),
+        };
+        // the context attributes some policy reads, in CONTEXT_ATTRS order
+        let attr = |i: usize| match i {
+            0 => Attr::Str(res.method),
+            1 => Attr::Str(res.path),
+            2 => Attr::Str(res.host),
+            3 => Attr::Str(res.ip),
+            4 => Attr::Str(principal.method.as_str()),
+            5 => Attr::Str(&principal.issuer),
+            6 => Attr::Set(&principal.scopes),
+            7 => Attr::Set(&principal.roles),
+            8 => Attr::Str(principal.key_id.as_deref().unwrap_or("")),
+            9 => Attr::Set(uris),
+            _ => Attr::Set(dns),
+        };
+        let needed = || (0..CONTEXT_ATTRS.len()).filter(|i| self.context_needed & (1 << i) != 0);
+
+        let mut key = Vec::with_capacity(128);
+        key.push(kind);
+        for part in [principal_id, res.method, res.route] {
+            push_len_prefixed(&mut key, part);
         }
+        for i in needed() {
+            match attr(i) {
+                Attr::Str(v) => push_len_prefixed(&mut key, v),
+                Attr::Set(v) => {
+                    key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    for x in v {
+                        push_len_prefixed(&mut key, x);
+                    }
+                }
+            }
+        }
+        let shard = &self.decisions[crate::server::WORKER.with(|w| w.get()) % self.decisions.len()];
+        let cached = shard
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key.as_slice()).cloned());
+        let decided = match cached {
+            Some(d) => d,
+            None => {
+                let d = self.evaluate(kind, principal_id, res, needed().map(|i| (i, attr(i))))?;
+                if let Ok(mut m) = shard.lock() {
+                    // bounded: callers varying the key (paths, say) cannot
+                    // grow it; starting over is cheaper than tracking use
+                    if m.len() >= DECISION_CACHE_ENTRIES {
+                        m.clear();
+                    }
+                    m.insert(key.into_boxed_slice(), d.clone());
+                }
+                d
+            }
+        };
+        match decided {
+            Decided::Allow(policies) => Ok(Permit {
+                route,
+                principal,
+                policies,
+            }),
+            Decided::Deny(reason) => Err(reason.to_string()),
+        }
+    }
+
+    /// Run Cedar on one request.
+    fn evaluate<'a>(
+        &self,
+        kind: u8,
+        principal_id: &str,
+        res: &Resource<'_>,
+        attrs: impl Iterator<Item = (usize, Attr<'a>)>,
+    ) -> Result<Decided, String> {
+        let [user, consumer, workload, anonymous, action_t, route_t] = &self.types;
+        let principal_t = match kind {
+            0 => user,
+            1 => consumer,
+            2 => workload,
+            _ => anonymous,
+        };
+        let principal_uid = uid(principal_t, principal_id);
+        let action = uid(action_t, res.method);
+        let resource = uid(route_t, res.route);
+        // Built directly as Cedar values (no JSON round trip), and only the
+        // attributes some policy reads.
+        let pairs = attrs.map(|(i, a)| {
+            let value = match a {
+                Attr::Str(v) => RestrictedExpression::new_string(v.to_string()),
+                Attr::Set(v) => RestrictedExpression::new_set(
+                    v.iter()
+                        .map(|x| RestrictedExpression::new_string(x.clone())),
+                ),
+            };
+            (CONTEXT_ATTRS[i].to_string(), value)
+        });
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let request = Request::new(principal_uid, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
@@ -267,19 +343,53 @@ impl Authorizer {
             .reason()
             .map(|p| p.to_string())
             .collect();
-        match response.decision() {
-            Decision::Allow => Ok(Permit {
-                route,
-                principal,
-                policies: reasons.join(","),
-            }),
-            Decision::Deny => Err(if reasons.is_empty() {
-                "no_policy_permits".to_string()
-            } else {
-                format!("forbidden_by:{}", reasons.join(","))
-            }),
-        }
+        Ok(match response.decision() {
+            Decision::Allow => Decided::Allow(reasons.join(",").into()),
+            Decision::Deny => Decided::Deny(
+                if reasons.is_empty() {
+                    "no_policy_permits".to_string()
+                } else {
+                    format!("forbidden_by:{}", reasons.join(","))
+                }
+                .into(),
+            ),
+        })
     }
+
+    /// Decisions cached by the calling worker (tests).
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.decisions
+            .iter()
+            .map(|m| m.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// A context attribute's value as the request has it.
+enum Attr<'a> {
+    Str(&'a str),
+    Set(&'a [String]),
+}
+
+/// What Cedar decided, as the cache keeps it.
+#[derive(Clone)]
+enum Decided {
+    /// The ids of the policies that allowed it.
+    Allow(Arc<str>),
+    /// `no_policy_permits` or `forbidden_by:<ids>`.
+    Deny(Arc<str>),
+}
+
+/// One worker's cached decisions, by request key.
+type DecisionCache = HashMap<Box<[u8]>, Decided>;
+
+/// Cached decisions per worker before that worker's cache starts over.
+const DECISION_CACHE_ENTRIES: usize = 4096;
+
+fn push_len_prefixed(key: &mut Vec<u8>, v: &str) {
+    key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    key.extend_from_slice(v.as_bytes());
 }
 
 #[cfg(test)]
@@ -442,6 +552,78 @@ forbid(principal, action, resource) when { context.ip == "10.0.0.9" };
             &mut needed,
         );
         assert_eq!(needed, ALL_CONTEXT);
+    }
+
+    #[test]
+    fn cached_decisions_are_reused_only_for_the_exact_same_request() {
+        let a = Authorizer::new(POLICIES).unwrap();
+        let reader = jwt(&["orders:read"], &[]);
+        let get = |p: &Principal, path: &str| {
+            a.authorize("orders", p.clone(), &res("orders", "GET", path))
+                .map(|permit| permit.policies().to_string())
+        };
+        assert_eq!(get(&reader, "/orders/1").unwrap(), "readers");
+        assert_eq!(a.cached(), 1);
+        // the same request again: answered from the cache, same decision
+        assert_eq!(get(&reader, "/orders/1").unwrap(), "readers");
+        assert_eq!(a.cached(), 1);
+        // a forbid on the path still applies after the allow was cached
+        assert_eq!(
+            get(&reader, "/orders/admin/x").unwrap_err(),
+            "forbidden_by:no-admin-path"
+        );
+        assert_eq!(
+            get(&reader, "/orders/admin/x").unwrap_err(),
+            "forbidden_by:no-admin-path"
+        );
+        // scopes that concatenate to the same bytes are a different request
+        assert_eq!(
+            get(&jwt(&["orders:", "read"], &[]), "/orders/1").unwrap_err(),
+            "no_policy_permits"
+        );
+        assert_eq!(
+            get(&jwt(&["orders:r", "ead"], &[]), "/orders/1").unwrap_err(),
+            "no_policy_permits"
+        );
+        // same id, other principal type: the consumer policy is not reused
+        let mut consumer = Principal::anonymous(None);
+        consumer.method = Method::ApiKey;
+        consumer.consumer = Some("partner-a".into());
+        assert_eq!(get(&consumer, "/orders/1").unwrap(), "partner");
+        let mut user = jwt(&[], &[]);
+        user.subject = "partner-a".into();
+        assert_eq!(get(&user, "/orders/1").unwrap_err(), "no_policy_permits");
+        // another method or route is another request
+        assert_eq!(
+            a.authorize(
+                "orders",
+                reader.clone(),
+                &res("orders", "DELETE", "/orders/1")
+            )
+            .unwrap_err(),
+            "no_policy_permits"
+        );
+        assert_eq!(
+            a.authorize("health", reader.clone(), &res("health", "GET", "/orders/1"))
+                .unwrap()
+                .policies(),
+            "public"
+        );
+        // every decision above matches a fresh authorizer's
+        let fresh = Authorizer::new(POLICIES).unwrap();
+        for path in ["/orders/1", "/orders/admin/x"] {
+            assert_eq!(
+                get(&reader, path),
+                fresh
+                    .authorize("orders", reader.clone(), &res("orders", "GET", path))
+                    .map(|p| p.policies().to_string())
+            );
+        }
+        // bounded: many distinct paths never grow it past the limit
+        for i in 0..DECISION_CACHE_ENTRIES + 10 {
+            get(&reader, &format!("/orders/{i}")).unwrap();
+        }
+        assert!(a.cached() <= DECISION_CACHE_ENTRIES, "{}", a.cached());
     }
 
     #[test]

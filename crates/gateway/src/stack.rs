@@ -582,7 +582,7 @@ pub async fn handle(
             .and_then(|r| r.content_security_policy.as_deref()),
     );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(crate::upstream::X_REQUEST_ID, v);
     }
     let status = resp.status();
     rec.status = status.as_u16();
