@@ -365,7 +365,7 @@ async fn pipeline(
         .and_then(|c| route.consumer_limits.get(c));
     if let Some(q) = consumer_quota {
         let quota = Quota::new(q.limit, q.period, q.burst).map_err(|_| GatewayError::Internal)?;
-        let key = Key::principal(&route.name, &principal.label());
+        let key = Key::principal(&route.name, &rec.principal);
         limit_headers = limit_err(gw.limiter.check(&key, &quota).await, &quota, "consumer")?;
     } else if let Some((q, per)) = &route.ratelimit {
         let quota = Quota::new(q.limit, q.period, q.burst).map_err(|_| GatewayError::Internal)?;
@@ -377,7 +377,7 @@ async fn pipeline(
             LimitKey::Principal if principal.method == crate::principal::Method::Anonymous => {
                 by_ip()
             }
-            LimitKey::Principal => Key::principal(&route.name, &principal.label()),
+            LimitKey::Principal => Key::principal(&route.name, &rec.principal),
             LimitKey::Ip => by_ip(),
             LimitKey::Route => Key::route(&route.name),
             LimitKey::ApiKey => match principal.key_id.as_deref() {

@@ -50,25 +50,49 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Forwarding headers a client may not set (X-Forwarded-For/-Proto are replaced).
+const UNTRUSTED_FORWARDING: [HeaderName; 3] = [header::FORWARDED, X_REAL_IP, X_FORWARDED_HOST];
+
+/// Remove every header named in `names`, hashing only the names present
+/// (one pass over the request's few header names first).
+fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
+    let present: Vec<HeaderName> = h.keys().filter(|k| names.contains(k)).cloned().collect();
+    for n in present {
+        h.remove(n);
+    }
+}
+
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // usually there are none: one pass over the few names present is
-    // cheaper than nine removals that each hash a name
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the few names present finds which hop-by-hop headers
+    // there are (usually none, or only `Connection`); only those are
+    // removed: every removal hashes a name.
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // HOP_BY_HOP[0] is Connection: the headers it names go too
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
 }
 
@@ -288,17 +312,14 @@ impl Pool {
         *req.version_mut() = hyper::Version::HTTP_11;
         let h = req.headers_mut();
         strip_hop_by_hop(h);
-        for n in &ctx.identity_names {
-            h.remove(n);
-        }
+        // gateway credentials and client copies of identity headers, and
+        // client-supplied forwarding headers: the gateway is the edge, so
+        // services see exactly the peer the gateway saw
+        remove_present(h, &ctx.identity_names);
+        remove_present(h, &UNTRUSTED_FORWARDING);
         for (n, v) in ctx.identity {
             h.insert(n, v);
         }
-        // The gateway is the edge: client-supplied forwarding headers are not
-        // trusted, so services see exactly the peer the gateway saw.
-        h.remove(header::FORWARDED);
-        h.remove(X_REAL_IP);
-        h.remove(X_FORWARDED_HOST);
         if let Ok(v) = HeaderValue::from_str(ctx.client_ip) {
             h.insert(X_FORWARDED_FOR, v);
         }
@@ -342,8 +363,7 @@ impl Pool {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // no upstream software versions leak out
-        parts.headers.remove(header::SERVER);
-        parts.headers.remove(X_POWERED_BY);
+        remove_present(&mut parts.headers, &[header::SERVER, X_POWERED_BY]);
         if status.is_server_error() && !ctx.pass_upstream_errors {
             // upstream 5xx bodies may carry stack traces: replace them
             drop(body);

@@ -258,7 +258,7 @@ fn push_sf_string(out: &mut String, s: &str) {
 }
 
 /// Decimal digits of `n`, appended.
-fn push_u64(out: &mut String, mut n: u64) {
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
