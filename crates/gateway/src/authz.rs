@@ -281,9 +281,12 @@ impl Authorizer {
             Some(d) => d,
             None => {
                 let d = self.evaluate(kind, principal_id, res, needed().map(|i| (i, attr(i))))?;
-                if let Ok(mut m) = shard.lock() {
-                    // bounded: callers varying the key (paths, say) cannot
-                    // grow it; starting over is cheaper than tracking use
+                // bounded in entries and key size: callers varying the key
+                // (long or many paths, say) cannot grow it; starting over is
+                // cheaper than tracking use
+                if key.len() <= DECISION_CACHE_MAX_KEY
+                    && let Ok(mut m) = shard.lock()
+                {
                     if m.len() >= DECISION_CACHE_ENTRIES {
                         m.clear();
                     }
@@ -385,7 +388,10 @@ enum Decided {
 type DecisionCache = HashMap<Box<[u8]>, Decided>;
 
 /// Cached decisions per worker before that worker's cache starts over.
-const DECISION_CACHE_ENTRIES: usize = 4096;
+const DECISION_CACHE_ENTRIES: usize = 1024;
+/// Longer keys (long paths, many scopes) are decided without the cache:
+/// at most ~0.6 MiB of keys per worker.
+const DECISION_CACHE_MAX_KEY: usize = 512;
 
 fn push_len_prefixed(key: &mut Vec<u8>, v: &str) {
     key.extend_from_slice(&(v.len() as u32).to_le_bytes());
@@ -624,6 +630,22 @@ forbid(principal, action, resource) when { context.ip == "10.0.0.9" };
             get(&reader, &format!("/orders/{i}")).unwrap();
         }
         assert!(a.cached() <= DECISION_CACHE_ENTRIES, "{}", a.cached());
+        // a long key is decided, correctly, without being kept
+        let b = Authorizer::new(POLICIES).unwrap();
+        let long = format!("/orders/{}", "x".repeat(DECISION_CACHE_MAX_KEY));
+        assert_eq!(
+            b.authorize("orders", reader.clone(), &res("orders", "GET", &long))
+                .unwrap()
+                .policies(),
+            "readers"
+        );
+        let long_admin = format!("/orders/admin/{}", "x".repeat(DECISION_CACHE_MAX_KEY));
+        assert_eq!(
+            b.authorize("orders", reader.clone(), &res("orders", "GET", &long_admin))
+                .unwrap_err(),
+            "forbidden_by:no-admin-path"
+        );
+        assert_eq!(b.cached(), 0);
     }
 
     #[test]
