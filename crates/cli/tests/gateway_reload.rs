@@ -187,6 +187,33 @@ async fn gateway_reload() {
         gw.record(&r.request_id()).await["reason"],
         "policy:anonymous-all"
     );
-    gw.security_log(); // every line is JSON
+    // the request counters (handles kept per worker across reloads) agree
+    // with the security log: one count per logged request, by route,
+    // decision and status
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for rec in gw.security_log() {
+        let line = format!(
+            "palisade_gateway_requests_total{{route=\"{}\",decision=\"{}\",status=\"{}\"}}",
+            rec["route"].as_str().unwrap(),
+            rec["decision"].as_str().unwrap(),
+            rec["status"]
+        );
+        *expected.entry(line).or_default() += 1;
+    }
+    assert!(
+        expected.len() >= 3,
+        "allowed and denied requests: {expected:?}"
+    );
+    let metrics = send(c.get(format!("http://{}/metrics", gw.admin))).await;
+    let counted: std::collections::BTreeMap<String, u64> = metrics
+        .body
+        .lines()
+        .filter(|l| l.starts_with("palisade_gateway_requests_total{"))
+        .map(|l| {
+            let (name, n) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(counted, expected, "{}", metrics.body);
     eprintln!("gateway_reload: {:?}", started.elapsed());
 }

@@ -13,6 +13,7 @@
 //! | 10 | authz | [`crate::authz::Authorizer`] -> `Permit` |
 //! | 11 | upstream | [`crate::upstream::Pool::forward`] takes the `Permit` |
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -389,7 +390,7 @@ async fn pipeline(
     }
 
     // 10: authz
-    let ip = conn.peer.ip().to_string();
+    let ip = rec.client_ip.clone();
     let resource = Resource {
         route: &route.name,
         method: &method,
@@ -401,7 +402,7 @@ async fn pipeline(
         .authz
         .authorize(route.clone(), principal, &resource)
         .map_err(|reason| GatewayError::Forbidden { reason })?;
-    rec.reason = format!("policy:{}", permit.policies());
+    rec.reason = ["policy:", permit.policies()].concat();
 
     // 11: upstream
     let pool = gw
@@ -539,7 +540,12 @@ pub async fn handle(
         listener: conn.listener.to_string(),
         client_ip: conn.peer.ip().to_string(),
         method: req.method().as_str().to_string(),
-        path: format!("<{} bytes unnormalised>", req.uri().path().len()),
+        path: [
+            "<",
+            itoa::Buffer::new().format(req.uri().path().len()),
+            " bytes unnormalised>",
+        ]
+        .concat(),
         ..Default::default()
     };
     let timeout = gw.limits.request_timeout;
@@ -590,14 +596,66 @@ pub async fn handle(
     rec.bytes_out = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    metrics::counter!("palisade_gateway_requests_total", "route" => rec.route.clone(), "decision" => rec.decision, "status" => status.as_str().to_owned()).increment(1);
-    metrics::histogram!("palisade_gateway_request_duration_seconds", "route" => rec.route.clone())
-        .record(started.elapsed().as_secs_f64());
+    request_metrics(
+        &rec.route,
+        rec.decision,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
     if let Some(cat) = rec.category {
         metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
     }
     gw.log.write(&rec);
     Ok(resp.map(|inner| crate::conn::Tracked { inner, busy }))
+}
+
+/// One worker's metric handles per route: the route's duration histogram
+/// and its request counters by (decision, status).
+type RouteMetrics = (
+    metrics::Histogram,
+    Vec<(&'static str, u16, metrics::Counter)>,
+);
+
+thread_local! {
+    /// Handles resolved once per worker instead of per request (the
+    /// `counter!` macro builds, hashes and looks up its labels every time).
+    /// Routes come from the configuration, so this stays small; it starts
+    /// over if reloads ever leave many names behind.
+    static REQUEST_METRICS: std::cell::RefCell<HashMap<Box<str>, RouteMetrics>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Count a finished request and record its duration.
+fn request_metrics(route: &str, decision: &'static str, status: StatusCode, seconds: f64) {
+    REQUEST_METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        if !m.contains_key(route) {
+            if m.len() >= 1024 {
+                m.clear();
+            }
+            let h = metrics::histogram!("palisade_gateway_request_duration_seconds", "route" => route.to_string());
+            m.insert(route.into(), (h, Vec::new()));
+        }
+        let Some((histogram, counters)) = m.get_mut(route) else {
+            return;
+        };
+        histogram.record(seconds);
+        let code = status.as_u16();
+        match counters
+            .iter()
+            .find(|(d, s, _)| *d == decision && *s == code)
+        {
+            Some((_, _, c)) => c.increment(1),
+            None => {
+                let c = metrics::counter!("palisade_gateway_requests_total", "route" => route.to_string(), "decision" => decision, "status" => status.as_str().to_owned());
+                c.increment(1);
+                // statuses come from upstreams: keep the scan short
+                if counters.len() < 64 {
+                    counters.push((decision, code, c));
+                }
+            }
+        }
+    });
 }
 
 /// A plain-HTTP listener's only job by default: redirect to HTTPS.

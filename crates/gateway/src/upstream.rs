@@ -294,7 +294,8 @@ impl Pool {
         ctx: ForwardCtx<'_>,
     ) -> Result<(Response<Body>, String), GatewayError> {
         let ep = self.pick();
-        let uri: Uri = format!("{}://{}{}", self.scheme, ep.authority, ctx.path_and_query)
+        let uri: Uri = [self.scheme, "://", &ep.authority, &ctx.path_and_query]
+            .concat()
             .parse()
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
         // HTTP/2 carries the host in :authority, not Host: forwarding over
