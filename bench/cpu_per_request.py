@@ -33,18 +33,24 @@ def run(url, pids):
     a=cpu(pids); t1=os.times()
     n=int(re.search(r"(\d+) requests in",out).group(1))
     return n/float(DURATION), (a-b)*1000/n
-res={}
-for r in range(ROUNDS):
-    rps,us=run("https://localhost:18444/orders/index.json",[ng.pid]+kids(ng.pid))
-    res.setdefault("nginx",[]).append((rps,us))
-    for b in bins:
-        g=subprocess.Popen([b,"gateway","--config",f"{d}/gateway.toml"],stdin=subprocess.DEVNULL,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if subprocess.run(["curl","-sf","--cacert",f"{d}/ca.pem","-H",f"Authorization: Bearer {tok}","https://localhost:18445/orders/index.json"],capture_output=True).returncode==0: break
-            time.sleep(0.1)
-        rps,us=run("https://localhost:18445/orders/index.json",[g.pid])
-        res.setdefault(b,[]).append((rps,us))
-        g.terminate(); g.wait()
-ng.terminate(); up.terminate(); ng.wait(); up.wait(); shutil.rmtree(d, ignore_errors=True)
+try:
+    res={}
+    for r in range(ROUNDS):
+        rps,us=run("https://localhost:18444/orders/index.json",[ng.pid]+kids(ng.pid))
+        res.setdefault("nginx",[]).append((rps,us))
+        for b in bins:
+            g=subprocess.Popen([b,"gateway","--config",f"{d}/gateway.toml"],stdin=subprocess.DEVNULL,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
+            try:
+                for _ in range(100):
+                    if subprocess.run(["curl","-sf","--cacert",f"{d}/ca.pem","-H",f"Authorization: Bearer {tok}","https://localhost:18445/orders/index.json"],capture_output=True).returncode==0: break
+                    time.sleep(0.1)
+                rps,us=run("https://localhost:18445/orders/index.json",[g.pid])
+                res.setdefault(b,[]).append((rps,us))
+            finally:
+                g.terminate(); g.wait()
+finally:
+    for p in (ng, up):
+        p.terminate(); p.wait()
+    shutil.rmtree(d, ignore_errors=True)
 for k,v in res.items():
     print(f"{k}: req/s {[int(x[0]) for x in v]} median {statistics.median([x[0] for x in v]):.0f}; proxy CPU us/request {[round(x[1],1) for x in v]} median {statistics.median([x[1] for x in v]):.1f}")

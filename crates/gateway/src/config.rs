@@ -413,8 +413,8 @@ pub struct RouteConfig {
     pub ratelimit: Option<(QuotaSpec, LimitKey)>,
     pub consumer_limits: BTreeMap<String, QuotaSpec>,
     pub max_body_bytes: Option<u64>,
-    /// header name -> claim name
-    pub forward_identity: BTreeMap<String, String>,
+    /// (header name, claim name), names parsed once here
+    pub forward_identity: Vec<(hyper::header::HeaderName, String)>,
     pub cors: Option<Cors>,
     pub content_security_policy: Option<String>,
     pub pass_upstream_errors: bool,
@@ -1115,15 +1115,15 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 consumer_limits.insert(consumer.clone(), q);
             }
         }
-        let mut forward = BTreeMap::new();
+        let mut forward = Vec::new();
         for (h, claim) in &r.forward_identity {
             let hl = h.to_ascii_lowercase();
-            if !valid_header_name(&hl) {
-                c.err(format!(
+            match hyper::header::HeaderName::from_bytes(hl.as_bytes()) {
+                Ok(name) if valid_header_name(&hl) => forward.push((name, claim.clone())),
+                _ => c.err(format!(
                     "{field}.forward_identity: {h:?} is not a valid header name"
-                ));
+                )),
             }
-            forward.insert(hl, claim.clone());
         }
         let cors = r.cors.map(|cors| {
             if cors.allowed_origins.iter().any(|o| o == "*")
@@ -1251,6 +1251,28 @@ mod tests {
         assert_eq!(c.upstreams[0].max_idle_connections, 8);
         let e = check(&format!("{ROUTE}[limits]\nkeepalive_timeout_ms = 0\n")).unwrap_err();
         assert!(e.0[0].contains("keepalive_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn forward_identity_header_names_are_parsed_at_load() {
+        let c = check(&format!(
+            "{ROUTE}forward_identity = {{ \"X-User\" = \"sub\", \"x-scopes\" = \"scope\" }}\n"
+        ))
+        .unwrap();
+        let names: Vec<(&str, &str)> = c.routes[0]
+            .forward_identity
+            .iter()
+            .map(|(n, claim)| (n.as_str(), claim.as_str()))
+            .collect();
+        assert_eq!(names, [("x-user", "sub"), ("x-scopes", "scope")]);
+        let e = check(&format!(
+            "{ROUTE}forward_identity = {{ \"x user\" = \"sub\" }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            ["routes[r].forward_identity: \"x user\" is not a valid header name"]
+        );
     }
 
     #[test]

@@ -412,18 +412,16 @@ async fn pipeline(
         .clone();
     let mut identity = Vec::new();
     for (name, claim) in &route.forward_identity {
-        if let (Ok(n), Some(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            identity_value(permit.principal(), claim),
-        ) && let Ok(v) = HeaderValue::from_str(&v)
+        if let Some(v) = identity_value(permit.principal(), claim)
+            && let Ok(v) = HeaderValue::from_str(&v)
         {
-            identity.push((n, v));
+            identity.push((name.clone(), v));
         }
     }
     let mut identity_names: Vec<HeaderName> = route
         .forward_identity
-        .keys()
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .iter()
+        .map(|(n, _)| n.clone())
         .collect();
     identity_names.extend(gw.authn.credential_headers());
     let upstream_path = if route.strip_prefix {

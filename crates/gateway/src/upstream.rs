@@ -53,8 +53,9 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Forwarding headers a client may not set (X-Forwarded-For/-Proto are replaced).
 const UNTRUSTED_FORWARDING: [HeaderName; 3] = [header::FORWARDED, X_REAL_IP, X_FORWARDED_HOST];
 
-/// Remove every header named in `names`, hashing only the names present
-/// (one pass over the request's few header names first).
+/// Remove every header named in `names`. One pass over the few names present
+/// finds them; only those are removed (each removal hashes a name, and
+/// usually none or one of `names` is there).
 fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
     let present: Vec<HeaderName> = h.keys().filter(|k| names.contains(k)).cloned().collect();
     for n in present {
@@ -64,36 +65,17 @@ fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
 
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the few names present finds which hop-by-hop headers
-    // there are (usually none, or only `Connection`); only those are
-    // removed: every removal hashes a name.
-    let mut present = 0u16;
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            present |= 1 << i;
-        }
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
     }
-    if present == 0 {
-        return;
-    }
-    // HOP_BY_HOP[0] is Connection: the headers it names go too
-    if present & 1 != 0 {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            h.remove(n);
-        }
-    }
+    remove_present(h, &HOP_BY_HOP);
 }
 
 enum HttpClient {
