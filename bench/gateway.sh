@@ -5,9 +5,11 @@
 #   (b) nginx as a plain TLS reverse proxy,
 # driven by the same load tool (wrk, 1 thread, keep-alive) in one run.
 # Reports requests/s, p50/p99 latency and peak RSS side by side (medians of
-# ROUNDS), p99 added latency at half of the gateway's peak rate, and the
+# ROUNDS), p99 added latency at half of the gateway's peak rate (medians of
+# ROUNDS, alternating), and the
 # gateway's RSS with 10,000 idle keep-alive TLS connections.
-# Needs: nginx, wrk (Debian packages), python3. Usage: bench/gateway.sh
+# Needs: nginx, wrk (Debian packages), python3.
+# Usage: [BIN=path/to/palisade] bench/gateway.sh (default: this checkout's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -32,7 +34,8 @@ else
   nginx -c "$DIR/upstream.conf" & UP=$!
   nginx -c "$DIR/proxy.conf" & NGINX=$!
 fi
-"$T/release/palisade" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
+BIN=${BIN:-$T/release/palisade}
+"$BIN" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
 cleanup() { [ -s "$DIR/gateway.err" ] && tail -3 "$DIR/gateway.err" >&2; kill $GW 2>/dev/null || true; kill $NGINX $UP 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
@@ -89,8 +92,16 @@ LUA
 half() { wrk -t1 -c$C -d${DURATION}s --latency -s "$DIR/delay.lua" -H "Authorization: Bearer $TOKEN" "$1" | parse; }
 read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
 C=$(python3 -c "import math; print(max(1, math.ceil($C*$target/max($h_rps,1))))")
-read -r h_rps _ h_p99 _ <<<"$(half https://localhost:18445/orders/index.json)"
-read -r d_rps _ d_p99 _ <<<"$(half https://localhost:18444/orders/index.json)"
+# then ROUNDS rounds, palisade and nginx alternating, medians: a single 10 s
+# p99 moves by a millisecond between runs on a busy machine
+declare -a HG HN
+for r in $(seq 1 $ROUNDS); do
+  HG+=("$(half https://localhost:18445/orders/index.json)")
+  HN+=("$(half https://localhost:18444/orders/index.json)")
+done
+read -r h_rps _ h_p99 _ <<<"$(printf '%s\n' "${HG[@]}" | median)"
+read -r d_rps _ d_p99 _ <<<"$(printf '%s\n' "${HN[@]}" | median)"
+p99s() { printf '%s\n' "$@" | awk '{printf "%s%.2f", (NR>1?", ":""), $3}'; }
 
 # idle keep-alive connections: the same client against palisade, then nginx
 # (each connection makes one request, then stays open and idle)
@@ -112,6 +123,7 @@ IFS='|' read -r nidle_rss nidle_line <<<"$(idle 18444 $(nginx_pids))"
 
 echo "upstream layout: $UPSTREAM"
 echo "rounds (req/s): nginx $(rounds "${N[@]}"); palisade $(rounds "${G[@]}"); upstream alone $(rounds "${U[@]}")"
+echo "rounds at half load (p99 ms, $C connections): nginx $(p99s "${HN[@]}"); palisade $(p99s "${HG[@]}")"
 python3 - "$UPSTREAM" "$u_rps" "$n_rps" "$n_p50" "$n_p99" "$n_rss" "$g_rps" "$g_p50" "$g_p99" "$g_rss" "$h_rps" "$h_p99" "$d_rps" "$d_p99" "$idle_rss" "$idle_line" "$n_err" "$g_err" "$nidle_rss" "$nidle_line" <<'PY'
 import sys
 layout=sys.argv[1]; u_rps=float(sys.argv[2]); a=sys.argv[3:]

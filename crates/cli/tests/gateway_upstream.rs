@@ -14,13 +14,23 @@
 //! - `route_request_timeout`: `request_timeout_ms = 300` on a route ->
 //!   a slow upstream answer is cut off with 504 `gateway_timeout` after
 //!   ~300 ms, a fast one on the same route is served, and the same slow
-//!   endpoint through a route without the override is served.
+//!   endpoint through a route without the override is served;
+//! - `pooled_connections_and_stale_ones`: against a raw TCP service written
+//!   here, sequential requests share one kept-alive upstream connection;
+//!   a service that closes every connection after its response (without
+//!   `Connection: close`) never costs a client a 502 (closed idle
+//!   connections are skipped, a request a closed connection did not write is
+//!   sent again); a request the service read and then dropped is 502
+//!   `bad_gateway` (`upstream_protocol_error`) and is never sent twice.
 //!
 //! Skips when node or tests/e2e/gateway/node_modules are missing, unless
 //! PALISADE_REQUIRE_SERVICES=1. Every wait polls with a deadline.
 
 mod gateway_common;
 
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gateway_common::{Gateway, Pki, Resp, Upstream, plain_client, send, wait_for};
@@ -396,4 +406,161 @@ anonymous = true
         "global timeout while the upstream works",
     );
     eprintln!("route_request_timeout: {:?}", started.elapsed());
+}
+
+// ------------------------------------------------------------------ pooled connections
+
+/// A raw HTTP/1.1 service: `/keep/...` answers and keeps the connection,
+/// `/close/...` answers (without `Connection: close`) and closes it,
+/// `/drop/...` reads the request and closes without answering. Counts
+/// connections and requests per mode.
+struct RawService {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl RawService {
+    fn start() -> RawService {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let reqs = reqs.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let mode = path.split('/').nth(1).unwrap_or("").to_string();
+                        *reqs.lock().unwrap().entry(mode.clone()).or_insert(0) += 1;
+                        if mode == "drop" {
+                            return;
+                        }
+                        let body = format!("{{\"path\":\"{path}\"}}");
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(reply.as_bytes()).is_err() || mode == "close" {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawService {
+            port,
+            connections,
+            requests,
+        }
+    }
+
+    fn requests(&self, mode: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .get(mode)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_and_stale_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    let svc = RawService::start();
+    let cfg = dir.join("gateway.toml");
+    let upstream = format!(
+        "\n[[upstreams]]\nname = \"raw\"\nendpoints = [\"127.0.0.1:{}\"]\nmax_fails = 1000\n",
+        svc.port
+    );
+    let routes: String = ["keep", "close", "drop"]
+        .iter()
+        .map(|m| route(m, "raw", ""))
+        .collect();
+    std::fs::write(&cfg, header(&format!("{upstream}{routes}"))).unwrap();
+    let gw = Gateway::start(&cfg, "gateway").await;
+    let c = plain_client();
+    let base = format!("http://{}", gw.addr("plain"));
+
+    // allow: sequential requests on one client connection (one gateway
+    // worker) reuse one upstream connection (20 pipelined requests, the
+    // last one closing)
+    let mut pipelined = String::new();
+    for i in 0..20 {
+        let close = if i == 19 { "connection: close\r\n" } else { "" };
+        pipelined.push_str(&format!("GET /keep/{i} HTTP/1.1\r\nhost: a\r\n{close}\r\n"));
+    }
+    let reply = gateway_common::raw_plain(
+        gw.addr("plain"),
+        pipelined.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(reply.closed, "{reply:?}");
+    assert_eq!(
+        reply.text.matches("HTTP/1.1 200 OK").count(),
+        20,
+        "{reply:?}"
+    );
+    for i in 0..20 {
+        assert!(reply.text.contains(&format!("\"/keep/{i}\"")), "{reply:?}");
+    }
+    assert_eq!(svc.requests("keep"), 20);
+    assert_eq!(
+        svc.connections.load(Ordering::SeqCst),
+        1,
+        "20 sequential requests through one worker share one upstream connection"
+    );
+
+    // a service that closes each connection after answering: every request
+    // is served (a closed idle connection is never handed a request), and
+    // each reached the service exactly once
+    for i in 0..40 {
+        let r = send(c.get(format!("{base}/close/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        if i % 4 == 0 {
+            // sometimes the close has been seen before the next request
+            // (the connection is skipped), sometimes not (it is retried)
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(svc.requests("close"), 40);
+
+    // deny: on a reused connection, the service read the request and closed
+    // without answering: 502, and the request is not sent again (it may
+    // have had an effect)
+    let r = send(c.get(format!("{base}/keep/warm"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let before = svc.connections.load(Ordering::SeqCst);
+    let r = send(c.post(format!("{base}/drop/1")).body("pay 10")).await;
+    r.assert_error(502, "bad_gateway", "service dropped the request");
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["reason"], "upstream_protocol_error", "{rec}");
+    assert_eq!(svc.requests("drop"), 1, "a written request is never resent");
+    assert_eq!(
+        svc.connections.load(Ordering::SeqCst),
+        before,
+        "it went over the kept-alive connection"
+    );
+    // the pool still serves afterwards
+    let r = send(c.get(format!("{base}/keep/after"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -78,13 +78,45 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     remove_present(h, &HOP_BY_HOP);
 }
 
-enum HttpClient {
-    Plain(Client<HttpConnector, ReqBody>),
-    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>),
+/// How a worker reaches an endpoint: plain TCP, or TLS with CA verification
+/// (and a client certificate when configured), ALPN `http/1.1`.
+enum Connector {
+    Plain,
+    Tls(tokio_rustls::TlsConnector),
+}
+
+/// An HTTP/1.1 connection to an endpoint, as hyper's client sees it.
+type Sender = http1::SendRequest<ReqBody>;
+
+/// How long an idle upstream connection is kept (nginx's
+/// `keepalive_timeout` in an `upstream` block is 60 s too).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct IdleConn {
+    tx: Sender,
+    since: Instant,
+}
+
+/// One worker thread's idle connections, per endpoint (most recently used
+/// last, so the oldest expire first). Only that worker touches it (the
+/// mutex is never contended): a request never waits on a connection owned
+/// by another thread.
+struct WorkerConns {
+    idle: Vec<Vec<IdleConn>>,
+    reaper: bool,
+}
+
+type Slot = Arc<std::sync::Mutex<WorkerConns>>;
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, WorkerConns> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Endpoint {
     authority: String,
+    /// The name verified in the endpoint's certificate (TLS only).
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
     fails: AtomicU32,
     /// Milliseconds since `Pool::epoch` until which the endpoint is ejected.
     ejected_until: AtomicU64,
@@ -94,8 +126,11 @@ pub struct Pool {
     pub name: String,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
-    clients: Vec<HttpClient>,
-    scheme: &'static str,
+    connector: Connector,
+    /// One per worker thread.
+    slots: Vec<Slot>,
+    connect_timeout: Duration,
+    max_idle: usize,
     request_timeout: Duration,
     max_fails: u32,
     fail_timeout: Duration,
@@ -128,99 +163,191 @@ pub struct ForwardCtx<'a> {
     pub client_fault: Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// Why a request could not be sent upstream.
+#[derive(Debug)]
+enum SendError {
+    Connect(String),
+    Protocol(hyper::Error),
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn authority_host(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
 impl Pool {
-    fn client(cfg: &UpstreamConfig) -> Result<(HttpClient, &'static str), String> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(cfg.tls.is_none());
-        let mut builder = Client::builder(TokioExecutor::new());
-        // idle upstream connections are bounded and expire (each holds
-        // hyper's buffers): a burst must not leave hundreds behind
-        builder
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(cfg.max_idle_connections);
-        Ok(match &cfg.tls {
-            None => (HttpClient::Plain(builder.build(http)), "http"),
-            Some(t) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(&t.ca_file)
-                    .map_err(|e| format!("cannot read {}: {e}", t.ca_file.display()))?
-                {
-                    roots
-                        .add(c.map_err(|e| {
-                            format!("invalid CA PEM in {}: {e}", t.ca_file.display())
-                        })?)
-                        .map_err(|e| format!("invalid CA certificate: {e}"))?;
-                }
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let b = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(roots);
-                let tls = match &t.client_cert {
-                    None => b.with_no_client_auth(),
-                    Some((cert, key)) => {
-                        let chain: Vec<CertificateDer<'static>> =
-                            CertificateDer::pem_file_iter(cert)
-                                .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
-                                .collect::<Result<_, _>>()
-                                .map_err(|e| {
-                                    format!("invalid certificate PEM in {}: {e}", cert.display())
-                                })?;
-                        let key = PrivateKeyDer::from_pem_file(key)
-                            .map_err(|_| format!("no valid private key in {}", key.display()))?;
-                        b.with_client_auth_cert(chain, key)
-                            .map_err(|e| format!("upstream client certificate: {e}"))?
-                    }
-                };
-                let mut https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only();
-                if let Some(sni) = &t.server_name {
-                    https = https.with_server_name_resolver(
-                        hyper_rustls::FixedServerNameResolver::new(
-                            rustls_pki_types::ServerName::try_from(sni.clone())
-                                .map_err(|e| format!("server_name: {e}"))?,
-                        ),
-                    );
-                }
-                let conn = https.enable_http1().wrap_connector(http);
-                (HttpClient::Tls(builder.build(conn)), "https")
+    fn connector(cfg: &UpstreamConfig) -> Result<Connector, String> {
+        let Some(t) = &cfg.tls else {
+            return Ok(Connector::Plain);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&t.ca_file)
+            .map_err(|e| format!("cannot read {}: {e}", t.ca_file.display()))?
+        {
+            roots
+                .add(c.map_err(|e| format!("invalid CA PEM in {}: {e}", t.ca_file.display()))?)
+                .map_err(|e| format!("invalid CA certificate: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut tls = match &t.client_cert {
+            None => b.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("invalid certificate PEM in {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|_| format!("no valid private key in {}", key.display()))?;
+                b.with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("upstream client certificate: {e}"))?
             }
-        })
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Connector::Tls(tokio_rustls::TlsConnector::from(Arc::new(
+            tls,
+        ))))
     }
 
     pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Self>, String> {
-        // one client (one connection pool) per worker thread: a request never
-        // waits on a connection task owned by another thread
-        let mut clients = Vec::new();
-        let mut scheme = "http";
-        for _ in 0..crate::server::workers() {
-            let (c, s) = Self::client(cfg)?;
-            clients.push(c);
-            scheme = s;
-        }
-        Ok(Arc::new(Self {
-            name: cfg.name.clone(),
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
+        let connector = Self::connector(cfg)?;
+        let tls = cfg.tls.as_ref();
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                let server_name = match tls {
+                    None => None,
+                    Some(t) => {
+                        let name = t
+                            .server_name
+                            .clone()
+                            .unwrap_or_else(|| authority_host(e).to_string());
+                        Some(
+                            rustls_pki_types::ServerName::try_from(name)
+                                .map_err(|err| format!("server_name for {e}: {err}"))?,
+                        )
+                    }
+                };
+                Ok(Endpoint {
                     authority: e.clone(),
+                    server_name,
                     fails: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                 })
-                .collect(),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let slots = (0..crate::server::workers())
+            .map(|_| {
+                Arc::new(std::sync::Mutex::new(WorkerConns {
+                    idle: endpoints.iter().map(|_| Vec::new()).collect(),
+                    reaper: false,
+                }))
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            name: cfg.name.clone(),
+            endpoints,
             next: AtomicUsize::new(0),
-            clients,
-            scheme,
+            connector,
+            slots,
+            connect_timeout: cfg.connect_timeout,
+            max_idle: cfg.max_idle_connections,
             request_timeout: cfg.request_timeout,
             max_fails: cfg.max_fails.max(1),
             fail_timeout: cfg.fail_timeout,
             epoch: Instant::now(),
         }))
+    }
+
+    /// This worker's idle connections.
+    fn slot(&self) -> &Slot {
+        &self.slots[crate::server::WORKER.with(std::cell::Cell::get) % self.slots.len()]
+    }
+
+    /// The most recently used idle connection to endpoint `ep` that is
+    /// still open, if any.
+    fn checkout(&self, slot: &Slot, ep: usize) -> Option<Sender> {
+        let mut w = lock(slot);
+        let idle = &mut w.idle[ep];
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    /// A new connection to endpoint `ep`, its connection task spawned on
+    /// this worker.
+    async fn connect(&self, ep: usize) -> Result<Sender, SendError> {
+        let e = &self.endpoints[ep];
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(e.authority.as_str()),
+        )
+        .await
+        .map_err(|_| SendError::Connect("connect timed out".into()))?
+        .map_err(|err| SendError::Connect(err.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let tx = match (&self.connector, &e.server_name) {
+            (Connector::Tls(tls), Some(name)) => {
+                let io = tokio::time::timeout(self.connect_timeout, tls.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| SendError::Connect("TLS handshake timed out".into()))?
+                    .map_err(|err| SendError::Connect(format!("TLS: {err}")))?;
+                let (tx, conn) = http1::handshake(TokioIo::new(io))
+                    .await
+                    .map_err(SendError::Protocol)?;
+                tokio::spawn(conn);
+                tx
+            }
+            _ => {
+                let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(SendError::Protocol)?;
+                tokio::spawn(conn);
+                tx
+            }
+        };
+        Ok(tx)
+    }
+
+    /// Send `req` to endpoint `ep` on an idle connection, or on a new one.
+    /// A request that a reused connection closed before it was written is
+    /// sent again (the service never saw it), as hyper-util's client does;
+    /// one that was written is never resent.
+    async fn send(
+        &self,
+        slot: &Slot,
+        ep: usize,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Sender), SendError> {
+        loop {
+            let (mut tx, reused) = match self.checkout(slot, ep) {
+                Some(tx) => (tx, true),
+                None => (self.connect(ep).await?, false),
+            };
+            if let Err(err) = tx.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Protocol(err));
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, tx)),
+                Err(mut err) => match err.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendError::Protocol(err.into_error())),
+                },
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -229,17 +356,14 @@ impl Pool {
 
     /// Round robin over healthy endpoints; when every endpoint is ejected,
     /// try them all anyway (Envoy's panic mode) rather than fail every request.
-    fn pick(&self) -> &Endpoint {
+    fn pick(&self) -> usize {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        for i in 0..n {
-            let e = &self.endpoints[(start + i) % n];
-            if e.ejected_until.load(Ordering::Relaxed) <= now {
-                return e;
-            }
-        }
-        &self.endpoints[start % n]
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now)
+            .unwrap_or(start % n)
     }
 
     fn record(&self, e: &Endpoint, ok: bool) {
@@ -276,8 +400,10 @@ impl Pool {
         ctx: ForwardCtx<'_>,
     ) -> Result<(Response<Body>, String), GatewayError> {
         let ep = self.pick();
-        let uri: Uri = [self.scheme, "://", &ep.authority, &ctx.path_and_query]
-            .concat()
+        let e = &self.endpoints[ep];
+        // origin form: the connection already goes to the endpoint
+        let uri: Uri = ctx
+            .path_and_query
             .parse()
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
         // HTTP/2 carries the host in :authority, not Host: forwarding over
@@ -310,39 +436,42 @@ impl Pool {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
             h.insert(X_REQUEST_ID, v);
         }
-        if let Some(host) = host {
-            h.insert(header::HOST, host);
-        }
+        // HTTP/1.1 needs a Host: a client without one (HTTP/1.0) gets the endpoint's
+        h.insert(
+            header::HOST,
+            match host {
+                Some(host) => host,
+                None => HeaderValue::from_str(&e.authority)
+                    .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?,
+            },
+        );
         let timeout = ctx.timeout.unwrap_or(self.request_timeout);
-        let fut = async {
-            let idx = crate::server::WORKER.with(std::cell::Cell::get) % self.clients.len();
-            match &self.clients[idx] {
-                HttpClient::Plain(c) => c.request(req).await,
-                HttpClient::Tls(c) => c.request(req).await,
-            }
-        };
-        let resp = match tokio::time::timeout(timeout, fut).await {
+        let slot = self.slot();
+        let (resp, tx) = match tokio::time::timeout(timeout, self.send(slot, ep, req)).await {
             Err(_) => {
-                self.record(ep, false);
+                self.record(e, false);
                 return Err(GatewayError::GatewayTimeout);
             }
-            Ok(Err(e)) => {
+            Ok(Err(err)) => {
                 if ctx.client_fault.load(Ordering::Relaxed) == 0 {
-                    self.record(ep, false);
+                    self.record(e, false);
                 }
-                tracing::warn!(upstream = %self.name, endpoint = %ep.authority, error = %e, "upstream request failed");
-                return Err(GatewayError::BadGateway {
-                    reason: if e.is_connect() {
+                let reason = match &err {
+                    SendError::Connect(msg) => {
+                        tracing::warn!(upstream = %self.name, endpoint = %e.authority, error = %msg, "upstream connect failed");
                         "upstream_connect_failed"
-                    } else {
+                    }
+                    SendError::Protocol(err) => {
+                        tracing::warn!(upstream = %self.name, endpoint = %e.authority, error = %err, "upstream request failed");
                         "upstream_protocol_error"
-                    },
-                });
+                    }
+                };
+                return Err(GatewayError::BadGateway { reason });
             }
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        self.record(ep, !matches!(status.as_u16(), 502..=504));
+        self.record(e, !matches!(status.as_u16(), 502..=504));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // no upstream software versions leak out
@@ -361,19 +490,122 @@ impl Pool {
             );
             return Ok((
                 Response::from_parts(parts, crate::respond::full(body.to_string())),
-                ep.authority.clone(),
+                e.authority.clone(),
             ));
+        }
+        let mut body = PooledBody {
+            inner: body,
+            conn: Some((tx, slot.clone(), ep, self.max_idle)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
         }
         Ok((
             Response::from_parts(parts, body.boxed()),
-            ep.authority.clone(),
+            e.authority.clone(),
         ))
+    }
+}
+
+/// An upstream response body that gives its connection back to the worker's
+/// idle list once the last byte has been read (hyper's connection is then
+/// ready for the next request; a connection whose body was not read to the
+/// end is closed, never reused).
+struct PooledBody {
+    inner: Incoming,
+    conn: Option<(Sender, Slot, usize, usize)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        let Some((tx, slot, ep, max_idle)) = self.conn.take() else {
+            return;
+        };
+        if tx.is_closed() || max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut w = lock(&slot);
+        let idle = &mut w.idle[ep];
+        // expired ones are the oldest, at the front
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() >= max_idle {
+            return;
+        }
+        idle.push(IdleConn { tx, since: now });
+        if !w.reaper {
+            w.reaper = true;
+            drop(w);
+            spawn_reaper(Arc::downgrade(&slot));
+        }
+    }
+}
+
+/// Closes a worker's connections that stayed idle for [`IDLE_TIMEOUT`] when
+/// no request comes to expire them; it ends with the pool (a reload) or when
+/// nothing is idle.
+fn spawn_reaper(slot: std::sync::Weak<std::sync::Mutex<WorkerConns>>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDLE_TIMEOUT / 4).await;
+            let Some(slot) = slot.upgrade() else { return };
+            let mut w = lock(&slot);
+            let mut left = 0;
+            for idle in &mut w.idle {
+                idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+                left += idle.len();
+            }
+            if left == 0 {
+                w.reaper = false;
+                return;
+            }
+        }
+    });
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+            Some(Err(_)) => self.conn = None,
+            Some(Ok(_)) => {}
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_certificate_name_is_the_host_of_the_endpoint() {
+        assert_eq!(authority_host("orders.internal:8443"), "orders.internal");
+        assert_eq!(authority_host("10.0.0.7:443"), "10.0.0.7");
+        assert_eq!(authority_host("[::1]:8443"), "::1");
+        assert_eq!(authority_host("orders.internal"), "orders.internal");
+        assert!(rustls_pki_types::ServerName::try_from(authority_host("[::1]:8443")).is_ok());
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
