@@ -412,32 +412,20 @@ async fn gateway_hardening() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("limits: max_header_bytes >= 8192"), "{err}");
 
-    // --- slow read: a TLS client that asks for 32 MiB and stops reading is
+    // --- slow read: a client that asks for 32 MiB and stops reading is
     // disconnected after send_timeout_ms (1 s) instead of holding the
-    // connection, its buffers and an upstream connection for ever
-    {
-        let mut s = gateway_common::tls_connect(tls, "localhost", &pki.ca_pem, None)
-            .await
-            .expect("TLS handshake");
-        s.write_all(b"GET /orders/big?mb=32 HTTP/1.1\r\nhost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 1 << 20];
-        let ended = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n,
-                }
-            }
-        })
-        .await;
-        assert!(ended.is_ok(), "the stalled connection was kept open");
-        assert!(got < 32 << 20, "all {got} bytes arrived: not cut off");
-        eprintln!("slow read: cut off after {got} bytes");
-    }
+    // connection, its buffers and an upstream connection for ever: over TLS
+    // and over the plaintext listener
+    let tls_conn = gateway_common::tls_connect(tls, "localhost", &pki.ca_pem, None)
+        .await
+        .expect("TLS handshake");
+    let got = slow_read(tls_conn).await;
+    eprintln!("slow read over TLS: cut off after {got} bytes");
+    let plain_conn = tokio::net::TcpStream::connect(plain)
+        .await
+        .expect("connect");
+    let got = slow_read(plain_conn).await;
+    eprintln!("slow read over plaintext: cut off after {got} bytes");
 
     // --- still up
     let r = send(c.get(format!("http://{plain}/orders/after"))).await;
@@ -447,4 +435,31 @@ async fn gateway_hardening() {
     assert!(gw.running(), "the gateway exited:\n{}", gw.stderr());
     gw.security_log(); // every line is JSON
     eprintln!("gateway_hardening: {:?}", started.elapsed());
+}
+
+/// Ask for 32 MiB, read nothing for 3 s, then read on: the gateway must have
+/// closed the connection (send_timeout_ms = 1 s) before sending it all.
+/// Returns the bytes that did arrive.
+async fn slow_read<S>(mut s: S) -> usize
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(b"GET /orders/big?mb=32 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was kept open");
+    assert!(got < 32 << 20, "all {got} bytes arrived: not cut off");
+    got
 }

@@ -74,7 +74,14 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 
 /// A random RFC 4122 version-4 UUID string, the format Vault uses for ids.
 pub fn uuid_v4() -> String {
-    let mut b = random_bytes(16);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&random_bytes(16));
+    uuid_v4_from(b)
+}
+
+/// The version-4 UUID string made of 16 random bytes (version and variant
+/// bits set here): for callers that fetch random bytes in batches.
+pub fn uuid_v4_from(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     // hex with dashes after bytes 4, 6, 8 and 10, written directly (this

@@ -53,6 +53,100 @@ fn tls_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// A write that made no progress: Pending, or, once the socket has taken
+/// nothing for `limit`, the error that closes the connection (nginx's
+/// `send_timeout`). The timer runs from the first stalled write and is
+/// cleared by any write that makes progress.
+fn stalled<T>(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Option<Duration>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    let Some(limit) = limit else {
+        return Poll::Pending;
+    };
+    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+    if t.as_mut().poll(cx).is_ready() {
+        *timer = None;
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took no response bytes within send_timeout",
+        )));
+    }
+    Poll::Pending
+}
+
+/// A plaintext client connection (a redirect or `dangerous_plaintext`
+/// listener) with the send timeout HTTPS connections have: a client that
+/// stops reading is cut off after `limit` without progress.
+pub struct PlainConn {
+    tcp: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PlainConn {
+    pub fn new(tcp: TcpStream, limit: Duration) -> PlainConn {
+        PlainConn {
+            tcp,
+            limit,
+            stalled: None,
+        }
+    }
+
+    fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => stalled(&mut self.stalled, Some(self.limit), cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+}
+
+impl AsyncRead for PlainConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
 /// The socket's buffers: received ciphertext `incoming[..in_len]`,
 /// decrypted plaintext not yet read `plain[plain_pos..]`, and ciphertext
 /// not yet written `outgoing[out_pos..]`.
@@ -99,22 +193,7 @@ impl Buffers {
         while self.out_pos < self.outgoing.len() {
             let n = match Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.out_pos..]) {
                 Poll::Ready(r) => r?,
-                Poll::Pending => {
-                    let Some(limit) = self.send_timeout else {
-                        return Poll::Pending;
-                    };
-                    let timer = self
-                        .stalled
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        self.stalled = None;
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client took no response bytes within send_timeout",
-                        )));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return stalled(&mut self.stalled, self.send_timeout, cx),
             };
             self.stalled = None;
             if n == 0 {

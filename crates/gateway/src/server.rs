@@ -359,10 +359,11 @@ async fn serve_listener(
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .max_concurrent_streams(128);
+            let io = crate::conn::PlainConn::new(stream, limits.send_timeout);
             match kind {
                 ListenerKind::RedirectToHttps { port } => {
                     let svc = hyper::service::service_fn(move |req| stack::redirect(port, req));
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 _ => {
@@ -377,7 +378,7 @@ async fn serve_listener(
                     let svc = hyper::service::service_fn(move |req| {
                         Box::pin(stack::handle(shared.current(), info.clone(), req, None))
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
