@@ -21,7 +21,13 @@
 //!   `Connection: close`) never costs a client a 502 (closed idle
 //!   connections are skipped, a request a closed connection did not write is
 //!   sent again); a request the service read and then dropped is 502
-//!   `bad_gateway` (`upstream_protocol_error`) and is never sent twice.
+//!   `bad_gateway` (`upstream_protocol_error`) and is never sent twice;
+//! - `trusted_proxies_name_the_client`: behind a trusted proxy the client
+//!   is the first untrusted `X-Forwarded-For` address from the right (the
+//!   service, the log and the per-IP limit see it; entries a client wrote to
+//!   the left are ignored); without `trusted_proxies`, or from an untrusted
+//!   peer, `X-Forwarded-For` changes nothing: a client cannot escape its
+//!   per-IP limit by writing one (429 `rate_limited`).
 //!
 //! Skips when node or tests/e2e/gateway/node_modules are missing, unless
 //! PALISADE_REQUIRE_SERVICES=1. Every wait polls with a deadline.
@@ -412,8 +418,9 @@ anonymous = true
 
 /// A raw HTTP/1.1 service: `/keep/...` answers and keeps the connection,
 /// `/close/...` answers (without `Connection: close`) and closes it,
-/// `/drop/...` reads the request and closes without answering. Counts
-/// connections and requests per mode.
+/// `/drop/...` reads the request and closes without answering. Answers
+/// carry the path and the `X-Forwarded-For` received. Counts connections
+/// and requests per mode.
 struct RawService {
     port: u16,
     connections: Arc<AtomicUsize>,
@@ -451,7 +458,13 @@ impl RawService {
                         if mode == "drop" {
                             return;
                         }
-                        let body = format!("{{\"path\":\"{path}\"}}");
+                        let xff = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+                            .map(|(_, v)| v.trim().to_string())
+                            .unwrap_or_default();
+                        let body = format!("{{\"path\":\"{path}\",\"xff\":\"{xff}\"}}");
                         let reply = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
@@ -563,4 +576,87 @@ async fn pooled_connections_and_stale_ones() {
     // the pool still serves afterwards
     let r = send(c.get(format!("{base}/keep/after"))).await;
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+// ------------------------------------------------------------------ trusted proxies
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_name_the_client() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("policies.cedar"), ANONYMOUS).unwrap();
+    let svc = RawService::start();
+    let rest = format!(
+        "\n[ratelimit]\npeer = {{ limit = 1, period_s = 3600, burst = 1 }}\n\n[[upstreams]]\nname = \"raw\"\nendpoints = [\"127.0.0.1:{}\"]\n{}",
+        svc.port,
+        route("keep", "raw", "")
+    );
+    let c = plain_client();
+    let get = |gw: &Gateway, xff: Option<&str>| {
+        let mut rb = c.get(format!("http://{}/keep/x", gw.addr("plain")));
+        if let Some(v) = xff {
+            rb = rb.header("x-forwarded-for", v);
+        }
+        send(rb)
+    };
+
+    // allow: the test client (127.0.0.1) is a trusted proxy
+    let trusted = dir.join("trusted.toml");
+    std::fs::write(
+        &trusted,
+        format!("trusted_proxies = [\"127.0.0.0/8\"]\n{}", header(&rest)),
+    )
+    .unwrap();
+    let gw = Gateway::start(&trusted, "trusted").await;
+    // a client-written entry left of the proxy's is ignored
+    let r = get(&gw, Some("198.51.100.1, 203.0.113.9")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["xff"],
+        "203.0.113.9",
+        "the service sees the client"
+    );
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["client_ip"], "203.0.113.9", "{rec}");
+    // the per-IP limit (burst 1: two pass) counts that client
+    let r = get(&gw, Some("203.0.113.9")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(&gw, Some("203.0.113.9")).await;
+    r.assert_error(429, "rate_limited", "third request of one client");
+    // another client behind the same proxy has its own budget
+    let r = get(&gw, Some("203.0.113.10")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["xff"], "203.0.113.10");
+    // no header: the proxy itself is the client
+    let r = get(&gw, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["xff"], "127.0.0.1");
+
+    // deny: without trusted_proxies (and with a range the peer is not in)
+    // the header changes nothing: every request is 127.0.0.1's
+    for (name, top) in [
+        ("untrusted", String::new()),
+        (
+            "elsewhere",
+            "trusted_proxies = [\"10.0.0.0/8\"]\n".to_string(),
+        ),
+    ] {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, format!("{top}{}", header(&rest))).unwrap();
+        let gw = Gateway::start(&cfg, name).await;
+        let r = get(&gw, Some("203.0.113.9")).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        assert_eq!(
+            r.json()["xff"],
+            "127.0.0.1",
+            "{name}: the header was replaced"
+        );
+        let rec = gw.record(&r.request_id()).await;
+        assert_eq!(rec["client_ip"], "127.0.0.1", "{name}: {rec}");
+        let r = get(&gw, Some("203.0.113.10")).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        // a third "client" is the same peer: its budget is spent
+        let r = get(&gw, Some("203.0.113.11")).await;
+        r.assert_error(429, "rate_limited", name);
+    }
 }

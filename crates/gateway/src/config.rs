@@ -31,6 +31,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub log_level: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +439,7 @@ pub struct GatewayConfig {
     pub policy_file: PathBuf,
     pub routes: Vec<RouteConfig>,
     pub log_level: String,
+    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -1177,6 +1181,16 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         ));
     }
 
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in raw.trusted_proxies.iter().enumerate() {
+        match crate::client_ip::Cidr::parse(t) {
+            Some(cidr) => trusted_proxies.push(cidr),
+            None => c.err(format!(
+                "trusted_proxies[{i}]: {t:?} is not an IP address or CIDR range"
+            )),
+        }
+    }
+
     if !c.errs.is_empty() {
         return Err(ConfigErrors(c.errs));
     }
@@ -1192,6 +1206,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         policy_file,
         routes,
         log_level,
+        trusted_proxies,
     })
 }
 
@@ -1204,6 +1219,11 @@ mod tests {
     }
 
     fn check(body: &str) -> Result<GatewayConfig, ConfigErrors> {
+        check_with("", body)
+    }
+
+    /// `top`: top-level keys, which TOML wants before the first table.
+    fn check_with(top: &str, body: &str) -> Result<GatewayConfig, ConfigErrors> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("p.cedar"),
@@ -1212,7 +1232,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
         let text = format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\ndangerous_plaintext = true\n[authorization]\npolicy_file = \"p.cedar\"\n[[upstreams]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{body}"
+            "{top}[[listeners]]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\ndangerous_plaintext = true\n[authorization]\npolicy_file = \"p.cedar\"\n[[upstreams]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{body}"
         );
         parse(
             &text,
@@ -1232,6 +1252,27 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.listeners[0].kind, ListenerKind::DangerousPlaintext);
         assert_eq!(c.ratelimit.store, RateStore::Local);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        assert!(check(ROUTE).unwrap().trusted_proxies.is_empty());
+        let c = check_with("trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]\n", ROUTE).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let e = check_with(
+            "trusted_proxies = [\"10.0.0.0/33\", \"lb.internal\"]\n",
+            ROUTE,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![
+                "trusted_proxies[0]: \"10.0.0.0/33\" is not an IP address or CIDR range"
+                    .to_string(),
+                "trusted_proxies[1]: \"lb.internal\" is not an IP address or CIDR range"
+                    .to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod authn;
 pub mod authz;
+pub mod client_ip;
 pub mod config;
 pub mod conn;
 pub mod inspect;

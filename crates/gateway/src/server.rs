@@ -62,6 +62,8 @@ pub struct Gateway {
     pub peer_quota: Option<Quota>,
     pub limits: Limits,
     pub log: Arc<Sink>,
+    /// Proxies whose `X-Forwarded-For` names the client (see `client_ip.rs`).
+    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
 }
 
 /// The reloadable current gateway.
@@ -155,6 +157,7 @@ pub async fn build(
         peer_quota,
         limits: cfg.limits.clone(),
         log,
+        trusted_proxies: cfg.trusted_proxies.clone(),
     })
 }
 

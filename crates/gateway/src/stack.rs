@@ -282,6 +282,7 @@ fn add_cors(resp: &mut Response<Body>, route: &RouteConfig, allowed: HeaderValue
 async fn pipeline(
     gw: &Gateway,
     conn: &ConnInfo,
+    client: std::net::IpAddr,
     req: Request<Incoming>,
     request_id: &str,
     rec: &mut SecurityRecord,
@@ -290,7 +291,7 @@ async fn pipeline(
 
     // 6: per-IP shield, before any cryptographic work
     if let Some(q) = &gw.peer_quota {
-        let d = gw.limiter.check(&Key::peer(conn.peer.ip()), q).await;
+        let d = gw.limiter.check(&Key::peer(client), q).await;
         limit_err(d, q, "peer")?;
     }
 
@@ -373,7 +374,7 @@ async fn pipeline(
         // as Kong's limit_by: a caller without the identity the limit is
         // keyed by (anonymous for `principal`, no key for `apikey`) is
         // limited by its IP, not in one bucket shared by all such callers
-        let by_ip = || Key::principal(&route.name, &conn.peer.ip().to_string());
+        let by_ip = || Key::principal(&route.name, &rec.client_ip);
         let key = match per {
             LimitKey::Principal if principal.method == crate::principal::Method::Anonymous => {
                 by_ip()
@@ -556,11 +557,13 @@ pub async fn handle(
 ) -> Result<Response<crate::conn::Tracked<Body>>, Infallible> {
     let started = Instant::now();
     let request_id = request_id();
+    // the TCP peer, or behind a trusted proxy the address it forwarded
+    let client = crate::client_ip::client_ip(conn.peer.ip(), req.headers(), &gw.trusted_proxies);
     let mut rec = SecurityRecord {
         time: palisade_core::rfc3339(palisade_core::now_nanos()),
         request_id: request_id.clone(),
         listener: conn.listener.to_string(),
-        client_ip: conn.peer.ip().to_string(),
+        client_ip: client.to_string(),
         method: req.method().as_str().to_string(),
         path: [
             "<",
@@ -571,14 +574,17 @@ pub async fn handle(
         ..Default::default()
     };
     let timeout = gw.limits.request_timeout;
-    let outcome =
-        match tokio::time::timeout(timeout, pipeline(&gw, &conn, req, &request_id, &mut rec)).await
-        {
-            Ok(r) => r,
-            // past authorization the time went to the upstream: that is a 504
-            Err(_) if rec.reason.starts_with("policy:") => Err(GatewayError::GatewayTimeout),
-            Err(_) => Err(GatewayError::RequestTimeout),
-        };
+    let outcome = match tokio::time::timeout(
+        timeout,
+        pipeline(&gw, &conn, client, req, &request_id, &mut rec),
+    )
+    .await
+    {
+        Ok(r) => r,
+        // past authorization the time went to the upstream: that is a 504
+        Err(_) if rec.reason.starts_with("policy:") => Err(GatewayError::GatewayTimeout),
+        Err(_) => Err(GatewayError::RequestTimeout),
+    };
     let (mut resp, route) = match outcome {
         Ok((r, route)) => {
             rec.decision = "allow";
