@@ -591,14 +591,6 @@ async fn trusted_proxies_name_the_client() {
         svc.port,
         route("keep", "raw", "")
     );
-    let c = plain_client();
-    let get = |gw: &Gateway, xff: Option<&str>| {
-        let mut rb = c.get(format!("http://{}/keep/x", gw.addr("plain")));
-        if let Some(v) = xff {
-            rb = rb.header("x-forwarded-for", v);
-        }
-        send(rb)
-    };
 
     // allow: the test client (127.0.0.1) is a trusted proxy
     let trusted = dir.join("trusted.toml");
@@ -609,28 +601,14 @@ async fn trusted_proxies_name_the_client() {
     .unwrap();
     let gw = Gateway::start(&trusted, "trusted").await;
     // a client-written entry left of the proxy's is ignored
-    let r = get(&gw, Some("198.51.100.1, 203.0.113.9")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(
-        r.json()["xff"],
-        "203.0.113.9",
-        "the service sees the client"
-    );
-    let rec = gw.record(&r.request_id()).await;
-    assert_eq!(rec["client_ip"], "203.0.113.9", "{rec}");
+    seen_as(&gw, Some("198.51.100.1, 203.0.113.9"), "203.0.113.9").await;
     // the per-IP limit (burst 1: two pass) counts that client
-    let r = get(&gw, Some("203.0.113.9")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let r = get(&gw, Some("203.0.113.9")).await;
-    r.assert_error(429, "rate_limited", "third request of one client");
+    seen_as(&gw, Some("203.0.113.9"), "203.0.113.9").await;
+    refused_by_peer_limit(&gw, Some("203.0.113.9"), "third request of one client").await;
     // another client behind the same proxy has its own budget
-    let r = get(&gw, Some("203.0.113.10")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json()["xff"], "203.0.113.10");
+    seen_as(&gw, Some("203.0.113.10"), "203.0.113.10").await;
     // no header: the proxy itself is the client
-    let r = get(&gw, None).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json()["xff"], "127.0.0.1");
+    seen_as(&gw, None, "127.0.0.1").await;
 
     // deny: without trusted_proxies (and with a range the peer is not in)
     // the header changes nothing: every request is 127.0.0.1's
@@ -644,19 +622,36 @@ async fn trusted_proxies_name_the_client() {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, format!("{top}{}", header(&rest))).unwrap();
         let gw = Gateway::start(&cfg, name).await;
-        let r = get(&gw, Some("203.0.113.9")).await;
-        assert_eq!(r.status, 200, "{name}: {r:?}");
-        assert_eq!(
-            r.json()["xff"],
-            "127.0.0.1",
-            "{name}: the header was replaced"
-        );
-        let rec = gw.record(&r.request_id()).await;
-        assert_eq!(rec["client_ip"], "127.0.0.1", "{name}: {rec}");
-        let r = get(&gw, Some("203.0.113.10")).await;
-        assert_eq!(r.status, 200, "{name}: {r:?}");
+        seen_as(&gw, Some("203.0.113.9"), "127.0.0.1").await;
+        seen_as(&gw, Some("203.0.113.10"), "127.0.0.1").await;
         // a third "client" is the same peer: its budget is spent
-        let r = get(&gw, Some("203.0.113.11")).await;
-        r.assert_error(429, "rate_limited", name);
+        refused_by_peer_limit(&gw, Some("203.0.113.11"), name).await;
     }
+}
+
+/// GET through `gw`'s plain listener, with `X-Forwarded-For: xff` if given.
+async fn get_with_xff(gw: &Gateway, xff: Option<&str>) -> Resp {
+    let mut rb = plain_client().get(format!("http://{}/keep/x", gw.addr("plain")));
+    if let Some(v) = xff {
+        rb = rb.header("x-forwarded-for", v);
+    }
+    send(rb).await
+}
+
+/// The request is served, and both the service (`X-Forwarded-For`) and the
+/// security log (`client_ip`) name `client`.
+async fn seen_as(gw: &Gateway, xff: Option<&str>, client: &str) {
+    let r = get_with_xff(gw, xff).await;
+    assert_eq!(r.status, 200, "{xff:?}: {r:?}");
+    assert_eq!(r.json()["xff"], client, "{xff:?}: what the service saw");
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["client_ip"], client, "{xff:?}: {rec}");
+}
+
+/// The request is refused with 429 by `ratelimit.peer`.
+async fn refused_by_peer_limit(gw: &Gateway, xff: Option<&str>, what: &str) {
+    let r = get_with_xff(gw, xff).await;
+    r.assert_error(429, "rate_limited", what);
+    let rec = gw.record(&r.request_id()).await;
+    assert_eq!(rec["reason"], "peer", "{what}: {rec}");
 }

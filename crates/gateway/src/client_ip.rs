@@ -13,9 +13,8 @@
 use std::net::IpAddr;
 
 use hyper::HeaderMap;
-use hyper::header::HeaderName;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::upstream::X_FORWARDED_FOR;
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

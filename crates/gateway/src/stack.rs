@@ -521,8 +521,6 @@ fn security_headers(resp: &mut Response<Body>, tls: bool, csp: Option<&str>) {
     h.remove(header::SERVER);
 }
 
-/// Entry point for one request on a serving listener.
-///
 /// A random version-4 UUID for a request. The bytes come from aws-lc's
 /// CSPRNG like every other random value, fetched 4 KiB at a time per worker
 /// thread (as Envoy does for its request ids): one `RAND_bytes` call per 256
@@ -547,6 +545,8 @@ fn request_id() -> String {
     })
 }
 
+/// Entry point for one request on a serving listener.
+///
 /// `busy` (HTTPS HTTP/1.1) keeps the connection counted busy until hyper
 /// drops the response body (see `conn.rs`).
 pub async fn handle(
