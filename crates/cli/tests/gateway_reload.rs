@@ -215,5 +215,26 @@ async fn gateway_reload() {
         })
         .collect();
     assert_eq!(counted, expected, "{}", metrics.body);
+    // durations: a histogram with buckets, one sample per logged request
+    // of the route, and a sub-millisecond bucket
+    let logged = gw
+        .security_log()
+        .iter()
+        .filter(|r| r["route"] == "orders")
+        .count();
+    let lines: Vec<&str> = metrics.body.lines().collect();
+    let bucket = |le: &str| {
+        format!("palisade_gateway_request_duration_seconds_bucket{{route=\"orders\",le=\"{le}\"}}")
+    };
+    assert!(
+        lines.contains(&format!("{} {logged}", bucket("+Inf")).as_str()),
+        "{logged} orders requests: {}",
+        metrics.body
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&bucket("0.0005"))),
+        "{}",
+        metrics.body
+    );
     eprintln!("gateway_reload: {:?}", started.elapsed());
 }

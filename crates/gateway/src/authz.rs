@@ -235,9 +235,9 @@ impl Authorizer {
             None => (&empty, &empty),
         };
         let (kind, principal_id) = match principal.method {
-            Method::Jwt => (0u8, principal.subject.as_str()),
+            Method::Jwt => (0u8, &*principal.subject),
             Method::ApiKey => (1, principal.consumer.as_deref().unwrap_or("")),
-            Method::PeerCert => (2, principal.subject.as_str()),
+            Method::PeerCert => (2, &*principal.subject),
             Method::Anonymous => (3, "anonymous"),
         };
         // the context attributes some policy reads, in CONTEXT_ATTRS order
@@ -672,7 +672,7 @@ forbid(principal, action, resource) when { context.ip == "10.0.0.9" };
         };
         let mut w = Principal::anonymous(Some(peer.clone()));
         w.method = Method::PeerCert;
-        w.subject = peer.name().to_string();
+        w.subject = peer.name().into();
         assert!(
             a.authorize(
                 "internal",

@@ -1,5 +1,7 @@
 //! Who is calling: the verified peer certificate and the authenticated principal.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// What the client certificate (verified by rustls against the configured CA) says.
@@ -62,14 +64,18 @@ impl Method {
 }
 
 /// The authenticated caller, as authz and the security log see it.
+///
+/// What a JWT says is shared (`Arc`): it is derived once per verified token
+/// and kept with the token's cached verification, so a request pays for
+/// reference counts, not for copies.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub method: Method,
     /// `sub` for JWT, the consumer for API keys, the certificate name for mTLS.
-    pub subject: String,
-    pub issuer: String,
-    pub scopes: Vec<String>,
-    pub roles: Vec<String>,
+    pub subject: Arc<str>,
+    pub issuer: Arc<str>,
+    pub scopes: Arc<[String]>,
+    pub roles: Arc<[String]>,
     /// API key consumer, when authenticated by key.
     pub consumer: Option<String>,
     /// API key id (never the secret), for per-key rate limits and the log.
@@ -83,10 +89,10 @@ impl Principal {
     pub fn anonymous(peer: Option<PeerIdentity>) -> Self {
         Self {
             method: Method::Anonymous,
-            subject: String::new(),
-            issuer: String::new(),
-            scopes: Vec::new(),
-            roles: Vec::new(),
+            subject: "".into(),
+            issuer: "".into(),
+            scopes: Arc::new([]),
+            roles: Arc::new([]),
             consumer: None,
             key_id: None,
             claims: Default::default(),

@@ -230,8 +230,8 @@ fn identity_value(p: &Principal, claim: &str) -> Option<String> {
         }
     };
     match claim {
-        "sub" | "subject" => Some(p.subject.clone()).filter(|s| !s.is_empty()),
-        "iss" | "issuer" => Some(p.issuer.clone()).filter(|s| !s.is_empty()),
+        "sub" | "subject" => Some(p.subject.to_string()).filter(|s| !s.is_empty()),
+        "iss" | "issuer" => Some(p.issuer.to_string()).filter(|s| !s.is_empty()),
         "scopes" => joined(&p.scopes),
         "roles" => joined(&p.roles),
         "consumer" => p.consumer.clone(),
@@ -292,7 +292,11 @@ async fn pipeline(
     // 6: per-IP shield, before any cryptographic work
     if let Some(q) = &gw.peer_quota {
         let d = gw.limiter.check(&Key::peer(client), q).await;
-        limit_err(d, q, "peer")?;
+        // its headers go out only on a refusal (the route's limit, if any,
+        // is the one an admitted response reports)
+        if matches!(d, Decision::Deny { .. }) {
+            limit_err(d, q, "peer")?;
+        }
     }
 
     // 7: inspect
@@ -419,12 +423,6 @@ async fn pipeline(
             identity.push((name.clone(), v));
         }
     }
-    let mut identity_names: Vec<HeaderName> = route
-        .forward_identity
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
-    identity_names.extend(gw.authn.credential_headers());
     let upstream_path = if route.strip_prefix {
         let rest = path
             .strip_prefix(route.path_prefix.trim_end_matches('/'))
@@ -458,7 +456,8 @@ async fn pipeline(
         client_ip: &ip,
         proto: if conn.tls { "https" } else { "http" },
         identity,
-        identity_names,
+        identity_names: &route.forward_identity,
+        credentials: gw.authn.credential_headers(),
         path_and_query,
         pass_upstream_errors: route.pass_upstream_errors,
         timeout: route.request_timeout,
@@ -475,7 +474,7 @@ async fn pipeline(
             });
         }
     };
-    rec.upstream = format!("{}/{}", pool.name, endpoint);
+    rec.upstream = [pool.name.as_str(), "/", &endpoint].concat();
     for (n, v) in limit_headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(n.as_bytes()),
@@ -563,7 +562,7 @@ pub async fn handle(
         time: palisade_core::rfc3339(palisade_core::now_nanos()),
         request_id: request_id.clone(),
         listener: conn.listener.to_string(),
-        client_ip: client.to_string(),
+        client_ip: crate::client_ip::ip_text(client),
         method: req.method().as_str().to_string(),
         path: [
             "<",

@@ -33,49 +33,56 @@ pub type ReqBody = BoxBody<Bytes, BoxError>;
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 
-/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Forwarding headers a client may not set (X-Forwarded-For/-Proto are replaced).
-const UNTRUSTED_FORWARDING: [HeaderName; 3] = [header::FORWARDED, X_REAL_IP, X_FORWARDED_HOST];
-
-/// Remove every header named in `names`. One pass over the few names present
-/// finds them; only those are removed (each removal hashes a name, and
-/// usually none or one of `names` is there).
-fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
-    let present: Vec<HeaderName> = h.keys().filter(|k| names.contains(k)).cloned().collect();
-    for n in present {
-        h.remove(n);
-    }
+/// Headers that belong to one connection and are never forwarded (RFC 9110
+/// §7.6.1): `Connection`, `Keep-Alive`, `Proxy-Connection`,
+/// `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Transfer-Encoding` and `Upgrade`.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
-/// Remove hop-by-hop headers, including those named in `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+/// Forwarding headers a client may not set (X-Forwarded-For/-Proto are replaced).
+fn untrusted_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded" | "x-real-ip" | "x-forwarded-host"
+    )
+}
+
+/// Remove, in one pass over the names present, the hop-by-hop headers,
+/// the headers named in `Connection`, and every header `also` picks.
+/// Only the few names found are removed (each removal hashes a name; a
+/// request usually has none of them but its credential).
+pub fn strip_headers(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| hop_by_hop(n) || also(n))
+        .cloned()
         .collect();
-    for n in named {
+    if doomed.contains(&header::CONNECTION) {
+        doomed.extend(
+            h.get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
+    }
+    for n in doomed {
         h.remove(n);
     }
-    remove_present(h, &HOP_BY_HOP);
 }
 
 /// How a worker reaches an endpoint: plain TCP, or TLS with CA verification
@@ -153,8 +160,11 @@ pub struct ForwardCtx<'a> {
     pub proto: &'static str,
     /// Identity headers to set (name, value); client copies are removed first.
     pub identity: Vec<(HeaderName, HeaderValue)>,
-    /// Every header name the route may set from identity (removed from the client request).
-    pub identity_names: Vec<HeaderName>,
+    /// Every header the route may set from identity (with the claim it
+    /// comes from), removed from the client request.
+    pub identity_names: &'a [(HeaderName, String)],
+    /// The headers that may carry a gateway credential (never forwarded).
+    pub credentials: &'a [HeaderName],
     pub path_and_query: String,
     pub pass_upstream_errors: bool,
     pub timeout: Option<Duration>,
@@ -420,12 +430,14 @@ impl Pool {
         *req.uri_mut() = uri;
         *req.version_mut() = hyper::Version::HTTP_11;
         let h = req.headers_mut();
-        strip_hop_by_hop(h);
-        // gateway credentials and client copies of identity headers, and
-        // client-supplied forwarding headers: the gateway is the edge, so
-        // services see exactly the peer the gateway saw
-        remove_present(h, &ctx.identity_names);
-        remove_present(h, &UNTRUSTED_FORWARDING);
+        // with the hop-by-hop ones: gateway credentials, client copies of
+        // identity headers, and client-supplied forwarding headers (the
+        // gateway is the edge, so services see exactly the peer it saw)
+        strip_headers(h, |n| {
+            untrusted_forwarding(n)
+                || ctx.credentials.contains(n)
+                || ctx.identity_names.iter().any(|(name, _)| name == n)
+        });
         for (n, v) in ctx.identity {
             h.insert(n, v);
         }
@@ -473,9 +485,10 @@ impl Pool {
         let status = resp.status();
         self.record(e, !matches!(status.as_u16(), 502..=504));
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        // no upstream software versions leak out
-        remove_present(&mut parts.headers, &[header::SERVER, X_POWERED_BY]);
+        // no upstream software versions leak out either
+        strip_headers(&mut parts.headers, |n| {
+            n == header::SERVER || n.as_str() == "x-powered-by"
+        });
         if status.is_server_error() && !ctx.pass_upstream_errors {
             // upstream 5xx bodies may carry stack traces: replace them
             drop(body);
@@ -608,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named() {
+    fn strips_hop_by_hop_connection_named_and_chosen_headers() {
         let mut h = HeaderMap::new();
         h.insert(
             "connection",
@@ -619,7 +632,7 @@ mod tests {
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_headers(&mut h, |_| false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
         // each one alone is found too (the pass that skips the removals)
@@ -640,14 +653,26 @@ mod tests {
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 HeaderValue::from_static("x"),
             );
-            strip_hop_by_hop(&mut h);
+            strip_headers(&mut h, |_| false);
             assert_eq!(h.len(), 1, "{name} was not removed");
         }
         // nothing to remove: nothing changes
         let mut h = HeaderMap::new();
         h.insert("x-keep", HeaderValue::from_static("1"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h);
+        strip_headers(&mut h, |_| false);
         assert_eq!(h.len(), 2);
+        // what the caller adds goes in the same pass, hop-by-hop ones still do
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_headers(&mut h, |n| {
+            untrusted_forwarding(n) || n == hyper::header::AUTHORIZATION
+        });
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
     }
 }

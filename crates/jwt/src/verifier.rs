@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::claims::{self, Claims, Expect, Now};
 use crate::config::{self, Alg, IssuerConfig, KeySource};
@@ -26,11 +26,12 @@ pub struct Verifier {
     /// Tokens whose signature already verified, by AES-CMAC of the token
     /// under `cache_key` (a keyed 128-bit PRF: the token itself is never
     /// kept, and without the key nobody can aim a token at another one's
-    /// entry; 4× cheaper than SHA-256 here). A hit skips only the signature check:
-    /// time claims and audience are checked again on every use, and an entry
+    /// entry; 4× cheaper than SHA-256 here). A hit skips the signature and
+    /// every check that depends only on the token (issuer, audience, claim
+    /// types): time claims are checked again on every use, and an entry
     /// is used only while the key set that verified it is still the issuer's
     /// current one (a JWKS rotation invalidates it).
-    cache: Mutex<HashMap<[u8; 16], Arc<Verified>>>,
+    cache: Mutex<HashMap<u128, Arc<Verified>, TagHash>>,
     /// Random per process; never leaves memory.
     cache_key: aws_lc_rs::cmac::Key,
 }
@@ -39,11 +40,47 @@ pub struct Verifier {
 pub const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 pub(crate) struct Verified {
-    issuer: String,
-    keys: Option<Arc<KeySet>>,
-    claims: std::sync::Arc<Map<String, Value>>,
-    alg: Alg,
-    kid: Option<String>,
+    /// For a JWKS URL issuer, its key source and the key set that verified
+    /// the token (`None`: keys fixed for the Verifier's lifetime).
+    keys: Option<(Arc<Remote>, Arc<KeySet>)>,
+    leeway: Duration,
+    claims: Arc<Claims>,
+}
+
+/// Hashes a cache key, which is already the output of a keyed PRF
+/// (AES-CMAC under a per-process random key): its low 64 bits are as good
+/// a hash as any, and nobody without the key can choose them. Saves
+/// re-hashing 16 bytes with SipHash on every lookup.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TagHash;
+
+impl std::hash::BuildHasher for TagHash {
+    type Hasher = TagHasher;
+    fn build_hasher(&self) -> TagHasher {
+        TagHasher(0)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // only `u128` keys are hashed here (`write_u128`); kept correct
+        // for any input all the same
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        // truncation intended: the low half of a PRF output
+        self.0 ^= v as u64;
+    }
 }
 
 /// One issuer, configuration checked and keys loaded.
@@ -159,7 +196,7 @@ impl Verifier {
         Arc::new(Verifier {
             issuers,
             http,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::with_hasher(TagHash)),
             cache_key: aws_lc_rs::cmac::Key::generate(aws_lc_rs::cmac::AES_128)
                 .expect("random key from the system's generator"),
         })
@@ -221,16 +258,17 @@ impl Verifier {
     /// Verify a bearer token (without the `Bearer ` prefix) and return its
     /// claims. Every refusal is a [`JwtError`]; see the crate docs for the
     /// order of checks.
-    pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
         self.verify_at(token, Now::system()).await
     }
 
     /// [`Verifier::verify`] at an injected time.
-    pub(crate) async fn verify_at(&self, token: &str, now: Now) -> Result<Claims, JwtError> {
+    pub(crate) async fn verify_at(&self, token: &str, now: Now) -> Result<Arc<Claims>, JwtError> {
         // never expected to fail; then the cache is simply not used
-        let cache_key: Option<[u8; 16]> = aws_lc_rs::cmac::sign(&self.cache_key, token.as_bytes())
+        let cache_key: Option<u128> = aws_lc_rs::cmac::sign(&self.cache_key, token.as_bytes())
             .ok()
-            .and_then(|tag| tag.as_ref().try_into().ok());
+            .and_then(|tag| <[u8; 16]>::try_from(tag.as_ref()).ok())
+            .map(u128::from_le_bytes);
         let hit = cache_key.and_then(|k| {
             self.cache
                 .lock()
@@ -238,22 +276,16 @@ impl Verifier {
                 .get(&k)
                 .cloned()
         });
-        if let Some(v) = hit
-            && let Some(issuer) = self.issuers.get(&v.issuer)
-        {
-            let same_keys = match (&issuer.keys, &v.keys) {
-                (Keys::Static(_), None) => true,
-                (Keys::Remote(r), Some(used)) => {
-                    r.snapshot().is_some_and(|cur| Arc::ptr_eq(&cur, used))
+        if let Some(v) = hit {
+            let same_keys = match &v.keys {
+                None => true,
+                Some((remote, used)) => {
+                    remote.snapshot().is_some_and(|cur| Arc::ptr_eq(&cur, used))
                 }
-                _ => false,
             };
             if same_keys {
-                let expect = Expect {
-                    audiences: &issuer.audiences,
-                    leeway: issuer.leeway,
-                };
-                return claims::check(v.claims.clone(), &expect, now.wall, v.alg, v.kid.clone());
+                v.claims.check_time(now.wall, v.leeway)?;
+                return Ok(Arc::clone(&v.claims));
             }
         }
 
@@ -261,12 +293,9 @@ impl Verifier {
         let claims = json::object(&jws.payload).ok_or(JwtError::Malformed)?;
         // The unverified `iss` is only a lookup key: everything after this is
         // checked against that issuer's own keys and allowlist.
-        let (issuer_name, issuer) = match claims.get("iss") {
+        let issuer = match claims.get("iss") {
             None => return Err(JwtError::MissingClaim("iss")),
-            Some(Value::String(iss)) => self
-                .issuers
-                .get_key_value(iss)
-                .ok_or(JwtError::UnknownIssuer)?,
+            Some(Value::String(iss)) => self.issuers.get(iss).ok_or(JwtError::UnknownIssuer)?,
             Some(_) => return Err(JwtError::Malformed),
         };
         if !issuer.algorithms.contains(&jws.alg) {
@@ -282,7 +311,7 @@ impl Verifier {
                     Some(set) => jws::verify_signature(&jws, &set).map(|_| set),
                     None => Err(JwtError::KeysUnavailable),
                 };
-                match first {
+                let set = match first {
                     Err(JwtError::UnknownKey | JwtError::KeysUnavailable) => {
                         remote.refetch_for_unknown_key(&self.http, now.mono).await;
                         // Retry with whatever set is current now: ours, or
@@ -290,27 +319,26 @@ impl Verifier {
                         match remote.snapshot() {
                             Some(set) => {
                                 jws::verify_signature(&jws, &set)?;
-                                Some(set)
+                                set
                             }
                             None => return Err(JwtError::KeysUnavailable),
                         }
                     }
-                    other => Some(other?),
-                }
+                    other => other?,
+                };
+                Some((Arc::clone(remote), set))
             }
         };
-        let claims = std::sync::Arc::new(claims);
-        let kept = claims.clone();
-        let verified = claims::check(
-            claims,
+        let verified = Arc::new(claims::check(
+            Arc::new(claims),
             &Expect {
                 audiences: &issuer.audiences,
                 leeway: issuer.leeway,
             },
             now.wall,
             jws.alg,
-            jws.kid.clone(),
-        )?;
+            jws.kid,
+        )?);
         let Some(cache_key) = cache_key else {
             return Ok(verified);
         };
@@ -321,11 +349,9 @@ impl Verifier {
         cache.insert(
             cache_key,
             Arc::new(Verified {
-                issuer: issuer_name.clone(),
                 keys: used,
-                claims: kept,
-                alg: jws.alg,
-                kid: jws.kid,
+                leeway: issuer.leeway,
+                claims: Arc::clone(&verified),
             }),
         );
         Ok(verified)

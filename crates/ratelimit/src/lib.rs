@@ -269,9 +269,8 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &buf[i..] {
-        out.push(d as char);
-    }
+    // ASCII digits only
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct Authenticator {
     issuers: Vec<IssuerInfo>,
     apikeys: Option<Arc<palisade_apikey::ApiKeyStore>>,
     apikey_header: HeaderName,
+    /// `Authorization` and the API key header.
+    credential_headers: [HeaderName; 2],
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -36,6 +38,16 @@ impl std::fmt::Debug for Authenticator {
             .field("apikeys", &self.apikeys.is_some())
             .finish()
     }
+}
+
+/// The principal's part of a verified JWT.
+struct JwtIdentity {
+    /// The configured issuer's name (routes list accepted issuers by name).
+    issuer_name: Option<String>,
+    subject: Arc<str>,
+    issuer: Arc<str>,
+    scopes: Arc<[String]>,
+    roles: Arc<[String]>,
 }
 
 /// Which credential a request carries (parsed once, typed from here on).
@@ -112,6 +124,8 @@ impl Authenticator {
             v.spawn_refresh();
             Some(v)
         };
+        let apikey_header =
+            HeaderName::from_bytes(apikey_header.as_bytes()).map_err(|e| e.to_string())?;
         Ok(Self {
             jwt,
             issuers: issuers
@@ -123,8 +137,8 @@ impl Authenticator {
                 })
                 .collect(),
             apikeys,
-            apikey_header: HeaderName::from_bytes(apikey_header.as_bytes())
-                .map_err(|e| e.to_string())?,
+            credential_headers: [AUTHORIZATION, apikey_header.clone()],
+            apikey_header,
         })
     }
 
@@ -162,8 +176,28 @@ impl Authenticator {
 
     /// Headers that carried the credential (removed before forwarding, so
     /// services never see gateway credentials).
-    pub fn credential_headers(&self) -> [HeaderName; 2] {
-        [AUTHORIZATION, self.apikey_header.clone()]
+    pub fn credential_headers(&self) -> &[HeaderName] {
+        &self.credential_headers
+    }
+
+    /// What a verified token says about its caller, worked out once per
+    /// token (palisade-jwt keeps it with the token's cached verification).
+    fn jwt_identity(&self, claims: &palisade_jwt::Claims) -> JwtIdentity {
+        let info = self.issuers.iter().find(|i| i.issuer == claims.iss);
+        let roles_claim = info.map(|i| i.roles_claim.as_str()).unwrap_or("roles");
+        let mut scopes = strings(claims.get("scope"));
+        scopes.extend(strings(claims.get("scp")));
+        let mut roles = strings(claims.get(roles_claim));
+        if roles_claim != "groups" {
+            roles.extend(strings(claims.get("groups")));
+        }
+        JwtIdentity {
+            issuer_name: info.map(|i| i.name.clone()),
+            subject: claims.sub.as_deref().unwrap_or_default().into(),
+            issuer: claims.iss.as_str().into(),
+            scopes: scopes.into(),
+            roles: roles.into(),
+        }
     }
 
     pub async fn authenticate(
@@ -193,41 +227,29 @@ impl Authenticator {
                         reason: e.reason(),
                         challenge: "Bearer error=\"invalid_token\"",
                     })?;
-                let claims = claims.all;
-                let iss = claims
-                    .get("iss")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let info = self.issuers.iter().find(|i| i.issuer == iss);
+                let id = claims
+                    .derived(|c| self.jwt_identity(c))
+                    .ok_or(GatewayError::Internal)?;
                 if !route.jwt_issuers.is_empty()
-                    && !info.is_some_and(|i| route.jwt_issuers.contains(&i.name))
+                    && !id
+                        .issuer_name
+                        .as_ref()
+                        .is_some_and(|n| route.jwt_issuers.contains(n))
                 {
                     return Err(GatewayError::Unauthenticated {
                         reason: "issuer_not_accepted_on_route",
                         challenge: "Bearer error=\"invalid_token\"",
                     });
                 }
-                let roles_claim = info.map(|i| i.roles_claim.as_str()).unwrap_or("roles");
-                let mut scopes = strings(claims.get("scope"));
-                scopes.extend(strings(claims.get("scp")));
-                let mut roles = strings(claims.get(roles_claim));
-                if roles_claim != "groups" {
-                    roles.extend(strings(claims.get("groups")));
-                }
                 Ok(Principal {
                     method: Method::Jwt,
-                    subject: claims
-                        .get("sub")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default()
-                        .to_string(),
-                    issuer: iss,
-                    scopes,
-                    roles,
+                    subject: id.subject.clone(),
+                    issuer: id.issuer.clone(),
+                    scopes: id.scopes.clone(),
+                    roles: id.roles.clone(),
                     consumer: None,
                     key_id: None,
-                    claims,
+                    claims: claims.all.clone(),
                     peer: peer.cloned(),
                 })
             }
@@ -252,10 +274,10 @@ impl Authenticator {
                         })?;
                 Ok(Principal {
                     method: Method::ApiKey,
-                    subject: rec.consumer.clone(),
-                    issuer: String::new(),
-                    scopes: rec.scopes.clone(),
-                    roles: Vec::new(),
+                    subject: rec.consumer.as_str().into(),
+                    issuer: "".into(),
+                    scopes: rec.scopes.as_slice().into(),
+                    roles: Arc::new([]),
                     consumer: Some(rec.consumer.clone()),
                     key_id: Some(rec.id.clone()),
                     claims: Default::default(),
@@ -268,10 +290,10 @@ impl Authenticator {
                 {
                     return Ok(Principal {
                         method: Method::PeerCert,
-                        subject: p.name().to_string(),
-                        issuer: String::new(),
-                        scopes: Vec::new(),
-                        roles: Vec::new(),
+                        subject: p.name().into(),
+                        issuer: "".into(),
+                        scopes: Arc::new([]),
+                        roles: Arc::new([]),
                         consumer: None,
                         key_id: None,
                         claims: Default::default(),

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::*;
 use crate::MAX_TOKEN_BYTES;
 
-async fn ok(token: &str) -> crate::Claims {
+async fn ok(token: &str) -> std::sync::Arc<crate::Claims> {
     let (v, _dir) = fixture().await;
     v.verify_at(token, at(NOW))
         .await
@@ -86,7 +86,10 @@ async fn hs256_with_32_byte_secret() {
         &Signer::Hs256(HS_SECRET),
     );
     let c = ok(&t).await;
-    assert_eq!((c.iss.as_str(), c.alg, c.kid), (ISS_HS, Alg::HS256, None));
+    assert_eq!(
+        (c.iss.as_str(), c.alg, c.kid.as_deref()),
+        (ISS_HS, Alg::HS256, None)
+    );
 }
 
 #[tokio::test]
@@ -182,4 +185,36 @@ async fn a_token_of_exactly_8_kib_verifies() {
     // base64 grows by 1 or 2 characters per byte, so we land on 8191 or 8192.
     assert!(t.len() == MAX_TOKEN_BYTES || t.len() == MAX_TOKEN_BYTES - 1);
     ok(&t).await;
+}
+
+#[tokio::test]
+async fn what_the_caller_derives_is_made_once_per_token() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (v, _dir) = fixture().await;
+    let k = keys();
+    let made = AtomicUsize::new(0);
+    let derive = |c: &crate::Claims| {
+        made.fetch_add(1, Ordering::Relaxed);
+        c.sub.clone()
+    };
+    let t = token(
+        &header("ES256", "ec256"),
+        &claims(ISS),
+        &Signer::Ec(&k.p256),
+    );
+    for _ in 0..3 {
+        let c = v.verify_at(&t, at(NOW)).await.unwrap();
+        assert_eq!(c.derived(derive), Some(&Some("user-1".to_owned())));
+    }
+    assert_eq!(made.load(Ordering::Relaxed), 1);
+    // asked for another type: nothing (the first one stays)
+    let c = v.verify_at(&t, at(NOW)).await.unwrap();
+    assert_eq!(c.derived(|_| 7u8), None);
+    // another token has its own
+    let mut other = claims(ISS);
+    other["sub"] = json!("user-2");
+    let t2 = token(&header("ES256", "ec256"), &other, &Signer::Ec(&k.p256));
+    let c2 = v.verify_at(&t2, at(NOW)).await.unwrap();
+    assert_eq!(c2.derived(derive), Some(&Some("user-2".to_owned())));
+    assert_eq!(made.load(Ordering::Relaxed), 2);
 }

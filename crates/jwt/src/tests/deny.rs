@@ -336,7 +336,7 @@ async fn another_issuers_key_does_not_verify() {
 
 // ---- claims -----------------------------------------------------------------
 
-async fn with_claims(c: &Value) -> Result<crate::Claims, JwtError> {
+async fn with_claims(c: &Value) -> Result<std::sync::Arc<crate::Claims>, JwtError> {
     let (v, _dir) = fixture().await;
     let t = token(&header("EdDSA", "ed1"), c, &Signer::Ed(&keys().ed));
     v.verify_at(&t, at(NOW)).await
@@ -678,4 +678,20 @@ async fn a_cached_verification_still_expires_and_checks_time_claims() {
         v.verify_at(&forged, at(NOW)).await,
         Err(JwtError::BadSignature)
     );
+}
+
+#[tokio::test]
+async fn a_cached_verification_still_checks_nbf() {
+    let (v, _dir) = fixture().await;
+    let k = keys();
+    let mut c = claims(ISS);
+    c["nbf"] = json!(NOW);
+    let t = token(&header("ES256", "ec256"), &c, &Signer::Ec(&k.p256));
+    assert!(v.verify_at(&t, at(NOW)).await.is_ok());
+    // from the cache now: nbf still applies, with the same 60 s leeway
+    assert_eq!(
+        v.verify_at(&t, at(NOW - 61)).await,
+        Err(JwtError::NotYetValid)
+    );
+    assert!(v.verify_at(&t, at(NOW - 59)).await.is_ok());
 }
