@@ -140,20 +140,19 @@ pub fn check_framing(h: &hyper::HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn host_of(req: &Request<Incoming>) -> String {
+fn host_of<B>(req: &Request<B>) -> String {
     let raw = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default();
-    let h = raw.to_ascii_lowercase();
     // strip the port (IPv6 literals keep their brackets)
-    match h.rfind(':') {
-        Some(i) if !h[i..].contains(']') => h[..i].to_string(),
-        _ => h,
-    }
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    };
+    host.to_ascii_lowercase()
 }
 
 fn host_matches(route: &RouteConfig, host: &str) -> bool {
@@ -736,6 +735,24 @@ mod tests {
                 ids.iter().map(|id| id.as_bytes()[pos]).collect();
             assert!(values.len() > 8, "position {pos} took {values:?}");
         }
+    }
+
+    #[test]
+    fn the_host_is_lowercased_without_its_port() {
+        let host = |h: Option<&str>, uri: &str| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = h {
+                b = b.header(header::HOST, h);
+            }
+            host_of(&b.body(()).unwrap())
+        };
+        assert_eq!(host(Some("API.Example:8443"), "/"), "api.example");
+        assert_eq!(host(Some("api.example"), "/"), "api.example");
+        assert_eq!(host(Some("[::1]:8443"), "/"), "[::1]");
+        assert_eq!(host(Some("[::1]"), "/"), "[::1]");
+        // HTTP/2 (or absolute-form) without Host: the request target's authority
+        assert_eq!(host(None, "https://Orders.Example:443/x"), "orders.example");
+        assert_eq!(host(None, "/x"), "");
     }
 
     #[test]

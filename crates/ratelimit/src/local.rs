@@ -73,17 +73,25 @@ impl LocalStore {
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         // Read the clock under the lock: TATs in one shard are then written in time order.
         let now = micros(self.clock.now());
-        let stored = map.get(key).copied();
-        let step = gcra.step(stored, now);
-        if let Step::Allow { tat, .. } = step {
-            match map.get_mut(key) {
-                Some(slot) => *slot = tat,
-                None => {
+        // one lookup for a known key (the common case): its slot is updated
+        // in place
+        let step = match map.get_mut(key) {
+            Some(slot) => {
+                let step = gcra.step(Some(*slot), now);
+                if let Step::Allow { tat, .. } = step {
+                    *slot = tat;
+                }
+                step
+            }
+            None => {
+                let step = gcra.step(None, now);
+                if let Step::Allow { tat, .. } = step {
                     self.make_room(&mut map, now);
                     map.insert(key.into(), tat);
                 }
+                step
             }
-        }
+        };
         gcra.decision(step)
     }
 
