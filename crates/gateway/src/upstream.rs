@@ -342,7 +342,10 @@ impl Pool {
         loop {
             let (mut tx, reused) = match self.checkout(slot, ep) {
                 Some(tx) => (tx, true),
-                None => (self.connect(ep).await?, false),
+                // boxed: a new connection (TCP, TLS handshake) is the
+                // rare path, and inline its state would make every
+                // request's future (moved and boxed per request) larger
+                None => (Box::pin(self.connect(ep)).await?, false),
             };
             if let Err(err) = tx.ready().await {
                 if reused {

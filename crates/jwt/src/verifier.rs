@@ -313,7 +313,9 @@ impl Verifier {
                 };
                 let set = match first {
                     Err(JwtError::UnknownKey | JwtError::KeysUnavailable) => {
-                        remote.refetch_for_unknown_key(&self.http, now.mono).await;
+                        // boxed: the rare path (an HTTP fetch) would otherwise
+                        // sit inline in every verification's future
+                        Box::pin(remote.refetch_for_unknown_key(&self.http, now.mono)).await;
                         // Retry with whatever set is current now: ours, or
                         // one a concurrent refetch installed meanwhile.
                         match remote.snapshot() {
