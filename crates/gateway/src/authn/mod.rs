@@ -311,3 +311,157 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, GatewayConfig, parse};
+
+    const SECRET_A: &str = "issuer-a-secret-of-at-least-32-bytes";
+    const SECRET_B: &str = "issuer-b-secret-of-at-least-32-bytes";
+
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    fn hs256(secret: &str, claims: serde_json::Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
+        format!("{signing_input}.{}", b64(tag.as_ref()))
+    }
+
+    fn claims(iss: &str) -> serde_json::Value {
+        serde_json::json!({
+            "iss": iss, "sub": "alice", "aud": "api",
+            "exp": palisade_core::now_nanos() / 1_000_000_000 + 600,
+            "scope": "orders:read orders:write",
+            "permissions": ["admin"], "roles": ["reader"], "groups": ["staff"],
+        })
+    }
+
+    /// Two HS256 issuers (`idp-a` reads roles from `permissions`) and two
+    /// routes: `a-only` accepts `idp-a` tokens only, `any` accepts both.
+    async fn setup() -> (Authenticator, GatewayConfig, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
+        let text = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+[authorization]
+policy_file = "p.cedar"
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+[[issuers]]
+name = "idp-a"
+issuer = "https://a.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+hs256_secret_env = "SECRET_A"
+roles_claim = "permissions"
+[[issuers]]
+name = "idp-b"
+issuer = "https://b.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+hs256_secret_env = "SECRET_B"
+[[routes]]
+name = "a-only"
+path_prefix = "/a"
+upstream = "app"
+authn = ["jwt"]
+jwt_issuers = ["idp-a"]
+[[routes]]
+name = "any"
+path_prefix = "/any"
+upstream = "app"
+authn = ["jwt"]
+"#;
+        let var = |name: &str| match name {
+            "SECRET_A" => Some(SECRET_A.to_owned()),
+            "SECRET_B" => Some(SECRET_B.to_owned()),
+            _ => None,
+        };
+        let cfg = parse(
+            text,
+            &Env {
+                var: &var,
+                base: dir.path().to_path_buf(),
+            },
+        )
+        .unwrap();
+        let a = Authenticator::new(&cfg.issuers, None, "x-api-key", reqwest::Client::new())
+            .await
+            .unwrap();
+        (a, cfg, dir)
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn route_issuers_and_roles_claims_from_the_cached_identity() {
+        let (a, cfg, _dir) = setup().await;
+        let route = |name: &str| cfg.routes.iter().find(|r| r.name == name).unwrap();
+        let token_a = bearer(&hs256(SECRET_A, claims("https://a.test")));
+        let token_b = bearer(&hs256(SECRET_B, claims("https://b.test")));
+        let now = palisade_core::now_nanos() / 1_000_000_000;
+
+        // allow: idp-a on its route; roles from its `permissions` claim plus `groups`
+        let p = a
+            .authenticate(route("a-only"), &token_a, None, now)
+            .await
+            .unwrap();
+        assert_eq!((&*p.subject, &*p.issuer), ("alice", "https://a.test"));
+        assert_eq!(&*p.scopes, ["orders:read", "orders:write"]);
+        assert_eq!(&*p.roles, ["admin", "staff"]);
+        // the same token again: the identity derived the first time, shared
+        let again = a
+            .authenticate(route("a-only"), &token_a, None, now)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&p.roles, &again.roles) && Arc::ptr_eq(&p.scopes, &again.scopes));
+
+        // deny: a valid idp-b token on the idp-a route, first and cached use
+        for _ in 0..2 {
+            match a.authenticate(route("a-only"), &token_b, None, now).await {
+                Err(GatewayError::Unauthenticated { reason, .. }) => {
+                    assert_eq!(reason, "issuer_not_accepted_on_route")
+                }
+                other => panic!("idp-b token on the idp-a route: {other:?}"),
+            }
+        }
+        // allow: idp-b where any issuer is accepted; its roles from `roles`
+        let p = a
+            .authenticate(route("any"), &token_b, None, now)
+            .await
+            .unwrap();
+        assert_eq!(&*p.issuer, "https://b.test");
+        assert_eq!(&*p.roles, ["reader", "staff"]);
+    }
+}
