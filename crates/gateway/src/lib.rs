@@ -16,6 +16,7 @@ pub mod authz;
 pub mod client_ip;
 pub mod config;
 pub mod conn;
+pub mod durations;
 pub mod inspect;
 pub mod log;
 pub mod principal;

@@ -618,16 +618,12 @@ pub async fn handle(
     }
     let status = resp.status();
     rec.status = status.as_u16();
-    rec.latency_us = started.elapsed().as_micros() as u64;
+    let took = started.elapsed();
+    rec.latency_us = took.as_micros() as u64;
     rec.bytes_out = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    request_metrics(
-        &rec.route,
-        rec.decision,
-        status,
-        started.elapsed().as_secs_f64(),
-    );
+    request_metrics(&rec.route, rec.decision, status, took);
     if let Some(cat) = rec.category {
         metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
     }
@@ -638,7 +634,7 @@ pub async fn handle(
 /// One worker's metric handles per route: the route's duration histogram
 /// and its request counters by (decision, status).
 type RouteMetrics = (
-    metrics::Histogram,
+    Arc<crate::durations::Histogram>,
     Vec<(&'static str, u16, metrics::Counter)>,
 );
 
@@ -652,20 +648,22 @@ thread_local! {
 }
 
 /// Count a finished request and record its duration.
-fn request_metrics(route: &str, decision: &'static str, status: StatusCode, seconds: f64) {
+fn request_metrics(route: &str, decision: &'static str, status: StatusCode, took: Duration) {
     REQUEST_METRICS.with(|m| {
         let mut m = m.borrow_mut();
         if !m.contains_key(route) {
             if m.len() >= 1024 {
                 m.clear();
             }
-            let h = metrics::histogram!("palisade_gateway_request_duration_seconds", "route" => route.to_string());
-            m.insert(route.into(), (h, Vec::new()));
+            m.insert(
+                route.into(),
+                (crate::durations::for_route(route), Vec::new()),
+            );
         }
         let Some((histogram, counters)) = m.get_mut(route) else {
             return;
         };
-        histogram.record(seconds);
+        histogram.record(took);
         let code = status.as_u16();
         match counters
             .iter()
