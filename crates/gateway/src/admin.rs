@@ -18,7 +18,9 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// It holds counters and gauges only. Request durations are a histogram
 /// kept by [`crate::durations`]: the recorder's histograms keep every sample
 /// until an upkeep pass folds them into buckets, a burst of work on a core a
-/// worker may need.
+/// worker may need. No code records a histogram through the recorder
+/// (`metrics::histogram!`): with no upkeep pass its samples would pile up
+/// until a scrape; add new histograms to [`crate::durations`]'s kind.
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
