@@ -19,7 +19,26 @@ fn same_path(a: &str, b: &str) -> bool {
 pub struct Broker {
     // The lock only guards the list; writes happen on an Arc snapshot, so
     // enabling/disabling a device never waits behind file I/O.
-    devices: Arc<RwLock<Vec<Arc<FileDevice>>>>,
+    devices: Arc<RwLock<Vec<Slot>>>,
+}
+
+/// One configured device: open, or configured but not loaded (its file
+/// could not be opened at unseal). An unavailable device is enabled as far
+/// as the rule "at least one device must record" goes, and never records:
+/// configured-but-not-loaded is unwritable, never "no devices".
+#[derive(Clone, Debug)]
+enum Slot {
+    Ready(Arc<FileDevice>),
+    Unavailable { path_name: String },
+}
+
+impl Slot {
+    fn path_name(&self) -> &str {
+        match self {
+            Slot::Ready(d) => d.path_name(),
+            Slot::Unavailable { path_name } => path_name,
+        }
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -35,7 +54,7 @@ impl Broker {
 
     // The list is always in a consistent state (pushes and removals cannot
     // half-happen), so a poisoned lock is safe to recover from.
-    fn snapshot(&self) -> Vec<Arc<FileDevice>> {
+    fn snapshot(&self) -> Vec<Slot> {
         self.devices
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -45,9 +64,48 @@ impl Broker {
     /// Enable a device. A device already enabled at the same path is replaced,
     /// so one path never writes two files.
     pub fn add(&self, dev: FileDevice) {
+        self.put(Slot::Ready(Arc::new(dev)));
+    }
+
+    /// Register a device that is configured but could not be opened: every
+    /// entry counts it as a device that failed to record.
+    pub fn add_unavailable(&self, path_name: &str) {
+        self.put(Slot::Unavailable {
+            path_name: path_name.to_owned(),
+        });
+    }
+
+    fn put(&self, slot: Slot) {
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
-        devices.retain(|d| !same_path(d.path_name(), dev.path_name()));
-        devices.push(Arc::new(dev));
+        devices.retain(|d| !same_path(d.path_name(), slot.path_name()));
+        devices.push(slot);
+    }
+
+    /// The open device at `path_name`, if any.
+    pub fn device(&self, path_name: &str) -> Option<Arc<FileDevice>> {
+        self.snapshot().into_iter().find_map(|s| match s {
+            Slot::Ready(d) if same_path(d.path_name(), path_name) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// Every open device.
+    pub fn devices(&self) -> Vec<Arc<FileDevice>> {
+        self.snapshot()
+            .into_iter()
+            .filter_map(|s| match s {
+                Slot::Ready(d) => Some(d),
+                Slot::Unavailable { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Forget every device (on seal).
+    pub fn clear(&self) {
+        self.devices
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Disable the device at `path_name`; false if there was none. A `log`
@@ -69,10 +127,7 @@ impl Broker {
     /// `sys/audit-hash`: `input` hashed with the key of the device at
     /// `path_name`, or `None` if no such device is enabled.
     pub fn hash(&self, path_name: &str, input: &str) -> Option<String> {
-        self.snapshot()
-            .iter()
-            .find(|d| same_path(d.path_name(), path_name))
-            .map(|d| d.hash(input))
+        self.device(path_name).map(|d| d.hash(input))
     }
 
     /// Write the entry to every device. Ok if at least one device wrote it or
@@ -89,7 +144,14 @@ impl Broker {
             return Ok(());
         }
         let mut wrote = false;
-        for dev in &devices {
+        for slot in &devices {
+            let dev = match slot {
+                Slot::Ready(d) => d,
+                Slot::Unavailable { path_name } => {
+                    tracing::error!(device = %path_name, "audit device is configured but not loaded (its file could not be opened)");
+                    continue;
+                }
+            };
             match dev.write_entry(entry) {
                 Ok(()) => wrote = true,
                 // The error names the device and the I/O cause, never the

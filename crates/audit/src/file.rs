@@ -17,10 +17,10 @@ use crate::redact;
 /// How far back open-time recovery reads per step while looking for the start
 /// of the last line.
 const TAIL_CHUNK: u64 = 64 * 1024;
-/// Largest last line recovery will load. Request bodies are capped well below
-/// this by the server; a longer "line" means the file is not an audit log, and
-/// refusing beats allocating gigabytes.
-const MAX_LINE: u64 = 128 * 1024 * 1024;
+/// Largest last line recovery will load: a record is summarised long before
+/// it reaches this size ([`crate::MAX_RECORD_BYTES`]), so a longer "line"
+/// means the file is not (only) an audit log, and refusing beats allocating.
+const MAX_LINE: u64 = 2 * crate::MAX_RECORD_BYTES as u64;
 
 /// Chain state; guarded by one mutex so that picking `seq`/`prev_hash`, writing
 /// the line and advancing happen as one step and lines land in chain order.
@@ -50,45 +50,200 @@ impl fmt::Debug for FileDevice {
     }
 }
 
+/// The last record a device wrote: what the server keeps behind its barrier
+/// as the device's anchor, and what `verify --head` checks a file against.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    /// `seq` of the last record written.
+    pub seq: u64,
+    /// `hash` of that record.
+    pub hash: String,
+}
+
+/// How much the opener of a device trusts its `file_path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Set by the operator in the server's configuration file: symlinks are
+    /// followed and special files (a FIFO to a log shipper) are allowed.
+    Operator,
+    /// Asked for over the API: only a regular file reached without a symlink
+    /// in its last component, created new or already holding an audit log.
+    Api,
+}
+
+/// A device reopened after an unseal, and what recovery found.
+#[derive(Debug)]
+pub struct Reopened {
+    pub device: FileDevice,
+    /// Set when the file did not continue the anchored chain (truncated,
+    /// replaced, torn or foreign tail): the device continues anyway, from the
+    /// anchor, and the break stays visible to `verify`. Names files and
+    /// sequence numbers only.
+    pub warning: Option<String>,
+}
+
+fn open_file(file_path: &Path, trust: Trust) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    // Read access is only for recovering the tail; writes always go to
+    // the end thanks to O_APPEND, whatever else appends to the file.
+    opts.read(true).append(true).mode(0o600);
+    if trust == Trust::Operator {
+        return opts.create(true).open(file_path);
+    }
+    match std::fs::symlink_metadata(file_path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // O_CREAT|O_EXCL never follows a symlink planted meanwhile
+            opts.create_new(true).open(file_path)
+        }
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (symlinks and special files are refused)",
+        )),
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            let file = opts.open(file_path)?;
+            let now = file.metadata()?;
+            // the path was swapped (e.g. for a symlink) between the check and the open
+            if now.dev() != m.dev() || now.ino() != m.ino() || !now.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the file changed while it was opened",
+                ));
+            }
+            Ok(file)
+        }
+    }
+}
+
 impl FileDevice {
-    /// Open `file_path` for append (created with mode 0600; an existing file's
-    /// mode is left alone), recovering the chain state (last seq and hash) from
-    /// the existing file's last line, reading only its tail (files can be
-    /// large). `hmac_key` is the per-device salt the server persists behind its
-    /// barrier.
+    /// Open `file_path` to enable a device (created with mode 0600; an existing
+    /// file's mode is left alone), continuing the chain from the existing
+    /// file's last line, read from its tail only (files can be large).
+    /// `hmac_key` is the per-device salt the server persists behind its barrier.
     ///
     /// Fails with [`AuditError::Recover`] if the file does not end in a sealed
-    /// record (torn final line, edited tail, foreign content): appending to it
-    /// would yield a file that never verifies. Non-regular files (e.g. a
-    /// character device) start a fresh chain.
+    /// record (torn final line, edited tail, foreign content): a device is
+    /// never enabled on a file that is not an audit log. With
+    /// [`Trust::Operator`], non-regular files (e.g. a FIFO) start a fresh chain;
+    /// with [`Trust::Api`] they, and symlinks, are refused.
     pub fn open(
         path_name: &str,
         file_path: &Path,
         hmac_key: &[u8],
+        trust: Trust,
     ) -> Result<FileDevice, AuditError> {
         let open_err = |source| AuditError::Open {
             device: path_name.to_owned(),
             path: file_path.to_owned(),
             source,
         };
-        // Read access is only for recovering the tail; writes always go to
-        // the end thanks to O_APPEND, whatever else appends to the file.
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(file_path)
-            .map_err(open_err)?;
-        let (next_seq, prev_hash) = recover(&file).map_err(|e| match e {
-            Recover::Io(source) => open_err(source),
-            Recover::Bad(reason) => AuditError::Recover {
-                device: path_name.to_owned(),
-                path: file_path.to_owned(),
-                reason,
-            },
-        })?;
-        Ok(FileDevice {
+        let file = open_file(file_path, trust).map_err(open_err)?;
+        let (next_seq, prev_hash) = match recover(&file) {
+            Ok(Some(last)) => (
+                last.seq.checked_add(1).ok_or_else(|| AuditError::Recover {
+                    device: path_name.to_owned(),
+                    path: file_path.to_owned(),
+                    reason: "sequence number exhausted".into(),
+                })?,
+                last.hash,
+            ),
+            Ok(None) => (0, ZERO_HASH.to_owned()),
+            Err(Recover::Io(source)) => return Err(open_err(source)),
+            Err(Recover::Bad(reason)) => {
+                return Err(AuditError::Recover {
+                    device: path_name.to_owned(),
+                    path: file_path.to_owned(),
+                    reason,
+                });
+            }
+        };
+        Ok(Self::new(
+            path_name, file_path, hmac_key, file, next_seq, prev_hash,
+        ))
+    }
+
+    /// Reopen an enabled device after an unseal. Unlike [`FileDevice::open`]
+    /// this never fails because of what the file holds, so the audit log's
+    /// contents cannot decide whether the server unseals: the chain continues
+    /// from the file's last record when that record is at or past `anchor`,
+    /// and from `anchor` otherwise (a truncated, replaced, edited or torn
+    /// file), with a [`Reopened::warning`]. A torn last line is closed with a
+    /// newline first, so it stays a visible break and the next record starts
+    /// a line of its own. Only I/O errors (cannot open) fail.
+    pub fn reopen(
+        path_name: &str,
+        file_path: &Path,
+        hmac_key: &[u8],
+        trust: Trust,
+        anchor: Option<&Head>,
+    ) -> Result<Reopened, AuditError> {
+        let open_err = |source| AuditError::Open {
+            device: path_name.to_owned(),
+            path: file_path.to_owned(),
+            source,
+        };
+        let file = open_file(file_path, trust).map_err(open_err)?;
+        let from_anchor = |a: Option<&Head>| match a {
+            Some(a) => (a.seq.saturating_add(1), a.hash.clone()),
+            None => (0, ZERO_HASH.to_owned()),
+        };
+        let anchored = |a: &Head| format!("the anchored head is seq {}", a.seq);
+        let ((next_seq, prev_hash), warning) = match (recover(&file), anchor) {
+            (Ok(Some(last)), None) => ((last.seq.saturating_add(1), last.hash), None),
+            (Ok(Some(last)), Some(a))
+                if last.seq > a.seq || (last.seq == a.seq && last.hash == a.hash) =>
+            {
+                ((last.seq.saturating_add(1), last.hash), None)
+            }
+            (Ok(Some(last)), Some(a)) => (
+                from_anchor(Some(a)),
+                Some(format!(
+                    "the file ends at seq {} but {}: lines were removed or the file replaced; the chain continues from the anchor",
+                    last.seq,
+                    anchored(a)
+                )),
+            ),
+            (Ok(None), None) => (from_anchor(None), None),
+            (Ok(None), Some(a)) => (
+                from_anchor(Some(a)),
+                Some(format!(
+                    "the file is empty but {}: the chain continues from the anchor",
+                    anchored(a)
+                )),
+            ),
+            (Err(Recover::Io(source)), _) => return Err(open_err(source)),
+            (Err(Recover::Bad(reason)), a) => {
+                if let Err(source) = close_torn_line(&file) {
+                    return Err(open_err(source));
+                }
+                (
+                    from_anchor(a),
+                    Some(format!(
+                        "cannot continue the chain from the file ({reason}); it continues from {}",
+                        match a {
+                            Some(a) => format!("the anchored head at seq {}", a.seq),
+                            None => "seq 0 (no anchor)".to_owned(),
+                        }
+                    )),
+                )
+            }
+        };
+        Ok(Reopened {
+            device: Self::new(path_name, file_path, hmac_key, file, next_seq, prev_hash),
+            warning,
+        })
+    }
+
+    fn new(
+        path_name: &str,
+        file_path: &Path,
+        hmac_key: &[u8],
+        file: File,
+        next_seq: u64,
+        prev_hash: String,
+    ) -> FileDevice {
+        FileDevice {
             path_name: path_name.to_owned(),
             file_path: file_path.to_owned(),
             key: MacKey::from_bytes(hmac_key),
@@ -98,6 +253,15 @@ impl FileDevice {
                 prev_hash,
                 disabled: false,
             }),
+        }
+    }
+
+    /// The last record written (or continued from), `None` before the first.
+    pub fn head(&self) -> Option<Head> {
+        let chain = self.chain.lock().ok()?;
+        chain.next_seq.checked_sub(1).map(|seq| Head {
+            seq,
+            hash: chain.prev_hash.clone(),
         })
     }
 
@@ -119,7 +283,7 @@ impl FileDevice {
 
     /// Redact, seal and append one entry. Returns once the line has reached the
     /// kernel (no fsync; see the crate docs).
-    pub(crate) fn write_entry(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+    pub fn write_entry(&self, entry: &AuditEntry) -> Result<(), AuditError> {
         // Redaction and serialisation happen before taking the lock. The time
         // is taken here too, so under concurrency `time` may step back by a few
         // microseconds between lines; `seq` is the authoritative order.
@@ -224,14 +388,14 @@ impl From<io::Error> for Recover {
     }
 }
 
-/// Chain state to continue from: `(next seq, prev_hash)`. Reads backwards
-/// from the end in chunks until it finds the start of the last line, then
-/// checks that line alone, so opening costs O(last line), not O(file).
-fn recover(file: &File) -> Result<(u64, String), Recover> {
+/// The file's last record, read backwards from the end in chunks until the
+/// start of the last line is found, then checked alone, so opening costs
+/// O(last line), not O(file). `None` for an empty or non-regular file.
+fn recover(file: &File) -> Result<Option<chain::Sealed>, Recover> {
     let meta = file.metadata()?;
     let len = meta.len();
     if !meta.is_file() || len == 0 {
-        return Ok((0, ZERO_HASH.to_owned()));
+        return Ok(None);
     }
     let mut last = [0u8; 1];
     file.read_exact_at(&mut last, len - 1)?;
@@ -272,11 +436,22 @@ fn recover(file: &File) -> Result<(u64, String), Recover> {
             "last line: {p}; run verify and move the file aside"
         ))
     })?;
-    let next = sealed
-        .seq
-        .checked_add(1)
-        .ok_or_else(|| Recover::Bad("sequence number exhausted".into()))?;
-    Ok((next, sealed.hash))
+    Ok(Some(sealed))
+}
+
+/// End a file whose last line has no newline with one, so the next record
+/// is a line of its own (the fragment stays, for `verify` to report).
+fn close_torn_line(file: &File) -> io::Result<()> {
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, meta.len() - 1)?;
+    if last[0] != b'\n' {
+        (&*file).write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,7 +478,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.log");
-        let dev = FileDevice::open("file/", &p, b"k").unwrap();
+        let dev = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
@@ -321,7 +496,7 @@ mod tests {
     fn recovers_after_a_line_longer_than_the_tail_chunk() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.log");
-        let dev = FileDevice::open("file/", &p, b"k").unwrap();
+        let dev = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap();
         // Keys are not hashed, so many long keys make a long line.
         let mut big = Map::new();
         for i in 0..5000 {
@@ -335,7 +510,7 @@ mod tests {
             "line too short to exercise chunking: {len}"
         );
         drop(dev);
-        let dev = FileDevice::open("file/", &p, b"k").unwrap();
+        let dev = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap();
         dev.write_entry(&entry(None)).unwrap();
         let report = crate::verify(&p).unwrap();
         assert_eq!(report.lines, 3);
@@ -345,7 +520,7 @@ mod tests {
     fn refuses_torn_or_foreign_tail() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.log");
-        let dev = FileDevice::open("file/", &p, b"k").unwrap();
+        let dev = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap();
         dev.write_entry(&entry(None)).unwrap();
         drop(dev);
 
@@ -354,7 +529,7 @@ mod tests {
         let mut torn = good.clone();
         torn.extend_from_slice(b"{\"time\":\"2");
         std::fs::write(&p, &torn).unwrap();
-        let err = FileDevice::open("file/", &p, b"k").unwrap_err();
+        let err = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap_err();
         assert!(matches!(err, AuditError::Recover { .. }), "{err}");
         assert!(
             err.to_string().contains("does not end in a newline"),
@@ -366,7 +541,7 @@ mod tests {
             .unwrap()
             .replace("secret/data/a", "secret/data/b");
         std::fs::write(&p, edited).unwrap();
-        let err = FileDevice::open("file/", &p, b"k").unwrap_err();
+        let err = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap_err();
         assert!(
             err.to_string().contains("last line: hash mismatch"),
             "{err}"
@@ -374,7 +549,7 @@ mod tests {
 
         // Not an audit log.
         std::fs::write(&p, "hello\n").unwrap();
-        let err = FileDevice::open("file/", &p, b"k").unwrap_err();
+        let err = FileDevice::open("file/", &p, b"k", Trust::Operator).unwrap_err();
         assert!(
             err.to_string().contains("last line: not valid JSON"),
             "{err}"
@@ -383,7 +558,7 @@ mod tests {
 
     #[test]
     fn failed_write_does_not_advance_the_chain() {
-        let dev = FileDevice::open("full/", Path::new("/dev/full"), b"k").unwrap();
+        let dev = FileDevice::open("full/", Path::new("/dev/full"), b"k", Trust::Operator).unwrap();
         let err = dev.write_entry(&entry(None)).unwrap_err();
         assert!(matches!(err, AuditError::Write { .. }), "{err}");
         let chain = dev.chain.lock().unwrap();

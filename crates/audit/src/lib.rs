@@ -36,9 +36,9 @@
 //!
 //! Limits, stated plainly:
 //! - **Truncation of trailing lines cannot be detected from the file alone**:
-//!   a file cut after any complete line is a valid, shorter chain. Detecting
-//!   it needs an anchor kept elsewhere (e.g. the last `hash`/`seq` shipped to
-//!   another host; [`VerifyReport::last_hash`] is the value to compare).
+//!   a file cut after any complete line is a valid, shorter chain. The server
+//!   keeps each device's [`Head`] (last `seq` and `hash`) behind its barrier
+//!   as an anchor; [`verify_against`] with that head reports a cut-off tail.
 //! - The chain hash is unkeyed, so it is tamper *evidence* against partial
 //!   edits; someone who can rewrite the whole file can recompute every hash.
 //!   Shipping lines (or the head hash) off-host is what closes that gap.
@@ -55,6 +55,14 @@
 //! same). A partial write (disk full mid-line) is rolled back so the next line
 //! never lands after a torn fragment; if it cannot be rolled back the device
 //! disables itself rather than corrupt the chain.
+//!
+//! # Reopening
+//!
+//! [`FileDevice::open`] (enabling a device) refuses a file that is not an
+//! audit log. [`FileDevice::reopen`] (after an unseal) never fails because of
+//! what the file holds: it continues from the file's last record when that is
+//! at or past the anchored head, and from the anchor otherwise, so the audit
+//! log's contents cannot keep the server sealed.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -66,9 +74,14 @@ mod redact;
 mod verify;
 
 pub use broker::Broker;
-pub use file::FileDevice;
+pub use file::{FileDevice, Head, Reopened, Trust};
 pub use record::{AuditAuth, AuditEntry, AuditRequest, AuditResponse};
-pub use verify::{LineProblem, VerifyError, VerifyReport, verify};
+pub use verify::{LineProblem, VerifyError, VerifyReport, verify, verify_against};
+
+/// Largest record a device writes in full. A record that would be larger
+/// (a request body of very many small values grows when each is hashed) has
+/// each `data` replaced by a summary: its size and the HMAC of its JSON text.
+pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 use std::path::PathBuf;
 

@@ -3,10 +3,19 @@
 //!
 //! Vault's default rules (`hmac_accessor = true`): tokens and accessors become
 //! `hmac-sha256:<hex>` (empty stays empty, so "no token" is still visible), and
-//! every string leaf of request/response `data` is hashed, because engine data
-//! is where secrets live and we cannot know which fields are sensitive.
-//! Numbers, booleans, null and object keys stay readable (keys are the schema,
-//! not the secret). Nothing else is hashed.
+//! every string and number leaf of request/response `data` is hashed, because
+//! engine data is where secrets live and we cannot know which fields are
+//! sensitive (a PIN or a card number is a number). A number is hashed in its
+//! textual JSON form (`1234`, `1.5`), as Vault does after parsing with
+//! `UseNumber`, so `sys/audit-hash` with that text finds it. Booleans, null and
+//! object keys stay readable (keys are the schema, not the secret; a boolean's
+//! HMAC would hide nothing, as a key has only two of them). Nothing else is
+//! hashed.
+//!
+//! A record is bounded: when the redacted record would exceed
+//! [`crate::MAX_RECORD_BYTES`], each `data` is replaced by a summary holding
+//! its size and the HMAC of its JSON text, so one request can never write a
+//! line that is too large to handle.
 
 use palisade_crypto::mac::MacKey;
 use serde::Serialize;
@@ -45,8 +54,23 @@ fn hmac_value(key: &MacKey, v: &Value) -> Value {
                 .map(|(k, v)| (k.clone(), hmac_value(key, v)))
                 .collect(),
         ),
-        Value::Null | Value::Bool(_) | Value::Number(_) => v.clone(),
+        Value::Number(n) => Value::String(hmac(key, &n.to_string())),
+        Value::Null | Value::Bool(_) => v.clone(),
     }
+}
+
+/// What replaces `data` in a record that would be too large: the size and
+/// HMAC of the raw data's JSON text (an operator holding the payload can
+/// match it with `sys/audit-hash`).
+fn summary(key: &MacKey, v: &Value) -> Value {
+    let text = serde_json::to_string(v).unwrap_or_default();
+    serde_json::json!({
+        "palisade_summary": {
+            "reason": "data too large for one audit record",
+            "bytes": text.len(),
+            "hmac": hmac(key, &text),
+        }
+    })
 }
 
 // The on-disk shape. Field order here IS the line's field order; the chain
@@ -124,10 +148,16 @@ fn redact_auth<'a>(key: &MacKey, a: &'a AuditAuth) -> RecordAuth<'a> {
     }
 }
 
-fn redact_response<'a>(key: &MacKey, r: &'a AuditResponse) -> RecordResponse<'a> {
+fn redact_response<'a>(key: &MacKey, r: &'a AuditResponse, summarise: bool) -> RecordResponse<'a> {
     RecordResponse {
         status: r.status,
-        data: r.data.as_ref().map(|d| hmac_value(key, d)),
+        data: r.data.as_ref().map(|d| {
+            if summarise {
+                summary(key, d)
+            } else {
+                hmac_value(key, d)
+            }
+        }),
         auth: r.auth.as_ref().map(|a| redact_auth(key, a)),
         warnings: &r.warnings,
     }
@@ -141,7 +171,27 @@ pub(crate) fn record_body(
     entry: &AuditEntry,
     time: String,
 ) -> serde_json::Result<String> {
+    let body = render(key, entry, time.clone(), false)?;
+    if body.len() <= crate::MAX_RECORD_BYTES {
+        return Ok(body);
+    }
+    render(key, entry, time, true)
+}
+
+fn render(
+    key: &MacKey,
+    entry: &AuditEntry,
+    time: String,
+    summarise: bool,
+) -> serde_json::Result<String> {
     let req = &entry.request;
+    let data = |d: &Value| {
+        if summarise {
+            summary(key, d)
+        } else {
+            hmac_value(key, d)
+        }
+    };
     let record = Record {
         time,
         kind: entry.kind(),
@@ -155,9 +205,12 @@ pub(crate) fn record_body(
             client_token_accessor: hmac_credential(key, &req.client_token_accessor),
             remote_address: &req.remote_address,
             namespace: Namespace { id: "root" },
-            data: req.data.as_ref().map(|d| hmac_value(key, d)),
+            data: req.data.as_ref().map(data),
         },
-        response: entry.response.as_ref().map(|r| redact_response(key, r)),
+        response: entry
+            .response
+            .as_ref()
+            .map(|r| redact_response(key, r, summarise)),
         error: entry.error.as_deref(),
     };
     serde_json::to_string(&record)
@@ -172,12 +225,14 @@ mod tests {
     #[test]
     fn hashes_every_string_leaf_only() {
         let key = MacKey::from_bytes(b"k");
-        let v = json!({"a": "x", "n": 5, "b": true, "z": null, "l": ["y", 1.5, {"deep": "w"}]});
+        let v = json!({"a": "x", "n": 5, "pin": 1234, "card": 4111111111111111u64,
+                       "b": true, "z": null, "l": ["y", 1.5, -7, {"deep": "w"}]});
         let h = hmac_value(&key, &v);
         assert_eq!(
             h,
-            json!({"a": hmac(&key, "x"), "n": 5, "b": true, "z": null,
-                   "l": [hmac(&key, "y"), 1.5, {"deep": hmac(&key, "w")}]})
+            json!({"a": hmac(&key, "x"), "n": hmac(&key, "5"), "pin": hmac(&key, "1234"),
+                   "card": hmac(&key, "4111111111111111"), "b": true, "z": null,
+                   "l": [hmac(&key, "y"), hmac(&key, "1.5"), hmac(&key, "-7"), {"deep": hmac(&key, "w")}]})
         );
     }
 
@@ -217,5 +272,50 @@ mod tests {
         assert_eq!(v["response"], json!({"status": 200}));
         assert!(v.get("error").is_none());
         assert!(body.starts_with("{\"time\":\"T\",\"type\":\"response\",\"auth\":"));
+    }
+
+    #[test]
+    fn oversized_records_summarise_their_data() {
+        let key = MacKey::from_bytes(b"k");
+        // 1-byte strings grow ~25x when hashed: a body well under the
+        // request size limit would make a line of hundreds of MB
+        let big: Map<String, Value> = (0..200_000)
+            .map(|i| (format!("k{i}"), Value::String("a".into())))
+            .collect();
+        let data = Value::Object(big);
+        let entry = AuditEntry {
+            request: AuditRequest {
+                path: "secret/data/x".into(),
+                data: Some(data.clone()),
+                ..Default::default()
+            },
+            response: Some(AuditResponse {
+                status: 200,
+                data: Some(json!({"small": "s"})),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = record_body(&key, &entry, "T".into()).unwrap();
+        assert!(body.len() < 4096, "{} bytes", body.len());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let text = serde_json::to_string(&data).unwrap();
+        assert_eq!(
+            v["request"]["data"]["palisade_summary"],
+            json!({"reason": "data too large for one audit record",
+                   "bytes": text.len(), "hmac": hmac(&key, &text)})
+        );
+        assert!(!body.contains("\"k1\""), "no key of the summarised data");
+        // a record under the limit is written in full
+        let small = AuditEntry {
+            request: AuditRequest {
+                data: Some(json!({"k": "a"})),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_str(&record_body(&key, &small, "T".into()).unwrap()).unwrap();
+        assert_eq!(v["request"]["data"], json!({"k": hmac(&key, "a")}));
     }
 }

@@ -9,20 +9,25 @@
 //!    `seq` is the previous line's plus one and `prev_hash` its `hash`.
 //!
 //! The first failure is reported with its 1-based line number. Lines cut off
-//! the END of the file cannot be detected here (see the crate docs); compare
-//! [`VerifyReport::last_hash`] with an anchor kept elsewhere for that.
+//! the END of the file cannot be detected from the file alone: give
+//! [`verify_against`] the device's head as the server keeps it behind its
+//! barrier (`sys/audit-head/<device>`), and a file that ends before that head,
+//! or holds another record at its `seq`, fails.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::chain::{self, ZERO_HASH};
+use crate::file::Head;
 
 /// A file whose chain checked out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Number of records in the file.
     pub lines: u64,
+    /// `seq` of the last record (`None` for an empty file).
+    pub last_seq: Option<u64>,
     /// `hash` of the last record (`None` for an empty file): the value to
     /// compare with an off-host anchor to detect trailing truncation.
     pub last_hash: Option<String>,
@@ -56,6 +61,13 @@ pub enum LineProblem {
 /// Why a file failed verification.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The chain is intact but ends before the anchored head: trailing lines
+    /// were cut off.
+    #[error("the file ends at {} but the device's head is seq {head}: trailing lines were removed", match .last { Some(s) => format!("seq {s}"), None => "no record".to_owned() })]
+    Truncated { last: Option<u64>, head: u64 },
+    /// The record at the head's `seq` is not the anchored one.
+    #[error("the record at seq {seq} is not the device's head (another file, or a rewritten one)")]
+    HeadMismatch { seq: u64 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("line {line}: {problem}")]
@@ -67,13 +79,34 @@ impl VerifyError {
     pub fn line(&self) -> Option<u64> {
         match self {
             VerifyError::Line { line, .. } => Some(*line),
-            VerifyError::Io { .. } => None,
+            VerifyError::Io { .. }
+            | VerifyError::Truncated { .. }
+            | VerifyError::HeadMismatch { .. } => None,
         }
     }
 }
 
 /// Verify the hash chain of the audit log at `path`, streaming it line by line.
 pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_against(path, None)
+}
+
+/// [`verify`], and when `head` is given, also check that the file reaches it:
+/// the record with the head's `seq` must be in the file with the head's
+/// `hash` (later records are fine: they were written after the head was
+/// read).
+pub fn verify_against(path: &Path, head: Option<&Head>) -> Result<VerifyReport, VerifyError> {
+    let report = verify_chain(path, head)?;
+    if let Some(h) = head {
+        match report.last_seq {
+            Some(last) if last >= h.seq => {}
+            last => return Err(VerifyError::Truncated { last, head: h.seq }),
+        }
+    }
+    Ok(report)
+}
+
+fn verify_chain(path: &Path, head: Option<&Head>) -> Result<VerifyReport, VerifyError> {
     let io_err = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
@@ -124,10 +157,17 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
                 }
             }
         }
+        if let Some(h) = head
+            && sealed.seq == h.seq
+            && sealed.hash != h.hash
+        {
+            return Err(VerifyError::HeadMismatch { seq: h.seq });
+        }
         prev = Some(sealed);
     }
     Ok(VerifyReport {
         lines,
+        last_seq: prev.as_ref().map(|p| p.seq),
         last_hash: prev.map(|p| p.hash),
     })
 }

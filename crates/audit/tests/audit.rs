@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use palisade_audit::{
-    AuditAuth, AuditEntry, AuditError, AuditRequest, AuditResponse, Broker, FileDevice, verify,
+    AuditAuth, AuditEntry, AuditError, AuditRequest, AuditResponse, Broker, FileDevice, Head,
+    Trust, verify, verify_against,
 };
 use serde_json::{Value, json};
 
@@ -48,7 +49,7 @@ async fn log_of(n: usize) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("audit.log");
     let broker = Broker::new();
-    broker.add(FileDevice::open("file/", &p, b"key").unwrap());
+    broker.add(FileDevice::open("file/", &p, b"key", Trust::Operator).unwrap());
     for i in 0..n {
         broker
             .log(&request(&format!("secret/data/item{i}")))
@@ -67,7 +68,7 @@ fn verify_err(p: &Path) -> String {
 async fn redaction_keeps_secrets_out_of_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("audit.log");
-    let dev = FileDevice::open("file/", &p, b"device-salt").unwrap();
+    let dev = FileDevice::open("file/", &p, b"device-salt", Trust::Operator).unwrap();
     let h = |s: &str| dev.hash(s);
     let (h_token, h_accessor, h_data, h_nested, h_resp, h_issued) = (
         h(TOKEN),
@@ -77,6 +78,7 @@ async fn redaction_keeps_secrets_out_of_the_file() {
         h(RESPONSE_SECRET),
         h(ISSUED_TOKEN),
     );
+    let h_42 = h("42");
     let broker = Broker::new();
     broker.add(dev);
 
@@ -147,8 +149,9 @@ async fn redaction_keeps_secrets_out_of_the_file() {
     assert_eq!(req["auth"]["client_token"], json!(h_token));
     assert_eq!(req["auth"]["accessor"], json!(h_accessor));
     assert_eq!(req["request"]["client_token_accessor"], json!(h_accessor));
-    // Non-strings, paths and addresses stay readable.
-    assert_eq!(req["request"]["data"]["n"], 42);
+    // Numbers are hashed in their textual form; booleans, nulls, paths and
+    // addresses stay readable.
+    assert_eq!(req["request"]["data"]["n"], json!(h_42));
     assert_eq!(req["request"]["data"]["flag"], true);
     assert_eq!(req["request"]["data"]["list"][1], Value::Null);
     assert_eq!(req["request"]["path"], "secret/data/db");
@@ -170,7 +173,7 @@ fn line_layout_matches_the_documented_chain() {
         .build()
         .unwrap();
     let broker = Broker::new();
-    broker.add(FileDevice::open("file/", &p, b"key").unwrap());
+    broker.add(FileDevice::open("file/", &p, b"key", Trust::Operator).unwrap());
     rt.block_on(async {
         broker.log(&request("a")).await.unwrap();
         broker.log(&request("b")).await.unwrap();
@@ -194,7 +197,7 @@ async fn concurrent_writers_keep_the_chain_valid() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("audit.log");
     let broker = Broker::new();
-    broker.add(FileDevice::open("file/", &p, b"key").unwrap());
+    broker.add(FileDevice::open("file/", &p, b"key", Trust::Operator).unwrap());
     let mut tasks = Vec::new();
     for t in 0..8 {
         let b = broker.clone();
@@ -321,13 +324,13 @@ async fn reopen_continues_the_chain() {
     let p = dir.path().join("audit.log");
     {
         let broker = Broker::new();
-        broker.add(FileDevice::open("file/", &p, b"key").unwrap());
+        broker.add(FileDevice::open("file/", &p, b"key", Trust::Operator).unwrap());
         for i in 0..3 {
             broker.log(&request(&format!("first/{i}"))).await.unwrap();
         }
     }
     let broker = Broker::new();
-    broker.add(FileDevice::open("file/", &p, b"key").unwrap());
+    broker.add(FileDevice::open("file/", &p, b"key", Trust::Operator).unwrap());
     for i in 0..2 {
         broker.log(&request(&format!("second/{i}"))).await.unwrap();
     }
@@ -353,7 +356,7 @@ async fn fails_closed_when_every_device_fails() {
     broker.log(&entry).await.unwrap();
 
     // Only device cannot write (ENOSPC): refuse.
-    broker.add(FileDevice::open("full/", Path::new("/dev/full"), b"key").unwrap());
+    broker.add(FileDevice::open("full/", Path::new("/dev/full"), b"key", Trust::Operator).unwrap());
     assert!(matches!(
         broker.log(&entry).await,
         Err(AuditError::NoDeviceWrote)
@@ -362,7 +365,7 @@ async fn fails_closed_when_every_device_fails() {
     // One good device alongside it: proceed, and the good one has the line.
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("audit.log");
-    broker.add(FileDevice::open("file/", &good, b"key").unwrap());
+    broker.add(FileDevice::open("file/", &good, b"key", Trust::Operator).unwrap());
     broker.log(&entry).await.unwrap();
     assert_eq!(verify(&good).unwrap().lines, 1);
 
@@ -381,9 +384,9 @@ async fn fails_closed_when_every_device_fails() {
 #[test]
 fn hash_is_deterministic_per_key_and_differs_across_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let a1 = FileDevice::open("a/", &dir.path().join("a1"), b"key-one").unwrap();
-    let a2 = FileDevice::open("a/", &dir.path().join("a2"), b"key-one").unwrap();
-    let b = FileDevice::open("b/", &dir.path().join("b"), b"key-two").unwrap();
+    let a1 = FileDevice::open("a/", &dir.path().join("a1"), b"key-one", Trust::Operator).unwrap();
+    let a2 = FileDevice::open("a/", &dir.path().join("a2"), b"key-one", Trust::Operator).unwrap();
+    let b = FileDevice::open("b/", &dir.path().join("b"), b"key-two", Trust::Operator).unwrap();
     let h = a1.hash(TOKEN);
     assert_eq!(h, a1.hash(TOKEN));
     assert_eq!(h, a2.hash(TOKEN));
@@ -408,4 +411,179 @@ fn broker_and_log_future_are_send() {
     send_sync(&broker);
     let entry = AuditEntry::default();
     send(&broker.log(&entry));
+}
+
+/// A log of `n` records whose device is then dropped; returns its head.
+async fn anchored_log(p: &Path, n: usize) -> Head {
+    let dev = FileDevice::open("file/", p, b"key", Trust::Operator).unwrap();
+    for i in 0..n {
+        dev.write_entry(&request(&format!("secret/data/{i}")))
+            .unwrap();
+    }
+    dev.head().unwrap()
+}
+
+#[tokio::test]
+async fn verify_against_the_head_reports_a_cut_off_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("audit.log");
+    let head = anchored_log(&p, 5).await;
+    assert_eq!(head.seq, 4);
+    // whole file: passes, with the head and without
+    assert_eq!(verify_against(&p, Some(&head)).unwrap().lines, 5);
+    // cut the last two lines: the chain alone still verifies...
+    let all = lines(&p);
+    write_lines(&p, &all[..3]);
+    assert_eq!(verify(&p).unwrap().lines, 3);
+    // ...but not against the head
+    let err = verify_against(&p, Some(&head)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the file ends at seq 2 but the device's head is seq 4: trailing lines were removed"
+    );
+    // an empty file is cut off too
+    std::fs::write(&p, "").unwrap();
+    assert_eq!(
+        verify_against(&p, Some(&head)).unwrap_err().to_string(),
+        "the file ends at no record but the device's head is seq 4: trailing lines were removed"
+    );
+    // another file that reaches the same seq is not the anchored one
+    let other = dir.path().join("other.log");
+    anchored_log(&other, 6).await;
+    assert_eq!(
+        verify_against(&other, Some(&head)).unwrap_err().to_string(),
+        "the record at seq 4 is not the device's head (another file, or a rewritten one)"
+    );
+}
+
+#[tokio::test]
+async fn reopen_never_fails_on_content_and_continues_from_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("audit.log");
+    let head = anchored_log(&p, 5).await;
+
+    // intact file, file ahead of the anchor: continues from the file
+    let r = FileDevice::reopen("file/", &p, b"key", Trust::Operator, Some(&head)).unwrap();
+    assert_eq!(r.warning, None);
+    r.device.write_entry(&request("more")).unwrap();
+    let ahead = r.device.head().unwrap();
+    assert_eq!(ahead.seq, 4 + 1);
+    drop(r);
+    let r = FileDevice::reopen("file/", &p, b"key", Trust::Operator, Some(&head)).unwrap();
+    assert_eq!(
+        (r.warning.clone(), r.device.head()),
+        (None, Some(ahead.clone()))
+    );
+    drop(r);
+
+    // truncated below the anchor: continues from the anchor, the gap stays visible
+    let all = lines(&p);
+    write_lines(&p, &all[..2]);
+    let r = FileDevice::reopen("file/", &p, b"key", Trust::Operator, Some(&ahead)).unwrap();
+    assert_eq!(
+        r.warning.as_deref(),
+        Some(
+            "the file ends at seq 1 but the anchored head is seq 5: lines were removed or the file replaced; the chain continues from the anchor"
+        )
+    );
+    r.device.write_entry(&request("after-cut")).unwrap();
+    assert_eq!(r.device.head().unwrap().seq, 6);
+    drop(r);
+    assert_eq!(
+        verify(&p).unwrap_err().to_string(),
+        "line 3: sequence 6 follows 1 (line removed or reordered)"
+    );
+
+    // a foreign, torn, oversized tail: reopens (the unseal must not depend on it)
+    for junk in [
+        "not json at all\n".to_owned(),
+        "{\"torn\":".to_owned(),
+        format!(
+            "{}\n",
+            "x".repeat(2 * palisade_audit::MAX_RECORD_BYTES + 10)
+        ),
+    ] {
+        let q = dir.path().join("junk.log");
+        std::fs::write(&q, &junk).unwrap();
+        let r = FileDevice::reopen("file/", &q, b"key", Trust::Operator, Some(&head)).unwrap();
+        let w = r.warning.clone().unwrap();
+        assert!(
+            w.starts_with("cannot continue the chain from the file (")
+                && w.ends_with("it continues from the anchored head at seq 4"),
+            "{w}"
+        );
+        r.device.write_entry(&request("x")).unwrap();
+        drop(r);
+        let text = std::fs::read_to_string(&q).unwrap();
+        // the junk is kept and the new record is a line of its own
+        assert!(text.starts_with(&junk[..junk.len().min(10)]));
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["seq"], 5);
+    }
+    // without an anchor a foreign file starts at seq 0
+    let q = dir.path().join("junk2.log");
+    std::fs::write(&q, "hello\n").unwrap();
+    let r = FileDevice::reopen("file/", &q, b"key", Trust::Operator, None).unwrap();
+    assert!(
+        r.warning
+            .unwrap()
+            .ends_with("it continues from seq 0 (no anchor)")
+    );
+}
+
+#[test]
+fn api_trust_refuses_symlinks_special_files_and_foreign_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("profile.sh");
+    std::fs::write(&target, "echo hi\n").unwrap();
+    let link = dir.path().join("audit.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = FileDevice::open("file/", &link, b"k", Trust::Api).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("not a regular file (symlinks and special files are refused)"),
+        "{err}"
+    );
+    // a dangling symlink is refused too (O_EXCL does not follow it)
+    let dangling = dir.path().join("dangling.log");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    assert!(FileDevice::open("file/", &dangling, b"k", Trust::Api).is_err());
+    assert!(!dir.path().join("nowhere").exists());
+    let err = FileDevice::open("file/", Path::new("/dev/null"), b"k", Trust::Api).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    // an existing file that is not an audit log
+    let err = FileDevice::open("file/", &target, b"k", Trust::Api).unwrap_err();
+    assert!(
+        err.to_string().contains("last line: not valid JSON"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "echo hi\n");
+    // allowed: a new file, and an existing audit log
+    let fresh = dir.path().join("fresh.log");
+    let dev = FileDevice::open("file/", &fresh, b"k", Trust::Api).unwrap();
+    dev.write_entry(&request("a")).unwrap();
+    drop(dev);
+    let dev = FileDevice::open("file/", &fresh, b"k", Trust::Api).unwrap();
+    dev.write_entry(&request("b")).unwrap();
+    assert_eq!(verify(&fresh).unwrap().lines, 2);
+    // the operator may point at a symlink (e.g. a managed log path)
+    let op_link = dir.path().join("op.log");
+    std::os::unix::fs::symlink(&fresh, &op_link).unwrap();
+    FileDevice::open("file/", &op_link, b"k", Trust::Operator).unwrap();
+}
+
+#[tokio::test]
+async fn an_unavailable_device_counts_as_failing() {
+    let broker = Broker::new();
+    broker.add_unavailable("file/");
+    assert!(!broker.is_empty());
+    assert!(matches!(
+        broker.log(&request("x")).await,
+        Err(AuditError::NoDeviceWrote)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("audit.log");
+    broker.add(FileDevice::open("good/", &good, b"key", Trust::Operator).unwrap());
+    broker.log(&request("x")).await.unwrap();
+    assert_eq!(broker.devices().len(), 1);
 }

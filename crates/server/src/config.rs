@@ -5,10 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::http::DEFAULT_MAX_REQUEST_SIZE;
+use crate::http::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUEST_SIZE};
+use crate::json::JsonLimits;
+use crate::listener::ConnLimits;
+use crate::token::TtlLimits;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +23,10 @@ pub struct RawConfig {
     pub ui: Option<bool>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// TTL of a token created without one (Vault's name; default 768h).
+    pub default_lease_ttl: Option<String>,
+    /// No token outlives this from its creation (Vault's name; default 768h).
+    pub max_lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,13 +48,23 @@ pub struct RawListener {
     pub tls_key_file: Option<String>,
     pub tls_disable: Option<bool>,
     pub max_request_size: Option<i64>,
+    pub max_request_json_strings: Option<i64>,
+    pub max_request_json_memory: Option<i64>,
+    pub http_read_header_timeout: Option<String>,
+    pub http_read_timeout: Option<String>,
+    pub http_idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
-    /// Enable (once) a `file` audit device at `file/` writing to this path.
+    /// A `file` audit device at `file/` writing to this path, loaded at every
+    /// unseal and never disabled through the API.
     pub file_path: Option<String>,
+    /// Directories in which `sys/audit/<name>` may create file devices.
+    /// Absent or empty: the API cannot enable audit devices.
+    pub dangerous_allow_api_file_devices: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +88,10 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Tls,
     pub max_request_size: usize,
+    pub json: JsonLimits,
+    /// `http_read_timeout`: the whole body must arrive within this.
+    pub body_timeout: Duration,
+    pub conn: ConnLimits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +105,8 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     pub listener: ListenerConfig,
     pub audit_file: Option<PathBuf>,
+    pub api_audit_dirs: Vec<PathBuf>,
+    pub ttl: TtlLimits,
     pub ui: bool,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -189,6 +213,12 @@ pub fn validate(
             tls_key_file: None,
             tls_disable: None,
             max_request_size: None,
+            max_request_json_strings: None,
+            max_request_json_memory: None,
+            http_read_header_timeout: None,
+            http_read_timeout: None,
+            http_idle_timeout: None,
+            max_connections: None,
         });
         let address = match l
             .address
@@ -241,23 +271,128 @@ pub fn validate(
                 None
             }
         };
+        let mut positive = |name: &str, v: Option<i64>, default: usize| match v {
+            None | Some(0) => default,
+            Some(n) if n > 0 => n as usize,
+            Some(n) => {
+                errs.push(format!("listener.{name}: {n} must be positive"));
+                default
+            }
+        };
+        let json = JsonLimits {
+            max_strings: positive(
+                "max_request_json_strings",
+                l.max_request_json_strings,
+                JsonLimits::DEFAULT.max_strings,
+            ),
+            max_memory: positive(
+                "max_request_json_memory",
+                l.max_request_json_memory,
+                JsonLimits::DEFAULT.max_memory,
+            ),
+        };
+        let defaults = ConnLimits::default();
+        let max_connections = positive(
+            "max_connections",
+            l.max_connections,
+            defaults.max_connections,
+        );
+        let mut duration = |name: &str, v: Option<String>, default: Duration| match v {
+            None => default,
+            Some(s) => match palisade_core::parse_duration(&s) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(24 * 3600) => d,
+                _ => {
+                    errs.push(format!(
+                        "listener.{name}: {s:?} is not a duration between 1ms and 24h"
+                    ));
+                    default
+                }
+            },
+        };
+        let conn = ConnLimits {
+            header_timeout: duration(
+                "http_read_header_timeout",
+                l.http_read_header_timeout,
+                defaults.header_timeout,
+            ),
+            idle_timeout: duration(
+                "http_idle_timeout",
+                l.http_idle_timeout,
+                defaults.idle_timeout,
+            ),
+            max_connections,
+        };
+        let body_timeout = duration(
+            "http_read_timeout",
+            l.http_read_timeout,
+            DEFAULT_BODY_TIMEOUT,
+        );
         match (address, tls, max) {
             (Some(address), Some(tls), Some(max_request_size)) => Some(ListenerConfig {
                 address,
                 tls,
                 max_request_size,
+                json,
+                body_timeout,
+                conn,
             }),
             _ => None,
         }
     };
 
-    let audit_file = match raw.audit.and_then(|a| a.file_path) {
+    let (audit_file, api_dirs) = match raw.audit {
+        None => (None, Vec::new()),
+        Some(a) => (
+            a.file_path,
+            a.dangerous_allow_api_file_devices.unwrap_or_default(),
+        ),
+    };
+    let audit_file = match audit_file {
         Some(p) if !std::path::Path::new(&p).is_absolute() => {
             errs.push(format!("audit.file_path: {p:?} must be an absolute path"));
             None
         }
         other => other.map(PathBuf::from),
     };
+    let mut api_audit_dirs = Vec::new();
+    for d in api_dirs {
+        let p = PathBuf::from(&d);
+        if !p.is_absolute() || !p.is_dir() {
+            errs.push(format!(
+                "audit.dangerous_allow_api_file_devices: {d:?} must be an absolute path to an existing directory"
+            ));
+        } else if p == std::path::Path::new("/") {
+            errs.push(
+                "audit.dangerous_allow_api_file_devices: \"/\" would allow every file".into(),
+            );
+        } else {
+            api_audit_dirs.push(p);
+        }
+    }
+
+    let mut ttl = TtlLimits::default();
+    for (name, raw_v, slot) in [
+        (
+            "default_lease_ttl",
+            raw.default_lease_ttl,
+            &mut ttl.default_ttl,
+        ),
+        ("max_lease_ttl", raw.max_lease_ttl, &mut ttl.max_ttl),
+    ] {
+        if let Some(v) = raw_v {
+            match palisade_core::parse_duration(&v) {
+                Ok(d) if !d.is_zero() && d.as_secs() <= 100 * 365 * 24 * 3600 => {
+                    *slot = d.as_secs() as i64;
+                }
+                _ => errs.push(format!(
+                    "{name}: {v:?} is not a duration between 1s and 100 years"
+                )),
+            }
+        }
+    }
+    if ttl.default_ttl > ttl.max_ttl {
+        errs.push("default_lease_ttl: must not exceed max_lease_ttl".into());
+    }
 
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
     if !matches!(
@@ -291,6 +426,8 @@ pub fn validate(
             storage,
             listener,
             audit_file,
+            api_audit_dirs,
+            ttl,
             ui,
             log_level,
             log_format,
@@ -319,6 +456,52 @@ mod tests {
         assert_eq!(c.listener.tls, Tls::Disabled);
         assert_eq!(c.listener.address, "127.0.0.1:8200".parse().unwrap());
         assert_eq!(c.listener.max_request_size, 32 * 1024 * 1024);
+        assert_eq!(c.listener.conn, ConnLimits::default());
+        assert_eq!(c.listener.conn.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.listener.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.listener.json, JsonLimits::DEFAULT);
+        assert_eq!(c.ttl, TtlLimits::default());
+        assert!(c.api_audit_dirs.is_empty());
+    }
+
+    #[test]
+    fn listener_limits_ttls_and_api_audit_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "max_lease_ttl = \"24h\"\ndefault_lease_ttl = \"1h\"\n[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\nhttp_read_header_timeout = \"2s\"\nhttp_idle_timeout = \"1m\"\nhttp_read_timeout = \"5s\"\nmax_connections = 10\nmax_request_json_strings = 50\n[audit]\ndangerous_allow_api_file_devices = [{:?}]\n",
+            dir.path().display().to_string()
+        );
+        let c = parse(&text, &no_env).unwrap();
+        assert_eq!(
+            c.listener.conn,
+            ConnLimits {
+                header_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 10
+            }
+        );
+        assert_eq!(c.listener.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.listener.json.max_strings, 50);
+        assert_eq!(
+            c.ttl,
+            TtlLimits {
+                default_ttl: 3600,
+                max_ttl: 86400
+            }
+        );
+        assert_eq!(c.api_audit_dirs, vec![dir.path().to_path_buf()]);
+
+        let bad = "max_lease_ttl = \"1h\"\ndefault_lease_ttl = \"2h\"\n[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\nhttp_idle_timeout = \"0s\"\nmax_connections = -1\n[audit]\ndangerous_allow_api_file_devices = [\"relative\", \"/\"]\n";
+        assert_eq!(
+            parse(bad, &no_env).unwrap_err().0,
+            vec![
+                "listener.max_connections: -1 must be positive",
+                "listener.http_idle_timeout: \"0s\" is not a duration between 1ms and 24h",
+                "audit.dangerous_allow_api_file_devices: \"relative\" must be an absolute path to an existing directory",
+                "audit.dangerous_allow_api_file_devices: \"/\" would allow every file",
+                "default_lease_ttl: must not exceed max_lease_ttl",
+            ]
+        );
     }
 
     #[test]

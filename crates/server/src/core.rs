@@ -1,15 +1,29 @@
 //! `Core`: the server's request pipeline, in the order of design.md:
 //!
-//! sealed? -> token lookup -> ACL check -> audit request (fail closed)
-//!   -> router (sys/, auth/token/, longest-prefix mount) -> engine
-//!   -> audit response -> [`Response`]
+//! ```text
+//! begin:   unsealed? -> token lookup -> ACL check on the canonical path
+//!          (refusals are audited here, before any body is read)
+//! execute: body parsed within limits -> audit request (fail closed)
+//!          -> router (sys/, auth/token/, longest-prefix mount) -> engine
+//!          -> audit response -> [`Response`]
+//! ```
 //!
-//! The HTTP layer only parses into a [`Request`] and renders the result.
+//! The HTTP layer parses the head into a [`Request`] whose path is canonical
+//! (`canonical`), calls [`Core::begin`], and reads the body only when it got an
+//! [`Authorized`] back: an unauthenticated client never gets a body parsed.
+//! [`Authorized`] is the proof that the ACL allowed exactly this request; only
+//! this module can build one, and every handler and engine takes it.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use base64::Engine as _;
-use palisade_audit::{AuditAuth, AuditEntry, AuditRequest, AuditResponse, Broker, FileDevice};
+use palisade_audit::{
+    AuditAuth, AuditEntry, AuditRequest, AuditResponse, Broker, FileDevice, Head, Trust,
+};
 use palisade_barrier::{Barrier, View};
 use palisade_policy::{Acl, Capabilities, Capability};
 use serde::{Deserialize, Serialize};
@@ -20,9 +34,17 @@ use crate::engines::kv::{self, KeyLocks};
 use crate::logical::{ApiError, Operation, Request, Response};
 use crate::mounts::{EngineKind, MOUNTS_PATH, MountConfig, MountEntry, MountTable};
 use crate::policies::PolicyStore;
-use crate::token::{NewToken, TokenEntry, TokenStore, TokenUse};
+use crate::token::{NewToken, TokenEntry, TokenStore, TokenUse, TtlLimits};
 
 pub const AUDIT_TABLE_PATH: &str = "core/audit";
+/// Each audit device's last `seq` and `hash`: the anchor that makes a
+/// cut-off tail of an audit file detectable.
+pub const AUDIT_HEADS_PATH: &str = "core/audit-heads";
+/// The path name of the audit device set in the configuration file.
+pub const CONFIG_AUDIT_DEVICE: &str = "file/";
+/// How often changed audit heads are written behind the barrier (and on
+/// seal, disable and shutdown).
+pub const AUDIT_HEAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An enabled audit device as persisted (behind the barrier: it holds the HMAC key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,22 +56,92 @@ pub struct AuditDeviceEntry {
     pub options: Map<String, Value>,
     pub local: bool,
     pub hmac_key: String,
+    /// Set by the server configuration (`[audit] file_path`): loaded at every
+    /// unseal while the configuration names it, never disabled through the API.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
-/// The caller, as established by token lookup and the ACL check. Only the
-/// core builds it, after the check passed: handlers take it as proof.
+impl AuditDeviceEntry {
+    pub fn file_path(&self) -> Option<&str> {
+        self.options.get("file_path").and_then(|v| v.as_str())
+    }
+}
+
+/// What the server configuration decides for the core.
+#[derive(Clone, Debug, Default)]
+pub struct CoreOptions {
+    /// `[audit] file_path`: a device at `file/` that always wins (see
+    /// docs/server-config.md, "Recovering from a failed audit device").
+    pub audit_file: Option<PathBuf>,
+    /// `[audit] dangerous_allow_api_file_devices`: directories inside which
+    /// `sys/audit/<name>` may create file devices. Empty: the API cannot
+    /// enable audit devices at all (CVE-2025-6000's class).
+    pub api_audit_dirs: Vec<PathBuf>,
+    pub ttl: TtlLimits,
+}
+
+/// The caller, as established by token lookup and the ACL check, with the
+/// canonical request it was authorised for. Only [`Core::begin`] builds one,
+/// after the check passed; handlers and engines take it as proof.
 pub struct Authorized {
-    pub token: Arc<TokenEntry>,
-    pub token_id: String,
-    pub acl: Arc<Acl>,
-    pub caps: Capabilities,
+    token: Arc<TokenEntry>,
+    token_id: String,
+    acl: Arc<Acl>,
+    caps: Capabilities,
+    request: Request,
+    route: Option<(MountEntry, String)>,
+    audit: AuditEntry,
 }
 
 impl Authorized {
+    pub fn token(&self) -> &Arc<TokenEntry> {
+        &self.token
+    }
+    /// The token string the caller presented (echoed by `lookup-self`).
+    pub fn token_id(&self) -> &str {
+        &self.token_id
+    }
+    pub fn acl(&self) -> &Arc<Acl> {
+        &self.acl
+    }
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
     pub fn is_sudo(&self) -> bool {
         self.acl.is_root() || self.caps.contains(Capability::Sudo)
     }
+    /// The request's audit record (what a newly enabled device writes first).
+    pub(crate) fn audit_record(&self) -> &AuditEntry {
+        &self.audit
+    }
 }
+
+/// What [`Core::begin`] decided.
+pub enum Begun {
+    /// An unauthenticated endpoint (sys/init, sys/unseal...): read a small
+    /// body and call [`Core::open`].
+    Open(Request),
+    /// Authorised: read the body and call [`Core::execute`].
+    Authorized(Box<Authorized>),
+}
+
+/// Where the core is between sealed and serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// No key in memory, nothing served.
+    Sealed = 0,
+    /// The barrier is unsealed and tables and audit devices are loading:
+    /// nothing is served until they are (an unaudited request must not happen).
+    Unsealing = 1,
+    Unsealed = 2,
+    /// Waiting for in-flight requests before sealing: nothing new is served.
+    Sealing = 3,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct Anchors(BTreeMap<String, Head>);
 
 pub struct Core {
     pub barrier: Arc<Barrier>,
@@ -59,21 +151,31 @@ pub struct Core {
     pub audit: Broker,
     pub audit_table: tokio::sync::Mutex<Vec<AuditDeviceEntry>>,
     pub kv_locks: Arc<KeyLocks>,
-    /// Serialises mount-table and audit-table changes.
+    /// Serialises mount-table changes.
     pub table_lock: tokio::sync::Mutex<()>,
-    /// `[audit] file_path` of the server configuration, enabled at `file/` on unseal.
-    pub config_audit_file: std::sync::OnceLock<std::path::PathBuf>,
+    pub options: CoreOptions,
+    state: AtomicU8,
+    /// Every executing request holds it for reading; sealing takes it for
+    /// writing, so a seal waits for in-flight requests to finish.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Bumped at every unseal and seal: the audit-head writer of an earlier
+    /// unseal stops when it changes.
+    epoch: AtomicU64,
+    /// The anchors last written behind the barrier.
+    anchors: tokio::sync::Mutex<Anchors>,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::internal(format!("core lock: {e}")))
 }
 
-/// Paths that need `sudo` on top of the operation's capability (Vault's root paths).
+/// Paths that need `sudo` on top of the operation's capability (Vault's
+/// root paths). `path` is canonical.
 fn needs_sudo(path: &str, op: Operation) -> bool {
     path == "sys/audit"
         || path.starts_with("sys/audit/")
         || path.starts_with("sys/audit-hash/")
+        || path.starts_with("sys/audit-head/")
         || path == "sys/rotate"
         || path == "sys/seal"
         || path.starts_with("auth/token/revoke-orphan")
@@ -82,8 +184,12 @@ fn needs_sudo(path: &str, op: Operation) -> bool {
 
 impl Core {
     pub fn new(barrier: Arc<Barrier>) -> Arc<Self> {
+        Self::with_options(barrier, CoreOptions::default())
+    }
+
+    pub fn with_options(barrier: Arc<Barrier>, options: CoreOptions) -> Arc<Self> {
         Arc::new(Self {
-            tokens: TokenStore::new(barrier.clone()),
+            tokens: TokenStore::new(barrier.clone(), options.ttl),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -91,13 +197,40 @@ impl Core {
             audit_table: tokio::sync::Mutex::new(Vec::new()),
             kv_locks: Arc::new(KeyLocks::default()),
             table_lock: tokio::sync::Mutex::new(()),
-            config_audit_file: std::sync::OnceLock::new(),
+            options,
+            state: AtomicU8::new(State::Sealed as u8),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            epoch: AtomicU64::new(0),
+            anchors: tokio::sync::Mutex::new(Anchors::default()),
         })
     }
 
-    /// Load everything that lives behind the barrier. Called after every unseal.
-    /// An audit device that cannot be opened fails the unseal (fail closed).
-    pub async fn post_unseal(&self) -> Result<(), ApiError> {
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::SeqCst) {
+            1 => State::Unsealing,
+            2 => State::Unsealed,
+            3 => State::Sealing,
+            _ => State::Sealed,
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    /// Serving requests: unsealed and done loading.
+    pub fn is_serving(&self) -> bool {
+        self.state() == State::Unsealed
+    }
+
+    /// The barrier has just been unsealed: load everything that lives behind
+    /// it, then start serving. Audit devices whose file cannot be opened are
+    /// registered as unavailable (they fail every write), never a reason to
+    /// stay sealed: what the audit files hold cannot decide whether the
+    /// server unseals.
+    pub async fn post_unseal(self: &Arc<Self>) -> Result<(), ApiError> {
+        self.set_state(State::Unsealing);
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let table = match self.barrier.get(MOUNTS_PATH).await? {
             Some(b) => serde_json::from_slice::<MountTable>(&b).map_err(ApiError::internal)?,
             None => MountTable::default(),
@@ -105,45 +238,175 @@ impl Core {
         *lock(self.mounts.write())? = Arc::new(table);
         self.policies.setup().await?;
         self.tokens.setup().await?;
-        let devices: Vec<AuditDeviceEntry> = match self.barrier.get(AUDIT_TABLE_PATH).await? {
-            Some(b) => serde_json::from_slice(&b).map_err(ApiError::internal)?,
-            None => Vec::new(),
-        };
-        for d in &devices {
-            let dev = open_device(d)?;
-            self.audit.add(dev);
-        }
-        *self.audit_table.lock().await = devices;
-        // the configuration's `[audit] file_path` device is active before the
-        // unseal returns, so no request after unseal goes unaudited
-        if let Some(path) = self.config_audit_file.get() {
-            crate::ensure_config_audit(self, &Some(path.clone()))
-                .await
-                .map_err(ApiError::internal)?;
-        }
+        self.load_audit_devices().await?;
+        self.set_state(State::Unsealed);
+        self.spawn_audit_head_writer(epoch);
         Ok(())
     }
 
-    /// Seal: drop keys, caches and open audit files.
+    async fn load_audit_devices(&self) -> Result<(), ApiError> {
+        let mut devices: Vec<AuditDeviceEntry> = match self.barrier.get(AUDIT_TABLE_PATH).await? {
+            Some(b) => serde_json::from_slice(&b).map_err(ApiError::internal)?,
+            None => Vec::new(),
+        };
+        let anchors: Anchors = match self.barrier.get(AUDIT_HEADS_PATH).await? {
+            Some(b) => serde_json::from_slice(&b).map_err(ApiError::internal)?,
+            None => Anchors::default(),
+        };
+        if self.reconcile_config_device(&mut devices) {
+            let bytes = serde_json::to_vec(&devices).map_err(ApiError::internal)?;
+            self.barrier.put(AUDIT_TABLE_PATH, &bytes).await?;
+        }
+        self.audit.clear();
+        for d in &devices {
+            let anchor = anchors.0.get(&d.path);
+            match reopen_device(d, anchor) {
+                Ok(r) => {
+                    if let Some(w) = &r.warning {
+                        tracing::error!(device = %d.path, warning = %w, "audit device reopened on a broken chain");
+                    }
+                    self.audit.add(r.device);
+                }
+                Err(e) => {
+                    // configured but not loaded: unwritable, never "no devices"
+                    tracing::error!(device = %d.path, error = %e, "audit device could not be opened; it fails every write until it is fixed or disabled");
+                    self.audit.add_unavailable(&d.path);
+                }
+            }
+        }
+        *self.audit_table.lock().await = devices;
+        *self.anchors.lock().await = anchors;
+        Ok(())
+    }
+
+    /// Make the table agree with `[audit] file_path`: the configured device
+    /// is pinned at `file/`, replacing a device enabled there through the
+    /// API; a pinned device the configuration no longer names is dropped.
+    /// Returns whether the table changed.
+    fn reconcile_config_device(&self, devices: &mut Vec<AuditDeviceEntry>) -> bool {
+        let before = devices.len();
+        let Some(path) = &self.options.audit_file else {
+            devices.retain(|d| !d.pinned);
+            return devices.len() != before;
+        };
+        let want = path.display().to_string();
+        if let Some(d) = devices.iter_mut().find(|d| d.pinned) {
+            if d.file_path() == Some(want.as_str()) {
+                return false;
+            }
+            d.options
+                .insert("file_path".into(), Value::String(want.clone()));
+            return true;
+        }
+        if let Some(old) = devices.iter().find(|d| d.path == CONFIG_AUDIT_DEVICE) {
+            tracing::warn!(device = %old.path, "the audit device enabled through the API at file/ is replaced by the configuration's [audit] file_path");
+        }
+        devices.retain(|d| d.path != CONFIG_AUDIT_DEVICE);
+        let mut options = Map::new();
+        options.insert("file_path".into(), Value::String(want));
+        let key = palisade_crypto::mac::MacKey::generate();
+        devices.push(AuditDeviceEntry {
+            path: CONFIG_AUDIT_DEVICE.into(),
+            kind: "file".into(),
+            description: "set in the server configuration ([audit] file_path)".into(),
+            options,
+            local: false,
+            hmac_key: base64::engine::general_purpose::STANDARD.encode(key.expose_bytes()),
+            pinned: true,
+        });
+        true
+    }
+
+    /// Write every device's head behind the barrier if it changed since the
+    /// last write. Runs every [`AUDIT_HEAD_INTERVAL`], and on seal and
+    /// device disable.
+    pub async fn persist_audit_heads(&self) -> Result<(), ApiError> {
+        let mut last = self.anchors.lock().await;
+        let mut next = last.clone();
+        let table = self.audit_table.lock().await;
+        next.0.retain(|k, _| table.iter().any(|d| &d.path == k));
+        drop(table);
+        for dev in self.audit.devices() {
+            if let Some(h) = dev.head() {
+                next.0.insert(dev.path_name().to_owned(), h);
+            }
+        }
+        if next == *last {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
+        self.barrier.put(AUDIT_HEADS_PATH, &bytes).await?;
+        *last = next;
+        Ok(())
+    }
+
+    /// The head last anchored behind the barrier for device `path`.
+    pub async fn anchored_head(&self, path: &str) -> Option<Head> {
+        self.anchors.lock().await.0.get(path).cloned()
+    }
+
+    fn spawn_audit_head_writer(self: &Arc<Self>, epoch: u64) {
+        let core = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AUDIT_HEAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(core) = core.upgrade() else { return };
+                if core.epoch.load(Ordering::SeqCst) != epoch {
+                    return;
+                }
+                if core.is_serving()
+                    && let Err(e) = core.persist_audit_heads().await
+                {
+                    tracing::warn!(
+                        status = e.status,
+                        "could not write the audit heads; retrying"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Seal: drop keys, caches and open audit files. Callers that serve
+    /// requests use [`Core::seal_when_idle`].
     pub async fn seal(&self) -> Result<(), ApiError> {
-        self.barrier.seal().await?;
+        self.set_state(State::Sealing);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if !self.barrier.sealed()
+            && let Err(e) = self.persist_audit_heads().await
+        {
+            tracing::warn!(
+                status = e.status,
+                "could not write the audit heads before sealing"
+            );
+        }
+        let r = self.barrier.seal().await;
         self.tokens.clear();
         self.policies.clear();
-        let mut table = self.audit_table.lock().await;
-        for d in table.iter() {
-            self.audit.remove(&d.path);
-        }
-        table.clear();
+        self.audit.clear();
+        self.audit_table.lock().await.clear();
         if let Ok(mut m) = self.mounts.write() {
             *m = Arc::new(MountTable::default());
         }
-        Ok(())
+        self.set_state(State::Sealed);
+        r.map_err(ApiError::from)
+    }
+
+    /// Seal once every in-flight request has finished; requests that arrive
+    /// meanwhile wait and are then answered "sealed". Used at shutdown.
+    pub async fn seal_when_idle(&self) -> Result<(), ApiError> {
+        if self.state() == State::Unsealed {
+            self.set_state(State::Sealing);
+        }
+        let _all = self.gate.clone().write_owned().await;
+        self.seal().await
     }
 
     /// Initialise storage and return (unseal key shares, root token). Like
     /// Vault, the root token is created during init and the server is left sealed.
     pub async fn initialize(
-        &self,
+        self: &Arc<Self>,
         shares: u8,
         threshold: u8,
     ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String), ApiError> {
@@ -162,7 +425,7 @@ impl Core {
     }
 
     pub async fn create_root_token(&self, id: Option<String>) -> Result<String, ApiError> {
-        let (token, _) = self
+        let (token, _, _) = self
             .tokens
             .create(NewToken {
                 id,
@@ -176,7 +439,10 @@ impl Core {
     }
 
     /// Dev mode: initialise with one share, unseal, mount KV v2 at `secret/`.
-    pub async fn dev_setup(&self, root_token_id: Option<String>) -> Result<String, ApiError> {
+    pub async fn dev_setup(
+        self: &Arc<Self>,
+        root_token_id: Option<String>,
+    ) -> Result<String, ApiError> {
         let parts = self.barrier.initialize(1, 1).await?;
         self.barrier.unseal_with_key(&parts[0]).await?;
         self.post_unseal().await?;
@@ -184,7 +450,7 @@ impl Core {
         let mut options = Map::new();
         options.insert("version".into(), Value::String("2".into()));
         self.enable_mount(
-            "secret/",
+            "secret",
             "kv",
             "key/value secret storage",
             options,
@@ -198,6 +464,7 @@ impl Core {
         Ok(lock(self.mounts.read())?.clone())
     }
 
+    /// Enable a mount at `path`, a canonical mount path without its trailing `/`.
     pub async fn enable_mount(
         &self,
         path: &str,
@@ -206,7 +473,7 @@ impl Core {
         options: Map<String, Value>,
         config: MountConfig,
     ) -> Result<(), ApiError> {
-        let path = MountTable::normalise_path(path)?;
+        let path = MountTable::check_path(path)?;
         let (kind, options) = match kind {
             "kv" | "generic" => (kind.to_string(), options),
             "kv-v2" => {
@@ -214,16 +481,16 @@ impl Core {
                 o.insert("version".into(), Value::String("2".into()));
                 ("kv".to_string(), o)
             }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "plugin not found in the catalog: {other}"
-                )));
+            _ => {
+                return Err(ApiError::bad_request(
+                    "plugin not found in the catalog: only kv, kv-v2 and generic are available",
+                ));
             }
         };
         if let Some(v) = options.get("version") {
             let v = crate::logical::fields::string(v, "version")?;
             if v != "1" && v != "2" {
-                return Err(ApiError::bad_request(format!("invalid kv version {v:?}")));
+                return Err(ApiError::bad_request("invalid kv version: use 1 or 2"));
             }
         }
         let _g = self.table_lock.lock().await;
@@ -255,7 +522,20 @@ impl Core {
         Ok(())
     }
 
-    pub async fn enable_audit(&self, entry: AuditDeviceEntry) -> Result<(), ApiError> {
+    /// Enable an audit device through the API. The file must be allowed by
+    /// the configuration, is opened with [`Trust::Api`], and must take a
+    /// first record (`first`, the request enabling it) before the device is
+    /// saved: a device that cannot write is never enabled.
+    pub async fn enable_audit(
+        &self,
+        entry: AuditDeviceEntry,
+        first: &AuditEntry,
+    ) -> Result<(), ApiError> {
+        let file_path = entry
+            .file_path()
+            .ok_or_else(|| ApiError::bad_request("file_path is required"))?;
+        let file_path =
+            crate::audit_path::check_api_file_path(file_path, &self.options.api_audit_dirs)?;
         let mut table = self.audit_table.lock().await;
         if table.iter().any(|d| d.path == entry.path) {
             return Err(ApiError::bad_request(format!(
@@ -263,9 +543,37 @@ impl Core {
                 entry.path
             )));
         }
-        let dev = open_device(&entry)?;
+        if table
+            .iter()
+            .any(|d| d.file_path().map(std::path::Path::new) == Some(file_path.as_path()))
+        {
+            return Err(ApiError::bad_request(
+                "another audit device already writes to this file",
+            ));
+        }
+        let key = decode_key(&entry)?;
+        let dev = FileDevice::open(&entry.path, &file_path, &key, Trust::Api).map_err(|e| {
+            tracing::warn!(device = %entry.path, error = %e, "audit device refused: cannot open its file");
+            ApiError::bad_request(match e {
+                palisade_audit::AuditError::Recover { .. } => {
+                    "sanity check failed: the file exists and is not an audit log"
+                }
+                _ => "sanity check failed: cannot open the file for writing (it must be a regular file, not a symlink, in an existing directory)",
+            })
+        })?;
+        if let Err(e) = dev.write_entry(first) {
+            tracing::warn!(device = %entry.path, error = %e, "audit device refused: its first record could not be written");
+            return Err(ApiError::bad_request(
+                "sanity check failed: the device could not write its first record",
+            ));
+        }
+        let mut stored = entry;
+        stored.options.insert(
+            "file_path".into(),
+            Value::String(file_path.display().to_string()),
+        );
         let mut next = table.clone();
-        next.push(entry);
+        next.push(stored);
         let bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
         self.barrier.put(AUDIT_TABLE_PATH, &bytes).await?;
         self.audit.add(dev);
@@ -275,6 +583,11 @@ impl Core {
 
     pub async fn disable_audit(&self, path: &str) -> Result<(), ApiError> {
         let mut table = self.audit_table.lock().await;
+        if table.iter().any(|d| d.path == path && d.pinned) {
+            return Err(ApiError::bad_request(
+                "this audit device is set in the server configuration ([audit] file_path); remove it there",
+            ));
+        }
         let next: Vec<AuditDeviceEntry> =
             table.iter().filter(|d| d.path != path).cloned().collect();
         if next.len() == table.len() {
@@ -284,7 +597,8 @@ impl Core {
         self.barrier.put(AUDIT_TABLE_PATH, &bytes).await?;
         self.audit.remove(path);
         *table = next;
-        Ok(())
+        drop(table);
+        self.persist_audit_heads().await
     }
 
     /// Paths answered without a token and never audited (Vault's list).
@@ -295,17 +609,27 @@ impl Core {
         )
     }
 
-    /// The whole pipeline for authenticated paths.
-    pub async fn handle(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+    /// An unauthenticated endpoint, with its (small) body in `req.data`.
+    pub async fn open(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        crate::sys::handle_unauthenticated(self, &req).await
+    }
+
+    /// The first half of the pipeline: everything that needs only the
+    /// request's head. A refusal is audited here, without the body, which is
+    /// never read.
+    pub async fn begin(
+        self: &Arc<Self>,
+        req: Request,
+        token: Option<String>,
+    ) -> Result<Begun, ApiError> {
         if Self::is_unauthenticated(&req.path) {
-            return crate::sys::handle_unauthenticated(self, &req).await;
+            return Ok(Begun::Open(req));
         }
-        if self.barrier.sealed() {
+        if !self.is_serving() {
             return Err(ApiError::sealed());
         }
 
-        // token lookup
-        let token_id = req.token.clone().unwrap_or_default();
+        let token_id = token.unwrap_or_default();
         let entry = if token_id.is_empty() {
             None
         } else {
@@ -317,7 +641,7 @@ impl Core {
             request: AuditRequest {
                 id: req.id.clone(),
                 operation: req.operation.as_str().to_string(),
-                path: req.path.clone(),
+                path: req.path.to_string(),
                 mount_type: String::new(),
                 client_token: token_id.clone(),
                 client_token_accessor: entry
@@ -325,25 +649,15 @@ impl Core {
                     .map(|e| e.accessor.clone())
                     .unwrap_or_default(),
                 remote_address: req.remote_addr.clone(),
-                data: if req.data.is_empty() {
-                    None
-                } else {
-                    Some(Value::Object(req.data.clone()))
-                },
+                data: None,
             },
             response: None,
             error: None,
         };
-
-        // input the edge could not parse: audited, then refused
-        if let Some(err) = &req.body_error {
-            return self.refuse(audit, err.clone()).await;
-        }
         let Some(entry) = entry else {
-            return self.refuse(audit, ApiError::permission_denied()).await;
+            return Err(self.refuse(audit, ApiError::permission_denied()).await);
         };
 
-        // ACL
         let acl = self.policies.acl(&entry.policies)?;
         let table = self.mount_table()?;
         let route = table
@@ -372,50 +686,114 @@ impl Core {
                 || caps.contains(Capability::Sudo)
                 || acl.is_root());
         if !allowed {
-            return self.refuse(audit, ApiError::permission_denied()).await;
+            return Err(self.refuse(audit, ApiError::permission_denied()).await);
+        }
+        Ok(Begun::Authorized(Box::new(Authorized {
+            token: entry,
+            token_id,
+            acl,
+            caps,
+            request: req,
+            route,
+            audit,
+        })))
+    }
+
+    /// The second half: `body` is the request's parsed body, or why it could
+    /// not be read; the request is audited with it, then executed.
+    pub async fn execute(
+        self: &Arc<Self>,
+        mut auth: Box<Authorized>,
+        body: Result<Map<String, Value>, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let data = match body {
+            Ok(d) => d,
+            Err(e) => {
+                let audit = auth.audit.clone();
+                return Err(self.refuse(audit, e).await);
+            }
+        };
+        if !data.is_empty() {
+            auth.audit.request.data = Some(Value::Object(data.clone()));
+        }
+        auth.request.data = data;
+
+        // every executing request holds the gate; a seal waits for them all
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
         }
 
         // audit the request before anything happens (fail closed)
-        if let Err(e) = self.audit.log(&audit).await {
-            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+        if let Err(e) = self.audit.log(&auth.audit).await {
+            tracing::error!(error = %e, path = %auth.request.path, "audit failed; refusing request");
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
 
-        let token_use = self.tokens.consume_use(&entry).await?;
-        let auth = Authorized {
-            token: entry.clone(),
-            token_id: token_id.clone(),
-            acl,
-            caps,
-        };
+        let token_use = self.tokens.consume_use(&auth.token).await?;
+        if token_use == TokenUse::Exhausted {
+            let err = ApiError::permission_denied();
+            self.audit_response(&auth.audit, &Err(err.clone())).await?;
+            return Err(err);
+        }
+
+        if auth.request.path.as_str() == "sys/seal" && auth.request.operation == Operation::Write {
+            drop(gate);
+            return self.seal_request(&auth).await;
+        }
+
         // help is a query parameter only (Vault's `?help=1`): a body field
         // named `help` is data, e.g. a KV v1 secret, and must be written
-        let help = req
+        let help = auth
+            .request
             .query
             .iter()
             .find(|(k, _)| k == "help")
             .and_then(|(_, v)| crate::logical::fields::parse_bool(v));
-        let result = if token_use == TokenUse::Exhausted {
-            Err(ApiError::permission_denied())
-        } else if help == Some(true) {
+        let result = if help == Some(true) {
             // Vault answers help with the bare object, no envelope (node-vault's help() reads `.help`)
             Ok(Response::raw(
                 200,
                 serde_json::json!({
-                    "help": format!("## PATH\n\n{}\n\nSee docs/api-compat.md for the operations Palisade supports here.", req.path),
+                    "help": format!("## PATH\n\n{}\n\nSee docs/api-compat.md for the operations Palisade supports here.", auth.request.path),
                     "see_also": Value::Null,
                 }),
             ))
         } else {
-            self.route(&req, &auth, route).await
+            self.route(&auth).await
         };
         if token_use == TokenUse::Last {
-            self.tokens.revoke_tree(&entry.hash).await?;
+            self.tokens.revoke_tree(&auth.token.hash).await?;
         }
+        self.audit_response(&auth.audit, &result).await?;
+        drop(gate);
+        result
+    }
 
-        // audit the response; a response that cannot be audited is not returned
-        let mut resp_audit = audit;
-        match &result {
+    /// `sys/seal`: wait until no other request is in flight (new ones wait
+    /// behind the seal and are then answered "sealed"), audit the response,
+    /// then seal. Nothing is served after the seal was acknowledged.
+    async fn seal_request(&self, auth: &Authorized) -> Result<Response, ApiError> {
+        self.set_state(State::Sealing);
+        let _all = self.gate.clone().write_owned().await;
+        let result = Ok(Response::no_content());
+        if let Err(e) = self.audit_response(&auth.audit, &result).await {
+            self.set_state(State::Unsealed);
+            return Err(e);
+        }
+        self.seal().await?;
+        tracing::info!("sealed by request");
+        result
+    }
+
+    /// Audit the response; a response that cannot be audited is not returned.
+    async fn audit_response(
+        &self,
+        request: &AuditEntry,
+        result: &Result<Response, ApiError>,
+    ) -> Result<(), ApiError> {
+        let mut resp_audit = request.clone();
+        match result {
             Ok(r) => {
                 resp_audit.response = Some(AuditResponse {
                     status: r.status,
@@ -445,24 +823,25 @@ impl Core {
             }
         }
         if let Err(e) = self.audit.log(&resp_audit).await {
-            tracing::error!(error = %e, path = %req.path, "audit of response failed; withholding response");
+            tracing::error!(error = %e, path = %request.request.path, "audit of response failed; withholding response");
             return Err(ApiError::internal("audit: no device recorded the response"));
         }
-        result
+        Ok(())
     }
 
     /// Audit a refused request and return its error. If the audit itself
     /// fails the client still gets the refusal (nothing was disclosed).
-    async fn refuse(&self, mut audit: AuditEntry, err: ApiError) -> Result<Response, ApiError> {
+    async fn refuse(&self, mut audit: AuditEntry, err: ApiError) -> ApiError {
         audit.error = Some(err.messages.join("; "));
         if let Err(e) = self.audit.log(&audit).await {
             tracing::error!(error = %e, "audit of a refused request failed");
         }
         tracing::info!(path = %audit.request.path, status = err.status, "request refused");
-        Err(err)
+        err
     }
 
-    /// Existence check deciding create vs update for writes.
+    /// Existence check deciding create vs update for writes, on the
+    /// canonical path (the name the handler will write).
     async fn exists(
         &self,
         req: &Request,
@@ -473,7 +852,7 @@ impl Core {
             .strip_prefix("sys/policy/")
             .or_else(|| req.path.strip_prefix("sys/policies/acl/"))
         {
-            return Ok(self.policies.exists(&name.to_lowercase()));
+            return Ok(self.policies.exists(name));
         }
         if req.path.starts_with("sys/") || req.path.starts_with("auth/") {
             return Ok(true);
@@ -491,47 +870,70 @@ impl Core {
         }
     }
 
-    async fn route(
-        self: &Arc<Self>,
-        req: &Request,
-        auth: &Authorized,
-        route: Option<(MountEntry, String)>,
-    ) -> Result<Response, ApiError> {
-        if let Some(rest) = req.path.strip_prefix("sys/") {
-            return crate::sys::handle(self, req, auth, rest).await;
+    async fn route(self: &Arc<Self>, auth: &Authorized) -> Result<Response, ApiError> {
+        let path = auth.request.path.as_str();
+        if let Some(rest) = path.strip_prefix("sys/") {
+            return crate::sys::handle(self, auth, rest).await;
         }
-        if let Some(rest) = req.path.strip_prefix("auth/token/") {
-            return crate::token_api::handle(self, req, auth, rest).await;
+        if let Some(rest) = path.strip_prefix("auth/token/") {
+            return crate::token_api::handle(self, auth, rest).await;
         }
-        let Some((mount, rel)) = route else {
+        let Some((mount, rel)) = &auth.route else {
             return Err(ApiError::unsupported_path());
         };
         let view = View::new(self.barrier.clone(), mount.view_prefix());
         match mount.engine() {
-            Some(EngineKind::KvV2) => kv::handle_v2(req, &rel, &view, &self.kv_locks).await,
-            Some(EngineKind::KvV1) => kv::handle_v1(req, &rel, &view).await,
+            Some(EngineKind::KvV2) => kv::handle_v2(auth, rel, &view, &self.kv_locks).await,
+            Some(EngineKind::KvV1) => kv::handle_v1(auth, rel, &view).await,
             None => Err(ApiError::unsupported_path()),
+        }
+    }
+
+    /// Convenience for in-process callers (tests, benchmarks): the whole
+    /// pipeline for a request whose body is already in `req.data`.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+        token: Option<String>,
+    ) -> Result<Response, ApiError> {
+        let data = req.data.clone();
+        match self.begin(req, token).await? {
+            Begun::Open(mut r) => {
+                r.data = data;
+                self.open(r).await
+            }
+            Begun::Authorized(a) => self.execute(a, Ok(data)).await,
         }
     }
 }
 
-fn open_device(d: &AuditDeviceEntry) -> Result<FileDevice, ApiError> {
-    let file_path = d
-        .options
-        .get("file_path")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| ApiError::bad_request("file_path is required"))?;
-    let key = Zeroizing::new(
+fn decode_key(d: &AuditDeviceEntry) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    Ok(Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(&d.hmac_key)
             .map_err(ApiError::internal)?,
-    );
-    FileDevice::open(&d.path, std::path::Path::new(file_path), &key).map_err(|e| {
-        tracing::error!(error = %e, "cannot open audit device");
-        ApiError::bad_request(format!(
-            "sanity check failed; unable to open {file_path:?} for writing: {e}"
-        ))
-    })
+    ))
+}
+
+fn reopen_device(
+    d: &AuditDeviceEntry,
+    anchor: Option<&Head>,
+) -> Result<palisade_audit::Reopened, String> {
+    let file_path = d.file_path().ok_or("no file_path in the stored device")?;
+    let key = decode_key(d).map_err(|_| "the stored HMAC key is not base64".to_string())?;
+    let trust = if d.pinned {
+        Trust::Operator
+    } else {
+        Trust::Api
+    };
+    FileDevice::reopen(
+        &d.path,
+        std::path::Path::new(file_path),
+        &key,
+        trust,
+        anchor,
+    )
+    .map_err(|e| e.to_string())
 }
 
 pub fn audit_auth(e: &TokenEntry, token_id: &str) -> AuditAuth {

@@ -1,11 +1,13 @@
 //! The HTTP edge: turns a hyper request into a typed [`Request`] (method to
-//! operation, percent-decoded and checked path, token, JSON body within the
-//! size limit) and renders the core's answer in Vault's JSON shapes. This is
-//! the only place that knows about HTTP; it writes every error body.
+//! operation, the path in canonical form, token, query), asks the core to
+//! authorise it, and only then reads and parses the body (within size, time
+//! and JSON-complexity limits): an unauthenticated client never gets a body
+//! parsed, and a refused request is audited without one. It renders the
+//! core's answer in Vault's JSON shapes; this is the only place that knows
+//! about HTTP and it writes every error body.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,80 +16,55 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
-use crate::core::Core;
+use crate::canonical::{self, percent_decode};
+use crate::core::{Begun, Core};
+use crate::json::{JsonLimits, parse_body};
 use crate::logical::{ApiError, Operation, Request, Response, fields};
 
 /// Vault's default request size limit.
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 32 * 1024 * 1024;
+/// Body limit of the unauthenticated endpoints (sys/init, sys/unseal...):
+/// their bodies are a few hundred bytes.
+pub const UNAUTHENTICATED_BODY_LIMIT: usize = 64 * 1024;
+/// Vault's `http_read_timeout`: the body must arrive within this.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The peer address, inserted by the listener for every request.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub SocketAddr);
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// What the edge accepts.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_request_size: usize,
+    pub json: JsonLimits,
+    pub body_timeout: Duration,
+    /// Answers carry `Strict-Transport-Security` (TLS listeners).
+    pub hsts: bool,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
+            json: JsonLimits::DEFAULT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            hsts: false,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub core: Arc<Core>,
-    pub max_request_size: usize,
+    pub limits: Arc<HttpLimits>,
 }
 
-pub fn router(core: Arc<Core>, max_request_size: usize) -> axum::Router {
+pub fn router(core: Arc<Core>, limits: HttpLimits) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(AppState {
         core,
-        max_request_size,
+        limits: Arc::new(limits),
     })
-}
-
-fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, ()> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or(())?;
-                let hex = std::str::from_utf8(hex).map_err(|_| ())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The path after `/v1/`, decoded and checked: valid UTF-8, no NUL, no `.`
-/// or `..` segment, no empty segment (a single trailing slash is allowed).
-pub fn parse_path(raw: &str) -> Result<String, ApiError> {
-    let rest = raw
-        .strip_prefix("/v1/")
-        .ok_or_else(ApiError::unsupported_path)?;
-    let bytes = percent_decode(rest, false)
-        .map_err(|_| ApiError::bad_request("invalid percent-encoding in path"))?;
-    let path =
-        String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid UTF-8 in path"))?;
-    if path.contains('\0') || path.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request("invalid character in path"));
-    }
-    let body = path.strip_suffix('/').unwrap_or(&path);
-    if body.is_empty() {
-        return Err(ApiError::unsupported_path());
-    }
-    if body
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(ApiError::bad_request(
-            "invalid path: empty, '.' or '..' segments are not allowed",
-        ));
-    }
-    Ok(path)
 }
 
 fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
@@ -117,6 +94,50 @@ fn token_from(headers: &HeaderMap) -> Option<String> {
         .then(|| value.trim().to_string())
 }
 
+/// Endpoints that exist only outside namespaces (OpenBao's list).
+fn namespace_restricted(path: &str) -> bool {
+    matches!(
+        path,
+        "sys/init" | "sys/seal" | "sys/unseal" | "sys/health" | "sys/step-down" | "sys/leader"
+    ) || path.starts_with("sys/rekey")
+        || path.starts_with("sys/generate-root")
+}
+
+/// `X-Vault-Namespace`: Palisade has only the root namespace. A request for
+/// any other namespace is refused, never served from the root (a write meant
+/// for `team-a` must not land in the root), with OpenBao's answers.
+fn check_namespace(headers: &HeaderMap, path: &str) -> Result<(), ApiError> {
+    let Some(v) = headers.get("x-vault-namespace") else {
+        return Ok(());
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::new(404, "namespace not found"))?;
+    if !v.is_empty() && namespace_restricted(path) {
+        return Err(ApiError::bad_request("operation unavailable in namespaces"));
+    }
+    match v.trim_matches('/') {
+        "" | "root" => Ok(()),
+        _ => Err(ApiError::new(404, "namespace not found")),
+    }
+}
+
+/// The body, within `limit` bytes and the body deadline.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::new(408, "request body not received in time")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(413, "http: request body too large"))
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request("failed to read request body")),
+    }
+}
+
 async fn handle(
     State(st): State<AppState>,
     method: Method,
@@ -128,22 +149,21 @@ async fn handle(
     let started = Instant::now();
     let request_id = palisade_core::uuid_v4();
     let head = method == Method::HEAD;
+    let limits = st.limits.clone();
+    let mut refused_at_edge = true;
     let result = async {
-        let path = parse_path(uri.path())?;
         let query = parse_query(uri.query())?;
         let list_q = query
             .iter()
             .find(|(k, _)| k == "list")
             .map(|(_, v)| fields::parse_bool(v).unwrap_or(false))
             .unwrap_or(false);
-        // Input the edge cannot accept on a path it could parse (wrong content
-        // type, body too large): carried into the core, which audits it and
-        // refuses, like a body that is not JSON.
+        // Input the edge cannot accept on a request it could parse (wrong
+        // content type): carried into the core, which audits it and refuses.
         let mut input_error = None;
         let operation = match method.as_str() {
             "GET" if list_q => Operation::List,
-            "GET" => Operation::Read,
-            "HEAD" if path == "sys/health" => Operation::Read,
+            "GET" | "HEAD" => Operation::Read,
             "LIST" => Operation::List,
             "POST" | "PUT" => Operation::Write,
             "DELETE" => Operation::Delete,
@@ -162,78 +182,63 @@ async fn handle(
             }
             _ => return Err(ApiError::unsupported_operation()),
         };
+        let path = canonical::canonicalise(operation, uri.path())?;
+        if head && path.as_str() != "sys/health" {
+            return Err(ApiError::unsupported_operation());
+        }
+        check_namespace(&headers, &path)?;
         if headers.contains_key("x-vault-wrap-ttl") {
             return Err(ApiError::bad_request("response wrapping is not supported"));
         }
-        let limited = http_body_util::Limited::new(body, st.max_request_size);
-        let bytes = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                input_error.get_or_insert(ApiError::new(413, "http: request body too large"));
-                bytes::Bytes::new()
-            }
-            Err(_) => {
-                input_error.get_or_insert(ApiError::bad_request("failed to read request body"));
-                bytes::Bytes::new()
-            }
-        };
         let mut req = Request::new(operation, path);
         req.id = request_id.clone();
         req.query = query;
-        req.token = token_from(&headers);
         req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
-        if let Some(e) = input_error {
-            req.body_error = Some(e);
-        } else if !bytes.iter().all(u8::is_ascii_whitespace) {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(m)) => req.data = m,
-                Ok(Value::Null) => {}
-                Ok(_) => {
-                    req.body_error = Some(ApiError::bad_request(
-                        "failed to parse JSON input: request body must be a JSON object",
-                    ))
-                }
-                Err(e) => {
-                    req.body_error = Some(ApiError::bad_request(format!(
-                        "failed to parse JSON input: {}",
-                        json_error_class(&e)
-                    )))
-                }
+        refused_at_edge = false;
+        match st.core.begin(req, token_from(&headers)).await? {
+            Begun::Open(mut req) => {
+                let limit = limits.max_request_size.min(UNAUTHENTICATED_BODY_LIMIT);
+                let bytes = read_body(body, limit, limits.body_timeout).await?;
+                req.data = parse_body(&bytes, limits.json)?;
+                st.core.open(req).await
+            }
+            Begun::Authorized(auth) => {
+                let data = match input_error {
+                    Some(e) => Err(e),
+                    None => read_body(body, limits.max_request_size, limits.body_timeout)
+                        .await
+                        .and_then(|b| parse_body(&b, limits.json)),
+                };
+                st.core.execute(auth, data).await
             }
         }
-        st.core.handle(req).await
     }
     .await;
     let status = match &result {
         Ok(r) => r.status,
         Err(e) => e.status,
     };
+    if refused_at_edge && let Err(e) = &result {
+        // refused before the core saw it (no audit record): say why here
+        tracing::info!(request_id = %request_id, method = %method, status, reason = %e.messages.join("; "), "request refused at the edge");
+    }
     // Per-request lines are debug: the audit log is the security record of
     // requests; the server log is for operating the server.
     tracing::debug!(
         request_id = %request_id,
         method = %method,
-        path = %uri.path(),
         status,
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
-    render(result, &request_id, head)
-}
-
-/// serde_json's message without any echo of the input.
-fn json_error_class(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax => "invalid JSON syntax",
-        Category::Eof => "unexpected end of JSON input",
-        Category::Data => "invalid JSON data",
-        Category::Io => "read error",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
+    let mut resp = render(result, &request_id, head);
+    if limits.hsts {
+        resp.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    resp
 }
 
 pub fn render(
@@ -310,37 +315,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_are_decoded_and_checked() {
+    fn namespaces_other_than_the_root_are_refused() {
+        let h = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-vault-namespace", HeaderValue::from_str(v).unwrap());
+            h
+        };
+        for root in ["", "root", "root/", "/"] {
+            assert_eq!(
+                check_namespace(&h(root), "secret/data/x"),
+                Ok(()),
+                "{root:?}"
+            );
+        }
+        for other in ["team-a", "team-a/", "/team-a", "ROOT", "root/team-a"] {
+            assert_eq!(
+                check_namespace(&h(other), "secret/data/x"),
+                Err(ApiError::new(404, "namespace not found")),
+                "{other:?}"
+            );
+        }
         assert_eq!(
-            parse_path("/v1/secret/data/a%20b").unwrap(),
-            "secret/data/a b"
+            check_namespace(&h("root"), "sys/health"),
+            Err(ApiError::bad_request("operation unavailable in namespaces"))
         );
-        assert_eq!(
-            parse_path("/v1/secret/metadata/").unwrap(),
-            "secret/metadata/"
-        );
-        let dots =
-            ApiError::bad_request("invalid path: empty, '.' or '..' segments are not allowed");
-        assert_eq!(parse_path("/v1/secret/../sys/seal").unwrap_err(), dots);
-        assert_eq!(parse_path("/v1/secret/%2e%2e/sys").unwrap_err(), dots);
-        assert_eq!(parse_path("/v1/secret//x").unwrap_err(), dots);
-        assert_eq!(parse_path("/v1/secret/./x").unwrap_err(), dots);
-        assert_eq!(
-            parse_path("/v1/secret/%ff").unwrap_err(),
-            ApiError::bad_request("invalid UTF-8 in path")
-        );
-        assert_eq!(
-            parse_path("/v1/secret/%00").unwrap_err(),
-            ApiError::bad_request("invalid character in path")
-        );
-        assert_eq!(
-            parse_path("/v1/a%zz").unwrap_err(),
-            ApiError::bad_request("invalid percent-encoding in path")
-        );
-        assert_eq!(
-            parse_path("/v2/x").unwrap_err(),
-            ApiError::unsupported_path()
-        );
+        assert_eq!(check_namespace(&h(""), "sys/health"), Ok(()));
+        assert_eq!(check_namespace(&HeaderMap::new(), "sys/health"), Ok(()));
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! [`palisade_barrier::Barrier`]; tokens are kept only as keyed hashes.
 #![forbid(unsafe_code)]
 
+pub mod audit_path;
+pub mod canonical;
 pub mod config;
 pub mod core;
 pub mod engines;
 pub mod http;
+pub mod json;
 pub mod listener;
 pub mod logical;
 pub mod mounts;
@@ -30,7 +33,9 @@ use palisade_barrier::Barrier;
 use palisade_storage::Backend;
 
 use crate::config::{ServerConfig, StorageConfig, Tls};
-use crate::core::Core;
+use crate::core::{Core, CoreOptions};
+use crate::http::HttpLimits;
+use crate::listener::ConnLimits;
 
 /// Entries the storage read cache keeps (ciphertext; see palisade_storage::cache).
 pub const STORAGE_CACHE_ENTRIES: usize = 131_072;
@@ -56,44 +61,13 @@ pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, Strin
     )))
 }
 
-/// Enable the config's `[audit] file_path` device once the core is unsealed.
-async fn ensure_config_audit(core: &Core, file: &Option<PathBuf>) -> Result<(), String> {
-    let Some(path) = file else { return Ok(()) };
-    let exists = core
-        .audit_table
-        .lock()
-        .await
-        .iter()
-        .any(|d| d.path == "file/");
-    if exists {
-        return Ok(());
-    }
-    let mut options = serde_json::Map::new();
-    options.insert(
-        "file_path".into(),
-        serde_json::Value::String(path.display().to_string()),
-    );
-    let key = palisade_crypto::mac::MacKey::generate();
-    use base64::Engine as _;
-    core.enable_audit(core::AuditDeviceEntry {
-        path: "file/".into(),
-        kind: "file".into(),
-        description: "enabled from the server configuration".into(),
-        options,
-        local: false,
-        hmac_key: base64::engine::general_purpose::STANDARD.encode(key.expose_bytes()),
-    })
-    .await
-    .map_err(|e| format!("audit: {}", e.messages.join("; ")))
-}
-
 /// Revoke expired tokens in the background (lookups check expiry too).
 fn spawn_tidy(core: Arc<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            if core.barrier.sealed() {
+            if !core.is_serving() {
                 continue;
             }
             match core.tokens.tidy().await {
@@ -116,13 +90,31 @@ pub fn start(
     core: Arc<Core>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    max_request_size: usize,
+    http: HttpLimits,
+    conn: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Running, tokio::task::JoinHandle<()>), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = http::router(core.clone(), max_request_size);
-    let handle = tokio::spawn(listener::serve(listener, app, tls, shutdown));
+    let http = HttpLimits {
+        hsts: tls.is_some(),
+        ..http
+    };
+    let app = http::router(core.clone(), http);
+    let handle = tokio::spawn(listener::serve(listener, app, tls, conn, shutdown));
     Ok((Running { addr, core }, handle))
+}
+
+/// After the listener drained: anchor the audit heads once more, so a
+/// clean restart continues exactly where this run stopped.
+async fn finish(core: &Core) {
+    if core.is_serving()
+        && let Err(e) = core.persist_audit_heads().await
+    {
+        tracing::warn!(
+            status = e.status,
+            "could not write the audit heads at shutdown"
+        );
+    }
 }
 
 /// `palisade server --config FILE`: open storage, serve, wait for unseal.
@@ -132,11 +124,14 @@ pub async fn run(
 ) -> Result<(), String> {
     let backend = open_backend(&cfg.storage).await?;
     let barrier = Barrier::new(backend);
-    let core = Core::new(barrier);
-    if let Some(file) = &cfg.audit_file {
-        // the audit device lives behind the barrier: Core::post_unseal enables it
-        let _ = core.config_audit_file.set(file.clone());
-    }
+    let core = Core::with_options(
+        barrier,
+        CoreOptions {
+            audit_file: cfg.audit_file.clone(),
+            api_audit_dirs: cfg.api_audit_dirs.clone(),
+            ttl: cfg.ttl,
+        },
+    );
     let tls = match &cfg.listener.tls {
         Tls::Files { cert, key } => Some(listener::tls_config(cert, key)?),
         Tls::Disabled => {
@@ -151,12 +146,20 @@ pub async fn run(
         core.clone(),
         l,
         tls,
-        cfg.listener.max_request_size,
+        HttpLimits {
+            max_request_size: cfg.listener.max_request_size,
+            json: cfg.listener.json,
+            body_timeout: cfg.listener.body_timeout,
+            hsts: false,
+        },
+        cfg.listener.conn.clone(),
         shutdown,
     )?;
     tracing::info!(address = %running.addr, storage = core.barrier.backend_kind(), "palisade server listening");
     spawn_tidy(core.clone());
-    handle.await.map_err(|e| e.to_string())
+    let r = handle.await.map_err(|e| e.to_string());
+    finish(&core).await;
+    r
 }
 
 /// Options of `palisade server --dev`.
@@ -178,12 +181,17 @@ pub async fn run_dev(
         path: dir.join("palisade.db"),
     })
     .await?;
-    let core = Core::new(Barrier::new(backend));
+    let core = Core::with_options(
+        Barrier::new(backend),
+        CoreOptions {
+            audit_file: opts.audit_file.clone(),
+            ..CoreOptions::default()
+        },
+    );
     let root = core
         .dev_setup(opts.root_token_id)
         .await
         .map_err(|e| e.messages.join("; "))?;
-    ensure_config_audit(&core, &opts.audit_file).await?;
     let l = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| format!("listener: cannot bind {}: {e}", opts.listen))?;
@@ -191,22 +199,34 @@ pub async fn run_dev(
         core.clone(),
         l,
         None,
-        http::DEFAULT_MAX_REQUEST_SIZE,
+        HttpLimits::default(),
+        ConnLimits::default(),
         shutdown,
     )?;
     spawn_tidy(core.clone());
     println!("==> Palisade server started in DEV mode. Do not run dev mode in production.");
     println!("    Storage: SQLite in {} (deleted on exit)", dir.display());
-    println!(
-        "    Listening on http://{} (plaintext, loopback only)",
-        running.addr
-    );
+    if running.addr.ip().is_loopback() {
+        println!(
+            "    Listening on http://{} (plaintext, loopback only)",
+            running.addr
+        );
+    } else {
+        println!(
+            "    Listening on http://{} (PLAINTEXT, reachable from other hosts: anyone on the network can read the root token in transit)",
+            running.addr
+        );
+    }
+    if let Some(p) = &opts.audit_file {
+        println!("    Audit log: {} (file/)", p.display());
+    }
     println!();
     println!("    export VAULT_ADDR='http://{}'", running.addr);
     println!("    Root Token: {root}");
     println!();
     drop(root);
     let r = handle.await.map_err(|e| e.to_string());
+    finish(&core).await;
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

@@ -1,25 +1,63 @@
-//! The accept loop: TCP, optional rustls handshake (TLS 1.2/1.3, ALPN h2 and
-//! http/1.1), hyper's auto (h1/h2) connection, and graceful shutdown that
-//! stops accepting and drains in-flight requests.
+//! The accept loop: TCP, a connection limit, optional rustls handshake
+//! (TLS 1.2/1.3, ALPN h2 and http/1.1), hyper's HTTP/1.1 (and HTTP/2 over TLS
+//! only: a plaintext listener speaks HTTP/1.1, no h2c), per-connection
+//! deadlines, and graceful shutdown that stops accepting and drains in-flight
+//! requests.
+//!
+//! Deadlines (Vault's `http_read_header_timeout`, `http_idle_timeout`; the
+//! body deadline is the HTTP layer's): a connection with no request in
+//! flight is closed when
+//! - bytes of a next request started arriving more than `header_timeout`
+//!   ago and its head is still not complete (slowloris: one header line
+//!   every few seconds), or
+//! - nothing at all arrived for `idle_timeout`.
+//!
+//! A watchdog per connection enforces both from what the connection's reads
+//! and its service calls report ([`Activity`]); hyper's own header timer is
+//! not used because it also runs while a keep-alive connection is idle.
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::http::ClientAddr;
 
 /// How long shutdown waits for in-flight requests before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-listener connection limits (`[listener]` in the configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// A started request head (and a TLS handshake) must complete within this.
+    pub header_timeout: Duration,
+    /// A connection with nothing in flight and nothing arriving is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ConnLimits {
+    /// Vault's defaults (10 s header, 5 min idle); 4,096 connections.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 4096,
+        }
+    }
+}
 
 /// Build a rustls server config from PEM files. Errors name the file, never its contents.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -43,15 +81,218 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(cfg))
 }
 
+/// What one connection is doing, as its reads and its requests report it.
+#[derive(Debug)]
+struct ActivityState {
+    /// Requests whose response has not been produced yet.
+    inflight: usize,
+    /// When bytes of a next request started arriving with nothing in flight.
+    head_started: Option<Instant>,
+    /// When the connection last became idle (accepted, or a response done).
+    idle_since: Instant,
+}
+
+#[derive(Debug)]
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Wakes the watchdog when a head starts (its deadline moves closer).
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(ActivityState {
+                inflight: 0,
+                head_started: None,
+                idle_since: Instant::now(),
+            }),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        // the state is a few plain fields, always consistent
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_bytes(&self) {
+        let mut s = self.lock();
+        if s.inflight == 0 && s.head_started.is_none() {
+            s.head_started = Some(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut s = self.lock();
+        s.inflight += 1;
+        s.head_started = None;
+        InFlight(self.clone())
+    }
+
+    /// When the connection must close if nothing changes, or None while a
+    /// request is in flight.
+    fn deadline(&self, limits: &ConnLimits) -> Option<Instant> {
+        let s = self.lock();
+        if s.inflight > 0 {
+            return None;
+        }
+        Some(match s.head_started {
+            Some(t) => t + limits.header_timeout,
+            None => s.idle_since + limits.idle_timeout,
+        })
+    }
+}
+
+/// A request in flight; dropping it (the response is ready) makes the
+/// connection idle again when it was the last one.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.inflight = s.inflight.saturating_sub(1);
+        if s.inflight == 0 {
+            s.idle_since = Instant::now();
+            s.head_started = None;
+        }
+    }
+}
+
+/// Resolves when the connection has passed its deadline.
+async fn watchdog(activity: Arc<Activity>, limits: ConnLimits) {
+    loop {
+        let wait = match activity.deadline(&limits) {
+            Some(d) if d <= Instant::now() => return,
+            Some(d) => d,
+            // in flight: the body deadline and the handler bound it; look again later
+            None => Instant::now() + limits.header_timeout,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wait) => {}
+            _ = activity.changed.notified() => {}
+        }
+    }
+}
+
+/// The connection's byte stream, reporting reads to its [`Activity`].
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read_bytes();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Log "connection limit reached" at most once a second.
+fn warn_limit(last: &AtomicU64, limit: usize) {
+    let now = palisade_core::now_nanos() as u64 / 1_000_000_000;
+    if last.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            max_connections = limit,
+            "connection limit reached; closing new connections"
+        );
+    }
+}
+
+/// Serve one connection until it ends, its deadline passes or shutdown.
+async fn serve_conn<I>(
+    io: I,
+    h2: bool,
+    app: axum::Router,
+    peer: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    limits: ConnLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let act = activity.clone();
+    let svc =
+        hyper::service::service_fn(move |mut r: axum::http::Request<hyper::body::Incoming>| {
+            r.extensions_mut().insert(ClientAddr(peer));
+            let inflight = act.begin();
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(r).await;
+                drop(inflight);
+                resp
+            }
+        });
+    let dog = watchdog(activity, limits);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(128)
+            .serve_connection(io, svc);
+        tokio::select! {
+            _ = watcher.watch(conn) => {}
+            _ = dog => tracing::debug!(peer = %peer, "connection closed: header or idle deadline"),
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+        tokio::select! {
+            _ = watcher.watch(conn) => {}
+            _ = dog => tracing::debug!(peer = %peer, "connection closed: header or idle deadline"),
+        }
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` resolves, then drain.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let last_warning = AtomicU64::new(0);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -66,36 +307,35 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            warn_limit(&last_warning, limits.max_connections);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let svc =
-            app.clone()
-                .map_request(move |mut r: axum::http::Request<hyper::body::Incoming>| {
-                    r.extensions_mut().insert(ClientAddr(peer));
-                    r
-                });
-        let svc = TowerToHyperService::new(svc);
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let app = app.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let _permit = permit;
+            let activity = Activity::new();
             match acceptor {
                 Some(acc) => {
-                    let tls =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                    let _ = watcher.watch(conn).await;
+                    let tls = match tokio::time::timeout(limits.header_timeout, acc.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_conn(tls, h2, app, peer, activity, limits, watcher).await;
                 }
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(conn).await;
-                }
+                None => serve_conn(stream, false, app, peer, activity, limits, watcher).await,
             }
         });
     }

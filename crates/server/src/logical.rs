@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::canonical::CanonicalPath;
+
 /// What the caller asked for, after method/verb mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -28,39 +30,45 @@ impl Operation {
     }
 }
 
-/// A parsed request. `path` has no leading slash and no `/v1/`.
+/// A parsed request. `path` is canonical ([`CanonicalPath`]): what the ACL
+/// was checked on is exactly what the handler acts on.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub id: String,
     pub operation: Operation,
-    pub path: String,
+    pub path: CanonicalPath,
+    /// The JSON body, filled in once the request is authorised.
     pub data: Map<String, Value>,
-    /// Query parameters (already split; for GET options such as `version`).
+    /// Query parameters (already split). Only GET, LIST and DELETE read them
+    /// as data, as Vault does: a POST's `?token=` is ignored, so credentials
+    /// never have to travel in a URL.
     pub query: Vec<(String, String)>,
-    pub token: Option<String>,
     pub remote_addr: String,
-    /// A body the edge could not parse: audited and answered with 400 by the core.
-    pub body_error: Option<ApiError>,
 }
 
 impl Request {
-    pub fn new(operation: Operation, path: impl Into<String>) -> Self {
+    pub fn new(operation: Operation, path: CanonicalPath) -> Self {
         Self {
             id: palisade_core::uuid_v4(),
             operation,
-            path: path.into(),
+            path,
             data: Map::new(),
             query: Vec::new(),
-            token: None,
             remote_addr: String::new(),
-            body_error: None,
         }
     }
 
-    /// A field from the body, falling back to the query string (Vault merges them for GET).
+    /// A field from the body, falling back to the query string for reads,
+    /// lists and deletes (Vault's `parseQuery`).
     pub fn field(&self, name: &str) -> Option<Value> {
         if let Some(v) = self.data.get(name) {
             return Some(v.clone());
+        }
+        if !matches!(
+            self.operation,
+            Operation::Read | Operation::List | Operation::Delete
+        ) {
+            return None;
         }
         self.query
             .iter()
@@ -262,21 +270,44 @@ pub mod fields {
         }
     }
 
-    /// A duration in seconds: a number of seconds or a Go-style string ("1h").
+    /// Longest duration accepted, in seconds: Go's `time.Duration` limit
+    /// (about 292 years), so that a duration in nanoseconds fits an i64 and
+    /// adding one to a timestamp is checked, never wrapped.
+    pub const MAX_DURATION_SECS: i64 = i64::MAX / 1_000_000_000;
+
+    /// A duration in seconds: a number of seconds or a Go-style string
+    /// ("1h"); never negative, at most [`MAX_DURATION_SECS`]. Errors name the
+    /// field, never the value.
     pub fn duration_secs(v: &Value, name: &str) -> Result<i64, ApiError> {
-        match v {
-            Value::Number(_) => int(v, name),
-            Value::String(s) if s.is_empty() => Ok(0),
-            Value::String(s) => palisade_core::parse_duration(s)
-                .map(|d| d.as_secs() as i64)
-                .map_err(|_| {
-                    ApiError::bad_request(format!("field {name:?}: invalid duration {s:?}"))
-                }),
-            Value::Null => Ok(0),
-            _ => Err(ApiError::bad_request(format!(
-                "field {name:?} must be a duration"
-            ))),
+        let secs = match v {
+            Value::Number(_) => int(v, name)?,
+            Value::String(s) if s.is_empty() => 0,
+            Value::String(s) => match palisade_core::parse_duration(s) {
+                Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                Err(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "field {name:?}: invalid duration"
+                    )));
+                }
+            },
+            Value::Null => 0,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "field {name:?} must be a duration"
+                )));
+            }
+        };
+        if secs < 0 {
+            return Err(ApiError::bad_request(format!(
+                "field {name:?}: a duration cannot be negative"
+            )));
         }
+        if secs > MAX_DURATION_SECS {
+            return Err(ApiError::bad_request(format!(
+                "field {name:?}: duration too large"
+            )));
+        }
+        Ok(secs)
     }
 
     /// A list of strings given as a JSON array or a comma-separated string.

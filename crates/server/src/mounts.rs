@@ -97,19 +97,22 @@ impl MountTable {
             .map(|m| (m, path.get(m.path.len()..).unwrap_or("")))
     }
 
-    /// Normalise and check a mount path from `sys/mounts/<path>`.
-    pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
-        let trimmed = raw.trim_matches('/');
-        if trimmed.is_empty() {
+    /// Check a canonical mount path (as `canonical` makes it from
+    /// `sys/mounts/<path>`: no leading or trailing `/`, no whitespace) and
+    /// return it as the table keeps it, with its trailing `/`. Nothing is
+    /// trimmed here: a path that is not canonical is refused.
+    pub fn check_path(path: &str) -> Result<String, ApiError> {
+        if path.is_empty() {
             return Err(ApiError::bad_request("missing mount path"));
         }
-        if trimmed
+        if path
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(ApiError::bad_request(format!("invalid mount path {raw:?}")));
+            return Err(ApiError::bad_request("invalid mount path"));
         }
-        let path = format!("{trimmed}/");
+        let path = format!("{path}/");
         if RESERVED.iter().any(|r| path.starts_with(r)) {
             return Err(ApiError::bad_request(format!(
                 "cannot mount {path:?}: path is reserved"
@@ -168,13 +171,20 @@ mod tests {
     }
 
     #[test]
-    fn mount_paths_are_checked() {
-        assert_eq!(MountTable::normalise_path("/kv/").unwrap(), "kv/");
+    fn mount_paths_are_checked_not_rewritten() {
+        assert_eq!(MountTable::check_path("kv").unwrap(), "kv/");
+        assert_eq!(MountTable::check_path("team/a").unwrap(), "team/a/");
         assert_eq!(
-            MountTable::normalise_path("sys").unwrap_err(),
+            MountTable::check_path("sys").unwrap_err(),
             ApiError::bad_request("cannot mount \"sys/\": path is reserved")
         );
-        assert!(MountTable::normalise_path("a/../b").is_err());
-        assert!(MountTable::normalise_path("").is_err());
+        let invalid = ApiError::bad_request("invalid mount path");
+        for bad in ["/kv/", "kv/", "/kv", "a/../b", "a//b", "kv ", "k\u{a0}v"] {
+            assert_eq!(MountTable::check_path(bad).unwrap_err(), invalid, "{bad:?}");
+        }
+        assert_eq!(
+            MountTable::check_path("").unwrap_err(),
+            ApiError::bad_request("missing mount path")
+        );
     }
 }

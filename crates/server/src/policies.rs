@@ -29,20 +29,15 @@ fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::internal(format!("policy store lock: {e}")))
 }
 
-/// Vault's rule for policy names, applied before anything touches storage.
+/// A policy name must already be canonical (lowercase, Vault's characters):
+/// it is checked, never rewritten, so the name the ACL was checked on is the
+/// name that is stored. `canonical` refuses other names before the ACL check;
+/// this keeps the store safe for any other caller.
 pub fn check_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim().to_lowercase();
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-    {
-        return Err(ApiError::bad_request(format!(
-            "invalid policy name {name:?}"
-        )));
+    if !crate::canonical::is_canonical_policy_name(name) {
+        return Err(crate::canonical::invalid_policy_name());
     }
-    Ok(name)
+    Ok(name.to_owned())
 }
 
 impl PolicyStore {

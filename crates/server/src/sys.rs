@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::core::{AuditDeviceEntry, Authorized, Core};
 use crate::logical::{ApiError, Operation, Request, Response, fields};
 use crate::mounts::{MountConfig, MountTable};
+use palisade_audit::AuditEntry;
 
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+palisade");
 
@@ -19,7 +20,9 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 async fn seal_status(core: &Core) -> Result<Value, ApiError> {
     let cfg = core.barrier.seal_config().await?;
-    let p = core.barrier.unseal_progress();
+    let mut p = core.barrier.unseal_progress();
+    // unsealed only once everything behind the barrier is loaded and served
+    p.sealed = p.sealed || !core.is_serving();
     Ok(json!({
         "type": "shamir",
         "initialized": cfg.is_some(),
@@ -53,9 +56,6 @@ fn query_code(req: &Request, name: &str, default: u16) -> Result<u16, ApiError> 
 
 /// sys/init, sys/unseal, sys/seal-status, sys/health, sys/leader.
 pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<Response, ApiError> {
-    if let Some(err) = &req.body_error {
-        return Err(err.clone());
-    }
     match (req.path.as_str(), req.operation) {
         ("sys/init", Operation::Read) => Ok(Response::raw(
             200,
@@ -115,6 +115,7 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
             let was_sealed = core.barrier.sealed();
             let progress = core.barrier.submit_share(share).await?;
             if was_sealed && !progress.sealed {
+                // post_unseal serves nothing until tables and audit devices are loaded
                 if let Err(e) = core.post_unseal().await {
                     // fail closed: a core that cannot load its tables stays sealed
                     let _ = core.seal().await;
@@ -126,7 +127,7 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
         }
         ("sys/health", Operation::Read) => {
             let initialized = core.barrier.initialized().await?;
-            let sealed = core.barrier.sealed();
+            let sealed = !core.is_serving();
             let status = if !initialized {
                 query_code(req, "uninitcode", 501)?
             } else if sealed {
@@ -175,20 +176,18 @@ fn field_u8(req: &Request, name: &str) -> Result<u8, ApiError> {
     u8::try_from(n).map_err(|_| ApiError::bad_request(format!("{name} must be between 1 and 255")))
 }
 
-/// Everything else under sys/ (the token and ACL were checked by the core).
-pub async fn handle(
-    core: &Arc<Core>,
-    req: &Request,
-    auth: &Authorized,
-    rest: &str,
-) -> Result<Response, ApiError> {
+/// Everything else under sys/ (the token and ACL were checked by the core
+/// on the canonical path; `rest` is that path after `sys/`).
+pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<Response, ApiError> {
+    let req = auth.request();
     let op = req.operation;
+    // LIST paths end in `/` (canonical form): the listing endpoints match without it
+    let rest = if op == Operation::List {
+        rest.strip_suffix('/').unwrap_or(rest)
+    } else {
+        rest
+    };
     match rest {
-        "seal" if op == Operation::Write => {
-            core.seal().await?;
-            tracing::info!("sealed by request");
-            return Ok(Response::no_content());
-        }
         "rotate" if op == Operation::Write => {
             core.barrier.rotate().await?;
             return Ok(Response::no_content());
@@ -236,7 +235,7 @@ pub async fn handle(
         "capabilities-self" | "capabilities" | "capabilities-accessor"
             if op == Operation::Write =>
         {
-            return capabilities(core, req, auth, rest).await;
+            return capabilities(core, auth, rest).await;
         }
         _ => {}
     }
@@ -253,7 +252,7 @@ pub async fn handle(
         return policy(core, req, name, true).await;
     }
     if let Some(path) = rest.strip_prefix("audit/") {
-        return audit_device(core, req, path).await;
+        return audit_device(core, auth, path).await;
     }
     if let Some(path) = rest.strip_prefix("audit-hash/") {
         if op != Operation::Write {
@@ -263,12 +262,18 @@ pub async fn handle(
             Some(v) => fields::string(v, "input")?,
             None => return Err(ApiError::bad_request("the \"input\" parameter is required")),
         };
-        let name = format!("{}/", path.trim_end_matches('/'));
+        let name = format!("{path}/");
         let hash = core
             .audit
             .hash(&name, &input)
             .ok_or_else(|| ApiError::bad_request(format!("unknown audit backend {name}")))?;
         return Ok(Response::data(json!({ "hash": hash })).with_top_level());
+    }
+    if let Some(path) = rest.strip_prefix("audit-head/") {
+        if op != Operation::Read {
+            return Err(ApiError::unsupported_operation());
+        }
+        return audit_head(core, path).await;
     }
     if let Some(path) = rest.strip_prefix("internal/ui/mounts/") {
         let table = core.mount_table()?;
@@ -365,7 +370,7 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
             Ok(Response::no_content())
         }
         Operation::Read => {
-            let p = MountTable::normalise_path(path)?;
+            let p = MountTable::check_path(path)?;
             let table = core.mount_table()?;
             let m =
                 table.entries.iter().find(|m| m.path == p).ok_or_else(|| {
@@ -374,7 +379,7 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
             Ok(Response::data(m.to_json()))
         }
         Operation::Delete => {
-            let p = MountTable::normalise_path(path)?;
+            let p = MountTable::check_path(path)?;
             let _g = core.table_lock.lock().await;
             let mut table = (*core.mount_table()?).clone();
             let Some(idx) = table.entries.iter().position(|m| m.path == p) else {
@@ -393,7 +398,7 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
 }
 
 async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, ApiError> {
-    let p = MountTable::normalise_path(path)?;
+    let p = MountTable::check_path(path)?;
     let _g = core.table_lock.lock().await;
     let mut table = (*core.mount_table()?).clone();
     let m = table
@@ -440,6 +445,7 @@ async fn policy(
     name: &str,
     acl_api: bool,
 ) -> Result<Response, ApiError> {
+    // canonical already (canonical.rs refused anything else): checked, never rewritten
     let name = crate::policies::check_name(name)?;
     match req.operation {
         Operation::Read => {
@@ -491,13 +497,20 @@ async fn policy(
     }
 }
 
-async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, ApiError> {
-    let name = format!("{}/", path.trim_matches('/'));
-    if name == "/" || name.split('/').any(|s| s == "..") {
-        return Err(ApiError::bad_request("invalid audit path"));
-    }
+async fn audit_device(
+    core: &Arc<Core>,
+    auth: &Authorized,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let req = auth.request();
+    let name = format!("{path}/");
     match req.operation {
         Operation::Write => {
+            if core.options.api_audit_dirs.is_empty() {
+                return Err(ApiError::bad_request(
+                    "cannot enable audit devices through the API: the server configuration does not allow it ([audit] dangerous_allow_api_file_devices); configure the device with [audit] file_path instead",
+                ));
+            }
             let kind = req
                 .data
                 .get("type")
@@ -505,16 +518,13 @@ async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Res
                 .transpose()?
                 .unwrap_or_default();
             if kind != "file" {
-                return Err(ApiError::bad_request(format!(
-                    "unknown backend type: {kind:?}"
-                )));
+                return Err(ApiError::bad_request(
+                    "unknown backend type: only \"file\" is available",
+                ));
             }
             let options = string_map(req.data.get("options"))?;
-            let Some(file_path) = options.get("file_path").and_then(|v| v.as_str()) else {
+            if options.get("file_path").and_then(|v| v.as_str()).is_none() {
                 return Err(ApiError::bad_request("file_path is required"));
-            };
-            if !std::path::Path::new(file_path).is_absolute() {
-                return Err(ApiError::bad_request("file_path must be an absolute path"));
             }
             for (k, _) in options.iter() {
                 if !matches!(
@@ -524,7 +534,6 @@ async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Res
                         | "hmac_accessor"
                         | "log_raw"
                         | "format"
-                        | "prefix"
                         | "elide_list_responses"
                 ) {
                     return Err(ApiError::bad_request(format!("unknown audit option {k:?}")));
@@ -553,14 +562,18 @@ async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Res
                 .transpose()?
                 .unwrap_or(false);
             let key = palisade_crypto::mac::MacKey::generate();
-            core.enable_audit(AuditDeviceEntry {
-                path: name,
-                kind,
-                description,
-                options,
-                local,
-                hmac_key: b64().encode(key.expose_bytes()),
-            })
+            core.enable_audit(
+                AuditDeviceEntry {
+                    path: name,
+                    kind,
+                    description,
+                    options,
+                    local,
+                    hmac_key: b64().encode(key.expose_bytes()),
+                    pinned: false,
+                },
+                first_record(auth),
+            )
             .await?;
             Ok(Response::no_content())
         }
@@ -572,18 +585,49 @@ async fn audit_device(core: &Arc<Core>, req: &Request, path: &str) -> Result<Res
     }
 }
 
+/// The record a new device writes first: the request that enables it.
+fn first_record(auth: &Authorized) -> &AuditEntry {
+    auth.audit_record()
+}
+
+/// `sys/audit-head/<name>`: the device's last record (`seq`, `hash`), as
+/// written now and as last anchored behind the barrier. `palisade audit
+/// verify FILE --head SEQ:HASH` checks a file against it.
+async fn audit_head(core: &Arc<Core>, path: &str) -> Result<Response, ApiError> {
+    let name = format!("{path}/");
+    let table = core.audit_table.lock().await;
+    let Some(entry) = table.iter().find(|d| d.path == name).cloned() else {
+        return Err(ApiError::bad_request(format!(
+            "unknown audit backend {name}"
+        )));
+    };
+    drop(table);
+    let head = core.audit.device(&name).and_then(|d| d.head());
+    let anchored = core.anchored_head(&name).await;
+    Ok(Response::data(json!({
+        "path": name,
+        "file_path": entry.file_path(),
+        "loaded": core.audit.device(&name).is_some(),
+        "seq": head.as_ref().map(|h| h.seq),
+        "hash": head.as_ref().map(|h| h.hash.clone()),
+        "anchored_seq": anchored.as_ref().map(|h| h.seq),
+        "anchored_hash": anchored.as_ref().map(|h| h.hash.clone()),
+    }))
+    .with_top_level())
+}
+
 async fn capabilities(
     core: &Arc<Core>,
-    req: &Request,
     auth: &Authorized,
     which: &str,
 ) -> Result<Response, ApiError> {
+    let req = auth.request();
     let paths = match req.data.get("paths").or_else(|| req.data.get("path")) {
         Some(v) => fields::string_list(v, "paths")?,
         None => return Err(ApiError::bad_request("missing paths")),
     };
     let acl = match which {
-        "capabilities-self" => auth.acl.clone(),
+        "capabilities-self" => auth.acl().clone(),
         "capabilities" => {
             let token = req
                 .data

@@ -28,6 +28,50 @@ const PARENT_PREFIX: &str = "sys/token/parent/";
 /// Vault's default and maximum token TTL (32 days).
 pub const DEFAULT_TTL: i64 = 768 * 3600;
 
+/// The system's TTL limits (`default_lease_ttl`, `max_lease_ttl` in the
+/// server configuration, as in Vault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlLimits {
+    /// TTL of a token created without one.
+    pub default_ttl: i64,
+    /// No token lives longer than this from its creation, renewed or not
+    /// (periodic tokens excepted: they live while renewed within their period).
+    pub max_ttl: i64,
+}
+
+impl Default for TtlLimits {
+    fn default() -> Self {
+        Self {
+            default_ttl: DEFAULT_TTL,
+            max_ttl: DEFAULT_TTL,
+        }
+    }
+}
+
+/// A duration as Vault prints it in warnings: `768h`, `1h30m`, `45s`.
+pub fn format_duration(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+fn ttl_capped_warning(requested: i64, max: i64) -> String {
+    format!(
+        "TTL of {:?} exceeded the effective max_ttl of {:?}; TTL value is capped accordingly",
+        format_duration(requested),
+        format_duration(max)
+    )
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenEntry {
     pub hash: String,
@@ -48,6 +92,10 @@ pub struct TokenEntry {
     pub expire_time: i64,
     pub issue_time: i64,
     pub path: String,
+    /// Set first when the token's tree is being revoked: from then on the
+    /// token authorises nothing and no child can be created under it.
+    #[serde(default)]
+    pub revoking: bool,
 }
 
 impl TokenEntry {
@@ -85,6 +133,11 @@ pub struct NewToken {
 
 pub struct TokenStore {
     barrier: Arc<Barrier>,
+    limits: TtlLimits,
+    /// Striped by parent hash: creating a child of P and marking P as being
+    /// revoked take the same stripe, so no child is ever created under a
+    /// parent whose tree is being revoked.
+    family: Vec<tokio::sync::Mutex<()>>,
     salt: RwLock<Option<Arc<MacKey>>>,
     cache: RwLock<HashMap<String, Arc<TokenEntry>>>,
     /// Serialises read-modify-write of stored entries (use counts, renewals,
@@ -133,9 +186,11 @@ pub fn random_base62(n: usize) -> String {
 }
 
 impl TokenStore {
-    pub fn new(barrier: Arc<Barrier>) -> Self {
+    pub fn new(barrier: Arc<Barrier>, limits: TtlLimits) -> Self {
         Self {
             barrier,
+            limits,
+            family: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             salt: RwLock::new(None),
             cache: RwLock::new(HashMap::new()),
             modify: tokio::sync::Mutex::new(()),
@@ -184,8 +239,28 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Create a token; returns the token string (shown once) and its entry.
-    pub async fn create(&self, spec: NewToken) -> Result<(String, TokenEntry), ApiError> {
+    pub fn limits(&self) -> TtlLimits {
+        self.limits
+    }
+
+    fn family_lock(&self, hash: &str) -> &tokio::sync::Mutex<()> {
+        let i = hash
+            .bytes()
+            .take(2)
+            .fold(0usize, |a, b| a * 31 + b as usize);
+        &self.family[i % self.family.len()]
+    }
+
+    /// Create a token; returns the token string (shown once), its entry and
+    /// any warnings (a TTL capped at the system maximum).
+    ///
+    /// A child is written under its parent's family lock after re-reading the
+    /// parent from storage: a parent that expired, was revoked or is being
+    /// revoked gets no child, so revoking a tree can never miss one.
+    pub async fn create(
+        &self,
+        spec: NewToken,
+    ) -> Result<(String, TokenEntry, Vec<String>), ApiError> {
         let id = match spec.id {
             Some(id) => {
                 if id.is_empty() || id.contains('.') {
@@ -206,6 +281,8 @@ impl TokenStore {
         }
         let accessor = random_base62(24);
         let now = now();
+        let mut warnings = Vec::new();
+        let is_root = spec.policies.iter().any(|p| p == "root");
         let mut ttl = spec.ttl;
         if spec.period > 0 {
             ttl = spec.period;
@@ -213,10 +290,21 @@ impl TokenStore {
         if spec.explicit_max_ttl > 0 && (ttl == 0 || ttl > spec.explicit_max_ttl) {
             ttl = spec.explicit_max_ttl;
         }
-        let is_root = spec.policies.iter().any(|p| p == "root");
         if ttl == 0 && !is_root {
-            ttl = DEFAULT_TTL;
+            ttl = self.limits.default_ttl;
         }
+        // periodic tokens escape the system maximum (Vault); everything else,
+        // root tokens with a TTL included, is capped at it
+        if spec.period == 0 && ttl > self.limits.max_ttl {
+            warnings.push(ttl_capped_warning(ttl, self.limits.max_ttl));
+            ttl = self.limits.max_ttl;
+        }
+        let expire_time = if ttl > 0 {
+            now.checked_add(ttl)
+                .ok_or_else(|| ApiError::bad_request("ttl too large"))?
+        } else {
+            0
+        };
         let entry = TokenEntry {
             hash: hash.clone(),
             accessor: accessor.clone(),
@@ -230,9 +318,10 @@ impl TokenStore {
             explicit_max_ttl: spec.explicit_max_ttl,
             period: spec.period,
             renewable: spec.renewable && ttl > 0,
-            expire_time: if ttl > 0 { now + ttl } else { 0 },
+            expire_time,
             issue_time: now,
             path: spec.path,
+            revoking: false,
         };
         let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
         let mut ops = vec![
@@ -245,15 +334,35 @@ impl TokenStore {
                 value: hash.as_bytes().to_vec(),
             },
         ];
-        if !spec.parent.is_empty() {
+        let _family = if spec.parent.is_empty() {
+            None
+        } else {
             ops.push(BarrierOp::Put {
                 path: format!("{PARENT_PREFIX}{}/{hash}", spec.parent),
                 value: Vec::new(),
             });
-        }
+            let g = self.family_lock(&spec.parent).lock().await;
+            // the parent as stored now, not as the caller saw it
+            if !self.usable_from_storage(&spec.parent, now).await? {
+                return Err(ApiError::permission_denied());
+            }
+            Some(g)
+        };
         self.barrier.transaction(ops).await?;
         lock(self.cache.write())?.insert(hash, Arc::new(entry.clone()));
-        Ok((id, entry))
+        Ok((id, entry, warnings))
+    }
+
+    /// Whether the stored token `hash` exists, is not expired and is not
+    /// being revoked (read past the cache: the caller holds its family lock).
+    async fn usable_from_storage(&self, hash: &str, now: i64) -> Result<bool, ApiError> {
+        match self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? {
+            None => Ok(false),
+            Some(b) => {
+                let e: TokenEntry = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+                Ok(!e.revoking && (e.expire_time == 0 || e.expire_time > now) && e.num_uses >= 0)
+            }
+        }
     }
 
     async fn entry_by_hash(&self, hash: &str) -> Result<Option<Arc<TokenEntry>>, ApiError> {
@@ -286,19 +395,38 @@ impl TokenStore {
         self.lookup_hash(&hash).await
     }
 
+    /// A valid token's entry, or None. A token is valid when it and every
+    /// ancestor exist, are unexpired and are not being revoked: a child dies
+    /// with its parent at once, not when the parent is next looked up. An
+    /// expired token found on the way has its tree revoked.
     pub async fn lookup_hash(&self, hash: &str) -> Result<Option<Arc<TokenEntry>>, ApiError> {
         let Some(e) = self.entry_by_hash(hash).await? else {
             return Ok(None);
         };
-        if e.expire_time != 0 && e.expire_time <= now() {
-            self.revoke_tree(hash).await?;
+        if e.num_uses < 0 || e.revoking {
+            // last use taken (revocation follows the request that took it),
+            // or the tree is being revoked
             return Ok(None);
         }
-        if e.num_uses < 0 {
-            // last use taken; revocation follows the request that took it
-            return Ok(None);
+        let now = now();
+        let mut cur = e.clone();
+        // a chain is at most as deep as tokens were created; the bound only
+        // guards against a corrupted store pointing in a circle
+        for _ in 0..1024 {
+            if cur.expire_time != 0 && cur.expire_time <= now {
+                self.revoke_tree(&cur.hash).await?;
+                return Ok(None);
+            }
+            if cur.parent.is_empty() {
+                return Ok(Some(e));
+            }
+            match self.entry_by_hash(&cur.parent).await? {
+                Some(p) if !p.revoking && p.num_uses >= 0 => cur = p,
+                // the parent is gone: this token should have gone with it
+                _ => return Ok(None),
+            }
         }
-        Ok(Some(e))
+        Err(ApiError::internal("token parent chain too deep"))
     }
 
     pub async fn lookup_accessor(
@@ -351,18 +479,41 @@ impl TokenStore {
     }
 
     /// Revoke a token and, recursively, every token created from it.
+    ///
+    /// Each token is first marked as being revoked, under its family lock,
+    /// and only then are its children listed: from the mark on, no child can
+    /// be created under it (see [`TokenStore::create`]), so the listing is
+    /// complete. Deletion then runs children first, so a crash midway never
+    /// leaves a live child without its parent (marked tokens authorise
+    /// nothing, and tidy finishes their revocation).
     pub async fn revoke_tree(&self, hash: &str) -> Result<(), ApiError> {
+        self.mark_revoking(hash).await?;
         let mut stack = vec![hash.to_string()];
         let mut order = Vec::new();
         while let Some(h) = stack.pop() {
             for child in self.barrier.list(&format!("{PARENT_PREFIX}{h}/")).await? {
-                stack.push(child.trim_end_matches('/').to_string());
+                let child = child.trim_end_matches('/').to_string();
+                self.mark_revoking(&child).await?;
+                stack.push(child);
             }
             order.push(h);
         }
-        // children first, so a crash midway never leaves an orphaned live child
         for h in order.into_iter().rev() {
             self.revoke_one(&h).await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_revoking(&self, hash: &str) -> Result<(), ApiError> {
+        let _family = self.family_lock(hash).lock().await;
+        let _g = self.modify.lock().await;
+        let Some(b) = self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? else {
+            return Ok(());
+        };
+        let mut e: TokenEntry = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+        if !e.revoking {
+            e.revoking = true;
+            self.store(&e).await?;
         }
         Ok(())
     }
@@ -395,8 +546,10 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Revoke only this token; its children become orphans.
+    /// Revoke only this token; its children become orphans. The token is
+    /// marked first, so no child appears after the listing.
     pub async fn revoke_orphan(&self, hash: &str) -> Result<(), ApiError> {
+        self.mark_revoking(hash).await?;
         for child in self
             .barrier
             .list(&format!("{PARENT_PREFIX}{hash}/"))
@@ -416,26 +569,42 @@ impl TokenStore {
         self.revoke_one(hash).await
     }
 
-    /// Extend a token's lease by `increment` seconds (0 = its creation TTL),
-    /// capped by explicit_max_ttl; periodic tokens renew to their period.
-    pub async fn renew(&self, e: &TokenEntry, increment: i64) -> Result<TokenEntry, ApiError> {
+    /// Extend a token's lease by `increment` seconds (0 = its creation TTL).
+    /// A periodic token renews to its period; any other token never outlives
+    /// its explicit max TTL or the system max TTL, both counted from its
+    /// creation (so renewing cannot extend a token forever). Returns the
+    /// entry and any warning about a capped TTL.
+    pub async fn renew(
+        &self,
+        e: &TokenEntry,
+        increment: i64,
+    ) -> Result<(TokenEntry, Vec<String>), ApiError> {
         if !e.renewable || e.expire_time == 0 {
             return Err(ApiError::bad_request("lease is not renewable"));
         }
         let now = now();
-        let mut ttl = if e.period > 0 {
+        let mut warnings = Vec::new();
+        let ttl = if e.period > 0 {
             e.period
         } else if increment > 0 {
             increment
         } else {
             e.creation_ttl
         };
-        if e.period == 0 && ttl > DEFAULT_TTL {
-            ttl = DEFAULT_TTL;
+        let too_large = || ApiError::bad_request("increment too large");
+        let mut expire = now.checked_add(ttl).ok_or_else(too_large)?;
+        if e.period == 0 {
+            let max = e
+                .creation_time
+                .checked_add(self.limits.max_ttl)
+                .ok_or_else(too_large)?;
+            if expire > max {
+                warnings.push(ttl_capped_warning(ttl, self.limits.max_ttl));
+                expire = max;
+            }
         }
-        let mut expire = now + ttl;
         if e.explicit_max_ttl > 0 {
-            expire = expire.min(e.creation_time + e.explicit_max_ttl);
+            expire = expire.min(e.creation_time.saturating_add(e.explicit_max_ttl));
         }
         // only the expiry changes: start from the stored entry, not the
         // caller's copy, which may predate a use counted since
@@ -443,10 +612,13 @@ impl TokenStore {
         let Some(cur) = self.entry_by_hash(&e.hash).await? else {
             return Err(ApiError::bad_request("invalid token"));
         };
+        if cur.revoking {
+            return Err(ApiError::bad_request("invalid token"));
+        }
         let mut next = (*cur).clone();
         next.expire_time = expire.max(now);
         self.store(&next).await?;
-        Ok(next)
+        Ok((next, warnings))
     }
 
     /// Revoke every expired token (background tidy; lookups also check expiry).
@@ -455,7 +627,7 @@ impl TokenStore {
         let mut n = 0;
         for h in self.barrier.list(ID_PREFIX).await? {
             if let Some(e) = self.entry_by_hash(&h).await?
-                && ((e.expire_time != 0 && e.expire_time <= now) || e.num_uses < 0)
+                && ((e.expire_time != 0 && e.expire_time <= now) || e.num_uses < 0 || e.revoking)
             {
                 self.revoke_tree(&h).await?;
                 n += 1;

@@ -85,19 +85,15 @@ fn required_str(req: &Request, name: &str) -> Result<String, ApiError> {
     }
 }
 
-pub async fn handle(
-    core: &Arc<Core>,
-    req: &Request,
-    auth: &Authorized,
-    rest: &str,
-) -> Result<Response, ApiError> {
+pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<Response, ApiError> {
+    let req = auth.request();
     let op = req.operation;
     match rest {
         "create" | "create-orphan" if op == Operation::Write => {
-            create(core, req, auth, rest == "create-orphan").await
+            create(core, auth, rest == "create-orphan").await
         }
         "lookup-self" if matches!(op, Operation::Read | Operation::Write) => Ok(Response::data(
-            lookup_json(&auth.token, Some(&auth.token_id)),
+            lookup_json(auth.token(), Some(auth.token_id())),
         )),
         "lookup" if matches!(op, Operation::Read | Operation::Write) => {
             let id = required_str(req, "token")?;
@@ -119,8 +115,8 @@ pub async fn handle(
         }
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;
-            let e = core.tokens.renew(&auth.token, inc).await?;
-            Ok(renewed(&auth.token_id, &e))
+            let e = core.tokens.renew(auth.token(), inc).await?;
+            Ok(renewed(auth.token_id(), e))
         }
         "renew" if op == Operation::Write => {
             let id = required_str(req, "token")?;
@@ -131,7 +127,7 @@ pub async fn handle(
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed(&id, &e))
+            Ok(renewed(&id, e))
         }
         "renew-accessor" if op == Operation::Write => {
             let acc = required_str(req, "accessor")?;
@@ -142,10 +138,10 @@ pub async fn handle(
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed("", &e))
+            Ok(renewed("", e))
         }
         "revoke-self" if op == Operation::Write => {
-            core.tokens.revoke_tree(&auth.token.hash).await?;
+            core.tokens.revoke_tree(&auth.token().hash).await?;
             Ok(Response::no_content())
         }
         "revoke" if op == Operation::Write => {
@@ -194,28 +190,36 @@ pub async fn handle(
 
 fn increment(req: &Request) -> Result<i64, ApiError> {
     Ok(match req.field("increment") {
-        Some(v) => fields::duration_secs(&v, "increment")?.max(0),
+        Some(v) => fields::duration_secs(&v, "increment")?,
         None => 0,
     })
 }
 
-fn renewed(id: &str, e: &TokenEntry) -> Response {
+fn renewed(id: &str, (e, warnings): (TokenEntry, Vec<String>)) -> Response {
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(auth_block(id, e));
+    r.auth = Some(auth_block(id, &e));
+    r.warnings = warnings;
     r
 }
 
 async fn create(
     core: &Arc<Core>,
-    req: &Request,
     auth: &Authorized,
     orphan_endpoint: bool,
 ) -> Result<Response, ApiError> {
-    let parent = &auth.token;
+    let req = auth.request();
+    let parent = auth.token();
     let d = &req.data;
     let sudo = auth.is_sudo();
     let parent_root = parent.is_root();
+    // Vault's rule: a token with a use limit cannot create tokens (a child
+    // without one would lift the limit)
+    if parent.num_uses != 0 {
+        return Err(ApiError::bad_request(
+            "restricted use token cannot generate child tokens",
+        ));
+    }
 
     let no_parent = d
         .get("no_parent")
@@ -329,9 +333,18 @@ async fn create(
         .map(|v| fields::int(v, "num_uses"))
         .transpose()?
         .unwrap_or(0);
-    if num_uses < 0 || ttl < 0 || explicit_max_ttl < 0 || period < 0 {
+    if num_uses < 0 {
+        return Err(ApiError::bad_request("num_uses cannot be negative"));
+    }
+    // an expiring root token must not mint one that never expires (Vault)
+    if policies.iter().any(|p| p == "root")
+        && parent.expire_time != 0
+        && ttl == 0
+        && explicit_max_ttl == 0
+        && period == 0
+    {
         return Err(ApiError::bad_request(
-            "ttl, explicit_max_ttl, period and num_uses cannot be negative",
+            "expiring root tokens cannot create non-expiring root tokens",
         ));
     }
     let renewable = d
@@ -363,8 +376,7 @@ async fn create(
             .collect::<Result<_, ApiError>>()?,
         Some(_) => return Err(ApiError::bad_request("meta must be a map of strings")),
     };
-    // a child of a non-root parent never outlives its parent's explicit cap
-    let (id_out, entry) = core
+    let (id_out, entry, capped) = core
         .tokens
         .create(NewToken {
             id,
@@ -391,6 +403,7 @@ async fn create(
     let mut r = Response::data(Value::Null);
     r.data = None;
     r.auth = Some(auth_block(&id_out, &entry));
+    warnings.extend(capped);
     r.warnings = warnings;
     Ok(r)
 }

@@ -526,7 +526,11 @@ async fn mounts_list_enable_read_tune_disable() {
     let r = s
         .post("sys/mounts/other", &s.root, json!({"type": "nope"}))
         .await;
-    assert_error(&r, 400, "plugin not found in the catalog: nope");
+    assert_error(
+        &r,
+        400,
+        "plugin not found in the catalog: only kv, kv-v2 and generic are available",
+    );
     let r = s.post("sys/mounts/other", &s.root, json!({})).await;
     assert_error(&r, 400, "backend type must be specified as a string");
     let r = s
@@ -536,7 +540,7 @@ async fn mounts_list_enable_read_tune_disable() {
             json!({"type": "kv", "options": {"version": "3"}}),
         )
         .await;
-    assert_error(&r, 400, "invalid kv version \"3\"");
+    assert_error(&r, 400, "invalid kv version: use 1 or 2");
     assert!(
         s.get("sys/mounts", &s.root)
             .await
@@ -766,7 +770,11 @@ async fn policies_crud_both_apis() {
             json!({"policy": APP_POLICY}),
         )
         .await;
-    assert_error(&r, 400, "invalid policy name \"bad name\"");
+    assert_error(
+        &r,
+        400,
+        "invalid policy name: use lowercase letters, digits and - _ . @ (at most 128 characters)",
+    );
 }
 
 #[tokio::test]
@@ -907,7 +915,7 @@ async fn audit_devices_allow() {
             json!({"type": "syslog", "options": {}}),
         )
         .await;
-    assert_error(&r, 400, "unknown backend type: \"syslog\"");
+    assert_error(&r, 400, "unknown backend type: only \"file\" is available");
     let r = s
         .put("sys/audit/f2", &s.root, json!({"type": "file"}))
         .await;
@@ -939,13 +947,10 @@ async fn audit_devices_allow() {
             json!({"type": "file", "options": {"file_path": "/nonexistent-dir/x/a.log"}}),
         )
         .await;
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert!(
-        r.body["errors"][0].as_str().unwrap().starts_with(
-            "sanity check failed; unable to open \"/nonexistent-dir/x/a.log\" for writing"
-        ),
-        "{}",
-        r.text
+    assert_error(
+        &r,
+        400,
+        "the directory of file_path does not exist or cannot be read",
     );
     let r = s
         .post("sys/audit-hash/nope", &s.root, json!({"input": "x"}))

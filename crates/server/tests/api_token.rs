@@ -429,15 +429,11 @@ async fn create_options() {
     let r = s
         .post("auth/token/create", &s.root, json!({"num_uses": -1}))
         .await;
-    assert_error(
-        &r,
-        400,
-        "ttl, explicit_max_ttl, period and num_uses cannot be negative",
-    );
+    assert_error(&r, 400, "num_uses cannot be negative");
     let r = s
         .post("auth/token/create", &s.root, json!({"ttl": "forever"}))
         .await;
-    assert_error(&r, 400, "field \"ttl\": invalid duration \"forever\"");
+    assert_error(&r, 400, "field \"ttl\": invalid duration");
     let r = s
         .post("auth/token/create", &s.root, json!({"meta": ["x"]}))
         .await;

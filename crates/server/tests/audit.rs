@@ -176,18 +176,24 @@ async fn audit_log_redacts_records_and_verifies() {
     }
 }
 
+/// A device that fails every write (ENOSPC), as a device whose disk filled
+/// up after it was enabled: `/dev/full` can no longer be enabled through the
+/// API (special files are refused), so the test puts it in the broker.
+fn failing_device(name: &str) -> palisade_audit::FileDevice {
+    palisade_audit::FileDevice::open(
+        name,
+        std::path::Path::new("/dev/full"),
+        b"key",
+        palisade_audit::Trust::Operator,
+    )
+    .expect("open /dev/full")
+}
+
 #[tokio::test]
 async fn two_devices_one_failing_still_serves() {
     let s = TestServer::dev().await;
     let good = s.enable_audit("good").await;
-    let r = s
-        .put(
-            "sys/audit/full",
-            &s.root,
-            json!({"type": "file", "options": {"file_path": "/dev/full"}}),
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.text);
+    s.core.audit.add(failing_device("full/"));
     s.kv_put("x", json!({"v": "1"})).await;
     assert_eq!(s.get("secret/data/x", &s.root).await.status, 200);
     assert!(!audit_for(&audit_records(&good), "secret/data/x").is_empty());
@@ -199,17 +205,7 @@ async fn fail_closed_when_no_device_can_write() {
     let s = TestServer::dev().await;
     let secret = "fail-closed-secret-5be1";
     s.kv_put("x", json!({"v": secret})).await;
-
-    // /dev/full opens for writing, and every write fails with ENOSPC. The
-    // enable itself happens, but its response cannot be audited.
-    let r = s
-        .put(
-            "sys/audit/full",
-            &s.root,
-            json!({"type": "file", "options": {"file_path": "/dev/full"}}),
-        )
-        .await;
-    assert_error(&r, 500, "internal error");
+    s.core.audit.add(failing_device("full/"));
 
     // a read is refused before the engine runs: no secret in the answer
     let r = s.get("secret/data/x", &s.root).await;
@@ -243,7 +239,7 @@ async fn fail_closed_when_no_device_can_write() {
         )
         .await;
     assert_error(&r, 500, "internal error");
-    // even disabling the device over the API needs an audited request
+    // even managing audit devices over the API needs an audited request
     assert_error(
         &s.delete("sys/audit/full", &s.root).await,
         500,
@@ -257,8 +253,8 @@ async fn fail_closed_when_no_device_can_write() {
     // unauthenticated status endpoints still answer
     assert_eq!(s.call("GET", "sys/health", None, None).await.status, 200);
 
-    // the operator removes the device out of band; nothing had changed
-    s.core.disable_audit("full/").await.expect("disable");
+    // the device recovers (disk freed); nothing had changed
+    assert!(s.core.audit.remove("full/"));
     let r = s.get("secret/data/x", &s.root).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.data()["data"], json!({"v": secret}));

@@ -17,6 +17,7 @@ use palisade_barrier::{BarrierOp, View};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::core::Authorized;
 use crate::logical::{ApiError, Operation, Request, Response, fields};
 
 const DEFAULT_MAX_VERSIONS: u64 = 10;
@@ -85,7 +86,8 @@ fn not_found_empty() -> ApiError {
 
 // ---------------------------------------------------------------- KV v1
 
-pub async fn handle_v1(req: &Request, rel: &str, view: &View) -> Result<Response, ApiError> {
+pub async fn handle_v1(auth: &Authorized, rel: &str, view: &View) -> Result<Response, ApiError> {
+    let req = auth.request();
     match req.operation {
         Operation::List => {
             let prefix = rel.trim_end_matches('/');
@@ -305,11 +307,12 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 pub async fn handle_v2(
-    req: &Request,
+    auth: &Authorized,
     rel: &str,
     view: &View,
     locks: &Arc<KeyLocks>,
 ) -> Result<Response, ApiError> {
+    let req = auth.request();
     if rel == "config" {
         return config(req, view).await;
     }
@@ -362,13 +365,28 @@ async fn config(req: &Request, view: &View) -> Result<Response, ApiError> {
                 c.cas_required = fields::boolean(v, "cas_required")?;
             }
             if let Some(v) = req.data.get("delete_version_after") {
-                c.delete_version_after = fields::duration_secs(v, "delete_version_after")?.max(0);
+                c.delete_version_after = delete_version_after(v)?;
             }
             view.put("config", &encode(&c)?).await?;
             Ok(Response::no_content())
         }
         _ => Err(ApiError::unsupported_operation()),
     }
+}
+
+/// `now` (ns) + `dva` (s), checked: an overflow would wrap into the past and
+/// delete every new version on creation.
+fn deletion_time(now: i64, dva: i64) -> Result<i64, ApiError> {
+    dva.checked_mul(1_000_000_000)
+        .and_then(|ns| now.checked_add(ns))
+        .ok_or_else(|| ApiError::bad_request("field \"delete_version_after\": duration too large"))
+}
+
+/// A `delete_version_after` that a version written now could use.
+fn delete_version_after(v: &Value) -> Result<i64, ApiError> {
+    let dva = fields::duration_secs(v, "delete_version_after")?;
+    deletion_time(now(), dva)?;
+    Ok(dva)
 }
 
 fn requested_version(req: &Request) -> Result<u64, ApiError> {
@@ -385,6 +403,9 @@ async fn data(
     view: &View,
     locks: &Arc<KeyLocks>,
 ) -> Result<Response, ApiError> {
+    if req.operation == Operation::List {
+        return Err(ApiError::unsupported_operation());
+    }
     check_key(key)?;
     match req.operation {
         Operation::Read => read_data(req, key, view).await,
@@ -416,6 +437,14 @@ async fn data(
                 None => return Err(not_found_empty()),
             };
             merge_patch(&mut doc, &patch);
+            // cas_required applies to PATCH as to writes (Vault); without it a
+            // missing cas means "the version just read"
+            let cfg = load_config(view).await?;
+            if (cfg.cas_required || meta.cas_required) && cas.is_none() {
+                return Err(ApiError::bad_request(
+                    "check-and-set parameter required for this call",
+                ));
+            }
             write_version(key, view, doc, cas.or(Some(cur))).await
         }
         Operation::Delete => {
@@ -485,11 +514,7 @@ async fn write_version(
     };
     let vm = VersionMeta {
         created_time: now,
-        deletion_time: if dva > 0 {
-            now + dva * 1_000_000_000
-        } else {
-            0
-        },
+        deletion_time: if dva > 0 { deletion_time(now, dva)? } else { 0 },
         destroyed: false,
     };
     meta.versions.insert(version, vm.clone());
@@ -670,8 +695,7 @@ async fn metadata(
                 meta.cas_required = fields::boolean(v, "cas_required")?;
             }
             if let Some(v) = req.data.get("delete_version_after") {
-                meta.delete_version_after =
-                    fields::duration_secs(v, "delete_version_after")?.max(0);
+                meta.delete_version_after = delete_version_after(v)?;
             }
             if let Some(v) = req.data.get("custom_metadata") {
                 if req.operation == Operation::Patch {

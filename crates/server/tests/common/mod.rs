@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const DEFAULT_LIMIT: usize = palisade_server::http::DEFAULT_MAX_REQUEST_SIZE;
 
 /// How to start a server.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Opts {
     pub max_request_size: usize,
     /// Keep storage in a [`MemoryBackend`] the test can tamper with.
@@ -28,6 +28,16 @@ pub struct Opts {
     /// Run `dev_setup` (initialised, unsealed, KV v2 at `secret/`); otherwise
     /// the server is left uninitialised for `sys/init` over HTTP.
     pub dev: bool,
+    /// Let the API enable file audit devices in the server's temp dir
+    /// (`[audit] dangerous_allow_api_file_devices`); off is the default of a
+    /// real server.
+    pub api_audit: bool,
+    /// `[audit] file_path`, relative to the server's temp dir.
+    pub config_audit: Option<&'static str>,
+    pub ttl: palisade_server::token::TtlLimits,
+    pub conn: palisade_server::listener::ConnLimits,
+    pub json: palisade_server::json::JsonLimits,
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Opts {
@@ -36,6 +46,12 @@ impl Default for Opts {
             max_request_size: DEFAULT_LIMIT,
             memory: false,
             dev: true,
+            api_audit: true,
+            config_audit: None,
+            ttl: Default::default(),
+            conn: Default::default(),
+            json: palisade_server::json::JsonLimits::DEFAULT,
+            body_timeout: palisade_server::http::DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -117,6 +133,11 @@ impl TestServer {
 
     pub async fn start(opts: Opts) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(opts, dir).await
+    }
+
+    /// Start on the storage already in `dir` (a restart) or a fresh one.
+    pub async fn start_in(opts: Opts, dir: tempfile::TempDir) -> Self {
         let (backend, mem): (Arc<dyn palisade_storage::Backend>, _) = if opts.memory {
             let m = Arc::new(MemoryBackend::new());
             (m.clone(), Some(m))
@@ -126,7 +147,18 @@ impl TestServer {
                 .expect("open sqlite");
             (Arc::new(b), None)
         };
-        let core = Core::new(palisade_barrier::Barrier::new(backend));
+        let core = Core::with_options(
+            palisade_barrier::Barrier::new(backend),
+            palisade_server::core::CoreOptions {
+                audit_file: opts.config_audit.map(|p| dir.path().join(p)),
+                api_audit_dirs: if opts.api_audit {
+                    vec![dir.path().to_path_buf()]
+                } else {
+                    Vec::new()
+                },
+                ttl: opts.ttl,
+            },
+        );
         let root = if opts.dev {
             core.dev_setup(None).await.expect("dev setup")
         } else {
@@ -140,7 +172,13 @@ impl TestServer {
             core.clone(),
             listener,
             None,
-            opts.max_request_size,
+            palisade_server::http::HttpLimits {
+                max_request_size: opts.max_request_size,
+                json: opts.json,
+                body_timeout: opts.body_timeout,
+                hsts: false,
+            },
+            opts.conn.clone(),
             async move {
                 let _ = rx.await;
             },
