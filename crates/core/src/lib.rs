@@ -125,6 +125,48 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// The time as a component sees it: the wall clock, or in tests the wall
+/// clock moved forward by [`Clock::advance`] (so expiry can be tested
+/// without waiting). Cloning shares the offset.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl Clock {
+    /// The wall clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// The wall clock plus an offset that [`Clock::advance`] moves.
+    pub fn adjustable() -> Self {
+        Self {
+            offset: Some(std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0))),
+        }
+    }
+
+    /// Move an adjustable clock forward (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let Some(o) = &self.offset {
+            let ns = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+            o.fetch_add(ns, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    pub fn now_nanos(&self) -> i64 {
+        let off = self
+            .offset
+            .as_ref()
+            .map_or(0, |o| o.load(std::sync::atomic::Ordering::SeqCst));
+        now_nanos().saturating_add(off)
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        self.now_nanos() / 1_000_000_000
+    }
+}
+
 /// Format Unix nanoseconds as RFC 3339 with nanoseconds, as Vault prints times.
 pub fn rfc3339(nanos: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);

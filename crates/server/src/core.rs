@@ -79,6 +79,8 @@ pub struct CoreOptions {
     /// enable audit devices at all (CVE-2025-6000's class).
     pub api_audit_dirs: Vec<PathBuf>,
     pub ttl: TtlLimits,
+    /// The clock tokens expire by (tests move it forward).
+    pub clock: palisade_core::Clock,
 }
 
 /// The caller, as established by token lookup and the ACL check, with the
@@ -189,7 +191,7 @@ impl Core {
 
     pub fn with_options(barrier: Arc<Barrier>, options: CoreOptions) -> Arc<Self> {
         Arc::new(Self {
-            tokens: TokenStore::new(barrier.clone(), options.ttl),
+            tokens: TokenStore::new(barrier.clone(), options.ttl, options.clock.clone()),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),

@@ -130,6 +130,7 @@ pub async fn run(
             audit_file: cfg.audit_file.clone(),
             api_audit_dirs: cfg.api_audit_dirs.clone(),
             ttl: cfg.ttl,
+            clock: palisade_core::Clock::system(),
         },
     );
     let tls = match &cfg.listener.tls {

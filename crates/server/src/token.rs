@@ -134,6 +134,7 @@ pub struct NewToken {
 pub struct TokenStore {
     barrier: Arc<Barrier>,
     limits: TtlLimits,
+    clock: palisade_core::Clock,
     /// Striped by parent hash: creating a child of P and marking P as being
     /// revoked take the same stripe, so no child is ever created under a
     /// parent whose tree is being revoked.
@@ -162,10 +163,6 @@ pub enum TokenUse {
     Exhausted,
 }
 
-fn now() -> i64 {
-    palisade_core::now_nanos() / 1_000_000_000
-}
-
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::internal(format!("token store lock: {e}")))
 }
@@ -186,10 +183,11 @@ pub fn random_base62(n: usize) -> String {
 }
 
 impl TokenStore {
-    pub fn new(barrier: Arc<Barrier>, limits: TtlLimits) -> Self {
+    pub fn new(barrier: Arc<Barrier>, limits: TtlLimits, clock: palisade_core::Clock) -> Self {
         Self {
             barrier,
             limits,
+            clock,
             family: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             salt: RwLock::new(None),
             cache: RwLock::new(HashMap::new()),
@@ -243,6 +241,11 @@ impl TokenStore {
         self.limits
     }
 
+    /// Unix seconds by the store's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now_secs()
+    }
+
     fn family_lock(&self, hash: &str) -> &tokio::sync::Mutex<()> {
         let i = hash
             .bytes()
@@ -280,7 +283,7 @@ impl TokenStore {
             ));
         }
         let accessor = random_base62(24);
-        let now = now();
+        let now = self.now();
         let mut warnings = Vec::new();
         let is_root = spec.policies.iter().any(|p| p == "root");
         let mut ttl = spec.ttl;
@@ -408,7 +411,7 @@ impl TokenStore {
             // or the tree is being revoked
             return Ok(None);
         }
-        let now = now();
+        let now = self.now();
         let mut cur = e.clone();
         // a chain is at most as deep as tokens were created; the bound only
         // guards against a corrupted store pointing in a circle
@@ -582,7 +585,7 @@ impl TokenStore {
         if !e.renewable || e.expire_time == 0 {
             return Err(ApiError::bad_request("lease is not renewable"));
         }
-        let now = now();
+        let now = self.now();
         let mut warnings = Vec::new();
         let ttl = if e.period > 0 {
             e.period
@@ -623,7 +626,7 @@ impl TokenStore {
 
     /// Revoke every expired token (background tidy; lookups also check expiry).
     pub async fn tidy(&self) -> Result<usize, ApiError> {
-        let now = now();
+        let now = self.now();
         let mut n = 0;
         for h in self.barrier.list(ID_PREFIX).await? {
             if let Some(e) = self.entry_by_hash(&h).await?

@@ -10,10 +10,6 @@ use crate::core::{Authorized, Core};
 use crate::logical::{ApiError, AuthBlock, Operation, Request, Response, fields};
 use crate::token::{NewToken, TokenEntry};
 
-fn now() -> i64 {
-    palisade_core::now_nanos() / 1_000_000_000
-}
-
 fn time_or_null(secs: i64) -> Value {
     if secs == 0 {
         Value::Null
@@ -22,8 +18,7 @@ fn time_or_null(secs: i64) -> Value {
     }
 }
 
-fn lookup_json(e: &TokenEntry, id: Option<&str>) -> Value {
-    let now = now();
+fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
     let mut v = json!({
         "accessor": e.accessor,
         "creation_time": e.creation_time,
@@ -49,7 +44,7 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>) -> Value {
     v
 }
 
-fn auth_block(id: &str, e: &TokenEntry) -> AuthBlock {
+fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
     let token_policies = e.policies.clone();
     AuthBlock {
         client_token: id.to_string(),
@@ -62,7 +57,7 @@ fn auth_block(id: &str, e: &TokenEntry) -> AuthBlock {
         } else {
             Some(e.meta.clone())
         },
-        lease_duration: e.ttl_remaining(now()),
+        lease_duration: e.ttl_remaining(now),
         renewable: e.renewable,
         entity_id: String::new(),
         token_type: "service".into(),
@@ -93,7 +88,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             create(core, auth, rest == "create-orphan").await
         }
         "lookup-self" if matches!(op, Operation::Read | Operation::Write) => Ok(Response::data(
-            lookup_json(auth.token(), Some(auth.token_id())),
+            lookup_json(auth.token(), Some(auth.token_id()), core.tokens.now()),
         )),
         "lookup" if matches!(op, Operation::Read | Operation::Write) => {
             let id = required_str(req, "token")?;
@@ -102,7 +97,11 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup(&id)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("bad token"))?;
-            Ok(Response::data(lookup_json(&e, Some(&id))))
+            Ok(Response::data(lookup_json(
+                &e,
+                Some(&id),
+                core.tokens.now(),
+            )))
         }
         "lookup-accessor" if op == Operation::Write => {
             let acc = required_str(req, "accessor")?;
@@ -111,12 +110,12 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup_accessor(&acc)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
-            Ok(Response::data(lookup_json(&e, None)))
+            Ok(Response::data(lookup_json(&e, None, core.tokens.now())))
         }
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;
             let e = core.tokens.renew(auth.token(), inc).await?;
-            Ok(renewed(auth.token_id(), e))
+            Ok(renewed(auth.token_id(), e, core.tokens.now()))
         }
         "renew" if op == Operation::Write => {
             let id = required_str(req, "token")?;
@@ -127,7 +126,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed(&id, e))
+            Ok(renewed(&id, e, core.tokens.now()))
         }
         "renew-accessor" if op == Operation::Write => {
             let acc = required_str(req, "accessor")?;
@@ -138,7 +137,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed("", e))
+            Ok(renewed("", e, core.tokens.now()))
         }
         "revoke-self" if op == Operation::Write => {
             core.tokens.revoke_tree(&auth.token().hash).await?;
@@ -195,10 +194,10 @@ fn increment(req: &Request) -> Result<i64, ApiError> {
     })
 }
 
-fn renewed(id: &str, (e, warnings): (TokenEntry, Vec<String>)) -> Response {
+fn renewed(id: &str, (e, warnings): (TokenEntry, Vec<String>), now: i64) -> Response {
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(auth_block(id, &e));
+    r.auth = Some(auth_block(id, &e, now));
     r.warnings = warnings;
     r
 }
@@ -402,7 +401,7 @@ async fn create(
         .await?;
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(auth_block(&id_out, &entry));
+    r.auth = Some(auth_block(&id_out, &entry, core.tokens.now()));
     warnings.extend(capped);
     r.warnings = warnings;
     Ok(r)

@@ -35,6 +35,8 @@ pub struct Opts {
     /// `[audit] file_path`, relative to the server's temp dir.
     pub config_audit: Option<&'static str>,
     pub ttl: palisade_server::token::TtlLimits,
+    /// The clock tokens expire by: `s.clock.advance(..)` moves it.
+    pub clock: palisade_core::Clock,
     pub conn: palisade_server::listener::ConnLimits,
     pub json: palisade_server::json::JsonLimits,
     pub body_timeout: std::time::Duration,
@@ -49,6 +51,7 @@ impl Default for Opts {
             api_audit: true,
             config_audit: None,
             ttl: Default::default(),
+            clock: palisade_core::Clock::adjustable(),
             conn: Default::default(),
             json: palisade_server::json::JsonLimits::DEFAULT,
             body_timeout: palisade_server::http::DEFAULT_BODY_TIMEOUT,
@@ -58,6 +61,8 @@ impl Default for Opts {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The clock tokens expire by; `advance` it instead of sleeping.
+    pub clock: palisade_core::Clock,
     pub core: Arc<Core>,
     /// The root token (random, so a test can look for it in an audit log).
     pub root: String,
@@ -157,6 +162,7 @@ impl TestServer {
                     Vec::new()
                 },
                 ttl: opts.ttl,
+                clock: opts.clock.clone(),
             },
         );
         let root = if opts.dev {
@@ -189,6 +195,7 @@ impl TestServer {
             .build()
             .expect("client");
         Self {
+            clock: opts.clock.clone(),
             addr: running.addr,
             core,
             root,
@@ -198,6 +205,21 @@ impl TestServer {
             counter: AtomicUsize::new(0),
             _shutdown: tx,
         }
+    }
+
+    /// Shut down as `palisade server` does on SIGTERM (seal when idle, which
+    /// anchors the audit heads) and hand back the storage directory for a
+    /// restart with [`TestServer::start_in`].
+    pub async fn stop(self) -> tempfile::TempDir {
+        if self.core.is_serving() {
+            self.core.seal_when_idle().await.expect("seal at shutdown");
+        }
+        self.dir
+    }
+
+    /// Stop without any shutdown work, as `kill -9` would.
+    pub fn kill(self) -> tempfile::TempDir {
+        self.dir
     }
 
     pub fn url(&self, path: &str) -> String {
