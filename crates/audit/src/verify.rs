@@ -46,9 +46,9 @@ pub enum LineProblem {
     HashMismatch,
     #[error("missing or malformed seq or prev_hash")]
     BadChainFields,
-    #[error("sequence {found} on the first line, expected 0 (leading lines removed)")]
-    FirstSequence { found: u64 },
-    #[error("previous-hash of the first line is not zero (leading lines removed)")]
+    #[error("sequence {found} on the first line, expected {expected} (leading lines removed)")]
+    FirstSequence { found: u64, expected: u64 },
+    #[error("previous-hash of the first line does not continue the chain (leading lines removed)")]
     FirstPrevHash,
     #[error("sequence {found} follows {previous} (line removed or reordered)")]
     SequenceGap { found: u64, previous: u64 },
@@ -96,7 +96,19 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
 /// `hash` (later records are fine: they were written after the head was
 /// read).
 pub fn verify_against(path: &Path, head: Option<&Head>) -> Result<VerifyReport, VerifyError> {
-    let report = verify_chain(path, head)?;
+    verify_range(path, None, head)
+}
+
+/// [`verify_against`] for a file that continues another one: after a
+/// rotation the device goes on from its anchored head, so a new file's
+/// first record follows `after` (the last record of the previous file:
+/// `seq` + 1, `prev_hash` = its `hash`) instead of starting at `seq` 0.
+pub fn verify_range(
+    path: &Path,
+    after: Option<&Head>,
+    head: Option<&Head>,
+) -> Result<VerifyReport, VerifyError> {
+    let report = verify_chain(path, after, head)?;
     if let Some(h) = head {
         match report.last_seq {
             Some(last) if last >= h.seq => {}
@@ -106,7 +118,11 @@ pub fn verify_against(path: &Path, head: Option<&Head>) -> Result<VerifyReport, 
     Ok(report)
 }
 
-fn verify_chain(path: &Path, head: Option<&Head>) -> Result<VerifyReport, VerifyError> {
+fn verify_chain(
+    path: &Path,
+    after: Option<&Head>,
+    head: Option<&Head>,
+) -> Result<VerifyReport, VerifyError> {
     let io_err = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
@@ -131,10 +147,17 @@ fn verify_chain(path: &Path, head: Option<&Head>) -> Result<VerifyReport, Verify
         let sealed = chain::check_line(line).map_err(fail)?;
         match &prev {
             None => {
-                if sealed.seq != 0 {
-                    return Err(fail(LineProblem::FirstSequence { found: sealed.seq }));
+                let (seq, prev) = match after {
+                    Some(a) => (a.seq.saturating_add(1), a.hash.as_str()),
+                    None => (0, ZERO_HASH),
+                };
+                if sealed.seq != seq {
+                    return Err(fail(LineProblem::FirstSequence {
+                        found: sealed.seq,
+                        expected: seq,
+                    }));
                 }
-                if sealed.prev_hash != ZERO_HASH {
+                if sealed.prev_hash != prev {
                     return Err(fail(LineProblem::FirstPrevHash));
                 }
             }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use palisade_audit::{
     AuditAuth, AuditEntry, AuditError, AuditRequest, AuditResponse, Broker, FileDevice, Head,
-    Trust, verify, verify_against,
+    Trust, verify, verify_against, verify_range,
 };
 use serde_json::{Value, json};
 
@@ -586,4 +586,36 @@ async fn an_unavailable_device_counts_as_failing() {
     broker.add(FileDevice::open("good/", &good, b"key", Trust::Operator).unwrap());
     broker.log(&request("x")).await.unwrap();
     assert_eq!(broker.devices().len(), 1);
+}
+
+/// After a rotation the device continues from its head in a new file: the
+/// new file verifies against the previous file's last record, and only then.
+#[tokio::test]
+async fn a_rotated_file_continues_the_previous_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("audit.log.1");
+    let head = anchored_log(&old, 3).await;
+    let new = dir.path().join("audit.log");
+    let r = FileDevice::reopen("file/", &new, b"key", Trust::Operator, Some(&head)).unwrap();
+    r.device.write_entry(&request("after-rotation")).unwrap();
+    r.device.write_entry(&request("after-rotation-2")).unwrap();
+    let new_head = r.device.head().unwrap();
+    drop(r);
+    assert_eq!(
+        verify(&new).unwrap_err().to_string(),
+        "line 1: sequence 3 on the first line, expected 0 (leading lines removed)"
+    );
+    let rep = verify_range(&new, Some(&head), Some(&new_head)).unwrap();
+    assert_eq!((rep.lines, rep.last_seq), (2, Some(4)));
+    // another predecessor does not fit
+    let wrong = Head {
+        seq: 2,
+        hash: "0".repeat(64),
+    };
+    assert_eq!(
+        verify_range(&new, Some(&wrong), None)
+            .unwrap_err()
+            .to_string(),
+        "line 1: previous-hash of the first line does not continue the chain (leading lines removed)"
+    );
 }

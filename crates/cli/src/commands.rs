@@ -44,9 +44,12 @@ pub enum Command {
     Config(ConfigCmd),
     /// Print the seal status of the server.
     Status(Remote),
-    /// Store a token in ~/.palisade-token after checking it with the server.
+    /// Store a token in ~/.palisade-token (mode 0600) after checking it
+    /// with the server. Without TOKEN (or with `-`) the token is read from
+    /// standard input, with a hidden prompt on a terminal: an argument is
+    /// visible to every local user in the process list.
     Login {
-        token: String,
+        token: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -388,9 +391,23 @@ pub enum AuditCmd {
         remote: Remote,
     },
     List(Remote),
-    /// Check an audit file's hash chain offline.
+    /// Check an audit file's hash chain. With --head SEQ:HASH (or --device
+    /// NAME, which asks the server's `sys/audit-head/NAME`), also check that
+    /// the file reaches that head: a cut-off tail fails.
     Verify {
         file: PathBuf,
+        /// The device's head, as `sys/audit-head/<device>` gives it: SEQ:HASH.
+        #[arg(long, conflicts_with = "device")]
+        head: Option<String>,
+        /// Fetch the head of this device from the server (needs sudo on sys/audit-head).
+        #[arg(long)]
+        device: Option<String>,
+        /// The last record of the previous file (SEQ:HASH), for a file that
+        /// continues another one after a rotation.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -567,6 +584,21 @@ pub async fn run(cli: Cli) -> u8 {
             if d["sealed"] == json!(true) { 2 } else { 0 }
         }
         Command::Login { token, remote } => {
+            let token = match token.as_deref() {
+                None | Some("-") => match read_token() {
+                    Ok(t) => t,
+                    Err(e) => return local_err(format!("cannot read the token: {e}")),
+                },
+                Some(t) => {
+                    eprintln!(
+                        "warning: a token given as an argument is visible in the process list; run `palisade login` and type or pipe it instead"
+                    );
+                    t.to_string()
+                }
+            };
+            if token.is_empty() {
+                return local_err("no token given");
+            }
             let mut c = tryc!(client(&remote));
             c.set_token(Some(token.clone()));
             let reply = call!(c, "GET", "auth/token/lookup-self", None);
@@ -602,16 +634,67 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
+/// Write `bytes` to `path` as a new 0600 file: written to a fresh temporary
+/// file (O_EXCL, so nothing planted there is followed) in the same directory,
+/// then renamed over `path`. A symlink at `path` is refused rather than
+/// followed, and an existing file's looser mode is not kept.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && !m.file_type().is_file()
+    {
+        return Err(std::io::Error::other(
+            "it is a symlink or not a regular file; remove it first",
+        ));
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}", palisade_core::uuid_v4()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The token for `login`, from standard input: one line, whitespace trimmed.
+/// On a terminal the prompt goes to stderr and echo is off while typing.
+fn read_token() -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let mut echo_off = false;
+    if tty {
+        eprint!("Token (will be hidden): ");
+        let _ = std::io::stderr().flush();
+        echo_off = stty("-echo");
+    }
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if echo_off {
+        stty("echo");
+        eprintln!();
+    }
+    r?;
+    Ok(line.trim().to_string())
 }
 
 async fn server(a: ServerArgs) -> u8 {
@@ -1239,20 +1322,72 @@ async fn secrets(cmd: SecretsCmd) -> u8 {
 
 async fn audit(cmd: AuditCmd) -> u8 {
     match cmd {
-        AuditCmd::Verify { file } => match palisade_audit::verify(&file) {
-            Ok(rep) => {
-                println!(
-                    "{}: OK, {} lines, hash chain intact",
-                    file.display(),
-                    rep.lines
-                );
-                0
+        AuditCmd::Verify {
+            file,
+            head,
+            device,
+            after,
+            remote,
+        } => {
+            let parse_head = |flag: &str, v: &str| -> Result<palisade_audit::Head, u8> {
+                let (seq, hash) = v
+                    .split_once(':')
+                    .ok_or_else(|| local_err(format!("--{flag}: expected SEQ:HASH")))?;
+                let seq = seq
+                    .parse::<u64>()
+                    .map_err(|_| local_err(format!("--{flag}: SEQ must be a number")))?;
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(local_err(format!("--{flag}: HASH must be 64 hex digits")));
+                }
+                Ok(palisade_audit::Head {
+                    seq,
+                    hash: hash.to_ascii_lowercase(),
+                })
+            };
+            let after = match &after {
+                Some(a) => Some(tryc!(parse_head("after", a))),
+                None => None,
+            };
+            let head = match (&head, &device) {
+                (Some(h), _) => Some(tryc!(parse_head("head", h))),
+                (None, Some(d)) => {
+                    let c = tryc!(client(&remote));
+                    let reply = call!(
+                        c,
+                        "GET",
+                        format!("sys/audit-head/{}", d.trim_end_matches('/')),
+                        None
+                    );
+                    let d = reply.data();
+                    match (d["seq"].as_u64(), d["hash"].as_str()) {
+                        (Some(seq), Some(hash)) => Some(palisade_audit::Head {
+                            seq,
+                            hash: hash.to_string(),
+                        }),
+                        _ => return local_err("the device has written no record yet"),
+                    }
+                }
+                (None, None) => None,
+            };
+            match palisade_audit::verify_range(&file, after.as_ref(), head.as_ref()) {
+                Ok(rep) => {
+                    let reach = match &head {
+                        Some(h) => format!(", reaches the head at seq {}", h.seq),
+                        None => String::new(),
+                    };
+                    println!(
+                        "{}: OK, {} lines, hash chain intact{reach}",
+                        file.display(),
+                        rep.lines
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                1
-            }
-        },
+        }
         AuditCmd::Enable {
             kind,
             options,

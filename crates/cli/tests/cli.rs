@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Server, Spec, palisade};
+use common::{Server, Spec, palisade, palisade_stdin};
 use serde_json::Value;
 
 fn s(p: &Path) -> String {
@@ -198,4 +198,129 @@ async fn status_exit_codes_follow_the_seal() {
     assert_eq!(code, 2);
     assert!(err.contains("error connecting"), "{err}");
     common::assert_no_secrets("server output", &server.output(), &[root, key]);
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `palisade login` reads the token from standard input (never the process
+/// list) and stores it as a new 0600 file; a symlink planted at
+/// ~/.palisade-token is refused, not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_reads_stdin_and_stores_the_token_privately() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let mut server = Server::start_dev(&spec, &root, &dir.path().join("audit.log")).await;
+    let home = tempfile::tempdir().expect("home");
+    let token_file = home.path().join(".palisade-token");
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("HOME", home.path().to_str().unwrap()),
+    ];
+
+    // an existing world-readable file is replaced by a private one
+    std::fs::write(&token_file, "old").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = palisade_stdin(&["login"], &env, format!("{root}\n").as_bytes());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), root);
+    assert_eq!(mode(&token_file), 0o600);
+    assert!(!err.contains("process list"), "{err}");
+    // `-` reads stdin too; a bad token is refused and nothing is stored
+    std::fs::remove_file(&token_file).unwrap();
+    let (code, _, err) = palisade_stdin(&["login", "-"], &env, b"hvs.not-a-token\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!token_file.exists());
+    // no token at all
+    let (code, _, err) = palisade_stdin(&["login"], &env, b"");
+    assert_eq!((code, err.trim()), (1, "no token given"));
+
+    // a symlink at the token path: refused, its target untouched
+    let target = home.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, &token_file).unwrap();
+    let (code, _, err) = palisade_stdin(&["login"], &env, format!("{root}\n").as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    std::fs::remove_file(&token_file).unwrap();
+
+    // a token as an argument still works (Vault's CLI takes one), with a warning
+    let (code, out, err) = palisade(&["login", &root], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("visible in the process list"), "{err}");
+    assert_eq!(mode(&token_file), 0o600);
+    // no temporary files left behind
+    let names: Vec<String> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    server.sigterm();
+    server.wait_exit(std::time::Duration::from_secs(15)).await;
+}
+
+/// `audit verify --device` asks the server for the device's head and fails
+/// on a file whose tail was cut off; `--head SEQ:HASH` does the same offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_detects_a_cut_off_tail_against_the_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let mut server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    for i in 0..3 {
+        let (code, out, err) = palisade(&["kv", "put", &format!("k{i}"), "v=1"], &env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = palisade(&["audit", "verify", &s(&audit), "--device", "file"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reaches the head at seq"), "{out}");
+    let c = spec.client();
+    let head: Value = c
+        .get(server.url("sys/audit-head/file"))
+        .header("X-Vault-Token", &root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let head = format!(
+        "{}:{}",
+        head["data"]["seq"].as_u64().unwrap(),
+        head["data"]["hash"].as_str().unwrap()
+    );
+
+    // cut the last two lines: the chain alone still verifies, the head does not
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = dir.path().join("cut.log");
+    std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let (code, _, _) = palisade(&["audit", "verify", &s(&cut)], &[]);
+    assert_eq!(code, 0);
+    let (code, _, err) = palisade(&["audit", "verify", &s(&cut), "--head", &head], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("trailing lines were removed"), "{err}");
+    let (code, _, err) = palisade(&["audit", "verify", &s(&cut), "--device", "file/"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("trailing lines were removed"), "{err}");
+    let (code, _, err) = palisade(&["audit", "verify", &s(&audit), "--head", "12:zz"], &[]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "--head: HASH must be 64 hex digits")
+    );
+
+    server.sigterm();
+    server.wait_exit(std::time::Duration::from_secs(15)).await;
 }

@@ -79,13 +79,44 @@ async fn writer_loop(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<Write
 
 impl SqliteBackend {
     /// Open (creating if needed) the database file at `path`.
+    ///
+    /// The file is private: created 0600 (SQLite gives its `-wal` and `-shm`
+    /// files the database file's mode) in directories created 0700, and an
+    /// existing database, WAL or shared-memory file readable by others is
+    /// made 0600. The values are ciphertext, but the keys (mount UUIDs, policy
+    /// and secret names) are not, so other local users must not read them.
     pub async fn open(path: &Path) -> Result<Self, StorageError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
+            && !dir.exists()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::Config(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    StorageError::Config(format!("cannot create {}: {e}", dir.display()))
+                })?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StorageError::Config(format!("cannot open {}: {e}", path.display())))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(m) = std::fs::metadata(&p)
+                && m.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(file = %p.display(), "storage file was readable by other users; making it 0600");
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |e| StorageError::Config(format!("cannot chmod {}: {e}", p.display())),
+                )?;
+            }
         }
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(StorageError::from)?

@@ -28,6 +28,40 @@ async fn sqlite_conforms() {
     assert_eq!(b.kind(), "sqlite");
 }
 
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Key names (mount UUIDs, policy and secret names) are stored in clear:
+/// the database, its WAL and shared-memory files and new directories are
+/// private to the server's user.
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = base.path().join("new/data");
+    let path = dir.join("palisade.db");
+    let b = SqliteBackend::open(&path).await.unwrap();
+    b.put("sys/policy/secret-name", b"x").await.unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&base.path().join("new")), 0o700);
+    for f in ["palisade.db", "palisade.db-wal", "palisade.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    drop(b);
+    // an existing database readable by others is tightened on open
+    let loose = base.path().join("loose.db");
+    std::fs::write(&loose, b"").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let b = SqliteBackend::open(&loose).await.unwrap();
+    b.put("k", b"v").await.unwrap();
+    assert_eq!(mode(&loose), 0o600);
+    // an existing directory is left as the operator made it
+    assert_eq!(mode(base.path()), 0o755);
+}
+
 #[tokio::test]
 async fn sqlite_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();

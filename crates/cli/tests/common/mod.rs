@@ -387,6 +387,40 @@ pub fn palisade(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// [`palisade`] with `input` on standard input.
+pub fn palisade_stdin(args: &[&str], env: &[(&str, &str)], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "PALISADE_ADDR",
+        "VAULT_ADDR",
+        "PALISADE_TOKEN",
+        "VAULT_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run palisade");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait palisade");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Is `python3 -c 'import hvac'` usable?
 pub fn python_has(module: &str) -> bool {
     Command::new("python3")

@@ -1,0 +1,270 @@
+//! The server's listener under hostile clients: a slowloris head is cut at
+//! the header deadline while an idle keep-alive connection lives until the
+//! idle deadline; connections over the limit are closed at once; a body that
+//! never arrives is answered 408; a plaintext listener does not speak HTTP/2
+//! (no h2c); TLS answers carry Strict-Transport-Security.
+//!
+//! These tests drive real sockets, so their deadlines are real (short)
+//! durations and the assertions leave wide margins.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use palisade_server::listener::ConnLimits;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn limits(header_ms: u64, idle_ms: u64, max: usize) -> Opts {
+    Opts {
+        conn: ConnLimits {
+            header_timeout: Duration::from_millis(header_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            max_connections: max,
+        },
+        ..Opts::default()
+    }
+}
+
+/// Read until the peer closes (Ok(bytes)) or `within` passes (Err).
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>, ()> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const HEALTH: &[u8] = b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn slowloris_head_is_cut_at_the_header_deadline() {
+    let s = TestServer::start(limits(400, 10_000, 64)).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    c.write_all(b"GET /v1/sys/health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // one header line every 100 ms, for up to 5 s
+    let mut closed_after = None;
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut b)).await {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let t = closed_after.expect("the server kept a dribbling head open for 5 s");
+    assert!(
+        t >= Duration::from_millis(350) && t < Duration::from_millis(2500),
+        "closed after {t:?}"
+    );
+    // the server still serves others
+    assert_eq!(s.call("GET", "sys/health", None, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn idle_keepalive_lives_until_the_idle_deadline_not_the_header_one() {
+    let s = TestServer::start(limits(300, 2_000, 64)).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(HEALTH).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // idle for longer than the header deadline: still open
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.write_all(HEALTH).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // idle past the idle deadline: closed without a response
+    let started = Instant::now();
+    let rest = read_until_closed(&mut c, Duration::from_secs(6))
+        .await
+        .expect("an idle connection is closed after the idle deadline");
+    assert!(rest.is_empty(), "{rest:?}");
+    let t = started.elapsed();
+    assert!(
+        t >= Duration::from_millis(1500) && t < Duration::from_millis(4500),
+        "closed after {t:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let s = TestServer::start(limits(10_000, 10_000, 2)).await;
+    let mut a = TcpStream::connect(s.addr).await.unwrap();
+    let mut b = TcpStream::connect(s.addr).await.unwrap();
+    // both served (so both hold a slot)
+    for c in [&mut a, &mut b] {
+        c.write_all(HEALTH).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // a third is closed without an answer
+    let mut third = TcpStream::connect(s.addr).await.unwrap();
+    let _ = third.write_all(HEALTH).await;
+    let got = read_until_closed(&mut third, Duration::from_secs(3))
+        .await
+        .expect("the connection over the limit is closed");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // a slot frees when a connection ends
+    drop(a);
+    let mut ok = None;
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(HEALTH).await.unwrap();
+        let got = read_until_closed(&mut c, Duration::from_millis(300)).await;
+        match got {
+            // served: a 200 arrives and the connection stays open (Err = not closed)
+            Err(()) => {
+                ok = Some(());
+                break;
+            }
+            Ok(bytes) if bytes.starts_with(b"HTTP/1.1 200") => {
+                ok = Some(());
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(ok.is_some(), "no slot was freed");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_audited() {
+    let s = TestServer::start(Opts {
+        body_timeout: Duration::from_millis(300),
+        ..Opts::default()
+    })
+    .await;
+    let log = s.enable_audit("file").await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/secret/data/slow HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {}\r\nContent-Length: 100\r\n\r\n{{\"data\":",
+        s.root
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.ends_with("{\"errors\":[\"request body not received in time\"]}"),
+        "{text}"
+    );
+    let recs = audit_records(&log);
+    let refused = audit_for(&recs, "secret/data/slow");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["error"], "request body not received in time");
+    assert_empty_404(&s.get("secret/data/slow", &s.root).await);
+    // a body that arrives in time is written
+    let r = s
+        .post("secret/data/slow", &s.root, json!({"data": {"v": "1"}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn plaintext_listeners_do_not_speak_http2() {
+    let s = TestServer::dev().await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    // HTTP/2 prior knowledge: the connection preface and an empty SETTINGS frame
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    // an HTTP/2 server would answer with its SETTINGS frame (type 0x04)
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        &got[..got.len().min(32)]
+    );
+    // HTTP/1.1 works
+    assert_eq!(s.call("GET", "sys/health", None, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn tls_answers_carry_hsts_and_plaintext_ones_do_not() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = palisade_server::listener::tls_config(&cert, &key).unwrap();
+
+    let backend = palisade_storage::memory::MemoryBackend::new();
+    let core = palisade_server::core::Core::new(palisade_barrier::Barrier::new(
+        std::sync::Arc::new(backend),
+    ));
+    core.dev_setup(None).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (running, _h) = palisade_server::start(
+        core,
+        listener,
+        Some(tls),
+        Default::default(),
+        Default::default(),
+        async move {
+            let _ = rx.await;
+        },
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!(
+            "https://localhost:{}/v1/sys/health",
+            running.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    // errors too
+    let r = client
+        .get(format!(
+            "https://localhost:{}/v1/secret/data/x",
+            running.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().contains_key("strict-transport-security"));
+    drop(tx);
+
+    let plain = TestServer::dev().await;
+    let r = plain.call("GET", "sys/health", None, None).await;
+    assert!(r.header("strict-transport-security").is_none());
+}
