@@ -10,11 +10,11 @@ set -eu
 cd "$(dirname "$0")/.."
 N1=${N1:-200}
 N2=${N2:-1200}
-cargo build --release -q -p palisade-cli -p palisade-bench
+cargo build --profile dist -q -p palisade-cli -p palisade-bench
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-BIN=${BIN:-$T/release/palisade}
+BIN=${BIN:-$T/dist/palisade}
 DIR=$(mktemp -d); chmod 755 "$DIR"
-"$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902 >/dev/null
+"$T/dist/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902 >/dev/null
 TOKEN=$(cat "$DIR/token.txt")
 nginx -c "$DIR/upstream.conf" & NGINX=$!
 trap 'kill $NGINX 2>/dev/null || true; rm -rf "$DIR"' EXIT

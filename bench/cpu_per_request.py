@@ -4,16 +4,16 @@ gateway binaries, interleaved rounds of the bench/gateway.sh setup (TLS + ES256 
 Cedar + rate limits; static upstream as its own nginx). Reports req/s and the proxy's
 utime+stime per request (from /proc/PID/stat) for each round and their medians.
 
-Needs nginx, wrk, curl and a release build (cargo build --release -p palisade-cli
--p palisade-bench). Usage: bench/cpu_per_request.py [BIN...]  (default target/release/palisade);
+Needs nginx, wrk, curl and a dist build (cargo build --profile dist -p palisade-cli
+-p palisade-bench). Usage: bench/cpu_per_request.py [BIN...]  (default target/dist/palisade);
 ROUNDS (3) and DURATION (5 s) from the environment."""
 import subprocess,sys,re,os,time,statistics,tempfile,json,shutil
 os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 T=json.loads(subprocess.run(["cargo","metadata","--format-version","1","--no-deps"],capture_output=True,text=True,check=True).stdout)["target_directory"]
-bins=sys.argv[1:] or [f"{T}/release/palisade"]
+bins=sys.argv[1:] or [f"{T}/dist/palisade"]
 ROUNDS=int(os.environ.get("ROUNDS","3")); DURATION=os.environ.get("DURATION","5")
 d=tempfile.mkdtemp(); os.chmod(d,0o755)
-subprocess.run([f"{T}/release/palisade-bench","gateway-setup",d,"--ports","18081,18444,18445,19902"],check=True,capture_output=True)
+subprocess.run([f"{T}/dist/palisade-bench","gateway-setup",d,"--ports","18081,18444,18445,19902"],check=True,capture_output=True)
 tok=open(f"{d}/token.txt").read().strip()
 up=subprocess.Popen(["nginx","-c",f"{d}/upstream.conf"],stdin=subprocess.DEVNULL,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
 ng=subprocess.Popen(["nginx","-c",f"{d}/proxy.conf"],stdin=subprocess.DEVNULL,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)

@@ -9,7 +9,7 @@
 # ROUNDS, alternating), and the
 # gateway's RSS with 10,000 idle keep-alive TLS connections.
 # Needs: nginx, wrk (Debian packages), python3.
-# Usage: [BIN=path/to/palisade] bench/gateway.sh (default: this checkout's release build)
+# Usage: [BIN=path/to/palisade] bench/gateway.sh (default: this checkout's dist build: fat LTO)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -36,11 +36,11 @@ case "$PIN" in
   *) echo "PIN must be 0 or 1"; exit 1 ;;
 esac
 for tool in nginx wrk python3; do command -v $tool >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk)"; exit 1; }; done
-cargo build --release -q -p palisade-cli -p palisade-bench
+cargo build --profile dist -q -p palisade-cli -p palisade-bench
 T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 DIR=$(mktemp -d); chmod 755 "$DIR"  # nginx workers must read www/
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-"$T/release/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902
+"$T/dist/palisade-bench" gateway-setup "$DIR" --ports 18081,18444,18445,19902
 TOKEN=$(cat "$DIR/token.txt")
 if [ "$UPSTREAM" = shared ]; then
   nginx -c "$DIR/shared.conf" & NGINX=$!; UP=$NGINX
@@ -55,7 +55,7 @@ else
   ${LOAD[@]+"${LOAD[@]}"} nginx -c "$DIR/upstream.conf" & UP=$!
   ${PROXY[@]+"${PROXY[@]}"} nginx -c "$PROXY_CONF" & NGINX=$!
 fi
-BIN=${BIN:-$T/release/palisade}
+BIN=${BIN:-$T/dist/palisade}
 ${PROXY[@]+"${PROXY[@]}"} "$BIN" gateway --config "$DIR/gateway.toml" >/dev/null 2>"$DIR/gateway.err" & GW=$!
 cleanup() { [ -s "$DIR/gateway.err" ] && tail -3 "$DIR/gateway.err" >&2; kill $GW 2>/dev/null || true; kill $NGINX $UP 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT

@@ -30,8 +30,8 @@ enum Cli {
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Path to the palisade binary (build it with --release first).
-    #[arg(long, default_value = "target/release/palisade")]
+    /// Path to the palisade binary (build it with --profile dist first).
+    #[arg(long, default_value = "target/dist/palisade")]
     palisade: PathBuf,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
