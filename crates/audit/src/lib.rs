@@ -5,7 +5,7 @@
 //!
 //! # Where it sits
 //!
-//! `Core::handle` calls [`Broker::log`] twice per request: once with the
+//! `Core::execute` calls [`Broker::log`] twice per request: once with the
 //! request after the ACL check and *before* the engine runs, and once with the
 //! response after it. Both calls fail closed: when audit devices are enabled
 //! and none of them could record the entry, `log` returns

@@ -1,7 +1,7 @@
 //! palisade-policy: Vault HCL ACL policies. It owns parsing policy text into
 //! path rules ([`Policy`]), merging a token's policies into one [`Acl`], and
 //! answering "what may this token do on this path" ([`Acl::capabilities`]),
-//! which the server's `Core::handle` asks after token lookup and before any
+//! which the server's `Core::begin` asks after token lookup and before any
 //! engine runs. It also owns the built-in [`DEFAULT_POLICY`] text and the
 //! canonical formatter behind `palisade policy fmt` ([`format_hcl`]).
 //!

@@ -1,11 +1,15 @@
 //! palisade-server: the secrets server. It speaks the Vault HTTP API so that
 //! unmodified Vault clients work against it.
 //!
-//! Flow (design.md): [`http`] parses at the edge -> [`core::Core::handle`]
-//! (sealed? -> token -> ACL -> audit, fail closed) -> router: [`sys`],
-//! [`token_api`] or an engine in [`engines`] -> audit response -> [`http`]
-//! renders Vault's JSON. Everything persistent lives behind the
-//! [`palisade_barrier::Barrier`]; tokens are kept only as keyed hashes.
+//! Flow (design.md): [`http`] parses the head at the edge, with the path in
+//! its one canonical form ([`canonical`]) -> [`core::Core::begin`] (serving?
+//! -> token -> ACL on the canonical path; refusals audited) -> the body is
+//! read and parsed within limits ([`json`]) only now -> [`core::Core::execute`]
+//! (audit request, fail closed -> router: [`sys`], [`token_api`] or an
+//! engine in [`engines`], each taking the [`core::Authorized`] proof ->
+//! audit response) -> [`http`] renders Vault's JSON. Everything persistent
+//! lives behind the [`palisade_barrier::Barrier`]; tokens are kept only as
+//! keyed hashes.
 #![forbid(unsafe_code)]
 
 pub mod audit_path;

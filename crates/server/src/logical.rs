@@ -1,4 +1,4 @@
-//! The typed request and response that flow through `Core::handle`, and the
+//! The typed request and response that flow through `Core::begin` and `Core::execute`, and the
 //! one error type every handler returns. The HTTP layer parses into these at
 //! the edge; nothing past it sees raw HTTP.
 
