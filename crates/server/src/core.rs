@@ -165,6 +165,8 @@ pub struct Core {
     epoch: AtomicU64,
     /// The anchors last written behind the barrier.
     anchors: tokio::sync::Mutex<Anchors>,
+    /// One unseal's loading at a time.
+    unsealing: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
@@ -204,6 +206,7 @@ impl Core {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             epoch: AtomicU64::new(0),
             anchors: tokio::sync::Mutex::new(Anchors::default()),
+            unsealing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -244,6 +247,21 @@ impl Core {
         self.set_state(State::Unsealed);
         self.spawn_audit_head_writer(epoch);
         Ok(())
+    }
+
+    /// The barrier is unsealed: load and start serving unless that is done
+    /// already. Returns whether this call did it. If loading fails the core
+    /// seals again (fail closed: a core that cannot load its tables stays sealed).
+    pub async fn finish_unseal(self: &Arc<Self>) -> Result<bool, ApiError> {
+        let _one = self.unsealing.lock().await;
+        if self.is_serving() || self.barrier.sealed() {
+            return Ok(false);
+        }
+        if let Err(e) = self.post_unseal().await {
+            let _ = self.seal().await;
+            return Err(e);
+        }
+        Ok(true)
     }
 
     async fn load_audit_devices(&self) -> Result<(), ApiError> {

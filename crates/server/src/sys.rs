@@ -112,15 +112,11 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
             let share = Zeroizing::new(hex::decode(&key).or_else(|_| b64().decode(&key)).map_err(
                 |_| ApiError::bad_request("'key' must be a valid hex or base64 string"),
             )?);
-            let was_sealed = core.barrier.sealed();
             let progress = core.barrier.submit_share(share).await?;
-            if was_sealed && !progress.sealed {
-                // post_unseal serves nothing until tables and audit devices are loaded
-                if let Err(e) = core.post_unseal().await {
-                    // fail closed: a core that cannot load its tables stays sealed
-                    let _ = core.seal().await;
-                    return Err(e);
-                }
+            // The barrier is open; the core serves only once its tables and
+            // audit devices are loaded. This also finishes an unseal whose
+            // loading an earlier attempt did not complete.
+            if !progress.sealed && core.finish_unseal().await? {
                 tracing::info!("unsealed");
             }
             Ok(Response::raw(200, seal_status(core).await?))
