@@ -138,6 +138,25 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes:
     }
 }
 
+/// Read and drop a refused request's body, chunk by chunk, up to `limit`
+/// bytes and `timeout`: a client still sending when we answer and close would
+/// otherwise see the connection reset instead of the answer. Nothing is kept.
+async fn discard_body(mut body: Body, limit: usize, timeout: Duration) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            if let Some(d) = frame.data_ref() {
+                seen = seen.saturating_add(d.len());
+                if seen > limit {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
 async fn handle(
     State(st): State<AppState>,
     method: Method,
@@ -151,6 +170,7 @@ async fn handle(
     let head = method == Method::HEAD;
     let limits = st.limits.clone();
     let mut refused_at_edge = true;
+    let mut body = Some(body);
     let result = async {
         let query = parse_query(uri.query())?;
         let list_q = query
@@ -198,6 +218,7 @@ async fn handle(
         match st.core.begin(req, token_from(&headers)).await? {
             Begun::Open(mut req) => {
                 let limit = limits.max_request_size.min(UNAUTHENTICATED_BODY_LIMIT);
+                let body = body.take().unwrap_or_default();
                 let bytes = read_body(body, limit, limits.body_timeout).await?;
                 req.data = parse_body(&bytes, limits.json)?;
                 st.core.open(req).await
@@ -205,15 +226,23 @@ async fn handle(
             Begun::Authorized(auth) => {
                 let data = match input_error {
                     Some(e) => Err(e),
-                    None => read_body(body, limits.max_request_size, limits.body_timeout)
-                        .await
-                        .and_then(|b| parse_body(&b, limits.json)),
+                    None => {
+                        let body = body.take().unwrap_or_default();
+                        read_body(body, limits.max_request_size, limits.body_timeout)
+                            .await
+                            .and_then(|b| parse_body(&b, limits.json))
+                    }
                 };
                 st.core.execute(auth, data).await
             }
         }
     }
     .await;
+    if let Some(b) = body.take() {
+        // refused without reading the body: discard it (never parsed or kept)
+        // so the client reads our answer instead of a reset connection
+        discard_body(b, limits.max_request_size, limits.body_timeout).await;
+    }
     let status = match &result {
         Ok(r) => r.status,
         Err(e) => e.status,

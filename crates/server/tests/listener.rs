@@ -268,3 +268,32 @@ async fn tls_answers_carry_hsts_and_plaintext_ones_do_not() {
     let r = plain.call("GET", "sys/health", None, None).await;
     assert!(r.header("strict-transport-security").is_none());
 }
+
+/// A refused request's body is read and dropped (never parsed), so the
+/// client reads its 403 rather than a reset, and the connection stays usable.
+#[tokio::test]
+async fn a_refused_body_is_discarded_and_the_connection_kept() {
+    let s = TestServer::dev().await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(512 * 1024));
+    let head = format!(
+        "POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\nX-Vault-Token: hvs.wrong\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(
+        text.ends_with("{\"errors\":[\"permission denied\"]}"),
+        "{text}"
+    );
+    // same connection, next request
+    c.write_all(HEALTH).await.unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // nothing was written
+    assert_empty_404(&s.get("secret/data/x", &s.root).await);
+}

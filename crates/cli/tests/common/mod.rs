@@ -62,6 +62,9 @@ pub struct Spec {
     pub dir: PathBuf,
     pub storage: Storage,
     pub audit_file: Option<PathBuf>,
+    /// Let the API create file audit devices in `dir`
+    /// (`[audit] dangerous_allow_api_file_devices`).
+    pub api_audit: bool,
     /// (cert PEM, key PEM)
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PEM of a CA to trust when polling a TLS listener.
@@ -75,6 +78,7 @@ impl Spec {
             dir: dir.to_path_buf(),
             storage: Storage::Sqlite(dir.join("palisade.db")),
             audit_file: None,
+            api_audit: false,
             tls: None,
             ca_pem: None,
         }
@@ -110,8 +114,17 @@ impl Spec {
             }
             None => s += "tls_disable = true\n",
         }
+        if self.audit_file.is_some() || self.api_audit {
+            s += "\n[audit]\n";
+        }
         if let Some(a) = &self.audit_file {
-            s += &format!("\n[audit]\nfile_path = {:?}\n", a.display().to_string());
+            s += &format!("file_path = {:?}\n", a.display().to_string());
+        }
+        if self.api_audit {
+            s += &format!(
+                "dangerous_allow_api_file_devices = [{:?}]\n",
+                self.dir.display().to_string()
+            );
         }
         s
     }
@@ -533,6 +546,11 @@ pub async fn run_client_script(spec: &Spec, cmd: &[String]) {
     let config_audit = spec.audit_file.clone().expect("spec needs an audit file");
     let script_audit = spec.dir.join("client-audit.log");
     let secrets_out = spec.dir.join("secrets.json");
+    // the scripts enable a device through the API, as their users would
+    let spec = &Spec {
+        api_audit: true,
+        ..spec.clone()
+    };
     let mut server = Server::start(spec).await;
     let started = Instant::now();
     let out = tokio::process::Command::new(&cmd[0])
