@@ -49,7 +49,7 @@ fn query_code(req: &Request, name: &str, default: u16) -> Result<u16, ApiError> 
             .ok()
             .filter(|c| (100..=599).contains(c))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("unable to parse {name}: invalid status code {v:?}"))
+                ApiError::bad_request(format!("unable to parse {name}: invalid status code"))
             }),
     }
 }

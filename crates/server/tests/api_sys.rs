@@ -361,19 +361,11 @@ async fn health_codes_and_head() {
         .await;
     assert_eq!(r.status, 200);
     let r = s.call("GET", "sys/health?activecode=abc", None, None).await;
-    assert_error(
-        &r,
-        400,
-        "unable to parse activecode: invalid status code \"abc\"",
-    );
+    assert_error(&r, 400, "unable to parse activecode: invalid status code");
     let r = s
         .call("GET", "sys/health?standbycode=1000", None, None)
         .await;
-    assert_error(
-        &r,
-        400,
-        "unable to parse standbycode: invalid status code \"1000\"",
-    );
+    assert_error(&r, 400, "unable to parse standbycode: invalid status code");
 
     // sealed: 503, sealedcode
     s.seal().await;
