@@ -88,7 +88,7 @@ pub struct CoreOptions {
 /// after the check passed; handlers and engines take it as proof.
 pub struct Authorized {
     token: Arc<TokenEntry>,
-    token_id: String,
+    token_id: palisade_core::Secret<String>,
     acl: Arc<Acl>,
     caps: Capabilities,
     request: Request,
@@ -102,7 +102,7 @@ impl Authorized {
     }
     /// The token string the caller presented (echoed by `lookup-self`).
     pub fn token_id(&self) -> &str {
-        &self.token_id
+        self.token_id.expose()
     }
     pub fn acl(&self) -> &Arc<Acl> {
         &self.acl
@@ -710,7 +710,7 @@ impl Core {
         }
         Ok(Begun::Authorized(Box::new(Authorized {
             token: entry,
-            token_id,
+            token_id: palisade_core::Secret::new(token_id),
             acl,
             caps,
             request: req,
