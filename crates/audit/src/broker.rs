@@ -29,7 +29,13 @@ pub struct Broker {
 #[derive(Clone, Debug)]
 enum Slot {
     Ready(Arc<FileDevice>),
-    Unavailable { path_name: String },
+    Unavailable {
+        path_name: String,
+    },
+    /// The broker is closed (the server sealed): nothing can be recorded
+    /// until [`Broker::reset`] loads devices again, so nothing can be served
+    /// as if no device were configured.
+    Closed,
 }
 
 impl Slot {
@@ -37,6 +43,7 @@ impl Slot {
         match self {
             Slot::Ready(d) => d.path_name(),
             Slot::Unavailable { path_name } => path_name,
+            Slot::Closed => "",
         }
     }
 }
@@ -95,17 +102,30 @@ impl Broker {
             .into_iter()
             .filter_map(|s| match s {
                 Slot::Ready(d) => Some(d),
-                Slot::Unavailable { .. } => None,
+                Slot::Unavailable { .. } | Slot::Closed => None,
             })
             .collect()
     }
 
-    /// Forget every device (on seal).
-    pub fn clear(&self) {
-        self.devices
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+    /// Close the broker (on seal): every device is dropped and every
+    /// entry fails until [`Broker::reset`].
+    pub fn close(&self) {
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = vec![Slot::Closed];
+    }
+
+    /// Replace every device at once (after an unseal): the open ones and
+    /// those configured but not loaded. Reopens a closed broker.
+    pub fn reset(&self, ready: Vec<FileDevice>, unavailable: Vec<String>) {
+        let slots = ready
+            .into_iter()
+            .map(|d| Slot::Ready(Arc::new(d)))
+            .chain(
+                unavailable
+                    .into_iter()
+                    .map(|path_name| Slot::Unavailable { path_name }),
+            )
+            .collect();
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = slots;
     }
 
     /// Disable the device at `path_name`; false if there was none. A `log`
@@ -151,6 +171,7 @@ impl Broker {
                     tracing::error!(device = %path_name, "audit device is configured but not loaded (its file could not be opened)");
                     continue;
                 }
+                Slot::Closed => continue,
             };
             match dev.write_entry(entry) {
                 Ok(()) => wrote = true,

@@ -82,6 +82,12 @@ pub struct Reopened {
     pub warning: Option<String>,
 }
 
+/// The user the server runs as (the owner of `/proc/self`).
+fn process_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
 fn open_file(file_path: &Path, trust: Trust) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     // Read access is only for recovering the tail; writes always go to
@@ -102,6 +108,21 @@ fn open_file(file_path: &Path, trust: Trust) -> io::Result<File> {
         )),
         Ok(m) => {
             use std::os::unix::fs::MetadataExt;
+            // a hard link would let one device write another file (or
+            // another device's log) under a name inside the allowed place
+            if m.nlink() != 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the file has other hard links",
+                ));
+            }
+            // only a file the server itself created (or owns) is continued
+            if Some(m.uid()) != process_uid() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the file is not owned by the server's user",
+                ));
+            }
             let file = opts.open(file_path)?;
             let now = file.metadata()?;
             // the path was swapped (e.g. for a symlink) between the check and the open
@@ -254,6 +275,15 @@ impl FileDevice {
                 disabled: false,
             }),
         }
+    }
+
+    /// The (device, inode) of the open file: two devices must never write
+    /// one file, whatever names reach it.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let chain = self.chain.lock().ok()?;
+        let m = chain.file.metadata().ok()?;
+        Some((m.dev(), m.ino()))
     }
 
     /// The last record written (or continued from), `None` before the first.

@@ -171,11 +171,47 @@ pub(crate) fn record_body(
     entry: &AuditEntry,
     time: String,
 ) -> serde_json::Result<String> {
+    // Each hashed leaf becomes ~78 bytes: when the leaves alone would pass
+    // the limit, summarise at once instead of hashing them all (a body of a
+    // million numbers must not cost a million HMACs and a 100 MB string).
+    if too_many_leaves(entry) {
+        return render(key, entry, time, true);
+    }
     let body = render(key, entry, time.clone(), false)?;
     if body.len() <= crate::MAX_RECORD_BYTES {
         return Ok(body);
     }
     render(key, entry, time, true)
+}
+
+/// Whether the record is bound to pass the limit once its leaves are hashed.
+fn too_many_leaves(entry: &AuditEntry) -> bool {
+    let leaves = [
+        entry.request.data.as_ref(),
+        entry.response.as_ref().and_then(|r| r.data.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(leaf_count)
+    .fold(0usize, usize::saturating_add);
+    leaves.saturating_mul(HASHED_LEAF_BYTES) > crate::MAX_RECORD_BYTES
+}
+
+/// What one hashed leaf takes in a record: `"hmac-sha256:<64 hex>"`.
+const HASHED_LEAF_BYTES: usize = 78;
+
+/// Leaves (strings, numbers, booleans, nulls) in `v`, without recursion.
+fn leaf_count(v: &Value) -> usize {
+    let mut n = 0usize;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(a) => stack.extend(a.iter()),
+            Value::Object(m) => stack.extend(m.values()),
+            _ => n += 1,
+        }
+    }
+    n
 }
 
 fn render(
@@ -306,6 +342,25 @@ mod tests {
                    "bytes": text.len(), "hmac": hmac(&key, &text)})
         );
         assert!(!body.contains("\"k1\""), "no key of the summarised data");
+        // a million numbers are summarised without hashing each one
+        let nums: Vec<u32> = (0..1_000_000).collect();
+        let entry = AuditEntry {
+            request: AuditRequest {
+                data: Some(json!({ "n": nums })),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(
+            too_many_leaves(&entry),
+            "summarised before any leaf is hashed"
+        );
+        let body = record_body(&key, &entry, "T".into()).unwrap();
+        assert!(body.contains("palisade_summary") && body.len() < 4096);
+        assert_eq!(
+            leaf_count(&json!({"a": [1, "x", {"b": null}], "c": true})),
+            4
+        );
         // a record under the limit is written in full
         let small = AuditEntry {
             request: AuditRequest {
@@ -317,5 +372,6 @@ mod tests {
         let v: Value =
             serde_json::from_str(&record_body(&key, &small, "T".into()).unwrap()).unwrap();
         assert_eq!(v["request"]["data"], json!({"k": hmac(&key, "a")}));
+        assert!(!too_many_leaves(&small));
     }
 }

@@ -619,3 +619,22 @@ async fn a_rotated_file_continues_the_previous_chain() {
         "line 1: previous-hash of the first line does not continue the chain (leading lines removed)"
     );
 }
+
+#[test]
+fn api_trust_refuses_hard_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("config.log");
+    let dev = FileDevice::open("file/", &log, b"k", Trust::Operator).unwrap();
+    dev.write_entry(&request("a")).unwrap();
+    let link = dir.path().join("api.log");
+    std::fs::hard_link(&log, &link).unwrap();
+    let err = FileDevice::open("api/", &link, b"k", Trust::Api).unwrap_err();
+    assert!(
+        err.to_string().ends_with("the file has other hard links"),
+        "{err}"
+    );
+    // the same file through two names has one identity
+    let again = FileDevice::open("other/", &link, b"k", Trust::Operator).unwrap();
+    assert_eq!(again.identity(), dev.identity());
+    assert!(dev.identity().is_some());
+}

@@ -56,6 +56,11 @@ impl std::ops::Deref for CanonicalPath {
     }
 }
 
+/// Longest request path accepted (after `/v1/`, percent-encoded): every
+/// refused request is audited with its path, so an unbounded path would let
+/// an unauthenticated client write large audit lines at will.
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// Longest policy name accepted.
 const MAX_POLICY_NAME: usize = 128;
 
@@ -89,6 +94,9 @@ fn decode(raw: &str) -> Result<String, ApiError> {
     let rest = raw
         .strip_prefix("/v1/")
         .ok_or_else(ApiError::unsupported_path)?;
+    if rest.len() > MAX_PATH_BYTES {
+        return Err(ApiError::new(414, "request path too long"));
+    }
     let bytes = percent_decode(rest, false)
         .map_err(|_| ApiError::bad_request("invalid percent-encoding in path"))?;
     let path =
@@ -293,6 +301,13 @@ mod tests {
             ApiError::bad_request("invalid percent-encoding in path")
         );
         assert_eq!(c(Read, "/v2/x").unwrap_err(), ApiError::unsupported_path());
+        let long = format!("/v1/secret/data/{}", "a".repeat(MAX_PATH_BYTES));
+        assert_eq!(
+            c(Read, &long).unwrap_err(),
+            ApiError::new(414, "request path too long")
+        );
+        let fits = format!("/v1/{}", "a".repeat(MAX_PATH_BYTES));
+        assert!(c(Read, &fits).is_ok());
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub struct RawListener {
     pub http_read_header_timeout: Option<String>,
     pub http_read_timeout: Option<String>,
     pub http_idle_timeout: Option<String>,
+    /// A response that makes no progress for this long ends the connection.
+    pub http_send_timeout: Option<String>,
     pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,7 +221,9 @@ pub fn validate(
             http_read_header_timeout: None,
             http_read_timeout: None,
             http_idle_timeout: None,
+            http_send_timeout: None,
             max_connections: None,
+            max_connections_per_ip: None,
         });
         let address = match l
             .address
@@ -297,6 +302,11 @@ pub fn validate(
             l.max_connections,
             defaults.max_connections,
         );
+        let max_connections_per_ip = positive(
+            "max_connections_per_ip",
+            l.max_connections_per_ip,
+            defaults.max_connections_per_ip,
+        );
         let mut duration = |name: &str, v: Option<String>, default: Duration| match v {
             None => default,
             Some(s) => match palisade_core::parse_duration(&s) {
@@ -321,6 +331,12 @@ pub fn validate(
                 defaults.idle_timeout,
             ),
             max_connections,
+            max_connections_per_ip,
+            send_timeout: duration(
+                "http_send_timeout",
+                l.http_send_timeout,
+                defaults.send_timeout,
+            ),
         };
         let body_timeout = duration(
             "http_read_timeout",
@@ -468,7 +484,7 @@ mod tests {
     fn listener_limits_ttls_and_api_audit_dirs() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "max_lease_ttl = \"24h\"\ndefault_lease_ttl = \"1h\"\n[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\nhttp_read_header_timeout = \"2s\"\nhttp_idle_timeout = \"1m\"\nhttp_read_timeout = \"5s\"\nmax_connections = 10\nmax_request_json_strings = 50\n[audit]\ndangerous_allow_api_file_devices = [{:?}]\n",
+            "max_lease_ttl = \"24h\"\ndefault_lease_ttl = \"1h\"\n[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\nhttp_read_header_timeout = \"2s\"\nhttp_idle_timeout = \"1m\"\nhttp_read_timeout = \"5s\"\nhttp_send_timeout = \"7s\"\nmax_connections = 10\nmax_connections_per_ip = 4\nmax_request_json_strings = 50\n[audit]\ndangerous_allow_api_file_devices = [{:?}]\n",
             dir.path().display().to_string()
         );
         let c = parse(&text, &no_env).unwrap();
@@ -477,7 +493,9 @@ mod tests {
             ConnLimits {
                 header_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(60),
-                max_connections: 10
+                max_connections: 10,
+                max_connections_per_ip: 4,
+                send_timeout: Duration::from_secs(7),
             }
         );
         assert_eq!(c.listener.body_timeout, Duration::from_secs(5));

@@ -165,8 +165,10 @@ pub struct Core {
     epoch: AtomicU64,
     /// The anchors last written behind the barrier.
     anchors: tokio::sync::Mutex<Anchors>,
-    /// One unseal's loading at a time.
-    unsealing: tokio::sync::Mutex<()>,
+    /// Serialises the transitions: loading after an unseal, and sealing.
+    /// State changes happen only under it, so a seal and a reload can never
+    /// run at once.
+    transition: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
@@ -206,7 +208,7 @@ impl Core {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             epoch: AtomicU64::new(0),
             anchors: tokio::sync::Mutex::new(Anchors::default()),
-            unsealing: tokio::sync::Mutex::new(()),
+            transition: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -232,8 +234,8 @@ impl Core {
     /// it, then start serving. Audit devices whose file cannot be opened are
     /// registered as unavailable (they fail every write), never a reason to
     /// stay sealed: what the audit files hold cannot decide whether the
-    /// server unseals.
-    pub async fn post_unseal(self: &Arc<Self>) -> Result<(), ApiError> {
+    /// server unseals. Called with `transition` held.
+    async fn post_unseal(self: &Arc<Self>) -> Result<(), ApiError> {
         self.set_state(State::Unsealing);
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let table = match self.barrier.get(MOUNTS_PATH).await? {
@@ -252,13 +254,17 @@ impl Core {
     /// The barrier is unsealed: load and start serving unless that is done
     /// already. Returns whether this call did it. If loading fails the core
     /// seals again (fail closed: a core that cannot load its tables stays sealed).
+    ///
+    /// Only from `Sealed` (or an `Unsealing` that an earlier attempt left
+    /// unfinished): while a seal is waiting for in-flight requests
+    /// (`Sealing`) an unseal request changes nothing.
     pub async fn finish_unseal(self: &Arc<Self>) -> Result<bool, ApiError> {
-        let _one = self.unsealing.lock().await;
-        if self.is_serving() || self.barrier.sealed() {
+        let _t = self.transition.lock().await;
+        if !matches!(self.state(), State::Sealed | State::Unsealing) || self.barrier.sealed() {
             return Ok(false);
         }
         if let Err(e) = self.post_unseal().await {
-            let _ = self.seal().await;
+            let _ = self.seal_locked().await;
             return Err(e);
         }
         Ok(true)
@@ -277,23 +283,31 @@ impl Core {
             let bytes = serde_json::to_vec(&devices).map_err(ApiError::internal)?;
             self.barrier.put(AUDIT_TABLE_PATH, &bytes).await?;
         }
-        self.audit.clear();
+        let mut ready: Vec<FileDevice> = Vec::new();
+        let mut unavailable = Vec::new();
         for d in &devices {
             let anchor = anchors.0.get(&d.path);
-            match reopen_device(d, anchor) {
+            match reopen_device(d, anchor, &self.options.api_audit_dirs) {
                 Ok(r) => {
                     if let Some(w) = &r.warning {
                         tracing::error!(device = %d.path, warning = %w, "audit device reopened on a broken chain");
                     }
-                    self.audit.add(r.device);
+                    let id = r.device.identity();
+                    if id.is_some() && ready.iter().any(|o| o.identity() == id) {
+                        tracing::error!(device = %d.path, "audit device refused: another device writes to the same file");
+                        unavailable.push(d.path.clone());
+                    } else {
+                        ready.push(r.device);
+                    }
                 }
                 Err(e) => {
                     // configured but not loaded: unwritable, never "no devices"
                     tracing::error!(device = %d.path, error = %e, "audit device could not be opened; it fails every write until it is fixed or disabled");
-                    self.audit.add_unavailable(&d.path);
+                    unavailable.push(d.path.clone());
                 }
             }
         }
+        self.audit.reset(ready, unavailable);
         *self.audit_table.lock().await = devices;
         *self.anchors.lock().await = anchors;
         Ok(())
@@ -391,6 +405,11 @@ impl Core {
     /// Seal: drop keys, caches and open audit files. Callers that serve
     /// requests use [`Core::seal_when_idle`].
     pub async fn seal(&self) -> Result<(), ApiError> {
+        let _t = self.transition.lock().await;
+        self.seal_locked().await
+    }
+
+    async fn seal_locked(&self) -> Result<(), ApiError> {
         self.set_state(State::Sealing);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if !self.barrier.sealed()
@@ -404,7 +423,9 @@ impl Core {
         let r = self.barrier.seal().await;
         self.tokens.clear();
         self.policies.clear();
-        self.audit.clear();
+        // closed, not empty: nothing is recorded (so nothing is served)
+        // until an unseal loads the devices again
+        self.audit.close();
         self.audit_table.lock().await.clear();
         if let Ok(mut m) = self.mounts.write() {
             *m = Arc::new(MountTable::default());
@@ -416,11 +437,12 @@ impl Core {
     /// Seal once every in-flight request has finished; requests that arrive
     /// meanwhile wait and are then answered "sealed". Used at shutdown.
     pub async fn seal_when_idle(&self) -> Result<(), ApiError> {
+        let _t = self.transition.lock().await;
         if self.state() == State::Unsealed {
             self.set_state(State::Sealing);
         }
         let _all = self.gate.clone().write_owned().await;
-        self.seal().await
+        self.seal_locked().await
     }
 
     /// Initialise storage and return (unseal key shares, root token). Like
@@ -434,13 +456,14 @@ impl Core {
         let key =
             palisade_crypto::shamir::combine(&parts[..threshold as usize], threshold as usize)
                 .map_err(ApiError::internal)?;
+        let _t = self.transition.lock().await;
         self.barrier.unseal_with_key(&key).await?;
         let result = async {
             self.post_unseal().await?;
             self.create_root_token(None).await
         }
         .await;
-        self.seal().await?;
+        self.seal_locked().await?;
         Ok((parts, result?))
     }
 
@@ -464,8 +487,11 @@ impl Core {
         root_token_id: Option<String>,
     ) -> Result<String, ApiError> {
         let parts = self.barrier.initialize(1, 1).await?;
-        self.barrier.unseal_with_key(&parts[0]).await?;
-        self.post_unseal().await?;
+        {
+            let _t = self.transition.lock().await;
+            self.barrier.unseal_with_key(&parts[0]).await?;
+            self.post_unseal().await?;
+        }
         let token = self.create_root_token(root_token_id).await?;
         let mut options = Map::new();
         options.insert("version".into(), Value::String("2".into()));
@@ -581,6 +607,12 @@ impl Core {
                 _ => "sanity check failed: cannot open the file for writing (it must be a regular file, not a symlink, in an existing directory)",
             })
         })?;
+        let id = dev.identity();
+        if id.is_none() || self.audit.devices().iter().any(|o| o.identity() == id) {
+            return Err(ApiError::bad_request(
+                "another audit device already writes to this file",
+            ));
+        }
         if let Err(e) = dev.write_entry(first) {
             tracing::warn!(device = %entry.path, error = %e, "audit device refused: its first record could not be written");
             return Err(ApiError::bad_request(
@@ -669,7 +701,9 @@ impl Core {
                     .map(|e| e.accessor.clone())
                     .unwrap_or_default(),
                 remote_address: req.remote_addr.clone(),
-                data: None,
+                // query parameters are request data for reads, lists and
+                // deletes (Vault): audited, HMAC'd like the body
+                data: query_data(&req),
             },
             response: None,
             error: None,
@@ -734,7 +768,13 @@ impl Core {
             }
         };
         if !data.is_empty() {
-            auth.audit.request.data = Some(Value::Object(data.clone()));
+            let mut audited = data.clone();
+            if let Some(Value::Object(q)) = auth.audit.request.data.take() {
+                for (k, v) in q {
+                    audited.entry(k).or_insert(v);
+                }
+            }
+            auth.audit.request.data = Some(Value::Object(audited));
         }
         auth.request.data = data;
 
@@ -794,6 +834,11 @@ impl Core {
     /// behind the seal and are then answered "sealed"), audit the response,
     /// then seal. Nothing is served after the seal was acknowledged.
     async fn seal_request(&self, auth: &Authorized) -> Result<Response, ApiError> {
+        let _t = self.transition.lock().await;
+        if self.state() != State::Unsealed {
+            // another seal got here first
+            return Err(ApiError::sealed());
+        }
         self.set_state(State::Sealing);
         let _all = self.gate.clone().write_owned().await;
         let result = Ok(Response::no_content());
@@ -801,7 +846,7 @@ impl Core {
             self.set_state(State::Unsealed);
             return Err(e);
         }
-        self.seal().await?;
+        self.seal_locked().await?;
         tracing::info!("sealed by request");
         result
     }
@@ -839,7 +884,7 @@ impl Core {
                     auth: None,
                     warnings: Vec::new(),
                 });
-                resp_audit.error = Some(e.messages.join("; "));
+                resp_audit.error = Some(e.audit_message());
             }
         }
         if let Err(e) = self.audit.log(&resp_audit).await {
@@ -852,11 +897,13 @@ impl Core {
     /// Audit a refused request and return its error. If the audit itself
     /// fails the client still gets the refusal (nothing was disclosed).
     async fn refuse(&self, mut audit: AuditEntry, err: ApiError) -> ApiError {
-        audit.error = Some(err.messages.join("; "));
+        audit.error = Some(err.audit_message());
         if let Err(e) = self.audit.log(&audit).await {
             tracing::error!(error = %e, "audit of a refused request failed");
         }
-        tracing::info!(path = %audit.request.path, status = err.status, "request refused");
+        // the audit device holds the record; the server log only at debug
+        // (a flood of refused requests must not fill two disks)
+        tracing::debug!(status = err.status, "request refused");
         err
     }
 
@@ -867,13 +914,8 @@ impl Core {
         req: &Request,
         route: Option<&(MountEntry, String)>,
     ) -> Result<bool, ApiError> {
-        if let Some(name) = req
-            .path
-            .strip_prefix("sys/policy/")
-            .or_else(|| req.path.strip_prefix("sys/policies/acl/"))
-        {
-            return Ok(self.policies.exists(name));
-        }
+        // sys/ and auth/ have no existence check (Vault): every write there
+        // needs `update`, so `create` alone never writes a policy or a mount
         if req.path.starts_with("sys/") || req.path.starts_with("auth/") {
             return Ok(true);
         }
@@ -927,6 +969,24 @@ impl Core {
     }
 }
 
+/// The query parameters a read, list or delete takes as data, for the audit record.
+fn query_data(req: &Request) -> Option<Value> {
+    if req.query.is_empty()
+        || !matches!(
+            req.operation,
+            Operation::Read | Operation::List | Operation::Delete
+        )
+    {
+        return None;
+    }
+    let mut m = Map::new();
+    for (k, v) in &req.query {
+        m.entry(k.clone())
+            .or_insert_with(|| Value::String(v.clone()));
+    }
+    Some(Value::Object(m))
+}
+
 fn decode_key(d: &AuditDeviceEntry) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     Ok(Zeroizing::new(
         base64::engine::general_purpose::STANDARD
@@ -935,25 +995,28 @@ fn decode_key(d: &AuditDeviceEntry) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     ))
 }
 
+/// Reopen a stored device. A device created through the API is confined
+/// again, against the configuration as it is now: a directory swapped for a
+/// symlink, or an allow-list since removed, leaves it unavailable (fail
+/// closed) rather than writing wherever its path now leads.
 fn reopen_device(
     d: &AuditDeviceEntry,
     anchor: Option<&Head>,
+    api_dirs: &[std::path::PathBuf],
 ) -> Result<palisade_audit::Reopened, String> {
     let file_path = d.file_path().ok_or("no file_path in the stored device")?;
     let key = decode_key(d).map_err(|_| "the stored HMAC key is not base64".to_string())?;
-    let trust = if d.pinned {
-        Trust::Operator
+    let (trust, path) = if d.pinned {
+        (Trust::Operator, std::path::PathBuf::from(file_path))
     } else {
-        Trust::Api
+        let checked = crate::audit_path::check_api_file_path(file_path, api_dirs)
+            .map_err(|e| format!("no longer allowed: {}", e.messages.join("; ")))?;
+        if checked.as_path() != std::path::Path::new(file_path) {
+            return Err("no longer allowed: its directory now resolves elsewhere".into());
+        }
+        (Trust::Api, checked)
     };
-    FileDevice::reopen(
-        &d.path,
-        std::path::Path::new(file_path),
-        &key,
-        trust,
-        anchor,
-    )
-    .map_err(|e| e.to_string())
+    FileDevice::reopen(&d.path, &path, &key, trust, anchor).map_err(|e| e.to_string())
 }
 
 pub fn audit_auth(e: &TokenEntry, token_id: &str) -> AuditAuth {
@@ -967,5 +1030,56 @@ pub fn audit_auth(e: &TokenEntry, token_id: &str) -> AuditAuth {
         entity_id: String::new(),
         token_type: "service".into(),
         token_ttl: e.creation_ttl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> Arc<Core> {
+        Core::new(Barrier::new(Arc::new(
+            palisade_storage::memory::MemoryBackend::new(),
+        )))
+    }
+
+    /// An unseal request while a seal waits for in-flight requests changes
+    /// nothing: the seal completes, the core ends sealed (never "serving"
+    /// with its keys gone), and the closed broker records nothing.
+    #[tokio::test]
+    async fn an_unseal_during_a_pending_seal_changes_nothing() {
+        let core = core();
+        core.dev_setup(None).await.unwrap();
+        // a request in flight
+        let inflight = core.gate.clone().read_owned().await;
+        let c = core.clone();
+        let sealing = tokio::spawn(async move { c.seal_when_idle().await });
+        while core.state() != State::Sealing {
+            tokio::task::yield_now().await;
+        }
+        let c = core.clone();
+        let unsealing = tokio::spawn(async move { c.finish_unseal().await });
+        tokio::task::yield_now().await;
+        assert_eq!(core.state(), State::Sealing);
+        drop(inflight);
+        sealing.await.unwrap().unwrap();
+        assert!(!unsealing.await.unwrap().unwrap(), "the unseal did nothing");
+        assert_eq!(core.state(), State::Sealed);
+        assert!(core.barrier.sealed());
+        assert!(!core.is_serving());
+        assert!(matches!(
+            core.audit.log(&AuditEntry::default()).await,
+            Err(palisade_audit::AuditError::NoDeviceWrote)
+        ));
+    }
+
+    /// An unseal whose loading did not finish can be completed by the next
+    /// `sys/unseal`; a serving core is left alone.
+    #[tokio::test]
+    async fn finish_unseal_completes_only_an_unfinished_unseal() {
+        let core = core();
+        core.dev_setup(None).await.unwrap();
+        assert!(!core.finish_unseal().await.unwrap(), "already serving");
+        assert_eq!(core.state(), State::Unsealed);
     }
 }

@@ -249,7 +249,7 @@ async fn handle(
     };
     if refused_at_edge && let Err(e) = &result {
         // refused before the core saw it (no audit record): say why here
-        tracing::info!(request_id = %request_id, method = %method, status, reason = %e.messages.join("; "), "request refused at the edge");
+        tracing::debug!(request_id = %request_id, method = %method, status, reason = %e.messages.join("; "), "request refused at the edge");
     }
     // Per-request lines are debug: the audit log is the security record of
     // requests; the server log is for operating the server.

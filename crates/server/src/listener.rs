@@ -5,16 +5,25 @@
 //! requests.
 //!
 //! Deadlines (Vault's `http_read_header_timeout`, `http_idle_timeout`; the
-//! body deadline is the HTTP layer's): a connection with no request in
-//! flight is closed when
-//! - bytes of a next request started arriving more than `header_timeout`
-//!   ago and its head is still not complete (slowloris: one header line
-//!   every few seconds), or
-//! - nothing at all arrived for `idle_timeout`.
+//! body deadline is the HTTP layer's), as Go's server applies them:
+//! - a new connection must complete its first request head within
+//!   `header_timeout` of being accepted (a connection that sends nothing is
+//!   not idle, it is a slot held for free);
+//! - after a response, the next request's first byte must come within
+//!   `idle_timeout`, and its head must then be complete within
+//!   `header_timeout` (slowloris: one header line every few seconds);
+//! - a response that makes no progress for `send_timeout` (a client that
+//!   stops reading) ends the connection.
 //!
-//! A watchdog per connection enforces both from what the connection's reads
-//! and its service calls report ([`Activity`]); hyper's own header timer is
-//! not used because it also runs while a keep-alive connection is idle.
+//! A watchdog per connection enforces them from what the connection's reads,
+//! writes and service calls report ([`Activity`]); hyper's own header timer
+//! is not used because it also runs while a keep-alive connection is idle.
+//!
+//! Connection limits: `max_connections` per listener and
+//! `max_connections_per_ip` per client address. At the listener's limit an
+//! idle keep-alive connection (nothing in flight, nothing arriving) is
+//! closed to make room, as nginx reuses idle connections; only when none is
+//! idle is the new connection closed.
 
 use std::future::Future;
 use std::path::Path;
@@ -44,17 +53,24 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// A connection with nothing in flight and nothing arriving is closed after this.
     pub idle_timeout: Duration,
-    /// Connections served at once; more are closed as they are accepted.
+    /// Connections served at once (idle ones are closed to make room).
     pub max_connections: usize,
+    /// Connections from one client address at once; more are closed.
+    pub max_connections_per_ip: usize,
+    /// A response write that makes no progress for this long ends the connection.
+    pub send_timeout: Duration,
 }
 
 impl Default for ConnLimits {
-    /// Vault's defaults (10 s header, 5 min idle); 4,096 connections.
+    /// Vault's defaults (10 s header, 5 min idle); 4,096 connections, 256
+    /// per address, 30 s without write progress.
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: 4096,
+            max_connections_per_ip: 256,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -86,29 +102,65 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 struct ActivityState {
     /// Requests whose response has not been produced yet.
     inflight: usize,
-    /// When bytes of a next request started arriving with nothing in flight.
+    /// When the head now awaited started: at accept for the first request,
+    /// else when its first byte arrived with nothing in flight.
     head_started: Option<Instant>,
-    /// When the connection last became idle (accepted, or a response done).
+    /// When the connection last became idle (a response done).
     idle_since: Instant,
+    /// When a write first found the socket full, until it progresses.
+    write_blocked: Option<Instant>,
+    /// Asked to close to make room for a new connection.
+    evicted: bool,
 }
 
 #[derive(Debug)]
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Wakes the watchdog when a head starts (its deadline moves closer).
+    /// Wakes the watchdog when a deadline moves closer (a head starts, a
+    /// write blocks) or the connection is evicted.
     changed: tokio::sync::Notify,
 }
 
 impl Activity {
     fn new() -> Arc<Self> {
+        let now = Instant::now();
         Arc::new(Self {
             state: Mutex::new(ActivityState {
                 inflight: 0,
-                head_started: None,
-                idle_since: Instant::now(),
+                // the first head is due header_timeout after accept
+                head_started: Some(now),
+                idle_since: now,
+                write_blocked: None,
+                evicted: false,
             }),
             changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Idle keep-alive: nothing in flight, no head started, nothing blocked.
+    /// Returns since when, for choosing the longest idle.
+    fn idle_since(&self) -> Option<Instant> {
+        let s = self.lock();
+        (s.inflight == 0 && s.head_started.is_none() && s.write_blocked.is_none() && !s.evicted)
+            .then_some(s.idle_since)
+    }
+
+    fn evict(&self) {
+        self.lock().evicted = true;
+        self.changed.notify_one();
+    }
+
+    fn write_progress(&self, blocked: bool) {
+        let mut s = self.lock();
+        match (blocked, s.write_blocked) {
+            (true, None) => {
+                s.write_blocked = Some(Instant::now());
+                drop(s);
+                self.changed.notify_one();
+            }
+            (false, Some(_)) => s.write_blocked = None,
+            _ => {}
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
@@ -132,17 +184,26 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// When the connection must close if nothing changes, or None while a
-    /// request is in flight.
+    /// When the connection must close if nothing changes (the past when it
+    /// was evicted), or None while a request is in flight and writes flow.
     fn deadline(&self, limits: &ConnLimits) -> Option<Instant> {
         let s = self.lock();
-        if s.inflight > 0 {
-            return None;
+        if s.evicted {
+            return Some(Instant::now());
         }
-        Some(match s.head_started {
-            Some(t) => t + limits.header_timeout,
-            None => s.idle_since + limits.idle_timeout,
-        })
+        let sending = s.write_blocked.map(|t| t + limits.send_timeout);
+        let reading = if s.inflight > 0 {
+            None
+        } else {
+            Some(match s.head_started {
+                Some(t) => t + limits.header_timeout,
+                None => s.idle_since + limits.idle_timeout,
+            })
+        };
+        match (sending, reading) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -204,7 +265,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.write_progress(r.is_pending());
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -217,10 +280,41 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_progress(r.is_pending());
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// The listener's open connections: their activity (to find an idle one to
+/// close at the limit) and the count per client address.
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    conns: std::collections::HashMap<u64, Arc<Activity>>,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A connection's place in the [`Registry`]; leaving it drops the entry.
+struct Registered {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut r = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        r.conns.remove(&self.id);
+        if let Some(n) = r.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                r.per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -292,6 +386,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let registry = Arc::new(Mutex::new(Registry::default()));
     let last_warning = AtomicU64::new(0);
     tokio::pin!(shutdown);
     loop {
@@ -307,10 +402,63 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            warn_limit(&last_warning, limits.max_connections);
-            drop(stream);
-            continue;
+        // per address first: one client never takes every slot
+        let ip = peer.ip();
+        {
+            let r = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            if r.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+                drop(r);
+                tracing::debug!(peer = %peer, "per-address connection limit reached; closing");
+                drop(stream);
+                continue;
+            }
+        }
+        let permit = match conns.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // at the limit: close the longest-idle keep-alive connection
+                // and take its slot when it is released
+                let victim = {
+                    let r = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    r.conns
+                        .values()
+                        .filter_map(|a| a.idle_since().map(|t| (t, a.clone())))
+                        .min_by_key(|(t, _)| *t)
+                        .map(|(_, a)| a)
+                };
+                let Some(victim) = victim else {
+                    warn_limit(&last_warning, limits.max_connections);
+                    drop(stream);
+                    continue;
+                };
+                victim.evict();
+                match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    conns.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        warn_limit(&last_warning, limits.max_connections);
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+        };
+        let activity = Activity::new();
+        let registered = {
+            let mut r = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            r.next += 1;
+            let id = r.next;
+            r.conns.insert(id, activity.clone());
+            *r.per_ip.entry(ip).or_insert(0) += 1;
+            Registered {
+                registry: registry.clone(),
+                id,
+                ip,
+            }
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
@@ -319,7 +467,7 @@ pub async fn serve(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let activity = Activity::new();
+            let _registered = registered;
             match acceptor {
                 Some(acc) => {
                     let tls = match tokio::time::timeout(limits.header_timeout, acc.accept(stream))

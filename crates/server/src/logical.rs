@@ -161,6 +161,11 @@ pub struct ApiError {
     pub messages: Vec<String>,
     /// Some Vault errors carry a data body (KV v2 deleted version: 404 + metadata).
     pub body: Option<Value>,
+    /// What the audit record's `error` says when the client's message quotes
+    /// the request (a policy's parse error names the offending text: useful
+    /// to the client who sent it, but request values never reach the audit
+    /// log in clear).
+    pub audit_text: Option<&'static str>,
 }
 
 impl ApiError {
@@ -169,6 +174,21 @@ impl ApiError {
             status,
             messages: vec![msg.into()],
             body: None,
+            audit_text: None,
+        }
+    }
+
+    /// The same error, audited as `text` instead of its messages.
+    pub fn audited_as(mut self, text: &'static str) -> Self {
+        self.audit_text = Some(text);
+        self
+    }
+
+    /// The `error` field of the audit record.
+    pub fn audit_message(&self) -> String {
+        match self.audit_text {
+            Some(t) => t.to_owned(),
+            None => self.messages.join("; "),
         }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
@@ -182,6 +202,7 @@ impl ApiError {
             status: 404,
             messages: Vec::new(),
             body: None,
+            audit_text: None,
         }
     }
     pub fn unsupported_path() -> Self {

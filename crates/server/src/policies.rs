@@ -111,6 +111,9 @@ impl PolicyStore {
                 Some(rest) => ApiError::bad_request(format!("failed to parse policy: {rest}")),
                 None => ApiError::bad_request(format!("failed to parse policy: {e}")),
             }
+            // the details quote the policy text: the client gets them, the
+            // audit record (whose data holds that text HMAC'd) does not
+            .audited_as("failed to parse policy")
         })?;
         let bytes = serde_json::to_vec(&Stored {
             name: name.clone(),

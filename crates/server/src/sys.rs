@@ -522,28 +522,40 @@ async fn audit_device(
             if options.get("file_path").and_then(|v| v.as_str()).is_none() {
                 return Err(ApiError::bad_request("file_path is required"));
             }
-            for (k, _) in options.iter() {
-                if !matches!(
-                    k.as_str(),
-                    "file_path"
-                        | "mode"
-                        | "hmac_accessor"
-                        | "log_raw"
-                        | "format"
-                        | "elide_list_responses"
-                ) {
-                    return Err(ApiError::bad_request(format!("unknown audit option {k:?}")));
+            // Vault's options, each accepted only with the one value this
+            // device implements: an option that would be silently ignored is
+            // refused instead
+            let boolean = |k: &str| {
+                options
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .and_then(fields::parse_bool)
+            };
+            for (k, v) in options.iter() {
+                let v = v.as_str().unwrap_or_default();
+                let fine = match k.as_str() {
+                    "file_path" => true,
+                    "format" => v == "json",
+                    "mode" => v == "0600" || v == "600",
+                    "hmac_accessor" => boolean(k) == Some(true),
+                    "elide_list_responses" => boolean(k) == Some(false),
+                    "log_raw" => {
+                        if boolean(k) != Some(false) {
+                            return Err(ApiError::bad_request(
+                                "log_raw is not supported: secrets never reach the audit log in the clear",
+                            ));
+                        }
+                        true
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(format!("unknown audit option {k:?}")));
+                    }
+                };
+                if !fine {
+                    return Err(ApiError::bad_request(format!(
+                        "audit option {k:?}: only the default is supported (format json, mode 0600, hmac_accessor true, elide_list_responses false)"
+                    )));
                 }
-            }
-            if options
-                .get("log_raw")
-                .and_then(|v| v.as_str())
-                .and_then(fields::parse_bool)
-                == Some(true)
-            {
-                return Err(ApiError::bad_request(
-                    "log_raw is not supported: secrets never reach the audit log in the clear",
-                ));
             }
             let description = req
                 .data

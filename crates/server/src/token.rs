@@ -65,8 +65,13 @@ pub fn format_duration(secs: i64) -> String {
 }
 
 fn ttl_capped_warning(requested: i64, max: i64) -> String {
+    capped_warning("TTL", requested, max)
+}
+
+/// Vault's warning when a requested duration is capped at the max TTL.
+fn capped_warning(what: &str, requested: i64, max: i64) -> String {
     format!(
-        "TTL of {:?} exceeded the effective max_ttl of {:?}; TTL value is capped accordingly",
+        "{what} of {:?} exceeded the effective max_ttl of {:?}; {what} value is capped accordingly",
         format_duration(requested),
         format_duration(max)
     )
@@ -262,9 +267,9 @@ impl TokenStore {
     /// revoked gets no child, so revoking a tree can never miss one.
     pub async fn create(
         &self,
-        spec: NewToken,
+        mut spec: NewToken,
     ) -> Result<(String, TokenEntry, Vec<String>), ApiError> {
-        let id = match spec.id {
+        let id = match spec.id.take() {
             Some(id) => {
                 if id.is_empty() || id.contains('.') {
                     return Err(ApiError::bad_request(
@@ -286,6 +291,18 @@ impl TokenStore {
         let now = self.now();
         let mut warnings = Vec::new();
         let is_root = spec.policies.iter().any(|p| p == "root");
+        // a period or explicit max TTL above the system max is capped too
+        // (Vault): a periodic token lives while renewed, never on one period
+        // of 292 years
+        for (what, v) in [
+            ("period", &mut spec.period),
+            ("explicit_max_ttl", &mut spec.explicit_max_ttl),
+        ] {
+            if *v > self.limits.max_ttl {
+                warnings.push(capped_warning(what, *v, self.limits.max_ttl));
+                *v = self.limits.max_ttl;
+            }
+        }
         let mut ttl = spec.ttl;
         if spec.period > 0 {
             ttl = spec.period;

@@ -14,7 +14,7 @@ fn time_or_null(secs: i64) -> Value {
     if secs == 0 {
         Value::Null
     } else {
-        json!(palisade_core::rfc3339(secs * 1_000_000_000))
+        json!(palisade_core::rfc3339(secs.saturating_mul(1_000_000_000)))
     }
 }
 
@@ -249,9 +249,9 @@ async fn create(
         && t != "service"
         && t != "default"
     {
-        return Err(ApiError::bad_request(format!(
-            "unsupported token type {t:?}: only service tokens are available"
-        )));
+        return Err(ApiError::bad_request(
+            "unsupported token type: only service tokens are available",
+        ));
     }
 
     let mut policies: Vec<String> = match d.get("policies") {

@@ -814,7 +814,8 @@ path "sys/policies/acl/*" { capabilities = ["read"] }
     assert_eq!(r.data()["rules"], APP_POLICY);
     assert_empty_404(&s.get("sys/policy/newone", &s.root).await);
 
-    // create vs update: a create-only token can add a policy, not change one
+    // sys/ has no existence check (Vault, OpenBao): every write there is an
+    // update, so a create-only token can neither add a policy nor change one
     let creator = s
         .token_with(r#"path "sys/policy/*" { capabilities = ["create"] }"#)
         .await;
@@ -822,6 +823,18 @@ path "sys/policies/acl/*" { capabilities = ["read"] }
         .put(
             "sys/policy/fresh",
             &creator.id,
+            json!({"policy": APP_POLICY}),
+        )
+        .await;
+    assert_denied(&r);
+    assert_empty_404(&s.get("sys/policy/fresh", &s.root).await);
+    let updater = s
+        .token_with(r#"path "sys/policy/*" { capabilities = ["update"] }"#)
+        .await;
+    let r = s
+        .put(
+            "sys/policy/fresh",
+            &updater.id,
             json!({"policy": APP_POLICY}),
         )
         .await;

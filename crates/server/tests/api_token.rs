@@ -221,7 +221,7 @@ async fn create_deny_and_subset_rule() {
     assert_error(
         &r,
         400,
-        "unsupported token type \"batch\": only service tokens are available",
+        "unsupported token type: only service tokens are available",
     );
 }
 

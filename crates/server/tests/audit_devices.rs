@@ -1132,3 +1132,164 @@ async fn unauthenticated_bodies_are_never_parsed() {
     assert!(audit_for(&audit_records(&log), "sys/unseal").is_empty());
     palisade_audit::verify(&log).expect("verify");
 }
+
+// ------------------------------------------------------------ second review
+
+/// A device created through the API is confined again at every unseal: a
+/// directory swapped for a symlink that leads out, or an allow-list the
+/// operator removed, leaves it unavailable (fail closed), and nothing is
+/// written outside.
+#[tokio::test]
+async fn api_devices_are_confined_again_when_reopened() {
+    let (s, keys) = fresh(Opts::default()).await;
+    let root = s.root.clone();
+    let sub = s.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let r = s
+        .put("sys/audit/sub", &s.root, enable_body(&sub.join("x.sh")))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let dir = s.stop().await;
+
+    // the directory becomes a symlink to a place outside the allowed one
+    let outside = tempfile::tempdir().unwrap();
+    let moved = dir.path().join("sub-moved");
+    std::fs::rename(&sub, &moved).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &sub).unwrap();
+    let s = restart(dir, Opts::default(), &keys, &root).await;
+    let r = s.call("GET", "secret/data/$(touch%20x)", None, None).await;
+    assert_denied(&r);
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing may be created outside the allowed directory"
+    );
+    // the only device is unavailable: fail closed
+    assert_error(&s.get("sys/audit", &s.root).await, 500, "internal error");
+    let dir = s.stop().await;
+
+    // put the directory back: the device works again
+    std::fs::remove_file(&sub).unwrap();
+    std::fs::rename(&moved, &sub).unwrap();
+    let s = restart(dir, Opts::default(), &keys, &root).await;
+    assert_eq!(s.get("sys/audit", &s.root).await.status, 200);
+    let dir = s.stop().await;
+
+    // the operator withdraws the allow-list: API devices no longer load
+    let s = restart(
+        dir,
+        Opts {
+            api_audit: false,
+            ..Opts::default()
+        },
+        &keys,
+        &root,
+    )
+    .await;
+    let before = std::fs::metadata(sub.join("x.sh")).unwrap().len();
+    assert_error(&s.get("sys/audit", &s.root).await, 500, "internal error");
+    assert_eq!(std::fs::metadata(sub.join("x.sh")).unwrap().len(), before);
+}
+
+/// Two devices never write one file: a hard link to another device's log is
+/// refused when enabling, whatever its name.
+#[tokio::test]
+async fn a_hard_link_to_another_devices_log_is_refused() {
+    let s = TestServer::start(Opts {
+        config_audit: Some("config.log"),
+        ..Opts::default()
+    })
+    .await;
+    s.kv_put("x", json!({"v": "1"})).await;
+    let config_log = s.path("config.log");
+    let link = s.path("link.log");
+    std::fs::hard_link(&config_log, &link).unwrap();
+    let r = s.put("sys/audit/linked", &s.root, enable_body(&link)).await;
+    assert_error(&r, 400, NOT_REGULAR);
+    assert!(palisade_audit::verify(&config_log).is_ok());
+    // allowed: a fresh file beside it
+    let r = s
+        .put(
+            "sys/audit/fresh",
+            &s.root,
+            enable_body(&s.path("fresh.log")),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
+/// Options a file device would silently ignore are refused.
+#[tokio::test]
+async fn audit_options_are_honoured_or_refused() {
+    let s = TestServer::dev().await;
+    let opt = |k: &str, v: &str| json!({"type": "file", "options": {"file_path": s.path(&format!("{k}.log")).display().to_string(), k: v}});
+    let only_default = |k: &str| {
+        format!(
+            "audit option {k:?}: only the default is supported (format json, mode 0600, hmac_accessor true, elide_list_responses false)"
+        )
+    };
+    for (k, v) in [
+        ("format", "jsonx"),
+        ("mode", "0644"),
+        ("hmac_accessor", "false"),
+        ("elide_list_responses", "true"),
+    ] {
+        let r = s.put(&format!("sys/audit/{k}"), &s.root, opt(k, v)).await;
+        assert_error(&r, 400, &only_default(k));
+    }
+    let r = s
+        .put("sys/audit/raw", &s.root, opt("log_raw", "true"))
+        .await;
+    assert_error(
+        &r,
+        400,
+        "log_raw is not supported: secrets never reach the audit log in the clear",
+    );
+    for (k, v) in [
+        ("format", "json"),
+        ("mode", "0600"),
+        ("hmac_accessor", "true"),
+        ("elide_list_responses", "false"),
+        ("log_raw", "false"),
+    ] {
+        let r = s.put(&format!("sys/audit/{k}"), &s.root, opt(k, v)).await;
+        assert_eq!(r.status, 204, "{k}={v}: {}", r.text);
+    }
+}
+
+/// Query parameters are request data for reads, lists and deletes: they
+/// are in the audit record, HMAC'd (`?token=` on a lookup included).
+#[tokio::test]
+async fn query_parameters_are_audited_hashed() {
+    let s = TestServer::dev().await;
+    let log = s.enable_audit("file").await;
+    let t = s
+        .create_token(&s.root, json!({"policies": ["default"]}))
+        .await;
+    let r = s
+        .get(&format!("auth/token/lookup?token={}", t.id), &s.root)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.kv_put("q", json!({"v": "1"})).await;
+    let r = s.get("secret/data/q?version=1", &s.root).await;
+    assert_eq!(r.status, 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&t.id), "the token never appears in clear");
+    let records = audit_records(&log);
+    let lookup = audit_for(&records, "auth/token/lookup");
+    assert_eq!(lookup.len(), 2);
+    for rec in &lookup {
+        assert_eq!(
+            rec["request"]["data"]["token"],
+            json!(audit_hash(&s, "file", &t.id).await)
+        );
+    }
+    let read = audit_for(&records, "secret/data/q");
+    let get = read
+        .iter()
+        .find(|r| r["request"]["operation"] == "read")
+        .expect("the read");
+    assert_eq!(
+        get["request"]["data"]["version"],
+        json!(audit_hash(&s, "file", "1").await)
+    );
+}

@@ -393,9 +393,10 @@ path "sys/policies/acl/*" { capabilities = ["create"] }
     );
     f.assert_none();
 
-    // allow side: `create` does create a policy that did not exist
+    // `create` alone writes nothing under sys/ (no existence check there,
+    // as in Vault): not even a policy that did not exist
     let r = send(&s, "PUT", "sys/policy/fresh", &creator.id, &put).await;
-    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(r.status, 403, "{:?}", r.body);
 }
 
 // ------------------------------------------------------------ 2. mount paths

@@ -23,6 +23,7 @@ fn limits(header_ms: u64, idle_ms: u64, max: usize) -> Opts {
             header_timeout: Duration::from_millis(header_ms),
             idle_timeout: Duration::from_millis(idle_ms),
             max_connections: max,
+            ..ConnLimits::default()
         },
         ..Opts::default()
     }
@@ -105,18 +106,37 @@ async fn idle_keepalive_lives_until_the_idle_deadline_not_the_header_one() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_deadline() {
+    // idle deadline far away: only the header deadline, counted from accept, applies
+    let s = TestServer::start(limits(400, 60_000, 64)).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .await
+        .expect("a silent connection is closed");
+    assert!(got.is_empty());
+    let t = started.elapsed();
+    assert!(
+        t >= Duration::from_millis(350) && t < Duration::from_millis(2500),
+        "closed after {t:?}"
+    );
+}
+
+/// Connections with a head in progress hold their slots (each bounded by
+/// the header deadline); over the limit a new connection is closed at once.
+#[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once() {
     let s = TestServer::start(limits(10_000, 10_000, 2)).await;
-    let mut a = TcpStream::connect(s.addr).await.unwrap();
-    let mut b = TcpStream::connect(s.addr).await.unwrap();
-    // both served (so both hold a slot)
-    for c in [&mut a, &mut b] {
-        c.write_all(HEALTH).await.unwrap();
-        let mut buf = [0u8; 2048];
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /v1/sys/health HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        held.push(c);
     }
-    // a third is closed without an answer
+    // let the server accept both
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = TcpStream::connect(s.addr).await.unwrap();
     let _ = third.write_all(HEALTH).await;
     let got = read_until_closed(&mut third, Duration::from_secs(3))
@@ -124,26 +144,123 @@ async fn connections_over_the_limit_are_closed_at_once() {
         .expect("the connection over the limit is closed");
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     // a slot frees when a connection ends
-    drop(a);
-    let mut ok = None;
+    drop(held.pop());
+    let mut ok = false;
     for _ in 0..50 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
         c.write_all(HEALTH).await.unwrap();
-        let got = read_until_closed(&mut c, Duration::from_millis(300)).await;
-        match got {
-            // served: a 200 arrives and the connection stays open (Err = not closed)
-            Err(()) => {
-                ok = Some(());
-                break;
-            }
-            Ok(bytes) if bytes.starts_with(b"HTTP/1.1 200") => {
-                ok = Some(());
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        let mut buf = [0u8; 2048];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await
+            && buf[..n].starts_with(b"HTTP/1.1 200")
+        {
+            ok = true;
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(ok.is_some(), "no slot was freed");
+    assert!(ok, "no slot was freed");
+}
+
+/// At the limit an idle keep-alive connection is closed to make room (as
+/// nginx does): idle sockets cannot lock everyone out.
+#[tokio::test]
+async fn idle_connections_make_room_at_the_limit() {
+    let s = TestServer::start(limits(10_000, 300_000, 2)).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(HEALTH).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(c);
+    }
+    let mut fresh = TcpStream::connect(s.addr).await.unwrap();
+    fresh.write_all(HEALTH).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(3), fresh.read(&mut buf))
+        .await
+        .expect("the new connection is served")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // exactly one of the idle ones was closed (the longest idle: the first)
+    let first = read_until_closed(&mut idle[0], Duration::from_secs(2)).await;
+    assert_eq!(
+        first,
+        Ok(Vec::new()),
+        "the longest-idle connection is closed"
+    );
+    let second = read_until_closed(&mut idle[1], Duration::from_millis(300)).await;
+    assert_eq!(second, Err(()), "the other idle connection stays open");
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let s = TestServer::start(Opts {
+        conn: ConnLimits {
+            max_connections_per_ip: 2,
+            ..ConnLimits::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let a = TcpStream::connect(s.addr).await.unwrap();
+    let b = TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let _ = c.write_all(HEALTH).await;
+    let got = read_until_closed(&mut c, Duration::from_secs(3))
+        .await
+        .expect("the third connection from one address is closed");
+    assert!(got.is_empty());
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.call("GET", "sys/health", None, None).await.status, 200);
+}
+
+/// A client that stops reading a large response is disconnected after the
+/// send timeout instead of holding the response in memory.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let s = TestServer::start(Opts {
+        conn: ConnLimits {
+            send_timeout: Duration::from_millis(500),
+            ..ConnLimits::default()
+        },
+        max_request_size: 64 * 1024 * 1024,
+        json: palisade_server::json::JsonLimits {
+            max_strings: 1000,
+            max_memory: usize::MAX,
+        },
+        ..Opts::default()
+    })
+    .await;
+    s.kv_put("big", json!({"v": "x".repeat(16 * 1024 * 1024)}))
+        .await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/secret/data/big HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {}\r\n\r\n",
+        s.root
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    // read a little, then stop
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // the server gave up: reading on ends well before 16 MiB with EOF or a reset
+    let mut total = n;
+    let cut = loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(k)) => total += k,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        cut && total < 16 * 1024 * 1024,
+        "read {total} bytes, cut: {cut}"
+    );
 }
 
 #[tokio::test]

@@ -1160,3 +1160,56 @@ async fn kv_patch_honours_cas_required() {
     assert_eq!(r.data()["version"], 2);
     assert_kv_at(&s, "free", 2, json!({ "a": "1", "b": "2" })).await;
 }
+
+/// A period or explicit max TTL above the system max is capped with Vault's
+/// warning: a periodic token lives while it is renewed, never 292 years on
+/// one period; lookups show a real expiry time.
+#[tokio::test]
+async fn period_and_explicit_max_ttl_are_capped_at_the_system_max() {
+    let s = TestServer::dev().await;
+    let r = s
+        .post(
+            "auth/token/create",
+            &s.root,
+            json!({"period": "2562047h", "policies": ["default"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"],
+        json!([
+            "period of \"2562047h\" exceeded the effective max_ttl of \"768h\"; period value is capped accordingly"
+        ])
+    );
+    let lease = r.auth()["lease_duration"].as_i64().unwrap();
+    assert!((768 * 3600 - 1..=768 * 3600).contains(&lease), "{lease}");
+    let id = r.auth()["client_token"].as_str().unwrap().to_string();
+    let l = s.get("auth/token/lookup-self", &id).await;
+    assert_eq!(l.data()["period"], 768 * 3600);
+    let expire = l.data()["expire_time"].as_str().unwrap().to_string();
+    assert!(expire.starts_with("20"), "{expire}");
+
+    let r = s
+        .post(
+            "auth/token/create",
+            &s.root,
+            json!({"explicit_max_ttl": "1000h", "policies": ["default"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"],
+        json!([
+            "explicit_max_ttl of \"1000h\" exceeded the effective max_ttl of \"768h\"; explicit_max_ttl value is capped accordingly"
+        ])
+    );
+    // allow: within the max, no warning
+    let r = s
+        .post(
+            "auth/token/create",
+            &s.root,
+            json!({"period": "1h", "policies": ["default"]}),
+        )
+        .await;
+    assert_eq!(r.body["warnings"], serde_json::Value::Null, "{}", r.text);
+}

@@ -77,11 +77,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
 }
 
 fn not_found_empty() -> ApiError {
-    ApiError {
-        status: 404,
-        messages: Vec::new(),
-        body: None,
-    }
+    ApiError::not_found()
 }
 
 // ---------------------------------------------------------------- KV v1
@@ -569,11 +565,9 @@ async fn read_data(req: &Request, key: &str, view: &View) -> Result<Response, Ap
     let md = version_json(v, vm, &meta.custom_metadata);
     if vm.destroyed || vm.deleted(now()) {
         // Vault answers 404 *with* the metadata so clients can tell deleted from missing.
-        return Err(ApiError {
-            status: 404,
-            messages: Vec::new(),
-            body: Some(json!({ "data": null, "metadata": md })),
-        });
+        let mut e = ApiError::not_found();
+        e.body = Some(json!({ "data": null, "metadata": md }));
+        return Err(e);
     }
     let doc: Value = match view.get(&ver_path(key, v)).await? {
         Some(b) => decode(&b)?,
