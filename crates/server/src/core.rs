@@ -763,7 +763,7 @@ impl Core {
         let data = match body {
             Ok(d) => d,
             Err(e) => {
-                let audit = auth.audit.clone();
+                let audit = std::mem::take(&mut auth.audit);
                 return Err(self.refuse(audit, e).await);
             }
         };
@@ -793,7 +793,8 @@ impl Core {
         let token_use = self.tokens.consume_use(&auth.token).await?;
         if token_use == TokenUse::Exhausted {
             let err = ApiError::permission_denied();
-            self.audit_response(&auth.audit, &Err(err.clone())).await?;
+            self.audit_response(std::mem::take(&mut auth.audit), &Err(err.clone()))
+                .await?;
             return Err(err);
         }
 
@@ -825,7 +826,8 @@ impl Core {
         if token_use == TokenUse::Last {
             self.tokens.revoke_tree(&auth.token.hash).await?;
         }
-        self.audit_response(&auth.audit, &result).await?;
+        self.audit_response(std::mem::take(&mut auth.audit), &result)
+            .await?;
         drop(gate);
         result
     }
@@ -842,7 +844,7 @@ impl Core {
         self.set_state(State::Sealing);
         let _all = self.gate.clone().write_owned().await;
         let result = Ok(Response::no_content());
-        if let Err(e) = self.audit_response(&auth.audit, &result).await {
+        if let Err(e) = self.audit_response(auth.audit.clone(), &result).await {
             self.set_state(State::Unsealed);
             return Err(e);
         }
@@ -854,10 +856,9 @@ impl Core {
     /// Audit the response; a response that cannot be audited is not returned.
     async fn audit_response(
         &self,
-        request: &AuditEntry,
+        mut resp_audit: AuditEntry,
         result: &Result<Response, ApiError>,
     ) -> Result<(), ApiError> {
-        let mut resp_audit = request.clone();
         match result {
             Ok(r) => {
                 resp_audit.response = Some(AuditResponse {
@@ -888,7 +889,7 @@ impl Core {
             }
         }
         if let Err(e) = self.audit.log(&resp_audit).await {
-            tracing::error!(error = %e, path = %request.request.path, "audit of response failed; withholding response");
+            tracing::error!(error = %e, path = %resp_audit.request.path, "audit of response failed; withholding response");
             return Err(ApiError::internal("audit: no device recorded the response"));
         }
         Ok(())

@@ -116,8 +116,7 @@ struct ActivityState {
 #[derive(Debug)]
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Wakes the watchdog when a deadline moves closer (a head starts, a
-    /// write blocks) or the connection is evicted.
+    /// Wakes the watchdog when the connection is evicted.
     changed: tokio::sync::Notify,
 }
 
@@ -153,11 +152,7 @@ impl Activity {
     fn write_progress(&self, blocked: bool) {
         let mut s = self.lock();
         match (blocked, s.write_blocked) {
-            (true, None) => {
-                s.write_blocked = Some(Instant::now());
-                drop(s);
-                self.changed.notify_one();
-            }
+            (true, None) => s.write_blocked = Some(Instant::now()),
             (false, Some(_)) => s.write_blocked = None,
             _ => {}
         }
@@ -171,9 +166,9 @@ impl Activity {
     fn read_bytes(&self) {
         let mut s = self.lock();
         if s.inflight == 0 && s.head_started.is_none() {
+            // no wake-up: the watchdog never sleeps longer than the header
+            // timeout, so it sees this head in time (see `watchdog`)
             s.head_started = Some(Instant::now());
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
@@ -223,13 +218,23 @@ impl Drop for InFlight {
 }
 
 /// Resolves when the connection has passed its deadline.
+///
+/// Requests do not wake it (that would cost a task wake-up and a timer per
+/// request): it never sleeps longer than the shortest of the header and send
+/// timeouts, so a deadline that started while it slept (a head's first
+/// byte, a blocked write) is never later than its next look, and from that
+/// look on it sleeps until exactly that deadline. Only an eviction wakes it.
 async fn watchdog(activity: Arc<Activity>, limits: ConnLimits) {
+    let longest_nap = limits.header_timeout.min(limits.send_timeout);
     loop {
-        let wait = match activity.deadline(&limits) {
-            Some(d) if d <= Instant::now() => return,
-            Some(d) => d,
-            // in flight: the body deadline and the handler bound it; look again later
-            None => Instant::now() + limits.header_timeout,
+        let deadline = activity.deadline(&limits);
+        // `now` after the deadline: an evicted connection's deadline is "now"
+        let now = Instant::now();
+        let wait = match deadline {
+            Some(d) if d <= now => return,
+            Some(d) => d.min(now + longest_nap),
+            // in flight: the body deadline and the handler bound it
+            None => now + longest_nap,
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wait) => {}
