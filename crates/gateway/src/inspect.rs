@@ -63,6 +63,13 @@ pub fn normalize_path(raw: &str) -> Result<String, GatewayError> {
     let trailing = s.ends_with('/') || s.ends_with("/.") || s.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
     for seg in s.split('/') {
+        // `..;x` and `.;x`: Tomcat, Jetty and Spring drop the path parameter
+        // and read a dot segment that we would pass as a plain name
+        if let Some((base, _)) = seg.split_once(';')
+            && (base == "." || base == "..")
+        {
+            return Err(GatewayError::BadPath("dot segment with a path parameter"));
+        }
         match seg {
             "" | "." => {}
             ".." => {

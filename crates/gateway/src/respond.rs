@@ -22,6 +22,13 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("request path rejected: {0}")]
     BadPath(&'static str),
+    #[error("request host rejected: {0}")]
+    InvalidHost(&'static str),
+    /// The client's request body broke while it was read (malformed
+    /// chunked encoding, a client that disconnected mid-body): the client's
+    /// fault, never the upstream's.
+    #[error("invalid request body")]
+    InvalidBody,
     #[error("no route")]
     NoRoute,
     #[error("method not allowed")]
@@ -54,7 +61,10 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_)
+            | GatewayError::BadPath(_)
+            | GatewayError::InvalidHost(_)
+            | GatewayError::InvalidBody => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -73,6 +83,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::BadPath(_) => "invalid_path",
+            GatewayError::InvalidHost(_) => "invalid_host",
+            GatewayError::InvalidBody => "invalid_body",
             GatewayError::NoRoute => "not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::Unauthenticated { .. } => "unauthenticated",
@@ -89,7 +101,10 @@ impl GatewayError {
     /// The client-facing message: fixed text per kind, never internal detail.
     pub fn message(&self) -> &'static str {
         match self {
-            GatewayError::BadRequest(m) | GatewayError::BadPath(m) => m,
+            GatewayError::BadRequest(m)
+            | GatewayError::BadPath(m)
+            | GatewayError::InvalidHost(m) => m,
+            GatewayError::InvalidBody => "the request body could not be read",
             GatewayError::NoRoute => "no route matches this request",
             GatewayError::MethodNotAllowed => "method not allowed on this route",
             GatewayError::Unauthenticated { .. } => "valid credentials are required",
@@ -110,7 +125,9 @@ impl GatewayError {
             GatewayError::Forbidden { reason } => reason.clone(),
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
             GatewayError::BadGateway { reason } => (*reason).to_string(),
-            GatewayError::BadRequest(m) | GatewayError::BadPath(m) => (*m).to_string(),
+            GatewayError::BadRequest(m)
+            | GatewayError::BadPath(m)
+            | GatewayError::InvalidHost(m) => (*m).to_string(),
             other => other.code().to_string(),
         }
     }
@@ -123,6 +140,8 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => Some("rate_limited"),
             GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
+            | GatewayError::InvalidHost(_)
+            | GatewayError::InvalidBody
             | GatewayError::PayloadTooLarge => Some("malformed_request"),
             _ => None,
         }

@@ -64,6 +64,10 @@ pub struct Gateway {
     pub log: Arc<Sink>,
     /// Proxies whose `X-Forwarded-For` names the client (see `client_ip.rs`).
     pub trusted_proxies: Vec<crate::client_ip::Cidr>,
+    /// Every header any route sets from an identity: removed from every
+    /// request, on every route, so a client's copy never reaches a service
+    /// that trusts it on another route.
+    pub identity_headers: Vec<hyper::header::HeaderName>,
 }
 
 /// The reloadable current gateway.
@@ -148,6 +152,12 @@ pub async fn build(
     // most specific prefix first; declaration order breaks ties
     let mut routes: Vec<Arc<RouteConfig>> = cfg.routes.iter().cloned().map(Arc::new).collect();
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()));
+    let mut identity_headers: Vec<hyper::header::HeaderName> = routes
+        .iter()
+        .flat_map(|r| r.forward_identity.iter().map(|(n, _)| n.clone()))
+        .collect();
+    identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
     Ok(Gateway {
         routes,
         pools,
@@ -158,6 +168,7 @@ pub async fn build(
         limits: cfg.limits.clone(),
         log,
         trusted_proxies: cfg.trusted_proxies.clone(),
+        identity_headers,
     })
 }
 

@@ -53,6 +53,8 @@ pub struct ConnInfo {
 const BODY_OK: u8 = 0;
 const BODY_TOO_LARGE: u8 = 1;
 const BODY_TOO_SLOW: u8 = 2;
+/// The client's body broke (malformed framing, a disconnect mid-body).
+const BODY_BROKEN: u8 = 3;
 
 /// The request body with the route's size limit and the minimum-rate rule
 /// (slow-body defence) enforced while it streams to the upstream.
@@ -96,7 +98,11 @@ impl hyper::body::Body for GuardedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                // the client's fault: a 400, never held against the upstream
+                this.state.store(BODY_BROKEN, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -140,19 +146,96 @@ pub fn check_framing(h: &hyper::HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn host_of<B>(req: &Request<B>) -> String {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default();
-    // strip the port (IPv6 literals keep their brackets)
-    let host = match raw.rfind(':') {
-        Some(i) if !raw[i..].contains(']') => &raw[..i],
-        _ => raw,
+/// A host and port as a request names them, checked and canonical.
+#[derive(Debug, PartialEq, Eq)]
+struct Authority {
+    /// Lowercase, without a trailing dot; IPv6 literals keep their brackets.
+    host: String,
+    port: Option<u16>,
+}
+
+/// `host[:port]` (a reg-name, an IPv4 address or a bracketed IPv6 literal),
+/// nothing else: no userinfo, no path, no empty host.
+fn parse_authority(s: &str) -> Result<Authority, GatewayError> {
+    let bad = || GatewayError::InvalidHost("invalid Host");
+    if s.contains('@') {
+        return Err(GatewayError::InvalidHost("userinfo in the host"));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (lit, after) = rest.split_once(']').ok_or_else(bad)?;
+        if lit.is_empty()
+            || !lit
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(bad());
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (format!("[{}]", lit.to_ascii_lowercase()), port)
+    } else {
+        let (h, p) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        let h = h.strip_suffix('.').unwrap_or(h);
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || h.starts_with('.')
+            || h.contains("..")
+        {
+            return Err(bad());
+        }
+        (h.to_ascii_lowercase(), p)
     };
-    host.to_ascii_lowercase()
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| bad())?)
+        }
+        Some(_) => return Err(bad()),
+    };
+    Ok(Authority { host, port })
+}
+
+/// The request's host, canonical (lowercase, no trailing dot, no port),
+/// once, for routing, policy and the log. Ambiguity is refused: two `Host`
+/// headers, or a target authority (absolute form, HTTP/2 `:authority`)
+/// naming another host than `Host` (RFC 9112 §3.2.2 would let the target
+/// win; a service behind us might not).
+fn canonical_host<B>(req: &Request<B>) -> Result<String, GatewayError> {
+    let mut all = req.headers().get_all(header::HOST).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(GatewayError::InvalidHost("more than one Host header"));
+    }
+    let from_header = match first {
+        Some(v) => Some(parse_authority(
+            v.to_str()
+                .map_err(|_| GatewayError::InvalidHost("invalid Host"))?,
+        )?),
+        None => None,
+    };
+    let from_target = req
+        .uri()
+        .authority()
+        .map(|a| parse_authority(a.as_str()))
+        .transpose()?;
+    match (from_header, from_target) {
+        (Some(h), Some(t))
+            if h.host != t.host || (h.port.is_some() && t.port.is_some() && h.port != t.port) =>
+        {
+            Err(GatewayError::InvalidHost(
+                "the request target's authority differs from Host",
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => Ok(a.host),
+        (None, None) => Ok(String::new()),
+    }
 }
 
 fn host_matches(route: &RouteConfig, host: &str) -> bool {
@@ -166,11 +249,15 @@ fn host_matches(route: &RouteConfig, host: &str) -> bool {
 }
 
 /// The route for (host, path, method): most specific prefix first.
+/// `preflight` says the request is a CORS preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`): only that is answered on a CORS route
+/// whose `methods` do not list `OPTIONS`.
 fn select<'a>(
     gw: &'a Gateway,
     host: &str,
     path: &str,
     method: &str,
+    preflight: bool,
 ) -> Result<&'a Arc<RouteConfig>, GatewayError> {
     // TRACE, CONNECT and extension methods never reach a route or a policy
     if !matches!(
@@ -191,7 +278,7 @@ fn select<'a>(
         }
         if host_matches(r, host) && inspect::under_prefix(path, &r.path_prefix) {
             matched_len = Some(len);
-            let preflight = method == "OPTIONS" && r.cors.is_some();
+            let preflight = preflight && r.cors.is_some();
             if r.methods.is_empty() || preflight || r.methods.iter().any(|m| m == method) {
                 return Ok(r);
             }
@@ -301,10 +388,14 @@ async fn pipeline(
     // 7: inspect
     let path = inspect::normalize_path(req.uri().path())?;
     rec.path = path.clone();
-    let host = host_of(&req);
+    let host = canonical_host(&req)?;
     rec.host = host.clone();
     let method = req.method().as_str().to_string();
-    let route = select(gw, &host, &path, &method)?.clone();
+    let preflight = method == "OPTIONS"
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let route = select(gw, &host, &path, &method, preflight)?.clone();
     rec.route = route.name.clone();
     let max_body = route.max_body_bytes.unwrap_or(gw.limits.max_body_bytes);
     if let Some(cl) = req
@@ -455,7 +546,7 @@ async fn pipeline(
         client_ip: &ip,
         proto: if conn.tls { "https" } else { "http" },
         identity,
-        identity_names: &route.forward_identity,
+        identity_names: &gw.identity_headers,
         credentials: gw.authn.credential_headers(),
         path_and_query,
         pass_upstream_errors: route.pass_upstream_errors,
@@ -469,6 +560,7 @@ async fn pipeline(
             return Err(match state.load(Ordering::Relaxed) {
                 BODY_TOO_LARGE => GatewayError::PayloadTooLarge,
                 BODY_TOO_SLOW => GatewayError::RequestTimeout,
+                BODY_BROKEN => GatewayError::InvalidBody,
                 _ => e,
             });
         }
@@ -684,7 +776,8 @@ fn request_metrics(route: &str, decision: &'static str, status: StatusCode, took
 
 /// A plain-HTTP listener's only job by default: redirect to HTTPS.
 pub async fn redirect(port: u16, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let host = host_of(&req);
+    // only a validated host goes into Location (never an open redirect)
+    let host = canonical_host(&req).unwrap_or_default();
     let pq = req
         .uri()
         .path_and_query()
@@ -736,21 +829,66 @@ mod tests {
     }
 
     #[test]
-    fn the_host_is_lowercased_without_its_port() {
-        let host = |h: Option<&str>, uri: &str| {
+    fn the_host_is_canonical_and_unambiguous() {
+        let host = |h: &[&str], uri: &str| {
             let mut b = Request::builder().uri(uri);
-            if let Some(h) = h {
-                b = b.header(header::HOST, h);
+            for h in h {
+                b = b.header(header::HOST, *h);
             }
-            host_of(&b.body(()).unwrap())
+            canonical_host(&b.body(()).unwrap())
         };
-        assert_eq!(host(Some("API.Example:8443"), "/"), "api.example");
-        assert_eq!(host(Some("api.example"), "/"), "api.example");
-        assert_eq!(host(Some("[::1]:8443"), "/"), "[::1]");
-        assert_eq!(host(Some("[::1]"), "/"), "[::1]");
+        let ok = |h: &[&str], uri: &str| host(h, uri).unwrap();
+        assert_eq!(ok(&["API.Example:8443"], "/"), "api.example");
+        assert_eq!(ok(&["api.example"], "/"), "api.example");
+        assert_eq!(ok(&["api.example."], "/"), "api.example");
+        assert_eq!(ok(&["Api.Example.:80"], "/"), "api.example");
+        assert_eq!(ok(&["[::1]:8443"], "/"), "[::1]");
+        assert_eq!(ok(&["[::1]"], "/"), "[::1]");
+        assert_eq!(ok(&["10.0.0.1:80"], "/"), "10.0.0.1");
         // HTTP/2 (or absolute-form) without Host: the request target's authority
-        assert_eq!(host(None, "https://Orders.Example:443/x"), "orders.example");
-        assert_eq!(host(None, "/x"), "");
+        assert_eq!(ok(&[], "https://Orders.Example:443/x"), "orders.example");
+        assert_eq!(
+            ok(&["orders.example"], "https://Orders.Example/x"),
+            "orders.example"
+        );
+        assert_eq!(ok(&[], "/x"), "");
+        let invalid = GatewayError::InvalidHost("invalid Host");
+        for bad in [
+            "a b",
+            "evil/x",
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a:",
+            "a:x",
+            "a:123456",
+            "[zz]",
+            "[::1",
+            "ex%61mple",
+        ] {
+            assert_eq!(host(&[bad], "/"), Err(invalid.clone()), "{bad:?}");
+        }
+        assert_eq!(
+            host(&["a@evil:1"], "/"),
+            Err(GatewayError::InvalidHost("userinfo in the host"))
+        );
+        assert_eq!(
+            host(&["a.example", "b.example"], "/"),
+            Err(GatewayError::InvalidHost("more than one Host header"))
+        );
+        assert_eq!(
+            host(&["a.example"], "http://b.example/x"),
+            Err(GatewayError::InvalidHost(
+                "the request target's authority differs from Host"
+            ))
+        );
+        assert_eq!(
+            host(&["a.example:1"], "http://a.example:2/x"),
+            Err(GatewayError::InvalidHost(
+                "the request target's authority differs from Host"
+            ))
+        );
     }
 
     #[test]

@@ -53,12 +53,38 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Forwarding headers a client may not set (X-Forwarded-For/-Proto are replaced).
+/// Headers a client may not set: forwarding headers (the gateway is the
+/// edge; X-Forwarded-For/-Proto are replaced), and headers that change a
+/// request's meaning in common frameworks (Express's method-override, IIS
+/// and Symfony's `X-Original-URL` / `X-Rewrite-URL`, prefix and port
+/// rewriting): a GET authorised on one route must not become a DELETE or
+/// another path behind the gateway.
 fn untrusted_forwarding(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "forwarded" | "x-real-ip" | "x-forwarded-host"
+        "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-host"
+            | "x-forwarded-server"
+            | "x-forwarded-prefix"
+            | "x-forwarded-port"
+            | "x-forwarded-uri"
+            | "x-forwarded-path"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-original-method"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-uri"
     )
+}
+
+/// Header names with `_`: CGI, WSGI, Rack and PHP map `x_user` and `x-user`
+/// to one variable, so an `_` spelling would slip past the removal of
+/// `x-user`. Dropped, as nginx does by default (`underscores_in_headers off`).
+fn underscored(name: &HeaderName) -> bool {
+    name.as_str().contains('_')
 }
 
 /// Remove, in one pass over the names present, the hop-by-hop headers,
@@ -160,9 +186,9 @@ pub struct ForwardCtx<'a> {
     pub proto: &'static str,
     /// Identity headers to set (name, value); client copies are removed first.
     pub identity: Vec<(HeaderName, HeaderValue)>,
-    /// Every header the route may set from identity (with the claim it
-    /// comes from), removed from the client request.
-    pub identity_names: &'a [(HeaderName, String)],
+    /// Every header any route may set from an identity, removed from the
+    /// client request.
+    pub identity_names: &'a [HeaderName],
     /// The headers that may carry a gateway credential (never forwarded).
     pub credentials: &'a [HeaderName],
     pub path_and_query: String,
@@ -438,8 +464,9 @@ impl Pool {
         // gateway is the edge, so services see exactly the peer it saw)
         strip_headers(h, |n| {
             untrusted_forwarding(n)
+                || underscored(n)
                 || ctx.credentials.contains(n)
-                || ctx.identity_names.iter().any(|(name, _)| name == n)
+                || ctx.identity_names.contains(n)
         });
         for (n, v) in ctx.identity {
             h.insert(n, v);
@@ -463,10 +490,9 @@ impl Pool {
         let timeout = ctx.timeout.unwrap_or(self.request_timeout);
         let slot = self.slot();
         let (resp, tx) = match tokio::time::timeout(timeout, self.send(slot, ep, req)).await {
-            Err(_) => {
-                self.record(e, false);
-                return Err(GatewayError::GatewayTimeout);
-            }
+            // one request's slow work says nothing about the endpoint's health
+            // (and a client could otherwise eject it with slow requests)
+            Err(_) => return Err(GatewayError::GatewayTimeout),
             Ok(Err(err)) => {
                 if ctx.client_fault.load(Ordering::Relaxed) == 0 {
                     self.record(e, false);

@@ -1,0 +1,358 @@
+//! Issue #13's request and header findings, each reproduced against a real
+//! `palisade gateway` process (a `dangerous_plaintext` listener, so the bytes
+//! on the wire are exactly the test's) in front of the Express echo service:
+//!
+//! - identity headers: every header any route sets from an identity is
+//!   removed from every request, on every route (not only on the routes that
+//!   set it), and header names with `_` (which CGI, WSGI and Rack read as the
+//!   `-` spelling) are dropped;
+//! - headers that change a request's meaning in common frameworks
+//!   (`X-HTTP-Method-Override`, `X-Original-URL`, `X-Rewrite-URL`,
+//!   `X-Forwarded-Prefix`, `X-Forwarded-Port`...) are removed;
+//! - `Host`: two of them, userinfo, a value that is not a host, or an
+//!   absolute-form target whose authority differs from `Host` -> 400
+//!   `invalid_host`; the host is canonical (lowercase, no trailing dot, no
+//!   port) for routing, policy and the log;
+//! - `..;` (and `.;`) segments, which Tomcat-family services read as dot
+//!   segments -> 400 `invalid_path`;
+//! - a non-preflight `OPTIONS` on a CORS route whose `methods` exclude it -> 405;
+//! - a client's broken request body -> 400 `invalid_body`, never held against
+//!   the upstream's health; upstream timeouts (one request's slow work) do not
+//!   eject an endpoint either.
+
+mod gateway_common;
+
+use std::time::Duration;
+
+use gateway_common::{Gateway, RawReply, Upstream, raw_plain};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+const POLICIES: &str = r#"
+@id("anonymous")
+permit(principal == Anonymous::"anonymous", action, resource);
+
+@id("no-evil-host")
+forbid(principal, action, resource) when { context.host == "blocked.example" };
+"#;
+
+fn config(upstream_port: u16) -> String {
+    format!(
+        r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{upstream_port}"]
+max_fails = 3
+request_timeout_ms = 300
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "health"
+path_prefix = "/health"
+upstream = "app"
+anonymous = true
+
+[[routes]]
+name = "orders"
+path_prefix = "/api/orders"
+upstream = "app"
+anonymous = true
+forward_identity = {{ "x-user" = "sub", "x-roles" = "roles" }}
+
+[[routes]]
+name = "partners"
+path_prefix = "/partners"
+upstream = "app"
+anonymous = true
+forward_identity = {{ "x-client-uri" = "cert_uri" }}
+
+[[routes]]
+name = "cors"
+path_prefix = "/cors"
+upstream = "app"
+anonymous = true
+methods = ["GET", "POST"]
+cors = {{ allowed_origins = ["https://app.example"], allowed_methods = ["GET", "POST"] }}
+
+[[routes]]
+name = "slow"
+path_prefix = "/orders"
+upstream = "app"
+anonymous = true
+"#
+    )
+}
+
+async fn start(name: &str) -> (tempfile::TempDir, Upstream, Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path());
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, config(up.port)).unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let gw = Gateway::start(&cfg, name).await;
+    (dir, up, gw)
+}
+
+fn body_json(r: &RawReply) -> Value {
+    let body = r
+        .text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("body is not JSON ({e}): {r:?}"))
+}
+
+/// A 4xx/5xx from the gateway: its status and `error.code`.
+fn assert_gateway_error(r: &RawReply, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status(), Some(status), "{what}: {r:?}");
+    assert_eq!(body_json(r)["error"]["code"], code, "{what}: {r:?}");
+}
+
+/// GET `path` on the plain listener with extra header lines; the reply.
+async fn get(gw: &Gateway, path: &str, extra: &str) -> RawReply {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
+    raw_plain(gw.addr("plain"), req.as_bytes(), LIMIT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_are_removed_on_every_route() {
+    if !gateway_common::node_ready("identity_headers_are_removed_on_every_route") {
+        return;
+    }
+    let (_dir, _up, gw) = start("identity").await;
+    let forged = "x-user: admin\r\nx-roles: admin\r\nx-client-uri: spiffe://prod/ns/x/sa/admin\r\nx_user: admin\r\nX_Roles: admin\r\nx-client_uri: spiffe://evil\r\n";
+    for path in ["/health", "/api/orders", "/partners/x"] {
+        let r = get(&gw, path, forged).await;
+        assert_eq!(r.status(), Some(200), "{path}: {r:?}");
+        let seen = &body_json(&r)["headers"];
+        for h in [
+            "x-user",
+            "x-roles",
+            "x-client-uri",
+            "x_user",
+            "x_roles",
+            "x-client_uri",
+        ] {
+            assert!(
+                seen.get(h).is_none(),
+                "{path}: the service saw the client's {h}: {seen}"
+            );
+        }
+    }
+    // allow: ordinary headers pass
+    let r = get(&gw, "/health", "x-trace: abc\r\n").await;
+    assert_eq!(body_json(&r)["headers"]["x-trace"], "abc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meaning_changing_headers_are_removed() {
+    if !gateway_common::node_ready("meaning_changing_headers_are_removed") {
+        return;
+    }
+    let (_dir, _up, gw) = start("override").await;
+    let names = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-method",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+    ];
+    let extra: String = names
+        .iter()
+        .map(|n| format!("{n}: /api/orders/admin\r\n"))
+        .collect();
+    let r = get(&gw, "/health", &extra).await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let seen = &body_json(&r)["headers"];
+    for n in names {
+        assert!(seen.get(n).is_none(), "the service saw {n}: {seen}");
+    }
+    assert_eq!(body_json(&r)["method"], "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_invalid_hosts_are_refused_and_hosts_are_canonical() {
+    if !gateway_common::node_ready("ambiguous_or_invalid_hosts_are_refused") {
+        return;
+    }
+    let (_dir, _up, gw) = start("host").await;
+    let addr = gw.addr("plain");
+    let send = |req: String| async move { raw_plain(addr, req.as_bytes(), LIMIT).await };
+    for (what, req) in [
+        (
+            "two Host headers",
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "userinfo in Host",
+            "GET /health HTTP/1.1\r\nHost: a@evil.example:1\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "not a host",
+            "GET /health HTTP/1.1\r\nHost: evil.example/x\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "absolute-form authority differs from Host",
+            "GET http://evil.example/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+    ] {
+        let r = send(req).await;
+        assert_gateway_error(&r, 400, "invalid_host", what);
+    }
+    // allow: an absolute-form target that agrees with Host
+    let r = send(
+        "GET http://localhost/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            .to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    // canonical: a host-based forbid holds whatever the spelling
+    for host in [
+        "blocked.example",
+        "BLOCKED.example",
+        "blocked.example.",
+        "blocked.example:80",
+        "Blocked.Example.:8080",
+    ] {
+        let r = send(format!(
+            "GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert_gateway_error(&r, 403, "forbidden", host);
+    }
+    let log = gw.security_log();
+    assert!(
+        log.iter()
+            .filter(|r| r["status"] == 403)
+            .all(|r| r["host"] == "blocked.example"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_with_parameters_are_refused() {
+    if !gateway_common::node_ready("dot_segments_with_parameters_are_refused") {
+        return;
+    }
+    let (_dir, _up, gw) = start("dotsemi").await;
+    for path in [
+        "/health/..;/api/orders/admin",
+        "/health/%2e%2e;/api/orders/admin",
+        "/health/.%2e;x=1/api/orders",
+        "/health/.;/x",
+        "/health/..;jsessionid=1/x",
+    ] {
+        let r = get(&gw, path, "").await;
+        assert_gateway_error(&r, 400, "invalid_path", path);
+    }
+    // allow: `;` inside an ordinary segment is a character like any other
+    let r = get(&gw, "/health/a;b=c", "").await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_is_answered_only_as_a_preflight_on_cors_routes() {
+    if !gateway_common::node_ready("options_is_answered_only_as_a_preflight") {
+        return;
+    }
+    let (_dir, _up, gw) = start("options").await;
+    // not a preflight: OPTIONS is not among the route's methods
+    let r = get(&gw, "/cors/x", "").await;
+    assert_eq!(r.status(), Some(200));
+    let req = "OPTIONS /cors/x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\nConnection: close\r\n\r\n";
+    let r = raw_plain(gw.addr("plain"), req.as_bytes(), LIMIT).await;
+    assert_gateway_error(&r, 405, "method_not_allowed", "non-preflight OPTIONS");
+    // allow: a preflight is answered by the gateway
+    let req = "OPTIONS /cors/x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n";
+    let r = raw_plain(gw.addr("plain"), req.as_bytes(), LIMIT).await;
+    assert_eq!(r.status(), Some(204), "{r:?}");
+}
+
+async fn ready(gw: &Gateway) -> u16 {
+    gateway_common::plain_client()
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_broken_body_is_a_400_and_never_ejects_the_upstream() {
+    if !gateway_common::node_ready("a_clients_broken_body_is_a_400") {
+        return;
+    }
+    let (_dir, _up, gw) = start("body").await;
+    for (what, req) in [
+        (
+            "malformed chunk size",
+            "POST /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n".to_string(),
+        ),
+        (
+            "chunk longer than its size",
+            "POST /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n".to_string(),
+        ),
+        (
+            "bare LF terminator",
+            "POST /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\n\n".to_string(),
+        ),
+    ] {
+        for _ in 0..3 {
+            let r = raw_plain(gw.addr("plain"), req.as_bytes(), LIMIT).await;
+            assert_gateway_error(&r, 400, "invalid_body", what);
+        }
+    }
+    // a client that announces more than it sends and disconnects
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr("plain"))
+            .await
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'a'; 1000]).await.unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ready(&gw).await, 200, "the upstream must stay in rotation");
+    let r = get(&gw, "/health", "").await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_do_not_eject_the_upstream() {
+    if !gateway_common::node_ready("slow_requests_do_not_eject_the_upstream") {
+        return;
+    }
+    let (_dir, _up, gw) = start("slow").await;
+    for _ in 0..4 {
+        let r = get(&gw, "/orders/slow?ms=2000", "").await;
+        assert_gateway_error(&r, 504, "gateway_timeout", "slow upstream");
+    }
+    assert_eq!(
+        ready(&gw).await,
+        200,
+        "a slow request is not an unhealthy endpoint"
+    );
+    let r = get(&gw, "/health", "").await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+}
