@@ -356,3 +356,147 @@ async fn slow_requests_do_not_eject_the_upstream() {
     let r = get(&gw, "/health", "").await;
     assert_eq!(r.status(), Some(200), "{r:?}");
 }
+
+const AUTH_POLICIES: &str = r#"
+@id("callers")
+permit(principal, action, resource == Route::"orders");
+
+@id("no-admin")
+forbid(principal, action, resource) when { context.path_lower like "/api/orders/admin*" };
+"#;
+
+fn auth_config(upstream_port: u16) -> String {
+    format!(
+        r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{upstream_port}"]
+
+[[issuers]]
+name = "idp"
+issuer = "https://idp.test"
+audiences = ["orders-api"]
+algorithms = ["RS256"]
+jwks_file = "jwks.json"
+
+[apikeys]
+database = "keys.db"
+pepper_file = "pepper"
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "orders"
+path_prefix = "/api/orders"
+upstream = "app"
+authn = ["jwt", "apikey"]
+forward_identity = {{ "x-user" = "sub", "x-roles" = "roles" }}
+"#
+    )
+}
+
+/// Every presented credential counts (an API key does not excuse a bad
+/// bearer token); an identity a service would read differently from Cedar
+/// (a role holding the `,` separator) is refused; a forbid on
+/// `context.path_lower` holds against case variants a case-insensitive
+/// service would route to the same handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_identity_values_and_path_case() {
+    if !gateway_common::node_ready("credentials_identity_values_and_path_case") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(dir.path());
+    let idp = gateway_common::Idp::new(dir.path());
+    std::fs::write(
+        dir.path().join("pepper"),
+        format!("{}-pepper-for-the-review-test", gateway_common::unique()),
+    )
+    .unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, auth_config(up.port)).unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), AUTH_POLICIES).unwrap();
+    let (key, _) = Gateway::apikey_create(&cfg, "partner-a", &["orders:read"]);
+    let gw = Gateway::start(&cfg, "auth").await;
+    let now = gateway_common::now();
+    let claims = |roles: serde_json::Value| serde_json::json!({"iss": "https://idp.test", "aud": "orders-api", "sub": "alice", "roles": roles, "iat": now, "exp": now + 600});
+    let tokens = idp.sign(&[
+        serde_json::json!({"alg": "RS256", "claims": claims(serde_json::json!(["viewer"]))}),
+        serde_json::json!({"alg": "RS256", "claims": claims(serde_json::json!(["viewer,orders-admin"]))}),
+    ]);
+    let (good, comma) = (&tokens[0], &tokens[1]);
+
+    // allow: each credential alone
+    let r = get(
+        &gw,
+        "/api/orders/1",
+        &format!("Authorization: Bearer {good}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    assert_eq!(body_json(&r)["headers"]["x-roles"], "viewer");
+    let r = get(&gw, "/api/orders/1", &format!("x-api-key: {key}\r\n")).await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+
+    // deny: a valid API key beside a bad bearer token, and the other way round
+    let r = get(
+        &gw,
+        "/api/orders/1",
+        &format!("x-api-key: {key}\r\nAuthorization: Bearer not.a.token\r\n"),
+    )
+    .await;
+    assert_gateway_error(&r, 401, "unauthenticated", "API key + bad bearer");
+    let r = get(
+        &gw,
+        "/api/orders/1",
+        &format!("x-api-key: pal_x_wrong\r\nAuthorization: Bearer {good}\r\n"),
+    )
+    .await;
+    assert_gateway_error(&r, 401, "unauthenticated", "bad API key + good bearer");
+
+    // deny: a role holding the separator
+    let r = get(
+        &gw,
+        "/api/orders/1",
+        &format!("Authorization: Bearer {comma}\r\n"),
+    )
+    .await;
+    assert_gateway_error(&r, 403, "forbidden", "role with a comma");
+
+    // deny: every case of the admin path
+    for path in [
+        "/api/orders/admin",
+        "/api/orders/ADMIN",
+        "/api/orders/Admin/users",
+    ] {
+        let r = get(&gw, path, &format!("Authorization: Bearer {good}\r\n")).await;
+        assert_gateway_error(&r, 403, "forbidden", path);
+    }
+    let reasons: Vec<String> = gw
+        .security_log()
+        .iter()
+        .filter(|r| r["status"] == 401 || r["status"] == 403)
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        reasons.contains(&"multiple_credentials".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"identity_not_forwardable".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"forbidden_by:no-admin".to_string()),
+        "{reasons:?}"
+    );
+}

@@ -30,6 +30,7 @@ action "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" appliesTo {
   context: {
     method: String,
     path: String,
+    path_lower: String,
     host: String,
     ip: String,
     auth_method: String,
@@ -90,7 +91,7 @@ pub struct Authorizer {
 }
 
 /// Every context attribute of SCHEMA, in bit order.
-const CONTEXT_ATTRS: [&str; 11] = [
+const CONTEXT_ATTRS: [&str; 12] = [
     "method",
     "path",
     "host",
@@ -102,6 +103,7 @@ const CONTEXT_ATTRS: [&str; 11] = [
     "api_key_id",
     "cert_uris",
     "cert_dns",
+    "path_lower",
 ];
 
 const ALL_CONTEXT: u16 = (1 << CONTEXT_ATTRS.len()) - 1;
@@ -240,6 +242,14 @@ impl Authorizer {
             Method::PeerCert => (2, &*principal.subject),
             Method::Anonymous => (3, "anonymous"),
         };
+        // lowercased only when a policy reads it (a service that routes
+        // case-insensitively, as Express does, is protected by a rule on
+        // `context.path_lower`)
+        let path_lower = if self.context_needed & (1 << 11) != 0 {
+            res.path.to_lowercase()
+        } else {
+            String::new()
+        };
         // the context attributes some policy reads, in CONTEXT_ATTRS order
         let attr = |i: usize| match i {
             0 => Attr::Str(res.method),
@@ -252,7 +262,8 @@ impl Authorizer {
             7 => Attr::Set(&principal.roles),
             8 => Attr::Str(principal.key_id.as_deref().unwrap_or("")),
             9 => Attr::Set(uris),
-            _ => Attr::Set(dns),
+            10 => Attr::Set(dns),
+            _ => Attr::Str(&path_lower),
         };
         let needed = || (0..CONTEXT_ATTRS.len()).filter(|i| self.context_needed & (1 << i) != 0);
 
@@ -448,6 +459,59 @@ forbid(principal, action, resource) when { context.path like "/orders/admin*" };
             host: "api.example",
             ip: "10.0.0.1",
         }
+    }
+
+    /// A service that routes case-insensitively (Express) serves
+    /// `/orders/ADMIN` as `/orders/admin`: a forbid on `context.path` misses
+    /// it, one on `context.path_lower` does not.
+    #[test]
+    fn path_lower_catches_case_variants() {
+        let a = Authorizer::new(
+            r#"
+@id("public")
+permit(principal, action, resource == Route::"orders");
+
+@id("no-admin")
+forbid(principal, action, resource) when { context.path_lower like "/orders/admin*" };
+"#,
+        )
+        .unwrap();
+        for path in [
+            "/orders/admin",
+            "/orders/ADMIN",
+            "/orders/Admin/x",
+            "/ORDERS/ADMIN",
+        ] {
+            let r = a.authorize("orders", jwt(&[], &[]), &res("orders", "GET", path));
+            assert_eq!(r.unwrap_err(), "forbidden_by:no-admin", "{path}");
+        }
+        assert!(
+            a.authorize(
+                "orders",
+                jwt(&[], &[]),
+                &res("orders", "GET", "/orders/list")
+            )
+            .is_ok()
+        );
+        // the plain path keeps its case
+        let exact = Authorizer::new(
+            r#"
+@id("public")
+permit(principal, action, resource == Route::"orders");
+@id("no-admin")
+forbid(principal, action, resource) when { context.path like "/orders/admin*" };
+"#,
+        )
+        .unwrap();
+        assert!(
+            exact
+                .authorize(
+                    "orders",
+                    jwt(&[], &[]),
+                    &res("orders", "GET", "/orders/ADMIN")
+                )
+                .is_ok()
+        );
     }
 
     #[test]

@@ -137,10 +137,8 @@ pub async fn build(
         .as_ref()
         .map(|a| a.header.clone())
         .unwrap_or_else(|| "x-api-key".into());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())?;
+    // no proxy from the environment, every redirect hop checked
+    let http = palisade_jwt::jwks_client(Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let authn = Authenticator::new(&cfg.issuers, apikeys, &header, http).await?;
     let authz = Authorizer::new(&cfg.policies).map_err(|e| format!("authorization: {e}"))?;
     let peer_quota = match &cfg.ratelimit.peer {

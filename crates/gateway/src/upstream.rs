@@ -80,6 +80,23 @@ fn untrusted_forwarding(name: &HeaderName) -> bool {
     )
 }
 
+/// HTTP/2 clients may split `cookie` into several fields (RFC 9113
+/// §8.2.3); an HTTP/1.1 service expects one, joined with `"; "`.
+fn join_cookies(h: &mut HeaderMap) {
+    let mut crumbs = h.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let joined: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// Header names with `_`: CGI, WSGI, Rack and PHP map `x_user` and `x-user`
 /// to one variable, so an `_` spelling would slip past the removal of
 /// `x-user`. Dropped, as nginx does by default (`underscores_in_headers off`).
@@ -471,6 +488,7 @@ impl Pool {
         for (n, v) in ctx.identity {
             h.insert(n, v);
         }
+        join_cookies(h);
         if let Ok(v) = HeaderValue::from_str(ctx.client_ip) {
             h.insert(X_FORWARDED_FOR, v);
         }
@@ -647,6 +665,36 @@ mod tests {
         assert_eq!(authority_host("[::1]:8443"), "::1");
         assert_eq!(authority_host("orders.internal"), "orders.internal");
         assert!(rustls_pki_types::ServerName::try_from(authority_host("[::1]:8443")).is_ok());
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn meaning_changing_and_underscored_headers_are_chosen_for_removal() {
+        for n in [
+            "x-http-method-override",
+            "x-original-url",
+            "x-forwarded-prefix",
+            "forwarded",
+        ] {
+            assert!(untrusted_forwarding(&HeaderName::from_static(n)), "{n}");
+        }
+        assert!(!untrusted_forwarding(&HeaderName::from_static("x-trace")));
+        assert!(underscored(&HeaderName::from_static("x_user")));
+        assert!(!underscored(&HeaderName::from_static("x-user")));
     }
 
     #[test]

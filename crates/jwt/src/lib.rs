@@ -89,4 +89,5 @@ pub use config::{
 };
 pub use error::{ConfigError, ConfigProblem, JwtError};
 pub use jws::MAX_TOKEN_BYTES;
+pub use remote::jwks_client;
 pub use verifier::Verifier;

@@ -23,6 +23,30 @@ pub(crate) enum FetchError {
     Jwks(#[from] JwksError),
 }
 
+/// Redirects a JWKS fetch follows at most.
+const MAX_REDIRECTS: usize = 3;
+
+/// The HTTP client for JWKS fetches: no proxy from the environment (a proxy
+/// could serve its own keys, and the loopback exception for plain http
+/// assumes a direct connection), and every redirect hop checked against the
+/// rules for the configured URL before it is followed (not only where the
+/// chain ends: a refused hop is never contacted).
+pub fn jwks_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if !url_is_acceptable(attempt.url()) {
+                attempt.error("redirect to a URL that is neither https nor loopback")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+}
+
 fn request_error(e: &reqwest::Error) -> FetchError {
     FetchError::Request(if e.is_timeout() {
         "timeout"

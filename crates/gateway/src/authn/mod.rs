@@ -152,6 +152,14 @@ impl Authenticator {
         {
             return Err(bad);
         }
+        // two credentials: each presented credential must count, so one that
+        // would fail is never skipped because the other one passes
+        if headers.contains_key(&self.apikey_header) && headers.contains_key(AUTHORIZATION) {
+            return Err(GatewayError::Unauthenticated {
+                reason: "multiple_credentials",
+                challenge: "Bearer",
+            });
+        }
         if let Some(v) = headers.get(&self.apikey_header) {
             return Ok(Credential::ApiKey(
                 v.to_str().map_err(|_| bad.clone())?.trim(),

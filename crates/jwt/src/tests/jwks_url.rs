@@ -315,3 +315,105 @@ async fn verified_cache_is_dropped_when_the_key_set_rotates() {
     drop(v);
     let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
 }
+
+/// A redirect hop that is neither https nor loopback is never contacted,
+/// even when the chain would end at an acceptable URL.
+#[tokio::test]
+async fn a_refused_redirect_hop_is_never_followed() {
+    let k = keys();
+    let (jwks, final_url) = server(vec![ec_jwk("k", &k.p256)]).await;
+    // one server on [::]:0 answers both hops: /start (reached as 127.0.0.1,
+    // loopback) redirects to itself as [::ffff:127.0.0.1] (not loopback by
+    // the URL rules), which would redirect on to the real JWKS
+    let Ok(listener) = TcpListener::bind("[::]:0").await else {
+        eprintln!("SKIPPED: no IPv6 socket here");
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    let hops = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&hops);
+    let next = final_url.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&buf)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            seen.lock().unwrap().push(line.clone());
+            let location = if line.contains("/start") {
+                format!("http://[::ffff:127.0.0.1]:{port}/hop")
+            } else {
+                next.clone()
+            };
+            let reply = format!(
+                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    let start = format!("http://127.0.0.1:{port}/start");
+    let client = crate::jwks_client(Duration::from_secs(5)).unwrap();
+    let v = Verifier::new(vec![url_issuer(&start, Duration::from_secs(600))], client)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let err = v
+        .verify_at(&es256("k", &k.p256), later(t0, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err, JwtError::KeysUnavailable, "no key set was fetched");
+    let hops = hops.lock().unwrap().clone();
+    // start-up fetch and one refetch for the unknown key: each stopped at /start
+    assert!(!hops.is_empty());
+    assert!(
+        hops.iter().all(|h| h.contains("/start")),
+        "the refused hop was contacted: {hops:?}"
+    );
+    assert_eq!(
+        jwks.requests(),
+        0,
+        "the chain's acceptable end was never reached"
+    );
+
+    // allow: redirects between acceptable URLs are followed
+    let (_jwks2, url2) = server(vec![ec_jwk("k", &k.p256)]).await;
+    let redirector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raddr = redirector.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = redirector.accept().await {
+            let mut chunk = [0u8; 1024];
+            let _ = conn.read(&mut chunk).await;
+            let reply = format!(
+                "HTTP/1.1 302 Found\r\nlocation: {url2}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    let client = crate::jwks_client(Duration::from_secs(5)).unwrap();
+    let v = Verifier::new(
+        vec![url_issuer(
+            &format!("http://{raddr}/jwks"),
+            Duration::from_secs(600),
+        )],
+        client,
+    )
+    .await
+    .unwrap();
+    assert!(
+        v.verify_at(&es256("k", &k.p256), later(Instant::now(), 0))
+            .await
+            .is_ok()
+    );
+}
