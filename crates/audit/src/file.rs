@@ -132,6 +132,13 @@ fn open_file(file_path: &Path, trust: Trust) -> io::Result<File> {
                     "the file changed while it was opened",
                 ));
             }
+            // an existing file (say, an empty one someone made) becomes private
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if now.permissions().mode() & 0o077 != 0 {
+                    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
             Ok(file)
         }
     }
@@ -275,6 +282,19 @@ impl FileDevice {
                 disabled: false,
             }),
         }
+    }
+
+    /// Where the open file really is (the kernel's name for the descriptor,
+    /// every symlink and directory swap resolved): what confinement checks
+    /// after opening, since a directory on the way may have been swapped
+    /// between a path check and the open.
+    pub fn real_path(&self) -> io::Result<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let chain = self
+            .chain
+            .lock()
+            .map_err(|_| io::Error::other("device lock poisoned"))?;
+        std::fs::read_link(format!("/proc/self/fd/{}", chain.file.as_raw_fd()))
     }
 
     /// The (device, inode) of the open file: two devices must never write

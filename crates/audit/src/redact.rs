@@ -184,18 +184,43 @@ pub(crate) fn record_body(
     render(key, entry, time, true)
 }
 
-/// Whether the record is bound to pass the limit once its leaves are hashed.
+/// Whether hashing the record's leaves one by one would make it too large:
+/// past [`crate::MAX_RECORD_BYTES`], or more than [`MAX_AMPLIFICATION`]
+/// times the data's own JSON size plus [`AMPLIFICATION_SLACK`] (a body of
+/// small numbers would otherwise write ~40 bytes of audit per byte sent,
+/// and any token could fill the audit disk).
 fn too_many_leaves(entry: &AuditEntry) -> bool {
-    let leaves = [
+    let data = [
         entry.request.data.as_ref(),
         entry.response.as_ref().and_then(|r| r.data.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(leaf_count)
-    .fold(0usize, usize::saturating_add);
-    leaves.saturating_mul(HASHED_LEAF_BYTES) > crate::MAX_RECORD_BYTES
+    ];
+    let leaves = data
+        .into_iter()
+        .flatten()
+        .map(leaf_count)
+        .fold(0usize, usize::saturating_add);
+    let hashed = leaves.saturating_mul(HASHED_LEAF_BYTES);
+    if hashed > crate::MAX_RECORD_BYTES {
+        return true;
+    }
+    if hashed <= AMPLIFICATION_SLACK {
+        return false;
+    }
+    let raw: usize = data
+        .into_iter()
+        .flatten()
+        .map(|d| serde_json::to_vec(d).map_or(usize::MAX, |v| v.len()))
+        .fold(0usize, usize::saturating_add);
+    hashed
+        > raw
+            .saturating_mul(MAX_AMPLIFICATION)
+            .saturating_add(AMPLIFICATION_SLACK)
 }
+
+/// A record's hashed data may be at most this many times the data's size...
+const MAX_AMPLIFICATION: usize = 4;
+/// ...plus this much (small bodies are always hashed in full).
+const AMPLIFICATION_SLACK: usize = 64 * 1024;
 
 /// What one hashed leaf takes in a record: `"hmac-sha256:<64 hex>"`.
 const HASHED_LEAF_BYTES: usize = 78;
@@ -373,5 +398,25 @@ mod tests {
             serde_json::from_str(&record_body(&key, &small, "T".into()).unwrap()).unwrap();
         assert_eq!(v["request"]["data"], json!({"k": hmac(&key, "a")}));
         assert!(!too_many_leaves(&small));
+        // 50,000 zeros (100 KB) would hash to ~3.9 MB: summarised
+        let zeros = vec![0u8; 50_000];
+        let amplified = AuditEntry {
+            request: AuditRequest {
+                data: Some(json!({ "n": zeros })),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(too_many_leaves(&amplified));
+        // 1,000 strings of 40 characters (~44 KB) hash to ~78 KB: kept whole
+        let words: Vec<String> = (0..1000).map(|i| format!("{i:040}")).collect();
+        let ordinary = AuditEntry {
+            request: AuditRequest {
+                data: Some(json!({ "w": words })),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(!too_many_leaves(&ordinary));
     }
 }

@@ -49,6 +49,17 @@ pub fn check_api_file_path(raw: &str, allowed: &[PathBuf]) -> Result<PathBuf, Ap
     Ok(dir.join(name))
 }
 
+/// Whether `real` (an opened file's real path, every symlink resolved by
+/// the kernel) lies inside one of the `allowed` directories. Checked after
+/// opening: a directory on the way could have been swapped for a symlink
+/// between [`check_api_file_path`] and the open.
+pub fn inside_allowed(real: &Path, allowed: &[PathBuf]) -> bool {
+    allowed
+        .iter()
+        .filter_map(|a| a.canonicalize().ok())
+        .any(|a| real.starts_with(a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

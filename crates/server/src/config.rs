@@ -302,10 +302,13 @@ pub fn validate(
             l.max_connections,
             defaults.max_connections,
         );
+        // by default one address may hold at most a quarter of the listener
         let max_connections_per_ip = positive(
             "max_connections_per_ip",
             l.max_connections_per_ip,
-            defaults.max_connections_per_ip,
+            defaults
+                .max_connections_per_ip
+                .min((max_connections / 4).max(1)),
         );
         let mut duration = |name: &str, v: Option<String>, default: Duration| match v {
             None => default,

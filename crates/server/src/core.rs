@@ -251,6 +251,28 @@ impl Core {
         Ok(())
     }
 
+    /// `sys/unseal`: submit one key share and, when it completes the key,
+    /// load and start serving. All in a task of its own, so a client that
+    /// leaves never leaves the barrier open without the core loaded.
+    pub async fn submit_unseal_share(
+        self: &Arc<Self>,
+        share: Zeroizing<Vec<u8>>,
+    ) -> Result<(), ApiError> {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let progress = core.barrier.submit_share(share).await?;
+            // The barrier is open; the core serves only once its tables and
+            // audit devices are loaded. This also finishes an unseal whose
+            // loading an earlier attempt did not complete.
+            if !progress.sealed && core.finish_unseal_now().await? {
+                tracing::info!("unsealed");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("unseal task: {e}")))?
+    }
+
     /// The barrier is unsealed: load and start serving unless that is done
     /// already. Returns whether this call did it. If loading fails the core
     /// seals again (fail closed: a core that cannot load its tables stays sealed).
@@ -259,6 +281,14 @@ impl Core {
     /// unfinished): while a seal is waiting for in-flight requests
     /// (`Sealing`) an unseal request changes nothing.
     pub async fn finish_unseal(self: &Arc<Self>) -> Result<bool, ApiError> {
+        // its own task: a client that leaves never stops loading half way
+        let core = self.clone();
+        tokio::spawn(async move { core.finish_unseal_now().await })
+            .await
+            .map_err(|e| ApiError::internal(format!("unseal task: {e}")))?
+    }
+
+    async fn finish_unseal_now(self: Arc<Self>) -> Result<bool, ApiError> {
         let _t = self.transition.lock().await;
         if !matches!(self.state(), State::Sealed | State::Unsealing) || self.barrier.sealed() {
             return Ok(false);
@@ -447,16 +477,30 @@ impl Core {
 
     /// Initialise storage and return (unseal key shares, root token). Like
     /// Vault, the root token is created during init and the server is left sealed.
+    ///
+    /// Runs in a task of its own: a client that leaves mid-way never leaves
+    /// the barrier open (init always ends sealed).
     pub async fn initialize(
         self: &Arc<Self>,
         shares: u8,
         threshold: u8,
     ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String), ApiError> {
+        let core = self.clone();
+        tokio::spawn(async move { core.initialize_now(shares, threshold).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("init task: {e}")))?
+    }
+
+    async fn initialize_now(
+        self: Arc<Self>,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String), ApiError> {
+        let _t = self.transition.lock().await;
         let parts = self.barrier.initialize(shares, threshold).await?;
         let key =
             palisade_crypto::shamir::combine(&parts[..threshold as usize], threshold as usize)
                 .map_err(ApiError::internal)?;
-        let _t = self.transition.lock().await;
         self.barrier.unseal_with_key(&key).await?;
         let result = async {
             self.post_unseal().await?;
@@ -607,6 +651,17 @@ impl Core {
                 _ => "sanity check failed: cannot open the file for writing (it must be a regular file, not a symlink, in an existing directory)",
             })
         })?;
+        // where the file really is, now that it is open: the directory check
+        // above could have raced a swap of a directory for a symlink
+        match dev.real_path() {
+            Ok(real) if crate::audit_path::inside_allowed(&real, &self.options.api_audit_dirs) => {}
+            _ => {
+                tracing::warn!(device = %entry.path, "audit device refused: its file resolved outside the allowed directories when opened");
+                return Err(ApiError::bad_request(
+                    "file_path is outside the directories the server configuration allows for audit devices",
+                ));
+            }
+        }
         let id = dev.identity();
         if id.is_none() || self.audit.devices().iter().any(|o| o.identity() == id) {
             return Err(ApiError::bad_request(
@@ -709,6 +764,9 @@ impl Core {
             error: None,
         };
         let Some(entry) = entry else {
+            // without a valid token the query is not recorded either: an
+            // anonymous client must not choose what the audit log grows by
+            audit.request.data = None;
             return Err(self.refuse(audit, ApiError::permission_denied()).await);
         };
 
@@ -784,6 +842,18 @@ impl Core {
             return Err(ApiError::sealed());
         }
 
+        // sys/seal runs as its own task: once accepted it completes (or
+        // does not start) whatever the client does meanwhile
+        if auth.request.path.as_str() == "sys/seal" && auth.request.operation == Operation::Write {
+            drop(gate);
+            let core = self.clone();
+            let audit = std::mem::take(&mut auth.audit);
+            let token = auth.token.clone();
+            return tokio::spawn(async move { core.seal_request(audit, token).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("seal task: {e}")))?;
+        }
+
         // audit the request before anything happens (fail closed)
         if let Err(e) = self.audit.log(&auth.audit).await {
             tracing::error!(error = %e, path = %auth.request.path, "audit failed; refusing request");
@@ -796,11 +866,6 @@ impl Core {
             self.audit_response(std::mem::take(&mut auth.audit), &Err(err.clone()))
                 .await?;
             return Err(err);
-        }
-
-        if auth.request.path.as_str() == "sys/seal" && auth.request.operation == Operation::Write {
-            drop(gate);
-            return self.seal_request(&auth).await;
         }
 
         // help is a query parameter only (Vault's `?help=1`): a body field
@@ -835,16 +900,33 @@ impl Core {
     /// `sys/seal`: wait until no other request is in flight (new ones wait
     /// behind the seal and are then answered "sealed"), audit the response,
     /// then seal. Nothing is served after the seal was acknowledged.
-    async fn seal_request(&self, auth: &Authorized) -> Result<Response, ApiError> {
+    ///
+    /// Runs in a task of its own (see `execute`), so a client that leaves
+    /// cannot stop it half way. A seal that finds the core already sealing
+    /// or sealed (another seal got there first) answers 503 before anything
+    /// is audited, like any request to a sealed core.
+    async fn seal_request(
+        self: Arc<Self>,
+        audit: AuditEntry,
+        token: Arc<TokenEntry>,
+    ) -> Result<Response, ApiError> {
         let _t = self.transition.lock().await;
         if self.state() != State::Unsealed {
-            // another seal got here first
             return Err(ApiError::sealed());
+        }
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, "audit failed; refusing to seal");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        if self.tokens.consume_use(&token).await? == TokenUse::Exhausted {
+            let err = ApiError::permission_denied();
+            self.audit_response(audit, &Err(err.clone())).await?;
+            return Err(err);
         }
         self.set_state(State::Sealing);
         let _all = self.gate.clone().write_owned().await;
         let result = Ok(Response::no_content());
-        if let Err(e) = self.audit_response(auth.audit.clone(), &result).await {
+        if let Err(e) = self.audit_response(audit, &result).await {
             self.set_state(State::Unsealed);
             return Err(e);
         }
@@ -1017,7 +1099,19 @@ fn reopen_device(
         }
         (Trust::Api, checked)
     };
-    FileDevice::reopen(&d.path, &path, &key, trust, anchor).map_err(|e| e.to_string())
+    let r = FileDevice::reopen(&d.path, &path, &key, trust, anchor).map_err(|e| e.to_string())?;
+    if trust == Trust::Api {
+        // confined again once open: a directory swapped between the check
+        // and the open would have led elsewhere
+        match r.device.real_path() {
+            Ok(real) if crate::audit_path::inside_allowed(&real, api_dirs) => {}
+            _ => return Err(
+                "no longer allowed: the file resolved outside the allowed directories when opened"
+                    .into(),
+            ),
+        }
+    }
+    Ok(r)
 }
 
 pub fn audit_auth(e: &TokenEntry, token_id: &str) -> AuditAuth {
@@ -1072,6 +1166,61 @@ mod tests {
             core.audit.log(&AuditEntry::default()).await,
             Err(palisade_audit::AuditError::NoDeviceWrote)
         ));
+    }
+
+    /// A `sys/seal` whose client goes away while it waits for in-flight
+    /// requests still completes: the request future is dropped, the seal
+    /// (its own task) is not.
+    #[tokio::test]
+    async fn an_abandoned_seal_still_completes() {
+        let core = core();
+        let root = core.dev_setup(None).await.unwrap();
+        let req = Request::new(
+            Operation::Write,
+            crate::canonical::canonicalise(Operation::Write, "/v1/sys/seal").unwrap(),
+        );
+        let Begun::Authorized(auth) = core.begin(req, Some(root)).await.unwrap() else {
+            panic!("sys/seal is an authenticated endpoint");
+        };
+        // a request in flight: the seal must wait for it
+        let inflight = core.gate.clone().read_owned().await;
+        let c = core.clone();
+        let client = tokio::spawn(async move { c.execute(auth, Ok(Map::new())).await });
+        while core.state() != State::Sealing {
+            tokio::task::yield_now().await;
+        }
+        // the client gives up (hyper drops the request's future)
+        client.abort();
+        assert!(client.await.unwrap_err().is_cancelled());
+        drop(inflight);
+        for _ in 0..1000 {
+            if core.state() == State::Sealed {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(core.state(), State::Sealed);
+        assert!(core.barrier.sealed(), "no key left in memory");
+    }
+
+    /// An init whose client goes away still ends sealed: the barrier is never
+    /// left open without the keys having been handed to anyone.
+    #[tokio::test]
+    async fn an_abandoned_init_ends_sealed() {
+        let core = core();
+        // poll the init once (its task starts), then drop it as a client would
+        let _ = tokio::time::timeout(Duration::ZERO, core.initialize(1, 1)).await;
+        for _ in 0..10_000 {
+            if core.barrier.initialized().await.unwrap() && core.barrier.sealed() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(core.barrier.initialized().await.unwrap());
+        // let the task finish (it seals at its end)
+        let _t = core.transition.lock().await;
+        assert!(core.barrier.sealed());
+        assert_eq!(core.state(), State::Sealed);
     }
 
     /// An unseal whose loading did not finish can be completed by the next

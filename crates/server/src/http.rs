@@ -67,9 +67,21 @@ pub fn router(core: Arc<Core>, limits: HttpLimits) -> axum::Router {
     })
 }
 
+/// Longest query string accepted, and most parameters in it: Vault's API
+/// takes a handful (`list`, `version`, `help`, health codes); query
+/// parameters are request data, audited even for refused requests.
+const MAX_QUERY_BYTES: usize = 4096;
+const MAX_QUERY_PARAMS: usize = 64;
+
 fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     let Some(q) = q else { return Ok(out) };
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::new(414, "query string too long"));
+    }
+    if q.split('&').filter(|p| !p.is_empty()).count() > MAX_QUERY_PARAMS {
+        return Err(ApiError::bad_request("too many query parameters"));
+    }
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let dec = |s: &str| {
@@ -142,6 +154,10 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes:
     }
 }
 
+/// How much of a refused request's body is read and dropped, at most.
+const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
+const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// Read and drop a refused request's body, chunk by chunk, up to `limit`
 /// bytes and `timeout`: a client still sending when we answer and close would
 /// otherwise see the connection reset instead of the answer. Nothing is kept.
@@ -163,6 +179,7 @@ async fn discard_body(mut body: Body, limit: usize, timeout: Duration) {
 
 async fn handle(
     State(st): State<AppState>,
+    version: axum::http::Version,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -242,10 +259,15 @@ async fn handle(
         }
     }
     .await;
-    if let Some(b) = body.take() {
-        // refused without reading the body: discard it (never parsed or kept)
-        // so the client reads our answer instead of a reset connection
-        discard_body(b, limits.max_request_size, limits.body_timeout).await;
+    if let Some(b) = body.take()
+        && version < axum::http::Version::HTTP_2
+    {
+        // HTTP/1.1, refused without reading the body: discard a little of it
+        // (never parsed or kept) so the client reads our answer rather than
+        // a reset connection; a larger or slower body is not waited for (the
+        // connection then closes): a refused request must not hold its
+        // connection. HTTP/2 resets the one stream instead.
+        discard_body(b, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIME).await;
     }
     let status = match &result {
         Ok(r) => r.status,
@@ -374,6 +396,22 @@ mod tests {
         );
         assert_eq!(check_namespace(&h(""), "sys/health"), Ok(()));
         assert_eq!(check_namespace(&HeaderMap::new(), "sys/health"), Ok(()));
+    }
+
+    #[test]
+    fn query_strings_are_bounded() {
+        let many: String = (0..65).map(|i| format!("k{i}=&")).collect();
+        assert_eq!(
+            parse_query(Some(&many)).unwrap_err(),
+            ApiError::bad_request("too many query parameters")
+        );
+        let fits: String = (0..64).map(|i| format!("k{i}=&")).collect();
+        assert_eq!(parse_query(Some(&fits)).unwrap().len(), 64);
+        let long = format!("a={}", "x".repeat(MAX_QUERY_BYTES));
+        assert_eq!(
+            parse_query(Some(&long)).unwrap_err(),
+            ApiError::new(414, "query string too long")
+        );
     }
 
     #[test]

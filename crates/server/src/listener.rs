@@ -20,10 +20,12 @@
 //! is not used because it also runs while a keep-alive connection is idle.
 //!
 //! Connection limits: `max_connections` per listener and
-//! `max_connections_per_ip` per client address. At the listener's limit an
-//! idle keep-alive connection (nothing in flight, nothing arriving) is
-//! closed to make room, as nginx reuses idle connections; only when none is
-//! idle is the new connection closed.
+//! `max_connections_per_ip` per client address (an IPv6 client's /64). At
+//! the listener's limit an idle keep-alive connection is closed to make
+//! room, as nginx reuses idle connections, else the oldest connection that
+//! has not yet completed a request head (a silent or dribbling client);
+//! only when every connection has a request in flight is the new
+//! connection closed.
 
 use std::future::Future;
 use std::path::Path;
@@ -136,12 +138,21 @@ impl Activity {
         })
     }
 
-    /// Idle keep-alive: nothing in flight, no head started, nothing blocked.
-    /// Returns since when, for choosing the longest idle.
-    fn idle_since(&self) -> Option<Instant> {
+    /// Whether this connection may be closed to make room, and how good a
+    /// candidate it is (lower first): an idle keep-alive connection (class
+    /// 0, longest idle first), else one still waiting for a complete head
+    /// (class 1, oldest first: a silent or dribbling client has produced
+    /// nothing yet). A connection with a request in flight or a response
+    /// being written is never evicted.
+    fn eviction_rank(&self) -> Option<(u8, Instant)> {
         let s = self.lock();
-        (s.inflight == 0 && s.head_started.is_none() && s.write_blocked.is_none() && !s.evicted)
-            .then_some(s.idle_since)
+        if s.inflight > 0 || s.write_blocked.is_some() || s.evicted {
+            return None;
+        }
+        Some(match s.head_started {
+            None => (0, s.idle_since),
+            Some(t) => (1, t),
+        })
     }
 
     fn evict(&self) {
@@ -303,6 +314,23 @@ struct Registry {
     per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
+/// The address a per-address limit counts: an IPv4 address, or an IPv6
+/// address's /64 (one host usually holds a whole /64, so counting single
+/// IPv6 addresses would give it 2^64 budgets). IPv4-mapped addresses count
+/// as IPv4.
+fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// A connection's place in the [`Registry`]; leaving it drops the entry.
 struct Registered {
     registry: Arc<Mutex<Registry>>,
@@ -408,7 +436,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         // per address first: one client never takes every slot
-        let ip = peer.ip();
+        let ip = client_key(peer.ip());
         {
             let r = registry.lock().unwrap_or_else(PoisonError::into_inner);
             if r.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
@@ -421,14 +449,15 @@ pub async fn serve(
         let permit = match conns.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // at the limit: close the longest-idle keep-alive connection
+                // at the limit: close the best candidate (an idle keep-alive
+                // connection, else the oldest that has not completed a head)
                 // and take its slot when it is released
                 let victim = {
                     let r = registry.lock().unwrap_or_else(PoisonError::into_inner);
                     r.conns
                         .values()
-                        .filter_map(|a| a.idle_since().map(|t| (t, a.clone())))
-                        .min_by_key(|(t, _)| *t)
+                        .filter_map(|a| a.eviction_rank().map(|k| (k, a.clone())))
+                        .min_by_key(|(k, _)| *k)
                         .map(|(_, a)| a)
                 };
                 let Some(victim) = victim else {
@@ -498,5 +527,23 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown: in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_limits_count_an_ipv6_64_as_one_client() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), v4);
+        assert_eq!(client_key(v4), v4);
     }
 }

@@ -112,13 +112,7 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
             let share = Zeroizing::new(hex::decode(&key).or_else(|_| b64().decode(&key)).map_err(
                 |_| ApiError::bad_request("'key' must be a valid hex or base64 string"),
             )?);
-            let progress = core.barrier.submit_share(share).await?;
-            // The barrier is open; the core serves only once its tables and
-            // audit devices are loaded. This also finishes an unseal whose
-            // loading an earlier attempt did not complete.
-            if !progress.sealed && core.finish_unseal().await? {
-                tracing::info!("unsealed");
-            }
+            core.submit_unseal_share(share).await?;
             Ok(Response::raw(200, seal_status(core).await?))
         }
         ("sys/health", Operation::Read) => {

@@ -1293,3 +1293,122 @@ async fn query_parameters_are_audited_hashed() {
         json!(audit_hash(&s, "file", "1").await)
     );
 }
+
+/// A directory on the way swapped for a symlink *while* devices are being
+/// enabled (between the path check and the open) never makes the server
+/// write outside the allowed directories: the opened file's real path is
+/// checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_during_enable_never_leads_outside() {
+    let s = TestServer::dev().await;
+    let outside = tempfile::tempdir().unwrap();
+    let race = s.path("race");
+    let parked = s.path("race-real");
+    std::fs::create_dir(&race).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (race, parked, outside, stop) = (
+            race.clone(),
+            parked.clone(),
+            outside.path().to_path_buf(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::fs::rename(&race, &parked).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, &race);
+                    let _ = std::fs::remove_file(&race);
+                    let _ = std::fs::rename(&parked, &race);
+                }
+            }
+        })
+    };
+    let mut enabled = 0;
+    for i in 0..300 {
+        let r = s
+            .put(
+                &format!("sys/audit/r{i}"),
+                &s.root,
+                enable_body(&race.join(format!("r{i}.log"))),
+            )
+            .await;
+        if r.status == 204 {
+            enabled += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    s.kv_put("after", json!({"v": "1"})).await;
+    // files may have been created outside by a raced open, but no record
+    // was ever written to one
+    for e in std::fs::read_dir(outside.path()).unwrap() {
+        let f = e.unwrap().path();
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().len(),
+            0,
+            "an audit record was written outside: {}",
+            f.display()
+        );
+    }
+    assert!(enabled > 0, "no enable went through at all");
+}
+
+/// An existing empty file that becomes an audit log is made private (0600).
+#[tokio::test]
+async fn an_existing_file_becomes_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::dev().await;
+    let f = s.path("empty.log");
+    std::fs::write(&f, b"").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = s.put("sys/audit/empty", &s.root, enable_body(&f)).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// What a client sends cannot make the audit log grow without bound: a body
+/// of small numbers is summarised rather than hashed leaf by leaf (bounded
+/// to a few times its size), and a refused anonymous request's query string
+/// is not recorded.
+#[tokio::test]
+async fn audit_growth_stays_bounded_by_what_is_sent() {
+    let s = TestServer::start(Opts {
+        json: palisade_server::json::JsonLimits {
+            max_strings: 1000,
+            max_memory: usize::MAX,
+        },
+        ..Opts::default()
+    })
+    .await;
+    let log = s.enable_audit("file").await;
+    let zeros = vec![0u8; 50_000];
+    let before = std::fs::metadata(&log).unwrap().len();
+    s.kv_put("nums", json!({ "n": zeros })).await;
+    let r = s.get("secret/data/nums", &s.root).await;
+    assert_eq!(r.status, 200);
+    let grown = std::fs::metadata(&log).unwrap().len() - before;
+    // ~100 KB sent and read back: hashing every number would write ~16 MB
+    assert!(grown < 1_000_000, "audit grew {grown} bytes");
+
+    // anonymous and refused: the query is not recorded
+    let q: String = (0..60).map(|i| format!("k{i}=v&")).collect();
+    let r = s
+        .call("GET", &format!("secret/data/x?{q}"), None, None)
+        .await;
+    assert_denied(&r);
+    let rec = audit_for(&audit_records(&log), "secret/data/x")
+        .into_iter()
+        .next_back()
+        .cloned()
+        .unwrap();
+    assert!(rec["request"].get("data").is_none(), "{rec}");
+    // and bounded
+    let q: String = (0..65).map(|i| format!("k{i}=v&")).collect();
+    let r = s
+        .call("GET", &format!("secret/data/x?{q}"), None, None)
+        .await;
+    assert_error(&r, 400, "too many query parameters");
+}

@@ -122,17 +122,20 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_deadline() {
     );
 }
 
-/// Connections with a head in progress hold their slots (each bounded by
-/// the header deadline); over the limit a new connection is closed at once.
+/// Connections with a request in flight (here: an authorised body still
+/// arriving, bounded by the body deadline) hold their slots; over the limit,
+/// with nothing idle or unproductive to close, a new connection is closed.
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once() {
     let s = TestServer::start(limits(10_000, 10_000, 2)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"GET /v1/sys/health HTTP/1.1\r\n")
-            .await
-            .unwrap();
+        let head = format!(
+            "PUT /v1/secret/data/held HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {}\r\nContent-Length: 100\r\n\r\n{{",
+            s.root
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
         held.push(c);
     }
     // let the server accept both
@@ -192,6 +195,33 @@ async fn idle_connections_make_room_at_the_limit() {
     );
     let second = read_until_closed(&mut idle[1], Duration::from_millis(300)).await;
     assert_eq!(second, Err(()), "the other idle connection stays open");
+}
+
+/// At the limit, with nothing idle, the oldest connection that has not
+/// completed a head (a silent or dribbling client) is closed to make room:
+/// silent sockets cannot lock others out.
+#[tokio::test]
+async fn silent_connections_make_room_at_the_limit() {
+    let s = TestServer::start(limits(10_000, 300_000, 2)).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(s.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut fresh = TcpStream::connect(s.addr).await.unwrap();
+    fresh.write_all(HEALTH).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(3), fresh.read(&mut buf))
+        .await
+        .expect("the new connection is served")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let oldest = read_until_closed(&mut silent[0], Duration::from_secs(2)).await;
+    assert_eq!(
+        oldest,
+        Ok(Vec::new()),
+        "the oldest silent connection is closed"
+    );
 }
 
 #[tokio::test]
@@ -386,13 +416,34 @@ async fn tls_answers_carry_hsts_and_plaintext_ones_do_not() {
     assert!(r.header("strict-transport-security").is_none());
 }
 
-/// A refused request's body is read and dropped (never parsed), so the
-/// client reads its 403 rather than a reset, and the connection stays usable.
+/// A refused request's small body is read and dropped (never parsed), so
+/// the client reads its 403 rather than a reset, and the connection stays
+/// usable; a large or slow one is not waited for: the refusal does not hold
+/// the connection.
 #[tokio::test]
 async fn a_refused_body_is_discarded_and_the_connection_kept() {
     let s = TestServer::dev().await;
+    // large and never finished: answered and closed at once, not after the body deadline
+    let mut big = TcpStream::connect(s.addr).await.unwrap();
+    big.write_all(b"POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\nX-Vault-Token: hvs.wrong\r\nContent-Length: 10000000\r\n\r\n{\"data\":")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut big, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let got = got.expect("closed");
+    assert!(
+        got.starts_with(b"HTTP/1.1 403"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(512 * 1024));
+    let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(32 * 1024));
     let head = format!(
         "POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\nX-Vault-Token: hvs.wrong\r\nContent-Length: {}\r\n\r\n",
         body.len()
