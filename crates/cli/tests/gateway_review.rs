@@ -500,3 +500,50 @@ async fn credentials_identity_values_and_path_case() {
         "{reasons:?}"
     );
 }
+
+/// A configuration file still being written is never applied: a prefix can
+/// parse while missing a route's restrictions (here: the `methods` of a new
+/// route). The watcher applies a change only once the file has settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_configuration_is_never_applied() {
+    if !gateway_common::node_ready("a_half_written_configuration_is_never_applied") {
+        return;
+    }
+    let (dir, up, gw) = start("halfwrite").await;
+    let cfg = dir.path().join("gateway.toml");
+    let full = format!(
+        "{}\n[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nanonymous = true\nmethods = [\"GET\"]\n",
+        config(up.port)
+    );
+    let half = &full[..full.rfind("methods").unwrap()];
+    let post =
+        "POST /admin HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let addr = gw.addr("plain");
+    let probe = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..55 {
+            let r = raw_plain(addr, post.as_bytes(), LIMIT).await;
+            statuses.push(r.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        statuses
+    });
+    // written in two steps, 1.5 s apart, as a slow writer would
+    std::fs::write(&cfg, half).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&cfg, &full).unwrap();
+    let statuses = probe.await.unwrap();
+    assert!(
+        !statuses.contains(&Some(200)),
+        "the half-written file was applied: {statuses:?}"
+    );
+    // the complete file is applied
+    assert_eq!(statuses.last(), Some(&Some(405)), "{statuses:?}");
+    let r = get(&gw, "/admin", "").await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    assert_eq!(
+        gw.stderr().matches("configuration reloaded").count(),
+        1,
+        "only the complete file is applied"
+    );
+}

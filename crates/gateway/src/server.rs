@@ -183,8 +183,17 @@ pub fn read_config(
     config::parse(&text, &config::Env { var, base }).map_err(|e| e.0.join("\n"))
 }
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// How often the config file is looked at, and how many looks in a row
+/// must agree before a change applies (so a file applies once it has not
+/// changed for two seconds: two to three seconds after the last write).
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+const CONFIG_SETTLE_LOOKS: u32 = 3;
+
+/// What a config file looked like at one look: modification time and size.
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 /// One listener socket of one worker.
@@ -562,8 +571,14 @@ pub async fn start(
     // listening): until then SIGHUP has its default action and kills the process.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tasks.push(tokio::spawn(async move {
-        let mut last = mtime(&config_path);
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // A changed file is applied only once it has looked the same (mtime
+        // and size) for CONFIG_SETTLE_LOOKS looks in a row: an editor or a
+        // deployment tool still writing it must not have a half-written file
+        // applied (a prefix can parse, minus a route's restrictions). SIGHUP
+        // applies at once: whoever sends it says the file is complete.
+        let mut applied = stamp(&config_path);
+        let mut pending: Option<(Option<(SystemTime, u64)>, u32)> = None;
+        let mut tick = tokio::time::interval(CONFIG_POLL);
         loop {
             let by_signal = tokio::select! {
                 _ = tick.tick() => false,
@@ -577,11 +592,24 @@ pub async fn start(
                     Err(e) => tracing::error!(error = %e, "certificate reload refused; keeping the current certificates"),
                 }
             }
-            let now = mtime(&config_path);
-            if !by_signal && now == last {
-                continue;
+            let now = stamp(&config_path);
+            if !by_signal {
+                if now == applied {
+                    pending = None;
+                    continue;
+                }
+                let seen = match pending {
+                    Some((p, n)) if p == now => n + 1,
+                    _ => 1,
+                };
+                if seen < CONFIG_SETTLE_LOOKS {
+                    // changed since the last look, or not settled yet
+                    pending = Some((now, seen));
+                    continue;
+                }
             }
-            last = now;
+            pending = None;
+            applied = now;
             match read_config(&config_path, &*var) {
                 Ok(cfg) => match build(&cfg, limiter.clone(), reload_log.clone()).await {
                     Ok(gw) => {
