@@ -111,11 +111,13 @@ pub async fn build_limiter(cfg: &GatewayConfig) -> Result<Arc<Limiter>, String> 
     }))
 }
 
-/// Build a gateway from a validated config.
+/// Build a gateway from a validated config; on a reload, `previous` is the
+/// gateway being replaced (its last good JWKS key sets carry over).
 pub async fn build(
     cfg: &GatewayConfig,
     limiter: Arc<Limiter>,
     log: Arc<Sink>,
+    previous: Option<&Gateway>,
 ) -> Result<Gateway, String> {
     let mut pools = HashMap::new();
     for u in &cfg.upstreams {
@@ -139,7 +141,14 @@ pub async fn build(
         .unwrap_or_else(|| "x-api-key".into());
     // no proxy from the environment, every redirect hop checked
     let http = palisade_jwt::jwks_client(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    let authn = Authenticator::new(&cfg.issuers, apikeys, &header, http).await?;
+    let authn = Authenticator::new(
+        &cfg.issuers,
+        apikeys,
+        &header,
+        http,
+        previous.map(|p| &p.authn),
+    )
+    .await?;
     let authz = Authorizer::new(&cfg.policies).map_err(|e| format!("authorization: {e}"))?;
     let peer_quota = match &cfg.ratelimit.peer {
         Some(q) => Some(
@@ -439,7 +448,7 @@ pub async fn start(
 ) -> Result<(Bound, tokio::task::JoinHandle<()>), String> {
     let cfg = read_config(&config_path, &*var)?;
     let limiter = build_limiter(&cfg).await?;
-    let gw = build(&cfg, limiter.clone(), log.clone()).await?;
+    let gw = build(&cfg, limiter.clone(), log.clone(), None).await?;
     let shared = Arc::new(Shared {
         current: RwLock::new(Arc::new(gw)),
     });
@@ -611,7 +620,14 @@ pub async fn start(
             pending = None;
             applied = now;
             match read_config(&config_path, &*var) {
-                Ok(cfg) => match build(&cfg, limiter.clone(), reload_log.clone()).await {
+                Ok(cfg) => match build(
+                    &cfg,
+                    limiter.clone(),
+                    reload_log.clone(),
+                    Some(&reload_shared.current()),
+                )
+                .await
+                {
                     Ok(gw) => {
                         reload_shared.replace(Arc::new(gw));
                         tracing::info!("configuration reloaded");

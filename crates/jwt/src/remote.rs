@@ -91,6 +91,19 @@ impl Remote {
         }
     }
 
+    /// Start from `set` when no fetch has succeeded yet (a reload while the
+    /// identity provider is down keeps the last good keys).
+    pub(crate) fn seed(&self, set: Arc<KeySet>) {
+        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if cur.is_none() {
+            *cur = Some(set);
+        }
+    }
+
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
     pub(crate) fn snapshot(&self) -> Option<Arc<KeySet>> {
         // A poisoned lock only means a writer panicked between two plain
         // assignments; the value inside is still a complete key set.

@@ -120,6 +120,18 @@ impl Verifier {
         issuers: Vec<IssuerConfig>,
         http: reqwest::Client,
     ) -> Result<Arc<Verifier>, ConfigError> {
+        Self::new_after(issuers, http, None).await
+    }
+
+    /// [`Verifier::new`] for a reload: an issuer whose JWKS URL cannot be
+    /// fetched now starts from the key set `previous` last fetched from the
+    /// same URL for the same issuer (the last good set survives a reload
+    /// while the identity provider is down), and is refreshed as usual.
+    pub async fn new_after(
+        issuers: Vec<IssuerConfig>,
+        http: reqwest::Client,
+        previous: Option<&Verifier>,
+    ) -> Result<Arc<Verifier>, ConfigError> {
         config::check(&issuers)?;
         let mut problems = Vec::new();
         let mut built = HashMap::new();
@@ -189,6 +201,21 @@ impl Verifier {
             });
         }
         while fetches.join_next().await.is_some() {}
+        if let Some(prev) = previous {
+            for (name, issuer) in &built {
+                let (Keys::Remote(new), Some(Keys::Remote(old))) =
+                    (&issuer.keys, prev.issuers.get(name).map(|i| &i.keys))
+                else {
+                    continue;
+                };
+                if new.snapshot().is_none()
+                    && new.url() == old.url()
+                    && let Some(set) = old.snapshot()
+                {
+                    new.seed(set);
+                }
+            }
+        }
         Ok(Verifier::from_parts(built, http))
     }
 

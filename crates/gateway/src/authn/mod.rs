@@ -113,12 +113,15 @@ impl Authenticator {
         apikeys: Option<Arc<palisade_apikey::ApiKeyStore>>,
         apikey_header: &str,
         http: reqwest::Client,
+        previous: Option<&Authenticator>,
     ) -> Result<Self, String> {
         let jwt = if issuers.is_empty() {
             None
         } else {
             let cfgs = jwt_issuers(issuers);
-            let v = palisade_jwt::Verifier::new(cfgs, http)
+            // on a reload, an issuer whose JWKS URL is down keeps its last good keys
+            let prev = previous.and_then(|p| p.jwt.as_deref());
+            let v = palisade_jwt::Verifier::new_after(cfgs, http, prev)
                 .await
                 .map_err(|e| format!("jwt: {e}"))?;
             v.spawn_refresh();
@@ -420,9 +423,15 @@ authn = ["jwt"]
             },
         )
         .unwrap();
-        let a = Authenticator::new(&cfg.issuers, None, "x-api-key", reqwest::Client::new())
-            .await
-            .unwrap();
+        let a = Authenticator::new(
+            &cfg.issuers,
+            None,
+            "x-api-key",
+            reqwest::Client::new(),
+            None,
+        )
+        .await
+        .unwrap();
         (a, cfg, dir)
     }
 

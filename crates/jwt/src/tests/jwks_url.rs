@@ -417,3 +417,70 @@ async fn a_refused_redirect_hop_is_never_followed() {
             .is_ok()
     );
 }
+
+/// A reload while the identity provider is down keeps the last good key
+/// set (it is not dropped until the provider is back).
+#[tokio::test]
+async fn a_reload_while_the_provider_is_down_keeps_the_last_good_keys() {
+    let k = keys();
+    let (jwks, url) = server(vec![ec_jwk("k", &k.p256)]).await;
+    let first = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    assert!(
+        first
+            .verify_at(&es256("k", &k.p256), later(t0, 0))
+            .await
+            .is_ok()
+    );
+    // the provider goes down; the configuration is reloaded
+    jwks.serve(503, vec![]);
+    let reloaded = Verifier::new_after(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+        Some(&first),
+    )
+    .await
+    .unwrap();
+    assert!(
+        reloaded
+            .verify_at(&es256("k", &k.p256), later(t0, 0))
+            .await
+            .is_ok(),
+        "the last good set serves after the reload"
+    );
+    // deny side: without a previous set, the issuer has no keys
+    let fresh = Verifier::new(
+        vec![url_issuer(&url, Duration::from_secs(600))],
+        reqwest::Client::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fresh
+            .verify_at(&es256("k", &k.p256), later(t0, 0))
+            .await
+            .unwrap_err(),
+        JwtError::KeysUnavailable
+    );
+    // another URL does not inherit the set
+    let other = format!("{url}?other");
+    let moved = Verifier::new_after(
+        vec![url_issuer(&other, Duration::from_secs(600))],
+        reqwest::Client::new(),
+        Some(&first),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        moved
+            .verify_at(&es256("k", &k.p256), later(t0, 0))
+            .await
+            .unwrap_err(),
+        JwtError::KeysUnavailable
+    );
+}
