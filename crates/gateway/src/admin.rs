@@ -57,7 +57,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .filter(|p| p.healthy() == 0)
         .map(|p| p.name.clone())
         .collect();
-    if unhealthy.is_empty() {
+    if gw.log.stuck() {
+        // requests are served, but their security records are not written
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "security log stuck: its reader is not taking records\n".to_string(),
+        )
+    } else if unhealthy.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         (

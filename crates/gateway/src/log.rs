@@ -5,7 +5,9 @@
 //! recorded: the record has no field that could hold one.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -33,10 +35,27 @@ pub struct SecurityRecord {
     pub upstream: String,
 }
 
+/// Longest value a string field keeps: longer values (a 16 KiB path, say)
+/// are cut at a character boundary and end in `…`, so one request can never
+/// make a line long enough to be split or to flood the log.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+fn capped(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_FIELD_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_FIELD_BYTES - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+}
+
 impl SecurityRecord {
     /// The record as one JSON object, byte for byte what `serde_json` makes
-    /// of it (a test compares them), written directly: serialising through
-    /// serde cost about 5 % of a proxied request's instructions.
+    /// of it with every string field capped at [`MAX_FIELD_BYTES`] (a test
+    /// compares them), written directly: serialising through serde cost
+    /// about 5 % of a proxied request's instructions.
     pub fn to_json(&self) -> Vec<u8> {
         let mut o = Vec::with_capacity(512);
         let str_fields: [(&str, &str); 12] = [
@@ -59,7 +78,7 @@ impl SecurityRecord {
                 o.push(b',');
             }
             field(&mut o, name);
-            json_str(&mut o, value);
+            json_str(&mut o, &capped(value));
         }
         if let Some(c) = self.category {
             o.push(b',');
@@ -79,7 +98,7 @@ impl SecurityRecord {
         }
         o.push(b',');
         field(&mut o, "upstream");
-        json_str(&mut o, &self.upstream);
+        json_str(&mut o, &capped(&self.upstream));
         o.push(b'}');
         o
     }
@@ -137,36 +156,127 @@ fn json_str(o: &mut Vec<u8>, s: &str) {
     o.push(b'"');
 }
 
+/// Records waiting for the writer at most: about 16 MiB of lines.
+pub const QUEUE_LINES: usize = 32 * 1024;
+/// A sink that has had records waiting this long without writing one is stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+
+/// The stdout writer's shared state: what waits, and when it last wrote.
+#[derive(Debug)]
+struct WriterState {
+    pending: AtomicUsize,
+    /// Milliseconds since `epoch` at the last completed write (or start).
+    last_write_ms: AtomicU64,
+    epoch: Instant,
+    dropped: AtomicU64,
+}
+
+impl WriterState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Records go to stdout through one writer thread: each line is one whole
+/// write from one thread, so lines never interleave or split between
+/// records, and a request never waits for the log. When the reader of
+/// stdout stops, the queue fills: further records are dropped and counted
+/// (`palisade_gateway_security_log_dropped_total`, and an error in the
+/// gateway's own log), and `/readyz` reports the sink as stuck.
+pub struct StdoutSink {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    state: Arc<WriterState>,
+    last_alert_s: AtomicU64,
+}
+
 /// Where records go: stdout by default, a buffer in tests.
 pub enum Sink {
-    /// A duplicate of the stdout descriptor: each record is one `write` of
-    /// one whole line, with no process-wide lock between the worker threads
-    /// (the kernel keeps lines of up to PIPE_BUF bytes whole on a pipe and
-    /// serialises writes to a shared file offset).
-    Stdout(std::fs::File),
+    Stdout(StdoutSink),
     Memory(Mutex<Vec<String>>),
 }
 
 impl Sink {
-    /// The stdout sink.
+    /// The stdout sink and its writer thread.
     pub fn stdout() -> std::io::Result<Self> {
         use std::os::fd::AsFd;
         let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Ok(Sink::Stdout(std::fs::File::from(fd)))
+        Self::writer(std::fs::File::from(fd), QUEUE_LINES)
+    }
+
+    /// A sink writing to `out` through a writer thread and a queue of `lines`.
+    pub fn writer(out: std::fs::File, lines: usize) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(lines);
+        let state = Arc::new(WriterState {
+            pending: AtomicUsize::new(0),
+            last_write_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            dropped: AtomicU64::new(0),
+        });
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("security-log".into())
+            .spawn(move || {
+                let mut out = out;
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(&line);
+                    st.pending.fetch_sub(1, Ordering::Relaxed);
+                    st.last_write_ms.store(st.now_ms(), Ordering::Relaxed);
+                }
+            })?;
+        Ok(Sink::Stdout(StdoutSink {
+            tx,
+            state,
+            last_alert_s: AtomicU64::new(u64::MAX),
+        }))
     }
 
     pub fn write(&self, rec: &SecurityRecord) {
         let mut line = rec.to_json();
         match self {
-            Sink::Stdout(out) => {
+            Sink::Stdout(s) => {
                 line.push(b'\n');
-                let _ = (&*out).write_all(&line);
+                s.state.pending.fetch_add(1, Ordering::Relaxed);
+                if s.tx.try_send(line).is_err() {
+                    s.state.pending.fetch_sub(1, Ordering::Relaxed);
+                    s.state.dropped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("palisade_gateway_security_log_dropped_total").increment(1);
+                    // at most one alert a second
+                    let now = s.state.now_ms() / 1000;
+                    if s.last_alert_s.swap(now, Ordering::Relaxed) != now {
+                        tracing::error!(
+                            dropped = s.state.dropped.load(Ordering::Relaxed),
+                            "security log records dropped: the reader of stdout is not keeping up"
+                        );
+                    }
+                }
             }
             Sink::Memory(m) => {
                 if let Ok(mut v) = m.lock() {
                     v.push(String::from_utf8_lossy(&line).into_owned());
                 }
             }
+        }
+    }
+
+    /// Records waited for more than [`STUCK_AFTER`] without one being written.
+    pub fn stuck(&self) -> bool {
+        match self {
+            Sink::Stdout(s) => {
+                s.state.pending.load(Ordering::Relaxed) > 0
+                    && s.state
+                        .now_ms()
+                        .saturating_sub(s.state.last_write_ms.load(Ordering::Relaxed))
+                        > STUCK_AFTER.as_millis() as u64
+            }
+            Sink::Memory(_) => false,
+        }
+    }
+
+    /// Records dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        match self {
+            Sink::Stdout(s) => s.state.dropped.load(Ordering::Relaxed),
+            Sink::Memory(_) => 0,
         }
     }
 
@@ -226,5 +336,48 @@ mod tests {
             String::from_utf8(SecurityRecord::default().to_json()).unwrap(),
             serde_json::to_string(&SecurityRecord::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn long_fields_are_capped_at_a_character_boundary() {
+        let rec = SecurityRecord {
+            host: "h".repeat(16 * 1024),
+            path: format!("/{}", "é".repeat(4000)),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&rec.to_json()).unwrap();
+        for f in ["host", "path"] {
+            let s = v[f].as_str().unwrap();
+            assert!(s.len() <= MAX_FIELD_BYTES, "{f}: {}", s.len());
+            assert!(s.ends_with('…'), "{f}");
+        }
+        assert!(rec.to_json().len() < 4 * MAX_FIELD_BYTES);
+        let short = SecurityRecord {
+            host: "api.example".into(),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&short.to_json()).unwrap();
+        assert_eq!(v["host"], "api.example");
+    }
+
+    /// A reader that stops (a full pipe) never blocks a writer: records are
+    /// dropped and counted, and the sink reports itself stuck.
+    #[test]
+    fn a_stuck_reader_drops_and_is_reported_never_blocks() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let sink =
+            Sink::writer(std::fs::File::from(std::os::fd::OwnedFd::from(writer)), 4).unwrap();
+        let rec = SecurityRecord {
+            path: "/".repeat(MAX_FIELD_BYTES),
+            ..Default::default()
+        };
+        // a pipe holds 64 KiB: ~60 of these fill it, 4 more the queue; a
+        // blocking write would never return from this loop
+        for _ in 0..5_000 {
+            sink.write(&rec);
+        }
+        assert!(sink.dropped() > 0);
+        assert!(!sink.stuck(), "not stuck before STUCK_AFTER");
+        drop(reader);
     }
 }

@@ -548,10 +548,21 @@ impl Gateway {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
-    /// Every security-log line, parsed; panics on a line that is not a JSON object.
+    /// Every security-log line, parsed; panics on a line that is not a JSON
+    /// object. The gateway writes records from a writer thread, so a line
+    /// may land just after its response: read until two reads 50 ms apart
+    /// agree (at most 2 s).
     pub fn security_log(&self) -> Vec<Value> {
-        self.stdout()
-            .lines()
+        let mut text = self.stdout();
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(50));
+            let again = self.stdout();
+            if again == text {
+                break;
+            }
+            text = again;
+        }
+        text.lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l)
                     .unwrap_or_else(|e| panic!("security log line is not JSON ({e}): {l:?}"));
