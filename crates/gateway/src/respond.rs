@@ -48,6 +48,8 @@ pub enum GatewayError {
     },
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("request timeout")]
     RequestTimeout,
     #[error("upstream unavailable")]
@@ -71,6 +73,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +94,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::HeadersTooLarge => "request_header_fields_too_large",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
@@ -111,6 +115,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => "access denied",
             GatewayError::RateLimited { .. } => "rate limit exceeded",
             GatewayError::PayloadTooLarge => "request body too large",
+            GatewayError::HeadersTooLarge => "request headers too large",
             GatewayError::RequestTimeout => "request timed out",
             GatewayError::BadGateway { .. } => "upstream service unavailable",
             GatewayError::GatewayTimeout => "upstream service timed out",
@@ -142,6 +147,7 @@ impl GatewayError {
             | GatewayError::BadPath(_)
             | GatewayError::InvalidHost(_)
             | GatewayError::InvalidBody
+            | GatewayError::HeadersTooLarge
             | GatewayError::PayloadTooLarge => Some("malformed_request"),
             _ => None,
         }

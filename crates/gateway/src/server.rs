@@ -266,7 +266,7 @@ fn serve_tls(
     if tls.is_h2() {
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_header_list_size(crate::stack::outer_header_bytes(&limits) as u32)
             .max_concurrent_streams(128);
         let conn = h2.serve_connection(TokioIo::new(*tls), svc);
         tokio::spawn(crate::conn::serve_h2(
@@ -311,8 +311,8 @@ async fn serve_listener(
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
+        .max_buf_size(crate::stack::outer_header_bytes(&limits))
+        .max_headers(crate::stack::outer_headers(&limits));
     let h1 = Arc::new(h1);
     let tls_limits = Arc::new(limits.clone());
     loop {
@@ -382,12 +382,12 @@ async fn serve_listener(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .max_headers(limits.max_headers);
+                .max_buf_size(crate::stack::outer_header_bytes(&limits))
+                .max_headers(crate::stack::outer_headers(&limits));
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
+                .max_header_list_size(crate::stack::outer_header_bytes(&limits) as u32)
                 .max_concurrent_streams(128);
             let io = crate::conn::PlainConn::new(stream, limits.send_timeout);
             match kind {

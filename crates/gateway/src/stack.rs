@@ -117,6 +117,35 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
+/// hyper's own head limits, set four times the configured ones: the
+/// configured limits are enforced in the pipeline ([`check_headers`]), so
+/// a refusal gets the JSON error body and a security-log line; only a head
+/// past these outer bounds gets hyper's bare answer.
+pub fn outer_header_bytes(limits: &crate::config::Limits) -> usize {
+    limits.max_header_bytes.saturating_mul(4).max(8192)
+}
+
+pub fn outer_headers(limits: &crate::config::Limits) -> usize {
+    limits.max_headers.saturating_mul(4)
+}
+
+/// The configured header limits: at most `max_headers` fields and
+/// `max_header_bytes` of names and values (each counted with its `: ` and
+/// line end) -> 431.
+pub fn check_headers(
+    h: &hyper::HeaderMap,
+    limits: &crate::config::Limits,
+) -> Result<(), GatewayError> {
+    if h.len() > limits.max_headers {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    let bytes: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if bytes > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 /// Ambiguous framing is refused (request smuggling): both Content-Length and
 /// Transfer-Encoding, several or invalid Content-Length values, or a
 /// Transfer-Encoding other than a single `chunked`.
@@ -385,6 +414,7 @@ async fn pipeline(
     request_id: &str,
     rec: &mut SecurityRecord,
 ) -> Result<(Response<Body>, Option<Arc<RouteConfig>>), GatewayError> {
+    check_headers(req.headers(), &gw.limits)?;
     check_framing(req.headers())?;
 
     // 6: per-IP shield, before any cryptographic work
@@ -904,6 +934,44 @@ mod tests {
                 "the request target's authority differs from Host"
             ))
         );
+    }
+
+    #[test]
+    fn configured_header_limits_are_the_gateways() {
+        let limits = crate::config::Limits {
+            max_headers: 3,
+            max_header_bytes: 8192,
+            ..crate::config::Limits::default()
+        };
+        let mut h = hyper::HeaderMap::new();
+        for i in 0..3 {
+            h.insert(
+                HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert!(check_headers(&h, &limits).is_ok());
+        h.insert("x-3", HeaderValue::from_static("v"));
+        assert_eq!(
+            check_headers(&h, &limits),
+            Err(GatewayError::HeadersTooLarge)
+        );
+        let mut big = hyper::HeaderMap::new();
+        big.insert(
+            "x-big",
+            HeaderValue::from_str(&"v".repeat(8192 - 9)).unwrap(),
+        );
+        assert!(check_headers(&big, &limits).is_ok());
+        big.insert(
+            "x-big",
+            HeaderValue::from_str(&"v".repeat(8192 - 8)).unwrap(),
+        );
+        assert_eq!(
+            check_headers(&big, &limits),
+            Err(GatewayError::HeadersTooLarge)
+        );
+        assert_eq!(outer_header_bytes(&limits), 4 * 8192);
+        assert_eq!(outer_headers(&limits), 12);
     }
 
     #[test]
