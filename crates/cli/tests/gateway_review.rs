@@ -547,3 +547,314 @@ async fn a_half_written_configuration_is_never_applied() {
         "only the complete file is applied"
     );
 }
+
+// ------------------------------------------------------------------ streams that stall
+
+/// A raw HTTP/1.1 service (no Node): `/big/N` answers N bytes, `/stall`
+/// answers its head and 1 KiB of a 1 MiB body and then nothing,
+/// `/upload` reads its Content-Length body before answering. `open`
+/// counts its open connections: a connection the gateway holds is one the
+/// service cannot give to anyone else.
+struct RawService {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl RawService {
+    async fn start() -> RawService {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = open.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let guard = Open(counter.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _ = Self::serve(s).await;
+                });
+            }
+        });
+        RawService { port, open, task }
+    }
+
+    async fn serve(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            buf.drain(..head_end);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < length {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..length);
+            if let Some(n) = path.strip_prefix("/big/") {
+                let n: usize = n.parse().unwrap_or(0);
+                s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n").as_bytes())
+                    .await?;
+                let block = vec![b'x'; 64 * 1024];
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(block.len());
+                    s.write_all(&block[..k]).await?;
+                    left -= k;
+                }
+            } else if path == "/stall" {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n")
+                    .await?;
+                s.write_all(&[b'x'; 1024]).await?;
+                // nothing more: wait for the gateway to give up
+                while s.read(&mut chunk).await? > 0 {}
+                return Ok(());
+            } else {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await?;
+            }
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const STREAM_IDLE: Duration = Duration::from_millis(1000);
+
+async fn start_streams(name: &str) -> (tempfile::TempDir, RawService, Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = RawService::start().await;
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[limits]
+stream_idle_timeout_ms = {}
+max_concurrent_requests_per_client = 4
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{}"]
+request_timeout_ms = 10000
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "app"
+anonymous = true
+"#,
+            STREAM_IDLE.as_millis(),
+            svc.port
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let gw = Gateway::start(&cfg, name).await;
+    (dir, svc, gw)
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/2 (prior knowledge) connection to the plain listener; with
+/// `window` 0 the gateway may send no response body byte on any stream.
+async fn h2_connect(gw: &Gateway, window: u32) -> (H2Sender, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(gw.addr("plain"))
+        .await
+        .expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .adaptive_window(false)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (tx, task)
+}
+
+async fn h2_get(tx: &mut H2Sender, path: &str) -> hyper::Response<hyper::body::Incoming> {
+    tx.ready().await.expect("h2 ready");
+    let req = hyper::Request::get(format!("http://localhost{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tx.send_request(req).await.expect("h2 request")
+}
+
+/// Issue #13: a client that sets `SETTINGS_INITIAL_WINDOW_SIZE = 0` and
+/// opens streams held one upstream connection per stream, past every
+/// timeout. Now each is cut after the stream idle timeout (the service's
+/// connections close), and one client holds at most
+/// `max_concurrent_requests_per_client` forwarded requests: one more is a
+/// 429 `too_many_concurrent_requests`. A client that reads slowly but
+/// steadily is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_streams_release_the_upstream_and_are_capped_per_client() {
+    let (_dir, svc, gw) = start_streams("h2_stall").await;
+    let (mut tx, conn) = h2_connect(&gw, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let resp = h2_get(&mut tx, "/big/4194304").await;
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    let started = std::time::Instant::now();
+    gateway_common::wait_for("4 upstream connections", LIMIT, || async {
+        (svc.open() == 4).then_some(())
+    })
+    .await;
+    // a fifth request of this client: refused, before it reaches the service
+    let r = get(&gw, "/big/10", "").await;
+    assert_gateway_error(&r, 429, "too_many_concurrent_requests", "fifth request");
+    assert_eq!(svc.open(), 4);
+    // the stalled streams are cut after the stream idle timeout, not before
+    gateway_common::wait_for("upstream connections closed", LIMIT, || async {
+        (svc.open() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= STREAM_IDLE - Duration::from_millis(100),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    let log = gw.security_log();
+    assert!(
+        log.iter()
+            .any(|r| r["status"] == 429 && r["reason"] == "too_many_concurrent_requests"),
+        "the refusal is logged: {log:?}"
+    );
+    // the cut streams still count for this client until it resets them or
+    // closes its connection
+    let r = get(&gw, "/big/10", "").await;
+    assert_gateway_error(
+        &r,
+        429,
+        "too_many_concurrent_requests",
+        "streams still open",
+    );
+    drop(held);
+    drop(tx);
+    conn.abort();
+    gateway_common::wait_for("the client's slots released", LIMIT, || async {
+        (get(&gw, "/big/10", "").await.status() == Some(200)).then_some(())
+    })
+    .await;
+
+    // a slow but steady reader: longer than the idle timeout in total, never
+    // idle that long, served whole
+    let (mut tx, _conn) = h2_connect(&gw, 65_535).await;
+    let resp = h2_get(&mut tx, "/big/262144").await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let started = std::time::Instant::now();
+    let mut got = 0;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        got += frame
+            .expect("body frame")
+            .into_data()
+            .map(|d| d.len())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(got, 262_144);
+    assert!(started.elapsed() > STREAM_IDLE, "{:?}", started.elapsed());
+}
+
+/// An upstream that sends its head and then nothing holds the client's and
+/// its own connection no longer than the stream idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_sending_is_cut() {
+    let (_dir, svc, gw) = start_streams("upstream_stall").await;
+    let started = std::time::Instant::now();
+    let r = get(&gw, "/stall", "").await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    assert!(r.closed, "the gateway closed the response: {r:?}");
+    assert!(
+        started.elapsed() >= STREAM_IDLE && started.elapsed() < LIMIT,
+        "{:?}",
+        started.elapsed()
+    );
+    gateway_common::wait_for("upstream connection closed", LIMIT, || async {
+        (svc.open() == 0).then_some(())
+    })
+    .await;
+}
+
+/// A client that announces a body and sends none of it: 408 after the
+/// stream idle timeout (the upstream's request timeout is 10 s), and the
+/// upstream connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_is_a_408() {
+    let (_dir, svc, gw) = start_streams("body_stall").await;
+    let started = std::time::Instant::now();
+    let r = raw_plain(
+        gw.addr("plain"),
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc",
+        LIMIT,
+    )
+    .await;
+    assert_gateway_error(&r, 408, "request_timeout", "stalled body");
+    assert!(started.elapsed() >= STREAM_IDLE, "{:?}", started.elapsed());
+    gateway_common::wait_for("upstream connection closed", LIMIT, || async {
+        (svc.open() == 0).then_some(())
+    })
+    .await;
+    // a body that arrives is forwarded
+    let r = raw_plain(
+        gw.addr("plain"),
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+}

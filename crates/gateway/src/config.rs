@@ -90,6 +90,8 @@ pub struct RawLimits {
     pub request_timeout_ms: Option<u64>,
     pub min_body_rate_bytes_per_s: Option<u64>,
     pub max_connections: Option<usize>,
+    pub stream_idle_timeout_ms: Option<u64>,
+    pub max_concurrent_requests_per_client: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +288,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub min_body_rate: u64,
     pub max_connections: usize,
+    /// The longest a forwarded request's body or its response's body may
+    /// make no progress (Envoy's `stream_idle_timeout`; see `stream.rs`).
+    pub stream_idle_timeout: Duration,
+    /// Requests of one client address (IPv6: its /64) forwarded at a time.
+    pub max_concurrent_requests_per_client: u32,
 }
 
 impl Default for Limits {
@@ -300,6 +307,8 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             min_body_rate: 1024,
             max_connections: 20_000,
+            stream_idle_timeout: Duration::from_secs(60),
+            max_concurrent_requests_per_client: 128,
         }
     }
 }
@@ -731,6 +740,12 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if let Some(v) = l.max_connections {
             limits.max_connections = v;
         }
+        if let Some(v) = l.stream_idle_timeout_ms {
+            limits.stream_idle_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = l.max_concurrent_requests_per_client {
+            limits.max_concurrent_requests_per_client = v;
+        }
         // hyper's HTTP/1 read buffer, which enforces this limit, cannot be
         // smaller than 8 KiB: a lower value would be silently not enforced
         if limits.max_header_bytes < 8192
@@ -740,8 +755,10 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             || limits.send_timeout.is_zero()
             || limits.request_timeout.is_zero()
             || limits.max_connections == 0
+            || limits.stream_idle_timeout.is_zero()
+            || limits.max_concurrent_requests_per_client == 0
         {
-            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, keepalive_timeout_ms, send_timeout_ms, request_timeout_ms, max_connections > 0");
+            c.err("limits: max_header_bytes >= 8192, and max_headers, header_timeout_ms, keepalive_timeout_ms, send_timeout_ms, request_timeout_ms, max_connections, stream_idle_timeout_ms, max_concurrent_requests_per_client > 0");
         }
     }
 

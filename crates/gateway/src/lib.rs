@@ -24,5 +24,6 @@ mod record;
 pub mod respond;
 pub mod server;
 pub mod stack;
+pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -9,7 +9,10 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the gateway sends.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
@@ -52,6 +55,10 @@ pub enum GatewayError {
     HeadersTooLarge,
     #[error("request timeout")]
     RequestTimeout,
+    /// The client already has `limits.max_concurrent_requests_per_client`
+    /// requests forwarded.
+    #[error("too many concurrent requests")]
+    TooManyConcurrent,
     #[error("upstream unavailable")]
     BadGateway { reason: &'static str },
     #[error("upstream timeout")]
@@ -75,6 +82,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,6 +104,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::HeadersTooLarge => "request_header_fields_too_large",
             GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::TooManyConcurrent => "too_many_concurrent_requests",
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::Internal => "internal_error",
@@ -117,6 +126,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::HeadersTooLarge => "request headers too large",
             GatewayError::RequestTimeout => "request timed out",
+            GatewayError::TooManyConcurrent => "too many requests in progress from this client",
             GatewayError::BadGateway { .. } => "upstream service unavailable",
             GatewayError::GatewayTimeout => "upstream service timed out",
             GatewayError::Internal => "internal error",
@@ -142,7 +152,9 @@ impl GatewayError {
         match self {
             GatewayError::Unauthenticated { .. } => Some("authentication_failure"),
             GatewayError::Forbidden { .. } => Some("access_denied"),
-            GatewayError::RateLimited { .. } => Some("rate_limited"),
+            GatewayError::RateLimited { .. } | GatewayError::TooManyConcurrent => {
+                Some("rate_limited")
+            }
             GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
             | GatewayError::InvalidHost(_)

@@ -68,6 +68,8 @@ pub struct Gateway {
     /// request, on every route, so a client's copy never reaches a service
     /// that trusts it on another route.
     pub identity_headers: Vec<hyper::header::HeaderName>,
+    /// Forwarded requests in flight per client (kept across reloads).
+    pub client_slots: Arc<crate::stream::ClientSlots>,
 }
 
 /// The reloadable current gateway.
@@ -176,6 +178,7 @@ pub async fn build(
         log,
         trusted_proxies: cfg.trusted_proxies.clone(),
         identity_headers,
+        client_slots: previous.map(|p| p.client_slots.clone()).unwrap_or_default(),
     })
 }
 

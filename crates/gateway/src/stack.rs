@@ -65,6 +65,12 @@ struct GuardedBody {
     started: Instant,
     min_rate: u64,
     state: Arc<AtomicU8>,
+    /// The stream idle timeout: the longest the client may send nothing
+    /// while the upstream waits for the body.
+    idle: Duration,
+    /// Runs while the body waits for the client (made on first use).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
 /// Grace period before the minimum body rate applies.
@@ -81,6 +87,7 @@ impl hyper::body::Body for GuardedBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
                 if let Some(d) = frame.data_ref() {
                     this.read += d.len() as u64;
                     if this.read > this.max {
@@ -104,7 +111,27 @@ impl hyper::body::Body for GuardedBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = match &mut this.timer {
+                    Some(t) => {
+                        if !this.armed {
+                            t.as_mut().reset(deadline);
+                        }
+                        t
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.armed = true;
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.state.store(BODY_TOO_SLOW, Ordering::Relaxed);
+                    metrics::counter!("palisade_gateway_stream_idle_timeouts_total", "waiting_on" => "client_body").increment(1);
+                    return Poll::Ready(Some(Err("request body idle".into())));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -575,7 +602,15 @@ async fn pipeline(
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
+    // the cap on this client's forwarded requests, held until the
+    // response body is done
+    let slot = gw
+        .client_slots
+        .acquire(client, gw.limits.max_concurrent_requests_per_client)
+        .ok_or(GatewayError::TooManyConcurrent)?;
     let (parts, body) = req.into_parts();
+    // HTTP/2 streams share a connection: a stalled one blocks no socket write
+    let h2 = parts.version == hyper::Version::HTTP_2;
     let state = Arc::new(AtomicU8::new(BODY_OK));
     let guarded = GuardedBody {
         inner: body,
@@ -584,6 +619,9 @@ async fn pipeline(
         started: Instant::now(),
         min_rate: gw.limits.min_body_rate,
         state: state.clone(),
+        idle: gw.limits.stream_idle_timeout,
+        timer: None,
+        armed: false,
     };
     let upstream_req = Request::from_parts(parts, guarded.boxed());
     let ctx = ForwardCtx {
@@ -599,7 +637,7 @@ async fn pipeline(
         client_fault: state.clone(),
     };
     let result = pool.forward(&permit, upstream_req, ctx).await;
-    let (mut resp, endpoint) = match result {
+    let (resp, endpoint) = match result {
         Ok(r) => r,
         Err(e) => {
             return Err(match state.load(Ordering::Relaxed) {
@@ -610,6 +648,8 @@ async fn pipeline(
             });
         }
     };
+    let idle = gw.limits.stream_idle_timeout;
+    let mut resp = resp.map(|b| crate::stream::IdleBody::new(b, idle, h2, Some(slot)).boxed());
     rec.upstream = [pool.name.as_str(), "/", &endpoint].concat();
     for (n, v) in limit_headers {
         if let (Ok(n), Ok(v)) = (

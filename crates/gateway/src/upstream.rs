@@ -26,7 +26,7 @@ use crate::authz::Permit;
 use crate::config::UpstreamConfig;
 use crate::respond::{Body, GatewayError};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::respond::BoxError;
 pub type ReqBody = BoxBody<Bytes, BoxError>;
 
 // Header names as constants: a `&str` name is parsed on every use.
@@ -561,7 +561,7 @@ impl Pool {
             body.release();
         }
         Ok((
-            Response::from_parts(parts, body.boxed()),
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
             e.authority.clone(),
         ))
     }
