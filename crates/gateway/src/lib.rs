@@ -20,7 +20,6 @@ pub mod durations;
 pub mod inspect;
 pub mod log;
 pub mod principal;
-mod record;
 pub mod respond;
 pub mod server;
 pub mod stack;
