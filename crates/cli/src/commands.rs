@@ -542,7 +542,7 @@ pub async fn run(cli: Cli) -> u8 {
                         0
                     }
                     Err(errs) => {
-                        for e in errs.lines() {
+                        for e in errs.to_string().lines() {
                             eprintln!("{}: {e}", file.display());
                         }
                         1
@@ -1469,14 +1469,14 @@ async fn gateway(a: GatewayArgs) -> u8 {
             let cfg = match palisade_gateway::server::read_config(&file, &var) {
                 Ok(c) => c,
                 Err(errs) => {
-                    for e in errs.lines() {
+                    for e in errs.to_string().lines() {
                         eprintln!("{}: {e}", file.display());
                     }
                     return 1;
                 }
             };
             init_tracing(&cfg.log_level, true);
-            let sink = match palisade_gateway::log::Sink::stdout() {
+            let sink = match palisade_gateway::ops::log::Sink::stdout() {
                 Ok(s) => std::sync::Arc::new(s),
                 Err(e) => {
                     eprintln!("error: cannot open stdout for the security log: {e}");
@@ -1501,7 +1501,7 @@ async fn gateway(a: GatewayArgs) -> u8 {
             let cfg = match palisade_gateway::server::read_config(&file, &var) {
                 Ok(c) => c,
                 Err(errs) => {
-                    for e in errs.lines() {
+                    for e in errs.to_string().lines() {
                         eprintln!("{}: {e}", file.display());
                     }
                     return 1;

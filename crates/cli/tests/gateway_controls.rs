@@ -951,9 +951,10 @@ authn = ["apikey"]
             want,
             "host {host}"
         );
+        // the canonical authority the policies saw: lowercase, port kept
         assert_eq!(
             r.json()["headers"]["host"],
-            host,
+            host.to_ascii_lowercase(),
             "the service sees the host"
         );
     }

@@ -448,7 +448,7 @@ pub struct GatewayConfig {
     pub policy_file: PathBuf,
     pub routes: Vec<RouteConfig>,
     pub log_level: String,
-    pub trusted_proxies: Vec<crate::client_ip::Cidr>,
+    pub trusted_proxies: Vec<crate::steps::client_ip::Cidr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -902,7 +902,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     // the JWT crate's own checks (duplicate issuers, URL rules, refresh...), so
     // `config check` reports what start-up would refuse
     if !issuers.is_empty()
-        && let Err(e) = palisade_jwt::check(&crate::authn::jwt_issuers(&issuers))
+        && let Err(e) = palisade_jwt::check(&crate::steps::authn::jwt_issuers(&issuers))
     {
         c.err(format!("issuers: {e}"));
     }
@@ -1007,7 +1007,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             let p = c.file("authorization.policy_file", &a.policy_file);
             match std::fs::read_to_string(&p) {
                 Ok(t) => {
-                    if let Err(e) = crate::authz::Authorizer::new(&t) {
+                    if let Err(e) = crate::steps::authz::Authorizer::new(&t) {
                         c.err(format!("authorization.policy_file: {e}"));
                     }
                     (t, p)
@@ -1200,7 +1200,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
 
     let mut trusted_proxies = Vec::new();
     for (i, t) in raw.trusted_proxies.iter().enumerate() {
-        match crate::client_ip::Cidr::parse(t) {
+        match crate::steps::client_ip::Cidr::parse(t) {
             Some(cidr) => trusted_proxies.push(cidr),
             None => c.err(format!(
                 "trusted_proxies[{i}]: {t:?} is not an IP address or CIDR range"

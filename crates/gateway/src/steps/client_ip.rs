@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use hyper::HeaderMap;
 
-use crate::upstream::X_FORWARDED_FOR;
+use crate::steps::headers::X_FORWARDED_FOR;
 
 /// An address range (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

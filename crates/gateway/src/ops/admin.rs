@@ -9,18 +9,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::server::Shared;
+use crate::gateway::Shared;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Install the global Prometheus recorder once per process.
 ///
 /// It holds counters and gauges only. Request durations are a histogram
-/// kept by [`crate::durations`]: the recorder's histograms keep every sample
+/// kept by [`crate::ops::durations`]: the recorder's histograms keep every sample
 /// until an upkeep pass folds them into buckets, a burst of work on a core a
 /// worker may need. No code records a histogram through the recorder
 /// (`metrics::histogram!`): with no upkeep pass its samples would pile up
-/// until a scrape; add new histograms to [`crate::durations`]'s kind.
+/// until a scrape; add new histograms to [`crate::ops::durations`]'s kind.
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
@@ -40,7 +40,7 @@ async fn metrics(State(_): State<Arc<Shared>>) -> impl IntoResponse {
             [("content-type", "text/plain; version=0.0.4")],
             {
                 let mut body = h.render();
-                crate::durations::render(&mut body);
+                crate::ops::durations::render(&mut body);
                 body
             },
         )

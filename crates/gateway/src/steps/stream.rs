@@ -28,8 +28,8 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::respond::Body;
-use crate::upstream::BoxError;
+use crate::error::Body;
+use crate::error::BoxError;
 
 const SHARDS: usize = 16;
 

@@ -13,8 +13,8 @@ use hyper::header::{AUTHORIZATION, HeaderName};
 use serde_json::Value;
 
 use crate::config::{AuthnMethod, IssuerKeys, IssuerSpec, RouteConfig};
-use crate::principal::{Method, PeerIdentity, Principal};
-use crate::respond::GatewayError;
+use crate::error::GatewayError;
+use crate::steps::principal::{Method, PeerIdentity, Principal};
 
 pub struct IssuerInfo {
     pub name: String,

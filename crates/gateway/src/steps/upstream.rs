@@ -4,8 +4,68 @@
 //! timeouts, TLS to upstreams with CA verification and an optional client
 //! certificate (mTLS to services), and header hygiene in both directions.
 //!
-//! [`Pool::forward`] takes a [`Permit`]: nothing reaches a service unless
-//! authorization allowed it.
+//! [`forward`] takes a [`Permit`] by value and forwards the request the
+//! permit was given for to the pool of the route it was given on: nothing
+//! reaches a service unless authorization allowed it, a permit serves one
+//! request, and no caller chooses the pool.
+//!
+//! A request cannot be forwarded without a permit (the pool's own send is
+//! private to this module):
+//!
+//! ```compile_fail,E0624
+//! use palisade_gateway::config::RouteConfig;
+//! use palisade_gateway::steps::upstream::{ForwardCtx, Pool, ReqBody};
+//! async fn skip_authz(pool: &Pool, req: hyper::Request<ReqBody>, route: &RouteConfig, ctx: ForwardCtx<'_>) {
+//!     let _ = pool.send_permitted(req, "/".into(), Vec::new(), route, ctx).await;
+//! }
+//! ```
+//!
+//! nor with a permit forged outside authorization (its fields are private):
+//!
+//! ```compile_fail,E0451
+//! use palisade_gateway::steps::authz::Permit;
+//! fn forge<R>(route: R, principal: palisade_gateway::steps::principal::Principal) -> Permit<R> {
+//!     Permit { route, principal, resource: todo!(), policies: "".into() }
+//! }
+//! ```
+//!
+//! nor sent to another route's pool (the pool comes from the permit; there
+//! is no pool argument):
+//!
+//! ```compile_fail,E0061
+//! use std::sync::Arc;
+//! use palisade_gateway::steps::authz::Permit;
+//! use palisade_gateway::steps::route::Route;
+//! use palisade_gateway::steps::upstream::{forward, ForwardCtx, Pool, ReqBody};
+//! async fn elsewhere(p: Permit<Arc<Route>>, other: Arc<Pool>, req: hyper::Request<ReqBody>, ctx: ForwardCtx<'_>) {
+//!     let _ = forward(p, &other, req, ctx).await;
+//! }
+//! ```
+//!
+//! nor twice with one permit (forwarding moves it):
+//!
+//! ```compile_fail,E0382
+//! use std::sync::Arc;
+//! use palisade_gateway::steps::authz::Permit;
+//! use palisade_gateway::steps::route::Route;
+//! use palisade_gateway::steps::upstream::{forward, ForwardCtx, ReqBody};
+//! async fn twice(p: Permit<Arc<Route>>, a: hyper::Request<ReqBody>, b: hyper::Request<ReqBody>, c: ForwardCtx<'_>, d: ForwardCtx<'_>) {
+//!     let _ = forward(p, a, c).await;
+//!     let _ = forward(p, b, d).await;
+//! }
+//! ```
+//!
+//! while forwarding with the permit authorization gave compiles:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use palisade_gateway::steps::authz::Permit;
+//! use palisade_gateway::steps::route::Route;
+//! use palisade_gateway::steps::upstream::{forward, ForwardCtx, ReqBody};
+//! async fn once(p: Permit<Arc<Route>>, req: hyper::Request<ReqBody>, ctx: ForwardCtx<'_>) {
+//!     let _ = forward(p, req, ctx).await;
+//! }
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -16,115 +76,37 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::authz::Permit;
-use crate::config::UpstreamConfig;
-use crate::respond::{Body, GatewayError};
+use crate::config::{RouteConfig, UpstreamConfig};
+use crate::error::{Body, BoxError, GatewayError};
+use crate::steps::authz::Permit;
+use crate::steps::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, join_cookies, strip_headers, underscored,
+    untrusted_forwarding,
+};
+use crate::steps::limits::ClientFault;
 
-pub use crate::respond::BoxError;
+/// The request body as the pool sends it.
 pub type ReqBody = BoxBody<Bytes, BoxError>;
 
-// Header names as constants: a `&str` name is parsed on every use.
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Headers that belong to one connection and are never forwarded (RFC 9110
-/// §7.6.1): `Connection`, `Keep-Alive`, `Proxy-Connection`,
-/// `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
-/// `Transfer-Encoding` and `Upgrade`.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// What a permit is for: a route, which names the pool its requests go to
+/// (resolved once, when the gateway is built).
+pub trait Target {
+    fn config(&self) -> &RouteConfig;
+    fn pool(&self) -> &Pool;
 }
 
-/// Headers a client may not set: forwarding headers (the gateway is the
-/// edge; X-Forwarded-For/-Proto are replaced), and headers that change a
-/// request's meaning in common frameworks (Express's method-override, IIS
-/// and Symfony's `X-Original-URL` / `X-Rewrite-URL`, prefix and port
-/// rewriting): a GET authorised on one route must not become a DELETE or
-/// another path behind the gateway.
-fn untrusted_forwarding(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "forwarded"
-            | "x-real-ip"
-            | "x-forwarded-host"
-            | "x-forwarded-server"
-            | "x-forwarded-prefix"
-            | "x-forwarded-port"
-            | "x-forwarded-uri"
-            | "x-forwarded-path"
-            | "x-http-method-override"
-            | "x-http-method"
-            | "x-method-override"
-            | "x-original-method"
-            | "x-original-url"
-            | "x-rewrite-url"
-            | "x-original-uri"
-    )
-}
-
-/// HTTP/2 clients may split `cookie` into several fields (RFC 9113
-/// §8.2.3); an HTTP/1.1 service expects one, joined with `"; "`.
-fn join_cookies(h: &mut HeaderMap) {
-    let mut crumbs = h.get_all(header::COOKIE).iter();
-    let (Some(_), Some(_)) = (crumbs.next(), crumbs.next()) else {
-        return;
-    };
-    let joined: Vec<&[u8]> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-        h.insert(header::COOKIE, v);
+impl<T: Target + ?Sized> Target for Arc<T> {
+    fn config(&self) -> &RouteConfig {
+        (**self).config()
     }
-}
-
-/// Header names with `_`: CGI, WSGI, Rack and PHP map `x_user` and `x-user`
-/// to one variable, so an `_` spelling would slip past the removal of
-/// `x-user`. Dropped, as nginx does by default (`underscores_in_headers off`).
-fn underscored(name: &HeaderName) -> bool {
-    name.as_str().contains('_')
-}
-
-/// Remove, in one pass over the names present, the hop-by-hop headers,
-/// the headers named in `Connection`, and every header `also` picks.
-/// Only the few names found are removed (each removal hashes a name; a
-/// request usually has none of them but its credential).
-pub fn strip_headers(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let mut doomed: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| hop_by_hop(n) || also(n))
-        .cloned()
-        .collect();
-    if doomed.contains(&header::CONNECTION) {
-        doomed.extend(
-            h.get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-        );
-    }
-    for n in doomed {
-        h.remove(n);
+    fn pool(&self) -> &Pool {
+        (**self).pool()
     }
 }
 
@@ -133,6 +115,41 @@ pub fn strip_headers(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
 enum Connector {
     Plain,
     Tls(tokio_rustls::TlsConnector),
+}
+
+/// The bytes of a connection to an endpoint from an in-process transport.
+pub type InProcessIo = tokio::io::DuplexStream;
+
+/// An in-process way to reach endpoints (tests drive the whole pipeline
+/// with no socket): returns the client end of a connection to `authority`.
+pub trait Dial: Send + Sync {
+    fn dial(&self, authority: &str) -> std::io::Result<InProcessIo>;
+}
+
+/// How pools reach their endpoints' bytes: TCP in every deployment, or an
+/// in-process [`Dial`].
+#[derive(Clone, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    InProcess(Arc<dyn Dial>),
+}
+
+/// An upstream (pool) that cannot be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid {what} in {path}: {reason}")]
+    Invalid {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("TLS client configuration: {0}")]
+    Tls(String),
+    #[error("server_name for {endpoint}: {reason}")]
+    ServerName { endpoint: String, reason: String },
 }
 
 /// An HTTP/1.1 connection to an endpoint, as hyper's client sees it.
@@ -177,6 +194,7 @@ pub struct Pool {
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     connector: Connector,
+    transport: Transport,
     /// One per worker thread.
     slots: Vec<Slot>,
     connect_timeout: Duration,
@@ -196,24 +214,23 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// What the stack tells the upstream step about the request.
+/// What the pipeline tells the upstream step about the request besides
+/// the permit: how it arrived, never what it is (that is the permit's).
 pub struct ForwardCtx<'a> {
     pub request_id: &'a str,
     pub client_ip: &'a str,
     pub proto: &'static str,
-    /// Identity headers to set (name, value); client copies are removed first.
-    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The canonical authority (`host[:port]`) for `Host`; empty when the
+    /// request named none (HTTP/1.0): the endpoint's is sent.
+    pub authority: &'a str,
     /// Every header any route may set from an identity, removed from the
     /// client request.
     pub identity_names: &'a [HeaderName],
     /// The headers that may carry a gateway credential (never forwarded).
     pub credentials: &'a [HeaderName],
-    pub path_and_query: String,
-    pub pass_upstream_errors: bool,
-    pub timeout: Option<Duration>,
     /// Set by the request body when the *client* broke it (too large, too
     /// slow): such a failure is not held against the endpoint's health.
-    pub client_fault: Arc<std::sync::atomic::AtomicU8>,
+    pub client_fault: ClientFault,
 }
 
 /// Why a request could not be sent upstream.
@@ -221,6 +238,45 @@ pub struct ForwardCtx<'a> {
 enum SendError {
     Connect(String),
     Protocol(hyper::Error),
+}
+
+/// Send the request `permit` was given for to the pool of the route it was
+/// given on, and return the response and the endpoint that answered. The
+/// method, path and host forwarded are the permit's (what the policies
+/// saw); the request supplies the query, the headers and the body.
+pub async fn forward<R: Target>(
+    permit: Permit<R>,
+    req: Request<ReqBody>,
+    ctx: ForwardCtx<'_>,
+) -> Result<(Response<Body>, String), GatewayError> {
+    let route = permit.route().config();
+    let res = permit.resource();
+    if req.method() != res.method {
+        return Err(GatewayError::Internal);
+    }
+    let upstream_path = if route.strip_prefix {
+        match res
+            .path
+            .strip_prefix(route.path_prefix.trim_end_matches('/'))
+        {
+            Some("") => "/",
+            Some(rest) => rest,
+            None => &res.path,
+        }
+    } else {
+        &res.path
+    };
+    let mut path_and_query = crate::steps::inspect::encode_path(upstream_path);
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let identity = crate::steps::identity::headers(route, permit.principal())?;
+    permit
+        .route()
+        .pool()
+        .send_permitted(req, path_and_query, identity, route, ctx)
+        .await
 }
 
 /// The host part of `host:port` or `[v6]:port`.
@@ -232,34 +288,43 @@ fn authority_host(authority: &str) -> &str {
 }
 
 impl Pool {
-    fn connector(cfg: &UpstreamConfig) -> Result<Connector, String> {
+    fn connector(cfg: &UpstreamConfig) -> Result<Connector, PoolError> {
         let Some(t) = &cfg.tls else {
             return Ok(Connector::Plain);
         };
+        let read = |path: &std::path::Path, e: &dyn std::fmt::Display| PoolError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let invalid =
+            |what, path: &std::path::Path, e: &dyn std::fmt::Display| PoolError::Invalid {
+                what,
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            };
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&t.ca_file)
-            .map_err(|e| format!("cannot read {}: {e}", t.ca_file.display()))?
-        {
+        for c in CertificateDer::pem_file_iter(&t.ca_file).map_err(|e| read(&t.ca_file, &e))? {
+            let c = c.map_err(|e| invalid("CA PEM", &t.ca_file, &e))?;
             roots
-                .add(c.map_err(|e| format!("invalid CA PEM in {}: {e}", t.ca_file.display()))?)
-                .map_err(|e| format!("invalid CA certificate: {e}"))?;
+                .add(c)
+                .map_err(|e| invalid("CA certificate", &t.ca_file, &e))?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let b = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| PoolError::Tls(e.to_string()))?
             .with_root_certificates(roots);
         let mut tls = match &t.client_cert {
             None => b.with_no_client_auth(),
             Some((cert, key)) => {
                 let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+                    .map_err(|e| read(cert, &e))?
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("invalid certificate PEM in {}: {e}", cert.display()))?;
+                    .map_err(|e| invalid("certificate PEM", cert, &e))?;
                 let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|_| format!("no valid private key in {}", key.display()))?;
+                    .map_err(|_| invalid("private key", key, &"no valid private key"))?;
                 b.with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("upstream client certificate: {e}"))?
+                    .map_err(|e| PoolError::Tls(format!("upstream client certificate: {e}")))?
             }
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -268,7 +333,15 @@ impl Pool {
         ))))
     }
 
-    pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Self>, String> {
+    /// A pool reaching its endpoints over TCP.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Self>, PoolError> {
+        Self::with_transport(cfg, Transport::Tcp)
+    }
+
+    pub fn with_transport(
+        cfg: &UpstreamConfig,
+        transport: Transport,
+    ) -> Result<Arc<Self>, PoolError> {
         let connector = Self::connector(cfg)?;
         let tls = cfg.tls.as_ref();
         let endpoints = cfg
@@ -282,10 +355,12 @@ impl Pool {
                             .server_name
                             .clone()
                             .unwrap_or_else(|| authority_host(e).to_string());
-                        Some(
-                            rustls_pki_types::ServerName::try_from(name)
-                                .map_err(|err| format!("server_name for {e}: {err}"))?,
-                        )
+                        Some(rustls_pki_types::ServerName::try_from(name).map_err(|err| {
+                            PoolError::ServerName {
+                                endpoint: e.clone(),
+                                reason: err.to_string(),
+                            }
+                        })?)
                     }
                 };
                 Ok(Endpoint {
@@ -295,8 +370,8 @@ impl Pool {
                     ejected_until: AtomicU64::new(0),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
-        let slots = (0..crate::server::workers())
+            .collect::<Result<Vec<_>, PoolError>>()?;
+        let slots = (0..crate::worker::workers())
             .map(|_| {
                 Arc::new(std::sync::Mutex::new(WorkerConns {
                     idle: endpoints.iter().map(|_| Vec::new()).collect(),
@@ -309,6 +384,7 @@ impl Pool {
             endpoints,
             next: AtomicUsize::new(0),
             connector,
+            transport,
             slots,
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.max_idle_connections,
@@ -321,7 +397,7 @@ impl Pool {
 
     /// This worker's idle connections.
     fn slot(&self) -> &Slot {
-        &self.slots[crate::server::WORKER.with(std::cell::Cell::get) % self.slots.len()]
+        &self.slots[crate::worker::index() % self.slots.len()]
     }
 
     /// The most recently used idle connection to endpoint `ep` that is
@@ -341,17 +417,35 @@ impl Pool {
     /// this worker.
     async fn connect(&self, ep: usize) -> Result<Sender, SendError> {
         let e = &self.endpoints[ep];
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(e.authority.as_str()),
-        )
-        .await
-        .map_err(|_| SendError::Connect("connect timed out".into()))?
-        .map_err(|err| SendError::Connect(err.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let tx = match (&self.connector, &e.server_name) {
+        match &self.transport {
+            Transport::Tcp => {
+                let tcp = tokio::time::timeout(
+                    self.connect_timeout,
+                    tokio::net::TcpStream::connect(e.authority.as_str()),
+                )
+                .await
+                .map_err(|_| SendError::Connect("connect timed out".into()))?
+                .map_err(|err| SendError::Connect(err.to_string()))?;
+                let _ = tcp.set_nodelay(true);
+                self.handshake(e, tcp).await
+            }
+            Transport::InProcess(dial) => {
+                let io = dial
+                    .dial(&e.authority)
+                    .map_err(|err| SendError::Connect(err.to_string()))?;
+                self.handshake(e, io).await
+            }
+        }
+    }
+
+    /// TLS (when configured) and HTTP/1.1 on a connection to `e`.
+    async fn handshake<IO>(&self, e: &Endpoint, io: IO) -> Result<Sender, SendError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        match (&self.connector, &e.server_name) {
             (Connector::Tls(tls), Some(name)) => {
-                let io = tokio::time::timeout(self.connect_timeout, tls.connect(name.clone(), tcp))
+                let io = tokio::time::timeout(self.connect_timeout, tls.connect(name.clone(), io))
                     .await
                     .map_err(|_| SendError::Connect("TLS handshake timed out".into()))?
                     .map_err(|err| SendError::Connect(format!("TLS: {err}")))?;
@@ -359,17 +453,16 @@ impl Pool {
                     .await
                     .map_err(SendError::Protocol)?;
                 tokio::spawn(conn);
-                tx
+                Ok(tx)
             }
             _ => {
-                let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+                let (tx, conn) = http1::handshake(TokioIo::new(io))
                     .await
                     .map_err(SendError::Protocol)?;
                 tokio::spawn(conn);
-                tx
+                Ok(tx)
             }
-        };
-        Ok(tx)
+        }
     }
 
     /// Send `req` to endpoint `ep` on an idle connection, or on a new one.
@@ -448,31 +541,22 @@ impl Pool {
             .count()
     }
 
-    /// Send the permitted request to one endpoint and return its response.
-    pub async fn forward<R>(
+    /// Send a request [`forward`] prepared to one endpoint and return its
+    /// response (private: only `forward`, which takes the permit, calls it).
+    async fn send_permitted(
         &self,
-        _permit: &Permit<R>,
         mut req: Request<ReqBody>,
+        path_and_query: String,
+        identity: Vec<(HeaderName, HeaderValue)>,
+        route: &RouteConfig,
         ctx: ForwardCtx<'_>,
     ) -> Result<(Response<Body>, String), GatewayError> {
         let ep = self.pick();
         let e = &self.endpoints[ep];
         // origin form: the connection already goes to the endpoint
-        let uri: Uri = ctx
-            .path_and_query
+        let uri: Uri = path_and_query
             .parse()
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
-        // HTTP/2 carries the host in :authority, not Host: forwarding over
-        // HTTP/1.1 must turn it into Host (RFC 9113 §8.3.1), or the service
-        // sees the endpoint address instead of the host the client asked for
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            let a = req.uri().authority()?;
-            let h = match a.port_u16() {
-                Some(p) => format!("{}:{p}", a.host()),
-                None => a.host().to_string(),
-            };
-            HeaderValue::from_str(&h).ok()
-        });
         *req.uri_mut() = uri;
         *req.version_mut() = hyper::Version::HTTP_11;
         let h = req.headers_mut();
@@ -485,7 +569,7 @@ impl Pool {
                 || ctx.credentials.contains(n)
                 || ctx.identity_names.contains(n)
         });
-        for (n, v) in ctx.identity {
+        for (n, v) in identity {
             h.insert(n, v);
         }
         join_cookies(h);
@@ -496,23 +580,27 @@ impl Pool {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id) {
             h.insert(X_REQUEST_ID, v);
         }
-        // HTTP/1.1 needs a Host: a client without one (HTTP/1.0) gets the endpoint's
+        // the canonical authority the policies saw (HTTP/2 carries it in
+        // :authority, RFC 9113 §8.3.1, and HTTP/1.1 needs a Host); a client
+        // without one (HTTP/1.0) gets the endpoint's
+        let authority = if ctx.authority.is_empty() {
+            &e.authority
+        } else {
+            ctx.authority
+        };
         h.insert(
             header::HOST,
-            match host {
-                Some(host) => host,
-                None => HeaderValue::from_str(&e.authority)
-                    .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?,
-            },
+            HeaderValue::from_str(authority)
+                .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?,
         );
-        let timeout = ctx.timeout.unwrap_or(self.request_timeout);
+        let timeout = route.request_timeout.unwrap_or(self.request_timeout);
         let slot = self.slot();
         let (resp, tx) = match tokio::time::timeout(timeout, self.send(slot, ep, req)).await {
             // one request's slow work says nothing about the endpoint's health
             // (and a client could otherwise eject it with slow requests)
             Err(_) => return Err(GatewayError::GatewayTimeout),
             Ok(Err(err)) => {
-                if ctx.client_fault.load(Ordering::Relaxed) == 0 {
+                if ctx.client_fault.is_clear() {
                     self.record(e, false);
                 }
                 let reason = match &err {
@@ -536,7 +624,7 @@ impl Pool {
         strip_headers(&mut parts.headers, |n| {
             n == header::SERVER || n.as_str() == "x-powered-by"
         });
-        if status.is_server_error() && !ctx.pass_upstream_errors {
+        if status.is_server_error() && !route.pass_upstream_errors {
             // upstream 5xx bodies may carry stack traces: replace them
             drop(body);
             let body = serde_json::json!({
@@ -549,7 +637,7 @@ impl Pool {
                 HeaderValue::from_static("application/json"),
             );
             return Ok((
-                Response::from_parts(parts, crate::respond::full(body.to_string())),
+                Response::from_parts(parts, crate::error::full(body.to_string())),
                 e.authority.clone(),
             ));
         }
@@ -665,91 +753,5 @@ mod tests {
         assert_eq!(authority_host("[::1]:8443"), "::1");
         assert_eq!(authority_host("orders.internal"), "orders.internal");
         assert!(rustls_pki_types::ServerName::try_from(authority_host("[::1]:8443")).is_ok());
-    }
-
-    #[test]
-    fn cookie_crumbs_are_joined() {
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
-        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
-        join_cookies(&mut h);
-        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
-        let mut one = HeaderMap::new();
-        one.insert(header::COOKIE, HeaderValue::from_static("a=1"));
-        join_cookies(&mut one);
-        assert_eq!(one[header::COOKIE], "a=1");
-    }
-
-    #[test]
-    fn meaning_changing_and_underscored_headers_are_chosen_for_removal() {
-        for n in [
-            "x-http-method-override",
-            "x-original-url",
-            "x-forwarded-prefix",
-            "forwarded",
-        ] {
-            assert!(untrusted_forwarding(&HeaderName::from_static(n)), "{n}");
-        }
-        assert!(!untrusted_forwarding(&HeaderName::from_static("x-trace")));
-        assert!(underscored(&HeaderName::from_static("x_user")));
-        assert!(!underscored(&HeaderName::from_static("x-user")));
-    }
-
-    #[test]
-    fn strips_hop_by_hop_connection_named_and_chosen_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_headers(&mut h, |_| false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-        // each one alone is found too (the pass that skips the removals)
-        for name in [
-            "connection",
-            "Keep-Alive",
-            "proxy-connection",
-            "proxy-authenticate",
-            "Proxy-Authorization",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "upgrade",
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert("x-keep", HeaderValue::from_static("1"));
-            h.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_static("x"),
-            );
-            strip_headers(&mut h, |_| false);
-            assert_eq!(h.len(), 1, "{name} was not removed");
-        }
-        // nothing to remove: nothing changes
-        let mut h = HeaderMap::new();
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        h.insert("accept", HeaderValue::from_static("*/*"));
-        strip_headers(&mut h, |_| false);
-        assert_eq!(h.len(), 2);
-        // what the caller adds goes in the same pass, hop-by-hop ones still do
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
-        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
-        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_headers(&mut h, |n| {
-            untrusted_forwarding(n) || n == hyper::header::AUTHORIZATION
-        });
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
     }
 }

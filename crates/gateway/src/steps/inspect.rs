@@ -7,7 +7,7 @@
 //! segments are removed (RFC 3986 §5.2.4, clamped at the root as Envoy does);
 //! duplicate slashes are merged. The result is re-encoded for forwarding.
 
-use crate::respond::GatewayError;
+use crate::error::GatewayError;
 
 fn hex(b: u8) -> Option<u8> {
     match b {

@@ -1,0 +1,220 @@
+//! The gateway's state: one [`Gateway`] built from a validated
+//! configuration, replaced whole on reload ([`Shared`]); a request keeps
+//! the `Arc<Gateway>` it started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use palisade_ratelimit::{Limiter, Quota};
+
+use crate::config::{self, FailMode, GatewayConfig, Limits, RateStore};
+use crate::ops::log::Sink;
+use crate::steps::authn::Authenticator;
+use crate::steps::authz::{Authorizer, PolicyError};
+use crate::steps::client_ip::Cidr;
+use crate::steps::route::{Route, Routes};
+use crate::steps::stream::ClientSlots;
+use crate::steps::upstream::{Pool, PoolError, Transport};
+
+/// Everything a request needs; replaced whole on reload.
+pub struct Gateway {
+    pub routes: Routes,
+    /// Every upstream pool by name (readiness reports them).
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub authn: Authenticator,
+    pub authz: Authorizer,
+    pub limiter: Arc<Limiter>,
+    pub peer_quota: Option<Quota>,
+    pub limits: Limits,
+    pub log: Arc<Sink>,
+    /// Proxies whose `X-Forwarded-For` names the client (see `client_ip.rs`).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every header any route sets from an identity: removed from every
+    /// request, on every route, so a client's copy never reaches a service
+    /// that trusts it on another route.
+    pub identity_headers: Vec<hyper::header::HeaderName>,
+    /// Forwarded requests in flight per client (kept across reloads).
+    pub client_slots: Arc<ClientSlots>,
+    /// How pools reach endpoints (kept across reloads).
+    pub transport: Transport,
+}
+
+/// The reloadable current gateway.
+pub struct Shared {
+    current: RwLock<Arc<Gateway>>,
+}
+
+impl Shared {
+    pub fn new(gw: Gateway) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(gw)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Gateway> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, gw: Arc<Gateway>) {
+        match self.current.write() {
+            Ok(mut g) => *g = gw,
+            Err(poisoned) => *poisoned.into_inner() = gw,
+        }
+    }
+}
+
+/// A gateway that cannot be built from a (parsed) configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{0}")]
+    Config(config::ConfigErrors),
+    #[error("upstreams[{name}]: {source}")]
+    Upstream { name: String, source: PoolError },
+    #[error("routes[{route}]: unknown upstream {upstream:?}")]
+    UnknownUpstream { route: String, upstream: String },
+    #[error("apikeys: {0}")]
+    ApiKeys(String),
+    #[error("JWKS client: {0}")]
+    JwksClient(String),
+    #[error("issuers: {0}")]
+    Issuers(String),
+    #[error("authorization: {0}")]
+    Policies(#[from] PolicyError),
+    #[error("ratelimit.peer: {0}")]
+    PeerQuota(String),
+    #[error("ratelimit: {0}")]
+    RateLimitStore(String),
+}
+
+/// Build the limiter from config (kept across reloads so counts survive).
+pub async fn build_limiter(cfg: &GatewayConfig) -> Result<Arc<Limiter>, BuildError> {
+    Ok(Arc::new(match &cfg.ratelimit.store {
+        RateStore::Local => Limiter::local(),
+        RateStore::Redis {
+            url,
+            on_failure,
+            timeout,
+        } => {
+            let mode = match on_failure {
+                FailMode::LocalFallback => palisade_ratelimit::FailMode::LocalFallback,
+                FailMode::FailOpen => palisade_ratelimit::FailMode::FailOpen,
+                FailMode::FailClosed => palisade_ratelimit::FailMode::FailClosed,
+            };
+            Limiter::redis(url, mode, *timeout)
+                .await
+                .map_err(|e| BuildError::RateLimitStore(e.to_string()))?
+        }
+    }))
+}
+
+/// Build a gateway from a validated config. On a reload, `previous` is the
+/// gateway being replaced: its last good JWKS key sets, its per-client
+/// slots and its transport carry over (`transport` is used only without
+/// one).
+pub async fn build(
+    cfg: &GatewayConfig,
+    limiter: Arc<Limiter>,
+    log: Arc<Sink>,
+    previous: Option<&Gateway>,
+    transport: Transport,
+) -> Result<Gateway, BuildError> {
+    let transport = previous.map_or(transport, |p| p.transport.clone());
+    let mut pools = HashMap::new();
+    for u in &cfg.upstreams {
+        let pool =
+            Pool::with_transport(u, transport.clone()).map_err(|source| BuildError::Upstream {
+                name: u.name.clone(),
+                source,
+            })?;
+        pools.insert(u.name.clone(), pool);
+    }
+    let apikeys = match &cfg.apikeys {
+        Some(a) => Some(Arc::new(
+            palisade_apikey::ApiKeyStore::open(&a.database, a.pepper.clone())
+                .await
+                .map_err(|e| BuildError::ApiKeys(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let header = cfg
+        .apikeys
+        .as_ref()
+        .map(|a| a.header.clone())
+        .unwrap_or_else(|| "x-api-key".into());
+    // no proxy from the environment, every redirect hop checked
+    let http = palisade_jwt::jwks_client(Duration::from_secs(10))
+        .map_err(|e| BuildError::JwksClient(e.to_string()))?;
+    let authn = Authenticator::new(
+        &cfg.issuers,
+        apikeys,
+        &header,
+        http,
+        previous.map(|p| &p.authn),
+    )
+    .await
+    .map_err(BuildError::Issuers)?;
+    let authz = Authorizer::new(&cfg.policies)?;
+    let peer_quota = match &cfg.ratelimit.peer {
+        Some(q) => Some(
+            Quota::new(q.limit, q.period, q.burst)
+                .map_err(|e| BuildError::PeerQuota(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    for r in &cfg.routes {
+        let pool = pools
+            .get(&r.upstream)
+            .ok_or_else(|| BuildError::UnknownUpstream {
+                route: r.name.clone(),
+                upstream: r.upstream.clone(),
+            })?
+            .clone();
+        routes.push(Route::new(r.clone(), pool));
+    }
+    let mut identity_headers: Vec<hyper::header::HeaderName> = cfg
+        .routes
+        .iter()
+        .flat_map(|r| r.forward_identity.iter().map(|(n, _)| n.clone()))
+        .collect();
+    identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
+    Ok(Gateway {
+        routes: Routes::new(routes),
+        pools,
+        authn,
+        authz,
+        limiter,
+        peer_quota,
+        limits: cfg.limits.clone(),
+        log,
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        identity_headers,
+        client_slots: previous.map(|p| p.client_slots.clone()).unwrap_or_default(),
+        transport,
+    })
+}
+
+/// Read and validate the configuration file at `path` (`var` looks up the
+/// environment variables it names).
+pub fn read_config(
+    path: &Path,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(|e| BuildError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    config::parse(&text, &config::Env { var, base }).map_err(BuildError::Config)
+}

@@ -1,0 +1,151 @@
+//! What one request carries through the pipeline: a typed context the
+//! steps fill in order. The security-log record is written from it once the
+//! response is known ([`RequestCtx::record`]); nothing reads the record to
+//! decide anything.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::GatewayError;
+use crate::ops::log::SecurityRecord;
+use crate::steps::principal::{Method as AuthMethod, PeerIdentity};
+use crate::steps::route::Route;
+
+/// What the listener knows about the connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: bool,
+    /// Boxed: most connections have none, and every idle connection
+    /// holds a `ConnInfo`.
+    pub identity: Option<Box<PeerIdentity>>,
+}
+
+/// How far the request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Not (yet) authorized.
+    Received,
+    /// A CORS preflight, answered by the gateway.
+    Preflight,
+    /// Authorization allowed it: the ids of the policies that did.
+    Permitted { policies: Arc<str> },
+}
+
+/// One request's context.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    /// When the request started (RFC 3339).
+    pub time: String,
+    pub conn: Arc<ConnInfo>,
+    /// The TCP peer, or behind a trusted proxy the address it forwarded.
+    pub client: IpAddr,
+    pub client_ip: String,
+    pub method: hyper::Method,
+    /// The raw path's length (logged while the path is not normalised).
+    pub raw_path_len: usize,
+    /// The normalised path, once the inspect step made it.
+    pub path: Option<String>,
+    /// The canonical host, once the host step made it.
+    pub host: Option<String>,
+    pub route: Option<Arc<Route>>,
+    /// The principal's log label and method, once authenticated.
+    pub principal: Option<(String, AuthMethod)>,
+    pub stage: Stage,
+    /// `pool/endpoint` that answered.
+    pub upstream: Option<String>,
+    /// The request's Content-Length, when it had one.
+    pub bytes_in: u64,
+}
+
+impl RequestCtx {
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        client: IpAddr,
+        request_id: String,
+        method: hyper::Method,
+        raw_path_len: usize,
+    ) -> Self {
+        Self {
+            request_id,
+            started: Instant::now(),
+            time: palisade_core::rfc3339(palisade_core::now_nanos()),
+            conn,
+            client,
+            client_ip: crate::steps::client_ip::ip_text(client),
+            method,
+            raw_path_len,
+            path: None,
+            host: None,
+            route: None,
+            principal: None,
+            stage: Stage::Received,
+            upstream: None,
+            bytes_in: 0,
+        }
+    }
+
+    /// Authorization allowed the request: time past this point went to the
+    /// upstream.
+    pub fn permitted(&self) -> bool {
+        matches!(self.stage, Stage::Permitted { .. })
+    }
+
+    /// The security-log record of the finished request: `error` is what
+    /// refused it (None: allowed and answered).
+    pub fn record(
+        &self,
+        error: Option<&GatewayError>,
+        status: u16,
+        bytes_out: u64,
+    ) -> SecurityRecord {
+        let (decision, reason, category) = match (error, &self.stage) {
+            (Some(e), _) => ("deny", e.log_reason(), e.category()),
+            (None, Stage::Permitted { policies }) => {
+                ("allow", ["policy:", policies].concat(), None)
+            }
+            (None, Stage::Preflight) => ("allow", "cors_preflight".to_string(), None),
+            (None, Stage::Received) => ("allow", String::new(), None),
+        };
+        let (principal, auth_method) = match &self.principal {
+            Some((label, m)) => (label.clone(), m.as_str().to_string()),
+            None => (String::new(), String::new()),
+        };
+        SecurityRecord {
+            time: self.time.clone(),
+            request_id: self.request_id.clone(),
+            listener: self.conn.listener.to_string(),
+            client_ip: self.client_ip.clone(),
+            method: self.method.as_str().to_string(),
+            path: match &self.path {
+                Some(p) => p.clone(),
+                None => [
+                    "<",
+                    itoa::Buffer::new().format(self.raw_path_len),
+                    " bytes unnormalised>",
+                ]
+                .concat(),
+            },
+            host: self.host.clone().unwrap_or_default(),
+            route: self
+                .route
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            principal,
+            auth_method,
+            decision,
+            reason,
+            category,
+            status,
+            latency_us: self.started.elapsed().as_micros() as u64,
+            bytes_in: self.bytes_in,
+            bytes_out,
+            upstream: self.upstream.clone().unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The gateway pipeline, written once, in design.md's order. Each step
+//! lives in [`crate::steps`]; this module only runs them in order on one
+//! [`RequestCtx`] and turns the outcome into a response.
+//!
+//! | # | step | here |
+//! |---|---|---|
+//! | 2 | HTTP limits | [`limits::check_headers`], [`limits::check_framing`] (hyper's own limits are an outer bound) |
+//! | 3 | respond | [`crate::error::error_response`] is the only error renderer |
+//! | 4 | request id | [`handle`] |
+//! | 5 | security log | [`handle`] writes one record per request from the [`RequestCtx`] |
+//! | 6 | per-IP rate limit | [`ratelimit::peer`], before any cryptographic work |
+//! | 7 | inspect | [`inspect::normalize_path`], [`host::canonical_host`], [`route::select`], body size, CORS preflight |
+//! | 8 | authn | [`crate::steps::authn::Authenticator`] |
+//! | 9 | per-principal rate limit | [`ratelimit::principal`] |
+//! | 10 | authz | [`crate::steps::authz::Authorizer`] -> `Permit` |
+//! | 11 | upstream | [`upstream::forward`] takes the `Permit` by value |
+//!
+//! The pipeline is generic over the request body: hyper's `Incoming` on a
+//! listener, any body in the in-process tests (`crates/gateway/tests`).
+
+pub mod context;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::error::{Body, BoxError, GatewayError, error_response, full};
+use crate::gateway::Gateway;
+use crate::steps::authz::Resource;
+use crate::steps::limits::GuardedBody;
+use crate::steps::upstream::{self, ForwardCtx};
+use crate::steps::{cors, host, inspect, limits, ratelimit, route};
+use crate::transport::conn::{Busy, Tracked};
+
+pub use context::{ConnInfo, RequestCtx, Stage};
+
+/// A request body the pipeline can forward.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+/// The steps, in order, on one request. Every refusal is a
+/// [`GatewayError`]; `ctx` records what each step found.
+async fn pipeline<B: RequestBody>(
+    gw: &Gateway,
+    req: Request<B>,
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, GatewayError> {
+    limits::check_headers(req.headers(), &gw.limits)?;
+    limits::check_framing(req.headers())?;
+
+    // 6: per-IP shield, before any cryptographic work
+    ratelimit::peer(&gw.limiter, gw.peer_quota.as_ref(), ctx.client).await?;
+
+    // 7: inspect: one canonical path and host, for routing, policy, the
+    // log and the upstream
+    let path = inspect::normalize_path(req.uri().path())?;
+    ctx.path = Some(path.clone());
+    let canonical = host::canonical_host(&req)?;
+    ctx.host = Some(canonical.host.clone());
+    let preflight = cors::is_preflight(req.method(), req.headers());
+    let route = route::select(
+        &gw.routes,
+        &canonical.host,
+        &path,
+        req.method().as_str(),
+        preflight,
+    )?
+    .clone();
+    ctx.route = Some(route.clone());
+    let max_body = route.max_body_bytes.unwrap_or(gw.limits.max_body_bytes);
+    if let Some(cl) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        ctx.bytes_in = cl;
+        if cl > max_body {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+
+    // CORS preflight: answered here, never forwarded
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if preflight && route.cors.is_some() {
+        let resp = cors::preflight(&route, origin.as_ref())?;
+        ctx.stage = Stage::Preflight;
+        return Ok(resp);
+    }
+
+    // 8: authn
+    let now = palisade_core::now_nanos() / 1_000_000_000;
+    let principal = gw
+        .authn
+        .authenticate(&route, req.headers(), ctx.conn.identity.as_deref(), now)
+        .await?;
+    let label = principal.label();
+    ctx.principal = Some((label.clone(), principal.method));
+
+    // 9: per-principal / per-consumer / per-route limits
+    let limit_headers =
+        ratelimit::principal(&gw.limiter, &route, &principal, &label, &ctx.client_ip).await?;
+
+    // 10: authz, on exactly the values the upstream step will act on
+    let resource = Resource {
+        method: req.method().clone(),
+        path,
+        host: canonical.host,
+        ip: ctx.client_ip.clone(),
+    };
+    let permit = gw
+        .authz
+        .authorize(route.clone(), principal, resource)
+        .map_err(|d| GatewayError::Forbidden {
+            reason: d.to_string(),
+        })?;
+    ctx.stage = Stage::Permitted {
+        policies: permit.policies().into(),
+    };
+
+    // 11: upstream, at most max_concurrent_requests_per_client at a time
+    // per client; the slot is held until the response body is done
+    let slot = gw
+        .client_slots
+        .acquire(ctx.client, gw.limits.max_concurrent_requests_per_client)
+        .ok_or(GatewayError::TooManyConcurrent)?;
+    let (parts, body) = req.into_parts();
+    // HTTP/2 streams share a connection: a stalled one blocks no socket write
+    let h2 = parts.version == hyper::Version::HTTP_2;
+    let (guarded, fault) = GuardedBody::new(
+        body,
+        max_body,
+        gw.limits.min_body_rate,
+        gw.limits.stream_idle_timeout,
+    );
+    let upstream_req = Request::from_parts(parts, guarded.boxed());
+    let fwd = ForwardCtx {
+        request_id: &ctx.request_id,
+        client_ip: &ctx.client_ip,
+        proto: if ctx.conn.tls { "https" } else { "http" },
+        authority: &canonical.authority,
+        identity_names: &gw.identity_headers,
+        credentials: gw.authn.credential_headers(),
+        client_fault: fault.clone(),
+    };
+    let (resp, endpoint) = upstream::forward(permit, upstream_req, fwd)
+        .await
+        .map_err(|e| fault.error().unwrap_or(e))?;
+    let idle = gw.limits.stream_idle_timeout;
+    let mut resp =
+        resp.map(|b| crate::steps::stream::IdleBody::new(b, idle, h2, Some(slot)).boxed());
+    ctx.upstream = Some([route.pool_name(), "/", &endpoint].concat());
+    for (n, v) in limit_headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    cors::on_response(&mut resp, &route, origin.as_ref());
+    Ok(resp)
+}
+
+/// Security headers on every response.
+fn security_headers(resp: &mut Response<Body>, tls: bool, csp: Option<&str>) {
+    let h = resp.headers_mut();
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if let Some(csp) = csp
+        && let Ok(v) = HeaderValue::from_str(csp)
+    {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.remove(header::SERVER);
+}
+
+/// A random version-4 UUID for a request. The bytes come from aws-lc's
+/// CSPRNG like every other random value, fetched 4 KiB at a time per worker
+/// thread (as Envoy does for its request ids): one `RAND_bytes` call per 256
+/// requests instead of one per request.
+fn request_id() -> String {
+    const BATCH: usize = 4096;
+    thread_local! {
+        static POOL: std::cell::RefCell<(Box<[u8; BATCH]>, usize)> =
+            std::cell::RefCell::new((Box::new([0; BATCH]), BATCH));
+    }
+    POOL.with_borrow_mut(|(buf, used)| {
+        if *used + 16 > BATCH {
+            buf.copy_from_slice(&palisade_core::random_bytes(BATCH));
+            *used = 0;
+        }
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&buf[*used..*used + 16]);
+        // a byte is handed out once: zeroed as it is taken
+        buf[*used..*used + 16].fill(0);
+        *used += 16;
+        palisade_core::uuid_v4_from(b)
+    })
+}
+
+/// Entry point for one request on a serving listener.
+///
+/// `busy` (HTTPS HTTP/1.1) keeps the connection counted busy until hyper
+/// drops the response body (see `transport/conn.rs`).
+pub async fn handle<B: RequestBody>(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<B>,
+    busy: Option<Busy>,
+) -> Result<Response<Tracked<Body>>, Infallible> {
+    // the TCP peer, or behind a trusted proxy the address it forwarded
+    let client =
+        crate::steps::client_ip::client_ip(conn.peer.ip(), req.headers(), &gw.trusted_proxies);
+    let mut ctx = RequestCtx::new(
+        conn,
+        client,
+        request_id(),
+        req.method().clone(),
+        req.uri().path().len(),
+    );
+    let outcome =
+        match tokio::time::timeout(gw.limits.request_timeout, pipeline(&gw, req, &mut ctx)).await {
+            Ok(r) => r,
+            // past authorization the time went to the upstream: that is a 504
+            Err(_) if ctx.permitted() => Err(GatewayError::GatewayTimeout),
+            Err(_) => Err(GatewayError::RequestTimeout),
+        };
+    let (mut resp, error) = match outcome {
+        Ok(r) => (r, None),
+        Err(e) => {
+            let mut r = error_response(&e, &ctx.request_id);
+            if matches!(
+                e,
+                GatewayError::BadRequest(_)
+                    | GatewayError::RequestTimeout
+                    | GatewayError::PayloadTooLarge
+            ) {
+                // framing or body errors leave the connection in an unknown state
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (r, Some(e))
+        }
+    };
+    let csp = match (&error, &ctx.route) {
+        (None, Some(r)) => r.content_security_policy.as_deref(),
+        _ => None,
+    };
+    security_headers(&mut resp, ctx.conn.tls, csp);
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut()
+            .insert(crate::steps::headers::X_REQUEST_ID, v);
+    }
+    let status = resp.status();
+    let bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    let rec = ctx.record(error.as_ref(), status.as_u16(), bytes_out);
+    request_metrics(&rec.route, rec.decision, status, ctx.started.elapsed());
+    if let Some(cat) = rec.category {
+        metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
+    }
+    gw.log.write(&rec);
+    Ok(resp.map(|inner| Tracked { inner, busy }))
+}
+
+/// One worker's metric handles per route: the route's duration histogram
+/// and its request counters by (decision, status).
+type RouteMetrics = (
+    Arc<crate::ops::durations::Histogram>,
+    Vec<(&'static str, u16, metrics::Counter)>,
+);
+
+thread_local! {
+    /// Handles resolved once per worker instead of per request (the
+    /// `counter!` macro builds, hashes and looks up its labels every time).
+    /// Routes come from the configuration, so this stays small; it starts
+    /// over if reloads ever leave many names behind.
+    static REQUEST_METRICS: std::cell::RefCell<HashMap<Box<str>, RouteMetrics>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Count a finished request and record its duration.
+fn request_metrics(route: &str, decision: &'static str, status: StatusCode, took: Duration) {
+    REQUEST_METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        if !m.contains_key(route) {
+            if m.len() >= 1024 {
+                m.clear();
+            }
+            m.insert(
+                route.into(),
+                (crate::ops::durations::for_route(route), Vec::new()),
+            );
+        }
+        let Some((histogram, counters)) = m.get_mut(route) else {
+            return;
+        };
+        histogram.record(took);
+        let code = status.as_u16();
+        match counters
+            .iter()
+            .find(|(d, s, _)| *d == decision && *s == code)
+        {
+            Some((_, _, c)) => c.increment(1),
+            None => {
+                let c = metrics::counter!("palisade_gateway_requests_total", "route" => route.to_string(), "decision" => decision, "status" => status.as_str().to_owned());
+                c.increment(1);
+                // statuses come from upstreams: keep the scan short
+                if counters.len() < 64 {
+                    counters.push((decision, code, c));
+                }
+            }
+        }
+    });
+}
+
+/// A plain-HTTP listener's only job by default: redirect to HTTPS.
+pub async fn redirect<B>(port: u16, req: Request<B>) -> Result<Response<Body>, Infallible> {
+    // only a validated host goes into Location (never an open redirect)
+    let host = host::canonical_host(&req)
+        .map(|h| h.host)
+        .unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let target = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut resp = Response::new(full(Bytes::new()));
+    match HeaderValue::from_str(&target) {
+        Ok(v) if !host.is_empty() => {
+            *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        _ => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_v4_uuids_across_batches() {
+        // 1,000 ids span four 4 KiB batches
+        let ids: Vec<String> = (0..1000).map(|_| request_id()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "an id repeated");
+        for id in &ids {
+            let b = id.as_bytes();
+            assert_eq!(b.len(), 36, "{id}");
+            assert!(
+                [8, 13, 18, 23].iter().all(|&i| b[i] == b'-'),
+                "dashes: {id}"
+            );
+            assert_eq!(b[14], b'4', "version: {id}");
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "variant: {id}");
+        }
+        // random, not a counter or zeroed bytes: every hex digit position
+        // takes several values
+        for pos in (0..36).filter(|p| ![8, 13, 14, 18, 19, 23].contains(p)) {
+            let values: std::collections::HashSet<u8> =
+                ids.iter().map(|id| id.as_bytes()[pos]).collect();
+            assert!(values.len() > 8, "position {pos} took {values:?}");
+        }
+    }
+}

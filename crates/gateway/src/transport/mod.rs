@@ -1,0 +1,5 @@
+//! Transport: listeners, TLS and client connections.
+
+pub mod conn;
+pub mod listener;
+pub mod tls;

@@ -1,0 +1,470 @@
+//! The pipeline in process: authentication -> rate limits -> authorization
+//! -> upstream, driven through `pipeline::handle` with no socket and no
+//! Node.js. The upstream is an HTTP/1.1 service reached through an
+//! in-process transport (`Transport::InProcess`): it answers with what it
+//! received, so each test checks what reached the service, not only the
+//! status. Every control is shown allowing what it should and refusing
+//! what it should, with the exact error code and the security-log record.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use palisade_gateway::config;
+use palisade_gateway::gateway::{Gateway, build};
+use palisade_gateway::ops::log::Sink;
+use palisade_gateway::pipeline::{ConnInfo, handle};
+use palisade_gateway::steps::upstream::{Dial, InProcessIo, Transport};
+use serde_json::{Value, json};
+
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
+const ISSUER: &str = "https://id.example";
+
+/// What the service saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// The in-process service: every dial is a new HTTP/1.1 connection served
+/// by hyper on the other end of a duplex pipe. `/slow` answers after 2 s;
+/// anything else answers 200 with `ok`. `refuse` makes dials fail (the
+/// service is down).
+#[derive(Default)]
+struct Service {
+    seen: Mutex<Vec<Seen>>,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl Service {
+    fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the service saw a request")
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+struct ServiceDial(Arc<Service>);
+
+impl Dial for ServiceDial {
+    fn dial(&self, authority: &str) -> std::io::Result<InProcessIo> {
+        assert_eq!(authority, "app.internal:8080");
+        if self.0.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ));
+        }
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let svc = self.0.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let svc = svc.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let target = req.uri().to_string();
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let slow = target.starts_with("/slow");
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    svc.seen.lock().unwrap().push(Seen {
+                        method,
+                        target,
+                        headers,
+                        body: body.map(|b| b.to_vec()).unwrap_or_default(),
+                    });
+                    if slow {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), svc)
+                .await;
+        });
+        Ok(client)
+    }
+}
+
+const POLICIES: &str = r#"
+@id("public")
+permit(principal, action, resource == Route::"public");
+
+@id("slow")
+permit(principal, action, resource == Route::"slow");
+
+@id("readers")
+permit(principal, action == Action::"GET", resource == Route::"orders")
+when { context.scopes.contains("orders:read") };
+
+@id("no-admin")
+forbid(principal, action, resource == Route::"orders")
+when { context.path_lower like "/api/orders/admin*" };
+"#;
+
+fn config_text(request_timeout_ms: u64) -> String {
+    format!(
+        r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[limits]
+request_timeout_ms = {request_timeout_ms}
+max_concurrent_requests_per_client = 2
+
+[[upstreams]]
+name = "app"
+endpoints = ["app.internal:8080"]
+
+[[issuers]]
+name = "corp"
+issuer = "{ISSUER}"
+audiences = ["orders-api"]
+algorithms = ["HS256"]
+hs256_secret_env = "TEST_HS256_SECRET"
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "public"
+path_prefix = "/public"
+upstream = "app"
+anonymous = true
+strip_prefix = true
+
+[[routes]]
+name = "orders"
+path_prefix = "/api/orders"
+upstream = "app"
+authn = ["jwt"]
+forward_identity = {{ "x-user" = "sub", "x-roles" = "roles" }}
+
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "app"
+anonymous = true
+"#
+    )
+}
+
+struct Harness {
+    gw: Arc<Gateway>,
+    log: Arc<Sink>,
+    svc: Arc<Service>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(request_timeout_ms: u64) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let var = |k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string());
+    let cfg = config::parse(
+        &config_text(request_timeout_ms),
+        &config::Env {
+            var: &var,
+            base: dir.path().to_path_buf(),
+        },
+    )
+    .expect("config");
+    let svc = Arc::new(Service::default());
+    let log = Arc::new(Sink::Memory(Mutex::new(Vec::new())));
+    let limiter = Arc::new(palisade_ratelimit::Limiter::local());
+    let gw = build(
+        &cfg,
+        limiter,
+        log.clone(),
+        None,
+        Transport::InProcess(Arc::new(ServiceDial(svc.clone()))),
+    )
+    .await
+    .expect("gateway");
+    Harness {
+        gw: Arc::new(gw),
+        log,
+        svc,
+        _dir: dir,
+    }
+}
+
+fn conn() -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        peer: SocketAddr::from(([192, 0, 2, 7], 40000)),
+        listener: "plain".into(),
+        tls: false,
+        identity: None,
+    })
+}
+
+/// A response read whole, and the security-log record of its request.
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+    record: Value,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.json()["error"]["code"], code, "{}", self.body);
+        assert_eq!(self.record["decision"], "deny");
+        assert_eq!(self.record["status"], status);
+    }
+}
+
+impl Harness {
+    async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
+        let resp = handle(self.gw.clone(), conn(), req, None)
+            .await
+            .expect("infallible");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let id = headers["x-request-id"].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+        let record = self
+            .log
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["request_id"] == id.as_str())
+            .expect("a security-log record for the request");
+        Answer {
+            status,
+            headers,
+            body,
+            record,
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut b = Request::get(path).header("host", "API.Example.:8443");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        self.send(b.body(Full::new(Bytes::new())).unwrap()).await
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(claims: Value) -> String {
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let input = format!(
+        "{}.{}",
+        b64(&json!({"alg": "HS256", "typ": "JWT"})),
+        b64(&claims)
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    let sig = hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+fn bearer(scopes: &str, roles: &[&str]) -> String {
+    let t = token(json!({
+        "iss": ISSUER, "sub": "alice", "aud": "orders-api",
+        "exp": now() + 300, "scope": scopes, "roles": roles,
+    }));
+    format!("Bearer {t}")
+}
+
+#[tokio::test]
+async fn an_anonymous_route_forwards_the_permitted_request_canonical_and_cleaned() {
+    let h = harness(30_000).await;
+    let a = h
+        .get(
+            "/public/./a/../items?q=1",
+            &[
+                ("x-user", "admin"),
+                ("x_user", "admin"),
+                ("x-http-method-override", "DELETE"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, "ok");
+    let seen = h.svc.last();
+    // the path the policy saw, with the route's prefix stripped
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/items?q=1");
+    // the canonical authority, never the client's spelling
+    assert_eq!(seen.headers["host"], "api.example:8443");
+    assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.7");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    // identity headers of any route, `_` spellings and meaning-changing
+    // headers never reach the service
+    for h in ["x-user", "x_user", "x-http-method-override"] {
+        assert!(!seen.headers.contains_key(h), "{h} was forwarded");
+    }
+    let r = &a.record;
+    assert_eq!(r["decision"], "allow");
+    assert_eq!(r["reason"], "policy:public");
+    assert_eq!(r["route"], "public");
+    assert_eq!(r["path"], "/public/items");
+    assert_eq!(r["host"], "api.example");
+    assert_eq!(r["principal"], "anonymous");
+    assert_eq!(r["upstream"], "app/app.internal:8080");
+    assert_eq!(a.headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn authentication_and_authorization_allow_and_deny_in_order() {
+    let h = harness(30_000).await;
+    // no credential: 401 before anything reaches the service
+    let a = h.get("/api/orders/1", &[]).await;
+    a.assert_error(401, "unauthenticated");
+    assert_eq!(a.record["reason"], "missing_credentials");
+    assert_eq!(h.svc.count(), 0);
+    // a forged token: 401
+    let forged = bearer("orders:read", &[]).replace('.', ".x");
+    let a = h.get("/api/orders/1", &[("authorization", &forged)]).await;
+    a.assert_error(401, "unauthenticated");
+    assert_eq!(h.svc.count(), 0);
+    // a valid token without the scope: 403, the policy's default deny
+    let a = h
+        .get("/api/orders/1", &[("authorization", &bearer("other", &[]))])
+        .await;
+    a.assert_error(403, "forbidden");
+    assert_eq!(a.record["reason"], "no_policy_permits");
+    assert_eq!(a.record["principal"], format!("jwt:{ISSUER}|alice"));
+    assert_eq!(h.svc.count(), 0);
+    // with the scope: forwarded, with the identity the route sends
+    let a = h
+        .get(
+            "/api/orders/1",
+            &[
+                ("authorization", &bearer("orders:read", &["viewer"])),
+                ("x-user", "mallory"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.record["reason"], "policy:readers");
+    let seen = h.svc.last();
+    assert_eq!(seen.headers["x-user"], "alice");
+    assert_eq!(seen.headers["x-roles"], "viewer");
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "credential forwarded"
+    );
+    // a forbid on the lowercased path wins over the permit, whatever the case
+    for path in [
+        "/api/orders/admin",
+        "/api/orders/ADMIN/x",
+        "/api/orders/./Admin",
+    ] {
+        let a = h
+            .get(path, &[("authorization", &bearer("orders:read", &[]))])
+            .await;
+        a.assert_error(403, "forbidden");
+        assert_eq!(a.record["reason"], "forbidden_by:no-admin", "{path}");
+    }
+    // a role holding the separator would read as two roles to the service
+    let a = h
+        .get(
+            "/api/orders/1",
+            &[(
+                "authorization",
+                &bearer("orders:read", &["viewer,orders-admin"]),
+            )],
+        )
+        .await;
+    a.assert_error(403, "forbidden");
+    assert_eq!(a.record["reason"], "identity_not_forwardable");
+    assert_eq!(h.svc.count(), 1);
+}
+
+#[tokio::test]
+async fn the_body_is_forwarded_and_the_upstreams_failures_are_gateway_errors() {
+    let h = harness(500).await;
+    let req = Request::post("/public/upload")
+        .header("host", "api.example")
+        .header("content-length", "5")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let a = h.send(req).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = h.svc.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body, b"hello");
+    assert_eq!(a.record["bytes_in"], 5);
+    // past authorization, the time went to the upstream: 504
+    let a = h.get("/slow/x", &[]).await;
+    a.assert_error(504, "gateway_timeout");
+    // the service is down: 502, counted against the endpoint
+    h.svc
+        .refuse
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = h.get("/public/x", &[]).await;
+    a.assert_error(502, "bad_gateway");
+    assert_eq!(a.record["reason"], "upstream_connect_failed");
+}
+
+#[tokio::test]
+async fn requests_that_never_reach_a_policy_are_refused_with_their_own_codes() {
+    let h = harness(30_000).await;
+    let a = h.get("/nowhere", &[]).await;
+    a.assert_error(404, "not_found");
+    let a = h.get("/public/..;/api/orders/admin", &[]).await;
+    a.assert_error(400, "invalid_path");
+    assert_eq!(a.record["path"], "<28 bytes unnormalised>");
+    let req = Request::get("/public/x")
+        .header("host", "a.example")
+        .header("host", "b.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = h.send(req).await;
+    a.assert_error(400, "invalid_host");
+    let req = Request::builder()
+        .method("TRACE")
+        .uri("/public/x")
+        .header("host", "api.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = h.send(req).await;
+    a.assert_error(405, "method_not_allowed");
+    assert_eq!(h.svc.count(), 0);
+}
