@@ -8,7 +8,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-pub fn run(dir: &Path, ports: [u16; 4]) -> Result<(), String> {
+pub(crate) fn run(dir: &Path, ports: [u16; 4]) -> Result<(), String> {
     let [upstream, nginx_proxy, gateway, admin] = ports;
     std::fs::create_dir_all(dir.join("www/orders")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("www/orders/index.json"), "{\"orders\":[1,2,3]}\n")

@@ -20,7 +20,7 @@ use crate::key::{Fresh, KeyId, PresentedKey};
 use crate::{ApiKeyError, ApiKeyRecord, IssuedKey, KeySpec, NewKey, unix_now};
 
 /// Shortest pepper accepted: 256 bits, the HMAC-SHA256 block-size sweet spot.
-pub const MIN_PEPPER_LEN: usize = 32;
+pub(crate) const MIN_PEPPER_LEN: usize = 32;
 
 /// Attempts at drawing an unused id before giving up. With 62^12 ids a second
 /// attempt already means something other than chance is wrong.

@@ -1,4 +1,10 @@
 //! Allow and deny tests for the API key store, against real SQLite files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,5 +1,11 @@
 //! End-to-end tests of the public API: redaction in the written file, chain
 //! verification and tamper detection, reopen, and the fail-closed rule.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,11 @@
 //! Barrier security properties: tampering, moving, wrong term, sealed reads,
 //! rotation and Shamir thresholds are each exercised for allow and deny.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::sync::Arc;
 

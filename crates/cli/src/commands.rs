@@ -17,13 +17,13 @@ use crate::output::{self, Format};
     version,
     about = "Palisade: secrets server, security gateway and CLI"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// Server address.
     #[arg(long, env = "PALISADE_ADDR", global = true)]
     pub address: Option<String>,
@@ -36,7 +36,7 @@ pub struct Remote {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the secrets server.
     Server(ServerArgs),
     /// Check configuration files.
@@ -76,7 +76,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     /// Gateway configuration file (TOML).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
@@ -85,14 +85,14 @@ pub struct GatewayArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum GatewayCmd {
+pub(crate) enum GatewayCmd {
     /// Manage API keys in the gateway's key store ([apikeys] in the config).
     #[command(subcommand)]
     Apikey(ApikeyCmd),
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ApikeyCmd {
+pub(crate) enum ApikeyCmd {
     /// Create a key; the key is printed once and never stored.
     Create {
         #[arg(long)]
@@ -128,7 +128,7 @@ pub enum ApikeyCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Dev mode: in a fresh temporary SQLite file, initialised, unsealed, plaintext on loopback.
     #[arg(long)]
     pub dev: bool,
@@ -145,13 +145,13 @@ pub struct ServerArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ConfigCmd {
+pub(crate) enum ConfigCmd {
     /// Validate a server configuration file, reporting every error at once.
     Check { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
-pub enum OperatorCmd {
+pub(crate) enum OperatorCmd {
     Init {
         #[arg(long = "key-shares", default_value_t = 5)]
         key_shares: u8,
@@ -174,7 +174,7 @@ pub enum OperatorCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct KvPath {
+pub(crate) struct KvPath {
     /// Mount path of the KV engine.
     #[arg(long, default_value = "secret")]
     pub mount: String,
@@ -183,7 +183,7 @@ pub struct KvPath {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum KvCmd {
+pub(crate) enum KvCmd {
     Get {
         #[command(flatten)]
         p: KvPath,
@@ -246,7 +246,7 @@ pub enum KvCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum KvMetaCmd {
+pub(crate) enum KvMetaCmd {
     Get {
         #[command(flatten)]
         p: KvPath,
@@ -277,7 +277,7 @@ pub enum KvMetaCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum TokenCmd {
+pub(crate) enum TokenCmd {
     Create {
         #[arg(long = "policy")]
         policies: Vec<String>,
@@ -324,7 +324,7 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum PolicyCmd {
+pub(crate) enum PolicyCmd {
     List(Remote),
     Read {
         name: String,
@@ -350,7 +350,7 @@ pub enum PolicyCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum SecretsCmd {
+pub(crate) enum SecretsCmd {
     Enable {
         /// Engine type: kv or kv-v2.
         engine: String,
@@ -372,7 +372,7 @@ pub enum SecretsCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCmd {
+pub(crate) enum AuditCmd {
     Enable {
         /// Device type (file).
         kind: String,
@@ -525,7 +525,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining in-flight requests");
 }
 
-pub async fn run(cli: Cli) -> u8 {
+pub(crate) async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Server(a) => server(a).await,
         Command::Config(ConfigCmd::Check { file }) => {

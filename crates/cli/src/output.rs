@@ -3,12 +3,12 @@
 use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
 
-pub fn scalar(v: &Value) -> String {
+pub(crate) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "n/a".into(),
@@ -18,7 +18,7 @@ pub fn scalar(v: &Value) -> String {
     }
 }
 
-pub fn table(rows: &[(String, String)]) -> String {
+pub(crate) fn table(rows: &[(String, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
     let mut out = format!(
         "{:<width$}    {}\n{:<width$}    {}\n",
@@ -30,7 +30,7 @@ pub fn table(rows: &[(String, String)]) -> String {
     out
 }
 
-pub fn object_rows(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn object_rows(v: &Value) -> Vec<(String, String)> {
     match v {
         Value::Object(m) => {
             let mut rows: Vec<(String, String)> =
@@ -42,14 +42,14 @@ pub fn object_rows(v: &Value) -> Vec<(String, String)> {
     }
 }
 
-pub fn print(format: Format, json: &Value, rows: Vec<(String, String)>) {
+pub(crate) fn print(format: Format, json: &Value, rows: Vec<(String, String)>) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
         Format::Table => print!("{}", table(&rows)),
     }
 }
 
-pub fn list(format: Format, keys: &Value) {
+pub(crate) fn list(format: Format, keys: &Value) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(keys).unwrap_or_default()),
         Format::Table => {

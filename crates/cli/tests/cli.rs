@@ -5,6 +5,12 @@
 //! unsealed; `kv get` of a missing secret exits 2; `kv put`/`get` round-trip
 //! with Vault-style `-format=json`. In dev mode the root token is printed
 //! once, on the "Root Token:" line, and nowhere else.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -10,6 +10,12 @@
 //!
 //! The run is randomised; it prints its seed, and PALISADE_E2E_SEED=<n>
 //! replays the same kill timings.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! The configuration files under examples/ stay valid: `palisade config check`
 //! accepts them (the PostgreSQL one with its url_env variable set, the gateway
 //! one once its setup.sh has generated the certificates, JWKS and pepper).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::process::Command;
 

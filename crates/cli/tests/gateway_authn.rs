@@ -18,6 +18,12 @@
 //! response; every response's `x-request-id` has its security-log line; the
 //! gateway's output holds none of the tokens or keys; every log line is JSON,
 //! and denials carry decision/reason/category.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

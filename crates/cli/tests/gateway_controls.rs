@@ -28,6 +28,12 @@
 //!
 //! Skips (as the other gateway tests) when node or tests/e2e/gateway/node_modules
 //! are missing, unless PALISADE_REQUIRE_SERVICES=1. Every wait polls with a deadline.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

@@ -25,6 +25,12 @@
 //!   gateway keeps serving; `max_header_bytes` under 8192 (which hyper's
 //!   HTTP/1 buffer cannot enforce) is a config error;
 //! - after all probes the admin /healthz answers 200 and the process runs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

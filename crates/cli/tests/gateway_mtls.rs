@@ -11,6 +11,12 @@
 //! - deny: a certificate from another CA -> the TLS handshake fails;
 //! - a plain-HTTP listener without `dangerous_plaintext` answers every
 //!   request with a 308 to https (path and query kept) and never proxies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

@@ -17,6 +17,12 @@
 //! is unique per run so reruns against the same Redis start from zero.
 //! Skips without Redis (PALISADE_TEST_REDIS_URL, default
 //! redis://127.0.0.1:6379) or node_modules, unless PALISADE_REQUIRE_SERVICES=1.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

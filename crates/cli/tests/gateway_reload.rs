@@ -10,6 +10,12 @@
 //!   previous configuration keeps serving (`orders` still 403), and
 //!   `palisade config check` on that file exits 1 naming the unknown key;
 //! - a valid config again, SIGHUP -> `orders` is served again.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

@@ -19,6 +19,12 @@
 //! - a client's broken request body -> 400 `invalid_body`, never held against
 //!   the upstream's health; upstream timeouts (one request's slow work) do not
 //!   eject an endpoint either.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod gateway_common;
 

@@ -7,6 +7,12 @@
 //! Skips (with a notice) when python3 cannot `import hvac`, or for the
 //! PostgreSQL run when nothing listens at PALISADE_TEST_PG_URL; under
 //! PALISADE_REQUIRE_SERVICES=1 a skip fails. CI: `pip install hvac`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -7,6 +7,12 @@
 //! Skips (with a notice) when `node` is missing or
 //! tests/e2e/node-vault/node_modules is absent; under
 //! PALISADE_REQUIRE_SERVICES=1 a skip fails. CI: `npm ci --prefix tests/e2e/node-vault`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

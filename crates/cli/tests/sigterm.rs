@@ -6,6 +6,12 @@
 //! carry `Expect: 100-continue`, and the server's `100 Continue` proves the
 //! handler is running and waiting for the body, which is sent only after the
 //! signal (and after the listener has closed).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -5,6 +5,12 @@
 //!   and fails (exit 2) without the CA (deny);
 //! - plain http:// to the TLS port gets no HTTP answer (deny);
 //! - a client without the CA fails the handshake (deny).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

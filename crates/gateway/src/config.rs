@@ -902,7 +902,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     // the JWT crate's own checks (duplicate issuers, URL rules, refresh...), so
     // `config check` reports what start-up would refuse
     if !issuers.is_empty()
-        && let Err(e) = palisade_jwt::check(&crate::steps::authn::jwt_issuers(&issuers))
+        && let Err(e) = palisade_jwt::check(&jwt_issuers(&issuers))
     {
         c.err(format!("issuers: {e}"));
     }
@@ -1225,6 +1225,46 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         log_level,
         trusted_proxies,
     })
+}
+
+fn alg(name: &str) -> Option<palisade_jwt::Alg> {
+    Some(match name {
+        "RS256" => palisade_jwt::Alg::RS256,
+        "PS256" => palisade_jwt::Alg::PS256,
+        "ES256" => palisade_jwt::Alg::ES256,
+        "ES384" => palisade_jwt::Alg::ES384,
+        "EdDSA" => palisade_jwt::Alg::EdDSA,
+        "HS256" => palisade_jwt::Alg::HS256,
+        _ => return None,
+    })
+}
+
+/// The palisade-jwt view of the configured issuers (config validation and
+/// the authenticator).
+pub fn jwt_issuers(issuers: &[IssuerSpec]) -> Vec<palisade_jwt::IssuerConfig> {
+    issuers
+        .iter()
+        .map(|i| {
+            let keys = match &i.keys {
+                IssuerKeys::JwksUrl { url, refresh } => palisade_jwt::KeySource::Url {
+                    url: url.clone(),
+                    refresh: *refresh,
+                    min_refetch_interval: std::time::Duration::from_secs(30),
+                },
+                IssuerKeys::JwksFile(p) => palisade_jwt::KeySource::File(p.clone()),
+                IssuerKeys::Hs256(s) => palisade_jwt::KeySource::Hs256Secret(s.clone()),
+            };
+            let algorithms = i.algorithms.iter().filter_map(|a| alg(a)).collect();
+            let mut c = palisade_jwt::IssuerConfig::new(
+                i.issuer.clone(),
+                i.audiences.clone(),
+                algorithms,
+                keys,
+            );
+            c.leeway = i.leeway;
+            c
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,12 @@
 //! received, so each test checks what reached the service, not only the
 //! status. Every control is shown allowing what it should and refusing
 //! what it should, with the exact error code and the security-log record.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -37,7 +37,7 @@ pub struct Verifier {
 }
 
 /// Entries kept at most; the cache is emptied when full (bounded memory).
-pub const VERIFIED_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 pub(crate) struct Verified {
     /// For a JWKS URL issuer, its key source and the key set that verified
@@ -219,6 +219,10 @@ impl Verifier {
         Ok(Verifier::from_parts(built, http))
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "the system's random generator failing is not recoverable (aws-lc aborts on it itself)"
+    )]
     pub(crate) fn from_parts(issuers: HashMap<String, Issuer>, http: reqwest::Client) -> Arc<Self> {
         Arc::new(Verifier {
             issuers,

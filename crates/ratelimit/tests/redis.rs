@@ -1,5 +1,11 @@
 //! RedisStore and Limiter against a real Redis (PALISADE_TEST_REDIS_URL, default
 //! redis://127.0.0.1:6379), and against Redis that is not there.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

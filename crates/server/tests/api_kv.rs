@@ -1,6 +1,12 @@
 //! KV v2 and KV v1 over HTTP: data (versions, CAS, merge patch), metadata,
 //! delete/undelete/destroy, listing in every client spelling, config, and
 //! the ACL on each (a denied read never carries the secret).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! `auth/token/*` over HTTP: create (child, orphan, options), lookup, renew,
 //! revoke (tree, self, accessor, orphan), accessors, and how the token is sent.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

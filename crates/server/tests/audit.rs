@@ -2,6 +2,12 @@
 //! in the clear, HMACs that `sys/audit-hash` reproduces, a chain that
 //! verifies, denials recorded, and fail-closed behaviour when no device can
 //! write.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -4,6 +4,12 @@
 //! that makes a cut-off tail visible, and that neither the content of an
 //! audit file nor an unwritable device can keep the server sealed or let a
 //! request through unaudited.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

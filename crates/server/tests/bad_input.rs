@@ -2,6 +2,12 @@
 //! nothing (checked by reading back), and, once it has a path the server can
 //! parse, is audited. Also: a sealed server answers 503 everywhere but the
 //! unauthenticated status endpoints.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

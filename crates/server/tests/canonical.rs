@@ -10,6 +10,12 @@
 //! would normalise `./`, `%2F` and friends before the server saw them.
 //! A walk collects every wrong answer before failing, so one run lists them
 //! all.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -6,6 +6,12 @@
 //!
 //! These tests drive real sockets, so their deadlines are real (short)
 //! durations and the assertions leave wide margins.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! Storage is untrusted: an entry that was edited, moved, truncated or
 //! re-labelled under the barrier reads as 500 `internal error`, never as data.
 //! The core runs on a MemoryBackend so the test can reach the raw bytes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -7,6 +7,12 @@
 //!
 //! Expiry is driven by the server's adjustable clock (`s.clock.advance`):
 //! nothing here sleeps.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 mod common;
 

@@ -2,6 +2,12 @@
 //! named by PALISADE_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/test);
 //! when it is unreachable the test skips with a notice, unless
 //! PALISADE_REQUIRE_SERVICES=1, under which a skip is a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
 
 use std::sync::Arc;
 

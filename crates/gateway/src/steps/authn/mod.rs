@@ -12,7 +12,7 @@ use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderName};
 use serde_json::Value;
 
-use crate::config::{AuthnMethod, IssuerKeys, IssuerSpec, RouteConfig};
+use crate::config::{AuthnMethod, IssuerSpec, RouteConfig};
 use crate::error::GatewayError;
 use crate::steps::principal::{Method, PeerIdentity, Principal};
 
@@ -57,45 +57,6 @@ enum Credential<'a> {
     None,
 }
 
-fn alg(name: &str) -> Option<palisade_jwt::Alg> {
-    Some(match name {
-        "RS256" => palisade_jwt::Alg::RS256,
-        "PS256" => palisade_jwt::Alg::PS256,
-        "ES256" => palisade_jwt::Alg::ES256,
-        "ES384" => palisade_jwt::Alg::ES384,
-        "EdDSA" => palisade_jwt::Alg::EdDSA,
-        "HS256" => palisade_jwt::Alg::HS256,
-        _ => return None,
-    })
-}
-
-/// The palisade-jwt view of the configured issuers (also used by config validation).
-pub fn jwt_issuers(issuers: &[IssuerSpec]) -> Vec<palisade_jwt::IssuerConfig> {
-    issuers
-        .iter()
-        .map(|i| {
-            let keys = match &i.keys {
-                IssuerKeys::JwksUrl { url, refresh } => palisade_jwt::KeySource::Url {
-                    url: url.clone(),
-                    refresh: *refresh,
-                    min_refetch_interval: std::time::Duration::from_secs(30),
-                },
-                IssuerKeys::JwksFile(p) => palisade_jwt::KeySource::File(p.clone()),
-                IssuerKeys::Hs256(s) => palisade_jwt::KeySource::Hs256Secret(s.clone()),
-            };
-            let algorithms = i.algorithms.iter().filter_map(|a| alg(a)).collect();
-            let mut c = palisade_jwt::IssuerConfig::new(
-                i.issuer.clone(),
-                i.audiences.clone(),
-                algorithms,
-                keys,
-            );
-            c.leeway = i.leeway;
-            c
-        })
-        .collect()
-}
-
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -118,7 +79,7 @@ impl Authenticator {
         let jwt = if issuers.is_empty() {
             None
         } else {
-            let cfgs = jwt_issuers(issuers);
+            let cfgs = crate::config::jwt_issuers(issuers);
             // on a reload, an issuer whose JWKS URL is down keeps its last good keys
             let prev = previous.and_then(|p| p.jwt.as_deref());
             let v = palisade_jwt::Verifier::new_after(cfgs, http, prev)
