@@ -68,6 +68,7 @@ fn parse_authority(s: &str) -> Result<Authority, GatewayError> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             || h.starts_with('.')
+            || h.ends_with('.')
             || h.contains("..")
         {
             return Err(bad());
@@ -160,6 +161,10 @@ mod tests {
             "",
             ".",
             "a..b",
+            // two trailing dots: an empty last label (fuzzing found it
+            // canonicalised to "b.", which is not canonical)
+            "b..",
+            "localhost..:8443",
             ".a",
             "a:",
             "a:x",
