@@ -947,7 +947,7 @@ impl Core {
                     status: r.status,
                     data: r.data.clone().or_else(|| r.raw.clone()),
                     auth: r.auth.as_ref().map(|a| AuditAuth {
-                        client_token: a.client_token.clone(),
+                        client_token: a.client_token.expose().clone(),
                         accessor: a.accessor.clone(),
                         display_name: String::new(),
                         policies: a.policies.clone(),

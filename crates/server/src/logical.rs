@@ -77,10 +77,20 @@ impl Request {
     }
 }
 
+fn expose_secret<S: serde::Serializer>(
+    v: &palisade_core::Secret<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.expose())
+}
+
 /// The `auth` block of a response (token create, login).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct AuthBlock {
-    pub client_token: String,
+    /// The token itself: never printed (`Debug` shows it redacted); only
+    /// the response body carries it.
+    #[serde(serialize_with = "expose_secret")]
+    pub client_token: palisade_core::Secret<String>,
     pub accessor: String,
     pub policies: Vec<String>,
     pub token_policies: Vec<String>,
@@ -345,5 +355,22 @@ pub mod fields {
                 "field {name:?} must be a list of strings"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod auth_block_tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_in_the_response_body_and_never_in_debug_output() {
+        let a = AuthBlock {
+            client_token: palisade_core::Secret::new("hvs.THE-TOKEN".into()),
+            accessor: "acc".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{a:?}").contains("THE-TOKEN"), "{a:?}");
+        let body = serde_json::to_value(&a).unwrap();
+        assert_eq!(body["client_token"], "hvs.THE-TOKEN");
     }
 }

@@ -47,7 +47,7 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
 fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
     let token_policies = e.policies.clone();
     AuthBlock {
-        client_token: id.to_string(),
+        client_token: palisade_core::Secret::new(id.to_string()),
         accessor: e.accessor.clone(),
         policies: token_policies.clone(),
         token_policies,
