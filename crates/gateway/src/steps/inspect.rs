@@ -110,7 +110,8 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
         return true;
     }
     let p = prefix.trim_end_matches('/');
-    path == p || path.starts_with(&format!("{p}/"))
+    path.strip_prefix(p)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
