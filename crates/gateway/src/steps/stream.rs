@@ -9,7 +9,7 @@
 //!   body is not polled at all, so a watchdog task looks at it). HTTP/1.1
 //!   needs no watchdog: a client that stops reading blocks the socket
 //!   write, which `limits.send_timeout` bounds. The request body has the
-//!   same timer (see `stack.rs`);
+//!   same timer (see `pipeline/mod.rs`);
 //! - **concurrent upstream requests per client** ([`ClientSlots`]): at most
 //!   `limits.max_concurrent_requests_per_client` requests of one client
 //!   address (IPv6: its /64) are forwarded at a time; one more is a 429
@@ -138,19 +138,59 @@ fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 #[error("stream idle timeout")]
 pub struct StreamIdle;
 
+/// Where the upstream body lives: inline when only hyper polls it
+/// (HTTP/1.1: no lock, no clock read per frame), shared with the watchdog
+/// when a client may stall the stream without blocking a socket (HTTP/2).
+enum Inner {
+    /// `None` once the body ended or was cut.
+    Plain(Option<Body>),
+    Watched(Arc<Mutex<Shared>>),
+}
+
 /// A forwarded response body under the stream idle timeout, holding the
 /// client's [`ClientSlot`] until hyper is done with it.
 pub struct IdleBody {
-    shared: Arc<Mutex<Shared>>,
+    inner: Inner,
     timeout: Duration,
     /// Runs while the body waits for the upstream (made on first use).
     timer: Option<Pin<Box<Sleep>>>,
     /// `timer` runs from the current wait's start.
     armed: bool,
-    /// HTTP/2: watches for a client that stopped reading.
-    watch_client: bool,
     watchdog: Option<tokio::task::AbortHandle>,
     _slot: Option<ClientSlot>,
+}
+
+/// The body is waiting for the upstream: (re)start the timer for this wait
+/// and report whether the wait has lasted `timeout`.
+fn upstream_idle(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut bool,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let timer = match timer {
+        Some(t) => {
+            if !*armed {
+                t.as_mut().reset(deadline);
+            }
+            t
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    *armed = true;
+    if timer.as_mut().poll(cx).is_ready() {
+        metrics::counter!("palisade_gateway_stream_idle_timeouts_total", "waiting_on" => "upstream").increment(1);
+        tracing::info!(
+            "response stream cut: the upstream sent nothing for the stream idle timeout"
+        );
+        return true;
+    }
+    false
+}
+
+fn cut<T>() -> Poll<Option<Result<T, BoxError>>> {
+    Poll::Ready(Some(Err(Box::new(StreamIdle))))
 }
 
 impl IdleBody {
@@ -162,16 +202,20 @@ impl IdleBody {
         watch_client: bool,
         slot: Option<ClientSlot>,
     ) -> Self {
-        Self {
-            shared: Arc::new(Mutex::new(Shared {
+        let inner = if watch_client {
+            Inner::Watched(Arc::new(Mutex::new(Shared {
                 body: Some(body),
                 waiting_on_client: false,
                 last: Instant::now(),
-            })),
+            })))
+        } else {
+            Inner::Plain(Some(body))
+        };
+        Self {
+            inner,
             timeout,
             timer: None,
             armed: false,
-            watch_client,
             watchdog: None,
             _slot: slot,
         }
@@ -180,9 +224,8 @@ impl IdleBody {
     /// Look every `timeout` at a stream that waits for its client; cut it
     /// (dropping the upstream body closes the upstream connection) once it
     /// has waited a whole `timeout`.
-    fn spawn_watchdog(&mut self) {
-        let weak: Weak<Mutex<Shared>> = Arc::downgrade(&self.shared);
-        let timeout = self.timeout;
+    fn spawn_watchdog(shared: &Arc<Mutex<Shared>>, timeout: Duration) -> tokio::task::AbortHandle {
+        let weak: Weak<Mutex<Shared>> = Arc::downgrade(shared);
         let task = tokio::spawn(async move {
             let mut at = Instant::now() + timeout;
             loop {
@@ -209,7 +252,7 @@ impl IdleBody {
                 };
             }
         });
-        self.watchdog = Some(task.abort_handle());
+        task.abort_handle()
     }
 }
 
@@ -230,70 +273,84 @@ impl hyper::body::Body for IdleBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let shared = this.shared.clone();
-        let mut s = lock(&shared);
-        s.waiting_on_client = false;
-        let Some(body) = s.body.as_mut() else {
-            return Poll::Ready(Some(Err(Box::new(StreamIdle))));
-        };
-        match Pin::new(body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
-                let more = !s.body.as_ref().is_some_and(|b| b.is_end_stream());
-                s.last = Instant::now();
-                s.waiting_on_client = more;
-                drop(s);
-                if more && this.watch_client && this.watchdog.is_none() {
-                    this.spawn_watchdog();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(other) => {
-                s.body = None;
-                Poll::Ready(other)
-            }
-            Poll::Pending => {
-                let deadline = Instant::now() + this.timeout;
-                let timer = match &mut this.timer {
-                    Some(t) => {
-                        if !this.armed {
-                            t.as_mut().reset(deadline);
-                        }
-                        t
-                    }
-                    None => this
-                        .timer
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        match &mut this.inner {
+            Inner::Plain(slot) => {
+                let Some(body) = slot.as_mut() else {
+                    return cut();
                 };
-                this.armed = true;
-                if timer.as_mut().poll(cx).is_ready() {
-                    let body = s.body.take();
-                    drop(s);
-                    drop(body);
-                    metrics::counter!("palisade_gateway_stream_idle_timeouts_total", "waiting_on" => "upstream").increment(1);
-                    tracing::info!(
-                        "response stream cut: the upstream sent nothing for the stream idle timeout"
-                    );
-                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        this.armed = false;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(other) => {
+                        *slot = None;
+                        Poll::Ready(other)
+                    }
+                    Poll::Pending => {
+                        if upstream_idle(&mut this.timer, &mut this.armed, this.timeout, cx) {
+                            *slot = None;
+                            return cut();
+                        }
+                        Poll::Pending
+                    }
                 }
-                Poll::Pending
+            }
+            Inner::Watched(shared) => {
+                let mut s = lock(shared);
+                s.waiting_on_client = false;
+                let Some(body) = s.body.as_mut() else {
+                    return cut();
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        this.armed = false;
+                        let more = !s.body.as_ref().is_some_and(|b| b.is_end_stream());
+                        s.last = Instant::now();
+                        s.waiting_on_client = more;
+                        drop(s);
+                        if more && this.watchdog.is_none() {
+                            this.watchdog = Some(Self::spawn_watchdog(shared, this.timeout));
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(other) => {
+                        s.body = None;
+                        Poll::Ready(other)
+                    }
+                    Poll::Pending => {
+                        if upstream_idle(&mut this.timer, &mut this.armed, this.timeout, cx) {
+                            let body = s.body.take();
+                            drop(s);
+                            drop(body);
+                            return cut();
+                        }
+                        Poll::Pending
+                    }
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        lock(&self.shared)
-            .body
-            .as_ref()
-            .is_some_and(|b| b.is_end_stream())
+        match &self.inner {
+            Inner::Plain(b) => b.as_ref().is_some_and(|b| b.is_end_stream()),
+            Inner::Watched(shared) => lock(shared)
+                .body
+                .as_ref()
+                .is_some_and(|b| b.is_end_stream()),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        lock(&self.shared)
-            .body
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_default()
+        match &self.inner {
+            Inner::Plain(b) => b.as_ref().map(|b| b.size_hint()).unwrap_or_default(),
+            Inner::Watched(shared) => lock(shared)
+                .body
+                .as_ref()
+                .map(|b| b.size_hint())
+                .unwrap_or_default(),
+        }
     }
 }
 
