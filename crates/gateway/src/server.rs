@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 use crate::config::ListenerKind;
 use crate::gateway::{BuildError, Shared, build, build_limiter};
 use crate::ops::log::Sink;
+
+/// How long shutdown waits for queued security-log lines to be written.
+const LOG_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::steps::upstream::Transport;
 use crate::transport::listener::{ListenerJob, bind_reuseport, serve_listener};
 use crate::transport::tls::SniResolver;
@@ -279,10 +282,14 @@ pub async fn start(
         for t in tasks {
             let _ = t.await;
         }
-        // worker threads drain their connections, then end
+        // worker threads drain their connections, then end; the lines of
+        // the requests they answered are written before the process exits
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
+            }
+            if !log.flush(LOG_FLUSH_LIMIT) {
+                tracing::error!("security log records still queued at exit");
             }
         })
         .await;

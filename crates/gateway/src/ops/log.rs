@@ -296,6 +296,25 @@ impl Sink {
         }
     }
 
+    /// Wait until every queued record has been written, for at most
+    /// `limit` (shutdown: the lines of answered requests reach stdout before
+    /// the process exits). False if some were still queued.
+    pub fn flush(&self, limit: Duration) -> bool {
+        match self {
+            Sink::Stdout(s) => {
+                let end = Instant::now() + limit;
+                while s.state.pending.load(Ordering::Relaxed) > 0 {
+                    if Instant::now() >= end {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                true
+            }
+            Sink::Memory(_) => true,
+        }
+    }
+
     /// Records dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         match self {
@@ -419,6 +438,13 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(sink.dropped(), 0);
+        assert!(
+            sink.flush(Duration::from_secs(10)),
+            "every queued line written"
+        );
+        if let Sink::Stdout(s) = &*sink {
+            assert_eq!(s.state.pending.load(Ordering::Relaxed), 0);
+        }
         // the writer ends (and closes the pipe) once every sender is gone
         drop(sink);
         let all = collect.join().unwrap();
@@ -453,6 +479,10 @@ mod tests {
         }
         assert!(sink.dropped() > 0);
         assert!(!sink.stuck(), "not stuck before STUCK_AFTER");
+        assert!(
+            !sink.flush(Duration::from_millis(50)),
+            "a flush gives up on a reader that takes nothing"
+        );
         drop(reader);
     }
 }
