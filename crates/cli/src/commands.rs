@@ -497,7 +497,10 @@ macro_rules! call {
 
 fn init_tracing(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn"))
+        // rustls warns about each malformed record a peer sends (before any
+        // authentication): the gateway counts failed handshakes by reason
+        // instead, so a client cannot make this log grow at will
+        tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn,rustls=error"))
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -229,6 +229,27 @@ async fn gateway_hardening() {
         "closed too early: {stalled:?}"
     );
 
+    // --- records a client sends before its hello (a ChangeCipherSpec) are
+    // refused with an alert, and an unauthenticated client cannot make the
+    // gateway's own log grow with rustls warnings
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(tls)
+            .await
+            .expect("connect tls");
+        s.write_all(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01])
+            .await
+            .expect("send ccs");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(CLOSE_LIMIT, s.read_to_end(&mut answer)).await;
+        assert_eq!(answer.first(), Some(&0x15), "an alert: {answer:?}");
+    }
+    let rustls_lines = gw
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("\"target\":\"rustls"))
+        .count();
+    assert_eq!(rustls_lines, 0, "{}", gw.stderr());
+
     // --- smuggling: CL + TE, both orders. hyper parses the request by
     // Transfer-Encoding alone and drops Content-Length before the gateway
     // sees the headers (RFC 9112 §6.1 allows this instead of a 400), then

@@ -864,3 +864,33 @@ async fn a_request_body_that_stops_is_a_408() {
     .await;
     assert_eq!(r.status(), Some(200), "{r:?}");
 }
+
+/// Every answered request's security-log line reaches stdout even when the
+/// gateway is stopped right after answering it (the writer batches lines;
+/// shutdown waits for the queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_requests_are_logged_when_the_gateway_stops_right_after() {
+    let (_dir, _up, mut gw) = start("logflush").await;
+    const N: usize = 200;
+    for i in 0..N {
+        let r = get(&gw, &format!("/health/{i}"), "").await;
+        assert_eq!(r.status(), Some(200), "{r:?}");
+    }
+    gw.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while gw.running() {
+        assert!(std::time::Instant::now() < deadline, "gateway did not stop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines = gw.security_log();
+    let logged: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/health/"))
+        })
+        .collect();
+    assert_eq!(logged.len(), N, "{}", gw.stderr());
+    assert!(!gw.stderr().contains("still queued"), "{}", gw.stderr());
+}

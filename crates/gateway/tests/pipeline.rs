@@ -474,3 +474,71 @@ async fn requests_that_never_reach_a_policy_are_refused_with_their_own_codes() {
     a.assert_error(405, "method_not_allowed");
     assert_eq!(h.svc.count(), 0);
 }
+
+/// A client that goes away while its authorised request is at the service
+/// still leaves a security-log line (status 499, as nginx logs a client
+/// that closed the request): the service acted on it. One that goes away
+/// before anything was forwarded leaves a deny line, with its stage.
+#[tokio::test]
+async fn a_request_whose_client_goes_away_is_still_logged() {
+    let h = harness(30_000).await;
+    let req = Request::post("/slow/delete-everything")
+        .header("host", "api.example")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(b"data")))
+        .unwrap();
+    // the client disconnects: hyper drops the request's future
+    let fut = handle(h.gw.clone(), conn(), req, None);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fut)
+            .await
+            .is_err(),
+        "the service answers after 2 s"
+    );
+    assert_eq!(h.svc.count(), 1, "the request reached the service");
+    let lines: Vec<Value> = h
+        .log
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(r["status"], 499);
+    assert_eq!(r["decision"], "allow");
+    assert_eq!(r["reason"], "client_closed_request");
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["path"], "/slow/delete-everything");
+    assert_eq!(r["route"], "slow");
+    assert_eq!(r["upstream"], "");
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400; so is one
+/// whose absolute-form target is the only authority, and an HTTP/2 request
+/// with neither `:authority` nor `host`. Nothing reaches the service with a
+/// Host that routing and policy never saw.
+#[tokio::test]
+async fn a_request_without_a_host_is_refused() {
+    let h = harness(30_000).await;
+    let a = h
+        .send(
+            Request::get("/public/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    a.assert_error(400, "invalid_host");
+    let a = h
+        .send(
+            Request::get("/public/x")
+                .version(hyper::Version::HTTP_2)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    a.assert_error(400, "invalid_host");
+    assert_eq!(h.svc.count(), 0);
+    // with a Host it is forwarded
+    let a = h.get("/public/x", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}

@@ -5,7 +5,7 @@
 //! recorded: the record has no field that could hold one.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,8 @@ struct WriterState {
     last_write_ms: AtomicU64,
     epoch: Instant,
     dropped: AtomicU64,
+    /// The last write failed (its records were lost).
+    failed: AtomicBool,
 }
 
 impl WriterState {
@@ -221,6 +223,7 @@ impl Sink {
             last_write_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             dropped: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         });
         let st = state.clone();
         std::thread::Builder::new()
@@ -228,6 +231,7 @@ impl Sink {
             .spawn(move || {
                 let mut out = out;
                 let mut batch = Vec::with_capacity(BATCH_BYTES);
+                let mut last_alert_s = None;
                 while let Ok(first) = rx.recv() {
                     batch.clear();
                     batch.extend_from_slice(&first);
@@ -238,7 +242,26 @@ impl Sink {
                         batch.extend_from_slice(&line);
                         lines += 1;
                     }
-                    let _ = out.write_all(&batch);
+                    match out.write_all(&batch) {
+                        Ok(()) => st.failed.store(false, Ordering::Relaxed),
+                        Err(e) => {
+                            // the records are lost: counted, alerted (at
+                            // most once a second) and /readyz reports it
+                            st.failed.store(true, Ordering::Relaxed);
+                            st.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+                            metrics::counter!("palisade_gateway_security_log_dropped_total")
+                                .increment(lines as u64);
+                            let now = st.now_ms() / 1000;
+                            if last_alert_s != Some(now) {
+                                last_alert_s = Some(now);
+                                tracing::error!(
+                                    error = %e,
+                                    dropped = st.dropped.load(Ordering::Relaxed),
+                                    "security log records lost: writing to stdout failed"
+                                );
+                            }
+                        }
+                    }
                     st.pending.fetch_sub(lines, Ordering::Relaxed);
                     st.last_write_ms.store(st.now_ms(), Ordering::Relaxed);
                     if batch.capacity() > 4 * BATCH_BYTES {
@@ -282,15 +305,17 @@ impl Sink {
         }
     }
 
-    /// Records waited for more than [`STUCK_AFTER`] without one being written.
+    /// Records waited for more than [`STUCK_AFTER`] without one being
+    /// written, or the last write failed.
     pub fn stuck(&self) -> bool {
         match self {
             Sink::Stdout(s) => {
-                s.state.pending.load(Ordering::Relaxed) > 0
+                let waiting = s.state.pending.load(Ordering::Relaxed) > 0
                     && s.state
                         .now_ms()
                         .saturating_sub(s.state.last_write_ms.load(Ordering::Relaxed))
-                        > STUCK_AFTER.as_millis() as u64
+                        > STUCK_AFTER.as_millis() as u64;
+                s.state.failed.load(Ordering::Relaxed) || waiting
             }
             Sink::Memory(_) => false,
         }
@@ -459,6 +484,43 @@ mod tests {
             next[t] += 1;
         }
         assert_eq!(next, [5_000; 4]);
+    }
+
+    /// A write that fails (a full disk, a reader that closed the pipe)
+    /// loses its records: they are counted as dropped and the sink reports
+    /// itself stuck (`/readyz` 503), never silently healthy. A write that
+    /// succeeds again clears it.
+    #[test]
+    fn failed_writes_are_counted_and_reported() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let sink = Sink::writer(full, 64).unwrap();
+        for _ in 0..10 {
+            sink.write(&SecurityRecord::default());
+        }
+        assert!(sink.flush(Duration::from_secs(10)));
+        assert_eq!(sink.dropped(), 10);
+        assert!(sink.stuck(), "a failing sink is reported");
+
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let sink =
+            Sink::writer(std::fs::File::from(std::os::fd::OwnedFd::from(writer)), 64).unwrap();
+        sink.write(&SecurityRecord::default());
+        assert!(sink.flush(Duration::from_secs(10)));
+        assert_eq!(sink.dropped(), 0);
+        assert!(!sink.stuck());
+        let mut buf = [0u8; 16];
+        use std::io::Read;
+        assert!(reader.read(&mut buf).unwrap() > 0);
+        // the reader goes away: EPIPE (the test harness ignores SIGPIPE,
+        // as Rust programs do)
+        drop(reader);
+        sink.write(&SecurityRecord::default());
+        assert!(sink.flush(Duration::from_secs(10)));
+        assert_eq!(sink.dropped(), 1);
+        assert!(sink.stuck());
     }
 
     /// A reader that stops (a full pipe) never blocks a writer: records are

@@ -34,6 +34,9 @@ pub enum Stage {
     Permitted { policies: Arc<str> },
 }
 
+/// The status logged for a request whose client went away first (nginx's).
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// One request's context.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -93,6 +96,16 @@ impl RequestCtx {
     /// upstream.
     pub fn permitted(&self) -> bool {
         matches!(self.stage, Stage::Permitted { .. })
+    }
+
+    /// The record of a request whose client went away before it was
+    /// answered: 499; "allow" once authorization let it through (it may
+    /// have reached the service), else "deny" (nothing was forwarded).
+    pub fn record_client_closed(&self) -> SecurityRecord {
+        let mut rec = self.record(None, CLIENT_CLOSED, 0);
+        rec.decision = if self.permitted() { "allow" } else { "deny" };
+        rec.reason = "client_closed_request".to_string();
+        rec
     }
 
     /// The security-log record of the finished request: `error` is what

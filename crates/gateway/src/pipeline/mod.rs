@@ -225,6 +225,29 @@ fn request_id() -> String {
     })
 }
 
+/// A request's context until its record is written. Dropped unanswered
+/// (the client closed the connection or reset the stream, and hyper
+/// dropped the request's future), it still writes the record: status 499,
+/// reason `client_closed_request` (nginx's 499, Envoy's `DC` flag), so a
+/// request the service may have acted on never goes unlogged.
+struct Unanswered<'g> {
+    log: &'g crate::ops::log::Sink,
+    ctx: RequestCtx,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let rec = self.ctx.record_client_closed();
+        let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::BAD_REQUEST);
+        request_metrics(&rec.route, rec.decision, status, self.ctx.started.elapsed());
+        self.log.write(&rec);
+    }
+}
+
 /// Entry point for one request on a serving listener.
 ///
 /// `busy` (HTTPS HTTP/1.1) keeps the connection counted busy until hyper
@@ -238,15 +261,20 @@ pub async fn handle<B: RequestBody>(
     // the TCP peer, or behind a trusted proxy the address it forwarded
     let client =
         crate::steps::client_ip::client_ip(conn.peer.ip(), req.headers(), &gw.trusted_proxies);
-    let mut ctx = RequestCtx::new(
-        conn,
-        client,
-        request_id(),
-        req.method().clone(),
-        req.uri().path().len(),
-    );
+    let mut pending = Unanswered {
+        log: &gw.log,
+        ctx: RequestCtx::new(
+            conn,
+            client,
+            request_id(),
+            req.method().clone(),
+            req.uri().path().len(),
+        ),
+        answered: false,
+    };
+    let ctx = &mut pending.ctx;
     let outcome =
-        match tokio::time::timeout(gw.limits.request_timeout, pipeline(&gw, req, &mut ctx)).await {
+        match tokio::time::timeout(gw.limits.request_timeout, pipeline(&gw, req, ctx)).await {
             Ok(r) => r,
             // past authorization the time went to the upstream: that is a 504
             Err(_) if ctx.permitted() => Err(GatewayError::GatewayTimeout),
@@ -288,6 +316,7 @@ pub async fn handle<B: RequestBody>(
         metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
     }
     gw.log.write(&rec);
+    pending.answered = true;
     Ok(resp.map(|inner| Tracked { inner, busy }))
 }
 
@@ -348,11 +377,17 @@ pub async fn redirect<B>(port: u16, req: Request<B>) -> Result<Response<Body>, I
     let host = host::canonical_host(&req)
         .map(|h| h.host)
         .unwrap_or_default();
+    // origin form only (`OPTIONS *` has no path to redirect to)
     let pq = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    if !pq.starts_with('/') {
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(resp);
+    }
     let target = if port == 443 {
         format!("https://{host}{pq}")
     } else {
@@ -395,6 +430,40 @@ mod tests {
             let values: std::collections::HashSet<u8> =
                 ids.iter().map(|id| id.as_bytes()[pos]).collect();
             assert!(values.len() > 8, "position {pos} took {values:?}");
+        }
+    }
+
+    /// The redirect listener's `Location` holds only a validated host and
+    /// an origin-form path; anything else is a 400 with no `Location`.
+    #[tokio::test]
+    async fn redirects_only_to_a_validated_host_and_path() {
+        let go = |method: &str, uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            redirect(8443, b.body(()).unwrap())
+        };
+        let r = go("GET", "/a?b=1", Some("API.Example.")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://api.example:8443/a?b=1"
+        );
+        for (method, uri, host) in [
+            ("OPTIONS", "*", Some("localhost")),
+            ("GET", "/a", None),
+            ("GET", "http://evil.example/a", None),
+            ("GET", "/a", Some("a@evil.example")),
+            ("GET", "/a", Some("evil.example/x")),
+        ] {
+            let r = go(method, uri, host).await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::BAD_REQUEST,
+                "{method} {uri} {host:?}"
+            );
+            assert!(r.headers().get(header::LOCATION).is_none());
         }
     }
 }

@@ -296,7 +296,7 @@ impl Authorizer {
         // case-insensitively, as Express does, is protected by a rule on
         // `context.path_lower`)
         let path_lower = if self.context_needed & (1 << 11) != 0 {
-            res.path.to_lowercase()
+            fold_case(&res.path)
         } else {
             String::new()
         };
@@ -469,6 +469,30 @@ fn push_len_prefixed(key: &mut Vec<u8>, v: &str) {
     key.extend_from_slice(v.as_bytes());
 }
 
+/// `context.path_lower`: the path case-folded so that every spelling a
+/// case-insensitive service treats as one compares equal. Each character
+/// goes to lowercase through its uppercase, so the letters whose uppercase
+/// is ASCII (dotless `ı` → `I`, long `ſ` → `S`, the Kelvin sign) fold to
+/// the ASCII letter, as Java's `equalsIgnoreCase` and .NET's ordinal
+/// ignore-case compare them; `İ` folds to `i` as Java's
+/// `Character.toLowerCase` does.
+fn fold_case(path: &str) -> String {
+    if path.is_ascii() {
+        return path.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c == '\u{130}' {
+            out.push('i');
+            continue;
+        }
+        for u in c.to_uppercase() {
+            out.extend(u.to_lowercase());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +550,8 @@ forbid(principal, action, resource) when { context.path like "/orders/admin*" };
     /// it, one on `context.path_lower` does not.
     #[test]
     fn path_lower_catches_case_variants() {
+        assert_eq!(fold_case("/A/\u{17f}\u{212a}/\u{130}"), "/a/sk/i");
+        assert_eq!(fold_case("/Orders/x"), "/orders/x");
         let a = Authorizer::new(
             r#"
 @id("public")
@@ -541,6 +567,10 @@ forbid(principal, action, resource) when { context.path_lower like "/orders/admi
             "/orders/ADMIN",
             "/orders/Admin/x",
             "/ORDERS/ADMIN",
+            // letters whose uppercase is ASCII: Java's equalsIgnoreCase
+            // (and .NET's ordinal ignore-case) match them to `admin`
+            "/orders/adm\u{131}n",
+            "/orders/ADM\u{131}N",
         ] {
             let r = a.authorize("orders", jwt(&[], &[]), res("orders", "GET", path));
             assert_eq!(

@@ -33,7 +33,14 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 /// request's meaning in common frameworks (Express's method-override, IIS
 /// and Symfony's `X-Original-URL` / `X-Rewrite-URL`, prefix and port
 /// rewriting): a GET authorised on one route must not become a DELETE or
-/// another path behind the gateway.
+/// another path behind the gateway. Also the other spellings frameworks
+/// read the client address, scheme or host from (`X-Client-IP`, which
+/// npm's request-ip reads before X-Forwarded-For; `X-Forwarded-Ssl` in
+/// Rack; `X-Host`), identities that authenticating proxies set
+/// (oauth2-proxy's `X-Forwarded-User` / `X-Auth-Request-*`, `Remote-User`),
+/// `Proxy` (httpoxy: CGI turns it into `HTTP_PROXY`) and
+/// `X-Middleware-Subrequest` (Next.js middleware bypass, CVE-2025-29927).
+/// A route's own `forward_identity` headers are set after this removal.
 pub fn untrusted_forwarding(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -52,6 +59,39 @@ pub fn untrusted_forwarding(name: &HeaderName) -> bool {
             | "x-original-url"
             | "x-rewrite-url"
             | "x-original-uri"
+            | "proxy"
+            | "x-middleware-subrequest"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+            | "forwarded-for"
+            | "x-forwarded"
+            | "x-originating-ip"
+            | "x-remote-ip"
+            | "x-remote-addr"
+            | "client-ip"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-forwarded-protocol"
+            | "x-url-scheme"
+            | "x-scheme"
+            | "front-end-https"
+            | "x-host"
+            | "x-original-host"
+            | "remote-user"
+            | "x-remote-user"
+            | "x-forwarded-user"
+            | "x-forwarded-email"
+            | "x-forwarded-preferred-username"
+            | "x-forwarded-groups"
+            | "x-auth-request-user"
+            | "x-auth-request-email"
+            | "x-auth-request-preferred-username"
+            | "x-auth-request-groups"
+            | "x-webauth-user"
+            | "x-authenticated-user"
     )
 }
 
@@ -129,6 +169,45 @@ mod tests {
             "x-original-url",
             "x-forwarded-prefix",
             "forwarded",
+            // httpoxy (CGI maps it to HTTP_PROXY)
+            "proxy",
+            // Next.js middleware bypass (CVE-2025-29927)
+            "x-middleware-subrequest",
+            // client addresses frameworks read before X-Forwarded-For
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-cluster-client-ip",
+            "forwarded-for",
+            "x-forwarded",
+            "x-originating-ip",
+            "x-remote-ip",
+            "x-remote-addr",
+            "client-ip",
+            // the scheme (Rack, Django, Spring read these)
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x-forwarded-protocol",
+            "x-url-scheme",
+            "x-scheme",
+            "front-end-https",
+            // the host
+            "x-host",
+            "x-original-host",
+            // identities set by authenticating proxies
+            "remote-user",
+            "x-remote-user",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-forwarded-preferred-username",
+            "x-forwarded-groups",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-auth-request-preferred-username",
+            "x-auth-request-groups",
+            "x-webauth-user",
+            "x-authenticated-user",
         ] {
             assert!(untrusted_forwarding(&HeaderName::from_static(n)), "{n}");
         }

@@ -8,7 +8,7 @@ use crate::error::GatewayError;
 
 /// The request's host, canonical: `host` for routing, policy and the log;
 /// `authority` (the host and the port the client named, if any) for the
-/// forwarded `Host`. Both empty when the request named no host (HTTP/1.0).
+/// forwarded `Host`. A request that names no host is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CanonicalHost {
     pub host: String,
@@ -116,8 +116,14 @@ pub fn canonical_host<B>(req: &Request<B>) -> Result<CanonicalHost, GatewayError
                 "the request target's authority differs from Host",
             ))
         }
-        (Some(a), _) | (None, Some(a)) => Ok(a.canonical()),
-        (None, None) => Ok(CanonicalHost::default()),
+        (Some(a), _) => Ok(a.canonical()),
+        // HTTP/2 names the host in `:authority`; an HTTP/1.x request must
+        // carry Host even with an absolute-form target (RFC 9112 §3.2)
+        (None, Some(a)) if req.version() >= hyper::Version::HTTP_2 => Ok(a.canonical()),
+        (None, Some(_)) => Err(GatewayError::InvalidHost("no Host header")),
+        // nothing to route, authorise and forward on: the service would
+        // see a Host (its own address) that no policy saw
+        (None, None) => Err(GatewayError::InvalidHost("no Host header")),
     }
 }
 
@@ -147,13 +153,29 @@ mod tests {
         assert_eq!(ok(&["[::1]:8443"], "/"), "[::1]");
         assert_eq!(ok(&["[::1]"], "/"), "[::1]");
         assert_eq!(ok(&["10.0.0.1:80"], "/"), "10.0.0.1");
-        // HTTP/2 (or absolute-form) without Host: the request target's authority
-        assert_eq!(ok(&[], "https://Orders.Example:443/x"), "orders.example");
+        // HTTP/2 without Host: `:authority`
+        let h2 = |uri: &str| {
+            canonical_host(
+                &Request::builder()
+                    .version(hyper::Version::HTTP_2)
+                    .uri(uri)
+                    .body(())
+                    .unwrap(),
+            )
+        };
+        assert_eq!(
+            h2("https://Orders.Example:443/x").unwrap().host,
+            "orders.example"
+        );
         assert_eq!(
             ok(&["orders.example"], "https://Orders.Example/x"),
             "orders.example"
         );
-        assert_eq!(ok(&[], "/x"), "");
+        // no host at all, or HTTP/1.1 with only an absolute-form target
+        let missing = Err(GatewayError::InvalidHost("no Host header"));
+        assert_eq!(host(&[], "/x"), missing);
+        assert_eq!(host(&[], "https://orders.example/x"), missing);
+        assert_eq!(h2("/x"), missing);
         let invalid = GatewayError::InvalidHost("invalid Host");
         for bad in [
             "a b",

@@ -581,8 +581,9 @@ impl Pool {
             h.insert(X_REQUEST_ID, v);
         }
         // the canonical authority the policies saw (HTTP/2 carries it in
-        // :authority, RFC 9113 §8.3.1, and HTTP/1.1 needs a Host); a client
-        // without one (HTTP/1.0) gets the endpoint's
+        // :authority, RFC 9113 §8.3.1, and HTTP/1.1 needs a Host); never
+        // empty through the pipeline (a request without a host is refused
+        // by the host step), the endpoint's for a caller that gives none
         let authority = if ctx.authority.is_empty() {
             &e.authority
         } else {
