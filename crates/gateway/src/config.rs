@@ -1167,6 +1167,26 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             }
         });
         let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        // requests are matched on their canonical host (no port, no trailing
+        // dot): a route host in another form would never match, and its
+        // requests would fall through to a route without that restriction
+        for h in &hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let literal = name.len() > 2 && name.starts_with('[') && name.ends_with(']');
+            let canonical = literal
+                || !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                    && !name.starts_with('.')
+                    && !name.ends_with('.')
+                    && !name.contains("..");
+            if !canonical {
+                c.err(format!(
+                    "{field}.hosts: {h:?} is not a host name as requests are matched (lowercase letters, digits, '-' and '.', optionally \"*.\" first; no port, no trailing dot)"
+                ));
+            }
+        }
         routes.push(RouteConfig {
             name: r.name,
             hosts,
@@ -1371,6 +1391,23 @@ mod tests {
             e.0,
             ["routes[r].forward_identity: \"x user\" is not a valid header name"]
         );
+    }
+
+    #[test]
+    fn route_hosts_are_in_the_form_requests_are_matched_in() {
+        let c = check(&format!(
+            "{ROUTE}hosts = [\"API.Example\", \"*.example\", \"[::1]\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].hosts, ["api.example", "*.example", "[::1]"]);
+        for bad in ["api.example.", "api.example:443", "a..b", "", "*."] {
+            let e = check(&format!("{ROUTE}hosts = [{bad:?}]\n")).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{bad:?}: {e}");
+            assert!(
+                e.0[0].starts_with(&format!("routes[r].hosts: {bad:?} is not a host name")),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -420,7 +420,29 @@ async fn authentication_and_authorization_allow_and_deny_in_order() {
         .await;
     a.assert_error(403, "forbidden");
     assert_eq!(a.record["reason"], "identity_not_forwardable");
+    // so would one with surrounding spaces (a service that splits and trims
+    // reads " orders-admin" as the role Cedar never saw), or an empty one
+    for roles in [&["viewer", " orders-admin"][..], &["orders-admin "], &[""]] {
+        let a = h
+            .get(
+                "/api/orders/1",
+                &[("authorization", &bearer("orders:read", roles))],
+            )
+            .await;
+        a.assert_error(403, "forbidden");
+        assert_eq!(a.record["reason"], "identity_not_forwardable", "{roles:?}");
+    }
     assert_eq!(h.svc.count(), 1);
+    // a `;` is forwarded encoded: Tomcat, Jetty and Spring would cut a raw
+    // one out as a path parameter and serve /api/orders/admin
+    let a = h
+        .get(
+            "/api/orders/;x/admin",
+            &[("authorization", &bearer("orders:read", &[]))],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.last().target, "/api/orders/%3Bx/admin");
 }
 
 #[tokio::test]

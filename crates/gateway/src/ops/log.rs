@@ -5,7 +5,7 @@
 //! recorded: the record has no field that could hold one.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,8 @@ pub const QUEUE_LINES: usize = 32 * 1024;
 /// How long the writer waits after a write for more lines to gather: the
 /// delay a line may see before it reaches stdout.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(2);
+/// No failed write (`failed_at_ms`).
+const NEVER: u64 = u64::MAX;
 /// Lines taken into one write at most (a line is at most a few KiB).
 const BATCH_BYTES: usize = 64 * 1024;
 /// A sink that has had records waiting this long without writing one is stuck.
@@ -174,8 +176,9 @@ struct WriterState {
     last_write_ms: AtomicU64,
     epoch: Instant,
     dropped: AtomicU64,
-    /// The last write failed (its records were lost).
-    failed: AtomicBool,
+    /// Milliseconds since `epoch` of the last failed write (its records
+    /// were lost), [`NEVER`] once a write succeeded since.
+    failed_at_ms: AtomicU64,
 }
 
 impl WriterState {
@@ -223,7 +226,7 @@ impl Sink {
             last_write_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             dropped: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            failed_at_ms: AtomicU64::new(NEVER),
         });
         let st = state.clone();
         std::thread::Builder::new()
@@ -232,22 +235,41 @@ impl Sink {
                 let mut out = out;
                 let mut batch = Vec::with_capacity(BATCH_BYTES);
                 let mut last_alert_s = None;
+                // a failed write may have left half a line: the next write
+                // starts on a new line, so the half line stays one bad line
+                // instead of swallowing the next record
+                let mut broken = false;
                 while let Ok(first) = rx.recv() {
                     batch.clear();
+                    if broken {
+                        batch.push(b'\n');
+                    }
                     batch.extend_from_slice(&first);
                     let mut lines = 1;
-                    while batch.len() < BATCH_BYTES
-                        && let Ok(line) = rx.try_recv()
-                    {
-                        batch.extend_from_slice(&line);
-                        lines += 1;
+                    let mut drained = false;
+                    while batch.len() < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(line) => {
+                                batch.extend_from_slice(&line);
+                                lines += 1;
+                            }
+                            Err(_) => {
+                                drained = true;
+                                break;
+                            }
+                        }
                     }
                     match out.write_all(&batch) {
-                        Ok(()) => st.failed.store(false, Ordering::Relaxed),
+                        Ok(()) => {
+                            broken = false;
+                            st.failed_at_ms.store(NEVER, Ordering::Relaxed);
+                        }
                         Err(e) => {
-                            // the records are lost: counted, alerted (at
-                            // most once a second) and /readyz reports it
-                            st.failed.store(true, Ordering::Relaxed);
+                            // the records are lost (some may have been
+                            // written in part): counted, alerted (at most
+                            // once a second) and /readyz reports it
+                            broken = true;
+                            st.failed_at_ms.store(st.now_ms(), Ordering::Relaxed);
                             st.dropped.fetch_add(lines as u64, Ordering::Relaxed);
                             metrics::counter!("palisade_gateway_security_log_dropped_total")
                                 .increment(lines as u64);
@@ -267,7 +289,11 @@ impl Sink {
                     if batch.capacity() > 4 * BATCH_BYTES {
                         batch = Vec::with_capacity(BATCH_BYTES);
                     }
-                    std::thread::sleep(BATCH_INTERVAL);
+                    // nap only once the queue is empty: a full batch is
+                    // followed at once by the next
+                    if drained {
+                        std::thread::sleep(BATCH_INTERVAL);
+                    }
                 }
             })?;
         Ok(Sink::Stdout(StdoutSink {
@@ -306,7 +332,8 @@ impl Sink {
     }
 
     /// Records waited for more than [`STUCK_AFTER`] without one being
-    /// written, or the last write failed.
+    /// written, or a write failed within the last [`STUCK_AFTER`] (and none
+    /// succeeded since).
     pub fn stuck(&self) -> bool {
         match self {
             Sink::Stdout(s) => {
@@ -315,7 +342,13 @@ impl Sink {
                         .now_ms()
                         .saturating_sub(s.state.last_write_ms.load(Ordering::Relaxed))
                         > STUCK_AFTER.as_millis() as u64;
-                s.state.failed.load(Ordering::Relaxed) || waiting
+                // a failed write reports the sink for STUCK_AFTER; one that
+                // keeps failing keeps it reported, one that passed (a full
+                // disk freed) lets /readyz recover even with no traffic
+                let failed_at = s.state.failed_at_ms.load(Ordering::Relaxed);
+                let failing = failed_at != NEVER
+                    && s.state.now_ms().saturating_sub(failed_at) < STUCK_AFTER.as_millis() as u64;
+                failing || waiting
             }
             Sink::Memory(_) => false,
         }

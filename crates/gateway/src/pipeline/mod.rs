@@ -315,8 +315,9 @@ pub async fn handle<B: RequestBody>(
     if let Some(cat) = rec.category {
         metrics::counter!("palisade_gateway_security_events_total", "category" => cat).increment(1);
     }
-    gw.log.write(&rec);
+    // answered before writing: a panic in the write must not log twice
     pending.answered = true;
+    gw.log.write(&rec);
     Ok(resp.map(|inner| Tracked { inner, busy }))
 }
 

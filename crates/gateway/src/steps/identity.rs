@@ -29,13 +29,20 @@ pub fn headers(
 /// The value of an identity header, or `None` when the principal has none.
 /// Lists are joined with `,`: an element that itself holds a `,` (a role
 /// `"viewer,orders-admin"`) would read as two to a service that splits the
-/// header while Cedar saw one, so it is refused.
+/// header while Cedar saw one, so it is refused; so is an element that is
+/// empty or has surrounding whitespace (a service that splits and trims
+/// reads `" orders-admin"` as a role Cedar never saw), and a single value
+/// with surrounding whitespace. A certificate's URIs and DNS names are
+/// forwarded all of them, as Cedar sees them (`cert_uris`, `cert_dns`).
 fn identity_value(p: &Principal, claim: &str) -> Result<Option<String>, GatewayError> {
     let ambiguous = || GatewayError::Forbidden {
         reason: "identity_not_forwardable".into(),
     };
+    let untrimmed = |x: &str| x.trim() != x;
     let joined = |v: &[String]| {
-        if v.iter().any(|x| x.contains(',')) {
+        if v.iter()
+            .any(|x| x.contains(',') || x.is_empty() || untrimmed(x))
+        {
             return Err(ambiguous());
         }
         Ok(if v.is_empty() {
@@ -44,15 +51,21 @@ fn identity_value(p: &Principal, claim: &str) -> Result<Option<String>, GatewayE
             Some(v.join(","))
         })
     };
-    Ok(match claim {
+    let value = match claim {
         "sub" | "subject" => Some(p.subject.to_string()).filter(|s| !s.is_empty()),
         "iss" | "issuer" => Some(p.issuer.to_string()).filter(|s| !s.is_empty()),
         "scopes" => joined(&p.scopes)?,
         "roles" => joined(&p.roles)?,
         "consumer" => p.consumer.clone(),
         "auth_method" => Some(p.method.as_str().to_string()),
-        "cert_uri" => p.peer.as_ref().and_then(|c| c.uris.first().cloned()),
-        "cert_dns" => p.peer.as_ref().and_then(|c| c.dns_names.first().cloned()),
+        "cert_uri" => match &p.peer {
+            Some(c) => joined(&c.uris)?,
+            None => None,
+        },
+        "cert_dns" => match &p.peer {
+            Some(c) => joined(&c.dns_names)?,
+            None => None,
+        },
         "cert_subject" => p.peer.as_ref().map(|c| c.subject.clone()),
         other => match p.claims.get(other) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -68,5 +81,9 @@ fn identity_value(p: &Principal, claim: &str) -> Result<Option<String>, GatewayE
             Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
             _ => None,
         },
-    })
+    };
+    if value.as_deref().is_some_and(untrimmed) {
+        return Err(ambiguous());
+    }
+    Ok(value)
 }

@@ -89,11 +89,15 @@ pub fn normalize_path(raw: &str) -> Result<String, GatewayError> {
     Ok(path)
 }
 
-/// Percent-encode a normalised path for the upstream request line.
+/// Percent-encode a normalised path for the upstream request line. `;` is
+/// encoded too: Tomcat, Jetty and Spring cut a raw `;` and what follows out
+/// of a segment (a path parameter), so `/orders/;x/admin` or
+/// `/orders/admin;x` would reach `/orders/admin` behind a policy that saw
+/// another path; `%3B` decodes to the `;` the policy saw.
 pub fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for &b in path.as_bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b);
         if keep {
             out.push(b as char);
         } else {
@@ -168,5 +172,11 @@ mod tests {
         assert!(under_prefix("/anything", "/"));
         assert_eq!(encode_path("/a b/café"), "/a%20b/caf%C3%A9");
         assert_eq!(encode_path("/a?b#c"), "/a%3Fb%23c");
+        // a raw `;` would be a path parameter to Tomcat, Jetty and Spring
+        assert_eq!(encode_path("/a/;x/admin;y"), "/a/%3Bx/admin%3By");
+        assert_eq!(
+            encode_path(&normalize_path("/a/%3Bx/admin").unwrap()),
+            "/a/%3Bx/admin"
+        );
     }
 }
