@@ -594,11 +594,7 @@ impl TokenStore {
     /// its explicit max TTL or the system max TTL, both counted from its
     /// creation (so renewing cannot extend a token forever). Returns the
     /// entry and any warning about a capped TTL.
-    pub async fn renew(
-        &self,
-        e: &TokenEntry,
-        increment: i64,
-    ) -> Result<(TokenEntry, Vec<String>), ApiError> {
+    pub async fn renew(&self, e: &TokenEntry, increment: i64) -> Result<Renewed, ApiError> {
         if !e.renewable || e.expire_time == 0 {
             return Err(ApiError::bad_request("lease is not renewable"));
         }
@@ -638,7 +634,11 @@ impl TokenStore {
         let mut next = (*cur).clone();
         next.expire_time = expire.max(now);
         self.store(&next).await?;
-        Ok((next, warnings))
+        Ok(Renewed {
+            entry: next,
+            warnings,
+            now,
+        })
     }
 
     /// Revoke every expired token (background tidy; lookups also check expiry).
@@ -667,4 +667,14 @@ impl TokenStore {
         out.sort();
         Ok(out)
     }
+}
+
+/// What a renewal granted. `now` is the instant the new expiry was computed
+/// from, so the reported lease duration is exactly the TTL granted, however
+/// long the write took (reading the clock again after it could report one
+/// second less).
+pub struct Renewed {
+    pub entry: TokenEntry,
+    pub warnings: Vec<String>,
+    pub now: i64,
 }

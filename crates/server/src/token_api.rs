@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::core::{Authorized, Core};
 use crate::logical::{ApiError, AuthBlock, Operation, Request, Response, fields};
-use crate::token::{NewToken, TokenEntry};
+use crate::token::{NewToken, Renewed, TokenEntry};
 
 fn time_or_null(secs: i64) -> Value {
     if secs == 0 {
@@ -115,7 +115,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;
             let e = core.tokens.renew(auth.token(), inc).await?;
-            Ok(renewed(auth.token_id(), e, core.tokens.now()))
+            Ok(renewed(auth.token_id(), e))
         }
         "renew" if op == Operation::Write => {
             let id = required_str(req, "token")?;
@@ -126,7 +126,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed(&id, e, core.tokens.now()))
+            Ok(renewed(&id, e))
         }
         "renew-accessor" if op == Operation::Write => {
             let acc = required_str(req, "accessor")?;
@@ -137,7 +137,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
             let e = core.tokens.renew(&e, inc).await?;
-            Ok(renewed("", e, core.tokens.now()))
+            Ok(renewed("", e))
         }
         "revoke-self" if op == Operation::Write => {
             core.tokens.revoke_tree(&auth.token().hash).await?;
@@ -194,11 +194,11 @@ fn increment(req: &Request) -> Result<i64, ApiError> {
     })
 }
 
-fn renewed(id: &str, (e, warnings): (TokenEntry, Vec<String>), now: i64) -> Response {
+fn renewed(id: &str, g: Renewed) -> Response {
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(auth_block(id, &e, now));
-    r.warnings = warnings;
+    r.auth = Some(auth_block(id, &g.entry, g.now));
+    r.warnings = g.warnings;
     r
 }
 
@@ -401,7 +401,8 @@ async fn create(
         .await?;
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(auth_block(&id_out, &entry, core.tokens.now()));
+    // the TTL granted, from the instant it was computed (not a second later)
+    r.auth = Some(auth_block(&id_out, &entry, entry.creation_time));
     warnings.extend(capped);
     r.warnings = warnings;
     Ok(r)
