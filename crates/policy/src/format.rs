@@ -20,8 +20,16 @@ const INDENT: &str = "  ";
 /// The input must be a policy the server would accept (Vault's `policy fmt`
 /// validates too). The output is checked to parse to exactly the same rules,
 /// so formatting can never change what a policy grants.
+///
+/// A JSON policy is valid but not HCL: it is refused (left as it is) rather
+/// than rewritten into another syntax.
 pub fn format_hcl(hcl: &str) -> Result<String, PolicyError> {
     let before = Policy::parse("", hcl)?;
+    if crate::json::is_json(hcl) {
+        return Err(PolicyError::Invalid(
+            "this is a JSON policy: only HCL policies are formatted".to_owned(),
+        ));
+    }
     let body = hcl::edit::parser::parse_body(hcl).map_err(|e| PolicyError::from_hcl(e.into()))?;
 
     let mut printer = Printer::default();

@@ -1,4 +1,4 @@
-//! palisade-policy: Vault HCL ACL policies. It owns parsing policy text into
+//! palisade-policy: Vault ACL policies, in HCL or JSON. It owns parsing policy text into
 //! path rules ([`Policy`]), merging a token's policies into one [`Acl`], and
 //! answering "what may this token do on this path" ([`Acl::capabilities`]),
 //! which the server's `Core::begin` asks after token lookup and before any
@@ -31,14 +31,20 @@
 //! author wrote.
 //!
 //! Input is parsed as HCL 2 (hcl-rs). Vault parses HCL 1, so a few legacy
-//! spellings it tolerates are rejected here: a block's `{` on the next line,
-//! repeated attribute keys, and JSON-syntax policies.
+//! spellings it tolerates are rejected here: a block's `{` on the next line
+//! and repeated attribute keys.
+//!
+//! Text whose first non-whitespace character is `{` is a JSON policy, as in
+//! Vault (`{"path": {"secret/*": {"capabilities": ["read"]}}}`): read with
+//! serde_json and checked by the same path-block rules as HCL (`json`). It
+//! must be valid JSON without repeated keys (HCL 1 is more lenient).
 
 #![forbid(unsafe_code)]
 
 mod acl;
 mod capability;
 mod format;
+mod json;
 mod policy;
 
 #[cfg(test)]

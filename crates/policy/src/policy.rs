@@ -1,5 +1,6 @@
-//! Parsing Vault HCL policy text into path rules (Vault's `ParseACLPolicy` /
-//! `parsePaths`, minus the features we do not enforce).
+//! Parsing Vault policy text, HCL or JSON ([`crate::json`]), into path rules
+//! (Vault's `ParseACLPolicy` / `parsePaths`, minus the features we do not
+//! enforce).
 
 use hcl::{Block, BlockLabel, Body, Expression, Structure};
 
@@ -33,22 +34,29 @@ pub(crate) struct PathRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
-    /// The HCL exactly as submitted; `sys/policies/acl/<name>` returns it.
+    /// The text exactly as submitted (HCL or JSON); `sys/policies/acl/<name>`
+    /// returns it.
     pub raw: String,
     pub(crate) rules: Vec<PathRule>,
 }
 
 impl Policy {
-    /// Parse Vault HCL. `name` is lower-cased by the caller already.
+    /// Parse Vault policy text: HCL, or JSON when its first non-whitespace
+    /// character is `{` (as Vault decides). `name` is lower-cased by the
+    /// caller already.
     ///
     /// A policy without any `path` block is valid and grants nothing (Vault
     /// only rejects text that fails to parse or validate).
-    pub fn parse(name: &str, hcl: &str) -> Result<Policy, PolicyError> {
-        let body = hcl::parse(hcl).map_err(PolicyError::from_hcl)?;
-        let rules = parse_body(&body)?;
+    pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
+        let rules = if crate::json::is_json(text) {
+            crate::json::parse_json(text)?
+        } else {
+            let body = hcl::parse(text).map_err(PolicyError::from_hcl)?;
+            parse_body(&body)?
+        };
         Ok(Policy {
             name: name.to_owned(),
-            raw: hcl.to_owned(),
+            raw: text.to_owned(),
             rules,
         })
     }
@@ -83,7 +91,8 @@ fn parse_body(body: &Body) -> Result<Vec<PathRule>, PolicyError> {
     Ok(rules)
 }
 
-fn parse_path(block: &Block) -> Result<PathRule, PolicyError> {
+/// One `path "<pattern>" { ... }` block; JSON policies come through here too.
+pub(crate) fn parse_path(block: &Block) -> Result<PathRule, PolicyError> {
     let [label] = block.labels() else {
         return Err(PolicyError::Invalid(format!(
             "path block must have exactly one label (the path pattern), found {}",

@@ -478,6 +478,221 @@ fn empty_policies_are_valid() {
     }
 }
 
+// ------------------------------------------------------------ JSON policies
+
+/// The rules of a policy, for comparing two syntaxes.
+fn rules_of(text: &str) -> Vec<crate::policy::PathRule> {
+    Policy::parse("p", text)
+        .unwrap_or_else(|e| panic!("should parse: {e}\n{text}"))
+        .rules
+}
+
+#[test]
+fn json_policies_mean_what_the_same_hcl_means() {
+    // (JSON as hvac and Vault's docs write it, the HCL with the same rules)
+    let cases = [
+        (
+            r#"{"path": {"test-path": {"capabilities": ["read"]}}}"#,
+            r#"path "test-path" { capabilities = ["read"] }"#,
+        ),
+        (
+            "{\n    \"path\": {\n        \"sys/health\": {\n            \"capabilities\": [\n                \"read\",\n                \"sudo\"\n            ]\n        }\n    }\n}",
+            r#"path "sys/health" { capabilities = ["read", "sudo"] }"#,
+        ),
+        (
+            r#"  {"name": "ignored", "path": {"a": {"capabilities": ["read"], "comment": "c"}, "/b/*": {"capabilities": ["deny", "read"]}}}"#,
+            "path \"a\" {\n capabilities = [\"read\"]\n comment = \"c\"\n}\npath \"/b/*\" { capabilities = [\"deny\", \"read\"] }",
+        ),
+        // HCL 1's repeated blocks: an array of pattern objects
+        (
+            r#"{"path": [{"a": {"capabilities": ["read"]}}, {"a": {"capabilities": ["update"]}, "c/+/d": {"policy": "write"}}]}"#,
+            "path \"a\" { capabilities = [\"read\"] }\npath \"a\" { capabilities = [\"update\"] }\npath \"c/+/d\" { policy = \"write\" }",
+        ),
+        (r#"{"path": {"a": {}}}"#, r#"path "a" {}"#),
+        ("{}", ""),
+        (r#"{"path": {}}"#, ""),
+        (r#"{"path": []}"#, ""),
+        (
+            r#"{"path": {"\u0061": {"capabilities": ["list"]}}}"#,
+            r#"path "a" { capabilities = ["list"] }"#,
+        ),
+    ];
+    for (json, hcl) in cases {
+        assert_eq!(rules_of(json), rules_of(hcl), "{json}");
+    }
+    // the text is kept exactly as sent (sys/policies/acl returns it)
+    let pretty = cases[1].0;
+    assert_eq!(Policy::parse("p", pretty).expect("parses").raw, pretty);
+}
+
+#[test]
+fn json_policies_grant_and_deny_like_hcl() {
+    let acl = acl_of(&[
+        r#"{"path": {"secret/*": {"capabilities": ["read", "list"]}, "secret/admin": {"capabilities": ["deny"]}}}"#,
+        r#"path "secret/admin" { capabilities = ["read", "sudo"] }"#,
+    ]);
+    assert_eq!(
+        acl.capabilities("secret/app", false).names(),
+        ["list", "read"]
+    );
+    // a deny in a JSON policy wins over a grant in an HCL one
+    assert_eq!(acl.capabilities("secret/admin", false).names(), ["deny"]);
+    assert_eq!(acl.capabilities("other/x", false).names(), ["deny"]);
+}
+
+#[test]
+fn invalid_json_policies_are_rejected() {
+    let cases = [
+        // the same refusals as HCL, from the same rules
+        (
+            r#"{"path": {"a": {"capabilities": ["frobnicate"]}}}"#,
+            r#"path "a": invalid capability "frobnicate""#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["create"], "allowed_parameters": {"x": []}}}}"#,
+            r#"path "a": allowed_parameters is not supported"#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["read"], "bogus": 1}}}"#,
+            r#"path "a": invalid key "bogus""#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["read"], "bogus key": 1}}}"#,
+            r#"path "a": invalid key "bogus key""#,
+        ),
+        (
+            r#"{"path": {"a": {"b": {"capabilities": ["read"]}}}}"#,
+            r#"path "a": invalid key "b""#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": "read"}}}"#,
+            r#"path "a": capabilities must be a list of strings"#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": null}}}"#,
+            r#"path "a": capabilities must be a list of strings"#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": [1]}}}"#,
+            r#"path "a": capabilities must be a list of strings"#,
+        ),
+        (
+            r#"{"path": {"a": {"policy": "bogus"}}}"#,
+            r#"path "a": invalid policy "bogus""#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["read"], "comment": 5}}}"#,
+            r#"path "a": comment must be a string"#,
+        ),
+        (
+            r#"{"path": {"a/{{identity.entity.id}}": {"capabilities": ["read"]}}}"#,
+            r#"path "a/{{identity.entity.id}}": templated policy paths are not supported"#,
+        ),
+        (
+            r#"{"path": {"a/+*": {"capabilities": ["read"]}}}"#,
+            r#"path "a/+*": invalid use of wildcards ('+*' is forbidden)"#,
+        ),
+        (r#"{"foo": {}}"#, r#"invalid key "foo""#),
+        (r#"{"name": 1}"#, "name must be a string"),
+        // shapes JSON can take that an HCL block cannot
+        (
+            r#"{"path": {"a": [{"capabilities": ["read"]}]}}"#,
+            r#"path "a": rules must be an object: {"capabilities": [...]}"#,
+        ),
+        (
+            r#"{"path": {"a": null}}"#,
+            r#"path "a": rules must be an object: {"capabilities": [...]}"#,
+        ),
+        (
+            r#"{"path": "a"}"#,
+            r#"path must be an object of path patterns to rules: {"path": {"<pattern>": {"capabilities": [...]}}}"#,
+        ),
+        (
+            r#"{"path": [["a"]]}"#,
+            r#"path must be an object of path patterns to rules: {"path": {"<pattern>": {"capabilities": [...]}}}"#,
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(parse_err(json), want, "for policy:\n{json}");
+    }
+}
+
+#[test]
+fn json_policies_must_be_strict_json_without_repeated_keys() {
+    // A repeated key is refused wherever it is: serde_json alone would keep
+    // the last member and drop a deny; Vault keeps both.
+    for (json, line, column, message) in [
+        (
+            r#"{"path": {"a": {"capabilities": ["deny"]}}, "path": {"a": {"capabilities": ["read"]}}}"#,
+            1,
+            50,
+            r#"invalid JSON: duplicate key "path""#,
+        ),
+        (
+            "{\"path\": {\n  \"a\": {\"capabilities\": [\"deny\"]},\n  \"a\": {\"capabilities\": [\"read\"]}}}",
+            3,
+            5,
+            r#"invalid JSON: duplicate key "a""#,
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["deny"], "capabilities": ["read"]}}}"#,
+            1,
+            56,
+            r#"invalid JSON: duplicate key "capabilities""#,
+        ),
+        // HCL 1 accepts all of these; we do not guess what was meant
+        (
+            r#"{"path": {"a": {"capabilities": ["read"]}}"#,
+            1,
+            42,
+            "invalid JSON: EOF while parsing an object",
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["read"]}}} x"#,
+            1,
+            45,
+            "invalid JSON: trailing characters",
+        ),
+        (
+            r#"{"path": {"a": {"capabilities": ["read"],}}}"#,
+            1,
+            42,
+            "invalid JSON: trailing comma",
+        ),
+    ] {
+        let err = Policy::parse("p", json).expect_err(json);
+        assert_eq!(
+            err,
+            PolicyError::Syntax {
+                line,
+                column,
+                message: message.to_owned()
+            },
+            "{json}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("failed to parse policy: line {line}, column {column}: {message}")
+        );
+    }
+    // a text that does not start with `{` is HCL, whatever follows
+    assert!(matches!(
+        Policy::parse("p", r#"[{"path": {"a": {"capabilities": ["read"]}}}]"#),
+        Err(PolicyError::Syntax { line: 1, .. })
+    ));
+}
+
+#[test]
+fn json_policies_are_not_formatted() {
+    let json = r#"{"path": {"a": {"capabilities": ["read"]}}}"#;
+    assert_eq!(
+        format_hcl(json).expect_err("not HCL").to_string(),
+        "this is a JSON policy: only HCL policies are formatted"
+    );
+    // invalid JSON is reported as such, not as a formatting problem
+    assert!(matches!(format_hcl("{"), Err(PolicyError::Syntax { .. })));
+}
+
 #[test]
 fn default_policy_grants_token_self_service_only() {
     let default = Policy::parse("default", DEFAULT_POLICY).expect("default policy parses");

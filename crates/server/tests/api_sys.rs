@@ -859,6 +859,187 @@ path "sys/policies/acl/*" { capabilities = ["read"] }
     );
 }
 
+// hvac sends a policy given as a dict as JSON text, pretty-printed
+// (json.dumps(indent=4)) or compact; Vault parses it like HCL.
+const JSON_PRETTY: &str = "{\n    \"path\": {\n        \"secret/data/app/*\": {\n            \"capabilities\": [\n                \"read\"\n            ]\n        },\n        \"secret/data/app/admin\": {\n            \"capabilities\": [\n                \"deny\"\n            ]\n        }\n    }\n}";
+const JSON_COMPACT: &str =
+    r#"{"path": {"secret/data/app/*": {"capabilities": ["read", "update"]}}}"#;
+
+#[tokio::test]
+async fn json_policies_allow() {
+    let mut s = TestServer::start(Opts {
+        dev: false,
+        ..Opts::default()
+    })
+    .await;
+    let keys = s.init_and_unseal(1, 1).await;
+    let r = s
+        .post("sys/mounts/secret", &s.root, json!({"type": "kv-v2"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    // written through both APIs and read back byte for byte (hvac json.loads
+    // what it reads and counts its lines)
+    for (name, text) in [("pretty", JSON_PRETTY), ("compact", JSON_COMPACT)] {
+        for path in [
+            format!("sys/policy/{name}"),
+            format!("sys/policies/acl/{name}"),
+        ] {
+            let r = s.put(&path, &s.root, json!({"policy": text})).await;
+            assert_eq!((r.status, r.text.as_str()), (204, ""), "{path}");
+        }
+        let r = s.get(&format!("sys/policy/{name}"), &s.root).await;
+        assert_eq!(r.data(), &json!({"name": name, "rules": text}));
+        let r = s.get(&format!("sys/policies/acl/{name}"), &s.root).await;
+        assert_eq!(r.data(), &json!({"name": name, "policy": text}));
+    }
+    // base64-encoded, as any policy
+    let encoded = base64::engine::general_purpose::STANDARD.encode(JSON_COMPACT);
+    let r = s
+        .put("sys/policy/encoded", &s.root, json!({"policy": encoded}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        s.get("sys/policy/encoded", &s.root).await.data()["rules"],
+        JSON_COMPACT
+    );
+
+    // the rules take effect as HCL's would
+    s.kv_put("app/db", json!({"password": "pw-1"})).await;
+    let t = s
+        .create_token(
+            &s.root,
+            json!({"policies": ["pretty"], "no_default_policy": true}),
+        )
+        .await;
+    let r = s.get("secret/data/app/db", &t.id).await;
+    assert_eq!(r.data()["data"]["password"], "pw-1");
+    let r = s
+        .post(
+            "sys/capabilities-accessor",
+            &s.root,
+            json!({"accessor": t.accessor, "paths": ["secret/data/app/db"]}),
+        )
+        .await;
+    assert_eq!(r.data()["capabilities"], json!(["read"]));
+    let w = s
+        .create_token(
+            &s.root,
+            json!({"policies": ["compact"], "no_default_policy": true}),
+        )
+        .await;
+    let r = s
+        .post(
+            "secret/data/app/db",
+            &w.id,
+            json!({"data": {"password": "pw-2"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // a JSON policy replaced by HCL, and back, takes effect at once
+    s.write_policy(
+        "pretty",
+        r#"path "secret/data/other" { capabilities = ["read"] }"#,
+    )
+    .await;
+    assert_denied(&s.get("secret/data/app/db", &t.id).await);
+    let r = s
+        .put("sys/policy/pretty", &s.root, json!({"policy": JSON_PRETTY}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.get("secret/data/app/db", &t.id).await.status, 200);
+
+    // and is loaded again, unchanged, after a restart
+    let root = s.root.clone();
+    let dir = s.stop().await;
+    let mut s = TestServer::start_in(
+        Opts {
+            dev: false,
+            ..Opts::default()
+        },
+        dir,
+    )
+    .await;
+    s.unseal(&keys).await;
+    s.root = root;
+    assert_eq!(
+        s.get("sys/policies/acl/pretty", &s.root).await.data()["policy"],
+        JSON_PRETTY
+    );
+    let r = s.get("secret/data/app/db", &t.id).await;
+    assert_eq!(r.data()["data"]["password"], "pw-2");
+}
+
+#[tokio::test]
+async fn json_policies_deny() {
+    let s = TestServer::dev().await;
+    s.kv_put("app/db", json!({"password": "pw-1"})).await;
+    s.kv_put("app/admin", json!({"password": "pw-admin"})).await;
+    s.write_policy("pretty", JSON_PRETTY).await;
+    let t = s
+        .create_token(
+            &s.root,
+            json!({"policies": ["pretty"], "no_default_policy": true}),
+        )
+        .await;
+
+    // what the JSON policy does not grant: a write, another path, its deny
+    assert_denied(
+        &s.post("secret/data/app/db", &t.id, json!({"data": {"x": "y"}}))
+            .await,
+    );
+    assert_denied(&s.get("secret/data/other", &t.id).await);
+    let r = s.get("secret/data/app/admin", &t.id).await;
+    assert_denied(&r);
+    assert!(!r.text.contains("pw-admin"));
+    // a deny in a JSON policy wins over a grant in an HCL one
+    s.write_policy(
+        "grant-admin",
+        r#"path "secret/data/app/admin" { capabilities = ["read", "sudo"] }"#,
+    )
+    .await;
+    let both = s
+        .create_token(
+            &s.root,
+            json!({"policies": ["pretty", "grant-admin"], "no_default_policy": true}),
+        )
+        .await;
+    assert_denied(&s.get("secret/data/app/admin", &both.id).await);
+
+    // writing a JSON policy needs what writing an HCL one needs
+    let reader = s
+        .token_with(r#"path "sys/policy/*" { capabilities = ["read", "create"] }"#)
+        .await;
+    let all = json!({"policy": r#"{"path": {"*": {"capabilities": ["sudo", "read", "update"]}}}"#});
+    for path in [
+        "sys/policy/pretty",
+        "sys/policy/fresh",
+        "sys/policies/acl/pretty",
+    ] {
+        assert_denied(&s.put(path, &reader.id, all.clone()).await);
+        assert_denied(&s.put(path, &t.id, all.clone()).await);
+    }
+    assert_eq!(
+        s.get("sys/policy/pretty", &s.root).await.data()["rules"],
+        JSON_PRETTY
+    );
+    assert_empty_404(&s.get("sys/policy/fresh", &s.root).await);
+
+    // a repeated key is refused, never read as its last member (which would
+    // drop the deny here)
+    let dup = r#"{"path": {"secret/data/app/admin": {"capabilities": ["deny"]}, "secret/data/app/admin": {"capabilities": ["read"]}}}"#;
+    let r = s
+        .put("sys/policy/pretty", &s.root, json!({"policy": dup}))
+        .await;
+    assert_error(
+        &r,
+        400,
+        r#"failed to parse policy: line 1, column 86: invalid JSON: duplicate key "secret/data/app/admin""#,
+    );
+    assert_denied(&s.get("secret/data/app/admin", &t.id).await);
+}
+
 // ------------------------------------------------------------ audit devices
 
 #[tokio::test]

@@ -349,10 +349,10 @@ async fn path_tricks_are_refused() {
     );
 }
 
-// ------------------------------------------------------------ invalid HCL
+// ------------------------------------------------------------ invalid policies
 
 #[tokio::test]
-async fn invalid_hcl() {
+async fn invalid_policies() {
     let s = TestServer::dev().await;
     let log = s.enable_audit("file").await;
     s.write_policy("keep", r#"path "a" { capabilities = ["read"] }"#)
@@ -373,6 +373,31 @@ async fn invalid_hcl() {
         (
             r#"bogus "x" {}"#,
             "failed to parse policy: invalid key \"bogus\"",
+        ),
+        // JSON policies: the same rules, and strict JSON
+        (
+            r#"{"path": {"x": {"capabilities": ["fly"]}}}"#,
+            "failed to parse policy: path \"x\": invalid capability \"fly\"",
+        ),
+        (
+            r#"{"path": {"x": {"capabilities": ["read"], "allowed_parameters": {"a": []}}}}"#,
+            "failed to parse policy: path \"x\": allowed_parameters is not supported",
+        ),
+        (
+            r#"{"bogus": {"x": {}}}"#,
+            "failed to parse policy: invalid key \"bogus\"",
+        ),
+        (
+            r#"{"path": "x"}"#,
+            r#"failed to parse policy: path must be an object of path patterns to rules: {"path": {"<pattern>": {"capabilities": [...]}}}"#,
+        ),
+        (
+            r#"{"path": {"x": {"capabilities": ["read"]}}"#,
+            "failed to parse policy: line 1, column 42: invalid JSON: EOF while parsing an object",
+        ),
+        (
+            r#"{"path": {"x": {"capabilities": ["deny"]}, "x": {"capabilities": ["read"]}}}"#,
+            r#"failed to parse policy: line 1, column 46: invalid JSON: duplicate key "x""#,
         ),
     ] {
         for name in ["fresh", "keep"] {
