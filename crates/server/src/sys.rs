@@ -512,7 +512,23 @@ async fn audit_device(
                     "unknown backend type: only \"file\" is available",
                 ));
             }
-            let options = string_map(req.data.get("options"))?;
+            let mut options = string_map(req.data.get("options"))?;
+            // `path`: Vault's older name for `file_path` (hvac still sends
+            // it). One name from here on, so every check below and the
+            // stored device see `file_path` only.
+            if let Some(alias) = options.remove("path") {
+                match options.get("file_path") {
+                    None => {
+                        options.insert("file_path".into(), alias);
+                    }
+                    Some(v) if *v == alias => {}
+                    Some(_) => {
+                        return Err(ApiError::bad_request(
+                            "options path and file_path differ: path is the older name of file_path, give one of them",
+                        ));
+                    }
+                }
+            }
             if options.get("file_path").and_then(|v| v.as_str()).is_none() {
                 return Err(ApiError::bad_request("file_path is required"));
             }

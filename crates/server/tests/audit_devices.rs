@@ -1223,6 +1223,136 @@ async fn a_hard_link_to_another_devices_log_is_refused() {
     assert_eq!(r.status, 204, "{}", r.text);
 }
 
+/// `options.path`, Vault's older name for `file_path` (hvac sends it), names
+/// the same file under the same confinement; the device is kept under
+/// `file_path` only.
+#[tokio::test]
+async fn path_is_the_older_name_of_file_path() {
+    let (s, keys) = fresh(Opts::default()).await;
+    let root = s.root.clone();
+    let by_path = |p: &str| json!({"type": "file", "options": {"path": p}});
+
+    // allow: `path` alone, and both names for the same file
+    let old = s.path("old.log");
+    let r = s
+        .put(
+            "sys/audit/old",
+            &s.root,
+            by_path(&old.display().to_string()),
+        )
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (204, ""));
+    let both = s.path("both.log");
+    let b = both.display().to_string();
+    let r = s
+        .put(
+            "sys/audit/both",
+            &s.root,
+            json!({"type": "file", "options": {"path": b, "file_path": b}}),
+        )
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (204, ""));
+    let r = s.get("sys/audit", &s.root).await;
+    for (name, file) in [("old/", &old), ("both/", &both)] {
+        assert_eq!(
+            r.data()[name]["options"],
+            json!({"file_path": file.canonicalize().unwrap().display().to_string()}),
+            "{}",
+            r.text
+        );
+    }
+    // the device writes, and sys/audit-hash answers for it (hvac's next call)
+    s.kv_put("x", json!({"v": "1"})).await;
+    assert!(!audit_for(&audit_records(&old), "secret/data/x").is_empty());
+    let hash = audit_hash(&s, "old", "hvac-rox").await;
+    assert!(hash.starts_with("hmac-sha256:"), "{hash}");
+    // and is opened again at the next unseal
+    let dir = s.stop().await;
+    let s = restart(dir, Opts::default(), &keys, &root).await;
+    assert_eq!(audit_hash(&s, "old", "hvac-rox").await, hash);
+    s.kv_put("y", json!({"v": "1"})).await;
+    assert!(!audit_for(&audit_records(&old), "secret/data/y").is_empty());
+
+    // deny: the two names for different files
+    let (p1, p2) = (s.path("p1.log"), s.path("p2.log"));
+    let r = s
+        .put(
+            "sys/audit/two",
+            &s.root,
+            json!({"type": "file", "options": {"path": p1.display().to_string(), "file_path": p2.display().to_string()}}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "options path and file_path differ: path is the older name of file_path, give one of them",
+    );
+    assert!(!p1.exists() && !p2.exists());
+    // deny: every confinement rule applies to `path` as to `file_path`
+    let home = tempfile::tempdir().unwrap();
+    let profile = home.path().join(".profile");
+    std::fs::write(&profile, "export PATH=/usr/bin\n").unwrap();
+    let r = s
+        .put(
+            "sys/audit/a",
+            &s.root,
+            by_path(&profile.display().to_string()),
+        )
+        .await;
+    assert_error(&r, 400, OUTSIDE);
+    assert_eq!(
+        std::fs::read_to_string(&profile).unwrap(),
+        "export PATH=/usr/bin\n"
+    );
+    let link = s.path("link.log");
+    std::os::unix::fs::symlink(&profile, &link).unwrap();
+    let r = s
+        .put("sys/audit/a", &s.root, by_path(&link.display().to_string()))
+        .await;
+    assert_error(&r, 400, NOT_REGULAR);
+    let r = s.put("sys/audit/a", &s.root, by_path("a.log")).await;
+    assert_error(&r, 400, "file_path must be an absolute path");
+    let r = s.put("sys/audit/a", &s.root, by_path("")).await;
+    assert_error(&r, 400, "file_path must be an absolute path");
+    let r = s
+        .put("sys/audit/a", &s.root, by_path(&old.display().to_string()))
+        .await;
+    assert_error(&r, 400, "another audit device already writes to this file");
+    // deny: without sudo
+    let admin = s
+        .token_with(r#"path "sys/audit/*" { capabilities = ["create", "update", "read"] }"#)
+        .await;
+    let r = s
+        .put(
+            "sys/audit/a",
+            &admin.id,
+            by_path(&s.path("a.log").display().to_string()),
+        )
+        .await;
+    assert_denied(&r);
+    assert!(!s.path("a.log").exists());
+    let r = s.get("sys/audit", &s.root).await;
+    let names: Vec<&String> = r.data().as_object().unwrap().keys().collect();
+    assert_eq!(names, ["both/", "old/"], "{}", r.text);
+
+    // deny: the configuration allows no API device at all
+    let s = TestServer::start(Opts {
+        api_audit: false,
+        ..Opts::default()
+    })
+    .await;
+    let target = s.path("x.log");
+    let r = s
+        .put(
+            "sys/audit/x",
+            &s.root,
+            by_path(&target.display().to_string()),
+        )
+        .await;
+    assert_error(&r, 400, NOT_ALLOWED);
+    assert!(!target.exists());
+}
+
 /// Options a file device would silently ignore are refused.
 #[tokio::test]
 async fn audit_options_are_honoured_or_refused() {
