@@ -92,11 +92,13 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         )),
         "lookup" if matches!(op, Operation::Read | Operation::Write) => {
             let id = required_str(req, "token")?;
+            // revoked, expired, unknown or not a token at all: one answer,
+            // 403 as in Vault (lookup-accessor answers 400, as Vault too)
             let e = core
                 .tokens
                 .lookup(&id)
                 .await?
-                .ok_or_else(|| ApiError::bad_request("bad token"))?;
+                .ok_or_else(|| ApiError::new(403, "bad token"))?;
             Ok(Response::data(lookup_json(
                 &e,
                 Some(&id),

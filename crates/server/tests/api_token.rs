@@ -23,7 +23,7 @@ async fn alive(s: &TestServer, token: &str) -> bool {
     let r = lookup(s, token).await;
     match r.status {
         200 => true,
-        400 => {
+        403 => {
             assert_eq!(r.body, json!({"errors": ["bad token"]}));
             false
         }
@@ -476,14 +476,37 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
         )
         .await;
     assert_eq!(r.data()["id"], target.id);
+    // a token that does not exist, is not a token at all, or was revoked:
+    // 403 `bad token`, as Vault (the same by POST and by GET ?token=)
+    let revoked = s.create_token(&s.root, json!({})).await;
     let r = s
         .post(
-            "auth/token/lookup",
-            &looker.id,
-            json!({"token": "hvs.nope"}),
+            "auth/token/revoke-accessor",
+            &s.root,
+            json!({"accessor": revoked.accessor}),
         )
         .await;
-    assert_error(&r, 400, "bad token");
+    assert_eq!(r.status, 204, "{}", r.text);
+    for bad in [
+        "hvs.nope",
+        "nonsense",
+        "hvs.AAAAAAAAAAAAAAAAAAAAAAAA",
+        &revoked.id,
+    ] {
+        let r = s
+            .post("auth/token/lookup", &looker.id, json!({"token": bad}))
+            .await;
+        assert_error(&r, 403, "bad token");
+        let r = s
+            .get(&format!("auth/token/lookup?token={bad}"), &looker.id)
+            .await;
+        assert_error(&r, 403, "bad token");
+    }
+    // the 403 is about the token looked up, not the caller's
+    let r = s
+        .post("auth/token/lookup", &looker.id, json!({"token": target.id}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let r = s.post("auth/token/lookup", &looker.id, json!({})).await;
     assert_error(&r, 400, "missing token");
     // lookup deny
@@ -509,14 +532,18 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
     assert_eq!(r.data()["accessor"], target.accessor);
     assert_eq!(r.data()["id"], "");
     assert!(!r.text.contains(&target.id), "{}", r.text);
-    let r = s
-        .post(
-            "auth/token/lookup-accessor",
-            &looker.id,
-            json!({"accessor": "nope"}),
-        )
-        .await;
-    assert_error(&r, 400, "invalid accessor");
+    // an unknown or revoked accessor: 400 `invalid accessor` (Vault answers
+    // 400 here, unlike lookup's 403)
+    for bad in ["nope", revoked.accessor.as_str()] {
+        let r = s
+            .post(
+                "auth/token/lookup-accessor",
+                &looker.id,
+                json!({"accessor": bad}),
+            )
+            .await;
+        assert_error(&r, 400, "invalid accessor");
+    }
     // lookup-accessor deny
     let r = s
         .post(

@@ -197,7 +197,7 @@ async fn race_revocation(by_accessor: bool) {
 
     // deny side: the parent creates nothing any more
     assert_denied(&s.post("auth/token/create", &parent.id, json!({})).await);
-    assert_error(&root_lookup(&s, &parent.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &parent.id).await, 403, "bad token");
 
     // every child that was created is dead and unlisted
     let listed = accessors(&s).await;
@@ -588,7 +588,7 @@ async fn ttl_is_capped_at_the_system_max_and_renewals_cannot_extend_it() {
         )
         .await,
     );
-    assert_error(&root_lookup(&s, &long.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &long.id).await, 403, "bad token");
     // the periodic token lives on past the max
     assert_valid(&lookup_self(&s, &periodic.id).await, &periodic.id);
     renew_periodic(&s, &periodic, "2h").await;
@@ -655,9 +655,9 @@ async fn children_die_with_an_expired_parent_at_once() {
 
     // the first request after the expiry is the child's own: refused at once
     assert_denied(&lookup_self(&s, &child.id).await);
-    assert_error(&root_lookup(&s, &child.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &child.id).await, 403, "bad token");
     assert_denied(&lookup_self(&s, &grandchild.id).await);
-    assert_error(&root_lookup(&s, &grandchild.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &grandchild.id).await, 403, "bad token");
     let r = s
         .post(
             "auth/token/lookup-accessor",
@@ -668,7 +668,7 @@ async fn children_die_with_an_expired_parent_at_once() {
     assert_error(&r, 400, "invalid accessor");
     assert_denied(&s.post("auth/token/create", &child.id, json!({})).await);
     assert_denied(&lookup_self(&s, &parent.id).await);
-    assert_error(&root_lookup(&s, &parent.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &parent.id).await, 403, "bad token");
 
     // orphans and the sibling's family are unaffected
     for t in [&parents_orphan, &sibling, &siblings_orphan, &siblings_child] {
@@ -692,7 +692,7 @@ async fn grandchildren_die_with_an_expired_grandparent_at_once() {
     assert_valid(&lookup_self(&s, &grandchild.id).await, &grandchild.id);
 
     s.clock.advance(Duration::from_secs(11 * 60));
-    assert_error(&root_lookup(&s, &grandchild.id).await, 400, "bad token");
+    assert_error(&root_lookup(&s, &grandchild.id).await, 403, "bad token");
     assert_denied(&lookup_self(&s, &grandchild.id).await);
     assert_denied(&lookup_self(&s, &child.id).await);
 }
