@@ -22,7 +22,8 @@
 //!      already be canonical: lowercase ASCII letters, digits and `-_.@`, at
 //!      most 128 bytes. `ADMIN`, `admin%20` or `admin%C2%A0` are refused,
 //!      never folded into `admin`;
-//!    - mount paths (`sys/mounts/<path>`, `sys/mounts/<path>/tune`) and audit
+//!    - mount paths (`sys/mounts/<path>`, `sys/mounts/<path>/tune`, and
+//!      `sys/auth/<path>`, `sys/auth/<path>/tune` for auth methods) and audit
 //!      device names (`sys/audit/<name>`, `sys/audit-hash/<name>`,
 //!      `sys/audit-head/<name>`) lose one trailing `/` (the Vault CLI sends
 //!      `sys/mounts/prod/`), so both spellings are checked against the rules
@@ -219,20 +220,22 @@ fn sys_param(operation: Operation, rest: &str) -> Result<Option<String>, ApiErro
             return Ok(None);
         }
     }
-    if let Some(p) = rest.strip_prefix("mounts/") {
-        if operation == Operation::List {
-            return Ok(None);
+    for (prefix, what) in [("mounts/", "mount path"), ("auth/", "auth method path")] {
+        if let Some(p) = rest.strip_prefix(prefix) {
+            if operation == Operation::List {
+                return Ok(None);
+            }
+            let (p, tune) = match p.trim_end_matches('/').strip_suffix("/tune") {
+                Some(p) => (p, true),
+                None => (p, false),
+            };
+            let p = param(p, what)?;
+            return Ok(Some(if tune {
+                format!("{prefix}{p}/tune")
+            } else {
+                format!("{prefix}{p}")
+            }));
         }
-        let (p, tune) = match p.trim_end_matches('/').strip_suffix("/tune") {
-            Some(p) => (p, true),
-            None => (p, false),
-        };
-        let p = param(p, "mount path")?;
-        return Ok(Some(if tune {
-            format!("mounts/{p}/tune")
-        } else {
-            format!("mounts/{p}")
-        }));
     }
     for prefix in ["audit/", "audit-hash/", "audit-head/"] {
         if let Some(name) = rest.strip_prefix(prefix) {
@@ -381,6 +384,15 @@ mod tests {
                 c(op, "/v1/sys/mounts/prod/tune/").unwrap(),
                 "sys/mounts/prod/tune"
             );
+            assert_eq!(c(op, "/v1/sys/auth/token/").unwrap(), "sys/auth/token");
+            assert_eq!(
+                c(op, "/v1/sys/auth/token/tune/").unwrap(),
+                "sys/auth/token/tune"
+            );
+            assert_eq!(
+                c(op, "/v1/sys/auth/token/tune").unwrap(),
+                "sys/auth/token/tune"
+            );
             assert_eq!(c(op, "/v1/sys/audit/file/").unwrap(), "sys/audit/file");
             assert_eq!(
                 c(op, "/v1/sys/audit-hash/file/").unwrap(),
@@ -402,6 +414,12 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(
+            c(Read, "/v1/sys/auth/token%20/tune").unwrap_err(),
+            ApiError::bad_request("invalid auth method path: whitespace is not allowed")
+        );
+        assert_eq!(c(Read, "/v1/sys/auth").unwrap(), "sys/auth");
+        assert_eq!(c(List, "/v1/sys/auth").unwrap(), "sys/auth/");
         assert_eq!(
             c(Delete, "/v1/sys/audit/file%20").unwrap_err(),
             ApiError::bad_request("invalid audit device path: whitespace is not allowed")

@@ -176,9 +176,11 @@ fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
 }
 
 /// Paths that need `sudo` on top of the operation's capability (Vault's
-/// root paths). `path` is canonical.
+/// root paths; `sys/auth/*` is Vault's `auth/*`: reading or tuning an auth
+/// method too, listing them at `sys/auth` not). `path` is canonical.
 fn needs_sudo(path: &str, op: Operation) -> bool {
     path == "sys/audit"
+        || path.starts_with("sys/auth/")
         || path.starts_with("sys/audit/")
         || path.starts_with("sys/audit-hash/")
         || path.starts_with("sys/audit-head/")

@@ -235,6 +235,12 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         return mount(core, req, path).await;
     }
+    if let Some(path) = rest.strip_prefix("auth/") {
+        if let Some(p) = path.strip_suffix("/tune") {
+            return tune_auth(core, req, p);
+        }
+        return Err(ApiError::unsupported_path());
+    }
     if let Some(name) = rest.strip_prefix("policy/") {
         return policy(core, req, name, false).await;
     }
@@ -320,7 +326,33 @@ fn mount_config(v: Option<&Value>) -> Result<MountConfig, ApiError> {
             c.force_no_cache = fields::boolean(x, "force_no_cache")?;
         }
     }
+    // Vault's check when mounting (0 is "the system's")
+    if c.default_lease_ttl != 0 && c.max_lease_ttl != 0 && c.default_lease_ttl > c.max_lease_ttl {
+        return Err(ApiError::bad_request(
+            "given default lease TTL greater than given max lease TTL",
+        ));
+    }
     Ok(c)
+}
+
+/// The TTLs a mount works with: its own where it has one, else the
+/// system's (`default_lease_ttl`, `max_lease_ttl` of the server
+/// configuration, 768h each by default). What `.../tune` reports, as Vault.
+fn effective_ttls(core: &Core, c: &MountConfig) -> (i64, i64) {
+    let or_system = |own: i64, system: i64| if own > 0 { own } else { system };
+    (
+        or_system(c.default_lease_ttl, core.options.ttl.default_ttl),
+        or_system(c.max_lease_ttl, core.options.ttl.max_ttl),
+    )
+}
+
+/// A TTL for `.../tune`: a duration, or `system` (0: the system's).
+fn tune_ttl(req: &Request, name: &str, current: i64) -> Result<i64, ApiError> {
+    match req.data.get(name) {
+        None => Ok(current),
+        Some(Value::String(s)) if s == "system" => Ok(0),
+        Some(v) => fields::duration_secs(v, name),
+    }
 }
 
 fn string_map(v: Option<&Value>) -> Result<Map<String, Value>, ApiError> {
@@ -397,20 +429,30 @@ async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
         .find(|m| m.path == p)
         .ok_or_else(|| ApiError::bad_request(format!("no mount entry found for path {p}")))?;
     match req.operation {
-        Operation::Read => Ok(Response::data(json!({
-            "default_lease_ttl": m.config.default_lease_ttl,
-            "max_lease_ttl": m.config.max_lease_ttl,
-            "force_no_cache": m.config.force_no_cache,
-            "description": m.description,
-            "options": m.options,
-        }))),
+        Operation::Read => {
+            let (default_ttl, max_ttl) = effective_ttls(core, &m.config);
+            let mut out = json!({
+                "default_lease_ttl": default_ttl,
+                "max_lease_ttl": max_ttl,
+                "force_no_cache": m.config.force_no_cache,
+                "description": m.description,
+            });
+            if !m.options.is_empty() {
+                out["options"] = Value::Object(m.options.clone());
+            }
+            Ok(Response::data(out).with_top_level())
+        }
         Operation::Write => {
-            if let Some(v) = req.data.get("default_lease_ttl") {
-                m.config.default_lease_ttl = fields::duration_secs(v, "default_lease_ttl")?;
+            let default_ttl = tune_ttl(req, "default_lease_ttl", m.config.default_lease_ttl)?;
+            let max_ttl = tune_ttl(req, "max_lease_ttl", m.config.max_lease_ttl)?;
+            // Vault's check (a 0 is the system's and is not compared)
+            if default_ttl != 0 && max_ttl != 0 && max_ttl < default_ttl {
+                return Err(ApiError::bad_request(format!(
+                    "backend max lease TTL of {max_ttl} would be less than backend default lease TTL of {default_ttl}"
+                )));
             }
-            if let Some(v) = req.data.get("max_lease_ttl") {
-                m.config.max_lease_ttl = fields::duration_secs(v, "max_lease_ttl")?;
-            }
+            m.config.default_lease_ttl = default_ttl;
+            m.config.max_lease_ttl = max_ttl;
             if let Some(v) = req.data.get("description") {
                 m.description = fields::string(v, "description")?;
             }
@@ -427,6 +469,38 @@ async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
         }
         _ => Err(ApiError::unsupported_operation()),
     }
+}
+
+/// `sys/auth/<path>/tune` (sudo, as every `sys/auth/*` path in Vault).
+/// Only the token method exists; its TTLs are the system's, from the
+/// server configuration, and cannot be tuned through the API (the token
+/// store enforces the configured ones: a tune it ignored would be a lie).
+fn tune_auth(core: &Core, req: &Request, path: &str) -> Result<Response, ApiError> {
+    if !matches!(req.operation, Operation::Read | Operation::Write) {
+        return Err(ApiError::unsupported_operation());
+    }
+    if path != "token" {
+        // OpenBao's answers for a method that is not enabled
+        return Err(ApiError::bad_request(if req.operation == Operation::Read {
+            format!("cannot fetch sysview for path \"auth/{path}/\"")
+        } else {
+            format!("tune of path \"auth/{path}/\" failed: no mount entry found")
+        }));
+    }
+    if req.operation == Operation::Write {
+        return Err(ApiError::bad_request(
+            "tuning the token auth method is not supported: its TTLs are the server configuration's default_lease_ttl and max_lease_ttl",
+        ));
+    }
+    let (default_ttl, max_ttl) = effective_ttls(core, &MountConfig::default());
+    Ok(Response::data(json!({
+        "default_lease_ttl": default_ttl,
+        "max_lease_ttl": max_ttl,
+        "force_no_cache": false,
+        "description": "token based credentials",
+        "token_type": "default-service",
+    }))
+    .with_top_level())
 }
 
 async fn policy(

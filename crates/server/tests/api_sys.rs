@@ -551,6 +551,8 @@ async fn mounts_list_enable_read_tune_disable() {
     let r = s.get("sys/mounts/kv1/tune", &s.root).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.data()["default_lease_ttl"], 3600);
+    // the mount has no max of its own: the system's
+    assert_eq!(r.data()["max_lease_ttl"], 768 * 3600);
     let r = s
         .post(
             "sys/mounts/kv1/tune",
@@ -599,6 +601,245 @@ async fn mounts_list_enable_read_tune_disable() {
         .await;
     assert_eq!(r.status, 204);
     assert_empty_404(&s.get("kv1/app", &s.root).await);
+}
+
+/// `GET sys/mounts/<path>/tune` reports the TTLs the mount works with: its
+/// own, or the system's (768h by default) where it has none, as Vault.
+#[tokio::test]
+async fn mount_tune_reports_effective_ttls() {
+    const SYSTEM: i64 = 768 * 3600;
+    let s = TestServer::dev().await;
+    let r = s
+        .post("sys/mounts/test", &s.root, json!({"type": "generic"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("sys/mounts/test/tune", &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_envelope(&r);
+    assert_top_level(&r);
+    assert_eq!(
+        r.data(),
+        &json!({"default_lease_ttl": SYSTEM, "max_lease_ttl": SYSTEM,
+                "force_no_cache": false, "description": ""})
+    );
+    // the listing keeps showing what the mount itself has (0: none), as Vault
+    let r = s.get("sys/mounts", &s.root).await;
+    assert_eq!(
+        r.data()["test/"]["config"],
+        json!({"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false})
+    );
+    // a KV mount's options are reported too
+    let r = s.get("sys/mounts/secret/tune", &s.root).await;
+    assert_eq!(r.data()["options"], json!({"version": "2"}));
+    assert_eq!(r.data()["default_lease_ttl"], SYSTEM);
+
+    // hvac's test: tune both, read them back
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"default_lease_ttl": "3600s", "max_lease_ttl": "8600s"}),
+        )
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (204, ""));
+    let r = s.get("sys/mounts/test/tune/", &s.root).await;
+    assert_eq!(
+        (&r.data()["default_lease_ttl"], &r.data()["max_lease_ttl"]),
+        (&json!(3600), &json!(8600))
+    );
+    // one of them back to the system's
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"default_lease_ttl": "system"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("sys/mounts/test/tune", &s.root).await;
+    assert_eq!(
+        (&r.data()["default_lease_ttl"], &r.data()["max_lease_ttl"]),
+        (&json!(SYSTEM), &json!(8600))
+    );
+    assert_eq!(
+        s.get("sys/mounts", &s.root).await.data()["test/"]["config"]["default_lease_ttl"],
+        0
+    );
+
+    // refused, as Vault: a max below the default, however it comes about
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"default_lease_ttl": "2h", "max_lease_ttl": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "backend max lease TTL of 3600 would be less than backend default lease TTL of 7200",
+    );
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"default_lease_ttl": "9000s"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "backend max lease TTL of 8600 would be less than backend default lease TTL of 9000",
+    );
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"max_lease_ttl": "-1s"}),
+        )
+        .await;
+    assert_error(&r, 400, "field \"max_lease_ttl\": invalid duration");
+    let r = s.get("sys/mounts/test/tune", &s.root).await;
+    assert_eq!(
+        (&r.data()["default_lease_ttl"], &r.data()["max_lease_ttl"]),
+        (&json!(SYSTEM), &json!(8600)),
+        "a refused tune changed nothing"
+    );
+    let r = s
+        .post(
+            "sys/mounts/t2",
+            &s.root,
+            json!({"type": "kv", "config": {"default_lease_ttl": "2h", "max_lease_ttl": "1h"}}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "given default lease TTL greater than given max lease TTL",
+    );
+    assert!(
+        s.get("sys/mounts", &s.root)
+            .await
+            .data()
+            .get("t2/")
+            .is_none()
+    );
+
+    // the system's TTLs are the configuration's
+    let s = TestServer::start(Opts {
+        ttl: palisade_server::token::TtlLimits {
+            default_ttl: 3600,
+            max_ttl: 7200,
+        },
+        ..Opts::default()
+    })
+    .await;
+    let r = s.get("sys/mounts/secret/tune", &s.root).await;
+    assert_eq!(
+        (&r.data()["default_lease_ttl"], &r.data()["max_lease_ttl"]),
+        (&json!(3600), &json!(7200))
+    );
+}
+
+/// `sys/auth/token/tune`: readable with sudo (every `sys/auth/*` path needs
+/// it in Vault), the system's TTLs; not tunable (the server configuration
+/// decides token TTLs).
+#[tokio::test]
+async fn auth_token_tune() {
+    let s = TestServer::dev().await;
+    let want = json!({"default_lease_ttl": 768 * 3600, "max_lease_ttl": 768 * 3600,
+                      "force_no_cache": false, "description": "token based credentials",
+                      "token_type": "default-service"});
+    for path in ["sys/auth/token/tune", "sys/auth/token/tune/"] {
+        let r = s.get(path, &s.root).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_envelope(&r);
+        assert_top_level(&r);
+        assert_eq!(r.data(), &want);
+    }
+    let sudo = s
+        .token_with(r#"path "sys/auth/token/tune" { capabilities = ["read", "update", "sudo"] }"#)
+        .await;
+    assert_eq!(s.get("sys/auth/token/tune", &sudo.id).await.data(), &want);
+
+    // deny: without sudo, whatever else the policy grants
+    let no_sudo = s
+        .token_with(
+            r#"
+path "sys/auth/*" { capabilities = ["read", "update", "list", "delete"] }
+path "sys/auth" { capabilities = ["read"] }
+"#,
+        )
+        .await;
+    assert_denied(&s.get("sys/auth/token/tune", &no_sudo.id).await);
+    assert_denied(
+        &s.post(
+            "sys/auth/token/tune",
+            &no_sudo.id,
+            json!({"max_lease_ttl": "1h"}),
+        )
+        .await,
+    );
+    assert_denied(&s.get("sys/auth/nope/tune", &no_sudo.id).await);
+    // listing the methods needs no sudo
+    assert_eq!(s.get("sys/auth", &no_sudo.id).await.status, 200);
+    let nothing = s.powerless_token().await;
+    assert_denied(&s.get("sys/auth/token/tune", &nothing.id).await);
+
+    // refused even with sudo: the token method's TTLs are the configuration's
+    let not_tunable = "tuning the token auth method is not supported: its TTLs are the server configuration's default_lease_ttl and max_lease_ttl";
+    for t in [&s.root, &sudo.id] {
+        let r = s
+            .post(
+                "sys/auth/token/tune",
+                t,
+                json!({"default_lease_ttl": "1h", "max_lease_ttl": "2h", "description": "x"}),
+            )
+            .await;
+        assert_error(&r, 400, not_tunable);
+    }
+    assert_eq!(s.get("sys/auth/token/tune", &s.root).await.data(), &want);
+    let t = s
+        .create_token(&s.root, json!({"policies": ["default"]}))
+        .await;
+    let r = s.get("auth/token/lookup-self", &t.id).await;
+    assert_eq!(r.data()["creation_ttl"], 768 * 3600);
+    // other operations, other methods
+    assert_error(
+        &s.delete("sys/auth/token/tune", &s.root).await,
+        405,
+        "unsupported operation",
+    );
+    assert_error(
+        &s.list("sys/auth/token/tune", &s.root).await,
+        405,
+        "unsupported operation",
+    );
+    assert_error(
+        &s.get("sys/auth/nope/tune", &s.root).await,
+        400,
+        "cannot fetch sysview for path \"auth/nope/\"",
+    );
+    assert_error(
+        &s.post("sys/auth/nope/tune", &s.root, json!({})).await,
+        400,
+        "tune of path \"auth/nope/\" failed: no mount entry found",
+    );
+
+    // the configuration's TTLs
+    let s = TestServer::start(Opts {
+        ttl: palisade_server::token::TtlLimits {
+            default_ttl: 3600,
+            max_ttl: 7200,
+        },
+        ..Opts::default()
+    })
+    .await;
+    let r = s.get("sys/auth/token/tune", &s.root).await;
+    assert_eq!(
+        (&r.data()["default_lease_ttl"], &r.data()["max_lease_ttl"]),
+        (&json!(3600), &json!(7200))
+    );
 }
 
 #[tokio::test]
