@@ -282,6 +282,152 @@ async fn check_and_set() {
     );
 }
 
+/// `options.cas` values, as OpenBao reads them: what cannot match a version
+/// is a mismatch, what is not an integer is a parse error; both 400, and
+/// the secret is unchanged.
+#[tokio::test]
+async fn check_and_set_values() {
+    let s = TestServer::dev().await;
+    const MISMATCH: &str = "check-and-set parameter did not match the current version";
+    const UNPARSABLE: &str = "error parsing check-and-set parameter";
+    let write = |key: &'static str, body: String| {
+        let s = &s;
+        async move {
+            s.send(
+                "POST",
+                &format!("secret/data/{key}"),
+                &[
+                    ("X-Vault-Token", s.root.clone()),
+                    ("Content-Type", "application/json".into()),
+                ],
+                Some(body.into_bytes()),
+            )
+            .await
+        }
+    };
+    let with_cas = |cas: &str| format!(r#"{{"data": {{"v": "x"}}, "options": {{"cas": {cas}}}}}"#);
+    assert_eq!(s.kv_put("c", json!({"v": "1"})).await, 1);
+
+    // values that can never match a version (hvac's test sends -1), and
+    // null or "" (0, as OpenBao: "only if the key has no version")
+    for cas in [
+        "-1",
+        "-9223372036854775808",
+        r#""-1""#,
+        "5",
+        r#""7""#,
+        "0",
+        "null",
+        r#""""#,
+    ] {
+        assert_error(&write("c", with_cas(cas)).await, 400, MISMATCH);
+    }
+    // not an integer: a fraction (even .0), out of range, not decimal text,
+    // not a number at all
+    for cas in [
+        "1.5",
+        "1.0",
+        "1e20",
+        "18446744073709551616",
+        "9223372036854775808",
+        r#""x""#,
+        r#"" 1""#,
+        r#""1.5""#,
+        r#""0x1""#,
+        "true",
+        "[1]",
+        r#"{"a": 1}"#,
+    ] {
+        assert_error(&write("c", with_cas(cas)).await, 400, UNPARSABLE);
+    }
+    let r = s.get("secret/data/c", &s.root).await;
+    assert_eq!(
+        (&r.data()["data"], &r.data()["metadata"]["version"]),
+        (&json!({"v": "1"}), &json!(1)),
+        "a refused cas changed the secret"
+    );
+
+    // allowed: the current version, as a number or as decimal text
+    let r = write("c", with_cas(r#""1""#)).await;
+    assert_eq!(r.data()["version"], 2, "{}", r.text);
+    let r = write("c", with_cas(r#""+2""#)).await;
+    assert_eq!(r.data()["version"], 3, "{}", r.text);
+    // null and "" write a key that has no version yet
+    for (key, cas) in [("n", "null"), ("e", r#""""#)] {
+        let r = write(key, with_cas(cas)).await;
+        assert_eq!(r.data()["version"], 1, "{cas}: {}", r.text);
+    }
+
+    // PATCH: nothing to patch is a 404 whatever the cas (as OpenBao); on a
+    // live secret the cas is read as for writes
+    for cas in [json!(-1), json!("x")] {
+        assert_empty_404(
+            &s.patch(
+                "secret/data/none",
+                &s.root,
+                json!({"data": {"a": "1"}, "options": {"cas": cas}}),
+            )
+            .await,
+        );
+    }
+    for (cas, msg) in [
+        (json!(-1), MISMATCH),
+        (json!(null), MISMATCH),
+        (json!(1.5), UNPARSABLE),
+        (json!("x"), UNPARSABLE),
+    ] {
+        let r = s
+            .patch(
+                "secret/data/c",
+                &s.root,
+                json!({"data": {"v": "p"}, "options": {"cas": cas}}),
+            )
+            .await;
+        assert_error(&r, 400, msg);
+    }
+    let r = s
+        .patch(
+            "secret/data/c",
+            &s.root,
+            json!({"data": {"v": "p"}, "options": {"cas": 3}}),
+        )
+        .await;
+    assert_eq!(r.data()["version"], 4, "{}", r.text);
+
+    // cas_required: a null cas is a cas (0), as OpenBao
+    let r = s
+        .post("secret/config", &s.root, json!({"cas_required": true}))
+        .await;
+    assert_eq!(r.status, 204);
+    assert_error(
+        &write("c", r#"{"data": {"v": "x"}}"#.into()).await,
+        400,
+        "check-and-set parameter required for this call",
+    );
+    assert_error(&write("c", with_cas("null")).await, 400, MISMATCH);
+    let r = write("fresh", with_cas("null")).await;
+    assert_eq!(r.data()["version"], 1, "{}", r.text);
+
+    // the ACL decides before any of this is read
+    let reader = s
+        .token_with(r#"path "secret/data/*" { capabilities = ["read"] }"#)
+        .await;
+    for cas in [json!(-1), json!("x")] {
+        assert_denied(
+            &s.post(
+                "secret/data/c",
+                &reader.id,
+                json!({"data": {"v": "x"}, "options": {"cas": cas}}),
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        s.get("secret/data/c", &s.root).await.data()["data"],
+        json!({"v": "p"})
+    );
+}
+
 #[tokio::test]
 async fn patch_merge() {
     let s = TestServer::dev().await;

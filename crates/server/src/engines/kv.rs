@@ -420,7 +420,6 @@ async fn data(
                 Some(p @ Value::Object(_)) => p.clone(),
                 _ => return Err(ApiError::bad_request("no data provided")),
             };
-            let cas = cas_option(req)?;
             let _g = locks.lock(view, key).await;
             let meta = load_meta(view, key).await?.ok_or_else(not_found_empty)?;
             let cur = meta.current_version;
@@ -432,6 +431,9 @@ async fn data(
                 Some(b) => decode(&b)?,
                 None => return Err(not_found_empty()),
             };
+            // read once there is something to patch, as OpenBao (a patch of
+            // nothing is a 404 whatever its cas)
+            let cas = cas_option(req)?;
             merge_patch(&mut doc, &patch);
             // cas_required applies to PATCH as to writes (Vault); without it a
             // missing cas means "the version just read"
@@ -441,7 +443,11 @@ async fn data(
                     "check-and-set parameter required for this call",
                 ));
             }
-            write_version(key, view, doc, cas.or(Some(cur))).await
+            let cas = match cas {
+                Some(c) => c,
+                None => i64::try_from(cur).map_err(ApiError::internal)?,
+            };
+            write_version(key, view, doc, Some(cas)).await
         }
         Operation::Delete => {
             let _g = locks.lock(view, key).await;
@@ -464,15 +470,23 @@ async fn data(
     }
 }
 
-fn cas_option(req: &Request) -> Result<Option<u64>, ApiError> {
+/// `options.cas`, read as Vault reads it: an integer, as a JSON number
+/// without a fraction or as a decimal string; `null` and `""` are 0 (Go's
+/// zero value: OpenBao writes only if the key has no version), so a `cas`
+/// that is present is never ignored. Anything else (`1.5`, `"x"`, `true`,
+/// a list) → 400 `error parsing check-and-set parameter`. A negative cas is
+/// kept: it never matches a version, so the write is refused as a mismatch.
+fn cas_option(req: &Request) -> Result<Option<i64>, ApiError> {
+    let unparsable = || ApiError::bad_request("error parsing check-and-set parameter");
     match req.data.get("options") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => match o.get("cas") {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => Ok(Some(
-                u64::try_from(fields::int(v, "cas")?)
-                    .map_err(|_| ApiError::bad_request("invalid cas value"))?,
-            )),
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(0)),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(unparsable),
+            Some(Value::String(s)) if s.is_empty() => Ok(Some(0)),
+            Some(Value::String(s)) => s.parse::<i64>().map(Some).map_err(|_| unparsable()),
+            Some(_) => Err(unparsable()),
         },
         Some(_) => Err(ApiError::bad_request("options must be an object")),
     }
@@ -482,7 +496,7 @@ async fn write_version(
     key: &str,
     view: &View,
     doc: Value,
-    cas: Option<u64>,
+    cas: Option<i64>,
 ) -> Result<Response, ApiError> {
     let cfg = load_config(view).await?;
     let now = now();
@@ -496,7 +510,7 @@ async fn write_version(
         ));
     }
     if let Some(c) = cas
-        && c != meta.current_version
+        && u64::try_from(c).ok() != Some(meta.current_version)
     {
         return Err(ApiError::bad_request(
             "check-and-set parameter did not match the current version",
