@@ -9,30 +9,35 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
+/// One request's record. Borrows what the request context already holds
+/// (owned only where a value is made for the record): it is written out
+/// at once, and a per-request copy of every field cost ten allocations.
 #[derive(Debug, Default, Serialize)]
-pub struct SecurityRecord {
-    pub time: String,
-    pub request_id: String,
-    pub listener: String,
-    pub client_ip: String,
-    pub method: String,
+pub struct SecurityRecord<'a> {
+    pub time: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
+    pub listener: Cow<'a, str>,
+    pub client_ip: Cow<'a, str>,
+    pub method: Cow<'a, str>,
     /// The normalised path (or the raw path's length if it could not be normalised).
-    pub path: String,
-    pub host: String,
-    pub route: String,
-    pub principal: String,
-    pub auth_method: String,
+    pub path: Cow<'a, str>,
+    pub host: Cow<'a, str>,
+    pub route: Cow<'a, str>,
+    pub principal: Cow<'a, str>,
+    pub auth_method: Cow<'a, str>,
     pub decision: &'static str,
-    pub reason: String,
+    pub reason: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<&'static str>,
     pub status: u16,
     pub latency_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub upstream: String,
+    pub upstream: Cow<'a, str>,
 }
 
 /// Longest value a string field keeps: longer values (a 16 KiB path, say)
@@ -40,18 +45,18 @@ pub struct SecurityRecord {
 /// make a line long enough to be split or to flood the log.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
-fn capped(s: &str) -> std::borrow::Cow<'_, str> {
+fn capped(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_FIELD_BYTES {
-        return std::borrow::Cow::Borrowed(s);
+        return Cow::Borrowed(s);
     }
     let mut end = MAX_FIELD_BYTES - '…'.len_utf8();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+    Cow::Owned(format!("{}…", &s[..end]))
 }
 
-impl SecurityRecord {
+impl SecurityRecord<'_> {
     /// The record as one JSON object, byte for byte what `serde_json` makes
     /// of it with every string field capped at [`MAX_FIELD_BYTES`] (a test
     /// compares them), written directly: serialising through serde cost
@@ -303,7 +308,7 @@ impl Sink {
         }))
     }
 
-    pub fn write(&self, rec: &SecurityRecord) {
+    pub fn write(&self, rec: &SecurityRecord<'_>) {
         let mut line = rec.to_json();
         match self {
             Sink::Stdout(s) => {
@@ -405,18 +410,18 @@ mod tests {
         ];
         for (i, s) in awkward.iter().enumerate() {
             let rec = SecurityRecord {
-                time: s.to_string(),
-                request_id: format!("{s}{i}"),
-                listener: s.to_string(),
+                time: s.to_string().into(),
+                request_id: format!("{s}{i}").into(),
+                listener: s.to_string().into(),
                 client_ip: "192.0.2.1".into(),
                 method: "GET".into(),
-                path: s.to_string(),
-                host: s.to_string(),
-                route: s.to_string(),
-                principal: s.to_string(),
+                path: s.to_string().into(),
+                host: s.to_string().into(),
+                route: s.to_string().into(),
+                principal: s.to_string().into(),
                 auth_method: "jwt".into(),
                 decision: "allow",
-                reason: s.to_string(),
+                reason: s.to_string().into(),
                 category: if i % 2 == 0 {
                     Some("authn_failure")
                 } else {
@@ -426,7 +431,7 @@ mod tests {
                 latency_us: [0, 1, u64::MAX, 12345, 10, 99][i],
                 bytes_in: i as u64 * 1000,
                 bytes_out: u64::MAX - i as u64,
-                upstream: s.to_string(),
+                upstream: s.to_string().into(),
             };
             assert_eq!(
                 String::from_utf8(rec.to_json()).unwrap(),
@@ -442,8 +447,8 @@ mod tests {
     #[test]
     fn long_fields_are_capped_at_a_character_boundary() {
         let rec = SecurityRecord {
-            host: "h".repeat(16 * 1024),
-            path: format!("/{}", "é".repeat(4000)),
+            host: "h".repeat(16 * 1024).into(),
+            path: format!("/{}", "é".repeat(4000)).into(),
             ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_slice(&rec.to_json()).unwrap();
@@ -485,7 +490,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..5_000 {
                         sink.write(&SecurityRecord {
-                            path: format!("/{t}/{i}/{}", "x".repeat(i % 300)),
+                            path: format!("/{t}/{i}/{}", "x".repeat(i % 300)).into(),
                             ..Default::default()
                         });
                     }
@@ -564,7 +569,7 @@ mod tests {
         let sink =
             Sink::writer(std::fs::File::from(std::os::fd::OwnedFd::from(writer)), 4).unwrap();
         let rec = SecurityRecord {
-            path: "/".repeat(MAX_FIELD_BYTES),
+            path: "/".repeat(MAX_FIELD_BYTES).into(),
             ..Default::default()
         };
         // a pipe holds 64 KiB: ~60 of these fill it, 4 more the queue; a

@@ -3,6 +3,7 @@
 //! response is known ([`RequestCtx::record`]); nothing reads the record to
 //! decide anything.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,54 +102,57 @@ impl RequestCtx {
     /// The record of a request whose client went away before it was
     /// answered: 499; "allow" once authorization let it through (it may
     /// have reached the service), else "deny" (nothing was forwarded).
-    pub fn record_client_closed(&self) -> SecurityRecord {
+    pub fn record_client_closed(&self) -> SecurityRecord<'_> {
         let mut rec = self.record(None, CLIENT_CLOSED, 0);
         rec.decision = if self.permitted() { "allow" } else { "deny" };
-        rec.reason = "client_closed_request".to_string();
+        rec.reason = Cow::Borrowed("client_closed_request");
         rec
     }
 
     /// The security-log record of the finished request: `error` is what
-    /// refused it (None: allowed and answered).
+    /// refused it (None: allowed and answered). Borrows from the context.
     pub fn record(
         &self,
         error: Option<&GatewayError>,
         status: u16,
         bytes_out: u64,
-    ) -> SecurityRecord {
+    ) -> SecurityRecord<'_> {
         let (decision, reason, category) = match (error, &self.stage) {
-            (Some(e), _) => ("deny", e.log_reason(), e.category()),
+            (Some(e), _) => ("deny", Cow::Owned(e.log_reason()), e.category()),
             (None, Stage::Permitted { policies }) => {
-                ("allow", ["policy:", policies].concat(), None)
+                ("allow", Cow::Owned(["policy:", policies].concat()), None)
             }
-            (None, Stage::Preflight) => ("allow", "cors_preflight".to_string(), None),
-            (None, Stage::Received) => ("allow", String::new(), None),
+            (None, Stage::Preflight) => ("allow", Cow::Borrowed("cors_preflight"), None),
+            (None, Stage::Received) => ("allow", Cow::Borrowed(""), None),
         };
         let (principal, auth_method) = match &self.principal {
-            Some((label, m)) => (label.clone(), m.as_str().to_string()),
-            None => (String::new(), String::new()),
+            Some((label, m)) => (Cow::Borrowed(label.as_str()), Cow::Borrowed(m.as_str())),
+            None => (Cow::Borrowed(""), Cow::Borrowed("")),
         };
         SecurityRecord {
-            time: self.time.clone(),
-            request_id: self.request_id.clone(),
-            listener: self.conn.listener.to_string(),
-            client_ip: self.client_ip.clone(),
-            method: self.method.as_str().to_string(),
+            time: Cow::Borrowed(&self.time),
+            request_id: Cow::Borrowed(&self.request_id),
+            listener: Cow::Borrowed(&self.conn.listener),
+            client_ip: Cow::Borrowed(&self.client_ip),
+            method: Cow::Borrowed(self.method.as_str()),
             path: match &self.path {
-                Some(p) => p.clone(),
-                None => [
-                    "<",
-                    itoa::Buffer::new().format(self.raw_path_len),
-                    " bytes unnormalised>",
-                ]
-                .concat(),
+                Some(p) => Cow::Borrowed(p),
+                None => Cow::Owned(
+                    [
+                        "<",
+                        itoa::Buffer::new().format(self.raw_path_len),
+                        " bytes unnormalised>",
+                    ]
+                    .concat(),
+                ),
             },
-            host: self.host.clone().unwrap_or_default(),
-            route: self
-                .route
-                .as_ref()
-                .map(|r| r.name.clone())
-                .unwrap_or_default(),
+            host: Cow::Borrowed(self.host.as_deref().unwrap_or_default()),
+            route: Cow::Borrowed(
+                self.route
+                    .as_ref()
+                    .map(|r| r.name.as_str())
+                    .unwrap_or_default(),
+            ),
             principal,
             auth_method,
             decision,
@@ -158,7 +162,7 @@ impl RequestCtx {
             latency_us: self.started.elapsed().as_micros() as u64,
             bytes_in: self.bytes_in,
             bytes_out,
-            upstream: self.upstream.clone().unwrap_or_default(),
+            upstream: Cow::Borrowed(self.upstream.as_deref().unwrap_or_default()),
         }
     }
 }

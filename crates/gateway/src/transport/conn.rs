@@ -373,6 +373,10 @@ pub struct TlsConn {
     h2: bool,
     read_eof: bool,
     close_sent: bool,
+    /// rustls made all the progress it can with the ciphertext at hand
+    /// (its last read step was Idle) and none has arrived since: the next
+    /// read goes straight to the socket instead of asking rustls again.
+    starved: bool,
 }
 
 impl TlsConn {
@@ -392,6 +396,7 @@ impl TlsConn {
             h2: false,
             read_eof: false,
             close_sent: false,
+            starved: false,
         });
         loop {
             match step(&mut this.conn, &mut this.buf, None, false) {
@@ -559,10 +564,16 @@ impl AsyncRead for TlsConn {
             if this.read_eof {
                 return Poll::Ready(Ok(()));
             }
-            match step(&mut this.conn, &mut this.buf, None, false) {
+            let r = if this.starved {
+                Ok((Step::Idle { writable: true }, false))
+            } else {
+                step(&mut this.conn, &mut this.buf, None, false)
+            };
+            match r {
                 Ok((Step::Progress, _)) => {}
                 Ok((Step::PeerClosed | Step::Closed, _)) => this.read_eof = true,
                 Ok((Step::Idle { .. }, _)) => {
+                    this.starved = true;
                     // what rustls queued (a key update of its own, say)
                     if this.buf.queued() > 0
                         && let Poll::Ready(Err(e)) = this.buf.flush(&mut this.tcp, cx)
@@ -576,7 +587,7 @@ impl AsyncRead for TlsConn {
                             // connection either way
                             this.read_eof = true
                         }
-                        Ok(_) => {}
+                        Ok(_) => this.starved = false,
                         Err(e) => return Poll::Ready(Err(e)),
                     }
                 }
