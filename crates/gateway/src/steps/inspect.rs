@@ -136,6 +136,11 @@ mod tests {
             ("/orders/x/..", "/orders/"),
             ("/caf%C3%A9", "/café"),
             ("/a%20b", "/a b"),
+            // a path parameter on an ordinary segment is kept (and
+            // forwarded encoded, see below); only dot segments are refused
+            ("/a/b;c", "/a/b;c"),
+            ("/a/...;x", "/a/...;x"),
+            ("/a/x..;y", "/a/x..;y"),
         ] {
             assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
         }
@@ -154,6 +159,18 @@ mod tests {
             ("/a%ff", "path is not valid UTF-8"),
             ("/a%0a", "control character in path"),
             ("a/b", "path must start with /"),
+            // Tomcat, Jetty and Spring read `..;x` as `..`: refused in
+            // every spelling, decoded or not
+            (
+                "/health/..;/api/orders/admin",
+                "dot segment with a path parameter",
+            ),
+            ("/health/..;x/admin", "dot segment with a path parameter"),
+            ("/health/.;/admin", "dot segment with a path parameter"),
+            ("/health/%2e%2e;/admin", "dot segment with a path parameter"),
+            ("/health/%2E;x/admin", "dot segment with a path parameter"),
+            ("/health/..%3B/admin", "dot segment with a path parameter"),
+            ("/health/.%3bx", "dot segment with a path parameter"),
         ] {
             assert_eq!(
                 normalize_path(raw).unwrap_err(),
