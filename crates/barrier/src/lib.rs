@@ -168,6 +168,47 @@ pub struct KeyStatus {
     pub install_time: i64,
 }
 
+/// Unseal key shares, each wiped on drop.
+pub type Shares = Vec<Zeroizing<Vec<u8>>>;
+
+/// Shortest and longest unseal key share accepted (Vault's bounds: an AES
+/// key of 16 to 32 bytes, plus one byte of Shamir overhead).
+pub const MIN_SHARE_LEN: usize = 16;
+pub const MAX_SHARE_LEN: usize = 33;
+
+/// A new unseal key and its seal configuration, made by
+/// [`NewUnsealKey::generate`] and installed by [`Barrier::rekey`]. Only in
+/// memory; the key is wiped on drop.
+pub struct NewUnsealKey {
+    key: AeadKey,
+    config: SealConfig,
+}
+
+impl NewUnsealKey {
+    /// A fresh unseal key split into `config.secret_shares` shares, any
+    /// `config.secret_threshold` of which recombine it.
+    pub fn generate(config: SealConfig) -> Result<(Self, Shares), BarrierError> {
+        let key = AeadKey::generate();
+        let parts = shamir::split(
+            key.expose_bytes(),
+            config.secret_shares as usize,
+            config.secret_threshold as usize,
+        )
+        .map_err(|e| BarrierError::Parameters(e.to_string()))?;
+        Ok((Self { key, config }, parts))
+    }
+
+    pub fn config(&self) -> SealConfig {
+        self.config
+    }
+
+    /// Whether `shares` (at least the threshold of them) recombine this key.
+    pub fn is_split_of(&self, shares: &[Zeroizing<Vec<u8>>]) -> bool {
+        shamir::combine(shares, self.config.secret_threshold as usize)
+            .is_ok_and(|k| palisade_crypto::mac::ct_eq(&k, self.key.expose_bytes()))
+    }
+}
+
 pub struct Barrier {
     backend: Arc<dyn Backend>,
     keyring: RwLock<Option<Arc<Keyring>>>,
@@ -450,6 +491,92 @@ impl Barrier {
             term: next,
             install_time: now,
         })
+    }
+
+    /// Combine `shares` with the current threshold and check that the key
+    /// they make opens the stored root key (what `sys/rekey/update` and
+    /// `sys/generate-root/update` authenticate with). Needs the barrier
+    /// unsealed. A wrong combination is [`BarrierError::InvalidUnsealKey`].
+    pub async fn check_shares(&self, shares: &[Zeroizing<Vec<u8>>]) -> Result<(), BarrierError> {
+        let _g = self.admin.lock().await;
+        let current = self.ring()?;
+        let cfg = self
+            .seal_config()
+            .await?
+            .ok_or(BarrierError::NotInitialized)?;
+        let combined = shamir::combine(shares, cfg.secret_threshold as usize)
+            .map_err(|_| BarrierError::InvalidUnsealKey)?;
+        let unseal = AeadKey::from_bytes(&combined).map_err(|_| BarrierError::InvalidUnsealKey)?;
+        let wrapped = self
+            .backend
+            .get(ROOT_KEY_PATH)
+            .await?
+            .ok_or(BarrierError::NotInitialized)?;
+        let root = unseal
+            .open(ROOT_KEY_PATH.as_bytes(), &wrapped)
+            .map_err(|_| BarrierError::InvalidUnsealKey)?;
+        // the stored root key is the one in use (rekey changes both under `admin`)
+        if !palisade_crypto::mac::ct_eq(&root, current.root.expose_bytes()) {
+            return Err(BarrierError::Corrupt(
+                "the stored root key is not the one in memory".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replace the unseal key with `new` and the root key with a fresh one,
+    /// in one storage transaction: the root key wrapped under the new unseal
+    /// key, the keyring wrapped under the new root key and the new seal
+    /// configuration are written together or not at all, so after a crash at
+    /// any point either the old shares or the new ones unseal, never neither
+    /// (and never a threshold that does not match the key). Older root keys
+    /// open none of what is stored from here on.
+    pub async fn rekey(&self, new: &NewUnsealKey) -> Result<(), BarrierError> {
+        let _g = self.admin.lock().await;
+        let current = self.ring()?;
+        let mut terms = BTreeMap::new();
+        for (t, k) in &current.terms {
+            terms.insert(
+                *t,
+                Term {
+                    key: AeadKey::from_bytes(k.key.expose_bytes()).map_err(aead_internal)?,
+                    install_time: k.install_time,
+                },
+            );
+        }
+        let ring = Keyring {
+            root: AeadKey::generate(),
+            terms,
+            active: current.active,
+        };
+        let wrapped_root = new
+            .key
+            .seal(ROOT_KEY_PATH.as_bytes(), ring.root.expose_bytes())
+            .map_err(aead_internal)?;
+        let wrapped_ring = ring
+            .root
+            .seal(KEYRING_PATH.as_bytes(), &ring.to_stored())
+            .map_err(aead_internal)?;
+        let cfg_bytes =
+            serde_json::to_vec(&new.config).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
+        self.backend
+            .transaction(vec![
+                TxnOp::Put {
+                    key: ROOT_KEY_PATH.into(),
+                    value: wrapped_root,
+                },
+                TxnOp::Put {
+                    key: KEYRING_PATH.into(),
+                    value: wrapped_ring,
+                },
+                TxnOp::Put {
+                    key: SEAL_CONFIG_PATH.into(),
+                    value: cfg_bytes,
+                },
+            ])
+            .await?;
+        *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
+        Ok(())
     }
 
     pub fn key_status(&self) -> Result<KeyStatus, BarrierError> {

@@ -274,3 +274,105 @@ async fn sqlite_reopen_unseals_with_same_shares() {
     );
     assert_eq!(b.key_status().unwrap().term, 2);
 }
+
+/// A copy of `mem` as it is now: the storage a crash at this instant leaves.
+async fn snapshot(mem: &MemoryBackend) -> Arc<MemoryBackend> {
+    let copy = Arc::new(MemoryBackend::new());
+    for (k, v) in mem.raw().unwrap() {
+        copy.put(&k, &v).await.unwrap();
+    }
+    copy
+}
+
+/// Unseal a fresh barrier over `mem` with `shares`, as after a restart.
+async fn unseals_with(mem: Arc<MemoryBackend>, shares: &[Zeroizing<Vec<u8>>]) -> bool {
+    let b = Barrier::new(mem);
+    for s in shares {
+        match b.submit_share(s.clone()).await {
+            Ok(p) if !p.sealed => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn rekey_replaces_the_unseal_key_atomically() {
+    let mem = Arc::new(MemoryBackend::new());
+    let b = Barrier::new(mem.clone());
+    let old = b.initialize(3, 2).await.unwrap();
+    b.submit_share(old[0].clone()).await.unwrap();
+    b.submit_share(old[2].clone()).await.unwrap();
+    assert!(!b.sealed());
+    b.put("logical/x/kept", b"kept").await.unwrap();
+
+    // the current shares authenticate; a wrong set does not
+    b.check_shares(&old[..2]).await.unwrap();
+    let mut bad = old[1].to_vec();
+    bad[5] ^= 1;
+    assert!(matches!(
+        b.check_shares(&[old[0].clone(), Zeroizing::new(bad)]).await,
+        Err(BarrierError::InvalidUnsealKey)
+    ));
+
+    let cfg = palisade_barrier::SealConfig {
+        secret_shares: 5,
+        secret_threshold: 3,
+    };
+    let (next, new) = palisade_barrier::NewUnsealKey::generate(cfg).unwrap();
+    assert_eq!(new.len(), 5);
+    assert!(next.is_split_of(&new[2..]));
+    assert!(!next.is_split_of(&old[..2]));
+    // a crash before the commit: the old shares unseal, the new ones do not
+    let before = snapshot(&mem).await;
+    b.rekey(&next).await.unwrap();
+    assert!(unseals_with(before.clone(), &old[..2]).await);
+    assert!(!unseals_with(before, &new[..3]).await);
+    // after it: the new shares (any three) unseal, the old ones do not
+    let after = snapshot(&mem).await;
+    assert!(!unseals_with(after.clone(), &old).await);
+    assert!(unseals_with(after.clone(), &new[1..4]).await);
+    assert_eq!(b.seal_config().await.unwrap(), Some(cfg));
+    // everything stored before stays readable, under the new root key too
+    assert_eq!(
+        &b.get("logical/x/kept").await.unwrap().unwrap()[..],
+        b"kept"
+    );
+    b.put("logical/x/new", b"new").await.unwrap();
+    b.seal().await.unwrap();
+    for s in &new[..3] {
+        b.submit_share(s.clone()).await.unwrap();
+    }
+    assert!(!b.sealed());
+    assert_eq!(
+        &b.get("logical/x/kept").await.unwrap().unwrap()[..],
+        b"kept"
+    );
+    assert_eq!(&b.get("logical/x/new").await.unwrap().unwrap()[..], b"new");
+    // the old shares no longer authenticate; the new ones do
+    assert!(matches!(
+        b.check_shares(&old[..2]).await,
+        Err(BarrierError::InvalidUnsealKey)
+    ));
+    b.check_shares(&new[..3]).await.unwrap();
+}
+
+#[tokio::test]
+async fn rekey_and_share_checks_need_the_barrier_unsealed() {
+    let mem = Arc::new(MemoryBackend::new());
+    let b = Barrier::new(mem);
+    let old = b.initialize(1, 1).await.unwrap();
+    let (next, _) = palisade_barrier::NewUnsealKey::generate(palisade_barrier::SealConfig {
+        secret_shares: 1,
+        secret_threshold: 1,
+    })
+    .unwrap();
+    assert!(matches!(b.rekey(&next).await, Err(BarrierError::Sealed)));
+    assert!(matches!(
+        b.check_shares(&old).await,
+        Err(BarrierError::Sealed)
+    ));
+    // nothing changed: the old key still unseals
+    b.unseal_with_key(&old[0]).await.unwrap();
+}
