@@ -27,6 +27,10 @@ pub struct RawConfig {
     pub default_lease_ttl: Option<String>,
     /// No token outlives this from its creation (Vault's name; default 768h).
     pub max_lease_ttl: Option<String>,
+    /// Serve `sys/rekey/*` without a token, as Vault (default: sudo needed).
+    pub dangerous_unauthenticated_rekey: Option<bool>,
+    /// Serve `sys/generate-root/*` without a token, as Vault (default: sudo needed).
+    pub dangerous_unauthenticated_generate_root: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +114,10 @@ pub struct ServerConfig {
     pub audit_file: Option<PathBuf>,
     pub api_audit_dirs: Vec<PathBuf>,
     pub ttl: TtlLimits,
+    /// `dangerous_unauthenticated_rekey` (default false).
+    pub unauthenticated_rekey: bool,
+    /// `dangerous_unauthenticated_generate_root` (default false).
+    pub unauthenticated_generate_root: bool,
     pub ui: bool,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -447,6 +455,10 @@ pub fn validate(
             audit_file,
             api_audit_dirs,
             ttl,
+            unauthenticated_rekey: raw.dangerous_unauthenticated_rekey.unwrap_or(false),
+            unauthenticated_generate_root: raw
+                .dangerous_unauthenticated_generate_root
+                .unwrap_or(false),
             ui,
             log_level,
             log_format,

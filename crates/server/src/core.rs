@@ -81,6 +81,12 @@ pub struct CoreOptions {
     pub ttl: TtlLimits,
     /// The clock tokens expire by (tests move it forward).
     pub clock: palisade_core::Clock,
+    /// `dangerous_unauthenticated_rekey`: `sys/rekey/*` (but `backup`)
+    /// without a token, as Vault. Off: a token with sudo is needed.
+    pub dangerous_unauthenticated_rekey: bool,
+    /// `dangerous_unauthenticated_generate_root`: `sys/generate-root/*`
+    /// without a token, as Vault. Off: a token with sudo is needed.
+    pub dangerous_unauthenticated_generate_root: bool,
 }
 
 /// The caller, as established by token lookup and the ACL check, with the
@@ -155,6 +161,8 @@ pub struct Core {
     pub kv_locks: Arc<KeyLocks>,
     /// Serialises mount-table changes.
     pub table_lock: tokio::sync::Mutex<()>,
+    /// Rekey and root generation attempts (`rootops.rs`).
+    pub root_ops: crate::rootops::RootOps,
     pub options: CoreOptions,
     state: AtomicU8,
     /// Every executing request holds it for reading; sealing takes it for
@@ -186,6 +194,8 @@ fn needs_sudo(path: &str, op: Operation) -> bool {
         || path.starts_with("sys/audit-head/")
         || path == "sys/rotate"
         || path == "sys/seal"
+        || path.starts_with("sys/rekey/")
+        || path.starts_with("sys/generate-root/")
         || path.starts_with("auth/token/revoke-orphan")
         || (path.starts_with("auth/token/accessors") && op == Operation::List)
 }
@@ -205,6 +215,7 @@ impl Core {
             audit_table: tokio::sync::Mutex::new(Vec::new()),
             kv_locks: Arc::new(KeyLocks::default()),
             table_lock: tokio::sync::Mutex::new(()),
+            root_ops: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -453,6 +464,7 @@ impl Core {
             );
         }
         let r = self.barrier.seal().await;
+        self.root_ops.reset().await;
         self.tokens.clear();
         self.policies.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -718,9 +730,62 @@ impl Core {
         )
     }
 
+    /// `sys/rekey/*` or `sys/generate-root/*` while the configuration lets
+    /// them be called without a token (`dangerous_unauthenticated_*`).
+    fn unauthenticated_root_op(&self, path: &str) -> bool {
+        (self.options.dangerous_unauthenticated_rekey
+            && path.starts_with("sys/rekey/")
+            && !path.starts_with("sys/rekey/backup")
+            && !path.starts_with("sys/rekey/recovery-key-backup"))
+            || (self.options.dangerous_unauthenticated_generate_root
+                && path.starts_with("sys/generate-root/"))
+    }
+
     /// An unauthenticated endpoint, with its (small) body in `req.data`.
     pub async fn open(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        if self.unauthenticated_root_op(&req.path) {
+            return self.open_root_op(req).await;
+        }
         crate::sys::handle_unauthenticated(self, &req).await
+    }
+
+    /// A rekey or root generation call without a token: served only while
+    /// unsealed, and audited like any other request (request before, fail
+    /// closed; response after), with no `auth`.
+    async fn open_root_op(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let data = if req.data.is_empty() {
+            query_data(&req)
+        } else {
+            Some(Value::Object(req.data.clone()))
+        };
+        let audit = AuditEntry {
+            auth: None,
+            request: AuditRequest {
+                id: req.id.clone(),
+                operation: req.operation.as_str().to_string(),
+                path: req.path.to_string(),
+                mount_type: String::new(),
+                client_token: String::new(),
+                client_token_accessor: String::new(),
+                remote_address: req.remote_addr.clone(),
+                data,
+            },
+            response: None,
+            error: None,
+        };
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let rest = req.path.strip_prefix("sys/").unwrap_or_default();
+        let result = crate::rootops::handle(self, &req, rest).await;
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
     }
 
     /// The first half of the pipeline: everything that needs only the
@@ -731,7 +796,7 @@ impl Core {
         req: Request,
         token: Option<String>,
     ) -> Result<Begun, ApiError> {
-        if Self::is_unauthenticated(&req.path) {
+        if Self::is_unauthenticated(&req.path) || self.unauthenticated_root_op(&req.path) {
             return Ok(Begun::Open(req));
         }
         if !self.is_serving() {

@@ -23,6 +23,7 @@ pub mod listener;
 pub mod logical;
 pub mod mounts;
 pub mod policies;
+pub mod rootops;
 pub mod sys;
 pub mod token;
 pub mod token_api;
@@ -135,8 +136,20 @@ pub async fn run(
             api_audit_dirs: cfg.api_audit_dirs.clone(),
             ttl: cfg.ttl,
             clock: palisade_core::Clock::system(),
+            dangerous_unauthenticated_rekey: cfg.unauthenticated_rekey,
+            dangerous_unauthenticated_generate_root: cfg.unauthenticated_generate_root,
         },
     );
+    if cfg.unauthenticated_rekey {
+        tracing::warn!(
+            "dangerous_unauthenticated_rekey = true: sys/rekey/* is served without a token"
+        );
+    }
+    if cfg.unauthenticated_generate_root {
+        tracing::warn!(
+            "dangerous_unauthenticated_generate_root = true: sys/generate-root/* is served without a token"
+        );
+    }
     let tls = match &cfg.listener.tls {
         Tls::Files { cert, key } => Some(listener::tls_config(cert, key)?),
         Tls::Disabled => {

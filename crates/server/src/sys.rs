@@ -229,6 +229,9 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         _ => {}
     }
+    if crate::rootops::is_root_op(rest) {
+        return crate::rootops::handle(core, req, rest).await;
+    }
     if let Some(path) = rest.strip_prefix("mounts/") {
         if let Some(p) = path.strip_suffix("/tune") {
             return tune_mount(core, req, p).await;

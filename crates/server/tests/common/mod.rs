@@ -40,6 +40,9 @@ pub struct Opts {
     pub conn: palisade_server::listener::ConnLimits,
     pub json: palisade_server::json::JsonLimits,
     pub body_timeout: std::time::Duration,
+    /// `dangerous_unauthenticated_rekey` and `_generate_root` (Vault's
+    /// unauthenticated sys/rekey/* and sys/generate-root/*).
+    pub unauthenticated_root_ops: bool,
 }
 
 impl Default for Opts {
@@ -55,6 +58,7 @@ impl Default for Opts {
             conn: Default::default(),
             json: palisade_server::json::JsonLimits::DEFAULT,
             body_timeout: palisade_server::http::DEFAULT_BODY_TIMEOUT,
+            unauthenticated_root_ops: false,
         }
     }
 }
@@ -163,6 +167,8 @@ impl TestServer {
                 },
                 ttl: opts.ttl,
                 clock: opts.clock.clone(),
+                dangerous_unauthenticated_rekey: opts.unauthenticated_root_ops,
+                dangerous_unauthenticated_generate_root: opts.unauthenticated_root_ops,
             },
         );
         let root = if opts.dev {
