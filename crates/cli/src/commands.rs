@@ -171,6 +171,89 @@ pub(crate) enum OperatorCmd {
     Seal(Remote),
     Rotate(Remote),
     KeyStatus(Remote),
+    /// Replace the unseal key with a new one split into new shares (needs a
+    /// token with sudo on sys/rekey/*). `--init` starts, then each holder
+    /// runs it with their current share; `--verify` sends back new shares
+    /// when the rekey was started with `--verify`.
+    Rekey(RekeyArgs),
+    /// Make a new root token from unseal key shares (needs a token with sudo
+    /// on sys/generate-root/*, unless the server allows it without one).
+    /// `--init` starts with an OTP, each holder submits a share, and
+    /// `--decode ENCODED --otp OTP` turns the result into the token.
+    GenerateRoot(GenerateRootArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RekeyArgs {
+    /// A current unseal key share (or, with --verify, a new one). Omitted
+    /// or `-`: read from standard input, with a hidden prompt on a
+    /// terminal; an argument is visible to every local user.
+    pub key: Option<String>,
+    /// Start a rekey.
+    #[arg(long, conflicts_with_all = ["cancel", "status", "backup_retrieve", "backup_delete"])]
+    pub init: bool,
+    /// Cancel the rekey in progress (with --verify: only its verification).
+    #[arg(long, conflicts_with_all = ["status", "backup_retrieve", "backup_delete"])]
+    pub cancel: bool,
+    /// Show the progress of the rekey in progress.
+    #[arg(long, conflicts_with_all = ["backup_retrieve", "backup_delete"])]
+    pub status: bool,
+    /// Number of new shares (with --init).
+    #[arg(long = "key-shares", default_value_t = 5)]
+    pub key_shares: u16,
+    /// Number of new shares needed to unseal (with --init).
+    #[arg(long = "key-threshold", default_value_t = 3)]
+    pub key_threshold: u16,
+    /// With --init: the new shares must be given back before they replace
+    /// the old ones. Otherwise: act on the verification.
+    #[arg(long)]
+    pub verify: bool,
+    /// The operation's nonce (default: the one in progress).
+    #[arg(long)]
+    pub nonce: Option<String>,
+    /// PGP keys to encrypt the new shares with: not supported (refused).
+    #[arg(long = "pgp-keys")]
+    pub pgp_keys: Option<String>,
+    #[arg(long = "backup-retrieve")]
+    pub backup_retrieve: bool,
+    #[arg(long = "backup-delete")]
+    pub backup_delete: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GenerateRootArgs {
+    /// An unseal key share. Omitted or `-`: read from standard input, with
+    /// a hidden prompt on a terminal.
+    pub key: Option<String>,
+    /// Start a root token generation (with --otp, or the server makes one).
+    #[arg(long, conflicts_with_all = ["cancel", "status", "decode", "generate_otp"])]
+    pub init: bool,
+    /// Cancel the generation in progress.
+    #[arg(long, conflicts_with_all = ["status", "decode", "generate_otp"])]
+    pub cancel: bool,
+    /// Show the progress of the generation in progress.
+    #[arg(long, conflicts_with_all = ["decode", "generate_otp"])]
+    pub status: bool,
+    /// Print a new OTP (computed locally).
+    #[arg(long = "generate-otp", conflicts_with = "decode")]
+    pub generate_otp: bool,
+    /// Decode this encoded token with --otp (computed locally).
+    #[arg(long)]
+    pub decode: Option<String>,
+    /// The one-time pad: with --init, the one to encode with; with --decode,
+    /// the one to decode with (`-`: read from standard input).
+    #[arg(long)]
+    pub otp: Option<String>,
+    /// PGP key to encrypt the token with: not supported (refused).
+    #[arg(long = "pgp-key")]
+    pub pgp_key: Option<String>,
+    /// The operation's nonce (default: the one in progress).
+    #[arg(long)]
+    pub nonce: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Args, Debug)]
@@ -673,6 +756,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The token for `login`, from standard input: one line, whitespace trimmed.
 /// On a terminal the prompt goes to stderr and echo is off while typing.
 fn read_token() -> std::io::Result<String> {
+    read_secret("Token (will be hidden): ")
+}
+
+/// A secret from standard input: one line, whitespace trimmed. On a
+/// terminal `prompt` goes to stderr and echo is off while typing.
+fn read_secret(prompt: &str) -> std::io::Result<String> {
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
@@ -686,7 +775,7 @@ fn read_token() -> std::io::Result<String> {
     };
     let mut echo_off = false;
     if tty {
-        eprint!("Token (will be hidden): ");
+        eprint!("{prompt}");
         let _ = std::io::stderr().flush();
         echo_off = stty("-echo");
     }
@@ -831,6 +920,8 @@ async fn operator(cmd: OperatorCmd) -> u8 {
             );
             0
         }
+        OperatorCmd::Rekey(a) => rekey(a).await,
+        OperatorCmd::GenerateRoot(a) => generate_root(a).await,
         OperatorCmd::KeyStatus(remote) => {
             let c = tryc!(client(&remote));
             let r = call!(c, "GET", "sys/key-status", None);
@@ -1656,4 +1747,263 @@ async fn apikey(store: &palisade_apikey::ApiKeyStore, cmd: ApikeyCmd) -> u8 {
             }
         }
     }
+}
+
+/// A key share from the argument, or from standard input when it is absent
+/// or `-` (hidden prompt on a terminal). Never echoed.
+fn share_arg(key: Option<String>) -> Result<String, u8> {
+    let key = match key.as_deref() {
+        None | Some("-") => read_secret("Unseal Key (will be hidden): ")
+            .map_err(|e| local_err(format!("cannot read the key share: {e}")))?,
+        Some(k) => k.trim().to_string(),
+    };
+    if key.is_empty() {
+        return Err(local_err("no key share given"));
+    }
+    Ok(key)
+}
+
+fn progress(d: &Value, of: &str) -> String {
+    format!("{}/{}", d["progress"], d[of])
+}
+
+fn rekey_rows(d: &Value) -> Vec<(String, String)> {
+    let mut rows = vec![
+        ("Nonce".into(), output::scalar(&d["nonce"])),
+        ("Started".into(), output::scalar(&d["started"])),
+        ("Rekey Progress".into(), progress(d, "required")),
+        ("New Shares".into(), output::scalar(&d["n"])),
+        ("New Threshold".into(), output::scalar(&d["t"])),
+        (
+            "Verification Required".into(),
+            output::scalar(&d["verification_required"]),
+        ),
+    ];
+    if let Some(v) = d.get("verification_nonce") {
+        rows.push(("Verification Nonce".into(), output::scalar(v)));
+    }
+    rows
+}
+
+fn verify_rows(d: &Value) -> Vec<(String, String)> {
+    vec![
+        ("Nonce".into(), output::scalar(&d["nonce"])),
+        ("Started".into(), output::scalar(&d["started"])),
+        ("New Shares".into(), output::scalar(&d["n"])),
+        ("New Threshold".into(), output::scalar(&d["t"])),
+        ("Verification Progress".into(), progress(d, "t")),
+    ]
+}
+
+/// `palisade operator rekey`: Vault's `operator rekey` flows.
+async fn rekey(a: RekeyArgs) -> u8 {
+    let c = tryc!(client(&a.remote));
+    let fmt = a.remote.format;
+    if a.backup_retrieve {
+        let r = call!(c, "GET", "sys/rekey/backup", None);
+        let d = r.data();
+        output::print(fmt, &d, output::object_rows(&d));
+        return 0;
+    }
+    if a.backup_delete {
+        call!(c, "DELETE", "sys/rekey/backup", None);
+        println!("Success! Delete stored keys (if they existed)");
+        return 0;
+    }
+    if a.init {
+        let mut body = json!({
+            "secret_shares": a.key_shares,
+            "secret_threshold": a.key_threshold,
+            "require_verification": a.verify,
+        });
+        if let Some(p) = &a.pgp_keys {
+            body["pgp_keys"] = json!(p.split(',').map(str::trim).collect::<Vec<_>>());
+        }
+        let r = call!(c, "PUT", "sys/rekey/init", Some(&body));
+        let d = r.data();
+        output::print(fmt, &d, rekey_rows(&d));
+        return 0;
+    }
+    if a.cancel {
+        if a.verify {
+            let r = call!(c, "DELETE", "sys/rekey/verify", None);
+            let d = r.data();
+            match fmt {
+                Format::Json => output::print(fmt, &d, Vec::new()),
+                Format::Table => println!(
+                    "Success! Rekey verification canceled. The new verification nonce is {}.",
+                    output::scalar(&d["nonce"])
+                ),
+            }
+        } else {
+            call!(c, "DELETE", "sys/rekey/init", None);
+            println!("Success! Canceled rekeying (if it was started)");
+        }
+        return 0;
+    }
+    let status_path = if a.verify {
+        "sys/rekey/verify"
+    } else {
+        "sys/rekey/init"
+    };
+    if a.status {
+        let r = call!(c, "GET", status_path, None);
+        let d = r.data();
+        let rows = if a.verify {
+            verify_rows(&d)
+        } else {
+            rekey_rows(&d)
+        };
+        output::print(fmt, &d, rows);
+        return 0;
+    }
+    // one share: from the argument or standard input
+    let status = call!(c, "GET", status_path, None).data();
+    let nonce = a
+        .nonce
+        .clone()
+        .unwrap_or_else(|| output::scalar(&status["nonce"]));
+    let key = tryc!(share_arg(a.key));
+    if a.verify {
+        let r = call!(
+            c,
+            "PUT",
+            "sys/rekey/verify",
+            Some(&json!({"key": key, "nonce": nonce}))
+        );
+        let d = r.data();
+        if d["complete"] == json!(true) {
+            match fmt {
+                Format::Json => output::print(fmt, &d, Vec::new()),
+                Format::Table => println!(
+                    "Success! Rekey verification was successful. The unseal key was replaced: from now on the new shares unseal, the old ones no longer do."
+                ),
+            }
+        } else {
+            output::print(fmt, &d, verify_rows(&d));
+        }
+        return 0;
+    }
+    let r = call!(
+        c,
+        "PUT",
+        "sys/rekey/update",
+        Some(&json!({"key": key, "nonce": nonce}))
+    );
+    let d = r.data();
+    if d["complete"] != json!(true) {
+        output::print(fmt, &d, rekey_rows(&d));
+        return 0;
+    }
+    if fmt == Format::Json {
+        output::print(fmt, &d, Vec::new());
+        return 0;
+    }
+    let keys = d["keys_base64"].as_array().cloned().unwrap_or_default();
+    for (i, k) in keys.iter().enumerate() {
+        println!("Key {}: {}", i + 1, output::scalar(k));
+    }
+    println!("\nOperation nonce: {}\n", output::scalar(&d["nonce"]));
+    let (n, t) = (keys.len(), output::scalar(&status["t"]));
+    if d["verification_required"] == json!(true) {
+        println!(
+            "Palisade has created a new unseal key, split into {n} key shares with a key threshold of {t}. These will not be active until after verification is complete: until then the old shares still unseal. Please securely distribute the key shares printed above, then at least {t} holders verify theirs with `palisade operator rekey --verify`.\n\nVerification nonce: {}",
+            output::scalar(&d["verification_nonce"])
+        );
+    } else {
+        println!(
+            "Palisade rekeyed with {n} key shares and a key threshold of {t}. Please securely distribute the key shares printed above. When Palisade is sealed, restarted or stopped, you must supply at least {t} of these keys to unseal it; the old shares no longer work."
+        );
+    }
+    0
+}
+
+fn generate_root_rows(d: &Value) -> Vec<(String, String)> {
+    let mut rows = vec![
+        ("Nonce".into(), output::scalar(&d["nonce"])),
+        ("Started".into(), output::scalar(&d["started"])),
+        ("Progress".into(), progress(d, "required")),
+        ("Complete".into(), output::scalar(&d["complete"])),
+    ];
+    if d["otp"].as_str().is_some_and(|o| !o.is_empty()) {
+        rows.push(("OTP".into(), output::scalar(&d["otp"])));
+    }
+    if d["encoded_token"].as_str().is_some_and(|o| !o.is_empty()) {
+        rows.push(("Encoded Token".into(), output::scalar(&d["encoded_token"])));
+    } else {
+        rows.push(("OTP Length".into(), output::scalar(&d["otp_length"])));
+    }
+    rows
+}
+
+/// `palisade operator generate-root`: Vault's `operator generate-root` flows.
+async fn generate_root(a: GenerateRootArgs) -> u8 {
+    if a.generate_otp {
+        println!(
+            "{}",
+            palisade_server::token::random_base62(palisade_server::rootops::OTP_LENGTH)
+        );
+        return 0;
+    }
+    if let Some(encoded) = &a.decode {
+        let otp = match a.otp.as_deref() {
+            None => {
+                return local_err(
+                    "--decode needs --otp (or --otp - to read it from standard input)",
+                );
+            }
+            Some("-") => tryc!(
+                read_secret("OTP (will be hidden): ")
+                    .map_err(|e| local_err(format!("cannot read the OTP: {e}")))
+            ),
+            Some(o) => o.to_string(),
+        };
+        return match palisade_server::rootops::decode_token(encoded.trim(), &otp) {
+            Ok(token) => {
+                println!("{token}");
+                0
+            }
+            Err(e) => local_err(format!("cannot decode: {e}")),
+        };
+    }
+    let c = tryc!(client(&a.remote));
+    let fmt = a.remote.format;
+    if a.init {
+        let mut body = json!({});
+        if let Some(o) = &a.otp {
+            body["otp"] = json!(o);
+        }
+        if let Some(p) = &a.pgp_key {
+            body["pgp_key"] = json!(p);
+        }
+        let r = call!(c, "PUT", "sys/generate-root/attempt", Some(&body));
+        let d = r.data();
+        output::print(fmt, &d, generate_root_rows(&d));
+        return 0;
+    }
+    if a.cancel {
+        call!(c, "DELETE", "sys/generate-root/attempt", None);
+        println!("Success! Root token generation canceled (if it was started)");
+        return 0;
+    }
+    if a.status {
+        let r = call!(c, "GET", "sys/generate-root/attempt", None);
+        let d = r.data();
+        output::print(fmt, &d, generate_root_rows(&d));
+        return 0;
+    }
+    let nonce = match &a.nonce {
+        Some(n) => n.clone(),
+        None => output::scalar(&call!(c, "GET", "sys/generate-root/attempt", None).data()["nonce"]),
+    };
+    let key = tryc!(share_arg(a.key));
+    let r = call!(
+        c,
+        "PUT",
+        "sys/generate-root/update",
+        Some(&json!({"key": key, "nonce": nonce}))
+    );
+    let d = r.data();
+    output::print(fmt, &d, generate_root_rows(&d));
+    0
 }
