@@ -1,0 +1,101 @@
+//! Query strings and `application/x-www-form-urlencoded` bodies, read as
+//! Express reads them (qs): pairs split on `&`, name and value split at the
+//! first `=`, `+` as a space, percent-decoding, and names in bracket syntax
+//! (`a[b][]`) split into segments. Unlike qs, an invalid escape or a
+//! decoded name or value that is not UTF-8 is a finding, not passed on
+//! half-decoded: the value a check sees is the value the service gets.
+
+use crate::{Arg, Finding, Inspection, Limits, Rule, Source, cap};
+
+pub(crate) fn parse(text: &str, source: Source, limits: &Limits, out: &mut Inspection) {
+    let mut n = 0usize;
+    for pair in text.split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        n += 1;
+        if n > limits.max_members {
+            out.findings.push(Finding {
+                rule: Rule::TooManyMembers,
+                variable: source.as_str().into(),
+                reason: format!("more than {} parameters", limits.max_members),
+            });
+            return;
+        }
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let malformed = |what: &str| Finding {
+            rule: Rule::MalformedEncoding,
+            variable: cap(format!("{}:{raw_name}", source.as_str())),
+            reason: format!("{what} is not valid percent-encoded UTF-8"),
+        };
+        let Some(name) = decode(raw_name) else {
+            out.findings.push(malformed("parameter name"));
+            continue;
+        };
+        let Some(value) = decode(raw_value) else {
+            out.findings.push(malformed("parameter value"));
+            continue;
+        };
+        out.args.args.push(Arg {
+            source,
+            segments: segments(&name),
+            value: Some(value),
+        });
+    }
+}
+
+/// `+` as a space and `%XX` escapes decoded; None for a bad escape or a
+/// result that is not UTF-8.
+pub(crate) fn decode(s: &str) -> Option<String> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let hex = |b: u8| char::from(b).to_digit(16);
+                let h = bytes.get(i + 1).copied().and_then(hex)?;
+                let l = bytes.get(i + 2).copied().and_then(hex)?;
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// qs's bracket syntax: `a[b][c]` → `a`, `b`, `c`; `a[]` → `a`, ``. Text
+/// after the last complete group (`a[b]x`, `a[b`) is one more segment, as
+/// written.
+pub(crate) fn segments(name: &str) -> Vec<String> {
+    let Some(open) = name.find('[') else {
+        return vec![name.to_owned()];
+    };
+    if open == 0 {
+        return vec![name.to_owned()];
+    }
+    let mut out = vec![name[..open].to_owned()];
+    let mut rest = &name[open..];
+    while let Some(inner) = rest.strip_prefix('[') {
+        let Some(close) = inner.find(']') else {
+            break;
+        };
+        out.push(inner[..close].to_owned());
+        rest = &inner[close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_owned());
+    }
+    out
+}

@@ -1,0 +1,446 @@
+use super::*;
+
+fn json(body: &str) -> Inspection {
+    inspect(
+        &RequestParts {
+            query: None,
+            body: Some((BodyKind::Json, body.as_bytes())),
+        },
+        &Limits::default(),
+    )
+}
+
+fn query(q: &str) -> Inspection {
+    inspect(
+        &RequestParts {
+            query: Some(q),
+            body: None,
+        },
+        &Limits::default(),
+    )
+}
+
+fn form(body: &str) -> Inspection {
+    inspect(
+        &RequestParts {
+            query: None,
+            body: Some((BodyKind::Form, body.as_bytes())),
+        },
+        &Limits::default(),
+    )
+}
+
+/// (rule, variable) of every finding.
+fn hits(i: &Inspection) -> Vec<(Rule, String)> {
+    i.findings
+        .iter()
+        .map(|f| (f.rule, f.variable.clone()))
+        .collect()
+}
+
+fn one(rule: Rule, variable: &str) -> Vec<(Rule, String)> {
+    vec![(rule, variable.to_owned())]
+}
+
+#[test]
+fn content_types() {
+    assert_eq!(
+        BodyKind::of_content_type("application/json"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        BodyKind::of_content_type("Application/JSON; charset=utf-8"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        BodyKind::of_content_type("application/merge-patch+json"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        BodyKind::of_content_type("application/x-www-form-urlencoded"),
+        Some(BodyKind::Form)
+    );
+    assert_eq!(BodyKind::of_content_type("text/plain"), None);
+    assert_eq!(
+        BodyKind::of_content_type("multipart/form-data; boundary=x"),
+        None
+    );
+}
+
+#[test]
+fn arguments_are_parsed_once_with_their_names_split_as_qs_and_json_paths() {
+    let i = query("a=1&b[c][]=x+y&d%5Be%5D=%C3%A9&f");
+    let got: Vec<(Vec<&str>, Option<&str>)> = i
+        .args
+        .args
+        .iter()
+        .map(|a| {
+            (
+                a.segments.iter().map(String::as_str).collect(),
+                a.value.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (vec!["a"], Some("1")),
+            (vec!["b", "c", ""], Some("x y")),
+            (vec!["d", "e"], Some("é")),
+            (vec!["f"], Some("")),
+        ]
+    );
+    assert!(i.findings.is_empty());
+    assert_eq!(i.args.args[1].variable(), "query:b[c][]");
+
+    let i = json(r#"{"a":{"b":[1,"x",null,{}]},"c/d":true}"#);
+    let got: Vec<(String, Option<&str>)> = i
+        .args
+        .args
+        .iter()
+        .map(|a| (a.variable(), a.value.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("json:/a/b/0".to_owned(), Some("1")),
+            ("json:/a/b/1".to_owned(), Some("x")),
+            ("json:/a/b/2".to_owned(), None),
+            ("json:/a/b/3".to_owned(), None),
+            ("json:/a/b".to_owned(), None),
+            ("json:/a".to_owned(), None),
+            ("json:/c~1d".to_owned(), Some("true")),
+        ]
+    );
+    assert!(i.findings.is_empty());
+}
+
+#[test]
+fn nosql_operators_as_keys_are_found_in_json_query_and_forms() {
+    assert_eq!(
+        hits(&json(r#"{"user":"admin","password":{"$ne":null}}"#)),
+        one(Rule::NoSqlOperator, "json:/password/$ne")
+    );
+    assert_eq!(
+        hits(&json(
+            r#"{"filter":{"a":[{"b":{"$where":"sleep(1000)"}}]}}"#
+        )),
+        one(Rule::NoSqlOperator, "json:/filter/a/0/b/$where")
+    );
+    assert_eq!(
+        hits(&query("user=admin&password[$ne]=x")),
+        one(Rule::NoSqlOperator, "query:password[$ne]")
+    );
+    assert_eq!(
+        hits(&query("user%5B%24gt%5D=")),
+        one(Rule::NoSqlOperator, "query:user[$gt]")
+    );
+    assert_eq!(
+        hits(&form("name[$regex]=.*")),
+        one(Rule::NoSqlOperator, "form:name[$regex]")
+    );
+    // qs's allowDots spelling
+    assert_eq!(
+        hits(&query("user.$ne=1")),
+        one(Rule::NoSqlOperator, "query:user.$ne")
+    );
+}
+
+#[test]
+fn dollar_words_that_are_not_operators_pass() {
+    for body in [
+        r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"x","$ref":"x/a"}"#,
+        r#"{"price":{"$":5,"currency":"USD"}}"#,
+        r#"{"note":"use $ne and $where in mongo","q":"$gt"}"#,
+        r#"{"$NE":1,"$ Where":2}"#,
+    ] {
+        assert_eq!(hits(&json(body)), vec![], "{body}");
+    }
+    assert_eq!(hits(&query("q=%24ne&sort=-price&total=$5")), vec![]);
+}
+
+#[test]
+fn prototype_pollution_is_found_at_any_depth() {
+    assert_eq!(
+        hits(&json(r#"{"a":{"__proto__":{"isAdmin":true}}}"#)),
+        one(Rule::PrototypePollution, "json:/a/__proto__")
+    );
+    assert_eq!(
+        hits(&json(r#"{"__proto__":{}}"#)),
+        one(Rule::PrototypePollution, "json:/__proto__")
+    );
+    assert_eq!(
+        hits(&json(
+            r#"{"x":[{"constructor":{"prototype":{"polluted":1}}}]}"#
+        )),
+        one(Rule::PrototypePollution, "json:/x/0/constructor/prototype")
+    );
+    // lodash.set-style paths inside one key
+    assert_eq!(
+        hits(&json(r#"{"path":{"__proto__.polluted":1}}"#)),
+        one(Rule::PrototypePollution, "json:/path/__proto__.polluted")
+    );
+    assert_eq!(
+        hits(&json(r#"{"constructor.prototype.polluted":1}"#)),
+        one(
+            Rule::PrototypePollution,
+            "json:/constructor.prototype.polluted"
+        )
+    );
+    assert_eq!(
+        hits(&query("a[__proto__][admin]=1")),
+        one(Rule::PrototypePollution, "query:a[__proto__][admin]")
+    );
+    assert_eq!(
+        hits(&query("__proto__.admin=1")),
+        one(Rule::PrototypePollution, "query:__proto__.admin")
+    );
+    assert_eq!(
+        hits(&form("constructor[prototype][admin]=1")),
+        one(
+            Rule::PrototypePollution,
+            "form:constructor[prototype][admin]"
+        )
+    );
+    assert_eq!(
+        hits(&query("a%5B__proto__%5D=1")),
+        one(Rule::PrototypePollution, "query:a[__proto__]")
+    );
+}
+
+#[test]
+fn lookalikes_of_prototype_pollution_pass() {
+    for body in [
+        r#"{"constructor":"Ferrari","prototype":"v2","proto":"http"}"#,
+        r#"{"car":{"constructor":{"name":"Ferrari"}},"device":{"prototype":true}}"#,
+        r#"{"text":"__proto__ is a property of every object"}"#,
+        r#"{"__proto":1,"proto__":2,"_proto_":3}"#,
+    ] {
+        assert_eq!(hits(&json(body)), vec![], "{body}");
+    }
+    assert_eq!(hits(&query("constructor=Ferrari&q=__proto__")), vec![]);
+}
+
+#[test]
+fn ssrf_targets_are_found_in_every_spelling() {
+    let cases = [
+        "http://127.0.0.1/admin",
+        "http://localhost:8080/",
+        "http://LOCALHOST./",
+        "http://api.localhost/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+        "http://127.1/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://[64:ff9b::a00:1]/",
+        "http://[2002:a9fe:a9fe::]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://100.100.100.200/",
+        "http://10.0.0.5/",
+        "http://172.20.1.1/",
+        "http://192.168.1.1/",
+        "http://0.0.0.0:6379/",
+        "http://[fe80::1]/",
+        "http://[fc00::1]/",
+        "https://orders.internal/",
+        "http://printer.local/",
+        "http://127.0.0.1.nip.io/",
+        "http://app.10.0.0.1.nip.io/",
+        "http://app-10-0-0-1.sslip.io/",
+        "http://7f000001.nip.io/",
+        "http://anything.localtest.me/",
+        "http://evil.example@127.0.0.1/",
+        "http://127.0.0.1#@evil.example/",
+        "file:///etc/passwd",
+        "gopher://evil.example:70/_SET",
+        "dict://127.0.0.1:11211/stats",
+        "//169.254.169.254/latest",
+    ];
+    for url in cases {
+        let body = serde_json::json!({ "webhook": { "target_url": url } }).to_string();
+        assert_eq!(
+            hits(&json(&body)),
+            one(Rule::SsrfTarget, "json:/webhook/target_url"),
+            "{url}"
+        );
+        // values with a scheme are judged whatever their name
+        if url.contains("://") {
+            let body = serde_json::json!({ "comment": url }).to_string();
+            assert_eq!(hits(&json(&body)).len(), 1, "{url}");
+        }
+    }
+    // scheme-less hosts in URL-named parameters
+    assert_eq!(
+        hits(&query("callback=169.254.169.254")),
+        one(Rule::SsrfTarget, "query:callback")
+    );
+    assert_eq!(
+        hits(&form("host=localhost%3A6379")),
+        one(Rule::SsrfTarget, "form:host")
+    );
+    assert_eq!(
+        hits(&query("imageUrl=http%3A%2F%2F127.0.0.1%2F")),
+        one(Rule::SsrfTarget, "query:imageUrl")
+    );
+    // the finding names the address, never the rest of the value
+    let f = &json(r#"{"url":"http://user:hunter2@10.1.2.3/secret?token=abc"}"#).findings[0];
+    assert_eq!(f.reason, "URL names a private address 10.1.2.3");
+    assert!(!f.reason.contains("hunter2") && !f.variable.contains("hunter2"));
+}
+
+#[test]
+fn public_urls_and_free_text_pass() {
+    for v in [
+        "https://example.com/a?b=c",
+        "https://api.github.com/repos/x/y",
+        "http://8.8.8.8/",
+        "http://[2001:4860:4860::8888]/",
+        "https://10.0.0.1.example.com/",
+        "https://nip.io/",
+        "https://1.1.1.1.nip.io/",
+        "https://internal-docs.example.com/",
+        "mailto:someone@example.com",
+        "data:text/plain;base64,SGVsbG8=",
+        "see http://127.0.0.1/ for details",
+    ] {
+        let body = serde_json::json!({ "url": v, "note": v }).to_string();
+        assert_eq!(hits(&json(&body)), vec![], "{v}");
+    }
+    // an address in free text under an ordinary name
+    assert_eq!(
+        hits(&json(
+            r#"{"note":"the server at 127.0.0.1 is down","version":"10.0.0.1"}"#
+        )),
+        vec![]
+    );
+    assert_eq!(hits(&query("q=localhost&page=2")), vec![]);
+}
+
+#[test]
+fn json_bombs_stop_at_their_limit() {
+    let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
+    let i = json(&deep);
+    assert_eq!(i.findings.len(), 1);
+    assert_eq!(i.findings[0].rule, Rule::JsonTooDeep);
+    assert_eq!(i.findings[0].reason, "nested deeper than 32");
+    // 32 levels are allowed
+    let ok = format!("{}1{}", "[".repeat(32), "]".repeat(32));
+    assert_eq!(hits(&json(&ok)), vec![]);
+    // far deeper than serde_json's own limit: still our finding
+    let deeper = format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000));
+    assert_eq!(json(&deeper).findings[0].rule, Rule::JsonTooDeep);
+
+    let wide = format!("[{}0]", "0,".repeat(10_000));
+    let i = json(&wide);
+    assert_eq!(hits(&i), one(Rule::TooManyMembers, "json:/10000"));
+    let ok = format!("[{}0]", "0,".repeat(9_999));
+    assert_eq!(hits(&json(&ok)), vec![]);
+    let keys: Vec<String> = (0..10_001).map(|k| format!("\"k{k}\":1")).collect();
+    let i = json(&format!("{{{}}}", keys.join(",")));
+    assert_eq!(i.findings[0].rule, Rule::TooManyMembers);
+
+    let many = vec!["a=1"; 10_001].join("&");
+    assert_eq!(hits(&query(&many)), one(Rule::TooManyMembers, "query"));
+}
+
+#[test]
+fn duplicate_json_keys_are_found_at_any_depth() {
+    assert_eq!(
+        hits(&json(r#"{"role":"user","role":"admin"}"#)),
+        one(Rule::DuplicateJsonKey, "json:/role")
+    );
+    assert_eq!(
+        hits(&json(r#"{"a":[{"b":1,"c":2,"b":3}]}"#)),
+        one(Rule::DuplicateJsonKey, "json:/a/0/b")
+    );
+    // the same key in sibling objects is not a duplicate
+    assert_eq!(hits(&json(r#"{"a":{"b":1},"c":{"b":2}}"#)), vec![]);
+    // repeated query parameters are qs arrays, not duplicates
+    assert_eq!(hits(&query("tag=a&tag=b")), vec![]);
+}
+
+#[test]
+fn malformed_input_is_a_finding_never_half_decoded() {
+    assert_eq!(
+        hits(&query("a=%zz")),
+        one(Rule::MalformedEncoding, "query:a")
+    );
+    assert_eq!(
+        hits(&query("a%2=1")),
+        one(Rule::MalformedEncoding, "query:a%2")
+    );
+    assert_eq!(
+        hits(&query("a=%ff%fe")),
+        one(Rule::MalformedEncoding, "query:a")
+    );
+    let i = inspect(
+        &RequestParts {
+            query: None,
+            body: Some((BodyKind::Form, b"a=\xff")),
+        },
+        &Limits::default(),
+    );
+    assert_eq!(hits(&i), one(Rule::MalformedEncoding, "form"));
+    for (body, reason) in [
+        (
+            r#"{"a":1"#,
+            "invalid JSON at line 1 column 6: EOF while parsing an object",
+        ),
+        (
+            r#"{"a":1} x"#,
+            "invalid JSON at line 1 column 9: trailing characters",
+        ),
+        (
+            r#"{"a":"\ud800"}"#,
+            "invalid JSON at line 1 column 13: unexpected end of hex escape",
+        ),
+        (
+            "",
+            "invalid JSON at line 1 column 0: EOF while parsing a value",
+        ),
+        (
+            r#"{"a":1e999}"#,
+            "invalid JSON at line 1 column 10: number out of range",
+        ),
+    ] {
+        let i = json(body);
+        assert_eq!(hits(&i), one(Rule::MalformedJson, "json:"), "{body}");
+        assert_eq!(i.findings[0].reason, reason, "{body}");
+    }
+    // a malformed body's finding never echoes it
+    let i = json(r#"{"password":"hunter2""#);
+    assert!(!i.findings[0].reason.contains("hunter2"));
+}
+
+#[test]
+fn every_rule_has_a_distinct_id_and_name() {
+    let all = [
+        Rule::NoSqlOperator,
+        Rule::PrototypePollution,
+        Rule::SsrfTarget,
+        Rule::JsonTooDeep,
+        Rule::TooManyMembers,
+        Rule::DuplicateJsonKey,
+        Rule::MalformedEncoding,
+        Rule::MalformedJson,
+    ];
+    let ids: std::collections::HashSet<u32> = all.iter().map(|r| r.id()).collect();
+    let names: std::collections::HashSet<&str> = all.iter().map(|r| r.name()).collect();
+    assert_eq!(ids.len(), all.len());
+    assert_eq!(names.len(), all.len());
+    assert!(all.iter().all(|r| r.id() < 100_000));
+}
+
+#[test]
+fn long_names_are_capped_in_findings() {
+    let name = format!("{}[$ne]", "a".repeat(5000));
+    let i = query(&format!("{name}=1"));
+    assert_eq!(i.findings[0].rule, Rule::NoSqlOperator);
+    assert!(i.findings[0].variable.len() <= MAX_VARIABLE_BYTES);
+    assert!(i.findings[0].variable.ends_with('…'));
+}
