@@ -27,7 +27,10 @@
 //!      device names (`sys/audit/<name>`, `sys/audit-hash/<name>`,
 //!      `sys/audit-head/<name>`) lose one trailing `/` (the Vault CLI sends
 //!      `sys/mounts/prod/`), so both spellings are checked against the rules
-//!      for `sys/mounts/prod`; whitespace in them is refused.
+//!      for `sys/mounts/prod`; whitespace in them is refused;
+//!    - token role names (`auth/token/roles/<name>`,
+//!      `auth/token/create/<name>`) must be Vault's generic names
+//!      (`\w(([\w-.]+)?\w)?`), case kept as in Vault.
 //!
 //! Everything else (KV keys above all) is taken as written: those handlers
 //! never rewrite a key, and Vault's KV keys may hold spaces and capitals.
@@ -201,6 +204,7 @@ pub fn canonicalise(operation: Operation, uri_path: &str) -> Result<CanonicalPat
     {
         return Ok(CanonicalPath(format!("sys/{c}")));
     }
+    token_role_param(operation, &path)?;
     Ok(CanonicalPath(path))
 }
 
@@ -247,6 +251,28 @@ fn sys_param(operation: Operation, rest: &str) -> Result<Option<String>, ApiErro
         }
     }
     Ok(None)
+}
+
+/// Rule 3 for token role names (`auth/token/roles/<name>`,
+/// `auth/token/create/<name>`): Vault's `\w(([\w-.]+)?\w)?`, taken as
+/// written (role names are case-sensitive in Vault too); anything else is
+/// refused before the ACL sees it. `LIST auth/token/roles/` is the listing.
+fn token_role_param(operation: Operation, path: &str) -> Result<(), ApiError> {
+    let Some(rest) = path.strip_prefix("auth/token/") else {
+        return Ok(());
+    };
+    if operation == Operation::List || rest == "roles/" {
+        return Ok(());
+    }
+    let name = rest
+        .strip_prefix("roles/")
+        .or_else(|| rest.strip_prefix("create/"));
+    match name {
+        Some(n) if !crate::token_roles::is_canonical_role_name(n) => {
+            Err(crate::token_roles::invalid_role_name())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

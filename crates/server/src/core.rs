@@ -1064,8 +1064,18 @@ impl Core {
         req: &Request,
         route: Option<&(MountEntry, String)>,
     ) -> Result<bool, ApiError> {
-        // sys/ and auth/ have no existence check (Vault): every write there
-        // needs `update`, so `create` alone never writes a policy or a mount
+        // token roles have Vault's existence check: `create` makes a new
+        // role, changing one needs `update`
+        if let Some(name) = req.path.strip_prefix("auth/token/roles/")
+            && crate::token_roles::is_canonical_role_name(name)
+        {
+            return Ok(crate::token_roles::get(&self.barrier, name)
+                .await?
+                .is_some());
+        }
+        // sys/ and auth/ have no existence check otherwise (Vault): every
+        // write there needs `update`, so `create` alone never writes a
+        // policy or a mount
         if req.path.starts_with("sys/") || req.path.starts_with("auth/") {
             return Ok(true);
         }

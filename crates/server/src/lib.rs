@@ -27,6 +27,7 @@ pub mod rootops;
 pub mod sys;
 pub mod token;
 pub mod token_api;
+pub mod token_roles;
 
 use std::future::Future;
 use std::net::SocketAddr;

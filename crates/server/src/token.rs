@@ -101,6 +101,9 @@ pub struct TokenEntry {
     /// token authorises nothing and no child can be created under it.
     #[serde(default)]
     pub revoking: bool,
+    /// The token role it was created against (`auth/token/create/<role>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 impl TokenEntry {
@@ -134,6 +137,8 @@ pub struct NewToken {
     pub period: i64,
     pub renewable: bool,
     pub path: String,
+    /// The token role, for tokens created against one.
+    pub role: String,
 }
 
 pub struct TokenStore {
@@ -308,6 +313,12 @@ impl TokenStore {
             ttl = spec.period;
         }
         if spec.explicit_max_ttl > 0 && (ttl == 0 || ttl > spec.explicit_max_ttl) {
+            // Vault warns when a TTL or period it was given is cut (not
+            // when the default TTL is)
+            if ttl > spec.explicit_max_ttl {
+                let what = if spec.period > 0 { "period" } else { "TTL" };
+                warnings.push(capped_warning(what, ttl, spec.explicit_max_ttl));
+            }
             ttl = spec.explicit_max_ttl;
         }
         if ttl == 0 && !is_root {
@@ -342,6 +353,7 @@ impl TokenStore {
             issue_time: now,
             path: spec.path,
             revoking: false,
+            role: spec.role,
         };
         let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
         let mut ops = vec![

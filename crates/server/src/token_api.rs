@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::core::{Authorized, Core};
 use crate::logical::{ApiError, AuthBlock, Operation, Request, Response, fields};
 use crate::token::{NewToken, Renewed, TokenEntry};
+use crate::token_roles::{self, TokenRole};
 
 fn time_or_null(secs: i64) -> Value {
     if secs == 0 {
@@ -39,6 +40,9 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
     });
     if e.period > 0 {
         v["period"] = json!(e.period);
+    }
+    if !e.role.is_empty() {
+        v["role"] = json!(e.role);
     }
     v["id"] = json!(id.unwrap_or(""));
     v
@@ -85,7 +89,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
     let op = req.operation;
     match rest {
         "create" | "create-orphan" if op == Operation::Write => {
-            create(core, auth, rest == "create-orphan").await
+            create(core, auth, rest == "create-orphan", None).await
         }
         "lookup-self" if matches!(op, Operation::Read | Operation::Write) => Ok(Response::data(
             lookup_json(auth.token(), Some(auth.token_id()), core.tokens.now()),
@@ -174,8 +178,26 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             let keys = core.tokens.accessors().await?;
             Ok(Response::data(json!({ "keys": keys })))
         }
-        "roles" | "roles/" if op == Operation::List => Err(ApiError::not_found()),
-        _ if rest.starts_with("create/") => Err(ApiError::bad_request("unknown role")),
+        "roles/" if op == Operation::List => {
+            let keys = token_roles::list(&core.barrier).await?;
+            if keys.is_empty() {
+                return Err(ApiError::not_found());
+            }
+            Ok(Response::data(json!({ "keys": keys })))
+        }
+        "roles/" => Err(ApiError::unsupported_operation()),
+        _ if rest.starts_with("roles/") => role(core, auth, &rest["roles/".len()..]).await,
+        _ if rest.starts_with("create/") => {
+            if op != Operation::Write {
+                return Err(ApiError::unsupported_operation());
+            }
+            // canonical already (canonical.rs refused anything else)
+            let name = &rest["create/".len()..];
+            let role = token_roles::get(&core.barrier, name)
+                .await?
+                .ok_or_else(|| ApiError::bad_request(format!("unknown role {name}")))?;
+            create(core, auth, false, Some(role)).await
+        }
         _ if rest.starts_with("lookup/")
             || rest.starts_with("lookup-self")
             || rest.starts_with("create")
@@ -186,6 +208,43 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             Err(ApiError::unsupported_operation())
         }
         _ => Err(ApiError::unsupported_path()),
+    }
+}
+
+/// `auth/token/roles/<name>`: read, create/update, delete. The name is
+/// canonical (canonical.rs); creating needs `create`, changing an existing
+/// role `update` (the core's existence check, as Vault's).
+async fn role(core: &Arc<Core>, auth: &Authorized, name: &str) -> Result<Response, ApiError> {
+    let req = auth.request();
+    if req.operation == Operation::List {
+        return Err(ApiError::unsupported_operation());
+    }
+    if !token_roles::is_canonical_role_name(name) {
+        return Err(token_roles::invalid_role_name());
+    }
+    match req.operation {
+        Operation::Read => {
+            let r = token_roles::get(&core.barrier, name)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Response::data(r.to_json()))
+        }
+        Operation::Write => {
+            let warnings =
+                token_roles::write(&core.barrier, req, name, core.tokens.limits().max_ttl).await?;
+            if warnings.is_empty() {
+                return Ok(Response::no_content());
+            }
+            let mut r = Response::data(Value::Null);
+            r.data = None;
+            r.warnings = warnings;
+            Ok(r)
+        }
+        Operation::Delete => {
+            token_roles::delete(&core.barrier, name).await?;
+            Ok(Response::no_content())
+        }
+        _ => Err(ApiError::unsupported_operation()),
     }
 }
 
@@ -204,10 +263,16 @@ fn renewed(id: &str, g: Renewed) -> Response {
     r
 }
 
+/// `auth/token/create`, `create-orphan` and `create/<role>` (Vault's
+/// `handleCreateCommon`). With a role: the role's policy lists replace the
+/// parent subset rule, its `orphan` needs no sudo, its period, explicit max
+/// TTL, use limit and renewability apply, and the token's path is
+/// `auth/token/create/<role>[/<path_suffix>]`.
 async fn create(
     core: &Arc<Core>,
     auth: &Authorized,
     orphan_endpoint: bool,
+    role: Option<TokenRole>,
 ) -> Result<Response, ApiError> {
     let req = auth.request();
     let parent = auth.token();
@@ -227,8 +292,13 @@ async fn create(
         .map(|v| fields::boolean(v, "no_parent"))
         .transpose()?
         .unwrap_or(false);
-    let orphan = orphan_endpoint || no_parent;
-    if orphan && !sudo {
+    // a role decides orphan-ness itself (no sudo needed); `no_parent` is
+    // ignored then, as in Vault
+    let orphan = match &role {
+        Some(r) => r.orphan,
+        None => orphan_endpoint || no_parent,
+    };
+    if role.is_none() && orphan && !sudo {
         return Err(ApiError::bad_request(
             "root or sudo privileges required to create orphan token",
         ));
@@ -256,32 +326,49 @@ async fn create(
         ));
     }
 
-    let mut policies: Vec<String> = match d.get("policies") {
-        Some(v) => fields::string_list(v, "policies")?
-            .into_iter()
-            .map(|p| p.trim().to_lowercase())
-            .collect(),
-        None => parent
-            .policies
-            .iter()
-            .filter(|p| *p != "root" || parent_root)
-            .cloned()
-            .collect(),
-    };
     let no_default = d
         .get("no_default_policy")
         .map(|v| fields::boolean(v, "no_default_policy"))
         .transpose()?
         .unwrap_or(false);
-    policies.retain(|p| !p.is_empty());
+    let role_lists = role.as_ref().filter(|r| {
+        !(r.allowed_policies.is_empty()
+            && r.disallowed_policies.is_empty()
+            && r.allowed_policies_glob.is_empty()
+            && r.disallowed_policies_glob.is_empty())
+    });
+    let mut policies: Vec<String> = if let Some(r) = role_lists {
+        role_policies(r, &token_roles::requested_policies(d)?, no_default, parent)?
+    } else {
+        let mut policies: Vec<String> = match d.get("policies") {
+            Some(v) => fields::string_list(v, "policies")?
+                .into_iter()
+                .map(|p| p.trim().to_lowercase())
+                .collect(),
+            None => parent
+                .policies
+                .iter()
+                .filter(|p| *p != "root" || parent_root)
+                .cloned()
+                .collect(),
+        };
+        policies.retain(|p| !p.is_empty());
+        if !no_default
+            && !policies.iter().any(|p| p == "default")
+            && !policies.iter().any(|p| p == "root")
+        {
+            policies.push("default".into());
+        }
+        policies
+    };
     if no_default {
         policies.retain(|p| p != "default");
-    } else if !policies.iter().any(|p| p == "default") && !policies.iter().any(|p| p == "root") {
-        policies.push("default".into());
     }
     policies.sort();
     policies.dedup();
-    if !parent_root && !sudo {
+    // a role with policy lists replaces the parent subset rule (Vault's
+    // roles "allow a subset of policies disjoint from the parent's")
+    if role_lists.is_none() && !parent_root && !sudo {
         // a child can never hold a policy its parent does not (Vault's rule)
         let extra: Vec<&String> = policies
             .iter()
@@ -308,18 +395,40 @@ async fn create(
         }
     }
 
+    // entity aliases need an identity store, which this server does not have
+    if let Some(alias) = d
+        .get("entity_alias")
+        .map(|v| fields::string(v, "entity_alias"))
+        .transpose()?
+        .filter(|a| !a.is_empty())
+    {
+        let Some(r) = &role else {
+            return Err(ApiError::bad_request(
+                "'entity_alias' is only allowed in combination with token role",
+            ));
+        };
+        let alias = alias.to_lowercase();
+        let allowed = r.allowed_entity_aliases.as_deref().unwrap_or_default();
+        if !allowed.contains(&alias) && !token_roles::glob_any(allowed, &alias) {
+            return Err(ApiError::bad_request("invalid 'entity_alias' value"));
+        }
+        return Err(ApiError::bad_request(
+            "entity aliases are not supported: this server has no identity store",
+        ));
+    }
+
     let ttl = d
         .get("ttl")
         .or_else(|| d.get("lease"))
         .map(|v| fields::duration_secs(v, "ttl"))
         .transpose()?
         .unwrap_or(0);
-    let explicit_max_ttl = d
+    let mut explicit_max_ttl = d
         .get("explicit_max_ttl")
         .map(|v| fields::duration_secs(v, "explicit_max_ttl"))
         .transpose()?
         .unwrap_or(0);
-    let period = d
+    let mut period = d
         .get("period")
         .map(|v| fields::duration_secs(v, "period"))
         .transpose()?
@@ -329,13 +438,38 @@ async fn create(
             "root or sudo privileges required to create periodic token",
         ));
     }
-    let num_uses = d
+    let mut num_uses = d
         .get("num_uses")
         .map(|v| fields::int(v, "num_uses"))
         .transpose()?
         .unwrap_or(0);
     if num_uses < 0 {
         return Err(ApiError::bad_request("num_uses cannot be negative"));
+    }
+    let mut role_warnings = Vec::new();
+    if let Some(r) = &role {
+        // the lesser of the request's and the role's (0: none), as Vault
+        let role_max = r.effective_explicit_max_ttl();
+        if role_max != 0 {
+            if explicit_max_ttl == 0 {
+                explicit_max_ttl = role_max;
+            } else {
+                explicit_max_ttl = explicit_max_ttl.min(role_max);
+                role_warnings.push(format!("Explicit max TTL specified both during creation call and in role; using the lesser value of {explicit_max_ttl} seconds"));
+            }
+        }
+        let role_period = r.effective_period();
+        if role_period != 0 {
+            if period == 0 {
+                period = role_period;
+            } else {
+                period = period.min(role_period);
+                role_warnings.push(format!("Period specified both during creation call and in role; using the lesser value of {period} seconds"));
+            }
+        }
+        if r.token_num_uses != 0 && (num_uses == 0 || r.token_num_uses < num_uses) {
+            num_uses = r.token_num_uses;
+        }
     }
     // an expiring root token must not mint one that never expires (Vault)
     if policies.iter().any(|p| p == "root")
@@ -352,7 +486,8 @@ async fn create(
         .get("renewable")
         .map(|v| fields::boolean(v, "renewable"))
         .transpose()?
-        .unwrap_or(true);
+        .unwrap_or(true)
+        && role.as_ref().is_none_or(|r| r.renewable);
     let display = d
         .get("display_name")
         .map(|v| fields::string(v, "display_name"))
@@ -394,18 +529,74 @@ async fn create(
             explicit_max_ttl,
             period,
             renewable,
-            path: if orphan_endpoint {
-                "auth/token/create-orphan".into()
-            } else {
-                "auth/token/create".into()
+            path: match &role {
+                Some(r) if r.path_suffix.is_empty() => format!("auth/token/create/{}", r.name),
+                Some(r) => format!("auth/token/create/{}/{}", r.name, r.path_suffix),
+                None if orphan_endpoint => "auth/token/create-orphan".into(),
+                None => "auth/token/create".into(),
             },
+            role: role.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
         })
         .await?;
     let mut r = Response::data(Value::Null);
     r.data = None;
     // the TTL granted, from the instant it was computed (not a second later)
     r.auth = Some(auth_block(&id_out, &entry, entry.creation_time));
-    warnings.extend(capped);
-    r.warnings = warnings;
+    role_warnings.extend(warnings);
+    role_warnings.extend(capped);
+    r.warnings = role_warnings;
     Ok(r)
+}
+
+/// The policies of a token created against a role with policy lists
+/// (Vault's `handleCreateCommon`, role branch): the request's policies
+/// must be within the role's allowed ones (or globs); with none requested,
+/// the role's allowed policies (else the parent's); `default` added unless
+/// the request, the role or its disallowed lists say otherwise; nothing
+/// disallowed by the role.
+fn role_policies(
+    role: &TokenRole,
+    requested: &[String],
+    no_default: bool,
+    parent: &TokenEntry,
+) -> Result<Vec<String>, ApiError> {
+    use token_roles::{glob_any, go_quote_list, sanitize_policies};
+    let add_default = !no_default
+        && !role.token_no_default_policy
+        && !role.disallowed_policies.iter().any(|p| p == "default")
+        && !glob_any(&role.disallowed_policies_glob, "default");
+    let mut out = if requested.is_empty() {
+        Vec::new()
+    } else {
+        sanitize_policies(requested, add_default)
+    };
+    if !role.allowed_policies.is_empty() || !role.allowed_policies_glob.is_empty() {
+        let allowed = sanitize_policies(&role.allowed_policies, add_default);
+        if out.is_empty() {
+            out = allowed;
+        } else {
+            let globs = sanitize_policies(&role.allowed_policies_glob, false);
+            if out
+                .iter()
+                .any(|p| !allowed.contains(p) && !glob_any(&globs, p))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "token policies ({}) must be subset of the role's allowed policies ({}) or glob policies ({})",
+                    go_quote_list(&out),
+                    go_quote_list(&allowed),
+                    go_quote_list(&globs)
+                )));
+            }
+        }
+    } else if out.is_empty() {
+        out = sanitize_policies(&parent.policies, add_default);
+    }
+    if let Some(p) = out.iter().find(|p| {
+        role.disallowed_policies.contains(p) || glob_any(&role.disallowed_policies_glob, p)
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "token policy {p:?} is disallowed by this role"
+        )));
+    }
+    Ok(out)
 }
