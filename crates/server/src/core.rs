@@ -99,6 +99,9 @@ pub struct Authorized {
     caps: Capabilities,
     request: Request,
     route: Option<(MountEntry, String)>,
+    /// [`Core::mount_epoch`] when the route was looked up: a mount-table
+    /// change since (a remount, an unmount) makes `route` check it again.
+    mount_epoch: u64,
     audit: AuditEntry,
 }
 
@@ -161,6 +164,16 @@ pub struct Core {
     pub kv_locks: Arc<KeyLocks>,
     /// Serialises mount-table changes.
     pub table_lock: tokio::sync::Mutex<()>,
+    /// Held for reading by every request executing on a mount, for writing
+    /// while the mount table is replaced: a remount or unmount waits for
+    /// them, and a request routed before the change is checked again
+    /// against the new table (never acting on a mount that moved away from
+    /// the path its ACL check saw).
+    mount_gate: tokio::sync::RwLock<()>,
+    /// Bumped (under `mount_gate`) at every mount-table change.
+    mount_epoch: AtomicU64,
+    /// `sys/remount` migrations (in memory, as Vault's tracker).
+    pub migrations: crate::remount::Migrations,
     /// Rekey and root generation attempts (`rootops.rs`).
     pub root_ops: crate::rootops::RootOps,
     pub options: CoreOptions,
@@ -193,6 +206,7 @@ fn needs_sudo(path: &str, op: Operation) -> bool {
         || path.starts_with("sys/audit-hash/")
         || path.starts_with("sys/audit-head/")
         || path == "sys/rotate"
+        || path == "sys/remount"
         || path == "sys/seal"
         || path.starts_with("sys/rekey/")
         || path.starts_with("sys/generate-root/")
@@ -215,6 +229,9 @@ impl Core {
             audit_table: tokio::sync::Mutex::new(Vec::new()),
             kv_locks: Arc::new(KeyLocks::default()),
             table_lock: tokio::sync::Mutex::new(()),
+            mount_gate: tokio::sync::RwLock::new(()),
+            mount_epoch: AtomicU64::new(0),
+            migrations: Default::default(),
             root_ops: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
@@ -467,6 +484,7 @@ impl Core {
         self.root_ops.reset().await;
         self.tokens.clear();
         self.policies.clear();
+        self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
         // until an unseal loads the devices again
         self.audit.close();
@@ -619,10 +637,16 @@ impl Core {
         self.save_mounts(table).await
     }
 
+    /// Write the mount table (one barrier entry: a change is all there or
+    /// not at all, a remount included, since a mount's data lives under its
+    /// UUID and never moves) and serve it. Waits for requests executing on
+    /// a mount; callers hold `table_lock`.
     pub async fn save_mounts(&self, table: MountTable) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec(&table).map_err(ApiError::internal)?;
+        let _gate = self.mount_gate.write().await;
         self.barrier.put(MOUNTS_PATH, &bytes).await?;
         *lock(self.mounts.write())? = Arc::new(table);
+        self.mount_epoch.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -838,6 +862,8 @@ impl Core {
         };
 
         let acl = self.policies.acl(&entry.policies)?;
+        // the epoch first: a table change after this read is seen by `route`
+        let mount_epoch = self.mount_epoch.load(Ordering::SeqCst);
         let table = self.mount_table()?;
         let route = table
             .route(&req.path)
@@ -874,6 +900,7 @@ impl Core {
             caps,
             request: req,
             route,
+            mount_epoch,
             audit,
         })))
     }
@@ -1103,6 +1130,16 @@ impl Core {
         let Some((mount, rel)) = &auth.route else {
             return Err(ApiError::unsupported_path());
         };
+        // no mount-table change while this request acts on the mount; one
+        // since its ACL check must still route the path to the same mount
+        let _gate = self.mount_gate.read().await;
+        if self.mount_epoch.load(Ordering::SeqCst) != auth.mount_epoch {
+            let table = self.mount_table()?;
+            match table.route(path) {
+                Some((m, _)) if m.uuid == mount.uuid && m.path == mount.path => {}
+                _ => return Err(ApiError::unsupported_path()),
+            }
+        }
         let view = View::new(self.barrier.clone(), mount.view_prefix());
         match mount.engine() {
             Some(EngineKind::KvV2) => kv::handle_v2(auth, rel, &view, &self.kv_locks).await,

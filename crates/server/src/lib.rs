@@ -23,6 +23,7 @@ pub mod listener;
 pub mod logical;
 pub mod mounts;
 pub mod policies;
+pub mod remount;
 pub mod rootops;
 pub mod sys;
 pub mod token;

@@ -232,6 +232,12 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
     if crate::rootops::is_root_op(rest) {
         return crate::rootops::handle(core, req, rest).await;
     }
+    if rest == "remount" {
+        return crate::remount::remount(core, auth).await;
+    }
+    if let Some(id) = rest.strip_prefix("remount/status/") {
+        return crate::remount::status(core, auth, id);
+    }
     if let Some(path) = rest.strip_prefix("mounts/") {
         if let Some(p) = path.strip_suffix("/tune") {
             return tune_mount(core, req, p).await;
