@@ -278,6 +278,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_migration_overlapping_one_in_progress_is_refused() {
+        let m = Migrations::default();
+        let first = m.start("a/", "b/").unwrap();
+        for (from, to, what, path) in [
+            ("b/", "c/", "source", "b/"),
+            ("a/x/", "c/", "source", "a/x/"),
+            ("c/", "a/", "destination", "a/"),
+            ("c/", "b/y/", "destination", "b/y/"),
+        ] {
+            assert_eq!(
+                m.start(from, to).unwrap_err(),
+                ApiError::bad_request(format!(
+                    "cannot remount: the {what} {path:?} is being moved by migration {first}"
+                )),
+                "{from} -> {to}"
+            );
+        }
+        // unrelated paths move meanwhile; once finished, the paths are free
+        let other = m.start("c/", "d/").unwrap();
+        m.finish(&first, true);
+        m.finish(&other, false);
+        assert_eq!(m.get(&first).unwrap().unwrap().status, "success");
+        assert_eq!(m.get(&other).unwrap().unwrap().status, "failure");
+        assert!(m.start("b/", "a/").is_ok());
+        // only the last KEEP finished migrations are remembered
+        for _ in 0..KEEP + 10 {
+            let id = m.start("x/", "y/").unwrap();
+            m.finish(&id, true);
+        }
+        assert!(m.lock().unwrap().len() <= KEEP + 1);
+        assert!(m.get(&first).unwrap().is_none());
+    }
+
+    #[test]
     fn paths_are_cleaned_as_go_does() {
         assert_eq!(clean("a/b/"), "a/b/");
         assert_eq!(clean("a//b/"), "a/b/");
