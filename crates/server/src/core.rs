@@ -122,6 +122,11 @@ impl Authorized {
     pub fn is_sudo(&self) -> bool {
         self.acl.is_root() || self.caps.contains(Capability::Sudo)
     }
+    /// Whether the ACL grants `cap` on the request's path (handlers that
+    /// must decide create against update again, under their own lock).
+    pub fn allows(&self, cap: Capability) -> bool {
+        !self.caps.contains(Capability::Deny) && (self.acl.is_root() || self.caps.contains(cap))
+    }
     /// The request's audit record (what a newly enabled device writes first).
     pub(crate) fn audit_record(&self) -> &AuditEntry {
         &self.audit

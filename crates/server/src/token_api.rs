@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use palisade_policy::Capability;
 use serde_json::{Map, Value, json};
 
 use crate::core::{Authorized, Core};
@@ -230,8 +231,15 @@ async fn role(core: &Arc<Core>, auth: &Authorized, name: &str) -> Result<Respons
             Ok(Response::data(r.to_json()))
         }
         Operation::Write => {
-            let warnings =
-                token_roles::write(&core.barrier, req, name, core.tokens.limits().max_ttl).await?;
+            let may = |create: bool| {
+                auth.allows(if create {
+                    Capability::Create
+                } else {
+                    Capability::Update
+                })
+            };
+            let max_ttl = core.tokens.limits().max_ttl;
+            let warnings = token_roles::write(&core.barrier, req, name, max_ttl, may).await?;
             if warnings.is_empty() {
                 return Ok(Response::no_content());
             }

@@ -228,15 +228,29 @@ fn bool_field(req: &Request, name: &str) -> Result<Option<bool>, ApiError> {
 /// `POST auth/token/roles/<name>`: create (fields not given take Vault's
 /// defaults) or update (fields not given keep their value). Returns the
 /// warnings (Vault answers 200 with them, else 204).
+/// Role writes are serialised: an update never loses a field another update
+/// wrote meanwhile, and create-or-update is decided once, under the lock.
+static WRITES: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+/// `may(create)`: whether the caller may create (`true`) or update
+/// (`false`) the role, decided again here: the ACL check ran on the
+/// existence seen before the request's body was read, and a role created
+/// meanwhile must not be overwritten with `create` alone.
 pub async fn write(
     barrier: &Barrier,
     req: &Request,
     name: &str,
     system_max_ttl: i64,
+    may: impl Fn(bool) -> bool,
 ) -> Result<Vec<String>, ApiError> {
     debug_assert!(req.operation == Operation::Write);
+    let _g = WRITES.lock().await;
     let existing = get(barrier, name).await?;
     let create = existing.is_none();
+    if !may(create) {
+        return Err(ApiError::permission_denied());
+    }
     let mut role = existing.unwrap_or_else(|| TokenRole {
         name: name.to_string(),
         token_type: "default-service".into(),

@@ -430,3 +430,33 @@ async fn a_request_authorised_before_the_move_does_not_follow_the_mount() {
     assert_eq!(r.data()["data"], json!({"v": "1"}));
     assert_denied(&s.get("moved/data/app", &reader.id).await);
 }
+
+/// The same for an unmount: a request authorised before the mount was
+/// disabled does not write into the cleared mount (nor anywhere else).
+#[tokio::test]
+async fn a_request_authorised_before_an_unmount_is_refused() {
+    let s = TestServer::dev().await;
+    enable(&s, "gone", json!({"type": "kv"})).await;
+    let r = s.post("gone/k", &s.root, json!({"v": "1"})).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let path = palisade_server::canonical::canonicalise(Operation::Write, "/v1/gone/k").unwrap();
+    let Begun::Authorized(write) = s
+        .core
+        .begin(Request::new(Operation::Write, path), Some(s.root.clone()))
+        .await
+        .unwrap()
+    else {
+        panic!("authorised");
+    };
+    assert_eq!(s.delete("sys/mounts/gone", &s.root).await.status, 204);
+    let mut body = serde_json::Map::new();
+    body.insert("v".into(), json!("2"));
+    let e = s.core.execute(write, Ok(body)).await.unwrap_err();
+    assert_eq!(
+        (e.status, e.messages.clone()),
+        (404, vec!["unsupported path".to_string()])
+    );
+    // enabled again: a new, empty mount
+    enable(&s, "gone", json!({"type": "kv"})).await;
+    assert_empty_404(&s.get("gone/k", &s.root).await);
+}

@@ -11,6 +11,8 @@
 mod common;
 
 use common::*;
+use palisade_server::core::Begun;
+use palisade_server::logical::{Operation, Request};
 use serde_json::{Value, json};
 
 async fn lookup(s: &TestServer, token: &str) -> Resp {
@@ -345,13 +347,44 @@ async fn role_management_needs_the_capabilities_on_its_path() {
         false
     );
 
+    // create is decided again when the write runs: a role created after
+    // the ACL check (which saw none) is not overwritten with `create` alone
+    let path = "auth/token/roles/raced";
+    let req = Request::new(
+        Operation::Write,
+        palisade_server::canonical::canonicalise(Operation::Write, &format!("/v1/{path}")).unwrap(),
+    );
+    let Begun::Authorized(pending) = s
+        .core
+        .begin(req, Some(create_only.id.clone()))
+        .await
+        .unwrap()
+    else {
+        panic!("authorised as a create");
+    };
+    let r = s
+        .post(path, &s.root, json!({"allowed_policies": "kept"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let mut body = serde_json::Map::new();
+    body.insert("allowed_policies".into(), json!("root"));
+    let e = s.core.execute(pending, Ok(body)).await.unwrap_err();
+    assert_eq!(
+        (e.status, e.messages.clone()),
+        (403, vec!["permission denied".to_string()])
+    );
+    assert_eq!(
+        s.get(path, &s.root).await.data()["allowed_policies"],
+        json!(["kept"])
+    );
+
     // read and list
     assert_denied(&s.get("auth/token/roles/r1", &create_only.id).await);
     assert_denied(&s.list("auth/token/roles", &nothing.id).await);
     assert_eq!(s.get("auth/token/roles/r1", &reader.id).await.status, 200);
     assert_eq!(
         s.list("auth/token/roles", &reader.id).await.data()["keys"],
-        json!(["r1"])
+        json!(["r1", "raced"])
     );
 
     // delete
