@@ -380,7 +380,7 @@ async fn rekey_with_wrong_shares_resets_progress() {
         (&r.body["started"], &r.body["progress"], &r.body["nonce"]),
         (&json!(true), &json!(0), &json!(nonce))
     );
-    // the right shares complete it: one share, which is the key itself
+    // the right shares complete it, with one new share (threshold 1)
     put(
         &s,
         "sys/rekey/update",
