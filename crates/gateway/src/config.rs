@@ -201,6 +201,13 @@ pub struct RawRoute {
     pub pass_upstream_errors: Option<bool>,
     pub strip_prefix: Option<bool>,
     pub request_timeout_ms: Option<u64>,
+    /// "off", "detect" or "block" (default): the built-in inspection of the
+    /// query string and of JSON and form bodies (docs/gateway-config.md).
+    pub inspection: Option<String>,
+    /// Deepest JSON nesting an inspected body may have (default 32).
+    pub inspection_max_depth: Option<usize>,
+    /// Most JSON keys and elements, or query/form parameters (default 10,000).
+    pub inspection_max_members: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +439,34 @@ pub struct RouteConfig {
     pub pass_upstream_errors: bool,
     pub strip_prefix: bool,
     pub request_timeout: Option<Duration>,
+    pub inspection: Inspection,
+}
+
+/// What the inspection step does with a route's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InspectionMode {
+    /// Not inspected.
+    Off,
+    /// Findings are logged; the request goes on unchanged.
+    Detect,
+    /// A finding refuses the request (403 `request_blocked`, or 400
+    /// `malformed_request_content` for input that does not parse).
+    Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    pub mode: InspectionMode,
+    pub limits: palisade_inspect::Limits,
+}
+
+impl Default for Inspection {
+    fn default() -> Self {
+        Self {
+            mode: InspectionMode::Block,
+            limits: palisade_inspect::Limits::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1094,6 +1129,26 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             }
         }
         let anonymous = r.anonymous.unwrap_or(false);
+        let mut inspection = Inspection::default();
+        match r.inspection.as_deref() {
+            None | Some("block") => {}
+            Some("detect") => inspection.mode = InspectionMode::Detect,
+            Some("off") => inspection.mode = InspectionMode::Off,
+            Some(other) => c.err(format!(
+                "{field}.inspection: {other:?} is not \"off\", \"detect\" or \"block\""
+            )),
+        }
+        match r.inspection_max_depth {
+            None => {}
+            // serde_json stops at 128 levels by itself
+            Some(d @ 1..=128) => inspection.limits.max_depth = d,
+            Some(_) => c.err(format!("{field}.inspection_max_depth: 1 to 128")),
+        }
+        match r.inspection_max_members {
+            None => {}
+            Some(n @ 1..=1_000_000) => inspection.limits.max_members = n,
+            Some(_) => c.err(format!("{field}.inspection_max_members: 1 to 1000000")),
+        }
         if authn.is_empty() && !anonymous {
             c.err(format!(
                 "{field}: set authn (jwt, apikey, mtls) or anonymous = true explicitly"
@@ -1205,6 +1260,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             pass_upstream_errors: r.pass_upstream_errors.unwrap_or(false),
             strip_prefix: r.strip_prefix.unwrap_or(false),
             request_timeout: r.request_timeout_ms.map(Duration::from_millis),
+            inspection,
         });
     }
 

@@ -65,6 +65,10 @@ pub enum GatewayError {
     GatewayTimeout,
     #[error("internal error")]
     Internal,
+    /// The inspection step found an attack (or, `malformed`, input that
+    /// does not parse) in block mode; `findings` is what the log records.
+    #[error("request blocked by inspection")]
+    Blocked { findings: String, malformed: bool },
 }
 
 impl GatewayError {
@@ -73,7 +77,11 @@ impl GatewayError {
             GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
             | GatewayError::InvalidHost(_)
-            | GatewayError::InvalidBody => StatusCode::BAD_REQUEST,
+            | GatewayError::InvalidBody
+            | GatewayError::Blocked {
+                malformed: true, ..
+            } => StatusCode::BAD_REQUEST,
+            GatewayError::Blocked { .. } => StatusCode::FORBIDDEN,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -108,6 +116,10 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::Internal => "internal_error",
+            GatewayError::Blocked {
+                malformed: true, ..
+            } => "malformed_request_content",
+            GatewayError::Blocked { .. } => "request_blocked",
         }
     }
 
@@ -130,6 +142,10 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => "upstream service unavailable",
             GatewayError::GatewayTimeout => "upstream service timed out",
             GatewayError::Internal => "internal error",
+            GatewayError::Blocked {
+                malformed: true, ..
+            } => "the query string or body could not be parsed",
+            GatewayError::Blocked { .. } => "request blocked",
         }
     }
 
@@ -140,6 +156,7 @@ impl GatewayError {
             GatewayError::Forbidden { reason } => reason.clone(),
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
             GatewayError::BadGateway { reason } => (*reason).to_string(),
+            GatewayError::Blocked { findings, .. } => findings.clone(),
             GatewayError::BadRequest(m)
             | GatewayError::BadPath(m)
             | GatewayError::InvalidHost(m) => (*m).to_string(),
@@ -160,7 +177,11 @@ impl GatewayError {
             | GatewayError::InvalidHost(_)
             | GatewayError::InvalidBody
             | GatewayError::HeadersTooLarge
-            | GatewayError::PayloadTooLarge => Some("malformed_request"),
+            | GatewayError::PayloadTooLarge
+            | GatewayError::Blocked {
+                malformed: true, ..
+            } => Some("malformed_request"),
+            GatewayError::Blocked { .. } => Some("inspection"),
             _ => None,
         }
     }

@@ -123,6 +123,12 @@ const POLICIES: &str = r#"
 @id("public")
 permit(principal, action, resource == Route::"public");
 
+@id("detect")
+permit(principal, action, resource == Route::"detect");
+
+@id("uninspected")
+permit(principal, action, resource == Route::"uninspected");
+
 @id("slow")
 permit(principal, action, resource == Route::"slow");
 
@@ -183,6 +189,20 @@ name = "slow"
 path_prefix = "/slow"
 upstream = "app"
 anonymous = true
+
+[[routes]]
+name = "detect"
+path_prefix = "/detect"
+upstream = "app"
+anonymous = true
+inspection = "detect"
+
+[[routes]]
+name = "uninspected"
+path_prefix = "/uninspected"
+upstream = "app"
+anonymous = true
+inspection = "off"
 "#
     )
 }
@@ -563,4 +583,167 @@ async fn a_request_without_a_host_is_refused() {
     // with a Host it is forwarded
     let a = h.get("/public/x", &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
+}
+
+// ------------------------------------------------------------ inspection
+
+fn post(path: &str, content_type: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "api.example")
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn inspection_blocks_node_attacks_before_authentication_and_nothing_reaches_the_service() {
+    let h = harness(30_000).await;
+    // query: NoSQL operator, refused before the JWT is even asked for
+    let a = h.get("/api/orders/1?user[$ne]=x", &[]).await;
+    a.assert_error(403, "request_blocked");
+    assert_eq!(a.json()["error"]["message"], "request blocked");
+    assert_eq!(a.record["category"], "inspection");
+    assert_eq!(
+        a.record["reason"],
+        "inspection:10101 nosql_operator_injection query:user[$ne]: MongoDB operator $ne as a key"
+    );
+    // JSON body: prototype pollution at depth
+    let a = h
+        .send(post(
+            "/public/profile",
+            "application/json",
+            r#"{"settings":{"__proto__":{"isAdmin":true}}}"#,
+        ))
+        .await;
+    a.assert_error(403, "request_blocked");
+    assert!(
+        a.record["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("inspection:10102 prototype_pollution json:/settings/__proto__"),
+        "{}",
+        a.record
+    );
+    // form body: SSRF to the metadata service; the rule text never reaches the client
+    let a = h
+        .send(post(
+            "/public/hooks",
+            "application/x-www-form-urlencoded",
+            "name=build&callback=http%3A%2F%2F169.254.169.254%2Flatest",
+        ))
+        .await;
+    a.assert_error(403, "request_blocked");
+    assert!(
+        !a.body.contains("169.254") && !a.body.contains("10103"),
+        "{}",
+        a.body
+    );
+    // malformed JSON is the client's error
+    let a = h
+        .send(post("/public/x", "application/json", r#"{"a":"#))
+        .await;
+    a.assert_error(400, "malformed_request_content");
+    assert_eq!(a.record["category"], "malformed_request");
+    // a compressed body would be inflated by the service's parser, unseen here
+    let mut req = post("/public/x", "application/json", "not really gzip");
+    req.headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    h.send(req)
+        .await
+        .assert_error(400, "malformed_request_content");
+    assert_eq!(h.svc.count(), 0, "nothing reached the service");
+}
+
+#[tokio::test]
+async fn inspected_requests_that_pass_reach_the_service_byte_for_byte() {
+    let h = harness(30_000).await;
+    let body = r#"{"name":"O'Brien","note":"use $ne in mongo; constructor: Ferrari","$schema":"x","url":"https://example.com/a","items":[1,2,{"k":"v"}]}"#;
+    let a = h
+        .send(post(
+            "/public/orders?sort=-price&q=%24ne",
+            "application/json",
+            body,
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.record["decision"], "allow");
+    assert!(a.record.get("inspection").is_none(), "{}", a.record);
+    let seen = h.svc.last();
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.target, "/orders?sort=-price&q=%24ne");
+    assert_eq!(seen.headers["content-length"], body.len().to_string());
+    // a body of a type not inspected goes on as streamed
+    let a = h
+        .send(post("/public/raw", "text/plain", r#"{"__proto__":1}"#))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.last().body, br#"{"__proto__":1}"#);
+}
+
+#[tokio::test]
+async fn detect_mode_logs_findings_and_changes_nothing_and_off_does_not_look() {
+    let h = harness(30_000).await;
+    let body = r#"{"role":"user","role":"admin"}"#;
+    let a = h
+        .send(post(
+            "/detect/x?a[__proto__][b]=1",
+            "application/json",
+            body,
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.record["decision"], "allow");
+    assert_eq!(
+        a.record["inspection"],
+        "inspection:10113 duplicate_json_key json:/role: key repeated in one object (JSON.parse keeps the last); \
+         inspection:10102 prototype_pollution query:a[__proto__][b]: __proto__ or constructor.prototype in a key"
+    );
+    let seen = h.svc.last();
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.target, "/detect/x?a[__proto__][b]=1");
+    // off: the same request goes through without a finding
+    let a = h
+        .send(post(
+            "/uninspected/x?a[__proto__][b]=1",
+            "application/json",
+            body,
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.record.get("inspection").is_none(), "{}", a.record);
+    assert_eq!(h.svc.count(), 2);
+}
+
+#[tokio::test]
+async fn an_inspected_body_over_the_limit_is_refused_before_it_is_read_whole() {
+    let h = harness(30_000).await;
+    // no Content-Length: the limit (1 MiB) is enforced while reading
+    let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    let req = Request::post("/public/x")
+        .header("host", "api.example")
+        .header("content-type", "application/json")
+        .body(Frames(
+            Bytes::from(big)
+                .chunks(64 * 1024)
+                .map(Bytes::copy_from_slice)
+                .collect(),
+        ))
+        .unwrap();
+    let resp = handle(h.gw.clone(), conn(), req, None).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(h.svc.count(), 0);
+}
+
+/// A body in frames with no size hint (as a chunked upload).
+struct Frames(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }

@@ -38,6 +38,15 @@ pub struct SecurityRecord<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub upstream: Cow<'a, str>,
+    /// Detect-mode inspection findings (rule id, name, variable, reason);
+    /// left out when there are none.
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub inspection: Cow<'a, str>,
+}
+
+#[allow(clippy::ptr_arg, reason = "serde's skip_serializing_if passes the field by reference")]
+fn str_is_empty(s: &Cow<'_, str>) -> bool {
+    s.is_empty()
 }
 
 /// Longest value a string field keeps: longer values (a 16 KiB path, say)
@@ -104,6 +113,11 @@ impl SecurityRecord<'_> {
         o.push(b',');
         field(&mut o, "upstream");
         json_str(&mut o, &capped(&self.upstream));
+        if !self.inspection.is_empty() {
+            o.push(b',');
+            field(&mut o, "inspection");
+            json_str(&mut o, &capped(&self.inspection));
+        }
         o.push(b'}');
         o
     }
@@ -432,6 +446,7 @@ mod tests {
                 bytes_in: i as u64 * 1000,
                 bytes_out: u64::MAX - i as u64,
                 upstream: s.to_string().into(),
+                inspection: s.to_string().into(),
             };
             assert_eq!(
                 String::from_utf8(rec.to_json()).unwrap(),

@@ -64,6 +64,8 @@ pub struct RequestCtx {
     pub upstream: Option<String>,
     /// The request's Content-Length, when it had one.
     pub bytes_in: u64,
+    /// What the inspection step found in detect mode (block mode refuses).
+    pub inspection: Option<String>,
 }
 
 impl RequestCtx {
@@ -90,6 +92,7 @@ impl RequestCtx {
             stage: Stage::Received,
             upstream: None,
             bytes_in: 0,
+            inspection: None,
         }
     }
 
@@ -163,6 +166,7 @@ impl RequestCtx {
             bytes_in: self.bytes_in,
             bytes_out,
             upstream: Cow::Borrowed(self.upstream.as_deref().unwrap_or_default()),
+            inspection: Cow::Borrowed(self.inspection.as_deref().unwrap_or_default()),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! | 4 | request id | [`handle`] |
 //! | 5 | security log | [`handle`] writes one record per request from the [`RequestCtx`] |
 //! | 6 | per-IP rate limit | [`ratelimit::peer`], before any cryptographic work |
-//! | 7 | inspect | [`inspect::normalize_path`], [`host::canonical_host`], [`route::select`], body size, CORS preflight |
+//! | 7 | inspect | [`inspect::normalize_path`], [`host::canonical_host`], [`route::select`], body size, CORS preflight, [`inspect::content`] (query, JSON and form bodies) |
 //! | 8 | authn | [`crate::steps::authn::Authenticator`] |
 //! | 9 | per-principal rate limit | [`ratelimit::principal`] |
 //! | 10 | authz | [`crate::steps::authz::Authorizer`] -> `Permit` |
@@ -26,10 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use palisade_inspect::BodyKind;
 
+use crate::config::InspectionMode;
 use crate::error::{Body, BoxError, GatewayError, error_response, full};
 use crate::gateway::Gateway;
 use crate::steps::authz::Resource;
@@ -100,6 +102,10 @@ async fn pipeline<B: RequestBody>(
         ctx.stage = Stage::Preflight;
         return Ok(resp);
     }
+
+    // 7: content inspection (query string; JSON and form bodies, read
+    // here up to the body limit), before any cryptographic work
+    let req = inspect_content(gw, req, &route, max_body, ctx).await?;
 
     // 8: authn
     let now = palisade_core::now_nanos() / 1_000_000_000;
@@ -173,6 +179,55 @@ async fn pipeline<B: RequestBody>(
     }
     cors::on_response(&mut resp, &route, origin.as_ref());
     Ok(resp)
+}
+
+/// The body a request goes on with: the client's stream as it came, or
+/// the bytes the inspection step read and checked.
+type InspectedBody<B> = Either<B, Full<Bytes>>;
+
+/// Step 7's content inspection: the query string always, the body when the
+/// route inspects and its `Content-Type` is JSON or a form. Such a body is
+/// read whole first (under the same size, rate and idle limits as a
+/// forwarded body), checked, and forwarded as read: the bytes the checks saw
+/// are the bytes the service gets.
+async fn inspect_content<B: RequestBody>(
+    gw: &Gateway,
+    req: Request<B>,
+    route: &crate::steps::route::Route,
+    max_body: u64,
+    ctx: &mut RequestCtx,
+) -> Result<Request<InspectedBody<B>>, GatewayError> {
+    if route.inspection.mode == InspectionMode::Off {
+        return Ok(req.map(Either::Left));
+    }
+    let kind = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(BodyKind::of_content_type);
+    let Some(kind) = kind.filter(|_| !req.body().is_end_stream()) else {
+        ctx.inspection = inspect::content(&route.inspection, req.uri().query(), None)?;
+        return Ok(req.map(Either::Left));
+    };
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        ctx.inspection = inspect::uninspectable(&route.inspection, "Content-Encoding")?;
+        return Ok(req.map(Either::Left));
+    }
+    let (parts, body) = req.into_parts();
+    let (guarded, fault) = GuardedBody::new(
+        body,
+        max_body,
+        gw.limits.min_body_rate,
+        gw.limits.stream_idle_timeout,
+    );
+    let bytes = match guarded.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Err(fault.error().unwrap_or(GatewayError::InvalidBody)),
+    };
+    ctx.inspection = inspect::content(&route.inspection, parts.uri.query(), Some((kind, &bytes)))?;
+    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
 }
 
 /// Security headers on every response.

@@ -7,7 +7,9 @@
 //! segments are removed (RFC 3986 §5.2.4, clamped at the root as Envoy does);
 //! duplicate slashes are merged. The result is re-encoded for forwarding.
 
+use crate::config::{Inspection, InspectionMode};
 use crate::error::GatewayError;
+use palisade_inspect::{BodyKind, RequestParts};
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -87,6 +89,73 @@ pub fn normalize_path(raw: &str) -> Result<String, GatewayError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// The longest findings text one request logs.
+const MAX_FINDINGS_BYTES: usize = 1024;
+
+/// Step 7's content inspection (palisade-inspect's built-in checks) on the
+/// query string and, when the route reads it, a JSON or form body:
+/// `Ok(None)` when nothing matched, `Ok(Some(findings))` in detect mode
+/// (logged, the request goes on unchanged), `Err(Blocked)` in block mode.
+/// `body` is None when there is none, or it is of a type not inspected.
+pub fn content(
+    inspection: &Inspection,
+    query: Option<&str>,
+    body: Option<(BodyKind, &[u8])>,
+) -> Result<Option<String>, GatewayError> {
+    if inspection.mode == InspectionMode::Off {
+        return Ok(None);
+    }
+    let found = palisade_inspect::inspect(&RequestParts { query, body }, &inspection.limits);
+    if found.findings.is_empty() {
+        return Ok(None);
+    }
+    let malformed = found.findings.iter().all(|f| f.rule.is_malformed());
+    let mut text = String::new();
+    for f in &found.findings {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "inspection:{} {} {}: {}",
+            f.rule.id(),
+            f.rule.name(),
+            f.variable,
+            f.reason
+        ));
+        if text.len() > MAX_FINDINGS_BYTES {
+            let mut end = MAX_FINDINGS_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+            break;
+        }
+    }
+    match inspection.mode {
+        InspectionMode::Block => Err(GatewayError::Blocked {
+            findings: text,
+            malformed,
+        }),
+        _ => Ok(Some(text)),
+    }
+}
+
+/// What a body that cannot be inspected means: a `Content-Encoding` (a
+/// service's body parser would inflate it; the checks would see only
+/// compressed bytes) is refused in block mode and noted in detect mode.
+pub fn uninspectable(inspection: &Inspection, why: &str) -> Result<Option<String>, GatewayError> {
+    let text = format!("inspection: body not inspected: {why}");
+    match inspection.mode {
+        InspectionMode::Off => Ok(None),
+        InspectionMode::Detect => Ok(Some(text)),
+        InspectionMode::Block => Err(GatewayError::Blocked {
+            findings: text,
+            malformed: true,
+        }),
+    }
 }
 
 /// Percent-encode a normalised path for the upstream request line. `;` is
