@@ -69,7 +69,7 @@ fn ttl_capped_warning(requested: i64, max: i64) -> String {
 }
 
 /// Vault's warning when a requested duration is capped at the max TTL.
-fn capped_warning(what: &str, requested: i64, max: i64) -> String {
+pub(crate) fn capped_warning(what: &str, requested: i64, max: i64) -> String {
     format!(
         "{what} of {:?} exceeded the effective max_ttl of {:?}; {what} value is capped accordingly",
         format_duration(requested),

@@ -121,7 +121,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;
-            let e = core.tokens.renew(auth.token(), inc).await?;
+            let e = renew(core, auth.token(), inc).await?;
             Ok(renewed(auth.token_id(), e))
         }
         "renew" if op == Operation::Write => {
@@ -132,7 +132,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup(&id)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
-            let e = core.tokens.renew(&e, inc).await?;
+            let e = renew(core, &e, inc).await?;
             Ok(renewed(&id, e))
         }
         "renew-accessor" if op == Operation::Write => {
@@ -143,7 +143,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup_accessor(&acc)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
-            let e = core.tokens.renew(&e, inc).await?;
+            let e = renew(core, &e, inc).await?;
             Ok(renewed("", e))
         }
         "revoke-self" if op == Operation::Write => {
@@ -261,6 +261,48 @@ fn increment(req: &Request) -> Result<i64, ApiError> {
         Some(v) => fields::duration_secs(&v, "increment")?,
         None => 0,
     })
+}
+
+/// Renew a token. One created against a role renews by the role as it is
+/// now (Vault's `authRenew`): the role's period, and its explicit max TTL
+/// (the lesser of it and the token's own, so a renewal never outlives a
+/// limit the token was created with); a role deleted since → no renewal.
+async fn renew(core: &Arc<Core>, e: &TokenEntry, increment: i64) -> Result<Renewed, ApiError> {
+    if e.role.is_empty() {
+        return core.tokens.renew(e, increment).await;
+    }
+    let role = token_roles::get(&core.barrier, &e.role)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                500,
+                format!(
+                    "failed to renew entry: original token role {:?} could not be found, not renewing",
+                    e.role
+                ),
+            )
+        })?;
+    let mut by_role = e.clone();
+    by_role.period = role.effective_period();
+    let role_max = role.effective_explicit_max_ttl();
+    if role_max > 0 && (by_role.explicit_max_ttl == 0 || role_max < by_role.explicit_max_ttl) {
+        by_role.explicit_max_ttl = role_max;
+    }
+    // a role's period above the system max is capped at it (Vault's warning)
+    let max_ttl = core.tokens.limits().max_ttl;
+    let mut warnings = Vec::new();
+    if by_role.period > max_ttl {
+        warnings.push(crate::token::capped_warning(
+            "period",
+            by_role.period,
+            max_ttl,
+        ));
+        by_role.period = max_ttl;
+    }
+    let mut g = core.tokens.renew(&by_role, increment).await?;
+    warnings.append(&mut g.warnings);
+    g.warnings = warnings;
+    Ok(g)
 }
 
 fn renewed(id: &str, g: Renewed) -> Response {

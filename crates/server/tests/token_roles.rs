@@ -858,3 +858,88 @@ async fn roles_survive_a_restart() {
     let r = s.post("auth/token/create/keep", &s.root, json!({})).await;
     assert_eq!(r.auth()["policies"], json!(["a", "default"]));
 }
+
+#[tokio::test]
+async fn renewals_follow_the_role_as_it_is_now() {
+    let s = TestServer::dev().await;
+    let role = |body: Value| {
+        let s = &s;
+        async move {
+            let r = s.post("auth/token/roles/per", &s.root, body).await;
+            assert_eq!(r.status, 204, "{}", r.text);
+        }
+    };
+    let renew = |token: String, inc: &'static str| {
+        let s = &s;
+        async move {
+            s.post(
+                "auth/token/renew",
+                &s.root,
+                json!({"token": token, "increment": inc}),
+            )
+            .await
+        }
+    };
+    role(json!({"token_period": "30m"})).await;
+    let periodic = token_of(&s.post("auth/token/create/per", &s.root, json!({})).await);
+    assert_eq!(
+        renew(periodic.clone(), "5h").await.auth()["lease_duration"],
+        1800
+    );
+    // the role's period changed: renewals follow it (Vault's authRenew)
+    role(json!({"token_period": "10m"})).await;
+    let r = renew(periodic.clone(), "5h").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.auth()["lease_duration"], 600);
+    // a period over the system max is capped, with Vault's warning
+    role(json!({"token_period": "1000h"})).await;
+    let r = renew(periodic.clone(), "1h").await;
+    assert_eq!(r.auth()["lease_duration"], 2_764_800);
+    assert_eq!(
+        r.body["warnings"],
+        json!([
+            "period of \"1000h\" exceeded the effective max_ttl of \"768h\"; period value is capped accordingly"
+        ])
+    );
+
+    // the role's explicit max TTL binds renewals; the token's own (from its
+    // creation) still does when the role's is raised
+    role(json!({"token_period": 0, "token_explicit_max_ttl": "2h"})).await;
+    let capped = token_of(
+        &s.post("auth/token/create/per", &s.root, json!({"ttl": "1h"}))
+            .await,
+    );
+    assert_eq!(
+        renew(capped.clone(), "5h").await.auth()["lease_duration"],
+        7200
+    );
+    role(json!({"token_explicit_max_ttl": "90m"})).await;
+    assert_eq!(
+        renew(capped.clone(), "5h").await.auth()["lease_duration"],
+        5400
+    );
+    role(json!({"token_explicit_max_ttl": "10h"})).await;
+    assert_eq!(
+        renew(capped.clone(), "5h").await.auth()["lease_duration"],
+        7200
+    );
+
+    // the role deleted: no renewal (OpenBao's answer), the token lives on
+    let r = s.delete("auth/token/roles/per", &s.root).await;
+    assert_eq!(r.status, 204);
+    for t in [&periodic, &capped] {
+        let r = renew(t.to_string(), "1h").await;
+        assert_error(
+            &r,
+            500,
+            "failed to renew entry: original token role \"per\" could not be found, not renewing",
+        );
+        assert_eq!(lookup(&s, t).await.data()["role"], "per");
+    }
+    let r = s.post("auth/token/renew-self", &periodic, json!({})).await;
+    assert_error(
+        &r,
+        500,
+        "failed to renew entry: original token role \"per\" could not be found, not renewing",
+    );
+}
