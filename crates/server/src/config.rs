@@ -496,6 +496,33 @@ mod tests {
     }
 
     #[test]
+    fn unauthenticated_rekey_and_generate_root_are_off_unless_named() {
+        let base = "[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\n";
+        let c = parse(base, &no_env).unwrap();
+        assert!(!c.unauthenticated_rekey && !c.unauthenticated_generate_root);
+        let c = parse(
+            &format!("dangerous_unauthenticated_rekey = true\n{base}"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(c.unauthenticated_rekey && !c.unauthenticated_generate_root);
+        let c = parse(
+            &format!("dangerous_unauthenticated_generate_root = true\n{base}"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(!c.unauthenticated_rekey && c.unauthenticated_generate_root);
+        // Vault's and OpenBao's names are not ours: refused, never ignored
+        assert!(
+            parse(
+                &format!("disable_unauthed_rekey_endpoints = false\n{base}"),
+                &no_env
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn listener_limits_ttls_and_api_audit_dirs() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
