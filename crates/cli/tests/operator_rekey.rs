@@ -328,6 +328,82 @@ async fn rekey_and_generate_root_through_the_cli() {
     server.kill9();
 }
 
+/// The recovery path when no token can generate a root: a server started
+/// with `dangerous_unauthenticated_generate_root = true` (and a warning in
+/// its log) lets the share holders make one without a token; rekey stays
+/// behind sudo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_root_without_a_token_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::sqlite(dir.path());
+    spec.top_level = "dangerous_unauthenticated_generate_root = true\n".into();
+    let server = Server::start(&spec).await;
+    let c = spec.client();
+    let (keys, root) = common::init(&c, &server, 3, 2).await;
+    common::unseal(&c, &server, &keys[1..]).await;
+    // every root token gone
+    let r = c
+        .post(server.url("auth/token/revoke-self"))
+        .header("X-Vault-Token", &root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let home = dir.path().display().to_string();
+    let anon = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("HOME", home.as_str()),
+    ];
+    let (code, _, err) = palisade(&["operator", "rekey", "--status"], &anon);
+    assert_eq!(code, 2);
+    assert!(err.contains("permission denied"), "{err}");
+
+    let (code, out, err) = palisade(&["operator", "generate-root", "--init"], &anon);
+    assert_eq!(code, 0, "{out}{err}");
+    let otp = row(&out, "OTP");
+    assert_eq!(otp.len(), 28);
+    let mut out = String::new();
+    for k in &keys[..2] {
+        let (code, o, err) = palisade_stdin(
+            &["operator", "generate-root"],
+            &anon,
+            format!("{k}\n").as_bytes(),
+        );
+        assert_eq!(code, 0, "{o}{err}");
+        out = o;
+    }
+    let encoded = row(&out, "Encoded Token");
+    let (code, token, err) = palisade(
+        &[
+            "operator",
+            "generate-root",
+            "--decode",
+            &encoded,
+            "--otp",
+            &otp,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let (code, out, err) = palisade(
+        &["operator", "key-status"],
+        &[
+            ("PALISADE_ADDR", server.addr.as_str()),
+            ("PALISADE_TOKEN", token.as_str()),
+            ("HOME", home.as_str()),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let log = server.output();
+    assert!(
+        log.contains("dangerous_unauthenticated_generate_root = true"),
+        "{log}"
+    );
+    assert_no_secrets("the server output", &log, &[otp, token, encoded]);
+    assert_no_secrets("the server output", &log, &keys);
+}
+
 /// kill -9 at arbitrary moments around the `sys/rekey/verify` that makes new
 /// shares take effect: after every restart either the old shares or the new
 /// ones unseal, never neither; once the verification was acknowledged, the

@@ -69,6 +69,8 @@ pub struct Spec {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// PEM of a CA to trust when polling a TLS listener.
     pub ca_pem: Option<Vec<u8>>,
+    /// Extra top-level TOML lines (`key = value\n`...).
+    pub top_level: String,
 }
 
 impl Spec {
@@ -81,6 +83,7 @@ impl Spec {
             api_audit: false,
             tls: None,
             ca_pem: None,
+            top_level: String::new(),
         }
     }
 
@@ -91,7 +94,7 @@ impl Spec {
     /// The TOML given to `palisade server --config`. Strings use Rust's
     /// `{:?}`, which matches TOML basic-string escaping for these paths.
     pub fn config_toml(&self, port: u16) -> String {
-        let mut s = String::from("log_level = \"info\"\n\n[storage]\n");
+        let mut s = format!("log_level = \"info\"\n{}\n[storage]\n", self.top_level);
         match &self.storage {
             Storage::Sqlite(p) => {
                 s += &format!(
