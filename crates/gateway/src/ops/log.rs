@@ -44,7 +44,10 @@ pub struct SecurityRecord<'a> {
     pub inspection: Cow<'a, str>,
 }
 
-#[allow(clippy::ptr_arg, reason = "serde's skip_serializing_if passes the field by reference")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "serde's skip_serializing_if passes the field by reference"
+)]
 fn str_is_empty(s: &Cow<'_, str>) -> bool {
     s.is_empty()
 }
