@@ -50,6 +50,9 @@ impl Target {
     }
 }
 
+/// The schemes WHATWG parses with an authority however many slashes follow.
+const SPECIAL_SCHEMES: &[&str] = &["http", "https", "ws", "wss", "ftp"];
+
 const SSRF_SCHEMES: &[&str] = &[
     "file", "gopher", "dict", "ldap", "ldaps", "tftp", "jar", "netdoc", "phar", "expect",
 ];
@@ -98,17 +101,27 @@ pub(crate) fn check(arg: &Arg, findings: &mut Vec<Finding>) {
         return;
     }
     let named = arg.segments.last().is_some_and(|n| url_named(n));
-    let candidate = if value.contains("://") {
-        value.to_owned()
-    } else if let Some(rest) = value.strip_prefix("//") {
-        format!("http://{rest}")
-    } else if named && !value.contains(char::is_whitespace) {
-        format!("http://{value}")
-    } else {
-        return;
-    };
-    let Ok(url) = Url::parse(&candidate) else {
-        return;
+    // A value Node's URL parser reads as an absolute http(s)/ws(s)/ftp URL,
+    // or one with an SSRF scheme: also `http:/127.0.0.1`, `http:127.0.0.1`
+    // and `http:\\127.0.0.1`, which WHATWG reads as `http://127.0.0.1/`.
+    let absolute = Url::parse(value)
+        .ok()
+        .filter(|u| SPECIAL_SCHEMES.contains(&u.scheme()) || SSRF_SCHEMES.contains(&u.scheme()));
+    let url = match absolute {
+        Some(u) => u,
+        None => {
+            let candidate = if let Some(rest) = value.strip_prefix("//") {
+                format!("http://{rest}")
+            } else if named && !value.contains(char::is_whitespace) {
+                format!("http://{value}")
+            } else {
+                return;
+            };
+            let Ok(url) = Url::parse(&candidate) else {
+                return;
+            };
+            url
+        }
     };
     if let Some(t) = classify_url(&url) {
         let what = match url.host() {
