@@ -21,6 +21,13 @@ use crate::logical::ApiError;
 /// The path the device will write, with its directory resolved; or why not.
 /// Errors never echo the path (it is a request value).
 pub fn check_api_file_path(raw: &str, allowed: &[PathBuf]) -> Result<PathBuf, ApiError> {
+    // no control or format characters: such a name forges log lines and
+    // hides from anyone listing the directory
+    if raw.chars().any(|c| !crate::canonical::is_printable(c)) {
+        return Err(ApiError::bad_request(
+            "file_path must not contain control or invisible characters",
+        ));
+    }
     let path = Path::new(raw);
     if !path.is_absolute() {
         return Err(ApiError::bad_request("file_path must be an absolute path"));

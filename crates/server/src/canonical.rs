@@ -126,7 +126,7 @@ fn decode(raw: &str) -> Result<String, ApiError> {
 /// Go's `unicode.IsPrint` as far as names can hide: no control characters,
 /// no whitespace but U+0020, no format characters (zero-width spaces and
 /// joiners, bidirectional controls, the byte-order mark, soft hyphen, tags).
-fn is_printable(c: char) -> bool {
+pub(crate) fn is_printable(c: char) -> bool {
     if c == ' ' {
         return true;
     }

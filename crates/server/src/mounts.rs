@@ -108,8 +108,12 @@ impl MountTable {
         if path
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
-            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            || path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || !crate::canonical::is_printable(c))
         {
+            // format characters too (U+200B, U+202E, ...): no request path
+            // could ever name such a mount again (canonical.rs refuses them)
             return Err(ApiError::bad_request("invalid mount path"));
         }
         let path = format!("{path}/");

@@ -185,10 +185,10 @@ pub async fn remount(core: &Core, auth: &Authorized) -> Result<Response, ApiErro
             "invalid destination mount: path '{to}' does not match cleaned path '{cleaned}'"
         )));
     }
-    if to
-        .chars()
-        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
-    {
+    // Go's unicode.IsPrint, as OpenBao checks: also the format characters
+    // (U+200B, U+202E, ...) that no request path may carry (canonical.rs),
+    // so a mount moved there could never be reached or disabled again
+    if to.chars().any(|c| !crate::canonical::is_printable(c)) {
         return Err(ApiError::bad_request(
             "invalid destination mount: path cannot contain non-printable characters",
         ));

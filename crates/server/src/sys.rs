@@ -355,10 +355,13 @@ fn effective_ttls(core: &Core, c: &MountConfig) -> (i64, i64) {
     )
 }
 
-/// A TTL for `.../tune`: a duration, or `system` (0: the system's).
+/// A TTL for `.../tune`: a duration, or `system` (0: the system's). Absent,
+/// `null` and `""` leave it as it is (OpenBao): never a silent reset to the
+/// system's maximum.
 fn tune_ttl(req: &Request, name: &str, current: i64) -> Result<i64, ApiError> {
     match req.data.get(name) {
-        None => Ok(current),
+        None | Some(Value::Null) => Ok(current),
+        Some(Value::String(s)) if s.is_empty() => Ok(current),
         Some(Value::String(s)) if s == "system" => Ok(0),
         Some(v) => fields::duration_secs(v, name),
     }

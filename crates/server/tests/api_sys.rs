@@ -665,6 +665,13 @@ async fn mount_tune_reports_effective_ttls() {
         s.get("sys/mounts", &s.root).await.data()["test/"]["config"]["default_lease_ttl"],
         0
     );
+    // null and "" leave a TTL as it is (OpenBao), never a silent widening
+    for body in [json!({"max_lease_ttl": null}), json!({"max_lease_ttl": ""})] {
+        let r = s.post("sys/mounts/test/tune", &s.root, body).await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let r = s.get("sys/mounts/test/tune", &s.root).await;
+        assert_eq!(r.data()["max_lease_ttl"], json!(8600), "{}", r.text);
+    }
 
     // refused, as Vault: a max below the default, however it comes about
     let r = s

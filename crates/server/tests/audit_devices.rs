@@ -147,6 +147,22 @@ async fn api_file_devices_are_confined() {
     std::fs::write(&profile, "export PATH=/usr/bin\n").unwrap();
     let profile_before = std::fs::read(&profile).unwrap();
 
+    // a name with a newline, an escape or an invisible character: refused
+    // before anything is opened or logged (it would forge server log lines)
+    for bad in [
+        "x\n2026-12-05T17:40:21Z ERROR forged\u{1b}[31m.log",
+        "x\u{200b}.log",
+        "x\u{0}.log",
+    ] {
+        let target = s.path(bad);
+        let r = s.put("sys/audit/a", &s.root, enable_body(&target)).await;
+        assert_error(
+            &r,
+            400,
+            "file_path must not contain control or invisible characters",
+        );
+        assert!(!target.exists());
+    }
     // outside, existing file: refused, untouched
     let r = s.put("sys/audit/a", &s.root, enable_body(&profile)).await;
     assert_error(&r, 400, OUTSIDE);

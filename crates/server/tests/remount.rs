@@ -174,6 +174,14 @@ async fn remounts_are_refused_as_openbao_refuses_them() {
             json!({"from": "secret", "to": "a\tb"}),
             "invalid destination mount: path cannot contain non-printable characters",
         ),
+        (
+            json!({"from": "secret", "to": "zz\u{200b}"}),
+            "invalid destination mount: path cannot contain non-printable characters",
+        ),
+        (
+            json!({"from": "secret", "to": "zz\u{202e}"}),
+            "invalid destination mount: path cannot contain non-printable characters",
+        ),
         (json!({"from": "secret", "to": "a b"}), "invalid mount path"),
         (json!({"from": "sys", "to": "x"}), "cannot remount \"sys/\""),
         (
