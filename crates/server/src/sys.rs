@@ -455,6 +455,11 @@ async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
             Ok(Response::data(out).with_top_level())
         }
         Operation::Write => {
+            if req.data.contains_key("token_type") {
+                return Err(ApiError::bad_request(
+                    "'token_type' can only be modified on auth mounts",
+                ));
+            }
             let default_ttl = tune_ttl(req, "default_lease_ttl", m.config.default_lease_ttl)?;
             let max_ttl = tune_ttl(req, "max_lease_ttl", m.config.max_lease_ttl)?;
             // Vault's check (a 0 is the system's and is not compared)

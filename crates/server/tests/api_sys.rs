@@ -665,6 +665,17 @@ async fn mount_tune_reports_effective_ttls() {
         s.get("sys/mounts", &s.root).await.data()["test/"]["config"]["default_lease_ttl"],
         0
     );
+    // token_type belongs to auth mounts (OpenBao's refusal), nothing changes
+    let r = s
+        .post(
+            "sys/mounts/test/tune",
+            &s.root,
+            json!({"token_type": "batch", "max_lease_ttl": "1h"}),
+        )
+        .await;
+    assert_error(&r, 400, "'token_type' can only be modified on auth mounts");
+    let r = s.get("sys/mounts/test/tune", &s.root).await;
+    assert_eq!(r.data()["max_lease_ttl"], json!(8600), "{}", r.text);
     // null and "" leave a TTL as it is (OpenBao), never a silent widening
     for body in [json!({"max_lease_ttl": null}), json!({"max_lease_ttl": ""})] {
         let r = s.post("sys/mounts/test/tune", &s.root, body).await;
