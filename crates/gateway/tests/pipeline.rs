@@ -638,6 +638,17 @@ async fn inspection_blocks_node_attacks_before_authentication_and_nothing_reache
         "{}",
         a.body
     );
+    // a non-ASCII byte in a Content-Type parameter does not hide the body
+    let mut req = post(
+        "/public/login",
+        "application/json",
+        r#"{"user":"alice","password":{"$ne":"x"}}"#,
+    );
+    req.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_bytes(b"application/json; x=\"\xc3\xa9\"").unwrap(),
+    );
+    h.send(req).await.assert_error(403, "request_blocked");
     // malformed JSON is the client's error
     let a = h
         .send(post("/public/x", "application/json", r#"{"a":"#))

@@ -1,21 +1,33 @@
 //! JSON bodies: parsed with serde_json's tokenizer (no hand-written
 //! parser), walked without building a tree. Every member and array element
-//! becomes an [`Arg`] (containers with no value, scalars with their text);
-//! nesting, member count and repeated keys are checked while parsing, so a
-//! bomb stops at its limit instead of after it was built.
+//! is checked as it is read (its key by the name checks, a scalar value by
+//! the SSRF check), with only the current path kept; nesting, member count
+//! and repeated keys are checked while parsing, so a bomb stops at its
+//! limit instead of after it was built.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::{Arg, Finding, Inspection, Limits, Rule, Source, cap};
+use crate::{Finding, Inspection, Limits, Rule, cap, keys, ssrf};
+
+/// What the checks need to know about one key of the current path,
+/// worked out once when the key is read (a member's checks must not scan
+/// its ancestors' keys again: long keys times many members).
+#[derive(Clone, Copy)]
+struct KeyInfo {
+    /// None for an array index; else whether the key names URLs or hosts.
+    url_named: Option<bool>,
+    /// Its last token is `constructor`.
+    constructor: bool,
+}
 
 struct Walker<'l> {
     limits: &'l Limits,
     path: Vec<String>,
+    info: Vec<KeyInfo>,
     members: usize,
-    args: Vec<Arg>,
     findings: Vec<Finding>,
     /// The limit that stopped the parse (the serde error then only unwinds).
     stopped: Option<Finding>,
@@ -23,12 +35,7 @@ struct Walker<'l> {
 
 impl Walker<'_> {
     fn pointer(&self) -> String {
-        Arg {
-            source: Source::Json,
-            segments: self.path.clone(),
-            value: None,
-        }
-        .variable()
+        pointer(&self.path)
     }
 
     fn stop<E: de::Error>(&mut self, rule: Rule, reason: String) -> E {
@@ -108,17 +115,23 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let mut i = 0usize;
         loop {
             self.w.path.push(i.to_string());
+            self.w.info.push(KeyInfo {
+                url_named: None,
+                constructor: false,
+            });
             let next = seq.next_element_seed(Node {
                 w: &mut *self.w,
                 depth,
             })?;
             let Some(kind) = next else {
                 self.w.path.pop();
+                self.w.info.pop();
                 break;
             };
             self.w.count::<A::Error>()?;
             push_arg(self.w, kind);
             self.w.path.pop();
+            self.w.info.pop();
             i += 1;
         }
         Ok(Kind::Container)
@@ -135,7 +148,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         let mut seen: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             self.w.count::<A::Error>()?;
-            if !seen.insert(key.clone()) {
+            if !seen.insert(key.clone()) && self.w.findings.len() < crate::MAX_FINDINGS {
                 self.w.path.push(key.clone());
                 let variable = self.w.pointer();
                 self.w.path.pop();
@@ -145,6 +158,11 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                     reason: "key repeated in one object (JSON.parse keeps the last)".into(),
                 });
             }
+            let last = keys::tokens(&key).next_back();
+            self.w.info.push(KeyInfo {
+                url_named: Some(last.is_some_and(ssrf::url_named)),
+                constructor: last == Some("constructor"),
+            });
             self.w.path.push(key);
             let kind = map.next_value_seed(Node {
                 w: &mut *self.w,
@@ -152,21 +170,60 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             })?;
             push_arg(self.w, kind);
             self.w.path.pop();
+            self.w.info.pop();
         }
         Ok(Kind::Container)
     }
 }
 
+/// Check the member at the current path: its key (with its parent, for
+/// `constructor` → `prototype`) and, for a scalar, its value.
 fn push_arg(w: &mut Walker<'_>, kind: Kind) {
-    let value = match kind {
-        Kind::Scalar(s) => Some(s),
-        Kind::Container | Kind::Null => None,
-    };
-    w.args.push(Arg {
-        source: Source::Json,
-        segments: w.path.clone(),
-        value,
-    });
+    let Walker {
+        path,
+        info,
+        findings,
+        ..
+    } = w;
+    // enough to decide and to log: a body of many bad members stops being
+    // judged (it is refused or logged on the first ones)
+    if findings.len() >= crate::MAX_FINDINGS {
+        return;
+    }
+    let variable = || pointer(path);
+    let n = info.len();
+    let last = path.last().map(String::as_str).unwrap_or_default();
+    let after_constructor = n >= 2 && info[n - 2].constructor;
+    keys::check(keys::tokens(last), after_constructor, findings, &variable);
+    if let Kind::Scalar(v) = kind {
+        // the member's name: the nearest key that is not an array index
+        let named = info.iter().rev().find_map(|i| i.url_named).unwrap_or(false);
+        ssrf::check(named, &v, findings, &variable);
+    }
+}
+
+/// `json:` and the JSON pointer of `path`, written only up to the cap (a
+/// path of long keys is never copied whole).
+fn pointer(path: &[String]) -> String {
+    let mut out = String::from("json:");
+    if path.is_empty() {
+        out.push('/');
+    }
+    for s in path {
+        if out.len() > crate::MAX_VARIABLE_BYTES {
+            break;
+        }
+        out.push('/');
+        let room = crate::MAX_VARIABLE_BYTES + 8 - out.len().min(crate::MAX_VARIABLE_BYTES);
+        for c in s.chars().take(room) {
+            match c {
+                '~' => out.push_str("~0"),
+                '/' => out.push_str("~1"),
+                c => out.push(c),
+            }
+        }
+    }
+    cap(out)
 }
 
 /// Parse `body` as one JSON value into `out`.
@@ -174,11 +231,17 @@ pub(crate) fn parse(body: &[u8], limits: &Limits, out: &mut Inspection) {
     let mut w = Walker {
         limits,
         path: Vec::new(),
+        info: Vec::new(),
         members: 0,
-        args: Vec::new(),
         findings: Vec::new(),
         stopped: None,
     };
+    // body-parser reads a JSON body with a UTF-8 byte-order mark, and an
+    // empty one as no body
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = Node {
         w: &mut w,
@@ -206,7 +269,6 @@ pub(crate) fn parse(body: &[u8], limits: &Limits, out: &mut Inspection) {
             w.findings.push(finding);
         }
     }
-    out.args.args.append(&mut w.args);
     out.findings.append(&mut w.findings);
 }
 

@@ -1,92 +1,76 @@
 //! Checks on parameter names: MongoDB operators and prototype pollution.
+//!
+//! A name is judged by its tokens: the text between `[`, `]` and `.`. That
+//! covers every way qs nests a name (`a[b][c]`, a leading `[b]`, text
+//! between groups, `allowDots`), the bracket and dot paths that path-setter
+//! libraries take inside one JSON key (`__proto__[x]`, `a.__proto__.b`),
+//! without having to be qs: a token that qs would not nest is judged too.
 
-use crate::{Arg, Finding, Rule, Source};
+use crate::{Finding, Rule};
 
-/// MongoDB query, update and expression operators that change what a query
-/// matches or does when a client's object reaches `find`, `update` or
-/// `$match` unchanged. `$`-keys that are not operators (JSON Schema's
-/// `$schema`, `$ref`, `$id`) are not listed.
-const OPERATORS: &[&str] = &[
-    "$where",
-    "$ne",
-    "$eq",
-    "$gt",
-    "$gte",
-    "$lt",
-    "$lte",
-    "$in",
-    "$nin",
-    "$regex",
-    "$options",
-    "$exists",
-    "$type",
-    "$expr",
-    "$or",
-    "$and",
-    "$nor",
-    "$not",
-    "$elemMatch",
-    "$all",
-    "$size",
-    "$mod",
-    "$text",
-    "$search",
-    "$jsonSchema",
-    "$function",
-    "$accumulator",
-    "$lookup",
-    "$unionWith",
-    "$merge",
-    "$out",
-    "$set",
-    "$unset",
-    "$inc",
-    "$push",
-    "$pull",
-    "$rename",
-    "$setOnInsert",
-    "$addToSet",
-    "$currentDate",
+/// `$`-keys that are not operators: JSON Schema's keywords.
+const NOT_OPERATORS: &[&str] = &[
+    "$schema",
+    "$ref",
+    "$id",
+    "$defs",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$vocabulary",
+    "$comment",
 ];
 
-/// The segments to judge for one argument, each also split at `.` (qs's
-/// `allowDots`, lodash-style paths): for JSON only the last key (every
-/// prefix of a JSON path is an argument of its own), for the query and
-/// forms every segment of the name.
-fn judged(arg: &Arg) -> Vec<&str> {
-    let segs: &[String] = match arg.source {
-        Source::Json => match arg.segments.last() {
-            Some(_) => &arg.segments[arg.segments.len() - 1..],
-            None => &[],
-        },
-        Source::Query | Source::Form => &arg.segments,
-    };
-    segs.iter().flat_map(|s| s.split('.')).collect()
+/// The tokens of a name: the text between `[`, `]` and `.`, empties dropped.
+pub(crate) fn tokens(name: &str) -> impl DoubleEndedIterator<Item = &str> {
+    name.split(['[', ']', '.']).filter(|t| !t.is_empty())
 }
 
-pub(crate) fn check(arg: &Arg, findings: &mut Vec<Finding>) {
-    let parts = judged(arg);
-    if let Some(op) = parts.iter().find(|p| OPERATORS.contains(p)) {
+/// A MongoDB operator: `$` and a letter (`$ne`, `$where`, `$bitsAllClear`,
+/// `$set`: every operator, known or future), but not JSON Schema's
+/// keywords. `$` alone or before a digit (prices) is not one.
+fn is_operator(t: &str) -> bool {
+    let mut c = t.chars();
+    c.next() == Some('$')
+        && c.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && !NOT_OPERATORS.contains(&t)
+}
+
+/// Judge the tokens of one name (in order); `after_constructor`: the name
+/// sits directly under a `constructor` key (a JSON member's parent);
+/// `variable` names it for a finding (built only when there is one).
+pub(crate) fn check<'a>(
+    tokens: impl Iterator<Item = &'a str>,
+    after_constructor: bool,
+    findings: &mut Vec<Finding>,
+    variable: &dyn Fn() -> String,
+) {
+    let mut operator = None;
+    let mut proto = false;
+    let mut constructor = after_constructor;
+    for t in tokens {
+        if operator.is_none() && is_operator(t) {
+            operator = Some(t);
+        }
+        match t {
+            "__proto__" => proto = true,
+            "constructor" => constructor = true,
+            "prototype" if constructor => proto = true,
+            _ => {}
+        }
+    }
+    if let Some(op) = operator {
+        let op: String = op.chars().take(32).collect();
         findings.push(Finding {
             rule: Rule::NoSqlOperator,
-            variable: arg.variable(),
+            variable: variable(),
             reason: format!("MongoDB operator {op} as a key"),
         });
     }
-    let proto = parts.contains(&"__proto__")
-        || parts.windows(2).any(|w| w == ["constructor", "prototype"])
-        // a JSON `prototype` key directly under `constructor`
-        || (arg.source == Source::Json
-            && parts.first() == Some(&"prototype")
-            && arg.segments.len() >= 2
-            && arg.segments[arg.segments.len() - 2]
-                .split('.')
-                .next_back()
-                == Some("constructor"));
     if proto {
         findings.push(Finding {
             rule: Rule::PrototypePollution,
-            variable: arg.variable(),
+            variable: variable(),
             reason: "__proto__ or constructor.prototype in a key".into(),
         });
     }

@@ -160,7 +160,10 @@ impl Arg {
     }
 }
 
-/// Every parameter of a request, parsed once.
+/// The query string's and a form body's parameters, parsed once. JSON
+/// members are checked while the body is parsed and not kept: a copy of
+/// every member's path would let a small body of long, deep keys and a
+/// large array take memory in proportion to their product.
 #[derive(Clone, Debug, Default)]
 pub struct Args {
     pub args: Vec<Arg>,
@@ -168,6 +171,9 @@ pub struct Args {
 
 /// The longest variable name a finding carries.
 pub const MAX_VARIABLE_BYTES: usize = 256;
+
+/// Findings recorded per request at most: one decides, a few explain.
+pub const MAX_FINDINGS: usize = 16;
 
 fn cap(mut s: String) -> String {
     if s.len() > MAX_VARIABLE_BYTES {
@@ -264,9 +270,24 @@ pub fn inspect(req: &RequestParts<'_>, limits: &Limits) -> Inspection {
         Some((BodyKind::Json, body)) => json::parse(body, limits, &mut out),
         None => {}
     }
+    // query and form parameters (JSON members are checked while parsed)
     for arg in &out.args.args {
-        keys::check(arg, &mut out.findings);
-        ssrf::check(arg, &mut out.findings);
+        if out.findings.len() >= MAX_FINDINGS {
+            break;
+        }
+        let variable = || arg.variable();
+        let all = arg.segments.iter().flat_map(|s| keys::tokens(s));
+        keys::check(all, false, &mut out.findings, &variable);
+        if let Some(v) = &arg.value {
+            let named = arg
+                .segments
+                .iter()
+                .rev()
+                .flat_map(|s| keys::tokens(s).rev())
+                .find(|t| !t.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(ssrf::url_named);
+            ssrf::check(named, v, &mut out.findings, &variable);
+        }
     }
     out
 }

@@ -22,7 +22,16 @@ pub(crate) fn parse(text: &str, source: Source, limits: &Limits, out: &mut Inspe
             });
             return;
         }
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        // qs: a name ends at the first `]=` if there is one, else at the
+        // first `=` (`a[x=y][$ne]=1` is the name `a[x=y][$ne]`)
+        let split = match pair.find("]=") {
+            Some(i) => Some(i + 1),
+            None => pair.find('='),
+        };
+        let (raw_name, raw_value) = match split {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, ""),
+        };
         let malformed = |what: &str| Finding {
             rule: Rule::MalformedEncoding,
             variable: cap(format!("{}:{raw_name}", source.as_str())),

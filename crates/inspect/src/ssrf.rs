@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use url::{Host, Url};
 
-use crate::{Arg, Finding, Rule};
+use crate::{Finding, Rule};
 
 /// What a URL points at that a public API's client should never name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +57,11 @@ const SSRF_SCHEMES: &[&str] = &[
     "file", "gopher", "dict", "ldap", "ldaps", "tftp", "jar", "netdoc", "phar", "expect",
 ];
 
-/// Names of parameters that carry a URL or a host even without a scheme.
-fn url_named(name: &str) -> bool {
+/// Names of parameters that carry a URL or a host even without a scheme
+/// (`url`, `imageUrl`, `callback_url`, `webhooks`, ...).
+pub(crate) fn url_named(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
+    let n = n.strip_suffix('s').unwrap_or(&n);
     const EXACT: &[&str] = &[
         "url",
         "uri",
@@ -84,7 +86,7 @@ fn url_named(name: &str) -> bool {
         "avatar",
         "server",
     ];
-    EXACT.contains(&n.as_str())
+    EXACT.contains(&n)
         || [
             "url", "uri", "href", "host", "hostname", "endpoint", "callback", "webhook",
         ]
@@ -92,31 +94,78 @@ fn url_named(name: &str) -> bool {
         .any(|s| n.ends_with(s))
 }
 
-pub(crate) fn check(arg: &Arg, findings: &mut Vec<Finding>) {
-    let Some(value) = arg.value.as_deref() else {
-        return;
-    };
-    let value = value.trim();
-    if value.is_empty() || value.len() > 8192 {
+/// A scheme-less value that names a host: its first part (up to `/`, `?`,
+/// `#` or whitespace) has a `.` or `:` or is a bracketed IPv6 literal, and
+/// is not a plain number (`next=20`, `image=5` are not addresses).
+fn looks_like_host(v: &str) -> bool {
+    let head = v
+        .split(|c: char| c == '/' || c == '?' || c == '#' || c == '\\' || c.is_whitespace())
+        .next()
+        .unwrap_or_default();
+    if head.is_empty() || head.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    head.starts_with('[')
+        || head.contains('.')
+        || head.contains(':')
+        || classify_name(head).is_some()
+}
+
+/// The part of a URL-valued string that decides where it goes: WHATWG's
+/// trimming (leading and trailing C0 controls and spaces; tabs and newlines
+/// anywhere), cut before the query or fragment and capped, so padding after
+/// the authority cannot push a value past the check.
+fn significant(value: &str) -> String {
+    let v = value.trim_matches(|c: char| c <= ' ');
+    let v: String = v
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let cut = v.find(['?', '#']).unwrap_or(v.len());
+    let mut end = cut.min(4096);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
+}
+
+/// Judge a parameter's value; `named`: the parameter's name (its last
+/// token that is not an array index) is one that carries URLs or hosts;
+/// `variable` names it for a finding.
+pub(crate) fn check(
+    named: bool,
+    value: &str,
+    findings: &mut Vec<Finding>,
+    variable: &dyn Fn() -> String,
+) {
+    let value = significant(value);
+    if value.is_empty() {
         return;
     }
-    let named = arg.segments.last().is_some_and(|n| url_named(n));
-    // A value Node's URL parser reads as an absolute http(s)/ws(s)/ftp URL,
-    // or one with an SSRF scheme: also `http:/127.0.0.1`, `http:127.0.0.1`
-    // and `http:\\127.0.0.1`, which WHATWG reads as `http://127.0.0.1/`.
-    let absolute = Url::parse(value)
-        .ok()
-        .filter(|u| SPECIAL_SCHEMES.contains(&u.scheme()) || SSRF_SCHEMES.contains(&u.scheme()));
+    // An absolute URL as Node's URL parser reads it: a special scheme
+    // (http(s), ws(s), ftp: also `http:/127.0.0.1`, `http:127.0.0.1`,
+    // `http:\\127.0.0.1`), an SSRF scheme, or any `scheme://` (redis://,
+    // postgres://, ...: their host is opaque to WHATWG, judged by name).
+    let absolute = Url::parse(&value).ok().filter(|u| {
+        SPECIAL_SCHEMES.contains(&u.scheme())
+            || SSRF_SCHEMES.contains(&u.scheme())
+            || value.contains("://")
+    });
     let url = match absolute {
         Some(u) => u,
         None => {
-            let candidate = if let Some(rest) = value.strip_prefix("//") {
-                format!("http://{rest}")
-            } else if named && !value.contains(char::is_whitespace) {
-                format!("http://{value}")
-            } else {
-                return;
-            };
+            // relative references a service resolves against its own base:
+            // `//host`, and `\\host`, `\/host`, `/\\host` (backslashes are
+            // slashes in special URLs)
+            let b = value.as_bytes();
+            let candidate =
+                if b.len() >= 2 && matches!(b[0], b'/' | b'\\') && matches!(b[1], b'/' | b'\\') {
+                    format!("http://{}", &value[2..])
+                } else if named && looks_like_host(&value) {
+                    format!("http://{value}")
+                } else {
+                    return;
+                };
             let Ok(url) = Url::parse(&candidate) else {
                 return;
             };
@@ -124,14 +173,10 @@ pub(crate) fn check(arg: &Arg, findings: &mut Vec<Finding>) {
         }
     };
     if let Some(t) = classify_url(&url) {
-        let what = match url.host() {
-            Some(Host::Domain(_)) | None => t.as_str().to_owned(),
-            Some(h) => format!("{} {h}", t.as_str()),
-        };
         findings.push(Finding {
             rule: Rule::SsrfTarget,
-            variable: arg.variable(),
-            reason: format!("URL names a {what}"),
+            variable: variable(),
+            reason: format!("URL names a {}", t.as_str()),
         });
     }
 }
@@ -207,8 +252,21 @@ fn classify_v6(a: Ipv6Addr) -> Option<Target> {
 /// Services that answer every name under them with the address the name
 /// spells (nip.io: `10.0.0.1.nip.io`, `app-10-0-0-1.nip.io`,
 /// `0a000001.nip.io`), and those that answer 127.0.0.1 for every name.
-const EMBEDDING_DNS: &[&str] = &["nip.io", "sslip.io", "xip.io", "nip.direct", "traefik.me"];
-const LOOPBACK_DNS: &[&str] = &["localtest.me", "lvh.me", "vcap.me", "lacolhost.com"];
+const EMBEDDING_DNS: &[&str] = &[
+    "nip.io",
+    "sslip.io",
+    "xip.io",
+    "xip.name",
+    "nip.direct",
+    "traefik.me",
+];
+const LOOPBACK_DNS: &[&str] = &[
+    "localtest.me",
+    "lvh.me",
+    "vcap.me",
+    "lacolhost.com",
+    "localh.st",
+];
 
 fn under(name: &str, zone: &str) -> bool {
     name == zone
@@ -219,6 +277,18 @@ fn under(name: &str, zone: &str) -> bool {
 
 fn classify_name(d: &str) -> Option<Target> {
     let name = d.trim_end_matches('.').to_ascii_lowercase();
+    // the opaque host of a non-special URL (redis://127.0.0.1) is not
+    // parsed as an address by WHATWG: the client library will
+    if let Ok(a) = name.parse::<Ipv4Addr>() {
+        return classify_v4(a);
+    }
+    if let Some(a) = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .and_then(|n| n.parse::<Ipv6Addr>().ok())
+    {
+        return classify_v6(a);
+    }
     if matches!(
         name.as_str(),
         "metadata" | "metadata.google.internal" | "metadata.goog" | "instance-data"
@@ -226,10 +296,11 @@ fn classify_name(d: &str) -> Option<Target> {
     {
         return Some(Target::CloudMetadata);
     }
+    // names under the private-use zones (the zone itself is no host name)
     if ["localhost", "localdomain", "ip6-localhost", "ip6-loopback"].contains(&name.as_str())
         || ["localhost", "internal", "local", "localdomain", "home.arpa"]
             .iter()
-            .any(|z| under(&name, z))
+            .any(|z| name.len() > z.len() && under(&name, z))
     {
         return Some(Target::LocalName);
     }

@@ -93,25 +93,9 @@ fn arguments_are_parsed_once_with_their_names_split_as_qs_and_json_paths() {
     assert!(i.findings.is_empty());
     assert_eq!(i.args.args[1].variable(), "query:b[c][]");
 
+    // JSON members are checked as they are parsed, not kept
     let i = json(r#"{"a":{"b":[1,"x",null,{}]},"c/d":true}"#);
-    let got: Vec<(String, Option<&str>)> = i
-        .args
-        .args
-        .iter()
-        .map(|a| (a.variable(), a.value.as_deref()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("json:/a/b/0".to_owned(), Some("1")),
-            ("json:/a/b/1".to_owned(), Some("x")),
-            ("json:/a/b/2".to_owned(), None),
-            ("json:/a/b/3".to_owned(), None),
-            ("json:/a/b".to_owned(), None),
-            ("json:/a".to_owned(), None),
-            ("json:/c~1d".to_owned(), Some("true")),
-        ]
-    );
+    assert!(i.args.args.is_empty());
     assert!(i.findings.is_empty());
 }
 
@@ -152,7 +136,7 @@ fn dollar_words_that_are_not_operators_pass() {
         r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","$id":"x","$ref":"x/a"}"#,
         r#"{"price":{"$":5,"currency":"USD"}}"#,
         r#"{"note":"use $ne and $where in mongo","q":"$gt"}"#,
-        r#"{"$NE":1,"$ Where":2}"#,
+        r#"{"$ Where":2,"$5":1,"$":0}"#,
     ] {
         assert_eq!(hits(&json(body)), vec![], "{body}");
     }
@@ -297,7 +281,7 @@ fn ssrf_targets_are_found_in_every_spelling() {
     );
     // the finding names the address, never the rest of the value
     let f = &json(r#"{"url":"http://user:hunter2@10.1.2.3/secret?token=abc"}"#).findings[0];
-    assert_eq!(f.reason, "URL names a private address 10.1.2.3");
+    assert_eq!(f.reason, "URL names a private address");
     assert!(!f.reason.contains("hunter2") && !f.variable.contains("hunter2"));
 }
 
@@ -411,10 +395,6 @@ fn malformed_input_is_a_finding_never_half_decoded() {
             "invalid JSON at line 1 column 13: unexpected end of hex escape",
         ),
         (
-            "",
-            "invalid JSON at line 1 column 0: EOF while parsing a value",
-        ),
-        (
             r#"{"a":1e999}"#,
             "invalid JSON at line 1 column 10: number out of range",
         ),
@@ -454,4 +434,171 @@ fn long_names_are_capped_in_findings() {
     assert_eq!(i.findings[0].rule, Rule::NoSqlOperator);
     assert!(i.findings[0].variable.len() <= MAX_VARIABLE_BYTES);
     assert!(i.findings[0].variable.ends_with('…'));
+}
+
+/// Names qs nests that a split on `[`/`]` alone would miss (review of
+/// 2026-12-05: 3,690 of 10,543 qs-generated `$ne` names passed).
+#[test]
+fn every_name_qs_nests_is_judged() {
+    for (q, rule) in [
+        ("user=alice&[password][$ne]=x", Rule::NoSqlOperator),
+        ("filter[status]x[$ne]=closed", Rule::NoSqlOperator),
+        ("a[x=y][$ne]=1", Rule::NoSqlOperator),
+        ("[$where]=sleep(1)", Rule::NoSqlOperator),
+        ("[$or][0][password][$regex]=.*", Rule::NoSqlOperator),
+        ("%5Buser%5D%5B%24ne%5D=1", Rule::NoSqlOperator),
+        ("a[b][c][d][e][f][g][$gt]=1", Rule::NoSqlOperator),
+        (
+            "[constructor][prototype][isAdmin]=1",
+            Rule::PrototypePollution,
+        ),
+        ("a]x[__proto__=1", Rule::PrototypePollution),
+    ] {
+        let i = form(q);
+        assert!(
+            i.findings.iter().any(|f| f.rule == rule),
+            "{q}: {:?}",
+            i.findings
+        );
+    }
+}
+
+#[test]
+fn every_dollar_letter_key_is_an_operator_but_json_schema_keywords() {
+    for k in [
+        "$bitsAllClear",
+        "$max",
+        "$mul",
+        "$geoWithin",
+        "$sampleRate",
+        "$futureOp",
+    ] {
+        let body = format!(r#"{{"pin":{{"{k}":0}}}}"#);
+        assert_eq!(
+            hits(&json(&body)),
+            one(Rule::NoSqlOperator, &format!("json:/pin/{k}")),
+            "{k}"
+        );
+    }
+    assert_eq!(
+        hits(&query("pin[$bitsAllClear]=0")),
+        one(Rule::NoSqlOperator, "query:pin[$bitsAllClear]")
+    );
+    for k in [
+        "$schema", "$ref", "$id", "$defs", "$anchor", "$comment", "$5", "$",
+    ] {
+        let body = format!(r#"{{"{k}":"x"}}"#);
+        assert_eq!(hits(&json(&body)), vec![], "{k}");
+    }
+}
+
+#[test]
+fn json_keys_with_bracket_and_dot_paths_are_judged() {
+    assert_eq!(
+        hits(&json(r#"{"__proto__[isAdmin]":true}"#)),
+        one(Rule::PrototypePollution, "json:/__proto__[isAdmin]")
+    );
+    assert_eq!(
+        hits(&json(r#"{"constructor[prototype][isAdmin]":true}"#)),
+        one(
+            Rule::PrototypePollution,
+            "json:/constructor[prototype][isAdmin]"
+        )
+    );
+}
+
+/// A small body of long, deep keys and a large array: nothing is kept per
+/// member (it once cost 2 GB for 220 KB).
+#[test]
+fn deep_long_keys_and_a_large_array_keep_nothing_per_member() {
+    let key = "k".repeat(10_000);
+    let mut body = String::new();
+    for _ in 0..20 {
+        body.push_str(&format!("{{\"{key}\":"));
+    }
+    body.push('[');
+    body.push_str(&vec!["0"; 9_900].join(","));
+    body.push(']');
+    body.push_str(&"}".repeat(20));
+    let i = json(&body);
+    assert!(i.args.args.is_empty());
+    assert_eq!(hits(&i), vec![]);
+}
+
+#[test]
+fn padding_after_the_authority_does_not_hide_a_target() {
+    let pad = "a".repeat(9_000);
+    for v in [
+        format!("http://169.254.169.254/latest/meta-data/#{pad}"),
+        format!("http://127.0.0.1:6379/?{pad}"),
+        format!("http://10.0.0.1/{pad}"),
+    ] {
+        let body = serde_json::json!({ "note": v }).to_string();
+        assert_eq!(hits(&json(&body)), one(Rule::SsrfTarget, "json:/note"));
+    }
+}
+
+#[test]
+fn more_ssrf_spellings_are_found() {
+    for (name, v) in [
+        ("x", "redis://127.0.0.1:6379/"),
+        ("x", "postgres://10.0.0.1/db"),
+        ("x", "mongodb://[::1]:27017/"),
+        ("x", "\\/169.254.169.254/x"),
+        ("x", "\\\\169.254.169.254\\latest"),
+        ("x", "\u{1}//169.254.169.254/x"),
+        ("host", "169.254.169.254/latest/meta-data/?a= b"),
+        ("host", "localhost"),
+        ("webhooks", "169.254.169.254/latest"),
+        ("x", "http://app.localh.st/"),
+    ] {
+        let body = serde_json::json!({ name: v }).to_string();
+        assert_eq!(hits(&json(&body)).len(), 1, "{name}={v:?}");
+    }
+    assert_eq!(
+        hits(&json(r#"{"webhooks":["169.254.169.254/latest"]}"#)),
+        one(Rule::SsrfTarget, "json:/webhooks/0")
+    );
+    assert_eq!(
+        hits(&query("url[]=169.254.169.254")),
+        one(Rule::SsrfTarget, "query:url[]")
+    );
+}
+
+#[test]
+fn plain_numbers_and_bare_zone_names_in_url_named_parameters_pass() {
+    assert_eq!(
+        hits(&query(
+            "next=20&target=1&image=5&return=1&src=12&host=local&domain=internal"
+        )),
+        vec![]
+    );
+    assert_eq!(
+        hits(&json(
+            r#"{"image":3,"next":10,"server":2,"endpoint":8080,"avatar":"0"}"#
+        )),
+        vec![]
+    );
+}
+
+#[test]
+fn a_byte_order_mark_and_an_empty_body_are_read_as_body_parser_reads_them() {
+    let i = inspect(
+        &RequestParts {
+            query: None,
+            body: Some((BodyKind::Json, b"\xEF\xBB\xBF{\"a\":1}")),
+        },
+        &Limits::default(),
+    );
+    assert_eq!(hits(&i), vec![]);
+    assert_eq!(hits(&json("")), vec![]);
+    assert_eq!(hits(&json("  \n")), vec![]);
+    let i = inspect(
+        &RequestParts {
+            query: None,
+            body: Some((BodyKind::Json, b"\xEF\xBB\xBF{\"$ne\":1}")),
+        },
+        &Limits::default(),
+    );
+    assert_eq!(hits(&i), one(Rule::NoSqlOperator, "json:/$ne"));
 }

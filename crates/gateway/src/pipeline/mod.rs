@@ -103,6 +103,14 @@ async fn pipeline<B: RequestBody>(
         return Ok(resp);
     }
 
+    // at most max_concurrent_requests_per_client requests per client from
+    // here on (the body may be read whole next, before authentication); the
+    // slot is held until the response body is done
+    let slot = gw
+        .client_slots
+        .acquire(ctx.client, gw.limits.max_concurrent_requests_per_client)
+        .ok_or(GatewayError::TooManyConcurrent)?;
+
     // 7: content inspection (query string; JSON and form bodies, read
     // here up to the body limit), before any cryptographic work
     let req = inspect_content(gw, req, &route, max_body, ctx).await?;
@@ -137,12 +145,7 @@ async fn pipeline<B: RequestBody>(
         policies: permit.policies().into(),
     };
 
-    // 11: upstream, at most max_concurrent_requests_per_client at a time
-    // per client; the slot is held until the response body is done
-    let slot = gw
-        .client_slots
-        .acquire(ctx.client, gw.limits.max_concurrent_requests_per_client)
-        .ok_or(GatewayError::TooManyConcurrent)?;
+    // 11: upstream (the client slot taken before inspection goes along)
     let (parts, body) = req.into_parts();
     // HTTP/2 streams share a connection: a stalled one blocks no socket write
     let h2 = parts.version == hyper::Version::HTTP_2;
@@ -200,11 +203,12 @@ async fn inspect_content<B: RequestBody>(
     if route.inspection.mode == InspectionMode::Off {
         return Ok(req.map(Either::Left));
     }
+    // as bytes: a non-ASCII parameter (`; x="é"`) must not make the type
+    // unreadable here while Express's type-is still reads it
     let kind = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(BodyKind::of_content_type);
+        .and_then(|v| BodyKind::of_content_type(&String::from_utf8_lossy(v.as_bytes())));
     let Some(kind) = kind.filter(|_| !req.body().is_end_stream()) else {
         ctx.inspection = inspect::content(&route.inspection, req.uri().query(), None)?;
         return Ok(req.map(Either::Left));
