@@ -8,6 +8,9 @@
 use crate::{Arg, Finding, Inspection, Limits, Rule, Source, cap};
 
 pub(crate) fn parse(text: &str, source: Source, limits: &Limits, out: &mut Inspection) {
+    // qs turns every %5B and %5D (either case) into brackets before it
+    // splits anything: `u=[$ne]%5D=1` is the name `u=[$ne]`
+    let text = unescape_brackets(text);
     let mut n = 0usize;
     for pair in text.split('&') {
         if pair.is_empty() {
@@ -51,6 +54,31 @@ pub(crate) fn parse(text: &str, source: Source, limits: &Limits, out: &mut Inspe
             value: Some(value),
         });
     }
+}
+
+/// `%5B`/`%5b` → `[`, `%5D`/`%5d` → `]`, as qs does first.
+fn unescape_brackets(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let esc = rest.get(i..i + 3).unwrap_or("");
+        if esc.eq_ignore_ascii_case("%5B") {
+            out.push('[');
+            rest = &rest[i + 3..];
+        } else if esc.eq_ignore_ascii_case("%5D") {
+            out.push(']');
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 /// `+` as a space and `%XX` escapes decoded; None for a bad escape or a
