@@ -309,7 +309,9 @@ fn classify_name(d: &str) -> Option<Target> {
     }
     if let Some(zone) = EMBEDDING_DNS.iter().find(|z| under(&name, z)) {
         let prefix = name[..name.len() - zone.len()].trim_end_matches('.');
-        if embedded_v4(prefix).is_some_and(|a| classify_v4(a).is_some()) {
+        if embedded_v4(prefix).is_some_and(|a| classify_v4(a).is_some())
+            || embedded_v6(prefix).is_some_and(|a| classify_v6(a).is_some())
+        {
             return Some(Target::WildcardDns);
         }
     }
@@ -340,4 +342,14 @@ fn embedded_v4(prefix: &str) -> Option<Ipv4Addr> {
         return u32::from_str_radix(hex, 16).ok().map(Ipv4Addr::from);
     }
     None
+}
+
+/// The IPv6 address a wildcard-DNS name spells in its last label, with `-`
+/// for `:` (sslip.io: `--1` is `::1`, `fe80--1` is `fe80::1`).
+fn embedded_v6(prefix: &str) -> Option<Ipv6Addr> {
+    let last = prefix.rsplit('.').next()?;
+    if !last.contains("--") && last.matches('-').count() < 7 {
+        return None;
+    }
+    last.replace('-', ":").parse().ok()
 }

@@ -295,6 +295,7 @@ fn public_urls_and_free_text_pass() {
         "https://10.0.0.1.example.com/",
         "https://nip.io/",
         "https://1.1.1.1.nip.io/",
+        "https://2001-4860-4860--8888.sslip.io/",
         "https://internal-docs.example.com/",
         "mailto:someone@example.com",
         "data:text/plain;base64,SGVsbG8=",
@@ -551,6 +552,9 @@ fn more_ssrf_spellings_are_found() {
         ("host", "localhost"),
         ("webhooks", "169.254.169.254/latest"),
         ("x", "http://app.localh.st/"),
+        ("x", "http://--1.sslip.io/"),
+        ("x", "http://fe80--1.sslip.io/"),
+        ("x", "http://fd00-ec2--254.sslip.io/latest"),
     ] {
         let body = serde_json::json!({ name: v }).to_string();
         assert_eq!(hits(&json(&body)).len(), 1, "{name}={v:?}");
