@@ -707,7 +707,7 @@ async fn detect_mode_logs_findings_and_changes_nothing_and_off_does_not_look() {
     assert_eq!(
         a.record["inspection"],
         "inspection:10113 duplicate_json_key json:/role: key repeated in one object (JSON.parse keeps the last); \
-         inspection:10102 prototype_pollution query:a[__proto__][b]: __proto__ or constructor.prototype in a key"
+         inspection:10102 prototype_pollution query:a[__proto__][b]: __proto__, constructor.prototype or an Object.prototype method in a key"
     );
     let seen = h.svc.last();
     assert_eq!(seen.body, body.as_bytes());

@@ -21,6 +21,23 @@ const NOT_OPERATORS: &[&str] = &[
     "$comment",
 ];
 
+/// `Object.prototype`'s methods: a client's own property of that name
+/// shadows the method for code that calls it on the parsed object
+/// (`req.body.hasOwnProperty(k)` then throws; body-parser's extended form
+/// parser lets qs create such keys).
+const PROTOTYPE_METHODS: &[&str] = &[
+    "hasOwnProperty",
+    "isPrototypeOf",
+    "propertyIsEnumerable",
+    "toString",
+    "toLocaleString",
+    "valueOf",
+    "__defineGetter__",
+    "__defineSetter__",
+    "__lookupGetter__",
+    "__lookupSetter__",
+];
+
 /// The tokens of a name: the text between `[`, `]` and `.`, empties dropped.
 pub(crate) fn tokens(name: &str) -> impl DoubleEndedIterator<Item = &str> {
     name.split(['[', ']', '.']).filter(|t| !t.is_empty())
@@ -54,6 +71,7 @@ pub(crate) fn check<'a>(
         }
         match t {
             "__proto__" => proto = true,
+            t if PROTOTYPE_METHODS.contains(&t) => proto = true,
             "constructor" => constructor = true,
             "prototype" if constructor => proto = true,
             _ => {}
@@ -71,7 +89,8 @@ pub(crate) fn check<'a>(
         findings.push(Finding {
             rule: Rule::PrototypePollution,
             variable: variable(),
-            reason: "__proto__ or constructor.prototype in a key".into(),
+            reason: "__proto__, constructor.prototype or an Object.prototype method in a key"
+                .into(),
         });
     }
 }

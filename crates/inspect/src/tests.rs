@@ -629,3 +629,24 @@ fn every_name_qs_turns_into_an_operator_key_is_found() {
     }
     assert_eq!(n, 10_543);
 }
+
+#[test]
+fn keys_that_shadow_object_prototype_methods_are_found() {
+    assert_eq!(
+        hits(&form("hasOwnProperty=x")),
+        one(Rule::PrototypePollution, "form:hasOwnProperty")
+    );
+    assert_eq!(
+        hits(&query("a[toString]=1")),
+        one(Rule::PrototypePollution, "query:a[toString]")
+    );
+    assert_eq!(
+        hits(&json(r#"{"user":{"valueOf":1}}"#)),
+        one(Rule::PrototypePollution, "json:/user/valueOf")
+    );
+    // as values, or as parts of longer names, they pass
+    assert_eq!(
+        hits(&json(r#"{"method":"toString","hasOwnPropertyCount":2}"#)),
+        vec![]
+    );
+}
