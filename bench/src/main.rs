@@ -28,6 +28,82 @@ enum Cli {
         #[arg(long, value_delimiter = ',', default_value = "18081,18444,18445,19902")]
         ports: Vec<u16>,
     },
+    /// CPU time of the gateway's content inspection (palisade-inspect) per
+    /// request, on typical API payloads, in this process (docs/benchmarks.md).
+    Inspect {
+        /// Calls per payload (after 1,000 warm-up calls).
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
+    },
+}
+
+/// The payloads `inspect` measures: (name, query, body).
+fn inspect_payloads() -> Vec<(
+    &'static str,
+    Option<String>,
+    Option<(palisade_inspect::BodyKind, Vec<u8>)>,
+)> {
+    use palisade_inspect::BodyKind;
+    let order = json!({
+        "customer": {"id": "c_1842", "name": "Siobhán O'Brien", "email": "siobhan@example.com",
+                     "address": {"line1": "12 Rue de l'Église", "city": "Lyon", "zip": "69002", "country": "FR"}},
+        "items": [
+            {"sku": "A-1001", "qty": 2, "price": 19.99, "note": "gift wrap, please; it's for my mum"},
+            {"sku": "B-2002", "qty": 1, "price": 249.0, "note": ""},
+            {"sku": "C-3003", "qty": 5, "price": 3.5, "note": "<b>fragile</b>"}
+        ],
+        "callback_url": "https://shop.example.com/hooks/orders",
+        "coupon": "SPRING-25", "currency": "EUR", "$schema": "https://shop.example.com/schemas/order.json",
+        "comment": "Please deliver after 6pm. Door code 4821#. Merci !"
+    })
+    .to_string()
+    .into_bytes();
+    let mut big = Vec::new();
+    for i in 0..100 {
+        big.push(json!({"id": i, "title": format!("Post {i}"), "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(2), "tags": ["a", "b"], "author": {"name": "Ana", "avatar": "https://cdn.example.com/a.png"}}));
+    }
+    let big = Value::Array(big).to_string().into_bytes();
+    vec![
+        (
+            "query, 8 parameters",
+            Some("page=2&per_page=50&sort=-created_at&filter[status]=open&filter[owner]=me&q=blue%20shoes&fields=id,name&include=items".into()),
+            None,
+        ),
+        (
+            "form body, 6 fields",
+            None,
+            Some((BodyKind::Form, b"username=alice&password=hunter2&remember=on&next=%2Fdashboard&csrf=abc123&lang=fr".to_vec())),
+        ),
+        ("JSON order, ~0.6 KB", None, Some((BodyKind::Json, order))),
+        ("JSON list of 100 posts, ~25 KB", None, Some((BodyKind::Json, big))),
+    ]
+}
+
+fn bench_inspect(iterations: u32) {
+    let limits = palisade_inspect::Limits::default();
+    println!("| payload | bytes | µs per request | findings |");
+    println!("|---|---:|---:|---:|");
+    for (name, query, body) in inspect_payloads() {
+        let parts = palisade_inspect::RequestParts {
+            query: query.as_deref(),
+            body: body.as_ref().map(|(k, b)| (*k, b.as_slice())),
+        };
+        let bytes =
+            query.as_ref().map_or(0, String::len) + body.as_ref().map_or(0, |(_, b)| b.len());
+        let mut findings = 0;
+        for _ in 0..1_000 {
+            findings = palisade_inspect::inspect(&parts, &limits).findings.len();
+        }
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(palisade_inspect::inspect(
+                std::hint::black_box(&parts),
+                &limits,
+            ));
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+        println!("| {name} | {bytes} | {us:.2} | {findings} |");
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -538,6 +614,10 @@ async fn run(args: &Args, backends: &[String]) -> bool {
 async fn main() {
     let args = match Cli::parse() {
         Cli::Kv(a) => a,
+        Cli::Inspect { iterations } => {
+            bench_inspect(iterations);
+            return;
+        }
         Cli::GatewaySetup { dir, ports } => {
             let ports: [u16; 4] = match ports.try_into() {
                 Ok(p) => p,

@@ -5,6 +5,7 @@
 //! and repeated keys are checked while parsing, so a bomb stops at its
 //! limit instead of after it was built.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -23,9 +24,16 @@ struct KeyInfo {
     constructor: bool,
 }
 
-struct Walker<'l> {
+/// One step of the current path: an object key (borrowed from the body
+/// when it has no escapes) or an array index.
+enum Seg<'de> {
+    Key(Cow<'de, str>),
+    Index(usize),
+}
+
+struct Walker<'l, 'de> {
     limits: &'l Limits,
-    path: Vec<String>,
+    path: Vec<Seg<'de>>,
     info: Vec<KeyInfo>,
     members: usize,
     findings: Vec<Finding>,
@@ -33,7 +41,7 @@ struct Walker<'l> {
     stopped: Option<Finding>,
 }
 
-impl Walker<'_> {
+impl Walker<'_, '_> {
     fn pointer(&self) -> String {
         pointer(&self.path)
     }
@@ -58,53 +66,59 @@ impl Walker<'_> {
 }
 
 /// What a value turned out to be.
-enum Kind {
+enum Kind<'de> {
     Container,
-    Scalar(String),
-    Null,
+    /// A string, judged by the SSRF check (borrowed from the body when it
+    /// has no escapes).
+    Scalar(Cow<'de, str>),
+    /// A number, a boolean or null: nothing to judge in the value.
+    Other,
 }
 
-struct Node<'w, 'l> {
-    w: &'w mut Walker<'l>,
+struct Node<'w, 'l, 'de> {
+    w: &'w mut Walker<'l, 'de>,
     depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
-    type Value = Kind;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+impl<'de> DeserializeSeed<'de> for Node<'_, '_, 'de> {
+    type Value = Kind<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_, '_> {
-    type Value = Kind;
+impl<'de> Visitor<'de> for Node<'_, '_, 'de> {
+    type Value = Kind<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
-        Ok(Kind::Null)
+    fn visit_unit<E: de::Error>(self) -> Result<Kind<'de>, E> {
+        Ok(Kind::Other)
     }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Kind, E> {
-        Ok(Kind::Scalar(b.to_string()))
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Kind<'de>, E> {
+        Ok(Kind::Other)
     }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Kind, E> {
-        Ok(Kind::Scalar(n.to_string()))
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Kind<'de>, E> {
+        Ok(Kind::Other)
     }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Kind, E> {
-        Ok(Kind::Scalar(n.to_string()))
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Kind<'de>, E> {
+        Ok(Kind::Other)
     }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Kind, E> {
-        Ok(Kind::Scalar(n.to_string()))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Kind<'de>, E> {
+        Ok(Kind::Other)
     }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
-        Ok(Kind::Scalar(s.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Kind<'de>, E> {
+        Ok(Kind::Scalar(Cow::Borrowed(s)))
     }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Kind, E> {
-        Ok(Kind::Scalar(s))
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind<'de>, E> {
+        Ok(Kind::Scalar(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Kind<'de>, E> {
+        Ok(Kind::Scalar(Cow::Owned(s)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind<'de>, A::Error> {
         let depth = self.depth + 1;
         if depth > self.w.limits.max_depth {
             let max = self.w.limits.max_depth;
@@ -114,7 +128,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         }
         let mut i = 0usize;
         loop {
-            self.w.path.push(i.to_string());
+            self.w.path.push(Seg::Index(i));
             self.w.info.push(KeyInfo {
                 url_named: None,
                 constructor: false,
@@ -137,7 +151,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         Ok(Kind::Container)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind<'de>, A::Error> {
         let depth = self.depth + 1;
         if depth > self.w.limits.max_depth {
             let max = self.w.limits.max_depth;
@@ -145,11 +159,23 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 .w
                 .stop(Rule::JsonTooDeep, format!("nested deeper than {max}")));
         }
-        let mut seen: HashSet<String> = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
+        // this object's keys so far: a short list, a set once it grows
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
             self.w.count::<A::Error>()?;
-            if !seen.insert(key.clone()) && self.w.findings.len() < crate::MAX_FINDINGS {
-                self.w.path.push(key.clone());
+            let repeated = if many.is_empty() && few.len() < 16 {
+                let r = few.contains(&key);
+                few.push(key.clone());
+                r
+            } else {
+                if many.is_empty() {
+                    many.extend(few.drain(..));
+                }
+                !many.insert(key.clone())
+            };
+            if repeated && self.w.findings.len() < crate::MAX_FINDINGS {
+                self.w.path.push(Seg::Key(key.clone()));
                 let variable = self.w.pointer();
                 self.w.path.pop();
                 self.w.findings.push(Finding {
@@ -163,7 +189,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 url_named: Some(last.is_some_and(ssrf::url_named)),
                 constructor: last == Some("constructor"),
             });
-            self.w.path.push(key);
+            self.w.path.push(Seg::Key(key));
             let kind = map.next_value_seed(Node {
                 w: &mut *self.w,
                 depth,
@@ -178,7 +204,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
 
 /// Check the member at the current path: its key (with its parent, for
 /// `constructor` → `prototype`) and, for a scalar, its value.
-fn push_arg(w: &mut Walker<'_>, kind: Kind) {
+fn push_arg(w: &mut Walker<'_, '_>, kind: Kind<'_>) {
     let Walker {
         path,
         info,
@@ -192,7 +218,10 @@ fn push_arg(w: &mut Walker<'_>, kind: Kind) {
     }
     let variable = || pointer(path);
     let n = info.len();
-    let last = path.last().map(String::as_str).unwrap_or_default();
+    let last = match path.last() {
+        Some(Seg::Key(k)) => k.as_ref(),
+        _ => "",
+    };
     let after_constructor = n >= 2 && info[n - 2].constructor;
     keys::check(keys::tokens(last), after_constructor, findings, &variable);
     if let Kind::Scalar(v) = kind {
@@ -204,16 +233,23 @@ fn push_arg(w: &mut Walker<'_>, kind: Kind) {
 
 /// `json:` and the JSON pointer of `path`, written only up to the cap (a
 /// path of long keys is never copied whole).
-fn pointer(path: &[String]) -> String {
+fn pointer(path: &[Seg<'_>]) -> String {
     let mut out = String::from("json:");
     if path.is_empty() {
         out.push('/');
     }
-    for s in path {
+    for seg in path {
         if out.len() > crate::MAX_VARIABLE_BYTES {
             break;
         }
         out.push('/');
+        let s = match seg {
+            Seg::Key(k) => k.as_ref(),
+            Seg::Index(i) => {
+                out.push_str(&i.to_string());
+                continue;
+            }
+        };
         let room = crate::MAX_VARIABLE_BYTES + 8 - out.len().min(crate::MAX_VARIABLE_BYTES);
         for c in s.chars().take(room) {
             match c {
@@ -224,6 +260,34 @@ fn pointer(path: &[String]) -> String {
         }
     }
     cap(out)
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(s))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s))
+    }
 }
 
 /// Parse `body` as one JSON value into `out`.

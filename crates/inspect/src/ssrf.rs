@@ -60,38 +60,52 @@ const SSRF_SCHEMES: &[&str] = &[
 /// Names of parameters that carry a URL or a host even without a scheme
 /// (`url`, `imageUrl`, `callback_url`, `webhooks`, ...).
 pub(crate) fn url_named(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    let n = n.strip_suffix('s').unwrap_or(&n);
-    const EXACT: &[&str] = &[
-        "url",
-        "uri",
-        "href",
-        "src",
-        "link",
-        "callback",
-        "webhook",
-        "redirect",
-        "return",
-        "next",
-        "dest",
-        "destination",
-        "target",
-        "proxy",
-        "host",
-        "hostname",
-        "endpoint",
-        "domain",
-        "feed",
-        "image",
-        "avatar",
-        "server",
-    ];
-    EXACT.contains(&n)
-        || [
-            "url", "uri", "href", "host", "hostname", "endpoint", "callback", "webhook",
-        ]
-        .iter()
-        .any(|s| n.ends_with(s))
+    // ASCII case-insensitive, a plural `s` ignored, on the last 16 bytes
+    // lowercased on the stack: it runs for every key of every body
+    let b = name.as_bytes();
+    let b = match b.last() {
+        Some(b's' | b'S') => &b[..b.len() - 1],
+        _ => b,
+    };
+    let take = b.len().min(16);
+    let mut buf = [0u8; 16];
+    for (d, s) in buf.iter_mut().zip(&b[b.len() - take..]) {
+        *d = s.to_ascii_lowercase();
+    }
+    let tail = &buf[..take];
+    if b.len() <= 16
+        && matches!(
+            tail,
+            b"src"
+                | b"link"
+                | b"redirect"
+                | b"return"
+                | b"next"
+                | b"dest"
+                | b"destination"
+                | b"target"
+                | b"proxy"
+                | b"domain"
+                | b"feed"
+                | b"image"
+                | b"avatar"
+                | b"server"
+        )
+    {
+        return true;
+    }
+    [
+        &b"url"[..],
+        b"uri",
+        b"href",
+        b"host",
+        b"hostname",
+        b"endpoint",
+        b"callback",
+        b"webhook",
+    ]
+    .iter()
+    .any(|s| tail.ends_with(s))
 }
 
 /// A scheme-less value that names a host: its first part (up to `/`, `?`,
@@ -138,6 +152,12 @@ pub(crate) fn check(
     findings: &mut Vec<Finding>,
     variable: &dyn Fn() -> String,
 ) {
+    // most values cannot be a URL or a host at all: no `:`, no slash or
+    // backslash, under a name that carries none (checked before anything
+    // is allocated or parsed)
+    if !named && !value.bytes().any(|b| matches!(b, b':' | b'/' | b'\\')) {
+        return;
+    }
     let value = significant(value);
     if value.is_empty() {
         return;
