@@ -37,12 +37,15 @@ enum Cli {
     },
 }
 
-/// The payloads `inspect` measures: (name, query, body).
-fn inspect_payloads() -> Vec<(
+/// One payload `inspect` measures: name, query, body.
+type Payload = (
     &'static str,
     Option<String>,
     Option<(palisade_inspect::BodyKind, Vec<u8>)>,
-)> {
+);
+
+/// The payloads `inspect` measures.
+fn inspect_payloads() -> Vec<Payload> {
     use palisade_inspect::BodyKind;
     let order = json!({
         "customer": {"id": "c_1842", "name": "Siobhán O'Brien", "email": "siobhan@example.com",
