@@ -283,53 +283,20 @@ impl Barrier {
                 "invalid seal configuration: threshold must be greater than one for multiple shares".into(),
             ));
         }
-        let unseal_key = AeadKey::generate();
-        let root = AeadKey::generate();
+        let (unseal, parts) = NewUnsealKey::generate(SealConfig {
+            secret_shares: shares,
+            secret_threshold: threshold,
+        })?;
         let term = Term {
             key: AeadKey::generate(),
             install_time: palisade_core::now_nanos(),
         };
         let keyring = Keyring {
-            root,
+            root: AeadKey::generate(),
             terms: BTreeMap::from([(1, term)]),
             active: 1,
         };
-        let wrapped_root = unseal_key
-            .seal(ROOT_KEY_PATH.as_bytes(), keyring.root.expose_bytes())
-            .map_err(aead_internal)?;
-        let wrapped_ring = keyring
-            .root
-            .seal(KEYRING_PATH.as_bytes(), &keyring.to_stored())
-            .map_err(aead_internal)?;
-        let parts = shamir::split(
-            unseal_key.expose_bytes(),
-            shares as usize,
-            threshold as usize,
-        )
-        .map_err(|e| BarrierError::Parameters(e.to_string()))?;
-        let cfg = SealConfig {
-            secret_shares: shares,
-            secret_threshold: threshold,
-        };
-        let cfg_bytes =
-            serde_json::to_vec(&cfg).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
-        // One transaction: a crash never leaves a seal config without its keys.
-        self.backend
-            .transaction(vec![
-                TxnOp::Put {
-                    key: ROOT_KEY_PATH.into(),
-                    value: wrapped_root,
-                },
-                TxnOp::Put {
-                    key: KEYRING_PATH.into(),
-                    value: wrapped_ring,
-                },
-                TxnOp::Put {
-                    key: SEAL_CONFIG_PATH.into(),
-                    value: cfg_bytes,
-                },
-            ])
-            .await?;
+        self.store_key_material(&unseal, &keyring).await?;
         Ok(parts)
     }
 
@@ -524,6 +491,44 @@ impl Barrier {
         Ok(())
     }
 
+    /// The root key of `ring` wrapped under `unseal`'s key, the keyring
+    /// wrapped under its root key and `unseal`'s seal configuration, written
+    /// in one transaction: a crash never leaves a seal configuration without
+    /// the keys it describes (initialisation and rekey).
+    async fn store_key_material(
+        &self,
+        unseal: &NewUnsealKey,
+        ring: &Keyring,
+    ) -> Result<(), BarrierError> {
+        let wrapped_root = unseal
+            .key
+            .seal(ROOT_KEY_PATH.as_bytes(), ring.root.expose_bytes())
+            .map_err(aead_internal)?;
+        let wrapped_ring = ring
+            .root
+            .seal(KEYRING_PATH.as_bytes(), &ring.to_stored())
+            .map_err(aead_internal)?;
+        let cfg_bytes =
+            serde_json::to_vec(&unseal.config).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
+        self.backend
+            .transaction(vec![
+                TxnOp::Put {
+                    key: ROOT_KEY_PATH.into(),
+                    value: wrapped_root,
+                },
+                TxnOp::Put {
+                    key: KEYRING_PATH.into(),
+                    value: wrapped_ring,
+                },
+                TxnOp::Put {
+                    key: SEAL_CONFIG_PATH.into(),
+                    value: cfg_bytes,
+                },
+            ])
+            .await?;
+        Ok(())
+    }
+
     /// Replace the unseal key with `new` and the root key with a fresh one,
     /// in one storage transaction: the root key wrapped under the new unseal
     /// key, the keyring wrapped under the new root key and the new seal
@@ -549,32 +554,7 @@ impl Barrier {
             terms,
             active: current.active,
         };
-        let wrapped_root = new
-            .key
-            .seal(ROOT_KEY_PATH.as_bytes(), ring.root.expose_bytes())
-            .map_err(aead_internal)?;
-        let wrapped_ring = ring
-            .root
-            .seal(KEYRING_PATH.as_bytes(), &ring.to_stored())
-            .map_err(aead_internal)?;
-        let cfg_bytes =
-            serde_json::to_vec(&new.config).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
-        self.backend
-            .transaction(vec![
-                TxnOp::Put {
-                    key: ROOT_KEY_PATH.into(),
-                    value: wrapped_root,
-                },
-                TxnOp::Put {
-                    key: KEYRING_PATH.into(),
-                    value: wrapped_ring,
-                },
-                TxnOp::Put {
-                    key: SEAL_CONFIG_PATH.into(),
-                    value: cfg_bytes,
-                },
-            ])
-            .await?;
+        self.store_key_material(new, &ring).await?;
         *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
         Ok(())
     }

@@ -183,7 +183,7 @@ pub(crate) enum OperatorCmd {
     GenerateRoot(GenerateRootArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub(crate) struct RekeyArgs {
     /// A current unseal key share (or, with --verify, a new one). Omitted
     /// or `-`: read from standard input, with a hidden prompt on a
@@ -222,7 +222,7 @@ pub(crate) struct RekeyArgs {
     pub remote: Remote,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub(crate) struct GenerateRootArgs {
     /// An unseal key share. Omitted or `-`: read from standard input, with
     /// a hidden prompt on a terminal.
@@ -254,6 +254,45 @@ pub(crate) struct GenerateRootArgs {
     pub nonce: Option<String>,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+/// Shares, OTPs and encoded tokens never appear in Debug output.
+fn redacted(v: &Option<String>) -> &'static str {
+    if v.is_some() {
+        "Some(<redacted>)"
+    } else {
+        "None"
+    }
+}
+
+impl std::fmt::Debug for RekeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RekeyArgs")
+            .field("key", &redacted(&self.key))
+            .field("init", &self.init)
+            .field("cancel", &self.cancel)
+            .field("status", &self.status)
+            .field("key_shares", &self.key_shares)
+            .field("key_threshold", &self.key_threshold)
+            .field("verify", &self.verify)
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for GenerateRootArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerateRootArgs")
+            .field("key", &redacted(&self.key))
+            .field("init", &self.init)
+            .field("cancel", &self.cancel)
+            .field("status", &self.status)
+            .field("generate_otp", &self.generate_otp)
+            .field("decode", &redacted(&self.decode))
+            .field("otp", &redacted(&self.otp))
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Args, Debug)]

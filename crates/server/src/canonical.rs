@@ -229,7 +229,8 @@ fn sys_param(operation: Operation, rest: &str) -> Result<Option<String>, ApiErro
             if operation == Operation::List {
                 return Ok(None);
             }
-            let (p, tune) = match p.trim_end_matches('/').strip_suffix("/tune") {
+            // one trailing `/`, as everywhere in this module
+            let (p, tune) = match p.strip_suffix('/').unwrap_or(p).strip_suffix("/tune") {
                 Some(p) => (p, true),
                 None => (p, false),
             };

@@ -550,8 +550,18 @@ async fn generate_update(
         Err(e) => return Err(e.into()),
     }
     drop(given);
+    // checked before a token exists: a root token must never be left live
+    // without being handed out
+    if g.otp.len() != OTP_LENGTH {
+        return Err(ApiError::internal(
+            "root token and one-time pad differ in length",
+        ));
+    }
     let token = Zeroizing::new(core.create_root_token(None).await?);
     if token.len() != g.otp.len() {
+        if let Some(e) = core.tokens.lookup(&token).await? {
+            core.tokens.revoke_tree(&e.hash).await?;
+        }
         return Err(ApiError::internal(
             "root token and one-time pad differ in length",
         ));

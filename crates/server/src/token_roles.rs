@@ -123,6 +123,9 @@ pub async fn list(barrier: &Barrier) -> Result<Vec<String>, ApiError> {
 }
 
 pub async fn delete(barrier: &Barrier, name: &str) -> Result<(), ApiError> {
+    // under the writes' lock: an update decided before the delete must not
+    // bring the role back afterwards (that would be a create with `update`)
+    let _g = WRITES.lock().await;
     Ok(barrier.delete(&key(name)).await?)
 }
 
