@@ -76,6 +76,9 @@ def main():
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--label", default="palisade")
     ap.add_argument("--failures-out")
+    ap.add_argument("--max-skipped", type=int, default=14,
+                    help="skips the selection has today (Enterprise-only and HA tests): more is a failure,"
+                         " so a module that starts skipping cannot pass unnoticed")
     ap.add_argument("--partial", action="store_true",
                     help="a selection narrowed by extra pytest arguments: entries that did not run are not errors")
     args = ap.parse_args()
@@ -103,6 +106,7 @@ def main():
     if args.partial:
         stale = [n for n in stale if n in results]
     expected_failing = [n for n in failed if n in expected]
+    too_many_skipped = not args.partial and len(skipped) > args.max_skipped
 
     if unexpected_failures:
         print(f"\nUNEXPECTED FAILURES ({len(unexpected_failures)}): fix them, or list them with a reason"
@@ -120,11 +124,16 @@ def main():
         for n in stale:
             print(f"  {n}  ({results.get(n, 'not collected')})")
 
+    if too_many_skipped:
+        print(f"\nTOO MANY SKIPPED: {len(skipped)}, at most {args.max_skipped} expected")
+        for n in skipped:
+            print(f"  {n}")
+
     print(f"\nhvac-suite totals ({args.label}): {len(results)} tests: passed {len(passed)} / "
           f"failed {len(failed)} / expected-failures {len(expected_failing)} / skipped {len(skipped)}"
           f"; unexpected: {len(unexpected_failures)} failures, {len(unexpected_passes)} passes,"
           f" {len(stale)} stale entries")
-    ok = not (unexpected_failures or unexpected_passes or stale)
+    ok = not (unexpected_failures or unexpected_passes or stale or too_many_skipped)
     print("hvac-suite: OK" if ok else "hvac-suite: FAILED")
     return 0 if ok else 1
 

@@ -322,7 +322,7 @@ mod tests {
             humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(n as u64)).to_string()
         };
         let day = 86_400_000_000_000_i64;
-        // every day from 1970 to 2500 at a varying time of day
+        // every day from 1970 to 2262 at a varying time of day
         let mut n = 0_i64;
         let mut k = 0_i64;
         while n < i64::MAX - day {

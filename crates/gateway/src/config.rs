@@ -1140,9 +1140,9 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         }
         match r.inspection_max_depth {
             None => {}
-            // serde_json stops at 128 levels by itself
-            Some(d @ 1..=128) => inspection.limits.max_depth = d,
-            Some(_) => c.err(format!("{field}.inspection_max_depth: 1 to 128")),
+            // serde_json refuses 128 levels by itself
+            Some(d @ 1..=127) => inspection.limits.max_depth = d,
+            Some(_) => c.err(format!("{field}.inspection_max_depth: 1 to 127")),
         }
         match r.inspection_max_members {
             None => {}
@@ -1463,6 +1463,41 @@ mod tests {
                 e.0[0].starts_with(&format!("routes[r].hosts: {bad:?} is not a host name")),
                 "{bad:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn route_inspection_defaults_to_block_and_takes_only_its_values() {
+        let c = check(ROUTE).unwrap();
+        assert_eq!(c.routes[0].inspection, Inspection::default());
+        assert_eq!(c.routes[0].inspection.mode, InspectionMode::Block);
+        let c = check(&format!(
+            "{ROUTE}inspection = \"detect\"\ninspection_max_depth = 127\ninspection_max_members = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].inspection.mode, InspectionMode::Detect);
+        assert_eq!(c.routes[0].inspection.limits.max_depth, 127);
+        assert_eq!(c.routes[0].inspection.limits.max_members, 5);
+        for (extra, want) in [
+            (
+                "inspection = \"bogus\"",
+                "routes[r].inspection: \"bogus\" is not \"off\", \"detect\" or \"block\"",
+            ),
+            (
+                "inspection_max_depth = 0",
+                "routes[r].inspection_max_depth: 1 to 127",
+            ),
+            (
+                "inspection_max_depth = 128",
+                "routes[r].inspection_max_depth: 1 to 127",
+            ),
+            (
+                "inspection_max_members = 0",
+                "routes[r].inspection_max_members: 1 to 1000000",
+            ),
+        ] {
+            let e = check(&format!("{ROUTE}{extra}\n")).unwrap_err();
+            assert_eq!(e.0, vec![want.to_string()], "{extra}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Query strings and `application/x-www-form-urlencoded` bodies, read as
-//! Express reads them (qs): pairs split on `&`, name and value split at the
-//! first `=`, `+` as a space, percent-decoding, and names in bracket syntax
+//! Express reads them: pairs split on `&`, name and value split as qs does
+//! (at the first `]=`, else the first `=`) and, where that differs, also as
+//! Node's querystring does (the first `=`), `+` as a space, percent-decoding, and names in bracket syntax
 //! (`a[b][]`) split into segments. Unlike qs, an invalid escape or a
 //! decoded name or value that is not UTF-8 is a finding, not passed on
 //! half-decoded: the value a check sees is the value the service gets.
@@ -35,25 +36,43 @@ pub(crate) fn parse(text: &str, source: Source, limits: &Limits, out: &mut Inspe
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, ""),
         };
-        let malformed = |what: &str| Finding {
-            rule: Rule::MalformedEncoding,
-            variable: cap(format!("{}:{raw_name}", source.as_str())),
-            reason: format!("{what} is not valid percent-encoded UTF-8"),
-        };
-        let Some(name) = decode(raw_name) else {
-            out.findings.push(malformed("parameter name"));
-            continue;
-        };
-        let Some(value) = decode(raw_value) else {
-            out.findings.push(malformed("parameter value"));
-            continue;
-        };
-        out.args.args.push(Arg {
-            source,
-            segments: segments(&name),
-            value: Some(value),
-        });
+        // Node's querystring and URLSearchParams (Express 5's default query
+        // parser, `urlencoded({extended: false})`, Fastify, Koa) split at
+        // the first `=`: where that reads differently, both readings are
+        // judged
+        if let Some(first) = pair.find('=')
+            && Some(first) != split
+        {
+            push(source, &pair[..first], &pair[first + 1..], out);
+        }
+        push(source, raw_name, raw_value, out);
     }
+}
+
+/// Decode one name and value into an argument, or a finding.
+fn push(source: Source, raw_name: &str, raw_value: &str, out: &mut Inspection) {
+    let malformed = |what: &str| Finding {
+        rule: Rule::MalformedEncoding,
+        variable: cap(format!("{}:{raw_name}", source.as_str())),
+        reason: format!("{what} is not valid percent-encoded UTF-8"),
+    };
+    let Some(name) = decode(raw_name) else {
+        if out.findings.len() < crate::MAX_FINDINGS {
+            out.findings.push(malformed("parameter name"));
+        }
+        return;
+    };
+    let Some(value) = decode(raw_value) else {
+        if out.findings.len() < crate::MAX_FINDINGS {
+            out.findings.push(malformed("parameter value"));
+        }
+        return;
+    };
+    out.args.args.push(Arg {
+        source,
+        segments: segments(&name),
+        value: Some(value),
+    });
 }
 
 /// `%5B`/`%5b` → `[`, `%5D`/`%5d` → `]`, as qs does first.

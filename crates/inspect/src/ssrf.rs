@@ -127,8 +127,10 @@ fn looks_like_host(v: &str) -> bool {
 
 /// The part of a URL-valued string that decides where it goes: WHATWG's
 /// trimming (leading and trailing C0 controls and spaces; tabs and newlines
-/// anywhere), cut before the query or fragment and capped, so padding after
-/// the authority cannot push a value past the check.
+/// anywhere), cut before the query or fragment (where the authority ends
+/// at the latest), so padding after it cannot push a value past the check.
+/// Never cut by length: padding in the userinfo would take the host with
+/// it (the url crate parses in linear time).
 fn significant(value: &str) -> String {
     let v = value.trim_matches(|c: char| c <= ' ');
     let v: String = v
@@ -136,11 +138,7 @@ fn significant(value: &str) -> String {
         .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
         .collect();
     let cut = v.find(['?', '#']).unwrap_or(v.len());
-    let mut end = cut.min(4096);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    v[..end].to_owned()
+    v[..cut].to_owned()
 }
 
 /// Judge a parameter's value; `named`: the parameter's name (its last

@@ -650,3 +650,32 @@ fn keys_that_shadow_object_prototype_methods_are_found() {
         vec![]
     );
 }
+
+/// Review of 2026-12-05 (second pass): padding inside the authority, the
+/// first-`=` reading of Node's querystring, and the findings cap on forms.
+#[test]
+fn userinfo_padding_and_the_querystring_reading_do_not_hide_a_target() {
+    let url = format!("http://{}@169.254.169.254/latest", "a".repeat(5_000));
+    let body = serde_json::json!({ "callback_url": url }).to_string();
+    assert_eq!(
+        hits(&json(&body)),
+        one(Rule::SsrfTarget, "json:/callback_url")
+    );
+    // Express 5 (querystring) reads url = "http://169.254.169.254/latest]=1"
+    let i = query("url=http://169.254.169.254/latest]=1");
+    assert!(
+        i.findings
+            .iter()
+            .any(|f| f.rule == Rule::SsrfTarget && f.variable == "query:url"),
+        "{:?}",
+        i.findings
+    );
+    // both readings of a pair that means the same are not judged twice
+    assert_eq!(
+        hits(&query("a[$ne]=1")),
+        one(Rule::NoSqlOperator, "query:a[$ne]")
+    );
+    // many malformed pairs: at most MAX_FINDINGS findings
+    let many = vec!["%zz=1"; 5_000].join("&");
+    assert_eq!(form(&many).findings.len(), MAX_FINDINGS);
+}

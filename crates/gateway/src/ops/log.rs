@@ -395,7 +395,7 @@ impl Sink {
         }
     }
 
-    /// Records dropped so far because the queue was full.
+    /// Records dropped so far: the queue was full, or their write failed.
     pub fn dropped(&self) -> u64 {
         match self {
             Sink::Stdout(s) => s.state.dropped.load(Ordering::Relaxed),
