@@ -6,6 +6,8 @@
 //! underneath everything else in the flow and depends on no other Palisade crate.
 #![forbid(unsafe_code)]
 
+pub mod net;
+
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -277,6 +277,7 @@ impl Core {
             Some(b) => serde_json::from_slice::<MountTable>(&b).map_err(ApiError::internal)?,
             None => MountTable::default(),
         };
+        self.tokens.set_auth_methods(table.auth_accessors())?;
         *lock(self.mounts.write())? = Arc::new(table);
         self.policies.setup().await?;
         self.tokens.setup().await?;
@@ -650,6 +651,7 @@ impl Core {
         let bytes = serde_json::to_vec(&table).map_err(ApiError::internal)?;
         let _gate = self.mount_gate.write().await;
         self.barrier.put(MOUNTS_PATH, &bytes).await?;
+        self.tokens.set_auth_methods(table.auth_accessors())?;
         *lock(self.mounts.write())? = Arc::new(table);
         self.mount_epoch.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -775,6 +777,9 @@ impl Core {
         if self.unauthenticated_root_op(&req.path) {
             return self.open_root_op(req).await;
         }
+        if self.login_route(&req)?.is_some() {
+            return self.open_login(req).await;
+        }
         crate::sys::handle_unauthenticated(self, &req).await
     }
 
@@ -786,26 +791,7 @@ impl Core {
         if !self.is_serving() {
             return Err(ApiError::sealed());
         }
-        let data = if req.data.is_empty() {
-            query_data(&req)
-        } else {
-            Some(Value::Object(req.data.clone()))
-        };
-        let audit = AuditEntry {
-            auth: None,
-            request: AuditRequest {
-                id: req.id.clone(),
-                operation: req.operation.as_str().to_string(),
-                path: req.path.to_string(),
-                mount_type: String::new(),
-                client_token: String::new(),
-                client_token_accessor: String::new(),
-                remote_address: req.remote_addr.clone(),
-                data,
-            },
-            response: None,
-            error: None,
-        };
+        let audit = open_audit_entry(&req);
         if let Err(e) = self.audit.log(&audit).await {
             tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
             return Err(ApiError::internal("audit: no device recorded the request"));
@@ -815,6 +801,87 @@ impl Core {
         self.audit_response(audit, &result).await?;
         drop(gate);
         result
+    }
+
+    /// The auth method mount and username when `req` is a login
+    /// (`auth/<method>/login/<username>`, Write); a username that is not
+    /// canonical is refused here, before anything else sees it.
+    fn login_route(&self, req: &Request) -> Result<Option<(MountEntry, String)>, ApiError> {
+        let Some(rest) = req.path.strip_prefix("auth/") else {
+            return Ok(None);
+        };
+        if rest.starts_with("token/") {
+            return Ok(None);
+        }
+        let table = self.mount_table()?;
+        let Some((m, rel)) = table.auth_route(rest) else {
+            return Ok(None);
+        };
+        if !rel.starts_with("login/") {
+            return Ok(None);
+        }
+        match crate::userpass::parse(req.operation, rel)? {
+            crate::userpass::UserpassPath::Login(name) => Ok(Some((m.clone(), name.to_string()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A login (`auth/<method>/login/<username>`): no token, served only
+    /// while unsealed, audited like any other request (request before, fail
+    /// closed, with the password HMAC'd as every string; response after,
+    /// the new token HMAC'd). The auth method must still be the one routed
+    /// to when the login acts: disabling it waits for logins in flight.
+    async fn open_login(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let _mounts = self.mount_gate.read().await;
+        // routed again under the mount gate: the method a login acts on is
+        // the one enabled now (a disable waits for this login to finish)
+        let Some((mount, name)) = self.login_route(&req)? else {
+            return Err(ApiError::unsupported_path());
+        };
+        let mut audit = open_audit_entry(&req);
+        audit.request.mount_type = mount.kind.clone();
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let result = crate::userpass::login(self, &mount, &name, &req).await;
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
+    }
+
+    /// The TTLs tokens of an auth method get: its tuned default and max
+    /// lease TTLs, else the system's (the max never above the system's).
+    pub fn auth_mount_ttls(&self, m: &MountEntry) -> (i64, i64) {
+        let sys = self.options.ttl;
+        let max = match m.config.max_lease_ttl {
+            0 => sys.max_ttl,
+            x => x.min(sys.max_ttl),
+        };
+        let default = match m.config.default_lease_ttl {
+            0 => sys.default_ttl,
+            x => x,
+        };
+        (default.min(max), max)
+    }
+
+    /// What renewing a token an auth method issued may grant (the method
+    /// decides; one since disabled renews nothing).
+    pub async fn auth_method_renewal(&self, e: &TokenEntry) -> Result<TokenEntry, ApiError> {
+        let table = self.mount_table()?;
+        let m = table
+            .auth
+            .iter()
+            .find(|m| m.accessor == e.mount_accessor)
+            .ok_or_else(|| ApiError::bad_request("invalid token"))?;
+        match m.kind.as_str() {
+            "userpass" => crate::userpass::renew_entry(self, m, e).await,
+            _ => Err(ApiError::bad_request("lease is not renewable")),
+        }
     }
 
     /// The first half of the pipeline: everything that needs only the
@@ -830,6 +897,9 @@ impl Core {
         }
         if !self.is_serving() {
             return Err(ApiError::sealed());
+        }
+        if self.login_route(&req)?.is_some() {
+            return Ok(Begun::Open(req));
         }
 
         let token_id = token.unwrap_or_default();
@@ -865,14 +935,25 @@ impl Core {
             audit.request.data = None;
             return Err(self.refuse(audit, ApiError::permission_denied()).await);
         };
+        if !entry.allows_address(&req.remote_addr) {
+            // a token bound to CIDRs (an auth method's token_bound_cidrs)
+            // used from elsewhere: as an invalid token
+            audit.request.data = None;
+            return Err(self.refuse(audit, ApiError::permission_denied()).await);
+        }
 
         let acl = self.policies.acl(&entry.policies)?;
         // the epoch first: a table change after this read is seen by `route`
         let mount_epoch = self.mount_epoch.load(Ordering::SeqCst);
         let table = self.mount_table()?;
-        let route = table
-            .route(&req.path)
-            .map(|(m, rel)| (m.clone(), rel.to_string()));
+        let route = route_in(&table, &req.path).map(|(m, rel)| (m.clone(), rel.to_string()));
+        // names under an auth method are canonical before the ACL sees them
+        if let Some((m, rel)) = &route
+            && m.kind == "userpass"
+            && req.path.starts_with("auth/")
+        {
+            crate::userpass::parse(req.operation, rel)?;
+        }
         if let Some((m, _)) = &route {
             audit.request.mount_type = m.kind.clone();
         }
@@ -1105,6 +1186,18 @@ impl Core {
                 .await?
                 .is_some());
         }
+        // userpass users have Vault's existence check too
+        if let Some((m, rel)) = route
+            && m.kind == "userpass"
+            && req.path.starts_with("auth/")
+        {
+            return match crate::userpass::parse(req.operation, rel)? {
+                crate::userpass::UserpassPath::User(name) => {
+                    crate::userpass::user_exists(self, m, name).await
+                }
+                _ => Ok(true),
+            };
+        }
         // sys/ and auth/ have no existence check otherwise (Vault): every
         // write there needs `update`, so `create` alone never writes a
         // policy or a mount
@@ -1140,10 +1233,16 @@ impl Core {
         let _gate = self.mount_gate.read().await;
         if self.mount_epoch.load(Ordering::SeqCst) != auth.mount_epoch {
             let table = self.mount_table()?;
-            match table.route(path) {
+            match route_in(&table, path) {
                 Some((m, _)) if m.uuid == mount.uuid && m.path == mount.path => {}
                 _ => return Err(ApiError::unsupported_path()),
             }
+        }
+        if path.starts_with("auth/") {
+            return match mount.kind.as_str() {
+                "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
+                _ => Err(ApiError::unsupported_path()),
+            };
         }
         let view = View::new(self.barrier.clone(), mount.view_prefix());
         match mount.engine() {
@@ -1168,6 +1267,40 @@ impl Core {
             }
             Begun::Authorized(a) => self.execute(a, Ok(data)).await,
         }
+    }
+}
+
+/// The mount a canonical path routes to: an auth method for `auth/...`
+/// (the token method is not in the table), else a secrets mount.
+fn route_in<'a>(table: &'a MountTable, path: &'a str) -> Option<(&'a MountEntry, &'a str)> {
+    match path.strip_prefix("auth/") {
+        Some(rest) => table.auth_route(rest),
+        None => table.route(path),
+    }
+}
+
+/// The audit record of a request served without a token (its data: the
+/// body, or the query when there is none).
+fn open_audit_entry(req: &Request) -> AuditEntry {
+    let data = if req.data.is_empty() {
+        query_data(req)
+    } else {
+        Some(Value::Object(req.data.clone()))
+    };
+    AuditEntry {
+        auth: None,
+        request: AuditRequest {
+            id: req.id.clone(),
+            operation: req.operation.as_str().to_string(),
+            path: req.path.to_string(),
+            mount_type: String::new(),
+            client_token: String::new(),
+            client_token_accessor: String::new(),
+            remote_address: req.remote_addr.clone(),
+            data,
+        },
+        response: None,
+        error: None,
     }
 }
 

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_path;
+pub mod auth_methods;
 pub mod canonical;
 pub mod config;
 pub mod core;
@@ -29,6 +30,7 @@ pub mod sys;
 pub mod token;
 pub mod token_api;
 pub mod token_roles;
+pub mod userpass;
 
 use std::future::Future;
 use std::net::SocketAddr;

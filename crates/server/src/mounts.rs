@@ -57,6 +57,11 @@ impl MountEntry {
         format!("logical/{}/", self.uuid)
     }
 
+    /// The storage view of an auth method (Vault's `auth/<uuid>/`).
+    pub fn auth_view_prefix(&self) -> String {
+        format!("auth/{}/", self.uuid)
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "type": self.kind,
@@ -82,7 +87,16 @@ impl MountEntry {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MountTable {
     pub entries: Vec<MountEntry>,
+    /// Auth methods enabled under `auth/` (paths relative to it, with their
+    /// trailing `/`: `userpass/`). The token method is built in and never
+    /// here. Kept in the same barrier entry as the secrets mounts, so one
+    /// write changes both and every table change bumps the same epoch.
+    #[serde(default)]
+    pub auth: Vec<MountEntry>,
 }
+
+/// The auth method types that can be enabled.
+pub const AUTH_METHOD_TYPES: &[&str] = &["userpass"];
 
 /// Paths that belong to the core and can never be a secrets mount.
 const RESERVED: &[&str] = &["sys/", "auth/", "cubbyhole/", "identity/"];
@@ -125,6 +139,55 @@ impl MountTable {
         Ok(path)
     }
 
+    /// The auth method whose path is the longest prefix of `rest` (a request
+    /// path without its `auth/`), and the path relative to it.
+    pub fn auth_route<'a>(&'a self, rest: &'a str) -> Option<(&'a MountEntry, &'a str)> {
+        self.auth
+            .iter()
+            .filter(|m| rest.starts_with(&m.path) || format!("{rest}/") == m.path)
+            .max_by_key(|m| m.path.len())
+            .map(|m| (m, rest.get(m.path.len()..).unwrap_or("")))
+    }
+
+    /// Check a canonical auth method path (from `sys/auth/<path>`), as
+    /// [`MountTable::check_path`] does; `token/` is the built-in method's.
+    pub fn check_auth_path(path: &str) -> Result<String, ApiError> {
+        if path.is_empty() {
+            return Err(ApiError::bad_request("missing auth method path"));
+        }
+        // the same character and segment rules as a secrets mount path
+        let checked = Self::check_path(path).or_else(|e| {
+            if e == ApiError::bad_request("invalid mount path") {
+                Err(ApiError::bad_request("invalid auth method path"))
+            } else {
+                // reserved names of secrets mounts (sys/, auth/, ...) are
+                // ordinary names under auth/
+                Ok(format!("{path}/"))
+            }
+        })?;
+        if checked == "token/" || checked.starts_with("token/") {
+            return Err(ApiError::bad_request(format!(
+                "cannot mount \"auth/{checked}\": path is reserved for the token auth method"
+            )));
+        }
+        Ok(checked)
+    }
+
+    /// A new auth method path may neither contain nor be contained in an
+    /// existing one (`token/` included).
+    pub fn auth_conflicts(&self, path: &str) -> bool {
+        path.starts_with("token/")
+            || self
+                .auth
+                .iter()
+                .any(|m| m.path.starts_with(path) || path.starts_with(&m.path))
+    }
+
+    /// The accessors of the enabled auth methods.
+    pub fn auth_accessors(&self) -> std::collections::HashSet<String> {
+        self.auth.iter().map(|m| m.accessor.clone()).collect()
+    }
+
     /// A new mount may neither contain nor be contained in an existing one.
     pub fn conflicts(&self, path: &str) -> bool {
         self.entries
@@ -155,7 +218,23 @@ mod tests {
     fn routes_longest_prefix() {
         let t = MountTable {
             entries: vec![entry("secret/"), entry("secret-b/"), entry("team/a/")],
+            auth: vec![entry("userpass/"), entry("team/up/")],
         };
+        assert_eq!(
+            t.auth_route("userpass/login/bob")
+                .map(|(m, r)| (m.path.as_str(), r)),
+            Some(("userpass/", "login/bob"))
+        );
+        assert_eq!(
+            t.auth_route("team/up").map(|(m, r)| (m.path.as_str(), r)),
+            Some(("team/up/", ""))
+        );
+        assert!(t.auth_route("userpassx/login/bob").is_none());
+        assert!(t.auth_route("token/lookup-self").is_none());
+        assert!(t.auth_conflicts("userpass/sub/"));
+        assert!(t.auth_conflicts("team/"));
+        assert!(t.auth_conflicts("token/"));
+        assert!(!t.auth_conflicts("ldap/"));
         assert_eq!(
             t.route("secret/data/x").map(|(m, r)| (m.path.as_str(), r)),
             Some(("secret/", "data/x"))
@@ -190,5 +269,29 @@ mod tests {
             MountTable::check_path("").unwrap_err(),
             ApiError::bad_request("missing mount path")
         );
+    }
+
+    #[test]
+    fn auth_method_paths_are_checked_not_rewritten() {
+        assert_eq!(
+            MountTable::check_auth_path("userpass").unwrap(),
+            "userpass/"
+        );
+        assert_eq!(MountTable::check_auth_path("sys").unwrap(), "sys/");
+        assert_eq!(
+            MountTable::check_auth_path("token").unwrap_err(),
+            ApiError::bad_request(
+                "cannot mount \"auth/token/\": path is reserved for the token auth method"
+            )
+        );
+        assert!(MountTable::check_auth_path("token/x").is_err());
+        let invalid = ApiError::bad_request("invalid auth method path");
+        for bad in ["/up/", "up/", "a/../b", "a//b", "up ", "u\u{200b}p"] {
+            assert_eq!(
+                MountTable::check_auth_path(bad).unwrap_err(),
+                invalid,
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -207,10 +207,22 @@ pub async fn remount(core: &Core, auth: &Authorized) -> Result<Response, ApiErro
                 "cannot remount to destination {to:?}"
             )));
         }
-        // the token method is the only auth method here
-        return Err(ApiError::bad_request(format!(
-            "no matching mount at {from:?}"
-        )));
+        let table = core.mount_table()?;
+        let enabled = from.strip_prefix("auth/").is_some_and(|p| {
+            table
+                .auth
+                .iter()
+                .any(|m| m.path == p || m.path == format!("{p}/"))
+        });
+        return Err(ApiError::bad_request(if enabled {
+            // a token records the login path it came from; a moved method
+            // would leave them naming a path that is no longer its own
+            format!(
+                "moving an auth method is not supported: disable {from:?} and enable it again at {to:?}"
+            )
+        } else {
+            format!("no matching mount at {from:?}")
+        }));
     }
     for p in PROTECTED {
         if from.starts_with(p) {

@@ -192,15 +192,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             .with_top_level());
         }
         "mounts" if op == Operation::Read || op == Operation::List => return list_mounts(core),
-        "auth" if op == Operation::Read => {
-            let token = json!({
-                "type": "token", "description": "token based credentials", "accessor": "auth_token_0",
-                "uuid": "", "local": false, "seal_wrap": false,
-                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
-                "options": null,
-            });
-            return Ok(Response::data(json!({ "token/": token })).with_top_level());
-        }
+        "auth" if op == Operation::Read => return crate::auth_methods::list(core),
         "policy" | "policies/acl" if op == Operation::Read || op == Operation::List => {
             let names = core.policies.list()?;
             if rest == "policy" {
@@ -246,9 +238,12 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
     }
     if let Some(path) = rest.strip_prefix("auth/") {
         if let Some(p) = path.strip_suffix("/tune") {
-            return tune_auth(core, req, p);
+            if p == "token" {
+                return tune_token_auth(core, req);
+            }
+            return crate::auth_methods::tune(core, req, p).await;
         }
-        return Err(ApiError::unsupported_path());
+        return crate::auth_methods::handle(core, req, path).await;
     }
     if let Some(name) = rest.strip_prefix("policy/") {
         return policy(core, req, name, false).await;
@@ -358,7 +353,7 @@ fn effective_ttls(core: &Core, c: &MountConfig) -> (i64, i64) {
 /// A TTL for `.../tune`: a duration, or `system` (0: the system's). Absent,
 /// `null` and `""` leave it as it is (OpenBao): never a silent reset to the
 /// system's maximum.
-fn tune_ttl(req: &Request, name: &str, current: i64) -> Result<i64, ApiError> {
+pub(crate) fn tune_ttl(req: &Request, name: &str, current: i64) -> Result<i64, ApiError> {
     match req.data.get(name) {
         None | Some(Value::Null) => Ok(current),
         Some(Value::String(s)) if s.is_empty() => Ok(current),
@@ -488,26 +483,20 @@ async fn tune_mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
     }
 }
 
-/// `sys/auth/<path>/tune` (sudo, as every `sys/auth/*` path in Vault).
-/// Only the token method exists; its TTLs are the system's, from the
-/// server configuration, and cannot be tuned through the API (the token
-/// store enforces the configured ones: a tune it ignored would be a lie).
-fn tune_auth(core: &Core, req: &Request, path: &str) -> Result<Response, ApiError> {
-    if !matches!(req.operation, Operation::Read | Operation::Write) {
-        return Err(ApiError::unsupported_operation());
-    }
-    if path != "token" {
-        // OpenBao's answers for a method that is not enabled
-        return Err(ApiError::bad_request(if req.operation == Operation::Read {
-            format!("cannot fetch sysview for path \"auth/{path}/\"")
-        } else {
-            format!("tune of path \"auth/{path}/\" failed: no mount entry found")
-        }));
-    }
-    if req.operation == Operation::Write {
-        return Err(ApiError::bad_request(
-            "tuning the token auth method is not supported: its TTLs are the server configuration's default_lease_ttl and max_lease_ttl",
-        ));
+/// `sys/auth/token/tune` (sudo, as every `sys/auth/*` path in Vault). The
+/// token method's TTLs are the system's, from the server configuration,
+/// and cannot be tuned through the API (the token store enforces the
+/// configured ones: a tune it ignored would be a lie). Other methods:
+/// `auth_methods.rs`.
+fn tune_token_auth(core: &Core, req: &Request) -> Result<Response, ApiError> {
+    match req.operation {
+        Operation::Read => {}
+        Operation::Write => {
+            return Err(ApiError::bad_request(
+                "tuning the token auth method is not supported: its TTLs are the server configuration's default_lease_ttl and max_lease_ttl",
+            ));
+        }
+        _ => return Err(ApiError::unsupported_operation()),
     }
     let (default_ttl, max_ttl) = effective_ttls(core, &MountConfig::default());
     Ok(Response::data(json!({

@@ -9,7 +9,7 @@
 //! Token strings never reach storage or a log; lookups hash the presented
 //! token and compare fixed-length MACs. Revoking a token revokes its children.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -104,6 +104,24 @@ pub struct TokenEntry {
     /// The token role it was created against (`auth/token/create/<role>`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// The accessor of the auth method that issued it at login (empty for
+    /// the token method's own tokens). The token is valid only while that
+    /// method is enabled: disabling the method invalidates its tokens at
+    /// once, before (and whether or not) their revocation completes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mount_accessor: String,
+    /// The longest the token may live from its creation, renewals included
+    /// (an auth method's `token_max_ttl`); 0: the system's max TTL only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_ttl: i64,
+    /// The client addresses the token may be used from (canonical CIDRs,
+    /// `10.0.0.0/8`); empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_cidrs: Vec<String>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl TokenEntry {
@@ -120,6 +138,28 @@ impl TokenEntry {
     pub fn orphan(&self) -> bool {
         self.parent.is_empty()
     }
+
+    /// Whether a request from `remote` may use the token (its `bound_cidrs`).
+    /// An address that does not parse is outside every range.
+    pub fn allows_address(&self, remote: &str) -> bool {
+        address_allowed(&self.bound_cidrs, remote)
+    }
+}
+
+/// Whether `remote` (an IP address) is inside one of `bound` (CIDRs); an
+/// empty list allows every address, an address that does not parse is
+/// outside every range.
+pub fn address_allowed(bound: &[String], remote: &str) -> bool {
+    if bound.is_empty() {
+        return true;
+    }
+    let Ok(ip) = remote.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    bound
+        .iter()
+        .filter_map(|c| palisade_core::net::Cidr::parse(c))
+        .any(|c| c.contains(ip))
 }
 
 /// What a caller asks for when creating a token; the handler fills it from
@@ -139,6 +179,12 @@ pub struct NewToken {
     pub path: String,
     /// The token role, for tokens created against one.
     pub role: String,
+    /// See [`TokenEntry::mount_accessor`].
+    pub mount_accessor: String,
+    /// See [`TokenEntry::max_ttl`].
+    pub max_ttl: i64,
+    /// See [`TokenEntry::bound_cidrs`].
+    pub bound_cidrs: Vec<String>,
 }
 
 pub struct TokenStore {
@@ -158,6 +204,9 @@ pub struct TokenStore {
     /// Bumped by every revocation (under the cache lock): a lookup that read
     /// an entry from storage before a revocation must not cache it after.
     revocations: AtomicU64,
+    /// The accessors of the enabled auth methods (set with every mount-table
+    /// change): a token issued by a method not in it is invalid.
+    auth_methods: RwLock<Arc<HashSet<String>>>,
 }
 
 /// What counting one use of a token found.
@@ -203,7 +252,21 @@ impl TokenStore {
             cache: RwLock::new(HashMap::new()),
             modify: tokio::sync::Mutex::new(()),
             revocations: AtomicU64::new(0),
+            auth_methods: RwLock::new(Arc::new(HashSet::new())),
         }
+    }
+
+    /// The enabled auth methods' accessors (the core calls it whenever the
+    /// mount table is loaded or changed).
+    pub fn set_auth_methods(&self, accessors: HashSet<String>) -> Result<(), ApiError> {
+        *lock(self.auth_methods.write())? = Arc::new(accessors);
+        Ok(())
+    }
+
+    /// Whether the auth method that issued `e` (if any) is still enabled.
+    fn method_enabled(&self, e: &TokenEntry) -> Result<bool, ApiError> {
+        Ok(e.mount_accessor.is_empty()
+            || lock(self.auth_methods.read())?.contains(&e.mount_accessor))
     }
 
     /// Load (or create on first unseal) the hashing key.
@@ -325,10 +388,16 @@ impl TokenStore {
             ttl = self.limits.default_ttl;
         }
         // periodic tokens escape the system maximum (Vault); everything else,
-        // root tokens with a TTL included, is capped at it
-        if spec.period == 0 && ttl > self.limits.max_ttl {
-            warnings.push(ttl_capped_warning(ttl, self.limits.max_ttl));
-            ttl = self.limits.max_ttl;
+        // root tokens with a TTL included, is capped at it, and at the
+        // issuing auth method's max TTL when it has a lower one
+        let max_ttl = if spec.max_ttl > 0 {
+            spec.max_ttl.min(self.limits.max_ttl)
+        } else {
+            self.limits.max_ttl
+        };
+        if spec.period == 0 && ttl > max_ttl {
+            warnings.push(ttl_capped_warning(ttl, max_ttl));
+            ttl = max_ttl;
         }
         let expire_time = if ttl > 0 {
             now.checked_add(ttl)
@@ -354,6 +423,9 @@ impl TokenStore {
             path: spec.path,
             revoking: false,
             role: spec.role,
+            mount_accessor: spec.mount_accessor,
+            max_ttl: if spec.max_ttl > 0 { max_ttl } else { 0 },
+            bound_cidrs: spec.bound_cidrs,
         };
         let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
         let mut ops = vec![
@@ -447,6 +519,11 @@ impl TokenStore {
         for _ in 0..1024 {
             if cur.expire_time != 0 && cur.expire_time <= now {
                 self.revoke_tree(&cur.hash).await?;
+                return Ok(None);
+            }
+            // issued by an auth method since disabled: invalid now, even
+            // while (or if) the disabling's revocation has not reached it
+            if !self.method_enabled(&cur)? {
                 return Ok(None);
             }
             if cur.parent.is_empty() {
@@ -622,12 +699,14 @@ impl TokenStore {
         let too_large = || ApiError::bad_request("increment too large");
         let mut expire = now.checked_add(ttl).ok_or_else(too_large)?;
         if e.period == 0 {
-            let max = e
-                .creation_time
-                .checked_add(self.limits.max_ttl)
-                .ok_or_else(too_large)?;
+            let limit = if e.max_ttl > 0 {
+                e.max_ttl.min(self.limits.max_ttl)
+            } else {
+                self.limits.max_ttl
+            };
+            let max = e.creation_time.checked_add(limit).ok_or_else(too_large)?;
             if expire > max {
-                warnings.push(ttl_capped_warning(ttl, self.limits.max_ttl));
+                warnings.push(ttl_capped_warning(ttl, limit));
                 expire = max;
             }
         }
@@ -659,7 +738,25 @@ impl TokenStore {
         let mut n = 0;
         for h in self.barrier.list(ID_PREFIX).await? {
             if let Some(e) = self.entry_by_hash(&h).await?
-                && ((e.expire_time != 0 && e.expire_time <= now) || e.num_uses < 0 || e.revoking)
+                && ((e.expire_time != 0 && e.expire_time <= now)
+                    || e.num_uses < 0
+                    || e.revoking
+                    || !self.method_enabled(&e)?)
+            {
+                self.revoke_tree(&h).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Revoke every token an auth method issued (disabling it), with their
+    /// children. Returns how many trees were revoked.
+    pub async fn revoke_by_method(&self, accessor: &str) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for h in self.barrier.list(ID_PREFIX).await? {
+            if let Some(e) = self.entry_by_hash(&h).await?
+                && e.mount_accessor == accessor
             {
                 self.revoke_tree(&h).await?;
                 n += 1;

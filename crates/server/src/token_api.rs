@@ -45,11 +45,14 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
     if !e.role.is_empty() {
         v["role"] = json!(e.role);
     }
+    if !e.bound_cidrs.is_empty() {
+        v["bound_cidrs"] = json!(e.bound_cidrs);
+    }
     v["id"] = json!(id.unwrap_or(""));
     v
 }
 
-fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
+pub(crate) fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
     let token_policies = e.policies.clone();
     AuthBlock {
         client_token: palisade_core::Secret::new(id.to_string()),
@@ -268,6 +271,12 @@ fn increment(req: &Request) -> Result<i64, ApiError> {
 /// (the lesser of it and the token's own, so a renewal never outlives a
 /// limit the token was created with); a role deleted since → no renewal.
 async fn renew(core: &Arc<Core>, e: &TokenEntry, increment: i64) -> Result<Renewed, ApiError> {
+    if !e.mount_accessor.is_empty() {
+        // issued by an auth method: it decides (the user still exists with
+        // the same policies; its period and max TTL as they are now)
+        let by_method = core.auth_method_renewal(e).await?;
+        return core.tokens.renew(&by_method, increment).await;
+    }
     if e.role.is_empty() {
         return core.tokens.renew(e, increment).await;
     }
@@ -586,6 +595,11 @@ async fn create(
                 None => "auth/token/create".into(),
             },
             role: role.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+            // a child is bound where its parent is (Vault): a token bound to
+            // CIDRs must not mint an unbound one, orphan or not
+            bound_cidrs: parent.bound_cidrs.clone(),
+            mount_accessor: String::new(),
+            max_ttl: 0,
         })
         .await?;
     let mut r = Response::data(Value::Null);

@@ -1,0 +1,661 @@
+//! The `userpass` auth method (Vault's API): users with argon2id-hashed
+//! passwords, the token settings their logins get, and `login/<username>`.
+//!
+//! Storage: the method's view `auth/<uuid>/`, one entry per user at
+//! `user/<username>` holding a [`User`] (the PHC string, never the password).
+//!
+//! Usernames are canonical before anything sees them ([`parse`], called by
+//! `Core::begin` before the ACL check and by the handlers): Vault's
+//! `\w(([\w-.@]+)?\w)?`, and lowercase. Vault folds case (`Bob` logs in as
+//! `bob`, and an ACL written for `users/bob` is bypassed by `users/BOB`);
+//! here an uppercase name is refused with 400, never folded.
+//!
+//! Logins (`Core::open_login`) are unauthenticated, audited like every
+//! request (the password HMAC'd with the other strings), and cost one
+//! argon2id verification whether or not the user exists. At most
+//! [`MAX_CONCURRENT_HASHES`] hashes run at once, off the async runtime;
+//! a login that cannot get a slot within [`HASH_WAIT`] gets 429.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use palisade_barrier::View;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::core::{Authorized, Core};
+use crate::logical::{ApiError, AuthBlock, Operation, Request, Response, fields};
+use crate::mounts::MountEntry;
+use crate::token::{NewToken, TokenEntry};
+use crate::token_roles::sanitize_policies;
+
+/// Longest username, in bytes.
+pub const MAX_USERNAME_BYTES: usize = 256;
+/// Password hashes running at once (each takes ~20 ms and 19 MiB).
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+/// How long a login or password change waits for a hashing slot.
+pub const HASH_WAIT: Duration = Duration::from_secs(5);
+
+const USER_PREFIX: &str = "user/";
+
+/// What a path under a userpass mount names, its username checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserpassPath<'a> {
+    /// `LIST users/`
+    Users,
+    /// `users/<name>`: read, create/update, delete.
+    User(&'a str),
+    /// `users/<name>/password`
+    Password(&'a str),
+    /// `users/<name>/policies`
+    Policies(&'a str),
+    /// `login/<name>` (unauthenticated)
+    Login(&'a str),
+}
+
+/// Vault's `GenericNameWithAtRegex` (`\w(([\w-.@]+)?\w)?`, ASCII), lowercase.
+pub fn is_canonical_username(name: &str) -> bool {
+    let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_';
+    let b = name.as_bytes();
+    if b.len() > MAX_USERNAME_BYTES {
+        return false;
+    }
+    match b {
+        [] => false,
+        [c] => word(*c),
+        [first, mid @ .., last] => {
+            word(*first)
+                && word(*last)
+                && mid
+                    .iter()
+                    .all(|&c| word(c) || c == b'-' || c == b'.' || c == b'@')
+        }
+    }
+}
+
+fn invalid_username() -> ApiError {
+    ApiError::bad_request(
+        "invalid username: usernames are lowercase ASCII letters, digits and '_-.@', begin and end with a letter, a digit or '_', and are at most 256 bytes (Vault folds case; here a name is never rewritten)",
+    )
+}
+
+/// The path relative to a userpass mount, for `op`. A username that is not
+/// canonical → 400; a path the method does not have → 404; an operation
+/// the path does not have → 405.
+pub fn parse(op: Operation, rel: &str) -> Result<UserpassPath<'_>, ApiError> {
+    let name = |n: &'_ str| -> Result<(), ApiError> {
+        if is_canonical_username(n) {
+            Ok(())
+        } else {
+            Err(invalid_username())
+        }
+    };
+    if rel == "users/" || rel == "users" {
+        return match op {
+            Operation::List => Ok(UserpassPath::Users),
+            _ => Err(ApiError::unsupported_operation()),
+        };
+    }
+    if let Some(rest) = rel.strip_prefix("users/") {
+        let (user, sub) = match rest.split_once('/') {
+            Some((u, s)) => (u, Some(s)),
+            None => (rest, None),
+        };
+        name(user)?;
+        let (path, ok) = match sub {
+            None => (
+                UserpassPath::User(user),
+                matches!(op, Operation::Read | Operation::Write | Operation::Delete),
+            ),
+            Some("password") => (UserpassPath::Password(user), op == Operation::Write),
+            Some("policies") => (UserpassPath::Policies(user), op == Operation::Write),
+            Some(_) => return Err(ApiError::unsupported_path()),
+        };
+        return if ok {
+            Ok(path)
+        } else {
+            Err(ApiError::unsupported_operation())
+        };
+    }
+    if let Some(user) = rel.strip_prefix("login/") {
+        name(user)?;
+        return if op == Operation::Write {
+            Ok(UserpassPath::Login(user))
+        } else {
+            Err(ApiError::unsupported_operation())
+        };
+    }
+    Err(ApiError::unsupported_path())
+}
+
+/// A user, as stored. Durations in seconds; 0 means "the mount's".
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct User {
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub token_policies: Vec<String>,
+    pub token_ttl: i64,
+    pub token_max_ttl: i64,
+    pub token_explicit_max_ttl: i64,
+    pub token_period: i64,
+    pub token_num_uses: i64,
+    pub token_no_default_policy: bool,
+    /// Canonical CIDRs (`10.0.0.0/8`): where the user may log in from, and
+    /// where the tokens it gets may be used from.
+    pub token_bound_cidrs: Vec<String>,
+    /// `default`, `service` or `default-service` (service tokens only).
+    pub token_type: String,
+}
+
+impl User {
+    fn to_json(&self) -> Value {
+        json!({
+            "token_policies": self.token_policies,
+            "policies": self.token_policies,
+            "token_ttl": self.token_ttl,
+            "ttl": self.token_ttl,
+            "token_max_ttl": self.token_max_ttl,
+            "max_ttl": self.token_max_ttl,
+            "token_explicit_max_ttl": self.token_explicit_max_ttl,
+            "token_period": self.token_period,
+            "period": self.token_period,
+            "token_num_uses": self.token_num_uses,
+            "token_no_default_policy": self.token_no_default_policy,
+            "token_bound_cidrs": self.token_bound_cidrs,
+            "bound_cidrs": self.token_bound_cidrs,
+            "token_type": self.token_type,
+        })
+    }
+}
+
+fn view(core: &Core, mount: &MountEntry) -> View {
+    View::new(core.barrier.clone(), mount.auth_view_prefix())
+}
+
+async fn get_user(view: &View, name: &str) -> Result<Option<User>, ApiError> {
+    match view.get(&format!("{USER_PREFIX}{name}")).await? {
+        None => Ok(None),
+        Some(b) => Ok(Some(
+            serde_json::from_slice(&b).map_err(ApiError::internal)?,
+        )),
+    }
+}
+
+async fn put_user(view: &View, name: &str, user: &User) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(user).map_err(ApiError::internal)?;
+    Ok(view.put(&format!("{USER_PREFIX}{name}"), &bytes).await?)
+}
+
+/// User writes are serialised: create-or-update is decided once, under the
+/// lock, and an update never loses a field another one wrote meanwhile.
+static WRITES: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+static HASHING: LazyLock<tokio::sync::Semaphore> =
+    LazyLock::new(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES));
+
+/// Run password hashing work off the runtime, at most
+/// [`MAX_CONCURRENT_HASHES`] at once.
+async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let _permit = match tokio::time::timeout(HASH_WAIT, HASHING.acquire()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            return Err(ApiError::new(
+                429,
+                "too many logins in progress; retry later",
+            ));
+        }
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("password hashing task: {e}")))
+}
+
+async fn hash_password(password: String) -> Result<String, ApiError> {
+    let password = zeroize::Zeroizing::new(password);
+    hashing(move || palisade_crypto::password::hash(password.as_bytes()))
+        .await?
+        .map_err(|e| match e {
+            palisade_crypto::password::PasswordError::Hash => {
+                ApiError::internal("password hashing failed")
+            }
+            e => ApiError::bad_request(e.to_string()),
+        })
+}
+
+fn password_field(req: &Request) -> Result<Option<String>, ApiError> {
+    match req.data.get("password") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        // never echo the value: it is a password
+        Some(_) => Err(ApiError::bad_request("password must be a string")),
+    }
+}
+
+fn duration_pair(req: &Request, new: &str, old: &str) -> Result<Option<i64>, ApiError> {
+    match req.data.get(new).or_else(|| req.data.get(old)) {
+        None => Ok(None),
+        Some(v) => {
+            let d = fields::duration_secs(v, new)?;
+            if d < 0 {
+                return Err(ApiError::bad_request(format!("{new} cannot be negative")));
+            }
+            Ok(Some(d))
+        }
+    }
+}
+
+fn policies_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
+    match req
+        .data
+        .get("token_policies")
+        .or_else(|| req.data.get("policies"))
+    {
+        None => Ok(None),
+        Some(v) => {
+            let list = sanitize_policies(&fields::string_list(v, "token_policies")?, false);
+            if list.iter().any(|p| p == "root") {
+                // Vault refuses at login ("auth methods cannot create root
+                // tokens"); here the user that could never log in is refused
+                return Err(ApiError::bad_request(
+                    "token_policies cannot hold \"root\": auth methods cannot create root tokens",
+                ));
+            }
+            Ok(Some(list))
+        }
+    }
+}
+
+/// Parse `token_bound_cidrs` (or `bound_cidrs`) into canonical CIDRs.
+fn cidrs_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(v) = req
+        .data
+        .get("token_bound_cidrs")
+        .or_else(|| req.data.get("bound_cidrs"))
+    else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for s in fields::string_list(v, "token_bound_cidrs")? {
+        let s = s.trim();
+        if s.is_empty() {
+            continue;
+        }
+        let c = palisade_core::net::Cidr::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid token_bound_cidrs entry {s:?}: expected an IP address or a CIDR block"
+            ))
+        })?;
+        out.push(c.to_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(Some(out))
+}
+
+/// Apply the token fields of a create or update to `user`.
+fn apply_token_fields(req: &Request, user: &mut User) -> Result<(), ApiError> {
+    if let Some(p) = policies_field(req)? {
+        user.token_policies = p;
+    }
+    if let Some(d) = duration_pair(req, "token_ttl", "ttl")? {
+        user.token_ttl = d;
+    }
+    if let Some(d) = duration_pair(req, "token_max_ttl", "max_ttl")? {
+        user.token_max_ttl = d;
+    }
+    if let Some(d) = duration_pair(req, "token_explicit_max_ttl", "explicit_max_ttl")? {
+        user.token_explicit_max_ttl = d;
+    }
+    if let Some(d) = duration_pair(req, "token_period", "period")? {
+        user.token_period = d;
+    }
+    if let Some(v) = req.data.get("token_num_uses") {
+        let n = fields::int(v, "token_num_uses")?;
+        if n < 0 {
+            return Err(ApiError::bad_request("token_num_uses cannot be negative"));
+        }
+        user.token_num_uses = n;
+    }
+    if let Some(v) = req.data.get("token_no_default_policy") {
+        user.token_no_default_policy = fields::boolean(v, "token_no_default_policy")?;
+    }
+    if let Some(c) = cidrs_field(req)? {
+        user.token_bound_cidrs = c;
+    }
+    if let Some(v) = req.data.get("token_type") {
+        let t = fields::string(v, "token_type")?;
+        user.token_type = match t.as_str() {
+            "" | "default" | "default-service" => "default".into(),
+            "service" => "service".into(),
+            "batch" | "default-batch" => {
+                return Err(ApiError::bad_request(format!(
+                    "'token_type' {t:?} is not supported: this server issues service tokens only"
+                )));
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid 'token_type' value {t:?}"
+                )));
+            }
+        };
+    }
+    if user.token_max_ttl > 0 && user.token_ttl > user.token_max_ttl {
+        return Err(ApiError::bad_request(
+            "'token_ttl' cannot be greater than 'token_max_ttl'",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a user exists (the ACL's create-or-update decision).
+pub async fn user_exists(core: &Core, mount: &MountEntry, name: &str) -> Result<bool, ApiError> {
+    Ok(get_user(&view(core, mount), name).await?.is_some())
+}
+
+/// Every request under a userpass mount but `login/` (which is open).
+pub async fn handle(
+    core: &Core,
+    auth: &Authorized,
+    mount: &MountEntry,
+    rel: &str,
+) -> Result<Response, ApiError> {
+    let req = auth.request();
+    let view = view(core, mount);
+    match parse(req.operation, rel)? {
+        UserpassPath::Users => {
+            let mut keys = view.list(USER_PREFIX).await?;
+            keys.sort();
+            if keys.is_empty() {
+                return Err(ApiError::not_found());
+            }
+            Ok(Response::data(json!({ "keys": keys })))
+        }
+        UserpassPath::User(name) => match req.operation {
+            Operation::Read => {
+                let user = get_user(&view, name)
+                    .await?
+                    .ok_or_else(ApiError::not_found)?;
+                Ok(Response::data(user.to_json()))
+            }
+            Operation::Delete => {
+                let _g = WRITES.lock().await;
+                view.delete(&format!("{USER_PREFIX}{name}")).await?;
+                Ok(Response::no_content())
+            }
+            _ => write_user(auth, &view, name).await,
+        },
+        UserpassPath::Password(name) => {
+            let password =
+                password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
+            let hash = hash_password(password).await?;
+            let _g = WRITES.lock().await;
+            let mut user = get_user(&view, name)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("username does not exist"))?;
+            user.password_hash = hash;
+            put_user(&view, name, &user).await?;
+            Ok(Response::no_content())
+        }
+        UserpassPath::Policies(name) => {
+            let policies = policies_field(req)?
+                .ok_or_else(|| ApiError::bad_request("missing token_policies"))?;
+            let _g = WRITES.lock().await;
+            let mut user = get_user(&view, name)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("username does not exist"))?;
+            user.token_policies = policies;
+            put_user(&view, name, &user).await?;
+            Ok(Response::no_content())
+        }
+        UserpassPath::Login(_) => Err(ApiError::unsupported_path()),
+    }
+}
+
+/// `POST users/<name>`: create (a password is required) or update (fields
+/// not given keep their value). Whether it creates or updates is decided
+/// again under the writes' lock, against what the ACL allows.
+async fn write_user(auth: &Authorized, view: &View, name: &str) -> Result<Response, ApiError> {
+    use palisade_policy::Capability;
+    let req = auth.request();
+    // validate everything, and hash, before taking the lock
+    let mut probe = User::default();
+    apply_token_fields(req, &mut probe)?;
+    let hash = match password_field(req)? {
+        Some(p) => Some(hash_password(p).await?),
+        None => None,
+    };
+    let _g = WRITES.lock().await;
+    let existing = get_user(view, name).await?;
+    let create = existing.is_none();
+    let allowed = if create {
+        auth.allows(Capability::Create)
+    } else {
+        auth.allows(Capability::Update)
+    };
+    if !allowed {
+        return Err(ApiError::permission_denied());
+    }
+    let mut user = existing.unwrap_or_else(|| User {
+        token_type: "default".into(),
+        ..User::default()
+    });
+    apply_token_fields(req, &mut user)?;
+    match hash {
+        Some(h) => user.password_hash = h,
+        None if create => return Err(ApiError::bad_request("missing password")),
+        None => {}
+    }
+    put_user(view, name, &user).await?;
+    Ok(Response::no_content())
+}
+
+/// The answer to every failed login: the same whether the user does not
+/// exist or the password is wrong (Vault's message).
+fn invalid_credentials() -> ApiError {
+    ApiError::bad_request("invalid username or password")
+}
+
+/// `POST login/<name>` on `mount` (the core holds the mount gate and has
+/// audited the request). The token is an orphan issued by the method:
+/// valid only while the method stays enabled.
+pub async fn login(
+    core: &Core,
+    mount: &MountEntry,
+    name: &str,
+    req: &Request,
+) -> Result<Response, ApiError> {
+    let password = password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
+    let user = get_user(&view(core, mount), name).await?;
+    let password = zeroize::Zeroizing::new(password);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = hashing(move || match stored {
+        Some(h) => palisade_crypto::password::verify(password.as_bytes(), &h),
+        None => palisade_crypto::password::verify_unknown(password.as_bytes()),
+    })
+    .await?;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => return Err(invalid_credentials()),
+    };
+    if !crate::token::address_allowed(&user.token_bound_cidrs, &req.remote_addr) {
+        return Err(ApiError::permission_denied());
+    }
+    let (default_ttl, mount_max) = core.auth_mount_ttls(mount);
+    let max_ttl = match user.token_max_ttl {
+        0 => mount_max,
+        m => m.min(mount_max),
+    };
+    let ttl = match user.token_ttl {
+        0 => default_ttl,
+        t => t,
+    };
+    let policies = sanitize_policies(&user.token_policies, !user.token_no_default_policy);
+    if policies.iter().any(|p| p == "root") {
+        return Err(ApiError::bad_request(
+            "auth methods cannot create root tokens",
+        ));
+    }
+    let mut meta = Map::new();
+    meta.insert("username".into(), Value::String(name.to_string()));
+    let (id, entry, warnings) = core
+        .tokens
+        .create(NewToken {
+            policies,
+            meta,
+            display_name: format!("{}-{name}", mount.kind),
+            num_uses: user.token_num_uses,
+            ttl,
+            explicit_max_ttl: user.token_explicit_max_ttl,
+            period: user.token_period,
+            renewable: true,
+            path: format!("auth/{}login/{name}", mount.path),
+            mount_accessor: mount.accessor.clone(),
+            max_ttl,
+            bound_cidrs: user.token_bound_cidrs.clone(),
+            ..NewToken::default()
+        })
+        .await?;
+    let now = entry.creation_time;
+    let mut r = Response::data(Value::Null);
+    r.data = None;
+    r.auth = Some(auth_block(&id, &entry, now));
+    r.warnings = warnings;
+    Ok(r)
+}
+
+fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
+    crate::token_api::auth_block(id, e, now)
+}
+
+/// Vault's `EquivalentPolicies`: the same set once `default` is set aside.
+fn equivalent_policies(a: &[String], b: &[String]) -> bool {
+    let set = |l: &[String]| {
+        l.iter()
+            .filter(|p| p.as_str() != "default")
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    set(a) == set(b)
+}
+
+/// What renewing a token this method issued may grant (Vault's
+/// `pathLoginRenew`): the user must still exist with the same policies;
+/// the renewal follows the user's period and max TTL as they are now.
+pub async fn renew_entry(
+    core: &Core,
+    mount: &MountEntry,
+    e: &TokenEntry,
+) -> Result<TokenEntry, ApiError> {
+    let name = e
+        .meta
+        .get("username")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let user = get_user(&view(core, mount), name).await?.ok_or_else(|| {
+        ApiError::bad_request("failed to renew entry: the user no longer exists, not renewing")
+    })?;
+    if !equivalent_policies(&user.token_policies, &e.policies) {
+        return Err(ApiError::bad_request(
+            "failed to renew entry: policies have changed, not renewing",
+        ));
+    }
+    let (default_ttl, mount_max) = core.auth_mount_ttls(mount);
+    let mut next = e.clone();
+    next.period = user.token_period;
+    let user_max = match user.token_max_ttl {
+        0 => mount_max,
+        m => m.min(mount_max),
+    };
+    next.max_ttl = if e.max_ttl > 0 {
+        e.max_ttl.min(user_max)
+    } else {
+        user_max
+    };
+    // a renewal without an increment extends by the user's TTL as it is now
+    next.creation_ttl = match user.token_ttl {
+        0 => default_ttl,
+        t => t,
+    };
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Operation::*;
+
+    #[test]
+    fn usernames_must_already_be_canonical() {
+        for ok in ["bob", "b", "alice@example.com", "svc-1.ci", "_x_", "a1"] {
+            assert!(is_canonical_username(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Bob",
+            "BOB",
+            "bob ",
+            " bob",
+            "-bob",
+            "bob-",
+            ".bob",
+            "bob.",
+            "@bob",
+            "b*b",
+            "b/b",
+            "bö",
+            "b\u{200b}b",
+        ] {
+            assert!(!is_canonical_username(bad), "{bad:?}");
+        }
+        assert!(is_canonical_username(&"a".repeat(256)));
+        assert!(!is_canonical_username(&"a".repeat(257)));
+    }
+
+    #[test]
+    fn paths_parse_into_what_the_handler_acts_on() {
+        assert_eq!(parse(List, "users/"), Ok(UserpassPath::Users));
+        assert_eq!(parse(Read, "users/bob"), Ok(UserpassPath::User("bob")));
+        assert_eq!(parse(Write, "users/bob"), Ok(UserpassPath::User("bob")));
+        assert_eq!(parse(Delete, "users/bob"), Ok(UserpassPath::User("bob")));
+        assert_eq!(
+            parse(Write, "users/bob/password"),
+            Ok(UserpassPath::Password("bob"))
+        );
+        assert_eq!(
+            parse(Write, "users/bob/policies"),
+            Ok(UserpassPath::Policies("bob"))
+        );
+        assert_eq!(parse(Write, "login/bob"), Ok(UserpassPath::Login("bob")));
+        assert_eq!(parse(Write, "users/Bob"), Err(invalid_username()));
+        assert_eq!(parse(Write, "login/BOB"), Err(invalid_username()));
+        assert_eq!(
+            parse(Read, "users/bob/password"),
+            Err(ApiError::unsupported_operation())
+        );
+        assert_eq!(
+            parse(Read, "login/bob"),
+            Err(ApiError::unsupported_operation())
+        );
+        assert_eq!(
+            parse(Write, "users/bob/x"),
+            Err(ApiError::unsupported_path())
+        );
+        assert_eq!(parse(Read, "config"), Err(ApiError::unsupported_path()));
+        assert_eq!(
+            parse(Write, "users/"),
+            Err(ApiError::unsupported_operation())
+        );
+    }
+
+    #[test]
+    fn policy_equivalence_ignores_default() {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(equivalent_policies(
+            &v(&["a", "b"]),
+            &v(&["b", "default", "a"])
+        ));
+        assert!(!equivalent_policies(&v(&["a"]), &v(&["a", "b"])));
+    }
+}
