@@ -318,12 +318,13 @@ pub async fn write(
             }
         };
     }
-    // CIDR binding is not enforced by this server: refusing it is the only
-    // honest answer (a role that seemed bound but was not would fail open)
+    // roles do not bind tokens to CIDRs here (the userpass method does):
+    // refusing it is the only honest answer (a role that seemed bound but
+    // was not would fail open)
     for cidrs in ["token_bound_cidrs", "bound_cidrs"] {
         if list_field(req, cidrs)?.is_some_and(|l| !l.is_empty()) {
             return Err(ApiError::bad_request(format!(
-                "{cidrs} is not supported: tokens cannot be bound to CIDR blocks on this server"
+                "{cidrs} is not supported on token roles: they cannot bind tokens to CIDR blocks on this server"
             )));
         }
     }
