@@ -56,6 +56,16 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-1, for what needs it by specification and not for security: the
+/// WAF's `t:sha1` transformation (CRS hashes the User-Agent with it to key
+/// a collection). Never use it to protect anything.
+pub fn sha1_legacy(data: &[u8]) -> [u8; 20] {
+    let d = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, data);
+    let mut out = [0u8; 20];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha256(data))
 }

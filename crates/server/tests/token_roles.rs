@@ -210,7 +210,9 @@ async fn role_fields_are_checked() {
         assert_error(
             &w(json!({ f: "10.0.0.0/8" })).await,
             400,
-            &format!("{f} is not supported on token roles: they cannot bind tokens to CIDR blocks on this server"),
+            &format!(
+                "{f} is not supported on token roles: they cannot bind tokens to CIDR blocks on this server"
+            ),
         );
     }
     // nothing was stored by the refusals
