@@ -8,6 +8,8 @@
 //!   linear-time engine, `@pm`/`@pmFromFile` on Aho-Corasick);
 //! - [`transform`]: transformations, byte for byte as ModSecurity's;
 //! - [`action`]: action lists and macros (`%{tx.score}`);
+//! - [`tx`]: a [`tx::Transaction`] evaluates a rule set on one request;
+//! - [`libinjection`]: `@detectSQLi` / `@detectXSS` (libinjectionrs);
 //! - [`ruleset`]: rule files → a [`ruleset::RuleSet`] per phase, with
 //!   chains, markers, default actions and target updates resolved.
 //!
@@ -17,9 +19,11 @@
 
 pub mod action;
 pub mod lexer;
+pub mod libinjection;
 pub mod operator;
 pub mod ruleset;
 pub mod transform;
+pub mod tx;
 pub mod variable;
 
 use std::sync::Arc;

@@ -61,6 +61,9 @@ pub enum Entry {
 #[derive(Clone, Debug, Default)]
 pub struct RuleSet {
     pub phases: [Vec<Entry>; 5],
+    /// What `block` does in each phase: the phase's `SecDefaultAction`
+    /// disruptive action (`pass` when it has none, as ModSecurity).
+    pub block: [Option<Disruptive>; 5],
     pub engine: Option<EngineMode>,
     pub component_signatures: Vec<String>,
 }
@@ -72,6 +75,14 @@ impl RuleSet {
             Entry::Rule(r) => Some(r),
             Entry::Marker(_) => None,
         })
+    }
+
+    /// What `block` means in `phase`.
+    pub fn block_action(&self, phase: u8) -> Disruptive {
+        match self.block.get(usize::from(phase.saturating_sub(1))) {
+            Some(Some(Disruptive::Block)) | Some(None) | None => Disruptive::Pass,
+            Some(Some(d)) => *d,
+        }
     }
 
     pub fn rule(&self, id: u32) -> Option<&Arc<Rule>> {
@@ -194,6 +205,7 @@ impl Builder {
                 if a.id.is_some() || a.chain || !a.setvars.is_empty() || a.skip_after.is_some() {
                     return Err("SecDefaultAction takes no id, chain, setvar or skipAfter".into());
                 }
+                self.set.block[usize::from(phase - 1)] = a.disruptive;
                 self.defaults.insert(phase, a);
                 Ok(())
             }

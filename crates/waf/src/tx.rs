@@ -1,0 +1,804 @@
+//! Evaluating a [`RuleSet`] on one request: a [`Transaction`].
+//!
+//! The request is read once into the variables the rules name; each phase
+//! runs its rules in load order, with ModSecurity's semantics for chains
+//! (every link must match; later links see `MATCHED_VAR(S)` of earlier
+//! ones), `skipAfter` markers, `ctl` (per transaction), `setvar`, `capture`
+//! (`TX:0`–`TX:9`), `multiMatch`, exclusions (`!ARGS:x`, `ruleRemove*`) and
+//! disruptive actions (`block` is the phase's `SecDefaultAction`, `pass` in
+//! CRS's anomaly-scoring mode). Non-disruptive actions of a rule run once
+//! when its whole chain matched.
+//!
+//! Body processors: `URLENCODED` (by content type, or `ctl`), `JSON` (by
+//! `ctl:requestBodyProcessor=JSON`; arguments named `json.a.b`, array items
+//! `json.list.0`). `MULTIPART` and `XML` bodies are not parsed yet: they set
+//! `REQBODY_ERROR` (so a rule such as 200002 refuses them: fail closed).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::EngineMode;
+use crate::action::{Ctl, Disruptive, Macro, Part, SetOp};
+use crate::operator::{Num, Op, Operator};
+use crate::ruleset::{Entry, Link, Rule, RuleSet};
+use crate::variable::{Selector, Target, Variable};
+
+/// A request as the engine sees it (what arrived, nothing normalised).
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent (`/a/b?x=1`, or absolute-form).
+    pub uri: String,
+    /// `HTTP/1.1`.
+    pub protocol: String,
+    /// Header lines in arrival order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub remote_addr: String,
+    pub body: Vec<u8>,
+    /// The request id (`UNIQUE_ID`).
+    pub id: String,
+}
+
+/// One logged rule match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub id: u32,
+    pub phase: u8,
+    pub msg: String,
+    pub data: String,
+    pub severity: Option<u8>,
+    pub tags: Vec<String>,
+    /// The variable that matched last (`ARGS:q`).
+    pub variable: String,
+}
+
+/// Why processing stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interruption {
+    pub rule_id: u32,
+    pub status: u16,
+    pub action: Disruptive,
+}
+
+type Coll = Vec<(String, Vec<u8>)>;
+
+/// One request's evaluation.
+pub struct Transaction<'s> {
+    set: &'s RuleSet,
+    pub mode: EngineMode,
+    req: Request,
+    uri_decoded: Vec<u8>,
+    filename: Vec<u8>,
+    basename: Vec<u8>,
+    query: Vec<u8>,
+    args_get: Coll,
+    args_post: Coll,
+    cookies: Coll,
+    body_processor: Option<String>,
+    body_done: bool,
+    force_body_variable: bool,
+    reqbody_error: Option<String>,
+    tx: BTreeMap<String, Vec<u8>>,
+    ip: BTreeMap<String, Vec<u8>>,
+    global: BTreeMap<String, Vec<u8>>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(RuleRef, Target)>,
+    matched_var: Option<(String, Vec<u8>)>,
+    matched_vars: Coll,
+    /// The rules that matched and log, in order.
+    pub matches: Vec<RuleMatch>,
+    pub interruption: Option<Interruption>,
+    allowed: bool,
+}
+
+#[derive(Clone, Debug)]
+enum RuleRef {
+    Id(u32),
+    Tag(String),
+}
+
+/// `application/x-www-form-urlencoded` → pairs, names and values decoded
+/// (`%XX`, `+`), as ModSecurity's parser: `&` separates, the first `=`
+/// splits, a pair without `=` is a name with an empty value.
+pub fn parse_urlencoded(s: &[u8]) -> Coll {
+    s.split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = match p.iter().position(|&b| b == b'=') {
+                Some(i) => (&p[..i], &p[i + 1..]),
+                None => (p, &p[p.len()..]),
+            };
+            let n = crate::transform::Transform::UrlDecode.apply(n);
+            let v = crate::transform::Transform::UrlDecode.apply(v);
+            (String::from_utf8_lossy(&n).into_owned(), v)
+        })
+        .collect()
+}
+
+fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Coll) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                flatten_json(x, &format!("{prefix}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten_json(x, &format!("{prefix}.{i}"), out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.as_bytes().to_vec())),
+        serde_json::Value::Null => out.push((prefix.to_string(), Vec::new())),
+        other => out.push((prefix.to_string(), other.to_string().into_bytes())),
+    }
+}
+
+/// ModSecurity's numeric reading of a value (C's `atoi`: optional sign and
+/// leading digits; anything else is 0).
+fn atoi(v: &[u8]) -> i64 {
+    let s = v.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for &d in digits.iter().take_while(|d| d.is_ascii_digit()) {
+        n = n.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+    }
+    if neg { -n } else { n }
+}
+
+fn key_matches(sel: &Selector, name: &str) -> bool {
+    match sel {
+        Selector::Key(k) => k.eq_ignore_ascii_case(name),
+        Selector::Regex(r) => r.is_match(name),
+        Selector::XPath(_) => true,
+    }
+}
+
+type Values<'a> = Vec<(String, Cow<'a, [u8]>)>;
+
+fn coll(c: &Coll) -> Values<'_> {
+    c.iter()
+        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
+        .collect()
+}
+
+fn names(c: &Coll) -> Values<'_> {
+    c.iter()
+        .map(|(k, _)| (k.clone(), Cow::Owned(k.as_bytes().to_vec())))
+        .collect()
+}
+
+fn map(m: &BTreeMap<String, Vec<u8>>) -> Values<'_> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
+        .collect()
+}
+
+fn one(b: Cow<'_, [u8]>) -> Values<'_> {
+    vec![(String::new(), b)]
+}
+
+fn owned(s: String) -> Values<'static> {
+    vec![(String::new(), Cow::Owned(s.into_bytes()))]
+}
+
+impl<'s> Transaction<'s> {
+    pub fn new(set: &'s RuleSet, req: Request) -> Self {
+        let (path, query) = match req.uri.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.as_bytes().to_vec()),
+            None => (req.uri.clone(), Vec::new()),
+        };
+        // an absolute-form target's path
+        let path = match path.find("://") {
+            Some(i) => path[i + 3..]
+                .find('/')
+                .map(|j| path[i + 3 + j..].to_string())
+                .unwrap_or_else(|| "/".into()),
+            None => path,
+        };
+        let filename = crate::transform::Transform::UrlDecode.apply(path.as_bytes());
+        let basename = match filename.iter().rposition(|&b| b == b'/') {
+            Some(i) => filename[i + 1..].to_vec(),
+            None => filename.clone(),
+        };
+        let uri_decoded = crate::transform::Transform::UrlDecode.apply(req.uri.as_bytes());
+        let args_get = parse_urlencoded(&query);
+        let mut cookies = Vec::new();
+        for (n, v) in &req.headers {
+            if n.eq_ignore_ascii_case("cookie") {
+                for c in v.split(|&b| b == b';') {
+                    let c = c.trim_ascii();
+                    if c.is_empty() {
+                        continue;
+                    }
+                    let (cn, cv) = match c.iter().position(|&b| b == b'=') {
+                        Some(i) => (&c[..i], &c[i + 1..]),
+                        None => (c, &c[c.len()..]),
+                    };
+                    cookies.push((String::from_utf8_lossy(cn).into_owned(), cv.to_vec()));
+                }
+            }
+        }
+        Transaction {
+            set,
+            mode: set.engine.unwrap_or(EngineMode::On),
+            req,
+            uri_decoded,
+            filename,
+            basename,
+            query,
+            args_get,
+            args_post: Vec::new(),
+            cookies,
+            body_processor: None,
+            body_done: false,
+            force_body_variable: false,
+            reqbody_error: None,
+            tx: BTreeMap::new(),
+            ip: BTreeMap::new(),
+            global: BTreeMap::new(),
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets: Vec::new(),
+            matched_var: None,
+            matched_vars: Vec::new(),
+            matches: Vec::new(),
+            interruption: None,
+            allowed: false,
+        }
+    }
+
+    /// Run the request phases (1, then the body, then 2); stops at an
+    /// interruption in `On` mode.
+    pub fn process_request(&mut self) -> Option<&Interruption> {
+        self.phase(1);
+        if self.interruption.is_none() {
+            self.phase(2);
+        }
+        self.interruption.as_ref()
+    }
+
+    /// The value of `TX:<key>` (tests, logs).
+    pub fn tx(&self, key: &str) -> Option<&[u8]> {
+        self.tx.get(&key.to_ascii_lowercase()).map(Vec::as_slice)
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn process_body(&mut self) {
+        if self.body_done {
+            return;
+        }
+        self.body_done = true;
+        if self.body_processor.is_none() {
+            let ct = self
+                .header("content-type")
+                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                .unwrap_or_default();
+            if ct.starts_with("application/x-www-form-urlencoded") {
+                self.body_processor = Some("URLENCODED".into());
+            } else if ct.starts_with("multipart/form-data") {
+                self.body_processor = Some("MULTIPART".into());
+            }
+        }
+        if self.req.body.is_empty() {
+            return;
+        }
+        match self.body_processor.as_deref() {
+            Some("URLENCODED") => self.args_post = parse_urlencoded(&self.req.body),
+            Some("JSON") => match serde_json::from_slice::<serde_json::Value>(&self.req.body) {
+                Ok(v) => {
+                    let mut out = Vec::new();
+                    flatten_json(&v, "json", &mut out);
+                    self.args_post = out;
+                }
+                Err(e) => self.reqbody_error = Some(format!("JSON parsing error: {e}")),
+            },
+            Some(p @ ("MULTIPART" | "XML")) => {
+                self.reqbody_error = Some(format!(
+                    "{p} request bodies are not inspected by this engine yet"
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn removed(&self, r: &Rule) -> bool {
+        self.removed_ids
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&r.id))
+            || self.removed_tags.iter().any(|t| r.has_tag(t))
+    }
+
+    /// Run one phase's rules.
+    pub fn phase(&mut self, phase: u8) {
+        if self.mode == EngineMode::Off || self.allowed || !(1..=5).contains(&phase) {
+            return;
+        }
+        if phase == 2 {
+            self.process_body();
+        }
+        let set = self.set;
+        let mut skip_after: Option<&str> = None;
+        let mut skip = 0u32;
+        for e in &set.phases[usize::from(phase - 1)] {
+            let r = match e {
+                Entry::Marker(m) => {
+                    if skip_after == Some(&**m) {
+                        skip_after = None;
+                    }
+                    continue;
+                }
+                Entry::Rule(r) => r,
+            };
+            if skip_after.is_some() {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if self.removed(r) {
+                continue;
+            }
+            if !self.eval_rule(r) {
+                continue;
+            }
+            if r.actions.skip > 0 {
+                skip = r.actions.skip;
+            }
+            if let Some(m) = &r.actions.skip_after {
+                skip_after = Some(m.as_str());
+            }
+            let action = match r.disruptive() {
+                Disruptive::Block => set.block_action(phase),
+                d => d,
+            };
+            match action {
+                Disruptive::Pass | Disruptive::Block => {}
+                Disruptive::Allow => {
+                    if self.mode == EngineMode::On {
+                        self.allowed = true;
+                        return;
+                    }
+                }
+                Disruptive::Deny | Disruptive::Drop => {
+                    if self.mode == EngineMode::On {
+                        self.interruption = Some(Interruption {
+                            rule_id: r.id,
+                            status: r.actions.status.unwrap_or(403),
+                            action,
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether every link of `r` matches; runs its actions when so.
+    fn eval_rule(&mut self, r: &Rule) -> bool {
+        self.matched_vars.clear();
+        let mut last_var = String::new();
+        for link in &r.links {
+            match self.eval_link(r, link) {
+                Some(v) => last_var = v,
+                None => return false,
+            }
+        }
+        // the whole chain matched: the links' actions, then the log record
+        for link in &r.links {
+            for sv in &link.actions.setvars {
+                self.setvar(sv);
+            }
+            for c in &link.actions.ctls {
+                self.ctl(c);
+            }
+        }
+        if r.logs() {
+            let msg = r
+                .actions
+                .msg
+                .as_ref()
+                .map(|m| String::from_utf8_lossy(&self.expand(m)).into_owned())
+                .unwrap_or_default();
+            let mut data = r
+                .actions
+                .logdata
+                .as_ref()
+                .map(|m| String::from_utf8_lossy(&self.expand(m)).into_owned())
+                .unwrap_or_default();
+            if data.len() > 512 {
+                let mut cut = 512;
+                while !data.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                data.truncate(cut);
+            }
+            self.matches.push(RuleMatch {
+                id: r.id,
+                phase: r.phase,
+                msg,
+                data,
+                severity: r.actions.severity,
+                tags: r.actions.tags.clone(),
+                variable: last_var,
+            });
+        }
+        true
+    }
+
+    /// Evaluate one link: the name of the last variable that matched, or
+    /// None when nothing did.
+    fn eval_link(&mut self, r: &Rule, link: &Link) -> Option<String> {
+        // SecAction: no targets, one (empty) value for its unconditional match
+        let values = if link.targets.is_empty() {
+            vec![(String::new(), Vec::new())]
+        } else {
+            self.collect(r, &link.targets)
+        };
+        let mut last = None;
+        for (name, value) in values {
+            let mut candidates: Vec<Cow<'_, [u8]>> = Vec::new();
+            let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&value);
+            if link.actions.multi_match {
+                candidates.push(cur.clone());
+            }
+            for t in &link.actions.transforms {
+                cur = Cow::Owned(t.apply(&cur));
+                if link.actions.multi_match {
+                    candidates.push(cur.clone());
+                }
+            }
+            if !link.actions.multi_match {
+                candidates.push(cur);
+            }
+            let mut hit = false;
+            for c in &candidates {
+                if self.run_operator(&link.operator, c, link.actions.capture) {
+                    hit = true;
+                    self.matched_var = Some((name.clone(), c.to_vec()));
+                    self.matched_vars.push((name.clone(), c.to_vec()));
+                    break;
+                }
+            }
+            if hit {
+                last = Some(name);
+            }
+        }
+        last
+    }
+
+    /// The values a link's targets name: (full name, value), exclusions and
+    /// removed targets applied.
+    fn collect(&self, r: &Rule, targets: &[Target]) -> Vec<(String, Vec<u8>)> {
+        let excluded = |t: &Target, key: &str| -> bool {
+            let matches_ex = |ex: &Target| {
+                ex.variable == t.variable
+                    && ex.selector.as_ref().is_some_and(|s| key_matches(s, key))
+            };
+            targets.iter().filter(|x| x.exclude).any(matches_ex)
+                || self.removed_targets.iter().any(|(rr, ex)| {
+                    let applies = match rr {
+                        RuleRef::Id(id) => *id == r.id,
+                        RuleRef::Tag(tag) => r.has_tag(tag),
+                    };
+                    applies
+                        && (ex.variable == t.variable
+                            && (ex.selector.is_none()
+                                || ex.selector.as_ref().is_some_and(|s| key_matches(s, key))))
+                })
+        };
+        let mut out = Vec::new();
+        for t in targets.iter().filter(|t| !t.exclude) {
+            let vals = self.values(t.variable);
+            let vname = t.variable.name();
+            let mut picked: Vec<(String, Vec<u8>)> = Vec::new();
+            for (key, v) in vals {
+                if let Some(sel) = &t.selector
+                    && !key_matches(sel, &key)
+                {
+                    continue;
+                }
+                if excluded(t, &key) {
+                    continue;
+                }
+                let full = if t.variable.is_collection() {
+                    format!("{vname}:{key}")
+                } else {
+                    vname.to_string()
+                };
+                picked.push((full, v.into_owned()));
+            }
+            if t.count {
+                out.push((format!("&{vname}"), picked.len().to_string().into_bytes()));
+            } else {
+                out.extend(picked);
+            }
+        }
+        out
+    }
+
+    /// Every (key, value) of a variable; scalars have one with key "".
+    fn values(&self, v: Variable) -> Values<'_> {
+        use Variable::*;
+        let args = || {
+            let mut a = coll(&self.args_get);
+            a.extend(coll(&self.args_post));
+            a
+        };
+        match v {
+            Args => args(),
+            ArgsGet => coll(&self.args_get),
+            ArgsPost => coll(&self.args_post),
+            ArgsNames => {
+                let mut a = names(&self.args_get);
+                a.extend(names(&self.args_post));
+                a
+            }
+            ArgsGetNames => names(&self.args_get),
+            ArgsPostNames => names(&self.args_post),
+            ArgsCombinedSize => owned(
+                self.args_get
+                    .iter()
+                    .chain(&self.args_post)
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+                    .to_string(),
+            ),
+            RequestHeaders => self
+                .req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
+                .collect(),
+            RequestHeadersNames => self
+                .req
+                .headers
+                .iter()
+                .map(|(k, _)| (k.clone(), Cow::Owned(k.as_bytes().to_vec())))
+                .collect(),
+            RequestCookies => coll(&self.cookies),
+            RequestCookiesNames => names(&self.cookies),
+            RequestFilename => one(Cow::Borrowed(&self.filename)),
+            RequestBasename => one(Cow::Borrowed(&self.basename)),
+            RequestUri => one(Cow::Borrowed(&self.uri_decoded)),
+            RequestUriRaw => one(Cow::Borrowed(self.req.uri.as_bytes())),
+            RequestLine => owned(format!(
+                "{} {} {}",
+                self.req.method, self.req.uri, self.req.protocol
+            )),
+            RequestMethod => one(Cow::Borrowed(self.req.method.as_bytes())),
+            RequestProtocol => one(Cow::Borrowed(self.req.protocol.as_bytes())),
+            QueryString => one(Cow::Borrowed(&self.query)),
+            RemoteAddr => one(Cow::Borrowed(self.req.remote_addr.as_bytes())),
+            UniqueId => one(Cow::Borrowed(self.req.id.as_bytes())),
+            RequestBody => {
+                let plain = matches!(self.body_processor.as_deref(), None | Some("URLENCODED"));
+                if self.body_done && (plain || self.force_body_variable) {
+                    one(Cow::Borrowed(&self.req.body))
+                } else {
+                    Vec::new()
+                }
+            }
+            RequestBodyLength => owned(self.req.body.len().to_string()),
+            ReqbodyProcessor => match &self.body_processor {
+                Some(p) => one(Cow::Borrowed(p.as_bytes())),
+                None => Vec::new(),
+            },
+            ReqbodyError => owned(
+                if self.reqbody_error.is_some() {
+                    "1"
+                } else {
+                    "0"
+                }
+                .into(),
+            ),
+            ReqbodyErrorMsg => match &self.reqbody_error {
+                Some(m) => one(Cow::Borrowed(m.as_bytes())),
+                None => Vec::new(),
+            },
+            MultipartStrictError | MultipartUnmatchedBoundary => owned("0".into()),
+            Tx => map(&self.tx),
+            Ip => map(&self.ip),
+            Global => map(&self.global),
+            MatchedVar => match &self.matched_var {
+                Some((_, v)) => one(Cow::Borrowed(v)),
+                None => Vec::new(),
+            },
+            MatchedVarName => match &self.matched_var {
+                Some((n, _)) => one(Cow::Borrowed(n.as_bytes())),
+                None => Vec::new(),
+            },
+            MatchedVars => coll(&self.matched_vars),
+            MatchedVarsNames => names(&self.matched_vars),
+            // not built yet (multipart, XML, responses): no values
+            Files | FilesNames | FilesCombinedSize | MultipartPartHeaders | Xml | ResponseBody
+            | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
+        }
+    }
+
+    fn expand(&self, m: &Macro) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &m.0 {
+            match p {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Var(v, key) => {
+                    let vals = self.values(*v);
+                    let found = match key {
+                        Some(k) => vals.into_iter().find(|(n, _)| n.eq_ignore_ascii_case(k)),
+                        None => vals.into_iter().next(),
+                    };
+                    if let Some((_, b)) = found {
+                        out.extend_from_slice(&b);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn num(&self, n: &Num) -> i64 {
+        match n {
+            Num::Const(c) => *c,
+            Num::Macro(m) => atoi(&self.expand(m)),
+        }
+    }
+
+    fn run_operator(&mut self, o: &Operator, v: &[u8], capture: bool) -> bool {
+        let hit = match &o.op {
+            Op::Rx(re) => {
+                if capture {
+                    match re.captures(v) {
+                        Some(c) => {
+                            for i in 0..10 {
+                                let key = i.to_string();
+                                match c.get(i) {
+                                    Some(m) => {
+                                        self.tx.insert(key, m.as_bytes().to_vec());
+                                    }
+                                    None => {
+                                        self.tx.remove(&key);
+                                    }
+                                }
+                            }
+                            true
+                        }
+                        None => false,
+                    }
+                } else {
+                    re.is_match(v)
+                }
+            }
+            Op::Pm(ac) => match ac.find(v) {
+                Some(m) => {
+                    if capture {
+                        self.tx.insert("0".into(), v[m.start()..m.end()].to_vec());
+                    }
+                    true
+                }
+                None => false,
+            },
+            Op::Eq(n) => atoi(v) == self.num(n),
+            Op::Ge(n) => atoi(v) >= self.num(n),
+            Op::Gt(n) => atoi(v) > self.num(n),
+            Op::Le(n) => atoi(v) <= self.num(n),
+            Op::Lt(n) => atoi(v) < self.num(n),
+            Op::Streq(m) => v == self.expand(m).as_slice(),
+            Op::BeginsWith(m) => v.starts_with(&self.expand(m)),
+            Op::EndsWith(m) => v.ends_with(&self.expand(m)),
+            Op::Contains(m) => {
+                let needle = self.expand(m);
+                needle.is_empty() || v.windows(needle.len()).any(|w| w == needle.as_slice())
+            }
+            Op::Within(m) => {
+                let hay = self.expand(m);
+                v.is_empty() || hay.windows(v.len()).any(|w| w == v)
+            }
+            Op::ValidateByteRange(allowed) => v.iter().any(|&b| !allowed[b as usize]),
+            Op::ValidateUrlEncoding => {
+                let mut i = 0;
+                let mut bad = false;
+                while i < v.len() {
+                    if v[i] == b'%' {
+                        if v.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                            && v.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+                        {
+                            i += 3;
+                            continue;
+                        }
+                        bad = true;
+                        break;
+                    }
+                    i += 1;
+                }
+                bad
+            }
+            Op::ValidateUtf8Encoding => std::str::from_utf8(v).is_err(),
+            Op::UnconditionalMatch => true,
+            Op::IpMatch(cidrs) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
+            Op::DetectSqli => match crate::libinjection::sqli_fingerprint(v) {
+                Some(fp) => {
+                    if capture {
+                        self.tx.insert("0".into(), fp.into_bytes());
+                    }
+                    true
+                }
+                None => false,
+            },
+            Op::DetectXss => crate::libinjection::is_xss(v),
+        };
+        hit != o.negated
+    }
+
+    fn setvar(&mut self, sv: &crate::action::SetVar) {
+        let key = String::from_utf8_lossy(&self.expand(&sv.key)).to_ascii_lowercase();
+        let value = match &sv.op {
+            SetOp::Set(m) => Some(self.expand(m)),
+            SetOp::Add(m) | SetOp::Sub(m) => {
+                let d = atoi(&self.expand(m));
+                let coll = match sv.collection {
+                    Variable::Ip => &self.ip,
+                    Variable::Global => &self.global,
+                    _ => &self.tx,
+                };
+                let cur = coll.get(&key).map(|v| atoi(v)).unwrap_or(0);
+                let n = if matches!(sv.op, SetOp::Add(_)) {
+                    cur.saturating_add(d)
+                } else {
+                    cur.saturating_sub(d)
+                };
+                Some(n.to_string().into_bytes())
+            }
+            SetOp::Delete => None,
+        };
+        let coll = match sv.collection {
+            Variable::Ip => &mut self.ip,
+            Variable::Global => &mut self.global,
+            _ => &mut self.tx,
+        };
+        match value {
+            Some(v) => {
+                coll.insert(key, v);
+            }
+            None => {
+                coll.remove(&key);
+            }
+        }
+    }
+
+    fn ctl(&mut self, c: &Ctl) {
+        match c {
+            Ctl::RuleEngine(m) => self.mode = *m,
+            Ctl::RuleRemoveById(ranges) => self.removed_ids.extend(ranges.iter().copied()),
+            Ctl::RuleRemoveByTag(t) => self.removed_tags.push(t.clone()),
+            Ctl::RuleRemoveTargetById(id, t) => {
+                self.removed_targets.push((RuleRef::Id(*id), t.clone()));
+            }
+            Ctl::RuleRemoveTargetByTag(tag, t) => {
+                self.removed_targets
+                    .push((RuleRef::Tag(tag.clone()), t.clone()));
+            }
+            Ctl::RequestBodyProcessor(p) => {
+                if !self.body_done {
+                    self.body_processor = Some(p.clone());
+                }
+            }
+            Ctl::ForceRequestBodyVariable(on) => self.force_body_variable = *on,
+            Ctl::AuditEngine(_) => {}
+        }
+    }
+}

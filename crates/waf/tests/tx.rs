@@ -1,0 +1,256 @@
+//! Evaluating rules on requests: what matches, what is excluded, what
+//! blocks, and CRS end to end (an attack blocked, ordinary traffic not).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed setup step is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+
+use palisade_waf::RuleSet;
+use palisade_waf::action::Disruptive;
+use palisade_waf::tx::{Interruption, Request, Transaction};
+
+fn rules(text: &str) -> RuleSet {
+    RuleSet::from_text(text, "t.conf", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn get(uri: &str) -> Request {
+    Request {
+        method: "GET".into(),
+        uri: uri.into(),
+        protocol: "HTTP/1.1".into(),
+        headers: vec![
+            ("Host".into(), b"example.com".to_vec()),
+            (
+                "User-Agent".into(),
+                b"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".to_vec(),
+            ),
+            ("Accept".into(), b"text/html,application/json".to_vec()),
+        ],
+        remote_addr: "192.0.2.10".into(),
+        body: Vec::new(),
+        id: "req-1".into(),
+    }
+}
+
+fn post(uri: &str, content_type: &str, body: &str) -> Request {
+    let mut r = get(uri);
+    r.method = "POST".into();
+    r.headers
+        .push(("Content-Type".into(), content_type.as_bytes().to_vec()));
+    r.headers
+        .push(("Content-Length".into(), body.len().to_string().into_bytes()));
+    r.body = body.as_bytes().to_vec();
+    r
+}
+
+fn run(set: &RuleSet, req: Request) -> (Option<Interruption>, Vec<u32>) {
+    let mut tx = Transaction::new(set, req);
+    let i = tx.process_request().cloned();
+    (i, tx.matches.iter().map(|m| m.id).collect())
+}
+
+#[test]
+fn a_match_denies_in_on_mode_and_only_logs_in_detection_only() {
+    let text = r#"SecRule ARGS "@rx (?i)<script" "id:10,phase:2,deny,status:406,msg:'xss',t:urlDecodeUni""#;
+    let set = rules(text);
+    let (i, ids) = run(&set, get("/?q=%3CScRiPt%3E"));
+    assert_eq!(
+        i,
+        Some(Interruption {
+            rule_id: 10,
+            status: 406,
+            action: Disruptive::Deny
+        })
+    );
+    assert_eq!(ids, vec![10]);
+    // the same request without the payload: nothing
+    assert_eq!(run(&set, get("/?q=script")), (None, vec![]));
+    let set = rules(&format!("SecRuleEngine DetectionOnly\n{text}"));
+    assert_eq!(run(&set, get("/?q=%3Cscript")), (None, vec![10]));
+}
+
+#[test]
+fn exclusions_chains_markers_and_removals() {
+    let set = rules(
+        r#"
+SecRule ARGS|!ARGS:safe "@rx evil" "id:1,phase:2,pass,msg:'one'"
+SecRule REQUEST_METHOD "@streq POST" "id:2,phase:2,pass,chain"
+    SecRule ARGS_NAMES "@rx ^cmd$" "chain"
+        SecRule MATCHED_VARS "@rx ^cmd$" "setvar:tx.hit=1"
+SecRule ARGS:skipme "@rx ." "id:3,phase:2,pass,nolog,skipAfter:END"
+SecRule ARGS "@rx evil" "id:4,phase:2,pass"
+SecMarker END
+SecRule REQUEST_HEADERS:X-Off "@rx ." "id:5,phase:1,pass,nolog,ctl:ruleRemoveById=1"
+SecRule &ARGS "@ge 3" "id:6,phase:2,pass"
+"#,
+    );
+    // rule 1 excludes ARGS:safe, rule 4 does not
+    assert_eq!(run(&set, get("/?safe=evil")).1, vec![4]);
+    assert_eq!(run(&set, get("/?a=evil")).1, vec![1, 4]);
+    // skipAfter: rule 4 is skipped, 3 does not log
+    assert_eq!(run(&set, get("/?a=evil&skipme=1")).1, vec![1]);
+    assert_eq!(run(&set, get("/?a=evil&b=2&c=3")).1, vec![1, 4, 6]);
+    // the chain needs all three links
+    let mut tx = Transaction::new(
+        &set,
+        post("/", "application/x-www-form-urlencoded", "cmd=ls"),
+    );
+    tx.process_request();
+    assert_eq!(tx.matches.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(tx.tx("hit"), Some(&b"1"[..]));
+    assert_eq!(run(&set, get("/?cmd=ls")).1, Vec::<u32>::new());
+    // ctl in phase 1 removes rule 1 for this request only
+    let mut r = get("/?a=evil");
+    r.headers.push(("X-Off".into(), b"1".to_vec()));
+    assert_eq!(run(&set, r).1, vec![4]);
+}
+
+#[test]
+fn scores_captures_and_macros() {
+    let set = rules(
+        r#"
+SecAction "id:100,phase:1,pass,nolog,setvar:tx.threshold=5"
+SecRule ARGS "@rx (\d+)-(\d+)" "id:101,phase:2,pass,capture,setvar:tx.score=+3,logdata:'got %{TX.2} in %{MATCHED_VAR_NAME}'"
+SecRule ARGS_NAMES "@pm admin root" "id:102,phase:2,pass,capture,setvar:tx.score=+3,logdata:'name %{tx.0}'"
+SecRule TX:score "@ge %{tx.threshold}" "id:199,phase:2,deny,msg:'score %{tx.score}'"
+"#,
+    );
+    let mut tx = Transaction::new(&set, get("/?range=10-20&ROOTx=1"));
+    let i = tx.process_request().cloned();
+    assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((199, 403)));
+    let m: Vec<(u32, &str, &str)> = tx
+        .matches
+        .iter()
+        .map(|m| (m.id, m.msg.as_str(), m.data.as_str()))
+        .collect();
+    assert_eq!(
+        m,
+        vec![
+            (101, "", "got 20 in ARGS:range"),
+            (102, "", "name ROOT"),
+            (199, "score 6", "")
+        ]
+    );
+    // one hit stays under the threshold
+    assert_eq!(run(&set, get("/?range=1-2")).0, None);
+}
+
+#[test]
+fn bodies_by_processor() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/json" "id:200001,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}'"
+SecRule ARGS:json.user.name "@streq root" "id:300,phase:2,pass"
+SecRule ARGS:json.tags.1 "@streq b" "id:301,phase:2,pass"
+SecRule ARGS_POST:note "@contains drop table" "id:302,phase:2,pass,t:lowercase"
+SecRule REQUEST_BODY "@contains note=" "id:303,phase:2,pass"
+"#,
+    );
+    let json = r#"{"user":{"name":"root"},"tags":["a","b"]}"#;
+    assert_eq!(
+        run(&set, post("/", "application/json", json)).1,
+        vec![300, 301]
+    );
+    let (i, ids) = run(&set, post("/", "application/json", "{\"user\":"));
+    assert_eq!(i.map(|i| i.status), Some(400));
+    assert_eq!(ids, vec![200002]);
+    assert_eq!(
+        run(
+            &set,
+            post(
+                "/",
+                "application/x-www-form-urlencoded",
+                "note=DROP+TABLE+x"
+            )
+        )
+        .1,
+        vec![302, 303]
+    );
+    // a body processor not built yet fails closed through REQBODY_ERROR
+    let (i, _) = run(
+        &set,
+        post("/", "multipart/form-data; boundary=x", "--x\r\n"),
+    );
+    assert_eq!(i.map(|i| i.rule_id), Some(200002));
+}
+
+// ------------------------------------------------------------ CRS
+
+fn crs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crs")
+}
+
+/// CRS at PL1 in blocking mode, with the engine rules ModSecurity's
+/// recommended configuration adds (body processors, body errors).
+fn crs_set() -> RuleSet {
+    let mut texts: Vec<(String, String)> = vec![(
+        "engine.conf".into(),
+        r#"
+SecRuleEngine On
+SecRule REQUEST_HEADERS:Content-Type "^application/json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.'"
+"#
+        .into(),
+    )];
+    let setup = crs().join("crs-setup.conf.example");
+    texts.push((
+        setup.display().to_string(),
+        std::fs::read_to_string(&setup).unwrap(),
+    ));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(crs().join("rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.sort();
+    for f in files {
+        texts.push((
+            f.display().to_string(),
+            std::fs::read_to_string(&f).unwrap(),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    RuleSet::from_texts(&refs, &crs().join("rules")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn crs_blocks_attacks_and_passes_ordinary_requests() {
+    let set = crs_set();
+    for (uri, expect) in [
+        ("/products?id=1%27%20OR%20%271%27%3D%271", 942100),
+        ("/search?q=%3Cscript%3Ealert(1)%3C/script%3E", 941100),
+        ("/files?path=../../../../etc/passwd", 930100),
+        ("/run?cmd=;cat%20/etc/passwd", 932160),
+    ] {
+        let (i, ids) = run(&set, get(uri));
+        assert_eq!(
+            i.as_ref().map(|i| i.rule_id),
+            Some(949110),
+            "{uri}: {ids:?}"
+        );
+        assert!(ids.contains(&expect), "{uri}: {ids:?}");
+    }
+    for uri in [
+        "/",
+        "/products?id=42&sort=price",
+        "/search?q=O%27Brien%27s+pub+near+me",
+        "/articles/2026/12/hello-world?utm_source=news",
+    ] {
+        assert_eq!(run(&set, get(uri)), (None, vec![]), "{uri}");
+    }
+    let body = r#"{"name":"Zoë O'Neil","comment":"Great product, 5 stars! Works with my <3 year old laptop.","qty":2}"#;
+    assert_eq!(
+        run(&set, post("/api/orders", "application/json", body)),
+        (None, vec![])
+    );
+    let body = r#"{"name":"x","comment":"1' UNION SELECT password FROM users--"}"#;
+    let (i, ids) = run(&set, post("/api/orders", "application/json", body));
+    assert_eq!(i.map(|i| i.rule_id), Some(949110), "{ids:?}");
+}
