@@ -11,6 +11,8 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// `addr` or `addr/bits` (decimal digits only). An IPv4-mapped IPv6
+    /// range (`::ffff:10.0.0.0/104`) is the IPv4 range it maps.
     pub fn parse(s: &str) -> Option<Cidr> {
         let (addr, bits) = match s.split_once('/') {
             Some((a, b)) => (a, Some(b)),
@@ -20,8 +22,23 @@ impl Cidr {
         let max = if net.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
-            Some(b) => b.trim().parse::<u8>().ok().filter(|&b| b <= max)?,
+            Some(b) => {
+                let b = b.trim();
+                if b.is_empty() || b.len() > 3 || !b.bytes().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                b.parse::<u8>().ok().filter(|&b| b <= max)?
+            }
         };
+        if let IpAddr::V6(v6) = net
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && bits >= 96
+        {
+            return Some(Cidr {
+                net: IpAddr::V4(v4),
+                bits: bits - 96,
+            });
+        }
         Some(Cidr { net, bits })
     }
 
@@ -77,7 +94,19 @@ mod tests {
         assert!(!c("10.0.0.0/8").contains("11.0.0.1".parse().unwrap()));
         // an IPv4-mapped IPv6 peer is its IPv4 address
         assert!(c("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "x", "10.0.0.0/", "::/129", ""] {
+        // the IPv4 range an IPv4-mapped IPv6 range names
+        assert_eq!(c("::ffff:127.0.0.1/128").to_string(), "127.0.0.1/32");
+        assert!(c("::ffff:10.0.0.0/104").contains("10.1.2.3".parse().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "x",
+            "10.0.0.0/",
+            "::/129",
+            "",
+            "127.0.0.1/+8",
+            "1.2.3.4/ 8x",
+            "1.2.3.4/0008",
+        ] {
             assert!(Cidr::parse(bad).is_none(), "{bad}");
         }
     }

@@ -81,14 +81,25 @@ pub fn verify(password: &[u8], phc: &str) -> bool {
     argon2().verify_password(password, &parsed).is_ok()
 }
 
+static DUMMY: OnceLock<String> = OnceLock::new();
+
+fn dummy() -> &'static str {
+    DUMMY.get_or_init(|| {
+        let random = hex::encode(crate::random_bytes(32));
+        hash(random.as_bytes()).unwrap_or_default()
+    })
+}
+
+/// Make the dummy hash [`verify_unknown`] uses now (one hash's work), so
+/// that the first unknown-user login costs what every other login costs.
+pub fn prepare() {
+    let _ = dummy();
+}
+
 /// The work of one [`verify`] against a hash of a random password nobody
 /// knows: what a login for a name that does not exist runs. Always false.
 pub fn verify_unknown(password: &[u8]) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| {
-        let random = hex::encode(crate::random_bytes(32));
-        hash(random.as_bytes()).unwrap_or_default()
-    });
+    let dummy = dummy();
     let candidate = if check(password).is_ok() {
         password
     } else {
@@ -121,6 +132,8 @@ mod tests {
         // salted: the same password hashes differently each time
         assert_ne!(h, hash(b"s3cret-pw").unwrap());
         assert!(!verify_unknown(b"s3cret-pw"));
+        prepare();
+        assert!(DUMMY.get().is_some_and(|d| d.starts_with("$argon2id$")));
     }
 
     #[test]

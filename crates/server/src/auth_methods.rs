@@ -51,7 +51,7 @@ pub async fn handle(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
         Operation::Write => enable(core, req, path).await,
         Operation::Read => {
             if path == "token" {
-                return Ok(Response::data(token_method()));
+                return Ok(Response::data(token_method()).with_top_level());
             }
             let p = MountTable::check_auth_path(path)?;
             let table = core.mount_table()?;
@@ -60,7 +60,7 @@ pub async fn handle(core: &Arc<Core>, req: &Request, path: &str) -> Result<Respo
                 .iter()
                 .find(|m| m.path == p)
                 .ok_or_else(|| ApiError::bad_request(format!("No auth engine at auth/{p}")))?;
-            Ok(Response::data(method_json(m)))
+            Ok(Response::data(method_json(m)).with_top_level())
         }
         Operation::Delete => disable(core, path).await,
         _ => Err(ApiError::unsupported_operation()),
@@ -85,7 +85,8 @@ async fn enable(core: &Core, req: &Request, path: &str) -> Result<Response, ApiE
         return Err(ApiError::bad_request(format!(
             "plugin not found in the catalog: {kind} (the auth methods available are: {})",
             AUTH_METHOD_TYPES.join(", ")
-        )));
+        ))
+        .audited_as("plugin not found in the catalog"));
     }
     let p = MountTable::check_auth_path(path)?;
     let description = req
@@ -103,6 +104,14 @@ async fn enable(core: &Core, req: &Request, path: &str) -> Result<Response, ApiE
         )));
     }
     let config = auth_config(req.data.get("config"))?;
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        match req.data.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(v) => fields::boolean(v, name),
+        }
+    };
+    // kept and listed as given; replication does not exist here
+    let (local, seal_wrap) = (flag("local")?, flag("seal_wrap")?);
     let _g = core.table_lock.lock().await;
     let mut table = (*core.mount_table()?).clone();
     if table.auth_conflicts(&p) {
@@ -122,8 +131,8 @@ async fn enable(core: &Core, req: &Request, path: &str) -> Result<Response, ApiE
         uuid,
         options: Map::new(),
         config,
-        local: false,
-        seal_wrap: false,
+        local,
+        seal_wrap,
     });
     core.save_mounts(table).await?;
     Ok(Response::no_content())
@@ -131,7 +140,12 @@ async fn enable(core: &Core, req: &Request, path: &str) -> Result<Response, ApiE
 
 fn auth_config(v: Option<&Value>) -> Result<MountConfig, ApiError> {
     let mut c = MountConfig::default();
-    if let Some(Value::Object(o)) = v {
+    let o = match v {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(_) => return Err(ApiError::bad_request("config must be an object")),
+    };
+    if let Some(o) = o {
         for (k, x) in o {
             match k.as_str() {
                 "default_lease_ttl" => c.default_lease_ttl = fields::duration_secs(x, k)?,
@@ -156,10 +170,12 @@ fn check_token_type(v: &Value) -> Result<(), ApiError> {
         "" | "default-service" | "service" => Ok(()),
         "batch" | "default-batch" => Err(ApiError::bad_request(format!(
             "'token_type' {t:?} is not supported: this server issues service tokens only"
-        ))),
-        _ => Err(ApiError::bad_request(format!(
-            "invalid 'token_type' value {t:?}"
-        ))),
+        ))
+        .audited_as("'token_type' batch is not supported")),
+        _ => Err(
+            ApiError::bad_request(format!("invalid 'token_type' value {t:?}"))
+                .audited_as("invalid 'token_type' value"),
+        ),
     }
 }
 

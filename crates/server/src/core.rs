@@ -181,6 +181,8 @@ pub struct Core {
     pub migrations: crate::remount::Migrations,
     /// Rekey and root generation attempts (`rootops.rs`).
     pub root_ops: crate::rootops::RootOps,
+    /// Password hashing slots (userpass logins and user writes).
+    pub hash_slots: crate::userpass::HashSlots,
     pub options: CoreOptions,
     state: AtomicU8,
     /// Every executing request holds it for reading; sealing takes it for
@@ -207,6 +209,7 @@ fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
 fn needs_sudo(path: &str, op: Operation) -> bool {
     path == "sys/audit"
         || path.starts_with("sys/auth/")
+        || path.starts_with("sys/mounts/auth/")
         || path.starts_with("sys/audit/")
         || path.starts_with("sys/audit-hash/")
         || path.starts_with("sys/audit-head/")
@@ -238,6 +241,7 @@ impl Core {
             mount_epoch: AtomicU64::new(0),
             migrations: Default::default(),
             root_ops: Default::default(),
+            hash_slots: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -281,6 +285,12 @@ impl Core {
         *lock(self.mounts.write())? = Arc::new(table);
         self.policies.setup().await?;
         self.tokens.setup().await?;
+        // the dummy hash unknown users are verified against, made now: made
+        // on the first such login, it would make that login slower than
+        // the others (a one-time username oracle)
+        tokio::task::spawn_blocking(palisade_crypto::password::prepare)
+            .await
+            .map_err(|e| ApiError::internal(format!("password hashing task: {e}")))?;
         self.load_audit_devices().await?;
         self.set_state(State::Unsealed);
         self.spawn_audit_head_writer(epoch);
@@ -803,9 +813,10 @@ impl Core {
         result
     }
 
-    /// The auth method mount and username when `req` is a login
-    /// (`auth/<method>/login/<username>`, Write); a username that is not
-    /// canonical is refused here, before anything else sees it.
+    /// The auth method mount and the username as sent when `req` is for
+    /// a login path (`auth/<method>/login/<username>`, open to every
+    /// client as in Vault). The operation and the username are checked by
+    /// the login, after the request is audited.
     fn login_route(&self, req: &Request) -> Result<Option<(MountEntry, String)>, ApiError> {
         let Some(rest) = req.path.strip_prefix("auth/") else {
             return Ok(None);
@@ -817,13 +828,26 @@ impl Core {
         let Some((m, rel)) = table.auth_route(rest) else {
             return Ok(None);
         };
-        if !rel.starts_with("login/") {
-            return Ok(None);
-        }
-        match crate::userpass::parse(req.operation, rel)? {
-            crate::userpass::UserpassPath::Login(name) => Ok(Some((m.clone(), name.to_string()))),
+        match rel.strip_prefix("login/") {
+            Some(name) if m.kind == "userpass" && !name.is_empty() => {
+                Ok(Some((m.clone(), name.to_string())))
+            }
             _ => Ok(None),
         }
+    }
+
+    /// Held for reading while a request acts on a mount or auth method.
+    pub(crate) async fn mount_gate_read(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.mount_gate.read().await
+    }
+
+    /// Whether the auth method with this accessor is enabled now.
+    pub(crate) fn auth_method_enabled(&self, accessor: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .mount_table()?
+            .auth
+            .iter()
+            .any(|m| m.accessor == accessor))
     }
 
     /// A login (`auth/<method>/login/<username>`): no token, served only
@@ -836,9 +860,6 @@ impl Core {
         if !self.is_serving() {
             return Err(ApiError::sealed());
         }
-        let _mounts = self.mount_gate.read().await;
-        // routed again under the mount gate: the method a login acts on is
-        // the one enabled now (a disable waits for this login to finish)
         let Some((mount, name)) = self.login_route(&req)? else {
             return Err(ApiError::unsupported_path());
         };
@@ -947,12 +968,21 @@ impl Core {
         let mount_epoch = self.mount_epoch.load(Ordering::SeqCst);
         let table = self.mount_table()?;
         let route = route_in(&table, &req.path).map(|(m, rel)| (m.clone(), rel.to_string()));
-        // names under an auth method are canonical before the ACL sees them
+        // names under an auth method are canonical before the ACL decides;
+        // a caller with no rights at all there is told only "permission
+        // denied", as anywhere else (no oracle for the method's layout)
         if let Some((m, rel)) = &route
             && m.kind == "userpass"
             && req.path.starts_with("auth/")
+            && let Err(e) = crate::userpass::parse(req.operation, rel)
         {
-            crate::userpass::parse(req.operation, rel)?;
+            let caps = acl.capabilities(&req.path, req.operation == Operation::List);
+            let err = if caps.is_empty() || caps.contains(Capability::Deny) {
+                ApiError::permission_denied()
+            } else {
+                e
+            };
+            return Err(self.refuse(audit, err).await);
         }
         if let Some((m, _)) = &route {
             audit.request.mount_type = m.kind.clone();
@@ -963,13 +993,11 @@ impl Core {
             Operation::List => Capability::List,
             Operation::Delete => Capability::Delete,
             Operation::Patch => Capability::Patch,
-            Operation::Write => {
-                if self.exists(&req, route.as_ref()).await? {
-                    Capability::Update
-                } else {
-                    Capability::Create
-                }
-            }
+            Operation::Write => match self.exists(&req, route.as_ref()).await {
+                Ok(true) => Capability::Update,
+                Ok(false) => Capability::Create,
+                Err(e) => return Err(self.refuse(audit, e).await),
+            },
         };
         let allowed = !caps.contains(Capability::Deny)
             && caps.contains(needed)

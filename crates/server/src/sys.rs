@@ -232,7 +232,12 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
     }
     if let Some(path) = rest.strip_prefix("mounts/") {
         if let Some(p) = path.strip_suffix("/tune") {
-            return tune_mount(core, req, p).await;
+            // `vault auth tune` tunes auth methods here (sudo, as sys/auth/*)
+            match p.strip_prefix("auth/") {
+                Some("token") => return tune_token_auth(core, req),
+                Some(a) => return crate::auth_methods::tune(core, req, a).await,
+                None => return tune_mount(core, req, p).await,
+            }
         }
         return mount(core, req, path).await;
     }

@@ -359,16 +359,27 @@ impl TokenStore {
         let now = self.now();
         let mut warnings = Vec::new();
         let is_root = spec.policies.iter().any(|p| p == "root");
-        // a period or explicit max TTL above the system max is capped too
-        // (Vault): a periodic token lives while renewed, never on one period
-        // of 292 years
-        for (what, v) in [
-            ("period", &mut spec.period),
-            ("explicit_max_ttl", &mut spec.explicit_max_ttl),
+        // the max TTL in force: the system's, or the issuing auth method's
+        // (its user's or role's, its mount's) when lower
+        let max_ttl = if spec.max_ttl > 0 {
+            spec.max_ttl.min(self.limits.max_ttl)
+        } else {
+            self.limits.max_ttl
+        };
+        // a period above it is capped (Vault's CalculateTTL): a periodic
+        // token lives while renewed, never on one period of 292 years; an
+        // explicit max TTL above the system max is capped too
+        for (what, v, cap) in [
+            ("period", &mut spec.period, max_ttl),
+            (
+                "explicit_max_ttl",
+                &mut spec.explicit_max_ttl,
+                self.limits.max_ttl,
+            ),
         ] {
-            if *v > self.limits.max_ttl {
-                warnings.push(capped_warning(what, *v, self.limits.max_ttl));
-                *v = self.limits.max_ttl;
+            if *v > cap {
+                warnings.push(capped_warning(what, *v, cap));
+                *v = cap;
             }
         }
         let mut ttl = spec.ttl;
@@ -387,14 +398,8 @@ impl TokenStore {
         if ttl == 0 && !is_root {
             ttl = self.limits.default_ttl;
         }
-        // periodic tokens escape the system maximum (Vault); everything else,
-        // root tokens with a TTL included, is capped at it, and at the
-        // issuing auth method's max TTL when it has a lower one
-        let max_ttl = if spec.max_ttl > 0 {
-            spec.max_ttl.min(self.limits.max_ttl)
-        } else {
-            self.limits.max_ttl
-        };
+        // periodic tokens escape the max TTL from creation (Vault);
+        // everything else, root tokens with a TTL included, is capped at it
         if spec.period == 0 && ttl > max_ttl {
             warnings.push(ttl_capped_warning(ttl, max_ttl));
             ttl = max_ttl;
@@ -689,8 +694,22 @@ impl TokenStore {
         }
         let now = self.now();
         let mut warnings = Vec::new();
+        // the max TTL in force: the system's, or the token's own (its auth
+        // method's) when lower
+        let limit = if e.max_ttl > 0 {
+            e.max_ttl.min(self.limits.max_ttl)
+        } else {
+            self.limits.max_ttl
+        };
         let ttl = if e.period > 0 {
-            e.period
+            // a periodic token renews by its period, never by more than the
+            // max TTL (each renewal; its life has no end while renewed)
+            if e.period > limit {
+                warnings.push(capped_warning("period", e.period, limit));
+                limit
+            } else {
+                e.period
+            }
         } else if increment > 0 {
             increment
         } else {
@@ -699,11 +718,6 @@ impl TokenStore {
         let too_large = || ApiError::bad_request("increment too large");
         let mut expire = now.checked_add(ttl).ok_or_else(too_large)?;
         if e.period == 0 {
-            let limit = if e.max_ttl > 0 {
-                e.max_ttl.min(self.limits.max_ttl)
-            } else {
-                self.limits.max_ttl
-            };
             let max = e.creation_time.checked_add(limit).ok_or_else(too_large)?;
             if expire > max {
                 warnings.push(ttl_capped_warning(ttl, limit));

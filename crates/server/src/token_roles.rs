@@ -309,12 +309,14 @@ pub async fn write(
             "batch" | "default-batch" => {
                 return Err(ApiError::bad_request(format!(
                     "'token_type' {t:?} is not supported: this server issues service tokens only (use \"service\" or \"default-service\")"
-                )));
+                ))
+                .audited_as("'token_type' batch is not supported"));
             }
             _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid 'token_type' value {t:?}"
-                )));
+                return Err(
+                    ApiError::bad_request(format!("invalid 'token_type' value {t:?}"))
+                        .audited_as("invalid 'token_type' value"),
+                );
             }
         };
     }

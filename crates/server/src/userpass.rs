@@ -191,13 +191,32 @@ async fn put_user(view: &View, name: &str, user: &User) -> Result<(), ApiError> 
 /// lock, and an update never loses a field another one wrote meanwhile.
 static WRITES: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
-static HASHING: LazyLock<tokio::sync::Semaphore> =
-    LazyLock::new(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES));
+/// Slots for password hashing (each hash ~20 ms and 19 MiB): logins take
+/// [`HashSlots::login`], authenticated user writes [`HashSlots::admin`], so a
+/// flood of anonymous logins never holds up an administrator.
+pub struct HashSlots {
+    pub login: tokio::sync::Semaphore,
+    pub admin: tokio::sync::Semaphore,
+}
 
-/// Run password hashing work off the runtime, at most
-/// [`MAX_CONCURRENT_HASHES`] at once.
-async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    let _permit = match tokio::time::timeout(HASH_WAIT, HASHING.acquire()).await {
+/// Hashing slots for user writes.
+pub const MAX_ADMIN_HASHES: usize = 2;
+
+impl Default for HashSlots {
+    fn default() -> Self {
+        HashSlots {
+            login: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
+            admin: tokio::sync::Semaphore::new(MAX_ADMIN_HASHES),
+        }
+    }
+}
+
+/// Run password hashing work off the runtime, in one of `slots`.
+async fn hashing<T: Send + 'static>(
+    slots: &tokio::sync::Semaphore,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = match tokio::time::timeout(HASH_WAIT, slots.acquire()).await {
         Ok(Ok(p)) => p,
         _ => {
             return Err(ApiError::new(
@@ -211,16 +230,18 @@ async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R
         .map_err(|e| ApiError::internal(format!("password hashing task: {e}")))
 }
 
-async fn hash_password(password: String) -> Result<String, ApiError> {
+async fn hash_password(core: &Core, password: String) -> Result<String, ApiError> {
     let password = zeroize::Zeroizing::new(password);
-    hashing(move || palisade_crypto::password::hash(password.as_bytes()))
-        .await?
-        .map_err(|e| match e {
-            palisade_crypto::password::PasswordError::Hash => {
-                ApiError::internal("password hashing failed")
-            }
-            e => ApiError::bad_request(e.to_string()),
-        })
+    hashing(&core.hash_slots.admin, move || {
+        palisade_crypto::password::hash(password.as_bytes())
+    })
+    .await?
+    .map_err(|e| match e {
+        palisade_crypto::password::PasswordError::Hash => {
+            ApiError::internal("password hashing failed")
+        }
+        e => ApiError::bad_request(e.to_string()),
+    })
 }
 
 fn password_field(req: &Request) -> Result<Option<String>, ApiError> {
@@ -286,6 +307,7 @@ fn cidrs_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
             ApiError::bad_request(format!(
                 "invalid token_bound_cidrs entry {s:?}: expected an IP address or a CIDR block"
             ))
+            .audited_as("invalid token_bound_cidrs entry: expected an IP address or a CIDR block")
         })?;
         out.push(c.to_string());
     }
@@ -332,12 +354,14 @@ fn apply_token_fields(req: &Request, user: &mut User) -> Result<(), ApiError> {
             "batch" | "default-batch" => {
                 return Err(ApiError::bad_request(format!(
                     "'token_type' {t:?} is not supported: this server issues service tokens only"
-                )));
+                ))
+                .audited_as("'token_type' batch is not supported"));
             }
             _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid 'token_type' value {t:?}"
-                )));
+                return Err(
+                    ApiError::bad_request(format!("invalid 'token_type' value {t:?}"))
+                        .audited_as("invalid 'token_type' value"),
+                );
             }
         };
     }
@@ -384,12 +408,12 @@ pub async fn handle(
                 view.delete(&format!("{USER_PREFIX}{name}")).await?;
                 Ok(Response::no_content())
             }
-            _ => write_user(auth, &view, name).await,
+            _ => write_user(core, auth, &view, name).await,
         },
         UserpassPath::Password(name) => {
             let password =
                 password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
-            let hash = hash_password(password).await?;
+            let hash = hash_password(core, password).await?;
             let _g = WRITES.lock().await;
             let mut user = get_user(&view, name)
                 .await?
@@ -416,14 +440,19 @@ pub async fn handle(
 /// `POST users/<name>`: create (a password is required) or update (fields
 /// not given keep their value). Whether it creates or updates is decided
 /// again under the writes' lock, against what the ACL allows.
-async fn write_user(auth: &Authorized, view: &View, name: &str) -> Result<Response, ApiError> {
+async fn write_user(
+    core: &Core,
+    auth: &Authorized,
+    view: &View,
+    name: &str,
+) -> Result<Response, ApiError> {
     use palisade_policy::Capability;
     let req = auth.request();
     // validate everything, and hash, before taking the lock
     let mut probe = User::default();
     apply_token_fields(req, &mut probe)?;
     let hash = match password_field(req)? {
-        Some(p) => Some(hash_password(p).await?),
+        Some(p) => Some(hash_password(core, p).await?),
         None => None,
     };
     let _g = WRITES.lock().await;
@@ -457,20 +486,28 @@ fn invalid_credentials() -> ApiError {
     ApiError::bad_request("invalid username or password")
 }
 
-/// `POST login/<name>` on `mount` (the core holds the mount gate and has
-/// audited the request). The token is an orphan issued by the method:
-/// valid only while the method stays enabled.
+/// `POST login/<name>` on `mount` (the core has audited the request; `name`
+/// is as sent, checked here). The password is verified without holding
+/// anything but a hashing slot; the token is created under the mount gate,
+/// once the method is known to be still enabled: an orphan issued by the
+/// method, valid only while it stays enabled.
 pub async fn login(
     core: &Core,
     mount: &MountEntry,
     name: &str,
     req: &Request,
 ) -> Result<Response, ApiError> {
+    if req.operation != Operation::Write {
+        return Err(ApiError::unsupported_operation());
+    }
+    if !is_canonical_username(name) {
+        return Err(invalid_username());
+    }
     let password = password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
     let user = get_user(&view(core, mount), name).await?;
     let password = zeroize::Zeroizing::new(password);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let ok = hashing(move || match stored {
+    let ok = hashing(&core.hash_slots.login, move || match stored {
         Some(h) => palisade_crypto::password::verify(password.as_bytes(), &h),
         None => palisade_crypto::password::verify_unknown(password.as_bytes()),
     })
@@ -499,6 +536,11 @@ pub async fn login(
     }
     let mut meta = Map::new();
     meta.insert("username".into(), Value::String(name.to_string()));
+    // no mount-table change between this check and the token's creation
+    let _mounts = core.mount_gate_read().await;
+    if !core.auth_method_enabled(&mount.accessor)? {
+        return Err(ApiError::permission_denied());
+    }
     let (id, entry, warnings) = core
         .tokens
         .create(NewToken {

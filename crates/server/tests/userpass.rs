@@ -805,3 +805,279 @@ async fn a_sealed_server_logs_nobody_in() {
         "Vault is sealed",
     );
 }
+
+// ------------------------------------------------------------ review findings (issue #14 attack review)
+
+#[tokio::test]
+async fn a_users_period_is_capped_by_every_max_ttl() {
+    let s = TestServer::dev().await;
+    let r = s
+        .post(
+            "sys/auth/upr",
+            &s.root,
+            json!({"type": "userpass", "config": {"max_lease_ttl": "120s"}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    user(
+        &s,
+        "upr",
+        "p1",
+        json!({"password": PW, "token_period": "7200s"}),
+    )
+    .await;
+    user(
+        &s,
+        "upr",
+        "p2",
+        json!({"password": PW, "token_period": "3600s", "token_max_ttl": "60s"}),
+    )
+    .await;
+    let r = login(&s, "upr", "p1", PW).await;
+    assert_eq!(r.auth()["lease_duration"], 120, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"],
+        json!([
+            "period of \"2h\" exceeded the effective max_ttl of \"2m\"; period value is capped accordingly"
+        ])
+    );
+    let p1 = token_of(&r);
+    assert_eq!(
+        login(&s, "upr", "p2", PW).await.auth()["lease_duration"],
+        60
+    );
+    let r = s.post("auth/token/renew-self", &p1, json!({})).await;
+    assert_eq!(r.auth()["lease_duration"], 120, "{}", r.text);
+
+    // the system max caps a period on renewal too
+    enable(&s, "userpass").await;
+    user(
+        &s,
+        "userpass",
+        "p3",
+        json!({"password": PW, "token_period": "1000000h"}),
+    )
+    .await;
+    let r = login(&s, "userpass", "p3", PW).await;
+    assert_eq!(r.auth()["lease_duration"], 2_764_800, "{}", r.text);
+    let p3 = token_of(&r);
+    let r = s.post("auth/token/renew-self", &p3, json!({})).await;
+    assert_eq!(r.auth()["lease_duration"], 2_764_800, "{}", r.text);
+
+    // a period an admin gives the user after its login still obeys its max
+    user(
+        &s,
+        "userpass",
+        "t9",
+        json!({"password": PW, "token_ttl": "30s", "token_max_ttl": "60s"}),
+    )
+    .await;
+    let t9 = token_of(&login(&s, "userpass", "t9", PW).await);
+    user(&s, "userpass", "t9", json!({"token_period": 86400})).await;
+    let r = s.post("auth/token/renew-self", &t9, json!({})).await;
+    assert_eq!(r.auth()["lease_duration"], 60, "{}", r.text);
+}
+
+#[tokio::test]
+async fn logins_waiting_for_a_hash_slot_never_hold_up_mount_changes() {
+    let s = std::sync::Arc::new(TestServer::dev().await);
+    enable(&s, "userpass").await;
+    user(&s, "userpass", "w", json!({"password": PW})).await;
+    // every login hashing slot taken: a login now waits for one
+    let slots = s
+        .core
+        .hash_slots
+        .login
+        .acquire_many(palisade_server::userpass::MAX_CONCURRENT_HASHES as u32)
+        .await
+        .unwrap();
+    let waiting = {
+        let s = s.clone();
+        tokio::spawn(async move { login(&s, "userpass", "w", "wrong").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // a mount-table change and a request on a mount go through meanwhile
+    let change = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        s.post("sys/mounts/kvx", &s.root, json!({"type": "kv"})),
+    )
+    .await
+    .expect("the mount change waited for a login");
+    assert_eq!(change.status, 204, "{}", change.text);
+    // and an administrator's user write has hashing slots of its own
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        s.post(
+            "auth/userpass/users/admin2",
+            &s.root,
+            json!({"password": PW}),
+        ),
+    )
+    .await
+    .expect("the user write waited for the login slots");
+    assert_eq!(write.status, 204, "{}", write.text);
+    drop(slots);
+    assert_error(&waiting.await.unwrap(), 400, "invalid username or password");
+}
+
+#[tokio::test]
+async fn refusals_under_an_auth_method_are_audited_and_tell_nothing_without_rights() {
+    let s = TestServer::dev().await;
+    let log = s.enable_audit("file").await;
+    enable(&s, "userpass").await;
+    let nobody = s.powerless_token().await;
+    let manager = s
+        .token_with(r#"path "auth/userpass/users/*" { capabilities = ["create", "update"] }"#)
+        .await;
+    // no rights on the method: the same 403 as for any path, whatever the spelling
+    assert_denied(
+        &s.post(
+            "auth/userpass/users/ZZMARKUSER",
+            &nobody.id,
+            json!({"password": PW}),
+        )
+        .await,
+    );
+    assert_denied(&s.get("auth/userpass/zzmarkpath", &nobody.id).await);
+    assert_denied(
+        &s.post("auth/notamount/users/ZZMARKNONE", &nobody.id, json!({}))
+            .await,
+    );
+    // rights on the method: the reason
+    let invalid = "invalid username: usernames are lowercase ASCII letters, digits and '_-.@', begin and end with a letter, a digit or '_', and are at most 256 bytes (Vault folds case; here a name is never rewritten)";
+    assert_error(
+        &s.post(
+            "auth/userpass/users/ZZMARKMGR",
+            &manager.id,
+            json!({"password": PW}),
+        )
+        .await,
+        400,
+        invalid,
+    );
+    assert_error(
+        &login(&s, "userpass", "ZZMARKLOGIN", PW).await,
+        400,
+        invalid,
+    );
+    let records = audit_records(&log);
+    for (path, error) in [
+        ("auth/userpass/users/ZZMARKUSER", "permission denied"),
+        ("auth/userpass/zzmarkpath", "permission denied"),
+        ("auth/userpass/users/ZZMARKMGR", invalid),
+        ("auth/userpass/login/ZZMARKLOGIN", invalid),
+    ] {
+        let recs = audit_for(&records, path);
+        assert!(recs.iter().any(|r| r["error"] == error), "{path}: {recs:?}");
+    }
+}
+
+#[tokio::test]
+async fn request_values_never_reach_the_audit_log_through_error_texts() {
+    let s = TestServer::dev().await;
+    let log = s.enable_audit("file").await;
+    enable(&s, "userpass").await;
+    for (path, body) in [
+        (
+            "auth/userpass/users/bob",
+            json!({"password": PW, "token_bound_cidrs": "MARKER-S3cret-cidr"}),
+        ),
+        (
+            "auth/userpass/users/bob",
+            json!({"password": PW, "token_type": "MARKER-S3cret-tt"}),
+        ),
+        ("sys/auth/mk1", json!({"type": "MARKER-S3cret-type"})),
+        (
+            "sys/auth/userpass/tune",
+            json!({"token_type": "MARKER-S3cret-tune"}),
+        ),
+        (
+            "sys/auth/mk2",
+            json!({"type": "userpass", "config": {"token_type": "MARKER-S3cret-cfg"}}),
+        ),
+    ] {
+        let r = s.post(path, &s.root, body).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        // the client is told what was wrong, with its value
+        assert!(r.text.contains("MARKER-S3cret"), "{}", r.text);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("MARKER"), "a request value in the audit log");
+}
+
+#[tokio::test]
+async fn auth_methods_tune_through_sys_mounts_as_the_vault_cli_does() {
+    let s = TestServer::dev().await;
+    enable(&s, "userpass").await;
+    // `vault auth tune -max-lease-ttl=1h userpass/`
+    let r = s
+        .post(
+            "sys/mounts/auth/userpass/tune",
+            &s.root,
+            json!({"max_lease_ttl": "1h"}),
+        )
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (204, ""));
+    let r = s.get("sys/mounts/auth/userpass/tune", &s.root).await;
+    assert_eq!(r.data()["max_lease_ttl"], 3600, "{}", r.text);
+    assert_eq!(
+        s.get("sys/auth/userpass/tune", &s.root).await.data()["max_lease_ttl"],
+        3600
+    );
+    let r = s.get("sys/mounts/auth/token/tune", &s.root).await;
+    assert_eq!(r.data()["description"], "token based credentials");
+    // sudo, as through sys/auth
+    let no_sudo = s
+        .token_with(r#"path "sys/mounts/*" { capabilities = ["create", "update", "read"] }"#)
+        .await;
+    assert_denied(
+        &s.post(
+            "sys/mounts/auth/userpass/tune",
+            &no_sudo.id,
+            json!({"max_lease_ttl": "2h"}),
+        )
+        .await,
+    );
+    assert_denied(&s.get("sys/mounts/auth/userpass/tune", &no_sudo.id).await);
+}
+
+#[tokio::test]
+async fn sys_auth_input_of_the_wrong_shape_is_refused() {
+    let s = TestServer::dev().await;
+    assert_error(
+        &s.post(
+            "sys/auth/x10",
+            &s.root,
+            json!({"type": "userpass", "config": "notamap"}),
+        )
+        .await,
+        400,
+        "config must be an object",
+    );
+    assert_error(
+        &s.post(
+            "sys/auth/x11",
+            &s.root,
+            json!({"type": "userpass", "local": "maybe"}),
+        )
+        .await,
+        400,
+        "field \"local\" must be a boolean",
+    );
+    let r = s
+        .post(
+            "sys/auth/x12",
+            &s.root,
+            json!({"type": "userpass", "local": true, "seal_wrap": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("sys/auth/x12", &s.root).await;
+    assert_eq!(r.data()["local"], true);
+    assert_eq!(
+        r.body["local"], true,
+        "repeated at the top level: {}",
+        r.text
+    );
+    assert!(s.get("sys/auth", &s.root).await.body["x12/"].is_object());
+}
