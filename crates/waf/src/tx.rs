@@ -6,12 +6,14 @@
 //! ones), `skipAfter` markers, `ctl` (per transaction), `setvar`, `capture`
 //! (`TX:0`–`TX:9`), `multiMatch`, exclusions (`!ARGS:x`, `ruleRemove*`) and
 //! disruptive actions (`block` is the phase's `SecDefaultAction`, `pass` in
-//! CRS's anomaly-scoring mode). Non-disruptive actions of a rule run once
-//! when its whole chain matched.
+//! CRS's anomaly-scoring mode). A link's non-disruptive actions (`setvar`,
+//! `ctl`) run for each value it matches, when it matches, as ModSecurity's;
+//! the log record and the disruptive action need the whole chain.
 //!
 //! Body processors: `URLENCODED` (by content type, or `ctl`), `JSON` (by
 //! `ctl:requestBodyProcessor=JSON`; arguments named `json.a.b`, array items
-//! `json.list.0`). `MULTIPART` and `XML` bodies are not parsed yet: they set
+//! `json.list.0`), `XML` (by `ctl`; quick-xml, no DTDs: `XML:/*` and
+//! `XML://@*`). `MULTIPART` bodies are not parsed yet: they set
 //! `REQBODY_ERROR` (so a rule such as 200002 refuses them: fail closed).
 
 use std::borrow::Cow;
@@ -78,6 +80,8 @@ pub struct Transaction<'s> {
     body_done: bool,
     force_body_variable: bool,
     reqbody_error: Option<String>,
+    /// `XML:/*` (the root element's text) and `XML://@*` values.
+    xml: Coll,
     tx: BTreeMap<String, Vec<u8>>,
     ip: BTreeMap<String, Vec<u8>>,
     global: BTreeMap<String, Vec<u8>>,
@@ -134,6 +138,88 @@ fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Coll) {
     }
 }
 
+/// An XML body's values as ModSecurity's XPath targets see them: `/*`, the
+/// text of the root element (every text and CDATA node, in order), and
+/// `//@*`, each attribute value. Well-formedness is checked (one root,
+/// matching end tags, known entities); no DTD is processed and no entity
+/// beyond the five predefined ones is expanded.
+fn parse_xml(body: &[u8]) -> Result<Coll, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    reader.config_mut().trim_text(false);
+    let mut buf = Vec::new();
+    let mut text = Vec::new();
+    let mut attrs: Coll = Vec::new();
+    let (mut depth, mut roots) = (0usize, 0usize);
+    let mut attributes = |e: &quick_xml::events::BytesStart<'_>| -> Result<(), String> {
+        for a in e.attributes() {
+            let a = a.map_err(|e| e.to_string())?;
+            let v = a.unescape_value().map_err(|e| e.to_string())?;
+            attrs.push(("//@*".into(), v.as_bytes().to_vec()));
+        }
+        Ok(())
+    };
+    loop {
+        match reader
+            .read_event_into(&mut buf)
+            .map_err(|e| e.to_string())?
+        {
+            Event::Start(e) => {
+                if depth == 0 {
+                    roots += 1;
+                }
+                depth += 1;
+                attributes(&e)?;
+            }
+            Event::Empty(e) => {
+                if depth == 0 {
+                    roots += 1;
+                }
+                attributes(&e)?;
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Text(t) => {
+                let t = t.decode().map_err(|e| e.to_string())?;
+                if depth > 0 {
+                    text.extend_from_slice(t.as_bytes());
+                } else if !t.trim().is_empty() {
+                    return Err("text outside the root element".into());
+                }
+            }
+            Event::GeneralRef(r) => {
+                // a character reference, or one of the five predefined
+                // entities; any other entity is an error (no DTD is read)
+                let ch = match r.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let name = r.decode().map_err(|e| e.to_string())?;
+                        quick_xml::escape::unescape(&format!("&{name};"))
+                            .map_err(|e| e.to_string())?
+                            .into_owned()
+                    }
+                };
+                if depth == 0 {
+                    return Err("a reference outside the root element".into());
+                }
+                text.extend_from_slice(ch.as_bytes());
+            }
+            Event::CData(c) if depth > 0 => text.extend_from_slice(&c),
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if depth != 0 {
+        return Err("unclosed element at the end of the body".into());
+    }
+    if roots != 1 {
+        return Err("an XML document has exactly one root element".into());
+    }
+    let mut out = vec![("/*".to_string(), text)];
+    out.extend(attrs);
+    Ok(out)
+}
+
 /// ModSecurity's numeric reading of a value (C's `atoi`: optional sign and
 /// leading digits; anything else is 0).
 fn atoi(v: &[u8]) -> i64 {
@@ -154,7 +240,7 @@ fn key_matches(sel: &Selector, name: &str) -> bool {
     match sel {
         Selector::Key(k) => k.eq_ignore_ascii_case(name),
         Selector::Regex(r) => r.is_match(name),
-        Selector::XPath(_) => true,
+        Selector::XPath(p) => p == name,
     }
 }
 
@@ -238,6 +324,7 @@ impl<'s> Transaction<'s> {
             body_done: false,
             force_body_variable: false,
             reqbody_error: None,
+            xml: Vec::new(),
             tx: BTreeMap::new(),
             ip: BTreeMap::new(),
             global: BTreeMap::new(),
@@ -304,7 +391,11 @@ impl<'s> Transaction<'s> {
                 }
                 Err(e) => self.reqbody_error = Some(format!("JSON parsing error: {e}")),
             },
-            Some(p @ ("MULTIPART" | "XML")) => {
+            Some("XML") => match parse_xml(&self.req.body) {
+                Ok(v) => self.xml = v,
+                Err(e) => self.reqbody_error = Some(format!("XML parsing error: {e}")),
+            },
+            Some(p @ "MULTIPART") => {
                 self.reqbody_error = Some(format!(
                     "{p} request bodies are not inspected by this engine yet"
                 ));
@@ -396,15 +487,8 @@ impl<'s> Transaction<'s> {
                 None => return false,
             }
         }
-        // the whole chain matched: the links' actions, then the log record
-        for link in &r.links {
-            for sv in &link.actions.setvars {
-                self.setvar(sv);
-            }
-            for c in &link.actions.ctls {
-                self.ctl(c);
-            }
-        }
+        // the whole chain matched: the log record (the disruptive action is
+        // the caller's)
         if r.logs() {
             let msg = r
                 .actions
@@ -470,6 +554,18 @@ impl<'s> Transaction<'s> {
                     self.matched_var = Some((name.clone(), c.to_vec()));
                     self.matched_vars.push((name.clone(), c.to_vec()));
                     break;
+                }
+            }
+            if hit {
+                // ModSecurity runs a link's non-disruptive actions for each
+                // value it matches, as it matches: a chain's later links see
+                // what earlier ones set (CRS 931130 keys TX by the matched
+                // name), and they stay set if the chain fails further on
+                for sv in &link.actions.setvars {
+                    self.setvar(sv);
+                }
+                for c in &link.actions.ctls {
+                    self.ctl(c);
                 }
             }
             if hit {
@@ -623,7 +719,8 @@ impl<'s> Transaction<'s> {
             MatchedVars => coll(&self.matched_vars),
             MatchedVarsNames => names(&self.matched_vars),
             // not built yet (multipart, XML, responses): no values
-            Files | FilesNames | FilesCombinedSize | MultipartPartHeaders | Xml | ResponseBody
+            Xml => coll(&self.xml),
+            Files | FilesNames | FilesCombinedSize | MultipartPartHeaders | ResponseBody
             | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
         }
     }

@@ -259,6 +259,13 @@ fn parse_target(t: &str) -> Result<Target, String> {
                 return Err(format!("{name} is not a collection: it takes no selector"));
             }
             Some(if variable == Variable::Xml {
+                // the two XPath expressions CRS uses: the root element's text
+                // and every attribute value
+                if s != "/*" && s != "//@*" {
+                    return Err(format!(
+                        "unsupported XPath {s:?} on XML (only /* and //@* are implemented)"
+                    ));
+                }
                 Selector::XPath(s.to_string())
             } else if let Some(re) = s.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {
                 Selector::Regex(

@@ -254,3 +254,40 @@ fn crs_blocks_attacks_and_passes_ordinary_requests() {
     let (i, ids) = run(&set, post("/api/orders", "application/json", body));
     assert_eq!(i.map(|i| i.rule_id), Some(949110), "{ids:?}");
 }
+
+#[test]
+fn xml_bodies_give_the_root_text_and_every_attribute() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/xml" "id:200000,phase:1,pass,nolog,t:lowercase,ctl:requestBodyProcessor=XML"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400,msg:'Failed to parse request body.'"
+SecRule XML://@* "@rx java\.io" "id:401,phase:2,pass"
+SecRule XML:/* "@rx ^onetwo<three>$" "id:402,phase:2,pass"
+"#,
+    );
+    let xml =
+        r#"<?xml version="1.0"?><a x="java.io.File"><b>one</b><c y="ok">two&lt;three&gt;</c></a>"#;
+    assert_eq!(
+        run(&set, post("/", "application/xml", xml)).1,
+        vec![401, 402]
+    );
+    for bad in [
+        "<a><b></a>",
+        "<a></a><b/>",
+        "<a>&unknown;</a>",
+        "text",
+        "<a>",
+    ] {
+        let (i, ids) = run(&set, post("/", "application/xml", bad));
+        assert_eq!(i.map(|i| i.rule_id), Some(200002), "{bad}: {ids:?}");
+    }
+    // no entity from a DTD is ever expanded
+    let xxe =
+        r#"<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;</a>"#;
+    assert_eq!(
+        run(&set, post("/", "application/xml", xxe))
+            .0
+            .map(|i| i.rule_id),
+        Some(200002)
+    );
+}
