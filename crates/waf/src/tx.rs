@@ -151,10 +151,14 @@ fn parse_xml(body: &[u8]) -> Result<Coll, String> {
     let mut text = Vec::new();
     let mut attrs: Coll = Vec::new();
     let (mut depth, mut roots) = (0usize, 0usize);
+    // UTF-8: the crate is built without its `encoding` feature
+    let decoder = reader.decoder();
     let mut attributes = |e: &quick_xml::events::BytesStart<'_>| -> Result<(), String> {
         for a in e.attributes() {
             let a = a.map_err(|e| e.to_string())?;
-            let v = a.unescape_value().map_err(|e| e.to_string())?;
+            let v = a
+                .decoded_and_normalized_value(quick_xml::XmlVersion::Implicit1_0, decoder)
+                .map_err(|e| e.to_string())?;
             attrs.push(("//@*".into(), v.as_bytes().to_vec()));
         }
         Ok(())
