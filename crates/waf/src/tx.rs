@@ -13,8 +13,9 @@
 //! Body processors: `URLENCODED` (by content type, or `ctl`), `JSON` (by
 //! `ctl:requestBodyProcessor=JSON`; arguments named `json.a.b`, array items
 //! `json.list.0`), `XML` (by `ctl`; quick-xml, no DTDs: `XML:/*` and
-//! `XML://@*`). `MULTIPART` bodies are not parsed yet: they set
-//! `REQBODY_ERROR` (so a rule such as 200002 refuses them: fail closed).
+//! `XML://@*`), `MULTIPART` (by content type; multer, strict: a malformed
+//! body sets `REQBODY_ERROR` and `MULTIPART_STRICT_ERROR`, so a rule such as
+//! 200002 refuses it: fail closed).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -82,6 +83,11 @@ pub struct Transaction<'s> {
     reqbody_error: Option<String>,
     /// `XML:/*` (the root element's text) and `XML://@*` values.
     xml: Coll,
+    /// A multipart body's file parts: (field name, file name, size).
+    files: Vec<(String, String, usize)>,
+    /// `MULTIPART_PART_HEADERS`: (field name, `name: value` header line).
+    part_headers: Coll,
+    multipart_error: bool,
     tx: BTreeMap<String, Vec<u8>>,
     ip: BTreeMap<String, Vec<u8>>,
     global: BTreeMap<String, Vec<u8>>,
@@ -224,6 +230,47 @@ fn parse_xml(body: &[u8]) -> Result<Coll, String> {
     Ok(out)
 }
 
+struct Multipart {
+    args: Coll,
+    files: Vec<(String, String, usize)>,
+    headers: Coll,
+}
+
+/// A `multipart/form-data` body through multer (the parser axum uses),
+/// strict: a malformed body is an error, never half-read. Fields without a
+/// file name are arguments; file parts give `FILES` (field → file name),
+/// `FILES_NAMES` and their sizes; every part's header lines are
+/// `MULTIPART_PART_HEADERS` (keyed by field name).
+fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Multipart, String> {
+    let boundary = multer::parse_boundary(content_type).map_err(|e| e.to_string())?;
+    let data = bytes::Bytes::copy_from_slice(body);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+    let mut mp = multer::Multipart::new(stream, boundary);
+    // the whole body is in memory: nothing here ever waits
+    futures_executor::block_on(async move {
+        let mut out = Multipart {
+            args: Vec::new(),
+            files: Vec::new(),
+            headers: Vec::new(),
+        };
+        while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
+            let name = field.name().unwrap_or("").to_string();
+            for (h, v) in field.headers() {
+                let mut line = format!("{h}: ").into_bytes();
+                line.extend_from_slice(v.as_bytes());
+                out.headers.push((name.clone(), line));
+            }
+            let file = field.file_name().map(str::to_string);
+            let value = field.bytes().await.map_err(|e| e.to_string())?;
+            match file {
+                Some(f) => out.files.push((name, f, value.len())),
+                None => out.args.push((name, value.to_vec())),
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// ModSecurity's numeric reading of a value (C's `atoi`: optional sign and
 /// leading digits; anything else is 0).
 fn atoi(v: &[u8]) -> i64 {
@@ -329,6 +376,9 @@ impl<'s> Transaction<'s> {
             force_body_variable: false,
             reqbody_error: None,
             xml: Vec::new(),
+            files: Vec::new(),
+            part_headers: Vec::new(),
+            multipart_error: false,
             tx: BTreeMap::new(),
             ip: BTreeMap::new(),
             global: BTreeMap::new(),
@@ -399,10 +449,22 @@ impl<'s> Transaction<'s> {
                 Ok(v) => self.xml = v,
                 Err(e) => self.reqbody_error = Some(format!("XML parsing error: {e}")),
             },
-            Some(p @ "MULTIPART") => {
-                self.reqbody_error = Some(format!(
-                    "{p} request bodies are not inspected by this engine yet"
-                ));
+            Some("MULTIPART") => {
+                let ct = self
+                    .header("content-type")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                match parse_multipart(&ct, &self.req.body) {
+                    Ok(m) => {
+                        self.args_post = m.args;
+                        self.files = m.files;
+                        self.part_headers = m.headers;
+                    }
+                    Err(e) => {
+                        self.multipart_error = true;
+                        self.reqbody_error = Some(format!("multipart parsing error: {e}"));
+                    }
+                }
             }
             _ => {}
         }
@@ -708,7 +770,8 @@ impl<'s> Transaction<'s> {
                 Some(m) => one(Cow::Borrowed(m.as_bytes())),
                 None => Vec::new(),
             },
-            MultipartStrictError | MultipartUnmatchedBoundary => owned("0".into()),
+            MultipartStrictError => owned(if self.multipart_error { "1" } else { "0" }.into()),
+            MultipartUnmatchedBoundary => owned("0".into()),
             Tx => map(&self.tx),
             Ip => map(&self.ip),
             Global => map(&self.global),
@@ -724,8 +787,19 @@ impl<'s> Transaction<'s> {
             MatchedVarsNames => names(&self.matched_vars),
             // not built yet (multipart, XML, responses): no values
             Xml => coll(&self.xml),
-            Files | FilesNames | FilesCombinedSize | MultipartPartHeaders | ResponseBody
-            | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
+            Files => self
+                .files
+                .iter()
+                .map(|(n, f, _)| (n.clone(), Cow::Borrowed(f.as_bytes())))
+                .collect(),
+            FilesNames => self
+                .files
+                .iter()
+                .map(|(n, _, _)| (n.clone(), Cow::Owned(n.as_bytes().to_vec())))
+                .collect(),
+            FilesCombinedSize => owned(self.files.iter().map(|f| f.2).sum::<usize>().to_string()),
+            MultipartPartHeaders => coll(&self.part_headers),
+            ResponseBody | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
         }
     }
 

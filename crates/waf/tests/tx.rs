@@ -291,3 +291,22 @@ SecRule XML:/* "@rx ^onetwo<three>$" "id:402,phase:2,pass"
         Some(200002)
     );
 }
+
+#[test]
+fn multipart_bodies_give_arguments_files_and_part_headers() {
+    let set = rules(
+        r#"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400"
+SecRule ARGS:note "@contains drop table" "id:501,phase:2,pass,t:lowercase"
+SecRule FILES "@rx \.jsp$" "id:502,phase:2,pass"
+SecRule FILES_NAMES "@streq upload" "id:503,phase:2,pass"
+SecRule MULTIPART_PART_HEADERS:upload "@rx ^content-type: text/x-jsp$" "id:504,phase:2,pass,t:lowercase"
+SecRule FILES_COMBINED_SIZE "@eq 5" "id:505,phase:2,pass"
+"#,
+    );
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nDROP TABLE users\r\n--XyZ\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"shell.jsp\"\r\nContent-Type: text/x-jsp\r\n\r\nhello\r\n--XyZ--\r\n";
+    assert_eq!(
+        run(&set, post("/", "multipart/form-data; boundary=XyZ", body)).1,
+        vec![501, 502, 503, 504, 505]
+    );
+}
