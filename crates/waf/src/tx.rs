@@ -329,13 +329,14 @@ impl<'s> Transaction<'s> {
             Some((p, q)) => (p.to_string(), q.as_bytes().to_vec()),
             None => (req.uri.clone(), Vec::new()),
         };
-        // an absolute-form target's path
+        // an absolute-form target's path (`http://host/a`); a path that
+        // holds `://` further on (`/get/https://x/`) is a path
         let path = match path.find("://") {
-            Some(i) => path[i + 3..]
+            Some(i) if !path.starts_with('/') => path[i + 3..]
                 .find('/')
                 .map(|j| path[i + 3 + j..].to_string())
                 .unwrap_or_else(|| "/".into()),
-            None => path,
+            _ => path,
         };
         let filename = crate::transform::Transform::UrlDecode.apply(path.as_bytes());
         let basename = match filename.iter().rposition(|&b| b == b'/') {
@@ -745,8 +746,15 @@ impl<'s> Transaction<'s> {
             QueryString => one(Cow::Borrowed(&self.query)),
             RemoteAddr => one(Cow::Borrowed(self.req.remote_addr.as_bytes())),
             UniqueId => one(Cow::Borrowed(self.req.id.as_bytes())),
+            // the raw body with no processor, URLENCODED and JSON (CRS
+            // 934210 reads JSON keys in it), not with XML or MULTIPART
+            // unless `ctl:forceRequestBodyVariable=On` (CRS 901340 forces it
+            // for other content): what the CRS regression suite expects
             RequestBody => {
-                let plain = matches!(self.body_processor.as_deref(), None | Some("URLENCODED"));
+                let plain = matches!(
+                    self.body_processor.as_deref(),
+                    None | Some("URLENCODED") | Some("JSON")
+                );
                 if self.body_done && (plain || self.force_body_variable) {
                     one(Cow::Borrowed(&self.req.body))
                 } else {

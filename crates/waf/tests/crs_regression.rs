@@ -143,6 +143,15 @@ fn encode_form(data: &str) -> String {
     }
 }
 
+/// go-ftw's templates in `data`, the one form CRS uses: `{{ "x" | repeat N }}`.
+fn render(data: &str) -> String {
+    let re = regex::Regex::new(r#"\{\{\s*"([^"]*)"\s*\|\s*repeat\s+(\d+)\s*\}\}"#).unwrap();
+    re.replace_all(data, |c: &regex::Captures<'_>| {
+        c[1].repeat(c[2].parse::<usize>().unwrap())
+    })
+    .into_owned()
+}
+
 /// The bytes go-ftw sends for a stage input.
 fn wire(input: &Value) -> Vec<u8> {
     if let Some(enc) = input.get("encoded_request").and_then(scalar) {
@@ -164,7 +173,7 @@ fn wire(input: &Value) -> Vec<u8> {
             headers.insert(scalar(k).unwrap_or_default(), scalar(v).unwrap_or_default());
         }
     }
-    let mut data = input.get("data").and_then(scalar).unwrap_or_default();
+    let mut data = render(&input.get("data").and_then(scalar).unwrap_or_default());
     if !data.is_empty() && auto {
         headers
             .entry("Content-Type".into())
@@ -292,13 +301,27 @@ fn parse_wire(raw: &[u8], id: &str) -> Option<Request> {
     })
 }
 
+/// Text as ModSecurity writes it to its log: bytes outside printable ASCII
+/// as `\xHH`.
+fn log_escape(s: &str) -> String {
+    let mut out = String::new();
+    for &b in s.as_bytes() {
+        if (0x20..0x7f).contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// ModSecurity's error-log line for a match, as go-ftw's regexes read it.
 fn log_line(m: &RuleMatch) -> String {
     format!(
         "ModSecurity: Warning. [id \"{}\"] [msg \"{}\"] [data \"{}\"] [severity \"{}\"] [tag \"{}\"]",
         m.id,
-        m.msg,
-        m.data,
+        log_escape(&m.msg),
+        log_escape(&m.data),
         m.severity.unwrap_or(0),
         m.tags.join("\"] [tag \"")
     )
@@ -453,12 +476,25 @@ fn crs_regression_suite() {
     let expected_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/crs-expected-failures.txt");
     if std::env::var_os("UPDATE_CRS_EXPECTED").is_some() {
+        // keep the reason written for a test that still fails
+        let reasons: BTreeMap<String, String> = std::fs::read_to_string(&expected_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (id, why) = l.split_once('#')?;
+                Some((id.trim().to_string(), why.trim().to_string()))
+            })
+            .collect();
         let mut text = String::from(
-            "# CRS v4.28.0 regression tests that fail through palisade-waf today (tests/crs_regression.rs).\n# One `<rule_id>-<test_id>` per line; the run fails on a failure not listed here and on a\n# listed test that passes (delete its line). Regenerate with UPDATE_CRS_EXPECTED=1.\n# Reason for every entry until analysed one by one: an engine difference from ModSecurity\n# (issue #15, the engine's first version: variables, body processors and evaluation details).\n",
+            "# CRS v4.28.0 regression tests that fail through palisade-waf today (tests/crs_regression.rs).\n# One `<rule_id>-<test_id> # reason` per line; the run fails on a failure not listed here and\n# on a listed test that passes (delete its line). UPDATE_CRS_EXPECTED=1 rewrites the list and\n# keeps the reasons of the tests that still fail.\n",
         );
         for name in &failures {
-            text.push_str(name);
-            text.push('\n');
+            let why = reasons
+                .get(name)
+                .map(String::as_str)
+                .unwrap_or("not analysed yet");
+            text.push_str(&format!("{name} # {why}\n"));
         }
         std::fs::write(&expected_path, text).unwrap();
         return;
