@@ -35,6 +35,21 @@ enum Cli {
         #[arg(long, default_value_t = 200_000)]
         iterations: u32,
     },
+    /// CPU time per request of the OWASP CRS v4 rule set evaluated by
+    /// palisade-waf (request phases), on the payloads `inspect` measures
+    /// plus a plain GET, in this process; and the rule set's load time and
+    /// memory (docs/benchmarks.md).
+    Waf {
+        /// Calls per payload (after 100 warm-up calls).
+        #[arg(long, default_value_t = 5_000)]
+        iterations: u32,
+        /// CRS paranoia levels to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        paranoia: Vec<u8>,
+        /// The CRS directory (crs-setup.conf.example and rules/).
+        #[arg(long, default_value = "crs")]
+        crs: PathBuf,
+    },
 }
 
 /// One payload `inspect` measures: name, query, body.
@@ -106,6 +121,104 @@ fn bench_inspect(iterations: u32) {
         }
         let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
         println!("| {name} | {bytes} | {us:.2} | {findings} |");
+    }
+}
+
+/// Resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+fn bench_waf(iterations: u32, levels: &[u8], crs: &Path) {
+    use palisade_waf::tx::{Request, Transaction};
+    let headers = |extra: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+        let mut h: Vec<(String, Vec<u8>)> = [
+            ("Host", "shop.example.com"),
+            ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"),
+            ("Accept", "application/json, text/plain, */*"),
+            ("Accept-Language", "fr-FR,fr;q=0.9,en;q=0.8"),
+            ("Accept-Encoding", "gzip, deflate, br"),
+            ("Authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEyMyIsImV4cCI6MTg5MzQ1NjAwMH0.c2lnbmF0dXJl"),
+            ("Cookie", "session=7f3a9c1e2b; theme=dark"),
+        ]
+        .iter()
+        .chain(extra.iter())
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        h.shrink_to_fit();
+        h
+    };
+    let mut requests: Vec<(String, Request)> = vec![(
+        "GET, no query".into(),
+        Request {
+            method: "GET".into(),
+            uri: "/api/products/42".into(),
+            protocol: "HTTP/1.1".into(),
+            headers: headers(&[]),
+            ..Default::default()
+        },
+    )];
+    for (name, query, body) in inspect_payloads() {
+        let (method, ct, body) = match body {
+            None => ("GET", None, Vec::new()),
+            Some((palisade_inspect::BodyKind::Form, b)) => {
+                ("POST", Some("application/x-www-form-urlencoded"), b)
+            }
+            Some((_, b)) => ("POST", Some("application/json"), b),
+        };
+        let len = body.len().to_string();
+        let mut extra = Vec::new();
+        if let Some(ct) = ct {
+            extra.push(("Content-Type", ct));
+            extra.push(("Content-Length", len.as_str()));
+        }
+        requests.push((
+            name.to_string(),
+            Request {
+                method: method.into(),
+                uri: match &query {
+                    Some(q) => format!("/api/products?{q}"),
+                    None => "/api/orders".into(),
+                },
+                protocol: "HTTP/1.1".into(),
+                headers: headers(&extra),
+                body,
+                ..Default::default()
+            },
+        ));
+    }
+    println!("| paranoia level | rules | load ms | rule set MiB | request | µs per request | matched rules |");
+    println!("|---|---:|---:|---:|---|---:|---:|");
+    for &pl in levels {
+        let before = rss_kib();
+        let start = Instant::now();
+        let opts = palisade_waf::crs::CrsOptions {
+            paranoia: pl,
+            ..Default::default()
+        };
+        let set = palisade_waf::crs::load(crs, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let load_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mib = (rss_kib().saturating_sub(before)) as f64 / 1024.0;
+        let rules = set.rules().count();
+        for (name, req) in &requests {
+            let mut matched = 0;
+            for _ in 0..100 {
+                let mut tx = Transaction::new(&set, req.clone());
+                tx.process_request();
+                matched = tx.matches.len();
+            }
+            let start = Instant::now();
+            for _ in 0..iterations {
+                let mut tx = Transaction::new(&set, std::hint::black_box(req.clone()));
+                tx.process_request();
+                std::hint::black_box(&tx.matches);
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+            println!("| {pl} | {rules} | {load_ms:.0} | {mib:.1} | {name} | {us:.1} | {matched} |");
+        }
     }
 }
 
@@ -619,6 +732,14 @@ async fn main() {
         Cli::Kv(a) => a,
         Cli::Inspect { iterations } => {
             bench_inspect(iterations);
+            return;
+        }
+        Cli::Waf {
+            iterations,
+            paranoia,
+            crs,
+        } => {
+            bench_waf(iterations, &paranoia, &crs);
             return;
         }
         Cli::GatewaySetup { dir, ports } => {

@@ -10,6 +10,7 @@
 //! - [`action`]: action lists and macros (`%{tx.score}`);
 //! - [`tx`]: a [`tx::Transaction`] evaluates a rule set on one request;
 //! - [`libinjection`]: `@detectSQLi` / `@detectXSS` (libinjectionrs);
+//! - [`crs`]: CRS as deployed (engine rules, paranoia level, setup, rules);
 //! - [`ruleset`]: rule files → a [`ruleset::RuleSet`] per phase, with
 //!   chains, markers, default actions and target updates resolved.
 //!
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod crs;
 pub mod lexer;
 pub mod libinjection;
 pub mod operator;

@@ -22,6 +22,9 @@ pub struct Link {
     /// head's metadata lives in [`Rule::actions`]).
     pub actions: Actions,
     pub line: u32,
+    /// Its transformation chain, interned when loading (0: none): values
+    /// through the same chain are cached per transaction.
+    pub chain: u32,
 }
 
 /// A rule: `SecRule` or `SecAction`, with the links chained to it.
@@ -130,6 +133,8 @@ struct Builder {
     markers: HashSet<String>,
     /// skipAfter targets to check once everything is loaded.
     skip_targets: Vec<(String, Arc<str>, u32)>,
+    /// Transformation chains seen, by their id (from 1).
+    chains: HashMap<Vec<crate::transform::Transform>, u32>,
 }
 
 impl Builder {
@@ -333,11 +338,13 @@ impl Builder {
             let chain = actions.chain;
             let mut actions = actions;
             self.merge_defaults(head.phase, &mut actions);
+            let chain_id = self.chain_id(&actions.transforms);
             head.links.push(Link {
                 targets,
                 operator,
                 actions,
                 line: d.line,
+                chain: chain_id,
             });
             if chain {
                 self.open = Some(head);
@@ -379,6 +386,7 @@ impl Builder {
             links: vec![Link {
                 targets,
                 operator,
+                chain: self.chain_id(&link_actions.transforms),
                 actions: link_actions,
                 line: d.line,
             }],
@@ -389,6 +397,14 @@ impl Builder {
             self.push(rule);
         }
         Ok(())
+    }
+
+    fn chain_id(&mut self, t: &[crate::transform::Transform]) -> u32 {
+        if t.is_empty() {
+            return 0;
+        }
+        let next = u32::try_from(self.chains.len() + 1).unwrap_or(u32::MAX);
+        *self.chains.entry(t.to_vec()).or_insert(next)
     }
 
     /// The phase's `SecDefaultAction`: its transformations first (unless

@@ -57,6 +57,10 @@ const NAMES: &[(&str, Transform)] = &[
     ("utf8toUnicode", Utf8ToUnicode),
 ];
 
+fn memchr(b: u8, v: &[u8]) -> bool {
+    v.contains(&b)
+}
+
 fn hex_val(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -103,6 +107,33 @@ impl Transform {
             .find(|(_, t)| *t == self)
             .map(|(n, _)| *n)
             .unwrap_or("?")
+    }
+
+    /// The transformed value, or None when it would equal `v`: the cheap
+    /// checks first (a value with no `%` or `+` is its own URL decoding),
+    /// so most values are never copied.
+    pub fn apply_if_changes(self, v: &[u8]) -> Option<Vec<u8>> {
+        let has = |b: u8| memchr(b, v);
+        let skip = match self {
+            UrlDecode | UrlDecodeUni => !has(b'%') && !has(b'+'),
+            HtmlEntityDecode => !has(b'&'),
+            JsDecode | CssDecode | EscapeSeqDecode => !has(b'\\'),
+            RemoveNulls => !has(0),
+            Lowercase => !v.iter().any(u8::is_ascii_uppercase),
+            Utf8ToUnicode => v.is_ascii(),
+            ReplaceComments => !v.windows(2).any(|w| w == b"/*"),
+            RemoveWhitespace | CompressWhitespace => {
+                !v.iter().any(|&b| is_space(b) || b == 0xa0)
+            }
+            Trim => v.first().is_none_or(|b| !b.is_ascii_whitespace())
+                && v.last().is_none_or(|b| !b.is_ascii_whitespace()),
+            _ => false,
+        };
+        if skip {
+            return None;
+        }
+        let out = self.apply(v);
+        if out == v { None } else { Some(out) }
     }
 
     /// Apply to `v`.

@@ -17,8 +17,8 @@
 //! body sets `REQBODY_ERROR` and `MULTIPART_STRICT_ERROR`, so a rule such as
 //! 200002 refuses it: fail closed).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use crate::EngineMode;
 use crate::action::{Ctl, Disruptive, Macro, Part, SetOp};
@@ -63,17 +63,57 @@ pub struct Interruption {
     pub action: Disruptive,
 }
 
-type Coll = Vec<(String, Vec<u8>)>;
+/// A value, shared: collecting a rule's targets copies pointers, not bytes.
+type Bytes = Rc<[u8]>;
+
+/// A collection: (key, value) in arrival order.
+type Coll = Vec<(Rc<str>, Bytes)>;
+
+fn bytes(b: &[u8]) -> Bytes {
+    Rc::from(b)
+}
+
+/// One value a link inspects: its variable, key ("" for a scalar) and bytes.
+struct Item {
+    var: Variable,
+    key: Rc<str>,
+    value: Bytes,
+    count: bool,
+}
+
+impl Item {
+    /// `ARGS:q`, `REQUEST_URI`, `&ARGS` (MATCHED_VAR_NAME).
+    fn name(&self) -> String {
+        let v = self.var.name();
+        if self.count {
+            format!("&{v}")
+        } else if self.var.is_collection() {
+            format!("{v}:{}", self.key)
+        } else {
+            v.to_string()
+        }
+    }
+}
 
 /// One request's evaluation.
 pub struct Transaction<'s> {
     set: &'s RuleSet,
     pub mode: EngineMode,
     req: Request,
-    uri_decoded: Vec<u8>,
-    filename: Vec<u8>,
-    basename: Vec<u8>,
-    query: Vec<u8>,
+    empty: Rc<str>,
+    method: Bytes,
+    uri_raw: Bytes,
+    uri_decoded: Bytes,
+    filename: Bytes,
+    basename: Bytes,
+    query: Bytes,
+    protocol: Bytes,
+    remote_addr: Bytes,
+    unique_id: Bytes,
+    request_line: Bytes,
+    body: Bytes,
+    body_length: Bytes,
+    headers: Coll,
     args_get: Coll,
     args_post: Coll,
     cookies: Coll,
@@ -88,14 +128,19 @@ pub struct Transaction<'s> {
     /// `MULTIPART_PART_HEADERS`: (field name, `name: value` header line).
     part_headers: Coll,
     multipart_error: bool,
-    tx: BTreeMap<String, Vec<u8>>,
-    ip: BTreeMap<String, Vec<u8>>,
-    global: BTreeMap<String, Vec<u8>>,
+    tx: BTreeMap<String, Bytes>,
+    ip: BTreeMap<String, Bytes>,
+    global: BTreeMap<String, Bytes>,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
     removed_targets: Vec<(RuleRef, Target)>,
-    matched_var: Option<(String, Vec<u8>)>,
+    matched_var: Option<(Rc<str>, Bytes)>,
     matched_vars: Coll,
+    /// Transformed values by (value's address, length, transformation
+    /// chain): CRS applies the same chains to the same values in many
+    /// rules. The source value is kept with its result, so its address is
+    /// never reused while the entry exists.
+    tcache: HashMap<(usize, usize, u32), (Bytes, Bytes)>,
     /// The rules that matched and log, in order.
     pub matches: Vec<RuleMatch>,
     pub interruption: Option<Interruption>,
@@ -111,7 +156,7 @@ enum RuleRef {
 /// `application/x-www-form-urlencoded` → pairs, names and values decoded
 /// (`%XX`, `+`), as ModSecurity's parser: `&` separates, the first `=`
 /// splits, a pair without `=` is a name with an empty value.
-pub fn parse_urlencoded(s: &[u8]) -> Coll {
+pub fn parse_urlencoded(s: &[u8]) -> Vec<(String, Vec<u8>)> {
     s.split(|&b| b == b'&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -126,7 +171,13 @@ pub fn parse_urlencoded(s: &[u8]) -> Coll {
         .collect()
 }
 
-fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Coll) {
+fn to_coll(v: Vec<(String, Vec<u8>)>) -> Coll {
+    v.into_iter()
+        .map(|(k, v)| (Rc::from(k.as_str()), Rc::from(v)))
+        .collect()
+}
+
+fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
@@ -149,13 +200,13 @@ fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Coll) {
 /// `//@*`, each attribute value. Well-formedness is checked (one root,
 /// matching end tags, known entities); no DTD is processed and no entity
 /// beyond the five predefined ones is expanded.
-fn parse_xml(body: &[u8]) -> Result<Coll, String> {
+fn parse_xml(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_reader(body);
     reader.config_mut().trim_text(false);
     let mut buf = Vec::new();
     let mut text = Vec::new();
-    let mut attrs: Coll = Vec::new();
+    let mut attrs: Vec<(String, Vec<u8>)> = Vec::new();
     let (mut depth, mut roots) = (0usize, 0usize);
     // UTF-8: the crate is built without its `encoding` feature
     let decoder = reader.decoder();
@@ -231,9 +282,9 @@ fn parse_xml(body: &[u8]) -> Result<Coll, String> {
 }
 
 struct Multipart {
-    args: Coll,
+    args: Vec<(String, Vec<u8>)>,
     files: Vec<(String, String, usize)>,
-    headers: Coll,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// A `multipart/form-data` body through multer (the parser axum uses),
@@ -295,32 +346,19 @@ fn key_matches(sel: &Selector, name: &str) -> bool {
     }
 }
 
-type Values<'a> = Vec<(String, Cow<'a, [u8]>)>;
+/// (key, value) pairs of a variable; a scalar has one, with key "".
+type Values = Vec<(Rc<str>, Bytes)>;
 
-fn coll(c: &Coll) -> Values<'_> {
+fn names(c: &Coll) -> Values {
     c.iter()
-        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
+        .map(|(k, _)| (k.clone(), Rc::from(k.as_bytes())))
         .collect()
 }
 
-fn names(c: &Coll) -> Values<'_> {
-    c.iter()
-        .map(|(k, _)| (k.clone(), Cow::Owned(k.as_bytes().to_vec())))
-        .collect()
-}
-
-fn map(m: &BTreeMap<String, Vec<u8>>) -> Values<'_> {
+fn map(m: &BTreeMap<String, Bytes>) -> Values {
     m.iter()
-        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
+        .map(|(k, v)| (Rc::from(k.as_str()), v.clone()))
         .collect()
-}
-
-fn one(b: Cow<'_, [u8]>) -> Values<'_> {
-    vec![(String::new(), b)]
-}
-
-fn owned(s: String) -> Values<'static> {
-    vec![(String::new(), Cow::Owned(s.into_bytes()))]
 }
 
 impl<'s> Transaction<'s> {
@@ -344,7 +382,7 @@ impl<'s> Transaction<'s> {
             None => filename.clone(),
         };
         let uri_decoded = crate::transform::Transform::UrlDecode.apply(req.uri.as_bytes());
-        let args_get = parse_urlencoded(&query);
+        let args_get = to_coll(parse_urlencoded(&query));
         let mut cookies = Vec::new();
         for (n, v) in &req.headers {
             if n.eq_ignore_ascii_case("cookie") {
@@ -357,18 +395,35 @@ impl<'s> Transaction<'s> {
                         Some(i) => (&c[..i], &c[i + 1..]),
                         None => (c, &c[c.len()..]),
                     };
-                    cookies.push((String::from_utf8_lossy(cn).into_owned(), cv.to_vec()));
+                    cookies.push((Rc::from(String::from_utf8_lossy(cn).as_ref()), bytes(cv)));
                 }
             }
         }
+        let headers: Coll = req
+            .headers
+            .iter()
+            .map(|(k, v)| (Rc::from(k.as_str()), bytes(v)))
+            .collect();
         Transaction {
             set,
             mode: set.engine.unwrap_or(EngineMode::On),
+            empty: Rc::from(""),
+            method: bytes(req.method.as_bytes()),
+            uri_raw: bytes(req.uri.as_bytes()),
+            uri_decoded: Rc::from(uri_decoded),
+            filename: Rc::from(filename),
+            basename: Rc::from(basename),
+            query: Rc::from(query),
+            protocol: bytes(req.protocol.as_bytes()),
+            remote_addr: bytes(req.remote_addr.as_bytes()),
+            unique_id: bytes(req.id.as_bytes()),
+            request_line: Rc::from(
+                format!("{} {} {}", req.method, req.uri, req.protocol).into_bytes(),
+            ),
+            body: bytes(&req.body),
+            body_length: Rc::from(req.body.len().to_string().into_bytes()),
+            headers,
             req,
-            uri_decoded,
-            filename,
-            basename,
-            query,
             args_get,
             args_post: Vec::new(),
             cookies,
@@ -388,6 +443,7 @@ impl<'s> Transaction<'s> {
             removed_targets: Vec::new(),
             matched_var: None,
             matched_vars: Vec::new(),
+            tcache: HashMap::new(),
             matches: Vec::new(),
             interruption: None,
             allowed: false,
@@ -406,7 +462,7 @@ impl<'s> Transaction<'s> {
 
     /// The value of `TX:<key>` (tests, logs).
     pub fn tx(&self, key: &str) -> Option<&[u8]> {
-        self.tx.get(&key.to_ascii_lowercase()).map(Vec::as_slice)
+        self.tx.get(&key.to_ascii_lowercase()).map(|v| &v[..])
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -422,6 +478,9 @@ impl<'s> Transaction<'s> {
             return;
         }
         self.body_done = true;
+        // the collections are replaced below: cached results of the old
+        // values would never be asked for again
+        self.tcache.clear();
         if self.body_processor.is_none() {
             let ct = self
                 .header("content-type")
@@ -437,17 +496,17 @@ impl<'s> Transaction<'s> {
             return;
         }
         match self.body_processor.as_deref() {
-            Some("URLENCODED") => self.args_post = parse_urlencoded(&self.req.body),
+            Some("URLENCODED") => self.args_post = to_coll(parse_urlencoded(&self.req.body)),
             Some("JSON") => match serde_json::from_slice::<serde_json::Value>(&self.req.body) {
                 Ok(v) => {
                     let mut out = Vec::new();
                     flatten_json(&v, "json", &mut out);
-                    self.args_post = out;
+                    self.args_post = to_coll(out);
                 }
                 Err(e) => self.reqbody_error = Some(format!("JSON parsing error: {e}")),
             },
             Some("XML") => match parse_xml(&self.req.body) {
-                Ok(v) => self.xml = v,
+                Ok(v) => self.xml = to_coll(v),
                 Err(e) => self.reqbody_error = Some(format!("XML parsing error: {e}")),
             },
             Some("MULTIPART") => {
@@ -457,9 +516,9 @@ impl<'s> Transaction<'s> {
                     .unwrap_or_default();
                 match parse_multipart(&ct, &self.req.body) {
                     Ok(m) => {
-                        self.args_post = m.args;
+                        self.args_post = to_coll(m.args);
                         self.files = m.files;
-                        self.part_headers = m.headers;
+                        self.part_headers = to_coll(m.headers);
                     }
                     Err(e) => {
                         self.multipart_error = true;
@@ -589,62 +648,88 @@ impl<'s> Transaction<'s> {
         true
     }
 
+    /// `value` through the link's transformations, from the cache when the
+    /// same value went through the same chain before.
+    fn transformed(&mut self, value: &Bytes, link: &Link) -> Bytes {
+        if link.chain == 0 {
+            return value.clone();
+        }
+        let key = (value.as_ptr() as usize, value.len(), link.chain);
+        if let Some((_, out)) = self.tcache.get(&key) {
+            return out.clone();
+        }
+        let mut cur = value.clone();
+        for t in &link.actions.transforms {
+            if let Some(next) = t.apply_if_changes(&cur) {
+                cur = Rc::from(next);
+            }
+        }
+        self.tcache.insert(key, (value.clone(), cur.clone()));
+        cur
+    }
+
     /// Evaluate one link: the name of the last variable that matched, or
     /// None when nothing did.
     fn eval_link(&mut self, r: &Rule, link: &Link) -> Option<String> {
         // SecAction: no targets, one (empty) value for its unconditional match
-        let values = if link.targets.is_empty() {
-            vec![(String::new(), Vec::new())]
+        let items = if link.targets.is_empty() {
+            vec![Item {
+                var: Variable::Tx,
+                key: self.empty.clone(),
+                value: Rc::from(&b""[..]),
+                count: false,
+            }]
         } else {
             self.collect(r, &link.targets)
         };
         let mut last = None;
-        for (name, value) in values {
-            let mut candidates: Vec<Cow<'_, [u8]>> = Vec::new();
-            let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&value);
+        for item in items {
+            let mut hit: Option<Bytes> = None;
             if link.actions.multi_match {
-                candidates.push(cur.clone());
-            }
-            for t in &link.actions.transforms {
-                cur = Cow::Owned(t.apply(&cur));
-                if link.actions.multi_match {
-                    candidates.push(cur.clone());
+                // the value before and after each transformation
+                let mut cur = item.value.clone();
+                if self.run_operator(&link.operator, &cur, link.actions.capture) {
+                    hit = Some(cur.clone());
+                }
+                for t in &link.actions.transforms {
+                    if hit.is_some() {
+                        break;
+                    }
+                    if let Some(next) = t.apply_if_changes(&cur) {
+                        cur = Rc::from(next);
+                    }
+                    if self.run_operator(&link.operator, &cur, link.actions.capture) {
+                        hit = Some(cur.clone());
+                    }
+                }
+            } else {
+                let v = self.transformed(&item.value, link);
+                if self.run_operator(&link.operator, &v, link.actions.capture) {
+                    hit = Some(v);
                 }
             }
-            if !link.actions.multi_match {
-                candidates.push(cur);
+            let Some(v) = hit else { continue };
+            let name: Rc<str> = Rc::from(item.name().as_str());
+            self.matched_var = Some((name.clone(), v.clone()));
+            self.matched_vars.push((name.clone(), v));
+            // ModSecurity runs a link's non-disruptive actions for each
+            // value it matches, as it matches: a chain's later links see
+            // what earlier ones set (CRS 931130 keys TX by the matched
+            // name), and they stay set if the chain fails further on
+            for sv in &link.actions.setvars {
+                self.setvar(sv);
             }
-            let mut hit = false;
-            for c in &candidates {
-                if self.run_operator(&link.operator, c, link.actions.capture) {
-                    hit = true;
-                    self.matched_var = Some((name.clone(), c.to_vec()));
-                    self.matched_vars.push((name.clone(), c.to_vec()));
-                    break;
-                }
+            for c in &link.actions.ctls {
+                self.ctl(c);
             }
-            if hit {
-                // ModSecurity runs a link's non-disruptive actions for each
-                // value it matches, as it matches: a chain's later links see
-                // what earlier ones set (CRS 931130 keys TX by the matched
-                // name), and they stay set if the chain fails further on
-                for sv in &link.actions.setvars {
-                    self.setvar(sv);
-                }
-                for c in &link.actions.ctls {
-                    self.ctl(c);
-                }
-            }
-            if hit {
-                last = Some(name);
-            }
+            last = Some(name.to_string());
         }
         last
     }
 
-    /// The values a link's targets name: (full name, value), exclusions and
-    /// removed targets applied.
-    fn collect(&self, r: &Rule, targets: &[Target]) -> Vec<(String, Vec<u8>)> {
+    /// The values a link's targets name, exclusions and removed targets
+    /// applied.
+    fn collect(&self, r: &Rule, targets: &[Target]) -> Vec<Item> {
         let excluded = |t: &Target, key: &str| -> bool {
             let matches_ex = |ex: &Target| {
                 ex.variable == t.variable
@@ -664,10 +749,18 @@ impl<'s> Transaction<'s> {
         };
         let mut out = Vec::new();
         for t in targets.iter().filter(|t| !t.exclude) {
-            let vals = self.values(t.variable);
-            let vname = t.variable.name();
-            let mut picked: Vec<(String, Vec<u8>)> = Vec::new();
-            for (key, v) in vals {
+            let vals = match (&t.selector, self.keyed(t.variable)) {
+                // TX:name and the like: one lookup, not the whole collection
+                (Some(Selector::Key(k)), Some(m)) => {
+                    let k = k.to_ascii_lowercase();
+                    m.get(&k)
+                        .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
+                        .unwrap_or_default()
+                }
+                _ => self.values(t.variable),
+            };
+            let mut n = 0usize;
+            for (key, value) in vals {
                 if let Some(sel) = &t.selector
                     && !key_matches(sel, &key)
                 {
@@ -676,34 +769,47 @@ impl<'s> Transaction<'s> {
                 if excluded(t, &key) {
                     continue;
                 }
-                let full = if t.variable.is_collection() {
-                    format!("{vname}:{key}")
-                } else {
-                    vname.to_string()
-                };
-                picked.push((full, v.into_owned()));
+                n += 1;
+                if !t.count {
+                    out.push(Item {
+                        var: t.variable,
+                        key,
+                        value,
+                        count: false,
+                    });
+                }
             }
             if t.count {
-                out.push((format!("&{vname}"), picked.len().to_string().into_bytes()));
-            } else {
-                out.extend(picked);
+                out.push(Item {
+                    var: t.variable,
+                    key: self.empty.clone(),
+                    value: Rc::from(n.to_string().into_bytes()),
+                    count: true,
+                });
             }
         }
         out
     }
 
-    /// Every (key, value) of a variable; scalars have one with key "".
-    fn values(&self, v: Variable) -> Values<'_> {
-        use Variable::*;
-        let args = || {
-            let mut a = coll(&self.args_get);
-            a.extend(coll(&self.args_post));
-            a
-        };
+    /// The map behind TX, IP and GLOBAL (keys lowercase).
+    fn keyed(&self, v: Variable) -> Option<&BTreeMap<String, Bytes>> {
         match v {
-            Args => args(),
-            ArgsGet => coll(&self.args_get),
-            ArgsPost => coll(&self.args_post),
+            Variable::Tx => Some(&self.tx),
+            Variable::Ip => Some(&self.ip),
+            Variable::Global => Some(&self.global),
+            _ => None,
+        }
+    }
+
+    /// Every (key, value) of a variable; scalars have one with key "".
+    fn values(&self, v: Variable) -> Values {
+        use Variable::*;
+        let one = |b: &Bytes| vec![(self.empty.clone(), b.clone())];
+        let owned = |s: String| vec![(self.empty.clone(), Rc::from(s.into_bytes()))];
+        match v {
+            Args => self.args_get.iter().chain(&self.args_post).cloned().collect(),
+            ArgsGet => self.args_get.clone(),
+            ArgsPost => self.args_post.clone(),
             ArgsNames => {
                 let mut a = names(&self.args_get);
                 a.extend(names(&self.args_post));
@@ -719,33 +825,20 @@ impl<'s> Transaction<'s> {
                     .sum::<usize>()
                     .to_string(),
             ),
-            RequestHeaders => self
-                .req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Cow::Borrowed(v.as_slice())))
-                .collect(),
-            RequestHeadersNames => self
-                .req
-                .headers
-                .iter()
-                .map(|(k, _)| (k.clone(), Cow::Owned(k.as_bytes().to_vec())))
-                .collect(),
-            RequestCookies => coll(&self.cookies),
+            RequestHeaders => self.headers.clone(),
+            RequestHeadersNames => names(&self.headers),
+            RequestCookies => self.cookies.clone(),
             RequestCookiesNames => names(&self.cookies),
-            RequestFilename => one(Cow::Borrowed(&self.filename)),
-            RequestBasename => one(Cow::Borrowed(&self.basename)),
-            RequestUri => one(Cow::Borrowed(&self.uri_decoded)),
-            RequestUriRaw => one(Cow::Borrowed(self.req.uri.as_bytes())),
-            RequestLine => owned(format!(
-                "{} {} {}",
-                self.req.method, self.req.uri, self.req.protocol
-            )),
-            RequestMethod => one(Cow::Borrowed(self.req.method.as_bytes())),
-            RequestProtocol => one(Cow::Borrowed(self.req.protocol.as_bytes())),
-            QueryString => one(Cow::Borrowed(&self.query)),
-            RemoteAddr => one(Cow::Borrowed(self.req.remote_addr.as_bytes())),
-            UniqueId => one(Cow::Borrowed(self.req.id.as_bytes())),
+            RequestFilename => one(&self.filename),
+            RequestBasename => one(&self.basename),
+            RequestUri => one(&self.uri_decoded),
+            RequestUriRaw => one(&self.uri_raw),
+            RequestLine => one(&self.request_line),
+            RequestMethod => one(&self.method),
+            RequestProtocol => one(&self.protocol),
+            QueryString => one(&self.query),
+            RemoteAddr => one(&self.remote_addr),
+            UniqueId => one(&self.unique_id),
             // the raw body with no processor, URLENCODED and JSON (CRS
             // 934210 reads JSON keys in it), not with XML or MULTIPART
             // unless `ctl:forceRequestBodyVariable=On` (CRS 901340 forces it
@@ -756,26 +849,19 @@ impl<'s> Transaction<'s> {
                     None | Some("URLENCODED") | Some("JSON")
                 );
                 if self.body_done && (plain || self.force_body_variable) {
-                    one(Cow::Borrowed(&self.req.body))
+                    one(&self.body)
                 } else {
                     Vec::new()
                 }
             }
-            RequestBodyLength => owned(self.req.body.len().to_string()),
+            RequestBodyLength => one(&self.body_length),
             ReqbodyProcessor => match &self.body_processor {
-                Some(p) => one(Cow::Borrowed(p.as_bytes())),
+                Some(p) => owned(p.clone()),
                 None => Vec::new(),
             },
-            ReqbodyError => owned(
-                if self.reqbody_error.is_some() {
-                    "1"
-                } else {
-                    "0"
-                }
-                .into(),
-            ),
+            ReqbodyError => owned(if self.reqbody_error.is_some() { "1" } else { "0" }.into()),
             ReqbodyErrorMsg => match &self.reqbody_error {
-                Some(m) => one(Cow::Borrowed(m.as_bytes())),
+                Some(m) => owned(m.clone()),
                 None => Vec::new(),
             },
             MultipartStrictError => owned(if self.multipart_error { "1" } else { "0" }.into()),
@@ -784,29 +870,28 @@ impl<'s> Transaction<'s> {
             Ip => map(&self.ip),
             Global => map(&self.global),
             MatchedVar => match &self.matched_var {
-                Some((_, v)) => one(Cow::Borrowed(v)),
+                Some((_, v)) => one(v),
                 None => Vec::new(),
             },
             MatchedVarName => match &self.matched_var {
-                Some((n, _)) => one(Cow::Borrowed(n.as_bytes())),
+                Some((n, _)) => vec![(self.empty.clone(), Rc::from(n.as_bytes()))],
                 None => Vec::new(),
             },
-            MatchedVars => coll(&self.matched_vars),
+            MatchedVars => self.matched_vars.clone(),
             MatchedVarsNames => names(&self.matched_vars),
-            // not built yet (multipart, XML, responses): no values
-            Xml => coll(&self.xml),
+            Xml => self.xml.clone(),
             Files => self
                 .files
                 .iter()
-                .map(|(n, f, _)| (n.clone(), Cow::Borrowed(f.as_bytes())))
+                .map(|(n, f, _)| (Rc::from(n.as_str()), bytes(f.as_bytes())))
                 .collect(),
             FilesNames => self
                 .files
                 .iter()
-                .map(|(n, _, _)| (n.clone(), Cow::Owned(n.as_bytes().to_vec())))
+                .map(|(n, _, _)| (Rc::from(n.as_str()), bytes(n.as_bytes())))
                 .collect(),
             FilesCombinedSize => owned(self.files.iter().map(|f| f.2).sum::<usize>().to_string()),
-            MultipartPartHeaders => coll(&self.part_headers),
+            MultipartPartHeaders => self.part_headers.clone(),
             ResponseBody | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
         }
     }
@@ -817,6 +902,12 @@ impl<'s> Transaction<'s> {
             match p {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Var(v, key) => {
+                    if let (Some(k), Some(map)) = (key, self.keyed(*v)) {
+                        if let Some(b) = map.get(k) {
+                            out.extend_from_slice(b);
+                        }
+                        continue;
+                    }
                     let vals = self.values(*v);
                     let found = match key {
                         Some(k) => vals.into_iter().find(|(n, _)| n.eq_ignore_ascii_case(k)),
@@ -841,32 +932,30 @@ impl<'s> Transaction<'s> {
     fn run_operator(&mut self, o: &Operator, v: &[u8], capture: bool) -> bool {
         let hit = match &o.op {
             Op::Rx(re) => {
-                if capture {
-                    match re.captures(v) {
-                        Some(c) => {
-                            for i in 0..10 {
-                                let key = i.to_string();
-                                match c.get(i) {
-                                    Some(m) => {
-                                        self.tx.insert(key, m.as_bytes().to_vec());
-                                    }
-                                    None => {
-                                        self.tx.remove(&key);
-                                    }
+                // the DFA answers whether; only a match pays for captures
+                if !re.is_match(v) {
+                    false
+                } else {
+                    if capture && let Some(c) = re.captures(v) {
+                        for i in 0..10 {
+                            let key = i.to_string();
+                            match c.get(i) {
+                                Some(m) => {
+                                    self.tx.insert(key, bytes(m.as_bytes()));
+                                }
+                                None => {
+                                    self.tx.remove(&key);
                                 }
                             }
-                            true
                         }
-                        None => false,
                     }
-                } else {
-                    re.is_match(v)
+                    true
                 }
             }
             Op::Pm(ac) => match ac.find(v) {
                 Some(m) => {
                     if capture {
-                        self.tx.insert("0".into(), v[m.start()..m.end()].to_vec());
+                        self.tx.insert("0".into(), bytes(&v[m.start()..m.end()]));
                     }
                     true
                 }
@@ -916,7 +1005,7 @@ impl<'s> Transaction<'s> {
             Op::DetectSqli => match crate::libinjection::sqli_fingerprint(v) {
                 Some(fp) => {
                     if capture {
-                        self.tx.insert("0".into(), fp.into_bytes());
+                        self.tx.insert("0".into(), Rc::from(fp.into_bytes()));
                     }
                     true
                 }
@@ -930,7 +1019,7 @@ impl<'s> Transaction<'s> {
     fn setvar(&mut self, sv: &crate::action::SetVar) {
         let key = String::from_utf8_lossy(&self.expand(&sv.key)).to_ascii_lowercase();
         let value = match &sv.op {
-            SetOp::Set(m) => Some(self.expand(m)),
+            SetOp::Set(m) => Some(Rc::from(self.expand(m))),
             SetOp::Add(m) | SetOp::Sub(m) => {
                 let d = atoi(&self.expand(m));
                 let coll = match sv.collection {
@@ -944,7 +1033,7 @@ impl<'s> Transaction<'s> {
                 } else {
                     cur.saturating_sub(d)
                 };
-                Some(n.to_string().into_bytes())
+                Some(Rc::from(n.to_string().into_bytes()))
             }
             SetOp::Delete => None,
         };

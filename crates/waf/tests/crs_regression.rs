@@ -34,43 +34,20 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// What CRS's CI configures around the rules (its rule 900005, the
-/// engine's body-processor rules 200000–200006 and 200002/200003).
+/// What CRS's CI configures around the rules: its rule 900005 (the engine's
+/// body-processor rules come with `palisade_waf::crs::load`).
 const TEST_SETUP: &str = r#"
-SecRuleEngine DetectionOnly
-SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\+|/)|text/)xml" "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
-SecRule REQUEST_HEADERS:Content-Type "^application/json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
-SecRule REQUEST_HEADERS:Content-Type "^application/[a-z0-9.-]+[+]json" "id:200006,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
-SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}',severity:2"
-SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:200003,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation.'"
 SecAction "id:900005,phase:1,nolog,pass,ctl:ruleEngine=DetectionOnly,ctl:ruleRemoveById=910000,setvar:tx.blocking_paranoia_level=4,setvar:tx.crs_validate_utf8_encoding=1,setvar:tx.arg_name_length=100,setvar:tx.arg_length=400,setvar:tx.total_arg_length=64000,setvar:tx.max_num_args=255,setvar:tx.max_file_size=64100,setvar:tx.combined_file_sizes=65535"
 "#;
 
 fn rule_set() -> RuleSet {
-    let crs = repo().join("crs");
-    let mut texts: Vec<(String, String)> = vec![("test-setup.conf".into(), TEST_SETUP.into())];
-    let setup = crs.join("crs-setup.conf.example");
-    texts.push((
-        setup.display().to_string(),
-        std::fs::read_to_string(&setup).unwrap(),
-    ));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(crs.join("rules"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
-        .collect();
-    files.sort();
-    for f in files {
-        texts.push((
-            f.display().to_string(),
-            std::fs::read_to_string(&f).unwrap(),
-        ));
-    }
-    let refs: Vec<(&str, &str)> = texts
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    RuleSet::from_texts(&refs, &crs.join("rules")).unwrap_or_else(|e| panic!("{e}"))
+    let opts = palisade_waf::crs::CrsOptions {
+        paranoia: 4,
+        detection_only: true,
+        before_rules: vec![("test-setup.conf".into(), TEST_SETUP.into())],
+        after_rules: Vec::new(),
+    };
+    palisade_waf::crs::load(&repo().join("crs"), &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn scalar(v: &Value) -> Option<String> {

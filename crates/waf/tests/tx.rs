@@ -187,37 +187,8 @@ fn crs() -> PathBuf {
 /// CRS at PL1 in blocking mode, with the engine rules ModSecurity's
 /// recommended configuration adds (body processors, body errors).
 fn crs_set() -> RuleSet {
-    let mut texts: Vec<(String, String)> = vec![(
-        "engine.conf".into(),
-        r#"
-SecRuleEngine On
-SecRule REQUEST_HEADERS:Content-Type "^application/json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
-SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.'"
-"#
-        .into(),
-    )];
-    let setup = crs().join("crs-setup.conf.example");
-    texts.push((
-        setup.display().to_string(),
-        std::fs::read_to_string(&setup).unwrap(),
-    ));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(crs().join("rules"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
-        .collect();
-    files.sort();
-    for f in files {
-        texts.push((
-            f.display().to_string(),
-            std::fs::read_to_string(&f).unwrap(),
-        ));
-    }
-    let refs: Vec<(&str, &str)> = texts
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    RuleSet::from_texts(&refs, &crs().join("rules")).unwrap_or_else(|e| panic!("{e}"))
+    palisade_waf::crs::load(&crs(), &palisade_waf::crs::CrsOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

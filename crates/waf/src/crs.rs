@@ -1,0 +1,97 @@
+//! Loading OWASP CRS the way it is deployed: the engine's own rules (body
+//! processors by content type, body errors), the paranoia level and mode,
+//! the setup file, then `rules/*.conf` in name order.
+
+use std::path::{Path, PathBuf};
+
+use crate::{LoadError, RuleSet};
+
+/// The rules ModSecurity's recommended configuration adds around CRS:
+/// JSON and XML body processors by content type (200000, 200001, 200006)
+/// and refusing bodies that do not parse (200002, 200003).
+pub const ENGINE_RULES: &str = r#"
+SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\+|/)|text/)xml" "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
+SecRule REQUEST_HEADERS:Content-Type "^application/json" "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQUEST_HEADERS:Content-Type "^application/[a-z0-9.-]+[+]json" "id:200006,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,t:none,log,deny,status:400,msg:'Failed to parse request body.',logdata:'%{reqbody_error_msg}',severity:2"
+SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:200003,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation.'"
+"#;
+
+/// How CRS runs.
+#[derive(Clone, Debug)]
+pub struct CrsOptions {
+    /// Blocking paranoia level, 1–4.
+    pub paranoia: u8,
+    /// `DetectionOnly` instead of `On`.
+    pub detection_only: bool,
+    /// Configuration text loaded after the setup file and before the rules
+    /// (CRS's place for `SecAction`s that override its defaults, and for
+    /// exclusions: "before CRS"), with the name errors give it.
+    pub before_rules: Vec<(String, String)>,
+    /// Loaded after the rules (`SecRuleUpdateTargetById`, removals).
+    pub after_rules: Vec<(String, String)>,
+}
+
+impl Default for CrsOptions {
+    fn default() -> Self {
+        CrsOptions {
+            paranoia: 1,
+            detection_only: false,
+            before_rules: Vec::new(),
+            after_rules: Vec::new(),
+        }
+    }
+}
+
+/// The `*.conf` rule files of a CRS directory, in name order.
+pub fn rule_files(crs_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let dir = crs_dir.join("rules");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| LoadError::bare(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Load CRS from `crs_dir` (holding `crs-setup.conf.example` or
+/// `crs-setup.conf`, and `rules/`).
+pub fn load(crs_dir: &Path, opts: &CrsOptions) -> Result<RuleSet, LoadError> {
+    if !(1..=4).contains(&opts.paranoia) {
+        return Err(LoadError::bare(format!(
+            "paranoia level {} is not 1 to 4",
+            opts.paranoia
+        )));
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| LoadError::bare(format!("{}: cannot read: {e}", p.display())))
+    };
+    let mut texts: Vec<(String, String)> = vec![
+        ("engine rules".into(), ENGINE_RULES.into()),
+        (
+            "paranoia and mode".into(),
+            format!(
+                "SecRuleEngine {}\nSecAction \"id:900000,phase:1,pass,nolog,t:none,setvar:tx.blocking_paranoia_level={}\"\n",
+                if opts.detection_only { "DetectionOnly" } else { "On" },
+                opts.paranoia
+            ),
+        ),
+    ];
+    let setup = [
+        crs_dir.join("crs-setup.conf"),
+        crs_dir.join("crs-setup.conf.example"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| LoadError::bare(format!("{}: no crs-setup.conf", crs_dir.display())))?;
+    texts.push((setup.display().to_string(), read(&setup)?));
+    texts.extend(opts.before_rules.iter().cloned());
+    for f in rule_files(crs_dir)? {
+        texts.push((f.display().to_string(), read(&f)?));
+    }
+    texts.extend(opts.after_rules.iter().cloned());
+    let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    RuleSet::from_texts(&refs, &crs_dir.join("rules"))
+}
