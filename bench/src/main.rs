@@ -190,7 +190,9 @@ fn bench_waf(iterations: u32, levels: &[u8], crs: &Path) {
             },
         ));
     }
-    println!("| paranoia level | rules | load ms | rule set MiB | request | µs per request | matched rules |");
+    println!(
+        "| paranoia level | rules | load ms | rule set MiB | request | µs per request | matched rules |"
+    );
     println!("|---|---:|---:|---:|---|---:|---:|");
     for &pl in levels {
         let before = rss_kib();

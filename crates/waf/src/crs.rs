@@ -74,7 +74,11 @@ pub fn load(crs_dir: &Path, opts: &CrsOptions) -> Result<RuleSet, LoadError> {
             "paranoia and mode".into(),
             format!(
                 "SecRuleEngine {}\nSecAction \"id:900000,phase:1,pass,nolog,t:none,setvar:tx.blocking_paranoia_level={}\"\n",
-                if opts.detection_only { "DetectionOnly" } else { "On" },
+                if opts.detection_only {
+                    "DetectionOnly"
+                } else {
+                    "On"
+                },
                 opts.paranoia
             ),
         ),
@@ -92,6 +96,9 @@ pub fn load(crs_dir: &Path, opts: &CrsOptions) -> Result<RuleSet, LoadError> {
         texts.push((f.display().to_string(), read(&f)?));
     }
     texts.extend(opts.after_rules.iter().cloned());
-    let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     RuleSet::from_texts(&refs, &crs_dir.join("rules"))
 }

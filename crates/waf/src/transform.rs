@@ -122,11 +122,11 @@ impl Transform {
             Lowercase => !v.iter().any(u8::is_ascii_uppercase),
             Utf8ToUnicode => v.is_ascii(),
             ReplaceComments => !v.windows(2).any(|w| w == b"/*"),
-            RemoveWhitespace | CompressWhitespace => {
-                !v.iter().any(|&b| is_space(b) || b == 0xa0)
+            RemoveWhitespace | CompressWhitespace => !v.iter().any(|&b| is_space(b) || b == 0xa0),
+            Trim => {
+                v.first().is_none_or(|b| !b.is_ascii_whitespace())
+                    && v.last().is_none_or(|b| !b.is_ascii_whitespace())
             }
-            Trim => v.first().is_none_or(|b| !b.is_ascii_whitespace())
-                && v.last().is_none_or(|b| !b.is_ascii_whitespace()),
             _ => false,
         };
         if skip {

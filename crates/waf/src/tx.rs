@@ -63,6 +63,48 @@ pub struct Interruption {
     pub action: Disruptive,
 }
 
+/// The transformation cache's hasher: its keys are addresses and small
+/// numbers the engine makes, never request data, so a fast
+/// multiply-rotate hash (rustc's Fx) is safe here.
+#[derive(Default, Clone, Copy)]
+struct BuildFx;
+
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::BuildHasher for BuildFx {
+    type Hasher = Fx;
+    fn build_hasher(&self) -> Fx {
+        Fx(0)
+    }
+}
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 /// A value, shared: collecting a rule's targets copies pointers, not bytes.
 type Bytes = Rc<[u8]>;
 
@@ -140,7 +182,7 @@ pub struct Transaction<'s> {
     /// chain): CRS applies the same chains to the same values in many
     /// rules. The source value is kept with its result, so its address is
     /// never reused while the entry exists.
-    tcache: HashMap<(usize, usize, u32), (Bytes, Bytes)>,
+    tcache: HashMap<(usize, usize, u32), (Bytes, Bytes), BuildFx>,
     /// The rules that matched and log, in order.
     pub matches: Vec<RuleMatch>,
     pub interruption: Option<Interruption>,
@@ -443,7 +485,7 @@ impl<'s> Transaction<'s> {
             removed_targets: Vec::new(),
             matched_var: None,
             matched_vars: Vec::new(),
-            tcache: HashMap::new(),
+            tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             matches: Vec::new(),
             interruption: None,
             allowed: false,
@@ -751,12 +793,10 @@ impl<'s> Transaction<'s> {
         for t in targets.iter().filter(|t| !t.exclude) {
             let vals = match (&t.selector, self.keyed(t.variable)) {
                 // TX:name and the like: one lookup, not the whole collection
-                (Some(Selector::Key(k)), Some(m)) => {
-                    let k = k.to_ascii_lowercase();
-                    m.get(&k)
-                        .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
-                        .unwrap_or_default()
-                }
+                (Some(Selector::Key(k)), Some(m)) => m
+                    .get(k.as_str())
+                    .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
+                    .unwrap_or_default(),
                 _ => self.values(t.variable),
             };
             let mut n = 0usize;
@@ -807,7 +847,12 @@ impl<'s> Transaction<'s> {
         let one = |b: &Bytes| vec![(self.empty.clone(), b.clone())];
         let owned = |s: String| vec![(self.empty.clone(), Rc::from(s.into_bytes()))];
         match v {
-            Args => self.args_get.iter().chain(&self.args_post).cloned().collect(),
+            Args => self
+                .args_get
+                .iter()
+                .chain(&self.args_post)
+                .cloned()
+                .collect(),
             ArgsGet => self.args_get.clone(),
             ArgsPost => self.args_post.clone(),
             ArgsNames => {
@@ -859,7 +904,14 @@ impl<'s> Transaction<'s> {
                 Some(p) => owned(p.clone()),
                 None => Vec::new(),
             },
-            ReqbodyError => owned(if self.reqbody_error.is_some() { "1" } else { "0" }.into()),
+            ReqbodyError => owned(
+                if self.reqbody_error.is_some() {
+                    "1"
+                } else {
+                    "0"
+                }
+                .into(),
+            ),
             ReqbodyErrorMsg => match &self.reqbody_error {
                 Some(m) => owned(m.clone()),
                 None => Vec::new(),

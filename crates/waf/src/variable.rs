@@ -284,6 +284,9 @@ fn parse_target(t: &str) -> Result<Target, String> {
                     ),
                     None => Selector::Key(q.to_string()),
                 }
+            } else if matches!(variable, Variable::Tx | Variable::Ip | Variable::Global) {
+                // the engine keeps these keys in lowercase: looked up as such
+                Selector::Key(s.to_ascii_lowercase())
             } else {
                 Selector::Key(s.to_string())
             })
