@@ -34,6 +34,15 @@ pub struct RawConfig {
     /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The OWASP CRS rule set routes may run (`crs = "block"`).
+    pub waf: Option<RawWaf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWaf {
+    /// A CRS v4 directory: `crs-setup.conf` (or `.example`) and `rules/`.
+    pub crs_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +217,11 @@ pub struct RawRoute {
     pub inspection_max_depth: Option<usize>,
     /// Most JSON keys and elements, or query/form parameters (default 10,000).
     pub inspection_max_members: Option<usize>,
+    /// "off" (default), "detect" or "block": the OWASP CRS rule set of
+    /// `[waf] crs_dir` on this route's requests (docs/gateway-config.md).
+    pub crs: Option<String>,
+    /// CRS paranoia level, 1 (default) to 4.
+    pub crs_paranoia: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,7 +454,28 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub request_timeout: Option<Duration>,
     pub inspection: Inspection,
+    /// The OWASP CRS rule set this route runs, if any.
+    pub crs: Option<Crs>,
 }
+
+/// A route's CRS: the mode and the rule set loaded at its paranoia level.
+#[derive(Clone, Debug)]
+pub struct Crs {
+    pub mode: InspectionMode,
+    pub paranoia: u8,
+    pub rules: std::sync::Arc<palisade_waf::RuleSet>,
+}
+
+/// Two routes' CRS are equal when they run the same rule set the same way.
+impl PartialEq for Crs {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode
+            && self.paranoia == other.paranoia
+            && std::sync::Arc::ptr_eq(&self.rules, &other.rules)
+    }
+}
+
+impl Eq for Crs {}
 
 /// What the inspection step does with a route's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1056,6 +1091,10 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     let upstream_names: HashSet<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
+    // CRS is loaded once per paranoia level the routes use
+    let crs_dir = raw.waf.as_ref().map(|w| c.path(&w.crs_dir));
+    let mut crs_sets: std::collections::HashMap<u8, std::sync::Arc<palisade_waf::RuleSet>> =
+        std::collections::HashMap::new();
     if raw.routes.is_empty() {
         c.err("routes: at least one [[routes]] entry is required");
     }
@@ -1128,6 +1167,56 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 )),
             }
         }
+        let crs_mode = match r.crs.as_deref() {
+            None | Some("off") => None,
+            Some("detect") => Some(InspectionMode::Detect),
+            Some("block") => Some(InspectionMode::Block),
+            Some(other) => {
+                c.err(format!(
+                    "{field}.crs: {other:?} is not \"off\", \"detect\" or \"block\""
+                ));
+                None
+            }
+        };
+        let paranoia = r.crs_paranoia.unwrap_or(1);
+        if !(1..=4).contains(&paranoia) {
+            c.err(format!("{field}.crs_paranoia: 1 to 4"));
+        }
+        let crs = match (crs_mode, &crs_dir) {
+            (None, _) => None,
+            (Some(_), None) => {
+                c.err(format!("{field}.crs: needs [waf] crs_dir"));
+                None
+            }
+            (Some(mode), Some(dir)) if (1..=4).contains(&paranoia) => {
+                let rules = match crs_sets.get(&paranoia) {
+                    Some(set) => Some(std::sync::Arc::clone(set)),
+                    None => {
+                        let opts = palisade_waf::crs::CrsOptions {
+                            paranoia,
+                            ..Default::default()
+                        };
+                        match palisade_waf::crs::load(dir, &opts) {
+                            Ok(set) => {
+                                let set = std::sync::Arc::new(set);
+                                crs_sets.insert(paranoia, std::sync::Arc::clone(&set));
+                                Some(set)
+                            }
+                            Err(e) => {
+                                c.err(format!("waf.crs_dir: {e}"));
+                                None
+                            }
+                        }
+                    }
+                };
+                rules.map(|rules| Crs {
+                    mode,
+                    paranoia,
+                    rules,
+                })
+            }
+            _ => None,
+        };
         let anonymous = r.anonymous.unwrap_or(false);
         let mut inspection = Inspection::default();
         match r.inspection.as_deref() {
@@ -1261,6 +1350,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             strip_prefix: r.strip_prefix.unwrap_or(false),
             request_timeout: r.request_timeout_ms.map(Duration::from_millis),
             inspection,
+            crs,
         });
     }
 

@@ -114,6 +114,8 @@ async fn pipeline<B: RequestBody>(
     // 7: content inspection (query string; JSON and form bodies, read
     // here up to the body limit), before any cryptographic work
     let req = inspect_content(gw, req, &route, max_body, ctx).await?;
+    // 7b: the OWASP CRS rule set, where the route runs it
+    let req = crs_step(gw, req, &route, max_body, ctx).await?;
 
     // 8: authn
     let now = palisade_core::now_nanos() / 1_000_000_000;
@@ -232,6 +234,88 @@ async fn inspect_content<B: RequestBody>(
     };
     ctx.inspection = inspect::content(&route.inspection, parts.uri.query(), Some((kind, &bytes)))?;
     Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// Step 7b: CRS on the request line, the headers and the whole body (read
+/// here under the body limits when the inspection step has not read it; a
+/// compressed body cannot be inspected: refused in block mode, logged in
+/// detect mode). The body is forwarded as read.
+async fn crs_step<B: RequestBody>(
+    gw: &Gateway,
+    req: Request<InspectedBody<B>>,
+    route: &crate::steps::route::Route,
+    max_body: u64,
+    ctx: &mut RequestCtx,
+) -> Result<Request<InspectedBody<B>>, GatewayError> {
+    let Some(crs) = &route.crs else {
+        return Ok(req);
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match body {
+        Either::Right(full) => match full.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        },
+        Either::Left(b) if b.is_end_stream() => Bytes::new(),
+        Either::Left(b) => {
+            if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+                && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+            {
+                let inspection = crate::config::Inspection {
+                    mode: crs.mode,
+                    ..Default::default()
+                };
+                let note = inspect::uninspectable(&inspection, "Content-Encoding")?;
+                append_finding(ctx, note);
+                return Ok(Request::from_parts(parts, Either::Left(b)));
+            }
+            let (guarded, fault) = GuardedBody::new(
+                b,
+                max_body,
+                gw.limits.min_body_rate,
+                gw.limits.stream_idle_timeout,
+            );
+            match guarded.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => return Err(fault.error().unwrap_or(GatewayError::InvalidBody)),
+            }
+        }
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.to_string());
+    let version = match parts.version {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    let findings = crate::steps::crs::check(
+        crs,
+        &crate::steps::crs::Parts {
+            method: parts.method.as_str(),
+            target,
+            version,
+            headers: &parts.headers,
+            authority: parts.uri.authority().map(|a| a.as_str()),
+            client_ip: &ctx.client_ip,
+            request_id: &ctx.request_id,
+            body: &bytes,
+        },
+    )?;
+    append_finding(ctx, findings);
+    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// Add detect-mode findings to what the log records.
+fn append_finding(ctx: &mut RequestCtx, note: Option<String>) {
+    if let Some(n) = note {
+        ctx.inspection = Some(match ctx.inspection.take() {
+            Some(prev) => format!("{prev}; {n}"),
+            None => n,
+        });
+    }
 }
 
 /// Security headers on every response.

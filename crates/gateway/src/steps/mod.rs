@@ -6,6 +6,7 @@ pub mod authn;
 pub mod authz;
 pub mod client_ip;
 pub mod cors;
+pub mod crs;
 pub mod headers;
 pub mod host;
 pub mod identity;
