@@ -851,6 +851,18 @@ async fn crs_blocks_attacks_before_authentication_and_passes_ordinary_requests()
     assert!(a.record.get("inspection").is_none(), "{}", a.record);
     assert_eq!(h.svc.last().body, body.as_bytes());
     assert_eq!(h.svc.count(), 2);
+
+    // CRS evaluates bodies up to 128 KiB: a larger one is refused in block mode
+    let big = format!("{{\"text\":\"{}\"}}", "a".repeat(128 * 1024));
+    h.send(post_cl("/crs/orders", "application/json", &big))
+        .await
+        .assert_error(413, "payload_too_large");
+    let small = format!("{{\"text\":\"{}\"}}", "a".repeat(100 * 1024));
+    let a = h
+        .send(post_cl("/crs/orders", "application/json", &small))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.count(), 3);
 }
 
 #[tokio::test]

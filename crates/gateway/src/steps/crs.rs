@@ -14,6 +14,10 @@ use palisade_waf::tx::{Request as WafRequest, Transaction};
 use crate::config::{Crs, InspectionMode};
 use crate::error::GatewayError;
 
+/// The largest body CRS evaluates (ModSecurity's SecRequestBodyNoFilesLimit
+/// default, 128 KiB).
+pub const MAX_BODY_BYTES: u64 = 128 * 1024;
+
 /// The longest findings text a log record carries.
 const MAX_FINDINGS_BYTES: usize = 1024;
 
