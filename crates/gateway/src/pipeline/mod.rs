@@ -263,12 +263,17 @@ async fn crs_step<B: RequestBody>(
         return crs_body_too_large(crs, req.map(|b| b), ctx);
     }
     let (parts, body) = req.into_parts();
+    // a request without a body goes on as it came: no body is made for it
+    let mut passthrough = None;
     let bytes = match body {
         Either::Right(full) => match full.collect().await {
             Ok(c) => c.to_bytes(),
             Err(never) => match never {},
         },
-        Either::Left(b) if b.is_end_stream() => Bytes::new(),
+        Either::Left(b) if b.is_end_stream() => {
+            passthrough = Some(b);
+            Bytes::new()
+        }
         Either::Left(b) => {
             if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
                 && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
@@ -321,7 +326,11 @@ async fn crs_step<B: RequestBody>(
         },
     )?;
     append_finding(ctx, findings);
-    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+    let body = match passthrough {
+        Some(b) => Either::Left(b),
+        None => Either::Right(Full::new(bytes)),
+    };
+    Ok(Request::from_parts(parts, body))
 }
 
 /// A body over CRS's limit: refused (413) in block mode, forwarded with a
