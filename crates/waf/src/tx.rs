@@ -159,6 +159,11 @@ pub struct Transaction<'s> {
     args_get: Coll,
     args_post: Coll,
     cookies: Coll,
+    /// The `*_NAMES` variables, made once (many rules read them).
+    header_names: Coll,
+    args_get_names: Coll,
+    args_post_names: Coll,
+    cookie_names: Coll,
     body_processor: Option<String>,
     body_done: bool,
     force_body_variable: bool,
@@ -446,10 +451,17 @@ impl<'s> Transaction<'s> {
             .iter()
             .map(|(k, v)| (Rc::from(k.as_str()), bytes(v)))
             .collect();
+        let header_names = names(&headers);
+        let args_get_names = names(&args_get);
+        let cookie_names = names(&cookies);
         Transaction {
             set,
             mode: set.engine.unwrap_or(EngineMode::On),
             empty: Rc::from(""),
+            header_names,
+            args_get_names,
+            args_post_names: Vec::new(),
+            cookie_names,
             method: bytes(req.method.as_bytes()),
             uri_raw: bytes(req.uri.as_bytes()),
             uri_decoded: Rc::from(uri_decoded),
@@ -584,8 +596,9 @@ impl<'s> Transaction<'s> {
         if self.mode == EngineMode::Off || self.allowed || !(1..=5).contains(&phase) {
             return;
         }
-        if phase == 2 {
+        if phase == 2 && !self.body_done {
             self.process_body();
+            self.args_post_names = names(&self.args_post);
         }
         let set = self.set;
         let mut skip_after: Option<&str> = None;
@@ -855,13 +868,14 @@ impl<'s> Transaction<'s> {
                 .collect(),
             ArgsGet => self.args_get.clone(),
             ArgsPost => self.args_post.clone(),
-            ArgsNames => {
-                let mut a = names(&self.args_get);
-                a.extend(names(&self.args_post));
-                a
-            }
-            ArgsGetNames => names(&self.args_get),
-            ArgsPostNames => names(&self.args_post),
+            ArgsNames => self
+                .args_get_names
+                .iter()
+                .chain(&self.args_post_names)
+                .cloned()
+                .collect(),
+            ArgsGetNames => self.args_get_names.clone(),
+            ArgsPostNames => self.args_post_names.clone(),
             ArgsCombinedSize => owned(
                 self.args_get
                     .iter()
@@ -871,9 +885,9 @@ impl<'s> Transaction<'s> {
                     .to_string(),
             ),
             RequestHeaders => self.headers.clone(),
-            RequestHeadersNames => names(&self.headers),
+            RequestHeadersNames => self.header_names.clone(),
             RequestCookies => self.cookies.clone(),
-            RequestCookiesNames => names(&self.cookies),
+            RequestCookiesNames => self.cookie_names.clone(),
             RequestFilename => one(&self.filename),
             RequestBasename => one(&self.basename),
             RequestUri => one(&self.uri_decoded),
@@ -1054,6 +1068,8 @@ impl<'s> Transaction<'s> {
                 .ok()
                 .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
                 .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
+            Op::DetectSqli if v.is_empty() => false,
+            Op::DetectXss if v.is_empty() => false,
             Op::DetectSqli => match crate::libinjection::sqli_fingerprint(v) {
                 Some(fp) => {
                     if capture {
