@@ -1,9 +1,10 @@
 //! Operators (`@rx`, `@pm`, `@eq`, ...), compiled once when the rules load.
 //!
 //! `@rx` uses the `regex` crate (finite automata: matching time is linear in
-//! the input, whatever the pattern), on bytes, without Unicode classes: PCRE's
-//! default (non-UTF) mode, which ModSecurity runs CRS in (`.` any byte but
-//! newline, `\w`, `\s`, `\d` and `(?i)` ASCII). `@pm` / `@pmFromFile` use
+//! the input, whatever the pattern), on bytes, without Unicode classes, in
+//! the mode libmodsecurity compiles CRS's patterns in: PCRE's non-UTF mode
+//! with `PCRE_DOTALL | PCRE_MULTILINE` (`.` any byte, newlines included;
+//! `^` and `$` at every line; `\w`, `\s`, `\d` and `(?i)` ASCII). `@pm` / `@pmFromFile` use
 //! Aho-Corasick, case-insensitive as ModSecurity's.
 
 use std::path::Path;
@@ -84,6 +85,11 @@ fn pcre_bytes(pattern: &str) -> String {
 fn rx(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(&pcre_bytes(pattern))
         .unicode(false)
+        // libmodsecurity compiles every @rx with PCRE_DOTALL|PCRE_MULTILINE:
+        // `.` crosses newlines and `^`/`$` match at each line (without them
+        // a newline in a value hides it from half of CRS)
+        .dot_matches_new_line(true)
+        .multi_line(true)
         .size_limit(64 << 20)
         .dfa_size_limit(16 << 20)
         .build()
@@ -272,6 +278,11 @@ mod tests {
         );
         let o = op(r"@rx ^[\x{80}-\x{ff}]+$").unwrap();
         assert!(matches!(&o.op, Op::Rx(r) if r.is_match(&[0xc3, 0xa9]) && !r.is_match(b"a")));
+        // DOTALL and MULTILINE, as libmodsecurity: a newline hides nothing
+        let o = op("@rx (?i)javascript:.*location").unwrap();
+        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(b"javascript:\nlocation=name")));
+        let o = op("@rx ^https?://").unwrap();
+        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(b"\nhttp://192.0.2.1/x")));
         // invalid UTF-8 is inspected as bytes
         let o = op("@rx \\xff").unwrap();
         assert!(matches!(&o.op, Op::Rx(r) if r.is_match(&[0x41, 0xff])));

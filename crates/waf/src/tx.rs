@@ -224,21 +224,44 @@ fn to_coll(v: Vec<(String, Vec<u8>)>) -> Coll {
         .collect()
 }
 
-fn flatten_json(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
+/// The most arguments a body gives (ModSecurity's `SecArgumentsLimit`).
+pub const MAX_ARGUMENTS: usize = 10_000;
+
+/// Flatten a JSON body into arguments within `budget` bytes of names and
+/// values: a path is repeated in every name under it, so a long key over a
+/// long array would otherwise make megabytes of names from kilobytes of
+/// body (and every rule would transform them all). Err when over.
+fn flatten_json(
+    v: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<(String, Vec<u8>)>,
+    budget: &mut usize,
+) -> Result<(), ()> {
+    let mut push = |name: String, value: Vec<u8>| {
+        let cost = name.len() + value.len();
+        if out.len() >= MAX_ARGUMENTS || cost > *budget {
+            return Err(());
+        }
+        *budget -= cost;
+        out.push((name, value));
+        Ok(())
+    };
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
-                flatten_json(x, &format!("{prefix}.{k}"), out);
+                flatten_json(x, &format!("{prefix}.{k}"), out, budget)?;
             }
+            Ok(())
         }
         serde_json::Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                flatten_json(x, &format!("{prefix}.{i}"), out);
+                flatten_json(x, &format!("{prefix}.{i}"), out, budget)?;
             }
+            Ok(())
         }
-        serde_json::Value::String(s) => out.push((prefix.to_string(), s.as_bytes().to_vec())),
-        serde_json::Value::Null => out.push((prefix.to_string(), Vec::new())),
-        other => out.push((prefix.to_string(), other.to_string().into_bytes())),
+        serde_json::Value::String(s) => push(prefix.to_string(), s.as_bytes().to_vec()),
+        serde_json::Value::Null => push(prefix.to_string(), Vec::new()),
+        other => push(prefix.to_string(), other.to_string().into_bytes()),
     }
 }
 
@@ -352,13 +375,32 @@ fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Multipart, String>
             headers: Vec::new(),
         };
         while let Some(field) = mp.next_field().await.map_err(|e| e.to_string())? {
-            let name = field.name().unwrap_or("").to_string();
+            // name and file name read here, quoted strings respected (multer
+            // finds `filename` inside another parameter's quoted value, which
+            // would make a field a file, and files' contents are not
+            // arguments); `filename*` (RFC 5987) makes a file too
+            let disposition = field
+                .headers()
+                .get("content-disposition")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let params = disposition_params(&disposition)?;
+            let param = |n: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+            };
+            let name = param("name").unwrap_or_default();
             for (h, v) in field.headers() {
                 let mut line = format!("{h}: ").into_bytes();
                 line.extend_from_slice(v.as_bytes());
                 out.headers.push((name.clone(), line));
             }
-            let file = field.file_name().map(str::to_string);
+            let file = param("filename").or_else(|| param("filename*"));
+            if out.args.len() + out.files.len() >= MAX_ARGUMENTS {
+                return Err(format!("more than {MAX_ARGUMENTS} parts"));
+            }
             let value = field.bytes().await.map_err(|e| e.to_string())?;
             match file {
                 Some(f) => out.files.push((name, f, value.len())),
@@ -367,6 +409,57 @@ fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Multipart, String>
         }
         Ok(out)
     })
+}
+
+/// The parameters of a `Content-Disposition` value (`form-data; name="a";
+/// filename="b"`): tokens or quoted strings (with `\` escapes), `;`
+/// separated. A parameter that does not parse is an error.
+fn disposition_params(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let Some((_, mut rest)) = v.split_once(';') else {
+        return Ok(out);
+    };
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let (name, after) = rest
+            .split_once('=')
+            .ok_or_else(|| "a Content-Disposition parameter without a value".to_string())?;
+        let name = name.trim().to_string();
+        let after = after.trim_start();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let mut val = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    // `\"` and `\\` are escapes; any other backslash is
+                    // the file name's own (`..\1.7z`, a Windows path)
+                    '\\' if matches!(q[i + 1..].chars().next(), Some('"' | '\\')) => {
+                        if let Some((_, e)) = chars.next() {
+                            val.push(e);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            let end = end.ok_or_else(|| {
+                "an unterminated quoted Content-Disposition parameter".to_string()
+            })?;
+            (val, &q[end + 1..])
+        } else {
+            let end = after.find(';').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.push((name, value));
+        rest = next;
+    }
 }
 
 /// ModSecurity's numeric reading of a value (C's `atoi`: optional sign and
@@ -554,8 +647,15 @@ impl<'s> Transaction<'s> {
             Some("JSON") => match serde_json::from_slice::<serde_json::Value>(&self.req.body) {
                 Ok(v) => {
                     let mut out = Vec::new();
-                    flatten_json(&v, "json", &mut out);
-                    self.args_post = to_coll(out);
+                    let mut budget = 8 * self.req.body.len() + 64 * 1024;
+                    match flatten_json(&v, "json", &mut out, &mut budget) {
+                        Ok(()) => self.args_post = to_coll(out),
+                        Err(()) => {
+                            self.reqbody_error = Some(format!(
+                                "JSON body gives more than {MAX_ARGUMENTS} arguments or more than 8 times its size in argument names and values"
+                            ));
+                        }
+                    }
                 }
                 Err(e) => self.reqbody_error = Some(format!("JSON parsing error: {e}")),
             },

@@ -281,3 +281,50 @@ SecRule FILES_COMBINED_SIZE "@eq 5" "id:505,phase:2,pass"
         vec![501, 502, 503, 504, 505]
     );
 }
+
+// ------------------------------------------------------------ review findings (CRS attack review)
+
+#[test]
+fn a_json_body_cannot_make_megabytes_of_argument_names() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/json" "id:200001,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400"
+SecRule ARGS_NAMES "@rx ^json\.order\.note$" "id:601,phase:2,pass"
+"#,
+    );
+    // a 16,000-byte key over 2,000 items: 32 MB of names from a 20 KB body
+    let body = format!(
+        "{{\"{}\":[{}]}}",
+        "k".repeat(16_000),
+        vec!["0"; 2_000].join(",")
+    );
+    let (i, ids) = run(&set, post("/", "application/json", &body));
+    assert_eq!(i.map(|i| i.rule_id), Some(200002), "{ids:?}");
+    // an ordinary nested body is well inside the budget
+    let body = r#"{"order":{"items":[{"sku":"a","qty":1},{"sku":"b","qty":2}],"note":"x"}}"#;
+    assert_eq!(run(&set, post("/", "application/json", body)).1, vec![601]);
+}
+
+#[test]
+fn a_multipart_field_is_a_file_only_with_its_own_filename_parameter() {
+    let set = rules(
+        r#"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400"
+SecRule ARGS:q "@contains <script>" "id:701,phase:2,pass"
+SecRule FILES_NAMES "@rx ." "id:702,phase:2,pass"
+"#,
+    );
+    // `filename` inside another parameter's quoted value: still a field
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"q\"; x=\" filename=a \"\r\n\r\n<script>alert(1)</script>\r\n--XyZ--\r\n";
+    assert_eq!(
+        run(&set, post("/", "multipart/form-data; boundary=XyZ", body)).1,
+        vec![701]
+    );
+    // RFC 5987's filename* makes a file
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"up\"; filename*=UTF-8''d%C3%A9ploy.sh\r\n\r\n#!/bin/sh\r\n--XyZ--\r\n";
+    assert_eq!(
+        run(&set, post("/", "multipart/form-data; boundary=XyZ", body)).1,
+        vec![702]
+    );
+}

@@ -312,19 +312,21 @@ async fn crs_step<B: RequestBody>(
         hyper::Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     };
-    let findings = crate::steps::crs::check(
-        crs,
-        &crate::steps::crs::Parts {
-            method: parts.method.as_str(),
-            target,
-            version,
-            headers: &parts.headers,
-            authority: parts.uri.authority().map(|a| a.as_str()),
-            client_ip: &ctx.client_ip,
-            request_id: &ctx.request_id,
-            body: &bytes,
-        },
-    )?;
+    let waf_req = crate::steps::crs::request(&crate::steps::crs::Parts {
+        method: parts.method.as_str(),
+        target,
+        version,
+        headers: &parts.headers,
+        authority: parts.uri.authority().map(|a| a.as_str()),
+        client_ip: &ctx.client_ip,
+        request_id: &ctx.request_id,
+        body: &bytes,
+    });
+    // on the blocking pool: the worker's other connections go on meanwhile
+    let job = crs.clone();
+    let findings = tokio::task::spawn_blocking(move || crate::steps::crs::evaluate(&job, waf_req))
+        .await
+        .map_err(|_| GatewayError::Internal)??;
     append_finding(ctx, findings);
     let body = match passthrough {
         Some(b) => Either::Left(b),
