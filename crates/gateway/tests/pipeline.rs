@@ -138,6 +138,9 @@ permit(principal, action, resource == Route::"crs");
 @id("crs-detect")
 permit(principal, action, resource == Route::"crs-detect");
 
+@id("crs-raw")
+permit(principal, action, resource == Route::"crs-raw");
+
 @id("readers")
 permit(principal, action == Action::"GET", resource == Route::"orders")
 when { context.scopes.contains("orders:read") };
@@ -218,6 +221,14 @@ name = "crs"
 path_prefix = "/crs"
 upstream = "app"
 anonymous = true
+crs = "block"
+
+[[routes]]
+name = "crs-raw"
+path_prefix = "/crs-raw"
+upstream = "app"
+anonymous = true
+inspection = "off"
 crs = "block"
 
 [[routes]]
@@ -680,6 +691,26 @@ async fn inspection_blocks_node_attacks_before_authentication_and_nothing_reache
         .await;
     a.assert_error(400, "malformed_request_content");
     assert_eq!(a.record["category"], "malformed_request");
+    // body-parser decodes a declared UTF-7 body (iconv-lite): never seen as UTF-8 here
+    let mut req = post(
+        "/public/x",
+        "application/json",
+        r#"{"user":"admin+ACc- OR 1+AD0-1--"}"#,
+    );
+    req.headers_mut().insert(
+        "content-type",
+        "application/json; Charset=UTF-7".parse().unwrap(),
+    );
+    let a = h.send(req).await;
+    a.assert_error(400, "malformed_request_content");
+    assert!(
+        a.record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("charset other than UTF-8"),
+        "{}",
+        a.record
+    );
     // a compressed body would be inflated by the service's parser, unseen here
     let mut req = post("/public/x", "application/json", "not really gzip");
     req.headers_mut()
@@ -831,6 +862,16 @@ async fn crs_blocks_attacks_before_authentication_and_passes_ordinary_requests()
         ))
         .await;
     a.assert_error(403, "request_blocked");
+    // a body in a charset the service's parser would decode (UTF-7)
+    let body = r#"{"bio":"+ADw-svg onload+AD0-alert(1)+AD4-"}"#;
+    let mut req = post_cl("/crs-raw/x", "application/json", body);
+    req.headers_mut().insert(
+        "content-type",
+        "application/json; Charset=UTF-7".parse().unwrap(),
+    );
+    h.send(req)
+        .await
+        .assert_error(400, "malformed_request_content");
     // a body that does not parse is the client's error
     let a = h
         .send(post_cl("/crs/feed", "application/xml", "<a><b></a>"))

@@ -221,6 +221,15 @@ async fn inspect_content<B: RequestBody>(
         ctx.inspection = inspect::uninspectable(&route.inspection, "Content-Encoding")?;
         return Ok(req.map(Either::Left));
     }
+    // body-parser decodes a JSON or form body in its declared charset
+    // (UTF-7, UTF-16...) through iconv-lite; the checks read UTF-8: any
+    // other charset would be read differently by each
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+        && !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes()))
+    {
+        ctx.inspection = inspect::uninspectable(&route.inspection, "a charset other than UTF-8")?;
+        return Ok(req.map(Either::Left));
+    }
     let (parts, body) = req.into_parts();
     let (guarded, fault) = GuardedBody::new(
         body,
@@ -261,6 +270,21 @@ async fn crs_step<B: RequestBody>(
         .and_then(|s| s.parse::<u64>().ok());
     if declared.is_some_and(over) {
         return crs_body_too_large(crs, req.map(|b| b), ctx);
+    }
+    // a body in another charset (UTF-7...) is decoded by the service's
+    // parser but read as bytes here: CRS's own 920480 misses `Charset=`
+    use hyper::body::Body as _;
+    if !req.body().is_end_stream()
+        && let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+        && !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes()))
+    {
+        let inspection = crate::config::Inspection {
+            mode: crs.mode,
+            ..Default::default()
+        };
+        let note = inspect::uninspectable(&inspection, "a charset other than UTF-8")?;
+        append_finding(ctx, note);
+        return Ok(req);
     }
     let (parts, body) = req.into_parts();
     // a request without a body goes on as it came: no body is made for it

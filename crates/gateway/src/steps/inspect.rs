@@ -158,6 +158,20 @@ pub fn uninspectable(inspection: &Inspection, why: &str) -> Result<Option<String
     }
 }
 
+/// Whether a `Content-Type` value declares no charset, or UTF-8 (any case,
+/// quoted or not; `utf8` and `us-ascii` too, which read as UTF-8 does).
+pub fn charset_is_utf8(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .all(|(_, v)| {
+            let v = v.trim().trim_matches('"').to_ascii_lowercase();
+            matches!(v.as_str(), "utf-8" | "utf8" | "us-ascii")
+        })
+}
+
 /// Percent-encode a normalised path for the upstream request line. `;` is
 /// encoded too: Tomcat, Jetty and Spring cut a raw `;` and what follows out
 /// of a segment (a path parameter), so `/orders/;x/admin` or
@@ -246,6 +260,26 @@ mod tests {
                 GatewayError::BadPath(why),
                 "{raw}"
             );
+        }
+    }
+
+    #[test]
+    fn only_utf8_bodies_are_read_as_utf8() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;Charset=\"UTF-8\"",
+            "application/x-www-form-urlencoded; charset=us-ascii",
+        ] {
+            assert!(charset_is_utf8(ok), "{ok}");
+        }
+        for bad in [
+            "application/json; Charset=UTF-7",
+            "application/json; charset=utf-16le",
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "application/json; charset=utf-8; charset=utf-7",
+        ] {
+            assert!(!charset_is_utf8(bad), "{bad}");
         }
     }
 
