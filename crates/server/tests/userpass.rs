@@ -453,6 +453,16 @@ async fn usernames_are_canonical_before_the_acl_sees_them() {
         }
         assert_error(&login(&s, "userpass", spelling, PW).await, 400, invalid);
     }
+    // a trailing slash, plain or encoded, reaches no user: the deny holds
+    // (and with rights there, it names no user: 404)
+    for path in ["auth/userpass/users/admin/", "auth/userpass/users/admin%2F"] {
+        assert_denied(&s.post(path, &t.id, json!({"password": "mine"})).await);
+        assert_error(
+            &s.post(path, &s.root, json!({"password": "mine"})).await,
+            404,
+            "unsupported path",
+        );
+    }
     // the real admin still logs in with its own password only
     assert_error(
         &login(&s, "userpass", "admin", "mine").await,

@@ -199,7 +199,8 @@ fn need<'a>(name: &str, v: &'a Option<String>) -> Result<&'a str, String> {
         .ok_or_else(|| format!("action {name} needs a value"))
 }
 
-fn id_range(s: &str) -> Result<(u32, u32), String> {
+/// A rule id or an id range (`920540`, `1-999999`).
+pub(crate) fn id_range(s: &str) -> Result<(u32, u32), String> {
     let num = |x: &str| {
         x.trim()
             .parse::<u32>()

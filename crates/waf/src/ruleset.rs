@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::action::{Actions, Disruptive};
+use crate::action::{Actions, Disruptive, id_range};
 use crate::lexer::{Directive, directives};
 use crate::operator::{Op, Operator};
 use crate::variable::{Target, parse_targets};
@@ -446,21 +446,6 @@ impl Builder {
             }
         }
         Ok(self.set)
-    }
-}
-
-fn id_range(s: &str) -> Result<(u32, u32), String> {
-    let num = |x: &str| {
-        x.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("invalid rule id {x:?}"))
-    };
-    match s.split_once('-') {
-        Some((a, b)) => Ok((num(a)?, num(b)?)),
-        None => {
-            let n = num(s)?;
-            Ok((n, n))
-        }
     }
 }
 

@@ -18,9 +18,6 @@ use crate::error::GatewayError;
 /// default, 128 KiB).
 pub const MAX_BODY_BYTES: u64 = 128 * 1024;
 
-/// The longest findings text a log record carries.
-const MAX_FINDINGS_BYTES: usize = 1024;
-
 /// The request parts CRS reads.
 pub struct Parts<'a> {
     pub method: &'a str,
@@ -75,13 +72,7 @@ pub fn evaluate(crs: &Crs, req: WafRequest) -> Result<Option<String>, GatewayErr
         // a cookie's or a JSON member's name can be the attack, or a secret)
         let collection = m.variable.split(':').next().unwrap_or_default();
         text.push_str(&format!("crs:{} {} {collection}", m.id, m.msg));
-        if text.len() > MAX_FINDINGS_BYTES {
-            let mut end = MAX_FINDINGS_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
+        if crate::steps::inspect::cap_findings(&mut text) {
             break;
         }
     }

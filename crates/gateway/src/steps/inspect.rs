@@ -94,6 +94,21 @@ pub fn normalize_path(raw: &str) -> Result<String, GatewayError> {
 /// The longest findings text one request logs.
 const MAX_FINDINGS_BYTES: usize = 1024;
 
+/// Cut a findings text for the log at [`MAX_FINDINGS_BYTES`] (on a
+/// character boundary, with `…`); true when it was cut.
+pub fn cap_findings(text: &mut String) -> bool {
+    if text.len() <= MAX_FINDINGS_BYTES {
+        return false;
+    }
+    let mut end = MAX_FINDINGS_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    true
+}
+
 /// Step 7's content inspection (palisade-inspect's built-in checks) on the
 /// query string and, when the route reads it, a JSON or form body:
 /// `Ok(None)` when nothing matched, `Ok(Some(findings))` in detect mode
@@ -124,13 +139,7 @@ pub fn content(
             f.variable,
             f.reason
         ));
-        if text.len() > MAX_FINDINGS_BYTES {
-            let mut end = MAX_FINDINGS_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
+        if cap_findings(&mut text) {
             break;
         }
     }
