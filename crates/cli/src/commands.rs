@@ -89,6 +89,29 @@ pub(crate) enum GatewayCmd {
     /// Manage API keys in the gateway's key store ([apikeys] in the config).
     #[command(subcommand)]
     Apikey(ApikeyCmd),
+    /// List, add or lift intrusion-detection bans through the running
+    /// gateway's admin listener (the config's [admin] address).
+    #[command(subcommand)]
+    Bans(BansCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BansCmd {
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Ban a subject: ip:<address> (IPv6: its /64) or principal:<label>.
+    Add {
+        subject: String,
+        /// How long, e.g. 30m or 24h.
+        #[arg(long)]
+        duration: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a ban and forget the subject's score and strikes.
+    Remove { subject: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1649,6 +1672,128 @@ async fn gateway(a: GatewayArgs) -> u8 {
                     Err(e) => return local_err(format!("cannot open key store: {e}")),
                 };
             apikey(&store, cmd).await
+        }
+        Some(GatewayCmd::Bans(cmd)) => {
+            let cfg = match palisade_gateway::server::read_config(&file, &var) {
+                Ok(c) => c,
+                Err(errs) => {
+                    for e in errs.to_string().lines() {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    return 1;
+                }
+            };
+            bans(cfg.admin, cmd).await
+        }
+    }
+}
+
+/// `palisade gateway bans`: the admin listener's `/bans`.
+async fn bans(admin: std::net::SocketAddr, cmd: BansCmd) -> u8 {
+    // a wildcard bind is reached on loopback
+    let ip = match admin.ip() {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let base = format!(
+        "http://{}/bans",
+        std::net::SocketAddr::new(ip, admin.port())
+    );
+    let http = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return local_err(format!("error: {e}")),
+    };
+    let req = match &cmd {
+        BansCmd::List { .. } => http.get(&base),
+        BansCmd::Add {
+            subject,
+            duration,
+            reason,
+        } => {
+            let secs = tryc!(ttl_secs(duration));
+            http.post(&base)
+                .json(&json!({"subject": subject, "duration_s": secs, "reason": reason}))
+        }
+        BansCmd::Remove { subject } => {
+            // the subject is one path segment to the admin router's wildcard:
+            // escaped, so '/' (an IPv6 /64) and '%' reach it as written
+            let mut url = match reqwest::Url::parse(&base) {
+                Ok(u) => u,
+                Err(e) => return local_err(format!("error: {e}")),
+            };
+            if let Ok(mut seg) = url.path_segments_mut() {
+                seg.push(subject);
+            }
+            http.delete(url)
+        }
+    };
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return local_err(format!(
+                "error: cannot reach the gateway's admin listener at {base}: {e}"
+            ));
+        }
+    };
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = body["error"]["message"]
+            .as_str()
+            .unwrap_or("unexpected answer");
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        return local_err(format!("error: {msg} ({code}, {status})"));
+    }
+    match cmd {
+        BansCmd::List { format } => {
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                ),
+                _ => {
+                    let bans = body["bans"].as_array().cloned().unwrap_or_default();
+                    if bans.is_empty() {
+                        println!("no bans");
+                    }
+                    for b in bans {
+                        println!(
+                            "{}  {}s left  strikes {}  {}  {}",
+                            output::scalar(&b["subject"]),
+                            output::scalar(&b["remaining_s"]),
+                            output::scalar(&b["strikes"]),
+                            if b["shared"] == true {
+                                "shared"
+                            } else {
+                                "local"
+                            },
+                            output::scalar(&b["reason"]),
+                        );
+                    }
+                }
+            }
+            0
+        }
+        BansCmd::Add { .. } => {
+            println!(
+                "banned {} for {}s",
+                output::scalar(&body["subject"]),
+                output::scalar(&body["remaining_s"])
+            );
+            0
+        }
+        BansCmd::Remove { .. } => {
+            if body["removed"] == true {
+                println!("lifted the ban of {}", output::scalar(&body["subject"]));
+            } else {
+                println!("{} was not banned", output::scalar(&body["subject"]));
+            }
+            0
         }
     }
 }

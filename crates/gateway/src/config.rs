@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub trusted_proxies: Vec<String>,
     /// The OWASP CRS rule set routes may run (`crs = "block"`).
     pub waf: Option<RawWaf>,
+    pub ids: Option<RawIds>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +44,29 @@ pub struct RawConfig {
 pub struct RawWaf {
     /// A CRS v4 directory: `crs-setup.conf` (or `.example`) and `rules/`.
     pub crs_dir: String,
+}
+
+/// `[ids]`: intrusion detection and bans (docs/gateway-config.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIds {
+    pub mode: Option<String>,
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_url_env: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub sync_interval_ms: Option<u64>,
+    pub window_s: Option<u64>,
+    pub threshold: Option<u32>,
+    pub ban_s: Option<u64>,
+    pub max_ban_s: Option<u64>,
+    pub strike_memory_s: Option<u64>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,6 +427,22 @@ pub enum RateStore {
     },
 }
 
+/// Where the IDS keeps scores and bans (chosen at start; a reload keeps the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdsStore {
+    Local,
+    Redis { url: String, timeout: Duration },
+}
+
+/// `[ids]`, validated.
+#[derive(Clone, Debug)]
+pub struct IdsConfig {
+    pub policy: palisade_ids::Policy,
+    pub store: IdsStore,
+    /// How often a gateway copies the shared ban list.
+    pub sync_interval: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub store: RateStore,
@@ -519,6 +559,8 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     pub log_level: String,
     pub trusted_proxies: Vec<crate::steps::client_ip::Cidr>,
+    /// `[ids]`; `None`: no scores, no bans.
+    pub ids: Option<IdsConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -553,6 +595,46 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&mut self, msg: impl Into<String>) {
         self.errs.push(msg.into());
+    }
+
+    /// `<section>.redis_url` or `redis_url_env` (exactly one): a
+    /// `redis://` or `rediss://` URL, never with an inline password
+    /// (secrets come from the environment).
+    fn redis_url(&mut self, section: &str, url: Option<String>, var: Option<String>) -> String {
+        let inline_password = url
+            .as_deref()
+            .and_then(|u| u.split_once("://").map(|(_, rest)| rest))
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|authority| authority.contains('@'));
+        let url = match (url, var) {
+            (Some(u), None) => Some(u),
+            (None, Some(var)) => {
+                let v = (self.env.var)(&var);
+                if v.is_none() {
+                    self.err(format!(
+                        "{section}.redis_url_env: environment variable {var} is not set"
+                    ));
+                }
+                v
+            }
+            _ => {
+                self.err(format!(
+                    "{section}: store = \"redis\" needs exactly one of redis_url or redis_url_env"
+                ));
+                None
+            }
+        };
+        if let Some(u) = &url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            self.err(format!(
+                "{section}.redis_url: must start with redis:// or rediss://"
+            ));
+        }
+        if inline_password {
+            self.err(format!("{section}.redis_url: holds a password; put the URL in an environment variable named by redis_url_env"));
+        }
+        url.unwrap_or_default()
     }
     fn path(&self, p: &str) -> PathBuf {
         let pb = PathBuf::from(p);
@@ -1002,13 +1084,6 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             redis_timeout_ms: None,
             peer: None,
         });
-        // secrets are never inline: a URL with credentials must come from the environment
-        let r_inline_with_password = r
-            .redis_url
-            .as_deref()
-            .and_then(|u| u.split_once("://").map(|(_, rest)| rest))
-            .and_then(|rest| rest.split('/').next())
-            .is_some_and(|authority| authority.contains('@'));
         let on_failure = match r.on_store_failure.as_deref().unwrap_or("local_fallback") {
             "local_fallback" => FailMode::LocalFallback,
             "dangerous_fail_open" => FailMode::FailOpen,
@@ -1025,32 +1100,9 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         let store = match r.store.as_deref().unwrap_or("local") {
             "local" => RateStore::Local,
             "redis" => {
-                let url = match (r.redis_url, r.redis_url_env) {
-                    (Some(u), None) => Some(u),
-                    (None, Some(var)) => {
-                        let v = (env.var)(&var);
-                        if v.is_none() {
-                            c.err(format!(
-                                "ratelimit.redis_url_env: environment variable {var} is not set"
-                            ));
-                        }
-                        v
-                    }
-                    _ => {
-                        c.err("ratelimit: store = \"redis\" needs exactly one of redis_url or redis_url_env");
-                        None
-                    }
-                };
-                if let Some(u) = &url
-                    && !(u.starts_with("redis://") || u.starts_with("rediss://"))
-                {
-                    c.err("ratelimit.redis_url: must start with redis:// or rediss://");
-                }
-                if r_inline_with_password {
-                    c.err("ratelimit.redis_url: holds a password; put the URL in an environment variable named by redis_url_env");
-                }
+                let url = c.redis_url("ratelimit", r.redis_url, r.redis_url_env);
                 RateStore::Redis {
-                    url: url.unwrap_or_default(),
+                    url,
                     on_failure,
                     timeout: Duration::from_millis(r.redis_timeout_ms.unwrap_or(50)),
                 }
@@ -1374,6 +1426,8 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         }
     }
 
+    let ids = raw.ids.map(|r| ids(&mut c, r));
+
     if !c.errs.is_empty() {
         return Err(ConfigErrors(c.errs));
     }
@@ -1390,7 +1444,80 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         routes,
         log_level,
         trusted_proxies,
+        ids,
     })
+}
+
+/// `[ids]`: every number in range, every list entry an address or range,
+/// every weight an event the gateway reports.
+fn ids(c: &mut Ctx<'_>, r: RawIds) -> IdsConfig {
+    let enforce = match r.mode.as_deref().unwrap_or("block") {
+        "block" => true,
+        "detect" => false,
+        other => {
+            c.err(format!(
+                "ids.mode: {other:?} is not \"block\" or \"detect\""
+            ));
+            true
+        }
+    };
+    let d = palisade_ids::Policy::default();
+    let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+    let mut policy = palisade_ids::Policy {
+        enforce,
+        window: secs(r.window_s, d.window),
+        threshold: r.threshold.unwrap_or(d.threshold),
+        ban: secs(r.ban_s, d.ban),
+        max_ban: secs(r.max_ban_s, d.max_ban),
+        strike_memory: secs(r.strike_memory_s, d.strike_memory),
+        ..d
+    };
+    for (name, w) in &r.weights {
+        match palisade_ids::Event::parse(name) {
+            Some(e) => policy.weights.set(e, *w),
+            None => c.err(format!(
+                "ids.weights.{name}: not an event (authentication_failure, access_denied, rate_limited, malformed_request, inspection, not_found)"
+            )),
+        }
+    }
+    for (field, list, out) in [
+        ("allow", &r.allow, &mut policy.allow),
+        ("deny", &r.deny, &mut policy.deny),
+    ] {
+        for (i, t) in list.iter().enumerate() {
+            match palisade_ids::Cidr::parse(t) {
+                Some(cidr) => out.push(cidr),
+                None => c.err(format!(
+                    "ids.{field}[{i}]: {t:?} is not an IP address or CIDR range"
+                )),
+            }
+        }
+    }
+    if let Err(e) = policy.validate() {
+        c.err(format!("ids: {e}"));
+    }
+    let store = match r.store.as_deref().unwrap_or("local") {
+        "local" => IdsStore::Local,
+        "redis" => IdsStore::Redis {
+            url: c.redis_url("ids", r.redis_url, r.redis_url_env),
+            timeout: Duration::from_millis(r.redis_timeout_ms.unwrap_or(50)),
+        },
+        other => {
+            c.err(format!(
+                "ids.store: {other:?} is not \"local\" or \"redis\""
+            ));
+            IdsStore::Local
+        }
+    };
+    let sync_ms = r.sync_interval_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&sync_ms) {
+        c.err("ids.sync_interval_ms: must be between 100 and 60000");
+    }
+    IdsConfig {
+        policy,
+        store,
+        sync_interval: Duration::from_millis(sync_ms),
+    }
 }
 
 fn alg(name: &str) -> Option<palisade_jwt::Alg> {

@@ -69,6 +69,22 @@ pub enum GatewayError {
     /// does not parse) in block mode; `findings` is what the log records.
     #[error("request blocked by inspection")]
     Blocked { findings: String, malformed: bool },
+    /// The intrusion detection step refuses the client: a ban of its
+    /// address or principal (`retry_after`: what is left of it), or the
+    /// deny list (`retry_after` none).
+    #[error("client banned")]
+    Banned {
+        subject: BanSubject,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// What a [`GatewayError::Banned`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanSubject {
+    Address,
+    Principal,
+    DenyList,
 }
 
 impl GatewayError {
@@ -81,7 +97,7 @@ impl GatewayError {
             | GatewayError::Blocked {
                 malformed: true, ..
             } => StatusCode::BAD_REQUEST,
-            GatewayError::Blocked { .. } => StatusCode::FORBIDDEN,
+            GatewayError::Blocked { .. } | GatewayError::Banned { .. } => StatusCode::FORBIDDEN,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -120,6 +136,7 @@ impl GatewayError {
                 malformed: true, ..
             } => "malformed_request_content",
             GatewayError::Blocked { .. } => "request_blocked",
+            GatewayError::Banned { .. } => "client_banned",
         }
     }
 
@@ -146,6 +163,7 @@ impl GatewayError {
                 malformed: true, ..
             } => "the query string or body could not be parsed",
             GatewayError::Blocked { .. } => "request blocked",
+            GatewayError::Banned { .. } => "this client is refused for now",
         }
     }
 
@@ -157,6 +175,12 @@ impl GatewayError {
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
             GatewayError::BadGateway { reason } => (*reason).to_string(),
             GatewayError::Blocked { findings, .. } => findings.clone(),
+            GatewayError::Banned { subject, .. } => match subject {
+                BanSubject::Address => "ids_ban:address",
+                BanSubject::Principal => "ids_ban:principal",
+                BanSubject::DenyList => "ids_deny_list",
+            }
+            .to_string(),
             GatewayError::BadRequest(m)
             | GatewayError::BadPath(m)
             | GatewayError::InvalidHost(m) => (*m).to_string(),
@@ -182,6 +206,7 @@ impl GatewayError {
                 malformed: true, ..
             } => Some("malformed_request"),
             GatewayError::Blocked { .. } => Some("inspection"),
+            GatewayError::Banned { .. } => Some("banned"),
             _ => None,
         }
     }
@@ -226,6 +251,13 @@ pub fn error_response(err: &GatewayError, request_id: &str) -> Response<Body> {
                     h.insert(n, v);
                 }
             }
+        }
+        GatewayError::Banned {
+            retry_after: Some(d),
+            ..
+        } => {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            h.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         _ => {}
     }

@@ -39,6 +39,12 @@ pub struct Gateway {
     pub client_slots: Arc<ClientSlots>,
     /// How pools reach endpoints (kept across reloads).
     pub transport: Transport,
+    /// Scores and bans (kept across reloads; the store is chosen at start).
+    pub ids: Arc<palisade_ids::Ids>,
+    /// `[ids]`'s rules; `None`: no scoring, no bans enforced.
+    pub ids_policy: Option<Arc<palisade_ids::Policy>>,
+    /// How often the shared ban list is copied.
+    pub ids_sync: Duration,
 }
 
 /// The reloadable current gateway.
@@ -91,6 +97,8 @@ pub enum BuildError {
     PeerQuota(String),
     #[error("ratelimit: {0}")]
     RateLimitStore(String),
+    #[error("ids: {0}")]
+    IdsStore(String),
 }
 
 /// Build the limiter from config (kept across reloads so counts survive).
@@ -186,6 +194,16 @@ pub async fn build(
         .collect();
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
+    let ids = match previous {
+        Some(p) => p.ids.clone(),
+        None => Arc::new(match cfg.ids.as_ref().map(|i| &i.store) {
+            Some(config::IdsStore::Redis { url, timeout }) => palisade_ids::Ids::shared(
+                palisade_ids::RedisStore::open(url, *timeout)
+                    .map_err(|e| BuildError::IdsStore(e.to_string()))?,
+            ),
+            _ => palisade_ids::Ids::local(),
+        }),
+    };
     Ok(Gateway {
         routes: Routes::new(routes),
         pools,
@@ -199,6 +217,12 @@ pub async fn build(
         identity_headers,
         client_slots: previous.map(|p| p.client_slots.clone()).unwrap_or_default(),
         transport,
+        ids,
+        ids_policy: cfg.ids.as_ref().map(|i| Arc::new(i.policy.clone())),
+        ids_sync: cfg
+            .ids
+            .as_ref()
+            .map_or(Duration::from_secs(1), |i| i.sync_interval),
     })
 }
 

@@ -201,6 +201,12 @@ pub async fn start(
             .await;
     }));
 
+    // the shared ban list, copied every [ids] sync_interval
+    tasks.push(tokio::spawn(crate::steps::ids::sync_loop(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
+
     // reload: SIGHUP or a change of the config file's mtime; certificates on change
     let reload_shared = shared.clone();
     let mut reload_stop = stop_rx.clone();

@@ -251,11 +251,20 @@ struct Harness {
 }
 
 async fn harness(request_timeout_ms: u64) -> Harness {
+    harness_with(request_timeout_ms, "").await
+}
+
+/// The harness with `extra` appended to its configuration.
+async fn harness_with(request_timeout_ms: u64, extra: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
     let var = |k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string());
     let cfg = config::parse(
-        &config_text(request_timeout_ms),
+        &format!(
+            "{}
+{extra}",
+            config_text(request_timeout_ms)
+        ),
         &config::Env {
             var: &var,
             base: dir.path().to_path_buf(),
@@ -283,8 +292,12 @@ async fn harness(request_timeout_ms: u64) -> Harness {
 }
 
 fn conn() -> Arc<ConnInfo> {
+    conn_from([192, 0, 2, 7])
+}
+
+fn conn_from(ip: [u8; 4]) -> Arc<ConnInfo> {
     Arc::new(ConnInfo {
-        peer: SocketAddr::from(([192, 0, 2, 7], 40000)),
+        peer: SocketAddr::from((ip, 40000)),
         listener: "plain".into(),
         tls: false,
         identity: None,
@@ -314,7 +327,11 @@ impl Answer {
 
 impl Harness {
     async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
-        let resp = handle(self.gw.clone(), conn(), req, None)
+        self.send_on(conn(), req).await
+    }
+
+    async fn send_on(&self, c: Arc<ConnInfo>, req: Request<Full<Bytes>>) -> Answer {
+        let resp = handle(self.gw.clone(), c, req, None)
             .await
             .expect("infallible");
         let status = resp.status().as_u16();
@@ -338,11 +355,39 @@ impl Harness {
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.get_from([192, 0, 2, 7], path, headers).await
+    }
+
+    async fn get_from(&self, ip: [u8; 4], path: &str, headers: &[(&str, &str)]) -> Answer {
         let mut b = Request::get(path).header("host", "API.Example.:8443");
         for (n, v) in headers {
             b = b.header(*n, *v);
         }
-        self.send(b.body(Full::new(Bytes::new())).unwrap()).await
+        self.send_on(conn_from(ip), b.body(Full::new(Bytes::new())).unwrap())
+            .await
+    }
+
+    /// The security log's ban events.
+    fn bans(&self) -> Vec<Value> {
+        self.log
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["event"] == "ban")
+            .collect()
+    }
+
+    /// Wait (up to 2 s) until the log holds `n` ban events: bans are
+    /// counted after the answer, in their own task.
+    async fn wait_bans(&self, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let b = self.bans();
+            if b.len() >= n {
+                return b;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} ban events, got {:?}", self.bans());
     }
 }
 
@@ -982,4 +1027,188 @@ policy_file = "/dev/null"
             .any(|e| e.starts_with("waf.crs_dir: ") && e.contains("/nonexistent/crs")),
         "{missing:?}"
     );
+}
+
+/// `[ids]`: failed logins from one address ban it; the ban refuses every
+/// route (403 `client_banned`, Retry-After, reason in the log only),
+/// other addresses are served, and the ban's own refusals do not count.
+#[tokio::test]
+async fn ids_bans_an_address_after_failed_logins_and_only_that_address() {
+    let h = harness_with(30_000, "[ids]\nthreshold = 30\nban_s = 60\n").await;
+    let forged = bearer("orders:read", &[]).replace('.', ".x");
+    for i in 0..3 {
+        let a = h.get("/api/orders/1", &[("authorization", &forged)]).await;
+        assert_eq!(a.status, 401, "attempt {i}: {}", a.body);
+    }
+    let bans = h.wait_bans(1).await;
+    assert_eq!(bans[0]["subject"], "ip:192.0.2.7", "{bans:?}");
+    assert_eq!(bans[0]["reason"], "authentication_failure");
+    assert_eq!(bans[0]["strikes"], 1);
+    assert_eq!(bans[0]["duration_s"], 60);
+    assert_eq!(bans[0]["enforced"], true);
+    assert_eq!(bans[0]["category"], "ban");
+    // a valid token, an anonymous route: refused all the same
+    for (path, auth) in [
+        ("/api/orders/1", bearer("orders:read", &[])),
+        ("/public/x", String::new()),
+    ] {
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", auth.as_str())]
+        };
+        let a = h.get(path, &headers).await;
+        a.assert_error(403, "client_banned");
+        assert_eq!(a.record["reason"], "ids_ban:address");
+        assert_eq!(a.record["category"], "banned");
+        let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((59..=60).contains(&retry), "{retry}");
+        assert!(!a.body.contains("ids_ban"), "{}", a.body);
+    }
+    assert_eq!(h.svc.count(), 0);
+    // another address is served
+    let a = h.get_from([192, 0, 2, 8], "/public/x", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // refusals of a banned client are no events: still one ban
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(h.bans().len(), 1);
+    // the admin state lists it
+    let listed = h.gw.ids.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].subject.to_string(), "ip:192.0.2.7");
+}
+
+/// An allow-listed address is never banned however it behaves; the deny
+/// list is refused with no Retry-After.
+#[tokio::test]
+async fn ids_allow_list_wins_and_deny_list_refuses() {
+    let h = harness_with(
+        30_000,
+        "[ids]\nthreshold = 20\nallow = [\"192.0.2.7\"]\ndeny = [\"198.51.100.0/24\"]\n",
+    )
+    .await;
+    let forged = bearer("orders:read", &[]).replace('.', ".x");
+    for _ in 0..10 {
+        let a = h.get("/api/orders/1", &[("authorization", &forged)]).await;
+        assert_eq!(a.status, 401);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(h.bans().is_empty(), "{:?}", h.bans());
+    assert_eq!(h.get("/public/x", &[]).await.status, 200);
+    let a = h.get_from([198, 51, 100, 4], "/public/x", &[]).await;
+    a.assert_error(403, "client_banned");
+    assert_eq!(a.record["reason"], "ids_deny_list");
+    assert!(a.headers.get("retry-after").is_none());
+    assert_eq!(h.svc.count(), 1);
+}
+
+/// A principal that keeps being refused by policy is banned from any
+/// address; its addresses, each below the threshold, are not.
+#[tokio::test]
+async fn ids_bans_a_principal_across_addresses() {
+    let h = harness_with(30_000, "[ids]\nthreshold = 10\n").await;
+    let no_scope = bearer("other", &[]);
+    for ip in [[192, 0, 2, 20], [192, 0, 2, 21]] {
+        let a = h
+            .get_from(ip, "/api/orders/1", &[("authorization", &no_scope)])
+            .await;
+        a.assert_error(403, "forbidden");
+    }
+    let bans = h.wait_bans(1).await;
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["subject"], format!("principal:jwt:{ISSUER}|alice"));
+    assert_eq!(bans[0]["reason"], "access_denied");
+    // the principal is refused from a third address, after authentication
+    let a = h
+        .get_from(
+            [192, 0, 2, 22],
+            "/api/orders/1",
+            &[("authorization", &bearer("orders:read", &[]))],
+        )
+        .await;
+    a.assert_error(403, "client_banned");
+    assert_eq!(a.record["reason"], "ids_ban:principal");
+    // that address itself is fine
+    assert_eq!(
+        h.get_from([192, 0, 2, 22], "/public/x", &[]).await.status,
+        200
+    );
+    assert_eq!(h.svc.count(), 1);
+}
+
+/// Detect mode: the ban is made and logged, never enforced; a request
+/// from the banned address is served and its record says so.
+#[tokio::test]
+async fn ids_detect_mode_logs_bans_and_changes_nothing() {
+    let h = harness_with(30_000, "[ids]\nmode = \"detect\"\nthreshold = 4\n").await;
+    for _ in 0..2 {
+        assert_eq!(h.get("/nowhere", &[]).await.status, 404);
+    }
+    let bans = h.wait_bans(1).await;
+    assert_eq!(bans[0]["reason"], "not_found");
+    assert_eq!(bans[0]["enforced"], false);
+    let a = h.get("/public/x", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.record["inspection"], "ids: address banned (detect mode)");
+}
+
+#[test]
+fn ids_configuration_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let env = config::Env {
+        var: &|k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string()),
+        base: dir.path().to_path_buf(),
+    };
+    let errs = |extra: &str| {
+        config::parse(&format!("{}\n{extra}", config_text(1000)), &env)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default()
+    };
+    assert_eq!(errs("[ids]\n"), Vec::<String>::new());
+    for (extra, want) in [
+        (
+            "[ids]\nmode = \"on\"\n",
+            "ids.mode: \"on\" is not \"block\" or \"detect\"",
+        ),
+        (
+            "[ids]\nthreshold = 0\n",
+            "ids: threshold must be between 1 and 1000000",
+        ),
+        (
+            "[ids]\nwindow_s = 172800\n",
+            "ids: window_s must be at most one day",
+        ),
+        (
+            "[ids]\nban_s = 600\nmax_ban_s = 60\n",
+            "ids: ban_s must not exceed max_ban_s",
+        ),
+        (
+            "[ids]\nallow = [\"10.0.0.0/33\"]\n",
+            "ids.allow[0]: \"10.0.0.0/33\" is not an IP address or CIDR range",
+        ),
+        (
+            "[ids]\n[ids.weights]\nlogin = 3\n",
+            "ids.weights.login: not an event (authentication_failure, access_denied, rate_limited, malformed_request, inspection, not_found)",
+        ),
+        (
+            "[ids]\nstore = \"redis\"\n",
+            "ids: store = \"redis\" needs exactly one of redis_url or redis_url_env",
+        ),
+        (
+            "[ids]\nstore = \"redis\"\nredis_url = \"redis://u:pw@127.0.0.1\"\n",
+            "ids.redis_url: holds a password; put the URL in an environment variable named by redis_url_env",
+        ),
+        (
+            "[ids]\nsync_interval_ms = 10\n",
+            "ids.sync_interval_ms: must be between 100 and 60000",
+        ),
+    ] {
+        assert!(
+            errs(extra).contains(&want.to_string()),
+            "{extra}: {:?}",
+            errs(extra)
+        );
+    }
 }

@@ -326,7 +326,16 @@ impl Sink {
     }
 
     pub fn write(&self, rec: &SecurityRecord<'_>) {
-        let mut line = rec.to_json();
+        self.write_line(rec.to_json());
+    }
+
+    /// A security event that is not a request's record (a ban, a lifted
+    /// ban), as one JSON line through the same queue.
+    pub fn write_event(&self, event: &serde_json::Value) {
+        self.write_line(event.to_string().into_bytes());
+    }
+
+    fn write_line(&self, mut line: Vec<u8>) {
         match self {
             Sink::Stdout(s) => {
                 line.push(b'\n');

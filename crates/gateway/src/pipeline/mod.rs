@@ -60,6 +60,8 @@ async fn pipeline<B: RequestBody>(
     req: Request<B>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, GatewayError> {
+    // 6a: a banned or deny-listed client, before anything else is done
+    crate::steps::ids::check_client(gw, ctx)?;
     limits::check_headers(req.headers(), &gw.limits)?;
     limits::check_framing(req.headers())?;
 
@@ -125,6 +127,8 @@ async fn pipeline<B: RequestBody>(
         .await?;
     let label = principal.label();
     ctx.principal = Some((label.clone(), principal.method));
+    // 8b: a banned principal
+    crate::steps::ids::check_principal(gw, &label, ctx)?;
 
     // 9: per-principal / per-consumer / per-route limits
     let limit_headers =
@@ -212,13 +216,19 @@ async fn inspect_content<B: RequestBody>(
         .get(header::CONTENT_TYPE)
         .and_then(|v| BodyKind::of_content_type(&String::from_utf8_lossy(v.as_bytes())));
     let Some(kind) = kind.filter(|_| !req.body().is_end_stream()) else {
-        ctx.inspection = inspect::content(&route.inspection, req.uri().query(), None)?;
+        append_finding(
+            ctx,
+            inspect::content(&route.inspection, req.uri().query(), None)?,
+        );
         return Ok(req.map(Either::Left));
     };
     if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
     {
-        ctx.inspection = inspect::uninspectable(&route.inspection, "Content-Encoding")?;
+        append_finding(
+            ctx,
+            inspect::uninspectable(&route.inspection, "Content-Encoding")?,
+        );
         return Ok(req.map(Either::Left));
     }
     // body-parser decodes a JSON or form body in its declared charset
@@ -227,7 +237,10 @@ async fn inspect_content<B: RequestBody>(
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
         && !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes()))
     {
-        ctx.inspection = inspect::uninspectable(&route.inspection, "a charset other than UTF-8")?;
+        append_finding(
+            ctx,
+            inspect::uninspectable(&route.inspection, "a charset other than UTF-8")?,
+        );
         return Ok(req.map(Either::Left));
     }
     let (parts, body) = req.into_parts();
@@ -241,7 +254,10 @@ async fn inspect_content<B: RequestBody>(
         Ok(c) => c.to_bytes(),
         Err(_) => return Err(fault.error().unwrap_or(GatewayError::InvalidBody)),
     };
-    ctx.inspection = inspect::content(&route.inspection, parts.uri.query(), Some((kind, &bytes)))?;
+    append_finding(
+        ctx,
+        inspect::content(&route.inspection, parts.uri.query(), Some((kind, &bytes)))?,
+    );
     Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
 }
 
@@ -529,6 +545,9 @@ pub async fn handle<B: RequestBody>(
     // answered before writing: a panic in the write must not log twice
     pending.answered = true;
     gw.log.write(&rec);
+    drop(rec);
+    // intrusion detection counts it once it is answered, off this path
+    crate::steps::ids::observe(&gw, &pending.ctx, error.as_ref(), status.as_u16());
     Ok(resp.map(|inner| Tracked { inner, busy }))
 }
 

@@ -10,6 +10,7 @@ pub mod crs;
 pub mod headers;
 pub mod host;
 pub mod identity;
+pub mod ids;
 pub mod inspect;
 pub mod limits;
 pub mod principal;

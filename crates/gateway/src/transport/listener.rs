@@ -152,6 +152,12 @@ pub(crate) async fn serve_listener(
             },
             _ = shutdown.changed() => break,
         };
+        // step 0: a banned or deny-listed address is closed before any
+        // TLS work (counted; see steps/ids.rs)
+        if crate::steps::ids::refuse_connection(&shared, peer.ip()) {
+            drop(stream);
+            continue;
+        }
         // step 0: connection limit — over it, the connection is dropped
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             metrics::counter!("palisade_gateway_connections_rejected_total").increment(1);
