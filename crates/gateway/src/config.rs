@@ -44,6 +44,8 @@ pub struct RawConfig {
 pub struct RawWaf {
     /// A CRS v4 directory: `crs-setup.conf` (or `.example`) and `rules/`.
     pub crs_dir: String,
+    /// CRS's `tx.allowed_methods` (rule 911100).
+    pub allowed_methods: Option<Vec<String>>,
 }
 
 /// `[ids]`: intrusion detection and bans (docs/gateway-config.md).
@@ -1145,6 +1147,33 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     let mut route_names = HashSet::new();
     // CRS is loaded once per paranoia level the routes use
     let crs_dir = raw.waf.as_ref().map(|w| c.path(&w.crs_dir));
+    // CRS refuses methods outside tx.allowed_methods (911100); its default,
+    // GET HEAD POST OPTIONS, would refuse every REST update. Routes already
+    // restrict methods (`methods`), so the gateway's default adds PUT,
+    // PATCH and DELETE.
+    let allowed_methods = raw
+        .waf
+        .as_ref()
+        .and_then(|w| w.allowed_methods.clone())
+        .unwrap_or_else(|| {
+            ["GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"]
+                .map(String::from)
+                .to_vec()
+        });
+    if allowed_methods.is_empty()
+        || allowed_methods
+            .iter()
+            .any(|m| m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        c.err("waf.allowed_methods: method names in capitals (GET, POST, ...), at least one");
+    }
+    let crs_before = vec![(
+        "[waf] allowed_methods".to_string(),
+        format!(
+            "SecAction \"id:900200,phase:1,pass,t:none,nolog,setvar:'tx.allowed_methods={}'\"\n",
+            allowed_methods.join(" ")
+        ),
+    )];
     let mut crs_sets: std::collections::HashMap<u8, std::sync::Arc<palisade_waf::RuleSet>> =
         std::collections::HashMap::new();
     if raw.routes.is_empty() {
@@ -1246,6 +1275,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                     None => {
                         let opts = palisade_waf::crs::CrsOptions {
                             paranoia,
+                            before_rules: crs_before.clone(),
                             ..Default::default()
                         };
                         match palisade_waf::crs::load(dir, &opts) {

@@ -256,15 +256,16 @@ async fn harness(request_timeout_ms: u64) -> Harness {
 
 /// The harness with `extra` appended to its configuration.
 async fn harness_with(request_timeout_ms: u64, extra: &str) -> Harness {
+    harness_from(format!("{}\n{extra}", config_text(request_timeout_ms))).await
+}
+
+/// The harness on this configuration text.
+async fn harness_from(text: String) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
     let var = |k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string());
     let cfg = config::parse(
-        &format!(
-            "{}
-{extra}",
-            config_text(request_timeout_ms)
-        ),
+        &text,
         &config::Env {
             var: &var,
             base: dir.path().to_path_buf(),
@@ -1211,4 +1212,49 @@ fn ids_configuration_is_checked() {
             errs(extra)
         );
     }
+}
+
+/// CRS's 911100 refuses methods outside `tx.allowed_methods`: the gateway
+/// allows REST's PUT, PATCH and DELETE by default (routes restrict methods
+/// themselves); `[waf] allowed_methods` narrows it.
+#[tokio::test]
+async fn crs_allowed_methods_default_to_rest_and_can_be_narrowed() {
+    let put = || {
+        Request::put("/crs/items/1")
+            .header("host", "API.Example.:8443")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"name\":\"lamp\"}")))
+            .unwrap()
+    };
+    let h = harness(30_000).await;
+    let a = h.send(put()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let text = config_text(30_000).replace(
+        "[waf]\n",
+        "[waf]\nallowed_methods = [\"GET\", \"POST\"]\n",
+    );
+    let h = harness_from(text).await;
+    let a = h.send(put()).await;
+    a.assert_error(403, "request_blocked");
+    assert!(
+        a.record["reason"].as_str().unwrap().contains("911100"),
+        "{}",
+        a.record
+    );
+    assert_eq!(h.svc.count(), 0);
+    // a method name that is not one
+    let env = config::Env {
+        var: &|_: &str| None,
+        base: std::path::PathBuf::from("/nonexistent"),
+    };
+    let errs = config::parse(
+        &config_text(1).replace("[waf]\n", "[waf]\nallowed_methods = [\"get\"]\n"),
+        &env,
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.contains(&"waf.allowed_methods: method names in capitals (GET, POST, ...), at least one".to_string()),
+        "{errs:?}"
+    );
 }
