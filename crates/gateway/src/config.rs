@@ -248,6 +248,10 @@ pub struct RawRoute {
     pub crs: Option<String>,
     /// CRS paranoia level, 1 (default) to 4.
     pub crs_paranoia: Option<u8>,
+    /// An OpenAPI 3.0 / 3.1 document (JSON or YAML) describing the service.
+    pub openapi: Option<String>,
+    /// `block` (default) or `report_only`.
+    pub openapi_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,7 +502,27 @@ pub struct RouteConfig {
     pub inspection: Inspection,
     /// The OWASP CRS rule set this route runs, if any.
     pub crs: Option<Crs>,
+    /// The OpenAPI document requests must match, if any.
+    pub openapi: Option<OpenApi>,
 }
+
+/// A route's OpenAPI document: the positive model.
+#[derive(Clone, Debug)]
+pub struct OpenApi {
+    /// `Block`, or `Detect` (`openapi_mode = "report_only"`).
+    pub mode: InspectionMode,
+    pub spec: std::sync::Arc<palisade_openapi::Spec>,
+}
+
+/// Two routes' documents are equal when they are the same loaded document
+/// used the same way.
+impl PartialEq for OpenApi {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && std::sync::Arc::ptr_eq(&self.spec, &other.spec)
+    }
+}
+
+impl Eq for OpenApi {}
 
 /// A route's CRS: the mode and the rule set loaded at its paranoia level.
 #[derive(Clone, Debug)]
@@ -1174,6 +1198,11 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             allowed_methods.join(" ")
         ),
     )];
+    // each OpenAPI document is loaded once, however many routes name it
+    let mut openapi_docs: std::collections::HashMap<
+        PathBuf,
+        std::sync::Arc<palisade_openapi::Spec>,
+    > = std::collections::HashMap::new();
     let mut crs_sets: std::collections::HashMap<u8, std::sync::Arc<palisade_waf::RuleSet>> =
         std::collections::HashMap::new();
     if raw.routes.is_empty() {
@@ -1392,6 +1421,45 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 allow_credentials: cors.allow_credentials.unwrap_or(false),
             }
         });
+        let openapi_mode = match r.openapi_mode.as_deref() {
+            None | Some("block") => InspectionMode::Block,
+            Some("report_only") => InspectionMode::Detect,
+            Some(other) => {
+                c.err(format!(
+                    "{field}.openapi_mode: {other:?} is not \"block\" or \"report_only\""
+                ));
+                InspectionMode::Block
+            }
+        };
+        if r.openapi.is_none() && r.openapi_mode.is_some() {
+            c.err(format!("{field}.openapi_mode: needs openapi"));
+        }
+        let openapi = r.openapi.as_ref().and_then(|f| {
+            let file = c.path(f);
+            let spec = match openapi_docs.get(&file) {
+                Some(spec) => std::sync::Arc::clone(spec),
+                None => {
+                    let loaded = std::fs::read_to_string(&file)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| palisade_openapi::Spec::parse(&t).map_err(|e| e.0));
+                    match loaded {
+                        Ok(spec) => {
+                            let spec = std::sync::Arc::new(spec);
+                            openapi_docs.insert(file.clone(), std::sync::Arc::clone(&spec));
+                            spec
+                        }
+                        Err(e) => {
+                            c.err(format!("{field}.openapi: {}: {e}", file.display()));
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some(OpenApi {
+                mode: openapi_mode,
+                spec,
+            })
+        });
         let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         // requests are matched on their canonical host (no port, no trailing
         // dot): a route host in another form would never match, and its
@@ -1433,6 +1501,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             request_timeout: r.request_timeout_ms.map(Duration::from_millis),
             inspection,
             crs,
+            openapi,
         });
     }
 

@@ -72,6 +72,10 @@ pub enum GatewayError {
     /// The intrusion detection step refuses the client: a ban of its
     /// address or principal (`retry_after`: what is left of it), or the
     /// deny list (`retry_after` none).
+    /// The route's OpenAPI document does not describe the request
+    /// (`violation`: where and which rule, for the log).
+    #[error("request not described by the API")]
+    NotDescribed { violation: String },
     #[error("client banned")]
     Banned {
         subject: BanSubject,
@@ -94,6 +98,7 @@ impl GatewayError {
             | GatewayError::BadPath(_)
             | GatewayError::InvalidHost(_)
             | GatewayError::InvalidBody
+            | GatewayError::NotDescribed { .. }
             | GatewayError::Blocked {
                 malformed: true, ..
             } => StatusCode::BAD_REQUEST,
@@ -137,6 +142,7 @@ impl GatewayError {
             } => "malformed_request_content",
             GatewayError::Blocked { .. } => "request_blocked",
             GatewayError::Banned { .. } => "client_banned",
+            GatewayError::NotDescribed { .. } => "request_not_described",
         }
     }
 
@@ -164,6 +170,7 @@ impl GatewayError {
             } => "the query string or body could not be parsed",
             GatewayError::Blocked { .. } => "request blocked",
             GatewayError::Banned { .. } => "this client is refused for now",
+            GatewayError::NotDescribed { .. } => "the request does not match the API's description",
         }
     }
 
@@ -175,6 +182,7 @@ impl GatewayError {
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
             GatewayError::BadGateway { reason } => (*reason).to_string(),
             GatewayError::Blocked { findings, .. } => findings.clone(),
+            GatewayError::NotDescribed { violation } => violation.clone(),
             GatewayError::Banned { subject, .. } => match subject {
                 BanSubject::Address => "ids_ban:address",
                 BanSubject::Principal => "ids_ban:principal",
@@ -202,6 +210,7 @@ impl GatewayError {
             | GatewayError::InvalidBody
             | GatewayError::HeadersTooLarge
             | GatewayError::PayloadTooLarge
+            | GatewayError::NotDescribed { .. }
             | GatewayError::Blocked {
                 malformed: true, ..
             } => Some("malformed_request"),

@@ -141,6 +141,12 @@ permit(principal, action, resource == Route::"crs-detect");
 @id("crs-raw")
 permit(principal, action, resource == Route::"crs-raw");
 
+@id("shop")
+permit(principal, action, resource == Route::"shop");
+
+@id("shop-report")
+permit(principal, action, resource == Route::"shop-report");
+
 @id("readers")
 permit(principal, action == Action::"GET", resource == Route::"orders")
 when { context.scopes.contains("orders:read") };
@@ -1229,10 +1235,8 @@ async fn crs_allowed_methods_default_to_rest_and_can_be_narrowed() {
     let h = harness(30_000).await;
     let a = h.send(put()).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let text = config_text(30_000).replace(
-        "[waf]\n",
-        "[waf]\nallowed_methods = [\"GET\", \"POST\"]\n",
-    );
+    let text =
+        config_text(30_000).replace("[waf]\n", "[waf]\nallowed_methods = [\"GET\", \"POST\"]\n");
     let h = harness_from(text).await;
     let a = h.send(put()).await;
     a.assert_error(403, "request_blocked");
@@ -1254,7 +1258,181 @@ async fn crs_allowed_methods_default_to_rest_and_can_be_narrowed() {
     .unwrap_err()
     .0;
     assert!(
-        errs.contains(&"waf.allowed_methods: method names in capitals (GET, POST, ...), at least one".to_string()),
+        errs.contains(
+            &"waf.allowed_methods: method names in capitals (GET, POST, ...), at least one"
+                .to_string()
+        ),
         "{errs:?}"
+    );
+}
+
+/// Routes with the shop's OpenAPI document (crates/openapi/tests/data),
+/// whose paths live under its server's `/api/v1`.
+fn openapi_routes() -> String {
+    let doc = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../openapi/tests/data/shop-3.0.yaml"
+    );
+    format!(
+        r#"
+[[routes]]
+name = "shop"
+path_prefix = "/shop"
+upstream = "app"
+anonymous = true
+strip_prefix = true
+openapi = "{doc}"
+
+[[routes]]
+name = "shop-report"
+path_prefix = "/report"
+upstream = "app"
+anonymous = true
+strip_prefix = true
+openapi = "{doc}"
+openapi_mode = "report_only"
+"#
+    )
+}
+
+/// The positive model: a request the route's OpenAPI document describes
+/// reaches the service as sent; anything else is a 400 before
+/// authentication, with where and which rule in the log only.
+#[tokio::test]
+async fn openapi_routes_pass_what_the_document_describes_and_refuse_the_rest() {
+    let h = harness_with(30_000, &openapi_routes()).await;
+    let a = h
+        .get(
+            "/shop/api/v1/products?limit=20&tag=a&tag=b&filter[status]=active",
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.count(), 1);
+    let body = r#"{"name":"Lamp","price":19.5}"#;
+    let post = |path: &str, body: &str, tenant: bool| {
+        let mut b = Request::post(path)
+            .header("host", "API.Example.:8443")
+            .header("content-type", "application/json");
+        if tenant {
+            b = b.header("x-tenant", "6f1c2a3e-9a7b-4c1d-8e2f-0a1b2c3d4e5f");
+        }
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    };
+    let a = h.send(post("/shop/api/v1/products", body, true)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.count(), 2);
+    assert_eq!(h.svc.last().body, body.as_bytes());
+    for (req, reason) in [
+        (
+            Request::get("/shop/api/v1/products?limit=5&debug=1"),
+            "openapi: /query/debug: unknown_parameter",
+        ),
+        (
+            Request::get("/shop/api/v1/products?limit=abc"),
+            "openapi: /query/limit: type",
+        ),
+        (
+            Request::get("/shop/api/v1/admin"),
+            "openapi: /path: no_matching_path",
+        ),
+        (
+            Request::delete("/shop/api/v1/products"),
+            "openapi: /method: method_not_allowed",
+        ),
+    ] {
+        let a = h
+            .send(
+                req.header("host", "API.Example.:8443")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        a.assert_error(400, "request_not_described");
+        assert_eq!(a.record["reason"], reason);
+        assert_eq!(a.record["category"], "malformed_request");
+        assert!(
+            !a.body.contains("debug") && !a.body.contains("limit"),
+            "{}",
+            a.body
+        );
+    }
+    let a = h
+        .send(post(
+            "/shop/api/v1/products",
+            r#"{"name":"Lamp","price":0}"#,
+            true,
+        ))
+        .await;
+    a.assert_error(400, "request_not_described");
+    assert_eq!(a.record["reason"], "openapi: /body/price: exclusiveMinimum");
+    let a = h.send(post("/shop/api/v1/products", body, false)).await;
+    assert_eq!(a.record["reason"], "openapi: /header/x-tenant: required");
+    // a compressed body cannot be checked: refused
+    let a = h
+        .send(
+            Request::post("/shop/api/v1/products")
+                .header("host", "API.Example.:8443")
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .header("x-tenant", "6f1c2a3e-9a7b-4c1d-8e2f-0a1b2c3d4e5f")
+                .body(Full::new(Bytes::from_static(b"\x1f\x8b\x08\x00")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(h.svc.count(), 2, "nothing refused reached the service");
+    // report_only: logged, forwarded unchanged
+    let a = h.get("/report/api/v1/products?limit=abc", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.record["inspection"],
+        "openapi: /query/limit: type (report_only)"
+    );
+    assert_eq!(h.svc.count(), 3);
+}
+
+#[test]
+fn openapi_configuration_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    std::fs::write(
+        dir.path().join("remote.json"),
+        r#"{"openapi":"3.1.0","paths":{"/a":{"get":{"parameters":[{"$ref":"https://evil.example/p.json"}]}}}}"#,
+    )
+    .unwrap();
+    let env = config::Env {
+        var: &|k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string()),
+        base: dir.path().to_path_buf(),
+    };
+    let errs = |route: &str| {
+        config::parse(
+            &format!(
+                "{}\n[[routes]]\nname = \"x\"\npath_prefix = \"/x\"\nupstream = \"app\"\nanonymous = true\n{route}\n",
+                config_text(1000)
+            ),
+            &env,
+        )
+        .err()
+        .map(|e| e.0)
+        .unwrap_or_default()
+    };
+    let missing = errs("openapi = \"nope.yaml\"");
+    assert!(
+        missing
+            .iter()
+            .any(|e| e.starts_with("routes[x].openapi: ") && e.contains("nope.yaml")),
+        "{missing:?}"
+    );
+    let remote = errs("openapi = \"remote.json\"");
+    assert!(
+        remote
+            .iter()
+            .any(|e| e.contains("only references inside the document")),
+        "{remote:?}"
+    );
+    assert!(
+        errs("openapi_mode = \"report_only\"")
+            .contains(&"routes[x].openapi_mode: needs openapi".to_string())
     );
 }

@@ -116,6 +116,8 @@ async fn pipeline<B: RequestBody>(
     // 7: content inspection (query string; JSON and form bodies, read
     // here up to the body limit), before any cryptographic work
     let req = inspect_content(gw, req, &route, max_body, ctx).await?;
+    // 7a: the route's OpenAPI document (the positive model)
+    let req = openapi_step(gw, req, &route, max_body, ctx).await?;
     // 7b: the OWASP CRS rule set, where the route runs it
     let req = crs_step(gw, req, &route, max_body, ctx).await?;
 
@@ -303,43 +305,22 @@ async fn crs_step<B: RequestBody>(
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    // a request without a body goes on as it came: no body is made for it
-    let mut passthrough = None;
-    let bytes = match body {
-        Either::Right(full) => match full.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(never) => match never {},
-        },
-        Either::Left(b) if b.is_end_stream() => {
-            passthrough = Some(b);
-            Bytes::new()
-        }
-        Either::Left(b) => {
-            if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
-                && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-            {
-                let inspection = crate::config::Inspection {
-                    mode: crs.mode,
-                    ..Default::default()
-                };
-                let note = inspect::uninspectable(&inspection, "Content-Encoding")?;
-                append_finding(ctx, note);
-                return Ok(Request::from_parts(parts, Either::Left(b)));
-            }
-            let (guarded, fault) = GuardedBody::new(
-                b,
-                max_body,
-                gw.limits.min_body_rate,
-                gw.limits.stream_idle_timeout,
-            );
-            match guarded.collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(_) => return Err(fault.error().unwrap_or(GatewayError::InvalidBody)),
-            }
-        }
-    };
+    if let Either::Left(b) = &body
+        && !b.is_end_stream()
+        && let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        let inspection = crate::config::Inspection {
+            mode: crs.mode,
+            ..Default::default()
+        };
+        let note = inspect::uninspectable(&inspection, "Content-Encoding")?;
+        append_finding(ctx, note);
+        return Ok(Request::from_parts(parts, body));
+    }
+    let (bytes, body) = whole_body(gw, body, max_body).await?;
     if over(bytes.len() as u64) {
-        let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        let req = Request::from_parts(parts, body);
         return crs_body_too_large(crs, req, ctx);
     }
     let target = parts
@@ -368,10 +349,109 @@ async fn crs_step<B: RequestBody>(
         .await
         .map_err(|_| GatewayError::Internal)??;
     append_finding(ctx, findings);
-    let body = match passthrough {
-        Some(b) => Either::Left(b),
-        None => Either::Right(Full::new(bytes)),
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The body read whole for a check, and the body that goes on: the bytes
+/// already read, or read here under the route's limits (size, minimum rate,
+/// idle timeout); a request without a body goes on as it came.
+async fn whole_body<B: RequestBody>(
+    gw: &Gateway,
+    body: InspectedBody<B>,
+    max_body: u64,
+) -> Result<(Bytes, InspectedBody<B>), GatewayError> {
+    let bytes = match body {
+        Either::Right(full) => match full.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        },
+        Either::Left(b) if b.is_end_stream() => return Ok((Bytes::new(), Either::Left(b))),
+        Either::Left(b) => {
+            let (guarded, fault) = GuardedBody::new(
+                b,
+                max_body,
+                gw.limits.min_body_rate,
+                gw.limits.stream_idle_timeout,
+            );
+            match guarded.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => return Err(fault.error().unwrap_or(GatewayError::InvalidBody)),
+            }
+        }
     };
+    Ok((bytes.clone(), Either::Right(Full::new(bytes))))
+}
+
+/// Step 7a: the route's OpenAPI document. The path the service will
+/// receive, the query, the headers and the whole body (read here under the
+/// body limits when no earlier step read it) must be what the document
+/// describes: `400 request_not_described` in block mode (where and which
+/// rule in the log), a note in the log in `report_only` mode. A body that
+/// cannot be read as sent (compressed, another charset) cannot be checked:
+/// refused in block mode.
+async fn openapi_step<B: RequestBody>(
+    gw: &Gateway,
+    req: Request<InspectedBody<B>>,
+    route: &crate::steps::route::Route,
+    max_body: u64,
+    ctx: &mut RequestCtx,
+) -> Result<Request<InspectedBody<B>>, GatewayError> {
+    use hyper::body::Body as _;
+    let Some(oa) = &route.openapi else {
+        return Ok(req);
+    };
+    let inspection = crate::config::Inspection {
+        mode: oa.mode,
+        ..Default::default()
+    };
+    if !req.body().is_end_stream() {
+        let why = match (
+            req.headers().get(header::CONTENT_ENCODING),
+            req.headers().get(header::CONTENT_TYPE),
+        ) {
+            (Some(enc), _) if !enc.as_bytes().eq_ignore_ascii_case(b"identity") => {
+                Some("Content-Encoding")
+            }
+            (_, Some(ct)) if !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes())) => {
+                Some("a charset other than UTF-8")
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            let note = inspect::uninspectable(&inspection, why)?;
+            append_finding(ctx, note);
+            return Ok(req);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let (bytes, body) = whole_body(gw, body, max_body).await?;
+    let path = ctx.path.as_deref().unwrap_or("/");
+    let headers: Vec<(&str, &str)> = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .collect();
+    let verdict = oa.spec.validate(&palisade_openapi::Request {
+        method: parts.method.as_str(),
+        path: crate::steps::route::upstream_path(route, path),
+        query: parts.uri.query(),
+        headers: &headers,
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        body: &bytes,
+    });
+    if let Err(v) = verdict {
+        match oa.mode {
+            InspectionMode::Block => {
+                return Err(GatewayError::NotDescribed {
+                    violation: format!("openapi: {v}"),
+                });
+            }
+            _ => append_finding(ctx, Some(format!("openapi: {v} (report_only)"))),
+        }
+    }
     Ok(Request::from_parts(parts, body))
 }
 

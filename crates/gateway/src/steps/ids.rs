@@ -112,6 +112,7 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
         | GatewayError::InvalidBody
         | GatewayError::HeadersTooLarge
         | GatewayError::PayloadTooLarge
+        | GatewayError::NotDescribed { .. }
         | GatewayError::Blocked {
             malformed: true, ..
         } => Event::MalformedRequest,

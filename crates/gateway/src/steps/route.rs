@@ -116,3 +116,16 @@ pub fn select<'a>(
         GatewayError::NoRoute
     })
 }
+
+/// The path the route's service receives for `path` (the canonical path):
+/// less the route's prefix with `strip_prefix`.
+pub(crate) fn upstream_path<'a>(route: &crate::config::RouteConfig, path: &'a str) -> &'a str {
+    if !route.strip_prefix {
+        return path;
+    }
+    match path.strip_prefix(route.path_prefix.trim_end_matches('/')) {
+        Some("") => "/",
+        Some(rest) => rest,
+        None => path,
+    }
+}

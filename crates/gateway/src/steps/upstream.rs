@@ -254,18 +254,7 @@ pub async fn forward<R: Target>(
     if req.method() != res.method {
         return Err(GatewayError::Internal);
     }
-    let upstream_path = if route.strip_prefix {
-        match res
-            .path
-            .strip_prefix(route.path_prefix.trim_end_matches('/'))
-        {
-            Some("") => "/",
-            Some(rest) => rest,
-            None => &res.path,
-        }
-    } else {
-        &res.path
-    };
+    let upstream_path = crate::steps::route::upstream_path(route, &res.path);
     let mut path_and_query = crate::steps::inspect::encode_path(upstream_path);
     if let Some(q) = req.uri().query() {
         path_and_query.push('?');
