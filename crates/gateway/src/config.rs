@@ -1127,10 +1127,14 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
             "local" => RateStore::Local,
             "redis" => {
                 let url = c.redis_url("ratelimit", r.redis_url, r.redis_url_env);
+                let ms = r.redis_timeout_ms.unwrap_or(50);
+                if !(1..=10_000).contains(&ms) {
+                    c.err("ratelimit.redis_timeout_ms: must be between 1 and 10000");
+                }
                 RateStore::Redis {
                     url,
                     on_failure,
-                    timeout: Duration::from_millis(r.redis_timeout_ms.unwrap_or(50)),
+                    timeout: Duration::from_millis(ms),
                 }
             }
             other => {
@@ -1597,10 +1601,16 @@ fn ids(c: &mut Ctx<'_>, r: RawIds) -> IdsConfig {
     }
     let store = match r.store.as_deref().unwrap_or("local") {
         "local" => IdsStore::Local,
-        "redis" => IdsStore::Redis {
-            url: c.redis_url("ids", r.redis_url, r.redis_url_env),
-            timeout: Duration::from_millis(r.redis_timeout_ms.unwrap_or(50)),
-        },
+        "redis" => {
+            let ms = r.redis_timeout_ms.unwrap_or(50);
+            if !(10..=5_000).contains(&ms) {
+                c.err("ids.redis_timeout_ms: must be between 10 and 5000");
+            }
+            IdsStore::Redis {
+                url: c.redis_url("ids", r.redis_url, r.redis_url_env),
+                timeout: Duration::from_millis(ms),
+            }
+        }
         other => {
             c.err(format!(
                 "ids.store: {other:?} is not \"local\" or \"redis\""

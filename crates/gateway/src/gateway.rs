@@ -41,6 +41,8 @@ pub struct Gateway {
     pub transport: Transport,
     /// Scores and bans (kept across reloads; the store is chosen at start).
     pub ids: Arc<palisade_ids::Ids>,
+    /// Where the running `Ids` keeps its state (as configured at start).
+    pub ids_store: config::IdsStore,
     /// `[ids]`'s rules; `None`: no scoring, no bans enforced.
     pub ids_policy: Option<Arc<palisade_ids::Policy>>,
     /// How often the shared ban list is copied.
@@ -194,14 +196,26 @@ pub async fn build(
         .collect();
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
+    // no [ids] keeps its state in the process, as store = "local"
+    let store = cfg
+        .ids
+        .as_ref()
+        .map_or(config::IdsStore::Local, |i| i.store.clone());
     let ids = match previous {
+        // the store is chosen at start: a reload that changes it is refused
+        // rather than silently ignored
+        Some(p) if p.ids_store != store => {
+            return Err(BuildError::IdsStore(
+                "changing [ids] store or its Redis needs a restart".into(),
+            ));
+        }
         Some(p) => p.ids.clone(),
-        None => Arc::new(match cfg.ids.as_ref().map(|i| &i.store) {
-            Some(config::IdsStore::Redis { url, timeout }) => palisade_ids::Ids::shared(
+        None => Arc::new(match &store {
+            config::IdsStore::Redis { url, timeout } => palisade_ids::Ids::shared(
                 palisade_ids::RedisStore::open(url, *timeout)
                     .map_err(|e| BuildError::IdsStore(e.to_string()))?,
             ),
-            _ => palisade_ids::Ids::local(),
+            config::IdsStore::Local => palisade_ids::Ids::local(),
         }),
     };
     Ok(Gateway {
@@ -218,6 +232,7 @@ pub async fn build(
         client_slots: previous.map(|p| p.client_slots.clone()).unwrap_or_default(),
         transport,
         ids,
+        ids_store: store,
         ids_policy: cfg.ids.as_ref().map(|i| Arc::new(i.policy.clone())),
         ids_sync: cfg
             .ids

@@ -98,6 +98,13 @@ impl Dial for ServiceDial {
                         })
                         .collect();
                     let slow = target.starts_with("/slow");
+                    // `/status/NNN` anywhere in the path: answer NNN
+                    let status = target
+                        .split_once("/status/")
+                        .and_then(|(_, r)| r.get(..3))
+                        .and_then(|c| c.parse::<u16>().ok())
+                        .and_then(|c| hyper::StatusCode::from_u16(c).ok())
+                        .unwrap_or(hyper::StatusCode::OK);
                     let body = req.into_body().collect().await.map(|b| b.to_bytes());
                     svc.seen.lock().unwrap().push(Seen {
                         method,
@@ -108,7 +115,9 @@ impl Dial for ServiceDial {
                     if slow {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    *resp.status_mut() = status;
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -1211,6 +1220,10 @@ fn ids_configuration_is_checked() {
             "[ids]\nsync_interval_ms = 10\n",
             "ids.sync_interval_ms: must be between 100 and 60000",
         ),
+        (
+            "[ids]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_timeout_ms = 0\n",
+            "ids.redis_timeout_ms: must be between 10 and 5000",
+        ),
     ] {
         assert!(
             errs(extra).contains(&want.to_string()),
@@ -1435,4 +1448,187 @@ fn openapi_configuration_is_checked() {
         errs("openapi_mode = \"report_only\"")
             .contains(&"routes[x].openapi_mode: needs openapi".to_string())
     );
+}
+
+/// Review findings: every anonymous caller shares one principal, which is
+/// never a subject (one client's scanning must not lock out all anonymous
+/// traffic); the service's own 401s and 404s count against the address; an
+/// allow-listed client's principal is never banned.
+#[tokio::test]
+async fn ids_never_bans_the_anonymous_principal_nor_an_allow_listed_clients_principal() {
+    let h = harness_with(30_000, "[ids]\nthreshold = 10\nallow = [\"192.0.2.7\"]\n").await;
+    // five of the service's 404s on an anonymous route ban that address only
+    for _ in 0..5 {
+        let a = h.get_from([192, 0, 2, 30], "/public/status/404", &[]).await;
+        assert_eq!(a.status, 404);
+    }
+    h.get_from([192, 0, 2, 30], "/public/x", &[])
+        .await
+        .assert_error(403, "client_banned");
+    assert_eq!(
+        h.get_from([192, 0, 2, 31], "/public/x", &[]).await.status,
+        200
+    );
+    // one of the service's own 401s (a login refusing a password) weighs 10
+    assert_eq!(
+        h.get_from([192, 0, 2, 32], "/public/status/401", &[])
+            .await
+            .status,
+        401
+    );
+    h.get_from([192, 0, 2, 32], "/public/x", &[])
+        .await
+        .assert_error(403, "client_banned");
+    let subjects: Vec<String> =
+        h.gw.ids
+            .list()
+            .iter()
+            .map(|b| b.subject.to_string())
+            .collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(
+        subjects.iter().all(|s| s.starts_with("ip:")),
+        "{subjects:?}"
+    );
+    // the allow-listed client is refused by policy again and again: no ban of
+    // it nor of its principal, which other addresses go on using
+    let no_scope = bearer("other", &[]);
+    for _ in 0..4 {
+        h.get("/api/orders/1", &[("authorization", &no_scope)])
+            .await
+            .assert_error(403, "forbidden");
+    }
+    let a = h
+        .get_from(
+            [192, 0, 2, 40],
+            "/api/orders/1",
+            &[("authorization", &bearer("orders:read", &[]))],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.gw.ids.list().len(), 2);
+}
+
+/// Behind a trusted proxy the forwarded client is scored and banned; the
+/// proxy's own address never is (a request it sends without a usable
+/// X-Forwarded-For falls back to it), so its other clients go on.
+#[tokio::test]
+async fn ids_judges_clients_behind_a_trusted_proxy_and_never_the_proxy() {
+    let h = harness_from(format!(
+        "trusted_proxies = [\"192.0.2.7\"]\n{}\n[ids]\nthreshold = 10\n",
+        config_text(30_000)
+    ))
+    .await;
+    for _ in 0..6 {
+        assert_eq!(h.get("/nowhere", &[]).await.status, 404);
+    }
+    assert!(h.gw.ids.list().is_empty(), "{:?}", h.gw.ids.list());
+    for _ in 0..5 {
+        let a = h
+            .get("/nowhere", &[("x-forwarded-for", "203.0.113.5")])
+            .await;
+        assert_eq!(a.status, 404);
+    }
+    h.get("/public/x", &[("x-forwarded-for", "203.0.113.5")])
+        .await
+        .assert_error(403, "client_banned");
+    let a = h
+        .get("/public/x", &[("x-forwarded-for", "203.0.113.6")])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.get("/public/x", &[]).await.status, 200);
+}
+
+/// With a shared store, a ban still lands before the client's next request:
+/// the gateway keeps its own score at once and tells Redis afterwards.
+#[tokio::test]
+async fn ids_bans_before_the_next_request_even_with_a_shared_store() {
+    let url = std::env::var("PALISADE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let reachable = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().unwrap(),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok();
+    if !reachable {
+        assert_ne!(
+            std::env::var("PALISADE_REQUIRE_SERVICES").as_deref(),
+            Ok("1"),
+            "Redis required"
+        );
+        println!("SKIPPED: no Redis at {url}");
+        return;
+    }
+    let h = harness_with(
+        30_000,
+        &format!("[ids]\nstore = \"redis\"\nredis_url = \"{url}\"\nredis_timeout_ms = 500\nthreshold = 10\n"),
+    )
+    .await;
+    // an address of this run's own: Redis keeps what earlier runs left
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let me = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8 | 1];
+    for i in 0..5 {
+        assert_eq!(
+            h.get_from(me, "/nowhere", &[]).await.status,
+            404,
+            "request {i}"
+        );
+    }
+    // the very next request: no waiting for Redis's answer
+    h.get_from(me, "/public/x", &[])
+        .await
+        .assert_error(403, "client_banned");
+    let subject = palisade_ids::Subject::addr(std::net::IpAddr::from(me));
+    h.gw.ids.unban(&subject).await.unwrap();
+}
+
+/// The store is chosen at start: a reload that changes it is refused, not
+/// silently run on the old one.
+#[tokio::test]
+async fn ids_store_changes_are_refused_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let var = |k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string());
+    let env = config::Env {
+        var: &var,
+        base: dir.path().to_path_buf(),
+    };
+    let local = config::parse(&format!("{}\n[ids]\n", config_text(1000)), &env).unwrap();
+    let redis = config::parse(
+        &format!(
+            "{}\n[ids]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n",
+            config_text(1000)
+        ),
+        &env,
+    )
+    .unwrap();
+    let log = Arc::new(Sink::Memory(Mutex::new(Vec::new())));
+    let svc = Arc::new(Service::default());
+    let transport = || Transport::InProcess(Arc::new(ServiceDial(svc.clone())));
+    let limiter = Arc::new(palisade_ratelimit::Limiter::local());
+    let first = build(&local, limiter.clone(), log.clone(), None, transport())
+        .await
+        .unwrap();
+    let e = build(
+        &redis,
+        limiter.clone(),
+        log.clone(),
+        Some(&first),
+        transport(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(
+        e.to_string(),
+        "ids: changing [ids] store or its Redis needs a restart"
+    );
+    // the same store reloads, scores and bans kept
+    let again = build(&local, limiter, log, Some(&first), transport())
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&first.ids, &again.ids));
 }

@@ -30,12 +30,12 @@ pub mod window;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use palisade_core::net::Cidr;
-pub use redis_store::{NAMESPACE, RedisStore, StoreError, fallbacks};
+pub use redis_store::{MAX_IN_FLIGHT, NAMESPACE, RedisStore, StoreError, fallbacks};
 
 use window::Window;
 
@@ -70,8 +70,21 @@ impl Subject {
         Subject::Addr(canonical_addr(ip))
     }
 
+    /// The subject of a principal's label; a label over
+    /// [`MAX_LABEL_BYTES`] is kept as its first bytes and a hash of the
+    /// whole.
     pub fn principal(label: &str) -> Subject {
-        Subject::Principal(Arc::from(label))
+        if label.len() <= MAX_LABEL_BYTES {
+            return Subject::Principal(Arc::from(label));
+        }
+        let mut end = MAX_LABEL_BYTES - 40;
+        while !label.is_char_boundary(end) {
+            end -= 1;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        label.hash(&mut h);
+        Subject::Principal(Arc::from(format!("{}…#{:016x}", &label[..end], h.finish())))
     }
 
     /// Parse `ip:<address>` (an IPv6 `/64` may be written with its prefix
@@ -95,12 +108,51 @@ impl Subject {
             }
             return Some(Subject::Addr(canonical));
         }
-        let label = s.strip_prefix("principal:")?;
-        if label.is_empty() || label.len() > 512 || label.chars().any(char::is_control) {
+        let encoded = s.strip_prefix("principal:")?;
+        if encoded.is_empty() || encoded.len() > MAX_LABEL_BYTES * 3 {
             return None;
         }
-        Some(Subject::principal(label))
+        let label = decode_label(encoded)?;
+        // only the canonical spelling names the subject
+        (encode_label(&label) == encoded).then(|| Subject::principal(&label))
     }
+}
+
+/// Longest principal label a subject keeps whole (longer ones are named
+/// by their first bytes and a hash of the whole, so they stay distinct).
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// A label as it is written in a subject's name: bytes outside printable
+/// ASCII, `%` and space as `%XX`, so every label round-trips through
+/// [`Subject::parse`] and no name carries a control character, a line
+/// break or an escape sequence into Redis, the log or a terminal.
+fn encode_label(label: &str) -> String {
+    let mut out = String::with_capacity(label.len());
+    for b in label.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_label(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl fmt::Display for Subject {
@@ -110,7 +162,7 @@ impl fmt::Display for Subject {
         match self {
             Subject::Addr(IpAddr::V4(a)) => write!(f, "ip:{a}"),
             Subject::Addr(IpAddr::V6(a)) => write!(f, "ip:{a}/64"),
-            Subject::Principal(p) => write!(f, "principal:{p}"),
+            Subject::Principal(p) => write!(f, "principal:{}", encode_label(p)),
         }
     }
 }
@@ -355,6 +407,8 @@ pub enum IdsError {
     Duration,
     #[error("the ban store is unreachable: {0}")]
     Store(String),
+    #[error("this gateway already holds {MAX_BANS} bans in force")]
+    Full,
 }
 
 /// A ban in the map.
@@ -369,23 +423,27 @@ struct Entry {
 #[derive(Default)]
 struct Bans {
     map: HashMap<Subject, Entry>,
+    /// When ended bans were last dropped to make room.
+    purged_ms: u64,
 }
 
 impl Bans {
-    fn insert(&mut self, s: Subject, e: Entry, now_ms: u64) {
+    /// Insert or replace; false when the map is full of live bans (a live
+    /// ban is never evicted to make room: an attacker could flood the map
+    /// to lift their own). Ended bans are dropped at most once a second
+    /// here (the sync does it too), so a full map costs no scan per event.
+    fn insert(&mut self, s: Subject, e: Entry, now_ms: u64) -> bool {
         if self.map.len() >= MAX_BANS && !self.map.contains_key(&s) {
-            self.map.retain(|_, e| e.until_ms > now_ms);
-            if self.map.len() >= MAX_BANS
-                && let Some(soonest) = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, e)| e.until_ms)
-                    .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&soonest);
+            if now_ms.saturating_sub(self.purged_ms) >= 1_000 || self.purged_ms == 0 {
+                self.purged_ms = now_ms.max(1);
+                self.map.retain(|_, e| e.until_ms > now_ms);
+            }
+            if self.map.len() >= MAX_BANS {
+                return false;
             }
         }
         self.map.insert(s, e);
+        true
     }
 }
 
@@ -396,6 +454,8 @@ struct Local {
     scores: HashMap<Subject, Window>,
     /// Strikes and when they are forgotten.
     strikes: HashMap<Subject, (u32, u64)>,
+    /// When stale scores were last dropped to make room.
+    purged_ms: u64,
 }
 
 /// A clock in milliseconds (a test moves its own).
@@ -513,51 +573,82 @@ impl Ids {
         }
     }
 
-    /// Count `event` against `subject`; a new ban if it tipped the score.
-    ///
-    /// An allow-listed address, a zero weight and an already banned subject
-    /// change nothing. With Redis the score is Redis's; if Redis fails, this
-    /// process's (a warning is logged at most once a minute).
-    pub async fn observe(&self, policy: &Policy, subject: Subject, event: Event) -> Option<NewBan> {
+    /// Count `event` against `subject` in this process, at once: a new
+    /// (local) ban if it tipped the score. Every gateway keeps this shadow
+    /// score even with a shared store, so a ban never waits for Redis while
+    /// the client's next requests are served.
+    pub fn observe_local(
+        &self,
+        policy: &Policy,
+        subject: &Subject,
+        event: Event,
+    ) -> Option<NewBan> {
         let weight = u64::from(policy.weights.get(event));
         if weight == 0 {
             return None;
         }
+        self.observe_locally(subject.clone(), weight, event, &policy.scoring())
+    }
+
+    /// Count `event` against `subject` in the shared store: a new shared
+    /// ban if it tipped the score there. Nothing without a store, in detect
+    /// mode (a canary must not ban for the gateways that enforce), while
+    /// the store is failing (it is retried a second after a failure), or
+    /// when too many calls are already waiting for it.
+    pub async fn observe_shared(
+        &self,
+        policy: &Policy,
+        subject: &Subject,
+        event: Event,
+    ) -> Option<NewBan> {
+        let redis = self.redis.as_ref()?;
+        let weight = u64::from(policy.weights.get(event));
+        if weight == 0 || !policy.enforce {
+            return None;
+        }
+        match redis
+            .observe(subject, weight, event, &policy.scoring())
+            .await
+        {
+            Ok(redis_store::Observed::Banned { duration, strikes }) => {
+                let now = self.now();
+                self.put(
+                    subject.clone(),
+                    Entry {
+                        until_ms: now.saturating_add(duration.as_millis() as u64),
+                        strikes,
+                        reason: Arc::from(event.as_str()),
+                        shared: true,
+                    },
+                    now,
+                );
+                Some(NewBan {
+                    subject: subject.clone(),
+                    duration,
+                    strikes,
+                    event,
+                    shared: true,
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                redis_store::warn_unavailable(&e);
+                None
+            }
+        }
+    }
+
+    /// Both: the local score at once, then the shared one.
+    pub async fn observe(&self, policy: &Policy, subject: Subject, event: Event) -> Vec<NewBan> {
+        let mut out = Vec::new();
         if let Subject::Addr(ip) = subject
             && policy.allows(ip)
         {
-            return None;
+            return out;
         }
-        let sc = policy.scoring();
-        if let Some(redis) = &self.redis {
-            match redis.observe(&subject, weight, event, &sc).await {
-                Ok(redis_store::Observed::Banned { duration, strikes }) => {
-                    let now = self.now();
-                    self.put(
-                        subject.clone(),
-                        Entry {
-                            until_ms: now.saturating_add(duration.as_millis() as u64),
-                            strikes,
-                            reason: Arc::from(event.as_str()),
-                            shared: true,
-                        },
-                        now,
-                    );
-                    return Some(NewBan {
-                        subject,
-                        duration,
-                        strikes,
-                        event,
-                        shared: true,
-                    });
-                }
-                Ok(redis_store::Observed::Counted | redis_store::Observed::AlreadyBanned) => {
-                    return None;
-                }
-                Err(e) => redis_store::warn_unavailable(&e),
-            }
-        }
-        self.observe_locally(subject, weight, event, &sc)
+        out.extend(self.observe_local(policy, &subject, event));
+        out.extend(self.observe_shared(policy, &subject, event).await);
+        out
     }
 
     fn observe_locally(
@@ -576,17 +667,18 @@ impl Ids {
         }
         let mut local = lock(&self.local);
         if local.scores.len() >= MAX_SCORED && !local.scores.contains_key(&subject) {
-            local.scores.retain(|_, w| !w.is_stale(now, sc.window_ms));
-            local.strikes.retain(|_, (_, forget)| *forget > now);
-            if local.scores.len() >= MAX_SCORED {
-                // full of live scores: this subject goes unscored until
-                // some expire (counted, so an operator sees it)
-                drop(local);
-                tracing::warn!(
-                    category = "ids_table_full",
-                    "intrusion detection table full: an event was not scored"
-                );
-                return None;
+            // stale scores dropped at most once a second; past that one
+            // score makes room (an arbitrary one: no scan per event)
+            if now.saturating_sub(local.purged_ms) >= 1_000 || local.purged_ms == 0 {
+                local.purged_ms = now.max(1);
+                local.scores.retain(|_, w| !w.is_stale(now, sc.window_ms));
+                local.strikes.retain(|_, (_, forget)| *forget > now);
+            }
+            if local.scores.len() >= MAX_SCORED
+                && let Some(k) = local.scores.keys().next().cloned()
+            {
+                local.scores.remove(&k);
+                table_full_warning();
             }
         }
         let w = local.scores.remove(&subject).unwrap_or_default();
@@ -599,12 +691,14 @@ impl Ids {
             Some((n, forget)) if *forget > now => n.saturating_add(1),
             _ => 1,
         };
-        local
-            .strikes
-            .insert(subject.clone(), (strikes, now.saturating_add(sc.memory_ms)));
+        if local.strikes.len() < MAX_SCORED || local.strikes.contains_key(&subject) {
+            local
+                .strikes
+                .insert(subject.clone(), (strikes, now.saturating_add(sc.memory_ms)));
+        }
         drop(local);
         let ms = window::ban_ms(sc.ban_ms, sc.max_ban_ms, strikes);
-        self.put(
+        let stored = self.put(
             subject.clone(),
             Entry {
                 until_ms: now.saturating_add(ms),
@@ -614,7 +708,7 @@ impl Ids {
             },
             now,
         );
-        Some(NewBan {
+        stored.then(|| NewBan {
             subject,
             duration: Duration::from_millis(ms),
             strikes,
@@ -623,13 +717,23 @@ impl Ids {
         })
     }
 
-    fn put(&self, s: Subject, e: Entry, now: u64) {
+    /// Store a ban; false (warned, at most once a minute) when the map is
+    /// full of bans in force.
+    fn put(&self, s: Subject, e: Entry, now: u64) -> bool {
         let mut bans = write(&self.bans);
-        bans.insert(s, e, now);
+        let ok = bans.insert(s, e, now);
         self.count.store(bans.map.len(), Ordering::Relaxed);
+        drop(bans);
+        if !ok {
+            table_full_warning();
+        }
+        ok
     }
 
     /// Ban `subject` for `duration` by hand (`reason` is logged and listed).
+    /// With a shared store that cannot be reached the ban is made here only
+    /// (`shared` false in the answer) rather than refused: an operator
+    /// acting during an outage must be able to.
     pub async fn ban(
         &self,
         policy: &Policy,
@@ -647,16 +751,17 @@ impl Ids {
         }
         let reason = format!("manual: {reason}");
         let shared = match &self.redis {
-            Some(r) => {
-                r.ban(&subject, duration, &reason)
-                    .await
-                    .map_err(|e| IdsError::Store(e.to_string()))?;
-                true
-            }
+            Some(r) => match r.ban(&subject, duration, &reason).await {
+                Ok(()) => true,
+                Err(e) => {
+                    redis_store::warn_unavailable(&e);
+                    false
+                }
+            },
             None => false,
         };
         let now = self.now();
-        self.put(
+        let stored = self.put(
             subject.clone(),
             Entry {
                 until_ms: now.saturating_add(duration.as_millis() as u64),
@@ -666,6 +771,9 @@ impl Ids {
             },
             now,
         );
+        if !stored {
+            return Err(IdsError::Full);
+        }
         Ok(Ban {
             subject,
             remaining: duration,
@@ -678,13 +786,9 @@ impl Ids {
     /// Lift a ban and forget the subject's score and strikes. True if it
     /// was banned here or in Redis.
     pub async fn unban(&self, subject: &Subject) -> Result<bool, IdsError> {
+        // here first: a store that cannot be reached does not keep a ban
+        // in force in this process (the error says the shared one stays)
         let mut was = false;
-        if let Some(r) = &self.redis {
-            was = r
-                .unban(subject)
-                .await
-                .map_err(|e| IdsError::Store(e.to_string()))?;
-        }
         {
             let now = self.now();
             let mut bans = write(&self.bans);
@@ -693,9 +797,17 @@ impl Ids {
             }
             self.count.store(bans.map.len(), Ordering::Relaxed);
         }
-        let mut local = lock(&self.local);
-        local.scores.remove(subject);
-        local.strikes.remove(subject);
+        {
+            let mut local = lock(&self.local);
+            local.scores.remove(subject);
+            local.strikes.remove(subject);
+        }
+        if let Some(r) = &self.redis {
+            was |= r
+                .unban(subject)
+                .await
+                .map_err(|e| IdsError::Store(e.to_string()))?;
+        }
         Ok(was)
     }
 
@@ -737,6 +849,7 @@ impl Ids {
         let now = self.now();
         let mut bans = write(&self.bans);
         bans.map.retain(|_, e| !e.shared && e.until_ms > now);
+        let mut refused = 0usize;
         for b in listed {
             let e = Entry {
                 until_ms: now.saturating_add(b.remaining.as_millis() as u64),
@@ -744,10 +857,27 @@ impl Ids {
                 reason: Arc::from(b.reason.as_str()),
                 shared: true,
             };
-            bans.insert(b.subject, e, now);
+            refused += usize::from(!bans.insert(b.subject, e, now));
         }
+        drop(bans);
+        if refused > 0 {
+            table_full_warning();
+        }
+        let bans = read(&self.bans);
         self.count.store(bans.map.len(), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// A full table, logged at most once a minute.
+fn table_full_warning() {
+    static LAST_MIN: AtomicU64 = AtomicU64::new(u64::MAX);
+    let minute = monotonic_ms() / 60_000;
+    if LAST_MIN.swap(minute, Ordering::Relaxed) != minute {
+        tracing::warn!(
+            category = "ids_table_full",
+            "intrusion detection table full: events or bans are not kept until entries end"
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 //! (a sorted set: subject → end of its ban in epoch ms) and
 //! `palisade:ids:info` (a hash: subject → `<strikes> <reason>`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -90,8 +91,9 @@ if ends and tonumber(ends) > now then return 1 end
 return 0
 "#;
 
-/// Drop ended bans (at most 1,000 a call), then list those in force:
-/// `{subject, remaining_ms, info, ...}`, at most `ARGV[1]`.
+/// Drop ended bans (at most 1,000 a call), then list those in force, the
+/// longest first (a cap keeps the longest: manual bans and repeat
+/// offenders): `{subject, remaining_ms, info, ...}`, at most `ARGV[1]`.
 const LIST_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -101,7 +103,7 @@ for _, m in ipairs(ended) do
   redis.call('ZREM', KEYS[1], m)
   redis.call('HDEL', KEYS[2], m)
 end
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+local live = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. string.format('%.0f', now), 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
 for i = 1, #live, 2 do
   out[#out + 1] = live[i]
@@ -122,7 +124,16 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("unexpected answer from Redis: {0}")]
     Protocol(&'static str),
+    #[error("Redis failed less than a second ago; not retried yet")]
+    CoolingDown,
+    #[error("too many calls to Redis in flight")]
+    Busy,
 }
+
+/// How long calls fail at once after a failure.
+const COOLDOWN_MS: u64 = 1_000;
+/// Calls to Redis in flight at most per process.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// What one event did in Redis.
 #[derive(Debug, PartialEq, Eq)]
@@ -143,6 +154,13 @@ pub(crate) struct Listed {
 /// The IDS state in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
+    /// After a failure, calls fail at once until this instant (ms on
+    /// [`crate::monotonic_ms`]): a Redis that hangs costs one timeout a
+    /// second, not one per event.
+    down_until: Arc<AtomicU64>,
+    /// Calls in flight at most ([`MAX_IN_FLIGHT`]); past it an event is
+    /// scored locally only.
+    in_flight: Arc<tokio::sync::Semaphore>,
     conn: ConnectionManager,
     observe: redis::Script,
     ban: redis::Script,
@@ -181,6 +199,8 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(StoreError::InvalidUrl)?;
         Ok(RedisStore {
+            down_until: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             conn,
             observe: redis::Script::new(OBSERVE_LUA),
             ban: redis::Script::new(BAN_LUA),
@@ -194,10 +214,21 @@ impl RedisStore {
         &self,
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
+        if crate::monotonic_ms() < self.down_until.load(Ordering::Relaxed) {
+            return Err(StoreError::CoolingDown);
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(StoreError::Busy);
+        };
+        let r = match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        if r.is_err() {
+            self.down_until
+                .store(crate::monotonic_ms() + COOLDOWN_MS, Ordering::Relaxed);
         }
+        r
     }
 
     /// A round trip: Redis answers `PING`.
@@ -293,8 +324,12 @@ impl RedisStore {
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        self.list_at_most(MAX_BANS).await
+    }
+
+    pub(crate) async fn list_at_most(&self, cap: usize) -> Result<Vec<Listed>, StoreError> {
         let mut inv = self.list.prepare_invoke();
-        inv.key(BANS).key(INFO).arg(MAX_BANS);
+        inv.key(BANS).key(INFO).arg(cap);
         let mut conn = self.conn.clone();
         let flat: Vec<String> = self
             .bounded(async move { inv.invoke_async(&mut conn).await })

@@ -19,6 +19,17 @@ fn manual(redis: Option<RedisStore>) -> (Ids, Arc<AtomicU64>) {
     )
 }
 
+/// The last ban an event made (the shared one when both stores banned).
+trait ObserveOne {
+    async fn observe_one(&self, p: &Policy, s: Subject, e: Event) -> Option<NewBan>;
+}
+
+impl ObserveOne for Ids {
+    async fn observe_one(&self, p: &Policy, s: Subject, e: Event) -> Option<NewBan> {
+        self.observe(p, s, e).await.pop()
+    }
+}
+
 fn policy() -> Policy {
     Policy {
         ban: Duration::from_secs(10),
@@ -115,7 +126,7 @@ async fn a_score_at_the_threshold_bans_and_the_ban_ends() {
     // nine failed logins (90 points) pass; the tenth bans
     for i in 0..9 {
         assert_eq!(
-            ids.observe(&p, Subject::addr(a), Event::AuthenticationFailure)
+            ids.observe_one(&p, Subject::addr(a), Event::AuthenticationFailure)
                 .await,
             None,
             "event {i}"
@@ -123,7 +134,7 @@ async fn a_score_at_the_threshold_bans_and_the_ban_ends() {
         assert_eq!(ids.check_addr(&p, a), Verdict::Clear);
     }
     let ban = ids
-        .observe(&p, Subject::addr(a), Event::AuthenticationFailure)
+        .observe_one(&p, Subject::addr(a), Event::AuthenticationFailure)
         .await
         .unwrap();
     assert_eq!(ban.duration, Duration::from_secs(10));
@@ -140,7 +151,8 @@ async fn a_score_at_the_threshold_bans_and_the_ban_ends() {
     assert_eq!(ids.check_addr(&p, ip("198.51.100.10")), Verdict::Clear);
     // events while banned change nothing
     assert_eq!(
-        ids.observe(&p, Subject::addr(a), Event::Inspection).await,
+        ids.observe_one(&p, Subject::addr(a), Event::Inspection)
+            .await,
         None
     );
     // detect mode: the same ban, not enforced
@@ -171,7 +183,7 @@ async fn repeat_offenders_are_banned_longer_up_to_the_cap() {
     let mut lengths = Vec::new();
     for _ in 0..4 {
         let ban = loop {
-            if let Some(b) = ids.observe(&p, s.clone(), Event::Inspection).await {
+            if let Some(b) = ids.observe_one(&p, s.clone(), Event::Inspection).await {
                 break b;
             }
         };
@@ -190,7 +202,7 @@ async fn repeat_offenders_are_banned_longer_up_to_the_cap() {
     // strikes are forgotten after strike_memory without a ban
     t.fetch_add(p.strike_memory.as_millis() as u64, Ordering::Relaxed);
     let ban = loop {
-        if let Some(b) = ids.observe(&p, s.clone(), Event::Inspection).await {
+        if let Some(b) = ids.observe_one(&p, s.clone(), Event::Inspection).await {
             break b;
         }
     };
@@ -208,7 +220,8 @@ async fn the_allow_list_always_wins_and_the_deny_list_refuses() {
     let ok = ip("10.1.2.3");
     for _ in 0..100 {
         assert_eq!(
-            ids.observe(&p, Subject::addr(ok), Event::Inspection).await,
+            ids.observe_one(&p, Subject::addr(ok), Event::Inspection)
+                .await,
             None
         );
     }
@@ -275,7 +288,7 @@ async fn zero_weights_never_count() {
     p.weights.set(Event::NotFound, 0);
     for _ in 0..1_000 {
         assert_eq!(
-            ids.observe(&p, Subject::addr(ip("192.0.2.1")), Event::NotFound)
+            ids.observe_one(&p, Subject::addr(ip("192.0.2.1")), Event::NotFound)
                 .await,
             None
         );
@@ -385,10 +398,10 @@ async fn two_gateways_on_one_redis_agree() {
     // wherever they land
     for i in 0..4 {
         let g = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(g.observe(&p, s.clone(), Event::Inspection).await, None);
+        assert_eq!(g.observe_one(&p, s.clone(), Event::Inspection).await, None);
     }
     let ban = b
-        .observe(&p, s.clone(), Event::Inspection)
+        .observe_one(&p, s.clone(), Event::Inspection)
         .await
         .expect("the fifth hit bans");
     assert_eq!((ban.strikes, ban.duration, ban.shared), (1, p.ban, true));
@@ -408,7 +421,7 @@ async fn two_gateways_on_one_redis_agree() {
     assert_eq!((mine.strikes, mine.reason.as_str()), (1, "inspection"));
     assert!(mine.shared);
     // more events while banned: no new ban, no strike
-    assert_eq!(a.observe(&p, s.clone(), Event::Inspection).await, None);
+    assert_eq!(a.observe_one(&p, s.clone(), Event::Inspection).await, None);
     // the ban ends on its own, for both
     tokio::time::sleep(remaining + Duration::from_millis(50)).await;
     a.sync().await.unwrap();
@@ -416,8 +429,12 @@ async fn two_gateways_on_one_redis_agree() {
     assert_eq!(a.check_principal(&p, label), Verdict::Clear);
     assert_eq!(b.check_principal(&p, label), Verdict::Clear);
     // the second offence is banned twice as long
+    // (a's own shadow score bans locally first: it had seen two of the
+    // first five events; the shared ban comes when Redis's score tips)
     let ban = loop {
-        if let Some(x) = a.observe(&p, s.clone(), Event::Inspection).await {
+        if let Some(x) = a.observe_one(&p, s.clone(), Event::Inspection).await
+            && x.shared
+        {
             break x;
         }
     };
@@ -427,7 +444,9 @@ async fn two_gateways_on_one_redis_agree() {
     a.sync().await.unwrap();
     assert_eq!(a.check_principal(&p, label), Verdict::Clear);
     let ban = loop {
-        if let Some(x) = b.observe(&p, s.clone(), Event::Inspection).await {
+        if let Some(x) = b.observe_one(&p, s.clone(), Event::Inspection).await
+            && x.shared
+        {
             break x;
         }
     };
@@ -459,7 +478,7 @@ async fn manual_bans_are_shared() {
 }
 
 /// Redis down: events are scored and banned in this process (counted as
-/// fallbacks); manual changes that must be shared fail with a clear error.
+/// fallbacks); an operator can still ban and lift, here only.
 #[tokio::test]
 async fn with_redis_down_scoring_goes_on_locally() {
     let down = RedisStore::open("redis://127.0.0.1:1", Duration::from_millis(300)).unwrap();
@@ -469,18 +488,165 @@ async fn with_redis_down_scoring_goes_on_locally() {
     let before = fallbacks();
     let mut ban = None;
     for _ in 0..5 {
-        ban = ids.observe(&p, Subject::addr(a), Event::Inspection).await;
+        ban = ids
+            .observe_one(&p, Subject::addr(a), Event::Inspection)
+            .await;
     }
     let ban = ban.expect("five hits ban locally");
     assert!(!ban.shared);
     assert!(fallbacks() >= before + 5);
     assert!(matches!(ids.check_addr(&p, a), Verdict::Banned { .. }));
+    // an operator can still ban (here only) and lift
+    let other = ip("192.0.2.201");
+    let b = ids
+        .ban(&p, Subject::addr(other), Duration::from_secs(5), "x")
+        .await
+        .unwrap();
+    assert!(!b.shared);
+    assert!(matches!(ids.check_addr(&p, other), Verdict::Banned { .. }));
     assert!(matches!(
-        ids.ban(&p, Subject::addr(a), Duration::from_secs(5), "x")
-            .await,
+        ids.unban(&Subject::addr(other)).await,
         Err(IdsError::Store(_))
     ));
+    assert_eq!(
+        ids.check_addr(&p, other),
+        Verdict::Clear,
+        "lifted here all the same"
+    );
     assert!(ids.sync().await.is_err());
     // the local ban survives a failed sync
     assert!(matches!(ids.check_addr(&p, a), Verdict::Banned { .. }));
+}
+
+/// A ban in force is never evicted to make room: flooding the table with
+/// new bans cannot lift an attacker's own. Past the cap new bans are
+/// refused until ended ones make room.
+#[tokio::test]
+async fn a_full_ban_table_never_lifts_a_ban_in_force() {
+    let (ids, t) = manual(None);
+    let p = policy();
+    let attacker = Subject::addr(ip("198.51.100.66"));
+    ids.ban(&p, attacker.clone(), Duration::from_secs(3600), "x")
+        .await
+        .unwrap();
+    for i in 0..MAX_BANS as u32 - 1 {
+        let s = Subject::principal(&format!("filler-{i}"));
+        ids.ban(&p, s, Duration::from_secs(1), "").await.unwrap();
+    }
+    let one_more = Subject::principal("one-more");
+    assert_eq!(
+        ids.ban(&p, one_more.clone(), Duration::from_secs(60), "")
+            .await
+            .unwrap_err(),
+        IdsError::Full
+    );
+    assert!(matches!(
+        ids.check_addr(&p, ip("198.51.100.66")),
+        Verdict::Banned { .. }
+    ));
+    // once the fillers end there is room again, and the attacker is still banned
+    t.fetch_add(2_000, Ordering::Relaxed);
+    ids.ban(&p, one_more, Duration::from_secs(60), "")
+        .await
+        .unwrap();
+    assert!(matches!(
+        ids.check_addr(&p, ip("198.51.100.66")),
+        Verdict::Banned { .. }
+    ));
+    assert_eq!(ids.list().len(), 2);
+}
+
+/// Any label round-trips through its subject's name, and the name holds no
+/// control character or escape sequence; long labels stay distinct.
+#[test]
+fn principal_labels_of_any_bytes_round_trip_and_print_safely() {
+    for label in [
+        "evil\nsub",
+        "mallory\u{1b}[2J\u{1b}[1;31mALL CLEAR\u{1b}[0m\nfake line",
+        "100% sure",
+        "jwt:https://id.example|ünïcödé",
+        "a\u{202e}b",
+    ] {
+        let s = Subject::principal(label);
+        let name = s.to_string();
+        assert!(name.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{name:?}");
+        assert_eq!(Subject::parse(&name), Some(s), "{label:?}");
+    }
+    assert_eq!(
+        Subject::principal("evil\nsub").to_string(),
+        "principal:evil%0Asub"
+    );
+    // only the canonical spelling parses
+    assert_eq!(Subject::parse("principal:a%41"), None);
+    assert_eq!(Subject::parse("principal:a b"), None);
+    let long_a = format!("{}a", "x".repeat(5000));
+    let long_b = format!("{}b", "x".repeat(5000));
+    let (a, b) = (Subject::principal(&long_a), Subject::principal(&long_b));
+    assert_ne!(a, b);
+    assert!(a.to_string().len() < 4 * MAX_LABEL_BYTES);
+    assert_eq!(Subject::parse(&a.to_string()), Some(a));
+}
+
+/// A capped sync keeps the longest bans (manual ones, repeat offenders at
+/// the cap), not the soonest to end.
+#[tokio::test]
+async fn a_capped_ban_list_keeps_the_longest_bans() {
+    let Some(r) = redis("a_capped_ban_list_keeps_the_longest_bans").await else {
+        return;
+    };
+    let ids = Ids::shared(r.clone());
+    let p = Policy::default();
+    let year = unique("year");
+    let almost = unique("almost");
+    let short = unique("short");
+    for (s, d) in [
+        (&year, MAX_DURATION),
+        (&almost, MAX_DURATION - Duration::from_secs(60)),
+        (&short, Duration::from_secs(10)),
+    ] {
+        ids.ban(&p, s.clone(), d, "cap").await.unwrap();
+    }
+    let listed: Vec<Subject> = r
+        .list_at_most(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.subject)
+        .collect();
+    assert_eq!(listed, [year.clone(), almost.clone()]);
+    for s in [&year, &almost, &short] {
+        ids.unban(s).await.unwrap();
+    }
+}
+
+/// A store that does not answer is waited for once, then not again for a
+/// second: events are scored locally at once meanwhile.
+#[tokio::test]
+async fn a_hung_store_is_not_waited_for_on_every_event() {
+    // accepts connections (the backlog) and never answers
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", hung.local_addr().unwrap());
+    let r = RedisStore::open(&url, Duration::from_millis(800)).unwrap();
+    let (ids, _) = manual(Some(r));
+    let p = policy();
+    let s = Subject::addr(ip("192.0.2.230"));
+    let started = std::time::Instant::now();
+    assert_eq!(ids.observe_shared(&p, &s, Event::NotFound).await, None);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let again = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(ids.observe_shared(&p, &s, Event::NotFound).await, None);
+    }
+    assert!(
+        again.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        again.elapsed()
+    );
+    // the local shadow score still bans
+    let mut banned = false;
+    for _ in 0..60 {
+        banned |= ids.observe_local(&p, &s, Event::NotFound).is_some();
+    }
+    assert!(banned);
+    drop(hung);
 }

@@ -115,6 +115,17 @@ fn subject(s: &str) -> Result<palisade_ids::Subject, Box<Response>> {
     })
 }
 
+/// Characters that can make text read differently from what it holds: C0
+/// and C1 controls, bidirectional and zero-width format characters, line
+/// and paragraph separators, the byte-order mark.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}')
+}
+
 async fn bans_list(State(shared): State<Arc<Shared>>) -> Response {
     let gw = shared.current();
     if gw.ids_policy.is_none() {
@@ -152,11 +163,11 @@ async fn bans_add(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if req.reason.chars().count() > 256 || req.reason.chars().any(char::is_control) {
+    if req.reason.chars().count() > 256 || req.reason.chars().any(invisible) {
         return admin_error(
             StatusCode::BAD_REQUEST,
             "invalid_reason",
-            "reason: at most 256 characters, no control characters",
+            "reason: at most 256 characters, no control, format or separator characters",
         );
     }
     let duration = std::time::Duration::from_secs(req.duration_s);
@@ -176,6 +187,11 @@ async fn bans_add(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             "store_unavailable",
             e.to_string(),
         ),
+        Err(e @ palisade_ids::IdsError::Full) => admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ban_table_full",
+            e.to_string(),
+        ),
     }
 }
 
@@ -191,14 +207,20 @@ async fn bans_remove(State(shared): State<Arc<Shared>>, Path(raw): Path<String>)
     };
     match gw.ids.unban(&s).await {
         Ok(removed) => {
-            crate::steps::ids::log_manual(&gw.log, "unban", &s, None, "manual");
+            if removed {
+                crate::steps::ids::log_manual(&gw.log, "unban", &s, None, "manual");
+            }
             axum::Json(json!({"subject": s.to_string(), "removed": removed})).into_response()
         }
-        Err(e) => admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
-        ),
+        // lifted here; the shared ban stays until the store answers again
+        Err(e) => {
+            crate::steps::ids::log_manual(&gw.log, "unban", &s, None, "manual, this gateway only");
+            admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("lifted on this gateway only; {e}"),
+            )
+        }
     }
 }
 

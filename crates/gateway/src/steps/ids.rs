@@ -15,6 +15,7 @@ use palisade_ids::{Event, NewBan, Subject, Verdict};
 use crate::error::{BanSubject, GatewayError};
 use crate::gateway::{Gateway, Shared};
 use crate::pipeline::RequestCtx;
+use crate::steps::principal::Method as AuthMethod;
 
 /// Step 0b, at accept: true if the connection from `peer` is to be closed
 /// at once (deny list, or a ban in block mode). Counted, never logged per
@@ -24,6 +25,11 @@ pub(crate) fn refuse_connection(shared: &Shared, peer: IpAddr) -> bool {
     let Some(policy) = &gw.ids_policy else {
         return false;
     };
+    // a trusted proxy carries other clients' requests: they are judged
+    // one by one by their forwarded address, never all at once here
+    if gw.trusted_proxies.iter().any(|c| c.contains(peer)) {
+        return false;
+    }
     let refuse = match gw.ids.check_addr(policy, peer) {
         Verdict::Denied => Some("deny_list"),
         Verdict::Banned { enforced: true, .. } => Some("banned"),
@@ -58,6 +64,12 @@ pub(crate) fn check_principal(
     let Some(policy) = &gw.ids_policy else {
         return Ok(());
     };
+    // every anonymous caller shares one label: never a subject; and a ban
+    // never locks out the allow list
+    let anonymous = matches!(&ctx.principal, Some((_, m)) if *m == AuthMethod::Anonymous);
+    if anonymous || policy.allows(ctx.client) {
+        return Ok(());
+    }
     verdict(
         gw.ids.check_principal(policy, label),
         BanSubject::Principal,
@@ -99,8 +111,14 @@ fn verdict(v: Verdict, subject: BanSubject, ctx: &mut RequestCtx) -> Result<(), 
 /// nothing (they would only lengthen it).
 pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> {
     let Some(e) = error else {
-        // the service's own 404s: scanning behind a catch-all route
-        return (status == 404).then_some(Event::NotFound);
+        // the service's own answers: its login refusing a password, its
+        // authorization refusing a caller, scanning behind a catch-all route
+        return match status {
+            401 => Some(Event::AuthenticationFailure),
+            403 => Some(Event::AccessDenied),
+            404 => Some(Event::NotFound),
+            _ => None,
+        };
     };
     Some(match e {
         GatewayError::Unauthenticated { .. } => Event::AuthenticationFailure,
@@ -109,7 +127,6 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
         GatewayError::BadRequest(_)
         | GatewayError::BadPath(_)
         | GatewayError::InvalidHost(_)
-        | GatewayError::InvalidBody
         | GatewayError::HeadersTooLarge
         | GatewayError::PayloadTooLarge
         | GatewayError::NotDescribed { .. }
@@ -118,7 +135,10 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
         } => Event::MalformedRequest,
         GatewayError::Blocked { .. } => Event::Inspection,
         GatewayError::NoRoute | GatewayError::MethodNotAllowed => Event::NotFound,
+        // a body that broke off is as often a client that went away as an
+        // attack; timeouts and upstream failures are not the client's doing
         GatewayError::Banned { .. }
+        | GatewayError::InvalidBody
         | GatewayError::RequestTimeout
         | GatewayError::BadGateway { .. }
         | GatewayError::GatewayTimeout
@@ -126,9 +146,15 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
     })
 }
 
-/// Report an answered request's event against its address and, once
-/// authenticated, its principal. Runs in its own task: the response does
-/// not wait for Redis. A new ban is written to the security log.
+/// Report an answered request's event against its address and, for an
+/// authenticated principal refused by authorization or a rate limit, the
+/// principal. The process's own score is kept at once (a ban lands before
+/// the client's next request); the shared store is told in a task of its
+/// own (the response does not wait for Redis). New bans go to the log.
+///
+/// Not scored: an allow-listed client (any subject of its requests), a
+/// trusted proxy's own address (its clients are judged by their forwarded
+/// address), the anonymous principal (every anonymous caller shares it).
 pub(crate) fn observe(gw: &Gateway, ctx: &RequestCtx, error: Option<&GatewayError>, status: u16) {
     let Some(policy) = gw.ids_policy.clone() else {
         return;
@@ -136,19 +162,33 @@ pub(crate) fn observe(gw: &Gateway, ctx: &RequestCtx, error: Option<&GatewayErro
     let Some(ev) = event(error, status) else {
         return;
     };
-    if policy.weights.get(ev) == 0 {
+    if policy.weights.get(ev) == 0 || policy.allows(ctx.client) {
         return;
     }
-    let mut subjects = vec![Subject::addr(ctx.client)];
-    if let Some((label, _)) = &ctx.principal {
+    let mut subjects = Vec::with_capacity(2);
+    if !gw.trusted_proxies.iter().any(|c| c.contains(ctx.client)) {
+        subjects.push(Subject::addr(ctx.client));
+    }
+    if let Some((label, method)) = &ctx.principal
+        && *method != AuthMethod::Anonymous
+        && matches!(ev, Event::AccessDenied | Event::RateLimited)
+    {
         subjects.push(Subject::principal(label));
+    }
+    for s in &subjects {
+        if let Some(ban) = gw.ids.observe_local(&policy, s, ev) {
+            log_ban(&gw.log, &ban, &ctx.request_id, policy.enforce);
+        }
+    }
+    if !gw.ids.is_shared() || !policy.enforce || subjects.is_empty() {
+        return;
     }
     let ids = gw.ids.clone();
     let log = gw.log.clone();
     let request_id = ctx.request_id.clone();
     tokio::spawn(async move {
         for s in subjects {
-            if let Some(ban) = ids.observe(&policy, s, ev).await {
+            if let Some(ban) = ids.observe_shared(&policy, &s, ev).await {
                 log_ban(&log, &ban, &request_id, policy.enforce);
             }
         }
