@@ -5,16 +5,24 @@
 #
 # Writes a gateway configuration into a fresh temporary directory: a
 # plaintext listener on 127.0.0.1:$PORT, one anonymous route for every path
-# with crs = "block" at paranoia level $PARANOIA and the built-in Node.js
-# checks (`inspection`, default "block"), in front of a Python upstream on
-# 127.0.0.1:$UPSTREAM_PORT; replays the corpus; stops both.
+# with crs = "block" at paranoia level $PARANOIA (or no CRS, CRS=off), the
+# built-in Node.js checks (`inspection`, default "block") and, with OPENAPI,
+# the API's OpenAPI document in block mode (the positive model: a request the
+# document does not describe is refused, 400 request_not_described), in front
+# of a Python upstream on 127.0.0.1:$UPSTREAM_PORT; replays the corpus; stops
+# both. The gateway's security log (security.log, the reason of every
+# refusal) is in the directory printed.
 #
 #   cargo build --release -p palisade-cli && bash bench/waf-corpus/palisade.sh
+#   OPENAPI=bench/waf-corpus/corpus-openapi.yaml CRS=off bash bench/waf-corpus/palisade.sh
 #
 # Environment: PALISADE (the binary; default target/release/palisade, else
-# target/debug/palisade), PORT (18090), UPSTREAM_PORT (18091), PARANOIA (1),
-# INSPECTION (block | detect | off), ALLOWED_METHODS (unset: the gateway's
-# default, GET HEAD POST OPTIONS PUT PATCH DELETE), CORPUS, OUT.
+# target/debug/palisade), PORT (18090), UPSTREAM_PORT (18091), CRS (block |
+# off; default block), PARANOIA (1), INSPECTION (block | detect | off),
+# OPENAPI (an OpenAPI 3.0 or 3.1 document, JSON or YAML, for the route;
+# unset: none; bench/waf-corpus/corpus-openapi.yaml describes the corpus's
+# API), ALLOWED_METHODS (unset: the gateway's default, GET HEAD POST OPTIONS
+# PUT PATCH DELETE), CORPUS, OUT.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,12 +37,22 @@ PORT=${PORT:-18090}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18091}
 PARANOIA=${PARANOIA:-1}
 INSPECTION=${INSPECTION:-block}
+CRS=${CRS:-block}
+OPENAPI=${OPENAPI:-}
 ALLOWED_METHODS=${ALLOWED_METHODS:-}
 
 die() { echo "palisade.sh: $*" >&2; exit 1; }
 [ -x "$PALISADE" ] || die "no palisade binary (cargo build --release -p palisade-cli, or set PALISADE)"
 [[ $PARANOIA =~ ^[1-4]$ ]] || die "PARANOIA: 1 to 4"
 [[ $INSPECTION =~ ^(block|detect|off)$ ]] || die "INSPECTION: block, detect or off"
+[[ $CRS =~ ^(block|off)$ ]] || die "CRS: block or off"
+if [ -n "$OPENAPI" ]; then
+    [ -f "$OPENAPI" ] || die "OPENAPI: no file at $OPENAPI"
+    # the configuration is written in another directory: an absolute path,
+    # with nothing a TOML basic string would need escaped
+    OPENAPI=$(cd "$(dirname "$OPENAPI")" && pwd)/$(basename "$OPENAPI")
+    [[ $OPENAPI != *[\"\\]* ]] || die "OPENAPI: a path without \" or \\, please"
+fi
 [[ $ALLOWED_METHODS =~ ^[A-Z\ ]*$ ]] || die "ALLOWED_METHODS: method names separated by spaces"
 [ -f "$CORPUS" ] || die "no corpus at $CORPUS (python3 bench/waf-corpus/make_corpus.py writes it)"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -48,6 +66,11 @@ methods=""
 if [ -n "$ALLOWED_METHODS" ]; then
     methods="allowed_methods = [$(printf '"%s", ' $ALLOWED_METHODS | sed 's/, $//')]"
 fi
+crs="crs = \"block\"
+crs_paranoia = $PARANOIA"
+[ "$CRS" = block ] || crs='crs = "off"'
+openapi=""
+[ -z "$OPENAPI" ] || openapi="openapi = \"$OPENAPI\""
 echo 'permit(principal, action, resource);' >"$work/policies.cedar"
 cat >"$work/gateway.toml" <<EOT
 [[listeners]]
@@ -76,8 +99,8 @@ path_prefix = "/"
 upstream = "app"
 anonymous = true
 inspection = "$INSPECTION"
-crs = "block"
-crs_paranoia = $PARANOIA
+$crs
+$openapi
 EOT
 
 # the application: 200 to everything
@@ -115,11 +138,22 @@ for _ in $(seq 1 300); do
 done
 port_busy "$PORT" || die "the gateway does not listen on $PORT"
 
-echo "palisade gateway ($("$PALISADE" --version 2>/dev/null || echo palisade)), CRS from $repo/crs" \
-     "(paranoia level $PARANOIA, block; built-in checks: $INSPECTION)"
+if [ "$CRS" = block ]; then
+    label="palisade gateway + CRS (PL$PARANOIA, block; inspection $INSPECTION)"
+    echo "palisade gateway ($("$PALISADE" --version 2>/dev/null || echo palisade)), CRS from $repo/crs" \
+         "(paranoia level $PARANOIA, block; built-in checks: $INSPECTION)"
+else
+    label="palisade gateway, no CRS (inspection $INSPECTION)"
+    echo "palisade gateway ($("$PALISADE" --version 2>/dev/null || echo palisade)), CRS off" \
+         "(built-in checks: $INSPECTION)"
+fi
+if [ -n "$OPENAPI" ]; then
+    label="$label + OpenAPI ($(basename "$OPENAPI"), block)"
+    echo "OpenAPI document (positive model, block): $OPENAPI"
+fi
 echo "allowed methods: ${ALLOWED_METHODS:-GET HEAD POST OPTIONS PUT PATCH DELETE, the gateway default}"
 echo "configuration and logs: $work"
 echo
 python3 "$here/replay.py" --base-url "http://127.0.0.1:$PORT" --corpus "$CORPUS" \
     --palisade-log "$work/security.log" --out "$OUT" \
-    --label "palisade gateway + CRS (PL$PARANOIA, block; inspection $INSPECTION)"
+    --label "$label"
