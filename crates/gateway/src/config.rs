@@ -31,6 +31,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub log_level: Option<String>,
+    /// `palisade` (default) or `ecs`: the security log's format.
+    pub log_format: Option<String>,
     /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -584,6 +586,7 @@ pub struct GatewayConfig {
     pub policy_file: PathBuf,
     pub routes: Vec<RouteConfig>,
     pub log_level: String,
+    pub log_format: crate::ops::log::LogFormat,
     pub trusted_proxies: Vec<crate::steps::client_ip::Cidr>,
     /// `[ids]`; `None`: no scores, no bans.
     pub ids: Option<IdsConfig>,
@@ -1519,6 +1522,17 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         ));
     }
 
+    let log_format = match raw.log_format.as_deref().unwrap_or("palisade") {
+        "palisade" => crate::ops::log::LogFormat::Palisade,
+        "ecs" => crate::ops::log::LogFormat::Ecs,
+        other => {
+            c.err(format!(
+                "log_format: {other:?} is not \"palisade\" or \"ecs\""
+            ));
+            crate::ops::log::LogFormat::Palisade
+        }
+    };
+
     let mut trusted_proxies = Vec::new();
     for (i, t) in raw.trusted_proxies.iter().enumerate() {
         match crate::steps::client_ip::Cidr::parse(t) {
@@ -1546,6 +1560,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         policy_file,
         routes,
         log_level,
+        log_format,
         trusted_proxies,
         ids,
     })

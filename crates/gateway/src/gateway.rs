@@ -29,6 +29,8 @@ pub struct Gateway {
     pub peer_quota: Option<Quota>,
     pub limits: Limits,
     pub log: Arc<Sink>,
+    /// The security log's format (`log_format`).
+    pub log_format: crate::ops::log::LogFormat,
     /// Proxies whose `X-Forwarded-For` names the client (see `client_ip.rs`).
     pub trusted_proxies: Vec<Cidr>,
     /// Every header any route sets from an identity: removed from every
@@ -227,6 +229,7 @@ pub async fn build(
         peer_quota,
         limits: cfg.limits.clone(),
         log,
+        log_format: cfg.log_format,
         trusted_proxies: cfg.trusted_proxies.clone(),
         identity_headers,
         client_slots: previous.map(|p| p.client_slots.clone()).unwrap_or_default(),

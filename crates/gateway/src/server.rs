@@ -265,16 +265,32 @@ pub async fn start(
                 .await
                 {
                     Ok(gw) => {
+                        let format = gw.log_format;
                         reload_shared.replace(Arc::new(gw));
+                        reload_log.write_event(&crate::ops::log::reload_event(
+                            format,
+                            &palisade_core::rfc3339(palisade_core::now_nanos()),
+                            None,
+                        ));
                         tracing::info!("configuration reloaded");
                         metrics::counter!("palisade_gateway_reloads_total", "result" => "ok").increment(1);
                     }
                     Err(e) => {
+                        reload_log.write_event(&crate::ops::log::reload_event(
+                            reload_shared.current().log_format,
+                            &palisade_core::rfc3339(palisade_core::now_nanos()),
+                            Some(&e.to_string()),
+                        ));
                         tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                         metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
                     }
                 },
                 Err(e) => {
+                    reload_log.write_event(&crate::ops::log::reload_event(
+                        reload_shared.current().log_format,
+                        &palisade_core::rfc3339(palisade_core::now_nanos()),
+                        Some(&e.to_string()),
+                    ));
                     tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                     metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
                 }

@@ -1632,3 +1632,153 @@ async fn ids_store_changes_are_refused_on_reload() {
         .unwrap();
     assert!(Arc::ptr_eq(&first.ids, &again.ids));
 }
+
+/// `log_format = "ecs"`: every kind of security event the gateway writes —
+/// requests allowed and refused (authentication, inspection, CRS, bans),
+/// bans made and lifted, reloads applied and refused — is a document the
+/// published schema (docs/siem/ecs-security-events.schema.json) accepts,
+/// with the request id as `http.request.id`; the schema refuses what it
+/// should (a field of no event, a missing correlation id); no credential
+/// reaches the log.
+#[tokio::test]
+async fn ecs_security_events_match_the_published_schema() {
+    let schema: Value = serde_json::from_str(include_str!(
+        "../../../docs/siem/ecs-security-events.schema.json"
+    ))
+    .unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let h = harness_from(format!(
+        "log_format = \"ecs\"\n{}\n[ids]\n[ids.weights]\nnot_found = 20\n",
+        config_text(30_000)
+    ))
+    .await;
+    let send = |ip: [u8; 4], path: &str, auth: Option<&str>| {
+        let mut b = Request::get(path).header("host", "API.Example.:8443");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let req = b.body(Full::new(Bytes::new())).unwrap();
+        let gw = h.gw.clone();
+        async move {
+            handle(gw, conn_from(ip), req, None)
+                .await
+                .expect("infallible")
+                .status()
+                .as_u16()
+        }
+    };
+    let forged = bearer("orders:read", &[]).replace('.', ".x");
+    assert_eq!(send([192, 0, 2, 50], "/public/x", None).await, 200);
+    assert_eq!(
+        send([192, 0, 2, 53], "/api/orders/1", Some(&forged)).await,
+        401
+    );
+    assert_eq!(
+        send([192, 0, 2, 54], "/public/x?user%5B%24ne%5D=1", None).await,
+        403
+    );
+    assert_eq!(
+        send(
+            [192, 0, 2, 51],
+            "/crs/x?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            None
+        )
+        .await,
+        403
+    );
+    for _ in 0..5 {
+        send([192, 0, 2, 52], "/nowhere", None).await;
+    }
+    assert_eq!(send([192, 0, 2, 52], "/public/x", None).await, 403);
+    let time = "2026-12-05T10:00:00.000000Z";
+    let extra = [
+        palisade_gateway::ops::log::BanEvent {
+            action: "unban",
+            subject: "ip:192.0.2.52",
+            duration_s: None,
+            strikes: None,
+            reason: "manual",
+            shared: None,
+            enforced: None,
+            request_id: None,
+        }
+        .to_value(palisade_gateway::ops::log::LogFormat::Ecs, time),
+        palisade_gateway::ops::log::reload_event(
+            palisade_gateway::ops::log::LogFormat::Ecs,
+            time,
+            None,
+        ),
+        palisade_gateway::ops::log::reload_event(
+            palisade_gateway::ops::log::LogFormat::Ecs,
+            time,
+            Some("routes[x].openapi: missing.yaml: No such file or directory"),
+        ),
+    ];
+    let lines: Vec<Value> = h
+        .log
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .chain(extra)
+        .collect();
+    let mut actions = std::collections::BTreeSet::new();
+    let mut rule_ids = std::collections::BTreeSet::new();
+    for doc in &lines {
+        let errors: Vec<String> = validator
+            .iter_errors(doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{doc}\n{errors:?}");
+        actions.insert(doc["event"]["action"].as_str().unwrap().to_string());
+        for id in doc["palisade"]["rule_ids"].as_array().into_iter().flatten() {
+            rule_ids.insert(id.as_str().unwrap().to_string());
+        }
+        assert!(!doc.to_string().contains(&forged[7..20]), "{doc}");
+    }
+    assert_eq!(
+        actions.into_iter().collect::<Vec<_>>(),
+        ["ban", "config_reload", "http_request", "unban"]
+    );
+    assert!(rule_ids.contains("10101"), "{rule_ids:?}");
+    assert!(
+        rule_ids.iter().any(|id| id.starts_with("941")),
+        "{rule_ids:?}"
+    );
+    let ban = lines
+        .iter()
+        .find(|d| d["event"]["action"] == "ban")
+        .unwrap();
+    assert_eq!(ban["source"]["ip"], "192.0.2.52");
+    assert_eq!(ban["event"]["kind"], "alert");
+    // the correlation id of the request that tipped it
+    let tipped = ban["http"]["request"]["id"].as_str().unwrap();
+    assert!(lines.iter().any(|d| d["event"]["action"] == "http_request"
+        && d["http"]["request"]["id"] == tipped));
+    // an unknown format is a configuration error
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
+    let env = config::Env {
+        var: &|k: &str| (k == "TEST_HS256_SECRET").then(|| SECRET.to_string()),
+        base: dir.path().to_path_buf(),
+    };
+    let errs = config::parse(&format!("log_format = \"cef\"\n{}", config_text(1)), &env)
+        .unwrap_err()
+        .0;
+    assert!(
+        errs.contains(&"log_format: \"cef\" is not \"palisade\" or \"ecs\"".to_string()),
+        "{errs:?}"
+    );
+    // the schema can fail: an unknown field, a missing correlation id
+    let mut odd = lines[0].clone();
+    odd["cookie"] = json!("session=abc");
+    assert!(!validator.is_valid(&odd));
+    let mut no_id = lines[0].clone();
+    no_id["http"]["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id");
+    assert!(!validator.is_valid(&no_id));
+}

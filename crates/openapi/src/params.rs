@@ -33,6 +33,8 @@ pub(crate) struct Param {
     style: Style,
     explode: bool,
     schema: Option<Compiled>,
+    /// Described by `content: application/json`: the value is JSON text.
+    json: bool,
 }
 
 /// The operation's parameters: its own, and the path item's that it does
@@ -114,11 +116,22 @@ fn param(ctx: &Ctx<'_>, p: &Value, at: &str) -> Result<Param, LoadError> {
         .unwrap_or(style == Style::Form);
     let required =
         location == In::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
-    // a parameter described by `content` (a JSON-encoded value) is taken
-    // as a string: its schema describes the decoded value
-    let schema = match p.get("schema") {
-        Some(s) => Some(ctx.compile(s, &format!("{at}.schema"))?),
-        None => None,
+    // a parameter described by `content`: a JSON value (`application/json`)
+    // is parsed and checked against its schema; another media type is taken
+    // as it comes
+    let (schema, json) = match (p.get("schema"), p.get("content").and_then(Value::as_object)) {
+        (Some(s), _) => (Some(ctx.compile(s, &format!("{at}.schema"))?), false),
+        (None, Some(content)) => match content.get("application/json") {
+            Some(m) => match m.get("schema") {
+                Some(s) => (
+                    Some(ctx.compile(s, &format!("{at}.content.application/json.schema"))?),
+                    true,
+                ),
+                None => (None, true),
+            },
+            None => (None, false),
+        },
+        (None, None) => (None, false),
     };
     Ok(Param {
         name,
@@ -127,6 +140,7 @@ fn param(ctx: &Ctx<'_>, p: &Value, at: &str) -> Result<Param, LoadError> {
         style,
         explode,
         schema,
+        json,
     })
 }
 
@@ -289,6 +303,10 @@ pub(crate) fn check(
             let is_array = matches!(shape(p), Shape::Array(_));
             match found.as_slice() {
                 [] => None,
+                [i] if p.json => match serde_json::from_str::<Value>(&query[*i].1) {
+                    Ok(v) => Some(v),
+                    Err(_) => return Err(Violation::new(at, "malformed_json")),
+                },
                 [i] => {
                     let raw = &query[*i].1;
                     Some(match (p.style, p.explode, is_array) {

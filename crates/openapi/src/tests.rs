@@ -473,3 +473,38 @@ fn a_recursive_schema_loads_and_validates() {
         "additionalProperties",
     );
 }
+
+/// A query parameter described by `content: application/json` is parsed
+/// and checked against its schema (a JSON filter cannot carry `$where`).
+#[test]
+fn json_encoded_query_parameters_are_checked() {
+    let doc = r#"{"openapi":"3.1.0","paths":{"/customers":{"get":{"parameters":[{"name":"filter","in":"query",
+      "content":{"application/json":{"schema":{"type":"object","additionalProperties":false,
+      "properties":{"limit":{"type":"integer","maximum":100},"name":{"type":"string"}}}}}}]}}}}"#;
+    let s = Spec::parse(doc).unwrap();
+    assert_eq!(
+        s.validate(&get("/customers", Some("filter=%7B%22limit%22%3A10%7D"))),
+        Ok(())
+    );
+    refused(
+        &s,
+        get(
+            "/customers",
+            Some("filter=%7B%22%24where%22%3A%22sleep(5000)%22%7D"),
+        ),
+        "/query/filter",
+        "additionalProperties",
+    );
+    refused(
+        &s,
+        get("/customers", Some("filter=%7B%22limit%22%3A%22all%22%7D")),
+        "/query/filter/limit",
+        "type",
+    );
+    refused(
+        &s,
+        get("/customers", Some("filter=%7Bnot%20json")),
+        "/query/filter",
+        "malformed_json",
+    );
+}

@@ -173,7 +173,7 @@ async fn bans_add(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let duration = std::time::Duration::from_secs(req.duration_s);
     match gw.ids.ban(policy, s.clone(), duration, &req.reason).await {
         Ok(b) => {
-            crate::steps::ids::log_manual(&gw.log, "ban", &s, Some(duration), &b.reason);
+            crate::steps::ids::log_manual(&gw, "ban", &s, Some(duration), &b.reason);
             (StatusCode::CREATED, axum::Json(ban_json(&b))).into_response()
         }
         Err(e @ palisade_ids::IdsError::AllowListed(_)) => {
@@ -208,13 +208,13 @@ async fn bans_remove(State(shared): State<Arc<Shared>>, Path(raw): Path<String>)
     match gw.ids.unban(&s).await {
         Ok(removed) => {
             if removed {
-                crate::steps::ids::log_manual(&gw.log, "unban", &s, None, "manual");
+                crate::steps::ids::log_manual(&gw, "unban", &s, None, "manual");
             }
             axum::Json(json!({"subject": s.to_string(), "removed": removed})).into_response()
         }
         // lifted here; the shared ban stays until the store answers again
         Err(e) => {
-            crate::steps::ids::log_manual(&gw.log, "unban", &s, None, "manual, this gateway only");
+            crate::steps::ids::log_manual(&gw, "unban", &s, None, "manual, this gateway only");
             admin_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

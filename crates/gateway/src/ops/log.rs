@@ -126,6 +126,223 @@ impl SecurityRecord<'_> {
     }
 }
 
+/// How security events are written: Palisade's own record (the default)
+/// or Elastic Common Schema documents (`log_format = "ecs"`; the schema is
+/// docs/siem/ecs-security-events.schema.json).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Palisade,
+    Ecs,
+}
+
+/// The ECS version the documents follow.
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// Rule ids named in a reason or findings text (`crs:942100 ...`,
+/// `inspection:10101 ...`).
+fn rule_ids(texts: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for t in texts {
+        for part in t.split([';', ' ']) {
+            let id = part
+                .strip_prefix("crs:")
+                .or_else(|| part.strip_prefix("inspection:"))
+                .unwrap_or("");
+            if (5..=6).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !ids.iter().any(|x| x == id)
+            {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
+}
+
+impl SecurityRecord<'_> {
+    /// The record as an ECS document: `event.*` says what happened and how
+    /// it ended, `http.request.id` is the correlation id the upstream also
+    /// receives (`X-Request-Id`), `source.ip` the client, `user.name` the
+    /// principal; what ECS has no field for is under `palisade.*`. String
+    /// fields are capped as in [`SecurityRecord::to_json`].
+    pub fn to_ecs(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let allowed = self.decision == "allow";
+        let mut category = vec!["web"];
+        match self.category {
+            Some("authentication_failure") => category.push("authentication"),
+            Some("inspection" | "banned") => category.push("intrusion_detection"),
+            _ => {}
+        }
+        let mut event = json!({
+            "kind": "event",
+            "category": category,
+            "type": ["access", if allowed { "allowed" } else { "denied" }],
+            "action": "http_request",
+            "outcome": if allowed { "success" } else { "failure" },
+            "dataset": "palisade.gateway",
+            "module": "palisade",
+            "duration": self.latency_us.saturating_mul(1000),
+        });
+        if !self.reason.is_empty() {
+            event["reason"] = json!(capped(&self.reason));
+        }
+        let mut doc = json!({
+            "@timestamp": self.time,
+            "ecs": {"version": ECS_VERSION},
+            "event": event,
+            "http": {
+                "request": {"id": self.request_id, "method": self.method, "bytes": self.bytes_in},
+                "response": {"status_code": self.status, "bytes": self.bytes_out},
+            },
+            "url": {"path": capped(&self.path)},
+            "source": {"ip": self.client_ip},
+            "observer": {
+                "type": "proxy",
+                "vendor": "Palisade",
+                "product": "palisade-gateway",
+                "ingress": {"interface": {"name": self.listener}},
+            },
+        });
+        if !self.host.is_empty() {
+            doc["url"]["domain"] = json!(capped(&self.host));
+        }
+        if !self.principal.is_empty() {
+            doc["user"] = json!({"name": capped(&self.principal)});
+        }
+        let mut p = Map::new();
+        for (k, v) in [
+            ("route", &self.route),
+            ("auth_method", &self.auth_method),
+            ("upstream", &self.upstream),
+            ("inspection", &self.inspection),
+        ] {
+            if !v.is_empty() {
+                p.insert(k.into(), json!(capped(v)));
+            }
+        }
+        if let Some(c) = self.category {
+            p.insert("category".into(), json!(c));
+        }
+        let ids = rule_ids(&[&self.reason, &self.inspection]);
+        if !ids.is_empty() {
+            p.insert("rule_ids".into(), json!(ids));
+        }
+        doc["palisade"] = Value::Object(p);
+        doc
+    }
+}
+
+/// A ban made, or lifted, as a security event in `format`.
+#[derive(Debug)]
+pub struct BanEvent<'a> {
+    /// `ban` or `unban`.
+    pub action: &'static str,
+    pub subject: &'a str,
+    pub duration_s: Option<u64>,
+    pub strikes: Option<u32>,
+    pub reason: &'a str,
+    pub shared: Option<bool>,
+    pub enforced: Option<bool>,
+    /// The request whose event tipped the score.
+    pub request_id: Option<&'a str>,
+}
+
+impl BanEvent<'_> {
+    pub fn to_value(&self, format: LogFormat, time: &str) -> serde_json::Value {
+        use serde_json::json;
+        let mut ban = json!({"subject": self.subject, "reason": capped(self.reason)});
+        for (k, v) in [
+            ("duration_s", self.duration_s.map(|d| json!(d))),
+            ("strikes", self.strikes.map(|d| json!(d))),
+            ("shared", self.shared.map(|d| json!(d))),
+            ("enforced", self.enforced.map(|d| json!(d))),
+            ("request_id", self.request_id.map(|d| json!(d))),
+        ] {
+            if let Some(v) = v {
+                ban[k] = v;
+            }
+        }
+        match format {
+            LogFormat::Palisade => {
+                ban["time"] = json!(time);
+                ban["event"] = json!(self.action);
+                ban["category"] = json!("ban");
+                ban
+            }
+            LogFormat::Ecs => {
+                let mut doc = json!({
+                    "@timestamp": time,
+                    "ecs": {"version": ECS_VERSION},
+                    "event": {
+                        "kind": "alert",
+                        "category": ["intrusion_detection"],
+                        "type": [if self.action == "ban" { "denied" } else { "change" }],
+                        "action": self.action,
+                        "outcome": "success",
+                        "reason": capped(self.reason),
+                        "dataset": "palisade.gateway",
+                        "module": "palisade",
+                    },
+                    "observer": {"type": "proxy", "vendor": "Palisade", "product": "palisade-gateway"},
+                    "palisade": {"ban": ban},
+                });
+                if let Some(ip) = self.subject.strip_prefix("ip:") {
+                    // an IPv6 subject is its /64: the network address
+                    doc["source"] = json!({"ip": ip.split('/').next().unwrap_or(ip)});
+                } else if let Some(p) = self.subject.strip_prefix("principal:") {
+                    doc["user"] = json!({"name": p});
+                }
+                if let Some(id) = self.request_id {
+                    doc["http"] = json!({"request": {"id": id}});
+                }
+                doc
+            }
+        }
+    }
+}
+
+/// A configuration reload, applied or refused (`error`), as a security
+/// event in `format`.
+pub fn reload_event(format: LogFormat, time: &str, error: Option<&str>) -> serde_json::Value {
+    use serde_json::json;
+    match format {
+        LogFormat::Palisade => {
+            let mut v = json!({
+                "time": time,
+                "event": "config_reload",
+                "category": "configuration",
+                "result": if error.is_some() { "refused" } else { "ok" },
+            });
+            if let Some(e) = error {
+                v["error"] = json!(capped(e));
+            }
+            v
+        }
+        LogFormat::Ecs => {
+            let mut v = json!({
+                "@timestamp": time,
+                "ecs": {"version": ECS_VERSION},
+                "event": {
+                    "kind": "event",
+                    "category": ["configuration"],
+                    "type": ["change"],
+                    "action": "config_reload",
+                    "outcome": if error.is_some() { "failure" } else { "success" },
+                    "dataset": "palisade.gateway",
+                    "module": "palisade",
+                },
+                "observer": {"type": "proxy", "vendor": "Palisade", "product": "palisade-gateway"},
+            });
+            if let Some(e) = error {
+                v["event"]["reason"] = json!(capped(e));
+            }
+            v
+        }
+    }
+}
+
 /// `"name":` (names are plain ASCII).
 fn field(o: &mut Vec<u8>, name: &str) {
     o.push(b'"');
@@ -327,6 +544,14 @@ impl Sink {
 
     pub fn write(&self, rec: &SecurityRecord<'_>) {
         self.write_line(rec.to_json());
+    }
+
+    /// A request's record in `format`.
+    pub fn write_record(&self, rec: &SecurityRecord<'_>, format: LogFormat) {
+        match format {
+            LogFormat::Palisade => self.write(rec),
+            LogFormat::Ecs => self.write_event(&rec.to_ecs()),
+        }
     }
 
     /// A security event that is not a request's record (a ban, a lifted

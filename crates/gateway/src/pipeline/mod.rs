@@ -539,6 +539,7 @@ fn request_id() -> String {
 /// request the service may have acted on never goes unlogged.
 struct Unanswered<'g> {
     log: &'g crate::ops::log::Sink,
+    format: crate::ops::log::LogFormat,
     ctx: RequestCtx,
     answered: bool,
 }
@@ -551,7 +552,7 @@ impl Drop for Unanswered<'_> {
         let rec = self.ctx.record_client_closed();
         let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::BAD_REQUEST);
         request_metrics(&rec.route, rec.decision, status, self.ctx.started.elapsed());
-        self.log.write(&rec);
+        self.log.write_record(&rec, self.format);
     }
 }
 
@@ -570,6 +571,7 @@ pub async fn handle<B: RequestBody>(
         crate::steps::client_ip::client_ip(conn.peer.ip(), req.headers(), &gw.trusted_proxies);
     let mut pending = Unanswered {
         log: &gw.log,
+        format: gw.log_format,
         ctx: RequestCtx::new(
             conn,
             client,
@@ -624,7 +626,7 @@ pub async fn handle<B: RequestBody>(
     }
     // answered before writing: a panic in the write must not log twice
     pending.answered = true;
-    gw.log.write(&rec);
+    gw.log.write_record(&rec, gw.log_format);
     drop(rec);
     // intrusion detection counts it once it is answered, off this path
     crate::steps::ids::observe(&gw, &pending.ctx, error.as_ref(), status.as_u16());

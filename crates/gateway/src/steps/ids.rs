@@ -14,6 +14,7 @@ use palisade_ids::{Event, NewBan, Subject, Verdict};
 
 use crate::error::{BanSubject, GatewayError};
 use crate::gateway::{Gateway, Shared};
+use crate::ops::log::{BanEvent, LogFormat};
 use crate::pipeline::RequestCtx;
 use crate::steps::principal::Method as AuthMethod;
 
@@ -177,7 +178,12 @@ pub(crate) fn observe(gw: &Gateway, ctx: &RequestCtx, error: Option<&GatewayErro
     }
     for s in &subjects {
         if let Some(ban) = gw.ids.observe_local(&policy, s, ev) {
-            log_ban(&gw.log, &ban, &ctx.request_id, policy.enforce);
+            log_ban(
+                (&gw.log, gw.log_format),
+                &ban,
+                &ctx.request_id,
+                policy.enforce,
+            );
         }
     }
     if !gw.ids.is_shared() || !policy.enforce || subjects.is_empty() {
@@ -185,50 +191,64 @@ pub(crate) fn observe(gw: &Gateway, ctx: &RequestCtx, error: Option<&GatewayErro
     }
     let ids = gw.ids.clone();
     let log = gw.log.clone();
+    let format = gw.log_format;
     let request_id = ctx.request_id.clone();
     tokio::spawn(async move {
         for s in subjects {
             if let Some(ban) = ids.observe_shared(&policy, &s, ev).await {
-                log_ban(&log, &ban, &request_id, policy.enforce);
+                log_ban((&log, format), &ban, &request_id, policy.enforce);
             }
         }
     });
 }
 
 /// The security-log line of a new ban.
-fn log_ban(log: &crate::ops::log::Sink, ban: &NewBan, request_id: &str, enforced: bool) {
+fn log_ban(
+    gw_log: (&crate::ops::log::Sink, LogFormat),
+    ban: &NewBan,
+    request_id: &str,
+    enforced: bool,
+) {
     metrics::counter!("palisade_gateway_ids_bans_total", "event" => ban.event.as_str())
         .increment(1);
-    log.write_event(&serde_json::json!({
-        "time": palisade_core::rfc3339(palisade_core::now_nanos()),
-        "event": "ban",
-        "category": "ban",
-        "subject": ban.subject.to_string(),
-        "duration_s": ban.duration.as_secs(),
-        "strikes": ban.strikes,
-        "reason": ban.event.as_str(),
-        "shared": ban.shared,
-        "enforced": enforced,
-        "request_id": request_id,
-    }));
+    let subject = ban.subject.to_string();
+    let ev = BanEvent {
+        action: "ban",
+        subject: &subject,
+        duration_s: Some(ban.duration.as_secs()),
+        strikes: Some(ban.strikes),
+        reason: ban.event.as_str(),
+        shared: Some(ban.shared),
+        enforced: Some(enforced),
+        request_id: Some(request_id),
+    };
+    let (log, format) = gw_log;
+    log.write_event(&ev.to_value(format, &palisade_core::rfc3339(palisade_core::now_nanos())));
 }
 
 /// The security-log line of a ban made or lifted by an operator.
 pub(crate) fn log_manual(
-    log: &crate::ops::log::Sink,
-    event: &str,
+    gw: &Gateway,
+    action: &'static str,
     subject: &Subject,
     duration: Option<Duration>,
     reason: &str,
 ) {
-    log.write_event(&serde_json::json!({
-        "time": palisade_core::rfc3339(palisade_core::now_nanos()),
-        "event": event,
-        "category": "ban",
-        "subject": subject.to_string(),
-        "duration_s": duration.map(|d| d.as_secs()),
-        "reason": reason,
-    }));
+    let subject = subject.to_string();
+    let ev = BanEvent {
+        action,
+        subject: &subject,
+        duration_s: duration.map(|d| d.as_secs()),
+        strikes: None,
+        reason,
+        shared: None,
+        enforced: None,
+        request_id: None,
+    };
+    gw.log.write_event(&ev.to_value(
+        gw.log_format,
+        &palisade_core::rfc3339(palisade_core::now_nanos()),
+    ));
 }
 
 /// Copy the shared ban list every `sync_interval` (and drop ended bans),
