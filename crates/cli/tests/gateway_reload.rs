@@ -197,7 +197,24 @@ async fn gateway_reload() {
     // with the security log: one count per logged request, by route,
     // decision and status
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
-    for rec in gw.security_log() {
+    let log = gw.security_log();
+    // reloads are security events of their own
+    let reloads: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|l| l["event"] == "config_reload")
+        .collect();
+    assert!(
+        reloads
+            .iter()
+            .any(|l| l["result"] == "ok" && l["category"] == "configuration"),
+        "{reloads:?}"
+    );
+    assert!(
+        reloads.iter().any(|l| l["result"] == "refused"
+            && l["error"].as_str().is_some_and(|e| e.contains("unknown field `unknown_key`"))),
+        "{reloads:?}"
+    );
+    for rec in log.iter().filter(|l| l.get("request_id").is_some()) {
         let line = format!(
             "palisade_gateway_requests_total{{route=\"{}\",decision=\"{}\",status=\"{}\"}}",
             rec["route"].as_str().unwrap(),
