@@ -211,7 +211,9 @@ async fn gateway_reload() {
     );
     assert!(
         reloads.iter().any(|l| l["result"] == "refused"
-            && l["error"].as_str().is_some_and(|e| e.contains("unknown field `unknown_key`"))),
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unknown field `unknown_key`"))),
         "{reloads:?}"
     );
     for rec in log.iter().filter(|l| l.get("request_id").is_some()) {

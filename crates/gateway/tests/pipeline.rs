@@ -1395,6 +1395,32 @@ async fn openapi_routes_pass_what_the_document_describes_and_refuse_the_rest() {
         .await;
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(h.svc.count(), 2, "nothing refused reached the service");
+    // a header value past ASCII is read (as latin1, as Node does), never
+    // skipped: a second copy cannot hide behind a valid one
+    for tainted in [
+        &b"admin\xa0"[..],
+        &b"6f1c2a3e-9a7b-4c1d-8e2f-0a1b2c3d4e5\xff"[..],
+    ] {
+        let mut req = post("/shop/api/v1/products", body, true);
+        req.headers_mut().append(
+            "x-tenant",
+            hyper::header::HeaderValue::from_bytes(tainted).unwrap(),
+        );
+        let a = h.send(req).await;
+        a.assert_error(400, "request_not_described");
+        assert_eq!(
+            a.record["reason"],
+            "openapi: /header/x-tenant: repeated_parameter"
+        );
+    }
+    let mut req = post("/shop/api/v1/products", body, false);
+    req.headers_mut().insert(
+        "x-tenant",
+        hyper::header::HeaderValue::from_bytes(b"6f1c2a3e-9a7b-4c1d-8e2f-0a1b2c3d4e5\xff").unwrap(),
+    );
+    let a = h.send(req).await;
+    assert_eq!(a.record["reason"], "openapi: /header/x-tenant: format");
+    assert_eq!(h.svc.count(), 2, "nothing refused reached the service");
     // report_only: logged, forwarded unchanged
     let a = h.get("/report/api/v1/products?limit=abc", &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);

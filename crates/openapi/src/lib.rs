@@ -127,8 +127,9 @@ enum Piece {
 struct PathItem {
     template: String,
     segments: Vec<Vec<Piece>>,
-    /// Literal segments first: `/users/me` before `/users/{id}`.
-    literal_count: usize,
+    /// Literal segments, then literal characters: `/users/me` before
+    /// `/users/{id}`.
+    literal_count: (usize, usize),
     ops: BTreeMap<String, Operation>,
 }
 
@@ -156,7 +157,14 @@ impl Spec {
         let doc: Value = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?
         } else {
-            serde_norway::from_str(text).map_err(|e| err(format!("not YAML: {e}")))?
+            // YAML merge keys (`<<: *base`) applied as YAML tools apply them:
+            // left in, `<<` would be an unknown keyword and its schema lost
+            let mut yaml: serde_norway::Value =
+                serde_norway::from_str(text).map_err(|e| err(format!("not YAML: {e}")))?;
+            yaml.apply_merge()
+                .map_err(|e| err(format!("YAML merge keys: {e}")))?;
+            serde_json::to_value(yaml)
+                .map_err(|e| err(format!("not a JSON-compatible document: {e}")))?
         };
         Spec::from_value(doc)
     }
@@ -175,11 +183,10 @@ impl Spec {
             schema::rewrite_31(&mut doc);
         }
         let components = doc.get("components").cloned().unwrap_or(Value::Null);
-        let ctx = schema::Ctx {
-            doc: &doc,
-            components: &components,
-            version,
-        };
+        let ctx = schema::Ctx::new(&doc, &components);
+        // every reference leads somewhere within a few hops: a pure cycle
+        // (A → B → A) would accept anything
+        check_ref_chains(&ctx, &doc, "")?;
         let bases = bases(&doc)?;
         let mut paths = Vec::new();
         let Some(map) = doc.get("paths").and_then(Value::as_object) else {
@@ -216,10 +223,22 @@ impl Spec {
                 };
                 ops.insert(m.to_ascii_uppercase(), Operation { params, body });
             }
-            let literal_count = segments
-                .iter()
-                .filter(|s| matches!(s.as_slice(), [Piece::Lit(_)]))
-                .count();
+            // the most literal template first: whole literal segments, then
+            // literal characters (`/files/{name}.json` before `/files/{id}`)
+            let literal_count = (
+                segments
+                    .iter()
+                    .filter(|s| matches!(s.as_slice(), [Piece::Lit(_)]))
+                    .count(),
+                segments
+                    .iter()
+                    .flatten()
+                    .map(|p| match p {
+                        Piece::Lit(l) => l.len(),
+                        Piece::Param(_) => 0,
+                    })
+                    .sum::<usize>(),
+            );
             paths.push(PathItem {
                 template: template.clone(),
                 segments,
@@ -233,6 +252,7 @@ impl Spec {
                 .cmp(&a.literal_count)
                 .then(a.template.cmp(&b.template))
         });
+        ctx.finish()?;
         Ok(Spec {
             version,
             bases,
@@ -242,14 +262,24 @@ impl Spec {
 
     /// Check a request; the first violation found.
     pub fn validate(&self, req: &Request<'_>) -> Result<(), Violation> {
-        let Some(rel) = self.bases.iter().find_map(|b| strip_base(req.path, b)) else {
-            return Err(Violation::new("/path", "no_matching_path"));
-        };
+        // the longest base first; the most literal template first. Literal
+        // parts are compared ignoring ASCII case, then must match exactly:
+        // Express routes case-insensitively, so `/items/EXPORT` would reach
+        // the handler of `/items/export` while a case-sensitive match took
+        // it for `/items/{id}`
         let mut matched = None;
-        for item in &self.paths {
-            if let Some(captures) = match_template(&item.segments, rel) {
-                matched = Some((item, captures));
-                break;
+        'bases: for base in &self.bases {
+            let Some(rel) = strip_base(req.path, base) else {
+                continue;
+            };
+            for item in &self.paths {
+                if let Some(captures) = match_template(&item.segments, rel, true) {
+                    if match_template(&item.segments, rel, false).is_none() {
+                        return Err(Violation::new("/path", "path_case_mismatch"));
+                    }
+                    matched = Some((item, captures));
+                    break 'bases;
+                }
             }
         }
         let Some((item, captures)) = matched else {
@@ -293,8 +323,12 @@ impl Spec {
             return Ok(());
         };
         let value = if is_json(&media) {
-            serde_json::from_slice::<Value>(req.body)
-                .map_err(|_| Violation::new("/body", "malformed_json"))?
+            let v = serde_json::from_slice::<Value>(req.body)
+                .map_err(|_| Violation::new("/body", "malformed_json"))?;
+            // JavaScript reads integers past 2^53 as other numbers than the
+            // ones checked here
+            unsafe_integer(&v, "/body")?;
+            v
         } else if media == "application/x-www-form-urlencoded" {
             let text = std::str::from_utf8(req.body)
                 .map_err(|_| Violation::new("/body", "malformed_encoding"))?;
@@ -389,7 +423,62 @@ fn bases(doc: &Value) -> Result<Vec<String>, LoadError> {
     }
     out.sort();
     out.dedup();
+    // the longest base first: `/v1` before `/`
+    out.sort_by_key(|b| std::cmp::Reverse(b.len()));
     Ok(out)
+}
+
+/// An integer JavaScript cannot hold exactly (beyond ±(2^53 − 1)).
+pub(crate) fn unsafe_integer(v: &Value, at: &str) -> Result<(), Violation> {
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    match v {
+        Value::Number(n) => {
+            let big = n.as_u64().is_some_and(|u| u > MAX_SAFE)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_SAFE);
+            if big {
+                return Err(Violation::new(at, "unsafe_integer"));
+            }
+            Ok(())
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                unsafe_integer(x, &format!("{at}/{i}"))?;
+            }
+            Ok(())
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                unsafe_integer(
+                    x,
+                    &format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                )?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every object with a `$ref` leads to something within a few hops.
+fn check_ref_chains(ctx: &schema::Ctx<'_>, v: &Value, at: &str) -> Result<(), LoadError> {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("$ref") {
+                ctx.deref(v, at)?;
+            }
+            for (k, c) in m {
+                check_ref_chains(ctx, c, &format!("{at}/{k}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                check_ref_chains(ctx, c, &format!("{at}/{i}"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn strip_base<'p>(path: &'p str, base: &str) -> Option<&'p str> {
@@ -451,7 +540,20 @@ fn parse_template(t: &str) -> Result<Vec<Vec<Piece>>, String> {
 
 /// Match a path against a template: the captured parameters, or `None`.
 /// A parameter takes one non-empty piece of one segment (never a `/`).
-fn match_template(segs: &[Vec<Piece>], path: &str) -> Option<Vec<(String, String)>> {
+fn match_template(
+    segs: &[Vec<Piece>],
+    path: &str,
+    fold_case: bool,
+) -> Option<Vec<(String, String)>> {
+    let strip = |s: &'_ str, lit: &str| -> Option<usize> {
+        let head = s.get(..lit.len())?;
+        let same = if fold_case {
+            head.eq_ignore_ascii_case(lit)
+        } else {
+            head == lit
+        };
+        same.then_some(lit.len())
+    };
     let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     if parts.len() != segs.len() {
         return None;
@@ -461,15 +563,32 @@ fn match_template(segs: &[Vec<Piece>], path: &str) -> Option<Vec<(String, String
         let mut rest = part;
         for (i, p) in pieces.iter().enumerate() {
             match p {
-                Piece::Lit(l) => rest = rest.strip_prefix(l.as_str())?,
+                Piece::Lit(l) => rest = &rest[strip(rest, l)?..],
                 Piece::Param(name) => {
                     // up to the next literal (its last occurrence when it ends
                     // the segment), else the rest of the segment
                     let value = match pieces.get(i + 1) {
                         Some(Piece::Lit(next)) if i + 2 == pieces.len() => {
-                            rest.strip_suffix(next.as_str())?
+                            let cut = rest.len().checked_sub(next.len())?;
+                            let tail = rest.get(cut..)?;
+                            let same = if fold_case {
+                                tail.eq_ignore_ascii_case(next)
+                            } else {
+                                tail == next
+                            };
+                            if !same {
+                                return None;
+                            }
+                            &rest[..cut]
                         }
-                        Some(Piece::Lit(next)) => &rest[..rest.find(next.as_str())?],
+                        Some(Piece::Lit(next)) => {
+                            let at = if fold_case {
+                                rest.to_ascii_lowercase().find(&next.to_ascii_lowercase())?
+                            } else {
+                                rest.find(next.as_str())?
+                            };
+                            &rest[..at]
+                        }
                         _ => rest,
                     };
                     if value.is_empty() {

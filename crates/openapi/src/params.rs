@@ -175,10 +175,18 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Most pairs in a query string or form body: Node's querystring and qs
+/// read only the first 1,000, so past them the service and the check would
+/// see different parameters.
+pub(crate) const MAX_PAIRS: usize = 1000;
+
 /// `a=1&b=2` decoded (form encoding), in order; empty pairs skipped.
 fn pairs(text: &str, at: &str) -> Result<Vec<(String, String)>, Violation> {
     let mut out = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
+        if out.len() == MAX_PAIRS {
+            return Err(Violation::new(at, "too_many_parameters"));
+        }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match (decode(k, true), decode(v, true)) {
             (Some(k), Some(v)) => out.push((k, v)),
@@ -192,10 +200,14 @@ fn pairs(text: &str, at: &str) -> Result<Vec<(String, String)>, Violation> {
 fn coerce(s: &str, shape: &Shape) -> Value {
     match shape {
         Shape::Integer => {
+            // beyond ±(2^53 − 1) JavaScript reads another number: left a
+            // string, so the schema's `type` refuses it
+            const MAX_SAFE: u64 = (1 << 53) - 1;
             let digits = s.strip_prefix('-').unwrap_or(s);
             if !digits.is_empty()
                 && digits.bytes().all(|b| b.is_ascii_digit())
                 && let Ok(n) = s.parse::<i64>()
+                && n.unsigned_abs() <= MAX_SAFE
             {
                 return Value::from(n);
             }
@@ -222,7 +234,7 @@ fn coerce(s: &str, shape: &Shape) -> Value {
 }
 
 fn shape(p: &Param) -> &Shape {
-    p.schema.as_ref().map_or(&Shape::Any, |c| &c.shape)
+    p.schema.as_ref().map_or(&Shape::Any, |c| c.shape.as_ref())
 }
 
 fn split_array(s: &str, sep: char, shape: &Shape) -> Value {
@@ -231,6 +243,21 @@ fn split_array(s: &str, sep: char, shape: &Shape) -> Value {
         _ => &Shape::Any,
     };
     Value::Array(s.split(sep).map(|x| coerce(x, inner)).collect())
+}
+
+/// A request-chosen name in a pointer: escaped, at most 64 bytes.
+fn short(name: &str) -> String {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = &name[..end];
+    let e = escape(cut);
+    if end < name.len() {
+        format!("{e}…")
+    } else {
+        e
+    }
 }
 
 fn check_value(p: &Param, value: &Value, at: &str) -> Result<(), Violation> {
@@ -291,7 +318,9 @@ pub(crate) fn check(
                         "repeated_parameter",
                     ));
                 }
-                let s = props.and_then(|m| m.get(prop)).unwrap_or(&Shape::Any);
+                let s = props
+                    .and_then(|m| m.get(prop))
+                    .map_or(&Shape::Any, |a| a.as_ref());
                 obj.insert(prop.to_string(), coerce(v, s));
             }
             (!obj.is_empty()).then_some(Value::Object(obj))
@@ -339,7 +368,7 @@ pub(crate) fn check(
     }
     if let Some(i) = used.iter().position(|u| !u) {
         return Err(Violation::new(
-            format!("/query/{}", escape(&query[i].0)),
+            format!("/query/{}", short(&query[i].0)),
             "unknown_parameter",
         ));
     }
@@ -361,19 +390,40 @@ pub(crate) fn check(
         }
     }
 
-    let cookies: Vec<(&str, &str)> = req
-        .headers
-        .iter()
-        .filter(|(n, _)| *n == "cookie")
-        .flat_map(|(_, v)| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .collect();
+    // cookies as the `cookie` package (cookie-parser) reads them: names and
+    // values trimmed, values percent-decoded, `j:` values as JSON; a name
+    // sent twice is refused (parsers disagree on which copy wins)
+    let mut cookies: Vec<(String, String)> = Vec::new();
+    for (_, v) in req.headers.iter().filter(|(n, _)| *n == "cookie") {
+        for pair in v.split(';') {
+            let Some((n, val)) = pair.split_once('=') else {
+                continue;
+            };
+            let val = val.trim();
+            let val = val
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(val);
+            let val = decode_component(val).unwrap_or_else(|| val.to_string());
+            cookies.push((n.trim().to_string(), val));
+        }
+    }
     for p in params.iter().filter(|p| p.location == In::Cookie) {
         let at = format!("/cookie/{}", escape(&p.name));
-        match cookies.iter().find(|(n, _)| *n == p.name) {
-            None if p.required => return Err(Violation::new(at, "required")),
-            None => {}
-            Some((_, v)) => check_value(p, &coerce(v, shape(p)), &at)?,
+        let mut found = cookies.iter().filter(|(n, _)| *n == p.name);
+        match (found.next(), found.next()) {
+            (None, _) if p.required => return Err(Violation::new(at, "required")),
+            (None, _) => {}
+            (Some(_), Some(_)) => return Err(Violation::new(at, "repeated_parameter")),
+            (Some((_, v)), None) => {
+                let value = match v.strip_prefix("j:") {
+                    Some(json) => {
+                        serde_json::from_str(json).unwrap_or_else(|_| Value::String(v.clone()))
+                    }
+                    None => coerce(v, shape(p)),
+                };
+                check_value(p, &value, &at)?;
+            }
         }
     }
     Ok(())
@@ -383,14 +433,20 @@ pub(crate) fn check(
 /// property's shape; a field repeated where its property is not an array
 /// is refused.
 pub(crate) fn form_object(text: &str, compiled: &Compiled) -> Result<Value, Violation> {
-    let props: BTreeMap<String, Shape> = match &compiled.shape {
+    let props: BTreeMap<String, std::sync::Arc<Shape>> = match compiled.shape.as_ref() {
         Shape::Object(m) => m.clone(),
         _ => BTreeMap::new(),
     };
     let mut obj = serde_json::Map::new();
     for (k, v) in pairs(text, "/body")? {
-        let s = props.get(&k).unwrap_or(&Shape::Any);
-        let at = format!("/body/{}", escape(&k));
+        let at = format!("/body/{}", short(&k));
+        // Express's extended parser (qs) reads `[role]=x`, `role[]=x` and
+        // `role[0]=x` as the property `role`: a bracketed name the schema
+        // does not declare is refused, never checked as a key of its own
+        if !props.contains_key(&k) && k.contains(['[', ']']) {
+            return Err(Violation::new(at, "nested_form_key"));
+        }
+        let s = props.get(&k).map_or(&Shape::Any, |a| a.as_ref());
         match (obj.get_mut(&k), s) {
             (Some(Value::Array(a)), Shape::Array(inner)) => a.push(coerce(&v, inner)),
             (Some(_), _) => return Err(Violation::new(at, "repeated_parameter")),

@@ -2,18 +2,26 @@
 //! `jsonschema`, and the shape of each schema that string values (query,
 //! path, header and form parameters) are read into before they are checked.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value, json};
 
-use crate::{LoadError, Version, Violation, err};
+use crate::{LoadError, Violation, err};
 
-/// What a document's schemas are compiled against.
+/// What a document's schemas are compiled against. Every schema an
+/// operation uses is collected first ([`Ctx::compile`]) and the whole
+/// document is compiled once ([`Ctx::finish`]): one copy of
+/// `components`, however many operations refer to it.
 pub(crate) struct Ctx<'a> {
     pub(crate) doc: &'a Value,
     pub(crate) components: &'a Value,
-    #[allow(dead_code, reason = "both dialects compile to 2020-12 once rewritten")]
-    pub(crate) version: Version,
+    schemas: RefCell<Vec<Value>>,
+    map: Arc<OnceLock<jsonschema::ValidatorMap>>,
+    /// Shapes by `$ref`, each built once.
+    shapes: RefCell<HashMap<String, Arc<Shape>>>,
+    building: RefCell<HashSet<String>>,
 }
 
 /// How a string parameter is read: by its schema's `type`.
@@ -23,16 +31,18 @@ pub(crate) enum Shape {
     Number,
     Boolean,
     Str,
-    Array(Box<Shape>),
-    Object(BTreeMap<String, Shape>),
+    Array(Arc<Shape>),
+    Object(BTreeMap<String, Arc<Shape>>),
     /// No single `type`: the value stays a string.
     Any,
 }
 
-/// A compiled schema and the shape its string values are read into.
+/// A compiled schema (its place in the document's validator map) and the
+/// shape its string values are read into.
 pub(crate) struct Compiled {
-    validator: jsonschema::Validator,
-    pub(crate) shape: Shape,
+    map: Arc<OnceLock<jsonschema::ValidatorMap>>,
+    pointer: String,
+    pub(crate) shape: Arc<Shape>,
 }
 
 /// Most `$ref` hops followed from one place (a longer chain is a cycle).
@@ -40,7 +50,18 @@ const MAX_HOPS: usize = 32;
 /// How deep a shape is built (recursive schemas stop here as `Any`).
 const MAX_SHAPE_DEPTH: usize = 8;
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(doc: &'a Value, components: &'a Value) -> Ctx<'a> {
+        Ctx {
+            doc,
+            components,
+            schemas: RefCell::new(Vec::new()),
+            map: Arc::new(OnceLock::new()),
+            shapes: RefCell::new(HashMap::new()),
+            building: RefCell::new(HashSet::new()),
+        }
+    }
+
     /// Follow `$ref`s (inside the document only) to the object they name.
     pub(crate) fn deref<'v>(
         &'v self,
@@ -67,37 +88,73 @@ impl Ctx<'_> {
         self.doc.pointer(&crate::params::decode_component(frag)?)
     }
 
-    /// Compile a schema, `$ref`s into `#/components` resolved.
-    pub(crate) fn compile(&self, schema: &Value, where_: &str) -> Result<Compiled, LoadError> {
-        let mut wrapper = Map::new();
-        wrapper.insert(
-            "$schema".into(),
-            json!("https://json-schema.org/draft/2020-12/schema"),
-        );
-        if !self.components.is_null() {
-            wrapper.insert("components".into(), self.components.clone());
-        }
-        wrapper.insert("allOf".into(), json!([schema]));
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .with_format("byte", is_base64)
-            .with_pattern_options(jsonschema::PatternOptions::regex())
-            .build(&Value::Object(wrapper))
-            .map_err(|e| err(format!("{where_}: {e}")))?;
+    /// A schema to compile with the document (see [`Ctx::finish`]).
+    pub(crate) fn compile(&self, schema: &Value, _where: &str) -> Result<Compiled, LoadError> {
+        let mut schemas = self.schemas.borrow_mut();
+        let pointer = format!("#/$defs/s{}", schemas.len());
+        schemas.push(schema.clone());
+        drop(schemas);
         Ok(Compiled {
-            validator,
+            map: Arc::clone(&self.map),
+            pointer,
             shape: self.shape(schema, 0),
         })
     }
 
-    fn shape(&self, schema: &Value, depth: usize) -> Shape {
-        if depth > MAX_SHAPE_DEPTH {
-            return Shape::Any;
+    /// Compile every collected schema in one document beside
+    /// `components`, `$ref`s into it resolved: each subschema once.
+    pub(crate) fn finish(&self) -> Result<(), LoadError> {
+        let mut defs = Map::new();
+        for (i, s) in self.schemas.borrow_mut().drain(..).enumerate() {
+            defs.insert(format!("s{i}"), s);
         }
-        let Ok(s) = self.deref(schema, "") else {
-            return Shape::Any;
-        };
+        let mut root = Map::new();
+        root.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
+        if !self.components.is_null() {
+            root.insert("components".into(), self.components.clone());
+        }
+        root.insert("$defs".into(), Value::Object(defs));
+        let map = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .with_format("byte", is_base64)
+            .with_pattern_options(jsonschema::PatternOptions::regex())
+            .build_map(&Value::Object(root))
+            .map_err(|e| err(format!("schemas: {e}")))?;
+        self.map
+            .set(map)
+            .map_err(|_| err("schemas compiled twice"))?;
+        Ok(())
+    }
+
+    fn shape(&self, schema: &Value, depth: usize) -> Arc<Shape> {
+        if depth > MAX_SHAPE_DEPTH {
+            return Arc::new(Shape::Any);
+        }
+        // a `$ref` is shaped once (and a reference back into one being
+        // shaped is `Any`): a document of many recursive references costs
+        // one shape per reference, not one per path through them
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            if let Some(done) = self.shapes.borrow().get(r) {
+                return Arc::clone(done);
+            }
+            if !self.building.borrow_mut().insert(r.to_string()) {
+                return Arc::new(Shape::Any);
+            }
+            let shaped = match self.deref(schema, "") {
+                Ok(target) => self.shape(target, depth + 1),
+                Err(_) => Arc::new(Shape::Any),
+            };
+            self.building.borrow_mut().remove(r);
+            self.shapes
+                .borrow_mut()
+                .insert(r.to_string(), Arc::clone(&shaped));
+            return shaped;
+        }
+        let s = schema;
         // `allOf` of one schema (a common way to add a description to a $ref)
         if s.get("type").is_none()
             && let Some([one]) = s.get("allOf").and_then(Value::as_array).map(Vec::as_slice)
@@ -111,20 +168,20 @@ impl Ctx<'_> {
                 let mut it = ts.iter().filter_map(Value::as_str).filter(|t| *t != "null");
                 match (it.next(), it.next()) {
                     (Some(t), None) => t,
-                    _ => return Shape::Any,
+                    _ => return Arc::new(Shape::Any),
                 }
             }
-            _ => return Shape::Any,
+            _ => return Arc::new(Shape::Any),
         };
-        match ty {
+        Arc::new(match ty {
             "integer" => Shape::Integer,
             "number" => Shape::Number,
             "boolean" => Shape::Boolean,
             "string" => Shape::Str,
-            "array" => Shape::Array(Box::new(
+            "array" => Shape::Array(
                 s.get("items")
-                    .map_or(Shape::Any, |i| self.shape(i, depth + 1)),
-            )),
+                    .map_or_else(|| Arc::new(Shape::Any), |i| self.shape(i, depth + 1)),
+            ),
             "object" => Shape::Object(
                 s.get("properties")
                     .and_then(Value::as_object)
@@ -136,14 +193,18 @@ impl Ctx<'_> {
                     .unwrap_or_default(),
             ),
             _ => Shape::Any,
-        }
+        })
     }
 }
 
 impl Compiled {
-    /// The first violation of `value`, located under `prefix`.
+    /// The first violation of `value`, located under `prefix`. A schema
+    /// that is not compiled (never, once the document loaded) fails closed.
     pub(crate) fn check(&self, value: &Value, prefix: &str) -> Result<(), Violation> {
-        match self.validator.iter_errors(value).next() {
+        let Some(validator) = self.map.get().and_then(|m| m.get(&self.pointer)) else {
+            return Err(Violation::new(prefix, "schema_unavailable"));
+        };
+        match validator.iter_errors(value).next() {
             None => Ok(()),
             Some(e) => Err(Violation::new(
                 format!("{prefix}{}", e.instance_path().as_str()),

@@ -508,3 +508,227 @@ fn json_encoded_query_parameters_are_checked() {
         "malformed_json",
     );
 }
+
+// ---- attack review findings (each failed before its fix) ----
+
+fn doc(paths_and_components: &str) -> Spec {
+    Spec::parse(&format!(r#"{{"openapi":"3.1.0",{paths_and_components}}}"#)).unwrap()
+}
+
+/// Express's extended form parser (qs) reads `[role]=admin` and
+/// `role[]=admin` as the property `role`: such names are refused, never
+/// checked as keys of their own past the property's schema.
+#[test]
+fn bracketed_form_keys_are_refused() {
+    let s = doc(
+        r#""paths":{"/profile":{"post":{"requestBody":{"content":{"application/x-www-form-urlencoded":{"schema":
+        {"type":"object","required":["name"],"properties":{"name":{"type":"string"},"role":{"enum":["user"]}}}}}}}}}"#,
+    );
+    let post = |b: &'static str| {
+        req(
+            "POST",
+            "/profile",
+            None,
+            &[],
+            Some("application/x-www-form-urlencoded"),
+            b,
+        )
+    };
+    assert_eq!(s.validate(&post("name=bob&role=user")), Ok(()));
+    refused(
+        &s,
+        post("name=bob&[role]=admin"),
+        "/body/[role]",
+        "nested_form_key",
+    );
+    refused(
+        &s,
+        post("name=bob&%5Brole%5D=admin"),
+        "/body/[role]",
+        "nested_form_key",
+    );
+    refused(
+        &s,
+        post("name=bob&role[]=admin"),
+        "/body/role[]",
+        "nested_form_key",
+    );
+    refused(
+        &s,
+        post("name=bob&role[0]=admin"),
+        "/body/role[0]",
+        "nested_form_key",
+    );
+}
+
+/// Cookies as cookie-parser reads them: names trimmed (`role =admin`),
+/// values percent-decoded and `j:` JSON; a name sent twice is refused.
+#[test]
+fn cookies_are_read_as_cookie_parser_reads_them() {
+    let s = doc(r#""paths":{"/search":{"get":{"parameters":[
+          {"name":"role","in":"cookie","schema":{"enum":["user"]}},
+          {"name":"session","in":"cookie","schema":{"type":"string","pattern":"^[A-Za-z0-9%]*$"}}]}}}"#);
+    let with = |c: &'static str| {
+        let h: &'static [(&'static str, &'static str)] = Box::leak(Box::new([("cookie", c)]));
+        req("GET", "/search", None, h, None, "")
+    };
+    assert_eq!(s.validate(&with("role=user; session=abc123")), Ok(()));
+    refused(
+        &s,
+        with("role =admin; role=user"),
+        "/cookie/role",
+        "repeated_parameter",
+    );
+    refused(
+        &s,
+        with("role=user; session=%27%20OR%201%3D1%20%23"),
+        "/cookie/session",
+        "pattern",
+    );
+    refused(
+        &s,
+        with("session=j%3A%7B%22%24ne%22%3A1%7D"),
+        "/cookie/session",
+        "type",
+    );
+}
+
+/// Express routes case-insensitively: `/items/EXPORT` would reach the
+/// handler of `/items/export`, so it is not taken for `/items/{id}`.
+#[test]
+fn a_literal_path_in_another_case_is_refused() {
+    let s = doc(
+        r#""paths":{"/items/export":{"get":{"parameters":[{"name":"x-confirm","in":"header","required":true,"schema":{"const":"yes"}}]}},
+        "/items/{id}":{"get":{"parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"string","pattern":"^[A-Za-z0-9]+$"}}]}}}"#,
+    );
+    assert_eq!(s.validate(&get("/items/abc", None)), Ok(()));
+    refused(
+        &s,
+        get("/items/export", None),
+        "/header/x-confirm",
+        "required",
+    );
+    refused(
+        &s,
+        get("/items/EXPORT", None),
+        "/path",
+        "path_case_mismatch",
+    );
+    refused(
+        &s,
+        get("/items/Export", None),
+        "/path",
+        "path_case_mismatch",
+    );
+}
+
+/// Recursive schemas with many recursive properties load at once (each
+/// reference shaped once; the document compiled once).
+#[test]
+fn many_recursive_references_load_quickly() {
+    let props: Vec<String> = (0..12)
+        .map(|i| format!(r##""p{i}":{{"$ref":"#/components/schemas/Node"}}"##))
+        .collect();
+    let ops: Vec<String> = (0..200)
+        .map(|i| format!(r##""/n{i}":{{"post":{{"requestBody":{{"content":{{"application/json":{{"schema":{{"$ref":"#/components/schemas/Node"}}}}}}}}}}}}"##))
+        .collect();
+    let s = doc(&format!(
+        r#""paths":{{{}}},"components":{{"schemas":{{"Node":{{"type":"object","additionalProperties":false,"properties":{{{}}}}}}}}}"#,
+        ops.join(","),
+        props.join(",")
+    ));
+    let post = |b: &'static str| req("POST", "/n7", None, &[], Some("application/json"), b);
+    assert_eq!(s.validate(&post(r#"{"p0":{"p11":{}}}"#)), Ok(()));
+    refused(
+        &s,
+        post(r#"{"p0":{"x":1}}"#),
+        "/body/p0",
+        "additionalProperties",
+    );
+}
+
+/// YAML merge keys are applied (left in, `<<` was an unknown keyword and
+/// the merged schema was lost: everything passed).
+#[test]
+fn yaml_merge_keys_are_applied() {
+    let yaml = "openapi: 3.1.0\nx-base: &base {type: object, additionalProperties: false, properties: {role: {enum: [user]}}}\n\
+paths:\n  /m:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema:\n              <<: *base\n              required: [role]\n";
+    let s = Spec::parse(yaml).unwrap();
+    let post = |b: &'static str| req("POST", "/m", None, &[], Some("application/json"), b);
+    assert_eq!(s.validate(&post(r#"{"role":"user"}"#)), Ok(()));
+    refused(&s, post(r#"{"role":"admin"}"#), "/body/role", "enum");
+    refused(
+        &s,
+        post(r#"{"role":"user","x":1}"#),
+        "/body",
+        "additionalProperties",
+    );
+}
+
+#[test]
+fn what_node_reads_differently_is_refused() {
+    let s = doc(r#""servers":[{"url":"/"},{"url":"/v1"}],"paths":{
+        "/users/{id}":{"get":{"parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer","maximum":9007199254740993}},
+          {"name":"tag","in":"query","schema":{"type":"array","items":{"type":"string"}}}]}},
+        "/files/{id}":{"get":{"parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"string","pattern":"^[a-z]+$"}}]}},
+        "/files/{name}.json":{"get":{"parameters":[{"name":"name","in":"path","required":true,"schema":{"type":"string"}}]}},
+        "/n":{"post":{"requestBody":{"content":{"application/json":{"schema":{"type":"object"}}}}}}}"#);
+    // more pairs than Node's parsers read
+    let many: &'static str = Box::leak(
+        std::iter::repeat_n("tag=a", 1001)
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_boxed_str(),
+    );
+    refused(
+        &s,
+        get("/users/5", Some(many)),
+        "/query",
+        "too_many_parameters",
+    );
+    // an integer JavaScript reads as another number
+    refused(&s, get("/users/9007199254740993", None), "/path/id", "type");
+    let post = |b: &'static str| req("POST", "/n", None, &[], Some("application/json"), b);
+    refused(
+        &s,
+        post(r#"{"a":{"b":[9007199254740993]}}"#),
+        "/body/a/b/0",
+        "unsafe_integer",
+    );
+    assert_eq!(s.validate(&post(r#"{"a":9007199254740991}"#)), Ok(()));
+    // every server's base: /v1 is tried before /
+    assert_eq!(s.validate(&get("/v1/users/5", None)), Ok(()));
+    assert_eq!(s.validate(&get("/users/5", None)), Ok(()));
+    // literal characters rank a template first
+    assert_eq!(s.validate(&get("/files/abc.json", None)), Ok(()));
+    refused(&s, get("/files/ABC", None), "/path/id", "pattern");
+}
+
+#[test]
+fn pure_reference_cycles_do_not_load() {
+    let e = Spec::parse(
+        r##"{"openapi":"3.1.0","paths":{"/a":{"post":{"requestBody":{"content":{"application/json":{"schema":
+        {"type":"object","properties":{"x":{"$ref":"#/components/schemas/A"}}}}}}}}},
+        "components":{"schemas":{"A":{"$ref":"#/components/schemas/B"},"B":{"$ref":"#/components/schemas/A"}}}}"##,
+    )
+    .unwrap_err()
+    .0;
+    assert!(e.contains("a cycle"), "{e}");
+}
+
+/// An unknown parameter's name is capped in the pointer (it is the
+/// request's own text).
+#[test]
+fn unknown_names_are_capped_in_the_log() {
+    let s = shop();
+    let long: &'static str = Box::leak(format!("{}=1", "x".repeat(300)).into_boxed_str());
+    let v = s
+        .validate(&get("/api/v1/products", Some(long)))
+        .unwrap_err();
+    assert_eq!(v.rule, "unknown_parameter");
+    assert!(
+        v.pointer.len() <= "/query/".len() + 64 + '…'.len_utf8(),
+        "{}",
+        v.pointer
+    );
+}

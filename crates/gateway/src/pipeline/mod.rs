@@ -426,11 +426,22 @@ async fn openapi_step<B: RequestBody>(
     let (parts, body) = req.into_parts();
     let (bytes, body) = whole_body(gw, body, max_body).await?;
     let path = ctx.path.as_deref().unwrap_or("/");
-    let headers: Vec<(&str, &str)> = parts
+    // every header, as Node reads it: a value with bytes past ASCII is
+    // latin1 there, never skipped here (a skipped copy would hide a value)
+    let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
         .headers
         .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .map(|(n, v)| {
+            let text = match v.to_str() {
+                Ok(t) => std::borrow::Cow::Borrowed(t),
+                Err(_) => {
+                    std::borrow::Cow::Owned(v.as_bytes().iter().map(|&b| b as char).collect())
+                }
+            };
+            (n.as_str(), text)
+        })
         .collect();
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     let verdict = oa.spec.validate(&palisade_openapi::Request {
         method: parts.method.as_str(),
         path: crate::steps::route::upstream_path(route, path),
