@@ -1761,18 +1761,21 @@ async fn bans(admin: std::net::SocketAddr, cmd: BansCmd) -> u8 {
                     if bans.is_empty() {
                         println!("no bans");
                     }
+                    // a reason comes from whoever wrote the shared store:
+                    // printed escaped, never as terminal control sequences
+                    let safe = |v: &Value| output::scalar(v).escape_debug().to_string();
                     for b in bans {
                         println!(
                             "{}  {}s left  strikes {}  {}  {}",
-                            output::scalar(&b["subject"]),
-                            output::scalar(&b["remaining_s"]),
-                            output::scalar(&b["strikes"]),
+                            safe(&b["subject"]),
+                            safe(&b["remaining_s"]),
+                            safe(&b["strikes"]),
                             if b["shared"] == true {
                                 "shared"
                             } else {
                                 "local"
                             },
-                            output::scalar(&b["reason"]),
+                            safe(&b["reason"]),
                         );
                     }
                 }

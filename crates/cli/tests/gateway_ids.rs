@@ -273,6 +273,29 @@ async fn bans_are_shared_grow_expire_and_are_managed_from_the_cli() {
     let (code, _, _) = Gateway::cli(&cfg_a, &["bans", "remove", &principal]);
     assert_eq!(code, 0);
 
+    // a reason written into the shared store by anyone else is printed
+    // escaped, never as terminal control sequences
+    if let Ok(out) = std::process::Command::new("redis-cli")
+        .args(["-u", &redis, "eval",
+            "local t = redis.call('TIME'); redis.call('ZADD', KEYS[1], t[1] * 1000 + 600000, ARGV[1]); return redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])",
+            "2", "palisade:ids:bans", "palisade:ids:info", &principal, "0 manual: \u{1b}[2Jall clear"])
+        .output()
+    {
+        assert!(out.status.success(), "{out:?}");
+        let shown = wait_for("the written ban is listed", Duration::from_secs(3), || {
+            let cfg = cfg_a.clone();
+            async move {
+                let (code, out, _) = Gateway::cli(&cfg, &["bans", "list"]);
+                (code == 0 && out.contains("all clear")).then_some(out)
+            }
+        })
+        .await;
+        assert!(!shown.contains('\u{1b}'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[2Jall clear"), "{shown}");
+        let (code, _, _) = Gateway::cli(&cfg_a, &["bans", "remove", &principal]);
+        assert_eq!(code, 0);
+    }
+
     // what the CLI refuses, with the admin's reason
     for (args, want) in [
         (
