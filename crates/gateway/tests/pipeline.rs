@@ -1421,6 +1421,15 @@ async fn openapi_routes_pass_what_the_document_describes_and_refuse_the_rest() {
     let a = h.send(req).await;
     assert_eq!(a.record["reason"], "openapi: /header/x-tenant: format");
     assert_eq!(h.svc.count(), 2, "nothing refused reached the service");
+    // a body over 64 KiB is checked (on the blocking pool) all the same
+    let long = "x".repeat(80 * 1024);
+    let big_ok = format!(r#"{{"name":"Lamp","price":19.5,"description":"{long}"}}"#);
+    let a = h.send(post("/shop/api/v1/products", &big_ok, true)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let big_bad = format!(r#"{{"name":"Lamp","price":0,"description":"{long}"}}"#);
+    let a = h.send(post("/shop/api/v1/products", &big_bad, true)).await;
+    assert_eq!(a.record["reason"], "openapi: /body/price: exclusiveMinimum");
+    assert_eq!(h.svc.count(), 3);
     // report_only: logged, forwarded unchanged
     let a = h.get("/report/api/v1/products?limit=abc", &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -1428,7 +1437,7 @@ async fn openapi_routes_pass_what_the_document_describes_and_refuse_the_rest() {
         a.record["inspection"],
         "openapi: /query/limit: type (report_only)"
     );
-    assert_eq!(h.svc.count(), 3);
+    assert_eq!(h.svc.count(), 4);
 }
 
 #[test]

@@ -382,6 +382,39 @@ async fn whole_body<B: RequestBody>(
     Ok((bytes.clone(), Either::Right(Full::new(bytes))))
 }
 
+/// Bodies larger than this are checked against the OpenAPI document on
+/// the blocking pool.
+const OPENAPI_INLINE_BYTES: usize = 64 * 1024;
+
+/// What the OpenAPI check needs, owned (it may run on the blocking pool).
+struct OpenApiJob {
+    spec: std::sync::Arc<palisade_openapi::Spec>,
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    content_type: Option<String>,
+    body: Bytes,
+}
+
+impl OpenApiJob {
+    fn validate(&self) -> Result<(), palisade_openapi::Violation> {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.spec.validate(&palisade_openapi::Request {
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &headers,
+            content_type: self.content_type.as_deref(),
+            body: &self.body,
+        })
+    }
+}
+
 /// Step 7a: the route's OpenAPI document. The path the service will
 /// receive, the query, the headers and the whole body (read here under the
 /// body limits when no earlier step read it) must be what the document
@@ -428,31 +461,39 @@ async fn openapi_step<B: RequestBody>(
     let path = ctx.path.as_deref().unwrap_or("/");
     // every header, as Node reads it: a value with bytes past ASCII is
     // latin1 there, never skipped here (a skipped copy would hide a value)
-    let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
+    let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .map(|(n, v)| {
             let text = match v.to_str() {
-                Ok(t) => std::borrow::Cow::Borrowed(t),
-                Err(_) => {
-                    std::borrow::Cow::Owned(v.as_bytes().iter().map(|&b| b as char).collect())
-                }
+                Ok(t) => t.to_string(),
+                Err(_) => v.as_bytes().iter().map(|&b| b as char).collect(),
             };
-            (n.as_str(), text)
+            (n.as_str().to_string(), text)
         })
         .collect();
-    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
-    let verdict = oa.spec.validate(&palisade_openapi::Request {
-        method: parts.method.as_str(),
-        path: crate::steps::route::upstream_path(route, path),
-        query: parts.uri.query(),
-        headers: &headers,
+    let job = OpenApiJob {
+        spec: std::sync::Arc::clone(&oa.spec),
+        method: parts.method.as_str().to_string(),
+        path: crate::steps::route::upstream_path(route, path).to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers,
         content_type: parts
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        body: &bytes,
-    });
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: bytes,
+    };
+    // a large body is checked on the blocking pool (as CRS is): the
+    // worker's other connections go on meanwhile
+    let verdict = if job.body.len() > OPENAPI_INLINE_BYTES {
+        tokio::task::spawn_blocking(move || job.validate())
+            .await
+            .map_err(|_| GatewayError::Internal)?
+    } else {
+        job.validate()
+    };
     if let Err(v) = verdict {
         match oa.mode {
             InspectionMode::Block => {
