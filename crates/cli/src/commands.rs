@@ -1615,6 +1615,20 @@ fn now_secs() -> i64 {
     palisade_core::now_nanos() / 1_000_000_000
 }
 
+/// The gateway configuration file, read and checked; its errors printed
+/// one `FILE: <error>` line each (exit code 1).
+fn gateway_config(
+    file: &std::path::Path,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<palisade_gateway::config::GatewayConfig, u8> {
+    palisade_gateway::server::read_config(file, var).map_err(|errs| {
+        for e in errs.to_string().lines() {
+            eprintln!("{}: {e}", file.display());
+        }
+        1
+    })
+}
+
 async fn gateway(a: GatewayArgs) -> u8 {
     let Some(file) = a.config else {
         return local_err("--config FILE is required");
@@ -1622,15 +1636,7 @@ async fn gateway(a: GatewayArgs) -> u8 {
     let var = |k: &str| std::env::var(k).ok();
     match a.command {
         None => {
-            let cfg = match palisade_gateway::server::read_config(&file, &var) {
-                Ok(c) => c,
-                Err(errs) => {
-                    for e in errs.to_string().lines() {
-                        eprintln!("{}: {e}", file.display());
-                    }
-                    return 1;
-                }
-            };
+            let cfg = tryc!(gateway_config(&file, &var));
             init_tracing(&cfg.log_level, true);
             let sink = match palisade_gateway::ops::log::Sink::stdout() {
                 Ok(s) => std::sync::Arc::new(s),
@@ -1654,15 +1660,7 @@ async fn gateway(a: GatewayArgs) -> u8 {
             }
         }
         Some(GatewayCmd::Apikey(cmd)) => {
-            let cfg = match palisade_gateway::server::read_config(&file, &var) {
-                Ok(c) => c,
-                Err(errs) => {
-                    for e in errs.to_string().lines() {
-                        eprintln!("{}: {e}", file.display());
-                    }
-                    return 1;
-                }
-            };
+            let cfg = tryc!(gateway_config(&file, &var));
             let Some(ak) = cfg.apikeys else {
                 return local_err("the configuration has no [apikeys] section");
             };
@@ -1674,15 +1672,7 @@ async fn gateway(a: GatewayArgs) -> u8 {
             apikey(&store, cmd).await
         }
         Some(GatewayCmd::Bans(cmd)) => {
-            let cfg = match palisade_gateway::server::read_config(&file, &var) {
-                Ok(c) => c,
-                Err(errs) => {
-                    for e in errs.to_string().lines() {
-                        eprintln!("{}: {e}", file.display());
-                    }
-                    return 1;
-                }
-            };
+            let cfg = tryc!(gateway_config(&file, &var));
             bans(cfg.admin, cmd).await
         }
     }
