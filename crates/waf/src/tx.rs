@@ -230,38 +230,108 @@ pub const MAX_ARGUMENTS: usize = 10_000;
 /// Flatten a JSON body into arguments within `budget` bytes of names and
 /// values: a path is repeated in every name under it, so a long key over a
 /// long array would otherwise make megabytes of names from kilobytes of
-/// body (and every rule would transform them all). Err when over.
-fn flatten_json(
-    v: &serde_json::Value,
-    prefix: &str,
-    out: &mut Vec<(String, Vec<u8>)>,
-    budget: &mut usize,
-) -> Result<(), ()> {
-    let mut push = |name: String, value: Vec<u8>| {
-        let cost = name.len() + value.len();
-        if out.len() >= MAX_ARGUMENTS || cost > *budget {
-            return Err(());
-        }
-        *budget -= cost;
-        out.push((name, value));
-        Ok(())
+/// body (and every rule would transform them all). Read as it is parsed,
+/// in document order, so a key given twice yields both values, as
+/// ModSecurity's parser does (a parsed map keeps only the last, and the
+/// first could hide an attack from every rule).
+fn flatten_json(body: &[u8], budget: usize) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let mut budget = budget;
+    let mut over = false;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = Flatten {
+        prefix: "json".to_string(),
+        out: &mut out,
+        budget: &mut budget,
+        over: &mut over,
     };
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                flatten_json(x, &format!("{prefix}.{k}"), out, budget)?;
-            }
-            Ok(())
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|()| de.end());
+    match parsed {
+        Ok(()) => Ok(out),
+        Err(_) if over => Err(format!(
+            "JSON body gives more than {MAX_ARGUMENTS} arguments or more than 8 times its size in argument names and values"
+        )),
+        Err(e) => Err(format!("JSON parsing error: {e}")),
+    }
+}
+
+/// One JSON value under `prefix`, its arguments pushed as they are read.
+struct Flatten<'a> {
+    prefix: String,
+    out: &'a mut Vec<(String, Vec<u8>)>,
+    budget: &'a mut usize,
+    over: &'a mut bool,
+}
+
+impl Flatten<'_> {
+    fn push<E: serde::de::Error>(self, value: Vec<u8>) -> Result<(), E> {
+        let cost = self.prefix.len() + value.len();
+        if self.out.len() >= MAX_ARGUMENTS || cost > *self.budget {
+            *self.over = true;
+            return Err(E::custom("over the argument budget"));
         }
-        serde_json::Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                flatten_json(x, &format!("{prefix}.{i}"), out, budget)?;
-            }
-            Ok(())
+        *self.budget -= cost;
+        self.out.push((self.prefix, value));
+        Ok(())
+    }
+
+    fn child(&mut self, name: &str) -> Flatten<'_> {
+        Flatten {
+            prefix: format!("{}.{name}", self.prefix),
+            out: self.out,
+            budget: self.budget,
+            over: self.over,
         }
-        serde_json::Value::String(s) => push(prefix.to_string(), s.as_bytes().to_vec()),
-        serde_json::Value::Null => push(prefix.to_string(), Vec::new()),
-        other => push(prefix.to_string(), other.to_string().into_bytes()),
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(v.to_string().into_bytes())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(v.to_string().into_bytes())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(v.to_string().into_bytes())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        // as serde_json writes the number back
+        let text = serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string());
+        self.push(text.into_bytes())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(v.as_bytes().to_vec())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.push(Vec::new())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while seq
+            .next_element_seed(self.child(itoa::Buffer::new().format(i)))?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            map.next_value_seed(self.child(&k))?;
+        }
+        Ok(())
     }
 }
 
@@ -644,20 +714,10 @@ impl<'s> Transaction<'s> {
         }
         match self.body_processor.as_deref() {
             Some("URLENCODED") => self.args_post = to_coll(parse_urlencoded(&self.req.body)),
-            Some("JSON") => match serde_json::from_slice::<serde_json::Value>(&self.req.body) {
-                Ok(v) => {
-                    let mut out = Vec::new();
-                    let mut budget = 8 * self.req.body.len() + 64 * 1024;
-                    match flatten_json(&v, "json", &mut out, &mut budget) {
-                        Ok(()) => self.args_post = to_coll(out),
-                        Err(()) => {
-                            self.reqbody_error = Some(format!(
-                                "JSON body gives more than {MAX_ARGUMENTS} arguments or more than 8 times its size in argument names and values"
-                            ));
-                        }
-                    }
-                }
-                Err(e) => self.reqbody_error = Some(format!("JSON parsing error: {e}")),
+            Some("JSON") => match flatten_json(&self.req.body, 8 * self.req.body.len() + 64 * 1024)
+            {
+                Ok(out) => self.args_post = to_coll(out),
+                Err(e) => self.reqbody_error = Some(e),
             },
             Some("XML") => match parse_xml(&self.req.body) {
                 Ok(v) => self.xml = to_coll(v),

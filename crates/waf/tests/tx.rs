@@ -328,3 +328,55 @@ SecRule FILES_NAMES "@rx ." "id:702,phase:2,pass"
         vec![702]
     );
 }
+
+/// A JSON key given twice yields both values, in document order, as
+/// ModSecurity's parser does: a parsed map kept only the last, so an attack
+/// in the first reached a service whose parser keeps the first (and no rule
+/// saw it).
+#[test]
+fn a_json_key_given_twice_yields_both_values() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/json" "id:200001,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_ERROR "!@eq 0" "id:200002,phase:2,deny,status:400"
+SecRule ARGS:json.q "@contains <script>" "id:801,phase:2,deny,status:403"
+SecRule ARGS:json.n "@streq 7" "id:802,phase:2,pass"
+"#,
+    );
+    let (i, ids) = run(
+        &set,
+        post(
+            "/",
+            "application/json",
+            r#"{"q":"<script>alert(1)</script>","q":"hello","n":7}"#,
+        ),
+    );
+    assert_eq!(i.map(|i| i.rule_id), Some(801), "{ids:?}");
+    let (i, ids) = run(
+        &set,
+        post("/", "application/json", r#"{"q":"hello","q":"<script>"}"#),
+    );
+    assert_eq!(i.map(|i| i.rule_id), Some(801), "{ids:?}");
+    let (i, ids) = run(
+        &set,
+        post("/", "application/json", r#"{"q":"hello","n":7.0}"#),
+    );
+    assert_eq!(
+        (i.map(|i| i.rule_id), ids),
+        (None, vec![]),
+        "7.0 is written as 7.0"
+    );
+    assert_eq!(
+        run(
+            &set,
+            post("/", "application/json", r#"{"q":"hello","n":7}"#)
+        )
+        .1,
+        vec![802]
+    );
+    // malformed and trailing garbage are body errors
+    for bad in [r#"{"q":"#, r#"{"q":"a"} x"#] {
+        let (i, _) = run(&set, post("/", "application/json", bad));
+        assert_eq!(i.map(|i| i.rule_id), Some(200002), "{bad}");
+    }
+}
