@@ -679,3 +679,30 @@ fn userinfo_padding_and_the_querystring_reading_do_not_hide_a_target() {
     let many = vec!["%zz=1"; 5_000].join("&");
     assert_eq!(form(&many).findings.len(), MAX_FINDINGS);
 }
+
+/// Found by the `inspect` fuzz target: a JSON member past the cap could
+/// still add several findings (a key that is both a NoSQL operator and
+/// pollutes a prototype, and a URL value): the findings stay capped.
+#[test]
+fn findings_stay_capped_when_one_member_adds_several() {
+    let out = crate::inspect(
+        &crate::RequestParts {
+            query: Some(
+                "x.%F&%F&np%F&;hp%F%&F&%F&;hp%F&%F&np%F&;hp%F&%F%F&%F&np%F&;hp%F&%F;hp%F&%F&nphp%F&%x`\x00F__pr\x00\x00?",
+            ),
+            body: Some((
+                crate::BodyKind::Json,
+                b"{\x22a\x22:{\x22UXx\xd2\xa0_prback=..[$gototoF&%F&;hp%F&__p%F&3\x22:0npF&;hp&;&n",
+            )),
+        },
+        &crate::Limits {
+            max_depth: 8,
+            max_members: 64,
+        },
+    );
+    assert!(
+        out.findings.len() <= MAX_FINDINGS + 1,
+        "{}",
+        out.findings.len()
+    );
+}
