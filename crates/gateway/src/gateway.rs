@@ -105,6 +105,16 @@ pub enum BuildError {
     IdsStore(String),
 }
 
+impl BuildError {
+    /// How many problems it reports (a configuration lists each one).
+    pub fn count(&self) -> usize {
+        match self {
+            BuildError::Config(e) => e.0.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// Build the limiter from config (kept across reloads so counts survive).
 pub async fn build_limiter(cfg: &GatewayConfig) -> Result<Arc<Limiter>, BuildError> {
     Ok(Arc::new(match &cfg.ratelimit.store {

@@ -279,7 +279,7 @@ pub async fn start(
                         reload_log.write_event(&crate::ops::log::reload_event(
                             reload_shared.current().log_format,
                             &palisade_core::rfc3339(palisade_core::now_nanos()),
-                            Some(&e.to_string()),
+                            Some(e.count()),
                         ));
                         tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                         metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
@@ -289,7 +289,7 @@ pub async fn start(
                     reload_log.write_event(&crate::ops::log::reload_event(
                         reload_shared.current().log_format,
                         &palisade_core::rfc3339(palisade_core::now_nanos()),
-                        Some(&e.to_string()),
+                        Some(e.count()),
                     ));
                     tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                     metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);

@@ -303,20 +303,27 @@ impl BanEvent<'_> {
     }
 }
 
-/// A configuration reload, applied or refused (`error`), as a security
-/// event in `format`.
-pub fn reload_event(format: LogFormat, time: &str, error: Option<&str>) -> serde_json::Value {
+/// A configuration reload, applied, or refused with `errors` problems, as
+/// a security event in `format`. The problems' text stays in the
+/// operational log (stderr): a TOML parse error quotes the line it stopped
+/// on, which could hold a secret written where it does not belong, and the
+/// security log goes to a SIEM.
+pub fn reload_event(format: LogFormat, time: &str, errors: Option<usize>) -> serde_json::Value {
     use serde_json::json;
+    let reason = errors.map(|n| {
+        format!("configuration refused: {n} error(s), listed in the gateway's operational log")
+    });
     match format {
         LogFormat::Palisade => {
             let mut v = json!({
                 "time": time,
                 "event": "config_reload",
                 "category": "configuration",
-                "result": if error.is_some() { "refused" } else { "ok" },
+                "result": if errors.is_some() { "refused" } else { "ok" },
             });
-            if let Some(e) = error {
-                v["error"] = json!(capped(e));
+            if let (Some(r), Some(n)) = (&reason, errors) {
+                v["error"] = json!(r);
+                v["errors"] = json!(n);
             }
             v
         }
@@ -329,14 +336,14 @@ pub fn reload_event(format: LogFormat, time: &str, error: Option<&str>) -> serde
                     "category": ["configuration"],
                     "type": ["change"],
                     "action": "config_reload",
-                    "outcome": if error.is_some() { "failure" } else { "success" },
+                    "outcome": if errors.is_some() { "failure" } else { "success" },
                     "dataset": "palisade.gateway",
                     "module": "palisade",
                 },
                 "observer": {"type": "proxy", "vendor": "Palisade", "product": "palisade-gateway"},
             });
-            if let Some(e) = error {
-                v["event"]["reason"] = json!(capped(e));
+            if let Some(r) = reason {
+                v["event"]["reason"] = json!(r);
             }
             v
         }

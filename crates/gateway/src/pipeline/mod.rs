@@ -224,25 +224,8 @@ async fn inspect_content<B: RequestBody>(
         );
         return Ok(req.map(Either::Left));
     };
-    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        append_finding(
-            ctx,
-            inspect::uninspectable(&route.inspection, "Content-Encoding")?,
-        );
-        return Ok(req.map(Either::Left));
-    }
-    // body-parser decodes a JSON or form body in its declared charset
-    // (UTF-7, UTF-16...) through iconv-lite; the checks read UTF-8: any
-    // other charset would be read differently by each
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
-        && !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes()))
-    {
-        append_finding(
-            ctx,
-            inspect::uninspectable(&route.inspection, "a charset other than UTF-8")?,
-        );
+    if let Some(why) = inspect::unreadable_body(req.headers()) {
+        append_finding(ctx, inspect::uninspectable(&route.inspection, why)?);
         return Ok(req.map(Either::Left));
     }
     let (parts, body) = req.into_parts();
@@ -289,35 +272,21 @@ async fn crs_step<B: RequestBody>(
     if declared.is_some_and(over) {
         return crs_body_too_large(crs, req.map(|b| b), ctx);
     }
-    // a body in another charset (UTF-7...) is decoded by the service's
-    // parser but read as bytes here: CRS's own 920480 misses `Charset=`
+    // a compressed body, or one in another charset (UTF-7...: decoded by
+    // the service's parser, read as bytes here; CRS's own 920480 misses
+    // `Charset=`), cannot be evaluated
     use hyper::body::Body as _;
     if !req.body().is_end_stream()
-        && let Some(ct) = req.headers().get(header::CONTENT_TYPE)
-        && !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes()))
+        && let Some(why) = inspect::unreadable_body(req.headers())
     {
         let inspection = crate::config::Inspection {
             mode: crs.mode,
             ..Default::default()
         };
-        let note = inspect::uninspectable(&inspection, "a charset other than UTF-8")?;
-        append_finding(ctx, note);
+        append_finding(ctx, inspect::uninspectable(&inspection, why)?);
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    if let Either::Left(b) = &body
-        && !b.is_end_stream()
-        && let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        let inspection = crate::config::Inspection {
-            mode: crs.mode,
-            ..Default::default()
-        };
-        let note = inspect::uninspectable(&inspection, "Content-Encoding")?;
-        append_finding(ctx, note);
-        return Ok(Request::from_parts(parts, body));
-    }
     let (bytes, body) = whole_body(gw, body, max_body).await?;
     if over(bytes.len() as u64) {
         let req = Request::from_parts(parts, body);
@@ -437,24 +406,11 @@ async fn openapi_step<B: RequestBody>(
         mode: oa.mode,
         ..Default::default()
     };
-    if !req.body().is_end_stream() {
-        let why = match (
-            req.headers().get(header::CONTENT_ENCODING),
-            req.headers().get(header::CONTENT_TYPE),
-        ) {
-            (Some(enc), _) if !enc.as_bytes().eq_ignore_ascii_case(b"identity") => {
-                Some("Content-Encoding")
-            }
-            (_, Some(ct)) if !inspect::charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes())) => {
-                Some("a charset other than UTF-8")
-            }
-            _ => None,
-        };
-        if let Some(why) = why {
-            let note = inspect::uninspectable(&inspection, why)?;
-            append_finding(ctx, note);
-            return Ok(req);
-        }
+    if !req.body().is_end_stream()
+        && let Some(why) = inspect::unreadable_body(req.headers())
+    {
+        append_finding(ctx, inspect::uninspectable(&inspection, why)?);
+        return Ok(req);
     }
     let (parts, body) = req.into_parts();
     let (bytes, body) = whole_body(gw, body, max_body).await?;

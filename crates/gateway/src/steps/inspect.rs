@@ -167,6 +167,25 @@ pub fn uninspectable(inspection: &Inspection, why: &str) -> Result<Option<String
     }
 }
 
+/// Why a body cannot be checked as the service will read it, if it cannot:
+/// compressed (the service's body parser inflates it, a check would read
+/// compressed bytes), or declared in a charset other than UTF-8
+/// (body-parser decodes UTF-7, UTF-16... through iconv-lite, the checks
+/// read UTF-8). One answer for inspection, OpenAPI and CRS.
+pub fn unreadable_body(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    if let Some(enc) = headers.get(hyper::header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Some("Content-Encoding");
+    }
+    match headers.get(hyper::header::CONTENT_TYPE) {
+        Some(ct) if !charset_is_utf8(&String::from_utf8_lossy(ct.as_bytes())) => {
+            Some("a charset other than UTF-8")
+        }
+        _ => None,
+    }
+}
+
 /// Whether a `Content-Type` value declares no charset, or UTF-8 (any case,
 /// quoted or not; `utf8` and `us-ascii` too, which read as UTF-8 does).
 pub fn charset_is_utf8(content_type: &str) -> bool {
