@@ -125,14 +125,14 @@ struct Item {
 
 impl Item {
     /// `ARGS:q`, `REQUEST_URI`, `&ARGS` (MATCHED_VAR_NAME).
-    fn name(&self) -> String {
+    fn name(&self) -> Rc<str> {
         let v = self.var.name();
         if self.count {
-            format!("&{v}")
+            Rc::from(format!("&{v}"))
         } else if self.var.is_collection() {
-            format!("{v}:{}", self.key)
+            Rc::from(format!("{v}:{}", self.key))
         } else {
-            v.to_string()
+            Rc::from(v)
         }
     }
 }
@@ -183,6 +183,9 @@ pub struct Transaction<'s> {
     removed_targets: Vec<(RuleRef, Target)>,
     matched_var: Option<(Rc<str>, Bytes)>,
     matched_vars: Coll,
+    /// The values a link inspects, a buffer reused by every link.
+    items: Vec<Item>,
+    empty_value: Bytes,
     /// Transformed values by (value's address, length, transformation
     /// chain): CRS applies the same chains to the same values in many
     /// rules. The source value is kept with its result, so its address is
@@ -660,6 +663,8 @@ impl<'s> Transaction<'s> {
             removed_targets: Vec::new(),
             matched_var: None,
             matched_vars: Vec::new(),
+            items: Vec::with_capacity(64),
+            empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             matches: Vec::new(),
             interruption: None,
@@ -821,7 +826,7 @@ impl<'s> Transaction<'s> {
     /// Whether every link of `r` matches; runs its actions when so.
     fn eval_rule(&mut self, r: &Rule) -> bool {
         self.matched_vars.clear();
-        let mut last_var = String::new();
+        let mut last_var = self.empty.clone();
         for link in &r.links {
             match self.eval_link(r, link) {
                 Some(v) => last_var = v,
@@ -857,7 +862,7 @@ impl<'s> Transaction<'s> {
                 data,
                 severity: r.actions.severity,
                 tags: r.actions.tags.clone(),
-                variable: last_var,
+                variable: last_var.to_string(),
             });
         }
         true
@@ -885,20 +890,23 @@ impl<'s> Transaction<'s> {
 
     /// Evaluate one link: the name of the last variable that matched, or
     /// None when nothing did.
-    fn eval_link(&mut self, r: &Rule, link: &Link) -> Option<String> {
+    fn eval_link(&mut self, r: &Rule, link: &Link) -> Option<Rc<str>> {
         // SecAction: no targets, one (empty) value for its unconditional match
-        let items = if link.targets.is_empty() {
-            vec![Item {
+        // the buffer is the transaction's, reused by every link
+        let mut items = std::mem::take(&mut self.items);
+        items.clear();
+        if link.targets.is_empty() {
+            items.push(Item {
                 var: Variable::Tx,
                 key: self.empty.clone(),
-                value: Rc::from(&b""[..]),
+                value: self.empty_value.clone(),
                 count: false,
-            }]
+            });
         } else {
-            self.collect(r, &link.targets)
-        };
+            self.collect(r, &link.targets, &mut items);
+        }
         let mut last = None;
-        for item in items {
+        for item in items.drain(..) {
             let mut hit: Option<Bytes> = None;
             if link.actions.multi_match {
                 // the value before and after each transformation
@@ -924,7 +932,7 @@ impl<'s> Transaction<'s> {
                 }
             }
             let Some(v) = hit else { continue };
-            let name: Rc<str> = Rc::from(item.name().as_str());
+            let name = item.name();
             self.matched_var = Some((name.clone(), v.clone()));
             self.matched_vars.push((name.clone(), v));
             // ModSecurity runs a link's non-disruptive actions for each
@@ -937,14 +945,15 @@ impl<'s> Transaction<'s> {
             for c in &link.actions.ctls {
                 self.ctl(c);
             }
-            last = Some(name.to_string());
+            last = Some(name);
         }
+        self.items = items;
         last
     }
 
     /// The values a link's targets name, exclusions and removed targets
     /// applied.
-    fn collect(&self, r: &Rule, targets: &[Target]) -> Vec<Item> {
+    fn collect(&self, r: &Rule, targets: &[Target], out: &mut Vec<Item>) {
         let excluded = |t: &Target, key: &str| -> bool {
             let matches_ex = |ex: &Target| {
                 ex.variable == t.variable
@@ -962,32 +971,42 @@ impl<'s> Transaction<'s> {
                                 || ex.selector.as_ref().is_some_and(|s| key_matches(s, key))))
                 })
         };
-        let mut out = Vec::new();
         for t in targets.iter().filter(|t| !t.exclude) {
-            let vals = match (&t.selector, self.keyed(t.variable)) {
-                // TX:name and the like: one lookup, not the whole collection
-                (Some(Selector::Key(k)), Some(m)) => m
-                    .get(k.as_str())
-                    .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
-                    .unwrap_or_default(),
-                _ => self.values(t.variable),
-            };
+            let owned;
+            let (first, second): (&[(Rc<str>, Bytes)], &[(Rc<str>, Bytes)]) =
+                match (&t.selector, self.keyed(t.variable)) {
+                    // TX:name and the like: one lookup, not the whole collection
+                    (Some(Selector::Key(k)), Some(m)) => {
+                        owned = m
+                            .get(k.as_str())
+                            .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
+                            .unwrap_or_default();
+                        (&owned, &[])
+                    }
+                    _ => match self.collection(t.variable) {
+                        Some(pair) => pair,
+                        None => {
+                            owned = self.values(t.variable);
+                            (&owned, &[])
+                        }
+                    },
+                };
             let mut n = 0usize;
-            for (key, value) in vals {
+            for (key, value) in first.iter().chain(second) {
                 if let Some(sel) = &t.selector
-                    && !key_matches(sel, &key)
+                    && !key_matches(sel, key)
                 {
                     continue;
                 }
-                if excluded(t, &key) {
+                if excluded(t, key) {
                     continue;
                 }
                 n += 1;
                 if !t.count {
                     out.push(Item {
                         var: t.variable,
-                        key,
-                        value,
+                        key: key.clone(),
+                        value: value.clone(),
                         count: false,
                     });
                 }
@@ -1001,7 +1020,29 @@ impl<'s> Transaction<'s> {
                 });
             }
         }
-        out
+    }
+
+    /// A collection the transaction holds, borrowed (in two parts for
+    /// `ARGS` and `ARGS_NAMES`: GET then POST); None for the variables
+    /// [`Self::values`] makes.
+    fn collection(&self, v: Variable) -> Option<(&[(Rc<str>, Bytes)], &[(Rc<str>, Bytes)])> {
+        use Variable::*;
+        Some(match v {
+            Args => (&self.args_get, &self.args_post),
+            ArgsGet => (&self.args_get, &[]),
+            ArgsPost => (&self.args_post, &[]),
+            ArgsNames => (&self.args_get_names, &self.args_post_names),
+            ArgsGetNames => (&self.args_get_names, &[]),
+            ArgsPostNames => (&self.args_post_names, &[]),
+            RequestHeaders => (&self.headers, &[]),
+            RequestHeadersNames => (&self.header_names, &[]),
+            RequestCookies => (&self.cookies, &[]),
+            RequestCookiesNames => (&self.cookie_names, &[]),
+            MatchedVars => (&self.matched_vars, &[]),
+            Xml => (&self.xml, &[]),
+            MultipartPartHeaders => (&self.part_headers, &[]),
+            _ => return None,
+        })
     }
 
     /// The map behind TX, IP and GLOBAL (keys lowercase).
@@ -1122,6 +1163,22 @@ impl<'s> Transaction<'s> {
         }
     }
 
+    /// [`Self::expand`], borrowed where the macro is one literal or one
+    /// keyed variable (the common case in operators: `@within
+    /// %{tx.allowed_methods}`).
+    fn expand_cow<'a>(&'a self, m: &'a Macro) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        match m.0.as_slice() {
+            [] => Cow::Borrowed(&[]),
+            [Part::Text(t)] => Cow::Borrowed(t.as_bytes()),
+            [Part::Var(v, Some(k))] => match self.keyed(*v) {
+                Some(map) => Cow::Borrowed(map.get(k).map_or(&[][..], |b| &b[..])),
+                None => Cow::Owned(self.expand(m)),
+            },
+            _ => Cow::Owned(self.expand(m)),
+        }
+    }
+
     fn expand(&self, m: &Macro) -> Vec<u8> {
         let mut out = Vec::new();
         for p in &m.0 {
@@ -1151,7 +1208,7 @@ impl<'s> Transaction<'s> {
     fn num(&self, n: &Num) -> i64 {
         match n {
             Num::Const(c) => *c,
-            Num::Macro(m) => atoi(&self.expand(m)),
+            Num::Macro(m) => atoi(&self.expand_cow(m)),
         }
     }
 
@@ -1192,17 +1249,11 @@ impl<'s> Transaction<'s> {
             Op::Gt(n) => atoi(v) > self.num(n),
             Op::Le(n) => atoi(v) <= self.num(n),
             Op::Lt(n) => atoi(v) < self.num(n),
-            Op::Streq(m) => v == self.expand(m).as_slice(),
-            Op::BeginsWith(m) => v.starts_with(&self.expand(m)),
-            Op::EndsWith(m) => v.ends_with(&self.expand(m)),
-            Op::Contains(m) => {
-                let needle = self.expand(m);
-                needle.is_empty() || v.windows(needle.len()).any(|w| w == needle.as_slice())
-            }
-            Op::Within(m) => {
-                let hay = self.expand(m);
-                v.is_empty() || hay.windows(v.len()).any(|w| w == v)
-            }
+            Op::Streq(m) => v == &*self.expand_cow(m),
+            Op::BeginsWith(m) => v.starts_with(&self.expand_cow(m)),
+            Op::EndsWith(m) => v.ends_with(&self.expand_cow(m)),
+            Op::Contains(m) => memchr::memmem::find(v, &self.expand_cow(m)).is_some(),
+            Op::Within(m) => memchr::memmem::find(&self.expand_cow(m), v).is_some(),
             Op::ValidateByteRange(allowed) => v.iter().any(|&b| !allowed[b as usize]),
             Op::ValidateUrlEncoding => {
                 let mut i = 0;
