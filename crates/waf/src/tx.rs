@@ -108,8 +108,11 @@ impl Fx {
 /// A value, shared: collecting a rule's targets copies pointers, not bytes.
 type Bytes = Rc<[u8]>;
 
+/// One (key, value) of a collection.
+type Pair = (Rc<str>, Bytes);
+
 /// A collection: (key, value) in arrival order.
-type Coll = Vec<(Rc<str>, Bytes)>;
+type Coll = Vec<Pair>;
 
 fn bytes(b: &[u8]) -> Bytes {
     Rc::from(b)
@@ -973,24 +976,23 @@ impl<'s> Transaction<'s> {
         };
         for t in targets.iter().filter(|t| !t.exclude) {
             let owned;
-            let (first, second): (&[(Rc<str>, Bytes)], &[(Rc<str>, Bytes)]) =
-                match (&t.selector, self.keyed(t.variable)) {
-                    // TX:name and the like: one lookup, not the whole collection
-                    (Some(Selector::Key(k)), Some(m)) => {
-                        owned = m
-                            .get(k.as_str())
-                            .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
-                            .unwrap_or_default();
+            let (first, second): (&[Pair], &[Pair]) = match (&t.selector, self.keyed(t.variable)) {
+                // TX:name and the like: one lookup, not the whole collection
+                (Some(Selector::Key(k)), Some(m)) => {
+                    owned = m
+                        .get(k.as_str())
+                        .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
+                        .unwrap_or_default();
+                    (&owned, &[])
+                }
+                _ => match self.collection(t.variable) {
+                    Some(pair) => pair,
+                    None => {
+                        owned = self.values(t.variable);
                         (&owned, &[])
                     }
-                    _ => match self.collection(t.variable) {
-                        Some(pair) => pair,
-                        None => {
-                            owned = self.values(t.variable);
-                            (&owned, &[])
-                        }
-                    },
-                };
+                },
+            };
             let mut n = 0usize;
             for (key, value) in first.iter().chain(second) {
                 if let Some(sel) = &t.selector
@@ -1025,7 +1027,7 @@ impl<'s> Transaction<'s> {
     /// A collection the transaction holds, borrowed (in two parts for
     /// `ARGS` and `ARGS_NAMES`: GET then POST); None for the variables
     /// [`Self::values`] makes.
-    fn collection(&self, v: Variable) -> Option<(&[(Rc<str>, Bytes)], &[(Rc<str>, Bytes)])> {
+    fn collection(&self, v: Variable) -> Option<(&[Pair], &[Pair])> {
         use Variable::*;
         Some(match v {
             Args => (&self.args_get, &self.args_post),
