@@ -1638,7 +1638,14 @@ async fn gateway(a: GatewayArgs) -> u8 {
         None => {
             let cfg = tryc!(gateway_config(&file, &var));
             init_tracing(&cfg.log_level, true);
-            let sink = match palisade_gateway::ops::log::Sink::stdout() {
+            let syslog = match &cfg.syslog {
+                Some(s) => match palisade_gateway::ops::syslog::Forwarder::start(s) {
+                    Ok(f) => Some(f),
+                    Err(e) => return local_err(format!("error: {e}")),
+                },
+                None => None,
+            };
+            let sink = match palisade_gateway::ops::log::Sink::stdout_and(syslog) {
                 Ok(s) => std::sync::Arc::new(s),
                 Err(e) => {
                     eprintln!("error: cannot open stdout for the security log: {e}");

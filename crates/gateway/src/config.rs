@@ -39,6 +39,21 @@ pub struct RawConfig {
     /// The OWASP CRS rule set routes may run (`crs = "block"`).
     pub waf: Option<RawWaf>,
     pub ids: Option<RawIds>,
+    /// Security events also to a SIEM: RFC 5424 syslog over TLS.
+    pub syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslog {
+    pub address: String,
+    pub server_name: Option<String>,
+    pub ca_file: String,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub facility: Option<String>,
+    pub app_name: Option<String>,
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,6 +605,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<crate::steps::client_ip::Cidr>,
     /// `[ids]`; `None`: no scores, no bans.
     pub ids: Option<IdsConfig>,
+    /// `[syslog]`; fixed at start (a reload that changes it is refused).
+    pub syslog: Option<crate::ops::syslog::SyslogConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -1544,6 +1561,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     }
 
     let ids = raw.ids.map(|r| ids(&mut c, r));
+    let syslog = raw.syslog.map(|r| syslog(&mut c, r));
 
     if !c.errs.is_empty() {
         return Err(ConfigErrors(c.errs));
@@ -1563,7 +1581,71 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         log_format,
         trusted_proxies,
         ids,
+        syslog,
     })
+}
+
+/// `[syslog]`: a `host:port`, the CA file, an optional client certificate
+/// pair, a facility by its RFC 5424 name, header fields in printable ASCII.
+fn syslog(c: &mut Ctx<'_>, r: RawSyslog) -> crate::ops::syslog::SyslogConfig {
+    let host = match r.address.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
+            h.trim_start_matches('[').trim_end_matches(']').to_string()
+        }
+        _ => {
+            c.err(format!("syslog.address: {:?} is not host:port", r.address));
+            String::new()
+        }
+    };
+    let server_name = r.server_name.unwrap_or(host);
+    if !server_name.is_empty()
+        && rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err()
+    {
+        c.err(format!(
+            "syslog.server_name: {server_name:?} is not a DNS name or an IP address"
+        ));
+    }
+    let f = r.facility.as_deref().unwrap_or("authpriv");
+    let facility = match crate::ops::syslog::FACILITIES.iter().find(|(n, _)| *n == f) {
+        Some((_, code)) => *code,
+        None => {
+            c.err(format!(
+                "syslog.facility: {f:?} is not an RFC 5424 facility name (kern, user, auth, authpriv, audit, local0 ... local7, ...)"
+            ));
+            10
+        }
+    };
+    let printable = |c: &mut Ctx<'_>, field: &str, v: &str, max: usize| {
+        if v.is_empty() || v.len() > max || !v.bytes().all(|b| (33..=126).contains(&b)) {
+            c.err(format!(
+                "syslog.{field}: {v:?} must be 1 to {max} printable ASCII characters without spaces"
+            ));
+        }
+    };
+    let app_name = r.app_name.unwrap_or_else(|| "palisade-gateway".into());
+    printable(c, "app_name", &app_name, 48);
+    if let Some(h) = &r.hostname {
+        printable(c, "hostname", h, 255);
+    }
+    crate::ops::syslog::SyslogConfig {
+        address: r.address,
+        server_name,
+        ca_file: c.file("syslog.ca_file", &r.ca_file),
+        client_cert: match (r.client_cert_file, r.client_key_file) {
+            (Some(cf), Some(kf)) => Some((
+                c.file("syslog.client_cert_file", &cf),
+                c.file("syslog.client_key_file", &kf),
+            )),
+            (None, None) => None,
+            _ => {
+                c.err("syslog: client_cert_file and client_key_file go together".to_string());
+                None
+            }
+        },
+        facility,
+        app_name,
+        hostname: r.hostname,
+    }
 }
 
 /// `[ids]`: every number in range, every list entry an address or range,
@@ -1726,6 +1808,57 @@ mod tests {
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.listeners[0].kind, ListenerKind::DangerousPlaintext);
         assert_eq!(c.ratelimit.store, RateStore::Local);
+    }
+
+    #[test]
+    fn syslog_needs_an_address_a_ca_and_valid_header_fields() {
+        // the test's directory holds p.cedar: a file that exists
+        let ok = check(&format!(
+            "{ROUTE}[syslog]\naddress = \"siem.example:6514\"\nca_file = \"p.cedar\"\n"
+        ))
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!(ok.server_name, "siem.example");
+        assert_eq!(ok.facility, 10);
+        assert_eq!(ok.app_name, "palisade-gateway");
+        assert_eq!(ok.client_cert, None);
+        let ip = check(&format!(
+            "{ROUTE}[syslog]\naddress = \"[::1]:6514\"\nca_file = \"p.cedar\"\nfacility = \"local3\"\n"
+        ))
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!((ip.server_name.as_str(), ip.facility), ("::1", 19));
+        let e = check(&format!(
+            "{ROUTE}[syslog]\naddress = \"siem.example\"\nca_file = \"missing.pem\"\nfacility = \"security\"\napp_name = \"my app\"\nhostname = \"\"\nclient_cert_file = \"p.cedar\"\n"
+        ))
+        .unwrap_err();
+        // the missing file's message names the test's temporary directory
+        let (dir_dependent, exact): (Vec<_>, Vec<_>) =
+            e.0.iter().partition(|l| l.starts_with("syslog.ca_file: "));
+        assert_eq!(
+            exact,
+            [
+                "syslog.address: \"siem.example\" is not host:port",
+                "syslog.facility: \"security\" is not an RFC 5424 facility name (kern, user, auth, authpriv, audit, local0 ... local7, ...)",
+                "syslog.app_name: \"my app\" must be 1 to 48 printable ASCII characters without spaces",
+                "syslog.hostname: \"\" must be 1 to 255 printable ASCII characters without spaces",
+                "syslog: client_cert_file and client_key_file go together",
+            ]
+        );
+        assert_eq!(dir_dependent.len(), 1);
+        assert!(dir_dependent[0].ends_with("/missing.pem does not exist or is not a file"));
+        let e = check(&format!(
+            "{ROUTE}[syslog]\naddress = \"siem.example:6514\"\nca_file = \"p.cedar\"\nserver_name = \"not a name\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            vec![
+                "syslog.server_name: \"not a name\" is not a DNS name or an IP address".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub ids: Arc<palisade_ids::Ids>,
     /// Where the running `Ids` keeps its state (as configured at start).
     pub ids_store: config::IdsStore,
+    /// `[syslog]` as started (the forwarder lives in the log sink).
+    pub syslog: Option<crate::ops::syslog::SyslogConfig>,
     /// `[ids]`'s rules; `None`: no scoring, no bans enforced.
     pub ids_policy: Option<Arc<palisade_ids::Policy>>,
     /// How often the shared ban list is copied.
@@ -103,6 +105,8 @@ pub enum BuildError {
     RateLimitStore(String),
     #[error("ids: {0}")]
     IdsStore(String),
+    #[error("syslog: {0}")]
+    Syslog(String),
 }
 
 impl BuildError {
@@ -230,6 +234,14 @@ pub async fn build(
             config::IdsStore::Local => palisade_ids::Ids::local(),
         }),
     };
+    // the forwarder is the log sink's, made at start
+    if let Some(p) = previous
+        && p.syslog != cfg.syslog
+    {
+        return Err(BuildError::Syslog(
+            "changing [syslog] needs a restart".into(),
+        ));
+    }
     Ok(Gateway {
         routes: Routes::new(routes),
         pools,
@@ -246,6 +258,7 @@ pub async fn build(
         transport,
         ids,
         ids_store: store,
+        syslog: cfg.syslog.clone(),
         ids_policy: cfg.ids.as_ref().map(|i| Arc::new(i.policy.clone())),
         ids_sync: cfg
             .ids

@@ -271,7 +271,7 @@ pub async fn start(
                             format,
                             &palisade_core::rfc3339(palisade_core::now_nanos()),
                             None,
-                        ));
+                        ), crate::ops::log::Event::Reload { applied: true });
                         tracing::info!("configuration reloaded");
                         metrics::counter!("palisade_gateway_reloads_total", "result" => "ok").increment(1);
                     }
@@ -280,7 +280,7 @@ pub async fn start(
                             reload_shared.current().log_format,
                             &palisade_core::rfc3339(palisade_core::now_nanos()),
                             Some(e.count()),
-                        ));
+                        ), crate::ops::log::Event::Reload { applied: false });
                         tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                         metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
                     }
@@ -290,7 +290,7 @@ pub async fn start(
                         reload_shared.current().log_format,
                         &palisade_core::rfc3339(palisade_core::now_nanos()),
                         Some(e.count()),
-                    ));
+                    ), crate::ops::log::Event::Reload { applied: false });
                     tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                     metrics::counter!("palisade_gateway_reloads_total", "result" => "refused").increment(1);
                 }

@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+pub use crate::ops::syslog::Event;
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
@@ -448,6 +450,8 @@ pub struct StdoutSink {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     state: Arc<WriterState>,
     last_alert_s: AtomicU64,
+    /// `[syslog]`: every line also goes to the SIEM.
+    syslog: Option<crate::ops::syslog::Forwarder>,
 }
 
 /// Where records go: stdout by default, a buffer in tests.
@@ -459,13 +463,27 @@ pub enum Sink {
 impl Sink {
     /// The stdout sink and its writer thread.
     pub fn stdout() -> std::io::Result<Self> {
+        Self::stdout_and(None)
+    }
+
+    /// The stdout sink, each line also sent to `syslog` when given.
+    pub fn stdout_and(syslog: Option<crate::ops::syslog::Forwarder>) -> std::io::Result<Self> {
         use std::os::fd::AsFd;
         let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Self::writer(std::fs::File::from(fd), QUEUE_LINES)
+        Self::writer_and(std::fs::File::from(fd), QUEUE_LINES, syslog)
     }
 
     /// A sink writing to `out` through a writer thread and a queue of `lines`.
     pub fn writer(out: std::fs::File, lines: usize) -> std::io::Result<Self> {
+        Self::writer_and(out, lines, None)
+    }
+
+    /// [`Self::writer`], each line also sent to `syslog` when given.
+    pub fn writer_and(
+        out: std::fs::File,
+        lines: usize,
+        syslog: Option<crate::ops::syslog::Forwarder>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(lines);
         let state = Arc::new(WriterState {
             pending: AtomicUsize::new(0),
@@ -546,30 +564,37 @@ impl Sink {
             tx,
             state,
             last_alert_s: AtomicU64::new(u64::MAX),
+            syslog,
         }))
     }
 
     pub fn write(&self, rec: &SecurityRecord<'_>) {
-        self.write_line(rec.to_json());
+        self.write_record(rec, LogFormat::Palisade);
     }
 
     /// A request's record in `format`.
     pub fn write_record(&self, rec: &SecurityRecord<'_>, format: LogFormat) {
+        let event = Event::Request {
+            allowed: rec.decision == "allow",
+        };
         match format {
-            LogFormat::Palisade => self.write(rec),
-            LogFormat::Ecs => self.write_event(&rec.to_ecs()),
+            LogFormat::Palisade => self.write_line(rec.to_json(), event),
+            LogFormat::Ecs => self.write_event(&rec.to_ecs(), event),
         }
     }
 
     /// A security event that is not a request's record (a ban, a lifted
-    /// ban), as one JSON line through the same queue.
-    pub fn write_event(&self, event: &serde_json::Value) {
-        self.write_line(event.to_string().into_bytes());
+    /// ban, a reload), as one JSON line through the same queue.
+    pub fn write_event(&self, value: &serde_json::Value, event: Event) {
+        self.write_line(value.to_string().into_bytes(), event);
     }
 
-    fn write_line(&self, mut line: Vec<u8>) {
+    fn write_line(&self, mut line: Vec<u8>, event: Event) {
         match self {
             Sink::Stdout(s) => {
+                if let Some(f) = &s.syslog {
+                    f.send(event, &line);
+                }
                 line.push(b'\n');
                 s.state.pending.fetch_add(1, Ordering::Relaxed);
                 if s.tx.try_send(line).is_err() {
@@ -630,7 +655,11 @@ impl Sink {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                true
+                // then the SIEM's copy, within what is left of `limit`
+                match &s.syslog {
+                    Some(f) => f.flush(end.saturating_duration_since(Instant::now())),
+                    None => true,
+                }
             }
             Sink::Memory(_) => true,
         }

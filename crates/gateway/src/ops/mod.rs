@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod durations;
 pub mod log;
+pub mod syslog;

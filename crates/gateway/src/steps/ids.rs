@@ -223,7 +223,10 @@ fn log_ban(
         request_id: Some(request_id),
     };
     let (log, format) = gw_log;
-    log.write_event(&ev.to_value(format, &palisade_core::rfc3339(palisade_core::now_nanos())));
+    log.write_event(
+        &ev.to_value(format, &palisade_core::rfc3339(palisade_core::now_nanos())),
+        crate::ops::log::Event::Ban,
+    );
 }
 
 /// The security-log line of a ban made or lifted by an operator.
@@ -245,10 +248,18 @@ pub(crate) fn log_manual(
         enforced: None,
         request_id: None,
     };
-    gw.log.write_event(&ev.to_value(
-        gw.log_format,
-        &palisade_core::rfc3339(palisade_core::now_nanos()),
-    ));
+    let event = if action == "ban" {
+        crate::ops::log::Event::Ban
+    } else {
+        crate::ops::log::Event::Unban
+    };
+    gw.log.write_event(
+        &ev.to_value(
+            gw.log_format,
+            &palisade_core::rfc3339(palisade_core::now_nanos()),
+        ),
+        event,
+    );
 }
 
 /// Copy the shared ban list every `sync_interval` (and drop ended bans),

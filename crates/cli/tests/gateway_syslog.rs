@@ -1,0 +1,451 @@
+//! The gateway's security events to a SIEM: a real `palisade gateway`
+//! sending RFC 5424 syslog over TLS (RFC 5425) to a real rsyslog (Debian's
+//! rsyslogd with its GnuTLS driver, `rsyslog-gnutls`), which writes each
+//! message it parsed, field by field, as a JSON line.
+//!
+//! - every security-log line on stdout (requests, a reload) arrives as one
+//!   message whose MSG is exactly that line, with the PRI, MSGID, HOSTNAME
+//!   and PROCID of the event, over mutual TLS (rsyslog `x509/name` accepts
+//!   only the gateway's client certificate), including a record over
+//!   rsyslog's default 8 KiB message size;
+//! - a reload that changes `[syslog]` is refused;
+//! - a receiver that is down at first gets the lines once it is up;
+//! - a receiver whose certificate is not from `ca_file` gets nothing.
+//!
+//! Skips without `rsyslogd` (apt-get install rsyslog rsyslog-gnutls) unless
+//! PALISADE_REQUIRE_SERVICES=1.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
+
+mod gateway_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_common::{DEADLINE, Gateway, Pki, plain_client, skip, wait_for};
+use serde_json::Value;
+
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+
+fn rsyslogd(test: &str) -> bool {
+    if Path::new(RSYSLOGD).exists() {
+        return true;
+    }
+    skip(&format!(
+        "{test}: no {RSYSLOGD} (apt-get install rsyslog rsyslog-gnutls)"
+    ));
+    false
+}
+
+/// rsyslogd in the foreground, TLS only, writing what it parsed into
+/// `messages.jsonl`; stopped on drop.
+struct Rsyslog {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Rsyslog {
+    /// `auth`: `anon` or `x509/name` (then only the CN `palisade-client`).
+    /// `port` 0 picks one. Certificates: `dir`'s server.pem, server.key, ca.pem.
+    fn start(dir: &Path, name: &str, auth: &str, port: u16) -> Rsyslog {
+        let d = dir.join(name);
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        let permitted = if auth == "x509/name" {
+            r#"permittedPeer=["palisade-client"]"#
+        } else {
+            ""
+        };
+        let p = |f: &str| dir.join(f).display().to_string();
+        let conf = format!(
+            r#"global(
+  workDirectory="{work}"
+  maxMessageSize="64k"
+  processInternalMessages="on"
+  abortOnUncleanConfig="on"
+  defaultNetstreamDriver="gtls"
+  defaultNetstreamDriverCAFile="{ca}"
+  defaultNetstreamDriverCertFile="{cert}"
+  defaultNetstreamDriverKeyFile="{key}"
+)
+module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1"
+  streamDriver.authMode="{auth}" {permitted} gnutlsPriorityString="NORMAL")
+template(name="fields" type="list" option.jsonf="on") {{
+  property(outname="pri" name="pri" format="jsonf")
+  property(outname="version" name="protocol-version" format="jsonf")
+  property(outname="timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="hostname" name="hostname" format="jsonf")
+  property(outname="app_name" name="app-name" format="jsonf")
+  property(outname="procid" name="procid" format="jsonf")
+  property(outname="msgid" name="msgid" format="jsonf")
+  property(outname="structured_data" name="structured-data" format="jsonf")
+  property(outname="msg" name="msg" format="jsonf")
+}}
+ruleset(name="tls_in") {{
+  action(type="omfile" file="{out}" template="fields")
+}}
+input(type="imtcp" address="127.0.0.1" port="{port}" listenPortFileName="{portfile}" ruleset="tls_in")
+action(type="omfile" file="{internal}")
+"#,
+            work = d.join("work").display(),
+            ca = p("ca.pem"),
+            cert = p("server.pem"),
+            key = p("server.key"),
+            out = d.join("messages.jsonl").display(),
+            portfile = d.join("port").display(),
+            internal = d.join("internal.log").display(),
+        );
+        std::fs::write(d.join("rsyslog.conf"), conf).unwrap();
+        let mut child = Command::new(RSYSLOGD)
+            .arg("-n")
+            .arg("-f")
+            .arg(d.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(d.join("work/rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(d.join("stdout")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("stderr")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn rsyslogd");
+        // the port file is written when it binds (generating its DH
+        // parameters first can take a second)
+        let deadline = Instant::now() + DEADLINE;
+        let port = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "rsyslogd exited ({st}): {}",
+                    std::fs::read_to_string(d.join("stderr")).unwrap_or_default()
+                );
+            }
+            // rsyslog writes the port file only for a port it picked
+            if port != 0 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break port;
+                }
+            } else if let Some(p) = std::fs::read_to_string(d.join("port"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "rsyslogd did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // listen() follows the port file by about a millisecond
+        std::thread::sleep(Duration::from_millis(50));
+        Rsyslog {
+            child,
+            dir: d,
+            port,
+        }
+    }
+
+    /// What rsyslog wrote so far, one object per message; a line that is
+    /// not JSON fails the test (a broken frame would make one).
+    fn messages(&self) -> Vec<Value> {
+        let bytes = std::fs::read(self.dir.join("messages.jsonl")).unwrap_or_default();
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice(l).unwrap_or_else(|e| {
+                    panic!(
+                        "rsyslog wrote a line that is not JSON ({e}): {}",
+                        String::from_utf8_lossy(l)
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn internal(&self) -> String {
+        std::fs::read_to_string(self.dir.join("internal.log")).unwrap_or_default()
+    }
+
+    /// The message whose MSG holds `needle`, polled for at most 10 s.
+    async fn message_with(&self, needle: &str) -> Value {
+        wait_for(
+            &format!("rsyslog message with {needle}"),
+            Duration::from_secs(10),
+            || async {
+                self.messages()
+                    .into_iter()
+                    .find(|m| m["msg"].as_str().is_some_and(|s| s.contains(needle)))
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream answering every request with 200 (one thread, one
+/// connection at a time, no keep-alive).
+fn upstream() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 16 * 1024];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+/// A gateway with an anonymous route to [`upstream`] (200, allowed) and
+/// nothing else (404, refused), sending to syslog at `port` with `extra`
+/// lines in `[syslog]`.
+fn config(port: u16, ca: &str, extra: &str) -> String {
+    let app = upstream();
+    format!(
+        r#"[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{app}"]
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "only"
+path_prefix = "/only"
+upstream = "app"
+anonymous = true
+
+[syslog]
+address = "127.0.0.1:{port}"
+server_name = "localhost"
+ca_file = "{ca}"
+hostname = "gw-test-1"
+{extra}
+"#
+    )
+}
+
+fn setup(dir: &Path) -> Pki {
+    std::fs::write(
+        dir.join("policies.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .unwrap();
+    let pki = Pki::new(dir);
+    let (cert, key) = pki.client_cert("palisade-client", "spiffe://test/gateway", 7);
+    std::fs::write(dir.join("client.pem"), cert).unwrap();
+    std::fs::write(dir.join("client.key"), key).unwrap();
+    pki
+}
+
+/// GET `path`: (status, request id).
+async fn get(gw: &Gateway, path: &str) -> (u16, String) {
+    let r = plain_client()
+        .get(format!("http://{}{path}", gw.addr("plain")))
+        .send()
+        .await
+        .unwrap();
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    (r.status().as_u16(), id)
+}
+
+/// The gateway's stdout line that holds `needle`.
+fn stdout_line(gw: &Gateway, needle: &str) -> String {
+    gw.security_log();
+    gw.stdout()
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no security-log line with {needle}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn security_events_reach_rsyslog_over_mutual_tls() {
+    if !rsyslogd("security_events_reach_rsyslog_over_mutual_tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = setup(dir.path());
+    let rs = Rsyslog::start(dir.path(), "rs", "x509/name", 0);
+    let cfg = dir.path().join("gw.toml");
+    let text = config(
+        rs.port,
+        "ca.pem",
+        "client_cert_file = \"client.pem\"\nclient_key_file = \"client.key\"\nfacility = \"authpriv\"",
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let gw = Gateway::start(&cfg, "gw").await;
+
+    let (status, allowed) = get(&gw, "/only/x").await;
+    assert_eq!(status, 200);
+    let (status, denied) = get(&gw, "/nothing").await;
+    assert_eq!(status, 404);
+    // over rsyslog's default 8,096-byte message: the frame's length is
+    // what keeps it whole
+    let long = format!("/nothing/{}", "a".repeat(7800));
+    let (status, long_id) = get(&gw, &long).await;
+    assert_eq!(status, 404);
+
+    for (id, pri) in [(&allowed, "86"), (&denied, "84"), (&long_id, "84")] {
+        let m = rs.message_with(id).await;
+        // exactly the stdout line, parsed as RFC 5424 by rsyslog
+        assert_eq!(m["msg"], stdout_line(&gw, id), "{m}");
+        assert_eq!(m["pri"], pri, "authpriv (10) * 8 + severity: {m}");
+        assert_eq!(m["version"], "1");
+        assert_eq!(m["hostname"], "gw-test-1");
+        assert_eq!(m["app_name"], "palisade-gateway");
+        assert_eq!(m["procid"], gw.pid().to_string());
+        assert_eq!(m["msgid"], "request");
+        assert_eq!(m["structured_data"], "-");
+    }
+
+    // a reload with the same [syslog] is applied (a notice) ...
+    gw.signal("HUP");
+    let m = rs.message_with("config_reload").await;
+    assert_eq!(
+        (m["msgid"].as_str(), m["pri"].as_str()),
+        (Some("reload"), Some("85")),
+        "{m}"
+    );
+    assert!(
+        m["msg"].as_str().unwrap().contains(r#""result":"ok""#),
+        "{m}"
+    );
+    // ... one that changes it is refused (an error), and changes nothing
+    std::fs::write(
+        &cfg,
+        text.replace("hostname = \"gw-test-1\"", "hostname = \"other\""),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let refused = wait_for("refused reload", Duration::from_secs(10), || async {
+        rs.messages().into_iter().find(|m| {
+            m["msg"]
+                .as_str()
+                .is_some_and(|s| s.contains(r#""result":"refused""#))
+        })
+    })
+    .await;
+    assert_eq!(
+        (refused["msgid"].as_str(), refused["pri"].as_str()),
+        (Some("reload"), Some("83"))
+    );
+    assert_eq!(refused["hostname"], "gw-test-1");
+    assert!(
+        gw.stderr().contains("changing [syslog] needs a restart"),
+        "{}",
+        gw.stderr()
+    );
+    let (_, after) = get(&gw, "/nothing/after").await;
+    assert_eq!(rs.message_with(&after).await["hostname"], "gw-test-1");
+    // nothing rsyslog refused or cut
+    let internal = rs.internal();
+    assert!(!internal.contains("oversize"), "{internal}");
+    assert!(!internal.contains("not authorized"), "{internal}");
+}
+
+#[tokio::test]
+async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
+    if !rsyslogd("a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = setup(dir.path());
+
+    // the receiver is down: the line waits, and goes when it is up
+    let port = free_port();
+    let cfg = dir.path().join("late.toml");
+    std::fs::write(&cfg, config(port, "ca.pem", "")).unwrap();
+    let gw = Gateway::start(&cfg, "late").await;
+    let (_, early) = get(&gw, "/nothing/early").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        gw.stderr().contains("syslog receiver unreachable"),
+        "{}",
+        gw.stderr()
+    );
+    let rs = Rsyslog::start(dir.path(), "late-rs", "anon", port);
+    let m = rs.message_with(&early).await;
+    assert_eq!(m["msg"], stdout_line(&gw, &early));
+    wait_for("recovery logged", Duration::from_secs(5), || async {
+        gw.stderr()
+            .contains("syslog receiver reachable again")
+            .then_some(())
+    })
+    .await;
+
+    // a gateway trusting another CA refuses rsyslog's certificate: nothing
+    // is sent, and the refusal is in its log
+    let other = tempfile::tempdir().unwrap();
+    let _ = Pki::new(other.path());
+    std::fs::copy(other.path().join("ca.pem"), dir.path().join("other-ca.pem")).unwrap();
+    let cfg = dir.path().join("untrusting.toml");
+    std::fs::write(&cfg, config(rs.port, "other-ca.pem", "")).unwrap();
+    let gw2 = Gateway::start(&cfg, "untrusting").await;
+    let (_, id) = get(&gw2, "/nothing/untrusted").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = gw2.stderr();
+        if err.contains("syslog receiver unreachable") && err.contains("invalid peer certificate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refusal is not logged: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !rs.messages()
+            .iter()
+            .any(|m| m["msg"].as_str().is_some_and(|s| s.contains(&id))),
+        "a receiver the gateway does not trust got a line"
+    );
+}

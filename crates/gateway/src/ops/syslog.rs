@@ -1,0 +1,493 @@
+//! Security events to a SIEM over syslog: each line of the security log
+//! (a request's record, a ban, a reload) also goes out as one RFC 5424
+//! message over TLS (RFC 5425: TLS 1.2 or 1.3, octet-counting framing
+//! `LEN SP MSG`), from one forwarder thread.
+//!
+//! - `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG`: the facility
+//!   is configured (`authpriv` by default), the severity follows the event
+//!   (a refused request or a ban is a warning, an allowed request is
+//!   informational, a lifted ban or an applied reload a notice, a refused
+//!   reload an error); MSGID is `request`, `ban`, `unban` or `reload`; no
+//!   structured data; MSG is the JSON line of the security log, without a
+//!   BOM (RFC 5424 allows any MSG; a BOM in front of JSON breaks the JSON
+//!   parsers of SIEMs, rsyslog keeps it in `%msg%`).
+//! - The server's certificate is verified against `ca_file` (rustls,
+//!   webpki); a client certificate is presented when configured. There is
+//!   no plaintext mode.
+//! - Delivery: the stdout log stays the complete record; syslog is a copy
+//!   for the SIEM. A request never waits for it: lines queue (at most
+//!   [`QUEUE_LINES`]); while the receiver is unreachable the forwarder
+//!   reconnects with back-off (0.1 s doubling to 5 s) and sends the batch
+//!   that failed again, so a line is delivered at least once; when the
+//!   queue is full, further lines are dropped and counted
+//!   (`palisade_gateway_syslog_dropped_total`, an error at most once a
+//!   second). Syslog over TLS has no acknowledgement: lines written into a
+//!   connection the receiver drops at that moment are lost, as with every
+//!   RFC 5425 sender.
+
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+/// Lines waiting for the forwarder at most.
+pub const QUEUE_LINES: usize = 32 * 1024;
+/// Bytes of frames written at once at most.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Connecting, the TLS handshake and a write give up after this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// `[syslog]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// `host:port` of the receiver (6514 is RFC 5425's port).
+    pub address: String,
+    /// The name the receiver's certificate must hold (the host of
+    /// `address` unless set).
+    pub server_name: String,
+    /// PEM CA certificates the receiver's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// PEM certificate chain and key presented to the receiver.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// RFC 5424 facility code (0–23).
+    pub facility: u8,
+    pub app_name: String,
+    /// HOSTNAME; the machine's name (`/proc/sys/kernel/hostname`) unless set.
+    pub hostname: Option<String>,
+}
+
+/// RFC 5424 facility names (§6.2.1) and their codes.
+pub const FACILITIES: [(&str, u8); 24] = [
+    ("kern", 0),
+    ("user", 1),
+    ("mail", 2),
+    ("daemon", 3),
+    ("auth", 4),
+    ("syslog", 5),
+    ("lpr", 6),
+    ("news", 7),
+    ("uucp", 8),
+    ("cron", 9),
+    ("authpriv", 10),
+    ("ftp", 11),
+    ("ntp", 12),
+    ("audit", 13),
+    ("alert", 14),
+    ("clock", 15),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
+];
+
+/// What a security-log line records: its MSGID and severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A request's record; true when it was allowed.
+    Request {
+        allowed: bool,
+    },
+    Ban,
+    Unban,
+    Reload {
+        applied: bool,
+    },
+}
+
+impl Event {
+    pub fn msgid(self) -> &'static str {
+        match self {
+            Event::Request { .. } => "request",
+            Event::Ban => "ban",
+            Event::Unban => "unban",
+            Event::Reload { .. } => "reload",
+        }
+    }
+
+    /// RFC 5424 severity: 3 error, 4 warning, 5 notice, 6 informational.
+    pub fn severity(self) -> u8 {
+        match self {
+            Event::Request { allowed: true } => 6,
+            Event::Request { allowed: false } | Event::Ban => 4,
+            Event::Unban | Event::Reload { applied: true } => 5,
+            Event::Reload { applied: false } => 3,
+        }
+    }
+}
+
+/// `s` as an RFC 5424 header field: printable US-ASCII (33–126) only,
+/// other bytes as `?`, at most `max` bytes; `-` (the nil value) if empty.
+pub fn header_field(s: &str, max: usize) -> String {
+    let out: String = s
+        .bytes()
+        .take(max)
+        .map(|b| {
+            if (33..=126).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if out.is_empty() { "-".into() } else { out }
+}
+
+/// One octet-counted RFC 5424 message (`LEN SP <PRI>1 ...`) carrying `msg`.
+pub fn frame(
+    facility: u8,
+    event: Event,
+    time_nanos: i64,
+    hostname: &str,
+    app_name: &str,
+    procid: u32,
+    msg: &[u8],
+) -> Vec<u8> {
+    // TIME-SECFRAC has at most 6 digits: microseconds
+    let ts = palisade_core::rfc3339(time_nanos);
+    let ts = match ts.find('.') {
+        Some(dot) if ts.len() > dot + 7 => format!("{}Z", &ts[..dot + 7]),
+        _ => ts,
+    };
+    let mut m = format!(
+        "<{}>1 {ts} {hostname} {app_name} {procid} {} - ",
+        u16::from(facility) * 8 + u16::from(event.severity()),
+        event.msgid()
+    )
+    .into_bytes();
+    m.extend_from_slice(msg);
+    let mut out = format!("{} ", m.len()).into_bytes();
+    out.extend_from_slice(&m);
+    out
+}
+
+/// The forwarder's shared counters.
+#[derive(Debug, Default)]
+struct State {
+    pending: AtomicUsize,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    last_alert_s: AtomicU64,
+}
+
+/// The queue to the forwarder thread.
+pub struct Forwarder {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    state: Arc<State>,
+    facility: u8,
+    hostname: String,
+    app_name: String,
+    procid: u32,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").finish_non_exhaustive()
+    }
+}
+
+/// The TLS client configuration of `[syslog]`: files are read here, so a
+/// missing or bad one stops the gateway at start.
+fn tls_config(cfg: &SyslogConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = &cfg.ca_file;
+    for c in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?
+    {
+        let c = c.map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "syslog: ca_file {} holds no certificate",
+            ca.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("syslog: {e}"))?
+        .with_root_certificates(roots);
+    let tls = match &cfg.client_cert {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("syslog: client_cert_file {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("syslog: client_cert_file {}: {e}", cert.display()))?;
+            // the key's own parse error is not repeated: it could quote it
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+                format!(
+                    "syslog: client_key_file {}: no valid private key",
+                    key.display()
+                )
+            })?;
+            b.with_client_auth_cert(chain, key)
+                .map_err(|e| format!("syslog: client certificate: {e}"))?
+        }
+    };
+    Ok(Arc::new(tls))
+}
+
+type Conn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(
+    address: &str,
+    name: &ServerName<'static>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Conn, String> {
+    let addrs = address
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {address}: {e}"))?;
+    let mut last = format!("{address} resolves to no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, IO_TIMEOUT) {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                tcp.set_write_timeout(Some(IO_TIMEOUT))
+                    .and_then(|()| tcp.set_read_timeout(Some(IO_TIMEOUT)))
+                    .map_err(|e| e.to_string())?;
+                let conn = rustls::ClientConnection::new(tls.clone(), name.clone())
+                    .map_err(|e| e.to_string())?;
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                // the handshake now, so a certificate the receiver refuses
+                // (or that we refuse) is a connection error, not a lost batch
+                while s.conn.is_handshaking() {
+                    s.conn
+                        .complete_io(&mut s.sock)
+                        .map_err(|e| format!("TLS handshake with {a}: {e}"))?;
+                }
+                return Ok(s);
+            }
+            Err(e) => last = format!("connecting to {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+impl Forwarder {
+    /// Read the TLS files and start the forwarder thread (it connects on
+    /// its own: a receiver that is down at start is retried).
+    pub fn start(cfg: &SyslogConfig) -> Result<Forwarder, String> {
+        let tls = tls_config(cfg)?;
+        let name = ServerName::try_from(cfg.server_name.clone())
+            .map_err(|_| format!("syslog: invalid server_name {:?}", cfg.server_name))?;
+        let hostname = match &cfg.hostname {
+            Some(h) => h.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let state = Arc::new(State {
+            last_alert_s: AtomicU64::new(u64::MAX),
+            ..Default::default()
+        });
+        let st = state.clone();
+        let address = cfg.address.clone();
+        std::thread::Builder::new()
+            .name("syslog".into())
+            .spawn(move || run(rx, st, address, name, tls))
+            .map_err(|e| format!("syslog: cannot start its thread: {e}"))?;
+        Ok(Forwarder {
+            tx,
+            state,
+            facility: cfg.facility,
+            hostname: header_field(&hostname, 255),
+            app_name: header_field(&cfg.app_name, 48),
+            procid: std::process::id(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Queue one security-log line (without its newline) as a message.
+    pub fn send(&self, event: Event, line: &[u8]) {
+        let msg = frame(
+            self.facility,
+            event,
+            palisade_core::now_nanos(),
+            &self.hostname,
+            &self.app_name,
+            self.procid,
+            line,
+        );
+        self.state.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(msg).is_err() {
+            self.state.pending.fetch_sub(1, Ordering::Relaxed);
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("palisade_gateway_syslog_dropped_total").increment(1);
+            let now = self.epoch.elapsed().as_secs();
+            if self.state.last_alert_s.swap(now, Ordering::Relaxed) != now {
+                tracing::error!(
+                    dropped = self.state.dropped.load(Ordering::Relaxed),
+                    "syslog messages dropped: the receiver is not keeping up or unreachable"
+                );
+            }
+        }
+    }
+
+    /// Wait until every queued message has been written, for at most `limit`.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while self.state.pending.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Messages written so far.
+    pub fn sent(&self) -> u64 {
+        self.state.sent.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped so far (the queue was full).
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The forwarder thread: batches of frames, one connection, reconnected
+/// with back-off; a batch whose write failed is sent again.
+fn run(
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    st: Arc<State>,
+    address: String,
+    name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut lines = 0usize;
+    let mut backoff = BACKOFF_MIN;
+    // the connection's state as last logged: an outage is logged when it
+    // starts and when it ends, not at every retry
+    let mut failing = false;
+    loop {
+        if lines == 0 {
+            batch.clear();
+            match rx.recv() {
+                Ok(first) => batch.extend_from_slice(&first),
+                // the gateway is gone and everything queued was sent
+                Err(_) => return,
+            }
+            lines = 1;
+            while batch.len() < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        batch.extend_from_slice(&m);
+                        lines += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match connect(&address, &name, &tls) {
+                Ok(c) => {
+                    if failing {
+                        tracing::info!(address = %address, "syslog receiver reachable again");
+                        failing = false;
+                    }
+                    backoff = BACKOFF_MIN;
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(address = %address, error = %e, "syslog receiver unreachable; retrying");
+                        failing = true;
+                    }
+                    metrics::counter!("palisade_gateway_syslog_connect_failures_total")
+                        .increment(1);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        match c.write_all(&batch).and_then(|()| c.flush()) {
+            Ok(()) => {
+                st.sent.fetch_add(lines as u64, Ordering::Relaxed);
+                st.pending.fetch_sub(lines, Ordering::Relaxed);
+                metrics::counter!("palisade_gateway_syslog_sent_total").increment(lines as u64);
+                lines = 0;
+                if batch.capacity() > 4 * BATCH_BYTES {
+                    batch = Vec::with_capacity(BATCH_BYTES);
+                }
+            }
+            Err(e) => {
+                // the same batch goes again on a new connection
+                if !failing {
+                    tracing::error!(address = %address, error = %e, "syslog connection lost; reconnecting");
+                    failing = true;
+                }
+                conn = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_an_octet_counted_rfc5424_message() {
+        // 2026-12-06T02:00:00.123456789Z
+        let t = 1_796_522_400_123_456_789;
+        let f = frame(
+            10,
+            Event::Request { allowed: false },
+            t,
+            "gw-1",
+            "palisade-gateway",
+            42,
+            br#"{"a":"\u00e9"}"#,
+        );
+        let s = String::from_utf8(f).unwrap();
+        let (len, msg) = s.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), msg.len());
+        // authpriv (10) * 8 + warning (4); microseconds, never nanoseconds
+        assert_eq!(
+            msg,
+            r#"<84>1 2026-12-06T02:00:00.123456Z gw-1 palisade-gateway 42 request - {"a":"\u00e9"}"#
+        );
+    }
+
+    #[test]
+    fn severities_follow_the_event() {
+        let pri = |e| {
+            let f = String::from_utf8(frame(16, e, 0, "h", "a", 1, b"{}")).unwrap();
+            f.split(['<', '>']).nth(1).unwrap().to_string()
+        };
+        assert_eq!(pri(Event::Request { allowed: true }), "134");
+        assert_eq!(pri(Event::Request { allowed: false }), "132");
+        assert_eq!(pri(Event::Ban), "132");
+        assert_eq!(pri(Event::Unban), "133");
+        assert_eq!(pri(Event::Reload { applied: true }), "133");
+        assert_eq!(pri(Event::Reload { applied: false }), "131");
+    }
+
+    #[test]
+    fn header_fields_hold_printable_ascii_only() {
+        assert_eq!(header_field("", 10), "-");
+        assert_eq!(header_field("host name\n", 255), "host?name?");
+        assert_eq!(header_field("é", 255), "??");
+        assert_eq!(header_field(&"a".repeat(300), 255).len(), 255);
+    }
+}
