@@ -1638,14 +1638,20 @@ async fn gateway(a: GatewayArgs) -> u8 {
         None => {
             let cfg = tryc!(gateway_config(&file, &var));
             init_tracing(&cfg.log_level, true);
-            let syslog = match &cfg.syslog {
-                Some(s) => match palisade_gateway::ops::syslog::Forwarder::start(s) {
-                    Ok(f) => Some(f),
+            let mut forwards: Vec<Box<dyn palisade_gateway::ops::Forward>> = Vec::new();
+            if let Some(s) = &cfg.syslog {
+                match palisade_gateway::ops::syslog::Forwarder::start(s) {
+                    Ok(f) => forwards.push(Box::new(f)),
                     Err(e) => return local_err(format!("error: {e}")),
-                },
-                None => None,
-            };
-            let sink = match palisade_gateway::ops::log::Sink::stdout_and(syslog) {
+                }
+            }
+            if let Some(o) = &cfg.otlp {
+                match palisade_gateway::ops::otlp::Exporter::start(o) {
+                    Ok(x) => forwards.push(Box::new(x)),
+                    Err(e) => return local_err(format!("error: {e}")),
+                }
+            }
+            let sink = match palisade_gateway::ops::log::Sink::stdout_and(forwards) {
                 Ok(s) => std::sync::Arc::new(s),
                 Err(e) => {
                     eprintln!("error: cannot open stdout for the security log: {e}");

@@ -41,6 +41,22 @@ pub struct RawConfig {
     pub ids: Option<RawIds>,
     /// Security events also to a SIEM: RFC 5424 syslog over TLS.
     pub syslog: Option<RawSyslog>,
+    /// Security events also to an OpenTelemetry collector (OTLP/HTTP JSON).
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: String,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub service_name: Option<String>,
+    pub hostname: Option<String>,
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub dangerous_plaintext: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -607,6 +623,8 @@ pub struct GatewayConfig {
     pub ids: Option<IdsConfig>,
     /// `[syslog]`; fixed at start (a reload that changes it is refused).
     pub syslog: Option<crate::ops::syslog::SyslogConfig>,
+    /// `[otlp]`; fixed at start as `[syslog]`.
+    pub otlp: Option<crate::ops::otlp::OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -1562,6 +1580,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
 
     let ids = raw.ids.map(|r| ids(&mut c, r));
     let syslog = raw.syslog.map(|r| syslog(&mut c, r));
+    let otlp = raw.otlp.map(|r| otlp(&mut c, r));
 
     if !c.errs.is_empty() {
         return Err(ConfigErrors(c.errs));
@@ -1582,7 +1601,68 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         trusted_proxies,
         ids,
         syslog,
+        otlp,
     })
+}
+
+/// `[otlp]`: an `https` endpoint with its CA file (or `http` with
+/// `dangerous_plaintext = true`), an optional client certificate pair.
+fn otlp(c: &mut Ctx<'_>, r: RawOtlp) -> crate::ops::otlp::OtlpConfig {
+    let scheme = match reqwest::Url::parse(&r.endpoint) {
+        Ok(u) if u.host_str().is_some() && u.username().is_empty() && u.password().is_none() => {
+            u.scheme().to_string()
+        }
+        _ => {
+            c.err(format!(
+                "otlp.endpoint: {:?} is not an http(s) URL with a host (and no user info)",
+                r.endpoint
+            ));
+            String::new()
+        }
+    };
+    match (scheme.as_str(), &r.ca_file, r.dangerous_plaintext) {
+        ("https", Some(_), false) | ("http", None, true) | ("", _, _) => {}
+        ("https", None, _) => c.err("otlp.ca_file: required for an https endpoint"),
+        ("https", Some(_), true) => {
+            c.err("otlp.dangerous_plaintext: the endpoint is https; remove it")
+        }
+        ("http", _, false) => c.err(
+            "otlp.endpoint: http sends security events in clear text; use https, or set dangerous_plaintext = true",
+        ),
+        ("http", Some(_), true) => c.err("otlp.ca_file: an http endpoint has no TLS"),
+        (other, _, _) => c.err(format!("otlp.endpoint: scheme {other:?} is not http or https")),
+    }
+    if (r.client_cert_file.is_some() || r.client_key_file.is_some()) && scheme == "http" {
+        c.err("otlp: a client certificate needs an https endpoint");
+    }
+    let service_name = r.service_name.unwrap_or_else(|| "palisade-gateway".into());
+    if service_name.is_empty() {
+        c.err("otlp.service_name: empty");
+    }
+    let timeout_ms = r.timeout_ms.unwrap_or(10_000);
+    if !(100..=120_000).contains(&timeout_ms) {
+        c.err(format!(
+            "otlp.timeout_ms: {timeout_ms} is not between 100 and 120000"
+        ));
+    }
+    crate::ops::otlp::OtlpConfig {
+        endpoint: r.endpoint,
+        ca_file: r.ca_file.map(|f| c.file("otlp.ca_file", &f)),
+        client_cert: match (r.client_cert_file, r.client_key_file) {
+            (Some(cf), Some(kf)) => Some((
+                c.file("otlp.client_cert_file", &cf),
+                c.file("otlp.client_key_file", &kf),
+            )),
+            (None, None) => None,
+            _ => {
+                c.err("otlp: client_cert_file and client_key_file go together".to_string());
+                None
+            }
+        },
+        service_name,
+        hostname: r.hostname,
+        timeout: Duration::from_millis(timeout_ms),
+    }
 }
 
 /// `[syslog]`: a `host:port`, the CA file, an optional client certificate
@@ -1858,6 +1938,62 @@ mod tests {
             vec![
                 "syslog.server_name: \"not a name\" is not a DNS name or an IP address".to_string()
             ]
+        );
+    }
+
+    #[test]
+    fn otlp_needs_https_with_a_ca_or_a_dangerous_plaintext_http() {
+        let ok = check(&format!(
+            "{ROUTE}[otlp]\nendpoint = \"https://collector:4318/v1/logs\"\nca_file = \"p.cedar\"\n"
+        ))
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(ok.service_name, "palisade-gateway");
+        assert_eq!(ok.timeout, Duration::from_secs(10));
+        assert!(ok.ca_file.is_some());
+        let plain = check(&format!(
+            "{ROUTE}[otlp]\nendpoint = \"http://127.0.0.1:4318/v1/logs\"\ndangerous_plaintext = true\n"
+        ))
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(plain.ca_file, None);
+        let err = |body: &str| check(&format!("{ROUTE}[otlp]\n{body}")).unwrap_err().0;
+        assert_eq!(
+            err("endpoint = \"http://collector:4318/v1/logs\"\n"),
+            [
+                "otlp.endpoint: http sends security events in clear text; use https, or set dangerous_plaintext = true"
+            ]
+        );
+        assert_eq!(
+            err("endpoint = \"https://collector:4318/v1/logs\"\n"),
+            ["otlp.ca_file: required for an https endpoint"]
+        );
+        assert_eq!(
+            err("endpoint = \"https://u:p@collector/v1/logs\"\nca_file = \"p.cedar\"\n"),
+            [
+                "otlp.endpoint: \"https://u:p@collector/v1/logs\" is not an http(s) URL with a host (and no user info)"
+            ]
+        );
+        assert_eq!(
+            err("endpoint = \"ftp://collector/v1/logs\"\n"),
+            ["otlp.endpoint: scheme \"ftp\" is not http or https"]
+        );
+        assert_eq!(
+            err(
+                "endpoint = \"http://c/v1/logs\"\ndangerous_plaintext = true\nclient_cert_file = \"p.cedar\"\nclient_key_file = \"p.cedar\"\ntimeout_ms = 5\n"
+            ),
+            [
+                "otlp: a client certificate needs an https endpoint",
+                "otlp.timeout_ms: 5 is not between 100 and 120000",
+            ]
+        );
+        assert_eq!(
+            err(
+                "endpoint = \"https://c/v1/logs\"\nca_file = \"p.cedar\"\ndangerous_plaintext = true\n"
+            ),
+            ["otlp.dangerous_plaintext: the endpoint is https; remove it"]
         );
     }
 

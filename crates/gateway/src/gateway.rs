@@ -47,6 +47,7 @@ pub struct Gateway {
     pub ids_store: config::IdsStore,
     /// `[syslog]` as started (the forwarder lives in the log sink).
     pub syslog: Option<crate::ops::syslog::SyslogConfig>,
+    pub otlp: Option<crate::ops::otlp::OtlpConfig>,
     /// `[ids]`'s rules; `None`: no scoring, no bans enforced.
     pub ids_policy: Option<Arc<palisade_ids::Policy>>,
     /// How often the shared ban list is copied.
@@ -107,6 +108,8 @@ pub enum BuildError {
     IdsStore(String),
     #[error("syslog: {0}")]
     Syslog(String),
+    #[error("otlp: {0}")]
+    Otlp(String),
 }
 
 impl BuildError {
@@ -242,6 +245,11 @@ pub async fn build(
             "changing [syslog] needs a restart".into(),
         ));
     }
+    if let Some(p) = previous
+        && p.otlp != cfg.otlp
+    {
+        return Err(BuildError::Otlp("changing [otlp] needs a restart".into()));
+    }
     Ok(Gateway {
         routes: Routes::new(routes),
         pools,
@@ -259,6 +267,7 @@ pub async fn build(
         ids,
         ids_store: store,
         syslog: cfg.syslog.clone(),
+        otlp: cfg.otlp.clone(),
         ids_policy: cfg.ids.as_ref().map(|i| Arc::new(i.policy.clone())),
         ids_sync: cfg
             .ids

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use crate::ops::syslog::Event;
+pub use crate::ops::Event;
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
@@ -450,8 +450,8 @@ pub struct StdoutSink {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     state: Arc<WriterState>,
     last_alert_s: AtomicU64,
-    /// `[syslog]`: every line also goes to the SIEM.
-    syslog: Option<crate::ops::syslog::Forwarder>,
+    /// `[syslog]`, `[otlp]`: every line also goes to the SIEM.
+    forwards: Vec<Box<dyn crate::ops::Forward>>,
 }
 
 /// Where records go: stdout by default, a buffer in tests.
@@ -463,26 +463,26 @@ pub enum Sink {
 impl Sink {
     /// The stdout sink and its writer thread.
     pub fn stdout() -> std::io::Result<Self> {
-        Self::stdout_and(None)
+        Self::stdout_and(Vec::new())
     }
 
-    /// The stdout sink, each line also sent to `syslog` when given.
-    pub fn stdout_and(syslog: Option<crate::ops::syslog::Forwarder>) -> std::io::Result<Self> {
+    /// The stdout sink, each line also sent to every one of `forwards`.
+    pub fn stdout_and(forwards: Vec<Box<dyn crate::ops::Forward>>) -> std::io::Result<Self> {
         use std::os::fd::AsFd;
         let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
-        Self::writer_and(std::fs::File::from(fd), QUEUE_LINES, syslog)
+        Self::writer_and(std::fs::File::from(fd), QUEUE_LINES, forwards)
     }
 
     /// A sink writing to `out` through a writer thread and a queue of `lines`.
     pub fn writer(out: std::fs::File, lines: usize) -> std::io::Result<Self> {
-        Self::writer_and(out, lines, None)
+        Self::writer_and(out, lines, Vec::new())
     }
 
-    /// [`Self::writer`], each line also sent to `syslog` when given.
+    /// [`Self::writer`], each line also sent to every one of `forwards`.
     pub fn writer_and(
         out: std::fs::File,
         lines: usize,
-        syslog: Option<crate::ops::syslog::Forwarder>,
+        forwards: Vec<Box<dyn crate::ops::Forward>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(lines);
         let state = Arc::new(WriterState {
@@ -564,7 +564,7 @@ impl Sink {
             tx,
             state,
             last_alert_s: AtomicU64::new(u64::MAX),
-            syslog,
+            forwards,
         }))
     }
 
@@ -592,7 +592,7 @@ impl Sink {
     fn write_line(&self, mut line: Vec<u8>, event: Event) {
         match self {
             Sink::Stdout(s) => {
-                if let Some(f) = &s.syslog {
+                for f in &s.forwards {
                     f.send(event, &line);
                 }
                 line.push(b'\n');
@@ -655,11 +655,12 @@ impl Sink {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                // then the SIEM's copy, within what is left of `limit`
-                match &s.syslog {
-                    Some(f) => f.flush(end.saturating_duration_since(Instant::now())),
-                    None => true,
+                // then the SIEM's copies, within what is left of `limit`
+                let mut all = true;
+                for f in &s.forwards {
+                    all &= f.flush(end.saturating_duration_since(Instant::now()));
                 }
+                all
             }
             Sink::Memory(_) => true,
         }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls_pki_types::ServerName;
 
 /// Lines waiting for the forwarder at most.
 pub const QUEUE_LINES: usize = 32 * 1024;
@@ -196,51 +196,6 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// The TLS client configuration of `[syslog]`: files are read here, so a
-/// missing or bad one stops the gateway at start.
-fn tls_config(cfg: &SyslogConfig) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = &cfg.ca_file;
-    for c in CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?
-    {
-        let c = c.map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("syslog: ca_file {}: {e}", ca.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "syslog: ca_file {} holds no certificate",
-            ca.display()
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("syslog: {e}"))?
-        .with_root_certificates(roots);
-    let tls = match &cfg.client_cert {
-        None => b.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| format!("syslog: client_cert_file {}: {e}", cert.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("syslog: client_cert_file {}: {e}", cert.display()))?;
-            // the key's own parse error is not repeated: it could quote it
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
-                format!(
-                    "syslog: client_key_file {}: no valid private key",
-                    key.display()
-                )
-            })?;
-            b.with_client_auth_cert(chain, key)
-                .map_err(|e| format!("syslog: client certificate: {e}"))?
-        }
-    };
-    Ok(Arc::new(tls))
-}
-
 type Conn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn connect(
@@ -281,7 +236,7 @@ impl Forwarder {
     /// Read the TLS files and start the forwarder thread (it connects on
     /// its own: a receiver that is down at start is retried).
     pub fn start(cfg: &SyslogConfig) -> Result<Forwarder, String> {
-        let tls = tls_config(cfg)?;
+        let tls = crate::ops::tls_client("syslog", &cfg.ca_file, cfg.client_cert.as_ref())?;
         let name = ServerName::try_from(cfg.server_name.clone())
             .map_err(|_| format!("syslog: invalid server_name {:?}", cfg.server_name))?;
         let hostname = match &cfg.hostname {
@@ -311,9 +266,11 @@ impl Forwarder {
             epoch: Instant::now(),
         })
     }
+}
 
+impl crate::ops::Forward for Forwarder {
     /// Queue one security-log line (without its newline) as a message.
-    pub fn send(&self, event: Event, line: &[u8]) {
+    fn send(&self, event: Event, line: &[u8]) {
         let msg = frame(
             self.facility,
             event,
@@ -339,7 +296,7 @@ impl Forwarder {
     }
 
     /// Wait until every queued message has been written, for at most `limit`.
-    pub fn flush(&self, limit: Duration) -> bool {
+    fn flush(&self, limit: Duration) -> bool {
         let end = Instant::now() + limit;
         while self.state.pending.load(Ordering::Relaxed) > 0 {
             if Instant::now() >= end {
@@ -349,7 +306,9 @@ impl Forwarder {
         }
         true
     }
+}
 
+impl Forwarder {
     /// Messages written so far.
     pub fn sent(&self) -> u64 {
         self.state.sent.load(Ordering::Relaxed)
