@@ -42,6 +42,31 @@ pub struct Request {
     pub id: String,
 }
 
+/// An upstream response as the engine sees it (phases 3 and 4).
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    pub status: u16,
+    /// Header lines in arrival order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, or `None` when it is not inspected (`RESPONSE_BODY` is
+    /// then empty, as with ModSecurity's `SecResponseBodyAccess Off` or a
+    /// MIME type outside `SecResponseBodyMimeType`).
+    pub body: Option<Vec<u8>>,
+}
+
+/// What the request phases leave for the response phases when they run in
+/// another transaction (the gateway evaluates them on other threads): TX,
+/// and what `ctl` removed. Owned and `Send`.
+#[derive(Clone, Debug, Default)]
+pub struct Carry {
+    pub mode: Option<EngineMode>,
+    pub allowed: bool,
+    tx: Vec<(String, Vec<u8>)>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(RuleRef, Target)>,
+}
+
 /// One logged rule match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleMatch {
@@ -178,6 +203,10 @@ pub struct Transaction<'s> {
     /// `MULTIPART_PART_HEADERS`: (field name, `name: value` header line).
     part_headers: Coll,
     multipart_error: bool,
+    response_status: Option<Bytes>,
+    response_headers: Coll,
+    response_header_names: Coll,
+    response_body: Option<Bytes>,
     tx: BTreeMap<String, Bytes>,
     ip: BTreeMap<String, Bytes>,
     global: BTreeMap<String, Bytes>,
@@ -201,7 +230,7 @@ pub struct Transaction<'s> {
 }
 
 #[derive(Clone, Debug)]
-enum RuleRef {
+pub(crate) enum RuleRef {
     Id(u32),
     Tag(String),
 }
@@ -658,6 +687,10 @@ impl<'s> Transaction<'s> {
             files: Vec::new(),
             part_headers: Vec::new(),
             multipart_error: false,
+            response_status: None,
+            response_headers: Vec::new(),
+            response_header_names: Vec::new(),
+            response_body: None,
             tx: BTreeMap::new(),
             ip: BTreeMap::new(),
             global: BTreeMap::new(),
@@ -683,6 +716,65 @@ impl<'s> Transaction<'s> {
             self.phase(2);
         }
         self.interruption.as_ref()
+    }
+
+    /// Run the response phases on `resp` (3, then 4 when it carries a
+    /// body), unless the request was interrupted or allowed; then the
+    /// logging phase (5), as ModSecurity always does. Stops at an
+    /// interruption in `On` mode.
+    pub fn process_response(&mut self, resp: Response) -> Option<&Interruption> {
+        if self.interruption.is_none() {
+            self.response_status = Some(Rc::from(resp.status.to_string().into_bytes()));
+            self.response_headers = resp
+                .headers
+                .iter()
+                .map(|(k, v)| (Rc::from(k.as_str()), bytes(v)))
+                .collect();
+            self.response_header_names = names(&self.response_headers);
+            self.response_body = resp.body.map(Rc::from);
+            self.phase(3);
+            if self.interruption.is_none() && self.response_body.is_some() {
+                self.phase(4);
+            }
+        }
+        self.phase(5);
+        self.interruption.as_ref()
+    }
+
+    /// What the response phases need of this transaction's request phases.
+    pub fn carry(&self) -> Carry {
+        Carry {
+            mode: Some(self.mode),
+            allowed: self.allowed,
+            tx: self
+                .tx
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_vec()))
+                .collect(),
+            removed_ids: self.removed_ids.clone(),
+            removed_tags: self.removed_tags.clone(),
+            removed_targets: self.removed_targets.clone(),
+        }
+    }
+
+    /// A transaction for `req` whose request phases ran elsewhere and left
+    /// `carry`: only the response phases remain to run.
+    pub fn resume(set: &'s RuleSet, req: Request, carry: Carry) -> Self {
+        let mut t = Transaction::new(set, req);
+        if let Some(m) = carry.mode {
+            t.mode = m;
+        }
+        t.allowed = carry.allowed;
+        t.tx = carry
+            .tx
+            .into_iter()
+            .map(|(k, v)| (k, Rc::from(v)))
+            .collect();
+        t.removed_ids = carry.removed_ids;
+        t.removed_tags = carry.removed_tags;
+        t.removed_targets = carry.removed_targets;
+        t.body_done = true;
+        t
     }
 
     /// The value of `TX:<key>` (tests, logs).
@@ -1043,6 +1135,8 @@ impl<'s> Transaction<'s> {
             MatchedVars => (&self.matched_vars, &[]),
             Xml => (&self.xml, &[]),
             MultipartPartHeaders => (&self.part_headers, &[]),
+            ResponseHeaders => (&self.response_headers, &[]),
+            ResponseHeadersNames => (&self.response_header_names, &[]),
             _ => return None,
         })
     }
@@ -1161,7 +1255,16 @@ impl<'s> Transaction<'s> {
                 .collect(),
             FilesCombinedSize => owned(self.files.iter().map(|f| f.2).sum::<usize>().to_string()),
             MultipartPartHeaders => self.part_headers.clone(),
-            ResponseBody | ResponseHeaders | ResponseHeadersNames | ResponseStatus => Vec::new(),
+            ResponseStatus => match &self.response_status {
+                Some(b) => one(b),
+                None => Vec::new(),
+            },
+            ResponseBody => match &self.response_body {
+                Some(b) => one(b),
+                None => Vec::new(),
+            },
+            ResponseHeaders => self.response_headers.clone(),
+            ResponseHeadersNames => self.response_header_names.clone(),
         }
     }
 

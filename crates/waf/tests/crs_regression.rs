@@ -11,8 +11,9 @@
 //! go-ftw's: every `expect_ids` logged, no `no_expect_ids` logged, the
 //! `match_regex` / `no_match_regex` over the log lines.
 //!
-//! Stages this replay cannot judge yet are counted apart with their reason
-//! (response phases, answers a web server gives). Every failing test is
+//! The response phases (`RESPONSE-*` files) run on the answer go-ftw's
+//! backend, albedo, gives (see [`albedo`]). Stages this replay cannot judge
+//! yet are counted apart with their reason (answers a web server gives). Every failing test is
 //! listed in `tests/data/crs-expected-failures.txt` with its reason; the
 //! test fails on an unexpected failure or an unexpected pass (so the list
 //! only shrinks). `UPDATE_CRS_EXPECTED=1` rewrites it; the per-file table
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use palisade_waf::RuleSet;
-use palisade_waf::tx::{Request, RuleMatch, Transaction};
+use palisade_waf::tx::{Request, Response, RuleMatch, Transaction};
 use serde_yaml::Value;
 
 fn repo() -> PathBuf {
@@ -319,10 +320,64 @@ fn ids(v: Option<&Value>) -> Vec<u64> {
     }
 }
 
-fn judge(set: &RuleSet, file: &str, input: &Value, output: &Value, id: &str) -> Outcome {
-    if file.starts_with("RESPONSE-") {
-        return Outcome::NotJudged("response phases are not run by the engine yet");
+/// The response go-ftw's backend (albedo) gives: `POST /reflect` answers
+/// with the `body` of its JSON body (status 200; Go's net/http names a text
+/// body `text/plain; charset=utf-8`, an HTML one `text/html; ...`); any
+/// other path answers 200 without a body.
+fn albedo(req: &Request) -> Response {
+    let path = req.uri.split('?').next().unwrap_or_default();
+    let body = if req.method == "POST" && path == "/reflect" {
+        serde_json::from_slice::<serde_json::Value>(&req.body)
+            .ok()
+            .and_then(|v| v.get("body")?.as_str().map(|b| b.as_bytes().to_vec()))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let lower = String::from_utf8_lossy(&body)
+        .trim_start()
+        .to_ascii_lowercase();
+    let ct = if [
+        "<!doctype html",
+        "<html",
+        "<head",
+        "<script",
+        "<body",
+        "<h1",
+        "<p",
+        "<br",
+        "<a",
+        "<div",
+        "<table",
+        "<title",
+        "<iframe",
+        "<font",
+        "<b",
+        "<style",
+        "<!--",
+    ]
+    .iter()
+    .any(|t| lower.starts_with(t))
+    {
+        "text/html; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut headers = vec![(
+        "Content-Length".to_string(),
+        body.len().to_string().into_bytes(),
+    )];
+    if !body.is_empty() {
+        headers.push(("Content-Type".to_string(), ct.as_bytes().to_vec()));
     }
+    Response {
+        status: 200,
+        headers,
+        body: Some(body),
+    }
+}
+
+fn judge(set: &RuleSet, file: &str, input: &Value, output: &Value, id: &str) -> Outcome {
     if output.get("status").is_some() || output.get("expect_error").is_some() {
         return Outcome::NotJudged(
             "the answer a web server gives (status, refusals) needs the gateway",
@@ -339,8 +394,12 @@ fn judge(set: &RuleSet, file: &str, input: &Value, output: &Value, id: &str) -> 
             String::from_utf8_lossy(&raw)
         );
     }
+    let response = file.starts_with("RESPONSE-").then(|| albedo(&req));
     let mut tx = Transaction::new(set, req);
     tx.process_request();
+    if let Some(resp) = response {
+        tx.process_response(resp);
+    }
     if debug {
         for m in &tx.matches {
             println!("matched {} {} [{}] {}", m.id, m.msg, m.variable, m.data);

@@ -380,3 +380,132 @@ SecRule ARGS:json.n "@streq 7" "id:802,phase:2,pass"
         assert_eq!(i.map(|i| i.rule_id), Some(200002), "{bad}");
     }
 }
+
+fn response(status: u16, content_type: &str, body: Option<&str>) -> palisade_waf::tx::Response {
+    palisade_waf::tx::Response {
+        status,
+        headers: vec![("Content-Type".into(), content_type.as_bytes().to_vec())],
+        body: body.map(|b| b.as_bytes().to_vec()),
+    }
+}
+
+#[test]
+fn response_phases_see_status_headers_and_body_and_deny_a_leak() {
+    let set = rules(
+        r#"SecRuleEngine On
+SecRule RESPONSE_STATUS "@streq 500" "id:30,phase:3,pass,log,msg:'server error'"
+SecRule RESPONSE_HEADERS:Content-Type "@beginsWith text/" "id:31,phase:3,pass,log,msg:'text'"
+SecRule RESPONSE_BODY "@rx (?i)you have an error in your sql syntax" "id:40,phase:4,deny,status:403,log,msg:'sql leak'"
+"#,
+    );
+    // a leak: phase 3 saw status and header, phase 4 denies on the body
+    let mut tx = Transaction::new(&set, get("/"));
+    assert!(tx.process_request().is_none());
+    let i = tx
+        .process_response(response(
+            500,
+            "text/html",
+            Some("You have an error in your SQL syntax near '1'"),
+        ))
+        .cloned()
+        .unwrap();
+    assert_eq!((i.rule_id, i.status, i.action), (40, 403, Disruptive::Deny));
+    assert_eq!(
+        tx.matches.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [30, 31, 40]
+    );
+    // an ordinary page passes
+    let mut tx = Transaction::new(&set, get("/"));
+    tx.process_request();
+    assert!(
+        tx.process_response(response(200, "text/html", Some("<p>orders</p>")))
+            .is_none()
+    );
+    assert_eq!(tx.matches.iter().map(|m| m.id).collect::<Vec<_>>(), [31]);
+    // a body not inspected (None) never reaches phase 4
+    let mut tx = Transaction::new(&set, get("/"));
+    tx.process_request();
+    assert!(
+        tx.process_response(response(200, "application/zip", None))
+            .is_none()
+    );
+    assert!(tx.matches.is_empty());
+}
+
+#[test]
+fn a_resumed_transaction_keeps_what_the_request_phases_left() {
+    // phase 1 sets a score and removes rule 41 for /public; phase 4 adds
+    // to the score and blocks on it
+    let set = rules(
+        r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.score=3"
+SecRule REQUEST_URI "@beginsWith /public" "id:2,phase:1,pass,nolog,ctl:ruleRemoveById=41"
+SecRule RESPONSE_BODY "@contains secret" "id:40,phase:4,pass,log,setvar:tx.score=+2"
+SecRule RESPONSE_BODY "@contains secret" "id:41,phase:4,pass,log,setvar:tx.score=+10"
+SecRule TX:score "@ge 5" "id:50,phase:4,deny,status:403,log,msg:'score %{tx.score}'"
+"#,
+    );
+    let carried = |uri: &str| {
+        let mut tx = Transaction::new(&set, get(uri));
+        tx.process_request();
+        tx.carry()
+    };
+    // /private: 3 + 2 + 10
+    let mut tx = Transaction::resume(&set, get("/private"), carried("/private"));
+    let i = tx
+        .process_response(response(200, "text/plain", Some("a secret")))
+        .cloned()
+        .unwrap();
+    assert_eq!(i.rule_id, 50);
+    assert_eq!(tx.tx("score"), Some(&b"15"[..]));
+    // /public: the ctl of phase 1 still removes 41; 3 + 2 still blocks
+    let mut tx = Transaction::resume(&set, get("/public"), carried("/public"));
+    let i = tx
+        .process_response(response(200, "text/plain", Some("a secret")))
+        .cloned()
+        .unwrap();
+    assert_eq!(i.rule_id, 50);
+    assert_eq!(tx.tx("score"), Some(&b"5"[..]));
+    assert_eq!(
+        tx.matches.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [40, 50]
+    );
+    // nothing secret: 3, passes
+    let mut tx = Transaction::resume(&set, get("/private"), carried("/private"));
+    assert!(
+        tx.process_response(response(200, "text/plain", Some("fine")))
+            .is_none()
+    );
+}
+
+#[test]
+fn crs_refuses_a_response_that_leaks_sql_errors_and_passes_an_ordinary_one() {
+    let set = crs_set();
+    let mut tx = Transaction::new(&set, get("/api/orders/1"));
+    assert!(tx.process_request().is_none());
+    let i = tx
+        .process_response(response(
+            200,
+            "text/html; charset=utf-8",
+            Some("<b>Warning</b>: mysql_fetch_array() expects parameter 1 to be resource, boolean given in <b>/var/www/orders.php</b>"),
+        ))
+        .cloned()
+        .unwrap();
+    // the outbound anomaly score blocks at 959100
+    assert_eq!(
+        i.rule_id,
+        959100,
+        "{:?}",
+        tx.matches.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    let mut tx = Transaction::new(&set, get("/api/orders/1"));
+    tx.process_request();
+    assert!(
+        tx.process_response(response(
+            200,
+            "application/json",
+            Some(r#"{"id":1,"items":["select a size"],"note":"O'Brien's order"}"#)
+        ))
+        .is_none()
+    );
+}
