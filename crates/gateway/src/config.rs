@@ -281,6 +281,9 @@ pub struct RawRoute {
     pub crs: Option<String>,
     /// CRS paranoia level, 1 (default) to 4.
     pub crs_paranoia: Option<u8>,
+    /// CRS's response phases (data leakage) on this route's responses:
+    /// `off` (default), `detect` or `block`; needs `crs`.
+    pub crs_response: Option<String>,
     /// An OpenAPI 3.0 / 3.1 document (JSON or YAML) describing the service.
     pub openapi: Option<String>,
     /// `block` (default) or `report_only`.
@@ -562,6 +565,8 @@ impl Eq for OpenApi {}
 pub struct Crs {
     pub mode: InspectionMode,
     pub paranoia: u8,
+    /// The response phases (3 and 4) on the route's responses.
+    pub response: InspectionMode,
     pub rules: std::sync::Arc<palisade_waf::RuleSet>,
 }
 
@@ -570,6 +575,7 @@ impl PartialEq for Crs {
     fn eq(&self, other: &Self) -> bool {
         self.mode == other.mode
             && self.paranoia == other.paranoia
+            && self.response == other.response
             && std::sync::Arc::ptr_eq(&self.rules, &other.rules)
     }
 }
@@ -1334,6 +1340,22 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if !(1..=4).contains(&paranoia) {
             c.err(format!("{field}.crs_paranoia: 1 to 4"));
         }
+        let crs_response = match r.crs_response.as_deref() {
+            None | Some("off") => InspectionMode::Off,
+            Some("detect") => InspectionMode::Detect,
+            Some("block") => InspectionMode::Block,
+            Some(other) => {
+                c.err(format!(
+                    "{field}.crs_response: {other:?} is not \"off\", \"detect\" or \"block\""
+                ));
+                InspectionMode::Off
+            }
+        };
+        if crs_response != InspectionMode::Off && crs_mode.is_none() {
+            c.err(format!(
+                "{field}.crs_response: needs crs = \"detect\" or \"block\" on the route (the response phases continue what the request phases began)"
+            ));
+        }
         let crs = match (crs_mode, &crs_dir) {
             (None, _) => None,
             (Some(_), None) => {
@@ -1365,6 +1387,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 rules.map(|rules| Crs {
                     mode,
                     paranoia,
+                    response: crs_response,
                     rules,
                 })
             }

@@ -69,6 +69,10 @@ pub enum GatewayError {
     /// does not parse) in block mode; `findings` is what the log records.
     #[error("request blocked by inspection")]
     Blocked { findings: String, malformed: bool },
+    /// CRS's response phases withheld the service's response (a data leak:
+    /// SQL errors, stack traces, source code).
+    #[error("response withheld")]
+    ResponseBlocked { findings: String },
     /// The intrusion detection step refuses the client: a ban of its
     /// address or principal (`retry_after`: what is left of it), or the
     /// deny list (`retry_after` none).
@@ -112,7 +116,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::BadGateway { .. } | GatewayError::ResponseBlocked { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,6 +147,7 @@ impl GatewayError {
                 malformed: true, ..
             } => "malformed_request_content",
             GatewayError::Blocked { .. } => "request_blocked",
+            GatewayError::ResponseBlocked { .. } => "response_blocked",
             GatewayError::Banned { .. } => "client_banned",
             GatewayError::NotDescribed { .. } => "request_not_described",
         }
@@ -169,6 +176,7 @@ impl GatewayError {
                 malformed: true, ..
             } => "the query string or body could not be parsed",
             GatewayError::Blocked { .. } => "request blocked",
+            GatewayError::ResponseBlocked { .. } => "the service's response was withheld",
             GatewayError::Banned { .. } => "this client is refused for now",
             GatewayError::NotDescribed { .. } => "the request does not match the API's description",
         }
@@ -181,7 +189,9 @@ impl GatewayError {
             GatewayError::Forbidden { reason } => reason.clone(),
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
             GatewayError::BadGateway { reason } => (*reason).to_string(),
-            GatewayError::Blocked { findings, .. } => findings.clone(),
+            GatewayError::Blocked { findings, .. } | GatewayError::ResponseBlocked { findings } => {
+                findings.clone()
+            }
             GatewayError::NotDescribed { violation } => violation.clone(),
             GatewayError::Banned { subject, .. } => match subject {
                 BanSubject::Address => "ids_ban:address",
@@ -214,7 +224,9 @@ impl GatewayError {
             | GatewayError::Blocked {
                 malformed: true, ..
             } => Some("malformed_request"),
-            GatewayError::Blocked { .. } => Some("inspection"),
+            GatewayError::Blocked { .. } | GatewayError::ResponseBlocked { .. } => {
+                Some("inspection")
+            }
             GatewayError::Banned { .. } => Some("banned"),
             _ => None,
         }

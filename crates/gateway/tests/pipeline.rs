@@ -115,8 +115,45 @@ impl Dial for ServiceDial {
                     if slow {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    // `reply=KIND` in the query: a response for CRS's
+                    // response phases
+                    const LEAK: &str = "<b>Warning</b>: mysql_fetch_array() expects parameter 1 to be resource, boolean given in <b>/var/www/orders.php</b> on line <b>12</b>";
+                    let reply = svc.seen.lock().unwrap().last().and_then(|s| {
+                        s.target
+                            .split_once("reply=")
+                            .map(|(_, r)| r.split('&').next().unwrap_or_default().to_string())
+                    });
+                    let (ctype, encoding, text): (Option<&str>, Option<&str>, Vec<u8>) = match reply
+                        .as_deref()
+                    {
+                        Some("sqlerror") => (Some("text/html; charset=utf-8"), None, LEAK.into()),
+                        Some("gzip") => (Some("text/html"), Some("gzip"), LEAK.into()),
+                        Some("png") => (Some("image/png"), None, LEAK.into()),
+                        Some("json") => (
+                            Some("application/json"),
+                            None,
+                            br#"{"id":1,"note":"select a size, O'Brien"}"#.to_vec(),
+                        ),
+                        // the leak past the 512 KiB the phases read
+                        Some("big") => (
+                            Some("text/plain"),
+                            None,
+                            ["a".repeat(600 * 1024).as_str(), LEAK]
+                                .concat()
+                                .into_bytes(),
+                        ),
+                        _ => (None, None, b"ok".to_vec()),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
                     *resp.status_mut() = status;
+                    if let Some(t) = ctype {
+                        resp.headers_mut()
+                            .insert("content-type", t.parse().unwrap());
+                    }
+                    if let Some(e) = encoding {
+                        resp.headers_mut()
+                            .insert("content-encoding", e.parse().unwrap());
+                    }
                     Ok::<_, Infallible>(resp)
                 }
             });
@@ -149,6 +186,12 @@ permit(principal, action, resource == Route::"crs-detect");
 
 @id("crs-raw")
 permit(principal, action, resource == Route::"crs-raw");
+
+@id("crs-resp")
+permit(principal, action, resource == Route::"crs-resp");
+
+@id("crs-resp-detect")
+permit(principal, action, resource == Route::"crs-resp-detect");
 
 @id("shop")
 permit(principal, action, resource == Route::"shop");
@@ -253,6 +296,22 @@ upstream = "app"
 anonymous = true
 crs = "detect"
 crs_paranoia = 2
+
+[[routes]]
+name = "crs-resp"
+path_prefix = "/crs-resp"
+upstream = "app"
+anonymous = true
+crs = "block"
+crs_response = "block"
+
+[[routes]]
+name = "crs-resp-detect"
+path_prefix = "/crs-resp-detect"
+upstream = "app"
+anonymous = true
+crs = "block"
+crs_response = "detect"
 "#,
         crs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crs")
     )
@@ -996,6 +1055,87 @@ async fn crs_detect_mode_logs_and_forwards() {
     );
 }
 
+#[tokio::test]
+async fn crs_response_phases_withhold_a_leak_and_pass_ordinary_answers() {
+    let h = harness(30_000).await;
+    // an SQL error page: withheld, 502, the rules in the log, nothing of
+    // the page to the client
+    let a = h
+        .get(
+            "/crs-resp/orders/1?reply=sqlerror",
+            &[("accept-encoding", "gzip, br")],
+        )
+        .await;
+    a.assert_error(502, "response_blocked");
+    assert!(!a.body.contains("mysql"), "{}", a.body);
+    let reason = a.record["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("crs:951230 mysql SQL Information Leakage RESPONSE_BODY"),
+        "{reason}"
+    );
+    assert!(reason.contains(" RESPONSE_BODY"), "{reason}");
+    assert!(reason.contains("crs:959100 "), "{reason}");
+    assert!(
+        !reason.contains("orders.php"),
+        "values are never logged: {reason}"
+    );
+    assert_eq!(a.record["decision"], "deny");
+    // the service was asked for an uncompressed answer
+    let seen = h.svc.last();
+    assert!(
+        !seen.headers.contains_key("accept-encoding"),
+        "{:?}",
+        seen.headers
+    );
+    // ordinary answers pass byte for byte: JSON with prose, a binary type
+    // (status and headers only), an answer without a type
+    let a = h.get("/crs-resp/orders/1?reply=json", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, r#"{"id":1,"note":"select a size, O'Brien"}"#);
+    assert!(a.record.get("inspection").is_none(), "{}", a.record);
+    let a = h.get("/crs-resp/logo?reply=png", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = h.get("/crs-resp/plain", &[]).await;
+    assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+    // past 512 KiB the rest passes unread (ModSecurity's ProcessPartial),
+    // and whole
+    let a = h.get("/crs-resp/export?reply=big", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), 600 * 1024 + 133);
+    assert!(a.body.ends_with("on line <b>12</b>"));
+    // a compressed answer cannot be read: withheld in block mode ...
+    let a = h.get("/crs-resp/orders/1?reply=gzip", &[]).await;
+    a.assert_error(502, "response_blocked");
+    assert_eq!(
+        a.record["reason"],
+        "crs: response not inspected: compressed (content-encoding)"
+    );
+    // ... logged and passed in detect mode, as is the leak
+    let a = h.get("/crs-resp-detect/orders/1?reply=gzip", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.record["inspection"],
+        "crs: response not inspected: compressed (content-encoding)"
+    );
+    let a = h.get("/crs-resp-detect/orders/1?reply=sqlerror", &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("mysql_fetch_array"));
+    assert!(
+        a.record["inspection"]
+            .as_str()
+            .unwrap()
+            .contains("crs:951230 "),
+        "{}",
+        a.record
+    );
+    // the request phases still refuse before anything is forwarded
+    let before = h.svc.count();
+    h.get("/crs-resp/x?id=1%27%20OR%20%271%27%3D%271", &[])
+        .await
+        .assert_error(403, "request_blocked");
+    assert_eq!(h.svc.count(), before);
+}
+
 #[test]
 fn crs_configuration_is_checked() {
     let var = |_: &str| None;
@@ -1032,6 +1172,14 @@ policy_file = "/dev/null"
     assert!(
         errs(route("crs = \"block\"\ncrs_paranoia = 5"))
             .contains(&"routes[r].crs_paranoia: 1 to 4".to_string())
+    );
+    assert!(errs(route("crs_response = \"block\"")).contains(
+        &"routes[r].crs_response: needs crs = \"detect\" or \"block\" on the route (the response phases continue what the request phases began)".to_string()
+    ));
+    assert!(
+        errs(route("crs = \"block\"\ncrs_response = \"on\"")).contains(
+            &"routes[r].crs_response: \"on\" is not \"off\", \"detect\" or \"block\"".to_string()
+        )
     );
     let missing = errs(format!(
         "{}\n[waf]\ncrs_dir = \"/nonexistent/crs\"\n",

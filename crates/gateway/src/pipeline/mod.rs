@@ -13,7 +13,7 @@
 //! | 8 | authn | [`crate::steps::authn::Authenticator`] |
 //! | 9 | per-principal rate limit | [`ratelimit::principal`] |
 //! | 10 | authz | [`crate::steps::authz::Authorizer`] -> `Permit` |
-//! | 11 | upstream | [`upstream::forward`] takes the `Permit` by value |
+//! | 11 | upstream | [`upstream::forward`] takes the `Permit` by value; then CRS's response phases where the route runs them (11b) |
 //!
 //! The pipeline is generic over the request body: hyper's `Incoming` on a
 //! listener, any body in the in-process tests (`crates/gateway/tests`).
@@ -119,7 +119,16 @@ async fn pipeline<B: RequestBody>(
     // 7a: the route's OpenAPI document (the positive model)
     let req = openapi_step(gw, req, &route, max_body, ctx).await?;
     // 7b: the OWASP CRS rule set, where the route runs it
-    let req = crs_step(gw, req, &route, max_body, ctx).await?;
+    let (mut req, crs_job) = crs_step(gw, req, &route, max_body, ctx).await?;
+    // the response phases read bodies as sent: ask the service for none
+    // compressed (a compressed answer is not inspectable)
+    if route
+        .crs
+        .as_ref()
+        .is_some_and(|c| c.response != InspectionMode::Off)
+    {
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+    }
 
     // 8: authn
     let now = palisade_core::now_nanos() / 1_000_000_000;
@@ -176,10 +185,12 @@ async fn pipeline<B: RequestBody>(
     let (resp, endpoint) = upstream::forward(permit, upstream_req, fwd)
         .await
         .map_err(|e| fault.error().unwrap_or(e))?;
+    ctx.upstream = Some([route.pool_name(), "/", &endpoint].concat());
     let idle = gw.limits.stream_idle_timeout;
+    // 11b: CRS's response phases, where the route runs them
+    let resp = crs_response_step(resp, &route, crs_job, idle, ctx).await?;
     let mut resp =
         resp.map(|b| crate::steps::stream::IdleBody::new(b, idle, h2, Some(slot)).boxed());
-    ctx.upstream = Some([route.pool_name(), "/", &endpoint].concat());
     for (n, v) in limit_headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(n.as_bytes()),
@@ -256,9 +267,9 @@ async fn crs_step<B: RequestBody>(
     route: &crate::steps::route::Route,
     max_body: u64,
     ctx: &mut RequestCtx,
-) -> Result<Request<InspectedBody<B>>, GatewayError> {
+) -> Result<CrsStepped<B>, GatewayError> {
     let Some(crs) = &route.crs else {
-        return Ok(req);
+        return Ok((req, None));
     };
     // CRS costs CPU in proportion to the body (about 1.3 ms per KiB of JSON
     // at PL1): bodies over its limit are not evaluated (ModSecurity's
@@ -270,7 +281,7 @@ async fn crs_step<B: RequestBody>(
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<u64>().ok());
     if declared.is_some_and(over) {
-        return crs_body_too_large(crs, req.map(|b| b), ctx);
+        return crs_body_too_large(crs, req.map(|b| b), ctx).map(|r| (r, None));
     }
     // a compressed body, or one in another charset (UTF-7...: decoded by
     // the service's parser, read as bytes here; CRS's own 920480 misses
@@ -284,13 +295,13 @@ async fn crs_step<B: RequestBody>(
             ..Default::default()
         };
         append_finding(ctx, inspect::uninspectable(&inspection, why)?);
-        return Ok(req);
+        return Ok((req, None));
     }
     let (parts, body) = req.into_parts();
     let (bytes, body) = whole_body(gw, body, max_body).await?;
     if over(bytes.len() as u64) {
         let req = Request::from_parts(parts, body);
-        return crs_body_too_large(crs, req, ctx);
+        return crs_body_too_large(crs, req, ctx).map(|r| (r, None));
     }
     let target = parts
         .uri
@@ -314,11 +325,156 @@ async fn crs_step<B: RequestBody>(
     });
     // on the blocking pool: the worker's other connections go on meanwhile
     let job = crs.clone();
-    let findings = tokio::task::spawn_blocking(move || crate::steps::crs::evaluate(&job, waf_req))
-        .await
-        .map_err(|_| GatewayError::Internal)??;
+    let (findings, response_job) =
+        tokio::task::spawn_blocking(move || crate::steps::crs::evaluate(&job, waf_req))
+            .await
+            .map_err(|_| GatewayError::Internal)??;
     append_finding(ctx, findings);
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), response_job))
+}
+
+/// The request as step 7b passes it on, and what the response phases need.
+type CrsStepped<B> = (
+    Request<InspectedBody<B>>,
+    Option<crate::steps::crs::ResponseJob>,
+);
+
+/// Step 11b: CRS's response phases on the service's answer (status and
+/// headers; the body when it is text, JSON or XML and not compressed, its
+/// first 512 KiB, read here under the stream idle timeout). Block mode
+/// withholds a response they interrupt: 502 `response_blocked`; a
+/// compressed body is withheld too (it cannot be read), logged in detect
+/// mode. The body goes on as read.
+async fn crs_response_step(
+    resp: Response<Body>,
+    route: &crate::steps::route::Route,
+    job: Option<crate::steps::crs::ResponseJob>,
+    idle: Duration,
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, GatewayError> {
+    let Some(crs) = route
+        .crs
+        .as_ref()
+        .filter(|c| c.response != InspectionMode::Off)
+    else {
+        return Ok(resp);
+    };
+    let Some(job) = job else {
+        // detect mode passed the request without evaluating it (a body
+        // over the limit, or compressed)
+        append_finding(
+            ctx,
+            Some("crs: response not inspected: the request phases did not run".into()),
+        );
+        return Ok(resp);
+    };
+    let (parts, body) = resp.into_parts();
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        let note = "crs: response not inspected: compressed (content-encoding)".to_string();
+        if crs.response == InspectionMode::Block {
+            return Err(GatewayError::ResponseBlocked { findings: note });
+        }
+        append_finding(ctx, Some(note));
+        return Ok(Response::from_parts(parts, body));
+    }
+    let readable = crate::steps::crs::inspectable_response(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
+    let (inspected, body) = if readable {
+        let (prefix, rest) =
+            read_prefix(body, crate::steps::crs::MAX_RESPONSE_BODY_BYTES, idle).await?;
+        let mut seen = prefix.to_vec();
+        seen.truncate(crate::steps::crs::MAX_RESPONSE_BODY_BYTES);
+        let body = match rest {
+            None => full(prefix),
+            Some(rest) => Prefixed {
+                prefix: Some(prefix),
+                rest,
+            }
+            .boxed(),
+        };
+        (Some(seen), body)
+    } else {
+        (None, body)
+    };
+    let waf_resp = palisade_waf::tx::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body: inspected,
+    };
+    let rules = crs.clone();
+    let findings = tokio::task::spawn_blocking(move || {
+        crate::steps::crs::evaluate_response(&rules, job, waf_resp)
+    })
+    .await
+    .map_err(|_| GatewayError::Internal)??;
+    append_finding(ctx, findings);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Read `body` until `limit` bytes (or its end): the bytes read, and the
+/// rest of the body when there is more. Trailers are dropped.
+async fn read_prefix(
+    mut body: Body,
+    limit: usize,
+    idle: Duration,
+) -> Result<(Bytes, Option<Body>), GatewayError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(GatewayError::GatewayTimeout),
+            Ok(None) => return Ok((buf.freeze(), None)),
+            Ok(Some(Err(_))) => {
+                return Err(GatewayError::BadGateway {
+                    reason: "upstream_protocol_error",
+                });
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() >= limit {
+                        return Ok((buf.freeze(), Some(body)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A body whose first bytes were read already: those, then the rest.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(p))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
 }
 
 /// The body read whole for a check, and the body that goes on: the bytes

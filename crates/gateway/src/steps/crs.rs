@@ -9,7 +9,7 @@
 //! matched are logged by id, message and collection (`ARGS`, `REQUEST_HEADERS`),
 //! never a key or a value: both are request data.
 
-use palisade_waf::tx::{Request as WafRequest, Transaction};
+use palisade_waf::tx::{Carry, Request as WafRequest, Response as WafResponse, Transaction};
 
 use crate::config::{Crs, InspectionMode};
 use crate::error::GatewayError;
@@ -57,12 +57,62 @@ pub fn request(p: &Parts<'_>) -> WafRequest {
     }
 }
 
+/// What the request phases leave for the response phases: the request as
+/// the engine read it, and its transaction's TX and `ctl` removals.
+pub struct ResponseJob {
+    pub request: WafRequest,
+    pub carry: Carry,
+}
+
 /// Run CRS on the request: `Ok(Some(findings))` for the log, `Err` to
-/// refuse. CPU-bound (up to about 0.2 s for a 128 KiB body): the caller runs
+/// refuse; with the route's response phases on, also what they need.
+/// CPU-bound (up to about 0.2 s for a 128 KiB body): the caller runs
 /// it off the worker's runtime, so other connections are not held up.
-pub fn evaluate(crs: &Crs, req: WafRequest) -> Result<Option<String>, GatewayError> {
+pub fn evaluate(
+    crs: &Crs,
+    req: WafRequest,
+) -> Result<(Option<String>, Option<ResponseJob>), GatewayError> {
+    let keep = (crs.response != InspectionMode::Off).then(|| req.clone());
     let mut tx = Transaction::new(&crs.rules, req);
     let stop = tx.process_request().cloned();
+    let text = findings(&tx);
+    match (stop, crs.mode) {
+        (Some(i), InspectionMode::Block) => Err(GatewayError::Blocked {
+            findings: text,
+            malformed: matches!(i.rule_id, 200002 | 200003),
+        }),
+        _ => Ok((
+            (!text.is_empty()).then_some(text),
+            keep.map(|request| ResponseJob {
+                request,
+                carry: tx.carry(),
+            }),
+        )),
+    }
+}
+
+/// Run the response phases on the service's response: `Ok(Some(findings))`
+/// for the log, `Err` to withhold it (block mode).
+pub fn evaluate_response(
+    crs: &Crs,
+    job: ResponseJob,
+    resp: WafResponse,
+) -> Result<Option<String>, GatewayError> {
+    let mut tx = Transaction::resume(&crs.rules, job.request, job.carry);
+    // the request phases' matches were logged with the request's findings
+    let stop = tx.process_response(resp).cloned();
+    let text = findings(&tx);
+    match (stop, crs.response) {
+        (Some(_), InspectionMode::Block) => Err(GatewayError::ResponseBlocked { findings: text }),
+        _ if text.is_empty() => Ok(None),
+        _ => Ok(Some(text)),
+    }
+}
+
+/// The matched rules as the log records them: id, message and collection
+/// (`ARGS`, `RESPONSE_BODY`), never a key or a value: both are request or
+/// response data.
+fn findings(tx: &Transaction<'_>) -> String {
     let mut text = String::new();
     for m in &tx.matches {
         if !text.is_empty() {
@@ -76,12 +126,33 @@ pub fn evaluate(crs: &Crs, req: WafRequest) -> Result<Option<String>, GatewayErr
             break;
         }
     }
-    match (stop, crs.mode) {
-        (Some(i), InspectionMode::Block) => Err(GatewayError::Blocked {
-            findings: text,
-            malformed: matches!(i.rule_id, 200002 | 200003),
-        }),
-        _ if text.is_empty() => Ok(None),
-        _ => Ok(Some(text)),
-    }
+    text
+}
+
+/// The largest response body the response phases read (ModSecurity's
+/// `SecResponseBodyLimit` default, 512 KiB); past it, the first 512 KiB
+/// are inspected and the rest passes (its `ProcessPartial`).
+pub const MAX_RESPONSE_BODY_BYTES: usize = 512 * 1024;
+
+/// Whether a response of this `Content-Type` has its body read by the
+/// response phases: text, JSON and XML (ModSecurity's
+/// `SecResponseBodyMimeType text/plain text/html text/xml`, and the API
+/// types an API gateway serves). Images, archives and other binary types
+/// get phase 3 (status and headers) only.
+pub fn inspectable_response(content_type: Option<&[u8]>) -> bool {
+    let Some(ct) = content_type else {
+        return false;
+    };
+    let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    essence.starts_with("text/")
+        || matches!(
+            essence,
+            "application/json"
+                | "application/xml"
+                | "application/problem+json"
+                | "application/javascript"
+        )
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
 }

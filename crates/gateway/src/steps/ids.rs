@@ -134,7 +134,9 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
         | GatewayError::Blocked {
             malformed: true, ..
         } => Event::MalformedRequest,
-        GatewayError::Blocked { .. } => Event::Inspection,
+        // a response withheld for a leak: what probing for SQL errors and
+        // stack traces makes the service say
+        GatewayError::Blocked { .. } | GatewayError::ResponseBlocked { .. } => Event::Inspection,
         GatewayError::NoRoute | GatewayError::MethodNotAllowed => Event::NotFound,
         // a body that broke off is as often a client that went away as an
         // attack; timeouts and upstream failures are not the client's doing
