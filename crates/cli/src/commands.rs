@@ -1651,10 +1651,18 @@ async fn gateway(a: GatewayArgs) -> u8 {
                     Err(e) => return local_err(format!("error: {e}")),
                 }
             }
-            let sink = match palisade_gateway::ops::log::Sink::stdout_and(forwards) {
+            let sink = match &cfg.security_log_file {
+                Some(f) => palisade_gateway::ops::log::Sink::file_and(f, forwards),
+                None => palisade_gateway::ops::log::Sink::stdout_and(forwards),
+            };
+            let sink = match sink {
                 Ok(s) => std::sync::Arc::new(s),
                 Err(e) => {
-                    eprintln!("error: cannot open stdout for the security log: {e}");
+                    let what = match &cfg.security_log_file {
+                        Some(f) => f.display().to_string(),
+                        None => "stdout".into(),
+                    };
+                    eprintln!("error: cannot open {what} for the security log: {e}");
                     return 1;
                 }
             };

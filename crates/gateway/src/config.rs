@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `palisade` (default) or `ecs`: the security log's format.
     pub log_format: Option<String>,
+    /// The security log to this file instead of stdout.
+    pub security_log_file: Option<String>,
     /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -624,6 +626,8 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     pub log_level: String,
     pub log_format: crate::ops::log::LogFormat,
+    /// The security log's file (stdout when `None`); fixed at start.
+    pub security_log_file: Option<PathBuf>,
     pub trusted_proxies: Vec<crate::steps::client_ip::Cidr>,
     /// `[ids]`; `None`: no scores, no bans.
     pub ids: Option<IdsConfig>,
@@ -1591,6 +1595,18 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         }
     };
 
+    // a file that need not exist yet, in a directory that must
+    let security_log_file = raw.security_log_file.as_deref().map(|f| {
+        let p = c.path(f);
+        if !p.parent().is_some_and(|d| d.is_dir()) || p.is_dir() {
+            c.err(format!(
+                "security_log_file: {} is not a file in an existing directory",
+                p.display()
+            ));
+        }
+        p
+    });
+
     let mut trusted_proxies = Vec::new();
     for (i, t) in raw.trusted_proxies.iter().enumerate() {
         match crate::steps::client_ip::Cidr::parse(t) {
@@ -1621,6 +1637,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         routes,
         log_level,
         log_format,
+        security_log_file,
         trusted_proxies,
         ids,
         syslog,

@@ -48,6 +48,7 @@ pub struct Gateway {
     /// `[syslog]` as started (the forwarder lives in the log sink).
     pub syslog: Option<crate::ops::syslog::SyslogConfig>,
     pub otlp: Option<crate::ops::otlp::OtlpConfig>,
+    pub security_log_file: Option<std::path::PathBuf>,
     /// `[ids]`'s rules; `None`: no scoring, no bans enforced.
     pub ids_policy: Option<Arc<palisade_ids::Policy>>,
     /// How often the shared ban list is copied.
@@ -250,6 +251,13 @@ pub async fn build(
     {
         return Err(BuildError::Otlp("changing [otlp] needs a restart".into()));
     }
+    if let Some(p) = previous
+        && p.security_log_file != cfg.security_log_file
+    {
+        return Err(BuildError::Syslog(
+            "changing security_log_file needs a restart".into(),
+        ));
+    }
     Ok(Gateway {
         routes: Routes::new(routes),
         pools,
@@ -268,6 +276,7 @@ pub async fn build(
         ids_store: store,
         syslog: cfg.syslog.clone(),
         otlp: cfg.otlp.clone(),
+        security_log_file: cfg.security_log_file.clone(),
         ids_policy: cfg.ids.as_ref().map(|i| Arc::new(i.policy.clone())),
         ids_sync: cfg
             .ids

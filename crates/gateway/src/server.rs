@@ -236,6 +236,10 @@ pub async fn start(
                     Err(e) => tracing::error!(error = %e, "certificate reload refused; keeping the current certificates"),
                 }
             }
+            // SIGHUP is also logrotate's "the log file was moved"
+            if by_signal {
+                reload_log.reopen();
+            }
             let now = stamp(&config_path);
             if !by_signal {
                 if now == applied {

@@ -5,7 +5,7 @@
 //! recorded: the record has no field that could hold one.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use crate::ops::Event;
@@ -452,6 +452,19 @@ pub struct StdoutSink {
     last_alert_s: AtomicU64,
     /// `[syslog]`, `[otlp]`: every line also goes to the SIEM.
     forwards: Vec<Box<dyn crate::ops::Forward>>,
+    /// Set to have the writer reopen its file (SIGHUP, after a rotation).
+    reopen: Arc<AtomicBool>,
+}
+
+/// Open the security log file: appended to, created readable by the
+/// gateway's user only (it names clients, principals and paths).
+pub fn open_log_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Where records go: stdout by default, a buffer in tests.
@@ -478,12 +491,41 @@ impl Sink {
         Self::writer_and(out, lines, Vec::new())
     }
 
+    /// The security log in the file at `path` (appended to; reopened by
+    /// [`Self::reopen`]), each line also sent to every one of `forwards`.
+    pub fn file_and(
+        path: &std::path::Path,
+        forwards: Vec<Box<dyn crate::ops::Forward>>,
+    ) -> std::io::Result<Self> {
+        let out = open_log_file(path)?;
+        Self::spawn(out, Some(path.to_path_buf()), QUEUE_LINES, forwards)
+    }
+
     /// [`Self::writer`], each line also sent to every one of `forwards`.
     pub fn writer_and(
         out: std::fs::File,
         lines: usize,
         forwards: Vec<Box<dyn crate::ops::Forward>>,
     ) -> std::io::Result<Self> {
+        Self::spawn(out, None, lines, forwards)
+    }
+
+    /// Have the writer reopen its file before its next write (a log
+    /// rotation moved it away); nothing for stdout.
+    pub fn reopen(&self) {
+        if let Sink::Stdout(s) = self {
+            s.reopen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn spawn(
+        out: std::fs::File,
+        path: Option<std::path::PathBuf>,
+        lines: usize,
+        forwards: Vec<Box<dyn crate::ops::Forward>>,
+    ) -> std::io::Result<Self> {
+        let reopen = Arc::new(AtomicBool::new(false));
+        let reopen_flag = reopen.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(lines);
         let state = Arc::new(WriterState {
             pending: AtomicUsize::new(0),
@@ -504,6 +546,23 @@ impl Sink {
                 // instead of swallowing the next record
                 let mut broken = false;
                 while let Ok(first) = rx.recv() {
+                    if reopen_flag.swap(false, Ordering::Relaxed)
+                        && let Some(p) = &path
+                    {
+                        // a failure keeps the old file: nothing is lost,
+                        // the rotation just did not take
+                        match open_log_file(p) {
+                            Ok(f) => {
+                                out = f;
+                                broken = false;
+                            }
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                path = %p.display(),
+                                "cannot reopen the security log file; writing to the old one"
+                            ),
+                        }
+                    }
                     batch.clear();
                     if broken {
                         batch.push(b'\n');
@@ -543,7 +602,7 @@ impl Sink {
                                 tracing::error!(
                                     error = %e,
                                     dropped = st.dropped.load(Ordering::Relaxed),
-                                    "security log records lost: writing to stdout failed"
+                                    "security log records lost: writing them failed"
                                 );
                             }
                         }
@@ -565,6 +624,7 @@ impl Sink {
             state,
             last_alert_s: AtomicU64::new(u64::MAX),
             forwards,
+            reopen,
         }))
     }
 
@@ -606,7 +666,7 @@ impl Sink {
                     if s.last_alert_s.swap(now, Ordering::Relaxed) != now {
                         tracing::error!(
                             dropped = s.state.dropped.load(Ordering::Relaxed),
-                            "security log records dropped: the reader of stdout is not keeping up"
+                            "security log records dropped: stdout or the log file is not keeping up"
                         );
                     }
                 }
