@@ -78,6 +78,36 @@ pub struct RuleMatch {
     pub tags: Vec<String>,
     /// The variable that matched last (`ARGS:q`).
     pub variable: String,
+    /// What matched last, masked for a log that leaves the host: see
+    /// [`masked_excerpt`].
+    pub excerpt: String,
+}
+
+/// The longest excerpt of matched data a log gets, in bytes of the value.
+pub const EXCERPT_BYTES: usize = 32;
+
+/// Matched data as a SIEM may see it: its first [`EXCERPT_BYTES`] bytes
+/// with every letter and digit (and every byte outside ASCII) as `*`, so
+/// the shape of an attack shows (`*' ** '*'='*`) and no word or number of
+/// the request does (a password, a token, a name); control bytes as `.`,
+/// `"` and `\` as `'` and `/` (the excerpt sits in quotes in a log line);
+/// `…` when cut.
+pub fn masked_excerpt(v: &[u8]) -> String {
+    let mut out: String = v
+        .iter()
+        .take(EXCERPT_BYTES)
+        .map(|&b| match b {
+            b if b.is_ascii_alphanumeric() || b >= 0x80 => '*',
+            b'"' => '\'',
+            b'\\' => '/',
+            b if b.is_ascii_graphic() || b == b' ' => b as char,
+            _ => '.',
+        })
+        .collect();
+    if v.len() > EXCERPT_BYTES {
+        out.push('…');
+    }
+    out
 }
 
 /// Why processing stopped.
@@ -958,6 +988,11 @@ impl<'s> Transaction<'s> {
                 severity: r.actions.severity,
                 tags: r.actions.tags.clone(),
                 variable: last_var.to_string(),
+                excerpt: self
+                    .matched_var
+                    .as_ref()
+                    .map(|(_, v)| masked_excerpt(v))
+                    .unwrap_or_default(),
             });
         }
         true

@@ -509,3 +509,30 @@ fn crs_refuses_a_response_that_leaks_sql_errors_and_passes_an_ordinary_one() {
         .is_none()
     );
 }
+
+#[test]
+fn a_match_carries_the_masked_shape_of_what_matched() {
+    use palisade_waf::tx::masked_excerpt;
+    assert_eq!(masked_excerpt(b"1' OR '1'='1"), "*' ** '*'='*");
+    assert_eq!(
+        masked_excerpt(b"<script>alert(\"x\")</script>"),
+        "<******>*****('*')</******>"
+    );
+    assert_eq!(masked_excerpt("pâss\\\n\t".as_bytes()), "*****/..");
+    let long = masked_excerpt(&[b'a'; 40]);
+    assert_eq!(long, format!("{}…", "*".repeat(32)));
+    // the excerpt of a CRS match: no letter or digit of the request
+    let set = crs_set();
+    let mut tx = Transaction::new(
+        &set,
+        get("/products?id=1%27%20OR%20%27secret42%27%3D%27secret42"),
+    );
+    tx.process_request();
+    let m = tx.matches.iter().find(|m| m.id == 942100).unwrap();
+    assert_eq!(m.excerpt, "*' ** '********'='********");
+    assert!(
+        tx.matches
+            .iter()
+            .all(|m| !m.excerpt.contains("secret") && !m.excerpt.contains("42"))
+    );
+}

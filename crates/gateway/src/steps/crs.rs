@@ -122,6 +122,20 @@ fn findings(tx: &Transaction<'_>) -> String {
         // a cookie's or a JSON member's name can be the attack, or a secret)
         let collection = m.variable.split(':').next().unwrap_or_default();
         text.push_str(&format!("crs:{} {} {collection}", m.id, m.msg));
+        // the attack class (`attack-sqli`) and the matched data's masked
+        // shape (`*' ** '*'='*`): no word or number of the request
+        let attacks: Vec<&str> = m
+            .tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| t.starts_with("attack-"))
+            .collect();
+        if !attacks.is_empty() {
+            text.push_str(&format!(" ({})", attacks.join(",")));
+        }
+        if !m.excerpt.is_empty() && !collection.eq_ignore_ascii_case("TX") {
+            text.push_str(&format!(" \"{}\"", m.excerpt));
+        }
         if crate::steps::inspect::cap_findings(&mut text) {
             break;
         }
