@@ -412,3 +412,48 @@ async fn a_refused_batch_is_dropped_and_an_untrusted_collector_gets_nothing() {
         "a collector the gateway does not trust got a record"
     );
 }
+
+/// The gateway's resident memory (kB).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Review of 2026-12-06: `Retry-After: 0` made a busy loop (91,956 exports
+/// in 3 s), and a 200 whose body never ends was read into memory (2.7 GB in
+/// 10 s).
+#[tokio::test]
+async fn a_collector_cannot_make_the_exporter_spin_or_fill_memory() {
+    let Some(py) = python("a_collector_cannot_make_the_exporter_spin_or_fill_memory") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = setup(dir.path());
+
+    let rx = Receiver::start(&py, dir.path(), "zero", &["--retry-after-zero"]);
+    let cfg = dir.path().join("zero.toml");
+    std::fs::write(&cfg, config(rx.port, "ca.pem", "")).unwrap();
+    let gw = Gateway::start(&cfg, "zero").await;
+    get(&gw, "/nothing/zero").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tries = rx.lines().iter().filter(|l| l["answered"] == 503).count();
+    assert!((1..=10).contains(&tries), "{tries} exports in 2 s");
+    drop(gw);
+
+    let rx = Receiver::start(&py, dir.path(), "endless", &["--endless-first"]);
+    let cfg = dir.path().join("endless.toml");
+    std::fs::write(&cfg, config(rx.port, "ca.pem", "")).unwrap();
+    let gw = Gateway::start(&cfg, "endless").await;
+    let before = rss_kb(gw.pid());
+    get(&gw, "/nothing/first").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = rss_kb(gw.pid()).saturating_sub(before);
+    assert!(grown < 100 * 1024, "the gateway grew by {grown} kB");
+    // and the next batch goes out
+    let (_, id) = get(&gw, "/nothing/second").await;
+    rx.record(&id).await;
+}

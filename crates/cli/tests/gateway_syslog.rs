@@ -54,18 +54,30 @@ impl Rsyslog {
     /// `auth`: `anon` or `x509/name` (then only the CN `palisade-client`).
     /// `port` 0 picks one. Certificates: `dir`'s server.pem, server.key, ca.pem.
     fn start(dir: &Path, name: &str, auth: &str, port: u16) -> Rsyslog {
+        Self::start_with(dir, name, auth, port, "64k", "palisade-client")
+    }
+
+    /// With rsyslog's `maxMessageSize` and the one peer `x509/name` permits.
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        auth: &str,
+        port: u16,
+        max_message: &str,
+        peer: &str,
+    ) -> Rsyslog {
         let d = dir.join(name);
         std::fs::create_dir_all(d.join("work")).unwrap();
         let permitted = if auth == "x509/name" {
-            r#"permittedPeer=["palisade-client"]"#
+            format!(r#"permittedPeer=["{peer}"]"#)
         } else {
-            ""
+            String::new()
         };
         let p = |f: &str| dir.join(f).display().to_string();
         let conf = format!(
             r#"global(
   workDirectory="{work}"
-  maxMessageSize="64k"
+  maxMessageSize="{max_message}"
   processInternalMessages="on"
   abortOnUncleanConfig="on"
   defaultNetstreamDriver="gtls"
@@ -326,13 +338,8 @@ async fn security_events_reach_rsyslog_over_mutual_tls() {
     assert_eq!(status, 200);
     let (status, denied) = get(&gw, "/nothing").await;
     assert_eq!(status, 404);
-    // over rsyslog's default 8,096-byte message: the frame's length is
-    // what keeps it whole
-    let long = format!("/nothing/{}", "a".repeat(7800));
-    let (status, long_id) = get(&gw, &long).await;
-    assert_eq!(status, 404);
 
-    for (id, pri) in [(&allowed, "86"), (&denied, "84"), (&long_id, "84")] {
+    for (id, pri) in [(&allowed, "86"), (&denied, "84")] {
         let m = rs.message_with(id).await;
         // exactly the stdout line, parsed as RFC 5424 by rsyslog
         assert_eq!(m["msg"], stdout_line(&gw, id), "{m}");
@@ -419,6 +426,14 @@ async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
             .then_some(())
     })
     .await;
+    // the receiver restarts: the closed connection is noticed before the
+    // next line goes into it (review of 2026-12-06: a line sent after a
+    // restart was lost, counted as sent)
+    drop(rs);
+    let rs = Rsyslog::start(dir.path(), "late-rs-2", "anon", port);
+    let (_, after_restart) = get(&gw, "/nothing/after-restart").await;
+    let m = rs.message_with(&after_restart).await;
+    assert_eq!(m["msg"], stdout_line(&gw, &after_restart));
 
     // a gateway trusting another CA refuses rsyslog's certificate: nothing
     // is sent, and the refusal is in its log
@@ -447,5 +462,119 @@ async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
             .iter()
             .any(|m| m["msg"].as_str().is_some_and(|s| s.contains(&id))),
         "a receiver the gateway does not trust got a line"
+    );
+}
+
+/// A receiver that cuts a long message parses the rest as a message of its
+/// own: a request that made a long line could forge a record (review of
+/// 2026-12-06: a path carrying `<10>1 ... dc01.corp sshd ...` became an
+/// sshd record at rsyslog). Lines are shrunk to `max_message_bytes`, so
+/// rsyslog at 2 KiB never cuts one, in either log format.
+#[tokio::test]
+async fn no_request_can_forge_a_syslog_record() {
+    if !rsyslogd("no_request_can_forge_a_syslog_record") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = setup(dir.path());
+    let rs = Rsyslog::start_with(dir.path(), "rs", "anon", 0, "2k", "");
+    let cfg = dir.path().join("gw.toml");
+    let text = format!(
+        "log_format = \"ecs\"\n{}",
+        config(rs.port, "ca.pem", "max_message_bytes = 2048")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Gateway::start(&cfg, "gw").await;
+    let forged = "%3C10%3E1%202026-12-06T03:00:00Z%20dc01.corp%20sshd%204242%20auth%20-%20Accepted%20password%20for%20root";
+    let mut ids = Vec::new();
+    for n in (860..=910).step_by(5) {
+        let (_, id) = get(&gw, &format!("/nothing/a{}{forged}", "%22".repeat(n))).await;
+        ids.push(id);
+    }
+    // a long method (ECS's http.request.method)
+    for n in [1500, 1800, 7600] {
+        let method = reqwest::Method::from_bytes("X".repeat(n).as_bytes()).unwrap();
+        let r = plain_client()
+            .request(method, format!("http://{}/nothing/m", gw.addr("plain")))
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.headers()["x-request-id"].to_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let m = rs.message_with(id).await;
+        let doc: Value = serde_json::from_str(m["msg"].as_str().unwrap()).unwrap();
+        assert_eq!(doc["http"]["request"]["id"], id.as_str());
+    }
+    let all = rs.messages();
+    for m in &all {
+        assert_eq!(
+            (
+                m["version"].as_str(),
+                m["hostname"].as_str(),
+                m["app_name"].as_str()
+            ),
+            (Some("1"), Some("gw-test-1"), Some("palisade-gateway")),
+            "a message the gateway did not write: {m}"
+        );
+    }
+    assert_eq!(all.len(), ids.len(), "one message per request");
+    assert!(!rs.internal().contains("oversize"), "{}", rs.internal());
+}
+
+/// With TLS 1.3 a receiver refuses the client certificate after the
+/// handshake: the refusal is seen at once and said, nothing is counted as
+/// sent, and the receiver is never called reachable (review of 2026-12-06:
+/// every line was lost, counted as sent, with "reachable again" logged).
+#[tokio::test]
+async fn a_receiver_refusing_the_client_certificate_is_reported() {
+    if !rsyslogd("a_receiver_refusing_the_client_certificate_is_reported") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = setup(dir.path());
+    let rs = Rsyslog::start_with(dir.path(), "rs", "x509/name", 0, "64k", "someone-else");
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            rs.port,
+            "ca.pem",
+            "client_cert_file = \"client.pem\"\nclient_key_file = \"client.key\"",
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(&cfg, "gw").await;
+    for i in 0..3 {
+        get(&gw, &format!("/nothing/{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let err = gw.stderr();
+        if err.contains("right after the TLS handshake") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refusal is not reported: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rs.messages().is_empty());
+    assert!(!gw.stderr().contains("reachable again"), "{}", gw.stderr());
+    let metrics = plain_client()
+        .get(format!("http://{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("palisade_gateway_syslog_sent_total") && !l.ends_with(" 0")),
+        "{metrics}"
     );
 }

@@ -72,6 +72,7 @@ pub struct RawSyslog {
     pub facility: Option<String>,
     pub app_name: Option<String>,
     pub hostname: Option<String>,
+    pub max_message_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1648,13 +1649,35 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
 /// `[otlp]`: an `https` endpoint with its CA file (or `http` with
 /// `dangerous_plaintext = true`), an optional client certificate pair.
 fn otlp(c: &mut Ctx<'_>, r: RawOtlp) -> crate::ops::otlp::OtlpConfig {
+    // the URL as written has a host (`https:///v1/logs` parses as host
+    // `v1`), no user info, query or fragment (they would be logged: an API
+    // key in a query string would reach the operational log)
+    let written_host = r
+        .endpoint
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+    let mut endpoint = r.endpoint.clone();
     let scheme = match reqwest::Url::parse(&r.endpoint) {
-        Ok(u) if u.host_str().is_some() && u.username().is_empty() && u.password().is_none() => {
+        Ok(u)
+            if written_host
+                && u.host_str().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none() =>
+        {
+            // a collector's base URL gets OTLP's logs path, as the
+            // OpenTelemetry exporters' `endpoint` does
+            if u.path() == "/" {
+                let mut u = u.clone();
+                u.set_path("/v1/logs");
+                endpoint = u.to_string();
+            }
             u.scheme().to_string()
         }
         _ => {
             c.err(format!(
-                "otlp.endpoint: {:?} is not an http(s) URL with a host (and no user info)",
+                "otlp.endpoint: {:?} is not an http(s) URL with a host (and no user info, query or fragment)",
                 r.endpoint
             ));
             String::new()
@@ -1686,7 +1709,7 @@ fn otlp(c: &mut Ctx<'_>, r: RawOtlp) -> crate::ops::otlp::OtlpConfig {
         ));
     }
     crate::ops::otlp::OtlpConfig {
-        endpoint: r.endpoint,
+        endpoint,
         ca_file: r.ca_file.map(|f| c.file("otlp.ca_file", &f)),
         client_cert: match (r.client_cert_file, r.client_key_file) {
             (Some(cf), Some(kf)) => Some((
@@ -1708,15 +1731,35 @@ fn otlp(c: &mut Ctx<'_>, r: RawOtlp) -> crate::ops::otlp::OtlpConfig {
 /// `[syslog]`: a `host:port`, the CA file, an optional client certificate
 /// pair, a facility by its RFC 5424 name, header fields in printable ASCII.
 fn syslog(c: &mut Ctx<'_>, r: RawSyslog) -> crate::ops::syslog::SyslogConfig {
+    // `host:port` or `[v6]:port`; the host an IP address or a DNS name
     let host = match r.address.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
-            h.trim_start_matches('[').trim_end_matches(']').to_string()
+        Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) => {
+            let h = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => Some(v6),
+                Some(_) => None,
+                None if h.contains([':', '[', ']']) => None,
+                None => Some(h),
+            };
+            h.filter(|h| rustls_pki_types::ServerName::try_from(*h).is_ok())
+                .map(str::to_string)
         }
-        _ => {
-            c.err(format!("syslog.address: {:?} is not host:port", r.address));
-            String::new()
-        }
+        _ => None,
     };
+    let host = host.unwrap_or_else(|| {
+        c.err(format!(
+            "syslog.address: {:?} is not host:port or [IPv6]:port",
+            r.address
+        ));
+        String::new()
+    });
+    let max_message_bytes = r
+        .max_message_bytes
+        .unwrap_or(crate::ops::syslog::DEFAULT_MAX_MESSAGE_BYTES);
+    if !(2048..=1 << 20).contains(&max_message_bytes) {
+        c.err(format!(
+            "syslog.max_message_bytes: {max_message_bytes} is not between 2048 (RFC 5425's minimum) and 1048576"
+        ));
+    }
     let server_name = r.server_name.unwrap_or(host);
     if !server_name.is_empty()
         && rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err()
@@ -1765,6 +1808,7 @@ fn syslog(c: &mut Ctx<'_>, r: RawSyslog) -> crate::ops::syslog::SyslogConfig {
         facility,
         app_name,
         hostname: r.hostname,
+        max_message_bytes,
     }
 }
 
@@ -1960,7 +2004,7 @@ mod tests {
         assert_eq!(
             exact,
             [
-                "syslog.address: \"siem.example\" is not host:port",
+                "syslog.address: \"siem.example\" is not host:port or [IPv6]:port",
                 "syslog.facility: \"security\" is not an RFC 5424 facility name (kern, user, auth, authpriv, audit, local0 ... local7, ...)",
                 "syslog.app_name: \"my app\" must be 1 to 48 printable ASCII characters without spaces",
                 "syslog.hostname: \"\" must be 1 to 255 printable ASCII characters without spaces",
@@ -1969,6 +2013,32 @@ mod tests {
         );
         assert_eq!(dir_dependent.len(), 1);
         assert!(dir_dependent[0].ends_with("/missing.pem does not exist or is not a file"));
+        for bad in [
+            "[[evil]]]:6514",
+            "[siem.example]:6514",
+            "a:b:6514",
+            "siem.example:0",
+            ":6514",
+        ] {
+            let e = check(&format!(
+                "{ROUTE}[syslog]\naddress = \"{bad}\"\nca_file = \"p.cedar\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.0.contains(&format!(
+                    "syslog.address: {bad:?} is not host:port or [IPv6]:port"
+                )),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = check(&format!(
+            "{ROUTE}[syslog]\naddress = \"siem.example:6514\"\nca_file = \"p.cedar\"\nmax_message_bytes = 1024\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            ["syslog.max_message_bytes: 1024 is not between 2048 (RFC 5425's minimum) and 1048576"]
+        );
         let e = check(&format!(
             "{ROUTE}[syslog]\naddress = \"siem.example:6514\"\nca_file = \"p.cedar\"\nserver_name = \"not a name\"\n"
         ))
@@ -2013,9 +2083,30 @@ mod tests {
         assert_eq!(
             err("endpoint = \"https://u:p@collector/v1/logs\"\nca_file = \"p.cedar\"\n"),
             [
-                "otlp.endpoint: \"https://u:p@collector/v1/logs\" is not an http(s) URL with a host (and no user info)"
+                "otlp.endpoint: \"https://u:p@collector/v1/logs\" is not an http(s) URL with a host (and no user info, query or fragment)"
             ]
         );
+        // a query string would be logged (an API key in it, say)
+        for bad in [
+            "https://collector/v1/logs?api_key=SECRET123",
+            "https://collector/v1/logs#x",
+            "https:///v1/logs",
+        ] {
+            assert_eq!(
+                err(&format!("endpoint = \"{bad}\"\nca_file = \"p.cedar\"\n")),
+                [format!(
+                    "otlp.endpoint: {bad:?} is not an http(s) URL with a host (and no user info, query or fragment)"
+                )]
+            );
+        }
+        // a collector's base URL gets the logs path
+        let base = check(&format!(
+            "{ROUTE}[otlp]\nendpoint = \"https://collector:4318\"\nca_file = \"p.cedar\"\n"
+        ))
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(base.endpoint, "https://collector:4318/v1/logs");
         assert_eq!(
             err("endpoint = \"ftp://collector/v1/logs\"\n"),
             ["otlp.endpoint: scheme \"ftp\" is not http or https"]

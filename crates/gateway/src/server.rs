@@ -315,7 +315,9 @@ pub async fn start(
                 let _ = t.join();
             }
             if !log.flush(LOG_FLUSH_LIMIT) {
-                tracing::error!("security log records still queued at exit");
+                tracing::error!(
+                    "security log records, or their syslog/OTLP copies, still queued at exit"
+                );
             }
         })
         .await;

@@ -8,9 +8,13 @@ an error. Every record it accepted is written to OUT as one JSON line
 a body it could not parse is written as {"error": ...} and answered 400.
 
 usage: receiver.py CERT KEY OUT PORTFILE [--client-ca CA] [--fail-first N]
-       [--reject]
+       [--reject] [--retry-after-zero] [--endless-first]
 --fail-first N: answer the first N exports 503 (the exporter must retry);
---reject: answer every export 400 (the exporter must drop, not retry).
+--reject: answer every export 400 (the exporter must drop, not retry);
+--retry-after-zero: answer every export 503 with Retry-After: 0 (the
+  exporter must still back off);
+--endless-first: answer the first export 200 with a body that never ends
+  (the exporter must stop reading it).
 """
 import argparse
 import http.server
@@ -31,10 +35,12 @@ p.add_argument("portfile")
 p.add_argument("--client-ca")
 p.add_argument("--fail-first", type=int, default=0)
 p.add_argument("--reject", action="store_true")
+p.add_argument("--retry-after-zero", action="store_true")
+p.add_argument("--endless-first", action="store_true")
 a = p.parse_args()
 
 lock = threading.Lock()
-state = {"fail": a.fail_first}
+state = {"fail": a.fail_first, "endless": a.endless_first}
 
 
 def write(obj):
@@ -69,6 +75,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if fail:
             write({"answered": 503})
             return self.answer(503)
+        if a.retry_after_zero:
+            write({"answered": 503})
+            self.send_response(503)
+            self.send_header("retry-after", "0")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        with lock:
+            endless = state["endless"]
+            state["endless"] = False
+        if endless:
+            write({"answered": "endless"})
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                self.close_connection = True
+                return
         if a.reject:
             write({"answered": 400})
             return self.answer(400, b'{"code":3,"message":"rejected by the test"}')

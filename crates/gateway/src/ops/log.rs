@@ -191,20 +191,20 @@ impl SecurityRecord<'_> {
             event["reason"] = json!(capped(&self.reason));
         }
         let mut doc = json!({
-            "@timestamp": self.time,
+            "@timestamp": capped(&self.time),
             "ecs": {"version": ECS_VERSION},
             "event": event,
             "http": {
-                "request": {"id": self.request_id, "method": self.method, "bytes": self.bytes_in},
+                "request": {"id": capped(&self.request_id), "method": capped(&self.method), "bytes": self.bytes_in},
                 "response": {"status_code": self.status, "bytes": self.bytes_out},
             },
             "url": {"path": capped(&self.path)},
-            "source": {"ip": self.client_ip},
+            "source": {"ip": capped(&self.client_ip)},
             "observer": {
                 "type": "proxy",
                 "vendor": "Palisade",
                 "product": "palisade-gateway",
-                "ingress": {"interface": {"name": self.listener}},
+                "ingress": {"interface": {"name": capped(&self.listener)}},
             },
         });
         if !self.host.is_empty() {
@@ -404,8 +404,11 @@ fn json_str(o: &mut Vec<u8>, s: &str) {
     o.push(b'"');
 }
 
-/// Records waiting for the writer at most: about 16 MiB of lines.
+/// Records waiting for the writer at most.
 pub const QUEUE_LINES: usize = 32 * 1024;
+/// Bytes of records waiting for the writer at most (a record is at most a
+/// few KiB: every field is capped).
+pub const QUEUE_BYTES: usize = 16 << 20;
 /// How long the writer waits after a write for more lines to gather: the
 /// delay a line may see before it reaches stdout.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(2);
@@ -420,6 +423,8 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct WriterState {
     pending: AtomicUsize,
+    /// Bytes of the lines waiting (at most [`QUEUE_BYTES`]).
+    pending_bytes: AtomicUsize,
     /// Milliseconds since `epoch` at the last completed write (or start).
     last_write_ms: AtomicU64,
     epoch: Instant,
@@ -529,6 +534,7 @@ impl Sink {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(lines);
         let state = Arc::new(WriterState {
             pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
             last_write_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             dropped: AtomicU64::new(0),
@@ -564,6 +570,8 @@ impl Sink {
                         }
                     }
                     batch.clear();
+                    // the newline below is the writer's, not a queued line's
+                    let broken_before = broken;
                     if broken {
                         batch.push(b'\n');
                     }
@@ -608,6 +616,8 @@ impl Sink {
                         }
                     }
                     st.pending.fetch_sub(lines, Ordering::Relaxed);
+                    st.pending_bytes
+                        .fetch_sub(batch.len() - usize::from(broken_before), Ordering::Relaxed);
                     st.last_write_ms.store(st.now_ms(), Ordering::Relaxed);
                     if batch.capacity() > 4 * BATCH_BYTES {
                         batch = Vec::with_capacity(BATCH_BYTES);
@@ -656,9 +666,13 @@ impl Sink {
                     f.send(event, &line);
                 }
                 line.push(b'\n');
+                let len = line.len();
+                let full = s.state.pending_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES;
                 s.state.pending.fetch_add(1, Ordering::Relaxed);
-                if s.tx.try_send(line).is_err() {
+                s.state.pending_bytes.fetch_add(len, Ordering::Relaxed);
+                if full || s.tx.try_send(line).is_err() {
                     s.state.pending.fetch_sub(1, Ordering::Relaxed);
+                    s.state.pending_bytes.fetch_sub(len, Ordering::Relaxed);
                     s.state.dropped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("palisade_gateway_security_log_dropped_total").increment(1);
                     // at most one alert a second
@@ -813,6 +827,42 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&short.to_json()).unwrap();
         assert_eq!(v["host"], "api.example");
+    }
+
+    /// Every string field a client can fill is capped in the ECS document
+    /// too: a 60 KB method made a 60 KB line, which a syslog receiver cut
+    /// in two, and the second half was the attacker's own record (review
+    /// of 2026-12-06).
+    #[test]
+    fn every_ecs_string_field_is_capped() {
+        let long = "X".repeat(60_000);
+        let rec = SecurityRecord {
+            time: long.clone().into(),
+            request_id: long.clone().into(),
+            listener: long.clone().into(),
+            client_ip: long.clone().into(),
+            method: long.clone().into(),
+            path: long.clone().into(),
+            host: long.clone().into(),
+            route: long.clone().into(),
+            principal: long.clone().into(),
+            auth_method: long.clone().into(),
+            reason: long.clone().into(),
+            upstream: long.clone().into(),
+            inspection: long.clone().into(),
+            ..Default::default()
+        };
+        fn strings(v: &serde_json::Value, out: &mut Vec<usize>) {
+            match v {
+                serde_json::Value::String(s) => out.push(s.len()),
+                serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+                serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+                _ => {}
+            }
+        }
+        let mut lens = Vec::new();
+        strings(&rec.to_ecs(), &mut lens);
+        assert!(lens.iter().all(|&n| n <= MAX_FIELD_BYTES), "{lens:?}");
     }
 
     /// Lines written from several threads at once arrive whole, each once,

@@ -37,6 +37,15 @@ use crate::ops::Event;
 pub const QUEUE_RECORDS: usize = 32 * 1024;
 /// Records in one export request at most.
 const BATCH_RECORDS: usize = 512;
+/// Bytes of lines in one export request at most (its JSON is about three
+/// times that): a collector refuses a request over its own limit, and a
+/// refused batch is dropped.
+const BATCH_BYTES: usize = 1 << 20;
+/// Bytes of lines waiting for the exporter at most.
+pub const QUEUE_BYTES: usize = 16 << 20;
+/// The most of a collector's answer that is read: enough for any
+/// `ExportLogsServiceResponse`; a longer one is not read further.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const RETRY_AFTER_MAX: u64 = 60;
@@ -135,6 +144,7 @@ fn export_request(service: &str, host: &str, records: &[Record]) -> Vec<u8> {
 #[derive(Debug, Default)]
 struct State {
     pending: AtomicUsize,
+    pending_bytes: AtomicUsize,
     sent: AtomicU64,
     dropped: AtomicU64,
     last_alert_s: AtomicU64,
@@ -181,7 +191,30 @@ async fn export(client: &reqwest::Client, endpoint: &str, body: Vec<u8>) -> Outc
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(RETRY_AFTER_MAX)));
-    let text = resp.bytes().await.unwrap_or_default();
+    // at most MAX_RESPONSE_BYTES of the answer: a collector (or whatever
+    // answers in its place) streaming an endless body must not fill memory
+    let mut resp = resp;
+    let mut text = Vec::new();
+    let mut whole = true;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                text.extend_from_slice(&c);
+                if text.len() > MAX_RESPONSE_BYTES {
+                    whole = false;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                whole = false;
+                break;
+            }
+        }
+    }
+    if !whole {
+        text.clear();
+    }
     match status {
         200..=299 => {
             let rejected = serde_json::from_slice::<Value>(&text)
@@ -271,14 +304,18 @@ impl Exporter {
 
 impl crate::ops::Forward for Exporter {
     fn send(&self, event: Event, line: &[u8]) {
+        let len = line.len();
+        let full = self.state.pending_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES;
         let rec = Record {
             time_nanos: palisade_core::now_nanos(),
             event,
             line: line.to_vec(),
         };
         self.state.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(rec).is_err() {
+        self.state.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        if full || self.tx.try_send(rec).is_err() {
             self.state.pending.fetch_sub(1, Ordering::Relaxed);
+            self.state.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             self.state.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("palisade_gateway_otlp_dropped_total").increment(1);
             let now = self.epoch.elapsed().as_secs();
@@ -315,11 +352,28 @@ fn run(
     host: String,
 ) {
     let mut failing = false;
-    while let Ok(first) = rx.recv() {
+    // a record taken from the queue that did not fit in the last batch
+    let mut next: Option<Record> = None;
+    loop {
+        let first = match next.take() {
+            Some(r) => r,
+            None => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.line.len();
         let mut batch = vec![first];
-        while batch.len() < BATCH_RECORDS {
+        while batch.len() < BATCH_RECORDS && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) if bytes + r.line.len() > BATCH_BYTES => {
+                    next = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    bytes += r.line.len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
@@ -351,7 +405,9 @@ fn run(
                         failing = true;
                     }
                     metrics::counter!("palisade_gateway_otlp_export_failures_total").increment(1);
-                    std::thread::sleep(after.unwrap_or(backoff));
+                    // the collector's Retry-After, never less than the
+                    // back-off (a `Retry-After: 0` would make a busy loop)
+                    std::thread::sleep(after.map_or(backoff, |a| a.max(backoff)));
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Outcome::Refused(why) => {
@@ -363,6 +419,7 @@ fn run(
             }
         }
         st.pending.fetch_sub(n, Ordering::Relaxed);
+        st.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 

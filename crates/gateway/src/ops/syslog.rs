@@ -60,7 +60,18 @@ pub struct SyslogConfig {
     pub app_name: String,
     /// HOSTNAME; the machine's name (`/proc/sys/kernel/hostname`) unless set.
     pub hostname: Option<String>,
+    /// The longest message (header and MSG) the receiver takes whole: a
+    /// longer line is shrunk to fit (see [`shrink`]). A receiver cuts a
+    /// longer message, and the rest arrives as a message of its own, whose
+    /// every byte the request chose.
+    pub max_message_bytes: usize,
 }
+
+/// [`SyslogConfig::max_message_bytes`] by default: under rsyslog's default
+/// `maxMessageSize` (8,096 bytes, header included).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8000;
+/// Bytes of messages waiting for the forwarder at most.
+pub const QUEUE_BYTES: usize = 16 << 20;
 
 /// RFC 5424 facility names (§6.2.1) and their codes.
 pub const FACILITIES: [(&str, u8); 24] = [
@@ -170,10 +181,42 @@ pub fn frame(
     out
 }
 
+/// `line` (a JSON object) made to fit in `max` bytes: its longest string
+/// values cut (to 256, then 64, then 16 characters, ending in `…`) until it
+/// does; `None` when even that does not fit. The result is still one JSON
+/// object, so a receiver never cuts a message and never parses a piece of
+/// one as a message of its own.
+pub fn shrink(line: &[u8], max: usize) -> Option<Vec<u8>> {
+    if line.len() <= max {
+        return Some(line.to_vec());
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    fn cut(v: &mut serde_json::Value, keep: usize) {
+        match v {
+            serde_json::Value::String(s) if s.chars().count() > keep => {
+                let t: String = s.chars().take(keep).collect();
+                *s = format!("{t}…");
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| cut(x, keep)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| cut(x, keep)),
+            _ => {}
+        }
+    }
+    for keep in [256, 64, 16] {
+        cut(&mut v, keep);
+        let out = v.to_string().into_bytes();
+        if out.len() <= max {
+            return Some(out);
+        }
+    }
+    None
+}
+
 /// The forwarder's shared counters.
 #[derive(Debug, Default)]
 struct State {
     pending: AtomicUsize,
+    pending_bytes: AtomicUsize,
     sent: AtomicU64,
     dropped: AtomicU64,
     last_alert_s: AtomicU64,
@@ -188,6 +231,7 @@ pub struct Forwarder {
     app_name: String,
     procid: u32,
     epoch: Instant,
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -197,6 +241,68 @@ impl std::fmt::Debug for Forwarder {
 }
 
 type Conn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// How long a new connection is watched for the receiver refusing it.
+const ACCEPT_WAIT: Duration = Duration::from_millis(250);
+
+/// An I/O error as the log says it: a socket timeout is "timed out" (the
+/// OS says "Resource temporarily unavailable").
+fn io_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Whether the receiver still has the connection: what it sent is read
+/// (waiting up to `wait`, or not at all) and processed, so a TLS alert or
+/// the connection's end shows before a batch is written into it (as
+/// rsyslog's own sender checks its connection before each send).
+fn alive(c: &mut Conn, wait: Option<Duration>) -> Result<(), String> {
+    use std::io::Read;
+    let set = match wait {
+        Some(d) => c.sock.set_read_timeout(Some(d)),
+        None => c.sock.set_nonblocking(true),
+    };
+    set.map_err(|e| e.to_string())?;
+    let result = loop {
+        match c.conn.read_tls(&mut c.sock) {
+            Ok(0) => break Err("the receiver closed the connection".to_string()),
+            Ok(_) => match c.conn.process_new_packets() {
+                Ok(st) => {
+                    // nothing is expected from a syslog receiver: discard
+                    let mut sink = [0u8; 1024];
+                    while st.plaintext_bytes_to_read() > 0
+                        && matches!(c.conn.reader().read(&mut sink), Ok(n) if n > 0)
+                    {
+                    }
+                    if st.peer_has_closed() {
+                        break Err("the receiver closed the connection".to_string());
+                    }
+                    // more may follow at once; never wait twice
+                    if let Err(e) = c.sock.set_nonblocking(true) {
+                        break Err(e.to_string());
+                    }
+                }
+                Err(e) => break Err(format!("TLS: {e}")),
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break Ok(());
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    c.sock
+        .set_nonblocking(false)
+        .and_then(|()| c.sock.set_read_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    result
+}
 
 fn connect(
     address: &str,
@@ -222,8 +328,14 @@ fn connect(
                 while s.conn.is_handshaking() {
                     s.conn
                         .complete_io(&mut s.sock)
-                        .map_err(|e| format!("TLS handshake with {a}: {e}"))?;
+                        .map_err(|e| format!("TLS handshake with {a}: {}", io_error(&e)))?;
                 }
+                // with TLS 1.3 the receiver checks our certificate after the
+                // handshake: a refusal (an alert, or the connection closed)
+                // comes a moment later, and would eat the first batch
+                alive(&mut s, Some(ACCEPT_WAIT)).map_err(|e| {
+                    format!("{a}: {e} right after the TLS handshake (does the receiver refuse the client certificate, or want one?)")
+                })?;
                 return Ok(s);
             }
             Err(e) => last = format!("connecting to {a}: {e}"),
@@ -264,6 +376,7 @@ impl Forwarder {
             app_name: header_field(&cfg.app_name, 48),
             procid: std::process::id(),
             epoch: Instant::now(),
+            max_message_bytes: cfg.max_message_bytes,
         })
     }
 }
@@ -271,27 +384,44 @@ impl Forwarder {
 impl crate::ops::Forward for Forwarder {
     /// Queue one security-log line (without its newline) as a message.
     fn send(&self, event: Event, line: &[u8]) {
-        let msg = frame(
-            self.facility,
-            event,
-            palisade_core::now_nanos(),
-            &self.hostname,
-            &self.app_name,
-            self.procid,
-            line,
-        );
+        let frame_of = |line: &[u8]| {
+            frame(
+                self.facility,
+                event,
+                palisade_core::now_nanos(),
+                &self.hostname,
+                &self.app_name,
+                self.procid,
+                line,
+            )
+        };
+        let mut msg = frame_of(line);
+        // what the header and the length prefix take
+        let overhead = msg.len() - line.len();
+        let prefix = msg.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
+        if msg.len() - prefix > self.max_message_bytes {
+            let room = self
+                .max_message_bytes
+                .saturating_sub(overhead.saturating_sub(prefix));
+            match shrink(line, room) {
+                Some(small) => msg = frame_of(&small),
+                None => {
+                    self.drop_one("a line that does not fit in max_message_bytes even shrunk");
+                    return;
+                }
+            }
+        }
+        let len = msg.len();
+        if self.state.pending_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.drop_one("the receiver is not keeping up or unreachable");
+            return;
+        }
         self.state.pending.fetch_add(1, Ordering::Relaxed);
+        self.state.pending_bytes.fetch_add(len, Ordering::Relaxed);
         if self.tx.try_send(msg).is_err() {
             self.state.pending.fetch_sub(1, Ordering::Relaxed);
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("palisade_gateway_syslog_dropped_total").increment(1);
-            let now = self.epoch.elapsed().as_secs();
-            if self.state.last_alert_s.swap(now, Ordering::Relaxed) != now {
-                tracing::error!(
-                    dropped = self.state.dropped.load(Ordering::Relaxed),
-                    "syslog messages dropped: the receiver is not keeping up or unreachable"
-                );
-            }
+            self.state.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.drop_one("the receiver is not keeping up or unreachable");
         }
     }
 
@@ -309,6 +439,19 @@ impl crate::ops::Forward for Forwarder {
 }
 
 impl Forwarder {
+    fn drop_one(&self, why: &str) {
+        self.state.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("palisade_gateway_syslog_dropped_total").increment(1);
+        let now = self.epoch.elapsed().as_secs();
+        if self.state.last_alert_s.swap(now, Ordering::Relaxed) != now {
+            tracing::error!(
+                dropped = self.state.dropped.load(Ordering::Relaxed),
+                reason = why,
+                "syslog messages dropped (their lines are in the security log)"
+            );
+        }
+    }
+
     /// Messages written so far.
     pub fn sent(&self) -> u64 {
         self.state.sent.load(Ordering::Relaxed)
@@ -355,6 +498,17 @@ fn run(
                 }
             }
         }
+        // a connection the receiver closed (a restart) or refused is
+        // replaced before the batch goes into it
+        if let Some(c) = &mut conn
+            && let Err(e) = alive(c, None)
+        {
+            if !failing {
+                tracing::error!(address = %address, error = %e, "syslog connection lost; reconnecting");
+                failing = true;
+            }
+            conn = None;
+        }
         let c = match &mut conn {
             Some(c) => c,
             None => match connect(&address, &name, &tls) {
@@ -383,6 +537,7 @@ fn run(
             Ok(()) => {
                 st.sent.fetch_add(lines as u64, Ordering::Relaxed);
                 st.pending.fetch_sub(lines, Ordering::Relaxed);
+                st.pending_bytes.fetch_sub(batch.len(), Ordering::Relaxed);
                 metrics::counter!("palisade_gateway_syslog_sent_total").increment(lines as u64);
                 lines = 0;
                 if batch.capacity() > 4 * BATCH_BYTES {
@@ -391,6 +546,7 @@ fn run(
             }
             Err(e) => {
                 // the same batch goes again on a new connection
+                let e = io_error(&e);
                 if !failing {
                     tracing::error!(address = %address, error = %e, "syslog connection lost; reconnecting");
                     failing = true;
@@ -440,6 +596,57 @@ mod tests {
         assert_eq!(pri(Event::Unban), "133");
         assert_eq!(pri(Event::Reload { applied: true }), "133");
         assert_eq!(pri(Event::Reload { applied: false }), "131");
+    }
+
+    #[test]
+    fn a_long_line_is_shrunk_to_fit_and_stays_one_json_object() {
+        let line = serde_json::json!({
+            "method": "X".repeat(7600),
+            "path": format!("/{}<10>1 2026-12-06T03:00:00Z dc01.corp sshd 4242 auth - forged", "\"".repeat(900)),
+            "status": 404,
+            "nested": {"a": "é".repeat(3000)},
+        })
+        .to_string();
+        let small = shrink(line.as_bytes(), 1900).unwrap();
+        assert!(small.len() <= 1900, "{}", small.len());
+        let v: serde_json::Value = serde_json::from_slice(&small).unwrap();
+        assert_eq!(v["status"], 404);
+        assert!(v["method"].as_str().unwrap().ends_with('…'));
+        // what fits is left alone
+        assert_eq!(shrink(b"{\"a\":1}", 100).unwrap(), b"{\"a\":1}");
+        // keys alone over the limit: nothing fits
+        let keys = serde_json::json!({ "k".repeat(3000): 1 }).to_string();
+        assert_eq!(shrink(keys.as_bytes(), 2048), None);
+    }
+
+    /// Review of 2026-12-06: the queue was bounded by lines only (32,768
+    /// of up to 60 KB each while the receiver was down: gigabytes).
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        use crate::ops::Forward;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        // nothing listens on port 1: every line waits
+        let f = Forwarder::start(&SyslogConfig {
+            address: "127.0.0.1:1".into(),
+            server_name: "localhost".into(),
+            ca_file: dir.path().join("ca.pem"),
+            client_cert: None,
+            facility: 10,
+            app_name: "t".into(),
+            hostname: Some("h".into()),
+            max_message_bytes: 1 << 20,
+        })
+        .unwrap();
+        let line = serde_json::json!({ "a": "x".repeat(100_000) }).to_string();
+        for _ in 0..300 {
+            f.send(Event::Ban, line.as_bytes());
+        }
+        // 30 MB sent, at most QUEUE_BYTES kept
+        let kept = 300 - f.dropped() as usize;
+        assert!(kept * line.len() <= QUEUE_BYTES, "{kept} kept");
+        assert!(f.dropped() as usize >= 300 - QUEUE_BYTES / line.len());
     }
 
     #[test]
