@@ -342,9 +342,9 @@ type CrsStepped<B> = (
 /// Step 11b: CRS's response phases on the service's answer (status and
 /// headers; the body when it is text, JSON or XML and not compressed, its
 /// first 512 KiB, read here under the stream idle timeout). Block mode
-/// withholds a response they interrupt: 502 `response_blocked`; a
-/// compressed body is withheld too (it cannot be read), logged in detect
-/// mode. The body goes on as read.
+/// withholds a response they interrupt: 502 `response_blocked`; a body
+/// that cannot be read as its client will read it (compressed, UTF-16) is
+/// withheld too, logged in detect mode. The body goes on as read.
 async fn crs_response_step(
     resp: Response<Body>,
     route: &crate::steps::route::Route,
@@ -369,12 +369,8 @@ async fn crs_response_step(
         return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        let note = "crs: response not inspected: compressed (content-encoding)".to_string();
+    if let Some(why) = crate::steps::crs::unreadable_response(&parts.headers) {
+        let note = format!("crs: response not inspected: {why}");
         if crs.response == InspectionMode::Block {
             return Err(GatewayError::ResponseBlocked { findings: note });
         }

@@ -151,15 +151,17 @@ pub const MAX_RESPONSE_BODY_BYTES: usize = 512 * 1024;
 /// Whether a response of this `Content-Type` has its body read by the
 /// response phases: text, JSON and XML (ModSecurity's
 /// `SecResponseBodyMimeType text/plain text/html text/xml`, and the API
-/// types an API gateway serves). Images, archives and other binary types
-/// get phase 3 (status and headers) only.
+/// types an API gateway serves), and an answer without a type (a client
+/// sniffs it, and may render it as HTML). Images, archives and other
+/// binary types get phase 3 (status and headers) only.
 pub fn inspectable_response(content_type: Option<&[u8]>) -> bool {
     let Some(ct) = content_type else {
-        return false;
+        return true;
     };
     let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    essence.starts_with("text/")
+    essence.is_empty()
+        || essence.starts_with("text/")
         || matches!(
             essence,
             "application/json"
@@ -169,4 +171,116 @@ pub fn inspectable_response(content_type: Option<&[u8]>) -> bool {
         )
         || essence.ends_with("+json")
         || essence.ends_with("+xml")
+}
+
+/// Why an answer's body cannot be read as the client will read it, if it
+/// cannot: a `Content-Encoding` other than `identity` (any of its values,
+/// in any of its headers: `identity, gzip` is gzip), or a charset whose
+/// bytes are not ASCII-compatible (UTF-16, UTF-32, UTF-7: a rule's pattern
+/// would never match the text the client decodes).
+pub fn unreadable_response(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let encoded = headers
+        .get_all(hyper::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| !t.eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Some("compressed (content-encoding)");
+    }
+    let charset = headers
+        .get_all(hyper::header::CONTENT_TYPE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|p| {
+            let p = String::from_utf8_lossy(p).trim().to_ascii_lowercase();
+            p.strip_prefix("charset=")
+                .map(|c| c.trim_matches('"').to_string())
+        })
+        .any(|c| {
+            c.starts_with("utf-16")
+                || c.starts_with("utf-32")
+                || c == "utf-7"
+                || c.starts_with("ucs-")
+                || c.starts_with("unicode")
+        });
+    if charset {
+        return Some("a charset that is not ASCII-compatible");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn an_answer_is_readable_only_as_its_client_reads_it() {
+        for ok in [
+            vec![],
+            vec![("content-encoding", "identity")],
+            vec![("content-encoding", "Identity")],
+            vec![("content-type", "text/html; charset=utf-8")],
+            vec![("content-type", "text/html; charset=ISO-8859-1")],
+        ] {
+            assert_eq!(unreadable_response(&headers(&ok)), None, "{ok:?}");
+        }
+        for (bad, why) in [
+            (
+                vec![("content-encoding", "gzip")],
+                "compressed (content-encoding)",
+            ),
+            (
+                vec![("content-encoding", "identity, gzip")],
+                "compressed (content-encoding)",
+            ),
+            (
+                vec![("content-encoding", "identity"), ("content-encoding", "br")],
+                "compressed (content-encoding)",
+            ),
+            (
+                vec![("content-encoding", "")],
+                "compressed (content-encoding)",
+            ),
+            (
+                vec![("content-type", "text/html; charset=UTF-16")],
+                "a charset that is not ASCII-compatible",
+            ),
+            (
+                vec![("content-type", "text/plain;charset=\"utf-7\"")],
+                "a charset that is not ASCII-compatible",
+            ),
+        ] {
+            assert_eq!(unreadable_response(&headers(&bad)), Some(why), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_json_xml_and_untyped_answers_are_read() {
+        for t in [
+            None,
+            Some("TEXT/HTML"),
+            Some("text/plain; charset=utf-8"),
+            Some("application/json"),
+            Some("application/vnd.api+json"),
+            Some("application/soap+xml"),
+            Some(""),
+        ] {
+            assert!(inspectable_response(t.map(str::as_bytes)), "{t:?}");
+        }
+        for t in ["image/png", "application/octet-stream", "application/zip"] {
+            assert!(!inspectable_response(Some(t.as_bytes())), "{t}");
+        }
+    }
 }
