@@ -76,6 +76,11 @@ pub struct RuleMatch {
     pub data: String,
     pub severity: Option<u8>,
     pub tags: Vec<String>,
+    /// `msg` with only the macros that expand to a number (a score)
+    /// expanded, the others left as written (`%{MATCHED_VAR_NAME}`): CRS
+    /// puts request data in some messages (921180 names the argument),
+    /// which a log that leaves the host must not carry.
+    pub msg_safe: String,
     /// The variable that matched last (`ARGS:q`).
     pub variable: String,
     /// What matched last, masked for a log that leaves the host: see
@@ -967,6 +972,12 @@ impl<'s> Transaction<'s> {
                 .as_ref()
                 .map(|m| String::from_utf8_lossy(&self.expand(m)).into_owned())
                 .unwrap_or_default();
+            let msg_safe = r
+                .actions
+                .msg
+                .as_ref()
+                .map(|m| self.expand_safe(m))
+                .unwrap_or_default();
             let mut data = r
                 .actions
                 .logdata
@@ -987,6 +998,7 @@ impl<'s> Transaction<'s> {
                 data,
                 severity: r.actions.severity,
                 tags: r.actions.tags.clone(),
+                msg_safe,
                 variable: last_var.to_string(),
                 excerpt: self
                     .matched_var
@@ -1317,6 +1329,37 @@ impl<'s> Transaction<'s> {
             },
             _ => Cow::Owned(self.expand(m)),
         }
+    }
+
+    /// [`Self::expand`] for a log that leaves the host: a macro whose value
+    /// is a number (at most 20 digits) is expanded, any other is left as
+    /// `%{NAME}` (or `%{NAME.key}`).
+    fn expand_safe(&self, m: &Macro) -> String {
+        let mut out = String::new();
+        for p in &m.0 {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(v, key) => {
+                    let one = Macro(vec![p.clone()]);
+                    let value = self.expand(&one);
+                    let numeric = !value.is_empty()
+                        && value.len() <= 20
+                        && value.iter().all(|b| b.is_ascii_digit() || *b == b'-');
+                    if numeric {
+                        out.push_str(&String::from_utf8_lossy(&value));
+                    } else {
+                        out.push_str("%{");
+                        out.push_str(v.name());
+                        if let Some(k) = key {
+                            out.push('.');
+                            out.push_str(k);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn expand(&self, m: &Macro) -> Vec<u8> {

@@ -536,3 +536,20 @@ fn a_match_carries_the_masked_shape_of_what_matched() {
             .all(|m| !m.excerpt.contains("secret") && !m.excerpt.contains("42"))
     );
 }
+
+/// Review of 2026-12-06: CRS 921180's message names the argument
+/// (`%{MATCHED_VAR_NAME}`), which put a request's key (a token) in the log.
+#[test]
+fn the_safe_message_expands_numbers_only() {
+    let set = rules(
+        r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.score=7"
+SecRule ARGS_NAMES "@rx ^sk_" "id:10,phase:2,pass,log,msg:'pollution (%{MATCHED_VAR_NAME}) score %{tx.score}'"
+"#,
+    );
+    let mut tx = Transaction::new(&set, get("/?sk_live_SECRET=1"));
+    tx.process_request();
+    let m = tx.matches.iter().find(|m| m.id == 10).unwrap();
+    assert_eq!(m.msg, "pollution (ARGS_NAMES:sk_live_SECRET) score 7");
+    assert_eq!(m.msg_safe, "pollution (%{MATCHED_VAR_NAME}) score 7");
+}

@@ -361,11 +361,14 @@ async fn crs_response_step(
     };
     let Some(job) = job else {
         // detect mode passed the request without evaluating it (a body
-        // over the limit, or compressed)
-        append_finding(
-            ctx,
-            Some("crs: response not inspected: the request phases did not run".into()),
-        );
+        // over the limit, or compressed): block mode withholds an answer
+        // it cannot inspect (review of 2026-12-06: a large request body
+        // switched response blocking off)
+        let note = "crs: response not inspected: the request phases did not run".to_string();
+        if crs.response == InspectionMode::Block {
+            return Err(GatewayError::ResponseBlocked { findings: note });
+        }
+        append_finding(ctx, Some(note));
         return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
@@ -377,12 +380,7 @@ async fn crs_response_step(
         append_finding(ctx, Some(note));
         return Ok(Response::from_parts(parts, body));
     }
-    let readable = crate::steps::crs::inspectable_response(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes()),
-    );
+    let readable = crate::steps::crs::inspectable_response(&parts.headers);
     let (inspected, body) = if readable {
         let (prefix, rest) =
             read_prefix(body, crate::steps::crs::MAX_RESPONSE_BODY_BYTES, idle).await?;
