@@ -21,6 +21,12 @@ use crate::steps::upstream::{Pool, PoolError, Transport};
 /// Everything a request needs; replaced whole on reload.
 pub struct Gateway {
     pub routes: Routes,
+    /// CRS evaluations running at once (request and response phases): two
+    /// per core. Each costs up to a few hundred milliseconds of CPU and a
+    /// few MB; without a bound, a flood of requests for large text answers
+    /// runs hundreds at once on the blocking pool. Others wait their turn
+    /// (within the request's timeout).
+    pub crs_slots: Arc<tokio::sync::Semaphore>,
     /// Every upstream pool by name (readiness reports them).
     pub pools: HashMap<String, Arc<Pool>>,
     pub authn: Authenticator,
@@ -258,7 +264,9 @@ pub async fn build(
             "changing security_log_file needs a restart".into(),
         ));
     }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     Ok(Gateway {
+        crs_slots: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
         routes: Routes::new(routes),
         pools,
         authn,

@@ -1178,6 +1178,33 @@ async fn crs_response_phases_withhold_a_leak_and_pass_ordinary_answers() {
     assert_eq!(h.svc.count(), before);
 }
 
+/// Review of 2026-12-06: nothing bounded how many CRS evaluations ran at
+/// once (0.3 s of CPU each for a 512 KiB answer). Two per core run; the
+/// others wait for a slot.
+#[tokio::test]
+async fn crs_evaluations_wait_for_a_slot() {
+    let h = Arc::new(harness(30_000).await);
+    let n = h.gw.crs_slots.available_permits();
+    assert!(n >= 2, "{n}");
+    let held =
+        h.gw.crs_slots
+            .clone()
+            .acquire_many_owned(n as u32)
+            .await
+            .unwrap();
+    let before = h.svc.count();
+    let waiting = {
+        let h = h.clone();
+        tokio::spawn(async move { h.get("/crs/products?id=42", &[]).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "evaluated without a slot");
+    assert_eq!(h.svc.count(), before);
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(h.svc.count(), before + 1);
+}
+
 #[test]
 fn crs_configuration_is_checked() {
     let var = |_: &str| None;

@@ -188,7 +188,7 @@ async fn pipeline<B: RequestBody>(
     ctx.upstream = Some([route.pool_name(), "/", &endpoint].concat());
     let idle = gw.limits.stream_idle_timeout;
     // 11b: CRS's response phases, where the route runs them
-    let resp = crs_response_step(resp, &route, crs_job, idle, ctx).await?;
+    let resp = crs_response_step(gw.crs_slots.clone(), resp, &route, crs_job, idle, ctx).await?;
     let mut resp =
         resp.map(|b| crate::steps::stream::IdleBody::new(b, idle, h2, Some(slot)).boxed());
     for (n, v) in limit_headers {
@@ -325,10 +325,18 @@ async fn crs_step<B: RequestBody>(
     });
     // on the blocking pool: the worker's other connections go on meanwhile
     let job = crs.clone();
-    let (findings, response_job) =
-        tokio::task::spawn_blocking(move || crate::steps::crs::evaluate(&job, waf_req))
-            .await
-            .map_err(|_| GatewayError::Internal)??;
+    let slot = gw
+        .crs_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| GatewayError::Internal)?;
+    let (findings, response_job) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        crate::steps::crs::evaluate(&job, waf_req)
+    })
+    .await
+    .map_err(|_| GatewayError::Internal)??;
     append_finding(ctx, findings);
     Ok((Request::from_parts(parts, body), response_job))
 }
@@ -346,6 +354,7 @@ type CrsStepped<B> = (
 /// that cannot be read as its client will read it (compressed, UTF-16) is
 /// withheld too, logged in detect mode. The body goes on as read.
 async fn crs_response_step(
+    slots: Arc<tokio::sync::Semaphore>,
     resp: Response<Body>,
     route: &crate::steps::route::Route,
     job: Option<crate::steps::crs::ResponseJob>,
@@ -408,7 +417,12 @@ async fn crs_response_step(
         body: inspected,
     };
     let rules = crs.clone();
+    let slot = slots
+        .acquire_owned()
+        .await
+        .map_err(|_| GatewayError::Internal)?;
     let findings = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         crate::steps::crs::evaluate_response(&rules, job, waf_resp)
     })
     .await
