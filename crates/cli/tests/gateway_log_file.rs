@@ -14,45 +14,10 @@ mod gateway_common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use gateway_common::{Gateway, plain_client, wait_for};
+use gateway_common::{Gateway, get_id, log_test_config, wait_for};
 
 fn config(log: &str) -> String {
-    format!(
-        r#"security_log_file = "{log}"
-
-[[listeners]]
-name = "plain"
-address = "127.0.0.1:0"
-protocol = "http"
-dangerous_plaintext = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:9"]
-
-[authorization]
-policy_file = "policies.cedar"
-
-[[routes]]
-name = "only"
-path_prefix = "/only"
-upstream = "app"
-anonymous = true
-"#
-    )
-}
-
-async fn request_id(gw: &Gateway, path: &str) -> String {
-    let r = plain_client()
-        .get(format!("http://{}{path}", gw.addr("plain")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    r.headers()["x-request-id"].to_str().unwrap().to_string()
+    log_test_config(&format!("security_log_file = \"{log}\""), "")
 }
 
 async fn in_file(path: &std::path::Path, id: &str) {
@@ -82,7 +47,8 @@ async fn the_security_log_goes_to_its_file_and_follows_a_rotation() {
     std::fs::write(&cfg, config("security.jsonl")).unwrap();
     let gw = Gateway::start(&cfg, "gw").await;
 
-    let first = request_id(&gw, "/nothing/1").await;
+    let (status, first) = get_id(&gw, "/nothing/1").await;
+    assert_eq!(status, 404);
     in_file(&log, &first).await;
     let line = std::fs::read_to_string(&log).unwrap();
     let rec: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
@@ -104,7 +70,8 @@ async fn the_security_log_goes_to_its_file_and_follows_a_rotation() {
         gw.stderr().contains("configuration reloaded").then_some(())
     })
     .await;
-    let second = request_id(&gw, "/nothing/2").await;
+    let (status, second) = get_id(&gw, "/nothing/2").await;
+    assert_eq!(status, 404);
     in_file(&log, &second).await;
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains(&first) && !old.contains(&second), "{old}");

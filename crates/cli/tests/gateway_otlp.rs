@@ -27,7 +27,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway_common::{DEADLINE, Gateway, Pki, common::repo_root, plain_client, skip, wait_for};
+use gateway_common::{
+    DEADLINE, Gateway, Pki, common::repo_root, get_id, log_test_config, log_test_dir, skip,
+    stderr_has, wait_for,
+};
 use serde_json::{Value, json};
 
 /// The receiver's Python, in a venv made from the requirements (once per
@@ -206,95 +209,15 @@ fn body(record: &Value) -> Value {
     plain(&record["body"])
 }
 
-fn upstream() -> u16 {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let mut buf = [0u8; 16 * 1024];
-            let mut got = Vec::new();
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ =
-                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    port
-}
-
+/// A gateway exporting to `https://localhost:{port}/v1/logs`
+/// ([`log_test_config`]), trusting `ca`, with `extra` lines in `[otlp]`.
 fn config(port: u16, ca: &str, extra: &str) -> String {
-    let app = upstream();
-    format!(
-        r#"[[listeners]]
-name = "plain"
-address = "127.0.0.1:0"
-protocol = "http"
-dangerous_plaintext = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{app}"]
-
-[authorization]
-policy_file = "policies.cedar"
-
-[[routes]]
-name = "only"
-path_prefix = "/only"
-upstream = "app"
-anonymous = true
-
-[otlp]
-endpoint = "https://localhost:{port}/v1/logs"
-ca_file = "{ca}"
-hostname = "gw-test-1"
-timeout_ms = 3000
-{extra}
-"#
+    log_test_config(
+        "",
+        &format!(
+            "[otlp]\nendpoint = \"https://localhost:{port}/v1/logs\"\nca_file = \"{ca}\"\nhostname = \"gw-test-1\"\ntimeout_ms = 3000\n{extra}"
+        ),
     )
-}
-
-fn setup(dir: &Path) -> Pki {
-    std::fs::write(
-        dir.join("policies.cedar"),
-        "permit(principal, action, resource);\n",
-    )
-    .unwrap();
-    let pki = Pki::new(dir);
-    let (cert, key) = pki.client_cert("palisade-client", "spiffe://test/gateway", 7);
-    std::fs::write(dir.join("client.pem"), cert).unwrap();
-    std::fs::write(dir.join("client.key"), key).unwrap();
-    pki
-}
-
-async fn get(gw: &Gateway, path: &str) -> (u16, String) {
-    let r = plain_client()
-        .get(format!("http://{}{path}", gw.addr("plain")))
-        .send()
-        .await
-        .unwrap();
-    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    (r.status().as_u16(), id)
-}
-
-async fn stderr_has(gw: &Gateway, what: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let err = gw.stderr();
-        if what.iter().all(|w| err.contains(w)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not logged: {what:?} in {err}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -303,7 +226,7 @@ async fn security_events_reach_an_otlp_receiver_over_mutual_tls() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
     let ca = dir.path().join("ca.pem").display().to_string();
     // the first export is answered 503: it must come again
     let rx = Receiver::start(
@@ -323,9 +246,9 @@ async fn security_events_reach_an_otlp_receiver_over_mutual_tls() {
     )
     .unwrap();
     let gw = Gateway::start(&cfg, "gw").await;
-    let (status, allowed) = get(&gw, "/only/x").await;
+    let (status, allowed) = get_id(&gw, "/only/x").await;
     assert_eq!(status, 200);
-    let (status, denied) = get(&gw, "/nothing").await;
+    let (status, denied) = get_id(&gw, "/nothing").await;
     assert_eq!(status, 404);
 
     for (id, number, text) in [
@@ -374,14 +297,14 @@ async fn a_refused_batch_is_dropped_and_an_untrusted_collector_gets_nothing() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
 
     // 400: not retried, dropped and logged
     let rx = Receiver::start(&py, dir.path(), "rejecting", &["--reject"]);
     let cfg = dir.path().join("rejected.toml");
     std::fs::write(&cfg, config(rx.port, "ca.pem", "")).unwrap();
     let gw = Gateway::start(&cfg, "rejected").await;
-    get(&gw, "/nothing/rejected").await;
+    get_id(&gw, "/nothing/rejected").await;
     stderr_has(
         &gw,
         &["the OTLP collector refused a batch; dropped", "HTTP 400"],
@@ -399,7 +322,7 @@ async fn a_refused_batch_is_dropped_and_an_untrusted_collector_gets_nothing() {
     let cfg = dir.path().join("untrusting.toml");
     std::fs::write(&cfg, config(good.port, "other-ca.pem", "")).unwrap();
     let gw2 = Gateway::start(&cfg, "untrusting").await;
-    let (_, id) = get(&gw2, "/nothing/untrusted").await;
+    let (_, id) = get_id(&gw2, "/nothing/untrusted").await;
     stderr_has(
         &gw2,
         &["OTLP export failed; retrying", "invalid peer certificate"],
@@ -432,13 +355,13 @@ async fn a_collector_cannot_make_the_exporter_spin_or_fill_memory() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
 
     let rx = Receiver::start(&py, dir.path(), "zero", &["--retry-after-zero"]);
     let cfg = dir.path().join("zero.toml");
     std::fs::write(&cfg, config(rx.port, "ca.pem", "")).unwrap();
     let gw = Gateway::start(&cfg, "zero").await;
-    get(&gw, "/nothing/zero").await;
+    get_id(&gw, "/nothing/zero").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tries = rx.lines().iter().filter(|l| l["answered"] == 503).count();
     assert!((1..=10).contains(&tries), "{tries} exports in 2 s");
@@ -449,11 +372,11 @@ async fn a_collector_cannot_make_the_exporter_spin_or_fill_memory() {
     std::fs::write(&cfg, config(rx.port, "ca.pem", "")).unwrap();
     let gw = Gateway::start(&cfg, "endless").await;
     let before = rss_kb(gw.pid());
-    get(&gw, "/nothing/first").await;
+    get_id(&gw, "/nothing/first").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let grown = rss_kb(gw.pid()).saturating_sub(before);
     assert!(grown < 100 * 1024, "the gateway grew by {grown} kB");
     // and the next batch goes out
-    let (_, id) = get(&gw, "/nothing/second").await;
+    let (_, id) = get_id(&gw, "/nothing/second").await;
     rx.record(&id).await;
 }

@@ -27,7 +27,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway_common::{DEADLINE, Gateway, Pki, plain_client, skip, wait_for};
+use gateway_common::{
+    DEADLINE, Gateway, Pki, get_id, log_test_config, log_test_dir, plain_client, skip, stderr_has,
+    wait_for,
+};
 use serde_json::Value;
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
@@ -208,103 +211,15 @@ impl Drop for Rsyslog {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An upstream answering every request with 200 (one thread, one
-/// connection at a time, no keep-alive).
-fn upstream() -> u16 {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            let mut buf = [0u8; 16 * 1024];
-            let mut got = Vec::new();
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ =
-                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    port
-}
-
-/// A gateway with an anonymous route to [`upstream`] (200, allowed) and
-/// nothing else (404, refused), sending to syslog at `port` with `extra`
-/// lines in `[syslog]`.
+/// A gateway sending to syslog at `port` ([`log_test_config`]), trusting
+/// `ca`, with `extra` lines in `[syslog]`.
 fn config(port: u16, ca: &str, extra: &str) -> String {
-    let app = upstream();
-    format!(
-        r#"[[listeners]]
-name = "plain"
-address = "127.0.0.1:0"
-protocol = "http"
-dangerous_plaintext = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:{app}"]
-
-[authorization]
-policy_file = "policies.cedar"
-
-[[routes]]
-name = "only"
-path_prefix = "/only"
-upstream = "app"
-anonymous = true
-
-[syslog]
-address = "127.0.0.1:{port}"
-server_name = "localhost"
-ca_file = "{ca}"
-hostname = "gw-test-1"
-{extra}
-"#
+    log_test_config(
+        "",
+        &format!(
+            "[syslog]\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nca_file = \"{ca}\"\nhostname = \"gw-test-1\"\n{extra}"
+        ),
     )
-}
-
-fn setup(dir: &Path) -> Pki {
-    std::fs::write(
-        dir.join("policies.cedar"),
-        "permit(principal, action, resource);\n",
-    )
-    .unwrap();
-    let pki = Pki::new(dir);
-    let (cert, key) = pki.client_cert("palisade-client", "spiffe://test/gateway", 7);
-    std::fs::write(dir.join("client.pem"), cert).unwrap();
-    std::fs::write(dir.join("client.key"), key).unwrap();
-    pki
-}
-
-/// GET `path`: (status, request id).
-async fn get(gw: &Gateway, path: &str) -> (u16, String) {
-    let r = plain_client()
-        .get(format!("http://{}{path}", gw.addr("plain")))
-        .send()
-        .await
-        .unwrap();
-    let id = r
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    (r.status().as_u16(), id)
 }
 
 /// The gateway's stdout line that holds `needle`.
@@ -323,7 +238,7 @@ async fn security_events_reach_rsyslog_over_mutual_tls() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
     let rs = Rsyslog::start(dir.path(), "rs", "x509/name", 0);
     let cfg = dir.path().join("gw.toml");
     let text = config(
@@ -334,9 +249,9 @@ async fn security_events_reach_rsyslog_over_mutual_tls() {
     std::fs::write(&cfg, &text).unwrap();
     let gw = Gateway::start(&cfg, "gw").await;
 
-    let (status, allowed) = get(&gw, "/only/x").await;
+    let (status, allowed) = get_id(&gw, "/only/x").await;
     assert_eq!(status, 200);
-    let (status, denied) = get(&gw, "/nothing").await;
+    let (status, denied) = get_id(&gw, "/nothing").await;
     assert_eq!(status, 404);
 
     for (id, pri) in [(&allowed, "86"), (&denied, "84")] {
@@ -389,7 +304,7 @@ async fn security_events_reach_rsyslog_over_mutual_tls() {
         "{}",
         gw.stderr()
     );
-    let (_, after) = get(&gw, "/nothing/after").await;
+    let (_, after) = get_id(&gw, "/nothing/after").await;
     assert_eq!(rs.message_with(&after).await["hostname"], "gw-test-1");
     // nothing rsyslog refused or cut
     let internal = rs.internal();
@@ -403,14 +318,14 @@ async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
 
     // the receiver is down: the line waits, and goes when it is up
-    let port = free_port();
+    let port = gateway_common::common::free_port();
     let cfg = dir.path().join("late.toml");
     std::fs::write(&cfg, config(port, "ca.pem", "")).unwrap();
     let gw = Gateway::start(&cfg, "late").await;
-    let (_, early) = get(&gw, "/nothing/early").await;
+    let (_, early) = get_id(&gw, "/nothing/early").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         gw.stderr().contains("syslog receiver unreachable"),
@@ -431,7 +346,7 @@ async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
     // restart was lost, counted as sent)
     drop(rs);
     let rs = Rsyslog::start(dir.path(), "late-rs-2", "anon", port);
-    let (_, after_restart) = get(&gw, "/nothing/after-restart").await;
+    let (_, after_restart) = get_id(&gw, "/nothing/after-restart").await;
     let m = rs.message_with(&after_restart).await;
     assert_eq!(m["msg"], stdout_line(&gw, &after_restart));
 
@@ -443,19 +358,12 @@ async fn a_late_receiver_gets_the_lines_and_an_untrusted_one_gets_none() {
     let cfg = dir.path().join("untrusting.toml");
     std::fs::write(&cfg, config(rs.port, "other-ca.pem", "")).unwrap();
     let gw2 = Gateway::start(&cfg, "untrusting").await;
-    let (_, id) = get(&gw2, "/nothing/untrusted").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let err = gw2.stderr();
-        if err.contains("syslog receiver unreachable") && err.contains("invalid peer certificate") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the refusal is not logged: {err}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, id) = get_id(&gw2, "/nothing/untrusted").await;
+    stderr_has(
+        &gw2,
+        &["syslog receiver unreachable", "invalid peer certificate"],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !rs.messages()
@@ -476,7 +384,7 @@ async fn no_request_can_forge_a_syslog_record() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
     let rs = Rsyslog::start_with(dir.path(), "rs", "anon", 0, "2k", "");
     let cfg = dir.path().join("gw.toml");
     let text = format!(
@@ -488,7 +396,7 @@ async fn no_request_can_forge_a_syslog_record() {
     let forged = "%3C10%3E1%202026-12-06T03:00:00Z%20dc01.corp%20sshd%204242%20auth%20-%20Accepted%20password%20for%20root";
     let mut ids = Vec::new();
     for n in (860..=910).step_by(5) {
-        let (_, id) = get(&gw, &format!("/nothing/a{}{forged}", "%22".repeat(n))).await;
+        let (_, id) = get_id(&gw, &format!("/nothing/a{}{forged}", "%22".repeat(n))).await;
         ids.push(id);
     }
     // a long method (ECS's http.request.method)
@@ -532,7 +440,7 @@ async fn a_receiver_refusing_the_client_certificate_is_reported() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let _pki = setup(dir.path());
+    let _pki = log_test_dir(dir.path());
     let rs = Rsyslog::start_with(dir.path(), "rs", "x509/name", 0, "64k", "someone-else");
     let cfg = dir.path().join("gw.toml");
     std::fs::write(
@@ -546,20 +454,9 @@ async fn a_receiver_refusing_the_client_certificate_is_reported() {
     .unwrap();
     let gw = Gateway::start(&cfg, "gw").await;
     for i in 0..3 {
-        get(&gw, &format!("/nothing/{i}")).await;
+        get_id(&gw, &format!("/nothing/{i}")).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let err = gw.stderr();
-        if err.contains("right after the TLS handshake") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the refusal is not reported: {err}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stderr_has(&gw, &["right after the TLS handshake"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rs.messages().is_empty());
     assert!(!gw.stderr().contains("reachable again"), "{}", gw.stderr());

@@ -783,3 +783,105 @@ pub async fn raw_plain(addr: SocketAddr, request: &[u8], limit: Duration) -> Raw
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     raw_exchange(&mut s, request, limit).await
 }
+
+// ------------------------------------------------------------------ SIEM
+
+/// An upstream answering every request `200 ok` (one thread, one
+/// connection at a time, no keep-alive): its port.
+pub fn ok_upstream() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 16 * 1024];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+/// A gateway configuration for the security-log tests: a plaintext
+/// listener `plain`, an anonymous route `/only` to [`ok_upstream`] (200,
+/// allowed) and nothing else (404, refused); `top` before the first table,
+/// `tail` after the route (an `[otlp]` or `[syslog]` section).
+pub fn log_test_config(top: &str, tail: &str) -> String {
+    let app = ok_upstream();
+    format!(
+        r#"{top}
+[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:{app}"]
+
+[authorization]
+policy_file = "policies.cedar"
+
+[[routes]]
+name = "only"
+path_prefix = "/only"
+upstream = "app"
+anonymous = true
+
+{tail}
+"#
+    )
+}
+
+/// `dir` for [`log_test_config`]: a permit-all policies.cedar, the test
+/// PKI ([`Pki::new`]) and a client certificate for CN `palisade-client`
+/// (client.pem, client.key).
+pub fn log_test_dir(dir: &Path) -> Pki {
+    std::fs::write(
+        dir.join("policies.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .expect("write policies");
+    let pki = Pki::new(dir);
+    let (cert, key) = pki.client_cert("palisade-client", "spiffe://test/gateway", 7);
+    std::fs::write(dir.join("client.pem"), cert).expect("write client cert");
+    std::fs::write(dir.join("client.key"), key).expect("write client key");
+    pki
+}
+
+/// GET `path` on the gateway's `plain` listener: (status, X-Request-Id).
+pub async fn get_id(gw: &Gateway, path: &str) -> (u16, String) {
+    let r = plain_client()
+        .get(format!("http://{}{path}", gw.addr("plain")))
+        .send()
+        .await
+        .expect("request");
+    let id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("request id")
+        .to_string();
+    (r.status().as_u16(), id)
+}
+
+/// Wait (at most 15 s) until the gateway's stderr holds every one of `what`.
+pub async fn stderr_has(gw: &Gateway, what: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let err = gw.stderr();
+        if what.iter().all(|w| err.contains(w)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not logged: {what:?} in {err}");
+        tokio::time::sleep(POLL).await;
+    }
+}
