@@ -9,7 +9,8 @@ pub mod syslog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
@@ -21,6 +22,103 @@ pub trait Forward: Send + Sync {
     fn send(&self, event: Event, line: &[u8]);
     /// Wait until everything queued went out, for at most `limit`.
     fn flush(&self, limit: Duration) -> bool;
+}
+
+/// A forwarder's queue as counts (syslog, OTLP): what waits (messages and
+/// bytes, the bytes bounded), what went out and what was dropped.
+#[derive(Debug)]
+pub struct Backlog {
+    pending: AtomicUsize,
+    pending_bytes: AtomicUsize,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    last_alert_s: AtomicU64,
+    epoch: Instant,
+    max_bytes: usize,
+    /// The drop counter's metric, and what the drop alert says.
+    metric: &'static str,
+    alert: &'static str,
+}
+
+impl Backlog {
+    pub fn new(max_bytes: usize, metric: &'static str, alert: &'static str) -> Self {
+        Backlog {
+            pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            last_alert_s: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            max_bytes,
+            metric,
+            alert,
+        }
+    }
+
+    /// Count a message of `len` bytes in; false (nothing counted) when the
+    /// bytes waiting would pass the bound.
+    pub fn admit(&self, len: usize) -> bool {
+        if self.pending_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+
+    /// Take back an [`Self::admit`] whose message did not make it into
+    /// the queue.
+    pub fn unadmit(&self, len: usize) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// `messages` (`bytes`) left the queue, `sent` of them delivered.
+    pub fn done(&self, messages: usize, bytes: usize, sent: u64) {
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.pending.fetch_sub(messages, Ordering::Relaxed);
+        self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Count `n` dropped messages (the metric too).
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(self.metric).increment(n);
+    }
+
+    /// [`Self::count_dropped`] one, with an error at most once a second.
+    pub fn drop_one(&self, why: &str) {
+        self.count_dropped(1);
+        let now = self.epoch.elapsed().as_secs();
+        if self.last_alert_s.swap(now, Ordering::Relaxed) != now {
+            tracing::error!(
+                dropped = self.dropped.load(Ordering::Relaxed),
+                reason = why,
+                "{}",
+                self.alert
+            );
+        }
+    }
+
+    /// Wait until nothing waits, for at most `limit`.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while self.pending.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
 }
 
 /// A TLS client configuration trusting the CA certificates in `ca_file`

@@ -26,8 +26,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -141,20 +140,10 @@ fn export_request(service: &str, host: &str, records: &[Record]) -> Vec<u8> {
     .into_bytes()
 }
 
-#[derive(Debug, Default)]
-struct State {
-    pending: AtomicUsize,
-    pending_bytes: AtomicUsize,
-    sent: AtomicU64,
-    dropped: AtomicU64,
-    last_alert_s: AtomicU64,
-}
-
 /// The queue to the exporter thread.
 pub struct Exporter {
     tx: std::sync::mpsc::SyncSender<Record>,
-    state: Arc<State>,
-    epoch: Instant,
+    backlog: Arc<crate::ops::Backlog>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -273,70 +262,54 @@ impl Exporter {
             .build()
             .map_err(|e| format!("otlp: {e}"))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(QUEUE_RECORDS);
-        let state = Arc::new(State {
-            last_alert_s: AtomicU64::new(u64::MAX),
-            ..Default::default()
-        });
-        let st = state.clone();
+        let backlog = Arc::new(crate::ops::Backlog::new(
+            QUEUE_BYTES,
+            "palisade_gateway_otlp_dropped_total",
+            "OTLP log records dropped (their lines are in the security log)",
+        ));
+        let st = backlog.clone();
         let endpoint = cfg.endpoint.clone();
         let service = cfg.service_name.clone();
         std::thread::Builder::new()
             .name("otlp".into())
             .spawn(move || run(rx, st, rt, client, endpoint, service, host))
             .map_err(|e| format!("otlp: cannot start its thread: {e}"))?;
-        Ok(Exporter {
-            tx,
-            state,
-            epoch: Instant::now(),
-        })
+        Ok(Exporter { tx, backlog })
     }
 
     /// Records exported so far (accepted by the collector).
     pub fn sent(&self) -> u64 {
-        self.state.sent.load(Ordering::Relaxed)
+        self.backlog.sent()
     }
 
     /// Records dropped so far.
     pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
+        self.backlog.dropped()
     }
 }
 
 impl crate::ops::Forward for Exporter {
     fn send(&self, event: Event, line: &[u8]) {
         let len = line.len();
-        let full = self.state.pending_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES;
+        if !self.backlog.admit(len) {
+            self.backlog
+                .drop_one("the collector is not keeping up or unreachable");
+            return;
+        }
         let rec = Record {
             time_nanos: palisade_core::now_nanos(),
             event,
             line: line.to_vec(),
         };
-        self.state.pending.fetch_add(1, Ordering::Relaxed);
-        self.state.pending_bytes.fetch_add(len, Ordering::Relaxed);
-        if full || self.tx.try_send(rec).is_err() {
-            self.state.pending.fetch_sub(1, Ordering::Relaxed);
-            self.state.pending_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("palisade_gateway_otlp_dropped_total").increment(1);
-            let now = self.epoch.elapsed().as_secs();
-            if self.state.last_alert_s.swap(now, Ordering::Relaxed) != now {
-                tracing::error!(
-                    dropped = self.state.dropped.load(Ordering::Relaxed),
-                    "OTLP log records dropped: the collector is not keeping up or unreachable"
-                );
-            }
+        if self.tx.try_send(rec).is_err() {
+            self.backlog.unadmit(len);
+            self.backlog
+                .drop_one("the collector is not keeping up or unreachable");
         }
     }
 
     fn flush(&self, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while self.state.pending.load(Ordering::Relaxed) > 0 {
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
+        self.backlog.flush(limit)
     }
 }
 
@@ -344,7 +317,7 @@ impl crate::ops::Forward for Exporter {
 /// or refused for good.
 fn run(
     rx: std::sync::mpsc::Receiver<Record>,
-    st: Arc<State>,
+    st: Arc<crate::ops::Backlog>,
     rt: tokio::runtime::Runtime,
     client: reqwest::Client,
     endpoint: String,
@@ -380,17 +353,15 @@ fn run(
         let n = batch.len();
         let body = export_request(&service, &host, &batch);
         let mut backoff = BACKOFF_MIN;
+        let mut sent = 0;
         loop {
             match rt.block_on(export(&client, &endpoint, body.clone())) {
                 Outcome::Accepted(rejected) => {
                     let rejected = rejected.min(n as u64);
-                    st.sent.fetch_add(n as u64 - rejected, Ordering::Relaxed);
-                    metrics::counter!("palisade_gateway_otlp_sent_total")
-                        .increment(n as u64 - rejected);
+                    sent = n as u64 - rejected;
+                    metrics::counter!("palisade_gateway_otlp_sent_total").increment(sent);
                     if rejected > 0 {
-                        st.dropped.fetch_add(rejected, Ordering::Relaxed);
-                        metrics::counter!("palisade_gateway_otlp_dropped_total")
-                            .increment(rejected);
+                        st.count_dropped(rejected);
                         tracing::error!(rejected, "the OTLP collector rejected log records");
                     }
                     if failing {
@@ -411,15 +382,13 @@ fn run(
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Outcome::Refused(why) => {
-                    st.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                    metrics::counter!("palisade_gateway_otlp_dropped_total").increment(n as u64);
+                    st.count_dropped(n as u64);
                     tracing::error!(endpoint = %endpoint, error = %why, records = n, "the OTLP collector refused a batch; dropped");
                     break;
                 }
             }
         }
-        st.pending.fetch_sub(n, Ordering::Relaxed);
-        st.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        st.done(n, bytes, sent);
     }
 }
 

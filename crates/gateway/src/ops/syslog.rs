@@ -29,8 +29,7 @@ use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
@@ -212,25 +211,14 @@ pub fn shrink(line: &[u8], max: usize) -> Option<Vec<u8>> {
     None
 }
 
-/// The forwarder's shared counters.
-#[derive(Debug, Default)]
-struct State {
-    pending: AtomicUsize,
-    pending_bytes: AtomicUsize,
-    sent: AtomicU64,
-    dropped: AtomicU64,
-    last_alert_s: AtomicU64,
-}
-
 /// The queue to the forwarder thread.
 pub struct Forwarder {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    state: Arc<State>,
+    backlog: Arc<crate::ops::Backlog>,
     facility: u8,
     hostname: String,
     app_name: String,
     procid: u32,
-    epoch: Instant,
     max_message_bytes: usize,
 }
 
@@ -358,11 +346,12 @@ impl Forwarder {
                 .unwrap_or_default(),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
-        let state = Arc::new(State {
-            last_alert_s: AtomicU64::new(u64::MAX),
-            ..Default::default()
-        });
-        let st = state.clone();
+        let backlog = Arc::new(crate::ops::Backlog::new(
+            QUEUE_BYTES,
+            "palisade_gateway_syslog_dropped_total",
+            "syslog messages dropped (their lines are in the security log)",
+        ));
+        let st = backlog.clone();
         let address = cfg.address.clone();
         std::thread::Builder::new()
             .name("syslog".into())
@@ -370,12 +359,11 @@ impl Forwarder {
             .map_err(|e| format!("syslog: cannot start its thread: {e}"))?;
         Ok(Forwarder {
             tx,
-            state,
+            backlog,
             facility: cfg.facility,
             hostname: header_field(&hostname, 255),
             app_name: header_field(&cfg.app_name, 48),
             procid: std::process::id(),
-            epoch: Instant::now(),
             max_message_bytes: cfg.max_message_bytes,
         })
     }
@@ -412,54 +400,37 @@ impl crate::ops::Forward for Forwarder {
             }
         }
         let len = msg.len();
-        if self.state.pending_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES {
-            self.drop_one("the receiver is not keeping up or unreachable");
+        if !self.backlog.admit(len) {
+            self.backlog
+                .drop_one("the receiver is not keeping up or unreachable");
             return;
         }
-        self.state.pending.fetch_add(1, Ordering::Relaxed);
-        self.state.pending_bytes.fetch_add(len, Ordering::Relaxed);
         if self.tx.try_send(msg).is_err() {
-            self.state.pending.fetch_sub(1, Ordering::Relaxed);
-            self.state.pending_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.drop_one("the receiver is not keeping up or unreachable");
+            self.backlog.unadmit(len);
+            self.backlog
+                .drop_one("the receiver is not keeping up or unreachable");
         }
     }
 
     /// Wait until every queued message has been written, for at most `limit`.
     fn flush(&self, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while self.state.pending.load(Ordering::Relaxed) > 0 {
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
+        self.backlog.flush(limit)
     }
 }
 
 impl Forwarder {
     fn drop_one(&self, why: &str) {
-        self.state.dropped.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("palisade_gateway_syslog_dropped_total").increment(1);
-        let now = self.epoch.elapsed().as_secs();
-        if self.state.last_alert_s.swap(now, Ordering::Relaxed) != now {
-            tracing::error!(
-                dropped = self.state.dropped.load(Ordering::Relaxed),
-                reason = why,
-                "syslog messages dropped (their lines are in the security log)"
-            );
-        }
+        self.backlog.drop_one(why);
     }
 
     /// Messages written so far.
     pub fn sent(&self) -> u64 {
-        self.state.sent.load(Ordering::Relaxed)
+        self.backlog.sent()
     }
 
     /// Messages dropped so far (the queue was full).
     pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
+        self.backlog.dropped()
     }
 }
 
@@ -467,7 +438,7 @@ impl Forwarder {
 /// with back-off; a batch whose write failed is sent again.
 fn run(
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    st: Arc<State>,
+    st: Arc<crate::ops::Backlog>,
     address: String,
     name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
@@ -535,9 +506,7 @@ fn run(
         };
         match c.write_all(&batch).and_then(|()| c.flush()) {
             Ok(()) => {
-                st.sent.fetch_add(lines as u64, Ordering::Relaxed);
-                st.pending.fetch_sub(lines, Ordering::Relaxed);
-                st.pending_bytes.fetch_sub(batch.len(), Ordering::Relaxed);
+                st.done(lines, batch.len(), lines as u64);
                 metrics::counter!("palisade_gateway_syslog_sent_total").increment(lines as u64);
                 lines = 0;
                 if batch.capacity() > 4 * BATCH_BYTES {
