@@ -13,5 +13,6 @@ pub mod aead;
 pub mod mac;
 pub mod password;
 pub mod shamir;
+pub mod transit;
 
 pub use palisade_core::{Secret, random_bytes};
