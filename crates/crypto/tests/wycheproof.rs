@@ -5,6 +5,11 @@
 //! Ed25519, ECDSA and RSA, `transit::hmac`/`hmac_verify` for HMAC. A vector
 //! marked `valid` must pass, `invalid` must fail; `acceptable` ones (legacy
 //! encodings a library may take or refuse) are counted but not judged.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a malformed vector file is a failed test"
+)]
 
 use palisade_crypto::transit::{
     self, HashAlg, KeyType, Marshaling, RsaPadding, SignOptions, TransitError,

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::engines::kv::{self, KeyLocks};
+use crate::engines::transit;
 use crate::logical::{ApiError, Operation, Request, Response};
 use crate::mounts::{EngineKind, MOUNTS_PATH, MountConfig, MountEntry, MountTable};
 use crate::policies::PolicyStore;
@@ -614,6 +615,12 @@ impl Core {
         let path = MountTable::check_path(path)?;
         let (kind, options) = match kind {
             "kv" | "generic" => (kind.to_string(), options),
+            "transit" => {
+                if !options.is_empty() {
+                    return Err(ApiError::bad_request("the transit engine takes no options"));
+                }
+                (kind.to_string(), options)
+            }
             "kv-v2" => {
                 let mut o = options;
                 o.insert("version".into(), Value::String("2".into()));
@@ -621,7 +628,7 @@ impl Core {
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    "plugin not found in the catalog: only kv, kv-v2 and generic are available",
+                    "plugin not found in the catalog: only kv, kv-v2, generic and transit are available",
                 ));
             }
         };
@@ -1238,6 +1245,7 @@ impl Core {
                 match m.engine() {
                     Some(EngineKind::KvV2) => kv::exists_v2(rel, &view).await,
                     Some(EngineKind::KvV1) => kv::exists_v1(rel, &view).await,
+                    Some(EngineKind::Transit) => transit::exists(rel, &view).await,
                     None => Ok(true),
                 }
             }
@@ -1276,8 +1284,32 @@ impl Core {
         match mount.engine() {
             Some(EngineKind::KvV2) => kv::handle_v2(auth, rel, &view, &self.kv_locks).await,
             Some(EngineKind::KvV1) => kv::handle_v1(auth, rel, &view).await,
+            Some(EngineKind::Transit) => transit::handle(auth, rel, &view, &self.kv_locks).await,
             None => Err(ApiError::unsupported_path()),
         }
+    }
+
+    /// Rotate the transit keys, on every transit mount, whose
+    /// `auto_rotate_period` has passed as of `now` (Unix nanoseconds); how
+    /// many were rotated. Holds the mount gate per mount, so a mount being
+    /// disabled or moved waits (and a disabled one is not written again).
+    pub async fn rotate_transit_keys(&self, now: i64) -> Result<usize, ApiError> {
+        let table = self.mount_table()?;
+        let mut rotated = 0;
+        for m in table
+            .entries
+            .iter()
+            .filter(|m| m.engine() == Some(EngineKind::Transit))
+        {
+            let _gate = self.mount_gate.read().await;
+            let current = self.mount_table()?;
+            if !current.entries.iter().any(|c| c.uuid == m.uuid) {
+                continue;
+            }
+            let view = View::new(self.barrier.clone(), m.view_prefix());
+            rotated += transit::rotate_due(&view, &self.kv_locks, now).await?;
+        }
+        Ok(rotated)
     }
 
     /// Convenience for in-process callers (tests, benchmarks): the whole

@@ -70,7 +70,8 @@ pub async fn open_backend(cfg: &StorageConfig) -> Result<Arc<dyn Backend>, Strin
     )))
 }
 
-/// Revoke expired tokens in the background (lookups check expiry too).
+/// Revoke expired tokens in the background (lookups check expiry too), and
+/// rotate transit keys whose `auto_rotate_period` has passed.
 fn spawn_tidy(core: Arc<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -83,6 +84,9 @@ fn spawn_tidy(core: Arc<Core>) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(revoked = n, "expired tokens revoked"),
                 Err(e) => tracing::warn!(status = e.status, "token tidy failed"),
+            }
+            if let Err(e) = core.rotate_transit_keys(palisade_core::now_nanos()).await {
+                tracing::warn!(status = e.status, "transit key rotation failed");
             }
         }
     });

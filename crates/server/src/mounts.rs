@@ -36,6 +36,7 @@ pub struct MountEntry {
 pub enum EngineKind {
     KvV1,
     KvV2,
+    Transit,
 }
 
 impl MountEntry {
@@ -49,6 +50,7 @@ impl MountEntry {
                 }
             }
             "kv-v2" => Some(EngineKind::KvV2),
+            "transit" => Some(EngineKind::Transit),
             _ => None,
         }
     }

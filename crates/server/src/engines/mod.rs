@@ -3,3 +3,4 @@
 //! barrier's metadata (the [`palisade_barrier::View`] jail enforces that).
 
 pub mod kv;
+pub mod transit;
