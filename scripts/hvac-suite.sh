@@ -45,6 +45,7 @@ MODULES=(
   tests/integration_tests/api/system_backend/test_wrapping.py
   tests/integration_tests/api/secrets_engines/test_kv_v1.py
   tests/integration_tests/api/secrets_engines/test_kv_v2.py
+  tests/integration_tests/api/secrets_engines/test_transit.py
   tests/integration_tests/v1/test_approle.py
   tests/integration_tests/v1/test_integration.py
   tests/integration_tests/v1/test_system_backend.py

@@ -1156,3 +1156,205 @@ async fn a_token_without_rights_is_denied_everywhere_in_transit() {
         assert_denied(&r);
     }
 }
+
+#[tokio::test]
+async fn backups_restore_only_whole_keys_and_never_over_a_protected_one() {
+    let s = transit().await;
+    ok(&s, "transit/keys/k", json!({})).await;
+    let r = s.get("transit/backup/k", &s.root).await;
+    assert_error(
+        &r,
+        400,
+        "plaintext backup is disallowed on the policy: the key needs exportable and allow_plaintext_backup",
+    );
+    ok(
+        &s,
+        "transit/keys/k/config",
+        json!({"exportable": true, "allow_plaintext_backup": true}),
+    )
+    .await;
+    ok(&s, "transit/keys/k/rotate", json!({})).await;
+    let ct = encrypt(&s, "k", b"kept").await;
+    let r = s.get("transit/backup/k", &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let backup = r.data()["backup"].as_str().unwrap().to_string();
+
+    // restored under another name, the key opens the old ciphertexts
+    let r = s
+        .post("transit/restore/copy", &s.root, json!({"backup": backup}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(decrypt(&s, "copy", &ct).await, b"kept");
+    let r = s.get("transit/keys/copy", &s.root).await;
+    assert_eq!(r.data()["latest_version"], 2);
+    // over an existing key: only with force, and only where deletion is allowed
+    let r = s
+        .post("transit/restore", &s.root, json!({"backup": backup}))
+        .await;
+    assert_error(
+        &r,
+        400,
+        "key \"k\" already exists: restore with force to replace it",
+    );
+    let r = s
+        .post(
+            "transit/restore",
+            &s.root,
+            json!({"backup": backup, "force": true}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "key \"k\" cannot be replaced: deletion is not allowed for this key",
+    );
+    ok(
+        &s,
+        "transit/keys/k/config",
+        json!({"deletion_allowed": true}),
+    )
+    .await;
+    let r = s
+        .post(
+            "transit/restore",
+            &s.root,
+            json!({"backup": backup, "force": true}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // a restored key is never deletable by the backup's say-so
+    let r = s.get("transit/keys/k", &s.root).await;
+    assert_eq!(r.data()["deletion_allowed"], false);
+
+    // tampered backups are refused whole
+    let doc: Value = serde_json::from_slice(&STANDARD.decode(&backup).unwrap()).unwrap();
+    let tamper = |f: &dyn Fn(&mut Value)| {
+        let mut d = doc.clone();
+        f(&mut d);
+        b64(&serde_json::to_vec(&d).unwrap())
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            tamper(&|d| d["policy"]["versions"]["1"]["key"] = json!(b64(&[0; 31]))),
+            "invalid backup: invalid key material",
+        ),
+        (
+            tamper(&|d| {
+                d["policy"]["versions"].as_object_mut().unwrap().remove("1");
+            }),
+            "invalid backup: key versions are not contiguous up to latest_version",
+        ),
+        (
+            tamper(&|d| d["policy"]["latest_version"] = json!(3)),
+            "invalid backup: key versions are not contiguous up to latest_version",
+        ),
+        (
+            tamper(&|d| d["policy"]["min_decryption_version"] = json!(0)),
+            "invalid backup: invalid min_decryption_version",
+        ),
+        (
+            tamper(&|d| d["policy"]["type"] = json!("rot13")),
+            "invalid backup: unknown key type",
+        ),
+        (
+            tamper(&|d| d["policy"]["name"] = json!("../x")),
+            "invalid backup: invalid key name",
+        ),
+        (
+            tamper(&|d| d["format"] = json!("vault")),
+            "invalid backup: unknown format",
+        ),
+        (
+            b64(b"not json"),
+            "invalid backup: not a Palisade transit backup",
+        ),
+    ];
+    for (b, msg) in cases {
+        let r = s
+            .post("transit/restore", &s.root, json!({"backup": b}))
+            .await;
+        assert_error(&r, 400, msg);
+    }
+    let r = s.list("transit/keys", &s.root).await;
+    assert_eq!(r.data()["keys"], json!(["copy", "k"]));
+
+    // an asymmetric key's public half comes from its private key, not the backup
+    ok(
+        &s,
+        "transit/keys/sig",
+        json!({"type": "ed25519", "exportable": true, "allow_plaintext_backup": true}),
+    )
+    .await;
+    let real = s.get("transit/keys/sig", &s.root).await.data()["keys"]["1"]["public_key"].clone();
+    let r = s.get("transit/backup/sig", &s.root).await;
+    let mut d: Value = serde_json::from_slice(
+        &STANDARD
+            .decode(r.data()["backup"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    d["policy"]["versions"]["1"]["public_key"] = json!(b64(&[7; 32]));
+    let r = s
+        .post(
+            "transit/restore/sig2",
+            &s.root,
+            json!({"backup": b64(&serde_json::to_vec(&d).unwrap())}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("transit/keys/sig2", &s.root).await;
+    assert_eq!(r.data()["keys"]["1"]["public_key"], real);
+}
+
+#[tokio::test]
+async fn rsa_options_are_checked_for_every_key_and_act_on_rsa_only() {
+    let s = transit().await;
+    ok(&s, "transit/keys/ed", json!({"type": "ed25519"})).await;
+    let input = b64(b"x");
+    // as hvac sends them for any key: accepted, and without effect here
+    for salt in ["auto", "hash", "-1", "0", "1"] {
+        let body = json!({"input": input, "signature_algorithm": "pss", "salt_length": salt, "hash_algorithm": "sha2-256"});
+        let sig = ok(&s, "transit/sign/ed", body.clone()).await["signature"].clone();
+        let mut v = body.clone();
+        v["signature"] = sig;
+        assert_eq!(
+            ok(&s, "transit/verify/ed", v).await["valid"],
+            true,
+            "{salt}"
+        );
+    }
+    err(
+        &s,
+        "transit/sign/ed",
+        json!({"input": input, "salt_length": "foobar"}),
+        400,
+        "invalid salt_length foobar",
+    )
+    .await;
+    err(
+        &s,
+        "transit/sign/ed",
+        json!({"input": input, "signature_algorithm": "kitty"}),
+        400,
+        "unsupported signature algorithm kitty",
+    )
+    .await;
+    // on RSA, a salt other than the hash's length is refused, not ignored
+    ok(&s, "transit/keys/rsa", json!({"type": "rsa-2048"})).await;
+    for salt in ["auto", "hash", "-1", "0", "32"] {
+        ok(
+            &s,
+            "transit/sign/rsa",
+            json!({"input": input, "salt_length": salt}),
+        )
+        .await;
+    }
+    err(
+        &s,
+        "transit/sign/rsa",
+        json!({"input": input, "salt_length": "1"}),
+        400,
+        "unsupported salt_length: RSA-PSS signatures use a salt as long as the hash (\"hash\")",
+    )
+    .await;
+}

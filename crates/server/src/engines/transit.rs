@@ -392,6 +392,11 @@ pub async fn handle(
         (Operation::Read, ["export", kind, name, version]) => {
             export(view, kind, check_name(name)?, Some(version)).await
         }
+        (Operation::Read, ["backup", name]) => backup(view, check_name(name)?).await,
+        (Operation::Write, ["restore"]) => restore(d, view, locks, None).await,
+        (Operation::Write, ["restore", name]) => {
+            restore(d, view, locks, Some(check_name(name)?)).await
+        }
         (Operation::Write, ["encrypt", name]) => encrypt(d, view, locks, check_name(name)?).await,
         (Operation::Write, ["decrypt", name]) => decrypt(d, view, check_name(name)?).await,
         (Operation::Write, ["rewrap", name]) => rewrap(d, view, check_name(name)?).await,
@@ -427,6 +432,9 @@ pub async fn handle(
             | ["keys", _]
             | ["keys", _, "config" | "rotate" | "trim"]
             | ["export", _, _]
+            | ["backup", _]
+            | ["restore"]
+            | ["restore", _]
             | ["export", _, _, _]
             | [
                 "encrypt" | "decrypt" | "rewrap" | "hmac" | "sign" | "verify",
@@ -931,6 +939,135 @@ async fn export(
     })))
 }
 
+// ------------------------------------------------------------ backup, restore
+
+/// What `backup` returns (base64 of this JSON): Palisade's own format, not
+/// interchangeable with Vault's backups (docs/api-compat.md).
+#[derive(Serialize, Deserialize)]
+struct Backup {
+    format: String,
+    policy: Policy,
+}
+
+const BACKUP_FORMAT: &str = "palisade-transit-backup/1";
+
+async fn backup(view: &View, name: &str) -> Result<Response, ApiError> {
+    let p = load(view, name).await?.ok_or_else(ApiError::not_found)?;
+    if !p.exportable || !p.allow_plaintext_backup {
+        return Err(ApiError::bad_request(
+            "plaintext backup is disallowed on the policy: the key needs exportable and allow_plaintext_backup",
+        ));
+    }
+    let json = Zeroizing::new(
+        serde_json::to_vec(&Backup {
+            format: BACKUP_FORMAT.into(),
+            policy: p,
+        })
+        .map_err(ApiError::internal)?,
+    );
+    Ok(Response::data(
+        json!({ "backup": STANDARD.encode(&json[..]) }),
+    ))
+}
+
+/// A backup is hostile input: every field is checked and every key parsed
+/// (public keys are recomputed, never taken from the backup), so a restored
+/// key is one this engine could have made.
+fn check_restored(p: &mut Policy) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::bad_request(format!("invalid backup: {m}"));
+    check_name(&p.name).map_err(|_| bad("invalid key name"))?;
+    let kind = KeyType::parse(&p.kind).ok_or_else(|| bad("unknown key type"))?;
+    p.kind = kind.as_str().to_string();
+    if p.convergent && !p.derived || p.derived && !kind.supports_derivation() {
+        return Err(bad("inconsistent derivation settings"));
+    }
+    if kind == KeyType::Hmac
+        && !(HMAC_KEY_MIN as usize..=HMAC_KEY_MAX as usize).contains(&p.hmac_key_size)
+    {
+        return Err(bad("invalid key_size"));
+    }
+    let first = p
+        .versions
+        .keys()
+        .next()
+        .copied()
+        .ok_or_else(|| bad("no key versions"))?;
+    let last = p.versions.keys().next_back().copied().unwrap_or(0);
+    if last != p.latest_version
+        || (last - first + 1) as usize != p.versions.len()
+        || first != p.min_available_version.max(1)
+    {
+        return Err(bad("key versions are not contiguous up to latest_version"));
+    }
+    if p.min_decryption_version < first || p.min_decryption_version > last {
+        return Err(bad("invalid min_decryption_version"));
+    }
+    if p.min_encryption_version != 0
+        && (p.min_encryption_version < p.min_decryption_version || p.min_encryption_version > last)
+    {
+        return Err(bad("invalid min_encryption_version"));
+    }
+    if p.auto_rotate_period != 0 && p.auto_rotate_period < MIN_AUTO_ROTATE_SECS {
+        return Err(bad("invalid auto_rotate_period"));
+    }
+    for v in p.versions.values_mut() {
+        let key_ok = match kind {
+            KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305 => v.key.len() == 32,
+            KeyType::Hmac => v.key.len() == p.hmac_key_size && v.hmac_key == v.key,
+            _ => true,
+        };
+        if !key_ok || (kind != KeyType::Hmac && v.hmac_key.len() != 32) {
+            return Err(bad("invalid key material"));
+        }
+        v.public_key = tc::public_key(kind, &v.key)
+            .map_err(|_| bad("invalid key material"))?
+            .map(|k| STANDARD.encode(k));
+    }
+    Ok(())
+}
+
+async fn restore(
+    d: &Map<String, Value>,
+    view: &View,
+    locks: &KeyLocks,
+    name: Option<&str>,
+) -> Result<Response, ApiError> {
+    let raw = b64_field(d, "backup")?
+        .ok_or_else(|| ApiError::bad_request("'backup' must be supplied"))?;
+    let force = opt_bool(d, "force")?.unwrap_or(false);
+    let b: Backup = serde_json::from_slice(&raw)
+        .map_err(|_| ApiError::bad_request("invalid backup: not a Palisade transit backup"))?;
+    if b.format != BACKUP_FORMAT {
+        return Err(ApiError::bad_request("invalid backup: unknown format"));
+    }
+    let mut p = b.policy;
+    if let Some(n) = name {
+        p.name = n.to_string();
+    }
+    let heavy = KeyType::parse(&p.kind).is_some_and(KeyType::is_asymmetric);
+    let mut p = compute(heavy, move || check_restored(&mut p).map(|_| p)).await??;
+    // a backup's deletion flag would let a restorer make a protected key deletable
+    p.deletion_allowed = false;
+    let _g = locks.lock(view, &policy_key(&p.name)).await;
+    if let Some(existing) = load(view, &p.name).await? {
+        if !force {
+            return Err(ApiError::bad_request(format!(
+                "key \"{}\" already exists: restore with force to replace it",
+                p.name
+            )));
+        }
+        // replacing a key drops its versions: as much a deletion as delete
+        if !existing.deletion_allowed {
+            return Err(ApiError::bad_request(format!(
+                "key \"{}\" cannot be replaced: deletion is not allowed for this key",
+                p.name
+            )));
+        }
+    }
+    store(view, &p).await?;
+    Ok(Response::no_content())
+}
+
 // ------------------------------------------------------------ encrypt, decrypt, rewrap
 
 struct EncryptItem {
@@ -1324,22 +1461,21 @@ fn sign_options(
             )));
         }
     };
-    if !kind.is_rsa() && opt(d, "signature_algorithm").is_some() {
+    // Vault's salt_length: "auto" (Go's 0), "hash" (-1) or a length. The
+    // options of RSA (padding, salt) are checked for every key type, as
+    // Vault does, and only act on RSA keys.
+    let salt = match opt_string(d, "salt_length")?.as_deref() {
+        None | Some("auto") | Some("0") => None,
+        Some("hash") | Some("-1") => Some(hash_len(hash)),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return Err(ApiError::bad_request(format!("invalid salt_length {n}"))),
+        },
+    };
+    if kind.is_rsa() && padding == RsaPadding::Pss && salt.is_some_and(|n| n != hash_len(hash)) {
         return Err(ApiError::bad_request(
-            "signature_algorithm applies to RSA keys only",
+            "unsupported salt_length: RSA-PSS signatures use a salt as long as the hash (\"hash\")",
         ));
-    }
-    match opt_string(d, "salt_length")?.as_deref() {
-        None | Some("auto") | Some("hash") => {}
-        Some(n)
-            if kind.is_rsa()
-                && padding == RsaPadding::Pss
-                && n.parse::<usize>().ok() == Some(hash_len(hash)) => {}
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "unsupported salt_length: RSA-PSS signatures use a salt as long as the hash (\"hash\")",
-            ));
-        }
     }
     let marshaling = match opt_string(d, "marshaling_algorithm")?.as_deref() {
         None | Some("asn1") => Marshaling::Asn1,
