@@ -19,7 +19,8 @@ mod gateway_setup;
 
 #[derive(Parser, Debug)]
 enum Cli {
-    /// KV v2 read/write throughput of palisade server (docs/benchmarks.md).
+    /// KV v2 read/write and transit throughput of palisade server, beside
+    /// OpenBao (docs/benchmarks.md).
     Kv(Args),
     /// Write the files bench/gateway.sh needs into DIR.
     GatewaySetup {
@@ -262,6 +263,12 @@ struct Args {
     /// the --bao binary runs.
     #[arg(long, value_delimiter = ',')]
     backends: Option<Vec<String>>,
+    /// Operations to measure: write, read (KV v2), encrypt-1k, decrypt-1k
+    /// (transit, 1 KiB plaintexts, all clients), encrypt-1m, decrypt-1m
+    /// (transit, 1 MiB plaintexts, one client: single-request throughput,
+    /// beside aws-lc-rs AES-256-GCM on the same machine).
+    #[arg(long, value_delimiter = ',', default_value = "write,read")]
+    ops: Vec<String>,
     #[arg(
         long,
         env = "PALISADE_TEST_PG_URL",
@@ -277,6 +284,9 @@ struct Server {
     addr: String,
     token: String,
     dir: tempfile::TempDir,
+    /// Transit ciphertexts of the 1 KiB and 1 MiB payloads, for decrypt.
+    ct_1k: String,
+    ct_1m: String,
 }
 
 impl Drop for Server {
@@ -339,6 +349,8 @@ fn spawn(
         addr: format!("http://127.0.0.1:{port}"),
         token: String::new(),
         dir,
+        ct_1k: String::new(),
+        ct_1m: String::new(),
     })
 }
 
@@ -531,13 +543,132 @@ async fn setup(server: &mut Server) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // transit at transit/ with an aes256-gcm96 key, and the ciphertexts the
+    // decrypt rounds open
+    let r = http
+        .post(format!("{addr}/v1/sys/mounts/transit"))
+        .header("X-Vault-Token", &root)
+        .json(&json!({"type": "transit"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("transit mount failed: {}", r.status()));
+    }
+    let r = http
+        .post(format!("{addr}/v1/transit/keys/bench"))
+        .header("X-Vault-Token", &root)
+        .json(&json!({}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("transit key failed: {}", r.status()));
+    }
+    for (size, slot) in [(1024, 0), (1 << 20, 1)] {
+        let v: Value = http
+            .post(format!("{addr}/v1/transit/encrypt/bench"))
+            .header("X-Vault-Token", &root)
+            .json(&json!({"plaintext": payload_b64(size)}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ct = v["data"]["ciphertext"]
+            .as_str()
+            .ok_or_else(|| format!("transit encrypt: {v}"))?
+            .to_string();
+        if slot == 0 {
+            server.ct_1k = ct;
+        } else {
+            server.ct_1m = ct;
+        }
+    }
     Ok(())
+}
+
+/// Write the KV keys the read rounds read (as the write rounds would).
+async fn seed(server: &Server, keys: usize) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    for key in 0..keys {
+        let r = http
+            .post(format!("{}/v1/secret/data/bench/k{key}", server.addr))
+            .header("X-Vault-Token", &server.token)
+            .json(&json!({"data": {"v": key, "pad": "x".repeat(64)}}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("write k{key}: {}", r.status()));
+        }
+    }
+    Ok(())
+}
+
+/// A plaintext of `size` bytes (not all zero), base64 as transit takes it.
+fn payload_b64(size: usize) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// aws-lc-rs AES-256-GCM on 1 MiB messages in this process, one thread:
+/// MiB/s (through `palisade_crypto::transit::encrypt`, the engine's call).
+fn raw_aes_gcm_mib_s() -> f64 {
+    use palisade_crypto::transit::{KeyType, encrypt};
+    let key = [7u8; 32];
+    let msg = vec![0x5au8; 1 << 20];
+    for _ in 0..20 {
+        let _ = encrypt(KeyType::Aes256Gcm96, &key, &msg, b"", None);
+    }
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        std::hint::black_box(
+            encrypt(
+                KeyType::Aes256Gcm96,
+                &key,
+                std::hint::black_box(&msg),
+                b"",
+                None,
+            )
+            .ok(),
+        );
+        n += 1;
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Op {
     Write,
     Read,
+    Encrypt1K,
+    Decrypt1K,
+    Encrypt1M,
+    Decrypt1M,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "write" => Op::Write,
+            "read" => Op::Read,
+            "encrypt-1k" => Op::Encrypt1K,
+            "decrypt-1k" => Op::Decrypt1K,
+            "encrypt-1m" => Op::Encrypt1M,
+            "decrypt-1m" => Op::Decrypt1M,
+            _ => return None,
+        })
+    }
+
+    /// One request at a time: the 1 MiB operations measure single-request
+    /// throughput.
+    fn single_client(self) -> bool {
+        matches!(self, Op::Encrypt1M | Op::Decrypt1M)
+    }
 }
 
 struct Round {
@@ -547,20 +678,27 @@ struct Round {
     errors: usize,
 }
 
-async fn round(addr: &str, token: &str, op: Op, args: &Args) -> Round {
+async fn round(server: &Server, op: Op, args: &Args) -> Round {
+    let (addr, token) = (server.addr.as_str(), server.token.as_str());
+    let clients = if op.single_client() { 1 } else { args.clients };
+    let body_1k = Arc::new(json!({"plaintext": payload_b64(1024)}));
+    let body_1m = Arc::new(json!({"plaintext": payload_b64(1 << 20)}).to_string());
+    let dec_1k = Arc::new(json!({"ciphertext": server.ct_1k}));
+    let dec_1m = Arc::new(json!({"ciphertext": server.ct_1m}).to_string());
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(clients)
         .build()
         .unwrap_or_default();
     let stop = Instant::now() + Duration::from_secs(args.seconds);
     let token = Arc::new(token.to_string());
     let mut tasks = Vec::new();
-    for c in 0..args.clients {
+    for c in 0..clients {
         let http = http.clone();
         let token = token.clone();
         let addr = addr.to_string();
         let keys = args.keys;
-        let clients = args.clients;
+        let (body_1k, body_1m) = (body_1k.clone(), body_1m.clone());
+        let (dec_1k, dec_1m) = (dec_1k.clone(), dec_1m.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let mut errors = 0usize;
@@ -581,6 +719,31 @@ async fn round(addr: &str, token: &str, op: Op, args: &Args) -> Round {
                     Op::Read => {
                         http.get(&url)
                             .header("X-Vault-Token", token.as_str())
+                            .send()
+                            .await
+                    }
+                    Op::Encrypt1K | Op::Decrypt1K => {
+                        let (path, body) = if op == Op::Encrypt1K {
+                            ("encrypt", &body_1k)
+                        } else {
+                            ("decrypt", &dec_1k)
+                        };
+                        http.post(format!("{addr}/v1/transit/{path}/bench"))
+                            .header("X-Vault-Token", token.as_str())
+                            .json(body.as_ref())
+                            .send()
+                            .await
+                    }
+                    Op::Encrypt1M | Op::Decrypt1M => {
+                        let (path, body) = if op == Op::Encrypt1M {
+                            ("encrypt", &body_1m)
+                        } else {
+                            ("decrypt", &dec_1m)
+                        };
+                        http.post(format!("{addr}/v1/transit/{path}/bench"))
+                            .header("X-Vault-Token", token.as_str())
+                            .header("Content-Type", "application/json")
+                            .body(body.as_ref().clone())
                             .send()
                             .await
                     }
@@ -637,6 +800,10 @@ fn op_name(op: Op) -> &'static str {
     match op {
         Op::Write => "write",
         Op::Read => "read",
+        Op::Encrypt1K => "transit encrypt 1 KiB",
+        Op::Decrypt1K => "transit decrypt 1 KiB",
+        Op::Encrypt1M => "transit encrypt 1 MiB (1 client)",
+        Op::Decrypt1M => "transit decrypt 1 MiB (1 client)",
     }
 }
 
@@ -653,7 +820,20 @@ async fn run(args: &Args, backends: &[String]) -> bool {
             Err(e) => failed.push((backend.clone(), e)),
         }
     }
-    let ops = [Op::Write, Op::Read];
+    let ops: Vec<Op> = args.ops.iter().filter_map(|o| Op::parse(o)).collect();
+    // reads without the write rounds before them read keys written here
+    if ops.contains(&Op::Read) && !ops.contains(&Op::Write) {
+        for (backend, server) in &servers {
+            if let Err(e) = seed(server, args.keys).await {
+                eprintln!("{}: seeding the KV keys failed: {e}", label(backend));
+                return false;
+            }
+        }
+    }
+    let raw = ops
+        .iter()
+        .any(|o| o.single_client())
+        .then(raw_aes_gcm_mib_s);
     // results[op][server] = rounds
     let mut results: Vec<Vec<Vec<Round>>> = ops
         .iter()
@@ -662,7 +842,7 @@ async fn run(args: &Args, backends: &[String]) -> bool {
     for (o, op) in ops.iter().enumerate() {
         for n in 0..args.rounds {
             for (s, (backend, server)) in servers.iter().enumerate() {
-                let r = round(&server.addr, &server.token, *op, args).await;
+                let r = round(server, *op, args).await;
                 eprintln!(
                     "{} round {}/{}: {} {:.0} ops/s",
                     op_name(*op),
@@ -735,6 +915,41 @@ async fn run(args: &Args, backends: &[String]) -> bool {
                 println!("- {} ops/s (medians): {}", op_name(*op), parts.join(", "));
             }
         }
+    }
+    // transit against the server's own KV read rate and against raw AES-GCM
+    let pos = |op: Op| ops.iter().position(|o| *o == op);
+    for (s, backend) in names.iter().enumerate() {
+        let mut parts = Vec::new();
+        if let (Some(e), Some(r)) = (pos(Op::Encrypt1K), pos(Op::Read))
+            && medians[r][s] > 0.0
+        {
+            parts.push(format!(
+                "encrypt 1 KiB / KV read = {:.2}",
+                medians[e][s] / medians[r][s]
+            ));
+        }
+        if let Some(raw) = raw {
+            for op in [Op::Encrypt1M, Op::Decrypt1M] {
+                if let Some(o) = pos(op) {
+                    parts.push(format!(
+                        "{} = {:.1} MiB/s = {:.1} % of raw",
+                        op_name(op),
+                        medians[o][s],
+                        100.0 * medians[o][s] / raw
+                    ));
+                }
+            }
+        }
+        if !parts.is_empty() {
+            println!("- {}: {}", label(backend), parts.join("; "));
+        }
+    }
+    if let Some(raw) = raw {
+        println!("- raw aws-lc-rs AES-256-GCM, 1 MiB messages, one thread: {raw:.0} MiB/s");
+    }
+    if ops.is_empty() {
+        eprintln!("no known operation in --ops");
+        return false;
     }
     failed.is_empty()
 }

@@ -73,6 +73,68 @@ pub(crate) enum Command {
     Audit(AuditCmd),
     /// Run the security gateway, or manage its API keys.
     Gateway(GatewayArgs),
+    /// Read any path (as `vault read`).
+    Read {
+        path: String,
+        /// Print only this field of `data`, raw.
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write to any path: key=value pairs (`@file`, `-` for stdin) are the
+    /// JSON body (as `vault write`).
+    Write {
+        path: String,
+        pairs: Vec<String>,
+        /// Print only this field of `data`, raw.
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the keys under a path (as `vault list`).
+    List {
+        path: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a path (as `vault delete`).
+    Delete {
+        path: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Encrypt and decrypt with the transit engine; base64 is handled here.
+    #[command(subcommand)]
+    Transit(TransitCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TransitCmd {
+    /// Encrypt standard input with KEY; prints the `vault:v<N>:` ciphertext.
+    Encrypt {
+        key: String,
+        /// Mount path of the transit engine.
+        #[arg(long, default_value = "transit")]
+        mount: String,
+        /// Context of a derived key (text; base64-encoded here).
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Decrypt CIPHERTEXT with KEY; writes the plaintext bytes to standard output.
+    Decrypt {
+        key: String,
+        ciphertext: String,
+        #[arg(long, default_value = "transit")]
+        mount: String,
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -777,6 +839,33 @@ pub(crate) async fn run(cli: Cli) -> u8 {
         Command::Token(cmd) => token_cmd(cmd).await,
         Command::Policy(cmd) => policy(cmd).await,
         Command::Secrets(cmd) => secrets(cmd).await,
+        Command::Read {
+            path,
+            field,
+            remote,
+        } => generic(&remote, "GET", &path, None, field).await,
+        Command::Write {
+            path,
+            pairs: kv,
+            field,
+            remote,
+        } => {
+            let data = tryc!(pairs(&kv));
+            generic(&remote, "PUT", &path, Some(Value::Object(data)), field).await
+        }
+        Command::List { path, remote } => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "LIST", format!("{}/", path.trim_end_matches('/')), None);
+            output::list(remote.format, &r.data()["keys"]);
+            0
+        }
+        Command::Delete { path, remote } => {
+            let c = tryc!(client(&remote));
+            call!(c, "DELETE", path, None);
+            println!("Success! Data deleted (if it existed) at: {path}");
+            0
+        }
+        Command::Transit(cmd) => transit(cmd).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Gateway(a) => gateway(a).await,
     }
@@ -1400,6 +1489,96 @@ async fn policy(cmd: PolicyCmd) -> u8 {
                     0
                 }
                 Err(e) => local_err(format!("{}: {e}", file.display())),
+            }
+        }
+    }
+}
+
+/// `read` and `write`: the answer's `data` as a table or JSON, one field
+/// raw, or Vault's "Success!" line for an answer without data.
+async fn generic(
+    remote: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    field: Option<String>,
+) -> u8 {
+    let c = tryc!(client(remote));
+    let r = call!(c, method, path, body.as_ref());
+    let d = r.data();
+    if let Some(f) = field {
+        return match d.get(&f) {
+            Some(v) => {
+                println!("{}", output::scalar(v));
+                0
+            }
+            None => local_err(format!("field {f:?} not present in the response")),
+        };
+    }
+    if r.body.is_none() {
+        println!("Success! Data written to: {path}");
+        return 0;
+    }
+    output::print(remote.format, &d, output::object_rows(&d));
+    0
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn transit(cmd: TransitCmd) -> u8 {
+    use base64::Engine as _;
+    match cmd {
+        TransitCmd::Encrypt {
+            key,
+            mount,
+            context,
+            remote,
+        } => {
+            let mut input = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut input) {
+                return local_err(format!("cannot read standard input: {e}"));
+            }
+            let mut body = json!({ "plaintext": b64(&input) });
+            if let Some(c) = context {
+                body["context"] = json!(b64(c.as_bytes()));
+            }
+            let c = tryc!(client(&remote));
+            let path = format!("{}/encrypt/{key}", mount.trim_matches('/'));
+            let r = call!(c, "POST", path, Some(&body));
+            match r.data()["ciphertext"].as_str() {
+                Some(ct) => {
+                    println!("{ct}");
+                    0
+                }
+                None => local_err("the server's answer has no ciphertext"),
+            }
+        }
+        TransitCmd::Decrypt {
+            key,
+            ciphertext,
+            mount,
+            context,
+            remote,
+        } => {
+            let mut body = json!({ "ciphertext": ciphertext });
+            if let Some(c) = context {
+                body["context"] = json!(b64(c.as_bytes()));
+            }
+            let c = tryc!(client(&remote));
+            let path = format!("{}/decrypt/{key}", mount.trim_matches('/'));
+            let r = call!(c, "POST", path, Some(&body));
+            let plain = r.data()["plaintext"]
+                .as_str()
+                .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+            match plain {
+                Some(p) => match std::io::Write::write_all(&mut std::io::stdout(), &p) {
+                    Ok(()) => 0,
+                    Err(e) => local_err(format!("cannot write standard output: {e}")),
+                },
+                None => local_err("the server's answer has no plaintext"),
             }
         }
     }

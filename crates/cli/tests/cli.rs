@@ -330,3 +330,68 @@ async fn audit_verify_detects_a_cut_off_tail_against_the_head() {
     server.sigterm();
     server.wait_exit(std::time::Duration::from_secs(15)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_commands_and_transit_helpers_round_trip_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let mut server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    let (code, out, err) = palisade(&["secrets", "enable", "transit"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    // `write` with no pairs posts an empty body: the key is created
+    let (code, out, err) = palisade(&["write", "-format=json", "transit/keys/app"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("write output is JSON");
+    assert_eq!(v["type"], "aes256-gcm96", "{v}");
+    let (code, out, err) = palisade(&["read", "-field=latest_version", "transit/keys/app"], &env);
+    assert_eq!((code, out.trim()), (0, "1"), "{err}");
+    let (code, out, err) = palisade(&["list", "transit/keys"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app"), "{out}");
+
+    // bytes that are not text survive the round trip
+    let secret: Vec<u8> = (0..=255u8).rev().collect();
+    let (code, out, err) = common::palisade_stdin(&["transit", "encrypt", "app"], &env, &secret);
+    assert_eq!(code, 0, "{out}{err}");
+    let ct = out.trim().to_string();
+    assert!(ct.starts_with("vault:v1:"), "{ct}");
+    let out = std::process::Command::new(common::BIN)
+        .args(["transit", "decrypt", "app", &ct])
+        .env("PALISADE_ADDR", &server.addr)
+        .env("PALISADE_TOKEN", &root)
+        .output()
+        .expect("run decrypt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, secret);
+
+    // errors are the server's, with exit code 2
+    let (code, _, err) = palisade(&["transit", "decrypt", "app", "vault:v1:AAAA"], &env);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cipher: message authentication failed"),
+        "{err}"
+    );
+    let (code, _, err) = palisade(
+        &["write", "transit/keys/app/config", "deletion_allowed=true"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = palisade(&["delete", "transit/keys/app"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Success!"), "{out}");
+    let (code, _, _) = palisade(&["read", "transit/keys/app"], &env);
+    assert_eq!(code, 2);
+
+    server.sigterm();
+    let _ = server.wait_exit(std::time::Duration::from_secs(15)).await;
+}

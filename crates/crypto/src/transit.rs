@@ -279,13 +279,51 @@ pub fn derive_key(key: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// The nonce of convergent encryption: the first 12 bytes of
-/// HMAC-SHA256(key, plaintext), so the same plaintext under the same
-/// (derived) key always gives the same ciphertext, and nothing else does.
-pub fn convergent_nonce(key: &[u8], plaintext: &[u8]) -> [u8; NONCE_LEN] {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), plaintext);
+/// HMAC-SHA256(key, len(aad) as 8 bytes BE || aad || plaintext), so the same
+/// plaintext with the same associated data under the same (derived) key
+/// always gives the same ciphertext. The associated data is in it: with the
+/// plaintext alone (Vault's derivation), two messages with different
+/// associated data share a GCM nonce, which gives away the authentication
+/// key and lets ciphertexts be forged.
+pub fn convergent_nonce(key: &[u8], aad: &[u8], plaintext: &[u8]) -> [u8; NONCE_LEN] {
+    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+    ctx.update(&(aad.len() as u64).to_be_bytes());
+    ctx.update(aad);
+    ctx.update(plaintext);
+    let tag = ctx.sign();
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
     n
+}
+
+/// Whether `key` is a key this module could have generated for `kind`: the
+/// right length for a symmetric key; for an asymmetric one a PKCS#8 key of
+/// the type's curve, or an RSA key of the type's size with exponent 65537.
+/// Keys from outside (a restored backup) pass through here.
+pub fn check_key(kind: KeyType, key: &[u8]) -> Result<()> {
+    let ok = match kind {
+        KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305 => key.len() == 32,
+        KeyType::Hmac => !key.is_empty(),
+        KeyType::Ed25519 => Ed25519KeyPair::from_pkcs8(key).is_ok(),
+        KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
+            ecdsa_pair(kind, key, kind.default_hash(), Marshaling::Asn1).is_ok()
+        }
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            let bytes = match kind {
+                KeyType::Rsa2048 => 256,
+                KeyType::Rsa3072 => 384,
+                _ => 512,
+            };
+            match RsaKeyPair::from_pkcs8(key) {
+                Ok(pair) => {
+                    let c = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+                    pair.public_modulus_len() == bytes && c.e == [1, 0, 1]
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    if ok { Ok(()) } else { Err(TransitError::Key) }
 }
 
 fn aead_key(kind: KeyType, key: &[u8]) -> Result<LessSafeKey> {
@@ -687,8 +725,46 @@ mod tests {
         let b = derive_key(&k, b"tenant-b").unwrap();
         assert_ne!(*a, *b);
         assert_eq!(*a, *derive_key(&k, b"tenant-a").unwrap());
-        assert_eq!(convergent_nonce(&a, b"x"), convergent_nonce(&a, b"x"));
-        assert_ne!(convergent_nonce(&a, b"x"), convergent_nonce(&a, b"y"));
+        assert_eq!(
+            convergent_nonce(&a, b"", b"x"),
+            convergent_nonce(&a, b"", b"x")
+        );
+        assert_ne!(
+            convergent_nonce(&a, b"", b"x"),
+            convergent_nonce(&a, b"", b"y")
+        );
+        // the associated data is part of it, unambiguously
+        assert_ne!(
+            convergent_nonce(&a, b"user=alice", b""),
+            convergent_nonce(&a, b"user=bob", b"")
+        );
+        assert_ne!(
+            convergent_nonce(&a, b"ab", b"c"),
+            convergent_nonce(&a, b"a", b"bc")
+        );
+    }
+
+    #[test]
+    fn only_keys_of_the_declared_type_and_size_pass_the_check() {
+        for kind in KeyType::ALL {
+            let k = generate(kind, 32).unwrap();
+            assert_eq!(check_key(kind, &k), Ok(()), "{kind:?}");
+        }
+        let rsa2048 = generate(KeyType::Rsa2048, 0).unwrap();
+        assert_eq!(
+            check_key(KeyType::Rsa4096, &rsa2048),
+            Err(TransitError::Key)
+        );
+        // made by `openssl genpkey -pkeyopt rsa_keygen_pubexp:3`: a test key only
+        let e3 = include_bytes!("../testdata/rsa2048-e3.pk8.der");
+        assert_eq!(check_key(KeyType::Rsa2048, e3), Err(TransitError::Key));
+        let p256 = generate(KeyType::EcdsaP256, 0).unwrap();
+        assert_eq!(check_key(KeyType::EcdsaP384, &p256), Err(TransitError::Key));
+        assert_eq!(check_key(KeyType::Ed25519, &p256), Err(TransitError::Key));
+        assert_eq!(
+            check_key(KeyType::Aes256Gcm96, &[0; 31]),
+            Err(TransitError::Key)
+        );
     }
 
     #[test]

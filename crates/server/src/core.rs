@@ -1307,7 +1307,13 @@ impl Core {
                 continue;
             }
             let view = View::new(self.barrier.clone(), m.view_prefix());
-            rotated += transit::rotate_due(&view, &self.kv_locks, now).await?;
+            match transit::rotate_due(&view, &self.kv_locks, now).await {
+                Ok(n) => rotated += n,
+                // one mount's failure (its key list unreadable) leaves the others to rotate
+                Err(e) => {
+                    tracing::warn!(mount = %m.path, status = e.status, "transit keys of this mount could not be rotated")
+                }
+            }
         }
         Ok(rotated)
     }

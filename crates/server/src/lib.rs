@@ -85,8 +85,17 @@ fn spawn_tidy(core: Arc<Core>) {
                 Ok(n) => tracing::info!(revoked = n, "expired tokens revoked"),
                 Err(e) => tracing::warn!(status = e.status, "token tidy failed"),
             }
-            if let Err(e) = core.rotate_transit_keys(palisade_core::now_nanos()).await {
-                tracing::warn!(status = e.status, "transit key rotation failed");
+            // in a task of its own: whatever happens there, token tidy
+            // and the next rotation still run
+            let c = core.clone();
+            let rotation =
+                tokio::spawn(
+                    async move { c.rotate_transit_keys(palisade_core::now_nanos()).await },
+                );
+            match rotation.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(status = e.status, "transit key rotation failed"),
+                Err(e) => tracing::error!(error = %e, "transit key rotation task failed"),
             }
         }
     });

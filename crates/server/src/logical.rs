@@ -277,7 +277,14 @@ pub mod fields {
             Value::Bool(b) => Ok(*b),
             Value::String(s) => parse_bool(s)
                 .ok_or_else(|| ApiError::bad_request(format!("field {name:?} must be a boolean"))),
-            Value::Number(n) => Ok(n.as_i64().unwrap_or(0) != 0),
+            // 0 and 1 only: 1.5, -1 or 2^64 are not booleans
+            Value::Number(n) => match n.as_u64() {
+                Some(0) => Ok(false),
+                Some(1) => Ok(true),
+                _ => Err(ApiError::bad_request(format!(
+                    "field {name:?} must be a boolean"
+                ))),
+            },
             Value::Null => Ok(false),
             _ => Err(ApiError::bad_request(format!(
                 "field {name:?} must be a boolean"

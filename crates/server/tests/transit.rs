@@ -1358,3 +1358,324 @@ async fn rsa_options_are_checked_for_every_key_and_act_on_rsa_only() {
     )
     .await;
 }
+
+// ------------------------------------------------------------ review findings
+
+/// A backup of key `name` (exportable, plaintext backup allowed), decoded.
+async fn backup_doc(s: &TestServer, name: &str, kind: &str) -> Value {
+    ok(
+        s,
+        &format!("transit/keys/{name}"),
+        json!({"type": kind, "exportable": true, "allow_plaintext_backup": true}),
+    )
+    .await;
+    let r = s.get(&format!("transit/backup/{name}"), &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    serde_json::from_slice(
+        &STANDARD
+            .decode(r.data()["backup"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn restore(s: &TestServer, name: &str, doc: &Value) -> Resp {
+    s.post(
+        &format!("transit/restore/{name}"),
+        &s.root,
+        json!({"backup": b64(&serde_json::to_vec(doc).unwrap())}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn version_numbers_never_wrap_and_one_stuck_key_does_not_stop_rotation() {
+    let s = transit().await;
+    let doc = backup_doc(&s, "src", "aes256-gcm96").await;
+    let v1 = doc["policy"]["versions"]["1"].clone();
+    let at = |n: u64, extra: &dyn Fn(&mut Value)| {
+        let mut d = doc.clone();
+        d["policy"]["versions"] = json!({ n.to_string(): v1.clone() });
+        for f in [
+            "latest_version",
+            "min_available_version",
+            "min_decryption_version",
+        ] {
+            d["policy"][f] = json!(n);
+        }
+        extra(&mut d);
+        d
+    };
+    let r = restore(&s, "huge", &at(u64::from(u32::MAX), &|_| {})).await;
+    assert_error(&r, 400, "invalid backup: key version too large");
+    let mut two = at(u64::from(u32::MAX), &|_| {});
+    two["policy"]["versions"]["0"] = v1.clone();
+    two["policy"]["min_available_version"] = json!(0);
+    let r = restore(&s, "huge", &two).await;
+    assert_error(&r, 400, "invalid backup: key version too large");
+
+    // at the highest version a key is refused rotation, by hand and on schedule
+    let old = |d: &mut Value| {
+        d["policy"]["auto_rotate_period"] = json!(3600);
+        d["policy"]["versions"][(1u64 << 31).to_string()]["creation_time"] = json!(0);
+    };
+    let r = restore(&s, "max", &at(1 << 31, &old)).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    err(
+        &s,
+        "transit/keys/max/rotate",
+        json!({}),
+        400,
+        "the key has reached its highest version and cannot be rotated",
+    )
+    .await;
+    let ct = encrypt(&s, "max", b"still works").await;
+    assert!(ct.starts_with("vault:v2147483648:"), "{ct}");
+    assert_eq!(decrypt(&s, "max", &ct).await, b"still works");
+    // a due key listed after it still rotates
+    ok(
+        &s,
+        "transit/keys/zz-due",
+        json!({"auto_rotate_period": "1h"}),
+    )
+    .await;
+    let later = palisade_core::now_nanos() + 3_700_000_000_000;
+    assert_eq!(s.core.rotate_transit_keys(later).await.unwrap(), 1);
+    assert_eq!(
+        s.get("transit/keys/zz-due", &s.root).await.data()["latest_version"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn convergent_ciphertexts_with_different_associated_data_never_share_a_nonce() {
+    let s = transit().await;
+    ok(
+        &s,
+        "transit/keys/c",
+        json!({"derived": true, "convergent_encryption": true}),
+    )
+    .await;
+    let ctx = b64(b"tenant");
+    let enc = |aad: &[u8]| json!({"plaintext": "", "context": ctx, "associated_data": b64(aad)});
+    let nonce = |ct: &Value| {
+        STANDARD
+            .decode(&ct.as_str().unwrap()["vault:v1:".len()..])
+            .unwrap()[..12]
+            .to_vec()
+    };
+    let a = ok(&s, "transit/encrypt/c", enc(b"user=alice")).await["ciphertext"].clone();
+    let a2 = ok(&s, "transit/encrypt/c", enc(b"user=alice")).await["ciphertext"].clone();
+    let b = ok(&s, "transit/encrypt/c", enc(b"user=bobby")).await["ciphertext"].clone();
+    assert_eq!(a, a2, "convergent: same input, same ciphertext");
+    assert_ne!(
+        nonce(&a),
+        nonce(&b),
+        "a shared GCM nonce would give away the authentication key"
+    );
+}
+
+#[tokio::test]
+async fn retired_versions_make_nothing_new() {
+    let s = transit().await;
+    ok(&s, "transit/keys/k", json!({})).await;
+    ok(&s, "transit/keys/e", json!({"type": "ecdsa-p256"})).await;
+    for k in ["k", "e"] {
+        ok(&s, &format!("transit/keys/{k}/rotate"), json!({})).await;
+        ok(
+            &s,
+            &format!("transit/keys/{k}/config"),
+            json!({"min_decryption_version": 2}),
+        )
+        .await;
+    }
+    let retired = "requested version is below the minimum decryption version: it is retired";
+    err(
+        &s,
+        "transit/encrypt/k",
+        json!({"plaintext": "", "key_version": 1}),
+        400,
+        retired,
+    )
+    .await;
+    err(
+        &s,
+        "transit/hmac/k",
+        json!({"input": "", "key_version": 1}),
+        400,
+        retired,
+    )
+    .await;
+    err(
+        &s,
+        "transit/datakey/wrapped/k",
+        json!({"key_version": 1}),
+        400,
+        retired,
+    )
+    .await;
+    err(
+        &s,
+        "transit/sign/e",
+        json!({"input": "", "key_version": 1}),
+        400,
+        retired,
+    )
+    .await;
+    // the current version still works for all of them
+    ok(
+        &s,
+        "transit/encrypt/k",
+        json!({"plaintext": "", "key_version": 2}),
+    )
+    .await;
+    ok(&s, "transit/sign/e", json!({"input": "", "key_version": 2})).await;
+}
+
+#[tokio::test]
+async fn encrypt_creates_keys_with_default_settings_only() {
+    let s = transit().await;
+    let t = s
+        .token_with(r#"path "transit/encrypt/*" { capabilities = ["create", "update"] }"#)
+        .await;
+    let r = s
+        .post("transit/encrypt/made", &t.id, json!({"plaintext": "", "exportable": true, "allow_plaintext_backup": true, "auto_rotate_period": "1h", "key_size": 64}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let d = s.get("transit/keys/made", &s.root).await.data().clone();
+    assert_eq!(
+        (
+            d["exportable"].clone(),
+            d["allow_plaintext_backup"].clone(),
+            d["auto_rotate_period"].clone()
+        ),
+        (json!(false), json!(false), json!(0))
+    );
+    let r = s.get("transit/export/encryption-key/made", &s.root).await;
+    assert_error(&r, 400, "private key material is not exportable");
+}
+
+#[tokio::test]
+async fn restored_rsa_keys_must_have_the_declared_size() {
+    let s = transit().await;
+    let small = backup_doc(&s, "small", "rsa-2048").await;
+    let mut d = small.clone();
+    d["policy"]["type"] = json!("rsa-4096");
+    let r = restore(&s, "liar", &d).await;
+    assert_error(&r, 400, "invalid backup: invalid key material");
+    let mut d = small.clone();
+    d["policy"]["type"] = json!("ecdsa-p256");
+    let r = restore(&s, "liar", &d).await;
+    assert_error(&r, 400, "invalid backup: invalid key material");
+    let r = restore(&s, "honest", &small).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
+#[tokio::test]
+async fn error_texts_quote_request_values_to_the_client_but_not_to_the_audit_log() {
+    let s = transit().await;
+    let audit = s.enable_audit("file").await;
+    ok(&s, "transit/keys/k", json!({})).await;
+    ok(&s, "transit/keys/e", json!({"type": "ed25519"})).await;
+    let cases = [
+        (
+            "transit/keys/x",
+            json!({"type": "MARKER-type"}),
+            "unknown key type MARKER-type",
+        ),
+        (
+            "transit/keys/h",
+            json!({"type": "hmac", "key_size": 77777}),
+            "invalid key_size 77777",
+        ),
+        (
+            "transit/hash",
+            json!({"input": "", "format": "MARKER-format"}),
+            "unsupported encoding format MARKER-format; must be \"hex\" or \"base64\"",
+        ),
+        (
+            "transit/hash",
+            json!({"input": "", "algorithm": "MARKER-alg"}),
+            "unsupported algorithm MARKER-alg",
+        ),
+        (
+            "transit/random",
+            json!({"source": "MARKER-source"}),
+            "unsupported entropy source MARKER-source; must be \"platform\", \"seal\", or \"all\"",
+        ),
+        (
+            "transit/sign/e",
+            json!({"input": "", "signature_algorithm": "MARKER-sig"}),
+            "unsupported signature algorithm MARKER-sig",
+        ),
+        (
+            "transit/sign/e",
+            json!({"input": "", "salt_length": "MARKER-salt"}),
+            "invalid salt_length MARKER-salt",
+        ),
+        (
+            "transit/sign/e",
+            json!({"input": "", "marshaling_algorithm": "MARKER-m"}),
+            "unsupported marshaling algorithm MARKER-m",
+        ),
+    ];
+    for (path, body, msg) in cases {
+        err(&s, path, body, 400, msg).await;
+    }
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(!log.contains("MARKER") && !log.contains("77777"), "{log}");
+    assert!(log.contains("\"error\":\"unknown key type\""), "{log}");
+}
+
+#[tokio::test]
+async fn a_partial_failure_code_must_be_able_to_carry_the_results() {
+    let s = transit().await;
+    ok(&s, "transit/keys/k", json!({})).await;
+    let mixed = json!([{"plaintext": ""}, {"plaintext": "!!"}]);
+    for code in [100, 101, 204, 205, 304, 500, 600, -1] {
+        let r = s
+            .post(
+                "transit/encrypt/k",
+                &s.root,
+                json!({"batch_input": mixed, "partial_failure_response_code": code}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{code}: {}", r.text);
+        assert_eq!(
+            r.body["warnings"][0],
+            "partial_failure_response_code must be a 2xx status with a body or a 4xx: ignored",
+            "{code}"
+        );
+        assert_eq!(r.data()["batch_results"].as_array().unwrap().len(), 2);
+    }
+    for code in [200, 207, 422] {
+        let r = s
+            .post(
+                "transit/encrypt/k",
+                &s.root,
+                json!({"batch_input": mixed, "partial_failure_response_code": code}),
+            )
+            .await;
+        assert_eq!(r.status, code, "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn booleans_are_booleans() {
+    let s = transit().await;
+    for bad in [json!(1.5), json!(-1), json!(2), json!(1.0e30)] {
+        err(
+            &s,
+            "transit/keys/x",
+            json!({"exportable": bad}),
+            400,
+            "field \"exportable\" must be a boolean",
+        )
+        .await;
+    }
+    let d = ok(&s, "transit/keys/x", json!({"exportable": 1, "derived": 0})).await;
+    assert_eq!(
+        (d["exportable"].clone(), d["derived"].clone()),
+        (json!(true), json!(false))
+    );
+}

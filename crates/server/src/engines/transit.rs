@@ -28,6 +28,9 @@ use crate::core::Authorized;
 use crate::engines::kv::KeyLocks;
 use crate::logical::{ApiError, Operation, Response, fields};
 
+/// Highest key version: rotation stops there (a version number never
+/// wraps), and a restored backup may not claim more.
+const MAX_KEY_VERSION: u32 = 1 << 31;
 /// Shortest automatic rotation period (Vault's).
 const MIN_AUTO_ROTATE_SECS: i64 = 3600;
 /// Most items one batch request may carry: bounds the CPU one request can
@@ -136,6 +139,11 @@ impl Policy {
     }
 
     fn rotate(&mut self) -> Result<(), ApiError> {
+        if self.latest_version >= MAX_KEY_VERSION {
+            return Err(ApiError::bad_request(
+                "the key has reached its highest version and cannot be rotated",
+            ));
+        }
         let kind = self.key_type()?;
         let v = self.new_version(kind)?;
         self.latest_version += 1;
@@ -163,6 +171,14 @@ impl Policy {
         if self.min_encryption_version != 0 && requested < self.min_encryption_version {
             return Err(ApiError::bad_request(
                 "requested version for encryption is less than the minimum encryption key version",
+            ));
+        }
+        // a retired version (below min_decryption_version) makes nothing
+        // new: what it would encrypt could not be decrypted, what it would
+        // sign should no longer be trusted
+        if requested < self.min_decryption_version {
+            return Err(ApiError::bad_request(
+                "requested version is below the minimum decryption version: it is retired",
             ));
         }
         Ok(requested)
@@ -575,10 +591,13 @@ fn respond(
         let mut code = if internal_err { 500 } else { 400 };
         if ok && let Some(v) = opt(d, "partial_failure_response_code") {
             let c = fields::int(v, "partial_failure_response_code")?;
-            if (1..=599).contains(&c) {
+            // a status that carries the batch results: 2xx with a body, or 4xx
+            if ((200..=299).contains(&c) && c != 204 && c != 205) || (400..=499).contains(&c) {
                 code = c as u16;
             } else {
-                resp = resp.warn("partial_failure_response_code out of range: ignored");
+                resp = resp.warn(
+                    "partial_failure_response_code must be a 2xx status with a body or a 4xx: ignored",
+                );
             }
         }
         resp = resp.with_status(code);
@@ -664,7 +683,8 @@ fn hmac_key_size(d: &Map<String, Value>, kind: KeyType) -> Result<usize, ApiErro
                 )));
             }
             if !(HMAC_KEY_MIN..=HMAC_KEY_MAX).contains(&n) {
-                return Err(ApiError::bad_request(format!("invalid key_size {n}")));
+                return Err(ApiError::bad_request(format!("invalid key_size {n}"))
+                    .audited_as("invalid key_size"));
             }
             Ok(n as usize)
         }
@@ -684,8 +704,10 @@ fn auto_rotate_period(v: &Value) -> Result<i64, ApiError> {
 /// A new key's settings from a create (or an encrypt that creates).
 fn new_policy(d: &Map<String, Value>, name: &str, upsert: bool) -> Result<Policy, ApiError> {
     let type_name = opt_string(d, "type")?.unwrap_or_else(|| "aes256-gcm96".into());
-    let kind = KeyType::parse(&type_name)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown key type {type_name}")))?;
+    let kind = KeyType::parse(&type_name).ok_or_else(|| {
+        ApiError::bad_request(format!("unknown key type {type_name}"))
+            .audited_as("unknown key type")
+    })?;
     if upsert && !kind.is_aead() {
         return Err(ApiError::bad_request(format!(
             "unknown key type {type_name}: a key created by encrypt must be aes256-gcm96 or chacha20-poly1305"
@@ -703,23 +725,30 @@ fn new_policy(d: &Map<String, Value>, name: &str, upsert: bool) -> Result<Policy
             "key derivation is not supported for key type {type_name}"
         )));
     }
+    // encrypt's upsert takes only the key's kind (as OpenBao): exportable,
+    // plaintext backups and rotation are set with keys/:name, where the
+    // ACL asks for rights on the key itself
+    let setting = |field: &str| if upsert { Ok(None) } else { opt_bool(d, field) };
     Ok(Policy {
         name: name.to_string(),
         kind: kind.as_str().to_string(),
         derived,
         convergent,
-        exportable: opt_bool(d, "exportable")?.unwrap_or(false),
-        allow_plaintext_backup: opt_bool(d, "allow_plaintext_backup")?.unwrap_or(false),
+        exportable: setting("exportable")?.unwrap_or(false),
+        allow_plaintext_backup: setting("allow_plaintext_backup")?.unwrap_or(false),
         deletion_allowed: false,
         min_decryption_version: 1,
         min_encryption_version: 0,
         latest_version: 0,
         min_available_version: 0,
-        auto_rotate_period: opt(d, "auto_rotate_period")
-            .map(auto_rotate_period)
-            .transpose()?
-            .unwrap_or(0),
-        hmac_key_size: hmac_key_size(d, kind)?,
+        auto_rotate_period: match upsert {
+            true => 0,
+            false => opt(d, "auto_rotate_period")
+                .map(auto_rotate_period)
+                .transpose()?
+                .unwrap_or(0),
+        },
+        hmac_key_size: if upsert { 32 } else { hmac_key_size(d, kind)? },
         versions: BTreeMap::new(),
     })
 }
@@ -781,7 +810,8 @@ async fn config_key(
                 return Err(ApiError::bad_request(format!(
                     "cannot set min decryption version of {n}, key versions below {} were trimmed",
                     p.min_available_version
-                )));
+                ))
+                .audited_as("cannot set min decryption version below the trimmed versions"));
             }
             p.min_decryption_version = n;
         }
@@ -993,8 +1023,12 @@ fn check_restored(p: &mut Policy) -> Result<(), ApiError> {
         .copied()
         .ok_or_else(|| bad("no key versions"))?;
     let last = p.versions.keys().next_back().copied().unwrap_or(0);
-    if last != p.latest_version
-        || (last - first + 1) as usize != p.versions.len()
+    if last > MAX_KEY_VERSION {
+        return Err(bad("key version too large"));
+    }
+    if first == 0
+        || last != p.latest_version
+        || u64::from(last) - u64::from(first) + 1 != p.versions.len() as u64
         || first != p.min_available_version.max(1)
     {
         return Err(bad("key versions are not contiguous up to latest_version"));
@@ -1011,11 +1045,11 @@ fn check_restored(p: &mut Policy) -> Result<(), ApiError> {
         return Err(bad("invalid auto_rotate_period"));
     }
     for v in p.versions.values_mut() {
-        let key_ok = match kind {
-            KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305 => v.key.len() == 32,
-            KeyType::Hmac => v.key.len() == p.hmac_key_size && v.hmac_key == v.key,
-            _ => true,
-        };
+        let key_ok = tc::check_key(kind, &v.key).is_ok()
+            && match kind {
+                KeyType::Hmac => v.key.len() == p.hmac_key_size && v.hmac_key == v.key,
+                _ => true,
+            };
         if !key_ok || (kind != KeyType::Hmac && v.hmac_key.len() != 32) {
             return Err(bad("invalid key material"));
         }
@@ -1054,7 +1088,8 @@ async fn restore(
             return Err(ApiError::bad_request(format!(
                 "key \"{}\" already exists: restore with force to replace it",
                 p.name
-            )));
+            ))
+            .audited_as("the key already exists: restore with force to replace it"));
         }
         // replacing a key drops its versions: as much a deletion as delete
         if !existing.deletion_allowed {
@@ -1099,7 +1134,7 @@ fn seal(p: &Policy, kind: KeyType, it: &EncryptItem) -> Result<(String, u32), Ap
     let v = p.version(ver)?;
     let key = p.cipher_key(v, it.context.as_deref().map(|c| &c[..]))?;
     let nonce = if p.convergent {
-        Some(tc::convergent_nonce(&key, &it.plaintext))
+        Some(tc::convergent_nonce(&key, &it.aad, &it.plaintext))
     } else {
         None
     };
@@ -1326,7 +1361,8 @@ fn encode_format(d: &Map<String, Value>, default: &str, bytes: &[u8]) -> Result<
         "base64" => Ok(STANDARD.encode(bytes)),
         f => Err(ApiError::bad_request(format!(
             "unsupported encoding format {f}; must be \"hex\" or \"base64\""
-        ))),
+        ))
+        .audited_as("unsupported encoding format")),
     }
 }
 
@@ -1348,7 +1384,8 @@ fn random(
         s => {
             return Err(ApiError::bad_request(format!(
                 "unsupported entropy source {s}; must be \"platform\", \"seal\", or \"all\""
-            )));
+            ))
+            .audited_as("unsupported entropy source"));
         }
     }
     let n = match (bytes, opt(d, "bytes")) {
@@ -1380,8 +1417,10 @@ fn random(
 }
 
 fn hash_alg(name: &str) -> Result<HashAlg, ApiError> {
-    HashAlg::parse(name)
-        .ok_or_else(|| ApiError::bad_request(format!("unsupported algorithm {name}")))
+    HashAlg::parse(name).ok_or_else(|| {
+        ApiError::bad_request(format!("unsupported algorithm {name}"))
+            .audited_as("unsupported algorithm")
+    })
 }
 
 fn hash(d: &Map<String, Value>, alg: Option<&str>) -> Result<Response, ApiError> {
@@ -1456,9 +1495,10 @@ fn sign_options(
         None | Some("pss") => RsaPadding::Pss,
         Some("pkcs1v15") => RsaPadding::Pkcs1v15,
         Some(s) => {
-            return Err(ApiError::bad_request(format!(
-                "unsupported signature algorithm {s}"
-            )));
+            return Err(
+                ApiError::bad_request(format!("unsupported signature algorithm {s}"))
+                    .audited_as("unsupported signature algorithm"),
+            );
         }
     };
     // Vault's salt_length: "auto" (Go's 0), "hash" (-1) or a length. The
@@ -1469,7 +1509,10 @@ fn sign_options(
         Some("hash") | Some("-1") => Some(hash_len(hash)),
         Some(n) => match n.parse::<usize>() {
             Ok(n) => Some(n),
-            Err(_) => return Err(ApiError::bad_request(format!("invalid salt_length {n}"))),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!("invalid salt_length {n}"))
+                    .audited_as("invalid salt_length"));
+            }
         },
     };
     if kind.is_rsa() && padding == RsaPadding::Pss && salt.is_some_and(|n| n != hash_len(hash)) {
@@ -1481,9 +1524,10 @@ fn sign_options(
         None | Some("asn1") => Marshaling::Asn1,
         Some("jws") => Marshaling::Jws,
         Some(m) => {
-            return Err(ApiError::bad_request(format!(
-                "unsupported marshaling algorithm {m}"
-            )));
+            return Err(
+                ApiError::bad_request(format!("unsupported marshaling algorithm {m}"))
+                    .audited_as("unsupported marshaling algorithm"),
+            );
         }
     };
     if marshaling == Marshaling::Jws && !matches!(kind, KeyType::EcdsaP256 | KeyType::EcdsaP384) {
@@ -1624,7 +1668,8 @@ async fn verify(
 
 /// Rotate every key of this mount whose `auto_rotate_period` has passed
 /// since its latest version was made (as of `now`, Unix nanoseconds).
-/// Returns how many keys were rotated. Run by the server's periodic task.
+/// Returns how many keys were rotated. Run by the server's periodic task;
+/// a key that cannot be rotated is logged and the others still are.
 pub async fn rotate_due(view: &View, locks: &KeyLocks, now: i64) -> Result<usize, ApiError> {
     let mut rotated = 0;
     for name in view.list("policy/").await? {
@@ -1647,10 +1692,19 @@ pub async fn rotate_due(view: &View, locks: &KeyLocks, now: i64) -> Result<usize
         if now.saturating_sub(last) < period {
             continue;
         }
-        rotate_blocking(&mut p).await?;
-        store(view, &p).await?;
-        tracing::info!(key = %name, version = p.latest_version, "transit key rotated automatically");
-        rotated += 1;
+        let done = match rotate_blocking(&mut p).await {
+            Ok(()) => store(view, &p).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                tracing::info!(key = %name, version = p.latest_version, "transit key rotated automatically");
+                rotated += 1;
+            }
+            Err(e) => {
+                tracing::warn!(key = %name, status = e.status, error = %e.audit_message(), "transit key could not be rotated automatically");
+            }
+        }
     }
     Ok(rotated)
 }
