@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::engines::kv::{self, KeyLocks};
-use crate::engines::transit;
+use crate::engines::{pki, transit};
 use crate::logical::{ApiError, Operation, Request, Response};
 use crate::mounts::{EngineKind, MOUNTS_PATH, MountConfig, MountEntry, MountTable};
 use crate::policies::PolicyStore;
@@ -615,9 +615,11 @@ impl Core {
         let path = MountTable::check_path(path)?;
         let (kind, options) = match kind {
             "kv" | "generic" => (kind.to_string(), options),
-            "transit" => {
+            "transit" | "pki" => {
                 if !options.is_empty() {
-                    return Err(ApiError::bad_request("the transit engine takes no options"));
+                    return Err(ApiError::bad_request(format!(
+                        "the {kind} engine takes no options"
+                    )));
                 }
                 (kind.to_string(), options)
             }
@@ -628,7 +630,7 @@ impl Core {
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    "plugin not found in the catalog: only kv, kv-v2, generic and transit are available",
+                    "plugin not found in the catalog: only kv, kv-v2, generic, transit and pki are available",
                 ));
             }
         };
@@ -1160,7 +1162,11 @@ impl Core {
             Ok(r) => {
                 resp_audit.response = Some(AuditResponse {
                     status: r.status,
-                    data: r.data.clone().or_else(|| r.raw.clone()),
+                    data: r.data.clone().or_else(|| r.raw.clone()).or_else(|| {
+                        r.bytes
+                            .as_ref()
+                            .map(|(t, b)| serde_json::json!({"content_type": t, "bytes": b.len()}))
+                    }),
                     auth: r.auth.as_ref().map(|a| AuditAuth {
                         client_token: a.client_token.expose().clone(),
                         accessor: a.accessor.clone(),
@@ -1246,6 +1252,7 @@ impl Core {
                     Some(EngineKind::KvV2) => kv::exists_v2(rel, &view).await,
                     Some(EngineKind::KvV1) => kv::exists_v1(rel, &view).await,
                     Some(EngineKind::Transit) => transit::exists(rel, &view).await,
+                    Some(EngineKind::Pki) => pki::exists(rel, &view).await,
                     None => Ok(true),
                 }
             }
@@ -1285,6 +1292,20 @@ impl Core {
             Some(EngineKind::KvV2) => kv::handle_v2(auth, rel, &view, &self.kv_locks).await,
             Some(EngineKind::KvV1) => kv::handle_v1(auth, rel, &view).await,
             Some(EngineKind::Transit) => transit::handle(auth, rel, &view, &self.kv_locks).await,
+            Some(EngineKind::Pki) => {
+                // the mount's own TTLs win over the system's (Vault: `secrets
+                // tune -max-lease-ttl=87600h pki` makes a ten-year CA possible)
+                let sys = self.options.ttl;
+                let max = match mount.config.max_lease_ttl {
+                    0 => sys.max_ttl,
+                    x => x,
+                };
+                let default = match mount.config.default_lease_ttl {
+                    0 => sys.default_ttl,
+                    x => x,
+                };
+                pki::handle(auth, rel, &view, (default.min(max), max)).await
+            }
             None => Err(ApiError::unsupported_path()),
         }
     }

@@ -302,6 +302,22 @@ pub fn render(
     head: bool,
 ) -> axum::response::Response {
     let (status, body) = match result {
+        Ok(Response {
+            status,
+            bytes: Some((content_type, bytes)),
+            ..
+        }) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = if head {
+                code.into_response()
+            } else {
+                (code, bytes).into_response()
+            };
+            let h = resp.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            return resp;
+        }
         Ok(r) => {
             if r.status == 204 {
                 (204, None)

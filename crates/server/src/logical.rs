@@ -115,6 +115,9 @@ pub struct Response {
     pub top_level: bool,
     /// A body that is not the Vault envelope (sys/health, sys/init...).
     pub raw: Option<Value>,
+    /// A body that is not JSON at all, with its content type (a PKI
+    /// engine's `ca/pem`, `crl`): public material only.
+    pub bytes: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Response {
@@ -126,6 +129,7 @@ impl Response {
             warnings: Vec::new(),
             top_level: false,
             raw: None,
+            bytes: None,
         }
     }
     pub fn no_content() -> Self {
@@ -136,6 +140,7 @@ impl Response {
             warnings: Vec::new(),
             top_level: false,
             raw: None,
+            bytes: None,
         }
     }
     pub fn raw(status: u16, body: Value) -> Self {
@@ -146,6 +151,19 @@ impl Response {
             warnings: Vec::new(),
             top_level: false,
             raw: Some(body),
+            bytes: None,
+        }
+    }
+    /// A non-JSON body (`content_type` is e.g. `application/pem-certificate-chain`).
+    pub fn bytes(content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            data: None,
+            auth: None,
+            warnings: Vec::new(),
+            top_level: false,
+            raw: None,
+            bytes: Some((content_type, body)),
         }
     }
     pub fn with_top_level(mut self) -> Self {

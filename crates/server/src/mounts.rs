@@ -37,6 +37,7 @@ pub enum EngineKind {
     KvV1,
     KvV2,
     Transit,
+    Pki,
 }
 
 impl MountEntry {
@@ -51,6 +52,7 @@ impl MountEntry {
             }
             "kv-v2" => Some(EngineKind::KvV2),
             "transit" => Some(EngineKind::Transit),
+            "pki" => Some(EngineKind::Pki),
             _ => None,
         }
     }

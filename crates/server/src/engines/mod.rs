@@ -3,4 +3,5 @@
 //! barrier's metadata (the [`palisade_barrier::View`] jail enforces that).
 
 pub mod kv;
+pub mod pki;
 pub mod transit;

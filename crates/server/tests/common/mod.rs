@@ -283,7 +283,10 @@ impl TestServer {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.expect("body");
-        let body = if text.is_empty() {
+        let json = headers
+            .get("content-type")
+            .is_none_or(|v| v.as_bytes().starts_with(b"application/json"));
+        let body = if text.is_empty() || !json {
             Value::Null
         } else {
             serde_json::from_str(&text)

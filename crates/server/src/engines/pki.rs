@@ -1,0 +1,1053 @@
+//! The PKI secrets engine, a workload CA for service-to-service mTLS, with
+//! Vault's paths and shapes (docs/api-compat.md): one root CA per mount,
+//! roles that say which names a certificate may carry, `issue` (key pair
+//! made here), revocation and a CRL, tidy.
+//!
+//! Storage inside the mount's view: `ca` (the CA's PKCS#8 key, certificate
+//! and validity), `roles/<name>`, `certs/<serial>` (issued certificates,
+//! unless the role says `no_store`) and `revoked/<serial>`. Certificates and
+//! CRLs are made by rcgen over aws-lc-rs; nothing here encodes ASN.1.
+//!
+//! Names are checked before anything is signed: DNS names must already be
+//! canonical (lowercase hostnames), IP addresses in their canonical text,
+//! URIs as the role's globs allow, where `*` stands for one path segment
+//! (a SPIFFE ID `spiffe://prod.example/ns/*/sa/*` does not let `ns/a/b`
+//! through). A certificate never outlives its CA.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use palisade_barrier::View;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
+};
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
+
+use crate::core::Authorized;
+use crate::logical::{ApiError, Operation, Response, fields};
+
+/// Vault backdates certificates by 30 s against clock skew.
+const BACKDATE_SECS: i64 = 30;
+/// Default safety buffer of `tidy`: certificates expired for longer are removed.
+const TIDY_BUFFER_SECS: i64 = 72 * 3600;
+/// How long a CRL is valid (Vault's `crl/config` default expiry).
+const CRL_VALIDITY_SECS: i64 = 72 * 3600;
+const MAX_NAMES: usize = 100;
+
+// ------------------------------------------------------------ stored forms
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Ca {
+    /// PKCS#8 DER, base64.
+    key: String,
+    key_type: String,
+    key_bits: u32,
+    common_name: String,
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    certificate: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Role {
+    allowed_domains: Vec<String>,
+    allow_subdomains: bool,
+    allow_bare_domains: bool,
+    allow_glob_domains: bool,
+    allow_localhost: bool,
+    allow_any_name: bool,
+    enforce_hostnames: bool,
+    allowed_uri_sans: Vec<String>,
+    allow_ip_sans: bool,
+    server_flag: bool,
+    client_flag: bool,
+    key_type: String,
+    key_bits: u32,
+    ttl: i64,
+    max_ttl: i64,
+    no_store: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCert {
+    certificate: String,
+    not_after: i64,
+    #[serde(default)]
+    revocation_time: i64,
+}
+
+// ------------------------------------------------------------ helpers
+
+fn now_secs() -> i64 {
+    palisade_core::now_nanos() / 1_000_000_000
+}
+
+fn time_at(secs: i64) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|_| ApiError::bad_request("time out of range"))
+}
+
+fn rc_err(e: rcgen::Error) -> ApiError {
+    ApiError::internal(format!("certificate: {e}"))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(ApiError::internal)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    serde_json::to_vec(v)
+        .map(Zeroizing::new)
+        .map_err(ApiError::internal)
+}
+
+fn opt<'a>(d: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    d.get(name).filter(|v| !v.is_null())
+}
+
+fn opt_string(d: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    opt(d, name).map(|v| fields::string(v, name)).transpose()
+}
+
+fn opt_bool(d: &Map<String, Value>, name: &str, default: bool) -> Result<bool, ApiError> {
+    opt(d, name).map_or(Ok(default), |v| fields::boolean(v, name))
+}
+
+fn list(d: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+    opt(d, name).map_or(Ok(Vec::new()), |v| fields::string_list(v, name))
+}
+
+/// Vault's generic names for roles.
+fn check_name(name: &str) -> Result<&str, ApiError> {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && word(b[0])
+        && word(b[b.len() - 1])
+        && b.iter().all(|&c| word(c) || c == b'-' || c == b'.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ApiError::unsupported_path())
+    }
+}
+
+/// A serial number as Vault writes it: lowercase hex pairs joined by `:`.
+fn serial_text(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A serial from a path or body: Vault's `xx:xx` or `xx-xx` form, read
+/// into the stored (colon, lowercase) form; anything else is refused.
+fn parse_serial(s: &str) -> Result<(String, Vec<u8>), ApiError> {
+    let bad = || ApiError::bad_request("invalid serial number");
+    let parts: Vec<&str> = if s.contains(':') {
+        s.split(':').collect()
+    } else {
+        s.split('-').collect()
+    };
+    if parts.is_empty() || parts.len() > 20 {
+        return Err(bad());
+    }
+    let bytes = parts
+        .iter()
+        .map(|p| {
+            if p.len() == 2
+                && p.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            {
+                u8::from_str_radix(p, 16).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    Ok((serial_text(&bytes), bytes))
+}
+
+fn storage_serial(serial: &str) -> String {
+    serial.replace(':', "-")
+}
+
+/// The signature algorithm and key of a key type (Vault's `key_type` and
+/// `key_bits`); `key_bits` 0 is the type's default.
+fn key_spec(
+    key_type: &str,
+    key_bits: u32,
+) -> Result<(&'static rcgen::SignatureAlgorithm, u32), ApiError> {
+    match (key_type, key_bits) {
+        ("rsa", 0 | 2048) => Ok((&rcgen::PKCS_RSA_SHA256, 2048)),
+        ("rsa", 3072) => Ok((&rcgen::PKCS_RSA_SHA256, 3072)),
+        ("rsa", 4096) => Ok((&rcgen::PKCS_RSA_SHA256, 4096)),
+        ("ec", 0 | 256) => Ok((&rcgen::PKCS_ECDSA_P256_SHA256, 256)),
+        ("ec", 384) => Ok((&rcgen::PKCS_ECDSA_P384_SHA384, 384)),
+        ("ed25519", 0) => Ok((&rcgen::PKCS_ED25519, 0)),
+        ("rsa" | "ec" | "ed25519", _) => Err(ApiError::bad_request(format!(
+            "unsupported key_bits {key_bits} for key_type {key_type}"
+        ))
+        .audited_as("unsupported key_bits for the key type")),
+        _ => Err(ApiError::bad_request(format!(
+            "unknown key_type {key_type}: use rsa, ec or ed25519"
+        ))
+        .audited_as("unknown key_type: use rsa, ec or ed25519")),
+    }
+}
+
+fn generate_key(key_type: &str, key_bits: u32) -> Result<KeyPair, ApiError> {
+    let (alg, bits) = key_spec(key_type, key_bits)?;
+    if key_type == "rsa" {
+        let size = match bits {
+            3072 => rcgen::RsaKeySize::_3072,
+            4096 => rcgen::RsaKeySize::_4096,
+            _ => rcgen::RsaKeySize::_2048,
+        };
+        KeyPair::generate_rsa_for(alg, size).map_err(rc_err)
+    } else {
+        KeyPair::generate_for(alg).map_err(rc_err)
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+async fn load_ca(view: &View) -> Result<Option<Ca>, ApiError> {
+    Ok(match view.get("ca").await? {
+        Some(b) => Some(decode(&b)?),
+        None => None,
+    })
+}
+
+async fn require_ca(view: &View) -> Result<Ca, ApiError> {
+    load_ca(view).await?.ok_or_else(|| {
+        ApiError::bad_request("no CA is configured at this mount: generate one with root/generate")
+    })
+}
+
+/// The CA's parameters as its certificate was made from them: the issuer
+/// of every certificate and CRL it signs (same name, same key identifier).
+fn ca_params(ca: &Ca) -> Result<CertificateParams, ApiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, ca.common_name.as_str());
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = time_at(ca.not_before)?;
+    p.not_after = time_at(ca.not_after)?;
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    let (_, serial) = parse_serial(&ca.serial)?;
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(p)
+}
+
+fn ca_key(ca: &Ca) -> Result<KeyPair, ApiError> {
+    let (alg, _) = key_spec(&ca.key_type, ca.key_bits)?;
+    let der = Zeroizing::new(STANDARD.decode(&ca.key).map_err(ApiError::internal)?);
+    KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der.as_slice()), alg)
+        .map_err(rc_err)
+}
+
+/// A random positive 20-byte serial (RFC 5280's maximum), never zero.
+fn new_serial() -> Vec<u8> {
+    let mut s = palisade_crypto::random_bytes(20);
+    s[0] = (s[0] & 0x7f) | 0x01;
+    s
+}
+
+// ------------------------------------------------------------ routing
+
+/// Existence check for the ACL (Vault's): writing a role that does not
+/// exist needs `create`, changing one needs `update`.
+pub async fn exists(rel: &str, view: &View) -> Result<bool, ApiError> {
+    if let Some(name) = rel.strip_prefix("roles/")
+        && check_name(name).is_ok()
+    {
+        return Ok(view.get(&format!("roles/{name}")).await?.is_some());
+    }
+    Ok(true)
+}
+
+pub async fn handle(
+    auth: &Authorized,
+    rel: &str,
+    view: &View,
+    ttls: (i64, i64),
+) -> Result<Response, ApiError> {
+    let req = auth.request();
+    let d = &req.data;
+    let parts: Vec<&str> = rel.split('/').collect();
+    match (req.operation, parts.as_slice()) {
+        (Operation::Write, ["root", "generate", kind]) => root_generate(d, view, kind, ttls).await,
+        (Operation::Delete, ["root"]) => {
+            for k in ["ca"] {
+                view.delete(k).await?;
+            }
+            Ok(Response::no_content())
+        }
+        (Operation::Read, ["ca", "pem"]) => {
+            let ca = require_ca(view).await?;
+            Ok(Response::bytes(
+                "application/pem-certificate-chain",
+                ca.certificate.into_bytes(),
+            ))
+        }
+        (Operation::Read, ["ca"]) => {
+            let ca = require_ca(view).await?;
+            Ok(Response::bytes(
+                "application/pkix-cert",
+                pem_der(&ca.certificate)?,
+            ))
+        }
+        (Operation::Read, ["ca_chain"] | ["cert", "ca_chain"]) => {
+            let ca = require_ca(view).await?;
+            if parts[0] == "cert" {
+                return Ok(Response::data(json!({
+                    "certificate": ca.certificate, "ca_chain": ca.certificate, "revocation_time": 0,
+                })));
+            }
+            Ok(Response::bytes(
+                "application/pem-certificate-chain",
+                ca.certificate.into_bytes(),
+            ))
+        }
+        (Operation::Read, ["cert", "ca"]) => {
+            let ca = require_ca(view).await?;
+            Ok(Response::data(
+                json!({"certificate": ca.certificate, "revocation_time": 0}),
+            ))
+        }
+        (Operation::Read, ["cert", serial]) => read_cert(view, serial).await,
+        (Operation::List, ["certs"] | ["certs", ""]) => {
+            let mut keys: Vec<String> = view
+                .list("certs/")
+                .await?
+                .into_iter()
+                .map(|k| k.replace('-', ":"))
+                .collect();
+            keys.sort();
+            if keys.is_empty() {
+                return Err(ApiError::not_found());
+            }
+            Ok(Response::data(json!({ "keys": keys })))
+        }
+        (Operation::List, ["roles"] | ["roles", ""]) => {
+            let keys = view.list("roles/").await?;
+            if keys.is_empty() {
+                return Err(ApiError::not_found());
+            }
+            Ok(Response::data(json!({ "keys": keys })))
+        }
+        (Operation::Read, ["roles", name]) => {
+            let name = check_name(name)?;
+            match view.get(&format!("roles/{name}")).await? {
+                Some(b) => Ok(Response::data(role_json(&decode::<Role>(&b)?))),
+                None => Err(ApiError::not_found()),
+            }
+        }
+        (Operation::Write, ["roles", name]) => write_role(d, view, check_name(name)?, ttls).await,
+        (Operation::Delete, ["roles", name]) => {
+            view.delete(&format!("roles/{}", check_name(name)?)).await?;
+            Ok(Response::no_content())
+        }
+        (Operation::Write, ["issue", role]) => issue(d, view, check_name(role)?, ttls).await,
+        (Operation::Write, ["revoke"]) => revoke(d, view).await,
+        (Operation::Read, ["crl"]) => {
+            let crl = make_crl(view).await?;
+            Ok(Response::bytes("application/pkix-crl", crl.0))
+        }
+        (Operation::Read, ["crl", "pem"]) => {
+            let crl = make_crl(view).await?;
+            Ok(Response::bytes(
+                "application/x-pem-file",
+                crl.1.into_bytes(),
+            ))
+        }
+        (Operation::Read, ["crl", "rotate"]) => {
+            make_crl(view).await?;
+            Ok(Response::data(json!({"success": true})))
+        }
+        (Operation::Write, ["tidy"]) => tidy(d, view).await,
+        (
+            _,
+            ["root", "generate", _]
+            | ["root"]
+            | ["ca" | "ca_chain" | "crl" | "certs" | "roles"]
+            | ["ca" | "crl", _]
+            | ["cert" | "roles" | "issue", _]
+            | ["revoke" | "tidy"],
+        ) => Err(ApiError::unsupported_operation()),
+        _ => Err(ApiError::unsupported_path()),
+    }
+}
+
+fn pem_der(p: &str) -> Result<Vec<u8>, ApiError> {
+    let body: String = p.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(body).map_err(ApiError::internal)
+}
+
+// ------------------------------------------------------------ CA
+
+/// A requested TTL: `ttl` (or `default`), never above `max`.
+fn ttl_field(d: &Map<String, Value>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let ttl = match opt(d, "ttl") {
+        Some(v) => fields::duration_secs(v, "ttl")?,
+        None => 0,
+    };
+    let ttl = if ttl == 0 { default } else { ttl };
+    if max > 0 && ttl > max {
+        return Err(ApiError::bad_request(
+            "the requested ttl is longer than the role's or the mount's max_ttl",
+        ));
+    }
+    Ok(ttl)
+}
+
+async fn root_generate(
+    d: &Map<String, Value>,
+    view: &View,
+    kind: &str,
+    (_, mount_max): (i64, i64),
+) -> Result<Response, ApiError> {
+    let exported = match kind {
+        "internal" => false,
+        "exported" => true,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid type: use internal or exported",
+            ));
+        }
+    };
+    let common_name = opt_string(d, "common_name")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the common_name field is required"))?;
+    if common_name.len() > 64 || common_name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid common_name"));
+    }
+    let key_type = opt_string(d, "key_type")?.unwrap_or_else(|| "rsa".into());
+    let key_bits = match opt(d, "key_bits") {
+        Some(v) => u32::try_from(fields::int(v, "key_bits")?)
+            .map_err(|_| ApiError::bad_request("invalid key_bits"))?,
+        None => 0,
+    };
+    let (_, key_bits) = key_spec(&key_type, key_bits)?;
+    let ttl = ttl_field(d, mount_max, mount_max)?;
+    if load_ca(view).await?.is_some() {
+        return Err(ApiError::bad_request(
+            "a CA is already configured at this mount: delete it (DELETE root) before generating another",
+        ));
+    }
+    let now = now_secs();
+    let serial = new_serial();
+    let mut ca = Ca {
+        key: String::new(),
+        key_type: key_type.clone(),
+        key_bits,
+        common_name,
+        serial: serial_text(&serial),
+        not_before: now - BACKDATE_SECS,
+        not_after: now + ttl,
+        certificate: String::new(),
+    };
+    let kt = key_type.clone();
+    let key = tokio::task::spawn_blocking(move || generate_key(&kt, key_bits))
+        .await
+        .map_err(|e| ApiError::internal(format!("key generation: {e}")))??;
+    let params = ca_params(&ca)?;
+    let cert = params.self_signed(&key).map_err(rc_err)?;
+    let pkcs8 = Zeroizing::new(key.serialize_der());
+    ca.key = STANDARD.encode(&pkcs8[..]);
+    ca.certificate = cert.pem();
+    view.put("ca", &encode(&ca)?).await?;
+    let mut out = json!({
+        "certificate": ca.certificate,
+        "issuing_ca": ca.certificate,
+        "serial_number": ca.serial,
+        "expiration": ca.not_after,
+        "key_type": key_type,
+    });
+    if exported && let Some(o) = out.as_object_mut() {
+        o.insert("private_key".into(), json!(pem("PRIVATE KEY", &pkcs8)));
+        o.insert("private_key_type".into(), json!(ca.key_type));
+    }
+    Ok(Response::data(out))
+}
+
+// ------------------------------------------------------------ roles
+
+fn role_json(r: &Role) -> Value {
+    json!({
+        "allowed_domains": r.allowed_domains,
+        "allow_subdomains": r.allow_subdomains,
+        "allow_bare_domains": r.allow_bare_domains,
+        "allow_glob_domains": r.allow_glob_domains,
+        "allow_localhost": r.allow_localhost,
+        "allow_any_name": r.allow_any_name,
+        "enforce_hostnames": r.enforce_hostnames,
+        "allow_wildcard_certificates": false,
+        "allowed_uri_sans": r.allowed_uri_sans,
+        "allow_ip_sans": r.allow_ip_sans,
+        "server_flag": r.server_flag,
+        "client_flag": r.client_flag,
+        "key_type": r.key_type,
+        "key_bits": r.key_bits,
+        "ttl": r.ttl,
+        "max_ttl": r.max_ttl,
+        "no_store": r.no_store,
+    })
+}
+
+async fn write_role(
+    d: &Map<String, Value>,
+    view: &View,
+    name: &str,
+    (_, mount_max): (i64, i64),
+) -> Result<Response, ApiError> {
+    if opt_bool(d, "allow_wildcard_certificates", false)? {
+        return Err(ApiError::bad_request(
+            "allow_wildcard_certificates is not supported: wildcard certificates are never issued",
+        ));
+    }
+    let key_type = opt_string(d, "key_type")?.unwrap_or_else(|| "rsa".into());
+    let key_bits = match opt(d, "key_bits") {
+        Some(v) => u32::try_from(fields::int(v, "key_bits")?)
+            .map_err(|_| ApiError::bad_request("invalid key_bits"))?,
+        None => 0,
+    };
+    let (_, key_bits) = key_spec(&key_type, key_bits)?;
+    let secs = |f: &str| opt(d, f).map_or(Ok(0), |v| fields::duration_secs(v, f));
+    let (ttl, max_ttl) = (secs("ttl")?, secs("max_ttl")?);
+    if max_ttl > 0 && ttl > max_ttl {
+        return Err(ApiError::bad_request("ttl cannot be larger than max_ttl"));
+    }
+    if mount_max > 0 && max_ttl > mount_max {
+        return Err(ApiError::bad_request(
+            "max_ttl cannot be larger than the mount's max_lease_ttl",
+        ));
+    }
+    let allowed_domains = list(d, "allowed_domains")?;
+    for dom in &allowed_domains {
+        if dom.is_empty()
+            || dom
+                .bytes()
+                .any(|c| c.is_ascii_uppercase() || c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            return Err(ApiError::bad_request(
+                "allowed_domains must be lowercase names without spaces",
+            ));
+        }
+    }
+    let allowed_uri_sans = list(d, "allowed_uri_sans")?;
+    for u in &allowed_uri_sans {
+        if !u.contains("://")
+            || u.bytes()
+                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            return Err(ApiError::bad_request(
+                "allowed_uri_sans must be URIs (globs with * for one path segment)",
+            ));
+        }
+    }
+    let role = Role {
+        allowed_domains,
+        allow_subdomains: opt_bool(d, "allow_subdomains", false)?,
+        allow_bare_domains: opt_bool(d, "allow_bare_domains", false)?,
+        allow_glob_domains: opt_bool(d, "allow_glob_domains", false)?,
+        allow_localhost: opt_bool(d, "allow_localhost", true)?,
+        allow_any_name: opt_bool(d, "allow_any_name", false)?,
+        enforce_hostnames: opt_bool(d, "enforce_hostnames", true)?,
+        allowed_uri_sans,
+        allow_ip_sans: opt_bool(d, "allow_ip_sans", true)?,
+        server_flag: opt_bool(d, "server_flag", true)?,
+        client_flag: opt_bool(d, "client_flag", true)?,
+        key_type,
+        key_bits,
+        ttl,
+        max_ttl,
+        no_store: opt_bool(d, "no_store", false)?,
+    };
+    view.put(&format!("roles/{name}"), &encode(&role)?).await?;
+    Ok(Response::no_content())
+}
+
+// ------------------------------------------------------------ names
+
+/// A hostname as RFC 1123 writes it, lowercase: labels of letters, digits
+/// and `-` (not at either end), at most 63 bytes each and 253 in all.
+fn is_hostname(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+}
+
+/// go-glob's match (Vault's `allow_glob_domains`): `*` matches any run of
+/// characters, dots included.
+fn glob_any(pattern: &str, name: &str) -> bool {
+    glob(pattern.as_bytes(), name.as_bytes(), None)
+}
+
+/// `*` matches any run of characters except `sep` (when given).
+fn glob(p: &[u8], s: &[u8], sep: Option<u8>) -> bool {
+    // iterative matcher with backtracking to the last star
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star
+            && sep != Some(s[ss])
+        {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Whether the role lets a certificate carry this DNS name.
+fn dns_allowed(role: &Role, name: &str) -> Result<(), ApiError> {
+    let refuse = || {
+        ApiError::bad_request(format!("name {name} not allowed by this role"))
+            .audited_as("a name is not allowed by this role")
+    };
+    if name.starts_with("*.") || name.contains('*') {
+        return Err(ApiError::bad_request(format!(
+            "name {name} not allowed by this role: wildcard certificates are never issued"
+        ))
+        .audited_as("wildcard certificates are never issued"));
+    }
+    if role.enforce_hostnames && !is_hostname(name) {
+        return Err(ApiError::bad_request(format!(
+            "name {name} is not a valid lowercase hostname"
+        ))
+        .audited_as("a name is not a valid lowercase hostname"));
+    }
+    if role.allow_localhost && (name == "localhost" || name == "localdomain") {
+        return Ok(());
+    }
+    if role.allow_any_name {
+        return Ok(());
+    }
+    for d in &role.allowed_domains {
+        if role.allow_bare_domains && name == d {
+            return Ok(());
+        }
+        if role.allow_subdomains
+            && !d.contains('*')
+            && name.len() > d.len() + 1
+            && name.ends_with(d.as_str())
+            && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+        {
+            return Ok(());
+        }
+        if role.allow_glob_domains && d.contains('*') && glob_any(d, name) {
+            return Ok(());
+        }
+    }
+    Err(refuse())
+}
+
+/// Whether the role lets a certificate carry this URI: one of
+/// `allowed_uri_sans`, where `*` matches within one path segment.
+fn uri_allowed(role: &Role, uri: &str) -> Result<(), ApiError> {
+    // no empty path segment: a `*` would match it
+    let canonical = url::Url::parse(uri).ok().is_some_and(|u| {
+        u.as_str() == uri && u.has_host() && !u.path().contains("//") && !u.path().ends_with('/')
+    });
+    if !canonical {
+        return Err(ApiError::bad_request(format!(
+            "invalid URI SAN {uri}: it must be an absolute URI in canonical form"
+        ))
+        .audited_as("invalid URI SAN: it must be an absolute URI in canonical form"));
+    }
+    if role
+        .allowed_uri_sans
+        .iter()
+        .any(|p| glob(p.as_bytes(), uri.as_bytes(), Some(b'/')))
+    {
+        return Ok(());
+    }
+    Err(
+        ApiError::bad_request(format!("URI SAN {uri} not allowed by this role"))
+            .audited_as("a URI SAN is not allowed by this role"),
+    )
+}
+
+// ------------------------------------------------------------ issue
+
+async fn issue(
+    d: &Map<String, Value>,
+    view: &View,
+    role_name: &str,
+    (mount_default, mount_max): (i64, i64),
+) -> Result<Response, ApiError> {
+    let role: Role = match view.get(&format!("roles/{role_name}")).await? {
+        Some(b) => decode(&b)?,
+        None => {
+            return Err(ApiError::bad_request(format!("unknown role: {role_name}")));
+        }
+    };
+    let ca = require_ca(view).await?;
+    let common_name = opt_string(d, "common_name")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the common_name field is required"))?;
+    let mut dns = vec![common_name.clone()];
+    dns.extend(list(d, "alt_names")?);
+    let ip_text = list(d, "ip_sans")?;
+    let uris = list(d, "uri_sans")?;
+    if dns.len() + ip_text.len() + uris.len() > MAX_NAMES {
+        return Err(ApiError::bad_request(format!(
+            "a certificate carries at most {MAX_NAMES} names"
+        )));
+    }
+    for n in &dns {
+        dns_allowed(&role, n)?;
+    }
+    let mut ips = Vec::new();
+    for t in &ip_text {
+        let ip: IpAddr = t
+            .parse()
+            .ok()
+            .filter(|ip: &IpAddr| ip.to_string() == *t)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("invalid IP SAN {t}")).audited_as("invalid IP SAN")
+            })?;
+        if !role.allow_ip_sans {
+            return Err(ApiError::bad_request(
+                "IP Subject Alternative Names are not allowed in this role",
+            ));
+        }
+        ips.push(ip);
+    }
+    for u in &uris {
+        uri_allowed(&role, u)?;
+    }
+    if opt(d, "other_sans").is_some()
+        || opt(d, "exclude_cn_from_sans").is_some_and(|v| v != &json!(false))
+    {
+        return Err(ApiError::bad_request(
+            "other_sans and exclude_cn_from_sans are not supported",
+        ));
+    }
+    let max = match (role.max_ttl, mount_max) {
+        (0, m) => m,
+        (r, 0) => r,
+        (r, m) => r.min(m),
+    };
+    let default = if role.ttl > 0 {
+        role.ttl
+    } else {
+        mount_default
+    };
+    let ttl = ttl_field(d, default.min(max), max)?;
+    let now = now_secs();
+    let not_after = now + ttl;
+    if not_after > ca.not_after {
+        return Err(ApiError::bad_request(format!(
+            "cannot satisfy request, as the TTL would result in a certificate that expires after the CA (at {})",
+            palisade_core::rfc3339(ca.not_after.saturating_mul(1_000_000_000))
+        )));
+    }
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name.as_str());
+    params.distinguished_name = dn;
+    let mut sans = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &dns {
+        if seen.insert(n.clone()) {
+            sans.push(SanType::DnsName(
+                n.as_str()
+                    .try_into()
+                    .map_err(|_| ApiError::bad_request("invalid DNS name"))?,
+            ));
+        }
+    }
+    for ip in &ips {
+        sans.push(SanType::IpAddress(*ip));
+    }
+    for u in &uris {
+        sans.push(SanType::URI(
+            u.as_str()
+                .try_into()
+                .map_err(|_| ApiError::bad_request("invalid URI SAN"))?,
+        ));
+    }
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    if role.server_flag {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if role.client_flag {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    params.not_before = time_at(now - BACKDATE_SECS)?;
+    params.not_after = time_at(not_after)?;
+    let serial = new_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+
+    let (kt, kb) = (role.key_type.clone(), role.key_bits);
+    let ca2 = ca.clone();
+    let (cert_pem, key_der) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let key = generate_key(&kt, kb)?;
+        let issuer = Issuer::new(ca_params(&ca2)?, ca_key(&ca2)?);
+        let cert = params.signed_by(&key, &issuer).map_err(rc_err)?;
+        Ok((cert.pem(), Zeroizing::new(key.serialize_der())))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("issue: {e}")))??;
+
+    let serial_s = serial_text(&serial);
+    if !role.no_store {
+        let stored = StoredCert {
+            certificate: cert_pem.clone(),
+            not_after,
+            revocation_time: 0,
+        };
+        view.put(
+            &format!("certs/{}", storage_serial(&serial_s)),
+            &encode(&stored)?,
+        )
+        .await?;
+    }
+    Ok(Response::data(json!({
+        "certificate": cert_pem,
+        "issuing_ca": ca.certificate,
+        "ca_chain": [ca.certificate],
+        "private_key": pem("PRIVATE KEY", &key_der),
+        "private_key_type": role.key_type,
+        "serial_number": serial_s,
+        "expiration": not_after,
+    })))
+}
+
+async fn read_cert(view: &View, serial: &str) -> Result<Response, ApiError> {
+    let (s, _) = parse_serial(serial)?;
+    match view.get(&format!("certs/{}", storage_serial(&s))).await? {
+        Some(b) => {
+            let c: StoredCert = decode(&b)?;
+            Ok(Response::data(json!({
+                "certificate": c.certificate,
+                "revocation_time": c.revocation_time,
+            })))
+        }
+        None => Err(ApiError::not_found()),
+    }
+}
+
+// ------------------------------------------------------------ revocation
+
+async fn revoke(d: &Map<String, Value>, view: &View) -> Result<Response, ApiError> {
+    let serial = opt_string(d, "serial_number")?
+        .ok_or_else(|| ApiError::bad_request("the serial_number field is required"))?;
+    let (s, _) = parse_serial(&serial)?;
+    let key = format!("certs/{}", storage_serial(&s));
+    let ca = require_ca(view).await?;
+    if s == ca.serial {
+        return Err(ApiError::bad_request(
+            "the CA's own certificate cannot be revoked here: delete the CA",
+        ));
+    }
+    let mut c: StoredCert = match view.get(&key).await? {
+        Some(b) => decode(&b)?,
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "certificate with serial {s} not found (certificates issued with no_store cannot be revoked)"
+            )));
+        }
+    };
+    if c.revocation_time == 0 {
+        c.revocation_time = now_secs();
+        view.put(&key, &encode(&c)?).await?;
+        view.put(
+            &format!("revoked/{}", storage_serial(&s)),
+            c.revocation_time.to_string().as_bytes(),
+        )
+        .await?;
+    }
+    Ok(Response::data(
+        json!({ "revocation_time": c.revocation_time }),
+    ))
+}
+
+/// The CRL, DER and PEM, signed now by the CA: every revoked certificate
+/// that has not expired.
+async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
+    let ca = require_ca(view).await?;
+    let now = now_secs();
+    let mut revoked = Vec::new();
+    for k in view.list("revoked/").await? {
+        let Some(b) = view.get(&format!("revoked/{k}")).await? else {
+            continue;
+        };
+        let at: i64 = std::str::from_utf8(&b)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(now);
+        let (_, bytes) = parse_serial(&k)?;
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&bytes),
+            revocation_time: time_at(at)?,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: time_at(now - BACKDATE_SECS)?,
+        next_update: time_at((now + CRL_VALIDITY_SECS).min(ca.not_after.max(now + 1)))?,
+        crl_number: SerialNumber::from(u64::try_from(now).unwrap_or(0)),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let issuer = Issuer::new(ca_params(&ca)?, ca_key(&ca)?);
+    let crl = params.signed_by(&issuer).map_err(rc_err)?;
+    let pem = crl.pem().map_err(rc_err)?;
+    Ok((crl.der().to_vec(), pem))
+}
+
+async fn tidy(d: &Map<String, Value>, view: &View) -> Result<Response, ApiError> {
+    let certs = opt_bool(d, "tidy_cert_store", false)?;
+    let revoked = opt_bool(d, "tidy_revoked_certs", false)?;
+    if !certs && !revoked {
+        return Err(ApiError::bad_request(
+            "at least one of tidy_cert_store or tidy_revoked_certs must be set",
+        ));
+    }
+    let buffer = match opt(d, "safety_buffer") {
+        Some(v) => fields::duration_secs(v, "safety_buffer")?,
+        None => TIDY_BUFFER_SECS,
+    };
+    let cutoff = now_secs() - buffer;
+    let mut removed = 0;
+    for k in view.list("certs/").await? {
+        let Some(b) = view.get(&format!("certs/{k}")).await? else {
+            continue;
+        };
+        let c: StoredCert = decode(&b)?;
+        if c.not_after >= cutoff {
+            continue;
+        }
+        let is_revoked = c.revocation_time != 0;
+        if (is_revoked && revoked) || (!is_revoked && certs) {
+            view.delete(&format!("certs/{k}")).await?;
+            view.delete(&format!("revoked/{k}")).await?;
+            removed += 1;
+        }
+    }
+    Ok(Response::data(json!({ "removed": removed })).with_status(202))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_go_glob_or_within_one_segment() {
+        assert!(glob_any("*.example.com", "a.b.example.com"));
+        assert!(glob_any("svc-*.example.com", "svc-1.example.com"));
+        assert!(!glob_any("svc-*.example.com", "svc-1.example.org"));
+        let seg = |p: &str, s: &str| glob(p.as_bytes(), s.as_bytes(), Some(b'/'));
+        assert!(seg(
+            "spiffe://prod.example/ns/*/sa/*",
+            "spiffe://prod.example/ns/shop/sa/api"
+        ));
+        assert!(!seg(
+            "spiffe://prod.example/ns/*/sa/*",
+            "spiffe://prod.example/ns/a/b/sa/api"
+        ));
+        assert!(!seg(
+            "spiffe://prod.example/ns/*/sa/*",
+            "spiffe://prod.example/ns/shop/sa/api/x"
+        ));
+        assert!(!seg(
+            "spiffe://prod.example/ns/*/sa/*",
+            "spiffe://prod.example.evil/ns/a/sa/b"
+        ));
+        assert!(
+            seg(
+                "spiffe://prod.example/ns/*/sa/*",
+                "spiffe://prod.example/ns//sa/"
+            ),
+            "empty segments are refused before the glob (uri_allowed)"
+        );
+    }
+
+    #[test]
+    fn serials_are_read_in_vaults_forms_only() {
+        assert_eq!(parse_serial("0a:ff").unwrap().0, "0a:ff");
+        assert_eq!(parse_serial("0a-ff").unwrap().0, "0a:ff");
+        for bad in ["", "0a:f", "0a::ff", "zz", "0a:ff-01", "../x", "0A:FF"] {
+            assert!(parse_serial(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostnames_are_lowercase_rfc_1123() {
+        for ok in ["a.example.com", "x-1.y", "localhost"] {
+            assert!(is_hostname(ok), "{ok}");
+        }
+        for bad in [
+            "A.example.com",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "",
+            "a_b.com",
+            "a b",
+            "é.com",
+        ] {
+            assert!(!is_hostname(bad), "{bad}");
+        }
+    }
+}

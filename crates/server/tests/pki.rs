@@ -1,0 +1,650 @@
+//! The PKI engine over HTTP: a root CA, roles and their name rules, issue,
+//! revocation and the CRL, tidy; chains and CRLs checked by an independent
+//! tool (`openssl verify`), private keys kept out of the audit log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn pki() -> TestServer {
+    let s = TestServer::dev().await;
+    // as Vault's tutorials do: a CA needs a mount max TTL above the system's
+    let r = s
+        .post(
+            "sys/mounts/pki",
+            &s.root,
+            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "mount pki: {}", r.text);
+    s
+}
+
+async fn ok(s: &TestServer, path: &str, body: Value) -> Value {
+    let r = s.post(path, &s.root, body).await;
+    assert!(r.status == 200 || r.status == 204, "{path}: {}", r.text);
+    r.data().clone()
+}
+
+async fn err(s: &TestServer, path: &str, body: Value, status: u16, msg: &str) {
+    let r = s.post(path, &s.root, body).await;
+    assert_error(&r, status, msg);
+}
+
+/// A CA (ec, 10 years) and a role for `svc.example.com` names and SPIFFE
+/// IDs of the `prod.example` trust domain.
+async fn with_role(s: &TestServer) {
+    ok(
+        s,
+        "pki/root/generate/internal",
+        json!({"common_name": "Palisade Test Root", "key_type": "ec", "ttl": "87600h"}),
+    )
+    .await;
+    ok(
+        s,
+        "pki/roles/svc",
+        json!({
+            "allowed_domains": ["svc.example.com"],
+            "allow_subdomains": true,
+            "allowed_uri_sans": ["spiffe://prod.example/ns/*/sa/*"],
+            "key_type": "ec",
+            "max_ttl": "720h",
+            "ttl": "24h",
+        }),
+    )
+    .await;
+}
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn a_root_ca_is_made_once_and_published() {
+    let s = pki().await;
+    err(
+        &s,
+        "pki/root/generate/internal",
+        json!({}),
+        400,
+        "the common_name field is required",
+    )
+    .await;
+    err(
+        &s,
+        "pki/root/generate/internal",
+        json!({"common_name": "x", "key_type": "dsa"}),
+        400,
+        "unknown key_type dsa: use rsa, ec or ed25519",
+    )
+    .await;
+    err(
+        &s,
+        "pki/root/generate/internal",
+        json!({"common_name": "x", "key_type": "ec", "key_bits": 521}),
+        400,
+        "unsupported key_bits 521 for key_type ec",
+    )
+    .await;
+    let r = s.get("pki/ca/pem", &s.root).await;
+    assert_error(
+        &r,
+        400,
+        "no CA is configured at this mount: generate one with root/generate",
+    );
+
+    let d = ok(
+        &s,
+        "pki/root/generate/internal",
+        json!({"common_name": "Root", "key_type": "ed25519", "ttl": "8760h"}),
+    )
+    .await;
+    assert!(
+        d["certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert!(
+        d.get("private_key").is_none(),
+        "internal keeps the key: {d}"
+    );
+    let serial = d["serial_number"].as_str().unwrap().to_string();
+    assert_eq!(serial.len(), 59, "20 bytes as xx:xx: {serial}");
+    err(&s, "pki/root/generate/exported", json!({"common_name": "Again"}), 400, "a CA is already configured at this mount: delete it (DELETE root) before generating another").await;
+
+    // ca/pem is the PEM itself, not JSON
+    let r = s
+        .send(
+            "GET",
+            "pki/ca/pem",
+            &[("X-Vault-Token", s.root.clone())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/pem-certificate-chain")
+    );
+    assert_eq!(r.text, d["certificate"].as_str().unwrap());
+    let r = s.get("pki/cert/ca", &s.root).await;
+    assert_eq!(r.data()["certificate"], d["certificate"]);
+
+    // exported hands the key out once; a new CA after DELETE root
+    let r = s.delete("pki/root", &s.root).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let d = ok(
+        &s,
+        "pki/root/generate/exported",
+        json!({"common_name": "Root 2", "key_type": "ec"}),
+    )
+    .await;
+    assert!(
+        d["private_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    assert_eq!(d["private_key_type"], "ec");
+}
+
+#[tokio::test]
+async fn issued_chains_verify_with_openssl_and_carry_only_what_the_role_allows() {
+    let s = pki().await;
+    with_role(&s).await;
+    let d = ok(
+        &s,
+        "pki/issue/svc",
+        json!({
+            "common_name": "orders.svc.example.com",
+            "alt_names": "api.orders.svc.example.com",
+            "ip_sans": "10.0.0.7",
+            "uri_sans": "spiffe://prod.example/ns/shop/sa/orders",
+        }),
+    )
+    .await;
+    for f in ["certificate", "issuing_ca", "private_key", "serial_number"] {
+        assert!(d[f].is_string(), "{f}: {d}");
+    }
+    assert_eq!(d["ca_chain"][0], d["issuing_ca"]);
+    assert_eq!(d["private_key_type"], "ec");
+    let ttl = d["expiration"].as_i64().unwrap() - palisade_core::now_nanos() / 1_000_000_000;
+    assert!((86_000..=86_400).contains(&ttl), "the role's ttl: {ttl}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", d["issuing_ca"].as_str().unwrap());
+    let leaf = write(dir.path(), "leaf.pem", d["certificate"].as_str().unwrap());
+    let (ok_, out) = openssl(&["verify", "-CAfile", &ca, "-purpose", "sslserver", &leaf]);
+    assert!(ok_, "{out}");
+    let (ok_, out) = openssl(&["verify", "-CAfile", &ca, "-purpose", "sslclient", &leaf]);
+    assert!(ok_, "{out}");
+    let (_, text) = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+    for needle in [
+        "DNS:orders.svc.example.com",
+        "DNS:api.orders.svc.example.com",
+        "IP Address:10.0.0.7",
+        "URI:spiffe://prod.example/ns/shop/sa/orders",
+        "CA:FALSE",
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    // the key is the certificate's key
+    let key = write(dir.path(), "key.pem", d["private_key"].as_str().unwrap());
+    let (_, a) = openssl(&["pkey", "-in", &key, "-pubout"]);
+    let (_, b) = openssl(&["x509", "-in", &leaf, "-noout", "-pubkey"]);
+    assert_eq!(a, b);
+    // a certificate from another CA does not verify against this one
+    let other = pki().await;
+    with_role(&other).await;
+    let o = ok(
+        &other,
+        "pki/issue/svc",
+        json!({"common_name": "orders.svc.example.com"}),
+    )
+    .await;
+    let foreign = write(
+        dir.path(),
+        "foreign.pem",
+        o["certificate"].as_str().unwrap(),
+    );
+    let (ok_, _) = openssl(&["verify", "-CAfile", &ca, &foreign]);
+    assert!(!ok_, "a foreign certificate must not verify");
+}
+
+#[tokio::test]
+async fn names_outside_the_role_are_refused_with_a_clear_error() {
+    let s = pki().await;
+    with_role(&s).await;
+    let issue = |body: Value| body;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            issue(json!({"common_name": "svc.example.com"})),
+            "name svc.example.com not allowed by this role",
+        ),
+        (
+            issue(json!({"common_name": "evil.com"})),
+            "name evil.com not allowed by this role",
+        ),
+        (
+            issue(json!({"common_name": "x.svc.example.com.evil.com"})),
+            "name x.svc.example.com.evil.com not allowed by this role",
+        ),
+        (
+            issue(json!({"common_name": "xsvc.example.com"})),
+            "name xsvc.example.com not allowed by this role",
+        ),
+        (
+            issue(json!({"common_name": "A.svc.example.com"})),
+            "name A.svc.example.com is not a valid lowercase hostname",
+        ),
+        (
+            issue(json!({"common_name": "*.svc.example.com"})),
+            "name *.svc.example.com not allowed by this role: wildcard certificates are never issued",
+        ),
+        (
+            issue(json!({"common_name": "a.svc.example.com", "alt_names": "b.example.org"})),
+            "name b.example.org not allowed by this role",
+        ),
+        (
+            issue(
+                json!({"common_name": "a.svc.example.com", "uri_sans": "spiffe://prod.example/ns/a/b/sa/c"}),
+            ),
+            "URI SAN spiffe://prod.example/ns/a/b/sa/c not allowed by this role",
+        ),
+        (
+            issue(
+                json!({"common_name": "a.svc.example.com", "uri_sans": "spiffe://prod.example.evil/ns/a/sa/c"}),
+            ),
+            "URI SAN spiffe://prod.example.evil/ns/a/sa/c not allowed by this role",
+        ),
+        (
+            issue(
+                json!({"common_name": "a.svc.example.com", "uri_sans": "spiffe://prod.example/ns//sa/c"}),
+            ),
+            "invalid URI SAN spiffe://prod.example/ns//sa/c: it must be an absolute URI in canonical form",
+        ),
+        (
+            issue(
+                json!({"common_name": "a.svc.example.com", "uri_sans": "SPIFFE://prod.example/ns/a/sa/c"}),
+            ),
+            "invalid URI SAN SPIFFE://prod.example/ns/a/sa/c: it must be an absolute URI in canonical form",
+        ),
+        (
+            issue(json!({"common_name": "a.svc.example.com", "ip_sans": "010.0.0.1"})),
+            "invalid IP SAN 010.0.0.1",
+        ),
+        (
+            issue(json!({"common_name": "a.svc.example.com", "ttl": "721h"})),
+            "the requested ttl is longer than the role's or the mount's max_ttl",
+        ),
+        (issue(json!({})), "the common_name field is required"),
+    ];
+    for (body, msg) in cases {
+        err(&s, "pki/issue/svc", body, 400, msg).await;
+    }
+    err(
+        &s,
+        "pki/issue/nope",
+        json!({"common_name": "a.svc.example.com"}),
+        400,
+        "unknown role: nope",
+    )
+    .await;
+    // bare domains and globs when the role says so; localhost by default
+    ok(
+        &s,
+        "pki/roles/bare",
+        json!({"allowed_domains": "example.net", "allow_bare_domains": true, "key_type": "ec"}),
+    )
+    .await;
+    ok(&s, "pki/issue/bare", json!({"common_name": "example.net"})).await;
+    ok(&s, "pki/issue/bare", json!({"common_name": "localhost"})).await;
+    err(
+        &s,
+        "pki/issue/bare",
+        json!({"common_name": "a.example.net"}),
+        400,
+        "name a.example.net not allowed by this role",
+    )
+    .await;
+    ok(&s, "pki/roles/glob", json!({"allowed_domains": "svc-*.example.net", "allow_glob_domains": true, "allow_localhost": false, "allow_ip_sans": false, "key_type": "ed25519"})).await;
+    ok(
+        &s,
+        "pki/issue/glob",
+        json!({"common_name": "svc-orders.example.net"}),
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/glob",
+        json!({"common_name": "localhost"}),
+        400,
+        "name localhost not allowed by this role",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/glob",
+        json!({"common_name": "svc-a.example.net", "ip_sans": "10.0.0.1"}),
+        400,
+        "IP Subject Alternative Names are not allowed in this role",
+    )
+    .await;
+    // nothing was stored for the refusals: only the four certificates issued
+    let r = s.list("pki/certs", &s.root).await;
+    assert_eq!(r.data()["keys"].as_array().unwrap().len(), 3, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_certificate_never_outlives_its_ca() {
+    let s = pki().await;
+    ok(
+        &s,
+        "pki/root/generate/internal",
+        json!({"common_name": "Short Root", "key_type": "ec", "ttl": "2h"}),
+    )
+    .await;
+    ok(
+        &s,
+        "pki/roles/r",
+        json!({"allow_any_name": true, "key_type": "ec", "max_ttl": "720h"}),
+    )
+    .await;
+    let r = s
+        .post(
+            "pki/issue/r",
+            &s.root,
+            json!({"common_name": "a.example.com", "ttl": "3h"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.body["errors"][0].as_str().unwrap().starts_with("cannot satisfy request, as the TTL would result in a certificate that expires after the CA"), "{}", r.text);
+    ok(
+        &s,
+        "pki/issue/r",
+        json!({"common_name": "a.example.com", "ttl": "1h"}),
+    )
+    .await;
+    err(
+        &s,
+        "pki/roles/r2",
+        json!({"ttl": "2h", "max_ttl": "1h"}),
+        400,
+        "ttl cannot be larger than max_ttl",
+    )
+    .await;
+    err(
+        &s,
+        "pki/roles/r2",
+        json!({"allow_wildcard_certificates": true}),
+        400,
+        "allow_wildcard_certificates is not supported: wildcard certificates are never issued",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn revoked_serials_appear_in_the_crl_and_fail_openssl_verification() {
+    let s = pki().await;
+    with_role(&s).await;
+    let a = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com"}),
+    )
+    .await;
+    let b = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "b.svc.example.com"}),
+    )
+    .await;
+    let serial = a["serial_number"].as_str().unwrap().to_string();
+    let r = s.list("pki/certs", &s.root).await;
+    assert!(
+        r.data()["keys"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(serial)),
+        "{}",
+        r.text
+    );
+    let r = s.get(&format!("pki/cert/{serial}"), &s.root).await;
+    assert_eq!(
+        (
+            r.data()["certificate"].clone(),
+            r.data()["revocation_time"].clone()
+        ),
+        (a["certificate"].clone(), json!(0))
+    );
+
+    let d = ok(&s, "pki/revoke", json!({"serial_number": serial})).await;
+    assert!(d["revocation_time"].as_i64().unwrap() > 0);
+    let r = s
+        .get(&format!("pki/cert/{}", serial.replace(':', "-")), &s.root)
+        .await;
+    assert_eq!(r.data()["revocation_time"], d["revocation_time"]);
+    err(&s, "pki/revoke", json!({"serial_number": "01:02"}), 400, "certificate with serial 01:02 not found (certificates issued with no_store cannot be revoked)").await;
+    err(
+        &s,
+        "pki/revoke",
+        json!({"serial_number": "not-a-serial"}),
+        400,
+        "invalid serial number",
+    )
+    .await;
+
+    let r = s
+        .send(
+            "GET",
+            "pki/crl/pem",
+            &[("X-Vault-Token", s.root.clone())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let crl = write(dir.path(), "crl.pem", &r.text);
+    let ca = write(dir.path(), "ca.pem", a["issuing_ca"].as_str().unwrap());
+    let (ok_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text", "-CAfile", &ca]);
+    assert!(
+        ok_ && text.contains("verify OK"),
+        "the CRL is signed by the CA: {text}"
+    );
+    let hex = serial.replace(':', "").to_uppercase();
+    assert!(text.contains(&hex), "serial {hex} in the CRL:\n{text}");
+    let leaf_a = write(dir.path(), "a.pem", a["certificate"].as_str().unwrap());
+    let leaf_b = write(dir.path(), "b.pem", b["certificate"].as_str().unwrap());
+    let (ok_, out) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        &ca,
+        "-CRLfile",
+        &crl,
+        &leaf_a,
+    ]);
+    assert!(!ok_ && out.contains("certificate revoked"), "{out}");
+    let (ok_, out) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        &ca,
+        "-CRLfile",
+        &crl,
+        &leaf_b,
+    ]);
+    assert!(ok_, "{out}");
+    // the DER form is the same CRL
+    let r = s
+        .send("GET", "pki/crl", &[("X-Vault-Token", s.root.clone())], None)
+        .await;
+    assert_eq!(r.header("content-type"), Some("application/pkix-crl"));
+
+    // no_store: issued, not listed, not revocable
+    ok(&s, "pki/roles/eph", json!({"allowed_domains": "svc.example.com", "allow_subdomains": true, "no_store": true, "key_type": "ec"})).await;
+    let e = ok(
+        &s,
+        "pki/issue/eph",
+        json!({"common_name": "e.svc.example.com"}),
+    )
+    .await;
+    let es = e["serial_number"].as_str().unwrap();
+    let r = s.get(&format!("pki/cert/{es}"), &s.root).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn tidy_removes_expired_certificates_only() {
+    let s = pki().await;
+    with_role(&s).await;
+    let short = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "s.svc.example.com", "ttl": "1s"}),
+    )
+    .await;
+    let long = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "l.svc.example.com"}),
+    )
+    .await;
+    err(
+        &s,
+        "pki/tidy",
+        json!({}),
+        400,
+        "at least one of tidy_cert_store or tidy_revoked_certs must be set",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = s
+        .post(
+            "pki/tidy",
+            &s.root,
+            json!({"tidy_cert_store": true, "safety_buffer": "0s"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.data()["removed"].clone()),
+        (202, json!(1)),
+        "{}",
+        r.text
+    );
+    let r = s
+        .get(
+            &format!("pki/cert/{}", short["serial_number"].as_str().unwrap()),
+            &s.root,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = s
+        .get(
+            &format!("pki/cert/{}", long["serial_number"].as_str().unwrap()),
+            &s.root,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn roles_need_create_to_be_made_and_issue_needs_its_own_path() {
+    let s = pki().await;
+    with_role(&s).await;
+    let update = s
+        .token_with(r#"path "pki/roles/*" { capabilities = ["update"] }"#)
+        .await;
+    let r = s
+        .post("pki/roles/new", &update.id, json!({"allow_any_name": true}))
+        .await;
+    assert_denied(&r);
+    let r = s.post("pki/roles/svc", &update.id, json!({"allowed_domains": "svc.example.com", "allow_subdomains": true, "key_type": "ec"})).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let issuer = s
+        .token_with(r#"path "pki/issue/svc" { capabilities = ["update"] }"#)
+        .await;
+    let r = s
+        .post(
+            "pki/issue/svc",
+            &issuer.id,
+            json!({"common_name": "a.svc.example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .post(
+            "pki/root/generate/internal",
+            &issuer.id,
+            json!({"common_name": "x"}),
+        )
+        .await;
+    assert_denied(&r);
+    let r = s
+        .post("pki/revoke", &issuer.id, json!({"serial_number": "01"}))
+        .await;
+    assert_denied(&r);
+}
+
+#[tokio::test]
+async fn private_keys_never_reach_the_audit_log() {
+    let s = pki().await;
+    let audit = s.enable_audit("file").await;
+    let root = ok(
+        &s,
+        "pki/root/generate/exported",
+        json!({"common_name": "Root", "key_type": "ec"}),
+    )
+    .await;
+    ok(
+        &s,
+        "pki/roles/r",
+        json!({"allow_any_name": true, "key_type": "ec"}),
+    )
+    .await;
+    let leaf = ok(&s, "pki/issue/r", json!({"common_name": "a.example.com"})).await;
+    let log = std::fs::read_to_string(&audit).unwrap();
+    for key in [&root["private_key"], &leaf["private_key"]] {
+        let body: String = key
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(
+            !log.contains(&body[..40]),
+            "a private key is in the audit log"
+        );
+    }
+    assert!(log.contains("pki/issue/r"));
+}
