@@ -46,6 +46,7 @@ MODULES=(
   tests/integration_tests/api/secrets_engines/test_kv_v1.py
   tests/integration_tests/api/secrets_engines/test_kv_v2.py
   tests/integration_tests/api/secrets_engines/test_transit.py
+  tests/integration_tests/api/secrets_engines/test_pki.py
   tests/integration_tests/v1/test_approle.py
   tests/integration_tests/v1/test_integration.py
   tests/integration_tests/v1/test_system_backend.py

@@ -360,9 +360,9 @@ async fn names_outside_the_role_are_refused_with_a_clear_error() {
         "IP Subject Alternative Names are not allowed in this role",
     )
     .await;
-    // nothing was stored for the refusals: only the four certificates issued
+    // nothing was stored for the refusals: the CA and the three certificates issued
     let r = s.list("pki/certs", &s.root).await;
-    assert_eq!(r.data()["keys"].as_array().unwrap().len(), 3, "{}", r.text);
+    assert_eq!(r.data()["keys"].as_array().unwrap().len(), 4, "{}", r.text);
 }
 
 #[tokio::test]
@@ -540,14 +540,12 @@ async fn tidy_removes_expired_certificates_only() {
         json!({"common_name": "l.svc.example.com"}),
     )
     .await;
-    err(
-        &s,
-        "pki/tidy",
-        json!({}),
-        400,
-        "at least one of tidy_cert_store or tidy_revoked_certs must be set",
-    )
-    .await;
+    let r = s.post("pki/tidy", &s.root, json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"][0],
+        "nothing to tidy: set tidy_cert_store or tidy_revoked_certs"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let r = s
         .post(
@@ -647,4 +645,123 @@ async fn private_keys_never_reach_the_audit_log() {
         );
     }
     assert!(log.contains("pki/issue/r"));
+}
+
+#[tokio::test]
+async fn urls_are_written_into_new_certificates_and_the_crl_follows_its_configuration() {
+    let s = pki().await;
+    with_role(&s).await;
+    let r = s.get("pki/config/urls", &s.root).await;
+    assert_eq!(r.data()["issuing_certificates"], json!([]));
+    err(
+        &s,
+        "pki/config/urls",
+        json!({"issuing_certificates": "ftp://x.example/ca"}),
+        400,
+        "invalid URL ftp://x.example/ca: use an absolute http or https URL in canonical form",
+    )
+    .await;
+    err(
+        &s,
+        "pki/config/urls",
+        json!({"crl_distribution_points": "http://X.example/crl"}),
+        400,
+        "invalid URL http://X.example/crl: use an absolute http or https URL in canonical form",
+    )
+    .await;
+    ok(
+        &s,
+        "pki/config/urls",
+        json!({
+            "issuing_certificates": ["https://vault.example/v1/pki/ca"],
+            "crl_distribution_points": ["https://vault.example/v1/pki/crl"],
+            "ocsp_servers": ["https://ocsp.example/"],
+        }),
+    )
+    .await;
+    let r = s.get("pki/config/urls", &s.root).await;
+    assert_eq!(
+        r.data()["crl_distribution_points"],
+        json!(["https://vault.example/v1/pki/crl"])
+    );
+    let d = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = write(dir.path(), "leaf.pem", d["certificate"].as_str().unwrap());
+    let (_, text) = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+    for needle in [
+        "X509v3 CRL Distribution Points",
+        "URI:https://vault.example/v1/pki/crl",
+        "Authority Information Access",
+        "CA Issuers - URI:https://vault.example/v1/pki/ca",
+        "OCSP - URI:https://ocsp.example/",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    let ca = write(dir.path(), "ca.pem", d["issuing_ca"].as_str().unwrap());
+    let (ok_, out) = openssl(&["verify", "-CAfile", &ca, &leaf]);
+    assert!(ok_, "{out}");
+
+    // a disabled CRL is still signed, and lists nothing
+    ok(
+        &s,
+        "pki/revoke",
+        json!({"serial_number": d["serial_number"]}),
+    )
+    .await;
+    ok(
+        &s,
+        "pki/config/crl",
+        json!({"expiry": "24h", "disable": true}),
+    )
+    .await;
+    let r = s.get("pki/config/crl", &s.root).await;
+    assert_eq!(
+        (r.data()["expiry"].clone(), r.data()["disable"].clone()),
+        (json!("86400s"), json!(true))
+    );
+    let r = s
+        .send(
+            "GET",
+            "pki/crl/pem",
+            &[("X-Vault-Token", s.root.clone())],
+            None,
+        )
+        .await;
+    let crl = write(dir.path(), "crl.pem", &r.text);
+    let (_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text"]);
+    assert!(text.contains("No Revoked Certificates"), "{text}");
+    ok(&s, "pki/config/crl", json!({"disable": false})).await;
+    let r = s
+        .send(
+            "GET",
+            "pki/crl/pem",
+            &[("X-Vault-Token", s.root.clone())],
+            None,
+        )
+        .await;
+    let crl = write(dir.path(), "crl2.pem", &r.text);
+    let (_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text"]);
+    assert!(
+        text.contains(
+            &d["serial_number"]
+                .as_str()
+                .unwrap()
+                .replace(':', "")
+                .to_uppercase()
+        ),
+        "{text}"
+    );
+    err(
+        &s,
+        "pki/config/crl",
+        json!({"expiry": "0s"}),
+        400,
+        "expiry must be a positive duration",
+    )
+    .await;
 }

@@ -75,6 +75,31 @@ struct Role {
     no_store: bool,
 }
 
+/// `config/crl`.
+#[derive(Clone, Serialize, Deserialize)]
+struct CrlConfig {
+    expiry: i64,
+    disable: bool,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            expiry: CRL_VALIDITY_SECS,
+            disable: false,
+        }
+    }
+}
+
+/// `config/urls`: written into every certificate issued afterwards (CRL
+/// distribution points; Authority Information Access for the others).
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Urls {
+    issuing_certificates: Vec<String>,
+    crl_distribution_points: Vec<String>,
+    ocsp_servers: Vec<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredCert {
     certificate: String,
@@ -227,6 +252,65 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+async fn load_or_default<T: Default + for<'de> Deserialize<'de>>(
+    view: &View,
+    key: &str,
+) -> Result<T, ApiError> {
+    Ok(match view.get(key).await? {
+        Some(b) => decode(&b)?,
+        None => T::default(),
+    })
+}
+
+/// A URL for `config/urls`: absolute http(s), in canonical form.
+fn check_url(u: &str) -> Result<(), ApiError> {
+    let ok = url::Url::parse(u)
+        .ok()
+        .is_some_and(|p| p.as_str() == u && matches!(p.scheme(), "http" | "https") && p.has_host());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid URL {u}: use an absolute http or https URL in canonical form"
+        ))
+        .audited_as("invalid URL: use an absolute http or https URL in canonical form"))
+    }
+}
+
+/// The Authority Information Access extension (RFC 5280 4.2.2.1): where
+/// the issuer's certificate (caIssuers) and OCSP are.
+fn aia_extension(urls: &Urls) -> Option<rcgen::CustomExtension> {
+    if urls.issuing_certificates.is_empty() && urls.ocsp_servers.is_empty() {
+        return None;
+    }
+    let methods: Vec<(&[u64], &String)> = urls
+        .ocsp_servers
+        .iter()
+        .map(|u| (&[1u64, 3, 6, 1, 5, 5, 7, 48, 1][..], u))
+        .chain(
+            urls.issuing_certificates
+                .iter()
+                .map(|u| (&[1u64, 3, 6, 1, 5, 5, 7, 48, 2][..], u)),
+        )
+        .collect();
+    let der = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            for (oid, url) in &methods {
+                w.next().write_sequence(|w| {
+                    w.next()
+                        .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                    w.next()
+                        .write_tagged_implicit(yasna::Tag::context(6), |w| w.write_ia5_string(url));
+                });
+            }
+        });
+    });
+    Some(rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        der,
+    ))
 }
 
 async fn load_ca(view: &View) -> Result<Option<Ca>, ApiError> {
@@ -390,6 +474,56 @@ pub async fn handle(
             Ok(Response::data(json!({"success": true})))
         }
         (Operation::Write, ["tidy"]) => tidy(d, view).await,
+        (Operation::Read, ["config", "crl"]) => {
+            let c: CrlConfig = load_or_default(view, "config/crl").await?;
+            Ok(Response::data(json!({
+                "expiry": format!("{}s", c.expiry),
+                "disable": c.disable,
+                "ocsp_disable": true,
+                "auto_rebuild": false,
+                "enable_delta": false,
+            })))
+        }
+        (Operation::Write, ["config", "crl"]) => {
+            let mut c: CrlConfig = load_or_default(view, "config/crl").await?;
+            if let Some(v) = opt(d, "expiry") {
+                let e = fields::duration_secs(v, "expiry")?;
+                if e == 0 {
+                    return Err(ApiError::bad_request("expiry must be a positive duration"));
+                }
+                c.expiry = e;
+            }
+            c.disable = opt_bool(d, "disable", c.disable)?;
+            view.put("config/crl", &encode(&c)?).await?;
+            Ok(Response::no_content())
+        }
+        (Operation::Read, ["config", "urls"]) => {
+            let u: Urls = load_or_default(view, "config/urls").await?;
+            Ok(Response::data(json!({
+                "issuing_certificates": u.issuing_certificates,
+                "crl_distribution_points": u.crl_distribution_points,
+                "ocsp_servers": u.ocsp_servers,
+                "enable_templating": false,
+            })))
+        }
+        (Operation::Write, ["config", "urls"]) => {
+            let mut u: Urls = load_or_default(view, "config/urls").await?;
+            for (field, slot) in [
+                ("issuing_certificates", &mut u.issuing_certificates),
+                ("crl_distribution_points", &mut u.crl_distribution_points),
+                ("ocsp_servers", &mut u.ocsp_servers),
+            ] {
+                if opt(d, field).is_some() {
+                    let v = list(d, field)?;
+                    for url in &v {
+                        check_url(url)?;
+                    }
+                    *slot = v;
+                }
+            }
+            view.put("config/urls", &encode(&u)?).await?;
+            Ok(Response::no_content())
+        }
         (
             _,
             ["root", "generate", _]
@@ -397,7 +531,8 @@ pub async fn handle(
             | ["ca" | "ca_chain" | "crl" | "certs" | "roles"]
             | ["ca" | "crl", _]
             | ["cert" | "roles" | "issue", _]
-            | ["revoke" | "tidy"],
+            | ["revoke" | "tidy"]
+            | ["config", "crl" | "urls"],
         ) => Err(ApiError::unsupported_operation()),
         _ => Err(ApiError::unsupported_path()),
     }
@@ -481,6 +616,17 @@ async fn root_generate(
     ca.key = STANDARD.encode(&pkcs8[..]);
     ca.certificate = cert.pem();
     view.put("ca", &encode(&ca)?).await?;
+    // the CA's certificate is in the store too (Vault lists it under certs)
+    let stored = StoredCert {
+        certificate: ca.certificate.clone(),
+        not_after: ca.not_after,
+        revocation_time: 0,
+    };
+    view.put(
+        &format!("certs/{}", storage_serial(&ca.serial)),
+        &encode(&stored)?,
+    )
+    .await?;
     let mut out = json!({
         "certificate": ca.certificate,
         "issuing_ca": ca.certificate,
@@ -835,6 +981,13 @@ async fn issue(
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
+    let urls: Urls = load_or_default(view, "config/urls").await?;
+    if !urls.crl_distribution_points.is_empty() {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: urls.crl_distribution_points.clone(),
+        }];
+    }
+    params.custom_extensions.extend(aia_extension(&urls));
 
     let (kt, kb) = (role.key_type.clone(), role.key_bits);
     let ca2 = ca.clone();
@@ -924,9 +1077,16 @@ async fn revoke(d: &Map<String, Value>, view: &View) -> Result<Response, ApiErro
 /// that has not expired.
 async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
     let ca = require_ca(view).await?;
+    let cfg: CrlConfig = load_or_default(view, "config/crl").await?;
     let now = now_secs();
     let mut revoked = Vec::new();
-    for k in view.list("revoked/").await? {
+    // `disable`: the CRL is still served, signed, and lists nothing (Vault)
+    let listed = if cfg.disable {
+        Vec::new()
+    } else {
+        view.list("revoked/").await?
+    };
+    for k in listed {
         let Some(b) = view.get(&format!("revoked/{k}")).await? else {
             continue;
         };
@@ -944,7 +1104,7 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
     }
     let params = CertificateRevocationListParams {
         this_update: time_at(now - BACKDATE_SECS)?,
-        next_update: time_at((now + CRL_VALIDITY_SECS).min(ca.not_after.max(now + 1)))?,
+        next_update: time_at((now + cfg.expiry).min(ca.not_after.max(now + 1)))?,
         crl_number: SerialNumber::from(u64::try_from(now).unwrap_or(0)),
         issuing_distribution_point: None,
         revoked_certs: revoked,
@@ -960,9 +1120,10 @@ async fn tidy(d: &Map<String, Value>, view: &View) -> Result<Response, ApiError>
     let certs = opt_bool(d, "tidy_cert_store", false)?;
     let revoked = opt_bool(d, "tidy_revoked_certs", false)?;
     if !certs && !revoked {
-        return Err(ApiError::bad_request(
-            "at least one of tidy_cert_store or tidy_revoked_certs must be set",
-        ));
+        // Vault answers 202 with a warning
+        return Ok(Response::data(json!({ "removed": 0 }))
+            .with_status(202)
+            .warn("nothing to tidy: set tidy_cert_store or tidy_revoked_certs"));
     }
     let buffer = match opt(d, "safety_buffer") {
         Some(v) => fields::duration_secs(v, "safety_buffer")?,
