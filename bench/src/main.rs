@@ -266,7 +266,8 @@ struct Args {
     /// Operations to measure: write, read (KV v2), encrypt-1k, decrypt-1k
     /// (transit, 1 KiB plaintexts, all clients), encrypt-1m, decrypt-1m
     /// (transit, 1 MiB plaintexts, one client: single-request throughput,
-    /// beside aws-lc-rs AES-256-GCM on the same machine).
+    /// beside aws-lc-rs AES-256-GCM on the same machine), issue-ec,
+    /// issue-ed25519 (PKI leaf certificates, all clients).
     #[arg(long, value_delimiter = ',', default_value = "write,read")]
     ops: Vec<String>,
     #[arg(
@@ -565,6 +566,7 @@ async fn setup(server: &mut Server) -> Result<(), String> {
     if !r.status().is_success() {
         return Err(format!("transit key failed: {}", r.status()));
     }
+    setup_pki(&http, &addr, &root).await?;
     for (size, slot) in [(1024, 0), (1 << 20, 1)] {
         let v: Value = http
             .post(format!("{addr}/v1/transit/encrypt/bench"))
@@ -602,6 +604,45 @@ async fn seed(server: &Server, keys: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         if !r.status().is_success() {
             return Err(format!("write k{key}: {}", r.status()));
+        }
+    }
+    Ok(())
+}
+
+/// A PKI mount at pki/ with an ec root and two roles (ec, ed25519 leaves).
+async fn setup_pki(http: &reqwest::Client, addr: &str, root: &str) -> Result<(), String> {
+    let calls = [
+        (
+            "sys/mounts/pki",
+            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+        ),
+        (
+            "pki/root/generate/internal",
+            json!({"common_name": "Bench Root", "key_type": "ec", "ttl": "87600h"}),
+        ),
+        (
+            "pki/roles/ec",
+            json!({"allowed_domains": "bench.example", "allow_subdomains": true, "key_type": "ec", "key_bits": 256, "max_ttl": "720h"}),
+        ),
+        (
+            "pki/roles/ed",
+            json!({"allowed_domains": "bench.example", "allow_subdomains": true, "key_type": "ed25519", "max_ttl": "720h"}),
+        ),
+    ];
+    for (path, body) in calls {
+        let r = http
+            .post(format!("{addr}/v1/{path}"))
+            .header("X-Vault-Token", root)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!(
+                "{path}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ));
         }
     }
     Ok(())
@@ -649,6 +690,8 @@ enum Op {
     Decrypt1K,
     Encrypt1M,
     Decrypt1M,
+    IssueEc,
+    IssueEd25519,
 }
 
 impl Op {
@@ -660,6 +703,8 @@ impl Op {
             "decrypt-1k" => Op::Decrypt1K,
             "encrypt-1m" => Op::Encrypt1M,
             "decrypt-1m" => Op::Decrypt1M,
+            "issue-ec" => Op::IssueEc,
+            "issue-ed25519" => Op::IssueEd25519,
             _ => return None,
         })
     }
@@ -734,6 +779,14 @@ async fn round(server: &Server, op: Op, args: &Args) -> Round {
                             .send()
                             .await
                     }
+                                        Op::IssueEc | Op::IssueEd25519 => {
+                        let role = if op == Op::IssueEc { "ec" } else { "ed" };
+                        http.post(format!("{addr}/v1/pki/issue/{role}"))
+                            .header("X-Vault-Token", token.as_str())
+                            .json(&json!({"common_name": format!("svc-{i}.bench.example"), "ttl": "1h"}))
+                            .send()
+                            .await
+                    }
                     Op::Encrypt1M | Op::Decrypt1M => {
                         let (path, body) = if op == Op::Encrypt1M {
                             ("encrypt", &body_1m)
@@ -804,6 +857,8 @@ fn op_name(op: Op) -> &'static str {
         Op::Decrypt1K => "transit decrypt 1 KiB",
         Op::Encrypt1M => "transit encrypt 1 MiB (1 client)",
         Op::Decrypt1M => "transit decrypt 1 MiB (1 client)",
+        Op::IssueEc => "pki issue ec-p256 leaf",
+        Op::IssueEd25519 => "pki issue ed25519 leaf",
     }
 }
 
