@@ -1008,9 +1008,13 @@ impl Core {
                 Err(e) => return Err(self.refuse(audit, e).await),
             },
         };
+        // a PKI mount's `root` (deleting the CA) is a sudo path, as in Vault
+        let engine_sudo = route.as_ref().is_some_and(|(m, rel)| {
+            m.kind == "pki" && !req.path.starts_with("auth/") && pki::needs_sudo(rel)
+        });
         let allowed = !caps.contains(Capability::Deny)
             && caps.contains(needed)
-            && (!needs_sudo(&req.path, req.operation)
+            && (!(needs_sudo(&req.path, req.operation) || engine_sudo)
                 || caps.contains(Capability::Sudo)
                 || acl.is_root());
         if !allowed {
@@ -1304,7 +1308,7 @@ impl Core {
                     0 => sys.default_ttl,
                     x => x,
                 };
-                pki::handle(auth, rel, &view, (default.min(max), max)).await
+                pki::handle(auth, rel, &view, &self.kv_locks, (default.min(max), max)).await
             }
             None => Err(ApiError::unsupported_path()),
         }

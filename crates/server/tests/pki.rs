@@ -291,13 +291,13 @@ async fn names_outside_the_role_are_refused_with_a_clear_error() {
             issue(
                 json!({"common_name": "a.svc.example.com", "uri_sans": "spiffe://prod.example/ns//sa/c"}),
             ),
-            "invalid URI SAN spiffe://prod.example/ns//sa/c: it must be an absolute URI in canonical form",
+            "invalid URI SAN spiffe://prod.example/ns//sa/c: it must be an absolute URI in canonical form, without query, fragment or percent-encoding",
         ),
         (
             issue(
                 json!({"common_name": "a.svc.example.com", "uri_sans": "SPIFFE://prod.example/ns/a/sa/c"}),
             ),
-            "invalid URI SAN SPIFFE://prod.example/ns/a/sa/c: it must be an absolute URI in canonical form",
+            "invalid URI SAN SPIFFE://prod.example/ns/a/sa/c: it must be an absolute URI in canonical form, without query, fragment or percent-encoding",
         ),
         (
             issue(json!({"common_name": "a.svc.example.com", "ip_sans": "010.0.0.1"})),
@@ -762,6 +762,280 @@ async fn urls_are_written_into_new_certificates_and_the_crl_follows_its_configur
         json!({"expiry": "0s"}),
         400,
         "expiry must be a positive duration",
+    )
+    .await;
+}
+
+// ------------------------------------------------------------ review findings
+
+#[tokio::test]
+async fn deleting_the_ca_needs_sudo() {
+    let s = pki().await;
+    with_role(&s).await;
+    let t = s
+        .token_with(
+            r#"path "pki/root" { capabilities = ["delete"] }
+path "pki/root/*" { capabilities = ["update"] }"#,
+        )
+        .await;
+    let r = s.delete("pki/root", &t.id).await;
+    assert_denied(&r);
+    assert_eq!(
+        s.get("pki/cert/ca", &s.root).await.status,
+        200,
+        "the CA is still there"
+    );
+    let sudo = s
+        .token_with(r#"path "pki/root" { capabilities = ["delete", "sudo"] }"#)
+        .await;
+    let r = s.delete("pki/root", &sudo.id).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
+#[tokio::test]
+async fn restricting_fields_the_engine_does_not_implement_are_refused_not_ignored() {
+    let s = pki().await;
+    with_role(&s).await;
+    for (field, value) in [
+        ("allowed_ip_sans_cidr", json!(["10.1.0.0/16"])),
+        ("ext_key_usage", json!(["ServerAuth"])),
+        ("not_after", json!("2030-01-01T00:00:00Z")),
+        ("allowed_serial_numbers", json!(["1234"])),
+        ("organization", json!("Acme")),
+    ] {
+        let mut body = json!({"allow_any_name": true, "key_type": "ec"});
+        body[field] = value;
+        err(&s, "pki/roles/x", body, 400, &format!("{field} is not supported by this PKI engine: a certificate is never made without it")).await;
+    }
+    err(&s, "pki/roles/x", json!({"key_usage": ["DigitalSignature"]}), 400, "key_usage is not supported by this PKI engine beyond Vault's default (DigitalSignature, KeyAgreement, KeyEncipherment)").await;
+    // defaults as clients send them are fine
+    ok(&s, "pki/roles/x", json!({"allow_any_name": true, "key_type": "ec", "key_usage": ["DigitalSignature", "KeyAgreement", "KeyEncipherment"], "ext_key_usage": [], "organization": ""})).await;
+    err(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com", "not_after": "2030-01-01T00:00:00Z"}),
+        400,
+        "not_after is not supported by this PKI engine: a certificate is never made without it",
+    )
+    .await;
+    ok(&s, "pki/issue/svc", json!({"common_name": "a.svc.example.com", "other_sans": [], "exclude_cn_from_sans": false, "format": "pem"})).await;
+    err(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com", "format": "der"}),
+        400,
+        "format: only pem is supported",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn uri_sans_are_plain_and_names_printable() {
+    let s = pki().await;
+    with_role(&s).await;
+    let msg = |u: &str| {
+        format!(
+            "invalid URI SAN {u}: it must be an absolute URI in canonical form, without query, fragment or percent-encoding"
+        )
+    };
+    for u in [
+        "spiffe://prod.example/ns/kube-system#/sa/api",
+        "spiffe://prod.example/ns/kube-system?/sa/api",
+        "spiffe://prod.example/ns/a%2Fb/sa/api",
+        "spiffe://evil.com?.prod.example/x/y",
+    ] {
+        err(
+            &s,
+            "pki/issue/svc",
+            json!({"common_name": "a.svc.example.com", "uri_sans": u}),
+            400,
+            &msg(u),
+        )
+        .await;
+    }
+    // a long value is quoted cut short
+    let long = format!("spiffe://prod.example/x/{}", "a".repeat(2_000));
+    let r = s
+        .post(
+            "pki/issue/svc",
+            &s.root,
+            json!({"common_name": "a.svc.example.com", "uri_sans": long}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text.len() < 400, "{}", r.text.len());
+
+    // enforce_hostnames = false: a common name that is no hostname stays out of the SANs
+    ok(
+        &s,
+        "pki/roles/people",
+        json!({"allow_any_name": true, "enforce_hostnames": false, "key_type": "ec"}),
+    )
+    .await;
+    let d = ok(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "Jane Doe", "alt_names": "jane.example.com"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = write(dir.path(), "leaf.pem", d["certificate"].as_str().unwrap());
+    let (_, text) = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+    assert!(
+        text.contains("CN = Jane Doe")
+            && text.contains("DNS:jane.example.com")
+            && !text.contains("DNS:Jane"),
+        "{text}"
+    );
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "evil.com\u{0}.svc.example.com"}),
+        400,
+        "a name may only hold printable ASCII characters",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "a\nb"}),
+        400,
+        "a name may only hold printable ASCII characters",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "jane", "alt_names": "Jane Doe"}),
+        400,
+        "a name may only hold printable ASCII characters",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "jane", "alt_names": "a/b"}),
+        400,
+        "name a/b is not a valid lowercase hostname",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "x".repeat(65)}),
+        400,
+        "name too long: a common name has at most 64 characters, a DNS name 253",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/people",
+        json!({"common_name": "10.0.0.1"}),
+        400,
+        "name 10.0.0.1 is an IP address: give it in ip_sans",
+    )
+    .await;
+    err(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com", "ip_sans": "::ffff:10.0.0.1"}),
+        400,
+        "an IPv4-mapped IPv6 address is refused: give the IPv4 address",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_root_wins_a_race_and_crl_numbers_grow() {
+    let s = std::sync::Arc::new(pki().await);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.post(
+                "pki/root/generate/internal",
+                &s.root,
+                json!({"common_name": format!("Root {i}"), "key_type": "ec"}),
+            )
+            .await
+            .status
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, vec![200, 400, 400, 400, 400, 400]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut numbers = Vec::new();
+    for n in 0..3 {
+        let r = s
+            .send(
+                "GET",
+                "pki/crl/pem",
+                &[("X-Vault-Token", s.root.clone())],
+                None,
+            )
+            .await;
+        let crl = write(dir.path(), &format!("crl{n}.pem"), &r.text);
+        let (_, text) = openssl(&["crl", "-in", &crl, "-noout", "-text"]);
+        let line = text
+            .lines()
+            .skip_while(|l| !l.contains("CRL Number"))
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_string();
+        numbers.push(line);
+    }
+    assert!(
+        numbers[0] != numbers[1] && numbers[1] != numbers[2],
+        "{numbers:?}"
+    );
+}
+
+#[tokio::test]
+async fn ed25519_keys_load_in_openssl_and_old_cas_certificates_stay_with_them() {
+    let s = pki().await;
+    let root = ok(
+        &s,
+        "pki/root/generate/exported",
+        json!({"common_name": "Ed Root", "key_type": "ed25519"}),
+    )
+    .await;
+    ok(
+        &s,
+        "pki/roles/ed",
+        json!({"allow_any_name": true, "key_type": "ed25519"}),
+    )
+    .await;
+    let leaf = ok(&s, "pki/issue/ed", json!({"common_name": "a.example.com"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, key) in [
+        ("root", &root["private_key"]),
+        ("leaf", &leaf["private_key"]),
+    ] {
+        let path = write(dir.path(), &format!("{name}.key"), key.as_str().unwrap());
+        let (ok_, out) = openssl(&["pkey", "-in", &path, "-noout"]);
+        assert!(ok_, "{name}: {out}");
+    }
+    // a new CA does not revoke (or list) the old one's certificates
+    let r = s.delete("pki/root", &s.root).await;
+    assert_eq!(r.status, 204);
+    ok(
+        &s,
+        "pki/root/generate/internal",
+        json!({"common_name": "New Root", "key_type": "ec"}),
+    )
+    .await;
+    err(
+        &s,
+        "pki/revoke",
+        json!({"serial_number": leaf["serial_number"]}),
+        400,
+        "this certificate was issued by a CA that is no longer configured at this mount",
     )
     .await;
 }

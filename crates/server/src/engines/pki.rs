@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::core::Authorized;
+use crate::engines::kv::KeyLocks;
 use crate::logical::{ApiError, Operation, Response, fields};
 
 /// Vault backdates certificates by 30 s against clock skew.
@@ -106,6 +107,11 @@ struct StoredCert {
     not_after: i64,
     #[serde(default)]
     revocation_time: i64,
+    /// Serial of the CA that signed it: after `DELETE root` and a new
+    /// root, the old CA's certificates can be neither revoked nor listed
+    /// on the new CA's CRL.
+    #[serde(default)]
+    issuer: String,
 }
 
 // ------------------------------------------------------------ helpers
@@ -188,10 +194,7 @@ fn parse_serial(s: &str) -> Result<(String, Vec<u8>), ApiError> {
     let bytes = parts
         .iter()
         .map(|p| {
-            if p.len() == 2
-                && p.bytes()
-                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-            {
+            if p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 u8::from_str_radix(p, 16).map_err(|_| bad())
             } else {
                 Err(bad())
@@ -238,6 +241,13 @@ fn generate_key(key_type: &str, key_bits: u32) -> Result<KeyPair, ApiError> {
             _ => rcgen::RsaKeySize::_2048,
         };
         KeyPair::generate_rsa_for(alg, size).map_err(rc_err)
+    } else if key_type == "ed25519" {
+        // PKCS#8 v1 (RFC 5208), which OpenSSL 3.0 and Python's
+        // cryptography read; aws-lc's default v2 form they refuse
+        let der = palisade_crypto::transit::generate(palisade_crypto::transit::KeyType::Ed25519, 0)
+            .map_err(|_| ApiError::internal("ed25519 key generation failed"))?;
+        KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der.as_slice()), alg)
+            .map_err(rc_err)
     } else {
         KeyPair::generate_for(alg).map_err(rc_err)
     }
@@ -273,7 +283,8 @@ fn check_url(u: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "invalid URL {u}: use an absolute http or https URL in canonical form"
+            "invalid URL {}: use an absolute http or https URL in canonical form",
+            shown(u)
         ))
         .audited_as("invalid URL: use an absolute http or https URL in canonical form"))
     }
@@ -374,21 +385,121 @@ pub async fn exists(rel: &str, view: &View) -> Result<bool, ApiError> {
     Ok(true)
 }
 
+/// Paths of this engine that need `sudo` besides their capability
+/// (Vault's): `root`, whose DELETE removes the CA.
+pub fn needs_sudo(rel: &str) -> bool {
+    rel == "root"
+}
+
+/// Fields of Vault's roles and issue requests this engine does not
+/// implement. Each one restricts or shapes a certificate, so a value other
+/// than its empty default is refused rather than silently dropped.
+const UNSUPPORTED: &[&str] = &[
+    "allowed_ip_sans_cidr",
+    "ext_key_usage",
+    "ext_key_usage_oids",
+    "allowed_serial_numbers",
+    "not_after",
+    "not_before_duration",
+    "policy_identifiers",
+    "basic_constraints_valid_for_non_ca",
+    "allowed_other_sans",
+    "allowed_user_ids",
+    "user_ids",
+    "other_sans",
+    "exclude_cn_from_sans",
+    "allowed_domains_template",
+    "allowed_uri_sans_template",
+    "cn_validations",
+    "organization",
+    "ou",
+    "country",
+    "locality",
+    "province",
+    "street_address",
+    "postal_code",
+    "serial_number_source",
+    "remove_roots_from_chain",
+    "use_pss",
+    "signature_bits",
+];
+
+/// Vault's default `key_usage`: the only value accepted (it is what the
+/// engine writes).
+const DEFAULT_KEY_USAGE: [&str; 3] = ["digitalsignature", "keyagreement", "keyencipherment"];
+
+fn refuse_unsupported(d: &Map<String, Value>) -> Result<(), ApiError> {
+    for f in UNSUPPORTED {
+        let empty = match d.get(*f) {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => !b,
+            Some(Value::String(s)) => s.is_empty() || s == "false" || s == "0" || s == "0s",
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Number(n)) => n.as_i64() == Some(0),
+            Some(Value::Object(o)) => o.is_empty(),
+        };
+        if !empty {
+            return Err(ApiError::bad_request(format!(
+                "{f} is not supported by this PKI engine: a certificate is never made without it"
+            )));
+        }
+    }
+    if let Some(v) = opt(d, "key_usage") {
+        let mut given: Vec<String> = fields::string_list(v, "key_usage")?
+            .into_iter()
+            .map(|k| k.to_ascii_lowercase())
+            .collect();
+        given.sort();
+        if !given.is_empty() && given != DEFAULT_KEY_USAGE {
+            return Err(ApiError::bad_request(
+                "key_usage is not supported by this PKI engine beyond Vault's default (DigitalSignature, KeyAgreement, KeyEncipherment)",
+            ));
+        }
+    }
+    if let Some(f) = opt_string(d, "format")?
+        && f != "pem"
+    {
+        return Err(ApiError::bad_request("format: only pem is supported"));
+    }
+    if let Some(f) = opt_string(d, "private_key_format")?
+        && f != "pem"
+        && f != "pkcs8"
+        && !f.is_empty()
+    {
+        return Err(ApiError::bad_request(
+            "private_key_format: only pkcs8 (pem) is supported",
+        ));
+    }
+    Ok(())
+}
+
+/// A request value quoted in an error, cut short (an error never returns
+/// megabytes of the caller's input).
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 pub async fn handle(
     auth: &Authorized,
     rel: &str,
     view: &View,
+    locks: &KeyLocks,
     ttls: (i64, i64),
 ) -> Result<Response, ApiError> {
     let req = auth.request();
     let d = &req.data;
     let parts: Vec<&str> = rel.split('/').collect();
     match (req.operation, parts.as_slice()) {
-        (Operation::Write, ["root", "generate", kind]) => root_generate(d, view, kind, ttls).await,
+        (Operation::Write, ["root", "generate", kind]) => {
+            let _g = locks.lock(view, "ca").await;
+            root_generate(d, view, kind, ttls).await
+        }
         (Operation::Delete, ["root"]) => {
-            for k in ["ca"] {
-                view.delete(k).await?;
-            }
+            let _g = locks.lock(view, "ca").await;
+            view.delete("ca").await?;
             Ok(Response::no_content())
         }
         (Operation::Read, ["ca", "pem"]) => {
@@ -451,18 +562,29 @@ pub async fn handle(
                 None => Err(ApiError::not_found()),
             }
         }
-        (Operation::Write, ["roles", name]) => write_role(d, view, check_name(name)?, ttls).await,
+        (Operation::Write, ["roles", name]) => {
+            refuse_unsupported(d)?;
+            write_role(d, view, check_name(name)?, ttls).await
+        }
         (Operation::Delete, ["roles", name]) => {
             view.delete(&format!("roles/{}", check_name(name)?)).await?;
             Ok(Response::no_content())
         }
-        (Operation::Write, ["issue", role]) => issue(d, view, check_name(role)?, ttls).await,
-        (Operation::Write, ["revoke"]) => revoke(d, view).await,
+        (Operation::Write, ["issue", role]) => {
+            refuse_unsupported(d)?;
+            issue(d, view, check_name(role)?, ttls).await
+        }
+        (Operation::Write, ["revoke"]) => {
+            let _g = locks.lock(view, "ca").await;
+            revoke(d, view).await
+        }
         (Operation::Read, ["crl"]) => {
+            let _g = locks.lock(view, "ca").await;
             let crl = make_crl(view).await?;
             Ok(Response::bytes("application/pkix-crl", crl.0))
         }
         (Operation::Read, ["crl", "pem"]) => {
+            let _g = locks.lock(view, "ca").await;
             let crl = make_crl(view).await?;
             Ok(Response::bytes(
                 "application/x-pem-file",
@@ -470,6 +592,7 @@ pub async fn handle(
             ))
         }
         (Operation::Read, ["crl", "rotate"]) => {
+            let _g = locks.lock(view, "ca").await;
             make_crl(view).await?;
             Ok(Response::data(json!({"success": true})))
         }
@@ -621,6 +744,7 @@ async fn root_generate(
         certificate: ca.certificate.clone(),
         not_after: ca.not_after,
         revocation_time: 0,
+        issuer: ca.serial.clone(),
     };
     view.put(
         &format!("certs/{}", storage_serial(&ca.serial)),
@@ -788,33 +912,58 @@ fn glob(p: &[u8], s: &[u8], sep: Option<u8>) -> bool {
     pi == p.len()
 }
 
-/// Whether the role lets a certificate carry this DNS name.
-fn dns_allowed(role: &Role, name: &str) -> Result<(), ApiError> {
+/// Whether the role lets a certificate carry this name (the common name
+/// when `is_cn`, else an `alt_names` entry). `Ok(true)`: it goes into the
+/// DNS SANs; `Ok(false)`: a common name that is not a hostname, allowed by
+/// `enforce_hostnames = false`, kept in the subject only (as Vault).
+fn dns_allowed(role: &Role, name: &str, is_cn: bool) -> Result<bool, ApiError> {
+    let shown_name = shown(name);
     let refuse = || {
-        ApiError::bad_request(format!("name {name} not allowed by this role"))
+        ApiError::bad_request(format!("name {shown_name} not allowed by this role"))
             .audited_as("a name is not allowed by this role")
     };
-    if name.starts_with("*.") || name.contains('*') {
+    if name.len() > 253 || (is_cn && name.len() > 64) {
+        return Err(ApiError::bad_request(
+            "name too long: a common name has at most 64 characters, a DNS name 253",
+        ));
+    }
+    // printable ASCII only; a space only inside a common name
+    if name
+        .bytes()
+        .any(|c| !((0x21..=0x7e).contains(&c) || (is_cn && c == b' ')))
+    {
+        return Err(ApiError::bad_request(
+            "a name may only hold printable ASCII characters",
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() {
         return Err(ApiError::bad_request(format!(
-            "name {name} not allowed by this role: wildcard certificates are never issued"
+            "name {shown_name} is an IP address: give it in ip_sans"
+        ))
+        .audited_as("a name is an IP address: give it in ip_sans"));
+    }
+    if name.contains('*') {
+        return Err(ApiError::bad_request(format!(
+            "name {shown_name} not allowed by this role: wildcard certificates are never issued"
         ))
         .audited_as("wildcard certificates are never issued"));
     }
-    if role.enforce_hostnames && !is_hostname(name) {
+    let hostname = is_hostname(name);
+    if !hostname && (role.enforce_hostnames || !is_cn) {
         return Err(ApiError::bad_request(format!(
-            "name {name} is not a valid lowercase hostname"
+            "name {shown_name} is not a valid lowercase hostname"
         ))
         .audited_as("a name is not a valid lowercase hostname"));
     }
     if role.allow_localhost && (name == "localhost" || name == "localdomain") {
-        return Ok(());
+        return Ok(hostname);
     }
     if role.allow_any_name {
-        return Ok(());
+        return Ok(hostname);
     }
     for d in &role.allowed_domains {
         if role.allow_bare_domains && name == d {
-            return Ok(());
+            return Ok(hostname);
         }
         if role.allow_subdomains
             && !d.contains('*')
@@ -822,10 +971,10 @@ fn dns_allowed(role: &Role, name: &str) -> Result<(), ApiError> {
             && name.ends_with(d.as_str())
             && name.as_bytes()[name.len() - d.len() - 1] == b'.'
         {
-            return Ok(());
+            return Ok(hostname);
         }
         if role.allow_glob_domains && d.contains('*') && glob_any(d, name) {
-            return Ok(());
+            return Ok(hostname);
         }
     }
     Err(refuse())
@@ -834,15 +983,23 @@ fn dns_allowed(role: &Role, name: &str) -> Result<(), ApiError> {
 /// Whether the role lets a certificate carry this URI: one of
 /// `allowed_uri_sans`, where `*` matches within one path segment.
 fn uri_allowed(role: &Role, uri: &str) -> Result<(), ApiError> {
+    if uri.len() > 2048 {
+        return Err(ApiError::bad_request("a URI SAN has at most 2048 characters"));
+    }
     // no empty path segment: a `*` would match it
-    let canonical = url::Url::parse(uri).ok().is_some_and(|u| {
-        u.as_str() == uri && u.has_host() && !u.path().contains("//") && !u.path().ends_with('/')
-    });
+    let plain = !uri.contains(['?', '#', '%']);
+    let canonical = plain
+        && url::Url::parse(uri).ok().is_some_and(|u| {
+            u.as_str() == uri
+                && u.has_host()
+                && !u.path().contains("//")
+                && !u.path().ends_with('/')
+        });
     if !canonical {
         return Err(ApiError::bad_request(format!(
-            "invalid URI SAN {uri}: it must be an absolute URI in canonical form"
+            "invalid URI SAN {}: it must be an absolute URI in canonical form, without query, fragment or percent-encoding", shown(uri)
         ))
-        .audited_as("invalid URI SAN: it must be an absolute URI in canonical form"));
+        .audited_as("invalid URI SAN: it must be an absolute URI in canonical form, without query, fragment or percent-encoding"));
     }
     if role
         .allowed_uri_sans
@@ -852,7 +1009,7 @@ fn uri_allowed(role: &Role, uri: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(
-        ApiError::bad_request(format!("URI SAN {uri} not allowed by this role"))
+        ApiError::bad_request(format!("URI SAN {} not allowed by this role", shown(uri)))
             .audited_as("a URI SAN is not allowed by this role"),
     )
 }
@@ -868,7 +1025,10 @@ async fn issue(
     let role: Role = match view.get(&format!("roles/{role_name}")).await? {
         Some(b) => decode(&b)?,
         None => {
-            return Err(ApiError::bad_request(format!("unknown role: {role_name}")));
+            return Err(ApiError::bad_request(format!(
+                "unknown role: {}",
+                shown(role_name)
+            )));
         }
     };
     let ca = require_ca(view).await?;
@@ -884,8 +1044,11 @@ async fn issue(
             "a certificate carries at most {MAX_NAMES} names"
         )));
     }
-    for n in &dns {
-        dns_allowed(&role, n)?;
+    let mut in_san = Vec::new();
+    for (i, n) in dns.iter().enumerate() {
+        if dns_allowed(&role, n, i == 0)? {
+            in_san.push(n.clone());
+        }
     }
     let mut ips = Vec::new();
     for t in &ip_text {
@@ -894,8 +1057,16 @@ async fn issue(
             .ok()
             .filter(|ip: &IpAddr| ip.to_string() == *t)
             .ok_or_else(|| {
-                ApiError::bad_request(format!("invalid IP SAN {t}")).audited_as("invalid IP SAN")
+                ApiError::bad_request(format!("invalid IP SAN {}", shown(t)))
+                    .audited_as("invalid IP SAN")
             })?;
+        if let IpAddr::V6(v6) = ip
+            && v6.to_ipv4_mapped().is_some()
+        {
+            return Err(ApiError::bad_request(
+                "an IPv4-mapped IPv6 address is refused: give the IPv4 address",
+            ));
+        }
         if !role.allow_ip_sans {
             return Err(ApiError::bad_request(
                 "IP Subject Alternative Names are not allowed in this role",
@@ -905,13 +1076,6 @@ async fn issue(
     }
     for u in &uris {
         uri_allowed(&role, u)?;
-    }
-    if opt(d, "other_sans").is_some()
-        || opt(d, "exclude_cn_from_sans").is_some_and(|v| v != &json!(false))
-    {
-        return Err(ApiError::bad_request(
-            "other_sans and exclude_cn_from_sans are not supported",
-        ));
     }
     let max = match (role.max_ttl, mount_max) {
         (0, m) => m,
@@ -939,7 +1103,7 @@ async fn issue(
     params.distinguished_name = dn;
     let mut sans = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for n in &dns {
+    for n in &in_san {
         if seen.insert(n.clone()) {
             sans.push(SanType::DnsName(
                 n.as_str()
@@ -1006,6 +1170,7 @@ async fn issue(
             certificate: cert_pem.clone(),
             not_after,
             revocation_time: 0,
+            issuer: ca.serial.clone(),
         };
         view.put(
             &format!("certs/{}", storage_serial(&serial_s)),
@@ -1059,13 +1224,24 @@ async fn revoke(d: &Map<String, Value>, view: &View) -> Result<Response, ApiErro
             )));
         }
     };
+    if c.issuer != ca.serial {
+        return Err(ApiError::bad_request(
+            "this certificate was issued by a CA that is no longer configured at this mount",
+        ));
+    }
     if c.revocation_time == 0 {
         c.revocation_time = now_secs();
-        view.put(&key, &encode(&c)?).await?;
-        view.put(
-            &format!("revoked/{}", storage_serial(&s)),
-            c.revocation_time.to_string().as_bytes(),
-        )
+        // both entries or neither: a certificate read as revoked is on the CRL
+        view.transaction(vec![
+            palisade_barrier::BarrierOp::Put {
+                path: key.clone(),
+                value: encode(&c)?.to_vec(),
+            },
+            palisade_barrier::BarrierOp::Put {
+                path: format!("revoked/{}", storage_serial(&s)),
+                value: format!("{} {}", c.revocation_time, ca.serial).into_bytes(),
+            },
+        ])
         .await?;
     }
     Ok(Response::data(
@@ -1079,6 +1255,17 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
     let ca = require_ca(view).await?;
     let cfg: CrlConfig = load_or_default(view, "config/crl").await?;
     let now = now_secs();
+    // a number that grows with every CRL built (RFC 5280 5.2.3), kept in
+    // storage; callers hold the mount's "ca" lock
+    let crl_number: u64 = match view.get("crl/number").await? {
+        Some(b) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    } + 1;
+    view.put("crl/number", crl_number.to_string().as_bytes())
+        .await?;
     let mut revoked = Vec::new();
     // `disable`: the CRL is still served, signed, and lists nothing (Vault)
     let listed = if cfg.disable {
@@ -1090,10 +1277,13 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
         let Some(b) = view.get(&format!("revoked/{k}")).await? else {
             continue;
         };
-        let at: i64 = std::str::from_utf8(&b)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(now);
+        // "<revocation time> <issuer serial>"; only this CA's revocations
+        let text = std::str::from_utf8(&b).unwrap_or_default();
+        let (at, issuer) = text.split_once(' ').unwrap_or((text, ""));
+        if issuer != ca.serial {
+            continue;
+        }
+        let at: i64 = at.parse().unwrap_or(now);
         let (_, bytes) = parse_serial(&k)?;
         revoked.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&bytes),
@@ -1105,7 +1295,7 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
     let params = CertificateRevocationListParams {
         this_update: time_at(now - BACKDATE_SECS)?,
         next_update: time_at((now + cfg.expiry).min(ca.not_after.max(now + 1)))?,
-        crl_number: SerialNumber::from(u64::try_from(now).unwrap_or(0)),
+        crl_number: SerialNumber::from(crl_number),
         issuing_distribution_point: None,
         revoked_certs: revoked,
         key_identifier_method: KeyIdMethod::Sha256,
