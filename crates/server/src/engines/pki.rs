@@ -1378,7 +1378,8 @@ mod tests {
     fn serials_are_read_in_vaults_forms_only() {
         assert_eq!(parse_serial("0a:ff").unwrap().0, "0a:ff");
         assert_eq!(parse_serial("0a-ff").unwrap().0, "0a:ff");
-        for bad in ["", "0a:f", "0a::ff", "zz", "0a:ff-01", "../x", "0A:FF"] {
+        assert_eq!(parse_serial("0A:FF").unwrap().0, "0a:ff");
+        for bad in ["", "0a:f", "0a::ff", "zz", "0a:ff-01", "../x"] {
             assert!(parse_serial(bad).is_err(), "{bad}");
         }
     }
