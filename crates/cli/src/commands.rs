@@ -3,7 +3,7 @@
 //! 2 remote error (the server refused or could not be reached); `status`
 //! exits 2 when the server is sealed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use palisade_client::{Client, ClientError};
@@ -108,6 +108,35 @@ pub(crate) enum Command {
     /// Encrypt and decrypt with the transit engine; base64 is handled here.
     #[command(subcommand)]
     Transit(TransitCmd),
+    /// Certificates from the PKI engine.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PkiCmd {
+    /// Issue a certificate for NAME with ROLE and write cert.pem, key.pem
+    /// (0600) and chain.pem into DIR (each replaced atomically).
+    Issue {
+        role: String,
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "pki")]
+        mount: String,
+        #[arg(long)]
+        ttl: Option<String>,
+        /// More DNS names, comma-separated.
+        #[arg(long)]
+        alt_names: Option<String>,
+        #[arg(long)]
+        ip_sans: Option<String>,
+        /// URI SANs (SPIFFE IDs), comma-separated.
+        #[arg(long)]
+        uri_sans: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -866,6 +895,7 @@ pub(crate) async fn run(cli: Cli) -> u8 {
             0
         }
         Command::Transit(cmd) => transit(cmd).await,
+        Command::Pki(cmd) => pki(cmd).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Gateway(a) => gateway(a).await,
     }
@@ -1580,6 +1610,92 @@ async fn transit(cmd: TransitCmd) -> u8 {
                 },
                 None => local_err("the server's answer has no plaintext"),
             }
+        }
+    }
+}
+
+/// Write `text` to `dir/name` with `mode`: a new file beside it, then a
+/// rename, so a reader never sees half a file and a symlink at the name is
+/// replaced, never followed.
+fn write_replacing(dir: &Path, name: &str, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = dir.join(format!(".{name}.{}", palisade_core::uuid_v4()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    let done = f
+        .write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+async fn pki(cmd: PkiCmd) -> u8 {
+    match cmd {
+        PkiCmd::Issue {
+            role,
+            name,
+            out,
+            mount,
+            ttl,
+            alt_names,
+            ip_sans,
+            uri_sans,
+            remote,
+        } => {
+            if !out.is_dir() {
+                return local_err(format!("{} is not a directory", out.display()));
+            }
+            let mut body = json!({ "common_name": name });
+            for (k, v) in [
+                ("ttl", ttl),
+                ("alt_names", alt_names),
+                ("ip_sans", ip_sans),
+                ("uri_sans", uri_sans),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            let c = tryc!(client(&remote));
+            let path = format!("{}/issue/{role}", mount.trim_matches('/'));
+            let r = call!(c, "POST", path, Some(&body));
+            let d = r.data();
+            let (Some(cert), Some(key)) = (d["certificate"].as_str(), d["private_key"].as_str())
+            else {
+                return local_err("the server's answer has no certificate or key");
+            };
+            let chain: String = d["ca_chain"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|p| format!("{}\n", p.trim_end()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (file, text, mode) in [
+                ("key.pem", format!("{}\n", key.trim_end()), 0o600),
+                ("cert.pem", format!("{}\n", cert.trim_end()), 0o644),
+                ("chain.pem", chain, 0o644),
+            ] {
+                if let Err(e) = write_replacing(&out, file, &text, mode) {
+                    return local_err(format!("cannot write {}: {e}", out.join(file).display()));
+                }
+            }
+            println!(
+                "Success! Wrote cert.pem, key.pem and chain.pem to {} (serial {}, expires {})",
+                out.display(),
+                d["serial_number"].as_str().unwrap_or_default(),
+                d["expiration"]
+            );
+            0
         }
     }
 }

@@ -395,3 +395,98 @@ async fn generic_commands_and_transit_helpers_round_trip_bytes() {
     server.sigterm();
     let _ = server.wait_exit(std::time::Duration::from_secs(15)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_issue_writes_a_private_key_only_its_owner_reads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let mut server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    let run = |args: &[&str]| {
+        let (code, out, err) = palisade(args, &env);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    };
+    run(&["secrets", "enable", "pki"]);
+    run(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=CLI Root",
+        "key_type=ec",
+        "ttl=24h",
+    ]);
+    run(&[
+        "write",
+        "pki/roles/svc",
+        "allowed_domains=svc.example",
+        "allow_subdomains=true",
+        "key_type=ec",
+        "ttl=1h",
+        "allowed_uri_sans=spiffe://svc.example/*",
+    ]);
+    let out = dir.path().join("certs");
+    std::fs::create_dir(&out).unwrap();
+    // a symlink where the key goes is replaced, not followed
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, "untouched").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("key.pem")).unwrap();
+    let o = s(&out);
+    run(&[
+        "pki",
+        "issue",
+        "svc",
+        "api.svc.example",
+        "--out",
+        &o,
+        "--uri-sans",
+        "spiffe://svc.example/api",
+    ]);
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+    let meta = std::fs::symlink_metadata(out.join("key.pem")).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let key = std::fs::read_to_string(out.join("key.pem")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    let verify = std::process::Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            &s(&out.join("chain.pem")),
+            &s(&out.join("cert.pem")),
+        ])
+        .output()
+        .expect("openssl");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // a name the role refuses: the server's error, exit 2, nothing replaced
+    let before = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+    let (code, _, err) = palisade(&["pki", "issue", "svc", "evil.example", "--out", &o], &env);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("name evil.example not allowed by this role"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("cert.pem")).unwrap(),
+        before
+    );
+    // the private key never reaches the server's output or the audit log
+    server.sigterm();
+    let _ = server.wait_exit(std::time::Duration::from_secs(15)).await;
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    common::assert_no_secrets(
+        "dev server output",
+        &server.output(),
+        &[body[..40].to_string()],
+    );
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(!log.contains(&body[..40]));
+}

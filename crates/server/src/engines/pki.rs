@@ -984,7 +984,9 @@ fn dns_allowed(role: &Role, name: &str, is_cn: bool) -> Result<bool, ApiError> {
 /// `allowed_uri_sans`, where `*` matches within one path segment.
 fn uri_allowed(role: &Role, uri: &str) -> Result<(), ApiError> {
     if uri.len() > 2048 {
-        return Err(ApiError::bad_request("a URI SAN has at most 2048 characters"));
+        return Err(ApiError::bad_request(
+            "a URI SAN has at most 2048 characters",
+        ));
     }
     // no empty path segment: a `*` would match it
     let plain = !uri.contains(['?', '#', '%']);
