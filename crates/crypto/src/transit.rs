@@ -267,6 +267,12 @@ pub fn public_key(kind: KeyType, key: &[u8]) -> Result<Option<Vec<u8>>> {
     }))
 }
 
+/// The modulus size in bits of an RSA public key (DER `RSAPublicKey`, as a
+/// certificate request carries it), or `None` when it is not one.
+pub fn rsa_public_modulus_bits(pkcs1: &[u8]) -> Option<u32> {
+    signature::RsaParameters::public_modulus_len(pkcs1).ok()
+}
+
 /// A key derived from `key` for `context`: HKDF-SHA256 with no salt and the
 /// context as info, 32 bytes (Vault's `hkdf_sha256` derivation).
 pub fn derive_key(key: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>> {

@@ -1039,3 +1039,214 @@ async fn ed25519_keys_load_in_openssl_and_old_cas_certificates_stay_with_them() 
     )
     .await;
 }
+
+/// A CSR made by openssl: (PEM, the key file's path).
+fn csr(dir: &Path, name: &str, keyopt: &[&str], subj: &str, san: Option<&str>) -> String {
+    let key = dir.join(format!("{name}.key"));
+    let (ok_, out) =
+        openssl(&[&["genpkey", "-out", &key.display().to_string()][..], keyopt].concat());
+    assert!(ok_, "{out}");
+    let path = dir.join(format!("{name}.csr"));
+    let mut args = vec![
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        subj,
+        "-out",
+        path.to_str().unwrap(),
+    ];
+    let ext;
+    if let Some(s) = san {
+        ext = format!("subjectAltName={s}");
+        args.extend(["-addext", ext.as_str()]);
+    }
+    let (ok_, out) = openssl(&args);
+    assert!(ok_, "{out}");
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test]
+async fn csrs_are_signed_under_the_roles_rules_and_the_key_stays_with_the_caller() {
+    let s = pki().await;
+    with_role(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let good = csr(
+        dir.path(),
+        "good",
+        &p256,
+        "/CN=orders.svc.example.com",
+        Some("DNS:api.svc.example.com,URI:spiffe://prod.example/ns/shop/sa/orders"),
+    );
+    let d = ok(&s, "pki/sign/svc", json!({"csr": good})).await;
+    assert!(d.get("private_key").is_none(), "{d}");
+    let leaf = write(dir.path(), "leaf.pem", d["certificate"].as_str().unwrap());
+    let ca = write(dir.path(), "ca.pem", d["issuing_ca"].as_str().unwrap());
+    let (ok_, out) = openssl(&["verify", "-CAfile", &ca, &leaf]);
+    assert!(ok_, "{out}");
+    let (_, text) = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+    for needle in [
+        "CN = orders.svc.example.com",
+        "DNS:api.svc.example.com",
+        "URI:spiffe://prod.example/ns/shop/sa/orders",
+        "CA:FALSE",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+    // the certificate's key is the CSR's key
+    let (_, a) = openssl(&[
+        "pkey",
+        "-in",
+        &dir.path().join("good.key").display().to_string(),
+        "-pubout",
+    ]);
+    let (_, b) = openssl(&["x509", "-in", &leaf, "-noout", "-pubkey"]);
+    assert_eq!(a, b);
+
+    let outside = csr(
+        dir.path(),
+        "outside",
+        &p256,
+        "/CN=orders.svc.example.com",
+        Some("DNS:evil.example.org"),
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": outside}),
+        400,
+        "name evil.example.org not allowed by this role",
+    )
+    .await;
+    let spiffe = csr(
+        dir.path(),
+        "spiffe",
+        &p256,
+        "/CN=a.svc.example.com",
+        Some("URI:spiffe://prod.example/ns/a/b/sa/c"),
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": spiffe}),
+        400,
+        "URI SAN spiffe://prod.example/ns/a/b/sa/c not allowed by this role",
+    )
+    .await;
+    let ed = csr(
+        dir.path(),
+        "ed",
+        &["-algorithm", "ED25519"],
+        "/CN=a.svc.example.com",
+        None,
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": ed}),
+        400,
+        "invalid csr: its key is not a ec key of the role's size (256 bits)",
+    )
+    .await;
+    let p384 = csr(
+        dir.path(),
+        "p384",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        "/CN=a.svc.example.com",
+        None,
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": p384}),
+        400,
+        "invalid csr: its key is not a ec key of the role's size (256 bits)",
+    )
+    .await;
+    // the CSR's common name wins over the body's (Vault's use_csr_common_name), with a warning
+    let r = s
+        .post(
+            "pki/sign/svc",
+            &s.root,
+            json!({"csr": good, "common_name": "other.svc.example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"][0],
+        "common_name ignored: the CSR's common name is used"
+    );
+    let leaf2 = write(
+        dir.path(),
+        "leaf2.pem",
+        r.data()["certificate"].as_str().unwrap(),
+    );
+    let (_, text) = openssl(&["x509", "-in", &leaf2, "-noout", "-subject"]);
+    assert!(text.contains("CN = orders.svc.example.com"), "{text}");
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({}),
+        400,
+        "the csr field is required",
+    )
+    .await;
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": "not pem"}),
+        400,
+        "invalid csr: not a PEM certificate request",
+    )
+    .await;
+    // a changed byte in the signature: refused whole
+    let der = {
+        use base64::Engine as _;
+        let body: String = good.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    };
+    let mut tampered = der.clone();
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x01;
+    let pem = {
+        use base64::Engine as _;
+        format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&tampered)
+        )
+    };
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": pem}),
+        400,
+        "invalid csr: its signature does not verify",
+    )
+    .await;
+    // a role's RSA size is a floor
+    ok(
+        &s,
+        "pki/roles/rsa",
+        json!({"allow_any_name": true, "key_type": "rsa", "key_bits": 3072}),
+    )
+    .await;
+    let small = csr(
+        dir.path(),
+        "small",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        "/CN=a.example.com",
+        None,
+    );
+    err(
+        &s,
+        "pki/sign/rsa",
+        json!({"csr": small}),
+        400,
+        "invalid csr: its key is not a rsa key of the role's size (3072 bits)",
+    )
+    .await;
+}

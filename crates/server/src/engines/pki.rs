@@ -574,6 +574,10 @@ pub async fn handle(
             refuse_unsupported(d)?;
             issue(d, view, check_name(role)?, ttls).await
         }
+        (Operation::Write, ["sign", role]) => {
+            refuse_unsupported(d)?;
+            issue_or_sign(d, view, check_name(role)?, ttls, true).await
+        }
         (Operation::Write, ["revoke"]) => {
             let _g = locks.lock(view, "ca").await;
             revoke(d, view).await
@@ -653,7 +657,7 @@ pub async fn handle(
             | ["root"]
             | ["ca" | "ca_chain" | "crl" | "certs" | "roles"]
             | ["ca" | "crl", _]
-            | ["cert" | "roles" | "issue", _]
+            | ["cert" | "roles" | "issue" | "sign", _]
             | ["revoke" | "tidy"]
             | ["config", "crl" | "urls"],
         ) => Err(ApiError::unsupported_operation()),
@@ -1018,11 +1022,118 @@ fn uri_allowed(role: &Role, uri: &str) -> Result<(), ApiError> {
 
 // ------------------------------------------------------------ issue
 
+/// What a CSR brings to `sign/:role`: its (verified) public key and the
+/// names it asks for. Nothing else of it is used: key usages, extended key
+/// usages and basic constraints come from the role, as for `issue`.
+struct Csr {
+    key: rcgen::PublicKey,
+    common_name: Option<String>,
+    dns: Vec<String>,
+    ips: Vec<String>,
+    uris: Vec<String>,
+}
+
+/// Parse and verify a CSR (x509-parser through rcgen: the signature must
+/// verify with the key it carries) and check its key against the role.
+fn parse_csr(pem_text: &str, role: &Role) -> Result<Csr, ApiError> {
+    let bad = |m: &str| ApiError::bad_request(format!("invalid csr: {m}"));
+    let trimmed = pem_text.trim();
+    let framed = ["", "NEW "].iter().any(|n| {
+        trimmed.starts_with(&format!("-----BEGIN {n}CERTIFICATE REQUEST-----"))
+            && trimmed.ends_with(&format!("-----END {n}CERTIFICATE REQUEST-----"))
+    });
+    if !framed {
+        return Err(bad("not a PEM certificate request"));
+    }
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(
+        pem_der(trimmed).map_err(|_| bad("not a PEM certificate request"))?,
+    );
+    let parsed = rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => bad("its signature does not verify"),
+        rcgen::Error::UnsupportedExtension => {
+            bad("it requests an extension this engine does not take")
+        }
+        _ => bad("it cannot be parsed"),
+    })?;
+    // the key must be of the role's type and size; its encoding must match
+    // the curve the signature algorithm names (a P-384 key signed with
+    // SHA-256 would otherwise be labelled P-256)
+    let raw = rcgen::PublicKeyData::der_bytes(&parsed.public_key);
+    let alg = rcgen::PublicKeyData::algorithm(&parsed.public_key);
+    let ok = match role.key_type.as_str() {
+        "ec" if role.key_bits == 384 => alg == &rcgen::PKCS_ECDSA_P384_SHA384 && raw.len() == 97,
+        "ec" => alg == &rcgen::PKCS_ECDSA_P256_SHA256 && raw.len() == 65,
+        "ed25519" => alg == &rcgen::PKCS_ED25519 && raw.len() == 32,
+        "rsa" => {
+            [
+                &rcgen::PKCS_RSA_SHA256,
+                &rcgen::PKCS_RSA_SHA384,
+                &rcgen::PKCS_RSA_SHA512,
+            ]
+            .contains(&alg)
+                && palisade_crypto::transit::rsa_public_modulus_bits(raw)
+                    .is_some_and(|bits| bits >= role.key_bits)
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(bad(&format!(
+            "its key is not a {} key of the role's size ({} bits)",
+            role.key_type, role.key_bits
+        )));
+    }
+    let mut csr = Csr {
+        key: parsed.public_key,
+        common_name: None,
+        dns: Vec::new(),
+        ips: Vec::new(),
+        uris: Vec::new(),
+    };
+    for (t, v) in parsed.params.distinguished_name.iter() {
+        if *t != DnType::CommonName {
+            // other subject attributes are not copied: the subject is the common name only
+            continue;
+        }
+        let text = match v {
+            rcgen::DnValue::Utf8String(s) => s.clone(),
+            rcgen::DnValue::PrintableString(p) => p.as_str().to_string(),
+            rcgen::DnValue::Ia5String(p) => p.as_str().to_string(),
+            _ => {
+                return Err(bad(
+                    "its common name is in an encoding this engine does not read",
+                ));
+            }
+        };
+        if csr.common_name.replace(text).is_some() {
+            return Err(bad("its subject has more than one common name"));
+        }
+    }
+    for san in parsed.params.subject_alt_names {
+        match san {
+            SanType::DnsName(n) => csr.dns.push(n.as_str().to_string()),
+            SanType::IpAddress(ip) => csr.ips.push(ip.to_string()),
+            SanType::URI(u) => csr.uris.push(u.as_str().to_string()),
+            _ => return Err(bad("it asks for a kind of name this engine does not issue")),
+        }
+    }
+    Ok(csr)
+}
+
 async fn issue(
     d: &Map<String, Value>,
     view: &View,
     role_name: &str,
+    ttls: (i64, i64),
+) -> Result<Response, ApiError> {
+    issue_or_sign(d, view, role_name, ttls, false).await
+}
+
+async fn issue_or_sign(
+    d: &Map<String, Value>,
+    view: &View,
+    role_name: &str,
     (mount_default, mount_max): (i64, i64),
+    signing: bool,
 ) -> Result<Response, ApiError> {
     let role: Role = match view.get(&format!("roles/{role_name}")).await? {
         Some(b) => decode(&b)?,
@@ -1034,13 +1145,35 @@ async fn issue(
         }
     };
     let ca = require_ca(view).await?;
-    let common_name = opt_string(d, "common_name")?
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ApiError::bad_request("the common_name field is required"))?;
+    let csr = if signing {
+        let text = opt_string(d, "csr")?
+            .ok_or_else(|| ApiError::bad_request("the csr field is required"))?;
+        Some(parse_csr(&text, &role)?)
+    } else {
+        None
+    };
+    // the CSR's common name when it has one (Vault's use_csr_common_name),
+    // else the body's; a different body value is ignored with a warning
+    let body_cn = opt_string(d, "common_name")?.filter(|c| !c.is_empty());
+    let mut warning = None;
+    let common_name = match (csr.as_ref().and_then(|c| c.common_name.clone()), body_cn) {
+        (Some(a), Some(b)) if a != b => {
+            warning = Some("common_name ignored: the CSR's common name is used");
+            a
+        }
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => return Err(ApiError::bad_request("the common_name field is required")),
+    };
     let mut dns = vec![common_name.clone()];
     dns.extend(list(d, "alt_names")?);
-    let ip_text = list(d, "ip_sans")?;
-    let uris = list(d, "uri_sans")?;
+    let mut ip_text = list(d, "ip_sans")?;
+    let mut uris = list(d, "uri_sans")?;
+    if let Some(c) = &csr {
+        dns.extend(c.dns.iter().cloned());
+        ip_text.extend(c.ips.iter().cloned());
+        uris.extend(c.uris.iter().cloned());
+    }
     if dns.len() + ip_text.len() + uris.len() > MAX_NAMES {
         return Err(ApiError::bad_request(format!(
             "a certificate carries at most {MAX_NAMES} names"
@@ -1157,11 +1290,20 @@ async fn issue(
 
     let (kt, kb) = (role.key_type.clone(), role.key_bits);
     let ca2 = ca.clone();
+    let csr_key = csr.map(|c| c.key);
     let (cert_pem, key_der) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let key = generate_key(&kt, kb)?;
         let issuer = Issuer::new(ca_params(&ca2)?, ca_key(&ca2)?);
-        let cert = params.signed_by(&key, &issuer).map_err(rc_err)?;
-        Ok((cert.pem(), Zeroizing::new(key.serialize_der())))
+        match csr_key {
+            Some(k) => {
+                let cert = params.signed_by(&k, &issuer).map_err(rc_err)?;
+                Ok((cert.pem(), None))
+            }
+            None => {
+                let key = generate_key(&kt, kb)?;
+                let cert = params.signed_by(&key, &issuer).map_err(rc_err)?;
+                Ok((cert.pem(), Some(Zeroizing::new(key.serialize_der()))))
+            }
+        }
     })
     .await
     .map_err(|e| ApiError::internal(format!("issue: {e}")))??;
@@ -1180,15 +1322,22 @@ async fn issue(
         )
         .await?;
     }
-    Ok(Response::data(json!({
+    let mut out = json!({
         "certificate": cert_pem,
         "issuing_ca": ca.certificate,
         "ca_chain": [ca.certificate],
-        "private_key": pem("PRIVATE KEY", &key_der),
-        "private_key_type": role.key_type,
         "serial_number": serial_s,
         "expiration": not_after,
-    })))
+    });
+    if let (Some(key), Some(o)) = (key_der, out.as_object_mut()) {
+        o.insert("private_key".into(), json!(pem("PRIVATE KEY", &key)));
+        o.insert("private_key_type".into(), json!(role.key_type));
+    }
+    let mut resp = Response::data(out);
+    if let Some(w) = warning {
+        resp = resp.warn(w);
+    }
+    Ok(resp)
 }
 
 async fn read_cert(view: &View, serial: &str) -> Result<Response, ApiError> {
