@@ -1250,3 +1250,56 @@ async fn csrs_are_signed_under_the_roles_rules_and_the_key_stays_with_the_caller
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_csr_is_read_whole_one_block_one_common_name_nothing_after() {
+    use base64::Engine as _;
+    let s = pki().await;
+    with_role(&s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let two_cns = csr(
+        dir.path(),
+        "two",
+        &p256,
+        "/CN=evil.com/CN=a.svc.example.com",
+        None,
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": two_cns}),
+        400,
+        "invalid csr: its subject has more than one common name",
+    )
+    .await;
+    let good = csr(dir.path(), "good", &p256, "/CN=a.svc.example.com", None);
+    let other = csr(dir.path(), "other", &p256, "/CN=b.svc.example.com", None);
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": format!("{good}{other}")}),
+        400,
+        "invalid csr: not a PEM certificate request",
+    )
+    .await;
+    let body: String = good.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    der.extend_from_slice(&[0u8; 50]);
+    let trailing = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    err(
+        &s,
+        "pki/sign/svc",
+        json!({"csr": trailing}),
+        400,
+        "invalid csr: bytes follow the certificate request",
+    )
+    .await;
+    err(&s, "pki/sign/svc", json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----"}), 400, "invalid csr: not a PEM certificate request").await;
+    ok(&s, "pki/sign/svc", json!({"csr": good})).await;
+}

@@ -1045,9 +1045,46 @@ fn parse_csr(pem_text: &str, role: &Role) -> Result<Csr, ApiError> {
     if !framed {
         return Err(bad("not a PEM certificate request"));
     }
-    let der = rustls_pki_types::CertificateSigningRequestDer::from(
-        pem_der(trimmed).map_err(|_| bad("not a PEM certificate request"))?,
-    );
+    // exactly one block, base64 that decodes
+    if trimmed.matches("-----BEGIN").count() != 1 {
+        return Err(bad("not a PEM certificate request"));
+    }
+    let body: String = trimmed
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let raw_der = STANDARD
+        .decode(body.trim())
+        .map_err(|_| bad("not a PEM certificate request"))?;
+    // the request is checked whole before rcgen reads it: nothing after
+    // it, one common name at most (rcgen keeps only the last one), one
+    // extension request at most (rcgen reads only the first)
+    {
+        use x509_parser::prelude::FromDer as _;
+        let (rest, req) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&raw_der)
+                .map_err(|_| bad("it cannot be parsed"))?;
+        if !rest.is_empty() {
+            return Err(bad("bytes follow the certificate request"));
+        }
+        let info = &req.certification_request_info;
+        if info.subject.iter_common_name().count() > 1 {
+            return Err(bad("its subject has more than one common name"));
+        }
+        let requests = info
+            .iter_attributes()
+            .filter(|a| {
+                matches!(
+                    a.parsed_attribute(),
+                    x509_parser::cri_attributes::ParsedCriAttribute::ExtensionRequest(_)
+                )
+            })
+            .count();
+        if requests > 1 {
+            return Err(bad("it holds more than one extension request"));
+        }
+    }
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(raw_der);
     let parsed = rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => bad("its signature does not verify"),
         rcgen::Error::UnsupportedExtension => {
