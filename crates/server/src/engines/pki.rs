@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+use super::{check_name, opt, opt_string, pem};
 use crate::core::Authorized;
 use crate::engines::kv::KeyLocks;
 use crate::logical::{ApiError, Operation, Response, fields};
@@ -139,35 +140,12 @@ fn encode<T: Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         .map_err(ApiError::internal)
 }
 
-fn opt<'a>(d: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    d.get(name).filter(|v| !v.is_null())
-}
-
-fn opt_string(d: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    opt(d, name).map(|v| fields::string(v, name)).transpose()
-}
-
 fn opt_bool(d: &Map<String, Value>, name: &str, default: bool) -> Result<bool, ApiError> {
     opt(d, name).map_or(Ok(default), |v| fields::boolean(v, name))
 }
 
 fn list(d: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
     opt(d, name).map_or(Ok(Vec::new()), |v| fields::string_list(v, name))
-}
-
-/// Vault's generic names for roles.
-fn check_name(name: &str) -> Result<&str, ApiError> {
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && word(b[0])
-        && word(b[b.len() - 1])
-        && b.iter().all(|&c| word(c) || c == b'-' || c == b'.');
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::unsupported_path())
-    }
 }
 
 /// A serial number as Vault writes it: lowercase hex pairs joined by `:`.
@@ -251,17 +229,6 @@ fn generate_key(key_type: &str, key_bits: u32) -> Result<KeyPair, ApiError> {
     } else {
         KeyPair::generate_for(alg).map_err(rc_err)
     }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 async fn load_or_default<T: Default + for<'de> Deserialize<'de>>(

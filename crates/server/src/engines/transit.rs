@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+use super::{check_name, opt, opt_string, pem};
 use crate::core::Authorized;
 use crate::engines::kv::KeyLocks;
 use crate::logical::{ApiError, Operation, Response, fields};
@@ -290,17 +291,6 @@ fn public_key_text(k: KeyType, b64: &str) -> String {
     }
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 fn crypto_err(e: TransitError) -> ApiError {
     match e {
         TransitError::Open => ApiError::bad_request(e.to_string()),
@@ -311,22 +301,6 @@ fn crypto_err(e: TransitError) -> ApiError {
 }
 
 // ------------------------------------------------------------ paths
-
-/// Vault's `GenericNameRegex`: `\w(([\w-.]+)?\w)?` with ASCII `\w`.
-/// Anything else is refused, never cleaned up.
-fn check_name(name: &str) -> Result<&str, ApiError> {
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && word(b[0])
-        && word(b[b.len() - 1])
-        && b.iter().all(|&c| word(c) || c == b'-' || c == b'.');
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::unsupported_path())
-    }
-}
 
 fn policy_key(name: &str) -> String {
     format!("policy/{name}")
@@ -465,14 +439,6 @@ pub async fn handle(
 }
 
 // ------------------------------------------------------------ fields
-
-fn opt<'a>(d: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    d.get(name).filter(|v| !v.is_null())
-}
-
-fn opt_string(d: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    opt(d, name).map(|v| fields::string(v, name)).transpose()
-}
 
 fn opt_bool(d: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
     opt(d, name).map(|v| fields::boolean(v, name)).transpose()
