@@ -163,6 +163,10 @@ struct Anchors(BTreeMap<String, Head>);
 pub struct Core {
     pub barrier: Arc<Barrier>,
     pub tokens: TokenStore,
+    /// Leases of dynamic secrets and the expiry schedule (`lease.rs`).
+    pub leases: Arc<crate::lease::Leases>,
+    /// Open connection pools of the database engines' connections.
+    pub databases: crate::engines::database::Pools,
     pub policies: PolicyStore,
     pub mounts: RwLock<Arc<MountTable>>,
     pub audit: Broker,
@@ -220,6 +224,11 @@ fn needs_sudo(path: &str, op: Operation) -> bool {
         || path.starts_with("sys/rekey/")
         || path.starts_with("sys/generate-root/")
         || path.starts_with("auth/token/revoke-orphan")
+        || path.starts_with("sys/leases/revoke-prefix/")
+        || path.starts_with("sys/leases/revoke-force/")
+        || path.starts_with("sys/revoke-prefix/")
+        || path.starts_with("sys/revoke-force/")
+        || (path.starts_with("sys/leases/lookup") && op == Operation::List)
         || (path.starts_with("auth/token/accessors") && op == Operation::List)
 }
 
@@ -229,8 +238,16 @@ impl Core {
     }
 
     pub fn with_options(barrier: Arc<Barrier>, options: CoreOptions) -> Arc<Self> {
+        let leases = Arc::new(crate::lease::Leases::new(barrier.clone()));
         Arc::new(Self {
-            tokens: TokenStore::new(barrier.clone(), options.ttl, options.clock.clone()),
+            tokens: TokenStore::new(
+                barrier.clone(),
+                options.ttl,
+                options.clock.clone(),
+                leases.clone(),
+            ),
+            leases,
+            databases: Default::default(),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -286,6 +303,7 @@ impl Core {
         *lock(self.mounts.write())? = Arc::new(table);
         self.policies.setup().await?;
         self.tokens.setup().await?;
+        self.leases.load().await?;
         // the dummy hash unknown users are verified against, made now: made
         // on the first such login, it would make that login slower than
         // the others (a one-time username oracle)
@@ -500,6 +518,8 @@ impl Core {
         let r = self.barrier.seal().await;
         self.root_ops.reset().await;
         self.tokens.clear();
+        self.leases.clear();
+        self.databases.clear();
         self.policies.clear();
         self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -615,7 +635,7 @@ impl Core {
         let path = MountTable::check_path(path)?;
         let (kind, options) = match kind {
             "kv" | "generic" => (kind.to_string(), options),
-            "transit" | "pki" => {
+            "transit" | "pki" | "database" => {
                 if !options.is_empty() {
                     return Err(ApiError::bad_request(format!(
                         "the {kind} engine takes no options"
@@ -630,7 +650,7 @@ impl Core {
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    "plugin not found in the catalog: only kv, kv-v2, generic, transit and pki are available",
+                    "plugin not found in the catalog: only kv, kv-v2, generic, transit, pki and database are available",
                 ));
             }
         };
@@ -1257,6 +1277,9 @@ impl Core {
                     Some(EngineKind::KvV1) => kv::exists_v1(rel, &view).await,
                     Some(EngineKind::Transit) => transit::exists(rel, &view).await,
                     Some(EngineKind::Pki) => pki::exists(rel, &view).await,
+                    Some(EngineKind::Database) => {
+                        crate::engines::database::exists(rel, &view).await
+                    }
                     None => Ok(true),
                 }
             }
@@ -1299,19 +1322,229 @@ impl Core {
             Some(EngineKind::Pki) => {
                 // the mount's own TTLs win over the system's (Vault: `secrets
                 // tune -max-lease-ttl=87600h pki` makes a ten-year CA possible)
-                let sys = self.options.ttl;
-                let max = match mount.config.max_lease_ttl {
-                    0 => sys.max_ttl,
-                    x => x,
+                pki::handle(auth, rel, &view, &self.kv_locks, self.mount_ttls(mount)).await
+            }
+            Some(EngineKind::Database) => {
+                let (default_ttl, max_ttl) = self.mount_ttls(mount);
+                let ctx = crate::engines::database::Ctx {
+                    pools: &self.databases,
+                    locks: &self.kv_locks,
+                    lease: crate::lease::LeaseCtx {
+                        leases: &self.leases,
+                        mount_uuid: &mount.uuid,
+                        path,
+                        token_hash: &auth.token().hash,
+                        default_ttl,
+                        max_ttl,
+                        now: self.tokens.now(),
+                    },
                 };
-                let default = match mount.config.default_lease_ttl {
-                    0 => sys.default_ttl,
-                    x => x,
-                };
-                pki::handle(auth, rel, &view, &self.kv_locks, (default.min(max), max)).await
+                crate::engines::database::handle(auth, rel, &view, ctx).await
             }
             None => Err(ApiError::unsupported_path()),
         }
+    }
+
+    /// A secrets mount's default and max lease TTL: its own (tuned), else
+    /// the system's; the default never above the max.
+    pub fn mount_ttls(&self, mount: &MountEntry) -> (i64, i64) {
+        let sys = self.options.ttl;
+        let max = match mount.config.max_lease_ttl {
+            0 => sys.max_ttl,
+            x => x,
+        };
+        let default = match mount.config.default_lease_ttl {
+            0 => sys.default_ttl,
+            x => x,
+        };
+        (default.min(max), max)
+    }
+
+    /// The mount with this uuid, if it is still enabled.
+    fn mount_by_uuid(&self, uuid: &str) -> Result<Option<MountEntry>, ApiError> {
+        Ok(self
+            .mount_table()?
+            .entries
+            .iter()
+            .find(|m| m.uuid == uuid)
+            .cloned())
+    }
+
+    /// Revoke one lease: the engine removes the credential, then the lease
+    /// is forgotten. `force` forgets it even when the engine fails (Vault's
+    /// `revoke-force`: the credential may be left behind). A lease that does
+    /// not exist is already revoked.
+    pub async fn revoke_lease(&self, lease_id: &str, force: bool) -> Result<bool, ApiError> {
+        let _l = self.leases.lock(lease_id).await;
+        let Some(e) = self.leases.get(lease_id).await? else {
+            return Ok(false);
+        };
+        let _gate = self.mount_gate.read().await;
+        let outcome = match self.mount_by_uuid(&e.mount_uuid)? {
+            // the mount is gone, with its storage: nothing left to revoke with
+            None => Ok(()),
+            Some(m) => {
+                let view = View::new(self.barrier.clone(), m.view_prefix());
+                match m.engine() {
+                    Some(EngineKind::Database) => {
+                        crate::engines::database::revoke(
+                            &view,
+                            &self.databases,
+                            &self.kv_locks,
+                            &e.internal,
+                        )
+                        .await
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(err) if force => {
+                tracing::warn!(
+                    status = err.status,
+                    "revoke-force: the engine failed; the lease is forgotten anyway"
+                );
+            }
+            Err(err) => return Err(err),
+        }
+        self.leases.delete(&e).await?;
+        tracing::info!(mount = %e.mount_uuid, "lease revoked");
+        Ok(true)
+    }
+
+    /// Revoke every lease under `prefix` (a lease id, or a path prefix).
+    pub async fn revoke_lease_prefix(&self, prefix: &str, force: bool) -> Result<usize, ApiError> {
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.is_empty() {
+            crate::lease::check_lease_id(prefix)?;
+            if self.leases.get(prefix).await?.is_some() {
+                return Ok(usize::from(self.revoke_lease(prefix, force).await?));
+            }
+        }
+        let under = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut n = 0;
+        for id in self.leases.ids_under(&under).await? {
+            if self.revoke_lease(&id, force).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Revoke every lease of a mount (before it is disabled); the first
+    /// failure stops the unmount.
+    pub async fn revoke_mount_leases(&self, uuid: &str) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for id in self.leases.ids_under("").await? {
+            if let Some(e) = self.leases.get(&id).await?
+                && e.mount_uuid == uuid
+                && self.revoke_lease(&id, false).await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Renew a lease by `increment` seconds (0: its TTL), never past its
+    /// max TTL. The engine extends the credential first.
+    pub async fn renew_lease(
+        &self,
+        lease_id: &str,
+        increment: i64,
+    ) -> Result<(crate::lease::LeaseEntry, Vec<String>), ApiError> {
+        let _l = self.leases.lock(lease_id).await;
+        let now = self.tokens.now();
+        let mut e = self
+            .leases
+            .get(lease_id)
+            .await?
+            .filter(|e| e.expire_time > now)
+            .ok_or_else(|| ApiError::bad_request("lease not found"))?;
+        if !e.renewable {
+            return Err(ApiError::bad_request("lease is not renewable"));
+        }
+        let ttl = if increment > 0 { increment } else { e.ttl };
+        let mut warnings = Vec::new();
+        let mut expire = now.saturating_add(ttl);
+        if expire > e.max_expire {
+            warnings.push(crate::token::capped_warning(
+                "TTL",
+                ttl,
+                e.max_expire - e.issue_time,
+            ));
+            expire = e.max_expire;
+        }
+        let _gate = self.mount_gate.read().await;
+        let m = self
+            .mount_by_uuid(&e.mount_uuid)?
+            .ok_or_else(|| ApiError::bad_request("lease not found"))?;
+        let view = View::new(self.barrier.clone(), m.view_prefix());
+        if m.engine() == Some(EngineKind::Database) {
+            crate::engines::database::renew(
+                &view,
+                &self.databases,
+                &self.kv_locks,
+                &e.internal,
+                expire,
+            )
+            .await?;
+        }
+        e.expire_time = expire;
+        e.last_renewal = now;
+        self.leases.update(&e).await?;
+        Ok((e, warnings))
+    }
+
+    /// Revoke the leases due as of `now`; a failure is retried later with
+    /// backoff. Returns how many were revoked.
+    pub async fn revoke_due_leases(&self, now: i64) -> usize {
+        let due = match self.leases.due(now) {
+            Ok(d) => d,
+            Err(_) => return 0,
+        };
+        let mut n = 0;
+        for id in due {
+            if !self.is_serving() {
+                break;
+            }
+            match self.revoke_lease(&id, false).await {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    let failures = self.leases.backoff(&id, now).unwrap_or(0);
+                    tracing::warn!(
+                        status = e.status,
+                        failures,
+                        "lease revocation failed; will retry"
+                    );
+                }
+            }
+        }
+        n
+    }
+
+    /// `sys/leases/tidy`: leases whose token no longer exists (a token
+    /// revoked while the lease was being created) are made due now.
+    pub async fn tidy_leases(&self) -> Result<usize, ApiError> {
+        let now = self.tokens.now();
+        let mut orphans = Vec::new();
+        for id in self.leases.ids_under("").await? {
+            if let Some(e) = self.leases.get(&id).await?
+                && !e.token_hash.is_empty()
+                && self.tokens.lookup_hash(&e.token_hash).await?.is_none()
+            {
+                orphans.push(id);
+            }
+        }
+        let n = orphans.len();
+        self.leases.make_due(orphans, now)?;
+        Ok(n)
     }
 
     /// Rotate the transit keys, on every transit mount, whose

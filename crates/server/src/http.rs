@@ -324,11 +324,15 @@ pub fn render(
             } else if let Some(raw) = r.raw {
                 (r.status, Some(raw))
             } else {
+                let (lease_id, renewable, lease_duration) = match &r.lease {
+                    Some(l) => (l.lease_id.as_str(), l.renewable, l.lease_duration),
+                    None => ("", false, 0),
+                };
                 let mut env = json!({
                     "request_id": request_id,
-                    "lease_id": "",
-                    "renewable": false,
-                    "lease_duration": 0,
+                    "lease_id": lease_id,
+                    "renewable": renewable,
+                    "lease_duration": lease_duration,
                     "data": r.data,
                     "wrap_info": null,
                     "warnings": if r.warnings.is_empty() { Value::Null } else { json!(r.warnings) },

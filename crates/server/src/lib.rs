@@ -20,6 +20,7 @@ pub mod core;
 pub mod engines;
 pub mod http;
 pub mod json;
+pub mod lease;
 pub mod listener;
 pub mod logical;
 pub mod mounts;
@@ -96,6 +97,29 @@ fn spawn_tidy(core: Arc<Core>) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "transit key rotation failed"),
                 Err(e) => tracing::error!(error = %e, "transit key rotation task failed"),
+            }
+        }
+    });
+}
+
+/// The expiry manager: revokes leases when they are due (expired, or
+/// their token revoked), checking every second and at once when woken.
+/// Due times are loaded at every unseal, so revocation resumes after a
+/// restart.
+pub fn spawn_lease_expiry(core: Arc<Core>) {
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), core.leases.wake.notified()).await;
+            if !core.is_serving() {
+                continue;
+            }
+            let c = core.clone();
+            // a task of its own: a panic in one revocation does not stop expiry
+            let run = tokio::spawn(async move { c.revoke_due_leases(c.tokens.now()).await });
+            match run.await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(revoked = n, "expired leases revoked"),
+                Err(e) => tracing::error!(error = %e, "lease expiry task failed"),
             }
         }
     });
@@ -192,6 +216,7 @@ pub async fn run(
     )?;
     tracing::info!(address = %running.addr, storage = core.barrier.backend_kind(), "palisade server listening");
     spawn_tidy(core.clone());
+    spawn_lease_expiry(core.clone());
     let r = handle.await.map_err(|e| e.to_string());
     finish(&core).await;
     r
@@ -239,6 +264,7 @@ pub async fn run_dev(
         shutdown,
     )?;
     spawn_tidy(core.clone());
+    spawn_lease_expiry(core.clone());
     println!("==> Palisade server started in DEV mode. Do not run dev mode in production.");
     println!("    Storage: SQLite in {} (deleted on exit)", dir.display());
     if running.addr.ip().is_loopback() {

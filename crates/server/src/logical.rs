@@ -118,6 +118,9 @@ pub struct Response {
     /// A body that is not JSON at all, with its content type (a PKI
     /// engine's `ca/pem`, `crl`): public material only.
     pub bytes: Option<(&'static str, Vec<u8>)>,
+    /// The lease of a dynamic secret (`lease_id`, `lease_duration`,
+    /// `renewable` at the top of Vault's envelope).
+    pub lease: Option<crate::lease::LeaseInfo>,
 }
 
 impl Response {
@@ -130,6 +133,7 @@ impl Response {
             top_level: false,
             raw: None,
             bytes: None,
+            lease: None,
         }
     }
     pub fn no_content() -> Self {
@@ -141,6 +145,7 @@ impl Response {
             top_level: false,
             raw: None,
             bytes: None,
+            lease: None,
         }
     }
     pub fn raw(status: u16, body: Value) -> Self {
@@ -152,6 +157,7 @@ impl Response {
             top_level: false,
             raw: Some(body),
             bytes: None,
+            lease: None,
         }
     }
     /// A non-JSON body (`content_type` is e.g. `application/pem-certificate-chain`).
@@ -164,10 +170,15 @@ impl Response {
             top_level: false,
             raw: None,
             bytes: Some((content_type, body)),
+            lease: None,
         }
     }
     pub fn with_top_level(mut self) -> Self {
         self.top_level = true;
+        self
+    }
+    pub fn with_lease(mut self, lease: crate::lease::LeaseInfo) -> Self {
+        self.lease = Some(lease);
         self
     }
     pub fn with_status(mut self, status: u16) -> Self {

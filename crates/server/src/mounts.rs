@@ -38,6 +38,7 @@ pub enum EngineKind {
     KvV2,
     Transit,
     Pki,
+    Database,
 }
 
 impl MountEntry {
@@ -53,6 +54,7 @@ impl MountEntry {
             "kv-v2" => Some(EngineKind::KvV2),
             "transit" => Some(EngineKind::Transit),
             "pki" => Some(EngineKind::Pki),
+            "database" => Some(EngineKind::Database),
             _ => None,
         }
     }

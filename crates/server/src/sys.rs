@@ -221,6 +221,9 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         _ => {}
     }
+    if let Some(r) = leases(core, req, rest).await {
+        return r;
+    }
     if crate::rootops::is_root_op(rest) {
         return crate::rootops::handle(core, req, rest).await;
     }
@@ -419,6 +422,16 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
             let Some(idx) = table.entries.iter().position(|m| m.path == p) else {
                 return Ok(Response::no_content());
             };
+            // its leases first (Vault): the engine still has the storage it
+            // needs to revoke them; one it cannot revoke keeps the mount
+            let uuid = table.entries[idx].uuid.clone();
+            if let Err(e) = core.revoke_mount_leases(&uuid).await {
+                return Err(ApiError::bad_request(format!(
+                    "failed to revoke leases of {p}: {}",
+                    e.messages.join("; ")
+                ))
+                .audited_as("failed to revoke leases"));
+            }
             let m = table.entries.remove(idx);
             // remove the mount first so no request reaches a half-cleared view
             core.save_mounts(table).await?;
@@ -775,4 +788,123 @@ async fn capabilities(
     }
     out.insert("capabilities".into(), json!(all));
     Ok(Response::data(Value::Object(out)).with_top_level())
+}
+
+/// `sys/leases/*` and Vault's older spellings (`sys/renew`, `sys/revoke`,
+/// `sys/revoke-prefix`, `sys/revoke-force`). `None`: not a lease path.
+async fn leases(core: &Arc<Core>, req: &Request, rest: &str) -> Option<Result<Response, ApiError>> {
+    let rest = rest.strip_prefix("leases/").map_or_else(
+        || match rest {
+            "renew" | "revoke" => Some(rest),
+            _ if rest.starts_with("renew/")
+                || rest.starts_with("revoke/")
+                || rest.starts_with("revoke-prefix/")
+                || rest.starts_with("revoke-force/") =>
+            {
+                Some(rest)
+            }
+            _ => None,
+        },
+        Some,
+    )?;
+    let op = req.operation;
+    let (verb, tail) = match rest.split_once('/') {
+        Some((v, t)) => (v, Some(t)),
+        None => (rest, None),
+    };
+    // the lease id from the path, else from the body
+    let lease_id = |tail: Option<&str>| -> Result<String, ApiError> {
+        let id = match tail {
+            Some(t) if !t.is_empty() => t.to_owned(),
+            _ => match req.data.get("lease_id").filter(|v| !v.is_null()) {
+                Some(v) => fields::string(v, "lease_id")?,
+                None => return Err(ApiError::bad_request("lease_id must be specified")),
+            },
+        };
+        Ok(crate::lease::check_lease_id(&id)?.to_owned())
+    };
+    Some(
+        async {
+            match (op, verb) {
+                (Operation::Write, "lookup") if tail.is_none() => {
+                    let id = lease_id(None)?;
+                    let now = core.tokens.now();
+                    let e = core
+                        .leases
+                        .get(&id)
+                        .await?
+                        .ok_or_else(|| ApiError::bad_request("invalid lease"))?;
+                    let t = |secs: i64| palisade_core::rfc3339(secs.saturating_mul(1_000_000_000));
+                    Ok(Response::data(json!({
+                        "id": e.lease_id,
+                        "issue_time": t(e.issue_time),
+                        "expire_time": t(e.expire_time),
+                        "last_renewal": if e.last_renewal == 0 { Value::Null } else { json!(t(e.last_renewal)) },
+                        "renewable": e.renewable,
+                        "ttl": e.ttl_remaining(now),
+                    })))
+                }
+                (Operation::List, "lookup") => {
+                    let prefix = match tail {
+                        None | Some("") => String::new(),
+                        Some(p) => format!("{}/", crate::lease::check_lease_id(p.trim_end_matches('/'))?),
+                    };
+                    let keys = core.leases.list(&prefix).await?;
+                    if keys.is_empty() {
+                        return Err(ApiError::not_found());
+                    }
+                    Ok(Response::data(json!({ "keys": keys })))
+                }
+                (Operation::Write, "renew") => {
+                    let id = lease_id(tail)?;
+                    let increment = match req.data.get("increment").filter(|v| !v.is_null()) {
+                        Some(v) => fields::duration_secs(v, "increment")?,
+                        None => 0,
+                    };
+                    let (e, warnings) = core.renew_lease(&id, increment).await?;
+                    let mut r = Response::data(Value::Null).with_lease(crate::lease::LeaseInfo {
+                        lease_id: e.lease_id.clone(),
+                        lease_duration: e.ttl_remaining(core.tokens.now()),
+                        renewable: e.renewable,
+                    });
+                    r.data = None;
+                    r.warnings = warnings;
+                    Ok(r)
+                }
+                (Operation::Write, "revoke") => {
+                    let id = lease_id(tail)?;
+                    let sync = match req.data.get("sync").filter(|v| !v.is_null()) {
+                        Some(v) => fields::boolean(v, "sync")?,
+                        None => true,
+                    };
+                    if sync {
+                        core.revoke_lease(&id, false).await?;
+                        Ok(Response::no_content())
+                    } else {
+                        // queued: the expiry manager revokes it (and retries)
+                        if core.leases.get(&id).await?.is_some() {
+                            core.leases.make_due(vec![id], core.tokens.now())?;
+                        }
+                        Ok(Response::data(Value::Null).with_status(202))
+                    }
+                }
+                (Operation::Write, "revoke-prefix" | "revoke-force") => {
+                    let prefix = tail.unwrap_or_default();
+                    if prefix.is_empty() {
+                        return Err(ApiError::bad_request("prefix must be specified"));
+                    }
+                    core.revoke_lease_prefix(prefix, verb == "revoke-force").await?;
+                    Ok(Response::no_content())
+                }
+                (Operation::Write, "tidy") if tail.is_none() => {
+                    let n = core.tidy_leases().await?;
+                    Ok(Response::data(Value::Null)
+                        .with_status(202)
+                        .warn(format!("Tidy operation successfully started: {n} orphaned leases made due")))
+                }
+                _ => Err(ApiError::unsupported_operation()),
+            }
+        }
+        .await,
+    )
 }

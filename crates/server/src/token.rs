@@ -189,6 +189,8 @@ pub struct NewToken {
 
 pub struct TokenStore {
     barrier: Arc<Barrier>,
+    /// The leases tokens obtained: revoking a token makes them due.
+    leases: Arc<crate::lease::Leases>,
     limits: TtlLimits,
     clock: palisade_core::Clock,
     /// Striped by parent hash: creating a child of P and marking P as being
@@ -242,9 +244,15 @@ pub fn random_base62(n: usize) -> String {
 }
 
 impl TokenStore {
-    pub fn new(barrier: Arc<Barrier>, limits: TtlLimits, clock: palisade_core::Clock) -> Self {
+    pub fn new(
+        barrier: Arc<Barrier>,
+        limits: TtlLimits,
+        clock: palisade_core::Clock,
+        leases: Arc<crate::lease::Leases>,
+    ) -> Self {
         Self {
             barrier,
+            leases,
             limits,
             clock,
             family: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -642,6 +650,11 @@ impl TokenStore {
         let mut ops = vec![BarrierOp::Delete {
             path: format!("{ID_PREFIX}{hash}"),
         }];
+        // the token's leases are detached and due now, in the same
+        // transaction: the expiry manager revokes them (a token is never
+        // gone while a lease still counts on it being revoked later)
+        let (lease_ops, lease_ids) = self.leases.detach_token_ops(hash, self.now()).await?;
+        ops.extend(lease_ops);
         if let Some(e) = &entry {
             let salt = self.salt()?;
             ops.push(BarrierOp::Delete {
@@ -654,6 +667,7 @@ impl TokenStore {
             }
         }
         self.barrier.transaction(ops).await?;
+        self.leases.make_due(lease_ids, self.now())?;
         let mut cache = lock(self.cache.write())?;
         cache.remove(hash);
         self.revocations.fetch_add(1, Ordering::SeqCst);

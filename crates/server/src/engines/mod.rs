@@ -2,6 +2,7 @@
 //! its own storage view; it cannot reach the core, other mounts or the
 //! barrier's metadata (the [`palisade_barrier::View`] jail enforces that).
 
+pub mod database;
 pub mod kv;
 pub mod pki;
 pub mod transit;

