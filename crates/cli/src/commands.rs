@@ -111,6 +111,39 @@ pub(crate) enum Command {
     /// Certificates from the PKI engine.
     #[command(subcommand)]
     Pki(PkiCmd),
+    /// Leases of dynamic secrets (as `vault lease`).
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LeaseCmd {
+    /// Show a lease: issue and expiry times, TTL, renewable.
+    Lookup {
+        lease_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Extend a lease by INCREMENT (default: its TTL), never past its max TTL.
+    Renew {
+        lease_id: String,
+        #[arg(long)]
+        increment: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a lease (the credential is removed first), or with --prefix
+    /// every lease under a path (needs sudo). --force forgets the leases
+    /// even when the engine cannot remove the credentials.
+    Revoke {
+        lease_id: String,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long, requires = "prefix")]
+        force: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -896,6 +929,7 @@ pub(crate) async fn run(cli: Cli) -> u8 {
         }
         Command::Transit(cmd) => transit(cmd).await,
         Command::Pki(cmd) => pki(cmd).await,
+        Command::Lease(cmd) => lease(cmd).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Gateway(a) => gateway(a).await,
     }
@@ -1549,8 +1583,80 @@ async fn generic(
         println!("Success! Data written to: {path}");
         return 0;
     }
-    output::print(remote.format, &d, output::object_rows(&d));
+    output::print(remote.format, &d, with_lease_rows(r.body.as_ref(), &d));
     0
+}
+
+/// Vault's `lease_id`, `lease_duration` and `lease_renewable` rows first,
+/// when the answer carries a lease (a dynamic secret).
+fn with_lease_rows(body: Option<&Value>, d: &Value) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    if let Some(b) = body
+        && let Some(id) = b["lease_id"].as_str().filter(|id| !id.is_empty())
+    {
+        rows.push(("lease_id".to_owned(), id.to_owned()));
+        rows.push((
+            "lease_duration".to_owned(),
+            palisade_server::token::format_duration(b["lease_duration"].as_i64().unwrap_or(0)),
+        ));
+        rows.push((
+            "lease_renewable".to_owned(),
+            output::scalar(&b["renewable"]),
+        ));
+    }
+    rows.extend(output::object_rows(d));
+    rows
+}
+
+async fn lease(cmd: LeaseCmd) -> u8 {
+    match cmd {
+        LeaseCmd::Lookup { lease_id, remote } => {
+            let c = tryc!(client(&remote));
+            let r = call!(
+                c,
+                "PUT",
+                "sys/leases/lookup".to_owned(),
+                Some(&json!({ "lease_id": lease_id }))
+            );
+            let d = r.data();
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        LeaseCmd::Renew {
+            lease_id,
+            increment,
+            remote,
+        } => {
+            let mut body = json!({ "lease_id": lease_id });
+            if let Some(i) = increment {
+                body["increment"] = json!(i);
+            }
+            let c = tryc!(client(&remote));
+            let r = call!(c, "PUT", "sys/leases/renew".to_owned(), Some(&body));
+            let b = r.body.clone().unwrap_or(Value::Null);
+            output::print(remote.format, &b, with_lease_rows(Some(&b), &Value::Null));
+            0
+        }
+        LeaseCmd::Revoke {
+            lease_id,
+            prefix,
+            force,
+            remote,
+        } => {
+            let c = tryc!(client(&remote));
+            let (path, body) = match (prefix, force) {
+                (true, true) => (format!("sys/leases/revoke-force/{lease_id}"), None),
+                (true, false) => (format!("sys/leases/revoke-prefix/{lease_id}"), None),
+                _ => (
+                    "sys/leases/revoke".to_owned(),
+                    Some(json!({ "lease_id": lease_id })),
+                ),
+            };
+            call!(c, "PUT", path, body.as_ref());
+            println!("Success! Revoked lease: {lease_id}");
+            0
+        }
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {

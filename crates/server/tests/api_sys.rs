@@ -527,7 +527,7 @@ async fn mounts_list_enable_read_tune_disable() {
     assert_error(
         &r,
         400,
-        "plugin not found in the catalog: only kv, kv-v2, generic, transit and pki are available",
+        "plugin not found in the catalog: only kv, kv-v2, generic, transit, pki and database are available",
     );
     let r = s.post("sys/mounts/other", &s.root, json!({})).await;
     assert_error(&r, 400, "backend type must be specified as a string");

@@ -460,7 +460,7 @@ async fn audit_errors_do_not_echo_request_values() {
         (
             "sys/mounts/m1",
             json!({"type": "MARKER-type"}),
-            "plugin not found in the catalog: only kv, kv-v2, generic, transit and pki are available",
+            "plugin not found in the catalog: only kv, kv-v2, generic, transit, pki and database are available",
         ),
         (
             "sys/mounts/x",

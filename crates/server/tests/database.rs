@@ -350,3 +350,363 @@ async fn an_expired_lease_is_revoked_also_after_a_restart() {
         .await;
     assert_error(&r, 400, "invalid lease");
 }
+
+#[tokio::test]
+async fn refusals_name_the_problem_and_create_nothing() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    // unknown role
+    let r = s.get("database/creds/nosuch", &s.root).await;
+    assert_error(&r, 400, "unknown role: nosuch");
+    // a role the connection does not allow
+    let other = s.unique("rw");
+    let r = s
+        .post(
+            &format!("database/roles/{other}"),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": CREATE}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("database/creds/{other}"), &s.root).await;
+    assert_error(&r, 400, &format!("{other:?} is not an allowed role"));
+    // roles: required fields
+    let r = s
+        .post(
+            "database/roles/x",
+            &s.root,
+            json!({"creation_statements": CREATE}),
+        )
+        .await;
+    assert_error(&r, 400, "empty database name attribute");
+    let r = s
+        .post("database/roles/x", &s.root, json!({"db_name": "pg"}))
+        .await;
+    assert_error(&r, 400, "empty creation statements");
+    let r = s
+        .post(
+            "database/roles/x",
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": CREATE, "default_ttl": "2h", "max_ttl": "1h"}),
+        )
+        .await;
+    assert_error(&r, 400, "default_ttl cannot be greater than max_ttl");
+    // config: plugin, URL, verification
+    let r = s
+        .post(
+            "database/config/my",
+            &s.root,
+            json!({"plugin_name": "mysql-database-plugin", "connection_url": "x"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "unsupported database plugin \"mysql-database-plugin\": this server speaks \"postgresql-database-plugin\"",
+    );
+    let r = s
+        .post(
+            "database/config/my",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin", "connection_url": "mysql://u@127.0.0.1/x"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "connection_url must be a postgres:// or postgresql:// URL",
+    );
+    let r = s
+        .post(
+            "database/config/down",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin",
+                   "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/test",
+                   "username": "postgres", "password": "pw-that-must-not-leak"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("error creating database object: error connecting to the database: cannot reach the database"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("pw-that-must-not-leak"));
+    assert_eq!(s.get("database/config/down", &s.root).await.status, 404);
+    let r = s
+        .post(
+            "database/config/my",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin", "connection_url": templated_url(), "password_policy": "p"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "\"password_policy\" is not supported by this server",
+    );
+
+    // reading a connection never returns its password
+    let r = s.get("database/config/pg", &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.data()["connection_details"]["username"], "postgres");
+    assert!(!r.text.contains("root-secret-never-shown"), "{}", r.text);
+
+    // no lease was recorded by any refusal
+    let r = s.list("sys/leases/lookup/database/creds/", &s.root).await;
+    assert_empty_404(&r);
+}
+
+#[tokio::test]
+async fn a_failed_creation_statement_leaves_no_role_and_no_lease() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    // the first statement succeeds, the second fails: the transaction
+    // rolls both back
+    let r = s
+        .post(
+            &format!("database/roles/{}", db.role),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": [
+                r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}'"#,
+                r#"GRANT no_such_role_here TO "{{name}}""#,
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("database/creds/{}", db.role), &s.root).await;
+    assert_error(
+        &r,
+        500,
+        "error creating the database user: role \"no_such_role_here\" does not exist",
+    );
+    let r = s.list("sys/leases/lookup/database/creds/", &s.root).await;
+    assert_empty_404(&r);
+    assert_eq!(s.core.leases.count(), 0);
+}
+
+#[tokio::test]
+async fn disabling_the_mount_revokes_its_credentials() {
+    let Some(db) = setup("10m").await else { return };
+    let (user, _, _, _) = creds(&db, &db.s.root).await;
+    let (user2, _, _, _) = creds(&db, &db.s.root).await;
+    assert!(role_exists(&db.pg, &user).await && role_exists(&db.pg, &user2).await);
+    let r = db.s.delete("sys/mounts/database", &db.s.root).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!role_exists(&db.pg, &user).await);
+    assert!(!role_exists(&db.pg, &user2).await);
+    assert_eq!(db.s.core.leases.count(), 0);
+}
+
+#[tokio::test]
+async fn revoke_prefix_needs_sudo_and_revokes_everything_under_it() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let (u1, _, l1, _) = creds(&db, &s.root).await;
+    let (u2, _, _, _) = creds(&db, &s.root).await;
+    let prefix = format!("database/creds/{}", db.role);
+    let no_sudo = s
+        .token_with(
+            r#"path "sys/leases/*" { capabilities = ["update", "list"] }
+               path "sys/revoke-prefix/*" { capabilities = ["update"] }"#,
+        )
+        .await;
+    for p in [
+        format!("sys/leases/revoke-prefix/{prefix}"),
+        format!("sys/leases/revoke-force/{prefix}"),
+        format!("sys/revoke-prefix/{prefix}"),
+    ] {
+        let r = s.put(&p, &no_sudo.id, json!({})).await;
+        assert_denied(&r);
+    }
+    let r = s
+        .list("sys/leases/lookup/database/creds/", &no_sudo.id)
+        .await;
+    assert_denied(&r);
+    assert!(role_exists(&db.pg, &u1).await && role_exists(&db.pg, &u2).await);
+    // with sudo: listing, then revoking the prefix
+    let r = s
+        .list(&format!("sys/leases/lookup/{prefix}/"), &s.root)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let keys = r.data()["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().any(|k| l1.ends_with(k.as_str().unwrap())));
+    let r = s
+        .put(
+            &format!("sys/leases/revoke-prefix/{prefix}"),
+            &s.root,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!role_exists(&db.pg, &u1).await && !role_exists(&db.pg, &u2).await);
+    // lease ids that are not canonical paths name no lease
+    for bad in ["database//creds", "database/../sys", "/database"] {
+        let r = s
+            .put("sys/leases/lookup", &s.root, json!({"lease_id": bad}))
+            .await;
+        assert_error(&r, 400, "invalid lease ID");
+    }
+}
+
+#[tokio::test]
+async fn rotate_root_installs_a_password_nobody_knows_and_an_interrupted_one_completes() {
+    let Some(pg) = admin().await else { return };
+    let s = TestServer::dev().await;
+    let r = s
+        .post("sys/mounts/database", &s.root, json!({"type": "database"}))
+        .await;
+    assert_eq!(r.status, 204);
+    let admin_role = format!("palisade_root_{}", s.unique("r").replace('-', "_"));
+    let initial = "initial-root-password-1";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{admin_role}\" WITH LOGIN SUPERUSER PASSWORD '{initial}'"
+    )))
+    .execute(&pg)
+    .await
+    .unwrap();
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin", "connection_url": templated_url(),
+                   "username": admin_role, "password": initial, "allowed_roles": "*"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(password_is(&pg, &admin_role, initial).await);
+    let r = s.post("database/rotate-root/pg", &s.root, json!({})).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!password_is(&pg, &admin_role, initial).await, "rotated");
+    let r = s.get("database/config/pg", &s.root).await;
+    assert!(!r.text.contains("password\""), "{}", r.text);
+
+    // a crash after the write-ahead record and before the database changed:
+    // the next use installs the pending password, then it is the stored one
+    let m = s
+        .core
+        .mount_table()
+        .unwrap()
+        .entries
+        .iter()
+        .find(|m| m.path == "database/")
+        .unwrap()
+        .clone();
+    let key = format!("{}config/pg", m.view_prefix());
+    let mut cfg: Value =
+        serde_json::from_slice(&s.core.barrier.get(&key).await.unwrap().unwrap()).unwrap();
+    cfg["pending_password"] = json!("the-pending-password-2");
+    s.core
+        .barrier
+        .put(&key, &serde_json::to_vec(&cfg).unwrap())
+        .await
+        .unwrap();
+    let role = s.unique("ro");
+    let r = s
+        .post(
+            &format!("database/roles/{role}"),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": CREATE}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("database/creds/{role}"), &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(password_is(&pg, &admin_role, "the-pending-password-2").await);
+    let cfg: Value =
+        serde_json::from_slice(&s.core.barrier.get(&key).await.unwrap().unwrap()).unwrap();
+    assert!(cfg.get("pending_password").is_none(), "{cfg}");
+    assert_eq!(cfg["password"], "the-pending-password-2");
+
+    let lease = r.body["lease_id"].as_str().unwrap().to_owned();
+    let r = s
+        .put("sys/leases/revoke", &s.root, json!({"lease_id": lease}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE \"{admin_role}\"")))
+        .execute(&pg)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn generated_and_root_passwords_never_reach_the_audit_log() {
+    let Some(db) = setup("10m").await else { return };
+    let log = db.s.enable_audit("a").await;
+    let r =
+        db.s.post(
+            "database/config/pg",
+            &db.s.root,
+            json!({"password": "root-secret-never-shown", "allowed_roles": [db.role]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let (_, pass, lease, _) = creds(&db, &db.s.root).await;
+    let r =
+        db.s.put("sys/leases/revoke", &db.s.root, json!({"lease_id": lease}))
+            .await;
+    assert_eq!(r.status, 204);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("database/creds/"),
+        "the requests were audited"
+    );
+    assert!(!text.contains(&pass), "generated password in the audit log");
+    assert!(
+        !text.contains("root-secret-never-shown"),
+        "root password in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_is_a_clear_error_and_its_lease_is_retried() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let (user, _, lease, _) = creds(&db, &s.root).await;
+    // point the connection at a closed port without verifying
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/test", "verify_connection": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("database/creds/{}", db.role), &s.root).await;
+    assert_error(
+        &r,
+        500,
+        "error connecting to the database: cannot reach the database: connection refused",
+    );
+    let r = s
+        .put("sys/leases/revoke", &s.root, json!({"lease_id": lease}))
+        .await;
+    assert_error(
+        &r,
+        500,
+        "error connecting to the database: cannot reach the database: connection refused",
+    );
+    // still leased, still there
+    let r = s
+        .put("sys/leases/lookup", &s.root, json!({"lease_id": lease}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(role_exists(&db.pg, &user).await);
+    // the expiry manager retries with backoff; once the database is back it
+    // succeeds
+    let now = s.core.tokens.now();
+    s.core.leases.make_due(vec![lease.clone()], now).unwrap();
+    assert_eq!(s.core.revoke_due_leases(now).await, 0);
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"connection_url": templated_url()}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.core.revoke_due_leases(now).await, 0, "backing off");
+    assert_eq!(s.core.revoke_due_leases(now + 2).await, 1);
+    assert!(!role_exists(&db.pg, &user).await);
+}

@@ -292,15 +292,25 @@ fn connect_options(cfg: &DbConfig, password: &str) -> Result<PgConnectOptions, A
     Ok(opts.application_name("palisade"))
 }
 
+/// A pool for a connection. One connection is made first, so a database
+/// that refuses it answers with its own error at once (a pool would retry
+/// until its timeout and report only that).
 async fn open_pool(cfg: &DbConfig, password: &str) -> Result<PgPool, ApiError> {
     let opts = connect_options(cfg, password)?;
-    PgPoolOptions::new()
+    let ctx = "error connecting to the database";
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
+    )
+    .await
+    .map_err(|_| db_error(ctx, &sqlx::Error::PoolTimedOut, &cfg.secrets()))?
+    .map_err(|e| db_error(ctx, &e, &cfg.secrets()))?;
+    let _ = sqlx::Connection::close(first).await;
+    Ok(PgPoolOptions::new()
         .max_connections(cfg.max_open_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(300))
-        .connect_with(opts)
-        .await
-        .map_err(|e| db_error("error connecting to the database", &e, &cfg.secrets()))
+        .connect_lazy_with(opts))
 }
 
 /// The open pool of a connection, connecting if need be. A rotation of
@@ -1012,7 +1022,7 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
             "{u}"
         );
-        assert!(u.starts_with("v-token____-ro_le_x-"), "{u}");
+        assert!(u.starts_with("v-token___-ro_le_x-"), "{u}");
         let p = generate_password();
         assert_eq!(p.len(), 32);
         assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
