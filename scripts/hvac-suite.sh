@@ -43,6 +43,7 @@ MODULES=(
   tests/integration_tests/api/system_backend/test_leader.py
   tests/integration_tests/api/system_backend/test_key.py
   tests/integration_tests/api/system_backend/test_wrapping.py
+  tests/integration_tests/api/system_backend/test_lease.py
   tests/integration_tests/api/secrets_engines/test_kv_v1.py
   tests/integration_tests/api/secrets_engines/test_kv_v2.py
   tests/integration_tests/api/secrets_engines/test_transit.py

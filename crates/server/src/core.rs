@@ -1322,26 +1322,45 @@ impl Core {
             Some(EngineKind::Pki) => {
                 // the mount's own TTLs win over the system's (Vault: `secrets
                 // tune -max-lease-ttl=87600h pki` makes a ten-year CA possible)
-                pki::handle(auth, rel, &view, &self.kv_locks, self.mount_ttls(mount)).await
+                let lease = self.lease_ctx(mount, path, auth);
+                pki::handle(
+                    auth,
+                    rel,
+                    &view,
+                    &self.kv_locks,
+                    self.mount_ttls(mount),
+                    lease,
+                )
+                .await
             }
             Some(EngineKind::Database) => {
-                let (default_ttl, max_ttl) = self.mount_ttls(mount);
                 let ctx = crate::engines::database::Ctx {
                     pools: &self.databases,
                     locks: &self.kv_locks,
-                    lease: crate::lease::LeaseCtx {
-                        leases: &self.leases,
-                        mount_uuid: &mount.uuid,
-                        path,
-                        token_hash: &auth.token().hash,
-                        default_ttl,
-                        max_ttl,
-                        now: self.tokens.now(),
-                    },
+                    lease: self.lease_ctx(mount, path, auth),
                 };
                 crate::engines::database::handle(auth, rel, &view, ctx).await
             }
             None => Err(ApiError::unsupported_path()),
+        }
+    }
+
+    /// Where an engine's leases for this request come from.
+    fn lease_ctx<'a>(
+        &'a self,
+        mount: &'a MountEntry,
+        path: &'a str,
+        auth: &'a Authorized,
+    ) -> crate::lease::LeaseCtx<'a> {
+        let (default_ttl, max_ttl) = self.mount_ttls(mount);
+        crate::lease::LeaseCtx {
+            leases: &self.leases,
+            mount_uuid: &mount.uuid,
+            path,
+            token_hash: &auth.token().hash,
+            default_ttl,
+            max_ttl,
+            now: self.tokens.now(),
         }
     }
 
@@ -1394,6 +1413,9 @@ impl Core {
                             &e.internal,
                         )
                         .await
+                    }
+                    Some(EngineKind::Pki) => {
+                        pki::revoke_lease(&view, &self.kv_locks, &e.internal).await
                     }
                     _ => Ok(()),
                 }
@@ -1570,6 +1592,34 @@ impl Core {
                 // one mount's failure (its key list unreadable) leaves the others to rotate
                 Err(e) => {
                     tracing::warn!(mount = %m.path, status = e.status, "transit keys of this mount could not be rotated")
+                }
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Rotate the database static roles, on every database mount, whose
+    /// rotation period has passed as of `now` (Unix seconds), or whose
+    /// rotation was interrupted; how many were rotated.
+    pub async fn rotate_static_roles(&self, now: i64) -> Result<usize, ApiError> {
+        let table = self.mount_table()?;
+        let mut rotated = 0;
+        for m in table
+            .entries
+            .iter()
+            .filter(|m| m.engine() == Some(EngineKind::Database))
+        {
+            let _gate = self.mount_gate.read().await;
+            if self.mount_by_uuid(&m.uuid)?.is_none() {
+                continue;
+            }
+            let view = View::new(self.barrier.clone(), m.view_prefix());
+            match crate::engines::database::rotate_due(&view, &self.databases, &self.kv_locks, now)
+                .await
+            {
+                Ok(n) => rotated += n,
+                Err(e) => {
+                    tracing::warn!(mount = %m.path, status = e.status, "static roles of this mount could not be rotated")
                 }
             }
         }

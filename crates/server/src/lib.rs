@@ -125,6 +125,27 @@ pub fn spawn_lease_expiry(core: Arc<Core>) {
     });
 }
 
+/// Scheduled rotation: database static roles, checked every five seconds
+/// (Vault's shortest rotation period), in a task of its own.
+pub fn spawn_rotation(core: Arc<Core>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if !core.is_serving() {
+                continue;
+            }
+            let c = core.clone();
+            let run = tokio::spawn(async move { c.rotate_static_roles(c.tokens.now()).await });
+            match run.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(status = e.status, "static role rotation failed"),
+                Err(e) => tracing::error!(error = %e, "rotation task failed"),
+            }
+        }
+    });
+}
+
 /// A server that is listening. Tests use it in-process; the CLI via [`run`].
 pub struct Running {
     pub addr: SocketAddr,
@@ -217,6 +238,7 @@ pub async fn run(
     tracing::info!(address = %running.addr, storage = core.barrier.backend_kind(), "palisade server listening");
     spawn_tidy(core.clone());
     spawn_lease_expiry(core.clone());
+    spawn_rotation(core.clone());
     let r = handle.await.map_err(|e| e.to_string());
     finish(&core).await;
     r
@@ -265,6 +287,7 @@ pub async fn run_dev(
     )?;
     spawn_tidy(core.clone());
     spawn_lease_expiry(core.clone());
+    spawn_rotation(core.clone());
     println!("==> Palisade server started in DEV mode. Do not run dev mode in production.");
     println!("    Storage: SQLite in {} (deleted on exit)", dir.display());
     if running.addr.ip().is_loopback() {

@@ -710,3 +710,195 @@ async fn a_database_that_is_down_is_a_clear_error_and_its_lease_is_retried() {
     assert_eq!(s.core.revoke_due_leases(now + 2).await, 1);
     assert!(!role_exists(&db.pg, &user).await);
 }
+
+/// The stored static role entry, to play a crash (a write-ahead password
+/// left pending).
+async fn set_pending(s: &TestServer, key_in_mount: &str, field: &str, value: &str) {
+    let m = s
+        .core
+        .mount_table()
+        .unwrap()
+        .entries
+        .iter()
+        .find(|m| m.path == "database/")
+        .unwrap()
+        .clone();
+    let key = format!("{}{key_in_mount}", m.view_prefix());
+    let mut v: Value =
+        serde_json::from_slice(&s.core.barrier.get(&key).await.unwrap().unwrap()).unwrap();
+    v[field] = json!(value);
+    s.core
+        .barrier
+        .put(&key, &serde_json::to_vec(&v).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn static_roles_rotate_on_creation_on_schedule_on_demand_and_after_a_crash() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let user = format!("palisade_static_{}", s.unique("u").replace('-', "_"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{user}\" WITH LOGIN PASSWORD 'known-initial-password'"
+    )))
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    let role = s.unique("st");
+    // the connection must allow the static role too
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"allowed_roles": [db.role, role]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            &format!("database/static-roles/{role}"),
+            &s.root,
+            json!({"db_name": "pg", "username": user, "rotation_period": "1h"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // rotated at once: the initial password no longer works
+    assert!(!password_is(&db.pg, &user, "known-initial-password").await);
+    let c1 = static_creds(s, &role).await;
+    assert_eq!(c1["username"], user.as_str());
+    assert_eq!(c1["rotation_period"], 3600);
+    assert!(c1["ttl"].as_i64().unwrap() > 3590);
+    let p1 = c1["password"].as_str().unwrap().to_owned();
+    assert!(password_is(&db.pg, &user, &p1).await);
+
+    // not due: nothing rotates; due: it rotates
+    let now = s.core.tokens.now();
+    assert_eq!(s.core.rotate_static_roles(now).await.unwrap(), 0);
+    assert_eq!(s.core.rotate_static_roles(now + 3601).await.unwrap(), 1);
+    let p2 = static_creds(s, &role).await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(p1, p2);
+    assert!(password_is(&db.pg, &user, &p2).await);
+
+    // on demand
+    let r = s
+        .post(&format!("database/rotate-role/{role}"), &s.root, json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let p3 = static_creds(s, &role).await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(p2, p3);
+    assert!(password_is(&db.pg, &user, &p3).await);
+
+    // a crash after the write-ahead record: reading completes the rotation,
+    // so the password returned is the database's
+    set_pending(
+        s,
+        &format!("static-role/{role}"),
+        "pending_password",
+        "pending-static-password-4",
+    )
+    .await;
+    let p4 = static_creds(s, &role).await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(p4, "pending-static-password-4");
+    assert!(password_is(&db.pg, &user, &p4).await);
+
+    // the database is down: rotation fails with a clear error and the
+    // current password stays the one returned (and valid)
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/test", "verify_connection": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(&format!("database/rotate-role/{role}"), &s.root, json!({}))
+        .await;
+    assert_error(
+        &r,
+        500,
+        "error connecting to the database: cannot reach the database: connection refused",
+    );
+    assert_eq!(static_creds(s, &role).await["password"], p4.as_str());
+    assert!(password_is(&db.pg, &user, &p4).await);
+
+    // refusals
+    let r = s
+        .post(
+            &format!("database/static-roles/{role}"),
+            &s.root,
+            json!({"username": "other"}),
+        )
+        .await;
+    assert_error(&r, 400, "cannot update static account username");
+    let r = s
+        .post(
+            "database/static-roles/x",
+            &s.root,
+            json!({"db_name": "pg", "username": "u", "rotation_period": "4s"}),
+        )
+        .await;
+    assert_error(&r, 400, "rotation_period must be 5 seconds or more");
+    let r = s
+        .post(
+            "database/static-roles/x",
+            &s.root,
+            json!({"db_name": "pg", "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "username is a required field to create a static account",
+    );
+    let r = s.get("database/static-creds/nosuch", &s.root).await;
+    assert_error(&r, 400, "unknown role: nosuch");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE \"{user}\"")))
+        .execute(&db.pg)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_static_role_whose_user_does_not_exist_is_not_kept() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let r = s
+        .post("database/config/pg", &s.root, json!({"allowed_roles": "*"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "database/static-roles/ghost",
+            &s.root,
+            json!({"db_name": "pg", "username": "no_such_user_here", "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        500,
+        "error rotating the static role: role \"no_such_user_here\" does not exist",
+    );
+    assert_eq!(
+        s.get("database/static-roles/ghost", &s.root).await.status,
+        404
+    );
+}
+
+async fn static_creds(s: &TestServer, role: &str) -> Value {
+    let r = s
+        .get(&format!("database/static-creds/{role}"), &s.root)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.data().clone()
+}

@@ -303,10 +303,6 @@ async fn names_outside_the_role_are_refused_with_a_clear_error() {
             issue(json!({"common_name": "a.svc.example.com", "ip_sans": "010.0.0.1"})),
             "invalid IP SAN 010.0.0.1",
         ),
-        (
-            issue(json!({"common_name": "a.svc.example.com", "ttl": "721h"})),
-            "the requested ttl is longer than the role's or the mount's max_ttl",
-        ),
         (issue(json!({})), "the common_name field is required"),
     ];
     for (body, msg) in cases {
@@ -1302,4 +1298,113 @@ async fn a_csr_is_read_whole_one_block_one_common_name_nothing_after() {
     .await;
     err(&s, "pki/sign/svc", json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----"}), 400, "invalid csr: not a PEM certificate request").await;
     ok(&s, "pki/sign/svc", json!({"csr": good})).await;
+}
+
+#[tokio::test]
+async fn generate_lease_gives_a_lease_whose_revocation_revokes_the_certificate() {
+    let s = pki().await;
+    with_role(&s).await;
+    // without generate_lease: no lease
+    let r = s
+        .post(
+            "pki/issue/svc",
+            &s.root,
+            json!({"common_name": "a.svc.example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["lease_id"], "");
+    err(
+        &s,
+        "pki/roles/leased",
+        json!({"allowed_domains": ["svc.example.com"], "allow_subdomains": true, "generate_lease": true, "no_store": true}),
+        400,
+        "generate_lease cannot be used with no_store: a leased certificate must be stored to be revoked",
+    )
+    .await;
+    ok(
+        &s,
+        "pki/roles/leased",
+        json!({"allowed_domains": ["svc.example.com"], "allow_subdomains": true, "generate_lease": true, "key_type": "ec", "ttl": "1h"}),
+    )
+    .await;
+    let t = s
+        .token_with(r#"path "pki/issue/leased" { capabilities = ["update"] }"#)
+        .await;
+    let r = s
+        .post(
+            "pki/issue/leased",
+            &t.id,
+            json!({"common_name": "b.svc.example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let lease = r.body["lease_id"].as_str().unwrap().to_owned();
+    let serial = r.data()["serial_number"].as_str().unwrap().to_owned();
+    assert!(lease.starts_with("pki/issue/leased/"), "{lease}");
+    assert_eq!(r.body["lease_duration"], 3600);
+    assert_eq!(r.body["renewable"], false);
+    let r = s
+        .put("sys/leases/renew", &s.root, json!({"lease_id": lease}))
+        .await;
+    assert_error(&r, 400, "lease is not renewable");
+    let r = s.list("sys/leases/lookup/pki/", &s.root).await;
+    assert_eq!(r.data()["keys"], json!(["issue/"]));
+    // the token that asked is revoked: its certificate is revoked with it
+    let r = s
+        .post("auth/token/revoke", &s.root, json!({"token": t.id}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let now = s.core.tokens.now();
+    assert_eq!(s.core.revoke_due_leases(now).await, 1);
+    let r = s.get(&format!("pki/cert/{serial}"), &s.root).await;
+    assert!(
+        r.data()["revocation_time"].as_i64().unwrap() > 0,
+        "{}",
+        r.text
+    );
+    let r = s.list("sys/leases/lookup/pki/", &s.root).await;
+    assert_empty_404(&r);
+}
+
+#[tokio::test]
+async fn a_ttl_above_the_max_is_capped_with_vaults_warning() {
+    let s = pki().await;
+    with_role(&s).await;
+    let r = s
+        .post(
+            "pki/issue/svc",
+            &s.root,
+            json!({"common_name": "a.svc.example.com", "ttl": "721h"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"],
+        json!(["TTL \"721h\" is longer than permitted maxTTL \"720h\", so maxTTL is being used"])
+    );
+    let exp = r.data()["expiration"].as_i64().unwrap();
+    let now = s.core.tokens.now();
+    assert!(
+        (exp - now - 720 * 3600).abs() <= 5,
+        "capped at the role's max"
+    );
+    // a root above the mount's max: capped too (the mount allows 87600h)
+    let s2 = TestServer::dev().await;
+    let r = s2
+        .post("sys/mounts/pki", &s2.root, json!({"type": "pki"}))
+        .await;
+    assert_eq!(r.status, 204);
+    let r = s2
+        .post(
+            "pki/root/generate/internal",
+            &s2.root,
+            json!({"common_name": "r", "ttl": "8760h"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["warnings"],
+        json!(["TTL \"8760h\" is longer than permitted maxTTL \"768h\", so maxTTL is being used"])
+    );
 }

@@ -163,6 +163,67 @@ impl DbRole {
     }
 }
 
+/// Vault's shortest static-role rotation period.
+const MIN_ROTATION_PERIOD: i64 = 5;
+
+/// A static role: an existing database user whose password this engine
+/// owns and rotates every `rotation_period`.
+#[derive(Clone, Serialize, Deserialize)]
+struct StaticRole {
+    db_name: String,
+    username: String,
+    rotation_period: i64,
+    #[serde(default)]
+    rotation_statements: Vec<String>,
+    /// The password the database has (never logged).
+    #[serde(default)]
+    password: String,
+    /// Unix seconds of the last rotation (0: never).
+    #[serde(default)]
+    last_rotation: i64,
+    /// Set while a rotation runs (write-ahead): the password being
+    /// installed. Found set later, the rotation is completed before the
+    /// password is read or rotated again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_password: Option<String>,
+}
+
+impl std::fmt::Debug for StaticRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticRole")
+            .field("db_name", &self.db_name)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StaticRole {
+    fn to_json(&self, now: i64) -> Value {
+        json!({
+            "db_name": self.db_name,
+            "username": self.username,
+            "rotation_period": self.rotation_period,
+            "rotation_statements": self.rotation_statements,
+            "last_vault_rotation": rfc3339(self.last_rotation),
+            "ttl": self.ttl(now),
+            "credential_type": "password",
+        })
+    }
+
+    /// Seconds until the next rotation.
+    fn ttl(&self, now: i64) -> i64 {
+        (self.last_rotation.saturating_add(self.rotation_period) - now).max(0)
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    palisade_core::rfc3339(unix.saturating_mul(1_000_000_000))
+}
+
+fn static_key(name: &str) -> String {
+    format!("static-role/{name}")
+}
+
 /// What a lease of this engine records: enough to renew and revoke the
 /// role even when the Palisade role that made it was changed or deleted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -393,15 +454,40 @@ async fn run_in_tx(
     context: &str,
     secrets: &[String],
 ) -> Result<(), ApiError> {
-    let err = |e: sqlx::Error| db_error(context, &e, secrets);
-    let mut tx = pool.begin().await.map_err(err)?;
+    run_in_tx_outcome(pool, stmts, vars, context, secrets)
+        .await
+        .map_err(|f| f.error)
+}
+
+/// Why a transaction failed, and whether it may have been committed all
+/// the same (the commit was sent and no answer came back).
+struct TxFailure {
+    error: ApiError,
+    maybe_committed: bool,
+}
+
+async fn run_in_tx_outcome(
+    pool: &PgPool,
+    stmts: &[String],
+    vars: &[(&str, &str)],
+    context: &str,
+    secrets: &[String],
+) -> Result<(), TxFailure> {
+    let definite = |e: sqlx::Error| TxFailure {
+        error: db_error(context, &e, secrets),
+        maybe_committed: false,
+    };
+    let mut tx = pool.begin().await.map_err(definite)?;
     for s in split_statements(stmts) {
         sqlx::raw_sql(AssertSqlSafe(render(&s, vars)))
             .execute(&mut *tx)
             .await
-            .map_err(err)?;
+            .map_err(definite)?;
     }
-    tx.commit().await.map_err(err)
+    tx.commit().await.map_err(|e| TxFailure {
+        maybe_committed: !matches!(e, sqlx::Error::Database(_)),
+        error: db_error(context, &e, secrets),
+    })
 }
 
 /// A PostgreSQL identifier, quoted.
@@ -410,6 +496,16 @@ fn quote_ident(s: &str) -> String {
 }
 
 async fn set_root_password(pool: &PgPool, cfg: &DbConfig, password: &str) -> Result<(), ApiError> {
+    set_root_password_outcome(pool, cfg, password)
+        .await
+        .map_err(|f| f.error)
+}
+
+async fn set_root_password_outcome(
+    pool: &PgPool,
+    cfg: &DbConfig,
+    password: &str,
+) -> Result<(), TxFailure> {
     let secrets = {
         let mut s = cfg.secrets();
         s.push(password.to_owned());
@@ -422,7 +518,7 @@ async fn set_root_password(pool: &PgPool, cfg: &DbConfig, password: &str) -> Res
             "ALTER ROLE {} WITH PASSWORD '{password}'",
             quote_ident(&cfg.username)
         );
-        return run_in_tx(
+        return run_in_tx_outcome(
             pool,
             &[stmt],
             &[],
@@ -431,7 +527,7 @@ async fn set_root_password(pool: &PgPool, cfg: &DbConfig, password: &str) -> Res
         )
         .await;
     }
-    run_in_tx(
+    run_in_tx_outcome(
         pool,
         &cfg.root_rotation_statements,
         &[("username", &cfg.username), ("password", password)],
@@ -612,6 +708,46 @@ pub async fn handle(
         (Operation::Read, ["creds", name]) => {
             creds(view, &ctx, check_name(name)?, &auth.token().display_name).await
         }
+        (Operation::List, ["static-roles", ""] | ["static-roles"]) => {
+            list(view, "static-role/").await
+        }
+        (Operation::Read, ["static-roles", name]) => {
+            let r: StaticRole = load(view, &static_key(check_name(name)?))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Response::data(r.to_json(ctx.lease.now)))
+        }
+        (Operation::Write, ["static-roles", name]) => {
+            write_static_role(d, view, &ctx, check_name(name)?).await
+        }
+        (Operation::Delete, ["static-roles", name]) => {
+            let name = check_name(name)?;
+            let _g = ctx.locks.lock(view, &static_key(name)).await;
+            view.delete(&static_key(name)).await?;
+            Ok(Response::no_content())
+        }
+        (Operation::Read, ["static-creds", name]) => {
+            let name = check_name(name)?;
+            let r = settled_static_role(view, ctx.pools, ctx.locks, name)
+                .await?
+                .ok_or_else(|| ApiError::bad_request(format!("unknown role: {name}")))?;
+            let now = ctx.lease.now;
+            Ok(Response::data(json!({
+                "username": r.username,
+                "password": r.password,
+                "last_vault_rotation": rfc3339(r.last_rotation),
+                "rotation_period": r.rotation_period,
+                "ttl": r.ttl(now),
+            })))
+        }
+        (Operation::Write, ["rotate-role", name]) => {
+            let name = check_name(name)?;
+            if view.get(&static_key(name)).await?.is_none() {
+                return Err(ApiError::bad_request(format!("unknown role: {name}")));
+            }
+            rotate_static_role(view, ctx.pools, ctx.locks, name, ctx.lease.now).await?;
+            Ok(Response::no_content())
+        }
         _ => Err(ApiError::unsupported_path()),
     }
 }
@@ -744,7 +880,7 @@ async fn rotate_root(view: &View, ctx: &Ctx<'_>, name: &str) -> Result<Response,
     // so a crash between the two is completed at the next use
     cfg.pending_password = Some(new.clone());
     store(view, &config_key(name), &cfg).await?;
-    match set_root_password(&pool, &cfg, &new).await {
+    match set_root_password_outcome(&pool, &cfg, &new).await {
         Ok(()) => {
             cfg.password = new;
             cfg.pending_password = None;
@@ -752,20 +888,19 @@ async fn rotate_root(view: &View, ctx: &Ctx<'_>, name: &str) -> Result<Response,
             ctx.pools.close(view, name);
             Ok(Response::no_content())
         }
-        Err(e) => {
+        // the database kept the old password: forget the new one
+        Err(f) if !f.maybe_committed => {
             cfg.pending_password = None;
             store(view, &config_key(name), &cfg).await?;
-            Err(e)
+            Err(f.error)
         }
+        // it may have the new one: the next use completes the rotation
+        Err(f) => Err(f.error),
     }
 }
 
-async fn write_role(
-    d: &Map<String, Value>,
-    view: &View,
-    ctx: &Ctx<'_>,
-    name: &str,
-) -> Result<Response, ApiError> {
+/// `credential_type` other than `password`, or a `credential_config`: 400.
+fn password_credentials_only(d: &Map<String, Value>) -> Result<(), ApiError> {
     for n in ["credential_type", "credential_config"] {
         match opt(d, n) {
             None => {}
@@ -778,6 +913,16 @@ async fn write_role(
             }
         }
     }
+    Ok(())
+}
+
+async fn write_role(
+    d: &Map<String, Value>,
+    view: &View,
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    password_credentials_only(d)?;
     let _g = ctx.locks.lock(view, &role_key(name)).await;
     let mut role: DbRole = load(view, &role_key(name)).await?.unwrap_or_default();
     if let Some(n) = opt_string(d, "db_name")? {
@@ -1073,4 +1218,238 @@ mod tests {
             ApiError::bad_request("connection_url must be a postgres:// or postgresql:// URL")
         );
     }
+}
+
+async fn write_static_role(
+    d: &Map<String, Value>,
+    view: &View,
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> Result<Response, ApiError> {
+    password_credentials_only(d)?;
+    unsupported(
+        d,
+        &[
+            "rotation_schedule",
+            "rotation_window",
+            "self_managed_password",
+        ],
+    )?;
+    let created = {
+        let _g = ctx.locks.lock(view, &static_key(name)).await;
+        let existing: Option<StaticRole> = load(view, &static_key(name)).await?;
+        let mut r = existing.clone().unwrap_or(StaticRole {
+            db_name: String::new(),
+            username: String::new(),
+            rotation_period: 0,
+            rotation_statements: Vec::new(),
+            password: String::new(),
+            last_rotation: 0,
+            pending_password: None,
+        });
+        if let Some(n) = opt_string(d, "db_name")? {
+            r.db_name = check_name(&n)
+                .map_err(|_| ApiError::bad_request("invalid db_name"))?
+                .to_owned();
+        }
+        if r.db_name.is_empty() {
+            return Err(ApiError::bad_request("empty database name attribute"));
+        }
+        match (opt_string(d, "username")?, &existing) {
+            (Some(u), Some(e)) if u != e.username => {
+                return Err(ApiError::bad_request(
+                    "cannot update static account username",
+                ));
+            }
+            (Some(u), None) => {
+                if u.is_empty() || u.len() > 63 || u.chars().any(char::is_control) {
+                    return Err(ApiError::bad_request("invalid username"));
+                }
+                r.username = u;
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "username is a required field to create a static account",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(v) = opt(d, "rotation_period") {
+            r.rotation_period = fields::duration_secs(v, "rotation_period")?;
+        }
+        if r.rotation_period < MIN_ROTATION_PERIOD {
+            return Err(ApiError::bad_request(format!(
+                "rotation_period must be {MIN_ROTATION_PERIOD} seconds or more"
+            )));
+        }
+        if let Some(st) = statements(d, "rotation_statements")? {
+            r.rotation_statements = st;
+        }
+        let cfg: DbConfig = load(view, &config_key(&r.db_name)).await?.ok_or_else(|| {
+            ApiError::bad_request(format!("no database connection named {:?}", r.db_name))
+        })?;
+        if !cfg.allows(name) {
+            return Err(ApiError::bad_request(format!(
+                "{name:?} is not an allowed role"
+            )));
+        }
+        store(view, &static_key(name), &r).await?;
+        existing.is_none()
+    };
+    // a new static role's password is rotated at once (Vault): from here on
+    // only this server knows it; if that fails the role is not kept
+    if created
+        && let Err(e) = rotate_static_role(view, ctx.pools, ctx.locks, name, ctx.lease.now).await
+    {
+        let _g = ctx.locks.lock(view, &static_key(name)).await;
+        if let Some(r) = load::<StaticRole>(view, &static_key(name)).await?
+            && r.last_rotation == 0
+        {
+            view.delete(&static_key(name)).await?;
+        }
+        return Err(e);
+    }
+    Ok(Response::no_content())
+}
+
+/// Install `password` for a static role's user.
+async fn set_static_password(
+    view: &View,
+    pools: &Pools,
+    locks: &KeyLocks,
+    r: &StaticRole,
+    password: &str,
+) -> Result<(), TxFailure> {
+    let (pool, cfg) = pool(view, pools, locks, &r.db_name)
+        .await
+        .map_err(|error| TxFailure {
+            error,
+            maybe_committed: false,
+        })?;
+    let mut secrets = cfg.secrets();
+    secrets.push(password.to_owned());
+    secrets.push(r.password.clone());
+    if r.rotation_statements.is_empty() {
+        // Vault's default, `ALTER ROLE "{{name}}" WITH PASSWORD '{{password}}'`,
+        // with the name quoted as an identifier (it is the operator's)
+        let stmt = format!(
+            "ALTER ROLE {} WITH PASSWORD '{password}'",
+            quote_ident(&r.username)
+        );
+        return run_in_tx_outcome(
+            &pool,
+            &[stmt],
+            &[],
+            "error rotating the static role",
+            &secrets,
+        )
+        .await;
+    }
+    run_in_tx_outcome(
+        &pool,
+        &r.rotation_statements,
+        &[
+            ("name", &r.username),
+            ("username", &r.username),
+            ("password", password),
+        ],
+        "error rotating the static role",
+        &secrets,
+    )
+    .await
+}
+
+/// Rotate a static role's password now: the new password is stored ahead
+/// (`pending_password`), installed in the database, then committed. A
+/// rotation found pending (a crash, or a database that was down) installs
+/// that same password, so whatever the database has, the stored password
+/// ends up right.
+pub async fn rotate_static_role(
+    view: &View,
+    pools: &Pools,
+    locks: &KeyLocks,
+    name: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    let _g = locks.lock(view, &static_key(name)).await;
+    let Some(mut r) = load::<StaticRole>(view, &static_key(name)).await? else {
+        return Ok(());
+    };
+    let (new, fresh) = match &r.pending_password {
+        Some(p) => (p.clone(), false),
+        None => {
+            let p = generate_password();
+            r.pending_password = Some(p.clone());
+            store(view, &static_key(name), &r).await?;
+            (p, true)
+        }
+    };
+    if let Err(f) = set_static_password(view, pools, locks, &r, &new).await {
+        // a password pending from an earlier attempt may be the database's
+        // already: it stays pending until an attempt succeeds
+        if fresh && !f.maybe_committed {
+            // the database kept the current password, which stays valid
+            r.pending_password = None;
+            store(view, &static_key(name), &r).await?;
+        }
+        return Err(f.error);
+    }
+    r.password = new;
+    r.pending_password = None;
+    r.last_rotation = now;
+    store(view, &static_key(name), &r).await?;
+    tracing::info!(role = name, "static role password rotated");
+    Ok(())
+}
+
+/// A static role with no rotation pending (one found pending is completed
+/// first, so the password returned is the database's).
+async fn settled_static_role(
+    view: &View,
+    pools: &Pools,
+    locks: &KeyLocks,
+    name: &str,
+) -> Result<Option<StaticRole>, ApiError> {
+    let r: Option<StaticRole> = load(view, &static_key(name)).await?;
+    match r {
+        Some(r) if r.pending_password.is_some() => {
+            rotate_static_role(
+                view,
+                pools,
+                locks,
+                name,
+                palisade_core::now_nanos() / 1_000_000_000,
+            )
+            .await?;
+            load(view, &static_key(name)).await
+        }
+        other => Ok(other),
+    }
+}
+
+/// Rotate every static role of this mount that is due at `now` (or has a
+/// rotation pending); returns how many were rotated. A failure is logged
+/// and retried at the next pass.
+pub async fn rotate_due(
+    view: &View,
+    pools: &Pools,
+    locks: &KeyLocks,
+    now: i64,
+) -> Result<usize, ApiError> {
+    let mut n = 0;
+    for name in view.list("static-role/").await? {
+        let Some(r) = load::<StaticRole>(view, &static_key(&name)).await? else {
+            continue;
+        };
+        if r.pending_password.is_none() && r.ttl(now) > 0 {
+            continue;
+        }
+        match rotate_static_role(view, pools, locks, &name, now).await {
+            Ok(()) => n += 1,
+            Err(e) => {
+                tracing::warn!(role = %name, status = e.status, "static role rotation failed; will retry")
+            }
+        }
+    }
+    Ok(n)
 }

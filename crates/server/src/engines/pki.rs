@@ -75,6 +75,10 @@ struct Role {
     ttl: i64,
     max_ttl: i64,
     no_store: bool,
+    /// Vault's `generate_lease`: each certificate comes with a lease whose
+    /// revocation (or the revocation of the token that asked) revokes it.
+    #[serde(default)]
+    generate_lease: bool,
 }
 
 /// `config/crl`.
@@ -455,6 +459,7 @@ pub async fn handle(
     view: &View,
     locks: &KeyLocks,
     ttls: (i64, i64),
+    lease: crate::lease::LeaseCtx<'_>,
 ) -> Result<Response, ApiError> {
     let req = auth.request();
     let d = &req.data;
@@ -539,11 +544,11 @@ pub async fn handle(
         }
         (Operation::Write, ["issue", role]) => {
             refuse_unsupported(d)?;
-            issue(d, view, check_name(role)?, ttls).await
+            issue_or_sign(d, view, check_name(role)?, ttls, false, &lease).await
         }
         (Operation::Write, ["sign", role]) => {
             refuse_unsupported(d)?;
-            issue_or_sign(d, view, check_name(role)?, ttls, true).await
+            issue_or_sign(d, view, check_name(role)?, ttls, true, &lease).await
         }
         (Operation::Write, ["revoke"]) => {
             let _g = locks.lock(view, "ca").await;
@@ -639,19 +644,30 @@ fn pem_der(p: &str) -> Result<Vec<u8>, ApiError> {
 
 // ------------------------------------------------------------ CA
 
-/// A requested TTL: `ttl` (or `default`), never above `max`.
-fn ttl_field(d: &Map<String, Value>, default: i64, max: i64) -> Result<i64, ApiError> {
+/// A requested TTL: `ttl` (or `default`), never above `max`: a longer one
+/// is capped at `max` with Vault's warning (`getCertificateNotAfter`).
+fn ttl_field(
+    d: &Map<String, Value>,
+    default: i64,
+    max: i64,
+) -> Result<(i64, Option<String>), ApiError> {
     let ttl = match opt(d, "ttl") {
         Some(v) => fields::duration_secs(v, "ttl")?,
         None => 0,
     };
     let ttl = if ttl == 0 { default } else { ttl };
     if max > 0 && ttl > max {
-        return Err(ApiError::bad_request(
-            "the requested ttl is longer than the role's or the mount's max_ttl",
+        let f = crate::token::format_duration;
+        return Ok((
+            max,
+            Some(format!(
+                "TTL {:?} is longer than permitted maxTTL {:?}, so maxTTL is being used",
+                f(ttl),
+                f(max)
+            )),
         ));
     }
-    Ok(ttl)
+    Ok((ttl, None))
 }
 
 async fn root_generate(
@@ -682,7 +698,7 @@ async fn root_generate(
         None => 0,
     };
     let (_, key_bits) = key_spec(&key_type, key_bits)?;
-    let ttl = ttl_field(d, mount_max, mount_max)?;
+    let (ttl, ttl_warning) = ttl_field(d, mount_max, mount_max)?;
     if load_ca(view).await?.is_some() {
         return Err(ApiError::bad_request(
             "a CA is already configured at this mount: delete it (DELETE root) before generating another",
@@ -733,7 +749,11 @@ async fn root_generate(
         o.insert("private_key".into(), json!(pem("PRIVATE KEY", &pkcs8)));
         o.insert("private_key_type".into(), json!(ca.key_type));
     }
-    Ok(Response::data(out))
+    let mut resp = Response::data(out);
+    if let Some(w) = ttl_warning {
+        resp = resp.warn(w);
+    }
+    Ok(resp)
 }
 
 // ------------------------------------------------------------ roles
@@ -757,6 +777,7 @@ fn role_json(r: &Role) -> Value {
         "ttl": r.ttl,
         "max_ttl": r.max_ttl,
         "no_store": r.no_store,
+        "generate_lease": r.generate_lease,
     })
 }
 
@@ -828,7 +849,13 @@ async fn write_role(
         ttl,
         max_ttl,
         no_store: opt_bool(d, "no_store", false)?,
+        generate_lease: opt_bool(d, "generate_lease", false)?,
     };
+    if role.generate_lease && role.no_store {
+        return Err(ApiError::bad_request(
+            "generate_lease cannot be used with no_store: a leased certificate must be stored to be revoked",
+        ));
+    }
     view.put(&format!("roles/{name}"), &encode(&role)?).await?;
     Ok(Response::no_content())
 }
@@ -1123,21 +1150,13 @@ fn parse_csr(pem_text: &str, role: &Role) -> Result<Csr, ApiError> {
     Ok(csr)
 }
 
-async fn issue(
-    d: &Map<String, Value>,
-    view: &View,
-    role_name: &str,
-    ttls: (i64, i64),
-) -> Result<Response, ApiError> {
-    issue_or_sign(d, view, role_name, ttls, false).await
-}
-
 async fn issue_or_sign(
     d: &Map<String, Value>,
     view: &View,
     role_name: &str,
     (mount_default, mount_max): (i64, i64),
     signing: bool,
+    lease: &crate::lease::LeaseCtx<'_>,
 ) -> Result<Response, ApiError> {
     let role: Role = match view.get(&format!("roles/{role_name}")).await? {
         Some(b) => decode(&b)?,
@@ -1159,10 +1178,10 @@ async fn issue_or_sign(
     // the CSR's common name when it has one (Vault's use_csr_common_name),
     // else the body's; a different body value is ignored with a warning
     let body_cn = opt_string(d, "common_name")?.filter(|c| !c.is_empty());
-    let mut warning = None;
+    let mut warnings: Vec<String> = Vec::new();
     let common_name = match (csr.as_ref().and_then(|c| c.common_name.clone()), body_cn) {
         (Some(a), Some(b)) if a != b => {
-            warning = Some("common_name ignored: the CSR's common name is used");
+            warnings.push("common_name ignored: the CSR's common name is used".into());
             a
         }
         (Some(a), _) => a,
@@ -1226,7 +1245,8 @@ async fn issue_or_sign(
     } else {
         mount_default
     };
-    let ttl = ttl_field(d, default.min(max), max)?;
+    let (ttl, ttl_warning) = ttl_field(d, default.min(max), max)?;
+    warnings.extend(ttl_warning);
     let now = now_secs();
     let not_after = now + ttl;
     if not_after > ca.not_after {
@@ -1338,10 +1358,47 @@ async fn issue_or_sign(
         o.insert("private_key_type".into(), json!(role.key_type));
     }
     let mut resp = Response::data(out);
-    if let Some(w) = warning {
+    for w in warnings {
         resp = resp.warn(w);
     }
+    if role.generate_lease {
+        // after the certificate is stored: a crash before this leaves a
+        // certificate without a lease, never a lease without a certificate
+        let ttl = (not_after - lease.now).max(1);
+        let e = lease.entry(crate::lease::LeaseRequest {
+            internal: json!({ "serial_number": serial_s }),
+            ttl,
+            max_ttl: ttl,
+            renewable: false,
+        });
+        lease.leases.create(&e).await?;
+        resp = resp.with_lease(crate::lease::LeaseInfo {
+            lease_id: e.lease_id,
+            lease_duration: e.ttl,
+            renewable: false,
+        });
+    }
     Ok(resp)
+}
+
+/// Revoke the certificate of a lease (`generate_lease`). A certificate that
+/// is no longer stored, or whose CA was replaced, has nothing left to
+/// revoke here.
+pub async fn revoke_lease(view: &View, locks: &KeyLocks, internal: &Value) -> Result<(), ApiError> {
+    let Some(serial) = internal["serial_number"].as_str() else {
+        return Err(ApiError::internal("PKI lease without a serial number"));
+    };
+    let _g = locks.lock(view, "ca").await;
+    let mut d = Map::new();
+    d.insert("serial_number".into(), json!(serial));
+    match revoke(&d, view).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.status == 400 => {
+            tracing::info!("PKI lease revoked without a certificate to revoke");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn read_cert(view: &View, serial: &str) -> Result<Response, ApiError> {
