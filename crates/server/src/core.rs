@@ -167,6 +167,9 @@ pub struct Core {
     pub leases: Arc<crate::lease::Leases>,
     /// Open connection pools of the database engines' connections.
     pub databases: crate::engines::database::Pools,
+    /// Mounts being disabled or moved (by uuid): refused to new requests
+    /// while their leases are revoked (Vault's router taint).
+    tainted: std::sync::Mutex<std::collections::HashSet<String>>,
     pub policies: PolicyStore,
     pub mounts: RwLock<Arc<MountTable>>,
     pub audit: Broker,
@@ -248,6 +251,7 @@ impl Core {
             ),
             leases,
             databases: Default::default(),
+            tainted: Default::default(),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -1308,6 +1312,9 @@ impl Core {
                 _ => return Err(ApiError::unsupported_path()),
             }
         }
+        if lock(self.tainted.lock())?.contains(&mount.uuid) {
+            return Err(ApiError::unsupported_path());
+        }
         if path.starts_with("auth/") {
             return match mount.kind.as_str() {
                 "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
@@ -1392,16 +1399,27 @@ impl Core {
     /// Revoke one lease: the engine removes the credential, then the lease
     /// is forgotten. `force` forgets it even when the engine fails (Vault's
     /// `revoke-force`: the credential may be left behind). A lease that does
-    /// not exist is already revoked.
+    /// not exist is already revoked. A lease whose mount is gone cannot be
+    /// revoked (an error, retried; `revoke-force` forgets it): disabling or
+    /// moving a mount revokes its leases first, so that means a credential
+    /// may be left behind.
     pub async fn revoke_lease(&self, lease_id: &str, force: bool) -> Result<bool, ApiError> {
         let _l = self.leases.lock(lease_id).await;
         let Some(e) = self.leases.get(lease_id).await? else {
+            self.leases.forget(lease_id)?;
             return Ok(false);
         };
-        let _gate = self.mount_gate.read().await;
-        let outcome = match self.mount_by_uuid(&e.mount_uuid)? {
-            // the mount is gone, with its storage: nothing left to revoke with
-            None => Ok(()),
+        // the mount is looked up under its gate, and the engine called
+        // without it: a database that hangs must not hold up mount changes
+        let mount = {
+            let _gate = self.mount_gate.read().await;
+            self.mount_by_uuid(&e.mount_uuid)?
+        };
+        let outcome = match mount {
+            None => Err(ApiError::new(
+                500,
+                "the mount that issued this lease no longer exists",
+            )),
             Some(m) => {
                 let view = View::new(self.barrier.clone(), m.view_prefix());
                 match m.engine() {
@@ -1434,6 +1452,34 @@ impl Core {
         self.leases.delete(&e).await?;
         tracing::info!(mount = %e.mount_uuid, "lease revoked");
         Ok(true)
+    }
+
+    /// Before a mount is disabled or moved: refuse new requests to it, wait
+    /// for those in flight, then revoke every lease it issued (listing again
+    /// until none is left). On failure the mount serves again.
+    pub async fn quiesce_mount(&self, uuid: &str) -> Result<(), ApiError> {
+        lock(self.tainted.lock())?.insert(uuid.to_owned());
+        // every request acting on a mount holds the gate for reading
+        drop(self.mount_gate.write().await);
+        let revoked = async {
+            loop {
+                if self.revoke_mount_leases(uuid).await? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        if revoked.is_err() {
+            self.untaint(uuid);
+        }
+        revoked
+    }
+
+    /// The mount serves again (or is gone: its uuid is never reused).
+    pub fn untaint(&self, uuid: &str) {
+        if let Ok(mut t) = self.tainted.lock() {
+            t.remove(uuid);
+        }
     }
 
     /// Revoke every lease under `prefix` (a lease id, or a path prefix).
@@ -1524,31 +1570,64 @@ impl Core {
         Ok((e, warnings))
     }
 
-    /// Revoke the leases due as of `now`; a failure is retried later with
-    /// backoff. Returns how many were revoked.
-    pub async fn revoke_due_leases(&self, now: i64) -> usize {
-        let due = match self.leases.due(now) {
-            Ok(d) => d,
-            Err(_) => return 0,
+    /// Revoke the leases due as of `now`: each mount's in turn, the mounts
+    /// side by side (a database that hangs holds up only its own leases).
+    /// A failure is retried later with backoff, counted from when it failed;
+    /// after one, the rest of that mount's leases wait for the next pass.
+    /// Returns how many were revoked.
+    pub async fn revoke_due_leases(self: &Arc<Self>, now: i64) -> usize {
+        let Ok(due) = self.leases.due(now) else {
+            return 0;
         };
-        let mut n = 0;
+        let mut by_mount: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for id in due {
-            if !self.is_serving() {
-                break;
-            }
-            match self.revoke_lease(&id, false).await {
-                Ok(_) => n += 1,
-                Err(e) => {
-                    let failures = self.leases.backoff(&id, now).unwrap_or(0);
-                    tracing::warn!(
-                        status = e.status,
-                        failures,
-                        "lease revocation failed; will retry"
-                    );
+            match self.leases.get(&id).await {
+                Ok(Some(e)) => by_mount.entry(e.mount_uuid).or_default().push(id),
+                Ok(None) => {
+                    let _ = self.leases.forget(&id);
                 }
+                Err(e) => tracing::warn!(status = e.status, "a due lease could not be read"),
             }
         }
-        n
+        let mut set = tokio::task::JoinSet::new();
+        for (_, ids) in by_mount {
+            let core = self.clone();
+            set.spawn(async move {
+                let mut n = 0;
+                let mut failed = false;
+                for id in ids {
+                    if failed {
+                        let _ = core.leases.backoff(&id, core.tokens.now());
+                        continue;
+                    }
+                    if !core.is_serving() {
+                        break;
+                    }
+                    match core.revoke_lease(&id, false).await {
+                        Ok(true) => n += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed = true;
+                            let failures = core.leases.backoff(&id, core.tokens.now()).unwrap_or(0);
+                            tracing::warn!(
+                                status = e.status,
+                                failures,
+                                "lease revocation failed; will retry"
+                            );
+                        }
+                    }
+                }
+                n
+            });
+        }
+        let mut total = 0;
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(n) => total += n,
+                Err(e) => tracing::error!(error = %e, "lease revocation task failed"),
+            }
+        }
+        total
     }
 
     /// `sys/leases/tidy`: leases whose token no longer exists (a token

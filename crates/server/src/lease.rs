@@ -95,13 +95,17 @@ fn token_index(token_hash: &str, lease_id: &str) -> String {
     )
 }
 
-/// A lease id as a client gives it: a relative storage path (no empty,
-/// `.` or `..` segment, no leading or trailing `/`, printable ASCII).
-/// Anything else names no lease.
+/// A lease id as a client gives it: what the server issues, a canonical
+/// request path plus `/` and a random suffix (no empty, `.` or `..`
+/// segment, no leading or trailing `/`, no whitespace, control or format
+/// character, at most a path's length plus the suffix). Anything else
+/// names no lease.
 pub fn check_lease_id(id: &str) -> Result<&str, ApiError> {
     let ok = !id.is_empty()
-        && id.len() <= 1024
-        && id.bytes().all(|b| b.is_ascii_graphic())
+        && id.len() <= crate::canonical::MAX_PATH_BYTES + 64
+        && id
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && crate::canonical::is_printable(c))
         && id
             .split('/')
             .all(|s| !s.is_empty() && s != "." && s != "..");
@@ -282,6 +286,12 @@ impl Leases {
         self.due.lock().ok()?.values().map(|d| d.at).min()
     }
 
+    /// Forget a lease's schedule (it is no longer in storage).
+    pub fn forget(&self, lease_id: &str) -> Result<(), ApiError> {
+        lock(self.due.lock())?.remove(lease_id);
+        Ok(())
+    }
+
     /// A revocation failed: try again later (1 s, 2 s, 4 s ... up to
     /// [`MAX_BACKOFF_SECS`]); returns the number of failures so far.
     pub fn backoff(&self, lease_id: &str, now: i64) -> Result<u32, ApiError> {
@@ -397,6 +407,8 @@ mod tests {
         for ok in ["database/creds/ro/abc", "a"] {
             assert_eq!(check_lease_id(ok).unwrap(), ok);
         }
+        assert!(check_lease_id("d\u{e9}/creds/ro/abc").is_ok());
+        assert!(check_lease_id(&format!("db/creds/{}/abc", "r".repeat(1100))).is_ok());
         for bad in [
             "",
             "/database/creds",
@@ -405,7 +417,8 @@ mod tests {
             "database/../sys",
             "database/./x",
             "data base",
-            "database/\u{e9}",
+            "database/\u{202e}x",
+            "database/\tx",
         ] {
             assert_eq!(
                 check_lease_id(bad).unwrap_err(),

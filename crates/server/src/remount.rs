@@ -261,9 +261,20 @@ async fn move_mount(core: &Core, from: &str, to: &str) -> Result<(), ApiError> {
             "path already in use at {m:?}"
         )));
     }
+    // its leases are revoked first (Vault): their ids name the old path
+    let uuid = table.entries[idx].uuid.clone();
+    core.quiesce_mount(&uuid).await.map_err(|e| {
+        ApiError::bad_request(format!(
+            "failed to revoke leases of {from}: {}",
+            e.messages.join("; ")
+        ))
+        .audited_as("failed to revoke leases")
+    })?;
     // same UUID, accessor, options and TTLs: only the path changes
     table.entries[idx].path = to.to_string();
-    core.save_mounts(table).await
+    let saved = core.save_mounts(table).await;
+    core.untaint(&uuid);
+    saved
 }
 
 /// `GET sys/remount/status/<migration_id>`.

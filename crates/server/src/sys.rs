@@ -425,7 +425,7 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
             // its leases first (Vault): the engine still has the storage it
             // needs to revoke them; one it cannot revoke keeps the mount
             let uuid = table.entries[idx].uuid.clone();
-            if let Err(e) = core.revoke_mount_leases(&uuid).await {
+            if let Err(e) = core.quiesce_mount(&uuid).await {
                 return Err(ApiError::bad_request(format!(
                     "failed to revoke leases of {p}: {}",
                     e.messages.join("; ")
@@ -434,7 +434,9 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
             }
             let m = table.entries.remove(idx);
             // remove the mount first so no request reaches a half-cleared view
-            core.save_mounts(table).await?;
+            let saved = core.save_mounts(table).await;
+            core.untaint(&uuid);
+            saved?;
             palisade_barrier::View::new(core.barrier.clone(), m.view_prefix())
                 .clear()
                 .await?;

@@ -902,3 +902,258 @@ async fn static_creds(s: &TestServer, role: &str) -> Value {
     assert_eq!(r.status, 200, "{}", r.text);
     r.data().clone()
 }
+
+/// Review finding: a lease revoked while its role was still being created
+/// (token revoked mid-request) must not leave the role behind.
+#[tokio::test]
+async fn revoking_while_the_role_is_being_created_leaves_no_role() {
+    let Some(db) = setup("1h").await else { return };
+    let s = &db.s;
+    let r = s
+        .post(
+            &format!("database/roles/{}", db.role),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": [CREATE, "SELECT pg_sleep(1)"]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let t = s
+        .token_with(&format!(
+            r#"path "database/creds/{}" {{ capabilities = ["read"] }}"#,
+            db.role
+        ))
+        .await;
+    let (http, url, tok) = (
+        s.http.clone(),
+        s.url(&format!("database/creds/{}", db.role)),
+        t.id.clone(),
+    );
+    let creds = tokio::spawn(async move {
+        let r = http
+            .get(url)
+            .header("X-Vault-Token", tok)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    // the lease exists (it is written first), the role not yet
+    eventually("lease recorded", || async { s.core.leases.count() == 1 }).await;
+    let r = s
+        .post("auth/token/revoke", &s.root, json!({"token": t.id}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let now = s.core.tokens.now();
+    let revoking = {
+        let core = s.core.clone();
+        tokio::spawn(async move { core.revoke_due_leases(now).await })
+    };
+    let body = creds.await.unwrap();
+    revoking.await.unwrap();
+    let user = body["data"]["username"].as_str().unwrap().to_owned();
+    let pg = db.pg.clone();
+    eventually("the role created mid-revocation is dropped", move || {
+        let pg = pg.clone();
+        let u = user.clone();
+        async move { !role_exists(&pg, &u).await }
+    })
+    .await;
+    assert_eq!(s.core.leases.count(), 0);
+}
+
+/// Review finding: disabling a mount while credentials are being created
+/// must not leave roles behind, nor leases that forget them.
+#[tokio::test]
+async fn disabling_the_mount_during_creation_leaves_no_role() {
+    let Some(db) = setup("1h").await else { return };
+    let s = &db.s;
+    let r = s
+        .post(
+            &format!("database/roles/{}", db.role),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": [CREATE, "SELECT pg_sleep(0.3)"]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, url, tok) = (
+            s.http.clone(),
+            s.url(&format!("database/creds/{}", db.role)),
+            s.root.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .header("X-Vault-Token", tok)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap_or(Value::Null)
+        }));
+    }
+    eventually("creation under way", || async { s.core.leases.count() > 0 }).await;
+    let r = s.delete("sys/mounts/database", &s.root).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let mut users = Vec::new();
+    for t in tasks {
+        if let Some(u) = t.await.unwrap()["data"]["username"].as_str() {
+            users.push(u.to_owned());
+        }
+    }
+    assert!(
+        !users.is_empty(),
+        "requests in flight when the unmount began complete"
+    );
+    for u in &users {
+        assert!(!role_exists(&db.pg, u).await, "{u} survived the unmount");
+    }
+    assert_eq!(s.core.leases.count(), 0);
+    // afterwards the mount is gone for good
+    let r = s.get(&format!("database/creds/{}", db.role), &s.root).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+}
+
+/// Review finding: one database that hangs must not hold up the
+/// revocation of other mounts' leases.
+#[tokio::test]
+async fn a_hanging_database_does_not_hold_up_other_mounts_revocations() {
+    let Some(db) = setup("1h").await else { return };
+    let s = &db.s;
+    // a second mount whose database will hang (accepts, never answers)
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = tarpit.accept().await {
+            held.push(c);
+        }
+    });
+    let r = s
+        .post("sys/mounts/db2", &s.root, json!({"type": "database"}))
+        .await;
+    assert_eq!(r.status, 204);
+    let r = s
+        .post(
+            "db2/config/pg",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin", "connection_url": templated_url(),
+                   "username": "postgres", "password": "x", "allowed_roles": "*"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "db2/roles/r",
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": CREATE}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let r = s.get("db2/creds/r", &s.root).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        dead.push(r.body["lease_id"].as_str().unwrap().to_owned());
+    }
+    let r = s
+        .post(
+            "db2/config/pg",
+            &s.root,
+            json!({"connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/test"), "verify_connection": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let (healthy_user, _, healthy, _) = creds(&db, &s.root).await;
+    let now = s.core.tokens.now();
+    let mut due = dead.clone();
+    due.push(healthy);
+    s.core.leases.make_due(due, now).unwrap();
+    let pass = {
+        let core = s.core.clone();
+        tokio::spawn(async move { core.revoke_due_leases(now).await })
+    };
+    let pg = db.pg.clone();
+    eventually("the healthy mount's lease is revoked", move || {
+        let pg = pg.clone();
+        let u = healthy_user.clone();
+        async move { !role_exists(&pg, &u).await }
+    })
+    .await;
+    assert!(
+        !pass.is_finished(),
+        "revoked while the hanging database still holds its pass"
+    );
+    // a mount change is not held up by the hanging revocations either
+    let started = std::time::Instant::now();
+    let r = s
+        .post("sys/mounts/kvx", &s.root, json!({"type": "kv"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(pass.await.unwrap(), 1);
+    // the hanging mount's leases back off (counted from when they failed)
+    assert!(s.core.leases.due(s.core.tokens.now()).unwrap().is_empty());
+    // clean up the roles the hanging mount created
+    let r = s
+        .put("sys/leases/revoke-force/db2", &s.root, json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
+/// Review finding: every lease id the server issues can be looked up,
+/// renewed and revoked (non-ASCII mount paths, long role names).
+#[tokio::test]
+async fn every_issued_lease_id_is_accepted_back() {
+    let Some(pg) = admin().await else { return };
+    let s = TestServer::dev().await;
+    let long = "r".repeat(1100);
+    for (mount, role) in [("d\u{e9}", "ro".to_owned()), ("dbl", long)] {
+        let r = s
+            .post(
+                &format!("sys/mounts/{mount}"),
+                &s.root,
+                json!({"type": "database"}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let r = s
+            .post(
+                &format!("{mount}/config/pg"),
+                &s.root,
+                json!({"plugin_name": "postgresql-database-plugin", "connection_url": templated_url(),
+                       "username": "postgres", "password": "x", "allowed_roles": "*"}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let r = s
+            .post(
+                &format!("{mount}/roles/{role}"),
+                &s.root,
+                json!({"db_name": "pg", "creation_statements": CREATE}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let r = s.get(&format!("{mount}/creds/{role}"), &s.root).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let lease = r.body["lease_id"].as_str().unwrap().to_owned();
+        let user = r.data()["username"].as_str().unwrap().to_owned();
+        let r = s
+            .put("sys/leases/lookup", &s.root, json!({"lease_id": lease}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = s
+            .put("sys/leases/renew", &s.root, json!({"lease_id": lease}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = s
+            .put("sys/leases/revoke", &s.root, json!({"lease_id": lease}))
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        assert!(!role_exists(&pg, &user).await);
+    }
+}

@@ -35,6 +35,10 @@ use crate::engines::kv::KeyLocks;
 use crate::lease::{LeaseCtx, LeaseInfo, LeaseRequest};
 use crate::logical::{ApiError, Operation, Response, fields};
 
+/// How long a connection to a database may take (a database that does not
+/// answer holds up only the requests and revocations that need it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The one plugin this engine speaks (Vault's name for it).
 pub const PLUGIN: &str = "postgresql-database-plugin";
 
@@ -313,7 +317,7 @@ async fn store<T: Serialize>(view: &View, key: &str, v: &T) -> Result<(), ApiErr
 /// with every secret it could quote replaced (a failed statement's text
 /// may hold a generated password).
 fn db_error(context: &str, e: &sqlx::Error, secrets: &[String]) -> ApiError {
-    let mut msg = match e {
+    let msg = match e {
         sqlx::Error::Database(d) => d.message().to_owned(),
         sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_owned(),
         sqlx::Error::Io(io) => format!("cannot reach the database: {}", io.kind()),
@@ -321,13 +325,38 @@ fn db_error(context: &str, e: &sqlx::Error, secrets: &[String]) -> ApiError {
         sqlx::Error::Configuration(_) => "invalid connection configuration".to_owned(),
         _ => "database error".to_owned(),
     };
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        msg = msg.replace(s.as_str(), "[redacted]");
-        let enc: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
-        msg = msg.replace(&enc, "[redacted]");
-    }
+    let msg = redact(&msg, secrets);
     tracing::warn!(context, error = %msg, "database operation failed");
     ApiError::new(500, format!("{context}: {msg}")).audited_as("database operation failed")
+}
+
+/// Whether a connection URL carries a password of its own (not the
+/// `{{password}}` placeholder).
+fn url_has_password(u: &str) -> bool {
+    url::Url::parse(u)
+        .ok()
+        .and_then(|u| {
+            u.password()
+                .map(|p| p != "%7B%7Bpassword%7D%7D" && p != "{{password}}")
+        })
+        .unwrap_or(false)
+}
+
+/// `msg` with every secret (and its percent-encoded form) replaced, the
+/// longest first: a short secret replaced first could break up a longer
+/// one so that it is no longer found.
+fn redact(msg: &str, secrets: &[String]) -> String {
+    let mut all: Vec<String> = Vec::new();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        all.push(s.clone());
+        all.push(url::form_urlencoded::byte_serialize(s.as_bytes()).collect());
+    }
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut msg = msg.to_owned();
+    for s in &all {
+        msg = msg.replace(s.as_str(), "[redacted]");
+    }
+    msg
 }
 
 /// sqlx's connect options for a configuration and root password. The URL
@@ -350,7 +379,12 @@ fn connect_options(cfg: &DbConfig, password: &str) -> Result<PgConnectOptions, A
     if !cfg.username.is_empty() {
         opts = opts.username(&cfg.username).password(password);
     }
-    Ok(opts.application_name("palisade"))
+    // sqlx logs statements (and slow ones at warn): ours carry passwords
+    use sqlx::ConnectOptions as _;
+    Ok(opts
+        .application_name("palisade")
+        .log_statements(log::LevelFilter::Off)
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600)))
 }
 
 /// A pool for a connection. One connection is made first, so a database
@@ -360,7 +394,7 @@ async fn open_pool(cfg: &DbConfig, password: &str) -> Result<PgPool, ApiError> {
     let opts = connect_options(cfg, password)?;
     let ctx = "error connecting to the database";
     let first = tokio::time::timeout(
-        Duration::from_secs(10),
+        CONNECT_TIMEOUT,
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
     )
     .await
@@ -369,7 +403,7 @@ async fn open_pool(cfg: &DbConfig, password: &str) -> Result<PgPool, ApiError> {
     let _ = sqlx::Connection::close(first).await;
     Ok(PgPoolOptions::new()
         .max_connections(cfg.max_open_connections.max(1))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(CONNECT_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(opts))
 }
@@ -857,6 +891,12 @@ async fn write_config(
     store(view, &config_key(name), &cfg).await?;
     ctx.pools.close(view, name);
     let mut resp = Response::no_content();
+    if url_has_password(&cfg.connection_url) {
+        // OpenBao's warning: reading the connection returns the URL as is
+        resp = resp.warn(
+            "Password found in connection_url, use a templated url to enable root rotation and prevent read access to password information.",
+        );
+    }
     if cfg.allowed_roles.is_empty() {
         resp = resp.warn("no roles are allowed to use this connection: set allowed_roles");
     }
@@ -996,7 +1036,11 @@ async fn creds(
         max_ttl: role.max_ttl,
         renewable: true,
     });
-    // the lease first: whatever happens next, the role is revoked
+    // the lease first: whatever happens next, the role is revoked; and its
+    // lock until the role exists or the transaction rolled back, so a
+    // revocation (its token revoked meanwhile) waits for the outcome
+    // instead of finding no role and forgetting the lease
+    let _lease_lock = ctx.lease.leases.lock(&entry.lease_id).await;
     ctx.lease.leases.create(&entry).await?;
     let mut secrets = cfg.secrets();
     secrets.push(password.clone());
@@ -1135,89 +1179,6 @@ pub async fn renew(
         &cfg.secrets(),
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_split_as_vault_splits_them() {
-        let s = vec![
-            "CREATE ROLE \"{{name}}\"; GRANT x TO \"{{name}}\";".to_owned(),
-            "DO $$ BEGIN PERFORM 1; END $$".to_owned(),
-            " ; ".to_owned(),
-        ];
-        assert_eq!(
-            split_statements(&s),
-            [
-                "CREATE ROLE \"{{name}}\"",
-                "GRANT x TO \"{{name}}\"",
-                "DO $$ BEGIN PERFORM 1; END $$"
-            ]
-        );
-    }
-
-    #[test]
-    fn generated_names_need_no_quoting_and_fit_postgres() {
-        let u = generate_username("token-\"; DROP", "ro\"le'x", 1_700_000_000);
-        assert!(u.len() <= 63, "{u}");
-        assert!(
-            u.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
-            "{u}"
-        );
-        assert!(u.starts_with("v-token___-ro_le_x-"), "{u}");
-        let p = generate_password();
-        assert_eq!(p.len(), 32);
-        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
-    }
-
-    #[test]
-    fn expiration_is_postgres_timestamptz() {
-        assert_eq!(expiration(0), "1970-01-01 00:00:00+0000");
-        assert_eq!(expiration(1_700_000_000), "2023-11-14 22:13:20+0000");
-    }
-
-    #[test]
-    fn allowed_roles_globs() {
-        assert!(glob_match("ro-*", "ro-app"));
-        assert!(glob_match("*-app", "ro-app"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("ro-*", "rw-app"));
-        assert!(!glob_match("a*b*c", "ac"));
-        assert!(!glob_match("ro", "ro-app"));
-    }
-
-    #[test]
-    fn database_errors_never_quote_a_secret() {
-        let e = sqlx::Error::Protocol("x".into());
-        let a = db_error("ctx", &e, &["s3cret".into()]);
-        assert_eq!(a.messages, ["ctx: database error"]);
-    }
-
-    #[test]
-    fn the_connection_url_is_postgres_only_and_credentials_are_encoded() {
-        let mut cfg = DbConfig {
-            plugin_name: PLUGIN.into(),
-            connection_url: "postgresql://{{username}}:{{password}}@127.0.0.1:5432/test".into(),
-            username: "root".into(),
-            password: "p@ss/w:rd".into(),
-            pending_password: None,
-            allowed_roles: vec![],
-            root_rotation_statements: vec![],
-            verify_connection: true,
-            max_open_connections: 4,
-        };
-        let o = connect_options(&cfg, &cfg.password).unwrap();
-        assert_eq!(o.get_username(), "root");
-        assert!(!format!("{cfg:?}").contains("p@ss"));
-        cfg.connection_url = "mysql://root@127.0.0.1/test".into();
-        assert_eq!(
-            connect_options(&cfg, "x").unwrap_err(),
-            ApiError::bad_request("connection_url must be a postgres:// or postgresql:// URL")
-        );
-    }
 }
 
 async fn write_static_role(
@@ -1452,4 +1413,95 @@ pub async fn rotate_due(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_as_vault_splits_them() {
+        let s = vec![
+            "CREATE ROLE \"{{name}}\"; GRANT x TO \"{{name}}\";".to_owned(),
+            "DO $$ BEGIN PERFORM 1; END $$".to_owned(),
+            " ; ".to_owned(),
+        ];
+        assert_eq!(
+            split_statements(&s),
+            [
+                "CREATE ROLE \"{{name}}\"",
+                "GRANT x TO \"{{name}}\"",
+                "DO $$ BEGIN PERFORM 1; END $$"
+            ]
+        );
+    }
+
+    #[test]
+    fn generated_names_need_no_quoting_and_fit_postgres() {
+        let u = generate_username("token-\"; DROP", "ro\"le'x", 1_700_000_000);
+        assert!(u.len() <= 63, "{u}");
+        assert!(
+            u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{u}"
+        );
+        assert!(u.starts_with("v-token___-ro_le_x-"), "{u}");
+        let p = generate_password();
+        assert_eq!(p.len(), 32);
+        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn expiration_is_postgres_timestamptz() {
+        assert_eq!(expiration(0), "1970-01-01 00:00:00+0000");
+        assert_eq!(expiration(1_700_000_000), "2023-11-14 22:13:20+0000");
+    }
+
+    #[test]
+    fn allowed_roles_globs() {
+        assert!(glob_match("ro-*", "ro-app"));
+        assert!(glob_match("*-app", "ro-app"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("ro-*", "rw-app"));
+        assert!(!glob_match("a*b*c", "ac"));
+        assert!(!glob_match("ro", "ro-app"));
+    }
+
+    #[test]
+    fn redaction_replaces_the_longest_secret_first() {
+        let e = sqlx::Error::Io(std::io::Error::other("x"));
+        let _ = e;
+        let msg = redact("password axbxc rejected", &["x".into(), "axbxc".into()]);
+        assert_eq!(msg, "password [redacted] rejected");
+    }
+
+    #[test]
+    fn database_errors_never_quote_a_secret() {
+        let e = sqlx::Error::Protocol("x".into());
+        let a = db_error("ctx", &e, &["s3cret".into()]);
+        assert_eq!(a.messages, ["ctx: database error"]);
+    }
+
+    #[test]
+    fn the_connection_url_is_postgres_only_and_credentials_are_encoded() {
+        let mut cfg = DbConfig {
+            plugin_name: PLUGIN.into(),
+            connection_url: "postgresql://{{username}}:{{password}}@127.0.0.1:5432/test".into(),
+            username: "root".into(),
+            password: "p@ss/w:rd".into(),
+            pending_password: None,
+            allowed_roles: vec![],
+            root_rotation_statements: vec![],
+            verify_connection: true,
+            max_open_connections: 4,
+        };
+        let o = connect_options(&cfg, &cfg.password).unwrap();
+        assert_eq!(o.get_username(), "root");
+        assert!(!format!("{cfg:?}").contains("p@ss"));
+        cfg.connection_url = "mysql://root@127.0.0.1/test".into();
+        assert_eq!(
+            connect_options(&cfg, "x").unwrap_err(),
+            ApiError::bad_request("connection_url must be a postgres:// or postgresql:// URL")
+        );
+    }
 }
