@@ -1405,10 +1405,17 @@ impl Core {
     /// may be left behind.
     pub async fn revoke_lease(&self, lease_id: &str, force: bool) -> Result<bool, ApiError> {
         let _l = self.leases.lock(lease_id).await;
-        let Some(e) = self.leases.get(lease_id).await? else {
+        let Some(mut e) = self.leases.get(lease_id).await? else {
             self.leases.forget(lease_id)?;
             return Ok(false);
         };
+        // the intent first: a lease whose revocation began is due now, so a
+        // crash during it is resumed by the expiry manager after a restart
+        let now = self.tokens.now();
+        if e.expire_time > now {
+            e.expire_time = now;
+            self.leases.update(&e).await?;
+        }
         // the mount is looked up under its gate, and the engine called
         // without it: a database that hangs must not hold up mount changes
         let mount = {
