@@ -1615,7 +1615,7 @@ async fn lease(cmd: LeaseCmd) -> u8 {
             let r = call!(
                 c,
                 "PUT",
-                "sys/leases/lookup".to_owned(),
+                "sys/leases/lookup",
                 Some(&json!({ "lease_id": lease_id }))
             );
             let d = r.data();
@@ -1632,7 +1632,7 @@ async fn lease(cmd: LeaseCmd) -> u8 {
                 body["increment"] = json!(i);
             }
             let c = tryc!(client(&remote));
-            let r = call!(c, "PUT", "sys/leases/renew".to_owned(), Some(&body));
+            let r = call!(c, "PUT", "sys/leases/renew", Some(&body));
             let b = r.body.clone().unwrap_or(Value::Null);
             output::print(remote.format, &b, with_lease_rows(Some(&b), &Value::Null));
             0

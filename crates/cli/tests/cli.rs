@@ -490,3 +490,84 @@ async fn pki_issue_writes_a_private_key_only_its_owner_reads() {
     let log = std::fs::read_to_string(&audit).unwrap();
     assert!(!log.contains(&body[..40]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_commands_look_up_and_revoke_what_read_and_write_show() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let mut server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    for args in [
+        &["secrets", "enable", "pki"][..],
+        &[
+            "write",
+            "pki/root/generate/internal",
+            "common_name=Lease CA",
+            "key_type=ec",
+        ],
+        &[
+            "write",
+            "pki/roles/r",
+            "allowed_domains=example.com",
+            "allow_subdomains=true",
+            "generate_lease=true",
+            "key_type=ec",
+            "ttl=1h",
+        ],
+    ] {
+        let (code, out, err) = palisade(args, &env);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    // a dynamic secret's table starts with its lease, as `vault write` prints it
+    let (code, out, err) = palisade(&["write", "pki/issue/r", "common_name=a.example.com"], &env);
+    assert_eq!(code, 0, "{err}");
+    let lease = out
+        .lines()
+        .find_map(|l| l.strip_prefix("lease_id"))
+        .map(|l| l.trim().to_owned())
+        .expect("a lease_id row");
+    assert!(lease.starts_with("pki/issue/r/"), "{out}");
+    let row = |k: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(row("lease_duration"), ["lease_duration", "1h"], "{out}");
+    assert_eq!(
+        row("lease_renewable"),
+        ["lease_renewable", "false"],
+        "{out}"
+    );
+
+    let (code, out, err) = palisade(&["lease", "lookup", &lease], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&lease) && out.contains("renewable"), "{out}");
+    let (code, _, err) = palisade(&["lease", "renew", &lease], &env);
+    assert_eq!(code, 2);
+    assert!(err.contains("lease is not renewable"), "{err}");
+    let (code, out, err) = palisade(&["lease", "revoke", &lease], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("Success! Revoked lease: {lease}"));
+    let (code, _, err) = palisade(&["lease", "lookup", &lease], &env);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid lease"), "{err}");
+    // --force needs --prefix (a usage error: exit 1, as Vault's CLI)
+    let (code, _, err) = palisade(&["lease", "revoke", "--force", &lease], &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--prefix"), "{err}");
+    let (code, _, err) = palisade(&["write", "pki/issue/r", "common_name=b.example.com"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = palisade(&["lease", "revoke", "--prefix", "pki/issue"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = palisade(&["list", "sys/leases/lookup/pki/issue/r"], &env);
+    assert_eq!(code, 2, "nothing left under the prefix");
+
+    server.sigterm();
+    let _ = server.wait_exit(std::time::Duration::from_secs(15)).await;
+}
