@@ -31,6 +31,71 @@ pub struct RawConfig {
     pub dangerous_unauthenticated_rekey: Option<bool>,
     /// Serve `sys/generate-root/*` without a token, as Vault (default: sudo needed).
     pub dangerous_unauthenticated_generate_root: Option<bool>,
+    /// Where scheduled KV rotation may get new values from.
+    pub rotation: Option<RawRotation>,
+}
+
+/// `[rotation]`: the producers of new values a KV rotation policy may
+/// name. Nothing is allowed unless listed here (an API user must not make
+/// the server call arbitrary URLs or run programs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRotation {
+    /// Origins (`https://rotator.internal:8443`) webhooks may be on;
+    /// `http://` only for a loopback host.
+    pub webhook_origins: Option<Vec<String>>,
+    /// Named commands (`name = ["/usr/local/bin/new-key", "--json"]`),
+    /// absolute program paths, run without a shell.
+    pub commands: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+/// The validated `[rotation]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// ASCII serialisations of the allowed origins (`https://host:port`).
+    pub webhook_origins: Vec<String>,
+    pub commands: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn validate_rotation(raw: Option<RawRotation>, errs: &mut Vec<String>) -> RotationConfig {
+    let mut out = RotationConfig::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    for o in raw.webhook_origins.unwrap_or_default() {
+        match url::Url::parse(&o) {
+            Ok(u)
+                if (u.scheme() == "https"
+                    || (u.scheme() == "http"
+                        && matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))))
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && (u.path() == "/" || u.path().is_empty())
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                out.webhook_origins.push(u.origin().ascii_serialization());
+            }
+            _ => errs.push(format!(
+                "rotation.webhook_origins: {o:?} is not an https:// origin (scheme, host, port; http:// only for a loopback host)"
+            )),
+        }
+    }
+    for (name, argv) in raw.commands.unwrap_or_default() {
+        if !crate::token_roles::is_canonical_role_name(&name) {
+            errs.push(format!("rotation.commands: invalid command name {name:?}"));
+            continue;
+        }
+        match argv.first() {
+            Some(p) if std::path::Path::new(p).is_absolute() => {
+                out.commands.insert(name, argv);
+            }
+            _ => errs.push(format!(
+                "rotation.commands.{name}: must be a list starting with an absolute program path"
+            )),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +186,7 @@ pub struct ServerConfig {
     pub ui: bool,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub rotation: RotationConfig,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -440,6 +506,7 @@ pub fn validate(
             LogFormat::Text
         }
     };
+    let rotation = validate_rotation(raw.rotation, &mut errs);
     let ui = raw.ui.unwrap_or(false);
     if ui {
         errs.push("ui: the web UI is not available in this version; set ui = false".into());
@@ -462,6 +529,7 @@ pub fn validate(
             ui,
             log_level,
             log_format,
+            rotation,
         }),
         _ => Err(ConfigErrors(vec!["invalid configuration".into()])),
     }
@@ -493,6 +561,43 @@ mod tests {
         assert_eq!(c.listener.json, JsonLimits::DEFAULT);
         assert_eq!(c.ttl, TtlLimits::default());
         assert!(c.api_audit_dirs.is_empty());
+    }
+
+    #[test]
+    fn rotation_producers_are_only_what_the_file_lists() {
+        let base = "[storage]\npath = \"/tmp/p.db\"\n[listener]\ntls_disable = true\n";
+        let c = parse(base, &no_env).unwrap();
+        assert_eq!(c.rotation, RotationConfig::default());
+        let c = parse(
+            &format!(
+                "{base}[rotation]\nwebhook_origins = [\"https://rotator.internal:8443\", \"http://127.0.0.1:9000/\"]\n[rotation.commands]\ngen = [\"/usr/local/bin/gen\", \"--json\"]\n"
+            ),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.rotation.webhook_origins,
+            ["https://rotator.internal:8443", "http://127.0.0.1:9000"]
+        );
+        assert_eq!(c.rotation.commands["gen"], ["/usr/local/bin/gen", "--json"]);
+        let e = parse(
+            &format!(
+                "{base}[rotation]\nwebhook_origins = [\"http://rotator.internal\", \"https://a/path\", \"https://u:p@a\"]\n[rotation.commands]\nrel = [\"gen\"]\nempty = []\n\"bad name\" = [\"/bin/true\"]\n"
+            ),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            [
+                "rotation.webhook_origins: \"http://rotator.internal\" is not an https:// origin (scheme, host, port; http:// only for a loopback host)",
+                "rotation.webhook_origins: \"https://a/path\" is not an https:// origin (scheme, host, port; http:// only for a loopback host)",
+                "rotation.webhook_origins: \"https://u:p@a\" is not an https:// origin (scheme, host, port; http:// only for a loopback host)",
+                "rotation.commands: invalid command name \"bad name\"",
+                "rotation.commands.empty: must be a list starting with an absolute program path",
+                "rotation.commands.rel: must be a list starting with an absolute program path",
+            ]
+        );
     }
 
     #[test]

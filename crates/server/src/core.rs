@@ -88,6 +88,8 @@ pub struct CoreOptions {
     /// `dangerous_unauthenticated_generate_root`: `sys/generate-root/*`
     /// without a token, as Vault. Off: a token with sudo is needed.
     pub dangerous_unauthenticated_generate_root: bool,
+    /// `[rotation]`: where KV rotation policies may get new values.
+    pub rotation: crate::config::RotationConfig,
 }
 
 /// The caller, as established by token lookup and the ACL check, with the
@@ -170,6 +172,9 @@ pub struct Core {
     /// Mounts being disabled or moved (by uuid): refused to new requests
     /// while their leases are revoked (Vault's router taint).
     tainted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// KV rotation policies (`kv_rotation.rs`), apart from `kv_locks`: a
+    /// rotation holds its policy's lock, then the key's.
+    pub rotation_locks: KeyLocks,
     pub policies: PolicyStore,
     pub mounts: RwLock<Arc<MountTable>>,
     pub audit: Broker,
@@ -252,6 +257,7 @@ impl Core {
             leases,
             databases: Default::default(),
             tainted: Default::default(),
+            rotation_locks: Default::default(),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -1323,6 +1329,9 @@ impl Core {
         }
         let view = View::new(self.barrier.clone(), mount.view_prefix());
         match mount.engine() {
+            Some(EngineKind::KvV2) if crate::kv_rotation::is_rotation_path(rel) => {
+                crate::kv_rotation::handle(self, auth, mount, rel, &view).await
+            }
             Some(EngineKind::KvV2) => kv::handle_v2(auth, rel, &view, &self.kv_locks).await,
             Some(EngineKind::KvV1) => kv::handle_v1(auth, rel, &view).await,
             Some(EngineKind::Transit) => transit::handle(auth, rel, &view, &self.kv_locks).await,
@@ -1384,6 +1393,12 @@ impl Core {
             x => x,
         };
         (default.min(max), max)
+    }
+
+    /// Whether the mount with this uuid is enabled and not being disabled or
+    /// moved (call with the mount gate held).
+    pub(crate) fn mount_serves(&self, uuid: &str) -> Result<bool, ApiError> {
+        Ok(self.mount_by_uuid(uuid)?.is_some() && !lock(self.tainted.lock())?.contains(uuid))
     }
 
     /// The mount with this uuid, if it is still enabled.
@@ -1706,6 +1721,39 @@ impl Core {
                 Ok(n) => rotated += n,
                 Err(e) => {
                     tracing::warn!(mount = %m.path, status = e.status, "static roles of this mount could not be rotated")
+                }
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Rotate the KV v2 secrets, on every KV v2 mount, whose rotation policy
+    /// is due at `now` (Unix seconds); how many were rotated. Failures are
+    /// recorded in their policy and retried with backoff.
+    pub async fn rotate_kv_secrets(&self, now: i64) -> Result<usize, ApiError> {
+        let table = self.mount_table()?;
+        let mut rotated = 0;
+        for m in table
+            .entries
+            .iter()
+            .filter(|m| m.engine() == Some(EngineKind::KvV2))
+        {
+            let view = View::new(self.barrier.clone(), m.view_prefix());
+            let due = {
+                let _gate = self.mount_gate.read().await;
+                if self.mount_by_uuid(&m.uuid)?.is_none()
+                    || lock(self.tainted.lock())?.contains(&m.uuid)
+                {
+                    continue;
+                }
+                crate::kv_rotation::due(&view, now).await?
+            };
+            for key in due {
+                if crate::kv_rotation::rotate(self, m, &view, &key, now, true)
+                    .await
+                    .is_ok()
+                {
+                    rotated += 1;
                 }
             }
         }

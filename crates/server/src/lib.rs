@@ -20,6 +20,7 @@ pub mod core;
 pub mod engines;
 pub mod http;
 pub mod json;
+pub mod kv_rotation;
 pub mod lease;
 pub mod listener;
 pub mod logical;
@@ -125,8 +126,9 @@ pub fn spawn_lease_expiry(core: Arc<Core>) {
     });
 }
 
-/// Scheduled rotation: database static roles, checked every five seconds
-/// (Vault's shortest rotation period), in a task of its own.
+/// Scheduled rotation: database static roles and KV secrets with a
+/// rotation policy, checked every five seconds (Vault's shortest rotation
+/// period), each in a task of its own.
 pub fn spawn_rotation(core: Arc<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -140,6 +142,13 @@ pub fn spawn_rotation(core: Arc<Core>) {
             match run.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "static role rotation failed"),
+                Err(e) => tracing::error!(error = %e, "rotation task failed"),
+            }
+            let c = core.clone();
+            let run = tokio::spawn(async move { c.rotate_kv_secrets(c.tokens.now()).await });
+            match run.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(status = e.status, "KV rotation failed"),
                 Err(e) => tracing::error!(error = %e, "rotation task failed"),
             }
         }
@@ -200,6 +209,7 @@ pub async fn run(
             clock: palisade_core::Clock::system(),
             dangerous_unauthenticated_rekey: cfg.unauthenticated_rekey,
             dangerous_unauthenticated_generate_root: cfg.unauthenticated_generate_root,
+            rotation: cfg.rotation.clone(),
         },
     );
     if cfg.unauthenticated_rekey {

@@ -498,6 +498,46 @@ async fn write_version(
     doc: Value,
     cas: Option<i64>,
 ) -> Result<Response, ApiError> {
+    write_version_overlapping(key, view, doc, cas, None).await
+}
+
+/// A new version written by a scheduled rotation (`kv_rotation.rs`; the
+/// caller holds the key's lock): only if the current version is still
+/// `expected`, and the version it replaces stays readable for `overlap`
+/// seconds more (never longer than it would have anyway). Returns the new
+/// version.
+pub(crate) async fn write_rotated(
+    key: &str,
+    view: &View,
+    doc: Value,
+    expected: u64,
+    overlap: i64,
+) -> Result<u64, ApiError> {
+    check_key(key)?;
+    let cas = i64::try_from(expected).map_err(ApiError::internal)?;
+    let r = write_version_overlapping(key, view, doc, Some(cas), Some(overlap)).await?;
+    r.data
+        .as_ref()
+        .and_then(|d| d["version"].as_u64())
+        .ok_or_else(|| ApiError::internal("rotation: no version written"))
+}
+
+/// The current version of a key (0: none).
+pub(crate) async fn current_version(key: &str, view: &View) -> Result<u64, ApiError> {
+    check_key(key)?;
+    Ok(load_meta(view, key)
+        .await?
+        .map(|m| m.current_version)
+        .unwrap_or(0))
+}
+
+async fn write_version_overlapping(
+    key: &str,
+    view: &View,
+    doc: Value,
+    cas: Option<i64>,
+    overlap: Option<i64>,
+) -> Result<Response, ApiError> {
     let cfg = load_config(view).await?;
     let now = now();
     let mut meta = load_meta(view, key).await?.unwrap_or_else(|| KeyMeta {
@@ -517,6 +557,14 @@ async fn write_version(
         ));
     }
     let version = meta.current_version + 1;
+    if let Some(secs) = overlap
+        && let Some(prev) = meta.versions.get_mut(&meta.current_version)
+    {
+        let until = deletion_time(now, secs)?;
+        if prev.deletion_time == 0 || prev.deletion_time > until {
+            prev.deletion_time = until;
+        }
+    }
     let dva = if meta.delete_version_after > 0 {
         meta.delete_version_after
     } else {

@@ -43,6 +43,8 @@ pub struct Opts {
     /// `dangerous_unauthenticated_rekey` and `_generate_root` (Vault's
     /// unauthenticated sys/rekey/* and sys/generate-root/*).
     pub unauthenticated_root_ops: bool,
+    /// `[rotation]`: webhook origins and commands KV rotation may use.
+    pub rotation: palisade_server::config::RotationConfig,
 }
 
 impl Default for Opts {
@@ -59,6 +61,7 @@ impl Default for Opts {
             json: palisade_server::json::JsonLimits::DEFAULT,
             body_timeout: palisade_server::http::DEFAULT_BODY_TIMEOUT,
             unauthenticated_root_ops: false,
+            rotation: Default::default(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl TestServer {
                 clock: opts.clock.clone(),
                 dangerous_unauthenticated_rekey: opts.unauthenticated_root_ops,
                 dangerous_unauthenticated_generate_root: opts.unauthenticated_root_ops,
+                rotation: opts.rotation.clone(),
             },
         );
         let root = if opts.dev {
