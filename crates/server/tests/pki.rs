@@ -1408,3 +1408,132 @@ async fn a_ttl_above_the_max_is_capped_with_vaults_warning() {
         json!(["TTL \"8760h\" is longer than permitted maxTTL \"768h\", so maxTTL is being used"])
     );
 }
+
+/// An intermediate CA on a second mount: its CSR signed by the root's
+/// mount, the signed certificate set, and what it issues verifies with
+/// openssl up to the root.
+#[tokio::test]
+async fn an_intermediate_signed_by_a_second_mount_issues_chains_that_verify() {
+    let s = pki().await;
+    with_role(&s).await;
+    let r = s
+        .post(
+            "sys/mounts/pki_int",
+            &s.root,
+            json!({"type": "pki", "config": {"max_lease_ttl": "43800h"}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // set-signed before any CSR: refused
+    err(
+        &s,
+        "pki_int/intermediate/set-signed",
+        json!({"certificate": "x"}),
+        400,
+        "no pending intermediate key at this mount: generate one with intermediate/generate",
+    )
+    .await;
+    let d = ok(
+        &s,
+        "pki_int/intermediate/generate/internal",
+        json!({"common_name": "Palisade Test Intermediate", "key_type": "ec"}),
+    )
+    .await;
+    let csr = d["csr"].as_str().unwrap().to_owned();
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{d}"
+    );
+    assert!(d.get("private_key").is_none(), "internal keeps the key");
+    let signed = ok(
+        &s,
+        "pki/root/sign-intermediate",
+        json!({"csr": csr, "common_name": "Palisade Test Intermediate", "ttl": "43800h", "max_path_length": 0}),
+    )
+    .await;
+    let int_cert = signed["certificate"].as_str().unwrap().to_owned();
+    let root_cert = signed["issuing_ca"].as_str().unwrap().to_owned();
+    // a certificate for another key is refused
+    let other = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "x.svc.example.com"}),
+    )
+    .await;
+    err(
+        &s,
+        "pki_int/intermediate/set-signed",
+        json!({"certificate": other["certificate"]}),
+        400,
+        "invalid certificate: it is not for the key intermediate/generate made at this mount",
+    )
+    .await;
+    let r = s
+        .post(
+            "pki_int/intermediate/set-signed",
+            &s.root,
+            json!({"certificate": format!("{int_cert}{root_cert}")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // capped at the root's life (the root lives 10 years, the mount allows 5)
+    let r = s.get("pki_int/ca_chain", &s.root).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text, format!("{int_cert}{root_cert}"));
+    ok(
+        &s,
+        "pki_int/roles/svc",
+        json!({"allowed_domains": ["svc.example.com"], "allow_subdomains": true, "key_type": "ec", "ttl": "1h"}),
+    )
+    .await;
+    let leaf = ok(
+        &s,
+        "pki_int/issue/svc",
+        json!({"common_name": "a.svc.example.com"}),
+    )
+    .await;
+    assert_eq!(leaf["issuing_ca"], int_cert.as_str());
+    assert_eq!(leaf["ca_chain"], json!([int_cert, root_cert]));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str, t: &str| {
+        let path = dir.path().join(n);
+        std::fs::write(&path, t).unwrap();
+        path.display().to_string()
+    };
+    let (root_f, int_f, leaf_f) = (
+        p("root.pem", &root_cert),
+        p("int.pem", &int_cert),
+        p("leaf.pem", leaf["certificate"].as_str().unwrap()),
+    );
+    let (good, out) = openssl(&["verify", "-CAfile", &root_f, "-untrusted", &int_f, &leaf_f]);
+    assert!(good, "{out}");
+    // the intermediate alone is not trusted as a root
+    let (good, _) = openssl(&["verify", "-CAfile", &int_f, &leaf_f]);
+    assert!(!good, "the chain must end at the root");
+    // max_path_length 0: the intermediate may sign no further CA
+    let (good, text) = openssl(&["x509", "-noout", "-text", "-in", &int_f]);
+    assert!(good, "{text}");
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    // the intermediate mount has its CA now: no second CSR
+    err(&s, "pki_int/intermediate/generate/internal", json!({"common_name": "x"}), 400,
+        "a CA is already configured at this mount: delete it (DELETE root) before generating another").await;
+}
+
+#[tokio::test]
+async fn sign_intermediate_refuses_bad_csrs_and_a_second_ca() {
+    let s = pki().await;
+    with_role(&s).await;
+    err(&s, "pki/root/sign-intermediate", json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"}), 400,
+        "invalid csr: it cannot be parsed").await;
+    err(
+        &s,
+        "pki/root/sign-intermediate",
+        json!({}),
+        400,
+        "the csr field is required",
+    )
+    .await;
+    // a mount with a CA makes no intermediate CSR
+    err(&s, "pki/intermediate/generate/internal", json!({"common_name": "x"}), 400,
+        "a CA is already configured at this mount: delete it (DELETE root) before generating another").await;
+}

@@ -55,6 +55,28 @@ struct Ca {
     not_before: i64,
     not_after: i64,
     certificate: String,
+    /// The certificates above this CA, nearest first (an intermediate's
+    /// issuer, up to its root), as `intermediate/set-signed` received them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chain: Vec<String>,
+}
+
+impl Ca {
+    /// This CA's certificate and the ones above it (`ca_chain`).
+    fn chain_pems(&self) -> Vec<String> {
+        std::iter::once(self.certificate.clone())
+            .chain(self.chain.iter().cloned())
+            .collect()
+    }
+}
+
+/// `intermediate/generate`'s key, waiting for `intermediate/set-signed`.
+#[derive(Clone, Serialize, Deserialize)]
+struct PendingCa {
+    /// PKCS#8 DER, base64.
+    key: String,
+    key_type: String,
+    key_bits: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -310,6 +332,14 @@ async fn require_ca(view: &View) -> Result<Ca, ApiError> {
 
 /// The CA's parameters as its certificate was made from them: the issuer
 /// of every certificate and CRL it signs (same name, same key identifier).
+/// The issuer of everything this CA signs, read from its own certificate
+/// (subject and key identifier byte for byte, whoever signed it).
+fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>, ApiError> {
+    let der = pem_der(&ca.certificate)?;
+    Issuer::from_ca_cert_der(&rustls_pki_types::CertificateDer::from(der), ca_key(ca)?)
+        .map_err(rc_err)
+}
+
 fn ca_params(ca: &Ca) -> Result<CertificateParams, ApiError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -469,6 +499,18 @@ pub async fn handle(
             let _g = locks.lock(view, "ca").await;
             root_generate(d, view, kind, ttls).await
         }
+        (Operation::Write, ["intermediate", "generate", kind]) => {
+            let _g = locks.lock(view, "ca").await;
+            intermediate_generate(d, view, kind).await
+        }
+        (Operation::Write, ["root", "sign-intermediate"]) => {
+            let _g = locks.lock(view, "ca").await;
+            sign_intermediate(d, view, ttls).await
+        }
+        (Operation::Write, ["intermediate", "set-signed"]) => {
+            let _g = locks.lock(view, "ca").await;
+            set_signed(d, view).await
+        }
         (Operation::Delete, ["root"]) => {
             let _g = locks.lock(view, "ca").await;
             view.delete("ca").await?;
@@ -490,14 +532,15 @@ pub async fn handle(
         }
         (Operation::Read, ["ca_chain"] | ["cert", "ca_chain"]) => {
             let ca = require_ca(view).await?;
+            let chain = ca.chain_pems().concat();
             if parts[0] == "cert" {
                 return Ok(Response::data(json!({
-                    "certificate": ca.certificate, "ca_chain": ca.certificate, "revocation_time": 0,
+                    "certificate": chain, "ca_chain": chain, "revocation_time": 0,
                 })));
             }
             Ok(Response::bytes(
                 "application/pem-certificate-chain",
-                ca.certificate.into_bytes(),
+                chain.into_bytes(),
             ))
         }
         (Operation::Read, ["cert", "ca"]) => {
@@ -715,6 +758,7 @@ async fn root_generate(
         not_before: now - BACKDATE_SECS,
         not_after: now + ttl,
         certificate: String::new(),
+        chain: Vec::new(),
     };
     let kt = key_type.clone();
     let key = tokio::task::spawn_blocking(move || generate_key(&kt, key_bits))
@@ -752,6 +796,291 @@ async fn root_generate(
     let mut resp = Response::data(out);
     if let Some(w) = ttl_warning {
         resp = resp.warn(w);
+    }
+    Ok(resp)
+}
+
+// ------------------------------------------------------------ intermediates
+
+/// `intermediate/generate/internal|exported`: a key for this mount's CA and
+/// a CSR for it; the key waits (`ca-pending`) for the signed certificate.
+async fn intermediate_generate(
+    d: &Map<String, Value>,
+    view: &View,
+    kind: &str,
+) -> Result<Response, ApiError> {
+    let exported = match kind {
+        "internal" => false,
+        "exported" => true,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid type: use internal or exported",
+            ));
+        }
+    };
+    let common_name = opt_string(d, "common_name")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the common_name field is required"))?;
+    if common_name.len() > 64 || common_name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid common_name"));
+    }
+    let key_type = opt_string(d, "key_type")?.unwrap_or_else(|| "rsa".into());
+    let key_bits = match opt(d, "key_bits") {
+        Some(v) => u32::try_from(fields::int(v, "key_bits")?)
+            .map_err(|_| ApiError::bad_request("invalid key_bits"))?,
+        None => 0,
+    };
+    let (_, key_bits) = key_spec(&key_type, key_bits)?;
+    if load_ca(view).await?.is_some() {
+        return Err(ApiError::bad_request(
+            "a CA is already configured at this mount: delete it (DELETE root) before generating another",
+        ));
+    }
+    let kt = key_type.clone();
+    let key = tokio::task::spawn_blocking(move || generate_key(&kt, key_bits))
+        .await
+        .map_err(|e| ApiError::internal(format!("key generation: {e}")))??;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name.as_str());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key).map_err(rc_err)?;
+    let csr_pem = csr.pem().map_err(rc_err)?;
+    let pkcs8 = Zeroizing::new(key.serialize_der());
+    let pending = PendingCa {
+        key: STANDARD.encode(&pkcs8[..]),
+        key_type: key_type.clone(),
+        key_bits,
+    };
+    view.put("ca-pending", &encode(&pending)?).await?;
+    let mut out = json!({ "csr": csr_pem, "key_type": key_type });
+    if exported && let Some(o) = out.as_object_mut() {
+        o.insert("private_key".into(), json!(pem("PRIVATE KEY", &pkcs8)));
+        o.insert("private_key_type".into(), json!(key_type));
+    }
+    Ok(Response::data(out))
+}
+
+/// `root/sign-intermediate`: this mount's CA signs another CA's CSR. The
+/// certificate is a CA (`max_path_length`: its path length constraint,
+/// -1 none), never outlives this CA (capped, with a warning), and names the
+/// `common_name` given (or the CSR's, with `use_csr_values`).
+async fn sign_intermediate(
+    d: &Map<String, Value>,
+    view: &View,
+    (_, mount_max): (i64, i64),
+) -> Result<Response, ApiError> {
+    let ca = require_ca(view).await?;
+    let text = opt_string(d, "csr")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the csr field is required"))?;
+    let csr = parse_csr(&text, None)?;
+    let use_csr = match opt(d, "use_csr_values") {
+        Some(v) => fields::boolean(v, "use_csr_values")?,
+        None => false,
+    };
+    let body_cn = opt_string(d, "common_name")?.filter(|c| !c.is_empty());
+    let common_name = match (use_csr, body_cn, csr.common_name.clone()) {
+        (true, _, Some(c)) | (false, None, Some(c)) => c,
+        (_, Some(b), _) => b,
+        _ => return Err(ApiError::bad_request("the common_name field is required")),
+    };
+    if common_name.len() > 64 || common_name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid common_name"));
+    }
+    let path_len = match opt(d, "max_path_length") {
+        Some(v) => fields::int(v, "max_path_length")?,
+        None => -1,
+    };
+    let (mut ttl, mut warnings) = {
+        let (t, w) = ttl_field(d, mount_max, mount_max)?;
+        (t, w.into_iter().collect::<Vec<_>>())
+    };
+    let now = now_secs();
+    if now + ttl > ca.not_after {
+        ttl = ca.not_after - now;
+        warnings
+            .push("the certificate's validity is capped at the signing CA's expiration".to_owned());
+    }
+    if ttl <= 0 {
+        return Err(ApiError::bad_request("the signing CA has expired"));
+    }
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name.as_str());
+    params.distinguished_name = dn;
+    params.is_ca = match u8::try_from(path_len) {
+        Ok(n) => IsCa::Ca(BasicConstraints::Constrained(n)),
+        Err(_) if path_len < 0 => IsCa::Ca(BasicConstraints::Unconstrained),
+        Err(_) => return Err(ApiError::bad_request("invalid max_path_length")),
+    };
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = time_at(now - BACKDATE_SECS)?;
+    params.not_after = time_at(now + ttl)?;
+    let serial = new_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    let urls: Urls = load_or_default(view, "config/urls").await?;
+    if !urls.crl_distribution_points.is_empty() {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: urls.crl_distribution_points.clone(),
+        }];
+    }
+    params.custom_extensions.extend(aia_extension(&urls));
+    let ca2 = ca.clone();
+    let key = csr.key;
+    let cert_pem = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
+        let cert = params.signed_by(&key, &issuer(&ca2)?).map_err(rc_err)?;
+        Ok(cert.pem())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("sign-intermediate: {e}")))??;
+    let serial_s = serial_text(&serial);
+    let stored = StoredCert {
+        certificate: cert_pem.clone(),
+        not_after: now + ttl,
+        revocation_time: 0,
+        issuer: ca.serial.clone(),
+    };
+    view.put(
+        &format!("certs/{}", storage_serial(&serial_s)),
+        &encode(&stored)?,
+    )
+    .await?;
+    let mut resp = Response::data(json!({
+        "certificate": cert_pem,
+        "issuing_ca": ca.certificate,
+        "ca_chain": std::iter::once(cert_pem.clone()).chain(ca.chain_pems()).collect::<Vec<_>>(),
+        "serial_number": serial_s,
+        "expiration": now + ttl,
+    }));
+    for w in warnings {
+        resp = resp.warn(w);
+    }
+    Ok(resp)
+}
+
+/// `intermediate/set-signed`: the certificate for the pending key (and,
+/// after it, the certificates above it) becomes this mount's CA. It must
+/// hold the pending key's public key, be a CA and be valid now.
+async fn set_signed(d: &Map<String, Value>, view: &View) -> Result<Response, ApiError> {
+    let bundle = opt_string(d, "certificate")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the certificate field is required"))?;
+    let Some(pending) = view.get("ca-pending").await? else {
+        return Err(ApiError::bad_request(
+            "no pending intermediate key at this mount: generate one with intermediate/generate",
+        ));
+    };
+    let pending: PendingCa = decode(&pending)?;
+    if load_ca(view).await?.is_some() {
+        return Err(ApiError::bad_request(
+            "a CA is already configured at this mount: delete it (DELETE root) first",
+        ));
+    }
+    let bad = |m: &str| ApiError::bad_request(format!("invalid certificate: {m}"));
+    let ders: Vec<Vec<u8>> = rustls_pki_types::pem::PemObject::pem_slice_iter(bundle.as_bytes())
+        .map(|c: Result<rustls_pki_types::CertificateDer<'static>, _>| {
+            c.map(|c| c.to_vec())
+                .map_err(|_| bad("not a PEM certificate bundle"))
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(first) = ders.first() else {
+        return Err(bad("no certificate in it"));
+    };
+    if ders.len() > 10 {
+        return Err(bad("more than 10 certificates"));
+    }
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(first).map_err(|_| bad("it cannot be parsed"))?;
+    if !rest.is_empty() {
+        return Err(bad("bytes follow the certificate"));
+    }
+    let key = ca_key(&Ca {
+        key: pending.key.clone(),
+        key_type: pending.key_type.clone(),
+        key_bits: pending.key_bits,
+        common_name: String::new(),
+        serial: String::new(),
+        not_before: 0,
+        not_after: 0,
+        certificate: String::new(),
+        chain: Vec::new(),
+    })?;
+    if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&key) {
+        return Err(bad(
+            "it is not for the key intermediate/generate made at this mount",
+        ));
+    }
+    if !cert.is_ca() {
+        return Err(bad("it is not a CA certificate"));
+    }
+    let now = now_secs();
+    let (nb, na) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    if nb > now || na <= now {
+        return Err(bad("it is not valid now"));
+    }
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut chain = Vec::new();
+    for der in &ders[1..] {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|_| bad("a certificate of the chain cannot be parsed"))?;
+        chain.push(pem("CERTIFICATE", der));
+    }
+    let serial = serial_text(&cert.raw_serial().to_vec());
+    let ca = Ca {
+        key: pending.key,
+        key_type: pending.key_type,
+        key_bits: pending.key_bits,
+        common_name,
+        serial: serial.clone(),
+        not_before: nb,
+        not_after: na,
+        certificate: pem("CERTIFICATE", first),
+        chain,
+    };
+    let stored = StoredCert {
+        certificate: ca.certificate.clone(),
+        not_after: na,
+        revocation_time: 0,
+        issuer: ca.serial.clone(),
+    };
+    view.transaction(vec![
+        palisade_barrier::BarrierOp::Put {
+            path: "ca".into(),
+            value: encode(&ca)?.to_vec(),
+        },
+        palisade_barrier::BarrierOp::Put {
+            path: format!("certs/{}", storage_serial(&serial)),
+            value: encode(&stored)?.to_vec(),
+        },
+        palisade_barrier::BarrierOp::Delete {
+            path: "ca-pending".into(),
+        },
+    ])
+    .await?;
+    let mut resp = Response::data(json!({
+        "imported_issuers": [serial],
+        "imported_keys": Value::Null,
+        "existing_issuers": Value::Null,
+        "existing_keys": Value::Null,
+    }));
+    if ca.chain.is_empty() {
+        resp = resp.warn("no certificate above this CA was given: ca_chain holds only this CA");
     }
     Ok(resp)
 }
@@ -1029,7 +1358,7 @@ struct Csr {
 
 /// Parse and verify a CSR (x509-parser through rcgen: the signature must
 /// verify with the key it carries) and check its key against the role.
-fn parse_csr(pem_text: &str, role: &Role) -> Result<Csr, ApiError> {
+fn parse_csr(pem_text: &str, role: Option<&Role>) -> Result<Csr, ApiError> {
     let bad = |m: &str| ApiError::bad_request(format!("invalid csr: {m}"));
     let trimmed = pem_text.trim();
     let framed = ["", "NEW "].iter().any(|n| {
@@ -1091,27 +1420,43 @@ fn parse_csr(pem_text: &str, role: &Role) -> Result<Csr, ApiError> {
     // SHA-256 would otherwise be labelled P-256)
     let raw = rcgen::PublicKeyData::der_bytes(&parsed.public_key);
     let alg = rcgen::PublicKeyData::algorithm(&parsed.public_key);
-    let ok = match role.key_type.as_str() {
-        "ec" if role.key_bits == 384 => alg == &rcgen::PKCS_ECDSA_P384_SHA384 && raw.len() == 97,
-        "ec" => alg == &rcgen::PKCS_ECDSA_P256_SHA256 && raw.len() == 65,
-        "ed25519" => alg == &rcgen::PKCS_ED25519 && raw.len() == 32,
-        "rsa" => {
-            [
-                &rcgen::PKCS_RSA_SHA256,
-                &rcgen::PKCS_RSA_SHA384,
-                &rcgen::PKCS_RSA_SHA512,
-            ]
-            .contains(&alg)
-                && palisade_crypto::transit::rsa_public_modulus_bits(raw)
-                    .is_some_and(|bits| bits >= role.key_bits)
-        }
-        _ => false,
+    let rsa_ok = |min: u32| {
+        [
+            &rcgen::PKCS_RSA_SHA256,
+            &rcgen::PKCS_RSA_SHA384,
+            &rcgen::PKCS_RSA_SHA512,
+        ]
+        .contains(&alg)
+            && palisade_crypto::transit::rsa_public_modulus_bits(raw)
+                .is_some_and(|bits| bits >= min)
     };
-    if !ok {
-        return Err(bad(&format!(
-            "its key is not a {} key of the role's size ({} bits)",
-            role.key_type, role.key_bits
-        )));
+    let p256 = alg == &rcgen::PKCS_ECDSA_P256_SHA256 && raw.len() == 65;
+    let p384 = alg == &rcgen::PKCS_ECDSA_P384_SHA384 && raw.len() == 97;
+    let ed = alg == &rcgen::PKCS_ED25519 && raw.len() == 32;
+    match role {
+        Some(role) => {
+            let ok = match role.key_type.as_str() {
+                "ec" if role.key_bits == 384 => p384,
+                "ec" => p256,
+                "ed25519" => ed,
+                "rsa" => rsa_ok(role.key_bits),
+                _ => false,
+            };
+            if !ok {
+                return Err(bad(&format!(
+                    "its key is not a {} key of the role's size ({} bits)",
+                    role.key_type, role.key_bits
+                )));
+            }
+        }
+        // a CA's key (sign-intermediate): any type this engine makes
+        None => {
+            if !(p256 || p384 || ed || rsa_ok(2048)) {
+                return Err(bad(
+                    "its key is not an ec (P-256, P-384), ed25519 or rsa (2048 bits or more) key",
+                ));
+            }
+        }
     }
     let mut csr = Csr {
         key: parsed.public_key,
@@ -1171,7 +1516,7 @@ async fn issue_or_sign(
     let csr = if signing {
         let text = opt_string(d, "csr")?
             .ok_or_else(|| ApiError::bad_request("the csr field is required"))?;
-        Some(parse_csr(&text, &role)?)
+        Some(parse_csr(&text, Some(&role))?)
     } else {
         None
     };
@@ -1316,7 +1661,7 @@ async fn issue_or_sign(
     let ca2 = ca.clone();
     let csr_key = csr.map(|c| c.key);
     let (cert_pem, key_der) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let issuer = Issuer::new(ca_params(&ca2)?, ca_key(&ca2)?);
+        let issuer = issuer(&ca2)?;
         match csr_key {
             Some(k) => {
                 let cert = params.signed_by(&k, &issuer).map_err(rc_err)?;
@@ -1349,7 +1694,7 @@ async fn issue_or_sign(
     let mut out = json!({
         "certificate": cert_pem,
         "issuing_ca": ca.certificate,
-        "ca_chain": [ca.certificate],
+        "ca_chain": ca.chain_pems(),
         "serial_number": serial_s,
         "expiration": not_after,
     });
@@ -1512,7 +1857,7 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
         revoked_certs: revoked,
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    let issuer = Issuer::new(ca_params(&ca)?, ca_key(&ca)?);
+    let issuer = issuer(&ca)?;
     let crl = params.signed_by(&issuer).map_err(rc_err)?;
     let pem = crl.pem().map_err(rc_err)?;
     Ok((crl.der().to_vec(), pem))
