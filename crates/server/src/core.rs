@@ -829,7 +829,55 @@ impl Core {
         if self.login_route(&req)?.is_some() {
             return self.open_login(req).await;
         }
+        if self.pki_public_route(&req)?.is_some() {
+            return self.open_pki_public(req).await;
+        }
         crate::sys::handle_unauthenticated(self, &req).await
+    }
+
+    /// The PKI mount and relative path of a read Vault serves without a
+    /// token (`pki::is_public`), if this request is one.
+    fn pki_public_route(&self, req: &Request) -> Result<Option<(MountEntry, String)>, ApiError> {
+        if req.operation != Operation::Read || req.path.starts_with("auth/") {
+            return Ok(None);
+        }
+        let table = self.mount_table()?;
+        Ok(match table.route(&req.path) {
+            Some((m, rel))
+                if m.engine() == Some(EngineKind::Pki) && pki::is_public(req.operation, rel) =>
+            {
+                Some((m.clone(), rel.to_owned()))
+            }
+            _ => None,
+        })
+    }
+
+    /// A public PKI read: served only while unsealed and while the mount
+    /// serves, audited like any request (without auth or query data).
+    async fn open_pki_public(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let _mounts = self.mount_gate.read().await;
+        let Some((mount, rel)) = self.pki_public_route(&req)? else {
+            return Err(ApiError::unsupported_path());
+        };
+        if !self.mount_serves(&mount.uuid)? {
+            return Err(ApiError::unsupported_path());
+        }
+        let mut audit = open_audit_entry(&req);
+        audit.request.data = None;
+        audit.request.mount_type = mount.kind.clone();
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let view = View::new(self.barrier.clone(), mount.view_prefix());
+        let result = pki::public_read(&rel, &view, &self.kv_locks).await;
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
     }
 
     /// A rekey or root generation call without a token: served only while
@@ -959,6 +1007,12 @@ impl Core {
             return Err(ApiError::sealed());
         }
         if self.login_route(&req)?.is_some() {
+            return Ok(Begun::Open(req));
+        }
+        // a PKI mount's CA, chain, CRL and certificates are served without
+        // a token (Vault): relying parties fetch the CRL at the URL written
+        // into certificates, with no token; a token sent along is ignored
+        if self.pki_public_route(&req)?.is_some() {
             return Ok(Begun::Open(req));
         }
 

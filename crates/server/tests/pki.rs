@@ -966,7 +966,13 @@ async fn one_root_wins_a_race_and_crl_numbers_grow() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut numbers = Vec::new();
-    for n in 0..3 {
+    for n in 0..4 {
+        // the CRL is cached: a rotation builds the next one (the last two
+        // reads see the same CRL)
+        if n < 3 {
+            let r = s.get("pki/crl/rotate", &s.root).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
         let r = s
             .send(
                 "GET",
@@ -987,7 +993,7 @@ async fn one_root_wins_a_race_and_crl_numbers_grow() {
         numbers.push(line);
     }
     assert!(
-        numbers[0] != numbers[1] && numbers[1] != numbers[2],
+        numbers[0] != numbers[1] && numbers[1] != numbers[2] && numbers[2] == numbers[3],
         "{numbers:?}"
     );
 }
@@ -1536,4 +1542,66 @@ async fn sign_intermediate_refuses_bad_csrs_and_a_second_ca() {
     // a mount with a CA makes no intermediate CSR
     err(&s, "pki/intermediate/generate/internal", json!({"common_name": "x"}), 400,
         "a CA is already configured at this mount: delete it (DELETE root) before generating another").await;
+}
+
+/// Vault serves a PKI mount's CA, chain, CRL and certificates without a
+/// token (relying parties fetch the CRL from the URL in the certificates);
+/// everything else still needs one.
+#[tokio::test]
+async fn the_ca_chain_crl_and_certificates_are_public_and_nothing_else() {
+    let s = pki().await;
+    with_role(&s).await;
+    let leaf = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "a.svc.example.com"}),
+    )
+    .await;
+    let serial = leaf["serial_number"].as_str().unwrap().to_owned();
+    for path in [
+        "pki/ca",
+        "pki/ca/pem",
+        "pki/ca_chain",
+        "pki/crl",
+        "pki/crl/pem",
+        "pki/cert/ca",
+    ] {
+        let r = s.send("GET", path, &[], None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    let r = s
+        .send("GET", &format!("pki/cert/{serial}"), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["data"]["certificate"], leaf["certificate"]);
+    assert!(r.body["data"].get("private_key").is_none());
+    // everything else needs a token
+    for (m, path) in [
+        ("GET", "pki/roles/svc"),
+        ("LIST", "pki/certs"),
+        ("GET", "pki/crl/rotate"),
+        ("GET", "pki/config/crl"),
+        ("POST", "pki/issue/svc"),
+        ("POST", "pki/revoke"),
+    ] {
+        let r = s.send(m, path, &[], Some(b"{}".to_vec())).await;
+        assert_eq!(r.status, 403, "{m} {path}: {}", r.text);
+    }
+    // a revocation shows in the next anonymous CRL read at once
+    ok(&s, "pki/revoke", json!({"serial_number": serial})).await;
+    let r = s.send("GET", "pki/crl/pem", &[], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crl = dir.path().join("crl.pem");
+    std::fs::write(&crl, &r.text).unwrap();
+    let (good, text) = openssl(&["crl", "-in", &crl.display().to_string(), "-noout", "-text"]);
+    assert!(good, "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains(&serial.replace(':', "").to_lowercase()),
+        "{text}"
+    );
+    // sealed: nothing is served
+    s.seal().await;
+    let r = s.send("GET", "pki/ca/pem", &[], None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
 }

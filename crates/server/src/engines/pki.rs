@@ -514,42 +514,12 @@ pub async fn handle(
         (Operation::Delete, ["root"]) => {
             let _g = locks.lock(view, "ca").await;
             view.delete("ca").await?;
+            view.delete(CRL_CACHE).await?;
             Ok(Response::no_content())
         }
-        (Operation::Read, ["ca", "pem"]) => {
-            let ca = require_ca(view).await?;
-            Ok(Response::bytes(
-                "application/pem-certificate-chain",
-                ca.certificate.into_bytes(),
-            ))
+        (Operation::Read, _) if is_public(Operation::Read, rel) => {
+            public_read(rel, view, locks).await
         }
-        (Operation::Read, ["ca"]) => {
-            let ca = require_ca(view).await?;
-            Ok(Response::bytes(
-                "application/pkix-cert",
-                pem_der(&ca.certificate)?,
-            ))
-        }
-        (Operation::Read, ["ca_chain"] | ["cert", "ca_chain"]) => {
-            let ca = require_ca(view).await?;
-            let chain = ca.chain_pems().concat();
-            if parts[0] == "cert" {
-                return Ok(Response::data(json!({
-                    "certificate": chain, "ca_chain": chain, "revocation_time": 0,
-                })));
-            }
-            Ok(Response::bytes(
-                "application/pem-certificate-chain",
-                chain.into_bytes(),
-            ))
-        }
-        (Operation::Read, ["cert", "ca"]) => {
-            let ca = require_ca(view).await?;
-            Ok(Response::data(
-                json!({"certificate": ca.certificate, "revocation_time": 0}),
-            ))
-        }
-        (Operation::Read, ["cert", serial]) => read_cert(view, serial).await,
         (Operation::List, ["certs"] | ["certs", ""]) => {
             let mut keys: Vec<String> = view
                 .list("certs/")
@@ -597,22 +567,9 @@ pub async fn handle(
             let _g = locks.lock(view, "ca").await;
             revoke(d, view).await
         }
-        (Operation::Read, ["crl"]) => {
-            let _g = locks.lock(view, "ca").await;
-            let crl = make_crl(view).await?;
-            Ok(Response::bytes("application/pkix-crl", crl.0))
-        }
-        (Operation::Read, ["crl", "pem"]) => {
-            let _g = locks.lock(view, "ca").await;
-            let crl = make_crl(view).await?;
-            Ok(Response::bytes(
-                "application/x-pem-file",
-                crl.1.into_bytes(),
-            ))
-        }
         (Operation::Read, ["crl", "rotate"]) => {
             let _g = locks.lock(view, "ca").await;
-            make_crl(view).await?;
+            rebuild_crl(view).await?;
             Ok(Response::data(json!({"success": true})))
         }
         (Operation::Write, ["tidy"]) => tidy(d, view).await,
@@ -636,7 +593,9 @@ pub async fn handle(
                 c.expiry = e;
             }
             c.disable = opt_bool(d, "disable", c.disable)?;
+            let _g = locks.lock(view, "ca").await;
             view.put("config/crl", &encode(&c)?).await?;
+            view.delete(CRL_CACHE).await?;
             Ok(Response::no_content())
         }
         (Operation::Read, ["config", "urls"]) => {
@@ -1041,7 +1000,7 @@ async fn set_signed(d: &Map<String, Value>, view: &View) -> Result<Response, Api
             .map_err(|_| bad("a certificate of the chain cannot be parsed"))?;
         chain.push(pem("CERTIFICATE", der));
     }
-    let serial = serial_text(&cert.raw_serial().to_vec());
+    let serial = serial_text(cert.raw_serial());
     let ca = Ca {
         key: pending.key,
         key_type: pending.key_type,
@@ -1798,12 +1757,140 @@ async fn revoke(d: &Map<String, Value>, view: &View) -> Result<Response, ApiErro
                 path: format!("revoked/{}", storage_serial(&s)),
                 value: format!("{} {}", c.revocation_time, ca.serial).into_bytes(),
             },
+            // the cached CRL no longer lists everything revoked
+            palisade_barrier::BarrierOp::Delete {
+                path: CRL_CACHE.into(),
+            },
         ])
         .await?;
     }
     Ok(Response::data(
         json!({ "revocation_time": c.revocation_time }),
     ))
+}
+
+/// Where the last CRL built is kept (DER and PEM, with when and for which
+/// CA): served until half its validity has passed, rebuilt at once after a
+/// revocation, `crl/rotate` or a `config/crl` change. Anonymous clients
+/// read it (Vault serves CRLs without a token): they must not make the
+/// server sign and store a CRL per request.
+const CRL_CACHE: &str = "crl/cached";
+
+#[derive(Serialize, Deserialize)]
+struct CachedCrl {
+    der: String,
+    pem: String,
+    ca_serial: String,
+    built: i64,
+    expiry: i64,
+}
+
+/// The current CRL: the cached one while it is fresh, else one built now
+/// (under the mount's "ca" lock).
+async fn current_crl(view: &View, locks: &KeyLocks) -> Result<(Vec<u8>, String), ApiError> {
+    let fresh = |c: &CachedCrl, ca: &Ca| {
+        c.ca_serial == ca.serial && now_secs() < c.built.saturating_add(c.expiry / 2)
+    };
+    let ca = require_ca(view).await?;
+    if let Some(b) = view.get(CRL_CACHE).await?
+        && let Ok(c) = serde_json::from_slice::<CachedCrl>(&b)
+        && fresh(&c, &ca)
+    {
+        return Ok((STANDARD.decode(&c.der).map_err(ApiError::internal)?, c.pem));
+    }
+    let _g = locks.lock(view, "ca").await;
+    let ca = require_ca(view).await?;
+    if let Some(b) = view.get(CRL_CACHE).await?
+        && let Ok(c) = serde_json::from_slice::<CachedCrl>(&b)
+        && fresh(&c, &ca)
+    {
+        return Ok((STANDARD.decode(&c.der).map_err(ApiError::internal)?, c.pem));
+    }
+    rebuild_crl(view).await
+}
+
+/// Build, sign and cache a new CRL (callers hold the "ca" lock).
+async fn rebuild_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
+    let ca = require_ca(view).await?;
+    let cfg: CrlConfig = load_or_default(view, "config/crl").await?;
+    let (der, pem) = make_crl(view).await?;
+    let cached = CachedCrl {
+        der: STANDARD.encode(&der),
+        pem: pem.clone(),
+        ca_serial: ca.serial,
+        built: now_secs(),
+        expiry: cfg.expiry,
+    };
+    view.put(
+        CRL_CACHE,
+        &serde_json::to_vec(&cached).map_err(ApiError::internal)?,
+    )
+    .await?;
+    Ok((der, pem))
+}
+
+/// The paths Vault serves without a token: the CA's certificate and chain,
+/// the CRL, and issued certificates (public material only).
+pub fn is_public(op: Operation, rel: &str) -> bool {
+    op == Operation::Read
+        && match rel.split('/').collect::<Vec<_>>().as_slice() {
+            ["ca"] | ["ca", "pem"] | ["ca_chain"] | ["crl"] | ["crl", "pem"] => true,
+            ["cert", s] => !s.is_empty(),
+            _ => false,
+        }
+}
+
+/// A read of a path [`is_public`] names.
+pub async fn public_read(rel: &str, view: &View, locks: &KeyLocks) -> Result<Response, ApiError> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["ca", "pem"] => {
+            let ca = require_ca(view).await?;
+            Ok(Response::bytes(
+                "application/pem-certificate-chain",
+                ca.certificate.into_bytes(),
+            ))
+        }
+        ["ca"] => {
+            let ca = require_ca(view).await?;
+            Ok(Response::bytes(
+                "application/pkix-cert",
+                pem_der(&ca.certificate)?,
+            ))
+        }
+        ["ca_chain"] | ["cert", "ca_chain"] => {
+            let ca = require_ca(view).await?;
+            let chain = ca.chain_pems().concat();
+            if parts[0] == "cert" {
+                return Ok(Response::data(json!({
+                    "certificate": chain, "ca_chain": chain, "revocation_time": 0,
+                })));
+            }
+            Ok(Response::bytes(
+                "application/pem-certificate-chain",
+                chain.into_bytes(),
+            ))
+        }
+        ["cert", "ca"] => {
+            let ca = require_ca(view).await?;
+            Ok(Response::data(
+                json!({"certificate": ca.certificate, "revocation_time": 0}),
+            ))
+        }
+        ["crl"] => Ok(Response::bytes(
+            "application/pkix-crl",
+            current_crl(view, locks).await?.0,
+        )),
+        ["crl", "pem"] => Ok(Response::bytes(
+            "application/x-pem-file",
+            current_crl(view, locks).await?.1.into_bytes(),
+        )),
+        ["cert", "crl"] => Ok(Response::data(
+            json!({"certificate": current_crl(view, locks).await?.1, "revocation_time": 0}),
+        )),
+        ["cert", serial] => read_cert(view, serial).await,
+        _ => Err(ApiError::unsupported_path()),
+    }
 }
 
 /// The CRL, DER and PEM, signed now by the CA: every revoked certificate
