@@ -376,6 +376,99 @@ def main(argv):
 
     run.check("limited token: allowed read, denied reads/writes raise Forbidden", denied)
 
+    # the database engine and leases through hvac's own methods, against the
+    # real PostgreSQL (PALISADE_TEST_PG_URL, as the Rust tests use)
+    pg_url = os.environ.get("PALISADE_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
+    pg_hostdb = pg_url.split("@", 1)[-1]
+    suffix = os.urandom(4).hex()
+    static_user = f"hvac_static_{suffix}"
+    state["db_values"] = []
+
+    def psql(sql):
+        import subprocess
+
+        out = subprocess.run(
+            ["psql", pg_url, "-tAq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def role_exists(name):
+        return psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{name}'") == "1"
+
+    def database():
+        c = client
+        c.sys.enable_secrets_engine(backend_type="database", path="database")
+        c.secrets.database.configure(
+            name="pg",
+            plugin_name="postgresql-database-plugin",
+            allowed_roles=["ro", "st"],
+            connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@{pg_hostdb}",
+            username="postgres",
+            password="hvac-e2e-root-password-1b7e",
+        )
+        conn = c.secrets.database.read_connection(name="pg")["data"]
+        assert conn["plugin_name"] == "postgresql-database-plugin", conn
+        assert "hvac-e2e-root-password-1b7e" not in json.dumps(conn), conn
+        assert c.secrets.database.list_connections()["data"]["keys"] == ["pg"]
+        c.secrets.database.create_role(
+            name="ro",
+            db_name="pg",
+            creation_statements=[
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+            ],
+            default_ttl="1h",
+            max_ttl="2h",
+        )
+        assert c.secrets.database.read_role(name="ro")["data"]["db_name"] == "pg"
+        creds = c.secrets.database.generate_credentials(name="ro")
+        user, password = creds["data"]["username"], creds["data"]["password"]
+        state["db_values"].append(password)
+        lease = creds["lease_id"]
+        assert creds["lease_duration"] == 3600 and creds["renewable"] is True, creds
+        assert role_exists(user), user
+        looked = c.sys.read_lease(lease_id=lease)["data"]
+        assert looked["id"] == lease and looked["renewable"] is True, looked
+        renewed = c.sys.renew_lease(lease_id=lease, increment=1800)
+        assert renewed["lease_id"] == lease and renewed["lease_duration"] == 1800, renewed
+        assert "issue/" not in json.dumps(c.sys.list_leases(prefix="database/creds/ro"))
+        c.sys.revoke_lease(lease_id=lease)
+        assert not role_exists(user), "revoked role still exists"
+        expect_raises(hvac.exceptions.InvalidRequest, c.sys.read_lease, lease_id=lease)
+        # revoke_prefix (sudo) drops every credential under the role
+        users = [c.secrets.database.generate_credentials(name="ro")["data"] for _ in range(2)]
+        state["db_values"].extend(u["password"] for u in users)
+        c.sys.revoke_prefix(prefix="database/creds/ro")
+        assert not any(role_exists(u["username"]) for u in users)
+
+    run.check("database configure/create_role/generate_credentials, leases read/renew/revoke/revoke_prefix", database)
+
+    def database_static():
+        c = client
+        psql(f"CREATE ROLE \"{static_user}\" WITH LOGIN PASSWORD 'hvac-initial'")
+        try:
+            c.secrets.database.create_static_role(
+                name="st",
+                db_name="pg",
+                username=static_user,
+                rotation_statements=["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}';"],
+                rotation_period=3600,
+            )
+            first = c.secrets.database.get_static_credentials(name="st")["data"]
+            assert first["username"] == static_user and first["rotation_period"] == 3600, first
+            c.secrets.database.rotate_static_role_credentials(name="st")
+            second = c.secrets.database.get_static_credentials(name="st")["data"]
+            assert second["password"] != first["password"], "not rotated"
+            state["db_values"].extend([first["password"], second["password"]])
+            assert c.secrets.database.list_static_roles()["data"]["keys"] == ["st"]
+            c.secrets.database.delete_static_role(name="st")
+        finally:
+            psql(f"DROP ROLE IF EXISTS \"{static_user}\"")
+
+    run.check("database static roles: create, get_static_credentials, rotate", database_static)
+
     def revoke_limited():
         limited = hvac.Client(url=addr, token=state["limited"], timeout=30)
         limited.auth.token.revoke_self()
@@ -390,7 +483,8 @@ def main(argv):
                     "root_token": state.get("root", ""),
                     "tokens": state["tokens"],
                     "unseal_keys": state["keys"],
-                    "values": [V2_PASSWORD, V2_PASSWORD_2, V2_PATCHED, V1_SECRET, LEAF_SECRET],
+                    "values": [V2_PASSWORD, V2_PASSWORD_2, V2_PATCHED, V1_SECRET, LEAF_SECRET, "hvac-e2e-root-password-1b7e"]
+                    + state.get("db_values", []),
                     "hmac": state.get("hmac", ""),
                 },
                 f,

@@ -1,6 +1,8 @@
 //! The unmodified Python `hvac` client drives a real `palisade server`
 //! process through tests/e2e/hvac_e2e.py: init/unseal, health, mounts,
-//! policies, tokens, KV v2 and v1, audit devices and a denied read. Then the
+//! policies, tokens, KV v2 and v1, audit devices, a denied read, and the
+//! database engine with its leases (dynamic and static PostgreSQL roles on
+//! the real PostgreSQL, checked with psql). Then the
 //! audit files must verify and neither they, the server's output nor the
 //! SQLite file may contain a token, an unseal key or a written secret value.
 //!
