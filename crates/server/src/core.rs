@@ -175,6 +175,8 @@ pub struct Core {
     /// KV rotation policies (`kv_rotation.rs`), apart from `kv_locks`: a
     /// rotation holds its policy's lock, then the key's.
     pub rotation_locks: KeyLocks,
+    /// PKI mounts' parsed CA signers (`pki::Issuers`), cleared at seal.
+    pub pki_issuers: pki::Issuers,
     pub policies: PolicyStore,
     pub mounts: RwLock<Arc<MountTable>>,
     pub audit: Broker,
@@ -258,6 +260,7 @@ impl Core {
             databases: Default::default(),
             tainted: Default::default(),
             rotation_locks: Default::default(),
+            pki_issuers: Default::default(),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -530,6 +533,7 @@ impl Core {
         self.tokens.clear();
         self.leases.clear();
         self.databases.clear();
+        self.pki_issuers.clear();
         self.policies.clear();
         self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -874,7 +878,7 @@ impl Core {
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
         let view = View::new(self.barrier.clone(), mount.view_prefix());
-        let result = pki::public_read(&rel, &view, &self.kv_locks).await;
+        let result = pki::public_read(&rel, &view, &self.kv_locks, &self.pki_issuers).await;
         self.audit_response(audit, &result).await?;
         drop(gate);
         result
@@ -1400,6 +1404,7 @@ impl Core {
                     &self.kv_locks,
                     self.mount_ttls(mount),
                     lease,
+                    &self.pki_issuers,
                 )
                 .await
             }

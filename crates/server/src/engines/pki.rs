@@ -332,6 +332,40 @@ async fn require_ca(view: &View) -> Result<Ca, ApiError> {
 
 /// The CA's parameters as its certificate was made from them: the issuer
 /// of every certificate and CRL it signs (same name, same key identifier).
+/// Parsed CA signers (key and certificate), per mount, kept while the
+/// server is unsealed (cleared at seal, like every key): parsing them for
+/// each certificate was the largest cost of `issue` after signing.
+#[derive(Default)]
+pub struct Issuers {
+    map: std::sync::Mutex<std::collections::HashMap<String, (String, CachedIssuer)>>,
+}
+
+type CachedIssuer = std::sync::Arc<Issuer<'static, KeyPair>>;
+
+impl Issuers {
+    /// The signer of this mount's CA `ca` (built once per CA).
+    fn get(&self, view: &View, ca: &Ca) -> Result<CachedIssuer, ApiError> {
+        if let Ok(m) = self.map.lock()
+            && let Some((serial, i)) = m.get(view.prefix())
+            && *serial == ca.serial
+        {
+            return Ok(i.clone());
+        }
+        let i = std::sync::Arc::new(issuer(ca)?);
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(view.prefix().to_owned(), (ca.serial.clone(), i.clone()));
+        }
+        Ok(i)
+    }
+
+    /// Forget every signer (at seal).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
+    }
+}
+
 /// The issuer of everything this CA signs, read from its own certificate
 /// (subject and key identifier byte for byte, whoever signed it).
 fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>, ApiError> {
@@ -490,6 +524,7 @@ pub async fn handle(
     locks: &KeyLocks,
     ttls: (i64, i64),
     lease: crate::lease::LeaseCtx<'_>,
+    issuers: &Issuers,
 ) -> Result<Response, ApiError> {
     let req = auth.request();
     let d = &req.data;
@@ -505,7 +540,7 @@ pub async fn handle(
         }
         (Operation::Write, ["root", "sign-intermediate"]) => {
             let _g = locks.lock(view, "ca").await;
-            sign_intermediate(d, view, ttls).await
+            sign_intermediate(d, view, ttls, issuers).await
         }
         (Operation::Write, ["intermediate", "set-signed"]) => {
             let _g = locks.lock(view, "ca").await;
@@ -518,7 +553,7 @@ pub async fn handle(
             Ok(Response::no_content())
         }
         (Operation::Read, _) if is_public(Operation::Read, rel) => {
-            public_read(rel, view, locks).await
+            public_read(rel, view, locks, issuers).await
         }
         (Operation::List, ["certs"] | ["certs", ""]) => {
             let mut keys: Vec<String> = view
@@ -557,11 +592,11 @@ pub async fn handle(
         }
         (Operation::Write, ["issue", role]) => {
             refuse_unsupported(d)?;
-            issue_or_sign(d, view, check_name(role)?, ttls, false, &lease).await
+            issue_or_sign(d, view, check_name(role)?, ttls, false, &lease, issuers).await
         }
         (Operation::Write, ["sign", role]) => {
             refuse_unsupported(d)?;
-            issue_or_sign(d, view, check_name(role)?, ttls, true, &lease).await
+            issue_or_sign(d, view, check_name(role)?, ttls, true, &lease, issuers).await
         }
         (Operation::Write, ["revoke"]) => {
             let _g = locks.lock(view, "ca").await;
@@ -569,7 +604,7 @@ pub async fn handle(
         }
         (Operation::Read, ["crl", "rotate"]) => {
             let _g = locks.lock(view, "ca").await;
-            rebuild_crl(view).await?;
+            rebuild_crl(view, issuers).await?;
             Ok(Response::data(json!({"success": true})))
         }
         (Operation::Write, ["tidy"]) => tidy(d, view).await,
@@ -828,6 +863,7 @@ async fn sign_intermediate(
     d: &Map<String, Value>,
     view: &View,
     (_, mount_max): (i64, i64),
+    issuers: &Issuers,
 ) -> Result<Response, ApiError> {
     let ca = require_ca(view).await?;
     let text = opt_string(d, "csr")?
@@ -891,10 +927,10 @@ async fn sign_intermediate(
         }];
     }
     params.custom_extensions.extend(aia_extension(&urls));
-    let ca2 = ca.clone();
+    let signer = issuers.get(view, &ca)?;
     let key = csr.key;
     let cert_pem = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
-        let cert = params.signed_by(&key, &issuer(&ca2)?).map_err(rc_err)?;
+        let cert = params.signed_by(&key, &*signer).map_err(rc_err)?;
         Ok(cert.pem())
     })
     .await
@@ -1461,6 +1497,7 @@ async fn issue_or_sign(
     (mount_default, mount_max): (i64, i64),
     signing: bool,
     lease: &crate::lease::LeaseCtx<'_>,
+    issuers: &Issuers,
 ) -> Result<Response, ApiError> {
     let role: Role = match view.get(&format!("roles/{role_name}")).await? {
         Some(b) => decode(&b)?,
@@ -1617,18 +1654,18 @@ async fn issue_or_sign(
     params.custom_extensions.extend(aia_extension(&urls));
 
     let (kt, kb) = (role.key_type.clone(), role.key_bits);
-    let ca2 = ca.clone();
+    let signer = issuers.get(view, &ca)?;
     let csr_key = csr.map(|c| c.key);
     let (cert_pem, key_der) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let issuer = issuer(&ca2)?;
+        let issuer = &*signer;
         match csr_key {
             Some(k) => {
-                let cert = params.signed_by(&k, &issuer).map_err(rc_err)?;
+                let cert = params.signed_by(&k, issuer).map_err(rc_err)?;
                 Ok((cert.pem(), None))
             }
             None => {
                 let key = generate_key(&kt, kb)?;
-                let cert = params.signed_by(&key, &issuer).map_err(rc_err)?;
+                let cert = params.signed_by(&key, issuer).map_err(rc_err)?;
                 Ok((cert.pem(), Some(Zeroizing::new(key.serialize_der()))))
             }
         }
@@ -1787,7 +1824,11 @@ struct CachedCrl {
 
 /// The current CRL: the cached one while it is fresh, else one built now
 /// (under the mount's "ca" lock).
-async fn current_crl(view: &View, locks: &KeyLocks) -> Result<(Vec<u8>, String), ApiError> {
+async fn current_crl(
+    view: &View,
+    locks: &KeyLocks,
+    issuers: &Issuers,
+) -> Result<(Vec<u8>, String), ApiError> {
     let fresh = |c: &CachedCrl, ca: &Ca| {
         c.ca_serial == ca.serial && now_secs() < c.built.saturating_add(c.expiry / 2)
     };
@@ -1806,14 +1847,14 @@ async fn current_crl(view: &View, locks: &KeyLocks) -> Result<(Vec<u8>, String),
     {
         return Ok((STANDARD.decode(&c.der).map_err(ApiError::internal)?, c.pem));
     }
-    rebuild_crl(view).await
+    rebuild_crl(view, issuers).await
 }
 
 /// Build, sign and cache a new CRL (callers hold the "ca" lock).
-async fn rebuild_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
+async fn rebuild_crl(view: &View, issuers: &Issuers) -> Result<(Vec<u8>, String), ApiError> {
     let ca = require_ca(view).await?;
     let cfg: CrlConfig = load_or_default(view, "config/crl").await?;
-    let (der, pem) = make_crl(view).await?;
+    let (der, pem) = make_crl(view, issuers).await?;
     let cached = CachedCrl {
         der: STANDARD.encode(&der),
         pem: pem.clone(),
@@ -1841,7 +1882,12 @@ pub fn is_public(op: Operation, rel: &str) -> bool {
 }
 
 /// A read of a path [`is_public`] names.
-pub async fn public_read(rel: &str, view: &View, locks: &KeyLocks) -> Result<Response, ApiError> {
+pub async fn public_read(
+    rel: &str,
+    view: &View,
+    locks: &KeyLocks,
+    issuers: &Issuers,
+) -> Result<Response, ApiError> {
     let parts: Vec<&str> = rel.split('/').collect();
     match parts.as_slice() {
         ["ca", "pem"] => {
@@ -1879,14 +1925,14 @@ pub async fn public_read(rel: &str, view: &View, locks: &KeyLocks) -> Result<Res
         }
         ["crl"] => Ok(Response::bytes(
             "application/pkix-crl",
-            current_crl(view, locks).await?.0,
+            current_crl(view, locks, issuers).await?.0,
         )),
         ["crl", "pem"] => Ok(Response::bytes(
             "application/x-pem-file",
-            current_crl(view, locks).await?.1.into_bytes(),
+            current_crl(view, locks, issuers).await?.1.into_bytes(),
         )),
         ["cert", "crl"] => Ok(Response::data(
-            json!({"certificate": current_crl(view, locks).await?.1, "revocation_time": 0}),
+            json!({"certificate": current_crl(view, locks, issuers).await?.1, "revocation_time": 0}),
         )),
         ["cert", serial] => read_cert(view, serial).await,
         _ => Err(ApiError::unsupported_path()),
@@ -1895,7 +1941,7 @@ pub async fn public_read(rel: &str, view: &View, locks: &KeyLocks) -> Result<Res
 
 /// The CRL, DER and PEM, signed now by the CA: every revoked certificate
 /// that has not expired.
-async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
+async fn make_crl(view: &View, issuers: &Issuers) -> Result<(Vec<u8>, String), ApiError> {
     let ca = require_ca(view).await?;
     let cfg: CrlConfig = load_or_default(view, "config/crl").await?;
     let now = now_secs();
@@ -1944,8 +1990,8 @@ async fn make_crl(view: &View) -> Result<(Vec<u8>, String), ApiError> {
         revoked_certs: revoked,
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    let issuer = issuer(&ca)?;
-    let crl = params.signed_by(&issuer).map_err(rc_err)?;
+    let issuer = issuers.get(view, &ca)?;
+    let crl = params.signed_by(&*issuer).map_err(rc_err)?;
     let pem = crl.pem().map_err(rc_err)?;
     Ok((crl.der().to_vec(), pem))
 }
