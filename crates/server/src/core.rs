@@ -130,6 +130,12 @@ impl Authorized {
     pub fn allows(&self, cap: Capability) -> bool {
         !self.caps.contains(Capability::Deny) && (self.acl.is_root() || self.caps.contains(cap))
     }
+    /// Whether the ACL grants `cap` on another canonical path (an operation
+    /// that also acts there, e.g. a KV rotation writing the secret).
+    pub fn allows_on(&self, path: &str, cap: Capability) -> bool {
+        let caps = self.acl.capabilities(path, false);
+        !caps.contains(Capability::Deny) && (self.acl.is_root() || caps.contains(cap))
+    }
     /// The request's audit record (what a newly enabled device writes first).
     pub(crate) fn audit_record(&self) -> &AuditEntry {
         &self.audit
@@ -1379,6 +1385,14 @@ impl Core {
         if lock(self.tainted.lock())?.contains(&mount.uuid) {
             return Err(ApiError::unsupported_path());
         }
+        // a rotation asks its producer without the gate (a slow producer
+        // must not hold up mount changes, and every request behind them);
+        // it takes the gate again to write, and checks the mount is there
+        if mount.engine() == Some(EngineKind::KvV2) && rel.starts_with("rotate/") {
+            drop(_gate);
+            let view = View::new(self.barrier.clone(), mount.view_prefix());
+            return crate::kv_rotation::handle(self, auth, mount, rel, &view).await;
+        }
         if path.starts_with("auth/") {
             return match mount.kind.as_str() {
                 "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
@@ -1787,11 +1801,14 @@ impl Core {
     }
 
     /// Rotate the KV v2 secrets, on every KV v2 mount, whose rotation policy
-    /// is due at `now` (Unix seconds); how many were rotated. Failures are
-    /// recorded in their policy and retried with backoff.
-    pub async fn rotate_kv_secrets(&self, now: i64) -> Result<usize, ApiError> {
+    /// is due at `now` (Unix seconds); how many were rotated. Up to eight
+    /// rotations run at once (a producer that hangs holds up only its own
+    /// key, for at most its timeout). Failures are recorded in their policy
+    /// and retried with backoff.
+    pub async fn rotate_kv_secrets(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
         let table = self.mount_table()?;
-        let mut rotated = 0;
+        let limit = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut set = tokio::task::JoinSet::new();
         for m in table
             .entries
             .iter()
@@ -1800,20 +1817,34 @@ impl Core {
             let view = View::new(self.barrier.clone(), m.view_prefix());
             let due = {
                 let _gate = self.mount_gate.read().await;
-                if self.mount_by_uuid(&m.uuid)?.is_none()
-                    || lock(self.tainted.lock())?.contains(&m.uuid)
-                {
+                if !self.mount_serves(&m.uuid)? {
                     continue;
                 }
-                crate::kv_rotation::due(&view, now).await?
+                match crate::kv_rotation::due(&view, now).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(mount = %m.path, status = e.status, "rotation policies of this mount could not be read");
+                        continue;
+                    }
+                }
             };
             for key in due {
-                if crate::kv_rotation::rotate(self, m, &view, &key, now, true)
-                    .await
-                    .is_ok()
-                {
-                    rotated += 1;
-                }
+                let (core, m, view, limit) = (self.clone(), m.clone(), view.clone(), limit.clone());
+                set.spawn(async move {
+                    let _slot = limit.acquire_owned().await;
+                    let now = core.tokens.now();
+                    crate::kv_rotation::rotate(&core, &m, &view, &key, now, true)
+                        .await
+                        .is_ok()
+                });
+            }
+        }
+        let mut rotated = 0;
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(true) => rotated += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "a KV rotation task failed"),
             }
         }
         Ok(rotated)

@@ -34,6 +34,7 @@ use crate::core::{Authorized, Core};
 use crate::engines::{opt, opt_string};
 use crate::logical::{ApiError, Operation, Response, fields};
 use crate::mounts::MountEntry;
+use palisade_policy::Capability;
 
 /// Shortest rotation period.
 pub const MIN_PERIOD_SECS: i64 = 60;
@@ -182,23 +183,30 @@ pub async fn handle(
             let key = rel
                 .strip_prefix("rotation/")
                 .ok_or_else(ApiError::unsupported_path)?;
-            let _g = core.rotation_locks.lock(view, &policy_key(key)).await;
+            let _g = core.kv_locks.lock(view, &policy_key(key)).await;
             view.delete(&policy_key(key)).await?;
             Ok(Response::no_content())
         }
         Operation::Write => {
-            if let Some(key) = rel.strip_prefix("rotate/") {
+            let key = rel
+                .strip_prefix("rotate/")
+                .or_else(|| rel.strip_prefix("rotation/"))
+                .ok_or_else(ApiError::unsupported_path)?;
+            // a rotation writes the secret (and retires its versions): who
+            // sets or triggers one must be allowed to write it
+            if !auth.allows_on(&format!("{}data/{key}", mount.path), Capability::Update) {
+                return Err(ApiError::permission_denied());
+            }
+            if rel.starts_with("rotate/") {
                 if load(view, key).await?.is_none() {
                     return Err(ApiError::bad_request(format!(
                         "no rotation policy for {key:?}"
                     )));
                 }
-                let v = rotate(core, mount, view, key, now, false).await?;
+                // called without the request's mount gate (see Core::route)
+                let v = rotate(core, mount, view, key, now, true).await?;
                 return Ok(Response::data(json!({ "version": v })));
             }
-            let key = rel
-                .strip_prefix("rotation/")
-                .ok_or_else(ApiError::unsupported_path)?;
             write_policy(core, d, view, key, now).await
         }
         _ => Err(ApiError::unsupported_operation()),
@@ -212,9 +220,15 @@ async fn write_policy(
     key: &str,
     now: i64,
 ) -> Result<Response, ApiError> {
-    // the key must be one KV v2 accepts (checked again when written)
-    crate::engines::kv::current_version(key, view).await?;
-    let _g = core.rotation_locks.lock(view, &policy_key(key)).await;
+    // a secret that exists (a policy must not create one), of a name KV v2
+    // accepts
+    let (current, keeps) = crate::engines::kv::current_version(key, view).await?;
+    if current == 0 {
+        return Err(ApiError::bad_request(format!(
+            "no secret at {key:?}: write its first version before a rotation policy"
+        )));
+    }
+    let _g = core.kv_locks.lock(view, &policy_key(key)).await;
     let existing = load(view, key).await?;
     let period = match opt(d, "period") {
         Some(v) => fields::duration_secs(v, "period")?,
@@ -235,6 +249,11 @@ async fn write_policy(
     if overlap > period {
         return Err(ApiError::bad_request(
             "overlap cannot be longer than period: two versions would be current at once",
+        ));
+    }
+    if overlap > 0 && keeps < 2 {
+        return Err(ApiError::bad_request(
+            "an overlap needs the key to keep at least two versions (max_versions)",
         ));
     }
     let webhook = opt_string(d, "webhook")?.filter(|s| !s.is_empty());
@@ -377,8 +396,11 @@ async fn run_command(argv: &[String], request: &Value) -> Result<Vec<u8>, String
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
+        // its own process group: whatever it starts is killed with it
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("command: cannot start ({})", e.kind()))?;
+    let group = child.id();
     let input = serde_json::to_vec(request).map_err(|_| "command: request".to_owned())?;
     let mut stdin = child.stdin.take().ok_or("command: no stdin")?;
     let mut stdout = child.stdout.take().ok_or("command: no stdout")?;
@@ -409,11 +431,22 @@ async fn run_command(argv: &[String], request: &Value) -> Result<Vec<u8>, String
         }
         Ok(out)
     };
-    match tokio::time::timeout(PRODUCER_TIMEOUT, run).await {
+    let result = match tokio::time::timeout(PRODUCER_TIMEOUT, run).await {
         Ok(r) => r,
-        // dropping the child kills it
         Err(_) => Err("command: timed out".into()),
+    };
+    // nothing it started outlives it (a child holding its output open, a
+    // background job): the whole group is killed, with `kill(1)` as this
+    // crate has no unsafe code to call kill(2) with
+    if let Some(pid) = group {
+        let _ = tokio::process::Command::new("/bin/kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
     }
+    result
 }
 
 /// The audit records of one rotation: a request (before anything is
@@ -466,7 +499,10 @@ pub async fn rotate(
         return Err(ApiError::internal("audit: no device recorded the rotation"));
     }
     let outcome = async {
-        let current = crate::engines::kv::current_version(key, view).await?;
+        let (current, _) = crate::engines::kv::current_version(key, view).await?;
+        if current == 0 {
+            return Err(ApiError::bad_request(format!("no secret at {key:?}")));
+        }
         let value = produce(
             &core.options.rotation,
             &p.producer,
@@ -488,6 +524,24 @@ pub async fn rotate(
         crate::engines::kv::write_rotated(key, view, value, current, p.overlap).await
     }
     .await;
+    // the policy as it is now (changed or deleted meanwhile: a deleted one,
+    // or one whose mount is gone, is not written back)
+    let _g = core.kv_locks.lock(view, &policy_key(key)).await;
+    match load(view, key).await {
+        Ok(Some(current)) => {
+            p.period = current.period;
+            p.overlap = current.overlap;
+            p.producer = current.producer;
+        }
+        Ok(None) => {
+            if let Err(e) = core.audit.log(&audit).await {
+                tracing::error!(error = %e, "audit of a rotation's outcome failed");
+            }
+            return outcome;
+        }
+        Err(e) => return Err(e),
+    }
+    let now = core.tokens.now().max(now);
     match &outcome {
         Ok(v) => {
             p.last_rotation = now;
@@ -501,7 +555,7 @@ pub async fn rotate(
                 auth: None,
                 warnings: Vec::new(),
             });
-            tracing::info!(mount = %mount.path, version = v, "KV secret rotated");
+            tracing::info!(mount = %mount.path, key, version = v, "KV secret rotated");
         }
         Err(e) => {
             p.failures = p.failures.saturating_add(1);
@@ -518,7 +572,7 @@ pub async fn rotate(
                 warnings: Vec::new(),
             });
             audit.error = Some(e.audit_message());
-            tracing::warn!(mount = %mount.path, failures = p.failures, error = %p.last_error, "KV rotation failed; will retry");
+            tracing::warn!(mount = %mount.path, key, failures = p.failures, error = %p.last_error, "KV rotation failed; will retry");
         }
     }
     store(view, &p).await?;

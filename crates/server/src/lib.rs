@@ -126,26 +126,38 @@ pub fn spawn_lease_expiry(core: Arc<Core>) {
     });
 }
 
-/// Scheduled rotation: database static roles and KV secrets with a
-/// rotation policy, checked every five seconds (Vault's shortest rotation
-/// period), each in a task of its own.
+/// Scheduled rotation, checked every five seconds (Vault's shortest
+/// rotation period): database static roles and KV secrets with a rotation
+/// policy, each in a loop and tasks of its own (a slow KV producer never
+/// delays a static role).
 pub fn spawn_rotation(core: Arc<Core>) {
+    let c = core.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            if !core.is_serving() {
+            if !c.is_serving() {
                 continue;
             }
-            let c = core.clone();
-            let run = tokio::spawn(async move { c.rotate_static_roles(c.tokens.now()).await });
+            let c2 = c.clone();
+            let run = tokio::spawn(async move { c2.rotate_static_roles(c2.tokens.now()).await });
             match run.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "static role rotation failed"),
                 Err(e) => tracing::error!(error = %e, "rotation task failed"),
             }
-            let c = core.clone();
-            let run = tokio::spawn(async move { c.rotate_kv_secrets(c.tokens.now()).await });
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !core.is_serving() {
+                continue;
+            }
+            let c2 = core.clone();
+            let run = tokio::spawn(async move { c2.rotate_kv_secrets(c2.tokens.now()).await });
             match run.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "KV rotation failed"),

@@ -248,6 +248,7 @@ async fn webhooks_are_asked_without_secrets_and_only_on_listed_origins() {
     );
 
     // refusals
+    s.kv_put("other", json!({"v": "1"})).await;
     for (body, msg) in [
         (
             json!({"period": "1h", "webhook": "http://127.0.0.1:9/rotate"}),
@@ -306,10 +307,27 @@ async fn rotation_policies_have_their_own_acl_path() {
     assert_denied(&r);
     let r = s.post("secret/rotate/app", &writer.id, json!({})).await;
     assert_denied(&r);
-    let admin = s
+    // the rotation paths alone are not enough: a rotation writes the
+    // secret, so setting or triggering one needs `update` on its data path
+    let rotation_only = s
         .token_with(
             r#"path "secret/rotation/app" { capabilities = ["create", "update", "read"] }
                path "secret/rotate/app" { capabilities = ["update"] }"#,
+        )
+        .await;
+    let r = s
+        .post(
+            "secret/rotation/app",
+            &rotation_only.id,
+            json!({"period": "1h", "command": "gen"}),
+        )
+        .await;
+    assert_denied(&r);
+    let admin = s
+        .token_with(
+            r#"path "secret/rotation/app" { capabilities = ["create", "update", "read"] }
+               path "secret/rotate/app" { capabilities = ["update"] }
+               path "secret/data/app" { capabilities = ["update"] }"#,
         )
         .await;
     let r = s
@@ -320,9 +338,175 @@ async fn rotation_policies_have_their_own_acl_path() {
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post("secret/rotate/app", &rotation_only.id, json!({}))
+        .await;
+    assert_denied(&r);
     let r = s.post("secret/rotate/app", &admin.id, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // the policy's admin cannot read the value it rotated
     let r = s.get("secret/data/app", &admin.id).await;
     assert_denied(&r);
+}
+
+/// Review finding: a slow producer asked through `rotate/<key>` must not
+/// hold up mount changes, nor the requests queued behind one.
+#[tokio::test]
+async fn a_manual_rotation_with_a_slow_producer_holds_up_no_other_request() {
+    let s = server(commands(&[(
+        "slow",
+        sh(r#"cat >/dev/null; sleep 3; echo '{"data":{"v":"slow-value"}}'"#),
+    )]))
+    .await;
+    s.kv_put("app", json!({"v": "1"})).await;
+    s.kv_put("other", json!({"v": "1"})).await;
+    let r = s
+        .post(
+            "secret/rotation/app",
+            &s.root,
+            json!({"period": "1h", "command": "slow"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let rotate = {
+        let (http, url, tok) = (s.http.clone(), s.url("secret/rotate/app"), s.root.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .header("X-Vault-Token", tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let r = s
+        .post("sys/mounts/elsewhere", &s.root, json!({"type": "kv"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("secret/data/other", &s.root).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "held up for {:?}",
+        started.elapsed()
+    );
+    assert!(!rotate.is_finished(), "the producer is still running");
+    assert_eq!(rotate.await.unwrap(), 200);
+}
+
+/// Review findings: a policy never creates or brings back a secret, and
+/// the overlap is one that KV v2 can keep.
+#[tokio::test]
+async fn policies_need_a_secret_go_with_it_and_retire_older_versions() {
+    let s = server(commands(&[("gen", sh(GEN))])).await;
+    let r = s
+        .post(
+            "secret/rotation/missing",
+            &s.root,
+            json!({"period": "1h", "command": "gen"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "no secret at \"missing\": write its first version before a rotation policy",
+    );
+    s.kv_put("gone", json!({"v": "1"})).await;
+    let r = s
+        .post(
+            "secret/rotation/gone",
+            &s.root,
+            json!({"period": "1h", "command": "gen"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.delete("secret/metadata/gone", &s.root).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_empty_404(&s.get("secret/rotation/gone", &s.root).await);
+    let r = s.post("secret/rotate/gone", &s.root, json!({})).await;
+    assert_error(&r, 400, "no rotation policy for \"gone\"");
+    assert_empty_404(&s.get("secret/data/gone", &s.root).await);
+
+    // max_versions 1 cannot keep the replaced version for an overlap
+    s.kv_put("one", json!({"v": "1"})).await;
+    let r = s
+        .post("secret/metadata/one", &s.root, json!({"max_versions": 1}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "secret/rotation/one",
+            &s.root,
+            json!({"period": "1h", "overlap": "10m", "command": "gen"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "an overlap needs the key to keep at least two versions (max_versions)",
+    );
+
+    // versions older than the one replaced are retired at once
+    s.kv_put("many", json!({"v": "1"})).await;
+    s.kv_put("many", json!({"v": "2"})).await;
+    let r = s
+        .post(
+            "secret/rotation/many",
+            &s.root,
+            json!({"period": "1h", "overlap": "10m", "command": "gen"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.post("secret/rotate/many", &s.root, json!({})).await;
+    assert_eq!(r.data()["version"], 3, "{}", r.text);
+    assert_eq!(
+        s.get("secret/data/many?version=1", &s.root).await.status,
+        404
+    );
+    assert_eq!(
+        s.get("secret/data/many?version=2", &s.root).await.status,
+        200
+    );
+}
+
+/// Review finding: nothing a command starts outlives it.
+#[tokio::test]
+async fn a_commands_background_children_are_killed_with_it() {
+    let marker = format!("61{}.5", std::process::id() % 10_000);
+    let s = server(commands(&[(
+        "bg",
+        sh(&format!(
+            r#"cat >/dev/null; sleep {marker} >/dev/null 2>&1 & echo '{{"data":{{"v":"x"}}}}'"#
+        )),
+    )]))
+    .await;
+    s.kv_put("app", json!({"v": "1"})).await;
+    let r = s
+        .post(
+            "secret/rotation/app",
+            &s.root,
+            json!({"period": "1h", "command": "bg"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.post("secret/rotate/app", &s.root, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep {marker}")])
+            .output()
+            .unwrap();
+        if out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a background child survived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -522,13 +522,17 @@ pub(crate) async fn write_rotated(
         .ok_or_else(|| ApiError::internal("rotation: no version written"))
 }
 
-/// The current version of a key (0: none).
-pub(crate) async fn current_version(key: &str, view: &View) -> Result<u64, ApiError> {
+/// The current version of a key (0: none), and how many versions it keeps.
+pub(crate) async fn current_version(key: &str, view: &View) -> Result<(u64, u64), ApiError> {
     check_key(key)?;
-    Ok(load_meta(view, key)
-        .await?
-        .map(|m| m.current_version)
-        .unwrap_or(0))
+    let cfg = load_config(view).await?;
+    let meta = load_meta(view, key).await?;
+    let keeps = match meta.as_ref().map(|m| m.max_versions).unwrap_or(0) {
+        0 if cfg.max_versions > 0 => cfg.max_versions,
+        0 => DEFAULT_MAX_VERSIONS,
+        n => n,
+    };
+    Ok((meta.map(|m| m.current_version).unwrap_or(0), keeps))
 }
 
 async fn write_version_overlapping(
@@ -557,12 +561,16 @@ async fn write_version_overlapping(
         ));
     }
     let version = meta.current_version + 1;
-    if let Some(secs) = overlap
-        && let Some(prev) = meta.versions.get_mut(&meta.current_version)
-    {
+    if let Some(secs) = overlap {
+        // the version replaced stays for the overlap; older ones go now
+        // (soft-deleted, as KV v2's delete: undelete brings them back)
         let until = deletion_time(now, secs)?;
-        if prev.deletion_time == 0 || prev.deletion_time > until {
-            prev.deletion_time = until;
+        let replaced = meta.current_version;
+        for (v, vm) in meta.versions.iter_mut() {
+            let at = if *v == replaced { until } else { now };
+            if vm.deletion_time == 0 || vm.deletion_time > at {
+                vm.deletion_time = at;
+            }
         }
     }
     let dva = if meta.delete_version_after > 0 {
@@ -780,6 +788,11 @@ async fn metadata(
                 .collect();
             ops.push(BarrierOp::Delete {
                 path: format!("meta/{key}"),
+            });
+            // a rotation policy goes with the secret: it must not bring
+            // the secret back (nor ask its producer for a new credential)
+            ops.push(BarrierOp::Delete {
+                path: format!("rotation/{key}"),
             });
             view.transaction(ops).await?;
             Ok(Response::no_content())
