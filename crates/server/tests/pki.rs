@@ -1605,3 +1605,206 @@ async fn the_ca_chain_crl_and_certificates_are_public_and_nothing_else() {
     let r = s.send("GET", "pki/ca/pem", &[], None).await;
     assert_eq!(r.status, 503, "{}", r.text);
 }
+
+/// Review findings: an intermediate signed by another CA (OpenSSL here, with
+/// its SHA-1 key identifiers) issues certificates and CRLs that OpenSSL
+/// accepts with `-crl_check`; a CA that may not sign, or a bundle whose
+/// chain is not the intermediate's issuers, is refused at set-signed.
+#[tokio::test]
+async fn an_intermediate_signed_elsewhere_gets_crls_that_match_it() {
+    let s = pki().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = |n: &str| d.join(n).display().to_string();
+    // an outside root, made by OpenSSL
+    let (good, out) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &f("root.key"),
+        "-out",
+        &f("root.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Outside Root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    assert!(good, "{out}");
+    let sign = |csr: &str, ext: &str, out_name: &str| {
+        let csr_f = write(d, "int.csr", csr);
+        let ext_f = write(d, "ext.cnf", ext);
+        let (good, out) = openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr_f,
+            "-CA",
+            &f("root.pem"),
+            "-CAkey",
+            &f("root.key"),
+            "-CAcreateserial",
+            "-days",
+            "20",
+            "-extfile",
+            &ext_f,
+            "-out",
+            &f(out_name),
+        ]);
+        assert!(good, "{out}");
+        std::fs::read_to_string(f(out_name)).unwrap()
+    };
+    let ca_ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+    let csr = ok(
+        &s,
+        "pki/intermediate/generate/internal",
+        json!({"common_name": "Outside Intermediate", "key_type": "ec"}),
+    )
+    .await["csr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // a certificate without keyCertSign/cRLSign: refused
+    let weak = sign(
+        &csr,
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature\n",
+        "weak.pem",
+    );
+    err(
+        &s,
+        "pki/intermediate/set-signed",
+        json!({"certificate": weak}),
+        400,
+        "invalid certificate: its key usage does not allow signing certificates and CRLs",
+    )
+    .await;
+    let int = sign(&csr, ca_ext, "int.pem");
+    let root = std::fs::read_to_string(f("root.pem")).unwrap();
+    // a chain that is not its issuer's: refused
+    let (good, out) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &f("other.key"),
+        "-out",
+        &f("other.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Other Root",
+    ]);
+    assert!(good, "{out}");
+    let other = std::fs::read_to_string(f("other.pem")).unwrap();
+    err(
+        &s,
+        "pki/intermediate/set-signed",
+        json!({"certificate": format!("{int}{other}")}),
+        400,
+        "invalid certificate: certificate 2 of the bundle is not the issuer of the one before it",
+    )
+    .await;
+    let r = s
+        .post(
+            "pki/intermediate/set-signed",
+            &s.root,
+            json!({"certificate": format!("{int}{root}")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    ok(&s, "pki/roles/svc", json!({"allowed_domains": ["svc.example.com"], "allow_subdomains": true, "key_type": "ec", "ttl": "1h"})).await;
+    let kept = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "kept.svc.example.com"}),
+    )
+    .await;
+    let gone = ok(
+        &s,
+        "pki/issue/svc",
+        json!({"common_name": "gone.svc.example.com"}),
+    )
+    .await;
+    ok(
+        &s,
+        "pki/revoke",
+        json!({"serial_number": gone["serial_number"]}),
+    )
+    .await;
+    let crl = s.send("GET", "pki/crl/pem", &[], None).await.text;
+    let crl_f = write(d, "crl.pem", &crl);
+    let kept_f = write(d, "kept.pem", kept["certificate"].as_str().unwrap());
+    let gone_f = write(d, "gone.pem", gone["certificate"].as_str().unwrap());
+    let verify = |leaf: &str| {
+        openssl(&[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            &f("root.pem"),
+            "-untrusted",
+            &f("int.pem"),
+            "-CRLfile",
+            &crl_f,
+            leaf,
+        ])
+    };
+    let (good, out) = verify(&kept_f);
+    assert!(good, "the CRL must be found for the intermediate: {out}");
+    let (good, out) = verify(&gone_f);
+    assert!(!good && out.contains("certificate revoked"), "{out}");
+}
+
+#[tokio::test]
+async fn a_ca_with_path_length_zero_signs_no_further_ca() {
+    let s = pki().await;
+    with_role(&s).await;
+    for m in ["pki_a", "pki_b"] {
+        let r = s
+            .post(
+                &format!("sys/mounts/{m}"),
+                &s.root,
+                json!({"type": "pki", "config": {"max_lease_ttl": "43800h"}}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+    }
+    let csr = ok(
+        &s,
+        "pki_a/intermediate/generate/internal",
+        json!({"common_name": "A", "key_type": "ec"}),
+    )
+    .await["csr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = ok(
+        &s,
+        "pki/root/sign-intermediate",
+        json!({"csr": csr, "max_path_length": 0, "ttl": "8760h"}),
+    )
+    .await;
+    ok(&s, "pki_a/intermediate/set-signed", json!({"certificate": format!("{}{}", a["certificate"].as_str().unwrap(), a["issuing_ca"].as_str().unwrap())})).await;
+    let csr = ok(
+        &s,
+        "pki_b/intermediate/generate/internal",
+        json!({"common_name": "B", "key_type": "ec"}),
+    )
+    .await["csr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    err(&s, "pki_a/root/sign-intermediate", json!({"csr": csr}), 400,
+        "signing certificate has a max path length of zero, and cannot issue further CA certificates").await;
+}

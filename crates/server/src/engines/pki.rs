@@ -366,6 +366,32 @@ impl Issuers {
     }
 }
 
+/// A CA certificate's path length constraint (`None`: unconstrained).
+fn ca_path_len(ca: &Ca) -> Result<Option<u32>, ApiError> {
+    let der = pem_der(&ca.certificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(ApiError::internal)?;
+    Ok(cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint))
+}
+
+/// How a CA's subject key identifier is written into what it signs: the
+/// identifier in its certificate if it has one, else SHA-256 of its key.
+fn ca_key_id(ca: &Ca) -> Result<KeyIdMethod, ApiError> {
+    let der = pem_der(&ca.certificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(ApiError::internal)?;
+    for ext in cert.extensions() {
+        if let x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) =
+            ext.parsed_extension()
+        {
+            return Ok(KeyIdMethod::PreSpecified(k.0.to_vec()));
+        }
+    }
+    Ok(KeyIdMethod::Sha256)
+}
+
 /// The issuer of everything this CA signs, read from its own certificate
 /// (subject and key identifier byte for byte, whoever signed it).
 fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>, ApiError> {
@@ -883,10 +909,23 @@ async fn sign_intermediate(
     if common_name.len() > 64 || common_name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid common_name"));
     }
-    let path_len = match opt(d, "max_path_length") {
+    let mut path_len = match opt(d, "max_path_length") {
         Some(v) => fields::int(v, "max_path_length")?,
         None => -1,
     };
+    // the signing CA's own path length limits what it signs (OpenBao's rule
+    // and text): at 0 it signs no CA, else at most one less
+    if let Some(limit) = ca_path_len(&ca)? {
+        if limit == 0 {
+            return Err(ApiError::bad_request(
+                "signing certificate has a max path length of zero, and cannot issue further CA certificates",
+            ));
+        }
+        let most = i64::from(limit) - 1;
+        if path_len < 0 || path_len > most {
+            path_len = most;
+        }
+    }
     let (mut ttl, mut warnings) = {
         let (t, w) = ttl_field(d, mount_max, mount_max)?;
         (t, w.into_iter().collect::<Vec<_>>())
@@ -1015,6 +1054,28 @@ async fn set_signed(d: &Map<String, Value>, view: &View) -> Result<Response, Api
     if !cert.is_ca() {
         return Err(bad("it is not a CA certificate"));
     }
+    // a CA that may not sign certificates or CRLs would fail every issue
+    // and every CRL later: refused now
+    if let Ok(Some(ku)) = cert.key_usage()
+        && !(ku.value.key_cert_sign() && ku.value.crl_sign())
+    {
+        return Err(bad(
+            "its key usage does not allow signing certificates and CRLs",
+        ));
+    }
+    // what follows it must be its issuer, then that one's, and so on
+    let mut child = cert.issuer().as_raw().to_vec();
+    for (i, der) in ders[1..].iter().enumerate() {
+        let (_, parent) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| bad("a certificate of the chain cannot be parsed"))?;
+        if parent.subject().as_raw() != child.as_slice() {
+            return Err(bad(&format!(
+                "certificate {} of the bundle is not the issuer of the one before it",
+                i + 2
+            )));
+        }
+        child = parent.issuer().as_raw().to_vec();
+    }
     let now = now_secs();
     let (nb, na) = (
         cert.validity().not_before.timestamp(),
@@ -1030,12 +1091,7 @@ async fn set_signed(d: &Map<String, Value>, view: &View) -> Result<Response, Api
         .and_then(|c| c.as_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let mut chain = Vec::new();
-    for der in &ders[1..] {
-        x509_parser::parse_x509_certificate(der)
-            .map_err(|_| bad("a certificate of the chain cannot be parsed"))?;
-        chain.push(pem("CERTIFICATE", der));
-    }
+    let chain: Vec<String> = ders[1..].iter().map(|d| pem("CERTIFICATE", d)).collect();
     let serial = serial_text(cert.raw_serial());
     let ca = Ca {
         key: pending.key,
@@ -1048,6 +1104,10 @@ async fn set_signed(d: &Map<String, Value>, view: &View) -> Result<Response, Api
         certificate: pem("CERTIFICATE", first),
         chain,
     };
+    // it must be usable as a signer (a subject rcgen cannot rewrite, e.g.
+    // a multi-valued RDN, would break every issue and CRL later)
+    issuer(&ca)
+        .map_err(|_| bad("this engine cannot sign with it (its subject or key identifier)"))?;
     let stored = StoredCert {
         certificate: ca.certificate.clone(),
         not_after: na,
@@ -1988,7 +2048,10 @@ async fn make_crl(view: &View, issuers: &Issuers) -> Result<(Vec<u8>, String), A
         crl_number: SerialNumber::from(crl_number),
         issuing_distribution_point: None,
         revoked_certs: revoked,
-        key_identifier_method: KeyIdMethod::Sha256,
+        // the CA certificate's own key identifier, whatever method made it
+        // (an intermediate signed elsewhere has OpenSSL's SHA-1 one): a CRL
+        // whose authority key identifier is not the CA's is not found
+        key_identifier_method: ca_key_id(&ca)?,
     };
     let issuer = issuers.get(view, &ca)?;
     let crl = params.signed_by(&*issuer).map_err(rc_err)?;
