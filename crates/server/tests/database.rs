@@ -558,7 +558,11 @@ async fn rotate_root_installs_a_password_nobody_knows_and_an_interrupted_one_com
         .post("sys/mounts/database", &s.root, json!({"type": "database"}))
         .await;
     assert_eq!(r.status, 204);
-    let admin_role = format!("palisade_root_{}", s.unique("r").replace('-', "_"));
+    let admin_role = format!(
+        "palisade_root_{}_{}",
+        std::process::id(),
+        palisade_core::uuid_v4()[..8].to_owned()
+    );
     let initial = "initial-root-password-1";
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE \"{admin_role}\" WITH LOGIN SUPERUSER PASSWORD '{initial}'"
@@ -738,7 +742,11 @@ async fn set_pending(s: &TestServer, key_in_mount: &str, field: &str, value: &st
 async fn static_roles_rotate_on_creation_on_schedule_on_demand_and_after_a_crash() {
     let Some(db) = setup("10m").await else { return };
     let s = &db.s;
-    let user = format!("palisade_static_{}", s.unique("u").replace('-', "_"));
+    let user = format!(
+        "palisade_static_{}_{}",
+        std::process::id(),
+        palisade_core::uuid_v4()[..8].to_owned()
+    );
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE \"{user}\" WITH LOGIN PASSWORD 'known-initial-password'"
     )))
@@ -863,6 +871,48 @@ async fn static_roles_rotate_on_creation_on_schedule_on_demand_and_after_a_crash
     );
     let r = s.get("database/static-creds/nosuch", &s.root).await;
     assert_error(&r, 400, "unknown role: nosuch");
+    // review findings: the connection's own user, a user another static
+    // role manages, a name statements would split
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"allowed_roles": "*", "verify_connection": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "database/static-roles/rootuser",
+            &s.root,
+            json!({"db_name": "pg", "username": "postgres", "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "the connection's own user cannot be a static role: use rotate-root",
+    );
+    let r = s
+        .post(
+            "database/static-roles/twice",
+            &s.root,
+            json!({"db_name": "pg", "username": user, "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        &format!("the user is already managed by the static role {role:?}"),
+    );
+    let r = s
+        .post(
+            "database/static-roles/semi",
+            &s.root,
+            json!({"db_name": "pg", "username": "a;b", "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(&r, 400, "invalid username");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE \"{user}\"")))
         .execute(&db.pg)
         .await
@@ -1098,11 +1148,21 @@ async fn a_hanging_database_does_not_hold_up_other_mounts_revocations() {
     assert_eq!(pass.await.unwrap(), 1);
     // the hanging mount's leases back off (counted from when they failed)
     assert!(s.core.leases.due(s.core.tokens.now()).unwrap().is_empty());
-    // clean up the roles the hanging mount created
+    // the database answers again: the hanging mount's leases are revoked
+    // (their roles dropped, nothing left in PostgreSQL by this test)
     let r = s
-        .put("sys/leases/revoke-force/db2", &s.root, json!({}))
+        .post(
+            "db2/config/pg",
+            &s.root,
+            json!({"connection_url": templated_url()}),
+        )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .put("sys/leases/revoke-prefix/db2", &s.root, json!({}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.core.leases.count(), 0);
 }
 
 /// Review finding: every lease id the server issues can be looked up,

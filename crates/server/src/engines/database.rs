@@ -1223,7 +1223,7 @@ async fn write_static_role(
                 ));
             }
             (Some(u), None) => {
-                if u.is_empty() || u.len() > 63 || u.chars().any(char::is_control) {
+                if u.is_empty() || u.len() > 63 || u.chars().any(|c| c.is_control() || c == ';') {
                     return Err(ApiError::bad_request("invalid username"));
                 }
                 r.username = u;
@@ -1253,6 +1253,27 @@ async fn write_static_role(
             return Err(ApiError::bad_request(format!(
                 "{name:?} is not an allowed role"
             )));
+        }
+        if existing.is_none() {
+            // the connection's own user: its password would change under
+            // the connection, and be handed to whoever reads static-creds
+            if r.username == cfg.username {
+                return Err(ApiError::bad_request(
+                    "the connection's own user cannot be a static role: use rotate-root",
+                ));
+            }
+            // one static role per user: rotating one would silently break
+            // the other's password
+            for other in view.list("static-role/").await? {
+                if let Some(o) = load::<StaticRole>(view, &static_key(&other)).await?
+                    && o.db_name == r.db_name
+                    && o.username == r.username
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "the user is already managed by the static role {other:?}"
+                    )));
+                }
+            }
         }
         store(view, &static_key(name), &r).await?;
         existing.is_none()
