@@ -183,6 +183,9 @@ pub struct Core {
     pub rotation_locks: KeyLocks,
     /// PKI mounts' parsed CA signers (`pki::Issuers`), cleared at seal.
     pub pki_issuers: pki::Issuers,
+    /// KV rotations running (mount uuid + key), and how many may run at once.
+    kv_rotating: std::sync::Mutex<std::collections::HashSet<String>>,
+    kv_rotation_slots: Arc<tokio::sync::Semaphore>,
     pub policies: PolicyStore,
     pub mounts: RwLock<Arc<MountTable>>,
     pub audit: Broker,
@@ -267,6 +270,8 @@ impl Core {
             tainted: Default::default(),
             rotation_locks: Default::default(),
             pki_issuers: Default::default(),
+            kv_rotating: Default::default(),
+            kv_rotation_slots: Arc::new(tokio::sync::Semaphore::new(8)),
             policies: PolicyStore::new(barrier.clone()),
             barrier,
             mounts: RwLock::new(Arc::new(MountTable::default())),
@@ -1783,9 +1788,13 @@ impl Core {
             .iter()
             .filter(|m| m.engine() == Some(EngineKind::Database))
         {
-            let _gate = self.mount_gate.read().await;
-            if self.mount_by_uuid(&m.uuid)?.is_none() {
-                continue;
+            // the gate only to see that the mount serves: a rotation waits
+            // on its database, and mount changes must not wait for that
+            {
+                let _gate = self.mount_gate.read().await;
+                if !self.mount_serves(&m.uuid)? {
+                    continue;
+                }
             }
             let view = View::new(self.barrier.clone(), m.view_prefix());
             match crate::engines::database::rotate_due(&view, &self.databases, &self.kv_locks, now)
@@ -1800,14 +1809,60 @@ impl Core {
         Ok(rotated)
     }
 
+    /// Start the KV rotations due at `now` that are not already running,
+    /// and return without waiting for them (the scheduler's tick): a slow
+    /// producer holds up only its own key. Up to eight run at once.
+    pub async fn start_kv_rotations(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
+        let table = self.mount_table()?;
+        let mut started = 0;
+        for m in table
+            .entries
+            .iter()
+            .filter(|m| m.engine() == Some(EngineKind::KvV2))
+        {
+            let view = View::new(self.barrier.clone(), m.view_prefix());
+            let due = {
+                let _gate = self.mount_gate.read().await;
+                if !self.mount_serves(&m.uuid)? {
+                    continue;
+                }
+                match crate::kv_rotation::due(&view, now).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(mount = %m.path, status = e.status, "rotation policies of this mount could not be read");
+                        continue;
+                    }
+                }
+            };
+            for key in due {
+                let id = format!("{}{key}", m.uuid);
+                if !lock(self.kv_rotating.lock())?.insert(id.clone()) {
+                    continue; // still running from an earlier tick
+                }
+                started += 1;
+                let (core, m, view) = (self.clone(), m.clone(), view.clone());
+                tokio::spawn(async move {
+                    if let Ok(_slot) = core.kv_rotation_slots.clone().acquire_owned().await {
+                        let now = core.tokens.now();
+                        let _ = crate::kv_rotation::rotate(&core, &m, &view, &key, now, true).await;
+                    }
+                    if let Ok(mut r) = core.kv_rotating.lock() {
+                        r.remove(&id);
+                    }
+                });
+            }
+        }
+        Ok(started)
+    }
+
     /// Rotate the KV v2 secrets, on every KV v2 mount, whose rotation policy
-    /// is due at `now` (Unix seconds); how many were rotated. Up to eight
-    /// rotations run at once (a producer that hangs holds up only its own
-    /// key, for at most its timeout). Failures are recorded in their policy
+    /// is due at `now` (Unix seconds), and wait for them; how many were
+    /// rotated (for callers that need the outcome; the scheduler uses
+    /// [`Core::start_kv_rotations`]). Failures are recorded in their policy
     /// and retried with backoff.
     pub async fn rotate_kv_secrets(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
         let table = self.mount_table()?;
-        let limit = Arc::new(tokio::sync::Semaphore::new(8));
+        let limit = self.kv_rotation_slots.clone();
         let mut set = tokio::task::JoinSet::new();
         for m in table
             .entries

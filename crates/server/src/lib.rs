@@ -157,7 +157,7 @@ pub fn spawn_rotation(core: Arc<Core>) {
                 continue;
             }
             let c2 = core.clone();
-            let run = tokio::spawn(async move { c2.rotate_kv_secrets(c2.tokens.now()).await });
+            let run = tokio::spawn(async move { c2.start_kv_rotations(c2.tokens.now()).await });
             match run.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "KV rotation failed"),

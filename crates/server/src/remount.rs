@@ -249,20 +249,26 @@ pub async fn remount(core: &Core, auth: &Authorized) -> Result<Response, ApiErro
 }
 
 async fn move_mount(core: &Core, from: &str, to: &str) -> Result<(), ApiError> {
-    let _g = core.table_lock.lock().await;
-    let mut table = (*core.mount_table()?).clone();
-    let Some(idx) = table.entries.iter().position(|m| m.path == from) else {
+    let Some(uuid) = core
+        .mount_table()?
+        .entries
+        .iter()
+        .find(|m| m.path == from)
+        .map(|m| m.uuid.clone())
+    else {
         return Err(ApiError::bad_request(format!(
             "no matching mount at {from:?}"
         )));
     };
-    if let Some(m) = conflict(&table, to) {
+    // a move that cannot happen revokes nothing (checked again below)
+    if let Some(m) = conflict(&*core.mount_table()?, to) {
         return Err(ApiError::bad_request(format!(
             "path already in use at {m:?}"
         )));
     }
-    // its leases are revoked first (Vault): their ids name the old path
-    let uuid = table.entries[idx].uuid.clone();
+    // its leases are revoked first (Vault): their ids name the old path.
+    // Not under the table lock: revocations wait on databases, and other
+    // mount changes must not wait for them
     core.quiesce_mount(&uuid).await.map_err(|e| {
         ApiError::bad_request(format!(
             "failed to revoke leases of {from}: {}",
@@ -270,11 +276,30 @@ async fn move_mount(core: &Core, from: &str, to: &str) -> Result<(), ApiError> {
         ))
         .audited_as("failed to revoke leases")
     })?;
-    // same UUID, accessor, options and TTLs: only the path changes
-    table.entries[idx].path = to.to_string();
-    let saved = core.save_mounts(table).await;
+    let moved = async {
+        let _g = core.table_lock.lock().await;
+        let mut table = (*core.mount_table()?).clone();
+        let Some(idx) = table
+            .entries
+            .iter()
+            .position(|m| m.uuid == uuid && m.path == from)
+        else {
+            return Err(ApiError::bad_request(format!(
+                "no matching mount at {from:?}"
+            )));
+        };
+        if let Some(m) = conflict(&table, to) {
+            return Err(ApiError::bad_request(format!(
+                "path already in use at {m:?}"
+            )));
+        }
+        // same UUID, accessor, options and TTLs: only the path changes
+        table.entries[idx].path = to.to_string();
+        core.save_mounts(table).await
+    }
+    .await;
     core.untaint(&uuid);
-    saved
+    moved
 }
 
 /// `GET sys/remount/status/<migration_id>`.

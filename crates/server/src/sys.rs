@@ -417,14 +417,19 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
         }
         Operation::Delete => {
             let p = MountTable::check_path(path)?;
-            let _g = core.table_lock.lock().await;
-            let mut table = (*core.mount_table()?).clone();
-            let Some(idx) = table.entries.iter().position(|m| m.path == p) else {
+            let Some(uuid) = core
+                .mount_table()?
+                .entries
+                .iter()
+                .find(|m| m.path == p)
+                .map(|m| m.uuid.clone())
+            else {
                 return Ok(Response::no_content());
             };
             // its leases first (Vault): the engine still has the storage it
-            // needs to revoke them; one it cannot revoke keeps the mount
-            let uuid = table.entries[idx].uuid.clone();
+            // needs to revoke them; one it cannot revoke keeps the mount.
+            // Not under the table lock: revocations wait on databases, and
+            // other mount changes must not wait for them
             if let Err(e) = core.quiesce_mount(&uuid).await {
                 return Err(ApiError::bad_request(format!(
                     "failed to revoke leases of {p}: {}",
@@ -432,6 +437,12 @@ async fn mount(core: &Arc<Core>, req: &Request, path: &str) -> Result<Response, 
                 ))
                 .audited_as("failed to revoke leases"));
             }
+            let _g = core.table_lock.lock().await;
+            let mut table = (*core.mount_table()?).clone();
+            let Some(idx) = table.entries.iter().position(|m| m.uuid == uuid) else {
+                core.untaint(&uuid);
+                return Ok(Response::no_content());
+            };
             let m = table.entries.remove(idx);
             // remove the mount first so no request reaches a half-cleared view
             let saved = core.save_mounts(table).await;

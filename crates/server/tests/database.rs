@@ -1217,3 +1217,140 @@ async fn every_issued_lease_id_is_accepted_back() {
         assert!(!role_exists(&pg, &user).await);
     }
 }
+
+/// Verification findings: a database that hangs holds up neither mount
+/// changes (while a mount with leases on it is being disabled, or while a
+/// static role on it is being rotated) nor anything else.
+#[tokio::test]
+async fn a_hanging_database_holds_up_no_mount_change() {
+    let Some(db) = setup("1h").await else { return };
+    let s = &db.s;
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = tarpit.accept().await {
+            held.push(c);
+        }
+    });
+    let user = format!(
+        "palisade_hang_{}_{}",
+        std::process::id(),
+        &palisade_core::uuid_v4()[..8]
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{user}\" WITH LOGIN PASSWORD 'x'"
+    )))
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    let r = s
+        .post("database/config/pg", &s.root, json!({"allowed_roles": "*"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "database/static-roles/st",
+            &s.root,
+            json!({"db_name": "pg", "username": user, "rotation_period": "5s"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let (role_user, _, _, _) = creds(&db, &s.root).await;
+    let hang = format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/test");
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"connection_url": hang, "verify_connection": false}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // a static-role rotation waiting on it
+    let rotating = {
+        let core = s.core.clone();
+        let now = s.core.tokens.now() + 6;
+        tokio::spawn(async move { core.rotate_static_roles(now).await })
+    };
+    // the mount being disabled, waiting on it to revoke the lease
+    let disabling = {
+        let (http, url, tok) = (s.http.clone(), s.url("sys/mounts/database"), s.root.clone());
+        tokio::spawn(async move {
+            http.delete(url)
+                .header("X-Vault-Token", tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let r = s
+        .post("sys/mounts/unrelated", &s.root, json!({"type": "kv"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "held up {:?}",
+        started.elapsed()
+    );
+    assert!(!disabling.is_finished() && !rotating.is_finished());
+    // the disable fails (its lease cannot be revoked) and the mount stays
+    assert_eq!(disabling.await.unwrap(), 400);
+    rotating.await.unwrap().unwrap();
+    // the database back: revoke and clean up
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"connection_url": templated_url()}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.delete("sys/mounts/database", &s.root).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!role_exists(&db.pg, &role_user).await);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{user}\""
+    )))
+    .execute(&db.pg)
+    .await
+    .unwrap();
+}
+
+/// Verification finding: the connection's own user is refused as a static
+/// role also when it is written in `connection_url` only.
+#[tokio::test]
+async fn the_connection_user_in_the_url_is_not_a_static_role_either() {
+    let Some(pg) = admin().await else { return };
+    let s = TestServer::dev().await;
+    let r = s
+        .post("sys/mounts/database", &s.root, json!({"type": "database"}))
+        .await;
+    assert_eq!(r.status, 204);
+    let o = PgConnectOptions::from_str(&pg_url()).unwrap();
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"plugin_name": "postgresql-database-plugin", "allowed_roles": "*",
+                   "connection_url": format!("postgresql://postgres:x@{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or("test"))}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "database/static-roles/own",
+            &s.root,
+            json!({"db_name": "pg", "username": "postgres", "rotation_period": "1h"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "the connection's own user cannot be a static role: use rotate-root",
+    );
+    let _ = pg;
+}

@@ -510,3 +510,65 @@ async fn a_commands_background_children_are_killed_with_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Verification finding: the scheduler starts due rotations and returns;
+/// a slow producer holds up only its own key, and is not started twice.
+#[tokio::test]
+async fn the_scheduler_never_waits_for_a_slow_producer() {
+    let s = server(commands(&[
+        (
+            "slow",
+            sh(r#"cat >/dev/null; sleep 3; echo '{"data":{"v":"slow"}}'"#),
+        ),
+        ("gen", sh(GEN)),
+    ]))
+    .await;
+    s.kv_put("slowkey", json!({"v": "1"})).await;
+    s.kv_put("fastkey", json!({"v": "1"})).await;
+    for (k, c) in [("slowkey", "slow"), ("fastkey", "gen")] {
+        let r = s
+            .post(
+                &format!("secret/rotation/{k}"),
+                &s.root,
+                json!({"period": "1h", "command": c}),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+    }
+    let now = s.core.tokens.now() + 3601;
+    let started = std::time::Instant::now();
+    assert_eq!(s.core.start_kv_rotations(now).await.unwrap(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // the fast key is rotated while the slow producer still runs
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = s.get("secret/data/fastkey", &s.root).await;
+        if r.data()["metadata"]["version"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fast key waited for the slow one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the slow one is running: the next tick does not start it again (the
+    // fast one, due again at this clock, is the only one started)
+    assert_eq!(s.core.start_kv_rotations(now).await.unwrap(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.get("secret/data/slowkey", &s.root).await;
+        if r.data()["metadata"]["version"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow key was never rotated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -383,6 +383,9 @@ fn connect_options(cfg: &DbConfig, password: &str) -> Result<PgConnectOptions, A
     use sqlx::ConnectOptions as _;
     Ok(opts
         .application_name("palisade")
+        // a statement that waits on a lock, or never ends, holds up only
+        // the request or revocation that runs it, and not for ever
+        .options([("statement_timeout", "30s"), ("lock_timeout", "10s")])
         .log_statements(log::LevelFilter::Off)
         .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600)))
 }
@@ -1257,7 +1260,12 @@ async fn write_static_role(
         if existing.is_none() {
             // the connection's own user: its password would change under
             // the connection, and be handed to whoever reads static-creds
-            if r.username == cfg.username {
+            // the user the connection logs in as: the `username` field, or
+            // the one written in `connection_url`
+            let own = connect_options(&cfg, &cfg.password)?
+                .get_username()
+                .to_owned();
+            if r.username == own || r.username == cfg.username {
                 return Err(ApiError::bad_request(
                     "the connection's own user cannot be a static role: use rotate-root",
                 ));
