@@ -1292,7 +1292,7 @@ async fn a_hanging_database_holds_up_no_mount_change() {
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_secs(3),
         "held up {:?}",
         started.elapsed()
     );
