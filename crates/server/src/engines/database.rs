@@ -1304,18 +1304,11 @@ async fn write_static_role(
 
 /// Install `password` for a static role's user.
 async fn set_static_password(
-    view: &View,
-    pools: &Pools,
-    locks: &KeyLocks,
+    pool: &PgPool,
+    cfg: &DbConfig,
     r: &StaticRole,
     password: &str,
 ) -> Result<(), TxFailure> {
-    let (pool, cfg) = pool(view, pools, locks, &r.db_name)
-        .await
-        .map_err(|error| TxFailure {
-            error,
-            maybe_committed: false,
-        })?;
     let mut secrets = cfg.secrets();
     secrets.push(password.to_owned());
     secrets.push(r.password.clone());
@@ -1327,7 +1320,7 @@ async fn set_static_password(
             quote_ident(&r.username)
         );
         return run_in_tx_outcome(
-            &pool,
+            pool,
             &[stmt],
             &[],
             "error rotating the static role",
@@ -1336,7 +1329,7 @@ async fn set_static_password(
         .await;
     }
     run_in_tx_outcome(
-        &pool,
+        pool,
         &r.rotation_statements,
         &[
             ("name", &r.username),
@@ -1361,10 +1354,26 @@ pub async fn rotate_static_role(
     name: &str,
     now: i64,
 ) -> Result<(), ApiError> {
+    // the connection first: getting it may take the connection's lock,
+    // which must never be taken under the role's (both are stripes of one
+    // lock table: taken nested, the two can be the same stripe)
+    let Some(db_name) = load::<StaticRole>(view, &static_key(name))
+        .await?
+        .map(|r| r.db_name)
+    else {
+        return Ok(());
+    };
+    let (pool, cfg) = pool(view, pools, locks, &db_name).await?;
     let _g = locks.lock(view, &static_key(name)).await;
     let Some(mut r) = load::<StaticRole>(view, &static_key(name)).await? else {
         return Ok(());
     };
+    if r.db_name != db_name {
+        return Err(ApiError::new(
+            409,
+            "the static role changed during its rotation; try again",
+        ));
+    }
     let (new, fresh) = match &r.pending_password {
         Some(p) => (p.clone(), false),
         None => {
@@ -1374,7 +1383,7 @@ pub async fn rotate_static_role(
             (p, true)
         }
     };
-    if let Err(f) = set_static_password(view, pools, locks, &r, &new).await {
+    if let Err(f) = set_static_password(&pool, &cfg, &r, &new).await {
         // a password pending from an earlier attempt may be the database's
         // already: it stays pending until an attempt succeeds
         if fresh && !f.maybe_committed {
