@@ -1354,3 +1354,70 @@ async fn the_connection_user_in_the_url_is_not_a_static_role_either() {
     );
     let _ = pg;
 }
+
+/// CI finding: a static role whose lock stripe is the connection's (one
+/// lock table, 256 stripes) deadlocked its first rotation, which took the
+/// connection's lock under the role's. The role name here is chosen to
+/// land on the same stripe.
+#[tokio::test]
+async fn a_static_role_on_its_connections_lock_stripe_rotates() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let r = s
+        .post("database/config/pg", &s.root, json!({"allowed_roles": "*"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let m = s
+        .core
+        .mount_table()
+        .unwrap()
+        .entries
+        .iter()
+        .find(|m| m.path == "database/")
+        .unwrap()
+        .clone();
+    let stripe = |key: &str| {
+        aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{}{key}", m.view_prefix()).as_bytes(),
+        )
+        .as_ref()[0]
+    };
+    let target = stripe("config/pg");
+    let name = (0..100_000)
+        .map(|i| format!("st{i}"))
+        .find(|n| stripe(&format!("static-role/{n}")) == target)
+        .unwrap();
+    let user = format!(
+        "palisade_stripe_{}_{}",
+        std::process::id(),
+        &palisade_core::uuid_v4()[..8]
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{user}\" WITH LOGIN PASSWORD 'x'"
+    )))
+    .execute(&db.pg)
+    .await
+    .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.post(
+            &format!("database/static-roles/{name}"),
+            &s.root,
+            json!({"db_name": "pg", "username": user, "rotation_period": "1h"}),
+        ),
+    )
+    .await
+    .expect("the rotation deadlocked");
+    assert_eq!(r.status, 204, "{}", r.text);
+    let c = s
+        .get(&format!("database/static-creds/{name}"), &s.root)
+        .await;
+    assert!(password_is(&db.pg, &user, c.data()["password"].as_str().unwrap()).await);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{user}\""
+    )))
+    .execute(&db.pg)
+    .await
+    .unwrap();
+}
