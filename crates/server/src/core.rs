@@ -1812,9 +1812,25 @@ impl Core {
     /// Start the KV rotations due at `now` that are not already running,
     /// and return without waiting for them (the scheduler's tick): a slow
     /// producer holds up only its own key. Up to eight run at once.
+    /// Returns how many were started.
     pub async fn start_kv_rotations(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
+        self.kv_rotations(now, false).await
+    }
+
+    /// Rotate the KV v2 secrets due at `now` and wait for them; how many
+    /// were rotated (for callers that need the outcome; the scheduler uses
+    /// [`Core::start_kv_rotations`]). Failures are recorded in their policy
+    /// and retried with backoff.
+    pub async fn rotate_kv_secrets(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
+        self.kv_rotations(now, true).await
+    }
+
+    /// The rotations due at `now` on every KV v2 mount that serves, each in
+    /// a task of its own (a key already rotating is skipped), eight at most
+    /// at once; waited for, or left to run.
+    async fn kv_rotations(self: &Arc<Self>, now: i64, wait: bool) -> Result<usize, ApiError> {
         let table = self.mount_table()?;
-        let mut started = 0;
+        let mut set = tokio::task::JoinSet::new();
         for m in table
             .entries
             .iter()
@@ -1839,60 +1855,26 @@ impl Core {
                 if !lock(self.kv_rotating.lock())?.insert(id.clone()) {
                     continue; // still running from an earlier tick
                 }
-                started += 1;
                 let (core, m, view) = (self.clone(), m.clone(), view.clone());
-                tokio::spawn(async move {
+                set.spawn(async move {
+                    let mut ok = false;
                     if let Ok(_slot) = core.kv_rotation_slots.clone().acquire_owned().await {
                         let now = core.tokens.now();
-                        let _ = crate::kv_rotation::rotate(&core, &m, &view, &key, now, true).await;
+                        ok = crate::kv_rotation::rotate(&core, &m, &view, &key, now, true)
+                            .await
+                            .is_ok();
                     }
                     if let Ok(mut r) = core.kv_rotating.lock() {
                         r.remove(&id);
                     }
+                    ok
                 });
             }
         }
-        Ok(started)
-    }
-
-    /// Rotate the KV v2 secrets, on every KV v2 mount, whose rotation policy
-    /// is due at `now` (Unix seconds), and wait for them; how many were
-    /// rotated (for callers that need the outcome; the scheduler uses
-    /// [`Core::start_kv_rotations`]). Failures are recorded in their policy
-    /// and retried with backoff.
-    pub async fn rotate_kv_secrets(self: &Arc<Self>, now: i64) -> Result<usize, ApiError> {
-        let table = self.mount_table()?;
-        let limit = self.kv_rotation_slots.clone();
-        let mut set = tokio::task::JoinSet::new();
-        for m in table
-            .entries
-            .iter()
-            .filter(|m| m.engine() == Some(EngineKind::KvV2))
-        {
-            let view = View::new(self.barrier.clone(), m.view_prefix());
-            let due = {
-                let _gate = self.mount_gate.read().await;
-                if !self.mount_serves(&m.uuid)? {
-                    continue;
-                }
-                match crate::kv_rotation::due(&view, now).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(mount = %m.path, status = e.status, "rotation policies of this mount could not be read");
-                        continue;
-                    }
-                }
-            };
-            for key in due {
-                let (core, m, view, limit) = (self.clone(), m.clone(), view.clone(), limit.clone());
-                set.spawn(async move {
-                    let _slot = limit.acquire_owned().await;
-                    let now = core.tokens.now();
-                    crate::kv_rotation::rotate(&core, &m, &view, &key, now, true)
-                        .await
-                        .is_ok()
-                });
-            }
+        if !wait {
+            let started = set.len();
+            set.detach_all();
+            return Ok(started);
         }
         let mut rotated = 0;
         while let Some(r) = set.join_next().await {

@@ -221,7 +221,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         _ => {}
     }
-    if let Some(r) = leases(core, req, rest).await {
+    if let Some(r) = leases(core, auth, rest).await {
         return r;
     }
     if crate::rootops::is_root_op(rest) {
@@ -805,7 +805,12 @@ async fn capabilities(
 
 /// `sys/leases/*` and Vault's older spellings (`sys/renew`, `sys/revoke`,
 /// `sys/revoke-prefix`, `sys/revoke-force`). `None`: not a lease path.
-async fn leases(core: &Arc<Core>, req: &Request, rest: &str) -> Option<Result<Response, ApiError>> {
+async fn leases(
+    core: &Arc<Core>,
+    auth: &Authorized,
+    rest: &str,
+) -> Option<Result<Response, ApiError>> {
+    let req = auth.request();
     let rest = rest.strip_prefix("leases/").map_or_else(
         || match rest {
             "renew" | "revoke" => Some(rest),
@@ -834,7 +839,27 @@ async fn leases(core: &Arc<Core>, req: &Request, rest: &str) -> Option<Result<Re
                 None => return Err(ApiError::bad_request("lease_id must be specified")),
             },
         };
-        Ok(crate::lease::check_lease_id(&id)?.to_owned())
+        let id = crate::lease::check_lease_id(&id)?.to_owned();
+        // a lease named in the body was authorised on the bare path (Vault's
+        // grant, which the default policy relies on); a rule that denies
+        // the lease's own path still wins, so `deny` on
+        // `sys/leases/revoke/<prefix>*` cannot be stepped around
+        if tail.is_none_or(str::is_empty) {
+            let denied = [
+                format!("sys/leases/{verb}/{id}"),
+                format!("sys/{verb}/{id}"),
+            ]
+            .iter()
+            .any(|p| {
+                auth.acl()
+                    .capabilities(p, false)
+                    .contains(palisade_policy::Capability::Deny)
+            });
+            if denied {
+                return Err(ApiError::permission_denied());
+            }
+        }
+        Ok(id)
     };
     Some(
         async {

@@ -1421,3 +1421,73 @@ async fn a_static_role_on_its_connections_lock_stripe_rotates() {
     .await
     .unwrap();
 }
+
+/// Review finding: a lease named in the body is authorised on the bare
+/// path (Vault's grant, on which the default policy's renew relies), but a
+/// rule that denies the lease's own path still wins, in every spelling.
+#[tokio::test]
+async fn a_deny_on_a_leases_path_holds_for_the_lease_named_in_the_body() {
+    let Some(db) = setup("10m").await else { return };
+    let s = &db.s;
+    let (_, _, guarded, _) = creds(&db, &s.root).await;
+    let t = s
+        .token_with(&format!(
+            r#"path "sys/leases/revoke" {{ capabilities = ["update"] }}
+               path "sys/revoke" {{ capabilities = ["update"] }}
+               path "sys/leases/revoke/*" {{ capabilities = ["update"] }}
+               path "sys/leases/revoke/database/creds/{}/*" {{ capabilities = ["deny"] }}"#,
+            db.role
+        ))
+        .await;
+    for (path, body) in [
+        ("sys/leases/revoke".to_owned(), json!({"lease_id": guarded})),
+        ("sys/revoke".to_owned(), json!({"lease_id": guarded})),
+        (format!("sys/leases/revoke/{guarded}"), json!({})),
+    ] {
+        let r = s.put(&path, &t.id, body).await;
+        assert_denied(&r);
+    }
+    // spellings of the same lease: refused before any revocation
+    for bad in [
+        format!("{guarded}/"),
+        guarded.replace("creds/", "creds//"),
+        format!("/{guarded}"),
+    ] {
+        let r = s
+            .put("sys/leases/revoke", &t.id, json!({"lease_id": bad}))
+            .await;
+        assert_error(&r, 400, "invalid lease ID");
+    }
+    let r = s
+        .put("sys/leases/lookup", &s.root, json!({"lease_id": guarded}))
+        .await;
+    assert_eq!(r.status, 200, "still there: {}", r.text);
+    // a lease the rule does not name: the bare path's grant holds
+    let other = s.unique("other");
+    let r = s
+        .post(
+            "database/config/pg",
+            &s.root,
+            json!({"allowed_roles": [db.role, other]}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            &format!("database/roles/{other}"),
+            &s.root,
+            json!({"db_name": "pg", "creation_statements": CREATE}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get(&format!("database/creds/{other}"), &s.root).await;
+    let free = r.body["lease_id"].as_str().unwrap().to_owned();
+    let r = s
+        .put("sys/leases/revoke", &t.id, json!({"lease_id": free}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .put("sys/leases/revoke", &s.root, json!({"lease_id": guarded}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}

@@ -739,28 +739,7 @@ async fn root_generate(
     kind: &str,
     (_, mount_max): (i64, i64),
 ) -> Result<Response, ApiError> {
-    let exported = match kind {
-        "internal" => false,
-        "exported" => true,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid type: use internal or exported",
-            ));
-        }
-    };
-    let common_name = opt_string(d, "common_name")?
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ApiError::bad_request("the common_name field is required"))?;
-    if common_name.len() > 64 || common_name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid common_name"));
-    }
-    let key_type = opt_string(d, "key_type")?.unwrap_or_else(|| "rsa".into());
-    let key_bits = match opt(d, "key_bits") {
-        Some(v) => u32::try_from(fields::int(v, "key_bits")?)
-            .map_err(|_| ApiError::bad_request("invalid key_bits"))?,
-        None => 0,
-    };
-    let (_, key_bits) = key_spec(&key_type, key_bits)?;
+    let (exported, common_name, key_type, key_bits) = ca_request(d, kind)?;
     let (ttl, ttl_warning) = ttl_field(d, mount_max, mount_max)?;
     if load_ca(view).await?.is_some() {
         return Err(ApiError::bad_request(
@@ -822,13 +801,9 @@ async fn root_generate(
 
 // ------------------------------------------------------------ intermediates
 
-/// `intermediate/generate/internal|exported`: a key for this mount's CA and
-/// a CSR for it; the key waits (`ca-pending`) for the signed certificate.
-async fn intermediate_generate(
-    d: &Map<String, Value>,
-    view: &View,
-    kind: &str,
-) -> Result<Response, ApiError> {
+/// What `root/generate/:kind` and `intermediate/generate/:kind` both take:
+/// `internal` or `exported`, the CA's common name, its key type and size.
+fn ca_request(d: &Map<String, Value>, kind: &str) -> Result<(bool, String, String, u32), ApiError> {
     let exported = match kind {
         "internal" => false,
         "exported" => true,
@@ -851,6 +826,17 @@ async fn intermediate_generate(
         None => 0,
     };
     let (_, key_bits) = key_spec(&key_type, key_bits)?;
+    Ok((exported, common_name, key_type, key_bits))
+}
+
+/// `intermediate/generate/internal|exported`: a key for this mount's CA and
+/// a CSR for it; the key waits (`ca-pending`) for the signed certificate.
+async fn intermediate_generate(
+    d: &Map<String, Value>,
+    view: &View,
+    kind: &str,
+) -> Result<Response, ApiError> {
+    let (exported, common_name, key_type, key_bits) = ca_request(d, kind)?;
     if load_ca(view).await?.is_some() {
         return Err(ApiError::bad_request(
             "a CA is already configured at this mount: delete it (DELETE root) before generating another",
