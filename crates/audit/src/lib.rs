@@ -75,7 +75,7 @@ mod verify;
 
 pub use broker::Broker;
 pub use file::{FileDevice, Head, Reopened, Trust};
-pub use record::{AuditAuth, AuditEntry, AuditRequest, AuditResponse};
+pub use record::{AuditAuth, AuditEntry, AuditRequest, AuditResponse, AuditWrapInfo};
 pub use verify::{LineProblem, VerifyError, VerifyReport, verify, verify_against, verify_range};
 
 /// Largest record a device writes in full. A record that would be larger

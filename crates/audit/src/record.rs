@@ -85,6 +85,31 @@ pub struct AuditResponse {
     pub data: Option<Value>,
     pub auth: Option<AuditAuth>,
     pub warnings: Vec<String>,
+    /// A wrapped response's wrapping token (`X-Vault-Wrap-TTL`).
+    pub wrap_info: Option<AuditWrapInfo>,
+}
+
+/// The `wrap_info` of a wrapped response, with RAW values.
+#[derive(Clone, Default, serde::Serialize)]
+pub struct AuditWrapInfo {
+    pub token: String,
+    pub accessor: String,
+    pub ttl: i64,
+    pub creation_time: String,
+    pub creation_path: String,
+    pub wrapped_accessor: String,
+}
+
+impl fmt::Debug for AuditWrapInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditWrapInfo")
+            .field("token", &hide(&self.token))
+            .field("accessor", &hide(&self.accessor))
+            .field("ttl", &self.ttl)
+            .field("creation_path", &self.creation_path)
+            .field("wrapped_accessor", &hide(&self.wrapped_accessor))
+            .finish()
+    }
 }
 
 impl fmt::Debug for AuditResponse {
@@ -94,6 +119,7 @@ impl fmt::Debug for AuditResponse {
             .field("data", &hide_data(&self.data))
             .field("auth", &self.auth)
             .field("warnings", &self.warnings)
+            .field("wrap_info", &self.wrap_info)
             .finish()
     }
 }

@@ -132,6 +132,19 @@ struct RecordResponse<'a> {
     auth: Option<RecordAuth<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrap_info: Option<RecordWrapInfo<'a>>,
+}
+
+#[derive(Serialize)]
+struct RecordWrapInfo<'a> {
+    token: String,
+    accessor: String,
+    ttl: i64,
+    creation_time: &'a str,
+    creation_path: &'a str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    wrapped_accessor: String,
 }
 
 fn redact_auth<'a>(key: &MacKey, a: &'a AuditAuth) -> RecordAuth<'a> {
@@ -160,6 +173,14 @@ fn redact_response<'a>(key: &MacKey, r: &'a AuditResponse, summarise: bool) -> R
         }),
         auth: r.auth.as_ref().map(|a| redact_auth(key, a)),
         warnings: &r.warnings,
+        wrap_info: r.wrap_info.as_ref().map(|w| RecordWrapInfo {
+            token: hmac_credential(key, &w.token),
+            accessor: hmac_credential(key, &w.accessor),
+            ttl: w.ttl,
+            creation_time: &w.creation_time,
+            creation_path: &w.creation_path,
+            wrapped_accessor: hmac_credential(key, &w.wrapped_accessor),
+        }),
     }
 }
 
@@ -316,6 +337,7 @@ mod tests {
                 ..Default::default()
             },
             response: Some(AuditResponse {
+                wrap_info: None,
                 status: 200,
                 ..Default::default()
             }),
@@ -351,6 +373,7 @@ mod tests {
                 ..Default::default()
             },
             response: Some(AuditResponse {
+                wrap_info: None,
                 status: 200,
                 data: Some(json!({"small": "s"})),
                 ..Default::default()

@@ -109,6 +109,7 @@ async fn redaction_keeps_secrets_out_of_the_file() {
     };
     broker.log(&entry).await.unwrap();
     entry.response = Some(AuditResponse {
+        wrap_info: None,
         status: 200,
         data: Some(json!({"data": {"value": RESPONSE_SECRET}})),
         auth: Some(AuditAuth {

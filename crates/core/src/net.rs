@@ -42,6 +42,11 @@ impl Cidr {
         Some(Cidr { net, bits })
     }
 
+    /// Whether every address of `other` is in this range.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.bits <= other.bits && self.contains(other.net)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, ip.to_canonical()) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {

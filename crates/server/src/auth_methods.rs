@@ -18,6 +18,9 @@ use crate::core::Core;
 use crate::logical::{ApiError, Operation, Request, Response, fields};
 use crate::mounts::{AUTH_METHOD_TYPES, MountConfig, MountEntry, MountTable};
 
+/// The methods with user lockout (`lockout.rs`).
+const LOCKOUT_METHODS: &[&str] = &["approle", "userpass"];
+
 /// The built-in token method, as `sys/auth` lists it.
 fn token_method() -> Value {
     json!({
@@ -196,6 +199,7 @@ async fn disable(core: &Core, path: &str) -> Result<Response, ApiError> {
     core.save_mounts(table).await?;
     // (2) its tokens revoked; (3) its data deleted
     let revoked = core.tokens.revoke_by_method(&m.accessor).await?;
+    core.lockouts.forget(Some(&m.accessor));
     palisade_barrier::View::new(core.barrier.clone(), m.auth_view_prefix())
         .clear()
         .await?;
@@ -219,15 +223,23 @@ pub async fn tune(core: &Core, req: &Request, path: &str) -> Result<Response, Ap
     };
     match req.operation {
         Operation::Read => {
-            let (default_ttl, max_ttl) = core.auth_mount_ttls(m);
-            Ok(Response::data(json!({
+            // as configured, like a secrets engine's tune (Vault); the
+            // tokens it issues are still capped at the system max TTL
+            let (default_ttl, max_ttl) = crate::sys::effective_ttls(core, &m.config);
+            let mut out = json!({
                 "default_lease_ttl": default_ttl,
                 "max_lease_ttl": max_ttl,
                 "force_no_cache": m.config.force_no_cache,
                 "description": m.description,
                 "token_type": "default-service",
-            }))
-            .with_top_level())
+            });
+            if LOCKOUT_METHODS.contains(&m.kind.as_str())
+                && let (Value::Object(o), Value::Object(l)) =
+                    (&mut out, m.config.user_lockout.tune_json())
+            {
+                o.extend(l);
+            }
+            Ok(Response::data(out).with_top_level())
         }
         Operation::Write => {
             let default_ttl =
@@ -241,6 +253,17 @@ pub async fn tune(core: &Core, req: &Request, path: &str) -> Result<Response, Ap
             if let Some(v) = req.data.get("token_type") {
                 check_token_type(v)?;
             }
+            let mut lockout = m.config.user_lockout.clone();
+            if let Some(v) = req.data.get("user_lockout_config").filter(|v| !v.is_null()) {
+                if !LOCKOUT_METHODS.contains(&m.kind.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "user lockout is not supported by the {} auth method",
+                        m.kind
+                    )));
+                }
+                lockout.apply(v)?;
+            }
+            m.config.user_lockout = lockout;
             m.config.default_lease_ttl = default_ttl;
             m.config.max_lease_ttl = max_ttl;
             if let Some(v) = req.data.get("description").filter(|v| !v.is_null()) {
@@ -251,4 +274,46 @@ pub async fn tune(core: &Core, req: &Request, path: &str) -> Result<Response, Ap
         }
         _ => Err(ApiError::unsupported_operation()),
     }
+}
+
+/// `GET sys/locked-users` (Vault's shape): the identities user lockout
+/// holds now, by auth method accessor.
+pub fn locked_users(core: &Core) -> Result<Response, ApiError> {
+    let now = core.tokens.now();
+    let mut by_mount: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (accessor, who) in core.lockouts.locked(now) {
+        by_mount.entry(accessor).or_default().push(who);
+    }
+    let total: usize = by_mount.values().map(Vec::len).sum();
+    let mounts: Vec<Value> = by_mount
+        .into_iter()
+        .map(|(a, ids)| json!({"mount_accessor": a, "counts": ids.len(), "alias_identifiers": ids}))
+        .collect();
+    Ok(Response::data(json!({
+        "by_namespace": [{
+            "namespace_id": "root", "namespace_path": "", "counts": total,
+            "mount_accessors": mounts,
+        }],
+        "total": total,
+    })))
+}
+
+/// `POST sys/locked-users/<mount accessor>/unlock/<identity>`.
+pub fn unlock_user(core: &Core, rest: &str) -> Result<Response, ApiError> {
+    let Some((accessor, who)) = rest.split_once("/unlock/") else {
+        return Err(ApiError::unsupported_path());
+    };
+    if accessor.is_empty() || who.is_empty() {
+        return Err(ApiError::bad_request(
+            "mount_accessor and alias_identifier are required",
+        ));
+    }
+    if !core.auth_method_enabled(accessor)? {
+        return Err(
+            ApiError::bad_request(format!("no auth method with accessor {accessor:?}"))
+                .audited_as("no auth method with this accessor"),
+        );
+    }
+    core.lockouts.unlock(accessor, who, core.tokens.now());
+    Ok(Response::no_content())
 }

@@ -207,6 +207,8 @@ pub struct Core {
     pub root_ops: crate::rootops::RootOps,
     /// Password hashing slots (userpass logins and user writes).
     pub hash_slots: crate::userpass::HashSlots,
+    /// Failed-login counters (userpass and approle user lockout).
+    pub lockouts: crate::lockout::Lockouts,
     pub options: CoreOptions,
     state: AtomicU8,
     /// Every executing request holds it for reading; sealing takes it for
@@ -284,6 +286,7 @@ impl Core {
             migrations: Default::default(),
             root_ops: Default::default(),
             hash_slots: Default::default(),
+            lockouts: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -545,6 +548,7 @@ impl Core {
         self.leases.clear();
         self.databases.clear();
         self.pki_issuers.clear();
+        self.lockouts.forget(None);
         self.policies.clear();
         self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -847,6 +851,9 @@ impl Core {
         if self.pki_public_route(&req)?.is_some() {
             return self.open_pki_public(req).await;
         }
+        if req.path.as_str() == WRAPPING_LOOKUP {
+            return self.open_wrapping_lookup(req).await;
+        }
         crate::sys::handle_unauthenticated(self, &req).await
     }
 
@@ -895,6 +902,24 @@ impl Core {
         result
     }
 
+    /// `sys/wrapping/lookup`, served without a token (Vault): only while
+    /// unsealed, audited like any request (the token in the body HMAC'd).
+    async fn open_wrapping_lookup(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let audit = open_audit_entry(&req);
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let result = crate::wrapping::lookup(self, &req).await;
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
+    }
+
     /// A rekey or root generation call without a token: served only while
     /// unsealed, and audited like any other request (request before, fail
     /// closed; response after), with no `auth`.
@@ -930,10 +955,9 @@ impl Core {
         let Some((m, rel)) = table.auth_route(rest) else {
             return Ok(None);
         };
-        match rel.strip_prefix("login/") {
-            Some(name) if m.kind == "userpass" && !name.is_empty() => {
-                Ok(Some((m.clone(), name.to_string())))
-            }
+        match (m.kind.as_str(), rel.strip_prefix("login/")) {
+            ("userpass", Some(name)) if !name.is_empty() => Ok(Some((m.clone(), name.to_string()))),
+            ("approle", _) if rel == "login" => Ok(Some((m.clone(), String::new()))),
             _ => Ok(None),
         }
     }
@@ -971,7 +995,14 @@ impl Core {
             tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
-        let result = crate::userpass::login(self, &mount, &name, &req).await;
+        let result = match mount.kind.as_str() {
+            "approle" => crate::approle::login(self, &mount, &req).await,
+            _ => crate::userpass::login(self, &mount, &name, &req).await,
+        };
+        let result = match result {
+            Ok(r) => crate::wrapping::maybe_wrap(self, &req, r).await,
+            Err(e) => Err(e),
+        };
         self.audit_response(audit, &result).await?;
         drop(gate);
         result
@@ -1003,6 +1034,7 @@ impl Core {
             .ok_or_else(|| ApiError::bad_request("invalid token"))?;
         match m.kind.as_str() {
             "userpass" => crate::userpass::renew_entry(self, m, e).await,
+            "approle" => crate::approle::renew_entry(self, m, e).await,
             _ => Err(ApiError::bad_request("lease is not renewable")),
         }
     }
@@ -1028,6 +1060,9 @@ impl Core {
         // a token (Vault): relying parties fetch the CRL at the URL written
         // into certificates, with no token; a token sent along is ignored
         if self.pki_public_route(&req)?.is_some() {
+            return Ok(Begun::Open(req));
+        }
+        if req.path.as_str() == WRAPPING_LOOKUP {
             return Ok(Begun::Open(req));
         }
 
@@ -1062,7 +1097,17 @@ impl Core {
             // without a valid token the query is not recorded either: an
             // anonymous client must not choose what the audit log grows by
             audit.request.data = None;
-            return Err(self.refuse(audit, ApiError::permission_denied()).await);
+            // unwrapping with a wrapping token already used or expired is
+            // told as Vault tells it (400), not as a bad token (403)
+            let err = if req.path.as_str() == "sys/wrapping/unwrap"
+                && req.operation == Operation::Write
+                && !token_id.is_empty()
+            {
+                ApiError::bad_request("wrapping token is not valid or does not exist")
+            } else {
+                ApiError::permission_denied()
+            };
+            return Err(self.refuse(audit, err).await);
         };
         if !entry.allows_address(&req.remote_addr) {
             // a token bound to CIDRs (an auth method's token_bound_cidrs)
@@ -1080,9 +1125,12 @@ impl Core {
         // a caller with no rights at all there is told only "permission
         // denied", as anywhere else (no oracle for the method's layout)
         if let Some((m, rel)) = &route
-            && m.kind == "userpass"
             && req.path.starts_with("auth/")
-            && let Err(e) = crate::userpass::parse(req.operation, rel)
+            && let Err(e) = match m.kind.as_str() {
+                "userpass" => crate::userpass::parse(req.operation, rel).map(|_| ()),
+                "approle" => crate::approle::parse(req.operation, rel).map(|_| ()),
+                _ => Ok(()),
+            }
         {
             let caps = acl.capabilities(&req.path, req.operation == Operation::List);
             let err = if caps.is_empty() || caps.contains(Capability::Deny) {
@@ -1111,11 +1159,17 @@ impl Core {
         let engine_sudo = route.as_ref().is_some_and(|(m, rel)| {
             m.kind == "pki" && !req.path.starts_with("auth/") && pki::needs_sudo(rel)
         });
-        let allowed = !caps.contains(Capability::Deny)
-            && caps.contains(needed)
-            && (!(needs_sudo(&req.path, req.operation) || engine_sudo)
-                || caps.contains(Capability::Sudo)
-                || acl.is_root());
+        // a wrapping token unwraps (or rewraps) itself and nothing else;
+        // its policy is a reserved name no ACL is built from
+        let allowed = if entry.wrapping {
+            crate::wrapping::usable_with_wrapping_token(&req.path, req.operation)
+        } else {
+            !caps.contains(Capability::Deny)
+                && caps.contains(needed)
+                && (!(needs_sudo(&req.path, req.operation) || engine_sudo)
+                    || caps.contains(Capability::Sudo)
+                    || acl.is_root())
+        };
         if !allowed {
             return Err(self.refuse(audit, ApiError::permission_denied()).await);
         }
@@ -1206,7 +1260,10 @@ impl Core {
                 }),
             ))
         } else {
-            self.route(&auth).await
+            match self.route(&auth).await {
+                Ok(r) => crate::wrapping::maybe_wrap(self, &auth.request, r).await,
+                Err(e) => Err(e),
+            }
         };
         if token_use == TokenUse::Last {
             self.tokens.revoke_tree(&auth.token.hash).await?;
@@ -1282,6 +1339,14 @@ impl Core {
                         token_ttl: a.lease_duration,
                     }),
                     warnings: r.warnings.clone(),
+                    wrap_info: r.wrap_info.as_ref().map(|w| palisade_audit::AuditWrapInfo {
+                        token: w.token.expose().clone(),
+                        accessor: w.accessor.clone(),
+                        ttl: w.ttl,
+                        creation_time: w.creation_time.clone(),
+                        creation_path: w.creation_path.clone(),
+                        wrapped_accessor: w.wrapped_accessor.clone(),
+                    }),
                 });
             }
             Err(e) => {
@@ -1290,6 +1355,7 @@ impl Core {
                     data: e.body.clone(),
                     auth: None,
                     warnings: Vec::new(),
+                    wrap_info: None,
                 });
                 resp_audit.error = Some(e.audit_message());
             }
@@ -1338,6 +1404,18 @@ impl Core {
             return match crate::userpass::parse(req.operation, rel)? {
                 crate::userpass::UserpassPath::User(name) => {
                     crate::userpass::user_exists(self, m, name).await
+                }
+                _ => Ok(true),
+            };
+        }
+        // and approle roles
+        if let Some((m, rel)) = route
+            && m.kind == "approle"
+            && req.path.starts_with("auth/")
+        {
+            return match crate::approle::parse(req.operation, rel)? {
+                crate::approle::AppRolePath::Role(name) => {
+                    crate::approle::role_exists(self, m, name).await
                 }
                 _ => Ok(true),
             };
@@ -1401,6 +1479,7 @@ impl Core {
         if path.starts_with("auth/") {
             return match mount.kind.as_str() {
                 "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
+                "approle" => crate::approle::handle(self, auth, mount, rel).await,
                 _ => Err(ApiError::unsupported_path()),
             };
         }
@@ -1916,6 +1995,9 @@ fn route_in<'a>(table: &'a MountTable, path: &'a str) -> Option<(&'a MountEntry,
 
 /// The audit record of a request served without a token (its data: the
 /// body, or the query when there is none).
+/// Served without a token, audited (`wrapping.rs`).
+const WRAPPING_LOOKUP: &str = "sys/wrapping/lookup";
+
 fn open_audit_entry(req: &Request) -> AuditEntry {
     let data = if req.data.is_empty() {
         query_data(req)

@@ -228,10 +228,9 @@ async fn handle(
             return Err(ApiError::unsupported_operation());
         }
         check_namespace(&headers, &path)?;
-        if headers.contains_key("x-vault-wrap-ttl") {
-            return Err(ApiError::bad_request("response wrapping is not supported"));
-        }
+        let wrap_ttl = wrap_ttl(&headers)?;
         let mut req = Request::new(operation, path);
+        req.wrap_ttl = wrap_ttl;
         req.id = request_id.clone();
         req.query = query;
         req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
@@ -296,6 +295,36 @@ async fn handle(
     resp
 }
 
+/// `X-Vault-Wrap-TTL` (Vault's `X-Wrap-TTL` too): a duration (`90s`,
+/// `15m`) or a number of seconds; 0, negative or unparsable → 400 (a
+/// client that asked for wrapping never gets the bare response).
+fn wrap_ttl(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let mut values = headers
+        .get_all("x-vault-wrap-ttl")
+        .iter()
+        .chain(headers.get_all("x-wrap-ttl").iter());
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid X-Vault-Wrap-TTL: expected a positive duration such as 60s or 15m",
+        )
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "X-Vault-Wrap-TTL given more than once",
+        ));
+    }
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let secs = fields::duration_secs(&serde_json::Value::String(s.to_string()), "wrap_ttl")
+        .map_err(|_| bad())?;
+    if s.is_empty() || secs <= 0 {
+        return Err(bad());
+    }
+    Ok(Some(secs))
+}
+
 pub fn render(
     result: Result<Response, ApiError>,
     request_id: &str,
@@ -324,29 +353,7 @@ pub fn render(
             } else if let Some(raw) = r.raw {
                 (r.status, Some(raw))
             } else {
-                let (lease_id, renewable, lease_duration) = match &r.lease {
-                    Some(l) => (l.lease_id.as_str(), l.renewable, l.lease_duration),
-                    None => ("", false, 0),
-                };
-                let mut env = json!({
-                    "request_id": request_id,
-                    "lease_id": lease_id,
-                    "renewable": renewable,
-                    "lease_duration": lease_duration,
-                    "data": r.data,
-                    "wrap_info": null,
-                    "warnings": if r.warnings.is_empty() { Value::Null } else { json!(r.warnings) },
-                    "auth": r.auth,
-                    "mount_type": "",
-                });
-                if r.top_level
-                    && let (Some(Value::Object(data)), Value::Object(obj)) =
-                        (r.data.as_ref(), &mut env)
-                {
-                    for (k, v) in data {
-                        obj.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                }
+                let env = r.envelope(request_id);
                 (r.status, Some(env))
             }
         }

@@ -550,6 +550,7 @@ pub async fn rotate(
             p.retry_at = 0;
             p.last_error.clear();
             audit.response = Some(AuditResponse {
+                wrap_info: None,
                 status: 200,
                 data: Some(json!({ "version": v })),
                 auth: None,
@@ -566,6 +567,7 @@ pub async fn rotate(
             p.retry_at = now.saturating_add(wait);
             p.last_error = e.messages.join("; ");
             audit.response = Some(AuditResponse {
+                wrap_info: None,
                 status: e.status,
                 data: None,
                 auth: None,

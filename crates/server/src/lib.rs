@@ -12,6 +12,7 @@
 //! keyed hashes.
 #![forbid(unsafe_code)]
 
+pub mod approle;
 pub mod audit_path;
 pub mod auth_methods;
 pub mod canonical;
@@ -23,6 +24,7 @@ pub mod json;
 pub mod kv_rotation;
 pub mod lease;
 pub mod listener;
+pub mod lockout;
 pub mod logical;
 pub mod mounts;
 pub mod policies;
@@ -31,8 +33,10 @@ pub mod rootops;
 pub mod sys;
 pub mod token;
 pub mod token_api;
+pub mod token_params;
 pub mod token_roles;
 pub mod userpass;
+pub mod wrapping;
 
 use std::future::Future;
 use std::net::SocketAddr;

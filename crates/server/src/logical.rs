@@ -44,6 +44,9 @@ pub struct Request {
     /// never have to travel in a URL.
     pub query: Vec<(String, String)>,
     pub remote_addr: String,
+    /// `X-Vault-Wrap-TTL`, in seconds (positive): answer with a wrapping
+    /// token instead of the response.
+    pub wrap_ttl: Option<i64>,
 }
 
 impl Request {
@@ -55,6 +58,7 @@ impl Request {
             data: Map::new(),
             query: Vec::new(),
             remote_addr: String::new(),
+            wrap_ttl: None,
         }
     }
 
@@ -121,6 +125,23 @@ pub struct Response {
     /// The lease of a dynamic secret (`lease_id`, `lease_duration`,
     /// `renewable` at the top of Vault's envelope).
     pub lease: Option<crate::lease::LeaseInfo>,
+    /// A wrapped response: the wrapping token in place of the response
+    /// (`X-Vault-Wrap-TTL`, `wrapping.rs`).
+    pub wrap_info: Option<WrapInfo>,
+}
+
+/// Vault's `wrap_info` block.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WrapInfo {
+    /// The wrapping token: never printed (`Debug` shows it redacted).
+    #[serde(serialize_with = "expose_secret")]
+    pub token: palisade_core::Secret<String>,
+    pub accessor: String,
+    pub ttl: i64,
+    pub creation_time: String,
+    pub creation_path: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub wrapped_accessor: String,
 }
 
 impl Response {
@@ -134,6 +155,7 @@ impl Response {
             raw: None,
             bytes: None,
             lease: None,
+            wrap_info: None,
         }
     }
     pub fn no_content() -> Self {
@@ -146,6 +168,7 @@ impl Response {
             raw: None,
             bytes: None,
             lease: None,
+            wrap_info: None,
         }
     }
     pub fn raw(status: u16, body: Value) -> Self {
@@ -158,6 +181,7 @@ impl Response {
             raw: Some(body),
             bytes: None,
             lease: None,
+            wrap_info: None,
         }
     }
     /// A non-JSON body (`content_type` is e.g. `application/pem-certificate-chain`).
@@ -171,7 +195,35 @@ impl Response {
             raw: None,
             bytes: Some((content_type, body)),
             lease: None,
+            wrap_info: None,
         }
+    }
+    /// Vault's response envelope (the JSON body of everything but `raw`
+    /// and `bytes` responses).
+    pub fn envelope(&self, request_id: &str) -> Value {
+        let (lease_id, renewable, lease_duration) = match &self.lease {
+            Some(l) => (l.lease_id.as_str(), l.renewable, l.lease_duration),
+            None => ("", false, 0),
+        };
+        let mut env = serde_json::json!({
+            "request_id": request_id,
+            "lease_id": lease_id,
+            "renewable": renewable,
+            "lease_duration": lease_duration,
+            "data": self.data,
+            "wrap_info": self.wrap_info,
+            "warnings": if self.warnings.is_empty() { Value::Null } else { serde_json::json!(self.warnings) },
+            "auth": self.auth,
+            "mount_type": "",
+        });
+        if self.top_level
+            && let (Some(Value::Object(data)), Value::Object(obj)) = (self.data.as_ref(), &mut env)
+        {
+            for (k, v) in data {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        env
     }
     pub fn with_top_level(mut self) -> Self {
         self.top_level = true;

@@ -14,6 +14,13 @@ pub struct MountConfig {
     pub default_lease_ttl: i64,
     pub max_lease_ttl: i64,
     pub force_no_cache: bool,
+    /// An auth method's user lockout settings (`user_lockout_config`).
+    #[serde(default, skip_serializing_if = "is_default_lockout")]
+    pub user_lockout: crate::lockout::LockoutConfig,
+}
+
+fn is_default_lockout(c: &crate::lockout::LockoutConfig) -> bool {
+    *c == crate::lockout::LockoutConfig::default()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,7 +109,7 @@ pub struct MountTable {
 }
 
 /// The auth method types that can be enabled.
-pub const AUTH_METHOD_TYPES: &[&str] = &["userpass"];
+pub const AUTH_METHOD_TYPES: &[&str] = &["approle", "userpass"];
 
 /// Paths that belong to the core and can never be a secrets mount.
 const RESERVED: &[&str] = &["sys/", "auth/", "cubbyhole/", "identity/"];

@@ -104,6 +104,11 @@ impl PolicyStore {
         if name == "root" {
             return Err(ApiError::bad_request("cannot update root policy"));
         }
+        if name == crate::wrapping::POLICY {
+            return Err(ApiError::bad_request(
+                "cannot update response-wrapping policy",
+            ));
+        }
         let policy = Policy::parse(&name, raw).map_err(|e| {
             // syntax errors already say "failed to parse policy: "; say it once
             let e = e.to_string();

@@ -177,6 +177,17 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
     } else {
         rest
     };
+    if let Some(w) = rest.strip_prefix("wrapping/") {
+        return crate::wrapping::handle(core, auth, w).await;
+    }
+    if rest == "locked-users" && op == Operation::Read {
+        return crate::auth_methods::locked_users(core);
+    }
+    if let Some(u) = rest.strip_prefix("locked-users/")
+        && op == Operation::Write
+    {
+        return crate::auth_methods::unlock_user(core, u);
+    }
     match rest {
         "rotate" if op == Operation::Write => {
             core.barrier.rotate().await?;
@@ -350,7 +361,7 @@ fn mount_config(v: Option<&Value>) -> Result<MountConfig, ApiError> {
 /// The TTLs a mount works with: its own where it has one, else the
 /// system's (`default_lease_ttl`, `max_lease_ttl` of the server
 /// configuration, 768h each by default). What `.../tune` reports, as Vault.
-fn effective_ttls(core: &Core, c: &MountConfig) -> (i64, i64) {
+pub(crate) fn effective_ttls(core: &Core, c: &MountConfig) -> (i64, i64) {
     let or_system = |own: i64, system: i64| if own > 0 { own } else { system };
     (
         or_system(c.default_lease_ttl, core.options.ttl.default_ttl),

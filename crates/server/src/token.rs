@@ -24,6 +24,9 @@ const SALT_PATH: &str = "sys/token/salt";
 const ID_PREFIX: &str = "sys/token/id/";
 const ACCESSOR_PREFIX: &str = "sys/token/accessor/";
 const PARENT_PREFIX: &str = "sys/token/parent/";
+/// `sys/token/wrapped/<hash>`: the response a wrapping token wraps, written
+/// and deleted with the token.
+const WRAPPED_PREFIX: &str = "sys/token/wrapped/";
 
 /// Vault's default and maximum token TTL (32 days).
 pub const DEFAULT_TTL: i64 = 768 * 3600;
@@ -118,6 +121,10 @@ pub struct TokenEntry {
     /// `10.0.0.0/8`); empty: anywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bound_cidrs: Vec<String>,
+    /// A response-wrapping token: it authorises only its own unwrapping,
+    /// and its response is stored beside it (`wrapping.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrapping: bool,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -185,6 +192,9 @@ pub struct NewToken {
     pub max_ttl: i64,
     /// See [`TokenEntry::bound_cidrs`].
     pub bound_cidrs: Vec<String>,
+    /// For a wrapping token: the response it wraps (stored with the token,
+    /// in the same transaction).
+    pub wrapped: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 pub struct TokenStore {
@@ -439,6 +449,7 @@ impl TokenStore {
             mount_accessor: spec.mount_accessor,
             max_ttl: if spec.max_ttl > 0 { max_ttl } else { 0 },
             bound_cidrs: spec.bound_cidrs,
+            wrapping: spec.wrapped.is_some(),
         };
         let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
         let mut ops = vec![
@@ -451,6 +462,12 @@ impl TokenStore {
                 value: hash.as_bytes().to_vec(),
             },
         ];
+        if let Some(w) = spec.wrapped.take() {
+            ops.push(BarrierOp::Put {
+                path: format!("{WRAPPED_PREFIX}{hash}"),
+                value: w.to_vec(),
+            });
+        }
         let _family = if spec.parent.is_empty() {
             None
         } else {
@@ -655,6 +672,11 @@ impl TokenStore {
         // gone while a lease still counts on it being revoked later)
         let (lease_ops, lease_ids) = self.leases.detach_token_ops(hash, self.now()).await?;
         ops.extend(lease_ops);
+        if entry.as_ref().is_none_or(|e| e.wrapping) {
+            ops.push(BarrierOp::Delete {
+                path: format!("{WRAPPED_PREFIX}{hash}"),
+            });
+        }
         if let Some(e) = &entry {
             let salt = self.salt()?;
             ops.push(BarrierOp::Delete {
@@ -672,6 +694,52 @@ impl TokenStore {
         cache.remove(hash);
         self.revocations.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The response a live wrapping token wraps, without consuming it.
+    pub async fn peek_wrapped(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(TokenEntry, zeroize::Zeroizing<Vec<u8>>)>, ApiError> {
+        let Some(b) = self.barrier.get(&format!("{ID_PREFIX}{hash}")).await? else {
+            return Ok(None);
+        };
+        let e: TokenEntry = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+        if !e.wrapping || e.revoking || (e.expire_time != 0 && e.expire_time <= self.now()) {
+            return Ok(None);
+        }
+        match self.barrier.get(&format!("{WRAPPED_PREFIX}{hash}")).await? {
+            Some(w) => Ok(Some((e, w))),
+            None => Ok(None),
+        }
+    }
+
+    /// Take the response a wrapping token wraps: exactly one caller gets
+    /// it. Under the token's family and modify locks the entry is read from
+    /// storage and marked as being revoked; the token is then revoked (its
+    /// response deleted with it). A token whose one use another request
+    /// took (`num_uses == -1`) still unwraps once: that request may be this
+    /// one, unwrapping with the wrapping token as its own token.
+    pub async fn take_wrapped(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(TokenEntry, zeroize::Zeroizing<Vec<u8>>)>, ApiError> {
+        let taken = {
+            let _family = self.family_lock(hash).lock().await;
+            let _g = self.modify.lock().await;
+            match self.peek_wrapped(hash).await? {
+                None => None,
+                Some((mut e, w)) => {
+                    e.revoking = true;
+                    self.store(&e).await?;
+                    Some((e, w))
+                }
+            }
+        };
+        if taken.is_some() {
+            self.revoke_tree(hash).await?;
+        }
+        Ok(taken)
     }
 
     /// Revoke only this token; its children become orphans. The token is

@@ -598,6 +598,7 @@ async fn create(
             // a child is bound where its parent is (Vault): a token bound to
             // CIDRs must not mint an unbound one, orphan or not
             bound_cidrs: parent.bound_cidrs.clone(),
+            wrapped: None,
             mount_accessor: String::new(),
             max_ttl: 0,
         })

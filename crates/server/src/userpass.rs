@@ -24,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::core::{Authorized, Core};
-use crate::logical::{ApiError, AuthBlock, Operation, Request, Response, fields};
+use crate::logical::{ApiError, Operation, Request, Response};
 use crate::mounts::MountEntry;
-use crate::token::{NewToken, TokenEntry};
-use crate::token_roles::sanitize_policies;
+use crate::token::TokenEntry;
+use crate::token_params::{Login, TokenParams};
 
 /// Longest username, in bytes.
 pub const MAX_USERNAME_BYTES: usize = 256;
@@ -128,44 +128,25 @@ pub fn parse(op: Operation, rel: &str) -> Result<UserpassPath<'_>, ApiError> {
     Err(ApiError::unsupported_path())
 }
 
-/// A user, as stored. Durations in seconds; 0 means "the mount's".
+/// A user, as stored: the PHC string (never the password) and the token
+/// settings its logins get.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct User {
     /// argon2id PHC string.
     pub password_hash: String,
-    pub token_policies: Vec<String>,
-    pub token_ttl: i64,
-    pub token_max_ttl: i64,
-    pub token_explicit_max_ttl: i64,
-    pub token_period: i64,
-    pub token_num_uses: i64,
-    pub token_no_default_policy: bool,
-    /// Canonical CIDRs (`10.0.0.0/8`): where the user may log in from, and
-    /// where the tokens it gets may be used from.
-    pub token_bound_cidrs: Vec<String>,
-    /// `default`, `service` or `default-service` (service tokens only).
-    pub token_type: String,
+    #[serde(flatten)]
+    pub token: TokenParams,
 }
 
 impl User {
     fn to_json(&self) -> Value {
-        json!({
-            "token_policies": self.token_policies,
-            "policies": self.token_policies,
-            "token_ttl": self.token_ttl,
-            "ttl": self.token_ttl,
-            "token_max_ttl": self.token_max_ttl,
-            "max_ttl": self.token_max_ttl,
-            "token_explicit_max_ttl": self.token_explicit_max_ttl,
-            "token_period": self.token_period,
-            "period": self.token_period,
-            "token_num_uses": self.token_num_uses,
-            "token_no_default_policy": self.token_no_default_policy,
-            "token_bound_cidrs": self.token_bound_cidrs,
-            "bound_cidrs": self.token_bound_cidrs,
-            "token_type": self.token_type,
-        })
+        let mut m = Map::new();
+        self.token.write_json(&mut m);
+        m.insert("ttl".into(), json!(self.token.token_ttl));
+        m.insert("max_ttl".into(), json!(self.token.token_max_ttl));
+        m.insert("bound_cidrs".into(), json!(self.token.token_bound_cidrs));
+        Value::Object(m)
     }
 }
 
@@ -254,123 +235,8 @@ fn password_field(req: &Request) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn duration_pair(req: &Request, new: &str, old: &str) -> Result<Option<i64>, ApiError> {
-    match req.data.get(new).or_else(|| req.data.get(old)) {
-        None => Ok(None),
-        Some(v) => {
-            let d = fields::duration_secs(v, new)?;
-            if d < 0 {
-                return Err(ApiError::bad_request(format!("{new} cannot be negative")));
-            }
-            Ok(Some(d))
-        }
-    }
-}
-
 fn policies_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
-    match req
-        .data
-        .get("token_policies")
-        .or_else(|| req.data.get("policies"))
-    {
-        None => Ok(None),
-        Some(v) => {
-            let list = sanitize_policies(&fields::string_list(v, "token_policies")?, false);
-            if list.iter().any(|p| p == "root") {
-                // Vault refuses at login ("auth methods cannot create root
-                // tokens"); here the user that could never log in is refused
-                return Err(ApiError::bad_request(
-                    "token_policies cannot hold \"root\": auth methods cannot create root tokens",
-                ));
-            }
-            Ok(Some(list))
-        }
-    }
-}
-
-/// Parse `token_bound_cidrs` (or `bound_cidrs`) into canonical CIDRs.
-fn cidrs_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
-    let Some(v) = req
-        .data
-        .get("token_bound_cidrs")
-        .or_else(|| req.data.get("bound_cidrs"))
-    else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for s in fields::string_list(v, "token_bound_cidrs")? {
-        let s = s.trim();
-        if s.is_empty() {
-            continue;
-        }
-        let c = palisade_core::net::Cidr::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "invalid token_bound_cidrs entry {s:?}: expected an IP address or a CIDR block"
-            ))
-            .audited_as("invalid token_bound_cidrs entry: expected an IP address or a CIDR block")
-        })?;
-        out.push(c.to_string());
-    }
-    out.sort();
-    out.dedup();
-    Ok(Some(out))
-}
-
-/// Apply the token fields of a create or update to `user`.
-fn apply_token_fields(req: &Request, user: &mut User) -> Result<(), ApiError> {
-    if let Some(p) = policies_field(req)? {
-        user.token_policies = p;
-    }
-    if let Some(d) = duration_pair(req, "token_ttl", "ttl")? {
-        user.token_ttl = d;
-    }
-    if let Some(d) = duration_pair(req, "token_max_ttl", "max_ttl")? {
-        user.token_max_ttl = d;
-    }
-    if let Some(d) = duration_pair(req, "token_explicit_max_ttl", "explicit_max_ttl")? {
-        user.token_explicit_max_ttl = d;
-    }
-    if let Some(d) = duration_pair(req, "token_period", "period")? {
-        user.token_period = d;
-    }
-    if let Some(v) = req.data.get("token_num_uses") {
-        let n = fields::int(v, "token_num_uses")?;
-        if n < 0 {
-            return Err(ApiError::bad_request("token_num_uses cannot be negative"));
-        }
-        user.token_num_uses = n;
-    }
-    if let Some(v) = req.data.get("token_no_default_policy") {
-        user.token_no_default_policy = fields::boolean(v, "token_no_default_policy")?;
-    }
-    if let Some(c) = cidrs_field(req)? {
-        user.token_bound_cidrs = c;
-    }
-    if let Some(v) = req.data.get("token_type") {
-        let t = fields::string(v, "token_type")?;
-        user.token_type = match t.as_str() {
-            "" | "default" | "default-service" => "default".into(),
-            "service" => "service".into(),
-            "batch" | "default-batch" => {
-                return Err(ApiError::bad_request(format!(
-                    "'token_type' {t:?} is not supported: this server issues service tokens only"
-                ))
-                .audited_as("'token_type' batch is not supported"));
-            }
-            _ => {
-                return Err(
-                    ApiError::bad_request(format!("invalid 'token_type' value {t:?}"))
-                        .audited_as("invalid 'token_type' value"),
-                );
-            }
-        };
-    }
-    if user.token_max_ttl > 0 && user.token_ttl > user.token_max_ttl {
-        return Err(ApiError::bad_request(
-            "'token_ttl' cannot be greater than 'token_max_ttl'",
-        ));
-    }
-    Ok(())
+    crate::token_params::policies_field(req)
 }
 
 /// Whether a user exists (the ACL's create-or-update decision).
@@ -429,7 +295,7 @@ pub async fn handle(
             let mut user = get_user(&view, name)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("username does not exist"))?;
-            user.token_policies = policies;
+            user.token.token_policies = policies;
             put_user(&view, name, &user).await?;
             Ok(Response::no_content())
         }
@@ -449,8 +315,8 @@ async fn write_user(
     use palisade_policy::Capability;
     let req = auth.request();
     // validate everything, and hash, before taking the lock
-    let mut probe = User::default();
-    apply_token_fields(req, &mut probe)?;
+    let mut probe = TokenParams::default();
+    probe.apply(req)?;
     let hash = match password_field(req)? {
         Some(p) => Some(hash_password(core, p).await?),
         None => None,
@@ -467,10 +333,10 @@ async fn write_user(
         return Err(ApiError::permission_denied());
     }
     let mut user = existing.unwrap_or_else(|| User {
-        token_type: "default".into(),
-        ..User::default()
+        password_hash: String::new(),
+        token: TokenParams::new(),
     });
-    apply_token_fields(req, &mut user)?;
+    user.token.apply(req)?;
     match hash {
         Some(h) => user.password_hash = h,
         None if create => return Err(ApiError::bad_request("missing password")),
@@ -504,6 +370,10 @@ pub async fn login(
         return Err(invalid_username());
     }
     let password = password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
+    // a locked-out name is refused before its password is looked at
+    let lockout = &mount.config.user_lockout;
+    let now = core.tokens.now();
+    core.lockouts.check(lockout, &mount.accessor, name, now)?;
     let user = get_user(&view(core, mount), name).await?;
     let password = zeroize::Zeroizing::new(password);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -514,77 +384,32 @@ pub async fn login(
     .await?;
     let user = match user {
         Some(u) if ok => u,
-        _ => return Err(invalid_credentials()),
+        _ => {
+            core.lockouts.failed(lockout, &mount.accessor, name, now);
+            return Err(invalid_credentials());
+        }
     };
-    if !crate::token::address_allowed(&user.token_bound_cidrs, &req.remote_addr) {
+    core.lockouts.succeeded(&mount.accessor, name);
+    if !crate::token::address_allowed(&user.token.token_bound_cidrs, &req.remote_addr) {
         return Err(ApiError::permission_denied());
-    }
-    let (default_ttl, mount_max) = core.auth_mount_ttls(mount);
-    let max_ttl = match user.token_max_ttl {
-        0 => mount_max,
-        m => m.min(mount_max),
-    };
-    let ttl = match user.token_ttl {
-        0 => default_ttl,
-        t => t,
-    };
-    let policies = sanitize_policies(&user.token_policies, !user.token_no_default_policy);
-    if policies.iter().any(|p| p == "root") {
-        return Err(ApiError::bad_request(
-            "auth methods cannot create root tokens",
-        ));
     }
     let mut meta = Map::new();
     meta.insert("username".into(), Value::String(name.to_string()));
-    // no mount-table change between this check and the token's creation
-    let _mounts = core.mount_gate_read().await;
-    if !core.auth_method_enabled(&mount.accessor)? {
-        return Err(ApiError::permission_denied());
-    }
-    let (id, entry, warnings) = core
-        .tokens
-        .create(NewToken {
-            policies,
+    crate::token_params::issue(
+        core,
+        Login {
+            mount,
+            params: &user.token,
             meta,
             display_name: format!("{}-{name}", mount.kind),
-            num_uses: user.token_num_uses,
-            ttl,
-            explicit_max_ttl: user.token_explicit_max_ttl,
-            period: user.token_period,
-            renewable: true,
             path: format!("auth/{}login/{name}", mount.path),
-            mount_accessor: mount.accessor.clone(),
-            max_ttl,
-            bound_cidrs: user.token_bound_cidrs.clone(),
-            ..NewToken::default()
-        })
-        .await?;
-    let now = entry.creation_time;
-    let mut r = Response::data(Value::Null);
-    r.data = None;
-    r.auth = Some(auth_block(&id, &entry, now));
-    r.warnings = warnings;
-    Ok(r)
-}
-
-fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
-    crate::token_api::auth_block(id, e, now)
-}
-
-/// Vault's `EquivalentPolicies`: the same set once `default` is set aside.
-fn equivalent_policies(a: &[String], b: &[String]) -> bool {
-    let set = |l: &[String]| {
-        l.iter()
-            .filter(|p| p.as_str() != "default")
-            .cloned()
-            .collect::<std::collections::BTreeSet<String>>()
-    };
-    set(a) == set(b)
+        },
+    )
+    .await
 }
 
 /// What renewing a token this method issued may grant (Vault's
-/// `pathLoginRenew`): the user must still exist with the same policies;
-/// the renewal follows the user's period and max TTL as they are now.
+/// `pathLoginRenew`): the user must still exist with the same policies.
 pub async fn renew_entry(
     core: &Core,
     mount: &MountEntry,
@@ -595,32 +420,8 @@ pub async fn renew_entry(
         .get("username")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let user = get_user(&view(core, mount), name).await?.ok_or_else(|| {
-        ApiError::bad_request("failed to renew entry: the user no longer exists, not renewing")
-    })?;
-    if !equivalent_policies(&user.token_policies, &e.policies) {
-        return Err(ApiError::bad_request(
-            "failed to renew entry: policies have changed, not renewing",
-        ));
-    }
-    let (default_ttl, mount_max) = core.auth_mount_ttls(mount);
-    let mut next = e.clone();
-    next.period = user.token_period;
-    let user_max = match user.token_max_ttl {
-        0 => mount_max,
-        m => m.min(mount_max),
-    };
-    next.max_ttl = if e.max_ttl > 0 {
-        e.max_ttl.min(user_max)
-    } else {
-        user_max
-    };
-    // a renewal without an increment extends by the user's TTL as it is now
-    next.creation_ttl = match user.token_ttl {
-        0 => default_ttl,
-        t => t,
-    };
-    Ok(next)
+    let user = get_user(&view(core, mount), name).await?;
+    crate::token_params::renew(core, mount, user.as_ref().map(|u| &u.token), "user", e)
 }
 
 #[cfg(test)]
@@ -689,15 +490,5 @@ mod tests {
             parse(Write, "users/"),
             Err(ApiError::unsupported_operation())
         );
-    }
-
-    #[test]
-    fn policy_equivalence_ignores_default() {
-        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(equivalent_policies(
-            &v(&["a", "b"]),
-            &v(&["b", "default", "a"])
-        ));
-        assert!(!equivalent_policies(&v(&["a"]), &v(&["a", "b"])));
     }
 }

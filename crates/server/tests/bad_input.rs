@@ -495,9 +495,29 @@ async fn unknown_body_fields_are_ignored() {
 }
 
 #[tokio::test]
-async fn response_wrapping_is_refused() {
+async fn a_bad_wrap_ttl_is_refused_and_the_response_never_sent_bare() {
     let s = TestServer::dev().await;
     s.kv_put("wrap", json!({"v": SECRET})).await;
+    for ttl in ["0", "never", "-1s"] {
+        let r = s
+            .send(
+                "GET",
+                "secret/data/wrap",
+                &[
+                    ("X-Vault-Token", s.root.clone()),
+                    ("X-Vault-Wrap-TTL", ttl.into()),
+                ],
+                None,
+            )
+            .await;
+        assert_error(
+            &r,
+            400,
+            "invalid X-Vault-Wrap-TTL: expected a positive duration such as 60s or 15m",
+        );
+        assert!(!r.text.contains(SECRET));
+    }
+    // a good one wraps: the secret is not in the answer
     let r = s
         .send(
             "GET",
@@ -509,8 +529,9 @@ async fn response_wrapping_is_refused() {
             None,
         )
         .await;
-    assert_error(&r, 400, "response wrapping is not supported");
+    assert_eq!(r.status, 200, "{}", r.text);
     assert!(!r.text.contains(SECRET));
+    assert_eq!(r.body["wrap_info"]["ttl"], 60);
 }
 
 // ------------------------------------------------------------ sealed
