@@ -109,6 +109,9 @@ pub enum KeySource {
     /// A shared HS256 secret of at least 32 bytes; the issuer must then list
     /// exactly `[HS256]`.
     Hs256Secret(Secret<Vec<u8>>),
+    /// A JWKS document given inline (the server's JWT auth method keeps its
+    /// `jwt_validation_pubkeys` this way, see [`crate::jwks_from_pem`]).
+    Jwks(String),
 }
 
 impl KeySource {
@@ -134,6 +137,11 @@ pub struct IssuerConfig {
     pub keys: KeySource,
     /// Clock skew tolerated on `exp` and `nbf`; at most [`MAX_LEEWAY`].
     pub leeway: Duration,
+    /// The caller checks the audience itself: `audiences` must then be
+    /// empty, `aud` may be absent, and [`crate::Claims::aud`] is what the
+    /// token holds (the server's JWT auth method, whose roles each bind
+    /// their own audiences).
+    pub caller_checks_audience: bool,
 }
 
 impl IssuerConfig {
@@ -150,6 +158,7 @@ impl IssuerConfig {
             algorithms,
             keys,
             leeway: DEFAULT_LEEWAY,
+            caller_checks_audience: false,
         }
     }
 }
@@ -172,7 +181,13 @@ pub fn check(issuers: &[IssuerConfig]) -> Result<(), ConfigError> {
                 issuer: issuer.clone(),
             });
         }
-        if cfg.audiences.is_empty() {
+        if cfg.caller_checks_audience {
+            if !cfg.audiences.is_empty() {
+                problems.push(ConfigProblem::AudiencesWithCallerCheck {
+                    issuer: issuer.clone(),
+                });
+            }
+        } else if cfg.audiences.is_empty() {
             problems.push(ConfigProblem::NoAudiences {
                 issuer: issuer.clone(),
             });

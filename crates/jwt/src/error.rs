@@ -116,6 +116,10 @@ pub enum ConfigProblem {
     NoAudiences { issuer: String },
     #[error("issuer `{issuer}` has an empty audience")]
     EmptyAudience { issuer: String },
+    #[error("issuer `{issuer}`: audiences are listed but the caller checks them")]
+    AudiencesWithCallerCheck { issuer: String },
+    #[error("issuer `{issuer}`: the inline JWKS is unusable: {reason}")]
+    InlineJwks { issuer: String, reason: String },
     #[error("issuer `{issuer}` has no algorithms")]
     NoAlgorithms { issuer: String },
     #[error("issuer `{issuer}`: leeway must be at most 60 s")]

@@ -76,6 +76,7 @@ mod error;
 mod json;
 mod jws;
 mod keys;
+mod pem;
 mod remote;
 mod verifier;
 
@@ -89,5 +90,6 @@ pub use config::{
 };
 pub use error::{ConfigError, ConfigProblem, JwtError};
 pub use jws::MAX_TOKEN_BYTES;
+pub use pem::{jwk_from_spki_der, jwks_from_pem};
 pub use remote::jwks_client;
 pub use verifier::Verifier;

@@ -85,6 +85,7 @@ impl std::hash::Hasher for TagHasher {
 
 /// One issuer, configuration checked and keys loaded.
 pub(crate) struct Issuer {
+    pub(crate) caller_checks_audience: bool,
     pub(crate) audiences: Vec<String>,
     pub(crate) algorithms: Vec<Alg>,
     pub(crate) leeway: Duration,
@@ -170,6 +171,25 @@ impl Verifier {
                     remotes.push(Arc::clone(&remote));
                     Keys::Remote(remote)
                 }
+                KeySource::Jwks(doc) => match KeySet::from_jwks(doc.as_bytes()) {
+                    Ok(set) if doc.len() <= crate::keys::MAX_JWKS_BYTES => {
+                        Keys::Static(Arc::new(set))
+                    }
+                    Ok(_) => {
+                        problems.push(ConfigProblem::InlineJwks {
+                            issuer: cfg.issuer.clone(),
+                            reason: "larger than 1 MiB".to_owned(),
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        problems.push(ConfigProblem::InlineJwks {
+                            issuer: cfg.issuer.clone(),
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
                 KeySource::Hs256Secret(secret) => match Key::hmac(None, secret.expose()) {
                     Some(key) => Keys::Static(Arc::new(KeySet::new(vec![key]))),
                     None => {
@@ -183,6 +203,7 @@ impl Verifier {
             built.insert(
                 cfg.issuer,
                 Issuer {
+                    caller_checks_audience: cfg.caller_checks_audience,
                     audiences: cfg.audiences,
                     algorithms: cfg.algorithms,
                     leeway: cfg.leeway,
@@ -293,6 +314,24 @@ impl Verifier {
         self.verify_at(token, Now::system()).await
     }
 
+    /// [`Verifier::verify`] with `wall` as the current time (a server whose
+    /// clock is its own, e.g. adjustable in tests). The JWKS refetch bound
+    /// still runs on the monotonic clock.
+    pub async fn verify_at_wall(
+        &self,
+        token: &str,
+        wall: std::time::SystemTime,
+    ) -> Result<Arc<Claims>, JwtError> {
+        self.verify_at(
+            token,
+            Now {
+                wall,
+                mono: std::time::Instant::now(),
+            },
+        )
+        .await
+    }
+
     /// [`Verifier::verify`] at an injected time.
     pub(crate) async fn verify_at(&self, token: &str, now: Now) -> Result<Arc<Claims>, JwtError> {
         // never expected to fail; then the cache is simply not used
@@ -365,6 +404,7 @@ impl Verifier {
         let verified = Arc::new(claims::check(
             Arc::new(claims),
             &Expect {
+                caller_checks_audience: issuer.caller_checks_audience,
                 audiences: &issuer.audiences,
                 leeway: issuer.leeway,
             },

@@ -108,6 +108,7 @@ async fn constructor_refuses_weak_configuration() {
         algorithms: vec![Alg::HS256],
         keys: KeySource::Hs256Secret(vec![1u8; 16].into()),
         leeway: Duration::from_secs(120),
+        caller_checks_audience: false,
     };
     let err = Verifier::new(vec![weak], reqwest::Client::new())
         .await

@@ -111,9 +111,10 @@ pub fn parse(op: Operation, rel: &str) -> Result<AppRolePath<'_>, ApiError> {
             match sub {
                 None => (AppRolePath::Role(name), matches!(op, Read | Write | Delete)),
                 Some("role-id") => (AppRolePath::RoleId(name), matches!(op, Read | Write)),
-                Some("secret-id") | Some("secret-id/") => {
-                    (AppRolePath::SecretId(name), matches!(op, Write | List))
-                }
+                Some("secret-id") => (AppRolePath::SecretId(name), matches!(op, Write | List)),
+                // the trailing `/` is LIST's canonical form only: a write
+                // there would be checked by the ACL on another path
+                Some("secret-id/") if op == List => (AppRolePath::SecretId(name), true),
                 Some("custom-secret-id") => (AppRolePath::CustomSecretId(name), op == Write),
                 Some("secret-id/lookup") => (AppRolePath::SecretIdLookup(name), op == Write),
                 Some("secret-id/destroy") => (
@@ -791,18 +792,23 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
         None => return Err(invalid_login("invalid role ID")),
     };
     let lockout = &mount.config.user_lockout;
-    core.lockouts.check(lockout, &mount.accessor, &name, now)?;
-    let result = check_login(core, &view, &key, &name, secret.as_deref(), req, now).await;
-    let (role, entry) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            if e.status == 400 {
-                core.lockouts.failed(lockout, &mount.accessor, &name, now);
+    let attempt = core
+        .lockouts
+        .begin(lockout, &mount.accessor, &name, &|| core.tokens.now())
+        .await?;
+    let (role, entry) =
+        match check_login(core, &view, &key, &name, secret.as_deref(), req, now).await {
+            Ok(x) => x,
+            Err(LoginFailure { error, guess }) => {
+                // a wrong or stale secret ID is a guess; a login from outside
+                // the CIDRs is not, and must not let anyone lock the role out
+                if guess {
+                    attempt.failed(core.tokens.now());
+                }
+                return Err(error);
             }
-            return Err(e);
-        }
-    };
-    core.lockouts.succeeded(&mount.accessor, &name);
+        };
+    attempt.succeeded();
     let mut meta = entry
         .as_ref()
         .map(|e| e.metadata.clone())
@@ -827,6 +833,36 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
     .await
 }
 
+/// Why a login failed, and whether it counts as a guess for user lockout.
+struct LoginFailure {
+    error: ApiError,
+    guess: bool,
+}
+
+impl From<ApiError> for LoginFailure {
+    fn from(error: ApiError) -> Self {
+        // storage errors and the like are nobody's guess
+        LoginFailure {
+            error,
+            guess: false,
+        }
+    }
+}
+
+fn guessed(why: &'static str) -> LoginFailure {
+    LoginFailure {
+        error: invalid_login(why),
+        guess: true,
+    }
+}
+
+fn fenced(why: &'static str) -> LoginFailure {
+    LoginFailure {
+        error: invalid_login(why),
+        guess: false,
+    }
+}
+
 /// The checks of a login, once the role ID named role `name`: the role,
 /// then (when it binds one) the secret ID, whose use is counted here.
 async fn check_login(
@@ -837,37 +873,35 @@ async fn check_login(
     secret: Option<&str>,
     req: &Request,
     now: i64,
-) -> Result<(Role, Option<SecretId>), ApiError> {
+) -> Result<(Role, Option<SecretId>), LoginFailure> {
     let role = get_role(view, name)
         .await?
-        .ok_or_else(|| invalid_login("invalid role ID"))?;
+        .ok_or_else(|| guessed("invalid role ID"))?;
     if !crate::token::address_allowed(&role.secret_id_bound_cidrs, &req.remote_addr) {
-        return Err(invalid_login(
+        return Err(fenced(
             "client address outside the role's secret_id_bound_cidrs",
         ));
     }
     if !role.bind_secret_id {
         return Ok((role, None));
     }
-    let secret = secret.ok_or_else(|| invalid_login("missing secret ID"))?;
+    let secret = secret.ok_or_else(|| guessed("missing secret ID"))?;
     let hash = key.sign_hex(secret.as_bytes());
     let skey = format!("secret_id/{name}/{hash}");
     // one use at a time per secret ID: a one-use secret ID logs in once
     let _lock = core.kv_locks.lock(view, &skey).await;
     let mut entry = get_json::<SecretId>(view, &skey)
         .await?
-        .ok_or_else(|| invalid_login("invalid secret ID"))?;
+        .ok_or_else(|| guessed("invalid secret ID"))?;
     if entry.role_uuid != role.uuid {
-        return Err(invalid_login("invalid secret ID"));
+        return Err(guessed("invalid secret ID"));
     }
     if entry.expired(now) {
         remove_secret(view, name, &hash, &entry).await?;
-        return Err(invalid_login("secret ID expired"));
+        return Err(guessed("secret ID expired"));
     }
     if !crate::token::address_allowed(&entry.cidr_list, &req.remote_addr) {
-        return Err(invalid_login(
-            "client address outside the secret ID's cidr_list",
-        ));
+        return Err(fenced("client address outside the secret ID's cidr_list"));
     }
     match entry.num_uses {
         0 => {}
@@ -875,7 +909,9 @@ async fn check_login(
         n => {
             entry.num_uses = n - 1;
             entry.last_updated_time = now;
-            view.put(&skey, &to_bytes(&entry)?).await?;
+            view.put(&skey, &to_bytes(&entry)?)
+                .await
+                .map_err(ApiError::from)?;
         }
     }
     Ok((role, Some(entry)))

@@ -209,6 +209,10 @@ pub struct Core {
     pub hash_slots: crate::userpass::HashSlots,
     /// Failed-login counters (userpass and approle user lockout).
     pub lockouts: crate::lockout::Lockouts,
+    /// The JWT auth methods' verifiers (keys cached, JWKS refreshed).
+    pub jwt_verifiers: crate::jwt_auth::Verifiers,
+    /// The OAuth2/OIDC provider's caches and revoked token ids.
+    pub oauth: crate::oauth::OAuth,
     pub options: CoreOptions,
     state: AtomicU8,
     /// Every executing request holds it for reading; sealing takes it for
@@ -287,6 +291,8 @@ impl Core {
             root_ops: Default::default(),
             hash_slots: Default::default(),
             lockouts: Default::default(),
+            jwt_verifiers: Default::default(),
+            oauth: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -549,6 +555,8 @@ impl Core {
         self.databases.clear();
         self.pki_issuers.clear();
         self.lockouts.forget(None);
+        self.jwt_verifiers.clear();
+        self.oauth.clear();
         self.policies.clear();
         self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -920,6 +928,51 @@ impl Core {
         result
     }
 
+    /// An OAuth endpoint of a provider (`oauth/endpoints.rs`), served without
+    /// a Vault token: only while unsealed, audited like any request (the
+    /// form HMAC'd, the token in the answer HMAC'd); a request the audit
+    /// cannot record is refused.
+    pub async fn oauth_public(
+        self: &Arc<Self>,
+        mut req: Request,
+        name: &str,
+        ep: crate::oauth::endpoints::Endpoint,
+        call: &crate::oauth::endpoints::Call<'_>,
+    ) -> Result<Response, ApiError> {
+        use crate::oauth::endpoints::{self, Endpoint};
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let form = match ep {
+            Endpoint::Token | Endpoint::Introspect | Endpoint::Revoke if !call.get => {
+                endpoints::form(call)
+            }
+            _ => Ok(Vec::new()),
+        };
+        if let Ok(f) = &form {
+            req.data = crate::oauth::form_audit(f);
+        }
+        let audit = open_audit_entry(&req);
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let result = match form {
+            Ok(f) => endpoints::serve(self, name, ep, call, &f).await,
+            Err(r) => Ok(*r),
+        };
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
+    }
+
+    /// The core clock's time as a `SystemTime` (tests move it forward).
+    pub fn clock_wall(&self) -> std::time::SystemTime {
+        let nanos = u64::try_from(self.options.clock.now_nanos()).unwrap_or(0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+    }
+
     /// A rekey or root generation call without a token: served only while
     /// unsealed, and audited like any other request (request before, fail
     /// closed; response after), with no `auth`.
@@ -957,7 +1010,7 @@ impl Core {
         };
         match (m.kind.as_str(), rel.strip_prefix("login/")) {
             ("userpass", Some(name)) if !name.is_empty() => Ok(Some((m.clone(), name.to_string()))),
-            ("approle", _) if rel == "login" => Ok(Some((m.clone(), String::new()))),
+            ("approle" | "jwt", _) if rel == "login" => Ok(Some((m.clone(), String::new()))),
             _ => Ok(None),
         }
     }
@@ -997,6 +1050,7 @@ impl Core {
         }
         let result = match mount.kind.as_str() {
             "approle" => crate::approle::login(self, &mount, &req).await,
+            "jwt" => crate::jwt_auth::login(self, &mount, &req).await,
             _ => crate::userpass::login(self, &mount, &name, &req).await,
         };
         let result = match result {
@@ -1035,6 +1089,7 @@ impl Core {
         match m.kind.as_str() {
             "userpass" => crate::userpass::renew_entry(self, m, e).await,
             "approle" => crate::approle::renew_entry(self, m, e).await,
+            "jwt" => crate::jwt_auth::renew_entry(self, m, e).await,
             _ => Err(ApiError::bad_request("lease is not renewable")),
         }
     }
@@ -1129,6 +1184,7 @@ impl Core {
             && let Err(e) = match m.kind.as_str() {
                 "userpass" => crate::userpass::parse(req.operation, rel).map(|_| ()),
                 "approle" => crate::approle::parse(req.operation, rel).map(|_| ()),
+                "jwt" => crate::jwt_auth::parse(req.operation, rel).map(|_| ()),
                 _ => Ok(()),
             }
         {
@@ -1420,6 +1476,17 @@ impl Core {
                 _ => Ok(true),
             };
         }
+        if let Some((m, rel)) = route
+            && m.kind == "jwt"
+            && req.path.starts_with("auth/")
+        {
+            return match crate::jwt_auth::parse(req.operation, rel)? {
+                crate::jwt_auth::JwtPath::Role(name) => {
+                    crate::jwt_auth::role_exists(self, m, name).await
+                }
+                _ => Ok(true),
+            };
+        }
         // sys/ and auth/ have no existence check otherwise (Vault): every
         // write there needs `update`, so `create` alone never writes a
         // policy or a mount
@@ -1452,6 +1519,9 @@ impl Core {
         if let Some(rest) = path.strip_prefix("auth/token/") {
             return crate::token_api::handle(self, auth, rest).await;
         }
+        if let Some(rest) = path.strip_prefix("identity/oidc/") {
+            return crate::oauth::handle(self, auth, rest).await;
+        }
         let Some((mount, rel)) = &auth.route else {
             return Err(ApiError::unsupported_path());
         };
@@ -1480,6 +1550,7 @@ impl Core {
             return match mount.kind.as_str() {
                 "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
                 "approle" => crate::approle::handle(self, auth, mount, rel).await,
+                "jwt" => crate::jwt_auth::handle(self, auth, mount, rel).await,
                 _ => Err(ApiError::unsupported_path()),
             };
         }

@@ -223,7 +223,37 @@ async fn handle(
             }
             _ => return Err(ApiError::unsupported_operation()),
         };
-        let path = canonical::canonicalise(operation, uri.path())?;
+        // the default OAuth provider's discovery document at the root
+        // (OpenID Connect Discovery, for clients given only the host)
+        let raw_path = if uri.path() == "/.well-known/openid-configuration" {
+            "/v1/identity/oidc/provider/default/.well-known/openid-configuration"
+        } else {
+            uri.path()
+        };
+        let path = canonical::canonicalise(operation, raw_path)?;
+        if let Some((name, ep)) = crate::oauth::endpoints::parse(&path) {
+            let name = name.to_string();
+            refused_at_edge = false;
+            let b = body.take().unwrap_or_default();
+            let limit = limits
+                .max_request_size
+                .min(crate::oauth::endpoints::MAX_FORM_BYTES);
+            let bytes = read_body(b, limit, limits.body_timeout).await?;
+            let hv = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+            let call = crate::oauth::endpoints::Call {
+                get: operation == Operation::Read,
+                content_type: hv(header::CONTENT_TYPE),
+                authorization: hv(header::AUTHORIZATION),
+                body: &bytes,
+            };
+            if !matches!(operation, Operation::Read | Operation::Write) {
+                return Err(ApiError::unsupported_operation());
+            }
+            let mut req = Request::new(operation, path.clone());
+            req.id = request_id.clone();
+            req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
+            return st.core.oauth_public(req, &name, ep, &call).await;
+        }
         if head && path.as_str() != "sys/health" {
             return Err(ApiError::unsupported_operation());
         }
@@ -330,6 +360,7 @@ pub fn render(
     request_id: &str,
     head: bool,
 ) -> axum::response::Response {
+    let result_headers = result.as_ref().ok().map(|r| r.extra_headers.clone());
     let (status, body) = match result {
         Ok(Response {
             status,
@@ -369,6 +400,10 @@ pub fn render(
         },
     };
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let extra = match &result_headers {
+        Some(h) => h.clone(),
+        None => Vec::new(),
+    };
     let mut resp = match body {
         Some(b) if !head => (code, axum::Json(b)).into_response(),
         _ => code.into_response(),
@@ -379,6 +414,12 @@ pub fn render(
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
+        );
+    }
+    for (k, v) in extra {
+        h.insert(
+            header::HeaderName::from_static(k),
+            HeaderValue::from_static(v),
         );
     }
     resp

@@ -21,12 +21,14 @@ pub mod core;
 pub mod engines;
 pub mod http;
 pub mod json;
+pub mod jwt_auth;
 pub mod kv_rotation;
 pub mod lease;
 pub mod listener;
 pub mod lockout;
 pub mod logical;
 pub mod mounts;
+pub mod oauth;
 pub mod policies;
 pub mod remount;
 pub mod rootops;
@@ -102,6 +104,21 @@ fn spawn_tidy(core: Arc<Core>) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(status = e.status, "transit key rotation failed"),
                 Err(e) => tracing::error!(error = %e, "transit key rotation task failed"),
+            }
+            // the OAuth provider's signing keys rotate on schedule (a key
+            // also rotates when it is used past its period), and revoked
+            // token ids and seen assertions are dropped once expired
+            let c = core.clone();
+            let oauth = tokio::spawn(async move {
+                crate::oauth::rotate_due_keys(&c).await?;
+                crate::oauth::tidy(&c).await
+            });
+            match oauth.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(status = e.status, "oauth key rotation or tidy failed")
+                }
+                Err(e) => tracing::error!(error = %e, "oauth task failed"),
             }
         }
     });

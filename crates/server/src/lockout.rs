@@ -108,7 +108,15 @@ struct Failures {
     count: u64,
     last: i64,
     locked_until: i64,
+    /// Logins for this identity being checked now: each holds one of the
+    /// `threshold - count` attempts left, so a burst of guesses sent at
+    /// once is cut at the threshold like guesses sent one by one.
+    in_flight: u64,
 }
+
+/// How long a login waits for one of its identity's attempts (others of
+/// the same identity are being checked), before 429.
+pub const ATTEMPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The failure counters of every auth method, keyed by the method's
 /// accessor and the identity.
@@ -117,60 +125,162 @@ pub struct Lockouts {
     table: Mutex<HashMap<(String, String), Failures>>,
 }
 
+/// One login's attempt, taken by [`Lockouts::begin`]: report how it went
+/// with [`Attempt::failed`] or [`Attempt::succeeded`]; dropped without
+/// either (an internal error, a client that left), it counts as neither.
+pub struct Attempt<'a> {
+    lockouts: &'a Lockouts,
+    key: Option<(String, String)>,
+    cfg: LockoutConfig,
+}
+
+impl Attempt<'_> {
+    /// A failed login: counted; the identity may now be locked.
+    pub fn failed(mut self, now: i64) -> bool {
+        match self.key.take() {
+            Some(key) => self.lockouts.record_failure(&self.cfg, key, now),
+            None => false,
+        }
+    }
+    /// A successful login: the counter starts again.
+    pub fn succeeded(mut self) {
+        if let Some(key) = self.key.take() {
+            self.lockouts.table().remove(&key);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take()
+            && let Some(f) = self.lockouts.table().get_mut(&key)
+        {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+enum Reserve {
+    Taken,
+    Locked,
+    Busy,
+}
+
 impl Lockouts {
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Failures>> {
         // a poisoned table is still a table of counters
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refuse a login for a locked identity (403), before any credential
-    /// is looked at.
-    pub fn check(
-        &self,
+    /// Take an attempt for a login of `identity`, before any credential is
+    /// looked at: 403 while it is locked; while all its attempts left are
+    /// being checked by other logins, wait for one (up to
+    /// [`ATTEMPT_WAIT`], then 429).
+    pub async fn begin<'a>(
+        &'a self,
         cfg: &LockoutConfig,
         accessor: &str,
         identity: &str,
-        now: i64,
-    ) -> Result<(), ApiError> {
-        if cfg.lockout_disable {
-            return Ok(());
-        }
+        now: &(dyn Fn() -> i64 + Sync),
+    ) -> Result<Attempt<'a>, ApiError> {
         let key = (accessor.to_string(), identity.to_string());
-        match self.table().get(&key) {
-            Some(f) if f.locked_until > now => Err(ApiError::permission_denied()),
-            _ => Ok(()),
+        if cfg.lockout_disable {
+            return Ok(Attempt {
+                lockouts: self,
+                key: None,
+                cfg: cfg.clone(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + ATTEMPT_WAIT;
+        loop {
+            match self.try_reserve(cfg, &key, now()) {
+                Reserve::Taken => {
+                    return Ok(Attempt {
+                        lockouts: self,
+                        key: Some(key),
+                        cfg: cfg.clone(),
+                    });
+                }
+                Reserve::Locked => return Err(ApiError::permission_denied()),
+                Reserve::Busy if tokio::time::Instant::now() >= deadline => {
+                    return Err(ApiError::new(
+                        429,
+                        "too many logins in progress; retry later",
+                    ));
+                }
+                Reserve::Busy => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
         }
     }
 
-    /// Count a failed login; returns whether the identity is now locked.
-    pub fn failed(&self, cfg: &LockoutConfig, accessor: &str, identity: &str, now: i64) -> bool {
-        if cfg.lockout_disable {
-            return false;
-        }
+    fn try_reserve(&self, cfg: &LockoutConfig, key: &(String, String), now: i64) -> Reserve {
         let mut t = self.table();
-        if t.len() >= MAX_TRACKED {
-            t.retain(|_, f| f.locked_until > now || now - f.last < cfg.counter_reset());
-            if t.len() >= MAX_TRACKED {
-                t.retain(|_, f| f.locked_until > now);
-            }
+        self.bound(&mut t, cfg, now);
+        let f = t.entry(key.clone()).or_insert(Failures {
+            count: 0,
+            last: now,
+            locked_until: 0,
+            in_flight: 0,
+        });
+        if f.locked_until > now {
+            return Reserve::Locked;
         }
-        let f = t
-            .entry((accessor.to_string(), identity.to_string()))
-            .or_insert(Failures {
-                count: 0,
-                last: now,
-                locked_until: 0,
-            });
-        if now - f.last >= cfg.counter_reset() || (f.locked_until != 0 && f.locked_until <= now) {
+        if f.locked_until != 0 || (f.count > 0 && now - f.last >= cfg.counter_reset()) {
+            // the lock has passed, or the counter has gone quiet: start again
             f.count = 0;
             f.locked_until = 0;
         }
+        if f.count + f.in_flight >= cfg.threshold() {
+            return Reserve::Busy;
+        }
+        f.in_flight += 1;
+        Reserve::Taken
+    }
+
+    /// Keep the table under [`MAX_TRACKED`]: stale entries go first, then
+    /// those with the fewest failures and the oldest (never one with a
+    /// login in flight), down to nine tenths of the bound.
+    fn bound(&self, t: &mut HashMap<(String, String), Failures>, cfg: &LockoutConfig, now: i64) {
+        if t.len() < MAX_TRACKED {
+            return;
+        }
+        t.retain(|_, f| {
+            f.in_flight > 0 || f.locked_until > now || now - f.last < cfg.counter_reset()
+        });
+        if t.len() < MAX_TRACKED {
+            return;
+        }
+        // eviction order: held entries last, then by failures, then by age
+        type Rank = (bool, u64, i64);
+        let mut order: Vec<(&(String, String), Rank)> = t
+            .iter()
+            .map(|(k, f)| {
+                (
+                    k,
+                    (f.in_flight > 0 || f.locked_until > now, f.count, f.last),
+                )
+            })
+            .collect();
+        order.sort_by_key(|e| e.1);
+        let order: Vec<(String, String)> = order.into_iter().map(|(k, _)| k.clone()).collect();
+        let excess = t.len() - MAX_TRACKED * 9 / 10;
+        for k in order.into_iter().take(excess) {
+            t.remove(&k);
+        }
+    }
+
+    fn record_failure(&self, cfg: &LockoutConfig, key: (String, String), now: i64) -> bool {
+        let mut t = self.table();
+        let Some(f) = t.get_mut(&key) else {
+            return false;
+        };
+        f.in_flight = f.in_flight.saturating_sub(1);
         f.count += 1;
         f.last = now;
         if f.count >= cfg.threshold() {
             f.locked_until = now.saturating_add(cfg.duration());
             tracing::warn!(
-                method = accessor,
+                method = key.0.as_str(),
                 failures = f.count,
                 "login identity locked out after repeated failures"
             );
@@ -179,17 +289,50 @@ impl Lockouts {
         false
     }
 
-    /// A successful login: the counter starts again.
-    pub fn succeeded(&self, accessor: &str, identity: &str) {
-        self.table()
-            .remove(&(accessor.to_string(), identity.to_string()));
+    /// Count one failure outright (tests; a login uses [`Attempt`]).
+    #[cfg(test)]
+    fn failed(&self, cfg: &LockoutConfig, accessor: &str, identity: &str, now: i64) -> bool {
+        if cfg.lockout_disable {
+            return false;
+        }
+        let key = (accessor.to_string(), identity.to_string());
+        match self.try_reserve(cfg, &key, now) {
+            Reserve::Taken => self.record_failure(cfg, key, now),
+            Reserve::Locked | Reserve::Busy => true,
+        }
+    }
+
+    #[cfg(test)]
+    fn check(
+        &self,
+        cfg: &LockoutConfig,
+        accessor: &str,
+        identity: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        match self
+            .table()
+            .get(&(accessor.to_string(), identity.to_string()))
+        {
+            Some(f) if !cfg.lockout_disable && f.locked_until > now => {
+                Err(ApiError::permission_denied())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Unlock one identity; whether it was locked.
     pub fn unlock(&self, accessor: &str, identity: &str, now: i64) -> bool {
-        self.table()
-            .remove(&(accessor.to_string(), identity.to_string()))
-            .is_some_and(|f| f.locked_until > now)
+        let mut t = self.table();
+        match t.get_mut(&(accessor.to_string(), identity.to_string())) {
+            Some(f) => {
+                let was = f.locked_until > now;
+                f.count = 0;
+                f.locked_until = 0;
+                was
+            }
+            None => false,
+        }
     }
 
     /// The locked identities, by method accessor.
@@ -249,7 +392,7 @@ mod tests {
             ..LockoutConfig::default()
         };
         assert!(!l.failed(&cfg, "m", "bob", 0));
-        l.succeeded("m", "bob");
+        l.unlock("m", "bob", 0);
         assert!(!l.failed(&cfg, "m", "bob", 1));
         assert!(!l.failed(&cfg, "m", "bob", 11), "10 s quiet resets");
         assert!(l.failed(&cfg, "m", "bob", 12));
@@ -278,6 +421,35 @@ mod tests {
             l.failed(&cfg, "m", &i.to_string(), 0);
         }
         assert!(l.table().len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn the_table_stays_bounded_when_every_entry_is_locked() {
+        let l = Lockouts::default();
+        let cfg = LockoutConfig {
+            lockout_threshold: 1,
+            ..LockoutConfig::default()
+        };
+        for i in 0..(MAX_TRACKED + 10) {
+            l.failed(&cfg, "m", &i.to_string(), 0);
+        }
+        assert!(l.table().len() <= MAX_TRACKED, "{}", l.table().len());
+    }
+
+    #[test]
+    fn a_flood_of_other_names_does_not_reset_a_counter() {
+        let l = Lockouts::default();
+        let cfg = LockoutConfig::default();
+        for _ in 0..4 {
+            l.failed(&cfg, "m", "bob", 0);
+        }
+        for i in 0..MAX_TRACKED {
+            l.failed(&cfg, "n", &format!("x{i}"), 1);
+        }
+        assert!(
+            l.failed(&cfg, "m", "bob", 2),
+            "bob's fifth failure must lock"
+        );
     }
 
     #[test]

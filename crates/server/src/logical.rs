@@ -128,6 +128,9 @@ pub struct Response {
     /// A wrapped response: the wrapping token in place of the response
     /// (`X-Vault-Wrap-TTL`, `wrapping.rs`).
     pub wrap_info: Option<WrapInfo>,
+    /// Headers beside the body (`WWW-Authenticate` of an OAuth 401,
+    /// `Pragma: no-cache` of a token response).
+    pub extra_headers: Vec<(&'static str, &'static str)>,
 }
 
 /// Vault's `wrap_info` block.
@@ -156,6 +159,7 @@ impl Response {
             bytes: None,
             lease: None,
             wrap_info: None,
+            extra_headers: Vec::new(),
         }
     }
     pub fn no_content() -> Self {
@@ -169,6 +173,7 @@ impl Response {
             bytes: None,
             lease: None,
             wrap_info: None,
+            extra_headers: Vec::new(),
         }
     }
     pub fn raw(status: u16, body: Value) -> Self {
@@ -182,6 +187,7 @@ impl Response {
             bytes: None,
             lease: None,
             wrap_info: None,
+            extra_headers: Vec::new(),
         }
     }
     /// A non-JSON body (`content_type` is e.g. `application/pem-certificate-chain`).
@@ -196,6 +202,7 @@ impl Response {
             bytes: Some((content_type, body)),
             lease: None,
             wrap_info: None,
+            extra_headers: Vec::new(),
         }
     }
     /// Vault's response envelope (the JSON body of everything but `raw`

@@ -423,6 +423,7 @@ async fn create(
     if no_default {
         policies.retain(|p| p != "default");
     }
+    crate::wrapping::refuse_reserved_policy(&policies)?;
     policies.sort();
     policies.dedup();
     // a role with policy lists replaces the parent subset rule (Vault's

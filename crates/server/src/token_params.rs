@@ -157,6 +157,7 @@ pub fn policies_field(req: &Request) -> Result<Option<Vec<String>>, ApiError> {
         None => Ok(None),
         Some(v) => {
             let list = sanitize_policies(&fields::string_list(v, "token_policies")?, false);
+            crate::wrapping::refuse_reserved_policy(&list)?;
             if list.iter().any(|p| p == "root") {
                 // Vault refuses at login ("auth methods cannot create root
                 // tokens"); here the user or role that could never log in

@@ -372,8 +372,10 @@ pub async fn login(
     let password = password_field(req)?.ok_or_else(|| ApiError::bad_request("missing password"))?;
     // a locked-out name is refused before its password is looked at
     let lockout = &mount.config.user_lockout;
-    let now = core.tokens.now();
-    core.lockouts.check(lockout, &mount.accessor, name, now)?;
+    let attempt = core
+        .lockouts
+        .begin(lockout, &mount.accessor, name, &|| core.tokens.now())
+        .await?;
     let user = get_user(&view(core, mount), name).await?;
     let password = zeroize::Zeroizing::new(password);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -385,11 +387,11 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            core.lockouts.failed(lockout, &mount.accessor, name, now);
+            attempt.failed(core.tokens.now());
             return Err(invalid_credentials());
         }
     };
-    core.lockouts.succeeded(&mount.accessor, name);
+    attempt.succeeded();
     if !crate::token::address_allowed(&user.token.token_bound_cidrs, &req.remote_addr) {
         return Err(ApiError::permission_denied());
     }

@@ -30,9 +30,22 @@ use crate::token::NewToken;
 /// The policy every wrapping token has, and nothing else may be called.
 pub const POLICY: &str = "response-wrapping";
 
-/// Paths a wrapping token may be used on, as its own token.
+/// Paths a wrapping token may be used on, as its own token: unwrapping
+/// itself (Vault's `response-wrapping` policy grants no more; a rewrap
+/// needs a token whose policies allow it).
 pub fn usable_with_wrapping_token(path: &str, op: Operation) -> bool {
-    op == Operation::Write && matches!(path, "sys/wrapping/unwrap" | "sys/wrapping/rewrap")
+    op == Operation::Write && path == "sys/wrapping/unwrap"
+}
+
+/// Refuse a policy list holding the reserved `response-wrapping` (OpenBao's
+/// answer): only wrapping tokens carry it.
+pub fn refuse_reserved_policy(policies: &[String]) -> Result<(), ApiError> {
+    if policies.iter().any(|p| p == POLICY) {
+        return Err(ApiError::bad_request(format!(
+            "cannot assign policy {POLICY:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn invalid() -> ApiError {
@@ -56,22 +69,33 @@ pub async fn maybe_wrap(core: &Core, req: &Request, resp: Response) -> Result<Re
     let Some(ttl) = req.wrap_ttl else {
         return Ok(resp);
     };
-    if resp.status == 204 || resp.bytes.is_some() || resp.raw.is_some() || resp.wrap_info.is_some()
-    {
+    if resp.status == 204 || resp.bytes.is_some() || resp.wrap_info.is_some() {
         return Ok(resp);
     }
-    let mut envelope = resp.envelope("");
+    // an unwrap's answer is the stored envelope itself (raw): wrapped
+    // again as it is, never returned bare to a client that asked for wrapping
+    let mut envelope = match &resp.raw {
+        Some(raw) => raw.clone(),
+        None => resp.envelope(""),
+    };
     if let Value::Object(o) = &mut envelope {
         o.remove("request_id");
     }
+    // the accessor of what the wrapped response hands out: a token's, or a
+    // secret ID's (OpenBao; Terraform's with_wrapped_accessor reads it)
+    let wrapped_accessor = match (&resp.auth, &resp.data) {
+        (Some(a), _) => a.accessor.clone(),
+        (None, Some(Value::Object(d))) => d
+            .get("secret_id_accessor")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    };
     let stored = Stored {
         envelope,
         creation_path: req.path.to_string(),
-        wrapped_accessor: resp
-            .auth
-            .as_ref()
-            .map(|a| a.accessor.clone())
-            .unwrap_or_default(),
+        wrapped_accessor,
     };
     wrap_stored(core, stored, ttl).await
 }
@@ -166,7 +190,8 @@ pub async fn handle(core: &Core, auth: &Authorized, rest: &str) -> Result<Respon
             // leaves two tokens, never none
             let (old, w) = core.tokens.peek_wrapped(&hash).await?.ok_or_else(invalid)?;
             let stored: Stored = serde_json::from_slice(&w).map_err(ApiError::internal)?;
-            let resp = wrap_stored(core, stored, old.creation_ttl.max(1)).await?;
+            let ttl = req.wrap_ttl.unwrap_or(old.creation_ttl).max(1);
+            let resp = wrap_stored(core, stored, ttl).await?;
             if core.tokens.take_wrapped(&hash).await?.is_none() {
                 // another unwrap or rewrap took it meanwhile: this one never happened
                 if let Some(info) = &resp.wrap_info {
@@ -185,10 +210,11 @@ pub async fn handle(core: &Core, auth: &Authorized, rest: &str) -> Result<Respon
 /// `sys/wrapping/lookup` (served without a token, as in Vault): the
 /// creation path, time and TTL of the wrapping token in the body.
 pub async fn lookup(core: &Core, req: &Request) -> Result<Response, ApiError> {
-    if req.operation != Operation::Write {
+    if !matches!(req.operation, Operation::Write | Operation::Read) {
         return Err(ApiError::unsupported_operation());
     }
-    let token = match req.data.get("token") {
+    // a read takes it from the query (Vault), a write from the body
+    let token = match req.field("token").as_ref() {
         Some(v @ Value::String(_)) => fields::string(v, "token")?,
         None | Some(Value::Null) => return Err(ApiError::bad_request("missing token")),
         Some(_) => return Err(ApiError::bad_request("token must be a string")),

@@ -223,9 +223,15 @@ async fn a_one_use_secret_id_logs_in_once_under_concurrency() {
     let results = set.join_all().await;
     let ok = results.iter().filter(|(st, _)| *st == 200).count();
     assert_eq!(ok, 1, "{results:?}");
+    // the others were refused: as a used-up secret ID, or, once five of
+    // them had failed, as a locked-out role
     for (st, text) in results.iter().filter(|(st, _)| *st != 200) {
-        assert_eq!(*st, 400);
-        assert_eq!(text, &json!({"errors": [INVALID]}).to_string());
+        let want = match st {
+            400 => json!({"errors": [INVALID]}),
+            403 => json!({"errors": ["permission denied"]}),
+            _ => panic!("{results:?}"),
+        };
+        assert_eq!(text, &want.to_string());
     }
 }
 
@@ -673,4 +679,138 @@ async fn disabling_the_method_revokes_its_tokens_and_forgets_its_roles() {
     enable(&s, "approle").await;
     assert_empty_404(&s.list("auth/approle/role", &s.root).await);
     assert_error(&login(&s, &rid, &sid).await, 400, INVALID);
+}
+
+// ------------------------------------------------------------ review findings
+
+#[tokio::test]
+async fn a_trailing_slash_never_writes_past_a_deny() {
+    let s = TestServer::dev().await;
+    enable(&s, "approle").await;
+    role(&s, "web", json!({})).await;
+    let t = s
+        .token_with(
+            r#"
+path "auth/approle/role/*" { capabilities = ["create", "update", "read"] }
+path "auth/approle/role/web/secret-id" { capabilities = ["deny"] }
+"#,
+        )
+        .await;
+    assert_denied(
+        &s.post("auth/approle/role/web/secret-id", &t.id, json!({}))
+            .await,
+    );
+    let r = s
+        .post("auth/approle/role/web/secret-id/", &t.id, json!({}))
+        .await;
+    assert_ne!(r.status, 200, "secret ID minted past a deny: {}", r.text);
+    assert!(!r.text.contains("secret_id"), "{}", r.text);
+    assert_empty_404(&s.list("auth/approle/role/web/secret-id", &s.root).await);
+}
+
+#[tokio::test]
+async fn a_burst_of_guesses_is_cut_at_the_threshold() {
+    let s = TestServer::dev().await;
+    let r = s
+        .post("sys/auth/userpass", &s.root, json!({"type": "userpass"}))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .post(
+            "auth/userpass/users/carol",
+            &s.root,
+            json!({"password": "right-password"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let url = s.url("auth/userpass/login/carol");
+        let pw = if i == 39 {
+            "right-password".to_string()
+        } else {
+            format!("guess{i}")
+        };
+        set.spawn(async move {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .post(url)
+                .json(&json!({ "password": pw }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let st = set.join_all().await;
+    let evaluated = st.iter().filter(|c| **c != 403).count();
+    assert!(
+        evaluated <= 5,
+        "{evaluated} guesses evaluated with threshold 5: {st:?}"
+    );
+}
+
+#[tokio::test]
+async fn logins_from_outside_a_secret_ids_cidrs_never_lock_the_role() {
+    let s = TestServer::dev().await;
+    enable(&s, "approle").await;
+    role(&s, "web", json!({})).await;
+    let rid = role_id(&s, "web").await;
+    let (fenced, _) = secret_id(&s, "web", json!({"cidr_list": "10.0.0.0/8"})).await;
+    let (good, _) = secret_id(&s, "web", json!({})).await;
+    for _ in 0..6 {
+        assert_error(&login(&s, &rid, &fenced).await, 400, INVALID);
+    }
+    token_of(&login(&s, &rid, &good).await);
+}
+
+#[tokio::test]
+async fn the_response_wrapping_policy_cannot_be_assigned() {
+    let s = TestServer::dev().await;
+    enable(&s, "approle").await;
+    let r = s
+        .post(
+            "auth/approle/role/rw",
+            &s.root,
+            json!({"token_policies": ["response-wrapping"]}),
+        )
+        .await;
+    assert_error(&r, 400, "cannot assign policy \"response-wrapping\"");
+    let r = s
+        .post(
+            "auth/token/create",
+            &s.root,
+            json!({"policies": ["response-wrapping"]}),
+        )
+        .await;
+    assert_error(&r, 400, "cannot assign policy \"response-wrapping\"");
+}
+
+#[tokio::test]
+async fn a_wrapped_secret_id_names_its_accessor() {
+    let s = TestServer::dev().await;
+    enable(&s, "approle").await;
+    role(&s, "web", json!({})).await;
+    let r = s
+        .send(
+            "POST",
+            "auth/approle/role/web/secret-id",
+            &[
+                ("X-Vault-Token", s.root.clone()),
+                ("X-Vault-Wrap-TTL", "60s".into()),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let wrapped_accessor = r.body["wrap_info"]["wrapped_accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wt = r.body["wrap_info"]["token"].as_str().unwrap().to_string();
+    let u = s.post("sys/wrapping/unwrap", &wt, json!({})).await;
+    assert_eq!(u.data()["secret_id_accessor"], wrapped_accessor.as_str());
 }

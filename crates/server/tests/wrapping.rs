@@ -331,3 +331,109 @@ async fn wrapped_responses_survive_a_kill_and_restart() {
     assert_eq!(r.data()["k"], "durable", "{}", r.text);
     assert_error(&unwrap_with_body(&s, &root, &token).await, 400, GONE);
 }
+
+// ------------------------------------------------------------ review findings
+
+#[tokio::test]
+async fn unwrapping_with_a_wrap_ttl_wraps_again() {
+    let s = TestServer::dev().await;
+    let wt = wrap_token(
+        &wrapped(
+            &s,
+            "POST",
+            "sys/wrapping/wrap",
+            "5m",
+            Some(json!({"k": "v"})),
+        )
+        .await,
+    );
+    let r = wrapped(
+        &s,
+        "POST",
+        "sys/wrapping/unwrap",
+        "5m",
+        Some(json!({ "token": wt })),
+    )
+    .await;
+    assert!(
+        !r.text.contains("\"k\""),
+        "unwrapped data returned bare: {}",
+        r.text
+    );
+    assert_eq!(r.body["wrap_info"]["creation_path"], "sys/wrapping/unwrap");
+    let inner = wrap_token(&r);
+    let u = s.post("sys/wrapping/unwrap", &inner, json!({})).await;
+    assert_eq!(u.body["data"]["k"], "v", "{}", u.text);
+}
+
+#[tokio::test]
+async fn rewrap_honours_the_wrap_ttl_header() {
+    let s = TestServer::dev().await;
+    let wt = wrap_token(
+        &wrapped(
+            &s,
+            "POST",
+            "sys/wrapping/wrap",
+            "5m",
+            Some(json!({"k": "v"})),
+        )
+        .await,
+    );
+    let r = wrapped(
+        &s,
+        "POST",
+        "sys/wrapping/rewrap",
+        "1m",
+        Some(json!({ "token": wt })),
+    )
+    .await;
+    assert_eq!(r.body["wrap_info"]["ttl"], 60, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_wrapping_token_cannot_rewrap_itself() {
+    let s = TestServer::dev().await;
+    let wt = wrap_token(
+        &wrapped(
+            &s,
+            "POST",
+            "sys/wrapping/wrap",
+            "1m",
+            Some(json!({"k": "v"})),
+        )
+        .await,
+    );
+    assert_denied(&s.post("sys/wrapping/rewrap", &wt, json!({})).await);
+    let r = s.post("sys/wrapping/unwrap", &wt, json!({})).await;
+    assert_eq!(
+        (r.status, &r.body["data"]["k"]),
+        (200, &json!("v")),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn lookup_answers_a_read_too() {
+    let s = TestServer::dev().await;
+    let wt = wrap_token(
+        &wrapped(
+            &s,
+            "POST",
+            "sys/wrapping/wrap",
+            "1m",
+            Some(json!({"k": "v"})),
+        )
+        .await,
+    );
+    let r = s
+        .call(
+            "GET",
+            &format!("sys/wrapping/lookup?token={wt}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.data()["creation_ttl"], 60);
+}

@@ -159,6 +159,7 @@ async fn hs256_and_rs256_allowed_but_only_rsa_keys() {
     let v = unchecked(vec![(
         ISS,
         Issuer {
+            caller_checks_audience: false,
             audiences: vec![AUD.to_owned()],
             algorithms: vec![Alg::RS256, Alg::HS256],
             leeway: Duration::from_secs(60),
