@@ -27,6 +27,12 @@ if [ -f tests/e2e/gateway/package.json ] && [ ! -d tests/e2e/gateway/node_module
     || echo "warning: could not install tests/e2e/gateway; the gateway end-to-end tests will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
+if [ -f tests/e2e/oauth/package.json ] && [ ! -d tests/e2e/oauth/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing Node.js OAuth clients (tests/e2e/oauth: openid-client, jose)"
+  (cd tests/e2e/oauth && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install tests/e2e/oauth; the OAuth end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?
