@@ -288,6 +288,10 @@ struct Server {
     /// Transit ciphertexts of the 1 KiB and 1 MiB payloads, for decrypt.
     ct_1k: String,
     ct_1m: String,
+    /// `Authorization: Basic …` of the OAuth client (palisade only).
+    oauth_basic: String,
+    /// Access tokens the introspection rounds ask about.
+    oauth_tokens: Arc<Vec<String>>,
 }
 
 impl Drop for Server {
@@ -351,6 +355,8 @@ fn spawn(
         token: String::new(),
         dir,
         ct_1k: String::new(),
+        oauth_basic: String::new(),
+        oauth_tokens: Arc::new(Vec::new()),
         ct_1m: String::new(),
     })
 }
@@ -567,6 +573,12 @@ async fn setup(server: &mut Server) -> Result<(), String> {
         return Err(format!("transit key failed: {}", r.status()));
     }
     setup_pki(&http, &addr, &root).await?;
+    // palisade's OAuth provider (OpenBao has no client-credentials grant:
+    // there this fails and the OAuth rounds are skipped)
+    if let Ok((basic, tokens)) = setup_oauth(&http, &addr, &root).await {
+        server.oauth_basic = basic;
+        server.oauth_tokens = Arc::new(tokens);
+    }
     for (size, slot) in [(1024, 0), (1 << 20, 1)] {
         let v: Value = http
             .post(format!("{addr}/v1/transit/encrypt/bench"))
@@ -648,6 +660,108 @@ async fn setup_pki(http: &reqwest::Client, addr: &str, root: &str) -> Result<(),
     Ok(())
 }
 
+/// The OAuth provider `default` (EdDSA key, issuer this address) and a
+/// client allowed `bench:read` for `svc-b`; returns its Basic header and 64
+/// access tokens for the introspection rounds.
+async fn setup_oauth(
+    http: &reqwest::Client,
+    addr: &str,
+    root: &str,
+) -> Result<(String, Vec<String>), String> {
+    use base64::Engine as _;
+    let mut client = Value::Null;
+    for (path, body) in [
+        ("identity/oidc/key/default", json!({"algorithm": "EdDSA"})),
+        (
+            "identity/oidc/provider/default",
+            json!({"issuer": addr, "allowed_client_ids": "*"}),
+        ),
+        (
+            "identity/oidc/client/bench",
+            json!({"allowed_scopes": ["bench:read"], "allowed_audiences": ["svc-b"]}),
+        ),
+    ] {
+        let r = http
+            .post(format!("{addr}/v1/{path}"))
+            .header("X-Vault-Token", root)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("{path}: {}", r.status()));
+        }
+        if path.ends_with("client/bench") {
+            client = r.json().await.map_err(|e| e.to_string())?;
+        }
+    }
+    let (id, secret) = (
+        client["data"]["client_id"].as_str().unwrap_or_default(),
+        client["data"]["client_secret"].as_str().unwrap_or_default(),
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..64 {
+        let v: Value = http
+            .post(format!("{addr}/v1/identity/oidc/provider/default/token"))
+            .header("Authorization", &basic)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokens.push(
+            v["access_token"]
+                .as_str()
+                .ok_or_else(|| format!("oauth token: {v}"))?
+                .to_string(),
+        );
+    }
+    Ok((basic, tokens))
+}
+
+/// Raw Ed25519 signatures and verifications per second, one thread, in
+/// this process (aws-lc-rs through `palisade_crypto::transit`, the calls
+/// the provider makes), on a message the size of an access token's
+/// signing input.
+fn raw_ed25519_per_s() -> (f64, f64) {
+    use palisade_crypto::transit::{self, HashAlg, KeyType, Marshaling, RsaPadding, SignOptions};
+    let Ok(key) = transit::generate(KeyType::Ed25519, 0) else {
+        return (0.0, 0.0);
+    };
+    let Ok(Some(public)) = transit::public_key(KeyType::Ed25519, &key) else {
+        return (0.0, 0.0);
+    };
+    let opts = SignOptions {
+        hash: HashAlg::Sha2_256,
+        prehashed: false,
+        padding: RsaPadding::Pkcs1v15,
+        marshaling: Marshaling::Jws,
+    };
+    let msg = vec![b'x'; 420];
+    let start = Instant::now();
+    let mut n = 0u32;
+    let mut sig = Vec::new();
+    while start.elapsed() < Duration::from_secs(1) {
+        sig = transit::sign(KeyType::Ed25519, &key, &msg, &opts).unwrap_or_default();
+        n += 1;
+    }
+    let sign = f64::from(n) / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(1) {
+        let _ = transit::verify(KeyType::Ed25519, &public, &msg, &sig, &opts);
+        n += 1;
+    }
+    (sign, f64::from(n) / start.elapsed().as_secs_f64())
+}
+
 /// A plaintext of `size` bytes (not all zero), base64 as transit takes it.
 fn payload_b64(size: usize) -> String {
     use base64::Engine as _;
@@ -692,6 +806,8 @@ enum Op {
     Decrypt1M,
     IssueEc,
     IssueEd25519,
+    OauthToken,
+    OauthIntrospect,
 }
 
 impl Op {
@@ -705,6 +821,8 @@ impl Op {
             "decrypt-1m" => Op::Decrypt1M,
             "issue-ec" => Op::IssueEc,
             "issue-ed25519" => Op::IssueEd25519,
+            "oauth-token" => Op::OauthToken,
+            "oauth-introspect" => Op::OauthIntrospect,
             _ => return None,
         })
     }
@@ -713,6 +831,11 @@ impl Op {
     /// throughput.
     fn single_client(self) -> bool {
         matches!(self, Op::Encrypt1M | Op::Decrypt1M)
+    }
+
+    /// Palisade's OAuth provider: OpenBao has no client-credentials grant.
+    fn palisade_only(self) -> bool {
+        matches!(self, Op::OauthToken | Op::OauthIntrospect)
     }
 }
 
@@ -744,6 +867,7 @@ async fn round(server: &Server, op: Op, args: &Args) -> Round {
         let keys = args.keys;
         let (body_1k, body_1m) = (body_1k.clone(), body_1m.clone());
         let (dec_1k, dec_1m) = (dec_1k.clone(), dec_1m.clone());
+        let (basic, at) = (server.oauth_basic.clone(), server.oauth_tokens.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let mut errors = 0usize;
@@ -784,6 +908,20 @@ async fn round(server: &Server, op: Op, args: &Args) -> Round {
                         http.post(format!("{addr}/v1/pki/issue/{role}"))
                             .header("X-Vault-Token", token.as_str())
                             .json(&json!({"common_name": format!("svc-{i}.bench.example"), "ttl": "1h"}))
+                            .send()
+                            .await
+                    }
+                    Op::OauthToken | Op::OauthIntrospect => {
+                        let (ep, body) = if op == Op::OauthToken {
+                            ("token", "grant_type=client_credentials".to_string())
+                        } else {
+                            let t = at.get(i % at.len().max(1)).cloned().unwrap_or_default();
+                            ("introspect", format!("token={t}"))
+                        };
+                        http.post(format!("{addr}/v1/identity/oidc/provider/default/{ep}"))
+                            .header("Authorization", basic.as_str())
+                            .header("Content-Type", "application/x-www-form-urlencoded")
+                            .body(body)
                             .send()
                             .await
                     }
@@ -859,6 +997,8 @@ fn op_name(op: Op) -> &'static str {
         Op::Decrypt1M => "transit decrypt 1 MiB (1 client)",
         Op::IssueEc => "pki issue ec-p256 leaf",
         Op::IssueEd25519 => "pki issue ed25519 leaf",
+        Op::OauthToken => "oauth client-credentials token (EdDSA)",
+        Op::OauthIntrospect => "oauth introspection",
     }
 }
 
@@ -897,6 +1037,9 @@ async fn run(args: &Args, backends: &[String]) -> bool {
     for (o, op) in ops.iter().enumerate() {
         for n in 0..args.rounds {
             for (s, (backend, server)) in servers.iter().enumerate() {
+                if op.palisade_only() && backend == "openbao" {
+                    continue;
+                }
                 let r = round(server, *op, args).await;
                 eprintln!(
                     "{} round {}/{}: {} {:.0} ops/s",
@@ -1001,6 +1144,12 @@ async fn run(args: &Args, backends: &[String]) -> bool {
     }
     if let Some(raw) = raw {
         println!("- raw aws-lc-rs AES-256-GCM, 1 MiB messages, one thread: {raw:.0} MiB/s");
+    }
+    if ops.iter().any(|o| o.palisade_only()) {
+        let (sign, verify) = raw_ed25519_per_s();
+        println!(
+            "- raw Ed25519 (aws-lc-rs), one thread, in this process: {sign:.0} signatures/s, {verify:.0} verifications/s"
+        );
     }
     if ops.is_empty() {
         eprintln!("no known operation in --ops");

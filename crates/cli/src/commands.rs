@@ -114,6 +114,59 @@ pub(crate) enum Command {
     /// Leases of dynamic secrets (as `vault lease`).
     #[command(subcommand)]
     Lease(LeaseCmd),
+    /// The OAuth2 provider's clients (`identity/oidc/client/*`).
+    #[command(subcommand)]
+    Oauth(OauthCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum OauthCmd {
+    /// OAuth2 clients: create, list, rotate-secret, delete.
+    #[command(subcommand)]
+    Client(OauthClientCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum OauthClientCmd {
+    /// Register a client; its secret is printed once (stored only as a keyed hash).
+    Create {
+        name: String,
+        /// Scopes it may ask for, comma-separated.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Audiences it may ask tokens for, comma-separated (at least one).
+        #[arg(long)]
+        audiences: String,
+        /// client_secret_basic (default), client_secret_post or private_key_jwt.
+        #[arg(long)]
+        auth_method: Option<String>,
+        /// A JWKS file with the client's public keys (private_key_jwt).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// Access token lifetime (default 5m).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the clients' names.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replace a client's secret; the new one is printed once and the old
+    /// one stops working at once.
+    RotateSecret {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a client.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -930,6 +983,7 @@ pub(crate) async fn run(cli: Cli) -> u8 {
         Command::Transit(cmd) => transit(cmd).await,
         Command::Pki(cmd) => pki(cmd).await,
         Command::Lease(cmd) => lease(cmd).await,
+        Command::Oauth(OauthCmd::Client(cmd)) => oauth_client(cmd).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Gateway(a) => gateway(a).await,
     }
@@ -1654,6 +1708,83 @@ async fn lease(cmd: LeaseCmd) -> u8 {
             };
             call!(c, "PUT", path, body.as_ref());
             println!("Success! Revoked lease: {lease_id}");
+            0
+        }
+    }
+}
+
+async fn oauth_client(cmd: OauthClientCmd) -> u8 {
+    match cmd {
+        OauthClientCmd::Create {
+            name,
+            scopes,
+            audiences,
+            auth_method,
+            jwks,
+            ttl,
+            remote,
+        } => {
+            let split = |s: &str| -> Vec<String> {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let mut body = json!({ "allowed_audiences": split(&audiences) });
+            if let Some(s) = scopes {
+                body["allowed_scopes"] = json!(split(&s));
+            }
+            if let Some(m) = auth_method {
+                body["token_endpoint_auth_method"] = json!(m);
+            }
+            if let Some(t) = ttl {
+                body["access_token_ttl"] = json!(t);
+            }
+            if let Some(p) = jwks {
+                match std::fs::read_to_string(&p) {
+                    Ok(text) => body["jwks"] = json!(text),
+                    Err(e) => return local_err(format!("cannot read {}: {e}", p.display())),
+                }
+            }
+            let c = tryc!(client(&remote));
+            let r = call!(
+                c,
+                "POST",
+                format!("identity/oidc/client/{name}"),
+                Some(&body)
+            );
+            let d = r.data();
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        OauthClientCmd::List { remote } => {
+            let c = tryc!(client(&remote));
+            let r = call!(c, "LIST", "identity/oidc/client", None::<&Value>);
+            output::list(remote.format, &r.data()["keys"]);
+            0
+        }
+        OauthClientCmd::RotateSecret { name, remote } => {
+            let c = tryc!(client(&remote));
+            let r = call!(
+                c,
+                "POST",
+                format!("identity/oidc/client/{name}/rotate-secret"),
+                Some(&json!({}))
+            );
+            let d = r.data();
+            output::print(remote.format, &d, output::object_rows(&d));
+            0
+        }
+        OauthClientCmd::Delete { name, remote } => {
+            let c = tryc!(client(&remote));
+            call!(
+                c,
+                "DELETE",
+                format!("identity/oidc/client/{name}"),
+                None::<&Value>
+            );
+            println!("Success! Deleted client: {name}");
             0
         }
     }

@@ -571,3 +571,104 @@ async fn lease_commands_look_up_and_revoke_what_read_and_write_show() {
     server.sigterm();
     let _ = server.wait_exit(std::time::Duration::from_secs(15)).await;
 }
+
+#[tokio::test]
+async fn oauth_client_commands_show_the_secret_once_and_rotate_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec::sqlite(dir.path());
+    let root = format!("dev-root-{}", common::unique());
+    let audit = dir.path().join("audit.log");
+    let server = Server::start_dev(&spec, &root, &audit).await;
+    let env = [
+        ("PALISADE_ADDR", server.addr.as_str()),
+        ("PALISADE_TOKEN", root.as_str()),
+    ];
+    for args in [
+        &["write", "identity/oidc/key/default", "algorithm=EdDSA"][..],
+        &[
+            "write",
+            "identity/oidc/provider/default",
+            &format!("issuer={}", server.addr),
+            "allowed_client_ids=*",
+        ],
+    ] {
+        let (code, out, err) = palisade(args, &env);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = palisade(
+        &[
+            "oauth",
+            "client",
+            "create",
+            "svc-a",
+            "--audiences",
+            "svc-b",
+            "--scopes",
+            "read,write",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (id, secret) = (
+        v["client_id"].as_str().unwrap().to_owned(),
+        v["client_secret"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(v["allowed_scopes"], serde_json::json!(["read", "write"]));
+    let token = |secret: String| {
+        let (addr, id) = (server.addr.clone(), id.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{addr}/v1/identity/oidc/provider/default/token"))
+                .basic_auth(id, Some(secret))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(token(secret.clone()).await, 200);
+    let (code, out, _) = palisade(&["oauth", "client", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l == "svc-a"), "{out}");
+    let (code, out, err) = palisade(
+        &[
+            "oauth",
+            "client",
+            "rotate-secret",
+            "svc-a",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let new = serde_json::from_str::<serde_json::Value>(&out).unwrap()["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, secret);
+    assert_eq!(token(secret.clone()).await, 401);
+    assert_eq!(token(new.clone()).await, 200);
+    // a create without audiences is refused by the server, with its message
+    let (code, _, err) = palisade(
+        &["oauth", "client", "create", "bad", "--audiences", ""],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("allowed_audiences must name at least one audience"),
+        "{err}"
+    );
+    let (code, out, _) = palisade(&["oauth", "client", "delete", "svc-a"], &env);
+    assert_eq!((code, out.trim()), (0, "Success! Deleted client: svc-a"));
+    assert_eq!(token(new).await, 401);
+    // the secrets never reach the audit log
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(!log.contains(&secret) && !log.contains(&v["client_secret"].to_string()));
+}

@@ -24,7 +24,9 @@ use common::Spec;
 async fn openid_client_e2e() {
     let dir = common::repo_root().join("tests/e2e/oauth");
     if !dir.join("node_modules/openid-client").is_dir() {
-        common::skip("openid_client_e2e: tests/e2e/oauth/node_modules is absent (npm ci --prefix tests/e2e/oauth)");
+        common::skip(
+            "openid_client_e2e: tests/e2e/oauth/node_modules is absent (npm ci --prefix tests/e2e/oauth)",
+        );
         return;
     }
     let node_ok = std::process::Command::new("node")

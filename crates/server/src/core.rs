@@ -953,15 +953,30 @@ impl Core {
         if let Ok(f) = &form {
             req.data = crate::oauth::form_audit(f);
         }
-        let audit = open_audit_entry(&req);
+        let mut audit = open_audit_entry(&req);
         if let Err(e) = self.audit.log(&audit).await {
             tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
-        let result = match form {
+        let outcome = match form {
             Ok(f) => endpoints::serve(self, name, ep, call, &f).await,
-            Err(r) => Ok(*r),
+            Err(r) => Ok(endpoints::Outcome::from(*r)),
         };
+        // the response record names the client that authenticated (client
+        // ids are not secret), or says why authentication failed
+        let result = outcome.map(|o| {
+            if let Some(id) = o.client_id {
+                let mut metadata = Map::new();
+                metadata.insert("client_id".into(), Value::String(id));
+                audit.auth = Some(AuditAuth {
+                    display_name: format!("oauth-{}", o.client_name.unwrap_or_default()),
+                    metadata,
+                    ..AuditAuth::default()
+                });
+            }
+            audit.error = o.failure.map(str::to_string);
+            o.response
+        });
         self.audit_response(audit, &result).await?;
         drop(gate);
         result

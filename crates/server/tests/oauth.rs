@@ -765,3 +765,269 @@ async fn admin_writes_refuse_what_cannot_be_enforced() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+// ------------------------------------------------------------ review findings
+
+/// A `private_key_jwt` client `signer` and a function making its assertions.
+async fn signer_client(x: &Setup) -> (String, rcgen::KeyPair) {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let jwks = palisade_jwt::jwks_from_pem(&[kp.public_key_pem()]).unwrap();
+    let r = x
+        .s
+        .post(
+            "identity/oidc/client/signer",
+            &x.s.root,
+            json!({"token_endpoint_auth_method": "private_key_jwt", "jwks": jwks, "allowed_audiences": "svc-b"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    (r.data()["client_id"].as_str().unwrap().to_string(), kp)
+}
+
+fn assertion_form(cid: &str, kp: &rcgen::KeyPair, aud: &str, jti: &str, exp: i64) -> String {
+    let a = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"iss": cid, "sub": cid, "aud": aud, "exp": exp, "jti": jti}),
+        &EncodingKey::from_ec_der(&kp.serialize_der()),
+    )
+    .unwrap();
+    format!(
+        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+    )
+}
+
+#[tokio::test]
+async fn a_used_assertion_stays_refused_after_tidy_within_the_leeway() {
+    let x = setup().await;
+    let s = &x.s;
+    let (cid, kp) = signer_client(&x).await;
+    let token_ep = format!("{}/token", x.issuer);
+    let now = s.core.tokens.now();
+    let form = assertion_form(&cid, &kp, &token_ep, "once", now + 5);
+    assert_eq!(post_form(s, "token", None, &form).await.status, 200);
+    // past its exp but inside the verifier's leeway, after a tidy
+    s.clock.advance(Duration::from_secs(10));
+    palisade_server::oauth::tidy(&s.core).await.unwrap();
+    let r = post_form(s, "token", None, &form).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{}",
+        r.text
+    );
+    // and an assertion that expired a moment ago is refused outright
+    let stale = assertion_form(&cid, &kp, &token_ep, "stale", s.core.tokens.now() - 5);
+    let r = post_form(s, "token", None, &stale).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}
+
+#[tokio::test]
+async fn verification_ttl_never_drops_below_a_clients_token_life() {
+    let x = setup().await; // key default: verification_ttl 2h; svc-a access_token_ttl 300
+    let s = &x.s;
+    let r = s
+        .post(
+            "identity/oidc/key/default/rotate",
+            &s.root,
+            json!({"verification_ttl": "1s"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "rotation_period and verification_ttl must be at least 1m",
+    );
+    let r = s
+        .post(
+            "identity/oidc/client/svc-a",
+            &s.root,
+            json!({"access_token_ttl": "1h"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .post(
+            "identity/oidc/key/default",
+            &s.root,
+            json!({"verification_ttl": "30m"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "verification_ttl (1800s) is shorter than the access_token_ttl of client \"svc-a\" (3600s): its tokens would outlive their key",
+    );
+    // a token's key stays published for its whole life
+    let at = cc_token(&x, "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kid = jsonwebtoken::decode_header(&at).unwrap().kid.unwrap();
+    assert_eq!(
+        s.post("identity/oidc/key/default/rotate", &s.root, json!({}))
+            .await
+            .status,
+        204
+    );
+    s.clock.advance(Duration::from_secs(3599));
+    assert!(published_kids(s).await.contains(&kid));
+}
+
+#[tokio::test]
+async fn tokens_signed_before_an_algorithm_change_are_still_introspected() {
+    let x = setup().await;
+    let at = cc_token(&x, "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r =
+        x.s.post(
+            "identity/oidc/key/default",
+            &x.s.root,
+            json!({"algorithm": "ES256"}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let kid = jsonwebtoken::decode_header(&at).unwrap().kid.unwrap();
+    assert!(published_kids(&x.s).await.contains(&kid));
+    assert_eq!(introspect(&x, at.clone()).await.body["active"], true);
+    // and revoking it takes effect
+    let r = post_form(
+        &x.s,
+        "revoke",
+        Some(basic(&x.client_id, &x.secret)),
+        &format!("token={at}"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(introspect(&x, at).await.body, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn basic_credentials_are_compared_whole() {
+    let x = setup().await;
+    for auth in [
+        basic(&x.client_id, &format!("{}&junk=1", x.secret)),
+        basic(&format!("{}&junk", x.client_id), &x.secret),
+    ] {
+        let r = post_form(&x.s, "token", Some(auth), "grant_type=client_credentials").await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    let upper = basic(&x.client_id, &x.secret).replacen("Basic", "BASIC", 1);
+    let r = post_form(&x.s, "token", Some(upper), "grant_type=client_credentials").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_audit_log_names_the_client_and_why_authentication_failed() {
+    let x = setup().await;
+    let s = &x.s;
+    let log = s.enable_audit("file").await;
+    assert_eq!(
+        cc_token(&x, "grant_type=client_credentials").await.status,
+        200
+    );
+    let r = post_form(
+        s,
+        "token",
+        Some(basic(&x.client_id, "wrong")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let records = audit_records(&log);
+    let token = audit_for(&records, "identity/oidc/provider/default/token");
+    let responses: Vec<&&Value> = token.iter().filter(|r| r["type"] == "response").collect();
+    assert_eq!(responses.len(), 2);
+    assert_eq!(
+        responses[0]["auth"]["metadata"]["client_id"],
+        x.client_id.as_str(),
+        "{}",
+        responses[0]
+    );
+    assert_eq!(responses[1]["error"], "invalid_client: wrong secret");
+}
+
+#[tokio::test]
+async fn issuers_are_stored_normalised_and_without_credentials() {
+    let s = TestServer::dev().await;
+    assert_eq!(
+        s.post("identity/oidc/key/default", &s.root, json!({}))
+            .await
+            .status,
+        204
+    );
+    let bad = "issuer must be https://host[:port] (http only for a loopback host), without a path";
+    for i in [
+        "http://:pw@127.0.0.1:1",
+        "http://u:pw@127.0.0.1:1",
+        "http://127.0.0.1:1/.",
+    ] {
+        let r = s
+            .post("identity/oidc/provider/x", &s.root, json!({"issuer": i}))
+            .await;
+        assert_error(&r, 400, bad);
+    }
+    let r = s
+        .post(
+            "identity/oidc/provider/x",
+            &s.root,
+            json!({"issuer": "HTTP://127.0.0.1:1/"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("identity/oidc/provider/x", &s.root).await;
+    assert_eq!(
+        r.data()["issuer"],
+        "http://127.0.0.1:1/v1/identity/oidc/provider/x"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_clients_tokens_die_with_it_and_scopes_follow_the_provider() {
+    let x = setup().await;
+    let s = &x.s;
+    let at = cc_token(&x, "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the provider supports read and write; a client allowed more gets no more
+    let r = s
+        .post(
+            "identity/oidc/client/svc-a",
+            &s.root,
+            json!({"allowed_scopes": ["read", "admin"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = cc_token(&x, "grant_type=client_credentials&scope=admin").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{}",
+        r.text
+    );
+    let r = cc_token(&x, "grant_type=client_credentials").await;
+    assert_eq!(r.body["scope"], "read", "{}", r.text);
+    // an introspecting client of its own
+    let r = s
+        .post(
+            "identity/oidc/client/gw",
+            &s.root,
+            json!({"allowed_audiences": "x"}),
+        )
+        .await;
+    let (gid, gsec) = (
+        r.data()["client_id"].as_str().unwrap().to_string(),
+        r.data()["client_secret"].as_str().unwrap().to_string(),
+    );
+    let form = format!("token={at}");
+    let r = post_form(s, "introspect", Some(basic(&gid, &gsec)), &form).await;
+    assert_eq!(r.body["active"], true);
+    assert_eq!(
+        s.delete("identity/oidc/client/svc-a", &s.root).await.status,
+        204
+    );
+    let r = post_form(s, "introspect", Some(basic(&gid, &gsec)), &form).await;
+    assert_eq!(r.body, json!({"active": false}));
+}

@@ -56,6 +56,29 @@ pub fn parse(path: &str) -> Option<(&str, Endpoint)> {
     Some((name, ep))
 }
 
+/// What an endpoint answered, and for the audit record: the client that
+/// authenticated, or why authentication failed.
+pub struct Outcome {
+    pub response: Response,
+    pub client_id: Option<String>,
+    pub client_name: Option<String>,
+    pub failure: Option<&'static str>,
+}
+
+impl From<Response> for Outcome {
+    fn from(response: Response) -> Self {
+        Outcome {
+            response,
+            client_id: None,
+            client_name: None,
+            failure: None,
+        }
+    }
+}
+
+/// A failed client authentication: the answer and the audited reason.
+type AuthFailure = (Response, &'static str);
+
 /// What the HTTP edge hands over.
 pub struct Call<'a> {
     pub get: bool,
@@ -137,7 +160,7 @@ pub async fn serve(
     ep: Endpoint,
     call: &Call<'_>,
     form: &[(String, String)],
-) -> Result<Response, ApiError> {
+) -> Result<Outcome, ApiError> {
     let Some(p) = super::provider(core, name).await? else {
         return Err(ApiError::not_found());
     };
@@ -146,7 +169,7 @@ pub async fn serve(
         Endpoint::Discovery => {
             let (ring, _) = super::signing_key(core, &p.key).await?;
             let alg = ring.algorithm.as_str();
-            Ok(Response::raw(
+            Ok(Outcome::from(Response::raw(
                 200,
                 json!({
                     "issuer": issuer,
@@ -164,35 +187,49 @@ pub async fn serve(
                     "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
                     "scopes_supported": p.scopes_supported,
                 }),
-            ))
+            )))
         }
         Endpoint::Keys => {
             let (ring, _) = super::signing_key(core, &p.key).await?;
-            Ok(Response::raw(
+            Ok(Outcome::from(Response::raw(
                 200,
                 json!({ "keys": ring.jwks(core.tokens.now()) }),
-            ))
+            )))
         }
         Endpoint::Token | Endpoint::Introspect | Endpoint::Revoke => {
             if call.get {
-                return Ok(oauth_error(400, "invalid_request", "use POST"));
+                return Ok(oauth_error(400, "invalid_request", "use POST").into());
             }
-            let client = match authenticate(core, &p, &issuer, call, form).await? {
+            let client = match authenticate(core, &issuer, call, form).await? {
                 Ok(c) => c,
-                Err(r) => return Ok(r),
+                Err((response, why)) => {
+                    return Ok(Outcome {
+                        response,
+                        client_id: None,
+                        client_name: None,
+                        failure: Some(why),
+                    });
+                }
             };
-            if !p.allows(&client.client_id) || client.key != p.key {
-                return Ok(oauth_error(
+            let response = if !p.allows(&client.client_id) || client.key != p.key {
+                oauth_error(
                     400,
                     "unauthorized_client",
                     "the client is not allowed on this provider",
-                ));
-            }
-            match ep {
-                Endpoint::Token => token(core, &p, &issuer, &client, form).await,
-                Endpoint::Introspect => introspect(core, name, &p, form).await,
-                _ => revoke(core, name, &p, &client, form).await,
-            }
+                )
+            } else {
+                match ep {
+                    Endpoint::Token => token(core, &p, &issuer, &client, form).await?,
+                    Endpoint::Introspect => introspect(core, name, &p, form).await?,
+                    _ => revoke(core, name, &p, &client, form).await?,
+                }
+            };
+            Ok(Outcome {
+                response,
+                client_id: Some(client.client_id.clone()),
+                client_name: Some(client.name.clone()),
+                failure: None,
+            })
         }
     }
 }
@@ -200,28 +237,39 @@ pub async fn serve(
 /// Authenticate the client by the one method the request uses.
 async fn authenticate(
     core: &Core,
-    p: &Provider,
     issuer: &str,
     call: &Call<'_>,
     form: &[(String, String)],
-) -> Result<Result<Arc<Client>, Response>, ApiError> {
+) -> Result<Result<Arc<Client>, AuthFailure>, ApiError> {
+    // the scheme name is case-insensitive (RFC 7235 §2.1)
     let basic = call.authorization.and_then(|a| {
-        a.strip_prefix("Basic ")
-            .or_else(|| a.strip_prefix("basic "))
+        let (scheme, rest) = a.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("basic").then_some(rest)
     });
     let post = param(form, "client_secret");
     let assertion = param(form, "client_assertion");
     let methods = [basic.is_some(), post.is_some(), assertion.is_some()];
     if methods.iter().filter(|m| **m).count() != 1 {
-        return Ok(Err(oauth_error(
-            if methods.iter().any(|m| *m) { 400 } else { 401 },
-            if methods.iter().any(|m| *m) {
-                "invalid_request"
-            } else {
-                "invalid_client"
-            },
-            "use exactly one client authentication method",
-        )));
+        let several = methods.iter().any(|m| *m);
+        return Ok(Err(if several {
+            (
+                oauth_error(
+                    400,
+                    "invalid_request",
+                    "use exactly one client authentication method",
+                ),
+                "invalid_request: more than one client authentication method",
+            )
+        } else {
+            (
+                oauth_error(
+                    401,
+                    "invalid_client",
+                    "use exactly one client authentication method",
+                ),
+                "invalid_client: no client authentication",
+            )
+        }));
     }
     let salt = super::salt(core).await?;
     let (client_id, secret, method) = if let Some(b) = basic {
@@ -231,52 +279,65 @@ async fn authenticate(
             .and_then(|d| String::from_utf8(d).ok())
             .and_then(|s| {
                 let (i, sec) = s.split_once(':')?;
-                // RFC 6749 §2.3.1: both form-urlencoded inside Basic
+                // RFC 6749 §2.3.1: both form-urlencoded inside Basic; each
+                // decoded whole (a `&` is a character, not a separator)
                 let dec = |x: &str| {
-                    url::form_urlencoded::parse(format!("a={x}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.into_owned())
+                    crate::canonical::percent_decode(x, true)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
                 };
                 Some((dec(i)?, dec(sec)?))
             })
         else {
-            return Ok(Err(invalid_client()));
+            return Ok(Err((
+                invalid_client(),
+                "invalid_client: malformed Basic credentials",
+            )));
         };
         if param(form, "client_id").is_some_and(|c| c != id) {
-            return Ok(Err(oauth_error(
-                400,
-                "invalid_request",
-                "client_id does not match",
+            return Ok(Err((
+                oauth_error(400, "invalid_request", "client_id does not match"),
+                "invalid_request: client_id does not match",
             )));
         }
-        (id, Some(secret), "client_secret_basic")
+        (id, secret, "client_secret_basic")
     } else if let Some(s) = post {
         let Some(id) = param(form, "client_id") else {
-            return Ok(Err(invalid_client()));
+            return Ok(Err((invalid_client(), "invalid_client: no client_id")));
         };
-        (id.to_string(), Some(s.to_string()), "client_secret_post")
+        (id.to_string(), s.to_string(), "client_secret_post")
     } else {
         if param(form, "client_assertion_type") != Some(JWT_BEARER) {
-            return Ok(Err(oauth_error(
-                400,
-                "invalid_request",
-                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            return Ok(Err((
+                oauth_error(
+                    400,
+                    "invalid_request",
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                "invalid_request: client_assertion_type",
             )));
         }
         return Ok(private_key_jwt(core, issuer, assertion.unwrap_or_default(), form).await);
     };
     let client = super::client_by_id(core, &client_id).await?;
     // the HMAC is computed whether or not the client exists
-    let presented = salt.sign_hex(secret.unwrap_or_default().as_bytes());
-    let ok = client.as_ref().is_some_and(|c| {
-        c.token_endpoint_auth_method == method
-            && !c.secret_hash.is_empty()
-            && palisade_crypto::mac::ct_eq(c.secret_hash.as_bytes(), presented.as_bytes())
-    });
-    let _ = p;
+    let presented = salt.sign_hex(secret.as_bytes());
+    let why = match &client {
+        None => "invalid_client: unknown client",
+        Some(c) if c.token_endpoint_auth_method != method => {
+            "invalid_client: not the client's authentication method"
+        }
+        Some(c)
+            if c.secret_hash.is_empty()
+                || !palisade_crypto::mac::ct_eq(c.secret_hash.as_bytes(), presented.as_bytes()) =>
+        {
+            "invalid_client: wrong secret"
+        }
+        Some(_) => "",
+    };
     match client {
-        Some(c) if ok => Ok(Ok(c)),
-        _ => Ok(Err(invalid_client())),
+        Some(c) if why.is_empty() => Ok(Ok(c)),
+        _ => Ok(Err((invalid_client(), why))),
     }
 }
 
@@ -285,7 +346,8 @@ async fn private_key_jwt(
     issuer: &str,
     assertion: &str,
     form: &[(String, String)],
-) -> Result<Arc<Client>, Response> {
+) -> Result<Arc<Client>, AuthFailure> {
+    let bad = |why: &'static str| (invalid_client(), why);
     // the unverified iss only names the client whose keys verify it
     let unverified_iss = assertion
         .split('.')
@@ -297,19 +359,18 @@ async fn private_key_jwt(
         })
         .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
         .and_then(|m| m.get("iss").and_then(Value::as_str).map(str::to_string))
-        .ok_or_else(invalid_client)?;
+        .ok_or_else(|| bad("invalid_client: malformed assertion"))?;
     if param(form, "client_id").is_some_and(|c| c != unverified_iss) {
-        return Err(oauth_error(
-            400,
-            "invalid_request",
-            "client_id does not match",
+        return Err((
+            oauth_error(400, "invalid_request", "client_id does not match"),
+            "invalid_request: client_id does not match",
         ));
     }
     let client = super::client_by_id(core, &unverified_iss)
         .await
-        .map_err(|_| invalid_client())?
+        .map_err(|_| bad("invalid_client: client lookup failed"))?
         .filter(|c| c.token_endpoint_auth_method == "private_key_jwt" && !c.jwks.is_empty())
-        .ok_or_else(invalid_client)?;
+        .ok_or_else(|| bad("invalid_client: unknown client"))?;
     let mut cfg = palisade_jwt::IssuerConfig::new(
         client.client_id.clone(),
         Vec::new(),
@@ -323,27 +384,31 @@ async fn private_key_jwt(
     cfg.caller_checks_audience = true;
     let v = palisade_jwt::Verifier::new(vec![cfg], reqwest::Client::new())
         .await
-        .map_err(|_| invalid_client())?;
+        .map_err(|_| bad("invalid_client: the client's keys are unusable"))?;
     let claims = v
         .verify_at_wall(assertion, core.clock_wall())
         .await
-        .map_err(|_| invalid_client())?;
+        .map_err(|_| bad("invalid_client: assertion signature or claims"))?;
     let token_endpoint = format!("{issuer}/token");
     let now = core.tokens.now();
+    // expired is expired: no leeway for an assertion (its jti record must
+    // outlive every moment it could be accepted)
     let ok = claims.sub.as_deref() == Some(client.client_id.as_str())
         && claims
             .aud
             .iter()
             .any(|a| *a == token_endpoint || a == issuer)
+        && claims.exp > now
         && claims.exp - now <= MAX_ASSERTION_LIFE;
     let jti = claims
         .get("jti")
         .and_then(Value::as_str)
         .unwrap_or_default();
     if !ok || jti.is_empty() || jti.len() > 256 {
-        return Err(invalid_client());
+        return Err(bad("invalid_client: assertion sub, aud, exp or jti"));
     }
-    // a jti is accepted once (RFC 7523 §3): recorded until the assertion expires
+    // a jti is accepted once (RFC 7523 §3): recorded past the assertion's
+    // expiry by the verifier's largest leeway
     let key = format!(
         "{}{}",
         super::ASSERTION_PREFIX,
@@ -352,13 +417,27 @@ async fn private_key_jwt(
     let _g = core.oauth.writes.lock().await;
     match core.barrier.get(&key).await {
         Ok(None) => {}
-        _ => return Err(invalid_client()),
+        _ => return Err(bad("invalid_client: assertion replayed")),
     }
+    let keep_until = claims
+        .exp
+        .saturating_add(palisade_jwt::MAX_LEEWAY.as_secs() as i64);
     core.barrier
-        .put(&key, claims.exp.to_string().as_bytes())
+        .put(&key, keep_until.to_string().as_bytes())
         .await
-        .map_err(|_| invalid_client())?;
+        .map_err(|_| bad("invalid_client: assertion could not be recorded"))?;
     Ok(client)
+}
+
+/// The scopes a client may get at a provider: its own, limited to the
+/// provider's `scopes_supported` when the provider lists any.
+fn allowed_scopes(p: &Provider, client: &Client) -> Vec<String> {
+    client
+        .allowed_scopes
+        .iter()
+        .filter(|s| p.scopes_supported.is_empty() || p.scopes_supported.contains(s))
+        .cloned()
+        .collect()
 }
 
 /// Space-separated values of a parameter.
@@ -397,7 +476,8 @@ async fn token(
     }
     let (sub, scope, exp, act) = match grant {
         "client_credentials" => {
-            let Some(scope) = super::scopes(param(form, "scope"), &client.allowed_scopes) else {
+            let Some(scope) = super::scopes(param(form, "scope"), &allowed_scopes(p, client))
+            else {
                 return Ok(oauth_error(
                     400,
                     "invalid_scope",
@@ -457,10 +537,8 @@ async fn token(
                 ));
             }
             let held = words(claims.get("scope").and_then(Value::as_str));
-            let allowed: Vec<String> = held
-                .into_iter()
-                .filter(|s| client.allowed_scopes.contains(s))
-                .collect();
+            let mine = allowed_scopes(p, client);
+            let allowed: Vec<String> = held.into_iter().filter(|s| mine.contains(s)).collect();
             let Some(scope) = super::scopes(param(form, "scope"), &allowed) else {
                 return Ok(oauth_error(
                     400,
@@ -540,6 +618,14 @@ async fn live_claims(
         .and_then(Value::as_str)
         .unwrap_or_default();
     if claims.exp <= now || nbf > now || jti.is_empty() || super::is_revoked(core, jti).await? {
+        return Ok(None);
+    }
+    // a deleted client's tokens die with it
+    let cid = claims
+        .get("client_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if super::client_by_id(core, cid).await?.is_none() {
         return Ok(None);
     }
     Ok(Some(claims))

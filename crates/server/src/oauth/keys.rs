@@ -188,6 +188,27 @@ impl Ring {
             .retain(|v| v.retire_at == 0 || v.retire_at > now);
     }
 
+    /// The algorithms of the versions it holds (an algorithm change keeps
+    /// the old keys published until they retire).
+    pub fn algorithms(&self) -> Vec<palisade_jwt::Alg> {
+        let mut out: Vec<palisade_jwt::Alg> = Vec::new();
+        for v in &self.versions {
+            if let Some(a) = v
+                .jwk
+                .get("alg")
+                .and_then(Value::as_str)
+                .and_then(Algorithm::parse)
+                && !out.contains(&a.jwt_alg())
+            {
+                out.push(a.jwt_alg());
+            }
+        }
+        if out.is_empty() {
+            out.push(self.algorithm.jwt_alg());
+        }
+        out
+    }
+
     /// The published keys: next, current and retiring ones.
     pub fn jwks(&self, now: i64) -> Vec<Value> {
         self.versions

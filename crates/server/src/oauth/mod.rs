@@ -117,6 +117,10 @@ impl Provider {
 pub struct OAuth {
     pub keys: keys::Cache,
     clients: std::sync::Mutex<HashMap<String, Arc<Client>>>,
+    /// Bumped by every client write and delete, before the cache entry is
+    /// dropped: a lookup that read storage before a write must not cache
+    /// what it read after it.
+    clients_gen: std::sync::atomic::AtomicU64,
     providers: std::sync::Mutex<HashMap<String, Arc<Provider>>>,
     salt: std::sync::Mutex<Option<Arc<MacKey>>>,
     /// jti → exp of revoked tokens; `None` until loaded after an unseal.
@@ -176,6 +180,15 @@ pub(crate) async fn salt(core: &Core) -> Result<Arc<MacKey>, ApiError> {
     let k = Arc::new(k);
     *lock(&core.oauth.salt) = Some(k.clone());
     Ok(k)
+}
+
+/// Drop a client from the cache after a write (the generation first).
+fn forget_client(core: &Core, client_id: &str) {
+    let mut cache = lock(&core.oauth.clients);
+    core.oauth
+        .clients_gen
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    cache.remove(client_id);
 }
 
 /// A key ring and its signer, rotated first when due.
@@ -243,6 +256,10 @@ pub(crate) async fn client_by_id(
     if client_id.is_empty() || client_id.len() > 256 {
         return Ok(None);
     }
+    let generation = core
+        .oauth
+        .clients_gen
+        .load(std::sync::atomic::Ordering::SeqCst);
     let Some(name) = core
         .barrier
         .get(&format!("{CLIENT_ID_PREFIX}{}", hex::encode(client_id)))
@@ -255,7 +272,15 @@ pub(crate) async fn client_by_id(
         return Ok(None);
     };
     let c = Arc::new(c);
-    lock(&core.oauth.clients).insert(client_id.to_string(), c.clone());
+    let mut cache = lock(&core.oauth.clients);
+    if core
+        .oauth
+        .clients_gen
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == generation
+    {
+        cache.insert(client_id.to_string(), c.clone());
+    }
     Ok(Some(c))
 }
 
@@ -353,7 +378,7 @@ pub(crate) async fn own_verifier(
     let mut cfg = palisade_jwt::IssuerConfig::new(
         p.issuer_url(name),
         Vec::new(),
-        vec![ring.algorithm.jwt_alg()],
+        ring.algorithms(),
         palisade_jwt::KeySource::Jwks(doc.clone()),
     );
     cfg.caller_checks_audience = true;
@@ -448,6 +473,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             if let Some(ttl) = duration(req, "verification_ttl")? {
                 ring.verification_ttl = ttl;
             }
+            check_ttls(core, n, &ring).await?;
             ring.rotate(core.tokens.now())?;
             core.barrier.put(&path, &to_bytes(&ring)?).await?;
             core.oauth.keys.forget(Some(n));
@@ -528,17 +554,36 @@ async fn key(core: &Core, req: &Request, name: &str) -> Result<Response, ApiErro
                     now,
                 )?,
             };
-            if ring.rotation_period < 60 || ring.verification_ttl < 60 {
-                return Err(ApiError::bad_request(
-                    "rotation_period and verification_ttl must be at least 1m",
-                ));
-            }
+            check_ttls(core, name, &ring).await?;
             core.barrier.put(&path, &to_bytes(&ring)?).await?;
             core.oauth.keys.forget(Some(name));
             Ok(Response::no_content())
         }
         _ => Err(ApiError::unsupported_operation()),
     }
+}
+
+/// A key's periods: at least a minute, and its `verification_ttl` at least
+/// the token lifetime of every client signing with it (a token must never
+/// outlive its key's publication).
+async fn check_ttls(core: &Core, name: &str, ring: &Ring) -> Result<(), ApiError> {
+    if ring.rotation_period < 60 || ring.verification_ttl < 60 {
+        return Err(ApiError::bad_request(
+            "rotation_period and verification_ttl must be at least 1m",
+        ));
+    }
+    for n in core.barrier.list(CLIENT_PREFIX).await? {
+        if let Some(c) = get_json::<Client>(core, &format!("{CLIENT_PREFIX}{n}")).await?
+            && c.key == name
+            && c.access_token_ttl > ring.verification_ttl
+        {
+            return Err(ApiError::bad_request(format!(
+                "verification_ttl ({}s) is shorter than the access_token_ttl of client {n:?} ({}s): its tokens would outlive their key",
+                ring.verification_ttl, c.access_token_ttl
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn new_secret() -> String {
@@ -566,7 +611,7 @@ async fn client(core: &Core, req: &Request, name: &str) -> Result<Response, ApiE
                         },
                     ])
                     .await?;
-                lock(&core.oauth.clients).remove(&c.client_id);
+                forget_client(core, &c.client_id);
             }
             Ok(Response::no_content())
         }
@@ -682,7 +727,7 @@ async fn write_client(core: &Core, req: &Request, name: &str) -> Result<Response
             },
         ])
         .await?;
-    lock(&core.oauth.clients).remove(&c.client_id);
+    forget_client(core, &c.client_id);
     let mut out = c.to_json();
     if let (Some(s), Value::Object(o)) = (secret, &mut out) {
         o.insert("client_secret".into(), Value::String(s));
@@ -706,7 +751,7 @@ async fn rotate_secret(core: &Core, name: &str) -> Result<Response, ApiError> {
     let s = new_secret();
     c.secret_hash = salt.sign_hex(s.as_bytes());
     core.barrier.put(&path, &to_bytes(&c)?).await?;
-    lock(&core.oauth.clients).remove(&c.client_id);
+    forget_client(core, &c.client_id);
     Ok(Response::data(json!({
         "client_id": c.client_id,
         "client_secret": s,
@@ -752,15 +797,27 @@ async fn provider_api(core: &Core, req: &Request, name: &str) -> Result<Response
                             .parse::<std::net::IpAddr>()
                             .is_ok_and(|a| a.is_loopback())
                 });
+                // stored as rebuilt from the parsed URL, and refused unless
+                // that is what was written (case aside): no userinfo, no path
+                let rebuilt = match (u.host_str(), u.port()) {
+                    (Some(h), Some(port)) => format!("{}://{h}:{port}", u.scheme()),
+                    (Some(h), None) => format!("{}://{h}", u.scheme()),
+                    (None, _) => String::new(),
+                };
+                let bad = ApiError::bad_request(
+                    "issuer must be https://host[:port] (http only for a loopback host), without a path",
+                );
                 if !bare
-                    || u.username() != ""
+                    || rebuilt.is_empty()
+                    || !u.username().is_empty()
+                    || u.password().is_some()
+                    || !i.trim_end_matches('/').eq_ignore_ascii_case(&rebuilt)
+                    || i.ends_with("//")
                     || !(u.scheme() == "https" || (u.scheme() == "http" && loopback))
                 {
-                    return Err(ApiError::bad_request(
-                        "issuer must be https://host[:port] (http only for a loopback host), without a path",
-                    ));
+                    return Err(bad);
                 }
-                p.issuer = i.trim_end_matches('/').to_string();
+                p.issuer = rebuilt;
             }
             if let Some(a) = list_of(req, "allowed_client_ids")? {
                 p.allowed_client_ids = a;
