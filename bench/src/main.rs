@@ -36,6 +36,18 @@ enum Cli {
         #[arg(long, default_value_t = 200_000)]
         iterations: u32,
     },
+    /// The gateway's JWT verification (palisade-jwt's `Verifier`, as the
+    /// authn step calls it) per token, beside the raw Ed25519 verification
+    /// of the same signing inputs, one thread, in this process
+    /// (docs/benchmarks.md; issue #17's target: at most 1.5× the raw cost).
+    Jwt {
+        /// Distinct tokens, each verified once (no verified-token cache hit).
+        #[arg(long, default_value_t = 20_000)]
+        tokens: u32,
+        /// Rounds; the fastest of each is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// CPU time per request of the OWASP CRS v4 rule set evaluated by
     /// palisade-waf (request phases), on the payloads `inspect` measures
     /// plus a plain GET, in this process; and the rule set's load time and
@@ -726,6 +738,110 @@ async fn setup_oauth(
     Ok((basic, tokens))
 }
 
+/// Mint `n` distinct EdDSA access tokens (as the provider does) and
+/// measure per token: the gateway verifier's `verify` (signature, claims,
+/// audience, issuer; every token new, so no cache hit), and the raw
+/// Ed25519 verification of the same signing inputs.
+async fn bench_jwt(n: u32, rounds: u32) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use palisade_crypto::transit::{self, HashAlg, KeyType, Marshaling, RsaPadding, SignOptions};
+    let opts = SignOptions {
+        hash: HashAlg::Sha2_256,
+        prehashed: false,
+        padding: RsaPadding::Pkcs1v15,
+        marshaling: Marshaling::Jws,
+    };
+    let Ok(key) = transit::generate(KeyType::Ed25519, 0) else {
+        eprintln!("key generation failed");
+        return;
+    };
+    let Ok(Some(public)) = transit::public_key(KeyType::Ed25519, &key) else {
+        eprintln!("no public key");
+        return;
+    };
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&public), "kid": "k1", "alg": "EdDSA", "use": "sig"}]}).to_string();
+    let issuer = "http://127.0.0.1:8200/v1/identity/oidc/provider/default";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","kid":"k1","typ":"at+jwt"}"#);
+    let mut tokens = Vec::with_capacity(n as usize);
+    let mut raw_inputs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let claims = json!({"iss": issuer, "sub": "svc-a", "aud": "orders-api", "exp": now + 3600, "iat": now, "nbf": now, "jti": format!("jti-{i}"), "scope": "orders:read", "client_id": "svc-a"});
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let Ok(sig) = transit::sign(KeyType::Ed25519, &key, input.as_bytes(), &opts) else {
+            eprintln!("signing failed");
+            return;
+        };
+        tokens.push(format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig)));
+        raw_inputs.push((input, sig));
+    }
+    let mut best_verifier = f64::MAX;
+    let mut best_cached = f64::MAX;
+    let mut best_raw = f64::MAX;
+    for _ in 0..rounds {
+        // a new verifier each round: every token is a cache miss
+        let cfg = palisade_jwt::IssuerConfig::new(
+            issuer,
+            vec!["orders-api".to_string()],
+            vec![palisade_jwt::Alg::EdDSA],
+            palisade_jwt::KeySource::Jwks(jwks.clone()),
+        );
+        let Ok(v) = palisade_jwt::Verifier::new(vec![cfg], reqwest::Client::new()).await else {
+            eprintln!("verifier failed");
+            return;
+        };
+        let t = Instant::now();
+        for tok in &tokens {
+            if v.verify(tok).await.is_err() {
+                eprintln!("a token did not verify");
+                return;
+            }
+        }
+        best_verifier = best_verifier.min(t.elapsed().as_secs_f64() / f64::from(n));
+        let t = Instant::now();
+        for tok in &tokens {
+            let _ = v.verify(tok).await;
+        }
+        best_cached = best_cached.min(t.elapsed().as_secs_f64() / f64::from(n));
+        let t = Instant::now();
+        for (input, sig) in &raw_inputs {
+            if !transit::verify(KeyType::Ed25519, &public, input.as_bytes(), sig, &opts)
+                .unwrap_or(false)
+            {
+                eprintln!("raw verification failed");
+                return;
+            }
+        }
+        best_raw = best_raw.min(t.elapsed().as_secs_f64() / f64::from(n));
+    }
+    println!(
+        "| measure (EdDSA, one thread, {n} distinct tokens, best of {rounds}) | µs per token |"
+    );
+    println!("|---|---:|");
+    println!(
+        "| raw Ed25519 verification (aws-lc-rs) | {:.2} |",
+        best_raw * 1e6
+    );
+    println!(
+        "| gateway verifier, new token (parse, signature, claims) | {:.2} |",
+        best_verifier * 1e6
+    );
+    println!(
+        "| gateway verifier, token seen before (cache) | {:.2} |",
+        best_cached * 1e6
+    );
+    println!();
+    println!(
+        "- verifier / raw = {:.2} (target <= 1.5); cached / raw = {:.2}",
+        best_verifier / best_raw,
+        best_cached / best_raw
+    );
+}
+
 /// Raw Ed25519 signatures and verifications per second, one thread, in
 /// this process (aws-lc-rs through `palisade_crypto::transit`, the calls
 /// the provider makes), on a message the size of an access token's
@@ -1162,6 +1278,10 @@ async fn run(args: &Args, backends: &[String]) -> bool {
 async fn main() {
     let args = match Cli::parse() {
         Cli::Kv(a) => a,
+        Cli::Jwt { tokens, rounds } => {
+            bench_jwt(tokens, rounds).await;
+            return;
+        }
         Cli::Inspect { iterations } => {
             bench_inspect(iterations);
             return;

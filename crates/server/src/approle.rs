@@ -228,16 +228,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     view: &View,
     key: &str,
 ) -> Result<Option<T>, ApiError> {
-    match view.get(key).await? {
-        None => Ok(None),
-        Some(b) => Ok(Some(
-            serde_json::from_slice(&b).map_err(ApiError::internal)?,
-        )),
-    }
+    crate::json::stored(view.get(key).await?)
 }
 
 fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(ApiError::internal)
+    crate::json::to_stored(v)
 }
 
 /// Role and secret ID writes are serialised (create-or-update decided once,

@@ -13,6 +13,21 @@ use serde_json::{Map, Value};
 
 use crate::logical::ApiError;
 
+/// A record stored as JSON: `None` when absent; one that does not parse is
+/// an internal error (storage holds only what this server wrote).
+pub(crate) fn stored<T: serde::de::DeserializeOwned>(
+    bytes: Option<impl AsRef<[u8]>>,
+) -> Result<Option<T>, ApiError> {
+    bytes
+        .map(|b| serde_json::from_slice(b.as_ref()).map_err(ApiError::internal))
+        .transpose()
+}
+
+/// The JSON bytes a record is stored as.
+pub(crate) fn to_stored<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(ApiError::internal)
+}
+
 /// Limits on one JSON body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JsonLimits {

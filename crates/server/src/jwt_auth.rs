@@ -194,17 +194,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     view: &View,
     key: &str,
 ) -> Result<Option<T>, ApiError> {
-    match view.get(key).await? {
-        None => Ok(None),
-        Some(b) => Ok(Some(
-            serde_json::from_slice(&b).map_err(ApiError::internal)?,
-        )),
-    }
+    crate::json::stored(view.get(key).await?)
 }
 
 async fn put_json<T: Serialize>(view: &View, key: &str, v: &T) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(v).map_err(ApiError::internal)?;
-    Ok(view.put(key, &bytes).await?)
+    Ok(view.put(key, &crate::json::to_stored(v)?).await?)
 }
 
 /// Whether a role exists (the ACL's create-or-update decision).

@@ -151,16 +151,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     core: &Core,
     key: &str,
 ) -> Result<Option<T>, ApiError> {
-    match core.barrier.get(key).await? {
-        None => Ok(None),
-        Some(b) => Ok(Some(
-            serde_json::from_slice(&b).map_err(ApiError::internal)?,
-        )),
-    }
+    crate::json::stored(core.barrier.get(key).await?)
 }
 
 fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(ApiError::internal)
+    crate::json::to_stored(v)
 }
 
 /// The HMAC key client secrets are hashed with.
