@@ -303,6 +303,10 @@ pub fn unlock_user(core: &Core, rest: &str) -> Result<Response, ApiError> {
     let Some((accessor, who)) = rest.split_once("/unlock/") else {
         return Err(ApiError::unsupported_path());
     };
+    // the identity is one path segment: what the ACL saw is what is unlocked
+    if who.contains('/') || accessor.contains('/') {
+        return Err(ApiError::unsupported_path());
+    }
     if accessor.is_empty() || who.is_empty() {
         return Err(ApiError::bad_request(
             "mount_accessor and alias_identifier are required",

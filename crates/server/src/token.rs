@@ -883,3 +883,20 @@ pub struct Renewed {
     pub warnings: Vec<String>,
     pub now: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_response_never_shows_in_debug_output() {
+        let t = NewToken {
+            wrapped: Some(zeroize::Zeroizing::new(b"hunter2-wrapped".to_vec())),
+            ..NewToken::default()
+        };
+        let shown = format!("{t:?}");
+        // the bytes of "hun", as Vec<u8>'s Debug would print them
+        assert!(!shown.contains("104, 117, 110"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

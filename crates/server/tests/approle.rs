@@ -570,6 +570,15 @@ async fn repeated_failures_lock_the_role_out_even_for_the_right_secret() {
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
     token_of(&login(&s, &rid, &sid).await);
+    // the identity is one segment: a trailing slash names nothing
+    let r = s
+        .post(
+            &format!("sys/locked-users/{accessor}/unlock/locked/"),
+            &s.root,
+            json!({}),
+        )
+        .await;
+    assert_error(&r, 404, "unsupported path");
     let r = s
         .post(
             "sys/auth/approle/tune",

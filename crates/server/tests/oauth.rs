@@ -1031,3 +1031,59 @@ async fn a_deleted_clients_tokens_die_with_it_and_scopes_follow_the_provider() {
     let r = post_form(s, "introspect", Some(basic(&gid, &gsec)), &form).await;
     assert_eq!(r.body, json!({"active": false}));
 }
+
+// ------------------------------------------------------------ final review
+
+#[tokio::test]
+async fn an_exact_deny_on_a_client_holds_in_every_spelling() {
+    let x = setup().await;
+    let s = &x.s;
+    let t = s
+        .token_with(
+            r#"
+path "identity/oidc/client/*" { capabilities = ["create", "update", "read"] }
+path "identity/oidc/client/svc-a" { capabilities = ["deny"] }
+path "identity/oidc/client/svc-a/rotate-secret" { capabilities = ["deny"] }
+"#,
+        )
+        .await;
+    assert_denied(
+        &s.post(
+            "identity/oidc/client/svc-a",
+            &t.id,
+            json!({"allowed_audiences": "evil"}),
+        )
+        .await,
+    );
+    for variant in [
+        "identity/oidc/client/svc-a/",
+        "identity/oidc/client/svc-a/rotate-secret/",
+        "identity/oidc/client/SVC-A",
+        "identity/oidc/client/svc%2Da",
+    ] {
+        let r = s
+            .post(variant, &t.id, json!({"allowed_audiences": "evil"}))
+            .await;
+        assert!(
+            r.status == 403 || r.status == 400 || r.status == 404,
+            "{variant}: {} {}",
+            r.status,
+            r.text
+        );
+        assert!(!r.text.contains("client_secret"), "{variant}: {}", r.text);
+    }
+    // nothing changed: the client still has its audiences and its secret works
+    let r = s.get("identity/oidc/client/svc-a", &s.root).await;
+    assert_eq!(r.data()["allowed_audiences"], json!(["svc-b", "svc-c"]));
+    assert_eq!(
+        cc_token(&x, "grant_type=client_credentials").await.status,
+        200
+    );
+    // a trailing slash is LIST's form only
+    let r = s
+        .post("identity/oidc/client/svc-a/", &s.root, json!({}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s.list("identity/oidc/client/", &s.root).await;
+    assert_eq!(r.data()["keys"], json!(["svc-a"]), "{}", r.text);
+}

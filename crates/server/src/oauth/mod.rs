@@ -444,7 +444,14 @@ async fn list_names(core: &Core, prefix: &str) -> Result<Response, ApiError> {
 pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<Response, ApiError> {
     let req = auth.request();
     let op = req.operation;
-    let rest = rest.trim_end_matches('/');
+    // a trailing `/` is LIST's canonical form only: any other operation is
+    // checked by the ACL on the path as sent, so it must act on no other
+    // (`client/x/` is not `client/x`)
+    let rest = match op {
+        Operation::List => rest.strip_suffix('/').unwrap_or(rest),
+        _ if rest.ends_with('/') => return Err(ApiError::unsupported_path()),
+        _ => rest,
+    };
     let (kind, name, sub) = {
         let mut it = rest.splitn(3, '/');
         (
