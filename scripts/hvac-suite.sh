@@ -13,6 +13,7 @@
 #   scripts/hvac-suite.sh                  # uses ${CARGO_TARGET_DIR:-target}/debug/palisade
 #   TARGET=openbao scripts/hvac-suite.sh   # the OpenBao 2.7 baseline (bench/hvac-openbao.sh)
 #   scripts/hvac-suite.sh -k kv_v2         # extra arguments go to pytest
+#   HVAC_SUITE_MODULES="tests/integration_tests/api/secrets_engines/test_identity.py" scripts/hvac-suite.sh
 #
 # Environment: HVAC_SUITE_CACHE (default ~/.cache/palisade-hvac), HVAC_SUITE_OUT (junit XML,
 # pytest log, server logs; default $HVAC_SUITE_CACHE/out/$TARGET), HVAC_SUITE_TIMEOUT (seconds
@@ -46,6 +47,7 @@ MODULES=(
   tests/integration_tests/api/system_backend/test_key.py
   tests/integration_tests/api/system_backend/test_wrapping.py
   tests/integration_tests/api/system_backend/test_lease.py
+  tests/integration_tests/api/secrets_engines/test_identity.py
   tests/integration_tests/api/secrets_engines/test_kv_v1.py
   tests/integration_tests/api/secrets_engines/test_kv_v2.py
   tests/integration_tests/api/secrets_engines/test_transit.py
@@ -142,6 +144,10 @@ ln -s "$suite_dir/vault-shim" "$scratch/bin/vault"
 # by another user) would make the result depend on history: start without it.
 rm -f /tmp/vault.audit.log
 
+# HVAC_SUITE_MODULES="path ..." runs only those modules (a partial comparison).
+if [ -n "${HVAC_SUITE_MODULES:-}" ]; then
+  read -r -a MODULES <<< "$HVAC_SUITE_MODULES"
+fi
 # --- run ---------------------------------------------------------------------------------
 say "running ${#MODULES[@]} hvac $HVAC_VERSION integration modules against $TARGET (pytest log: $out/pytest.log)"
 rm -f "$out/junit.xml" "$out/pytest.log" "$out/failures.txt"
@@ -182,7 +188,7 @@ if [ "$TARGET" = openbao ]; then
 fi
 set +e
 partial=()
-[ $# -gt 0 ] && partial=(--partial)   # extra pytest arguments narrow the selection
+{ [ $# -gt 0 ] || [ -n "${HVAC_SUITE_MODULES:-}" ]; } && partial=(--partial)   # a narrowed selection
 python3 "$suite_dir/compare.py" "$out/junit.xml" "$suite_dir/expected-failures.txt" \
   --label palisade --failures-out "$out/failures.txt" "${partial[@]}"
 status=$?

@@ -91,5 +91,5 @@ pub use config::{
 pub use error::{ConfigError, ConfigProblem, JwtError};
 pub use jws::MAX_TOKEN_BYTES;
 pub use pem::{jwk_from_spki_der, jwks_from_pem};
-pub use remote::jwks_client;
+pub use remote::{jwks_client, jwks_client_with_roots};
 pub use verifier::Verifier;

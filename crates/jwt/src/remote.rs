@@ -32,6 +32,17 @@ const MAX_REDIRECTS: usize = 3;
 /// rules for the configured URL before it is followed (not only where the
 /// chain ends: a refused hop is never contacted).
 pub fn jwks_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    client_builder(timeout).build()
+}
+
+/// [`jwks_client`] trusting only the CA certificates of `pem` (a PEM
+/// bundle), instead of the system's roots: a private issuer's CA.
+pub fn jwks_client_with_roots(timeout: Duration, pem: &[u8]) -> reqwest::Result<reqwest::Client> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)?;
+    client_builder(timeout).tls_certs_only(certs).build()
+}
+
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)
         .no_proxy()
@@ -44,7 +55,6 @@ pub fn jwks_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
                 attempt.follow()
             }
         }))
-        .build()
 }
 
 fn request_error(e: &reqwest::Error) -> FetchError {

@@ -823,6 +823,10 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             meta,
             display_name: format!("{}-{name}", mount.kind),
             path: format!("auth/{}login", mount.path),
+            // Vault's alias for an AppRole login is the role ID
+            alias: role.role_id.clone(),
+            alias_metadata: [("role_name".to_string(), name.clone())].into(),
+            groups: None,
         },
     )
     .await

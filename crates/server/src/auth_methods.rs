@@ -200,6 +200,8 @@ async fn disable(core: &Core, path: &str) -> Result<Response, ApiError> {
     // (2) its tokens revoked; (3) its data deleted
     let revoked = core.tokens.revoke_by_method(&m.accessor).await?;
     core.lockouts.forget(Some(&m.accessor));
+    // its entity aliases and group aliases go with it (Vault)
+    crate::identity::forget_mount(core, &m.accessor).await?;
     palisade_barrier::View::new(core.barrier.clone(), m.auth_view_prefix())
         .clear()
         .await?;

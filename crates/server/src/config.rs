@@ -33,6 +33,9 @@ pub struct RawConfig {
     pub dangerous_unauthenticated_generate_root: Option<bool>,
     /// Where scheduled KV rotation may get new values from.
     pub rotation: Option<RawRotation>,
+    /// How clients reach this server, `scheme://host[:port]` (Vault's name;
+    /// the default issuer of identity tokens). Default: from the listener.
+    pub api_addr: Option<String>,
 }
 
 /// `[rotation]`: the producers of new values a KV rotation policy may
@@ -187,6 +190,8 @@ pub struct ServerConfig {
     pub log_level: String,
     pub log_format: LogFormat,
     pub rotation: RotationConfig,
+    /// `api_addr`, validated (or derived from the listener).
+    pub api_addr: String,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -507,6 +512,40 @@ pub fn validate(
         }
     };
     let rotation = validate_rotation(raw.rotation, &mut errs);
+    let api_addr = match raw.api_addr.as_deref() {
+        Some(a) => match url::Url::parse(a) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+                    && u.username().is_empty() =>
+            {
+                a.trim_end_matches('/').to_string()
+            }
+            _ => {
+                errs.push(format!(
+                    "api_addr: {a:?} is not scheme://host[:port] (http or https, no path)"
+                ));
+                String::new()
+            }
+        },
+        None => match &listener {
+            Some(l) => {
+                let scheme = if l.tls == Tls::Disabled {
+                    "http"
+                } else {
+                    "https"
+                };
+                let mut addr = l.address;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("{scheme}://{addr}")
+            }
+            None => String::new(),
+        },
+    };
     let ui = raw.ui.unwrap_or(false);
     if ui {
         errs.push("ui: the web UI is not available in this version; set ui = false".into());
@@ -530,6 +569,7 @@ pub fn validate(
             log_level,
             log_format,
             rotation,
+            api_addr,
         }),
         _ => Err(ConfigErrors(vec!["invalid configuration".into()])),
     }

@@ -90,6 +90,9 @@ pub struct CoreOptions {
     pub dangerous_unauthenticated_generate_root: bool,
     /// `[rotation]`: where KV rotation policies may get new values.
     pub rotation: crate::config::RotationConfig,
+    /// `api_addr`: how clients reach this server (`scheme://host:port`);
+    /// the default issuer of identity tokens. Empty: `http://127.0.0.1:8200`.
+    pub api_addr: String,
 }
 
 /// The caller, as established by token lookup and the ACL check, with the
@@ -213,6 +216,8 @@ pub struct Core {
     pub jwt_verifiers: crate::jwt_auth::Verifiers,
     /// The OAuth2/OIDC provider's caches and revoked token ids.
     pub oauth: crate::oauth::OAuth,
+    /// Entities, groups and their aliases (`identity/`).
+    pub identity: crate::identity::Identity,
     pub options: CoreOptions,
     state: AtomicU8,
     /// Every executing request holds it for reading; sealing takes it for
@@ -293,6 +298,7 @@ impl Core {
             lockouts: Default::default(),
             jwt_verifiers: Default::default(),
             oauth: Default::default(),
+            identity: Default::default(),
             options,
             state: AtomicU8::new(State::Sealed as u8),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -557,6 +563,7 @@ impl Core {
         self.lockouts.forget(None);
         self.jwt_verifiers.clear();
         self.oauth.clear();
+        self.identity.clear();
         self.policies.clear();
         self.migrations.clear();
         // closed, not empty: nothing is recorded (so nothing is served)
@@ -862,6 +869,9 @@ impl Core {
         if req.path.as_str() == WRAPPING_LOOKUP {
             return self.open_wrapping_lookup(req).await;
         }
+        if crate::identity::oidc::is_public(req.operation, &req.path) {
+            return self.open_identity_public(req).await;
+        }
         crate::sys::handle_unauthenticated(self, &req).await
     }
 
@@ -977,6 +987,57 @@ impl Core {
             audit.error = o.failure.map(str::to_string);
             o.response
         });
+        self.audit_response(audit, &result).await?;
+        drop(gate);
+        result
+    }
+
+    /// The ACL a token acts under: its own policies plus its entity's and
+    /// its entity's groups' as they are now. None: its entity is disabled
+    /// or deleted, and the token authorises nothing.
+    pub async fn token_acl(&self, entry: &TokenEntry) -> Result<Option<Arc<Acl>>, ApiError> {
+        use crate::identity::IdentityPolicies;
+        Ok(
+            match self.identity.policies_for(self, &entry.entity_id).await? {
+                IdentityPolicies::None => Some(self.policies.acl(&entry.policies)?),
+                IdentityPolicies::Some(extra) if extra.is_empty() => {
+                    Some(self.policies.acl(&entry.policies)?)
+                }
+                IdentityPolicies::Some(extra) => {
+                    let mut all = entry.policies.clone();
+                    all.extend(extra);
+                    all.sort();
+                    all.dedup();
+                    Some(self.policies.acl(&all)?)
+                }
+                IdentityPolicies::Disabled => None,
+            },
+        )
+    }
+
+    /// How clients reach this server (`api_addr`).
+    pub fn api_addr(&self) -> &str {
+        if self.options.api_addr.is_empty() {
+            "http://127.0.0.1:8200"
+        } else {
+            &self.options.api_addr
+        }
+    }
+
+    /// `identity/oidc/.well-known/*`, served without a token: only while
+    /// unsealed, audited like any request.
+    async fn open_identity_public(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let gate = self.gate.clone().read_owned().await;
+        if !self.is_serving() {
+            return Err(ApiError::sealed());
+        }
+        let mut audit = open_audit_entry(&req);
+        audit.request.data = None;
+        if let Err(e) = self.audit.log(&audit).await {
+            tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
+            return Err(ApiError::internal("audit: no device recorded the request"));
+        }
+        let result = crate::identity::oidc::public(self, &req.path).await;
         self.audit_response(audit, &result).await?;
         drop(gate);
         result
@@ -1135,6 +1196,9 @@ impl Core {
         if req.path.as_str() == WRAPPING_LOOKUP {
             return Ok(Begun::Open(req));
         }
+        if crate::identity::oidc::is_public(req.operation, &req.path) {
+            return Ok(Begun::Open(req));
+        }
 
         let token_id = token.unwrap_or_default();
         let entry = if token_id.is_empty() {
@@ -1186,7 +1250,12 @@ impl Core {
             return Err(self.refuse(audit, ApiError::permission_denied()).await);
         }
 
-        let acl = self.policies.acl(&entry.policies)?;
+        // the entity's and its groups' policies join the token's, as they
+        // are now; a disabled or deleted entity's tokens authorise nothing
+        let Some(acl) = self.token_acl(&entry).await? else {
+            audit.request.data = None;
+            return Err(self.refuse(audit, ApiError::permission_denied()).await);
+        };
         // the epoch first: a table change after this read is seen by `route`
         let mount_epoch = self.mount_epoch.load(Ordering::SeqCst);
         let table = self.mount_table()?;
@@ -1535,7 +1604,13 @@ impl Core {
             return crate::token_api::handle(self, auth, rest).await;
         }
         if let Some(rest) = path.strip_prefix("identity/oidc/") {
+            if let Some(r) = crate::identity::oidc::handle(self, auth, rest).await {
+                return r;
+            }
             return crate::oauth::handle(self, auth, rest).await;
+        }
+        if let Some(rest) = path.strip_prefix("identity/") {
+            return crate::identity::api::handle(self, auth, rest).await;
         }
         let Some((mount, rel)) = &auth.route else {
             return Err(ApiError::unsupported_path());

@@ -88,15 +88,20 @@ pub struct Config {
     pub default_role: String,
     /// The discovery document's `jwks_uri`, fetched when the config was written.
     pub discovered_jwks_uri: String,
+    /// CA certificates (PEM) trusted for the discovery document and the
+    /// keys, instead of the system's roots.
+    pub oidc_discovery_ca_pem: String,
+    /// CA certificates (PEM) trusted for `jwks_url`, instead of the system's.
+    pub jwks_ca_pem: String,
 }
 
 impl Config {
     fn to_json(&self) -> Value {
         json!({
             "oidc_discovery_url": self.oidc_discovery_url,
-            "oidc_discovery_ca_pem": "",
+            "oidc_discovery_ca_pem": self.oidc_discovery_ca_pem,
             "jwks_url": self.jwks_url,
-            "jwks_ca_pem": "",
+            "jwks_ca_pem": self.jwks_ca_pem,
             "jwt_validation_pubkeys": self.jwt_validation_pubkeys,
             "bound_issuer": self.bound_issuer,
             "jwt_supported_algs": self.jwt_supported_algs,
@@ -237,12 +242,50 @@ impl Verifiers {
     }
 }
 
-fn http_client() -> Result<reqwest::Client, ApiError> {
-    palisade_jwt::jwks_client(FETCH_TIMEOUT).map_err(ApiError::internal)
+/// The client fetching keys and discovery documents: the system's CA roots,
+/// or only those of `ca_pem` when one is configured.
+fn http_client(ca_pem: &str) -> Result<reqwest::Client, ApiError> {
+    if ca_pem.is_empty() {
+        return palisade_jwt::jwks_client(FETCH_TIMEOUT).map_err(ApiError::internal);
+    }
+    palisade_jwt::jwks_client_with_roots(FETCH_TIMEOUT, ca_pem.as_bytes()).map_err(|_| {
+        ApiError::bad_request("invalid CA bundle: expected PEM certificates")
+            .audited_as("invalid CA bundle")
+    })
+}
+
+/// A CA bundle field: empty, or PEM holding at least one certificate.
+fn ca_pem_field(req: &Request, name: &str) -> Result<String, ApiError> {
+    let v = string_field(req, name)?.unwrap_or_default();
+    if v.trim().is_empty() {
+        return Ok(String::new());
+    }
+    match reqwest::Certificate::from_pem_bundle(v.as_bytes()) {
+        Ok(c) if !c.is_empty() => {}
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid {name}: expected one or more PEM certificates"
+            ))
+            .audited_as("invalid CA bundle"));
+        }
+    }
+    http_client(&v)?;
+    Ok(v)
+}
+
+impl Config {
+    /// The CA bundle the key source is fetched with.
+    fn ca_pem(&self) -> &str {
+        if self.oidc_discovery_url.is_empty() {
+            &self.jwks_ca_pem
+        } else {
+            &self.oidc_discovery_ca_pem
+        }
+    }
 }
 
 async fn build_verifier(cfg: &Config) -> Result<Arc<Verifier>, ApiError> {
-    let v = Verifier::new(vec![cfg.issuer_config()?], http_client()?)
+    let v = Verifier::new(vec![cfg.issuer_config()?], http_client(cfg.ca_pem())?)
         .await
         .map_err(|e| {
             ApiError::bad_request(format!("invalid configuration: {e}"))
@@ -290,7 +333,7 @@ fn check_url(url: &str, field: &str) -> Result<reqwest::Url, ApiError> {
 
 /// OpenID Connect Discovery: the document's `issuer` must be the URL
 /// (OIDC Discovery §4.3); returns its `jwks_uri`.
-async fn discover(url: &str) -> Result<String, ApiError> {
+async fn discover(url: &str, ca_pem: &str) -> Result<String, ApiError> {
     let err = |why: &str| {
         ApiError::bad_request(format!("error checking oidc discovery URL: {why}"))
             .audited_as("error checking oidc discovery URL")
@@ -298,7 +341,7 @@ async fn discover(url: &str) -> Result<String, ApiError> {
     let base = url.trim_end_matches('/');
     check_url(base, "oidc_discovery_url")?;
     let doc_url = format!("{base}/.well-known/openid-configuration");
-    let mut resp = http_client()?
+    let mut resp = http_client(ca_pem)?
         .get(&doc_url)
         .send()
         .await
@@ -332,6 +375,39 @@ async fn discover(url: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A JWKS URL answers a JWKS document now (Vault checks the same when the
+/// config is written): a config whose keys cannot be fetched, e.g. over a
+/// TLS connection its CA bundle does not trust, is refused.
+async fn check_jwks(url: &str, ca_pem: &str) -> Result<(), ApiError> {
+    let err = |why: &str| {
+        ApiError::bad_request(format!("error checking jwks URL: {why}"))
+            .audited_as("error checking jwks URL")
+    };
+    let mut resp = http_client(ca_pem)?
+        .get(url)
+        .send()
+        .await
+        .map_err(|_| err("the keys could not be fetched"))?;
+    if !resp.status().is_success() {
+        return Err(err(&format!("status {}", resp.status().as_u16())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|_| err("the keys could not be read"))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_DISCOVERY_BYTES {
+            return Err(err("document too large"));
+        }
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) if o.get("keys").is_some_and(Value::is_array) => Ok(()),
+        _ => Err(err("not a JWKS document")),
+    }
+}
+
 fn string_list_field(req: &Request, name: &str) -> Result<Option<Vec<String>>, ApiError> {
     req.data
         .get(name)
@@ -351,15 +427,10 @@ async fn write_config(
     mount: &MountEntry,
     req: &Request,
 ) -> Result<Response, ApiError> {
-    for refused in [
-        "oidc_discovery_ca_pem",
-        "jwks_ca_pem",
-        "oidc_client_id",
-        "oidc_client_secret",
-    ] {
+    for refused in ["oidc_client_id", "oidc_client_secret"] {
         if string_field(req, refused)?.is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::bad_request(format!(
-                "{refused} is not supported: the JWT method verifies tokens only (no OIDC browser flow) and trusts the system's CA roots"
+                "{refused} is not supported: the JWT method verifies tokens only (no OIDC browser flow)"
             ))
             .audited_as("unsupported jwt config field"));
         }
@@ -373,6 +444,8 @@ async fn write_config(
         jwt_supported_algs: string_list_field(req, "jwt_supported_algs")?.unwrap_or_default(),
         default_role: string_field(req, "default_role")?.unwrap_or_default(),
         discovered_jwks_uri: String::new(),
+        oidc_discovery_ca_pem: ca_pem_field(req, "oidc_discovery_ca_pem")?,
+        jwks_ca_pem: ca_pem_field(req, "jwks_ca_pem")?,
     };
     let sources = [
         !cfg.oidc_discovery_url.is_empty(),
@@ -390,10 +463,12 @@ async fn write_config(
     cfg.algorithms()?;
     if !cfg.jwks_url.is_empty() {
         check_url(&cfg.jwks_url, "jwks_url")?;
+        check_jwks(&cfg.jwks_url, &cfg.jwks_ca_pem).await?;
     }
     if !cfg.oidc_discovery_url.is_empty() {
         cfg.oidc_discovery_url = cfg.oidc_discovery_url.trim_end_matches('/').to_string();
-        cfg.discovered_jwks_uri = discover(&cfg.oidc_discovery_url).await?;
+        cfg.discovered_jwks_uri =
+            discover(&cfg.oidc_discovery_url, &cfg.oidc_discovery_ca_pem).await?;
         if cfg.bound_issuer.is_empty() {
             cfg.bound_issuer = cfg.oidc_discovery_url.clone();
         }
@@ -723,6 +798,24 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             meta.insert(key.clone(), Value::String(v));
         }
     }
+    // the claim mappings are the entity alias's metadata (Vault)
+    let alias_metadata = meta
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect();
+    let groups = if role.groups_claim.is_empty() {
+        None
+    } else {
+        Some(match claim(&claims.all, &role.groups_claim) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        })
+    };
     meta.insert("role".into(), Value::String(role_name.clone()));
     crate::token_params::issue(
         core,
@@ -732,6 +825,9 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             meta,
             display_name: format!("{}-{user}", mount.kind),
             path: format!("auth/{}login", mount.path),
+            alias: user.clone(),
+            alias_metadata,
+            groups,
         },
     )
     .await

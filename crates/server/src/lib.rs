@@ -20,6 +20,7 @@ pub mod config;
 pub mod core;
 pub mod engines;
 pub mod http;
+pub mod identity;
 pub mod json;
 pub mod jwt_auth;
 pub mod kv_rotation;
@@ -243,6 +244,7 @@ pub async fn run(
             dangerous_unauthenticated_rekey: cfg.unauthenticated_rekey,
             dangerous_unauthenticated_generate_root: cfg.unauthenticated_generate_root,
             rotation: cfg.rotation.clone(),
+            api_addr: cfg.api_addr.clone(),
         },
     );
     if cfg.unauthenticated_rekey {
@@ -310,6 +312,7 @@ pub async fn run_dev(
         Barrier::new(backend),
         CoreOptions {
             audit_file: opts.audit_file.clone(),
+            api_addr: format!("http://{}", opts.listen),
             ..CoreOptions::default()
         },
     );

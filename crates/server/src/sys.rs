@@ -780,7 +780,9 @@ async fn capabilities(
                 .lookup(&token)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
-            core.policies.acl(&e.policies)?
+            core.token_acl(&e)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("invalid token"))?
         }
         _ => {
             let acc = req
@@ -794,7 +796,9 @@ async fn capabilities(
                 .lookup_accessor(&acc)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
-            core.policies.acl(&e.policies)?
+            core.token_acl(&e)
+                .await?
+                .ok_or_else(|| ApiError::bad_request("invalid accessor"))?
         }
     };
     let mut out = Map::new();

@@ -125,6 +125,10 @@ pub struct TokenEntry {
     /// and its response is stored beside it (`wrapping.rs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wrapping: bool,
+    /// The identity entity it acts for (set at login, inherited by child
+    /// tokens): its entity's and groups' policies join its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub entity_id: String,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -195,6 +199,8 @@ pub struct NewToken {
     /// For a wrapping token: the response it wraps (stored with the token,
     /// in the same transaction).
     pub wrapped: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// See [`TokenEntry::entity_id`].
+    pub entity_id: String,
 }
 
 pub struct TokenStore {
@@ -450,6 +456,7 @@ impl TokenStore {
             max_ttl: if spec.max_ttl > 0 { max_ttl } else { 0 },
             bound_cidrs: spec.bound_cidrs,
             wrapping: spec.wrapped.is_some(),
+            entity_id: spec.entity_id,
         };
         let bytes = serde_json::to_vec(&entry).map_err(ApiError::internal)?;
         let mut ops = vec![

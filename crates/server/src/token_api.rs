@@ -26,7 +26,7 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
         "creation_time": e.creation_time,
         "creation_ttl": e.creation_ttl,
         "display_name": e.display_name,
-        "entity_id": "",
+        "entity_id": e.entity_id,
         "expire_time": time_or_null(e.expire_time),
         "explicit_max_ttl": e.explicit_max_ttl,
         "issue_time": palisade_core::rfc3339(e.issue_time * 1_000_000_000),
@@ -67,7 +67,7 @@ pub(crate) fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
         },
         lease_duration: e.ttl_remaining(now),
         renewable: e.renewable,
-        entity_id: String::new(),
+        entity_id: e.entity_id.clone(),
         token_type: "service".into(),
         orphan: e.orphan(),
         mfa_requirement: None,
@@ -602,6 +602,13 @@ async fn create(
             wrapped: None,
             mount_accessor: String::new(),
             max_ttl: 0,
+            // a child acts for its parent's entity; an orphan for none
+            // (OpenBao): it must not carry its creator's identity policies
+            entity_id: if orphan {
+                String::new()
+            } else {
+                parent.entity_id.clone()
+            },
         })
         .await?;
     let mut r = Response::data(Value::Null);

@@ -203,6 +203,13 @@ pub struct Login<'a> {
     pub display_name: String,
     /// The login path, `auth/<mount>/login...`.
     pub path: String,
+    /// The identity alias the login names (username, role ID, claim...).
+    pub alias: String,
+    /// The alias's metadata (kept on the entity alias).
+    pub alias_metadata: std::collections::BTreeMap<String, String>,
+    /// Group alias names the login carried (JWT `groups_claim`), if the
+    /// method reports groups.
+    pub groups: Option<Vec<String>>,
 }
 
 /// Create the token a login earned: an orphan issued by the method, valid
@@ -221,6 +228,19 @@ pub async fn issue(core: &Core, login: Login<'_>) -> Result<Response, ApiError> 
     if !core.auth_method_enabled(&login.mount.accessor)? {
         return Err(ApiError::permission_denied());
     }
+    // one identity across methods: the alias's entity (created at its
+    // first login); a disabled entity does not log in
+    let entity_id = crate::identity::entity_for_login(
+        core,
+        crate::identity::LoginAlias {
+            mount: login.mount,
+            name: login.alias,
+            metadata: login.alias_metadata,
+            groups: login.groups,
+        },
+    )
+    .await?;
+    let identity = core.identity.policies_for(core, &entity_id).await?;
     let (id, entry, warnings) = core
         .tokens
         .create(NewToken {
@@ -236,13 +256,24 @@ pub async fn issue(core: &Core, login: Login<'_>) -> Result<Response, ApiError> 
             mount_accessor: login.mount.accessor.clone(),
             max_ttl,
             bound_cidrs: p.token_bound_cidrs.clone(),
+            entity_id,
             ..NewToken::default()
         })
         .await?;
     let now = entry.creation_time;
     let mut r = Response::data(Value::Null);
     r.data = None;
-    r.auth = Some(crate::token_api::auth_block(&id, &entry, now));
+    let mut block = crate::token_api::auth_block(&id, &entry, now);
+    if let crate::identity::IdentityPolicies::Some(extra) = identity
+        && !extra.is_empty()
+    {
+        // Vault: `policies` is all of them, `identity_policies` the added ones
+        block.policies.extend(extra.iter().cloned());
+        block.policies.sort();
+        block.policies.dedup();
+        block.identity_policies = Some(extra);
+    }
+    r.auth = Some(block);
     r.warnings = warnings;
     Ok(r)
 }

@@ -405,6 +405,9 @@ pub async fn login(
             meta,
             display_name: format!("{}-{name}", mount.kind),
             path: format!("auth/{}login/{name}", mount.path),
+            alias: name.to_string(),
+            alias_metadata: Default::default(),
+            groups: None,
         },
     )
     .await

@@ -307,7 +307,11 @@ async fn config_and_roles_refuse_what_cannot_be_enforced() {
         ),
         (
             json!({"jwt_validation_pubkeys": [signer.pem], "bound_issuer": ISS, "jwks_ca_pem": "x"}),
-            "jwks_ca_pem is not supported: the JWT method verifies tokens only (no OIDC browser flow) and trusts the system's CA roots",
+            "invalid jwks_ca_pem: expected one or more PEM certificates",
+        ),
+        (
+            json!({"jwt_validation_pubkeys": [signer.pem], "bound_issuer": ISS, "oidc_client_id": "x"}),
+            "oidc_client_id is not supported: the JWT method verifies tokens only (no OIDC browser flow)",
         ),
     ];
     for (body, msg) in cases {
@@ -509,4 +513,147 @@ async fn renewal_needs_the_role_unchanged() {
         400,
         "failed to renew entry: policies have changed, not renewing",
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 it issued (PEM).
+fn tls_ca_and_leaf() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test issuer CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+/// A JWKS endpoint over TLS on loopback (`/keys`), with a certificate
+/// from a private CA; answers every request with the JWKS.
+async fn tls_jwks_server(jwks: String, cert_pem: &str, key_pem: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn a_private_ca_bundle_is_the_only_trust_for_the_jwks_url() {
+    let s = TestServer::dev().await;
+    let signer = Signer::new();
+    enable(&s).await;
+    role(
+        &s,
+        "svc",
+        json!({"bound_audiences": "palisade", "user_claim": "sub"}),
+    )
+    .await;
+    let (ca, leaf, key) = tls_ca_and_leaf();
+    let base = tls_jwks_server(
+        palisade_jwt::jwks_from_pem(std::slice::from_ref(&signer.pem)).unwrap(),
+        &leaf,
+        &key,
+    )
+    .await;
+    let url = format!("{base}/keys");
+    // the system's roots do not trust the private CA: refused at config time
+    let r = s
+        .post(
+            "auth/jwt/config",
+            &s.root,
+            json!({"jwks_url": url, "bound_issuer": ISS, "jwt_supported_algs": "ES256"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "error checking jwks URL: the keys could not be fetched",
+    );
+    // nor does another CA
+    let (other_ca, _, _) = tls_ca_and_leaf();
+    let r = s
+        .post(
+            "auth/jwt/config",
+            &s.root,
+            json!({"jwks_url": url, "bound_issuer": ISS, "jwt_supported_algs": "ES256", "jwks_ca_pem": other_ca}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "error checking jwks URL: the keys could not be fetched",
+    );
+    // the leaf itself is not a CA: trusting it is not trusting its issuer
+    let r = s
+        .post(
+            "auth/jwt/config",
+            &s.root,
+            json!({"jwks_url": url, "bound_issuer": ISS, "jwt_supported_algs": "ES256", "jwks_ca_pem": leaf}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "error checking jwks URL: the keys could not be fetched",
+    );
+    assert_empty_404(&s.get("auth/jwt/config", &s.root).await);
+    // the issuing CA: keys fetched over TLS, logins verify
+    let r = s
+        .post(
+            "auth/jwt/config",
+            &s.root,
+            json!({"jwks_url": url, "bound_issuer": ISS, "jwt_supported_algs": "ES256", "jwks_ca_pem": ca}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s.get("auth/jwt/config", &s.root).await;
+    assert_eq!(r.data()["jwks_ca_pem"], ca.as_str());
+    let r = login(&s, "svc", &signer.sign(&claims(json!({})))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -97,6 +97,10 @@ pub struct Ring {
     pub rotation_period: i64,
     pub verification_ttl: i64,
     pub versions: Vec<Version>,
+    /// The identity-token roles (`identity/oidc/role`) whose client IDs
+    /// may sign with it; `*` for all. Empty: none (Vault's default).
+    #[serde(default)]
+    pub allowed_client_ids: Vec<String>,
 }
 
 fn new_version(alg: Algorithm, now: i64) -> Result<Version, ApiError> {
@@ -141,6 +145,7 @@ impl Ring {
             rotation_period,
             verification_ttl,
             versions: vec![current, new_version(algorithm, now)?],
+            allowed_client_ids: Vec::new(),
         })
     }
 

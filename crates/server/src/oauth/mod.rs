@@ -500,7 +500,7 @@ async fn key(core: &Core, req: &Request, name: &str) -> Result<Response, ApiErro
                 "algorithm": ring.algorithm.as_str(),
                 "rotation_period": ring.rotation_period,
                 "verification_ttl": ring.verification_ttl,
-                "allowed_client_ids": ["*"],
+                "allowed_client_ids": ring.allowed_client_ids,
             })))
         }
         Operation::Delete => {
@@ -515,6 +515,13 @@ async fn key(core: &Core, req: &Request, name: &str) -> Result<Response, ApiErro
                     )));
                 }
             }
+            let roles = crate::identity::oidc::roles_using(core, name).await?;
+            if !roles.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "unable to delete key {name:?} because it is currently referenced by these roles: {}",
+                    roles.join(", ")
+                )));
+            }
             core.barrier.delete(&path).await?;
             core.oauth.keys.forget(Some(name));
             Ok(Response::no_content())
@@ -528,6 +535,7 @@ async fn key(core: &Core, req: &Request, name: &str) -> Result<Response, ApiErro
             };
             let rotation = duration(req, "rotation_period")?;
             let verification = duration(req, "verification_ttl")?;
+            let allowed = list_of(req, "allowed_client_ids")?;
             let _g = core.oauth.writes.lock().await;
             let now = core.tokens.now();
             let ring = match get_json::<Ring>(core, &path).await? {
@@ -556,6 +564,10 @@ async fn key(core: &Core, req: &Request, name: &str) -> Result<Response, ApiErro
                     now,
                 )?,
             };
+            let mut ring = ring;
+            if let Some(a) = allowed {
+                ring.allowed_client_ids = a;
+            }
             check_ttls(core, name, &ring).await?;
             core.barrier.put(&path, &to_bytes(&ring)?).await?;
             core.oauth.keys.forget(Some(name));
@@ -584,6 +596,14 @@ async fn check_ttls(core: &Core, name: &str, ring: &Ring) -> Result<(), ApiError
                 ring.verification_ttl, c.access_token_ttl
             )));
         }
+    }
+    if let Some((role, ttl)) = crate::identity::oidc::longest_role_ttl(core, name).await?
+        && ttl > ring.verification_ttl
+    {
+        return Err(ApiError::bad_request(format!(
+            "verification_ttl ({}s) is shorter than the ttl of role {role:?} ({ttl}s): its tokens would outlive their key",
+            ring.verification_ttl
+        )));
     }
     Ok(())
 }

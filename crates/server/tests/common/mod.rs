@@ -159,6 +159,10 @@ impl TestServer {
                 .expect("open sqlite");
             (Arc::new(b), None)
         };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let api_addr = format!("http://{}", listener.local_addr().expect("local addr"));
         let core = Core::with_options(
             palisade_barrier::Barrier::new(backend),
             palisade_server::core::CoreOptions {
@@ -173,6 +177,7 @@ impl TestServer {
                 dangerous_unauthenticated_rekey: opts.unauthenticated_root_ops,
                 dangerous_unauthenticated_generate_root: opts.unauthenticated_root_ops,
                 rotation: opts.rotation.clone(),
+                api_addr,
             },
         );
         let root = if opts.dev {
@@ -180,9 +185,6 @@ impl TestServer {
         } else {
             String::new()
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (running, _handle) = palisade_server::start(
             core.clone(),
