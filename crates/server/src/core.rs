@@ -1086,7 +1086,9 @@ impl Core {
         };
         match (m.kind.as_str(), rel.strip_prefix("login/")) {
             ("userpass", Some(name)) if !name.is_empty() => Ok(Some((m.clone(), name.to_string()))),
-            ("approle" | "jwt", _) if rel == "login" => Ok(Some((m.clone(), String::new()))),
+            ("approle" | "jwt" | "cert", _) if rel == "login" => {
+                Ok(Some((m.clone(), String::new())))
+            }
             _ => Ok(None),
         }
     }
@@ -1127,6 +1129,7 @@ impl Core {
         let result = match mount.kind.as_str() {
             "approle" => crate::approle::login(self, &mount, &req).await,
             "jwt" => crate::jwt_auth::login(self, &mount, &req).await,
+            "cert" => crate::cert_auth::login(self, &mount, &req).await,
             _ => crate::userpass::login(self, &mount, &name, &req).await,
         };
         let result = match result {
@@ -1166,6 +1169,7 @@ impl Core {
             "userpass" => crate::userpass::renew_entry(self, m, e).await,
             "approle" => crate::approle::renew_entry(self, m, e).await,
             "jwt" => crate::jwt_auth::renew_entry(self, m, e).await,
+            "cert" => crate::cert_auth::renew_entry(self, m, e).await,
             _ => Err(ApiError::bad_request("lease is not renewable")),
         }
     }
@@ -1269,6 +1273,7 @@ impl Core {
                 "userpass" => crate::userpass::parse(req.operation, rel).map(|_| ()),
                 "approle" => crate::approle::parse(req.operation, rel).map(|_| ()),
                 "jwt" => crate::jwt_auth::parse(req.operation, rel).map(|_| ()),
+                "cert" => crate::cert_auth::parse(req.operation, rel).map(|_| ()),
                 _ => Ok(()),
             }
         {
@@ -1571,6 +1576,17 @@ impl Core {
                 _ => Ok(true),
             };
         }
+        if let Some((m, rel)) = route
+            && m.kind == "cert"
+            && req.path.starts_with("auth/")
+        {
+            return match crate::cert_auth::parse(req.operation, rel)? {
+                crate::cert_auth::CertPath::Cert(name) => {
+                    crate::cert_auth::role_exists(self, m, name).await
+                }
+                _ => Ok(true),
+            };
+        }
         // sys/ and auth/ have no existence check otherwise (Vault): every
         // write there needs `update`, so `create` alone never writes a
         // policy or a mount
@@ -1641,6 +1657,7 @@ impl Core {
                 "userpass" => crate::userpass::handle(self, auth, mount, rel).await,
                 "approle" => crate::approle::handle(self, auth, mount, rel).await,
                 "jwt" => crate::jwt_auth::handle(self, auth, mount, rel).await,
+                "cert" => crate::cert_auth::handle(self, auth, mount, rel).await,
                 _ => Err(ApiError::unsupported_path()),
             };
         }

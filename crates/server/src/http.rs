@@ -30,8 +30,12 @@ pub const UNAUTHENTICATED_BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The peer address, inserted by the listener for every request.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    pub addr: std::net::SocketAddr,
+    /// The certificate chain a TLS client presented (DER, leaf first).
+    pub certs: Option<std::sync::Arc<Vec<Vec<u8>>>>,
+}
 
 /// What the edge accepts.
 #[derive(Clone, Debug)]
@@ -251,7 +255,10 @@ async fn handle(
             }
             let mut req = Request::new(operation, path.clone());
             req.id = request_id.clone();
-            req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
+            req.remote_addr = addr
+                .as_ref()
+                .map(|a| a.0.addr.ip().to_string())
+                .unwrap_or_default();
             return st.core.oauth_public(req, &name, ep, &call).await;
         }
         if head && path.as_str() != "sys/health" {
@@ -263,7 +270,11 @@ async fn handle(
         req.wrap_ttl = wrap_ttl;
         req.id = request_id.clone();
         req.query = query;
-        req.remote_addr = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
+        req.remote_addr = addr
+            .as_ref()
+            .map(|a| a.0.addr.ip().to_string())
+            .unwrap_or_default();
+        req.client_certs = addr.and_then(|a| a.0.certs.clone());
         refused_at_edge = false;
         match st.core.begin(req, token_from(&headers)).await? {
             Begun::Open(mut req) => {

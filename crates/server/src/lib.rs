@@ -16,6 +16,7 @@ pub mod approle;
 pub mod audit_path;
 pub mod auth_methods;
 pub mod canonical;
+pub mod cert_auth;
 pub mod config;
 pub mod core;
 pub mod engines;

@@ -89,10 +89,10 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|_| format!("no valid private key in {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(OfferedClientCert::new(provider.clone())))
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate/key mismatch or unsupported key: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -362,18 +362,103 @@ fn warn_limit(last: &AtomicU64, limit: usize) {
     }
 }
 
+/// Vault's `RequestClientCert`: the server asks for a client certificate
+/// and does not require one. rustls checks the handshake signature proves
+/// the client holds the certificate's key (`verify_tls1x_signature`, with
+/// the provider's algorithms); whether the chain is trusted is decided at
+/// use, by the `cert` auth method, with webpki against the CA of the role
+/// it logs in to. Nothing else reads a client certificate.
+#[derive(Debug)]
+struct OfferedClientCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl OfferedClientCert {
+    fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for OfferedClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if !usable_client_cert(cert) {
+            return Ok(rustls::client::danger::HandshakeSignatureValid::assertion());
+        }
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if !usable_client_cert(cert) {
+            return Ok(rustls::client::danger::HandshakeSignatureValid::assertion());
+        }
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether webpki can read a client certificate. One it cannot (an X.509
+/// v1 certificate, as some test suites still send) must not break the
+/// connection (Vault accepts them), and is never trusted: the listener
+/// drops it before the request is served, so its possession need not be
+/// proved. Every certificate that reaches the cert auth method had its
+/// handshake signature verified.
+fn usable_client_cert(cert: &rustls_pki_types::CertificateDer<'_>) -> bool {
+    webpki::EndEntityCert::try_from(cert).is_ok()
+}
+
 /// Serve one connection until it ends, its deadline passes or shutdown.
 async fn serve_conn<I>(
     io: I,
     h2: bool,
     app: axum::Router,
-    peer: std::net::SocketAddr,
+    conn: ClientAddr,
     activity: Arc<Activity>,
     limits: ConnLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer_addr = conn.addr;
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
@@ -381,7 +466,7 @@ async fn serve_conn<I>(
     let act = activity.clone();
     let svc =
         hyper::service::service_fn(move |mut r: axum::http::Request<hyper::body::Incoming>| {
-            r.extensions_mut().insert(ClientAddr(peer));
+            r.extensions_mut().insert(conn.clone());
             let inflight = act.begin();
             let app = app.clone();
             async move {
@@ -397,13 +482,13 @@ async fn serve_conn<I>(
             .serve_connection(io, svc);
         tokio::select! {
             _ = watcher.watch(conn) => {}
-            _ = dog => tracing::debug!(peer = %peer, "connection closed: header or idle deadline"),
+            _ = dog => tracing::debug!(peer = %peer_addr, "connection closed: header or idle deadline"),
         }
     } else {
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
         tokio::select! {
             _ = watcher.watch(conn) => {}
-            _ = dog => tracing::debug!(peer = %peer, "connection closed: header or idle deadline"),
+            _ = dog => tracing::debug!(peer = %peer_addr, "connection closed: header or idle deadline"),
         }
     }
 }
@@ -515,9 +600,24 @@ pub async fn serve(
                         Err(_) => return,
                     };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_conn(tls, h2, app, peer, activity, limits, watcher).await;
+                    // the chain the client offered (not validated here: the
+                    // cert auth method checks it against its CAs at login)
+                    let certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|c| c.first().is_some_and(usable_client_cert))
+                        .map(|c| Arc::new(c.iter().map(|d| d.as_ref().to_vec()).collect()));
+                    let conn = ClientAddr { addr: peer, certs };
+                    serve_conn(tls, h2, app, conn, activity, limits, watcher).await;
                 }
-                None => serve_conn(stream, false, app, peer, activity, limits, watcher).await,
+                None => {
+                    let conn = ClientAddr {
+                        addr: peer,
+                        certs: None,
+                    };
+                    serve_conn(stream, false, app, conn, activity, limits, watcher).await
+                }
             }
         });
     }

@@ -47,6 +47,10 @@ pub struct Request {
     /// `X-Vault-Wrap-TTL`, in seconds (positive): answer with a wrapping
     /// token instead of the response.
     pub wrap_ttl: Option<i64>,
+    /// The certificate chain the client presented in the TLS handshake
+    /// (DER, leaf first), not yet validated: the `cert` auth method checks
+    /// it against its roles' CAs (webpki) at login.
+    pub client_certs: Option<std::sync::Arc<Vec<Vec<u8>>>>,
 }
 
 impl Request {
@@ -59,6 +63,7 @@ impl Request {
             query: Vec::new(),
             remote_addr: String::new(),
             wrap_ttl: None,
+            client_certs: None,
         }
     }
 

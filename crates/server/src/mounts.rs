@@ -109,7 +109,7 @@ pub struct MountTable {
 }
 
 /// The auth method types that can be enabled.
-pub const AUTH_METHOD_TYPES: &[&str] = &["approle", "jwt", "userpass"];
+pub const AUTH_METHOD_TYPES: &[&str] = &["approle", "cert", "jwt", "userpass"];
 
 /// Paths that belong to the core and can never be a secrets mount.
 const RESERVED: &[&str] = &["sys/", "auth/", "cubbyhole/", "identity/"];

@@ -52,6 +52,18 @@ fn lookup_json(e: &TokenEntry, id: Option<&str>, now: i64) -> Value {
     v
 }
 
+/// A lookup with the policies the token's entity adds (Vault's
+/// `identity_policies`, present when there are any).
+async fn with_identity(core: &Core, e: &TokenEntry, mut v: Value) -> Result<Value, ApiError> {
+    if let crate::identity::IdentityPolicies::Some(p) =
+        core.identity.policies_for(core, &e.entity_id).await?
+        && !p.is_empty()
+    {
+        v["identity_policies"] = json!(p);
+    }
+    Ok(v)
+}
+
 pub(crate) fn auth_block(id: &str, e: &TokenEntry, now: i64) -> AuthBlock {
     let token_policies = e.policies.clone();
     AuthBlock {
@@ -95,9 +107,10 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         "create" | "create-orphan" if op == Operation::Write => {
             create(core, auth, rest == "create-orphan", None).await
         }
-        "lookup-self" if matches!(op, Operation::Read | Operation::Write) => Ok(Response::data(
-            lookup_json(auth.token(), Some(auth.token_id()), core.tokens.now()),
-        )),
+        "lookup-self" if matches!(op, Operation::Read | Operation::Write) => {
+            let v = lookup_json(auth.token(), Some(auth.token_id()), core.tokens.now());
+            Ok(Response::data(with_identity(core, auth.token(), v).await?))
+        }
         "lookup" if matches!(op, Operation::Read | Operation::Write) => {
             let id = required_str(req, "token")?;
             // revoked, expired, unknown or not a token at all: one answer,
@@ -107,11 +120,8 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup(&id)
                 .await?
                 .ok_or_else(|| ApiError::new(403, "bad token"))?;
-            Ok(Response::data(lookup_json(
-                &e,
-                Some(&id),
-                core.tokens.now(),
-            )))
+            let v = lookup_json(&e, Some(&id), core.tokens.now());
+            Ok(Response::data(with_identity(core, &e, v).await?))
         }
         "lookup-accessor" if op == Operation::Write => {
             let acc = required_str(req, "accessor")?;
@@ -120,7 +130,8 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup_accessor(&acc)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
-            Ok(Response::data(lookup_json(&e, None, core.tokens.now())))
+            let v = lookup_json(&e, None, core.tokens.now());
+            Ok(Response::data(with_identity(core, &e, v).await?))
         }
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;

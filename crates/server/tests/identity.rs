@@ -113,6 +113,12 @@ async fn a_login_lands_in_one_entity_and_its_groups_policies_apply_at_every_requ
         json!(["mint", "read-shared"])
     );
     assert_eq!(r.auth()["token_policies"], json!(["default"]));
+    // and so does a lookup (review finding)
+    let r = s.get("auth/token/lookup-self", &t1).await;
+    assert_eq!(
+        r.data()["identity_policies"],
+        json!(["mint", "read-shared"])
+    );
 
     // through a parent group too; removing the membership denies again
     let r = s

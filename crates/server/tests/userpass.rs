@@ -114,7 +114,7 @@ async fn methods_are_enabled_listed_read_tuned_and_disabled() {
         &s.post("sys/auth/gh", &s.root, json!({"type": "github"}))
             .await,
         400,
-        "plugin not found in the catalog: github (the auth methods available are: approle, jwt, userpass)",
+        "plugin not found in the catalog: github (the auth methods available are: approle, cert, jwt, userpass)",
     );
     assert_error(
         &s.post("sys/auth/gh", &s.root, json!({})).await,
