@@ -79,6 +79,9 @@ pub fn parse(op: Operation, rel: &str) -> Result<CertPath<'_>, ApiError> {
 pub struct Role {
     /// The trusted CA certificates, PEM.
     pub certificate: String,
+    /// Vault's `allowed_names`: each must match the common name, a DNS SAN
+    /// or an email SAN.
+    pub allowed_names: Vec<String>,
     pub allowed_common_names: Vec<String>,
     pub allowed_dns_sans: Vec<String>,
     pub allowed_email_sans: Vec<String>,
@@ -93,6 +96,7 @@ impl Role {
         let mut m = Map::new();
         self.token.write_json(&mut m);
         m.insert("certificate".into(), json!(self.certificate));
+        m.insert("allowed_names".into(), json!(self.allowed_names));
         m.insert(
             "allowed_common_names".into(),
             json!(self.allowed_common_names),
@@ -120,24 +124,55 @@ pub async fn role_exists(core: &Core, mount: &MountEntry, name: &str) -> Result<
 
 static WRITES: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
-/// The CA certificates of a PEM bundle (DER), each usable as a webpki
-/// trust anchor.
-fn ca_bundle(pem: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+/// A role's certificates, as Vault reads them: a CA certificate (basic
+/// constraints `cA`, and `keyCertSign` when it has a key usage) is a trust
+/// anchor; any other certificate is a pin, matching only itself (its key
+/// never signs anything the role trusts).
+struct Trust {
+    /// (DER, not before, not after)
+    anchors: Vec<(Vec<u8>, i64, i64)>,
+    pins: Vec<(Vec<u8>, i64, i64)>,
+}
+
+fn ca_bundle(pem: &str) -> Result<Trust, ApiError> {
     use rustls_pki_types::pem::PemObject;
     let bad = || {
         ApiError::bad_request("certificate: expected one or more PEM CA certificates")
             .audited_as("invalid certificate bundle")
     };
-    let mut out = Vec::new();
+    let mut t = Trust {
+        anchors: Vec::new(),
+        pins: Vec::new(),
+    };
     for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let c = c.map_err(|_| bad())?;
-        webpki::anchor_from_trusted_cert(&c).map_err(|_| bad())?;
-        out.push(c.as_ref().to_vec());
+        let (_, x) = x509_parser::parse_x509_certificate(c.as_ref()).map_err(|_| bad())?;
+        let validity = (
+            x.validity().not_before.timestamp(),
+            x.validity().not_after.timestamp(),
+        );
+        let is_ca = x
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.value.ca)
+            && x.key_usage()
+                .ok()
+                .flatten()
+                .is_none_or(|k| k.value.key_cert_sign());
+        if is_ca {
+            webpki::anchor_from_trusted_cert(&c).map_err(|_| bad())?;
+            t.anchors
+                .push((c.as_ref().to_vec(), validity.0, validity.1));
+        } else {
+            t.pins.push((c.as_ref().to_vec(), validity.0, validity.1));
+        }
     }
-    if out.is_empty() || out.len() > MAX_CERTS {
+    let n = t.anchors.len() + t.pins.len();
+    if n == 0 || n > MAX_CERTS {
         return Err(bad());
     }
-    Ok(out)
+    Ok(t)
 }
 
 fn list_field(req: &Request, name: &str) -> Result<Option<Vec<String>>, ApiError> {
@@ -171,10 +206,10 @@ fn apply_role(req: &Request, role: &mut Role) -> Result<(), ApiError> {
             "certificate is required: the CA certificates the role trusts",
         ));
     }
-    // Vault's `allowed_names` is the common name list's older spelling
+    if let Some(l) = list_field(req, "allowed_names")? {
+        role.allowed_names = l;
+    }
     if let Some(l) = list_field(req, "allowed_common_names")? {
-        role.allowed_common_names = l;
-    } else if let Some(l) = list_field(req, "allowed_names")? {
         role.allowed_common_names = l;
     }
     if let Some(l) = list_field(req, "allowed_dns_sans")? {
@@ -333,11 +368,31 @@ fn names(der: &[u8]) -> Option<Names> {
 /// Whether webpki verifies the presented chain against the role's CAs, as
 /// a client certificate, at `now`.
 fn chain_verifies(role: &Role, chain: &[Vec<u8>], now: UnixTime) -> bool {
-    let Ok(cas) = ca_bundle(&role.certificate) else {
+    let Ok(trust) = ca_bundle(&role.certificate) else {
         return false;
     };
-    let ca_ders: Vec<CertificateDer<'_>> =
-        cas.iter().map(|c| CertificateDer::from(&c[..])).collect();
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let valid = |nb: i64, na: i64| nb <= secs && secs <= na;
+    // a pinned certificate: exactly that one, while it is valid
+    if let Some(leaf) = chain.first()
+        && trust
+            .pins
+            .iter()
+            .any(|(der, nb, na)| der == leaf && valid(*nb, *na))
+    {
+        return true;
+    }
+    // anchors are used only while they are valid themselves (webpki does
+    // not check an anchor's dates; Vault does)
+    let ca_ders: Vec<CertificateDer<'_>> = trust
+        .anchors
+        .iter()
+        .filter(|(_, nb, na)| valid(*nb, *na))
+        .map(|(c, _, _)| CertificateDer::from(&c[..]))
+        .collect();
+    if ca_ders.is_empty() {
+        return false;
+    }
     let Ok(anchors) = ca_ders
         .iter()
         .map(webpki::anchor_from_trusted_cert)
@@ -401,6 +456,13 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             .unwrap_or_default(),
     );
     let names = names(&chain[0]).ok_or_else(|| invalid("client certificate does not parse"))?;
+    // the common name is the identity: exactly one (several would let the
+    // name checks and the alias read different ones)
+    if names.common_names.len() != 1 {
+        return Err(invalid(
+            "the client certificate must have exactly one common name",
+        ));
+    }
     let mut matched = None;
     let mut trusted_elsewhere = false;
     for name in candidates {
@@ -411,7 +473,15 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             continue;
         }
         trusted_elsewhere = true;
-        if names_allowed(&role.allowed_common_names, &names.common_names)
+        let any_name: Vec<String> = names
+            .common_names
+            .iter()
+            .chain(&names.dns)
+            .chain(&names.email)
+            .cloned()
+            .collect();
+        if names_allowed(&role.allowed_names, &any_name)
+            && names_allowed(&role.allowed_common_names, &names.common_names)
             && names_allowed(&role.allowed_dns_sans, &names.dns)
             && names_allowed(&role.allowed_email_sans, &names.email)
             && names_allowed(&role.allowed_uri_sans, &names.uri)
@@ -451,11 +521,7 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             display_name: format!("{}-{display}", mount.kind),
             path: format!("auth/{}login", mount.path),
             // Vault's alias for a certificate login is its common name
-            alias: if cn.is_empty() {
-                names.serial.clone()
-            } else {
-                cn
-            },
+            alias: cn,
             alias_metadata: Default::default(),
             groups: None,
         },

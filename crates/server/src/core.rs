@@ -1126,6 +1126,13 @@ impl Core {
             tracing::error!(error = %e, path = %req.path, "audit failed; refusing request");
             return Err(ApiError::internal("audit: no device recorded the request"));
         }
+        // a login is a write (Vault: GET or DELETE → 405): a link or an
+        // image must not mint tokens with a browser's client certificate
+        if req.operation != Operation::Write {
+            let result = Err(ApiError::unsupported_operation());
+            self.audit_response(audit, &result).await?;
+            return result;
+        }
         let result = match mount.kind.as_str() {
             "approle" => crate::approle::login(self, &mount, &req).await,
             "jwt" => crate::jwt_auth::login(self, &mount, &req).await,

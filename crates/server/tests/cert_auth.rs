@@ -391,3 +391,202 @@ print(json.dumps([call("GET", "/v1/sys/health"), call("POST", "/v1/auth/cert/log
     let body: Value = serde_json::from_str(got[1][1].as_str().unwrap()).unwrap();
     assert_eq!(body, json!({"errors": [INVALID]}));
 }
+
+/// A v3 certificate with two common names (`first`, `second`), from a CA
+/// made by openssl: (ca, cert, key) PEM.
+fn openssl_two_cns(first: &str, second: &str) -> (String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_string_lossy().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (cak, cap, lk, lcsr, lp, ext) = (
+        d("ca.key"),
+        d("ca.pem"),
+        d("l.key"),
+        d("l.csr"),
+        d("l.pem"),
+        d("ext.cnf"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        &cak,
+        "-out",
+        &cap,
+        "-subj",
+        "/CN=two-cn CA",
+        "-days",
+        "2",
+    ]);
+    run(&a);
+    let subj = format!("/CN={first}/CN={second}");
+    let mut b = vec!["req", "-new"];
+    b.extend(ec);
+    b.extend([
+        "-keyout",
+        &lk,
+        "-out",
+        &lcsr,
+        "-subj",
+        &subj,
+        "-multivalue-rdn",
+    ]);
+    run(&b);
+    std::fs::write(&ext, "basicConstraints=CA:FALSE\n").unwrap();
+    run(&[
+        "x509", "-req", "-in", &lcsr, "-CA", &cap, "-CAkey", &cak, "-out", &lp, "-days", "1",
+        "-extfile", &ext,
+    ]);
+    let read = |p: &str| std::fs::read_to_string(p).unwrap();
+    (read(&cap), read(&lp), read(&lk))
+}
+
+#[tokio::test]
+async fn review_findings_pins_expired_anchors_two_names_allowed_names_and_login_verbs() {
+    let s = TestServer::dev().await;
+    s.post("sys/auth/cert", &s.root, json!({"type": "cert"}))
+        .await;
+    let server_ca = ca("server CA");
+    let base = tls_listener(&s, &server_ca).await;
+    let services = ca("services CA");
+
+    // a non-CA certificate in a role is a pin: it logs in itself, and what
+    // its key signs does not (it was a trust anchor)
+    let (pinned, pinned_key) = leaf(&services, "pinned.svc.internal", &[], false);
+    let r = s
+        .post(
+            "auth/cert/certs/pin",
+            &s.root,
+            json!({"certificate": pinned, "token_policies": "default"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = login(
+        &base,
+        &server_ca,
+        Some((&pinned, &pinned_key)),
+        json!({"name": "pin"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let minted = {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pinned.as_bytes()).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&der, rcgen::KeyPair::from_pem(&pinned_key).unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "admin");
+        let c = p.signed_by(&key, &issuer).unwrap();
+        (c.pem(), key.serialize_pem())
+    };
+    let r = login(
+        &base,
+        &server_ca,
+        Some((&minted.0, &minted.1)),
+        json!({"name": "pin"}),
+    )
+    .await;
+    assert_error(&r, 400, INVALID);
+
+    // an expired CA vouches for nobody, however long its leaves live
+    let expired_ca = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "expired CA");
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    };
+    s.post(
+        "auth/cert/certs/old",
+        &s.root,
+        json!({"certificate": expired_ca.pem, "token_policies": "default"}),
+    )
+    .await;
+    let (l, k) = leaf(&expired_ca, "web.svc.internal", &[], false);
+    let r = login(&base, &server_ca, Some((&l, &k)), json!({"name": "old"})).await;
+    assert_error(&r, 400, INVALID);
+
+    // two common names: refused (the name checks and the identity would
+    // read different ones)
+    let (two_ca, two, two_key) = openssl_two_cns("admin", "web.svc.internal");
+    s.post(
+        "auth/cert/certs/two",
+        &s.root,
+        json!({"certificate": two_ca, "allowed_common_names": "web.svc.internal"}),
+    )
+    .await;
+    let r = login(
+        &base,
+        &server_ca,
+        Some((&two, &two_key)),
+        json!({"name": "two"}),
+    )
+    .await;
+    assert_error(&r, 400, INVALID);
+
+    // allowed_names is its own list (CN, DNS or email SAN), applied with
+    // the others
+    s.post(
+        "auth/cert/certs/both",
+        &s.root,
+        json!({"certificate": services.pem, "allowed_common_names": "*", "allowed_names": "web.svc.internal"}),
+    )
+    .await;
+    let r = s.get("auth/cert/certs/both", &s.root).await;
+    assert_eq!(r.data()["allowed_names"], json!(["web.svc.internal"]));
+    let (admin, admin_key) = leaf(&services, "admin", &[], false);
+    let r = login(
+        &base,
+        &server_ca,
+        Some((&admin, &admin_key)),
+        json!({"name": "both"}),
+    )
+    .await;
+    assert_error(&r, 400, INVALID);
+    let (web, web_key) = leaf(&services, "x", &["web.svc.internal"], false);
+    let r = login(
+        &base,
+        &server_ca,
+        Some((&web, &web_key)),
+        json!({"name": "both"}),
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "a DNS SAN satisfies allowed_names: {}",
+        r.text
+    );
+
+    // a login is a POST: GET and DELETE mint nothing (any method)
+    for path in ["auth/cert/login"] {
+        assert_eq!(s.get(path, "").await.status, 405);
+        assert_eq!(s.delete(path, "").await.status, 405);
+    }
+}
