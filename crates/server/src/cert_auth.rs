@@ -301,31 +301,13 @@ fn invalid(why: &'static str) -> ApiError {
     ApiError::bad_request("invalid certificate or no client certificate supplied").audited_as(why)
 }
 
-/// `*` matches any run of characters.
-fn glob(pattern: &str, value: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == value;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if value.len() < first.len() + last.len() || !value.starts_with(first) || !value.ends_with(last)
-    {
-        return false;
-    }
-    let mut rest = &value[first.len()..value.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 /// An allowed-names list: empty allows anything, else one pattern must
 /// match one of the values.
 fn names_allowed(patterns: &[String], values: &[String]) -> bool {
-    patterns.is_empty() || values.iter().any(|v| patterns.iter().any(|p| glob(p, v)))
+    patterns.is_empty()
+        || values
+            .iter()
+            .any(|v| patterns.iter().any(|p| crate::jwt_auth::glob_match(p, v)))
 }
 
 /// The names a verified leaf certificate carries.

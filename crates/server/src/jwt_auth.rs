@@ -683,8 +683,9 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// `*` matches any run of characters (Vault's `bound_claims_type = "glob"`).
-fn glob_match(pattern: &str, value: &str) -> bool {
+/// `*` matches any run of characters (Vault's `bound_claims_type = "glob"`,
+/// and the cert method's allowed names).
+pub(crate) fn glob_match(pattern: &str, value: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == value;

@@ -1113,11 +1113,9 @@ enum Criterion {
     AliasFactors(String, String),
 }
 
-fn criterion(req: &Request, id_field: &str) -> Result<Criterion, ApiError> {
+fn criterion(req: &Request) -> Result<Criterion, ApiError> {
     let name = opt_string(req, "name")?.filter(|s| !s.is_empty());
-    let id = opt_string(req, id_field)?
-        .or(opt_string(req, "id")?)
-        .filter(|s| !s.is_empty());
+    let id = opt_string(req, "id")?.filter(|s| !s.is_empty());
     let alias_id = opt_string(req, "alias_id")?.filter(|s| !s.is_empty());
     let alias_name = opt_string(req, "alias_name")?.filter(|s| !s.is_empty());
     let alias_acc = opt_string(req, "alias_mount_accessor")?.filter(|s| !s.is_empty());
@@ -1153,7 +1151,7 @@ async fn lookup_entity(
     req: &Request,
     table: &MountTable,
 ) -> Result<Response, ApiError> {
-    let c = criterion(req, "id")?;
+    let c = criterion(req)?;
     let s = core.identity.state(core).await?;
     let e = match &c {
         Criterion::Name(n) => s.entity_by_name(n),
@@ -1172,7 +1170,7 @@ async fn lookup_group(
     req: &Request,
     table: &MountTable,
 ) -> Result<Response, ApiError> {
-    let c = criterion(req, "id")?;
+    let c = criterion(req)?;
     let s = core.identity.state(core).await?;
     let g = match &c {
         Criterion::Name(n) => s.group_by_name(n),
