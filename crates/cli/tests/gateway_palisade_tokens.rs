@@ -4,7 +4,9 @@
 //! (`jwks_url` = its `.well-known/keys`), and a client-credentials token
 //! from the provider opens a route whose Cedar policy needs its scope, in
 //! front of a real Express service. Denied: a token for another audience
-//! (401 `unauthenticated`), a token without the scope (403 `forbidden`).
+//! (401 `unauthenticated`), a token without the scope (403 `forbidden`), a
+//! token revoked at the provider once the gateway's cached introspection
+//! answer has run out (401).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -24,7 +26,7 @@ permit(principal, action, resource == Route::"orders")
 when { context.scopes.contains("orders:read") };
 "#;
 
-fn config(upstream_port: u16, issuer: &str) -> String {
+fn config(upstream_port: u16, issuer: &str, introspect_client: &str) -> String {
     format!(
         r#"log_level = "info"
 
@@ -46,6 +48,11 @@ issuer = "{issuer}"
 audiences = ["orders-api"]
 algorithms = ["EdDSA"]
 jwks_url = "{issuer}/.well-known/keys"
+[issuers.introspection]
+url = "{issuer}/introspect"
+client_id = "{introspect_client}"
+client_secret_file = "introspect.secret"
+cache_s = 1
 
 [authorization]
 policy_file = "policies.cedar"
@@ -103,6 +110,7 @@ async fn the_gateway_verifies_tokens_from_the_palisade_provider() {
     for (name, audiences) in [
         ("orders-caller", "orders-api"),
         ("elsewhere", "billing-api"),
+        ("gateway", "gateway"),
     ] {
         let v = post(
             &api,
@@ -142,7 +150,8 @@ async fn the_gateway_verifies_tokens_from_the_palisade_provider() {
     std::fs::write(dir.join("policies.cedar"), POLICIES).unwrap();
     let upstream = Upstream::start(dir);
     let cfg = dir.join("gateway.toml");
-    std::fs::write(&cfg, config(upstream.port, &issuer)).unwrap();
+    std::fs::write(dir.join("introspect.secret"), &clients[2].1).unwrap();
+    std::fs::write(&cfg, config(upstream.port, &issuer, &clients[2].0)).unwrap();
     let gw = Gateway::start(&cfg, "gateway").await;
     let base = format!("https://localhost:{}", gw.addr("public").port());
     let c = pki.client(None);
@@ -161,9 +170,31 @@ async fn the_gateway_verifies_tokens_from_the_palisade_provider() {
     r.assert_error(401, "unauthenticated", "a token for billing-api");
     let r = send(c.get(format!("{base}/orders/1")).bearer_auth(&no_scope)).await;
     r.assert_error(403, "forbidden", "a token without orders:read");
+
+    // revoked at the provider (RFC 7009): refused once the gateway's cached
+    // introspection answer (1 s) has run out, though its signature is good
+    let r = api
+        .post(format!("{issuer}/revoke"))
+        .basic_auth(&clients[0].0, Some(&clients[0].1))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("token={good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = send(c.get(format!("{base}/orders/1")).bearer_auth(&good)).await;
+    r.assert_error(401, "unauthenticated", "a revoked token");
+    assert!(gw.stdout().contains("token_inactive"), "{}", gw.stdout());
     gateway_common::assert_no_secrets(
         "gateway output",
         &format!("{}{}", gw.stdout(), gw.stderr()),
-        &[good, no_scope, other_audience, clients[0].1.clone()],
+        &[
+            good,
+            no_scope,
+            other_audience,
+            clients[0].1.clone(),
+            clients[2].1.clone(),
+        ],
     );
 }

@@ -203,6 +203,27 @@ pub struct RawIssuer {
     pub leeway_s: Option<u64>,
     /// Claim holding roles/groups (default "roles").
     pub roles_claim: Option<String>,
+    /// RFC 7662 introspection of this issuer's tokens (revocation checks,
+    /// opaque tokens).
+    pub introspection: Option<RawIntrospection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    /// How long an answer is reused (default 10 s, at most 300 s; never
+    /// beyond the token's `exp`).
+    pub cache_s: Option<u64>,
+    /// CA certificates trusted for an https `url` (default: the system's roots).
+    pub ca_file: Option<String>,
+    /// Bearer tokens that are not JWTs are introspected by this issuer
+    /// (at most one issuer may say so).
+    #[serde(default)]
+    pub opaque_tokens: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +460,19 @@ pub struct IssuerSpec {
     pub keys: IssuerKeys,
     pub leeway: Duration,
     pub roles_claim: String,
+    pub introspection: Option<IntrospectionSpec>,
+}
+
+/// An issuer's RFC 7662 introspection endpoint and the gateway's client
+/// credentials for it.
+#[derive(Clone, Debug)]
+pub struct IntrospectionSpec {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Secret<Vec<u8>>,
+    pub cache: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub opaque_tokens: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -1040,6 +1074,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     // issuers
     let mut issuers = Vec::new();
     let mut issuer_names = HashSet::new();
+    let mut opaque_issuers = 0;
     for i in raw.issuers {
         let field = format!("issuers[{}]", i.name);
         if !issuer_names.insert(i.name.clone()) {
@@ -1113,6 +1148,44 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 None
             }
         };
+        let introspection = i.introspection.and_then(|t| {
+            let f = format!("{field}.introspection");
+            if !reqwest::Url::parse(&t.url).is_ok_and(|u| palisade_jwt::url_is_acceptable(&u)) {
+                c.err(format!(
+                    "{f}.url: must be https:// (plain http only on loopback)"
+                ));
+            }
+            if t.client_id.is_empty() {
+                c.err(format!("{f}.client_id: required"));
+            }
+            let cache = t.cache_s.unwrap_or(10);
+            if cache > 300 {
+                c.err(format!("{f}.cache_s: at most 300 seconds"));
+            }
+            if t.opaque_tokens {
+                opaque_issuers += 1;
+            }
+            if t.opaque_tokens && opaque_issuers > 1 {
+                c.err(format!(
+                    "{f}.opaque_tokens: only one issuer may introspect opaque tokens"
+                ));
+            }
+            let ca_file = t.ca_file.map(|p| c.file(&format!("{f}.ca_file"), &p));
+            let secret = c.secret(
+                &format!("{f}.client_secret"),
+                &t.client_secret_file,
+                &t.client_secret_env,
+                1,
+            )?;
+            Some(IntrospectionSpec {
+                url: t.url,
+                client_id: t.client_id,
+                client_secret: secret,
+                cache: Duration::from_secs(cache.min(300)),
+                ca_file,
+                opaque_tokens: t.opaque_tokens,
+            })
+        });
         if let Some(keys) = keys {
             issuers.push(IssuerSpec {
                 name: i.name,
@@ -1122,6 +1195,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 keys,
                 leeway: Duration::from_secs(leeway.min(60)),
                 roles_claim: i.roles_claim.unwrap_or_else(|| "roles".into()),
+                introspection,
             });
         }
     }
@@ -2312,6 +2386,51 @@ mod tests {
         assert!(
             e.0[0].starts_with("issuers: invalid JWT issuer configuration:"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn introspection_settings() {
+        let issuer = |name: &str, intro: &str| {
+            format!(
+                "[[issuers]]\nname = \"{name}\"\nissuer = \"https://{name}\"\naudiences = [\"x\"]\nalgorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\n[issuers.introspection]\n{intro}"
+            )
+        };
+        // allow: https with a secret file, defaults
+        let ok = check(&format!("{ROUTE}{}", issuer(
+            "a",
+            "url = \"https://idp/introspect\"\nclient_id = \"gw\"\nclient_secret_file = \"p.cedar\"\n",
+        )))
+        .unwrap();
+        let t = ok.issuers[0].introspection.as_ref().unwrap();
+        assert_eq!((t.cache, t.opaque_tokens), (Duration::from_secs(10), false));
+        // deny: plain http off loopback, a long cache, no secret, two opaque issuers
+        let e = check(&format!(
+            "{ROUTE}{}{}",
+            issuer(
+                "a",
+                "url = \"http://idp/introspect\"\nclient_id = \"\"\ncache_s = 301\nopaque_tokens = true\nclient_secret_env = \"NOPE\"\n"
+            ),
+            issuer(
+                "b",
+                "url = \"https://idp/i\"\nclient_id = \"gw\"\nclient_secret_file = \"p.cedar\"\nopaque_tokens = true\nca_file = \"missing.pem\"\n"
+            )
+        ))
+        .unwrap_err();
+        let e: Vec<String> =
+            e.0.iter()
+                .map(|l| l.split(" /").next().unwrap().to_string())
+                .collect();
+        assert_eq!(
+            e,
+            vec![
+                "issuers[a].introspection.url: must be https:// (plain http only on loopback)",
+                "issuers[a].introspection.client_id: required",
+                "issuers[a].introspection.cache_s: at most 300 seconds",
+                "issuers[a].introspection.client_secret_env: environment variable NOPE is not set",
+                "issuers[b].introspection.opaque_tokens: only one issuer may introspect opaque tokens",
+                "issuers[b].introspection.ca_file:",
+            ]
         );
     }
 }

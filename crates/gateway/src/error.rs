@@ -80,6 +80,10 @@ pub enum GatewayError {
     /// (`violation`: where and which rule, for the log).
     #[error("request not described by the API")]
     NotDescribed { violation: String },
+    /// A credential that needs a remote check (token introspection) could
+    /// not be checked: the request is refused, never let through.
+    #[error("authentication unavailable")]
+    AuthUnavailable { reason: &'static str },
     #[error("client banned")]
     Banned {
         subject: BanSubject,
@@ -120,6 +124,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,6 +148,7 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::Internal => "internal_error",
+            GatewayError::AuthUnavailable { .. } => "authentication_unavailable",
             GatewayError::Blocked {
                 malformed: true, ..
             } => "malformed_request_content",
@@ -172,6 +178,9 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => "upstream service unavailable",
             GatewayError::GatewayTimeout => "upstream service timed out",
             GatewayError::Internal => "internal error",
+            GatewayError::AuthUnavailable { .. } => {
+                "credentials cannot be checked now; retry later"
+            }
             GatewayError::Blocked {
                 malformed: true, ..
             } => "the query string or body could not be parsed",
@@ -188,7 +197,9 @@ impl GatewayError {
             GatewayError::Unauthenticated { reason, .. } => (*reason).to_string(),
             GatewayError::Forbidden { reason } => reason.clone(),
             GatewayError::RateLimited { limit, .. } => (*limit).to_string(),
-            GatewayError::BadGateway { reason } => (*reason).to_string(),
+            GatewayError::BadGateway { reason } | GatewayError::AuthUnavailable { reason } => {
+                (*reason).to_string()
+            }
             GatewayError::Blocked { findings, .. } | GatewayError::ResponseBlocked { findings } => {
                 findings.clone()
             }

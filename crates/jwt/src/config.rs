@@ -264,7 +264,7 @@ pub fn check(issuers: &[IssuerConfig]) -> Result<(), ConfigError> {
 
 /// https anywhere; plain http only to a loopback host (a sidecar or a test),
 /// where there is no network path to tamper with.
-pub(crate) fn url_is_acceptable(url: &reqwest::Url) -> bool {
+pub fn url_is_acceptable(url: &reqwest::Url) -> bool {
     match url.scheme() {
         "https" => url.host_str().is_some(),
         "http" => {

@@ -84,6 +84,7 @@ mod verifier;
 mod tests;
 
 pub use claims::Claims;
+pub use config::url_is_acceptable;
 pub use config::{
     Alg, DEFAULT_LEEWAY, DEFAULT_MIN_REFETCH_INTERVAL, DEFAULT_REFRESH, IssuerConfig, KeySource,
     MAX_LEEWAY, MIN_HS256_SECRET_BYTES, UnknownAlg, check,

@@ -145,6 +145,7 @@ pub(crate) fn event(error: Option<&GatewayError>, status: u16) -> Option<Event> 
         | GatewayError::RequestTimeout
         | GatewayError::BadGateway { .. }
         | GatewayError::GatewayTimeout
+        | GatewayError::AuthUnavailable { .. }
         | GatewayError::Internal => return None,
     })
 }

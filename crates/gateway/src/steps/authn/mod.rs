@@ -6,11 +6,15 @@
 //! A presented credential that fails is a 401 — the gateway never falls back
 //! to a weaker method or to anonymous when a credential was sent but invalid.
 
+mod introspect;
+
 use std::sync::Arc;
 
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderName};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use introspect::{Answer, Introspector};
 
 use crate::config::{AuthnMethod, IssuerSpec, RouteConfig};
 use crate::error::GatewayError;
@@ -20,6 +24,12 @@ pub struct IssuerInfo {
     pub name: String,
     pub issuer: String,
     pub roles_claim: String,
+    pub audiences: Vec<String>,
+    pub leeway: i64,
+    /// RFC 7662 introspection of this issuer's tokens, when configured.
+    introspector: Option<Introspector>,
+    /// Bearer tokens that are not JWTs go to this issuer's introspection.
+    opaque_tokens: bool,
 }
 
 pub struct Authenticator {
@@ -68,6 +78,35 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// What a token's claims (verified JWT or introspection answer) say about
+/// its caller.
+fn identity(
+    info: Option<&IssuerInfo>,
+    iss: &str,
+    sub: Option<&str>,
+    all: &Map<String, Value>,
+) -> JwtIdentity {
+    let roles_claim = info.map(|i| i.roles_claim.as_str()).unwrap_or("roles");
+    let mut scopes = strings(all.get("scope"));
+    scopes.extend(strings(all.get("scp")));
+    let mut roles = strings(all.get(roles_claim));
+    if roles_claim != "groups" {
+        roles.extend(strings(all.get("groups")));
+    }
+    JwtIdentity {
+        issuer_name: info.map(|i| i.name.clone()),
+        subject: sub.unwrap_or_default().into(),
+        issuer: iss.into(),
+        scopes: scopes.into(),
+        roles: roles.into(),
+    }
+}
+
+/// A compact JWS has exactly three dot-separated parts.
+fn is_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
 impl Authenticator {
     pub async fn new(
         issuers: &[IssuerSpec],
@@ -94,12 +133,25 @@ impl Authenticator {
             jwt,
             issuers: issuers
                 .iter()
-                .map(|i| IssuerInfo {
-                    name: i.name.clone(),
-                    issuer: i.issuer.clone(),
-                    roles_claim: i.roles_claim.clone(),
+                .map(|i| {
+                    let introspector = match &i.introspection {
+                        Some(spec) => Some(
+                            Introspector::new(spec)
+                                .map_err(|e| format!("issuers[{}].introspection: {e}", i.name))?,
+                        ),
+                        None => None,
+                    };
+                    Ok(IssuerInfo {
+                        name: i.name.clone(),
+                        issuer: i.issuer.clone(),
+                        roles_claim: i.roles_claim.clone(),
+                        audiences: i.audiences.clone(),
+                        leeway: i64::try_from(i.leeway.as_secs()).unwrap_or(60),
+                        opaque_tokens: i.introspection.as_ref().is_some_and(|t| t.opaque_tokens),
+                        introspector,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, String>>()?,
             apikeys,
             credential_headers: [AUTHORIZATION, apikey_header.clone()],
             apikey_header,
@@ -156,20 +208,101 @@ impl Authenticator {
     /// token (palisade-jwt keeps it with the token's cached verification).
     fn jwt_identity(&self, claims: &palisade_jwt::Claims) -> JwtIdentity {
         let info = self.issuers.iter().find(|i| i.issuer == claims.iss);
-        let roles_claim = info.map(|i| i.roles_claim.as_str()).unwrap_or("roles");
-        let mut scopes = strings(claims.get("scope"));
-        scopes.extend(strings(claims.get("scp")));
-        let mut roles = strings(claims.get(roles_claim));
-        if roles_claim != "groups" {
-            roles.extend(strings(claims.get("groups")));
+        identity(info, &claims.iss, claims.sub.as_deref(), &claims.all)
+    }
+
+    /// A JWT's revocation check, when its issuer introspects: an inactive
+    /// token is a 401, an endpoint that cannot answer a 503.
+    async fn introspect_jwt(
+        &self,
+        claims: &palisade_jwt::Claims,
+        token: &str,
+        now: i64,
+    ) -> Result<(), GatewayError> {
+        let Some(intro) = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer == claims.iss)
+            .and_then(|i| i.introspector.as_ref())
+        else {
+            return Ok(());
+        };
+        match intro.check(token, Some(claims.exp), now).await {
+            Ok(Answer::Active(_)) => Ok(()),
+            Ok(Answer::Inactive) => Err(GatewayError::Unauthenticated {
+                reason: "token_inactive",
+                challenge: "Bearer error=\"invalid_token\"",
+            }),
+            Err(e) => Err(GatewayError::AuthUnavailable { reason: e.0 }),
         }
-        JwtIdentity {
-            issuer_name: info.map(|i| i.name.clone()),
-            subject: claims.sub.as_deref().unwrap_or_default().into(),
-            issuer: claims.iss.as_str().into(),
-            scopes: scopes.into(),
-            roles: roles.into(),
+    }
+
+    /// An opaque bearer token, checked by the issuer that introspects
+    /// opaque tokens: active, that issuer's (when the answer names one), for
+    /// one of its audiences, within `exp`/`nbf`.
+    async fn opaque(
+        &self,
+        route: &RouteConfig,
+        token: &str,
+        peer: Option<&PeerIdentity>,
+        now: i64,
+    ) -> Result<Option<Principal>, GatewayError> {
+        let Some((info, intro)) = self.issuers.iter().find_map(|i| {
+            i.introspector
+                .as_ref()
+                .filter(|_| i.opaque_tokens)
+                .map(|t| (i, t))
+        }) else {
+            return Ok(None);
+        };
+        let invalid = |reason| GatewayError::Unauthenticated {
+            reason,
+            challenge: "Bearer error=\"invalid_token\"",
+        };
+        if !route.jwt_issuers.is_empty() && !route.jwt_issuers.contains(&info.name) {
+            return Err(invalid("issuer_not_accepted_on_route"));
         }
+        let answer = match intro.check(token, None, now).await {
+            Ok(Answer::Active(a)) => a,
+            Ok(Answer::Inactive) => return Err(invalid("token_inactive")),
+            Err(e) => return Err(GatewayError::AuthUnavailable { reason: e.0 }),
+        };
+        match answer.get("iss") {
+            None => {}
+            Some(Value::String(iss)) if *iss == info.issuer => {}
+            Some(_) => return Err(invalid("wrong_issuer")),
+        }
+        let aud = strings(answer.get("aud"));
+        if !aud.iter().any(|a| info.audiences.contains(a)) {
+            return Err(invalid("wrong_audience"));
+        }
+        let time = |k| match answer.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or(invalid("malformed_token")),
+        };
+        if time("exp")?.is_some_and(|exp| exp + info.leeway <= now) {
+            return Err(invalid("expired"));
+        }
+        if time("nbf")?.is_some_and(|nbf| nbf - info.leeway > now) {
+            return Err(invalid("not_yet_valid"));
+        }
+        let sub = match answer.get("sub") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(invalid("malformed_token")),
+        };
+        let id = identity(Some(info), &info.issuer, sub, &answer);
+        Ok(Some(Principal {
+            method: Method::Jwt,
+            subject: id.subject,
+            issuer: id.issuer,
+            scopes: id.scopes,
+            roles: id.roles,
+            consumer: None,
+            key_id: None,
+            claims: answer,
+            peer: peer.cloned(),
+        }))
     }
 
     pub async fn authenticate(
@@ -187,6 +320,11 @@ impl Authenticator {
                         reason: "jwt_not_accepted_on_route",
                         challenge: "Bearer",
                     });
+                }
+                if !is_jwt(token)
+                    && let Some(p) = self.opaque(route, token, peer, now).await?
+                {
+                    return Ok(p);
                 }
                 let v = self.jwt.as_ref().ok_or(GatewayError::Unauthenticated {
                     reason: "jwt_not_configured",
@@ -213,6 +351,7 @@ impl Authenticator {
                         challenge: "Bearer error=\"invalid_token\"",
                     });
                 }
+                self.introspect_jwt(&claims, token, now).await?;
                 Ok(Principal {
                     method: Method::Jwt,
                     subject: id.subject.clone(),
@@ -286,6 +425,8 @@ impl Authenticator {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::{Env, GatewayConfig, parse};
 
@@ -441,5 +582,278 @@ authn = ["jwt"]
             .unwrap();
         assert_eq!(&*p.issuer, "https://b.test");
         assert_eq!(&*p.roles, ["reader", "staff"]);
+    }
+
+    /// A stand-in RFC 7662 endpoint: answers by token, counts its calls,
+    /// and refuses any client but `gw` / `gw-secret`.
+    struct Endpoint {
+        port: u16,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+        revoked: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    async fn endpoint() -> Endpoint {
+        use axum::extract::State;
+        use axum::routing::post;
+        type Shared = (
+            Arc<std::sync::atomic::AtomicUsize>,
+            Arc<std::sync::Mutex<Vec<String>>>,
+        );
+        async fn introspect(
+            State((calls, revoked)): State<Shared>,
+            headers: HeaderMap,
+            body: String,
+        ) -> (hyper::StatusCode, String) {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Basic base64("gw:gw-secret")
+            if headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+                != Some("Basic Z3c6Z3ctc2VjcmV0")
+            {
+                return (hyper::StatusCode::UNAUTHORIZED, "{}".into());
+            }
+            let token = body
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .unwrap_or_default()
+                .to_owned();
+            let now = palisade_core::now_nanos() / 1_000_000_000;
+            let active = |aud: &str, iss: &str| {
+                serde_json::json!({"active": true, "sub": "svc-a", "scope": "orders:read",
+                    "aud": aud, "iss": iss, "exp": now + 600, "client_id": "svc-a"})
+                .to_string()
+            };
+            let ok = hyper::StatusCode::OK;
+            if revoked.lock().unwrap().contains(&token) {
+                return (ok, r#"{"active":false}"#.into());
+            }
+            match token.as_str() {
+                "opaque-good" => (ok, active("api", "https://a.test")),
+                "opaque-other-audience" => (ok, active("billing", "https://a.test")),
+                "opaque-other-issuer" => (ok, active("api", "https://b.test")),
+                "opaque%20expired" => (
+                    ok,
+                    serde_json::json!({"active": true, "aud": "api", "exp": now - 120}).to_string(),
+                ),
+                "opaque-broken" => (hyper::StatusCode::INTERNAL_SERVER_ERROR, "{}".into()),
+                "opaque-malformed" => (ok, r#"{"activ":true}"#.into()),
+                t if t.contains('.') => (ok, active("api", "https://a.test")),
+                _ => (ok, r#"{"active":false}"#.into()),
+            }
+        }
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/introspect", post(introspect))
+            .with_state((calls.clone(), revoked.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Endpoint {
+            port,
+            calls,
+            revoked,
+        }
+    }
+
+    async fn introspecting(
+        port: u16,
+        secret: &'static str,
+    ) -> (Authenticator, GatewayConfig, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+protocol = "http"
+dangerous_plaintext = true
+[authorization]
+policy_file = "p.cedar"
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+[[issuers]]
+name = "idp-a"
+issuer = "https://a.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+hs256_secret_env = "SECRET_A"
+[issuers.introspection]
+url = "http://127.0.0.1:{port}/introspect"
+client_id = "gw"
+client_secret_env = "GW_SECRET"
+cache_s = 1
+opaque_tokens = true
+[[issuers]]
+name = "idp-b"
+issuer = "https://b.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+hs256_secret_env = "SECRET_B"
+[[routes]]
+name = "any"
+path_prefix = "/any"
+upstream = "app"
+authn = ["jwt"]
+[[routes]]
+name = "b-only"
+path_prefix = "/b"
+upstream = "app"
+authn = ["jwt"]
+jwt_issuers = ["idp-b"]
+"#
+        );
+        let var = move |name: &str| match name {
+            "SECRET_A" => Some(SECRET_A.to_owned()),
+            "SECRET_B" => Some(SECRET_B.to_owned()),
+            "GW_SECRET" => Some(secret.to_owned()),
+            _ => None,
+        };
+        let cfg = parse(
+            &text,
+            &Env {
+                var: &var,
+                base: dir.path().to_path_buf(),
+            },
+        )
+        .unwrap();
+        let a = Authenticator::new(
+            &cfg.issuers,
+            None,
+            "x-api-key",
+            reqwest::Client::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        (a, cfg, dir)
+    }
+
+    fn refused(r: Result<Principal, GatewayError>) -> (u16, String) {
+        match r {
+            Ok(p) => panic!("allowed: {}", p.label()),
+            Err(e) => (e.status().as_u16(), e.log_reason()),
+        }
+    }
+
+    #[tokio::test]
+    async fn introspection_revokes_jwts_and_checks_opaque_tokens() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ep = endpoint().await;
+        let (a, cfg, _dir) = introspecting(ep.port, "gw-secret").await;
+        let route = |name: &str| cfg.routes.iter().find(|r| r.name == name).unwrap();
+        let now = palisade_core::now_nanos() / 1_000_000_000;
+        let jwt = hs256(SECRET_A, claims("https://a.test"));
+
+        // allow: a live JWT, checked once, then from the cache
+        for _ in 0..3 {
+            let p = a
+                .authenticate(route("any"), &bearer(&jwt), None, now)
+                .await
+                .unwrap();
+            assert_eq!(&*p.subject, "alice");
+        }
+        assert_eq!(ep.calls.load(SeqCst), 1);
+        // revoked: the cached answer serves out its second, then 401
+        ep.revoked.lock().unwrap().push(jwt.clone());
+        a.authenticate(route("any"), &bearer(&jwt), None, now)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            refused(a.authenticate(route("any"), &bearer(&jwt), None, now).await),
+            (401, "token_inactive".into())
+        );
+        // idp-b does not introspect: its tokens never reach the endpoint
+        let calls = ep.calls.load(SeqCst);
+        let jwt_b = hs256(SECRET_B, claims("https://b.test"));
+        a.authenticate(route("any"), &bearer(&jwt_b), None, now)
+            .await
+            .unwrap();
+        assert_eq!(ep.calls.load(SeqCst), calls);
+
+        // allow: an opaque token the endpoint vouches for
+        let p = a
+            .authenticate(route("any"), &bearer("opaque-good"), None, now)
+            .await
+            .unwrap();
+        assert_eq!((&*p.subject, &*p.issuer), ("svc-a", "https://a.test"));
+        assert_eq!(&*p.scopes, ["orders:read"]);
+        assert_eq!(p.claims["client_id"], "svc-a");
+        // deny: each way an opaque token can be wrong, with its reason
+        for (token, route_name, want) in [
+            ("opaque-unknown", "any", (401, "token_inactive")),
+            ("opaque-other-audience", "any", (401, "wrong_audience")),
+            ("opaque-other-issuer", "any", (401, "wrong_issuer")),
+            ("opaque expired", "any", (401, "expired")),
+            (
+                "opaque-good",
+                "b-only",
+                (401, "issuer_not_accepted_on_route"),
+            ),
+            ("opaque-broken", "any", (503, "introspection_status")),
+            (
+                "opaque-malformed",
+                "any",
+                (503, "introspection_malformed_answer"),
+            ),
+        ] {
+            let got = refused(
+                a.authenticate(route(route_name), &bearer(token), None, now)
+                    .await,
+            );
+            assert_eq!(got, (want.0, want.1.to_string()), "{token} on {route_name}");
+        }
+        // a failed call is not cached: the next request asks again
+        let calls = ep.calls.load(SeqCst);
+        refused(
+            a.authenticate(route("any"), &bearer("opaque-broken"), None, now)
+                .await,
+        );
+        assert_eq!(ep.calls.load(SeqCst), calls + 1);
+        let e = a
+            .authenticate(route("any"), &bearer("opaque-broken"), None, now)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.code(), e.message()),
+            (
+                503,
+                "authentication_unavailable",
+                "credentials cannot be checked now; retry later"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn introspection_fails_closed() {
+        let ep = endpoint().await;
+        let now = palisade_core::now_nanos() / 1_000_000_000;
+        let jwt = hs256(SECRET_A, claims("https://a.test"));
+        // the endpoint refuses the gateway's credentials: 503, not a pass
+        let (a, cfg, _dir) = introspecting(ep.port, "wrong-secret").await;
+        let any = cfg.routes.iter().find(|r| r.name == "any").unwrap();
+        assert_eq!(
+            refused(a.authenticate(any, &bearer(&jwt), None, now).await),
+            (503, "introspection_client_refused".into())
+        );
+        // nothing listens: 503
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let (a, cfg, _dir) = introspecting(port, "gw-secret").await;
+        let any = cfg.routes.iter().find(|r| r.name == "any").unwrap();
+        assert_eq!(
+            refused(a.authenticate(any, &bearer(&jwt), None, now).await),
+            (503, "introspection_connect".into())
+        );
+        assert_eq!(
+            refused(a.authenticate(any, &bearer("opaque-good"), None, now).await),
+            (503, "introspection_connect".into())
+        );
     }
 }
