@@ -33,6 +33,12 @@ if [ -f tests/e2e/oauth/package.json ] && [ ! -d tests/e2e/oauth/node_modules ] 
     || echo "warning: could not install tests/e2e/oauth; the OAuth end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
+if [ -f examples/stack/package.json ] && [ ! -d examples/stack/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing the example stack's services (examples/stack: express)"
+  (cd examples/stack && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install examples/stack; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?
