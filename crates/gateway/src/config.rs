@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_core::Secret;
@@ -45,6 +45,44 @@ pub struct RawConfig {
     pub syslog: Option<RawSyslog>,
     /// Security events also to an OpenTelemetry collector (OTLP/HTTP JSON).
     pub otlp: Option<RawOtlp>,
+    /// The Palisade server the gateway gets its certificates from.
+    pub palisade: Option<RawPalisade>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPalisade {
+    pub address: String,
+    pub ca_file: Option<String>,
+    pub token_file: Option<String>,
+    pub approle: Option<RawAppRole>,
+    #[serde(default)]
+    pub certificates: Vec<RawManagedCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppRole {
+    pub mount: Option<String>,
+    pub role_id_file: String,
+    pub secret_id_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagedCert {
+    pub mount: Option<String>,
+    pub role: String,
+    pub common_name: String,
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    #[serde(default)]
+    pub ip_sans: Vec<String>,
+    #[serde(default)]
+    pub uri_sans: Vec<String>,
+    pub ttl: Option<String>,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -670,6 +708,8 @@ pub struct GatewayConfig {
     pub syslog: Option<crate::ops::syslog::SyslogConfig>,
     /// `[otlp]`; fixed at start as `[syslog]`.
     pub otlp: Option<crate::ops::otlp::OtlpConfig>,
+    /// `[palisade]`; fixed at start.
+    pub palisade: Option<crate::ops::palisade::PalisadeConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -699,6 +739,8 @@ pub fn looks_like_gateway(text: &str) -> bool {
 struct Ctx<'a> {
     errs: Vec<String>,
     env: &'a Env<'a>,
+    /// Certificate and key files `[palisade]` writes: they need not exist yet.
+    managed: HashSet<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -755,7 +797,7 @@ impl Ctx<'_> {
     }
     fn file(&mut self, field: &str, p: &str) -> PathBuf {
         let path = self.path(p);
-        if !path.is_file() {
+        if !path.is_file() && !self.managed.contains(&path) {
             self.err(format!(
                 "{field}: {} does not exist or is not a file",
                 path.display()
@@ -849,7 +891,14 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     let mut c = Ctx {
         errs: Vec::new(),
         env,
+        managed: HashSet::new(),
     };
+    if let Some(p) = &raw.palisade {
+        for m in &p.certificates {
+            let (cert, key) = (c.path(&m.cert_file), c.path(&m.key_file));
+            c.managed.extend([cert, key]);
+        }
+    }
 
     // listeners
     let mut listeners = Vec::new();
@@ -1695,6 +1744,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     let ids = raw.ids.map(|r| ids(&mut c, r));
     let syslog = raw.syslog.map(|r| syslog(&mut c, r));
     let otlp = raw.otlp.map(|r| otlp(&mut c, r));
+    let palisade = raw.palisade.map(|r| palisade(&mut c, r));
 
     if !c.errs.is_empty() {
         return Err(ConfigErrors(c.errs));
@@ -1717,7 +1767,113 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         ids,
         syslog,
         otlp,
+        palisade,
     })
+}
+
+/// A mount or role name as it goes into a URL path: segments of letters,
+/// digits, `-`, `_`, `.`, no empty or dot segments.
+fn path_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+/// `[palisade]`: the server's address (https, or http to loopback), how the
+/// gateway logs in (a token file or AppRole), the certificates it keeps.
+fn palisade(c: &mut Ctx<'_>, r: RawPalisade) -> crate::ops::palisade::PalisadeConfig {
+    use crate::ops::palisade::{Auth, ManagedCert, PalisadeConfig};
+    let address = r.address.trim_end_matches('/').to_string();
+    match reqwest::Url::parse(&address) {
+        Ok(u)
+            if palisade_jwt::url_is_acceptable(&u)
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.path() == "/" => {}
+        _ => c.err("palisade.address: must be https://host[:port] (plain http only to a loopback host), without a path"),
+    }
+    let ca_file = r.ca_file.map(|f| c.file("palisade.ca_file", &f));
+    let auth = match (r.token_file, r.approle) {
+        (Some(t), None) => Auth::TokenFile(c.file("palisade.token_file", &t)),
+        (None, Some(a)) => {
+            let mount = a.mount.unwrap_or_else(|| "approle".into());
+            if !path_name(&mount) {
+                c.err("palisade.approle.mount: letters, digits, -, _, . and / between segments");
+            }
+            Auth::AppRole {
+                mount,
+                role_id_file: c.file("palisade.approle.role_id_file", &a.role_id_file),
+                secret_id_file: c.file("palisade.approle.secret_id_file", &a.secret_id_file),
+            }
+        }
+        _ => {
+            c.err("palisade: exactly one of token_file or [palisade.approle] is required");
+            Auth::TokenFile(PathBuf::new())
+        }
+    };
+    if r.certificates.is_empty() {
+        c.err("palisade.certificates: at least one [[palisade.certificates]] entry is required");
+    }
+    let mut seen = HashSet::new();
+    let certificates = r
+        .certificates
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = format!("palisade.certificates[{i}]");
+            let mount = m.mount.unwrap_or_else(|| "pki".into());
+            if !path_name(&mount) {
+                c.err(format!(
+                    "{field}.mount: letters, digits, -, _, . and / between segments"
+                ));
+            }
+            if !path_name(&m.role) || m.role.contains('/') {
+                c.err(format!("{field}.role: letters, digits, -, _ and ."));
+            }
+            if m.common_name.is_empty() {
+                c.err(format!("{field}.common_name: required"));
+            }
+            let (cert_file, key_file) = (c.path(&m.cert_file), c.path(&m.key_file));
+            for (what, p) in [("cert_file", &cert_file), ("key_file", &key_file)] {
+                if !seen.insert(p.clone()) {
+                    c.err(format!(
+                        "{field}.{what}: {} is written by another entry",
+                        p.display()
+                    ));
+                }
+                if !p.parent().is_some_and(Path::is_dir) {
+                    c.err(format!(
+                        "{field}.{what}: the directory of {} does not exist",
+                        p.display()
+                    ));
+                }
+            }
+            ManagedCert {
+                mount,
+                role: m.role,
+                common_name: m.common_name,
+                alt_names: m.alt_names,
+                ip_sans: m.ip_sans,
+                uri_sans: m.uri_sans,
+                ttl: m.ttl,
+                cert_file,
+                key_file,
+            }
+        })
+        .collect();
+    PalisadeConfig {
+        address,
+        ca_file,
+        auth,
+        certificates,
+    }
 }
 
 /// `[otlp]`: an `https` endpoint with its CA file (or `http` with
@@ -2431,6 +2587,53 @@ mod tests {
                 "issuers[b].introspection.opaque_tokens: only one issuer may introspect opaque tokens",
                 "issuers[b].introspection.ca_file:",
             ]
+        );
+    }
+
+    #[test]
+    fn palisade_settings() {
+        // allow: listener files that [palisade] writes need not exist yet
+        let body = "[[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\ncertificates = [{ cert_file = \"gw.pem\", key_file = \"gw.key\" }]\n\
+            [palisade]\naddress = \"https://palisade.internal:8200/\"\ntoken_file = \"p.cedar\"\n\
+            [[palisade.certificates]]\nrole = \"gateway\"\ncommon_name = \"api.example.com\"\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n";
+        let ok = check(&format!("{ROUTE}{body}")).unwrap();
+        let p = ok.palisade.unwrap();
+        assert_eq!(p.address, "https://palisade.internal:8200");
+        assert_eq!(p.certificates[0].mount, "pki");
+        // deny: a listener file nobody writes must exist
+        let e = check(&format!(
+            "{ROUTE}{}",
+            body.replace(
+                "cert_file = \"gw.pem\", key",
+                "cert_file = \"other.pem\", key"
+            )
+        ))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e:?}");
+        assert!(
+            e.0[0].starts_with("listeners[tls].certificates.cert_file: "),
+            "{e:?}"
+        );
+        // deny: every rule at once
+        let e = check(&format!(
+            "{ROUTE}[palisade]\naddress = \"http://palisade.internal/v1\"\n\
+             [[palisade.certificates]]\nmount = \"../sys\"\nrole = \"a/b\"\ncommon_name = \"\"\ncert_file = \"x.pem\"\nkey_file = \"x.pem\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.0[..5],
+            [
+                "palisade.address: must be https://host[:port] (plain http only to a loopback host), without a path",
+                "palisade: exactly one of token_file or [palisade.approle] is required",
+                "palisade.certificates[0].mount: letters, digits, -, _, . and / between segments",
+                "palisade.certificates[0].role: letters, digits, -, _ and .",
+                "palisade.certificates[0].common_name: required",
+            ]
+        );
+        assert!(
+            e.0[5].starts_with("palisade.certificates[0].key_file: ")
+                && e.0[5].ends_with("x.pem is written by another entry"),
+            "{e:?}"
         );
     }
 }

@@ -35,6 +35,8 @@ pub enum StartError {
     Admin(String),
     #[error("cannot start worker thread: {0}")]
     Worker(String),
+    #[error("{0}")]
+    Palisade(String),
 }
 
 fn listener_err(name: &str, reason: impl std::fmt::Display) -> StartError {
@@ -76,6 +78,19 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Bound, tokio::task::JoinHandle<()>), StartError> {
     let cfg = read_config(&config_path, &*var)?;
+    // certificates from Palisade's PKI engine, issued before anything loads them
+    let palisade = match &cfg.palisade {
+        Some(p) => {
+            let client =
+                crate::ops::palisade::Client::new(p.clone()).map_err(StartError::Palisade)?;
+            crate::ops::palisade::ensure(&client)
+                .await
+                .map_err(StartError::Palisade)?;
+            Some(Arc::new(client))
+        }
+        None => None,
+    };
+    let renewed = Arc::new(tokio::sync::Notify::new());
     let limiter = build_limiter(&cfg).await?;
     let gw = build(&cfg, limiter.clone(), log.clone(), None, Transport::Tcp).await?;
     let shared = Arc::new(Shared::new(gw));
@@ -207,7 +222,16 @@ pub async fn start(
         stop_rx.clone(),
     )));
 
-    // reload: SIGHUP or a change of the config file's mtime; certificates on change
+    if let Some(client) = palisade {
+        tasks.push(tokio::spawn(crate::ops::palisade::renewal_loop(
+            client,
+            stop_rx.clone(),
+            renewed.clone(),
+        )));
+    }
+
+    // reload: SIGHUP or a change of the config file's mtime; certificates on
+    // change; at once after a certificate renewal (upstream client certificates)
     let reload_shared = shared.clone();
     let mut reload_stop = stop_rx.clone();
     let reload_log = log.clone();
@@ -224,9 +248,10 @@ pub async fn start(
         let mut pending: Option<(Option<(SystemTime, u64)>, u32)> = None;
         let mut tick = tokio::time::interval(CONFIG_POLL);
         loop {
-            let by_signal = tokio::select! {
-                _ = tick.tick() => false,
-                _ = async { match hup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => true,
+            let (by_signal, hangup) = tokio::select! {
+                _ = tick.tick() => (false, false),
+                _ = async { match hup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => (true, true),
+                _ = renewed.notified() => (true, false),
                 _ = reload_stop.changed() => break,
             };
             for r in &resolvers {
@@ -237,7 +262,7 @@ pub async fn start(
                 }
             }
             // SIGHUP is also logrotate's "the log file was moved"
-            if by_signal {
+            if hangup {
                 reload_log.reopen();
             }
             let now = stamp(&config_path);

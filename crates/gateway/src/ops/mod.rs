@@ -5,6 +5,7 @@ pub mod admin;
 pub mod durations;
 pub mod log;
 pub mod otlp;
+pub mod palisade;
 pub mod syslog;
 
 use std::path::PathBuf;
