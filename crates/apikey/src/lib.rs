@@ -60,7 +60,7 @@ mod store;
 
 use serde::Serialize;
 
-pub use store::{ApiKeyStore, StoreOptions};
+pub use store::{ApiKeyStore, DocFuture, Document, StoreOptions};
 
 /// Longest consumer name or scope.
 pub const MAX_NAME_LEN: usize = 128;

@@ -68,8 +68,114 @@ struct Snapshot {
     attempted_at: Instant,
 }
 
+/// A future a [`Document`] returns.
+pub type DocFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// The whole key table as one versioned document somewhere else (a KV v2
+/// secret in Palisade): read whole, written whole only if nobody wrote it
+/// since it was read (check-and-set). The store keeps the document's rows
+/// as it keeps SQLite's: records and keyed hashes, never a secret.
+pub trait Document: Send + Sync + 'static {
+    /// The document's bytes and version; `None` and 0 when it does not exist.
+    fn read(&self) -> DocFuture<'_, (Option<Vec<u8>>, u64)>;
+    /// Write `body` if the document is still at `version` (0: it must not
+    /// exist). `Ok(false)`: someone else wrote it first.
+    fn write(&self, body: Vec<u8>, version: u64) -> DocFuture<'_, bool>;
+}
+
+/// Where the table lives.
+enum Backend {
+    Sqlite(SqlitePool),
+    Document(Arc<dyn Document>),
+}
+
+/// A changed document that lost a check-and-set race is read and changed
+/// again this many times before the write fails.
+const CAS_ATTEMPTS: usize = 8;
+
+/// One row of the document form of the table.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocRow {
+    id: String,
+    consumer: String,
+    scopes: Vec<String>,
+    /// HMAC-SHA256, lowercase hex.
+    hash: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    #[serde(default)]
+    description: String,
+    rotated_from: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    keys: Vec<DocRow>,
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let d = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[i] = d(pair[0])? << 4 | d(pair[1])?;
+    }
+    Some(out)
+}
+
+fn to_hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl DocRow {
+    fn entry(&self) -> Result<Entry, String> {
+        let hash =
+            hex32(&self.hash).ok_or(format!("key {}: hash is not 32 bytes of hex", self.id))?;
+        KeyId::parse(&self.id).map_err(|_| format!("key {}: malformed id", self.id))?;
+        Ok(Entry {
+            record: ApiKeyRecord {
+                id: self.id.clone(),
+                consumer: self.consumer.clone(),
+                scopes: self.scopes.clone(),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+                revoked_at: self.revoked_at,
+                description: self.description.clone(),
+                rotated_from: self.rotated_from.clone(),
+            },
+            hash,
+        })
+    }
+
+    fn of(e: &Entry) -> Self {
+        let r = &e.record;
+        DocRow {
+            id: r.id.clone(),
+            consumer: r.consumer.clone(),
+            scopes: r.scopes.clone(),
+            hash: to_hex(&e.hash),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            description: r.description.clone(),
+            rotated_from: r.rotated_from.clone(),
+        }
+    }
+}
+
 struct Inner {
-    pool: SqlitePool,
+    backend: Backend,
     mac: MacKey,
     opts: StoreOptions,
     snapshot: RwLock<Snapshot>,
@@ -154,6 +260,31 @@ fn create_private(_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What rotating `old` at `now` does: the old key's new expiry (never later
+/// than it was) and the new key's spec (the old one's lifetime from now).
+fn rotation(
+    old: &ApiKeyRecord,
+    old_expires_at: Option<i64>,
+    now: i64,
+) -> Result<(Option<i64>, KeySpec), ApiKeyError> {
+    if old.revoked_at.is_some() {
+        return Err(ApiKeyError::Revoked);
+    }
+    if !old.is_active(now) {
+        return Err(ApiKeyError::Expired);
+    }
+    let capped = earliest(old.expires_at, old_expires_at);
+    let spec = KeySpec {
+        consumer: old.consumer.clone(),
+        scopes: old.scopes.clone(),
+        expires_at: old
+            .expires_at
+            .map(|t| now.saturating_add(t.saturating_sub(old.created_at).max(1))),
+        description: old.description.clone(),
+    };
+    Ok((capped, spec))
+}
+
 impl ApiKeyStore {
     /// Open (creating if needed) the table in the SQLite file at `path`, with
     /// the default [`StoreOptions`].
@@ -220,10 +351,38 @@ impl ApiKeyStore {
         .execute(&pool)
         .await?;
 
+        Self::with_backend(Backend::Sqlite(pool), mac, opts).await
+    }
+
+    /// The table kept as one [`Document`] elsewhere (Palisade's KV), with
+    /// the same pepper rule, snapshot and staleness bounds as the SQLite
+    /// store. A document that cannot be read at open is an error.
+    pub async fn open_document(
+        doc: Arc<dyn Document>,
+        pepper: Secret<Vec<u8>>,
+        opts: StoreOptions,
+    ) -> Result<Self, ApiKeyError> {
+        if pepper.expose().len() < MIN_PEPPER_LEN {
+            return Err(ApiKeyError::WeakPepper);
+        }
+        if opts.max_staleness < opts.refresh_interval {
+            return Err(ApiKeyError::InvalidInput(
+                "max_staleness must be at least refresh_interval".into(),
+            ));
+        }
+        let mac = MacKey::from_bytes(pepper.expose());
+        Self::with_backend(Backend::Document(doc), mac, opts).await
+    }
+
+    async fn with_backend(
+        backend: Backend,
+        mac: MacKey,
+        opts: StoreOptions,
+    ) -> Result<Self, ApiKeyError> {
         let now = Instant::now();
         let store = Self {
             inner: Arc::new(Inner {
-                pool,
+                backend,
                 mac,
                 opts,
                 snapshot: RwLock::new(Snapshot {
@@ -236,6 +395,46 @@ impl ApiKeyStore {
         };
         store.refresh().await?;
         Ok(store)
+    }
+
+    /// The document's rows and version.
+    async fn doc_read(doc: &dyn Document) -> Result<(Vec<DocRow>, u64), ApiKeyError> {
+        let (body, version) = doc.read().await.map_err(ApiKeyError::Storage)?;
+        let Some(body) = body else {
+            return Ok((Vec::new(), version));
+        };
+        let d: Doc = serde_json::from_slice(&body)
+            .map_err(|e| ApiKeyError::Storage(format!("the key document does not parse: {e}")))?;
+        Ok((d.keys, version))
+    }
+
+    /// Read, change and write the document, again from the top when another
+    /// writer got there first. `change` returns what the call answers and
+    /// whether it changed anything (nothing to write otherwise).
+    async fn doc_modify<T>(
+        doc: &dyn Document,
+        mut change: impl FnMut(&mut Vec<DocRow>) -> Result<(T, bool), ApiKeyError>,
+    ) -> Result<T, ApiKeyError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut rows, version) = Self::doc_read(doc).await?;
+            let (out, changed) = change(&mut rows)?;
+            if !changed {
+                return Ok(out);
+            }
+            let body = serde_json::to_vec(&Doc { keys: rows })
+                .map_err(|e| ApiKeyError::Storage(e.to_string()))?;
+            if doc
+                .write(body, version)
+                .await
+                .map_err(ApiKeyError::Storage)?
+            {
+                return Ok(out);
+            }
+            tracing::info!("api key document changed meanwhile; reading it again");
+        }
+        Err(ApiKeyError::Storage(
+            "the key document kept changing; try again".into(),
+        ))
     }
 
     // A poisoned lock only means a panic happened while it was held; every
@@ -260,8 +459,20 @@ impl ApiKeyStore {
         let now = unix_now();
         let spec = KeySpec::parse(k, now)?;
         let _w = self.inner.write.lock().await;
-        let mut conn = self.inner.pool.acquire().await?;
-        let (entry, issued) = self.insert(&mut conn, &spec, now, None).await?;
+        let (entry, issued) = match &self.inner.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                self.insert(&mut conn, &spec, now, None).await?
+            }
+            Backend::Document(doc) => {
+                Self::doc_modify(&**doc, |rows| {
+                    let made = self.fresh_entry(rows, &spec, now, None)?;
+                    rows.push(DocRow::of(&made.0));
+                    Ok((made, true))
+                })
+                .await?
+            }
+        };
         // Granting change: only after the commit.
         self.apply(&entry);
         tracing::info!(
@@ -333,6 +544,48 @@ impl ApiKeyStore {
         ))
     }
 
+    /// A fresh key for `spec` whose id no row of `rows` has.
+    fn fresh_entry(
+        &self,
+        rows: &[DocRow],
+        spec: &KeySpec,
+        now: i64,
+        rotated_from: Option<&str>,
+    ) -> Result<(Entry, IssuedKey), ApiKeyError> {
+        for _ in 0..ID_ATTEMPTS {
+            let fresh = Fresh::generate();
+            if rows.iter().any(|r| r.id == fresh.id.as_str()) {
+                tracing::warn!("api key id collision; drawing another id");
+                continue;
+            }
+            let hash = fresh.hash(&self.inner.mac);
+            let record = ApiKeyRecord {
+                id: fresh.id.as_str().to_owned(),
+                consumer: spec.consumer.clone(),
+                scopes: spec.scopes.clone(),
+                created_at: now,
+                expires_at: spec.expires_at,
+                revoked_at: None,
+                description: spec.description.clone(),
+                rotated_from: rotated_from.map(str::to_owned),
+            };
+            let entry = Entry {
+                record: record.clone(),
+                hash,
+            };
+            return Ok((
+                entry,
+                IssuedKey {
+                    key: fresh.into_key(),
+                    record,
+                },
+            ));
+        }
+        Err(ApiKeyError::Storage(
+            "could not draw an unused key id".into(),
+        ))
+    }
+
     fn apply(&self, entry: &Entry) {
         self.write_snapshot()
             .by_id
@@ -342,15 +595,32 @@ impl ApiKeyStore {
     /// Every key (or one consumer's), newest last within a consumer, read from
     /// the database rather than the snapshot. Records only: no secrets, no hashes.
     pub async fn list(&self, consumer: Option<&str>) -> Result<Vec<ApiKeyRecord>, ApiKeyError> {
+        if let Some(c) = consumer {
+            crate::check_name("consumer", c)?;
+        }
+        let pool = match &self.inner.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Document(doc) => {
+                let (rows, _) = Self::doc_read(&**doc).await?;
+                let mut out = rows
+                    .iter()
+                    .filter(|r| consumer.is_none_or(|c| r.consumer == c))
+                    .map(|r| r.entry().map(|e| e.record).map_err(ApiKeyError::Storage))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.sort_by(|a, b| {
+                    (&a.consumer, a.created_at, &a.id).cmp(&(&b.consumer, b.created_at, &b.id))
+                });
+                return Ok(out);
+            }
+        };
         let rows = match consumer {
             Some(c) => {
-                crate::check_name("consumer", c)?;
                 sqlx::query(
                     "SELECT id, consumer, scopes, hash, created_at, expires_at, revoked_at, description, rotated_from
                      FROM palisade_apikeys WHERE consumer = ?1 ORDER BY created_at, id",
                 )
                 .bind(c)
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
             None => {
@@ -358,7 +628,7 @@ impl ApiKeyStore {
                     "SELECT id, consumer, scopes, hash, created_at, expires_at, revoked_at, description, rotated_from
                      FROM palisade_apikeys ORDER BY consumer, created_at, id",
                 )
-                .fetch_all(&self.inner.pool)
+                .fetch_all(pool)
                 .await?
             }
         };
@@ -383,14 +653,33 @@ impl ApiKeyStore {
         if let Some(e) = self.write_snapshot().by_id.get_mut(id.as_str()) {
             e.record.revoked_at.get_or_insert(now);
         }
-        let res = sqlx::query(
-            "UPDATE palisade_apikeys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(id.as_str())
-        .bind(now)
-        .execute(&self.inner.pool)
-        .await?;
-        let revoked = res.rows_affected() == 1;
+        let revoked = match &self.inner.backend {
+            Backend::Sqlite(pool) => {
+                let res = sqlx::query(
+                    "UPDATE palisade_apikeys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                )
+                .bind(id.as_str())
+                .bind(now)
+                .execute(pool)
+                .await?;
+                res.rows_affected() == 1
+            }
+            Backend::Document(doc) => {
+                Self::doc_modify(&**doc, |rows| {
+                    match rows
+                        .iter_mut()
+                        .find(|r| r.id == id.as_str() && r.revoked_at.is_none())
+                    {
+                        Some(r) => {
+                            r.revoked_at = Some(now);
+                            Ok((true, true))
+                        }
+                        None => Ok((false, false)),
+                    }
+                })
+                .await?
+            }
+        };
         if revoked {
             tracing::info!(key_id = %id.as_str(), "api key revoked");
         }
@@ -412,9 +701,44 @@ impl ApiKeyStore {
         let id = KeyId::parse(id)?;
         let now = unix_now();
         let _w = self.inner.write.lock().await;
+        let pool = match &self.inner.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Document(doc) => {
+                let (entry, issued, capped) = Self::doc_modify(&**doc, |rows| {
+                    let old = rows
+                        .iter()
+                        .find(|r| r.id == id.as_str())
+                        .ok_or(ApiKeyError::UnknownKey)?
+                        .entry()
+                        .map_err(ApiKeyError::Storage)?
+                        .record;
+                    let (capped, spec) = rotation(&old, old_expires_at, now)?;
+                    // Restricting change: snapshot first.
+                    if let Some(e) = self.write_snapshot().by_id.get_mut(id.as_str()) {
+                        e.record.expires_at = earliest(e.record.expires_at, capped);
+                    }
+                    let (entry, issued) = self.fresh_entry(rows, &spec, now, Some(id.as_str()))?;
+                    if let Some(r) = rows.iter_mut().find(|r| r.id == id.as_str()) {
+                        r.expires_at = capped;
+                    }
+                    rows.push(DocRow::of(&entry));
+                    Ok(((entry, issued, capped), true))
+                })
+                .await?;
+                self.apply(&entry);
+                tracing::info!(
+                    key_id = %entry.record.id,
+                    rotated_from = %id.as_str(),
+                    consumer = %entry.record.consumer,
+                    old_expires_at = ?capped,
+                    "api key rotated"
+                );
+                return Ok(issued);
+            }
+        };
         // IMMEDIATE: take the write lock up front so the read below cannot go
         // stale under another process's write before our UPDATE.
-        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT id, consumer, scopes, hash, created_at, expires_at, revoked_at, description, rotated_from
              FROM palisade_apikeys WHERE id = ?1",
@@ -424,21 +748,7 @@ impl ApiKeyStore {
         .await?
         .ok_or(ApiKeyError::UnknownKey)?;
         let old = decode_row(&row).map_err(ApiKeyError::Storage)?.record;
-        if old.revoked_at.is_some() {
-            return Err(ApiKeyError::Revoked);
-        }
-        if !old.is_active(now) {
-            return Err(ApiKeyError::Expired);
-        }
-        let capped = earliest(old.expires_at, old_expires_at);
-        let spec = KeySpec {
-            consumer: old.consumer.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old
-                .expires_at
-                .map(|t| now.saturating_add(t.saturating_sub(old.created_at).max(1))),
-            description: old.description.clone(),
-        };
+        let (capped, spec) = rotation(&old, old_expires_at, now)?;
 
         // Restricting change: snapshot first.
         if let Some(e) = self.write_snapshot().by_id.get_mut(id.as_str()) {
@@ -472,23 +782,41 @@ impl ApiKeyStore {
     /// Reload; the caller holds `inner.write`.
     async fn reload_locked(&self) -> Result<(), ApiKeyError> {
         let started = Instant::now();
+        let pool = match &self.inner.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Document(doc) => {
+                let rows = Self::doc_read(&**doc).await.map(|(rows, _)| rows);
+                return self.install(started, rows, DocRow::entry);
+            }
+        };
         let rows = sqlx::query(
             "SELECT id, consumer, scopes, hash, created_at, expires_at, revoked_at, description, rotated_from
              FROM palisade_apikeys",
         )
-        .fetch_all(&self.inner.pool)
-        .await;
+        .fetch_all(pool)
+        .await
+        .map_err(ApiKeyError::from);
+        self.install(started, rows, decode_row)
+    }
+
+    /// A reload's rows (or why there are none) into the snapshot.
+    fn install<R>(
+        &self,
+        started: Instant,
+        rows: Result<Vec<R>, ApiKeyError>,
+        decode: impl Fn(&R) -> Result<Entry, String>,
+    ) -> Result<(), ApiKeyError> {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 self.write_snapshot().attempted_at = started;
                 tracing::error!(error = %e, "api key reload failed");
-                return Err(e.into());
+                return Err(e);
             }
         };
         let mut by_id = HashMap::with_capacity(rows.len());
         for row in &rows {
-            match decode_row(row) {
+            match decode(row) {
                 Ok(entry) => {
                     by_id.insert(entry.record.id.clone(), entry);
                 }

@@ -2214,14 +2214,16 @@ async fn gateway(a: GatewayArgs) -> u8 {
         }
         Some(GatewayCmd::Apikey(cmd)) => {
             let cfg = tryc!(gateway_config(&file, &var));
-            let Some(ak) = cfg.apikeys else {
-                return local_err("the configuration has no [apikeys] section");
+            // a Palisade-kept table is managed with the operator's token
+            // when VAULT_TOKEN is set (else with the gateway's own login)
+            let token = var("VAULT_TOKEN")
+                .filter(|t| !t.is_empty())
+                .map(palisade_core::Secret::new);
+            let store = match palisade_gateway::gateway::apikey_store(&cfg, token).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return local_err("the configuration has no [apikeys] section"),
+                Err(e) => return local_err(format!("cannot open key store: {e}")),
             };
-            let store =
-                match palisade_apikey::ApiKeyStore::open(&ak.database, ak.pepper.clone()).await {
-                    Ok(s) => s,
-                    Err(e) => return local_err(format!("cannot open key store: {e}")),
-                };
             apikey(&store, cmd).await
         }
         Some(GatewayCmd::Bans(cmd)) => {

@@ -267,7 +267,12 @@ pub struct RawIntrospection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKeys {
-    pub database: String,
+    /// `sqlite` (default: the `database` file) or `palisade` (a KV v2
+    /// secret in the `[palisade]` server).
+    pub store: Option<String>,
+    pub database: Option<String>,
+    pub kv_mount: Option<String>,
+    pub kv_path: Option<String>,
     pub pepper_file: Option<String>,
     pub pepper_env: Option<String>,
     /// Header carrying the key (default "x-api-key"); `Authorization: ApiKey <key>` also works.
@@ -514,8 +519,18 @@ pub struct IntrospectionSpec {
 }
 
 #[derive(Clone, Debug)]
+pub enum ApiKeysStore {
+    Sqlite(PathBuf),
+    /// A KV v2 secret `<mount>/data/<path>` on the `[palisade]` server.
+    Palisade {
+        mount: String,
+        path: String,
+    },
+}
+
+#[derive(Clone, Debug)]
 pub struct ApiKeysConfig {
-    pub database: PathBuf,
+    pub store: ApiKeysStore,
     pub pepper: Secret<Vec<u8>>,
     pub header: String,
 }
@@ -1257,6 +1272,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         c.err(format!("issuers: {e}"));
     }
 
+    let has_palisade = raw.palisade.is_some();
     let apikeys = raw.apikeys.and_then(|a| {
         let pepper = c.secret("apikeys.pepper", &a.pepper_file, &a.pepper_env, 32)?;
         let header = a
@@ -1266,8 +1282,46 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
         if !valid_header_name(&header) {
             c.err("apikeys.header: not a valid header name");
         }
+        let store = match a.store.as_deref().unwrap_or("sqlite") {
+            "sqlite" => {
+                if a.kv_mount.is_some() || a.kv_path.is_some() {
+                    c.err("apikeys: kv_mount and kv_path are for store = \"palisade\"");
+                }
+                let Some(db) = &a.database else {
+                    c.err("apikeys.database: required (or store = \"palisade\")");
+                    return None;
+                };
+                ApiKeysStore::Sqlite(c.path(db))
+            }
+            "palisade" => {
+                if a.database.is_some() {
+                    c.err("apikeys.database: not used with store = \"palisade\"");
+                }
+                if !has_palisade {
+                    c.err("apikeys: store = \"palisade\" needs a [palisade] section");
+                }
+                let mount = a.kv_mount.unwrap_or_else(|| "secret".into());
+                if !path_name(&mount) {
+                    c.err("apikeys.kv_mount: letters, digits, -, _, . and / between segments");
+                }
+                let Some(path) = a.kv_path else {
+                    c.err("apikeys.kv_path: required with store = \"palisade\"");
+                    return None;
+                };
+                if !path_name(&path) {
+                    c.err("apikeys.kv_path: letters, digits, -, _, . and / between segments");
+                }
+                ApiKeysStore::Palisade { mount, path }
+            }
+            other => {
+                c.err(format!(
+                    "apikeys.store: {other:?} is not \"sqlite\" or \"palisade\""
+                ));
+                return None;
+            }
+        };
         Some(ApiKeysConfig {
-            database: c.path(&a.database),
+            store,
             pepper,
             header,
         })
@@ -1818,9 +1872,6 @@ fn palisade(c: &mut Ctx<'_>, r: RawPalisade) -> crate::ops::palisade::PalisadeCo
             Auth::TokenFile(PathBuf::new())
         }
     };
-    if r.certificates.is_empty() {
-        c.err("palisade.certificates: at least one [[palisade.certificates]] entry is required");
-    }
     let mut seen = HashSet::new();
     let certificates = r
         .certificates

@@ -150,6 +150,45 @@ pub async fn build_limiter(cfg: &GatewayConfig) -> Result<Arc<Limiter>, BuildErr
     }))
 }
 
+/// The `[apikeys]` store the configuration names, opened (`None` without
+/// `[apikeys]`). `token`: a Palisade token to use instead of the
+/// configuration's (`palisade gateway apikey` with `VAULT_TOKEN` set).
+pub async fn apikey_store(
+    cfg: &GatewayConfig,
+    token: Option<palisade_core::Secret<String>>,
+) -> Result<Option<palisade_apikey::ApiKeyStore>, String> {
+    let Some(a) = &cfg.apikeys else {
+        return Ok(None);
+    };
+    let store = match &a.store {
+        config::ApiKeysStore::Sqlite(db) => {
+            palisade_apikey::ApiKeyStore::open(db, a.pepper.clone()).await
+        }
+        config::ApiKeysStore::Palisade { mount, path } => {
+            let p = cfg
+                .palisade
+                .as_ref()
+                .ok_or("store = \"palisade\" needs a [palisade] section")?;
+            let mut client = crate::ops::palisade::Client::new(p.clone())?;
+            if let Some(t) = token {
+                client = client.with_token(t);
+            }
+            let doc = crate::ops::palisade::KvDocument {
+                client: Arc::new(client),
+                mount: mount.clone(),
+                path: path.clone(),
+            };
+            palisade_apikey::ApiKeyStore::open_document(
+                Arc::new(doc),
+                a.pepper.clone(),
+                palisade_apikey::StoreOptions::default(),
+            )
+            .await
+        }
+    };
+    store.map(Some).map_err(|e| e.to_string())
+}
+
 /// Build a gateway from a validated config. On a reload, `previous` is the
 /// gateway being replaced: its last good JWKS key sets, its per-client
 /// slots and its transport carry over (`transport` is used only without
@@ -171,14 +210,10 @@ pub async fn build(
             })?;
         pools.insert(u.name.clone(), pool);
     }
-    let apikeys = match &cfg.apikeys {
-        Some(a) => Some(Arc::new(
-            palisade_apikey::ApiKeyStore::open(&a.database, a.pepper.clone())
-                .await
-                .map_err(|e| BuildError::ApiKeys(e.to_string()))?,
-        )),
-        None => None,
-    };
+    let apikeys = apikey_store(cfg, None)
+        .await
+        .map_err(BuildError::ApiKeys)?
+        .map(Arc::new);
     let header = cfg
         .apikeys
         .as_ref()

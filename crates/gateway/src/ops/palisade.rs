@@ -31,7 +31,10 @@ const MAX_SLEEP: i64 = 3600;
 pub enum Auth {
     /// A token in a file, read at each use (an agent may rotate it).
     TokenFile(PathBuf),
-    /// AppRole: a login for each issuance (the token is revoked after use).
+    /// A token given directly (the CLI's `VAULT_TOKEN`; never from the file).
+    Token(Secret<String>),
+    /// AppRole: a login kept until two thirds of its TTL, then a new one
+    /// (the old token revoked).
     AppRole {
         mount: String,
         role_id_file: PathBuf,
@@ -139,9 +142,17 @@ fn errors_of(body: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// A token the gateway logged in for, kept until two thirds of its TTL.
+struct Cached {
+    token: Secret<String>,
+    renew_at: i64,
+}
+
 pub struct Client {
     cfg: PalisadeConfig,
     http: reqwest::Client,
+    /// AppRole only: the current login's token.
+    cached: tokio::sync::Mutex<Option<Cached>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -149,6 +160,22 @@ impl std::fmt::Debug for Client {
         f.debug_struct("palisade::Client")
             .field("address", &self.cfg.address)
             .finish_non_exhaustive()
+    }
+}
+
+/// An answer: its status and JSON body (`Null` when it had none).
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Answer {
+    fn ok(self, path: &str) -> Result<Value, String> {
+        if (200..300).contains(&self.status) {
+            Ok(self.body)
+        } else {
+            Err(format!("{path}: {} {}", self.status, errors_of(&self.body)))
+        }
     }
 }
 
@@ -176,23 +203,41 @@ impl Client {
         let http = b
             .build()
             .map_err(|e| format!("palisade: http client: {e}"))?;
-        Ok(Self { cfg, http })
+        Ok(Self {
+            cfg,
+            http,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The same server with another token (the CLI's `VAULT_TOKEN`).
+    pub fn with_token(&self, token: Secret<String>) -> Self {
+        let mut cfg = self.cfg.clone();
+        cfg.auth = Auth::Token(token);
+        Self {
+            cfg,
+            http: self.http.clone(),
+            cached: tokio::sync::Mutex::new(None),
+        }
     }
 
     pub fn certificates(&self) -> &[ManagedCert] {
         &self.cfg.certificates
     }
 
-    async fn call(
+    async fn send(
         &self,
+        method: reqwest::Method,
         path: &str,
         token: Option<&Secret<String>>,
-        body: &Value,
-    ) -> Result<Value, String> {
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
         let mut req = self
             .http
-            .post(format!("{}/v1/{path}", self.cfg.address))
-            .json(body);
+            .request(method, format!("{}/v1/{path}", self.cfg.address));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some(t) = token {
             let mut v = hyper::header::HeaderValue::from_str(t.expose())
                 .map_err(|_| "the token is not a header value".to_string())?;
@@ -211,52 +256,92 @@ impl Client {
                 }
             )
         })?;
-        let status = r.status();
+        let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(format!("{path}: {} {}", status.as_u16(), errors_of(&body)));
-        }
-        Ok(body)
+        Ok(Answer { status, body })
     }
 
-    /// A token, and whether it is ours to revoke after use.
-    async fn login(&self) -> Result<(Secret<String>, bool), String> {
-        match &self.cfg.auth {
-            Auth::TokenFile(f) => Ok((read_secret(f, "palisade.token_file")?, false)),
+    /// The token to call with: read from the file at each use, or the
+    /// current AppRole login (a new one at two thirds of its TTL; the old
+    /// one is revoked).
+    async fn token(&self) -> Result<Secret<String>, String> {
+        let (mount, role_id_file, secret_id_file) = match &self.cfg.auth {
+            Auth::TokenFile(f) => return read_secret(f, "palisade.token_file"),
+            Auth::Token(t) => return Ok(t.clone()),
             Auth::AppRole {
                 mount,
                 role_id_file,
                 secret_id_file,
-            } => {
-                let role_id = read_secret(role_id_file, "palisade.approle.role_id_file")?;
-                let secret_id = read_secret(secret_id_file, "palisade.approle.secret_id_file")?;
-                let body = json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
-                let answer = self
-                    .call(&format!("auth/{mount}/login"), None, &body)
-                    .await?;
-                let token = answer["auth"]["client_token"]
-                    .as_str()
-                    .ok_or(format!("auth/{mount}/login: no client_token in the answer"))?;
-                Ok((Secret::new(token.to_owned()), true))
+            } => (mount, role_id_file, secret_id_file),
+        };
+        let mut cached = self.cached.lock().await;
+        let now = unix_now();
+        if let Some(c) = cached.as_ref()
+            && c.renew_at > now
+        {
+            return Ok(c.token.clone());
+        }
+        let role_id = read_secret(role_id_file, "palisade.approle.role_id_file")?;
+        let secret_id = read_secret(secret_id_file, "palisade.approle.secret_id_file")?;
+        let body = json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
+        let path = format!("auth/{mount}/login");
+        let answer = self
+            .send(reqwest::Method::POST, &path, None, Some(&body))
+            .await?
+            .ok(&path)?;
+        let token = Secret::new(
+            answer["auth"]["client_token"]
+                .as_str()
+                .ok_or(format!("{path}: no client_token in the answer"))?
+                .to_owned(),
+        );
+        let ttl = answer["auth"]["lease_duration"].as_i64().unwrap_or(0);
+        let renew_at = if ttl > 0 {
+            now + ttl * 2 / 3
+        } else {
+            now + MAX_SLEEP
+        };
+        if let Some(old) = cached.replace(Cached {
+            token: token.clone(),
+            renew_at,
+        }) {
+            let revoked = self
+                .send(
+                    reqwest::Method::POST,
+                    "auth/token/revoke-self",
+                    Some(&old.token),
+                    None,
+                )
+                .await;
+            if !revoked.is_ok_and(|a| (200..300).contains(&a.status)) {
+                tracing::warn!(
+                    "palisade: could not revoke the previous login token (it expires by itself)"
+                );
             }
         }
+        Ok(token)
+    }
+
+    /// A call with the gateway's token. A 403 with a cached AppRole token
+    /// (revoked or expired early) logs in again and retries once.
+    async fn authed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let token = self.token().await?;
+        let a = self.send(method.clone(), path, Some(&token), body).await?;
+        if a.status == 403 && matches!(self.cfg.auth, Auth::AppRole { .. }) {
+            *self.cached.lock().await = None;
+            let token = self.token().await?;
+            return self.send(method, path, Some(&token), body).await;
+        }
+        Ok(a)
     }
 
     /// Issue `m` and write its files. Returns the new certificate's `not_after`.
     pub async fn issue(&self, m: &ManagedCert) -> Result<i64, String> {
-        let (token, revoke) = self.login().await?;
-        let result = self.issue_with(&token, m).await;
-        if revoke
-            && let Err(e) = self
-                .call("auth/token/revoke-self", Some(&token), &json!({}))
-                .await
-        {
-            tracing::warn!(error = %e, "palisade: could not revoke the login token (it expires by itself)");
-        }
-        result
-    }
-
-    async fn issue_with(&self, token: &Secret<String>, m: &ManagedCert) -> Result<i64, String> {
         let mut req = json!({"common_name": m.common_name, "format": "pem"});
         for (k, list) in [
             ("alt_names", &m.alt_names),
@@ -271,38 +356,110 @@ impl Client {
             req["ttl"] = json!(ttl);
         }
         let path = format!("{}/issue/{}", m.mount, m.role);
-        let answer = self.call(&path, Some(token), &req).await?;
-        let data = &answer["data"];
-        let cert = data["certificate"]
+        let answer = self
+            .authed(reqwest::Method::POST, &path, Some(&req))
+            .await?
+            .ok(&path)?;
+        write_issued(m, &path, &answer)
+    }
+}
+
+/// Check an issue answer (the key is the certificate's, the certificate
+/// parses and is valid) and write its files.
+fn write_issued(m: &ManagedCert, path: &str, answer: &Value) -> Result<i64, String> {
+    let data = &answer["data"];
+    let cert = data["certificate"]
+        .as_str()
+        .ok_or(format!("{path}: no certificate in the answer"))?;
+    let key = Secret::new(
+        data["private_key"]
             .as_str()
-            .ok_or(format!("{path}: no certificate in the answer"))?;
-        let key = Secret::new(
-            data["private_key"]
-                .as_str()
-                .ok_or(format!("{path}: no private_key in the answer"))?
-                .to_owned(),
-        );
-        // the leaf, then the chain that issued it (the listener sends it)
-        let mut chain = format!("{}\n", cert.trim_end());
-        for c in data["ca_chain"].as_array().into_iter().flatten() {
-            if let Some(c) = c.as_str()
-                && c.trim() != cert.trim()
-            {
-                chain.push_str(c.trim_end());
-                chain.push('\n');
+            .ok_or(format!("{path}: no private_key in the answer"))?
+            .to_owned(),
+    );
+    // the leaf, then the chain that issued it (the listener sends it)
+    let mut chain = format!("{}\n", cert.trim_end());
+    for c in data["ca_chain"].as_array().into_iter().flatten() {
+        if let Some(c) = c.as_str()
+            && c.trim() != cert.trim()
+        {
+            chain.push_str(c.trim_end());
+            chain.push('\n');
+        }
+    }
+    let (_, not_after) =
+        validity(chain.as_bytes()).ok_or(format!("{path}: the certificate does not parse"))?;
+    if not_after <= unix_now() {
+        return Err(format!("{path}: the certificate has already expired"));
+    }
+    let key_pem = Secret::new(format!("{}\n", key.expose().trim_end()));
+    // what the listener would refuse is not written: a chain and key rustls
+    // cannot serve together
+    {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("{path}: the certificate is not PEM"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
+            .map_err(|_| format!("{path}: the private key is not PEM"))?;
+        crate::transport::tls::certified_key(certs, &key).map_err(|e| format!("{path}: {e}"))?;
+    }
+    write_atomic(&m.key_file, key_pem.expose().as_bytes(), 0o600)
+        .map_err(|e| format!("{}: {e}", m.key_file.display()))?;
+    write_atomic(&m.cert_file, chain.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", m.cert_file.display()))?;
+    Ok(not_after)
+}
+
+/// The gateway's API key table as a KV v2 secret in Palisade
+/// (`[apikeys] store = "palisade"`): read whole, written whole with
+/// check-and-set on its version.
+pub struct KvDocument {
+    pub client: Arc<Client>,
+    pub mount: String,
+    pub path: String,
+}
+
+impl palisade_apikey::Document for KvDocument {
+    fn read(&self) -> palisade_apikey::DocFuture<'_, (Option<Vec<u8>>, u64)> {
+        Box::pin(async move {
+            let path = format!("{}/data/{}", self.mount, self.path);
+            let a = self
+                .client
+                .authed(reqwest::Method::GET, &path, None)
+                .await?;
+            if a.status == 404 {
+                // never written, or its latest version deleted: a write
+                // must name the version the metadata still holds
+                let version = a.body["data"]["metadata"]["version"].as_u64().unwrap_or(0);
+                return Ok((None, version));
             }
-        }
-        let (_, not_after) =
-            validity(chain.as_bytes()).ok_or(format!("{path}: the certificate does not parse"))?;
-        if not_after <= unix_now() {
-            return Err(format!("{path}: the certificate has already expired"));
-        }
-        let key_pem = Secret::new(format!("{}\n", key.expose().trim_end()));
-        write_atomic(&m.key_file, key_pem.expose().as_bytes(), 0o600)
-            .map_err(|e| format!("{}: {e}", m.key_file.display()))?;
-        write_atomic(&m.cert_file, chain.as_bytes(), 0o644)
-            .map_err(|e| format!("{}: {e}", m.cert_file.display()))?;
-        Ok(not_after)
+            let body = a.ok(&path)?;
+            let version = body["data"]["metadata"]["version"]
+                .as_u64()
+                .ok_or(format!("{path}: no version in the answer"))?;
+            let data = serde_json::to_vec(&body["data"]["data"]).map_err(|e| e.to_string())?;
+            Ok((Some(data), version))
+        })
+    }
+
+    fn write(&self, body: Vec<u8>, version: u64) -> palisade_apikey::DocFuture<'_, bool> {
+        Box::pin(async move {
+            let path = format!("{}/data/{}", self.mount, self.path);
+            let data: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let req = json!({"options": {"cas": version}, "data": data});
+            let a = self
+                .client
+                .authed(reqwest::Method::POST, &path, Some(&req))
+                .await?;
+            if a.status == 400
+                && errors_of(&a.body).contains("check-and-set parameter did not match")
+            {
+                return Ok(false);
+            }
+            a.ok(&path).map(|_| true)
+        })
     }
 }
 

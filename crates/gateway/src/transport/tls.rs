@@ -32,16 +32,26 @@ fn load_certified_key(spec: &CertSpec) -> Result<CertifiedKey, String> {
     }
     let key = PrivateKeyDer::from_pem_file(&spec.key_file)
         .map_err(|_| format!("no valid private key in {}", spec.key_file.display()))?;
-    let signer = aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("unsupported key in {}: {e}", spec.key_file.display()))?;
-    let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|e| {
+    certified_key(certs, &key).map_err(|e| {
         format!(
-            "certificate {} does not match key {}: {e}",
+            "certificate {} and key {}: {e}",
             spec.cert_file.display(),
             spec.key_file.display()
         )
-    })?;
+    })
+}
+
+/// A certificate chain and its private key as rustls serves them: the key
+/// of a supported type, and the leaf's public key the key's.
+pub fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+) -> Result<CertifiedKey, String> {
+    let signer =
+        aws_lc_rs::sign::any_supported_type(key).map_err(|e| format!("unsupported key: {e}"))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match()
+        .map_err(|e| format!("the certificate does not match the key: {e}"))?;
     Ok(ck)
 }
 
