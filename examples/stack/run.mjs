@@ -127,30 +127,39 @@ const ca = await api('POST', 'pki/root/generate/internal', {
   ttl: '720h',
 });
 write('ca.pem', `${ca.data.certificate}\n`);
-await api('POST', 'pki/roles/services', {
-  allowed_domains: ['localhost'],
-  allow_bare_domains: true,
-  allow_subdomains: true,
-  allowed_uri_sans: ['spiffe://example.org/*'],
-  max_ttl: '24h',
-});
-async function issue(file, request) {
-  const c = await api('POST', 'pki/issue/services', { ttl: '24h', ...request });
+// One role per workload, each pinned to that workload's names and SPIFFE ID:
+// whoever may issue from one role cannot mint another workload's identity
+// (service B trusts the gateway's certificate; nobody else may get one).
+const role = (name, domains, uri) =>
+  api('POST', `pki/roles/${name}`, {
+    allowed_domains: domains,
+    allow_bare_domains: true,
+    allow_subdomains: false,
+    allow_ip_sans: true,
+    allowed_uri_sans: uri ? [uri] : [],
+    max_ttl: '24h',
+  });
+await role('gateway', ['localhost', 'gateway.localhost'], 'spiffe://example.org/gateway');
+await role('service-a', ['service-a.localhost'], 'spiffe://example.org/service-a');
+await role('service-b', ['localhost'], null);
+await role('intruder', ['intruder.localhost'], 'spiffe://example.org/intruder');
+async function issue(file, roleName, request) {
+  const c = await api('POST', `pki/issue/${roleName}`, { ttl: '24h', ...request });
   write(`${file}.pem`, `${c.data.certificate}\n`);
   write(`${file}.key`, `${c.data.private_key}\n`, 0o600);
 }
-await issue('gateway', { common_name: 'localhost', ip_sans: '127.0.0.1' });
-await issue('gateway-client', {
+await issue('gateway', 'gateway', { common_name: 'localhost', ip_sans: '127.0.0.1' });
+await issue('gateway-client', 'gateway', {
   common_name: 'gateway.localhost',
   uri_sans: 'spiffe://example.org/gateway',
 });
-await issue('service-a', {
+await issue('service-a', 'service-a', {
   common_name: 'service-a.localhost',
   uri_sans: 'spiffe://example.org/service-a',
 });
-await issue('service-b', { common_name: 'localhost', ip_sans: '127.0.0.1' });
+await issue('service-b', 'service-b', { common_name: 'localhost', ip_sans: '127.0.0.1' });
 // a certificate from the same CA for a workload the policy does not name
-await issue('intruder', {
+await issue('intruder', 'intruder', {
   common_name: 'intruder.localhost',
   uri_sans: 'spiffe://example.org/intruder',
 });
@@ -278,6 +287,13 @@ if (!keep) {
     check('a direct call to service B, bypassing the gateway, is refused (403)', x.status === 403, x);
     x = await get(`https://localhost:${bPort}/orders`);
     check('a direct call to service B without a certificate is refused in the handshake', x.status === 0, x);
+
+    const mint = await fetch(`${vault}/v1/pki/issue/intruder`, {
+      method: 'POST',
+      headers: { 'x-vault-token': root, 'content-type': 'application/json' },
+      body: JSON.stringify({ common_name: 'intruder.localhost', uri_sans: 'spiffe://example.org/gateway' }),
+    });
+    check("a workload's PKI role cannot issue the gateway's identity (400)", mint.status === 400, mint.status);
 
     // revoked at the provider: refused once the gateway's cached answer (cache_s = 2) runs out
     x = await get(url, { cert: 'service-a', token: good });

@@ -70,7 +70,12 @@ const app = express();
 app.disable('x-powered-by');
 app.get('/report', async (req, res) => {
   try {
-    const r = await viaGateway('/b/orders', await accessToken());
+    let r = await viaGateway('/b/orders', await accessToken());
+    if (r.status === 401) {
+      // revoked (or otherwise refused) before it expired: a new token, once
+      cached = { token: null, until: 0 };
+      r = await viaGateway('/b/orders', await accessToken());
+    }
     res.status(r.status === 200 ? 200 : 502).json({ service: 'a', from_b: JSON.parse(r.body) });
   } catch (e) {
     // never the token or the secret: only what failed

@@ -62,6 +62,12 @@ use serde::Serialize;
 
 pub use store::{ApiKeyStore, DocFuture, Document, StoreOptions};
 
+/// Whether `s` has the shape of an API key (`pal_<id>_<secret>`), so a
+/// caller can keep keys away from places meant for other credentials.
+pub fn looks_like_key(s: &str) -> bool {
+    key::PresentedKey::parse(s).is_ok()
+}
+
 /// Longest consumer name or scope.
 pub const MAX_NAME_LEN: usize = 128;
 /// Most scopes on one key.

@@ -41,7 +41,7 @@ fn the_example_stack_runs_as_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "run.mjs failed:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("stack: all 11 checks passed"),
+        stdout.contains("stack: all 12 checks passed"),
         "{stdout}\n{stderr}"
     );
 }

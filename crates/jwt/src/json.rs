@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 /// Parse `bytes` as a JSON object without duplicate members, or `None`.
-pub(crate) fn object(bytes: &[u8]) -> Option<Map<String, Value>> {
+pub fn object(bytes: &[u8]) -> Option<Map<String, Value>> {
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(Value::Object(map))) => Some(map),
         _ => None,

@@ -90,6 +90,9 @@ pub use config::{
     MAX_LEEWAY, MIN_HS256_SECRET_BYTES, UnknownAlg, check,
 };
 pub use error::{ConfigError, ConfigProblem, JwtError};
+/// A JSON object without duplicate members at any depth (`None` otherwise),
+/// as the token parser reads headers and claims.
+pub use json::object as strict_json_object;
 pub use jws::MAX_TOKEN_BYTES;
 pub use pem::{jwk_from_spki_der, jwks_from_pem};
 pub use remote::{jwks_client, jwks_client_with_roots};

@@ -122,6 +122,21 @@ impl Backlog {
     }
 }
 
+/// A response body of at most `max` bytes (`Err` when longer or broken).
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, &'static str> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| "body")? {
+        if bytes.len() + chunk.len() > max {
+            return Err("answer_too_large");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// A TLS client configuration trusting the CA certificates in `ca_file`
 /// only, presenting `client_cert` (certificate chain, key) when given.
 /// Files are read here, so a missing or bad one stops the gateway at start.

@@ -20,6 +20,8 @@ use palisade_core::Secret;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer read from the server (a key table of ~20,000 keys).
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 /// A renewal that failed is retried after this, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: i64 = 30;
 const MAX_RETRY: i64 = 300;
@@ -92,6 +94,41 @@ pub fn renew_at(file: &Path) -> Option<i64> {
         .map_or(from, |d| i64::try_from(d.as_secs()).unwrap_or(from));
     let from = from.max(written.min(to));
     Some(from + (to - from) * 2 / 3)
+}
+
+/// Whether `m`'s files hold a pair rustls would serve (the key is the
+/// certificate's). A pair that does not (a crash between the two renames, a
+/// file changed by hand) is due at once.
+fn pair_loads(m: &ManagedCert) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Ok(certs) =
+        CertificateDer::pem_file_iter(&m.cert_file).and_then(|i| i.collect::<Result<Vec<_>, _>>())
+    else {
+        return false;
+    };
+    let Ok(key) = PrivateKeyDer::from_pem_file(&m.key_file) else {
+        return false;
+    };
+    !certs.is_empty() && crate::transport::tls::certified_key(certs, &key).is_ok()
+}
+
+/// When `m` is due: its renewal time, or now when its files are not a pair.
+fn due_at(m: &ManagedCert) -> i64 {
+    if pair_loads(m) {
+        renew_at(&m.cert_file).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// `m`'s files are a pair whose certificate has not expired.
+fn serving(m: &ManagedCert, now: i64) -> bool {
+    pair_loads(m)
+        && std::fs::read(&m.cert_file)
+            .ok()
+            .and_then(|p| validity(&p))
+            .is_some_and(|(_, to)| to > now)
 }
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret<String>, String> {
@@ -257,7 +294,10 @@ impl Client {
             )
         })?;
         let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
+        let bytes = super::read_limited(r, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }
 
@@ -470,7 +510,7 @@ impl palisade_apikey::Document for KvDocument {
 pub async fn ensure(client: &Client) -> Result<(), String> {
     for m in client.certificates() {
         let now = unix_now();
-        if renew_at(&m.cert_file).is_some_and(|at| at > now) && m.key_file.is_file() {
+        if due_at(m) > now {
             continue;
         }
         match client.issue(m).await {
@@ -482,11 +522,7 @@ pub async fn ensure(client: &Client) -> Result<(), String> {
             Err(e) => {
                 metrics::counter!("palisade_gateway_certificate_renewals_total", "result" => "failed")
                     .increment(1);
-                let valid = std::fs::read(&m.cert_file)
-                    .ok()
-                    .and_then(|p| validity(&p))
-                    .is_some_and(|(_, to)| to > now);
-                if !valid {
+                if !serving(m, now) {
                     return Err(format!("palisade: {e}"));
                 }
                 tracing::warn!(cert_file = %m.cert_file.display(), error = %e, "certificate renewal failed; the current certificate keeps serving");
@@ -515,7 +551,7 @@ pub async fn renewal_loop(
                 next = next.min(retry_at[i]);
                 continue;
             }
-            let due = renew_at(&m.cert_file).unwrap_or(0);
+            let due = due_at(m);
             if due > now {
                 next = next.min(due);
                 continue;
@@ -603,5 +639,59 @@ mod tests {
         );
         std::fs::write(&p, "not a certificate").unwrap();
         assert_eq!(renew_at(&p), None);
+    }
+
+    fn managed(dir: &Path) -> ManagedCert {
+        ManagedCert {
+            mount: "pki".into(),
+            role: "r".into(),
+            common_name: "localhost".into(),
+            alt_names: vec![],
+            ip_sans: vec![],
+            uri_sans: vec![],
+            ttl: None,
+            cert_file: dir.join("c.pem"),
+            key_file: dir.join("c.key"),
+        }
+    }
+
+    /// A certificate valid now for a day, and its key (PEMs).
+    fn cert_and_key() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let now = time_now();
+        params.not_before = now - ::time::Duration::hours(1);
+        params.not_after = now + ::time::Duration::days(1);
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn time_now() -> ::time::OffsetDateTime {
+        ::time::OffsetDateTime::from_unix_timestamp(unix_now()).unwrap()
+    }
+
+    #[test]
+    fn an_answer_whose_key_is_not_the_certificates_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = managed(dir.path());
+        let (cert, key) = cert_and_key();
+        let (_, other_key) = cert_and_key();
+        let answer =
+            |k: &str| json!({"data": {"certificate": cert, "private_key": k, "ca_chain": []}});
+        // deny: another key, garbage, nothing written
+        let e = write_issued(&m, "pki/issue/r", &answer(&other_key)).unwrap_err();
+        assert!(
+            e.starts_with("pki/issue/r: the certificate does not match the key"),
+            "{e}"
+        );
+        assert!(write_issued(&m, "pki/issue/r", &answer("not a key")).is_err());
+        assert!(!m.cert_file.exists() && !m.key_file.exists());
+        // allow: the pair is written, serving, not due
+        write_issued(&m, "pki/issue/r", &answer(&key)).unwrap();
+        assert!(serving(&m, unix_now()) && due_at(&m) > unix_now());
+        // a key that is not the certificate's on disk (a crash between the
+        // two renames, a hand edit): due at once, and not serving
+        std::fs::write(&m.key_file, &other_key).unwrap();
+        assert_eq!(due_at(&m), 0);
+        assert!(!serving(&m, unix_now()));
     }
 }

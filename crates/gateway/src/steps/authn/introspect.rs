@@ -38,9 +38,12 @@ pub(super) enum Answer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Unavailable(pub(super) &'static str);
 
+/// One token's answer, or the failure of the call every request waiting
+/// for it shares (kept with `until` = when it failed, so no later request
+/// sees it).
 #[derive(Default)]
 struct Slot {
-    answer: OnceCell<(Answer, Instant)>,
+    answer: OnceCell<(Result<Answer, Unavailable>, Instant)>,
 }
 
 impl Slot {
@@ -157,7 +160,7 @@ impl Introspector {
         };
         let (answer, _) = slot
             .answer
-            .get_or_try_init(|| async {
+            .get_or_init(|| async {
                 let answer = self.fetch(token).await;
                 metrics::counter!(
                     "palisade_gateway_introspections_total",
@@ -168,19 +171,26 @@ impl Introspector {
                     }
                 )
                 .increment(1);
-                let answer = answer?;
-                let exp = match &answer {
-                    Answer::Active(a) => exp.or_else(|| a.get("exp").and_then(Value::as_i64)),
-                    Answer::Inactive => None,
+                let keep = match &answer {
+                    // shared with the requests already waiting, then gone
+                    Err(_) => Duration::ZERO,
+                    Ok(a) => {
+                        let exp = match a {
+                            Answer::Active(a) => {
+                                exp.or_else(|| a.get("exp").and_then(Value::as_i64))
+                            }
+                            Answer::Inactive => None,
+                        };
+                        exp.map_or(self.cache, |exp| {
+                            self.cache
+                                .min(Duration::from_secs(exp.saturating_sub(now).max(0) as u64))
+                        })
+                    }
                 };
-                let mut keep = self.cache;
-                if let Some(exp) = exp {
-                    keep = keep.min(Duration::from_secs(exp.saturating_sub(now).max(0) as u64));
-                }
-                Ok::<_, Unavailable>((answer, Instant::now() + keep))
+                (answer, Instant::now() + keep)
             })
-            .await?;
-        Ok(answer.clone())
+            .await;
+        answer.clone()
     }
 
     async fn fetch(&self, token: &str) -> Result<Answer, Unavailable> {
@@ -189,7 +199,7 @@ impl Introspector {
                 .map_err(|_| Unavailable("client credentials are not a header value"))?;
         authorization.set_sensitive(true);
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
-        let mut response = self
+        let response = self
             .http
             .post(self.url.clone())
             .header(hyper::header::AUTHORIZATION, authorization)
@@ -216,18 +226,17 @@ impl Introspector {
                 _ => "introspection_status",
             }));
         }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let bytes = crate::ops::read_limited(response, MAX_ANSWER_BYTES)
             .await
-            .map_err(|_| Unavailable("introspection_body"))?
-        {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(Unavailable("introspection_answer_too_large"));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&bytes) else {
+            .map_err(|e| {
+                Unavailable(match e {
+                    "answer_too_large" => "introspection_answer_too_large",
+                    _ => "introspection_body",
+                })
+            })?;
+        // duplicate members refused, as in a JWT: `{"active":false,
+        // "active":true}` must not mean one thing here and another elsewhere
+        let Some(answer) = palisade_jwt::strict_json_object(&bytes) else {
             return Err(Unavailable("introspection_malformed_answer"));
         };
         match answer.get("active") {

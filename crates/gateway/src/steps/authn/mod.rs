@@ -272,8 +272,13 @@ impl Authenticator {
             Some(Value::String(iss)) if *iss == info.issuer => {}
             Some(_) => return Err(invalid("wrong_issuer")),
         }
-        let aud = strings(answer.get("aud"));
-        if !aud.iter().any(|a| info.audiences.contains(a)) {
+        // `aud`: one string is one audience (RFC 7519 §4.1.3), never split
+        let aud: Vec<&str> = match answer.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !aud.iter().any(|a| info.audiences.iter().any(|x| x == a)) {
             return Err(invalid("wrong_audience"));
         }
         let time = |k| match answer.get(k) {
@@ -321,7 +326,10 @@ impl Authenticator {
                         challenge: "Bearer",
                     });
                 }
+                // an API key sent as a bearer token is never handed to an
+                // identity provider
                 if !is_jwt(token)
+                    && !palisade_apikey::looks_like_key(token)
                     && let Some(p) = self.opaque(route, token, peer, now).await?
                 {
                     return Ok(p);
@@ -635,6 +643,15 @@ authn = ["jwt"]
                     serde_json::json!({"active": true, "aud": "api", "exp": now - 120}).to_string(),
                 ),
                 "opaque-broken" => (hyper::StatusCode::INTERNAL_SERVER_ERROR, "{}".into()),
+                "opaque-slow-broken" => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (hyper::StatusCode::INTERNAL_SERVER_ERROR, "{}".into())
+                }
+                "opaque-spaced-audience" => (ok, active("evil api", "https://a.test")),
+                "opaque-duplicate" => (
+                    ok,
+                    r#"{"active":false,"aud":"api","sub":"x","active":true}"#.into(),
+                ),
                 "opaque-malformed" => (ok, r#"{"activ":true}"#.into()),
                 t if t.contains('.') => (ok, active("api", "https://a.test")),
                 _ => (ok, r#"{"active":false}"#.into()),
@@ -733,6 +750,33 @@ jwt_issuers = ["idp-b"]
         (a, cfg, dir)
     }
 
+    /// Run futures at once on this task (no extra crate for join_all).
+    async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in fs {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, o) in set.iter_mut().zip(out.iter_mut()) {
+                if o.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *o = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().map(|o| o.unwrap()).collect()
+    }
+
     fn refused(r: Result<Principal, GatewayError>) -> (u16, String) {
         match r {
             Ok(p) => panic!("allowed: {}", p.label()),
@@ -796,6 +840,14 @@ jwt_issuers = ["idp-b"]
                 (401, "issuer_not_accepted_on_route"),
             ),
             ("opaque-broken", "any", (503, "introspection_status")),
+            // one string is one audience, never split on spaces
+            ("opaque-spaced-audience", "any", (401, "wrong_audience")),
+            // duplicate members: refused, not "the last one wins"
+            (
+                "opaque-duplicate",
+                "any",
+                (503, "introspection_malformed_answer"),
+            ),
             (
                 "opaque-malformed",
                 "any",
@@ -815,6 +867,26 @@ jwt_issuers = ["idp-b"]
                 .await,
         );
         assert_eq!(ep.calls.load(SeqCst), calls + 1);
+        // requests waiting for one call share its failure: one call, all 503
+        let calls = ep.calls.load(SeqCst);
+        let slow = bearer("opaque-slow-broken");
+        let waiting = (0..5).map(|_| a.authenticate(route("any"), &slow, None, now));
+        for r in futures_join(waiting).await {
+            assert_eq!(refused(r), (503, "introspection_status".into()));
+        }
+        assert_eq!(ep.calls.load(SeqCst), calls + 1);
+        // an API key sent as a bearer token never reaches the endpoint
+        let calls = ep.calls.load(SeqCst);
+        let key = format!(
+            "pal_{}_{}",
+            "a1B2c3D4e5F6", "0123456789abcdefghijABCDEFGHIJkl"
+        );
+        assert!(palisade_apikey::looks_like_key(&key));
+        assert_eq!(
+            refused(a.authenticate(route("any"), &bearer(&key), None, now).await),
+            (401, "malformed".into())
+        );
+        assert_eq!(ep.calls.load(SeqCst), calls);
         let e = a
             .authenticate(route("any"), &bearer("opaque-broken"), None, now)
             .await
