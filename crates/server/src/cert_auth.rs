@@ -406,6 +406,30 @@ fn chain_verifies(role: &Role, chain: &[Vec<u8>], now: UnixTime) -> bool {
     .is_ok()
 }
 
+/// Whether the role's name rules allow a verified leaf's names.
+fn role_allows(role: &Role, names: &Names) -> bool {
+    let any_name: Vec<String> = names
+        .common_names
+        .iter()
+        .chain(&names.dns)
+        .chain(&names.email)
+        .cloned()
+        .collect();
+    names_allowed(&role.allowed_names, &any_name)
+        && names_allowed(&role.allowed_common_names, &names.common_names)
+        && names_allowed(&role.allowed_dns_sans, &names.dns)
+        && names_allowed(&role.allowed_email_sans, &names.email)
+        && names_allowed(&role.allowed_uri_sans, &names.uri)
+}
+
+fn wall_now(core: &Core) -> UnixTime {
+    UnixTime::since_unix_epoch(
+        core.clock_wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
 /// `POST auth/<mount>/login` (no token): the TLS client certificate.
 pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Response, ApiError> {
     let chain = match &req.client_certs {
@@ -432,11 +456,7 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             all
         }
     };
-    let now = UnixTime::since_unix_epoch(
-        core.clock_wall()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
+    let now = wall_now(core);
     let names = names(&chain[0]).ok_or_else(|| invalid("client certificate does not parse"))?;
     // the common name is the identity: exactly one (several would let the
     // name checks and the alias read different ones)
@@ -455,19 +475,7 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
             continue;
         }
         trusted_elsewhere = true;
-        let any_name: Vec<String> = names
-            .common_names
-            .iter()
-            .chain(&names.dns)
-            .chain(&names.email)
-            .cloned()
-            .collect();
-        if names_allowed(&role.allowed_names, &any_name)
-            && names_allowed(&role.allowed_common_names, &names.common_names)
-            && names_allowed(&role.allowed_dns_sans, &names.dns)
-            && names_allowed(&role.allowed_email_sans, &names.email)
-            && names_allowed(&role.allowed_uri_sans, &names.uri)
-        {
+        if role_allows(&role, &names) {
             matched = Some((name, role));
             break;
         }
@@ -512,11 +520,15 @@ pub async fn login(core: &Core, mount: &MountEntry, req: &Request) -> Result<Res
 }
 
 /// What renewing a token this method issued may grant: the role must still
-/// exist with the same policies.
+/// exist with the same policies, and the renewing connection must present
+/// the certificate that logged in (its serial number and common name), still
+/// verified by the role's CA and allowed by its names now (Vault's
+/// `pathLoginRenew`): a CA or a name removed from a role stops renewals too.
 pub async fn renew_entry(
     core: &Core,
     mount: &MountEntry,
     e: &TokenEntry,
+    client_certs: Option<&[Vec<u8>]>,
 ) -> Result<TokenEntry, ApiError> {
     let name = e
         .meta
@@ -528,6 +540,26 @@ pub async fn renew_entry(
     } else {
         None
     };
+    if let Some(role) = &role {
+        let chain = match client_certs {
+            Some(c) if !c.is_empty() && c.len() <= MAX_CERTS => c,
+            _ => return Err(invalid("no client certificate on the renewing connection")),
+        };
+        let names = names(&chain[0]).ok_or_else(|| invalid("client certificate does not parse"))?;
+        let same = names.common_names.len() == 1
+            && e.meta.get("common_name").and_then(Value::as_str) == Some(&names.common_names[0])
+            && e.meta.get("serial_number").and_then(Value::as_str) == Some(&names.serial);
+        if !same {
+            return Err(invalid(
+                "the renewing certificate is not the one that logged in",
+            ));
+        }
+        if !chain_verifies(role, chain, wall_now(core)) || !role_allows(role, &names) {
+            return Err(invalid(
+                "the role no longer accepts the certificate that logged in",
+            ));
+        }
+    }
     crate::token_params::renew(
         core,
         mount,

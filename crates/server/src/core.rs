@@ -1165,7 +1165,12 @@ impl Core {
 
     /// What renewing a token an auth method issued may grant (the method
     /// decides; one since disabled renews nothing).
-    pub async fn auth_method_renewal(&self, e: &TokenEntry) -> Result<TokenEntry, ApiError> {
+    /// `client_certs`: the renewing connection's (the cert method checks them).
+    pub async fn auth_method_renewal(
+        &self,
+        e: &TokenEntry,
+        client_certs: Option<&[Vec<u8>]>,
+    ) -> Result<TokenEntry, ApiError> {
         let table = self.mount_table()?;
         let m = table
             .auth
@@ -1176,7 +1181,7 @@ impl Core {
             "userpass" => crate::userpass::renew_entry(self, m, e).await,
             "approle" => crate::approle::renew_entry(self, m, e).await,
             "jwt" => crate::jwt_auth::renew_entry(self, m, e).await,
-            "cert" => crate::cert_auth::renew_entry(self, m, e).await,
+            "cert" => crate::cert_auth::renew_entry(self, m, e, client_certs).await,
             _ => Err(ApiError::bad_request("lease is not renewable")),
         }
     }

@@ -135,7 +135,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         }
         "renew-self" if op == Operation::Write => {
             let inc = increment(req)?;
-            let e = renew(core, auth.token(), inc).await?;
+            let e = renew(core, req, auth.token(), inc).await?;
             Ok(renewed(auth.token_id(), e))
         }
         "renew" if op == Operation::Write => {
@@ -146,7 +146,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup(&id)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid token"))?;
-            let e = renew(core, &e, inc).await?;
+            let e = renew(core, req, &e, inc).await?;
             Ok(renewed(&id, e))
         }
         "renew-accessor" if op == Operation::Write => {
@@ -157,7 +157,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
                 .lookup_accessor(&acc)
                 .await?
                 .ok_or_else(|| ApiError::bad_request("invalid accessor"))?;
-            let e = renew(core, &e, inc).await?;
+            let e = renew(core, req, &e, inc).await?;
             Ok(renewed("", e))
         }
         "revoke-self" if op == Operation::Write => {
@@ -281,11 +281,17 @@ fn increment(req: &Request) -> Result<i64, ApiError> {
 /// now (Vault's `authRenew`): the role's period, and its explicit max TTL
 /// (the lesser of it and the token's own, so a renewal never outlives a
 /// limit the token was created with); a role deleted since → no renewal.
-async fn renew(core: &Arc<Core>, e: &TokenEntry, increment: i64) -> Result<Renewed, ApiError> {
+async fn renew(
+    core: &Arc<Core>,
+    req: &Request,
+    e: &TokenEntry,
+    increment: i64,
+) -> Result<Renewed, ApiError> {
     if !e.mount_accessor.is_empty() {
         // issued by an auth method: it decides (the user still exists with
         // the same policies; its period and max TTL as they are now)
-        let by_method = core.auth_method_renewal(e).await?;
+        let certs = req.client_certs.as_deref().map(Vec::as_slice);
+        let by_method = core.auth_method_renewal(e, certs).await?;
         return core.tokens.renew(&by_method, increment).await;
     }
     if e.role.is_empty() {

@@ -92,20 +92,46 @@ async fn tls_listener(s: &TestServer, ca: &Ca) -> String {
 
 /// POST `auth/cert/login` over TLS, presenting `identity` (cert + key PEM).
 async fn login(base: &str, server_ca: &Ca, identity: Option<(&str, &str)>, body: Value) -> Resp {
+    tls_post(base, server_ca, identity, "auth/cert/login", "", body).await
+}
+
+/// `auth/token/renew-self` over TLS, presenting `identity`.
+async fn renew(base: &str, server_ca: &Ca, token: &str, identity: Option<(&str, &str)>) -> Resp {
+    tls_post(
+        base,
+        server_ca,
+        identity,
+        "auth/token/renew-self",
+        token,
+        json!({}),
+    )
+    .await
+}
+
+/// POST `path` over TLS with `token` (none when empty), presenting `identity`.
+async fn tls_post(
+    base: &str,
+    server_ca: &Ca,
+    identity: Option<(&str, &str)>,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Resp {
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(server_ca.pem.as_bytes()).unwrap()]);
     if let Some((cert, key)) = identity {
         b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
     }
-    let r = b
+    let mut rb = b
         .build()
         .unwrap()
-        .post(format!("{base}/v1/auth/cert/login"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .post(format!("{base}/v1/{path}"))
+        .json(&body);
+    if !token.is_empty() {
+        rb = rb.header("X-Vault-Token", token);
+    }
+    let r = rb.send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -261,11 +287,92 @@ async fn a_client_certificate_from_the_roles_ca_with_allowed_names_logs_in_and_n
     // over plain HTTP there is no certificate at all
     let r = s.post("auth/cert/login", "", json!({})).await;
     assert_error(&r, 400, INVALID);
-    // renewal follows the role; a deleted role stops it
-    let r = s.post("auth/token/renew-self", &token, json!({})).await;
+    // renewal: over a connection presenting the certificate that logged in
+    // (Vault's pathLoginRenew), still accepted by the role as it is now
+    let r = renew(&base, &server_ca, &token, Some((&good, &good_key))).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.auth()["lease_duration"], 600);
+    // deny: no certificate (plain HTTP or TLS without one), another
+    // certificate with the same names from the same CA
+    assert_error(
+        &s.post("auth/token/renew-self", &token, json!({})).await,
+        400,
+        INVALID,
+    );
+    assert_error(&renew(&base, &server_ca, &token, None).await, 400, INVALID);
+    let (twin, twin_key) = leaf(
+        &services,
+        "web.svc.internal",
+        &["spiffe://prod/ns/pay/sa/web"],
+        false,
+    );
+    assert_error(
+        &renew(&base, &server_ca, &token, Some((&twin, &twin_key))).await,
+        400,
+        INVALID,
+    );
+    // deny: the role no longer allows the certificate's names
+    let r = s
+        .post(
+            "auth/cert/certs/web",
+            &s.root,
+            json!({
+                "certificate": services.pem,
+                "allowed_common_names": "api.svc.internal",
+                "token_policies": "read-shared",
+                "token_ttl": "10m",
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_error(
+        &renew(&base, &server_ca, &token, Some((&good, &good_key))).await,
+        400,
+        INVALID,
+    );
+    // deny: the role no longer trusts the CA
+    let r = s
+        .post(
+            "auth/cert/certs/web",
+            &s.root,
+            json!({
+                "certificate": other.pem,
+                "allowed_common_names": "*.svc.internal",
+                "allowed_uri_sans": "spiffe://prod/ns/*/sa/web",
+                "token_policies": "read-shared",
+                "token_ttl": "10m",
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_error(
+        &renew(&base, &server_ca, &token, Some((&good, &good_key))).await,
+        400,
+        INVALID,
+    );
+    // the role as it was: renews again; a deleted role stops it
+    let r = s
+        .post(
+            "auth/cert/certs/web",
+            &s.root,
+            json!({
+                "certificate": services.pem,
+                "allowed_common_names": "*.svc.internal",
+                "allowed_uri_sans": "spiffe://prod/ns/*/sa/web",
+                "token_policies": "read-shared",
+                "token_ttl": "10m",
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        renew(&base, &server_ca, &token, Some((&good, &good_key)))
+            .await
+            .status,
+        200
+    );
     s.delete("auth/cert/certs/web", &s.root).await;
-    let r = s.post("auth/token/renew-self", &token, json!({})).await;
+    let r = renew(&base, &server_ca, &token, Some((&good, &good_key))).await;
     assert_eq!(r.status, 400, "{}", r.text);
 }
 
