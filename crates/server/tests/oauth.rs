@@ -871,6 +871,35 @@ async fn verification_ttl_never_drops_below_a_clients_token_life() {
     );
     s.clock.advance(Duration::from_secs(3599));
     assert!(published_kids(s).await.contains(&kid));
+
+    // Vault: `verification_ttl` on rotate is for that rotation only, and 0
+    // means the key's own; never shorter than a client's token life
+    let before =
+        s.get("identity/oidc/key/default", &s.root).await.data()["verification_ttl"].clone();
+    for body in [
+        json!({"verification_ttl": 0}),
+        json!({"verification_ttl": "3h"}),
+    ] {
+        let r = s
+            .post("identity/oidc/key/default/rotate", &s.root, body)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let now =
+            s.get("identity/oidc/key/default", &s.root).await.data()["verification_ttl"].clone();
+        assert_eq!(now, before);
+    }
+    let r = s
+        .post(
+            "identity/oidc/key/default/rotate",
+            &s.root,
+            json!({"verification_ttl": "30m"}),
+        )
+        .await;
+    assert_error(
+        &r,
+        400,
+        "verification_ttl (1800s) is shorter than the access_token_ttl of client \"svc-a\" (3600s): its tokens would outlive their key",
+    );
 }
 
 #[tokio::test]

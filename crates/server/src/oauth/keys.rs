@@ -168,7 +168,12 @@ impl Ring {
     /// Next becomes current, a new next is made, the old current retires
     /// after `verification_ttl`; versions past their retirement are dropped.
     pub fn rotate(&mut self, now: i64) -> Result<(), ApiError> {
-        let ttl = self.verification_ttl;
+        self.rotate_with(now, self.verification_ttl)
+    }
+
+    /// [`Ring::rotate`] with the old current retiring after `ttl` (Vault's
+    /// `verification_ttl` on `rotate`: this rotation only, not stored).
+    pub fn rotate_with(&mut self, now: i64, ttl: i64) -> Result<(), ApiError> {
         for v in &mut self.versions {
             if v.signing_since > 0 && v.retire_at == 0 {
                 v.retire_at = now.saturating_add(ttl);

@@ -472,11 +472,17 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             let mut ring: Ring = get_json(core, &path)
                 .await?
                 .ok_or_else(|| ApiError::bad_request(format!("key {n:?} does not exist")))?;
-            if let Some(ttl) = duration(req, "verification_ttl")? {
-                ring.verification_ttl = ttl;
-            }
-            check_ttls(core, n, &ring).await?;
-            ring.rotate(core.tokens.now())?;
+            // Vault: a `verification_ttl` here applies to this rotation
+            // only (0: the key's own); never shorter than the tokens the
+            // key signs may live
+            let ttl = match duration(req, "verification_ttl")? {
+                None | Some(0) => ring.verification_ttl,
+                Some(t) => t,
+            };
+            let mut checked = ring.clone();
+            checked.verification_ttl = ttl;
+            check_ttls(core, n, &checked).await?;
+            ring.rotate_with(core.tokens.now(), ttl)?;
             core.barrier.put(&path, &to_bytes(&ring)?).await?;
             core.oauth.keys.forget(Some(n));
             Ok(Response::no_content())
