@@ -275,6 +275,17 @@ async fn identity_cannot_grant_root_or_make_cycles_and_names_are_canonical() {
             json!({"name": "g", "member_entity_ids": ["no-such-entity"]}),
             "entity \"no-such-entity\" does not exist",
         ),
+        // an external group's members come from logins only
+        (
+            "identity/group",
+            json!({"name": "g", "type": "external", "member_entity_ids": ["no-such-entity"]}),
+            "member entities can't be set manually for external groups",
+        ),
+        (
+            "identity/group",
+            json!({"name": "g", "type": "external", "member_group_ids": ["some-group"]}),
+            "member groups can't be set for external groups",
+        ),
         (
             "identity/entity-alias",
             json!({"name": "x", "mount_accessor": "auth_userpass_nope"}),
@@ -633,6 +644,18 @@ async fn identity_tokens_are_signed_for_the_callers_entity_and_introspected() {
     };
     let r = intro(jwt.clone(), &client_id).await;
     assert_eq!(r.body, json!({"active": true}), "{}", r.text);
+    // introspection needs a Vault token (not among Vault's unauthenticated
+    // identity paths); a request without a token to introspect is inactive
+    let r = s
+        .post(
+            "identity/oidc/introspect",
+            "",
+            json!({"token": jwt, "client_id": client_id}),
+        )
+        .await;
+    assert_error(&r, 403, "permission denied");
+    let r = s.post("identity/oidc/introspect", &s.root, json!({})).await;
+    assert_eq!(r.body["active"], false, "{}", r.text);
     // however many key versions are published (review finding: past 100
     // the combined key set made every introspection a 500)
     s.post("identity/oidc/key/many", &s.root, json!({})).await;
