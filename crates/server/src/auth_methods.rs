@@ -22,9 +22,28 @@ use crate::mounts::{AUTH_METHOD_TYPES, MountConfig, MountEntry, MountTable};
 const LOCKOUT_METHODS: &[&str] = &["approle", "userpass"];
 
 /// The built-in token method, as `sys/auth` lists it.
+/// The token method's accessor (it has no mount table entry).
+pub const TOKEN_ACCESSOR: &str = "auth_token_0";
+
+/// The token method as a mount, for what needs one (identity aliases of
+/// tokens created with `entity_alias`).
+pub fn token_mount() -> crate::mounts::MountEntry {
+    crate::mounts::MountEntry {
+        path: "token/".into(),
+        kind: "token".into(),
+        description: "token based credentials".into(),
+        accessor: TOKEN_ACCESSOR.into(),
+        uuid: String::new(),
+        options: Default::default(),
+        config: Default::default(),
+        local: false,
+        seal_wrap: false,
+    }
+}
+
 fn token_method() -> Value {
     json!({
-        "type": "token", "description": "token based credentials", "accessor": "auth_token_0",
+        "type": "token", "description": "token based credentials", "accessor": TOKEN_ACCESSOR,
         "uuid": "", "local": false, "seal_wrap": false,
         "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false, "token_type": "default-service"},
         "options": null,

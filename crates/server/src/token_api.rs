@@ -472,7 +472,9 @@ async fn create(
         }
     }
 
-    // entity aliases need an identity store, which this server does not have
+    // an entity alias on the token method (Vault): the token acts for that
+    // alias's entity (created if new), not its parent's
+    let mut alias_entity = None;
     if let Some(alias) = d
         .get("entity_alias")
         .map(|v| fields::string(v, "entity_alias"))
@@ -484,14 +486,24 @@ async fn create(
                 "'entity_alias' is only allowed in combination with token role",
             ));
         };
-        let alias = alias.to_lowercase();
+        let lower = alias.to_lowercase();
         let allowed = r.allowed_entity_aliases.as_deref().unwrap_or_default();
-        if !allowed.contains(&alias) && !token_roles::glob_any(allowed, &alias) {
+        if !allowed.contains(&lower) && !token_roles::glob_any(allowed, &lower) {
             return Err(ApiError::bad_request("invalid 'entity_alias' value"));
         }
-        return Err(ApiError::bad_request(
-            "entity aliases are not supported: this server has no identity store",
-        ));
+        let mount = crate::auth_methods::token_mount();
+        alias_entity = Some(
+            crate::identity::entity_for_login(
+                core,
+                crate::identity::LoginAlias {
+                    mount: &mount,
+                    name: alias,
+                    metadata: Default::default(),
+                    groups: None,
+                },
+            )
+            .await?,
+        );
     }
 
     let ttl = d
@@ -621,10 +633,10 @@ async fn create(
             max_ttl: 0,
             // a child acts for its parent's entity; an orphan for none
             // (OpenBao): it must not carry its creator's identity policies
-            entity_id: if orphan {
-                String::new()
-            } else {
-                parent.entity_id.clone()
+            entity_id: match alias_entity {
+                Some(id) => id,
+                None if orphan => String::new(),
+                None => parent.entity_id.clone(),
             },
         })
         .await?;

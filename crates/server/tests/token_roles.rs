@@ -785,7 +785,7 @@ async fn a_role_sets_orphan_period_ttls_uses_and_path() {
 }
 
 #[tokio::test]
-async fn entity_aliases_are_validated_and_refused() {
+async fn entity_aliases_are_validated_and_bind_the_token_to_their_entity() {
     let s = TestServer::dev().await;
     let r = s
         .post(
@@ -815,20 +815,65 @@ async fn entity_aliases_are_validated_and_refused() {
         )
         .await;
     assert_error(&r, 400, "invalid 'entity_alias' value");
-    for alias in ["web-1", "ADMIN"] {
+    // allowed (a glob, and a name in any case): the token acts for the
+    // alias's entity on the token method, created once, then found again
+    s.post(
+        "sys/policies/acl/web-reader",
+        &s.root,
+        json!({"policy": "path \"secret/data/web\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    let mut entities = Vec::new();
+    for alias in ["web-1", "ADMIN", "web-1"] {
         let r = s
             .post(
                 "auth/token/create/ea",
                 &s.root,
-                json!({"entity_alias": alias}),
+                json!({"entity_alias": alias, "policies": ["default"]}),
             )
             .await;
-        assert_error(
-            &r,
-            400,
-            "entity aliases are not supported: this server has no identity store",
-        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        let eid = r.auth()["entity_id"].as_str().unwrap().to_string();
+        assert!(!eid.is_empty(), "{}", r.text);
+        entities.push((eid, r.auth()["client_token"].as_str().unwrap().to_string()));
     }
+    assert_eq!(entities[0].0, entities[2].0);
+    assert_ne!(entities[0].0, entities[1].0);
+    let r = s
+        .post(
+            "identity/lookup/entity",
+            &s.root,
+            json!({"alias_name": "web-1", "alias_mount_accessor": "auth_token_0"}),
+        )
+        .await;
+    assert_eq!(r.data()["id"], entities[0].0.as_str(), "{}", r.text);
+    assert_eq!(r.data()["aliases"][0]["mount_type"], "token");
+    // the entity's policies apply to the token; a disabled entity stops it
+    s.kv_put("web", json!({"v": "1"})).await;
+    let web = &entities[0].1;
+    assert_eq!(s.get("secret/data/web", web).await.status, 403);
+    s.post(
+        &format!("identity/entity/id/{}", entities[0].0),
+        &s.root,
+        json!({"policies": ["web-reader"]}),
+    )
+    .await;
+    assert_eq!(s.get("secret/data/web", web).await.status, 200);
+    s.post(
+        &format!("identity/entity/id/{}", entities[0].0),
+        &s.root,
+        json!({"disabled": true}),
+    )
+    .await;
+    assert_eq!(s.get("secret/data/web", web).await.status, 403);
+    let r = s
+        .post(
+            "auth/token/create/ea",
+            &s.root,
+            json!({"entity_alias": "web-1"}),
+        )
+        .await;
+    assert_error(&r, 403, "permission denied");
 }
 
 #[tokio::test]

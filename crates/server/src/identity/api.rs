@@ -120,7 +120,12 @@ fn opt_bool(req: &Request, name: &str) -> Result<Option<bool>, ApiError> {
 }
 
 fn alias_json(a: &Alias, table: &MountTable) -> Value {
-    let m = table.auth.iter().find(|m| m.accessor == a.mount_accessor);
+    let token = crate::auth_methods::token_mount();
+    let m = table
+        .auth
+        .iter()
+        .find(|m| m.accessor == a.mount_accessor)
+        .or((a.mount_accessor == token.accessor).then_some(&token));
     json!({
         "id": a.id,
         "canonical_id": a.canonical_id,
@@ -542,7 +547,9 @@ async fn merge(core: &Core, req: &Request) -> Result<Response, ApiError> {
 // ---- entity aliases ---------------------------------------------------------------------
 
 fn auth_accessor_ok(table: &MountTable, accessor: &str) -> Result<(), ApiError> {
-    if table.auth.iter().any(|m| m.accessor == accessor) {
+    if accessor == crate::auth_methods::TOKEN_ACCESSOR
+        || table.auth.iter().any(|m| m.accessor == accessor)
+    {
         Ok(())
     } else {
         Err(
