@@ -90,6 +90,10 @@ enum Backend {
     Document(Arc<dyn Document>),
 }
 
+/// After a failed reload of a snapshot too stale to serve, verifications
+/// fail at once for this long rather than each trying again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// A changed document that lost a check-and-set race is read and changed
 /// again this many times before the write fails.
 const CAS_ATTEMPTS: usize = 8;
@@ -115,6 +119,18 @@ struct DocRow {
 #[serde(deny_unknown_fields)]
 struct Doc {
     keys: Vec<DocRow>,
+}
+
+/// Ids that more than one row has.
+fn duplicate_ids(rows: &[DocRow]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice: Vec<String> = Vec::new();
+    for r in rows {
+        if !seen.insert(r.id.as_str()) && !twice.contains(&r.id) {
+            twice.push(r.id.clone());
+        }
+    }
+    twice
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -143,6 +159,16 @@ impl DocRow {
         let hash =
             hex32(&self.hash).ok_or(format!("key {}: hash is not 32 bytes of hex", self.id))?;
         KeyId::parse(&self.id).map_err(|_| format!("key {}: malformed id", self.id))?;
+        // the rules `create` applies, so a hand-written row cannot hold what
+        // no key could have (a consumer with spaces, a thousand scopes)
+        crate::check_name("consumer", &self.consumer)
+            .map_err(|e| format!("key {}: {e}", self.id))?;
+        if self.scopes.len() > crate::MAX_SCOPES {
+            return Err(format!("key {}: too many scopes", self.id));
+        }
+        for sc in &self.scopes {
+            crate::check_name("scope", sc).map_err(|e| format!("key {}: {e}", self.id))?;
+        }
         Ok(Entry {
             record: ApiKeyRecord {
                 id: self.id.clone(),
@@ -409,7 +435,8 @@ impl ApiKeyStore {
     }
 
     /// Read, change and write the document, again from the top when another
-    /// writer got there first. `change` returns what the call answers and
+    /// writer got there first. A document that holds an id twice is not
+    /// changed (fix the secret first): a revoke could miss the twin. `change` returns what the call answers and
     /// whether it changed anything (nothing to write otherwise).
     async fn doc_modify<T>(
         doc: &dyn Document,
@@ -417,6 +444,11 @@ impl ApiKeyStore {
     ) -> Result<T, ApiKeyError> {
         for _ in 0..CAS_ATTEMPTS {
             let (mut rows, version) = Self::doc_read(doc).await?;
+            if let Some(id) = duplicate_ids(&rows).first() {
+                return Err(ApiKeyError::Storage(format!(
+                    "the key document holds key {id} more than once; fix the secret before changing keys"
+                )));
+            }
             let (out, changed) = change(&mut rows)?;
             if !changed {
                 return Ok(out);
@@ -602,11 +634,19 @@ impl ApiKeyStore {
             Backend::Sqlite(pool) => pool,
             Backend::Document(doc) => {
                 let (rows, _) = Self::doc_read(&**doc).await?;
-                let mut out = rows
+                // an unreadable row is left out (and logged), as a reload
+                // leaves it out: the listing shows the keys that work
+                let mut out: Vec<ApiKeyRecord> = rows
                     .iter()
                     .filter(|r| consumer.is_none_or(|c| r.consumer == c))
-                    .map(|r| r.entry().map(|e| e.record).map_err(ApiKeyError::Storage))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .filter_map(|r| match r.entry() {
+                        Ok(e) => Some(e.record),
+                        Err(e) => {
+                            tracing::error!(error = %e, "skipping unreadable api key row");
+                            None
+                        }
+                    })
+                    .collect();
                 out.sort_by(|a, b| {
                     (&a.consumer, a.created_at, &a.id).cmp(&(&b.consumer, b.created_at, &b.id))
                 });
@@ -785,7 +825,15 @@ impl ApiKeyStore {
         let pool = match &self.inner.backend {
             Backend::Sqlite(pool) => pool,
             Backend::Document(doc) => {
-                let rows = Self::doc_read(&**doc).await.map(|(rows, _)| rows);
+                let rows = Self::doc_read(&**doc).await.map(|(rows, _)| {
+                    // an id twice: neither row counts (which one a revoke
+                    // changed would be a guess); the key is refused
+                    let twice = duplicate_ids(&rows);
+                    for id in &twice {
+                        tracing::error!(key_id = %id, "api key document holds this key id more than once; refusing the key");
+                    }
+                    rows.into_iter().filter(|r| !twice.contains(&r.id)).collect()
+                });
                 return self.install(started, rows, DocRow::entry);
             }
         };
@@ -841,21 +889,45 @@ impl ApiKeyStore {
         };
         if loaded_at.elapsed() > opts.max_staleness {
             // Too stale to serve: wait for a reload (ours or a concurrent
-            // one) and fail closed if the snapshot is still too old.
+            // one) and fail closed if the snapshot is still too old. The
+            // requests that waited behind a reload that failed share its
+            // failure instead of each trying again (a hung store would
+            // otherwise queue them one timeout apart).
             let _w = self.inner.write.lock().await;
-            let still_stale = self.read().loaded_at.elapsed() > opts.max_staleness;
+            let (still_stale, failed_just_now) = {
+                let s = self.read();
+                (
+                    s.loaded_at.elapsed() > opts.max_staleness,
+                    s.attempted_at > s.loaded_at && s.attempted_at.elapsed() < RETRY_AFTER_FAILURE,
+                )
+            };
             if still_stale {
+                if failed_just_now {
+                    return Err(ApiKeyError::Storage(
+                        "the key store could not be read".into(),
+                    ));
+                }
                 self.reload_locked().await?;
             }
         } else if attempted_at.elapsed() >= opts.refresh_interval {
             // Best effort: whoever gets the lock reloads; everyone else (and
             // this call, if the reload fails) serves the current snapshot.
-            if let Ok(_w) = self.inner.write.try_lock() {
-                let still_due = self.read().attempted_at.elapsed() >= opts.refresh_interval;
-                if still_due {
-                    // Already logged; the snapshot stays as it was.
-                    let _ = self.reload_locked().await;
+            // With an interval, in the background: no request waits for a
+            // store that is slow or hung while the snapshot is fresh enough.
+            let me = self.clone();
+            let reload = async move {
+                if let Ok(_w) = me.inner.write.try_lock() {
+                    let still_due = me.read().attempted_at.elapsed() >= opts.refresh_interval;
+                    if still_due {
+                        // Already logged; the snapshot stays as it was.
+                        let _ = me.reload_locked().await;
+                    }
                 }
+            };
+            if opts.refresh_interval.is_zero() {
+                reload.await;
+            } else {
+                tokio::spawn(reload);
             }
         }
         Ok(())

@@ -22,11 +22,20 @@ struct Mem {
     /// Writes to lose on purpose (another writer got there first).
     lose: Mutex<u32>,
     down: Mutex<bool>,
+    /// Reads fail after a pause (a hung store), counted.
+    slow: Mutex<bool>,
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Document for Mem {
     fn read(&self) -> DocFuture<'_, (Option<Vec<u8>>, u64)> {
         Box::pin(async move {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let slow = *self.slow.lock().unwrap();
+            if slow {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Err("timeout".into());
+            }
             if *self.down.lock().unwrap() {
                 return Err("connection refused".into());
             }
@@ -196,4 +205,102 @@ async fn lost_races_are_retried_and_an_unreadable_document_fails_closed() {
             .unwrap_err(),
         ApiKeyError::WeakPepper
     );
+}
+
+#[tokio::test]
+async fn a_key_id_twice_is_refused_and_blocks_changes() {
+    let mem = Arc::new(Mem::default());
+    let store = ApiKeyStore::open_document(mem.clone(), Secret::new(vec![3; 32]), opts())
+        .await
+        .unwrap();
+    let issued = store.create(new_key("partner-d")).await.unwrap();
+    let other = store.create(new_key("partner-e")).await.unwrap();
+    // someone with write access to the secret copies a row
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(mem.doc.lock().unwrap().0.as_ref().unwrap()).unwrap();
+    let row = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == issued.record.id.as_str())
+        .unwrap()
+        .clone();
+    doc["keys"].as_array_mut().unwrap().push(row);
+    {
+        let mut d = mem.doc.lock().unwrap();
+        d.0 = Some(serde_json::to_vec(&doc).unwrap());
+        d.1 += 1;
+    }
+    // deny: the twinned key no longer verifies, and no change is made
+    assert_eq!(
+        store.verify(issued.key.expose(), now()).await,
+        Err(ApiKeyError::UnknownKey)
+    );
+    let e = store.revoke(&issued.record.id).await.unwrap_err();
+    assert!(
+        matches!(&e, ApiKeyError::Storage(m) if m.contains("more than once")),
+        "{e:?}"
+    );
+    // allow: the other key is unaffected
+    assert!(store.verify(other.key.expose(), now()).await.is_ok());
+    // a row no key could have (a consumer with a space) is left out
+    doc["keys"].as_array_mut().unwrap().pop();
+    for r in doc["keys"].as_array_mut().unwrap() {
+        if r["id"] == other.record.id.as_str() {
+            r["consumer"] = "partner e".into();
+        }
+    }
+    {
+        let mut d = mem.doc.lock().unwrap();
+        d.0 = Some(serde_json::to_vec(&doc).unwrap());
+        d.1 += 1;
+    }
+    assert_eq!(
+        store.verify(other.key.expose(), now()).await,
+        Err(ApiKeyError::UnknownKey)
+    );
+    assert!(store.verify(issued.key.expose(), now()).await.is_ok());
+    // and the listing shows the keys that work
+    let ids: Vec<String> = store
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![issued.record.id.clone()]);
+}
+
+#[tokio::test]
+async fn requests_behind_a_failed_reload_share_its_failure() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mem = Arc::new(Mem::default());
+    let store = ApiKeyStore::open_document(
+        mem.clone(),
+        Secret::new(vec![3; 32]),
+        StoreOptions {
+            refresh_interval: Duration::ZERO,
+            max_staleness: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    let issued = store.create(new_key("partner-f")).await.unwrap();
+    *mem.slow.lock().unwrap() = true;
+    let reads = mem.reads.load(SeqCst);
+    let key = issued.key.expose().clone();
+    let (a, b, c) = tokio::join!(
+        store.verify(&key, now()),
+        store.verify(&key, now()),
+        store.verify(&key, now())
+    );
+    for r in [a, b, c] {
+        assert!(matches!(r, Err(ApiKeyError::Storage(_))), "{r:?}");
+    }
+    // one read for the three, not one each
+    assert_eq!(mem.reads.load(SeqCst), reads + 1);
+    // the store back: after the pause, reads again
+    *mem.slow.lock().unwrap() = false;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(store.verify(&key, now()).await.is_ok());
 }

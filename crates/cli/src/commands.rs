@@ -2219,12 +2219,19 @@ async fn gateway(a: GatewayArgs) -> u8 {
             let token = var("VAULT_TOKEN")
                 .filter(|t| !t.is_empty())
                 .map(palisade_core::Secret::new);
-            let store = match palisade_gateway::gateway::apikey_store(&cfg, token).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return local_err("the configuration has no [apikeys] section"),
-                Err(e) => return local_err(format!("cannot open key store: {e}")),
+            let store = palisade_gateway::gateway::apikey_store(&cfg, token).await;
+            let code = match store {
+                Ok(Some(s)) => apikey(&s, cmd).await,
+                Ok(None) => local_err("the configuration has no [apikeys] section"),
+                Err(e) => local_err(format!("cannot open key store: {e}")),
             };
-            apikey(&store, cmd).await
+            // an AppRole login made for this command is revoked with it
+            if let Some(p) = &cfg.palisade
+                && let Ok(c) = palisade_gateway::ops::palisade::Client::shared(p)
+            {
+                c.logout().await;
+            }
+            code
         }
         Some(GatewayCmd::Bans(cmd)) => {
             let cfg = tryc!(gateway_config(&file, &var));

@@ -169,12 +169,13 @@ pub async fn apikey_store(
                 .palisade
                 .as_ref()
                 .ok_or("store = \"palisade\" needs a [palisade] section")?;
-            let mut client = crate::ops::palisade::Client::new(p.clone())?;
-            if let Some(t) = token {
-                client = client.with_token(t);
-            }
+            let shared = crate::ops::palisade::Client::shared(p)?;
+            let client = match token {
+                Some(t) => Arc::new(shared.with_token(t)),
+                None => shared,
+            };
             let doc = crate::ops::palisade::KvDocument {
-                client: Arc::new(client),
+                client,
                 mount: mount.clone(),
                 path: path.clone(),
             };

@@ -81,12 +81,11 @@ pub async fn start(
     // certificates from Palisade's PKI engine, issued before anything loads them
     let palisade = match &cfg.palisade {
         Some(p) => {
-            let client =
-                crate::ops::palisade::Client::new(p.clone()).map_err(StartError::Palisade)?;
+            let client = crate::ops::palisade::Client::shared(p).map_err(StartError::Palisade)?;
             crate::ops::palisade::ensure(&client)
                 .await
                 .map_err(StartError::Palisade)?;
-            Some(Arc::new(client))
+            Some(client)
         }
         None => None,
     };

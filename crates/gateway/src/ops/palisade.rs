@@ -29,7 +29,7 @@ const MAX_RETRY: i64 = 300;
 const MAX_SLEEP: i64 = 3600;
 
 /// How the gateway logs in to Palisade.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Auth {
     /// A token in a file, read at each use (an agent may rotate it).
     TokenFile(PathBuf),
@@ -45,7 +45,7 @@ pub enum Auth {
 }
 
 /// One certificate the gateway keeps issued.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManagedCert {
     pub mount: String,
     pub role: String,
@@ -59,7 +59,7 @@ pub struct ManagedCert {
 }
 
 /// `[palisade]`, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PalisadeConfig {
     /// `https://host[:port]` (or http to loopback), no trailing slash.
     pub address: String,
@@ -247,6 +247,46 @@ impl Client {
         })
     }
 
+    /// The process's client for `cfg`: one per configuration, shared by the
+    /// certificate renewals, the API key store and every reload, so an
+    /// AppRole login is reused rather than repeated (and left behind) on
+    /// each reload.
+    pub fn shared(cfg: &PalisadeConfig) -> Result<Arc<Client>, String> {
+        static SHARED: std::sync::Mutex<Option<Arc<Client>>> = std::sync::Mutex::new(None);
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = shared.as_ref()
+            && c.cfg == *cfg
+        {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Client::new(cfg.clone())?);
+        *shared = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Revoke the current AppRole login, if any (the CLI when it is done).
+    pub async fn logout(&self) {
+        if let Some(old) = self.cached.lock().await.take() {
+            self.revoke(&old.token).await;
+        }
+    }
+
+    async fn revoke(&self, token: &Secret<String>) {
+        let revoked = self
+            .send(
+                reqwest::Method::POST,
+                "auth/token/revoke-self",
+                Some(token),
+                None,
+            )
+            .await;
+        if !revoked.is_ok_and(|a| (200..300).contains(&a.status)) {
+            tracing::warn!("palisade: could not revoke a login token (it expires by itself)");
+        }
+    }
+
     /// The same server with another token (the CLI's `VAULT_TOKEN`).
     pub fn with_token(&self, token: Secret<String>) -> Self {
         let mut cfg = self.cfg.clone();
@@ -345,19 +385,7 @@ impl Client {
             token: token.clone(),
             renew_at,
         }) {
-            let revoked = self
-                .send(
-                    reqwest::Method::POST,
-                    "auth/token/revoke-self",
-                    Some(&old.token),
-                    None,
-                )
-                .await;
-            if !revoked.is_ok_and(|a| (200..300).contains(&a.status)) {
-                tracing::warn!(
-                    "palisade: could not revoke the previous login token (it expires by itself)"
-                );
-            }
+            self.revoke(&old.token).await;
         }
         Ok(token)
     }
@@ -373,7 +401,12 @@ impl Client {
         let token = self.token().await?;
         let a = self.send(method.clone(), path, Some(&token), body).await?;
         if a.status == 403 && matches!(self.cfg.auth, Auth::AppRole { .. }) {
-            *self.cached.lock().await = None;
+            // revoked or expired early, or simply not allowed: let go of it
+            // (revoking what may still be live) and log in again once
+            let old = self.cached.lock().await.take();
+            if let Some(old) = old {
+                self.revoke(&old.token).await;
+            }
             let token = self.token().await?;
             return self.send(method, path, Some(&token), body).await;
         }
@@ -470,10 +503,17 @@ impl palisade_apikey::Document for KvDocument {
                 .authed(reqwest::Method::GET, &path, None)
                 .await?;
             if a.status == 404 {
-                // never written, or its latest version deleted: a write
-                // must name the version the metadata still holds
-                let version = a.body["data"]["metadata"]["version"].as_u64().unwrap_or(0);
-                return Ok((None, version));
+                // never written (`{"errors": []}`), or its latest version
+                // deleted (the metadata comes along: a write must name that
+                // version). Any other 404 — no such mount, not a KV v2
+                // path — is an error, not an empty table.
+                if let Some(v) = a.body["data"]["metadata"]["version"].as_u64() {
+                    return Ok((None, v));
+                }
+                if a.body["errors"].as_array().is_some_and(Vec::is_empty) {
+                    return Ok((None, 0));
+                }
+                return Err(format!("{path}: 404 {}", errors_of(&a.body)));
             }
             let body = a.ok(&path)?;
             let version = body["data"]["metadata"]["version"]
@@ -498,7 +538,16 @@ impl palisade_apikey::Document for KvDocument {
             {
                 return Ok(false);
             }
-            a.ok(&path).map(|_| true)
+            let body = a.ok(&path)?;
+            // KV v2 answers the version it wrote; KV v1 would have stored
+            // the request itself as the secret
+            if body["data"]["version"].as_u64().is_none() {
+                return Err(format!(
+                    "{path}: no version in the answer: is {} a KV v2 mount?",
+                    self.mount
+                ));
+            }
+            Ok(true)
         })
     }
 }

@@ -102,6 +102,15 @@ fn identity(
     }
 }
 
+/// Anything that holds `pal_` in any case: an API key, or one with a typo,
+/// quotes or a prefix around it. Never sent to an identity provider.
+fn mentions_api_key(token: &str) -> bool {
+    token
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"pal_"))
+}
+
 /// A compact JWS has exactly three dot-separated parts.
 fn is_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
@@ -329,7 +338,7 @@ impl Authenticator {
                 // an API key sent as a bearer token is never handed to an
                 // identity provider
                 if !is_jwt(token)
-                    && !palisade_apikey::looks_like_key(token)
+                    && !mentions_api_key(token)
                     && let Some(p) = self.opaque(route, token, peer, now).await?
                 {
                     return Ok(p);
@@ -383,14 +392,17 @@ impl Authenticator {
                     reason: "apikey_not_configured",
                     challenge: "ApiKey",
                 })?;
-                let rec =
-                    store
-                        .verify(key, now)
-                        .await
-                        .map_err(|e| GatewayError::Unauthenticated {
-                            reason: e.reason(),
-                            challenge: "ApiKey",
-                        })?;
+                let rec = store.verify(key, now).await.map_err(|e| match e {
+                    // the key store cannot be read: fail closed, and say so
+                    // (503, as an introspection outage), not "bad key"
+                    palisade_apikey::ApiKeyError::Storage(_) => GatewayError::AuthUnavailable {
+                        reason: "apikey_storage",
+                    },
+                    e => GatewayError::Unauthenticated {
+                        reason: e.reason(),
+                        challenge: "ApiKey",
+                    },
+                })?;
                 Ok(Principal {
                     method: Method::ApiKey,
                     subject: rec.consumer.as_str().into(),
@@ -882,10 +894,21 @@ jwt_issuers = ["idp-b"]
             "a1B2c3D4e5F6", "0123456789abcdefghijABCDEFGHIJkl"
         );
         assert!(palisade_apikey::looks_like_key(&key));
-        assert_eq!(
-            refused(a.authenticate(route("any"), &bearer(&key), None, now).await),
-            (401, "malformed".into())
-        );
+        // nor one with a typo, quotes, a prefix or another case
+        for t in [
+            key.clone(),
+            format!("{key}x"),
+            format!("\"{key}\""),
+            key[..key.len() - 1].to_string(),
+            format!("{key},"),
+            key.replacen("pal_", "PAL_", 1),
+        ] {
+            assert_eq!(
+                refused(a.authenticate(route("any"), &bearer(&t), None, now).await),
+                (401, "malformed".into()),
+                "{t}"
+            );
+        }
         assert_eq!(ep.calls.load(SeqCst), calls);
         let e = a
             .authenticate(route("any"), &bearer("opaque-broken"), None, now)
@@ -927,5 +950,78 @@ jwt_issuers = ["idp-b"]
             refused(a.authenticate(any, &bearer("opaque-good"), None, now).await),
             (503, "introspection_connect".into())
         );
+    }
+
+    /// A key store that cannot be read.
+    struct Down;
+    impl palisade_apikey::Document for Down {
+        fn read(&self) -> palisade_apikey::DocFuture<'_, (Option<Vec<u8>>, u64)> {
+            Box::pin(async { Err("connection refused".to_string()) })
+        }
+        fn write(&self, _: Vec<u8>, _: u64) -> palisade_apikey::DocFuture<'_, bool> {
+            Box::pin(async { Err("connection refused".to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_key_store_is_a_503_not_a_bad_key() {
+        // a store that read an empty table once, then went down
+        struct Once(std::sync::atomic::AtomicBool);
+        impl palisade_apikey::Document for Once {
+            fn read(&self) -> palisade_apikey::DocFuture<'_, (Option<Vec<u8>>, u64)> {
+                let first = !self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    if first {
+                        Ok((None, 0))
+                    } else {
+                        Down.read().await
+                    }
+                })
+            }
+            fn write(&self, b: Vec<u8>, v: u64) -> palisade_apikey::DocFuture<'_, bool> {
+                Down.write(b, v)
+            }
+        }
+        let store = palisade_apikey::ApiKeyStore::open_document(
+            Arc::new(Once(Default::default())),
+            palisade_core::Secret::new(vec![1; 32]),
+            palisade_apikey::StoreOptions {
+                refresh_interval: Duration::ZERO,
+                max_staleness: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+        let (_, cfg, _dir) = setup().await;
+        let mut route = cfg.routes[0].clone();
+        route.authn = vec![crate::config::AuthnMethod::ApiKey];
+        let a = Authenticator::new(
+            &[],
+            Some(Arc::new(store)),
+            "x-api-key",
+            reqwest::Client::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        let mut h = HeaderMap::new();
+        let key = format!(
+            "pal_{}_{}",
+            "a1B2c3D4e5F6", "0123456789abcdefghijABCDEFGHIJkl"
+        );
+        h.insert("x-api-key", key.parse().unwrap());
+        let e = a.authenticate(&route, &h, None, 0).await.unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.code(), e.log_reason()),
+            (
+                503,
+                "authentication_unavailable",
+                "apikey_storage".to_string()
+            )
+        );
+        // a malformed key is still a 401 (refused before the store is asked)
+        h.insert("x-api-key", "pal_short".parse().unwrap());
+        let e = a.authenticate(&route, &h, None, 0).await.unwrap_err();
+        assert_eq!(e.status().as_u16(), 401);
     }
 }
