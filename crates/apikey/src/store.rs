@@ -121,6 +121,37 @@ struct Doc {
     keys: Vec<DocRow>,
 }
 
+/// The snapshot entry and the issued key of a fresh key stored for `spec`.
+fn issued(
+    fresh: Fresh,
+    hash: [u8; 32],
+    spec: &KeySpec,
+    now: i64,
+    rotated_from: Option<&str>,
+) -> (Entry, IssuedKey) {
+    let record = ApiKeyRecord {
+        id: fresh.id.as_str().to_owned(),
+        consumer: spec.consumer.clone(),
+        scopes: spec.scopes.clone(),
+        created_at: now,
+        expires_at: spec.expires_at,
+        revoked_at: None,
+        description: spec.description.clone(),
+        rotated_from: rotated_from.map(str::to_owned),
+    };
+    let entry = Entry {
+        record: record.clone(),
+        hash,
+    };
+    (
+        entry,
+        IssuedKey {
+            key: fresh.into_key(),
+            record,
+        },
+    )
+}
+
 /// Ids that more than one row has.
 fn duplicate_ids(rows: &[DocRow]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
@@ -544,24 +575,7 @@ impl ApiKeyStore {
             .execute(&mut *conn)
             .await;
             match res {
-                Ok(_) => {
-                    let record = ApiKeyRecord {
-                        id: fresh.id.as_str().to_owned(),
-                        consumer: spec.consumer.clone(),
-                        scopes: spec.scopes.clone(),
-                        created_at: now,
-                        expires_at: spec.expires_at,
-                        revoked_at: None,
-                        description: spec.description.clone(),
-                        rotated_from: rotated_from.map(str::to_owned),
-                    };
-                    let entry = Entry {
-                        record: record.clone(),
-                        hash,
-                    };
-                    let key = fresh.into_key();
-                    return Ok((entry, IssuedKey { key, record }));
-                }
+                Ok(_) => return Ok(issued(fresh, hash, spec, now, rotated_from)),
                 Err(e)
                     if e.as_database_error()
                         .is_some_and(|d| d.is_unique_violation()) =>
@@ -591,27 +605,7 @@ impl ApiKeyStore {
                 continue;
             }
             let hash = fresh.hash(&self.inner.mac);
-            let record = ApiKeyRecord {
-                id: fresh.id.as_str().to_owned(),
-                consumer: spec.consumer.clone(),
-                scopes: spec.scopes.clone(),
-                created_at: now,
-                expires_at: spec.expires_at,
-                revoked_at: None,
-                description: spec.description.clone(),
-                rotated_from: rotated_from.map(str::to_owned),
-            };
-            let entry = Entry {
-                record: record.clone(),
-                hash,
-            };
-            return Ok((
-                entry,
-                IssuedKey {
-                    key: fresh.into_key(),
-                    record,
-                },
-            ));
+            return Ok(issued(fresh, hash, spec, now, rotated_from));
         }
         Err(ApiKeyError::Storage(
             "could not draw an unused key id".into(),

@@ -22,20 +22,6 @@ use gateway_common::common::{Server, Spec};
 use gateway_common::{Gateway, ok_upstream, palisade, wait_for};
 use serde_json::{Value, json};
 
-async fn call(c: &reqwest::Client, server: &Server, token: &str, path: &str, body: Value) -> Value {
-    let r = c
-        .post(format!("{}/v1/{path}", server.addr))
-        .header("X-Vault-Token", token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 fn config(server: &str, upstream: u16) -> String {
     format!(
         r#"
@@ -80,25 +66,19 @@ async fn the_gateway_keeps_its_api_keys_in_palisade() {
     let root = format!("dev-root-{}", gateway_common::unique());
     let server = Server::start_dev(&Spec::sqlite(dir), &root, &dir.join("audit.log")).await;
     let c = reqwest::Client::new();
-    call(
-        &c,
-        &server,
-        &root,
-        "sys/policies/acl/gateway-apikeys",
-        json!({"policy": "path \"secret/data/gateway/apikeys\" { capabilities = [\"read\"] }"}),
-    )
-    .await;
+    server
+        .post_ok(
+            &root,
+            "sys/policies/acl/gateway-apikeys",
+            json!({"policy": "path \"secret/data/gateway/apikeys\" { capabilities = [\"read\"] }"}),
+        )
+        .await;
     let token = |policies: &'static str| {
-        let (c, server, root) = (c.clone(), &server, root.clone());
+        let (server, root) = (&server, root.clone());
         async move {
-            call(
-                &c,
-                server,
-                &root,
-                "auth/token/create",
-                json!({"policies": policies}),
-            )
-            .await["auth"]["client_token"]
+            server
+                .post_ok(&root, "auth/token/create", json!({"policies": policies}))
+                .await["auth"]["client_token"]
                 .as_str()
                 .unwrap()
                 .to_owned()

@@ -23,20 +23,6 @@ use gateway_common::common::{Server, Spec};
 use gateway_common::{Gateway, tls_connect, wait_for};
 use serde_json::{Value, json};
 
-async fn call(c: &reqwest::Client, server: &Server, token: &str, path: &str, body: Value) -> Value {
-    let r = c
-        .post(format!("{}/v1/{path}", server.addr))
-        .header("X-Vault-Token", token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 fn config(server: &str) -> String {
     format!(
         r#"
@@ -105,50 +91,41 @@ async fn the_gateway_keeps_its_certificates_issued_by_palisade() {
     let root = format!("dev-root-{}", gateway_common::unique());
     let server = Server::start_dev(&Spec::sqlite(dir), &root, &dir.join("audit.log")).await;
     let c = reqwest::Client::new();
-    call(&c, &server, &root, "sys/mounts/pki", json!({"type": "pki"})).await;
-    let ca = call(
-        &c,
-        &server,
-        &root,
-        "pki/root/generate/internal",
-        json!({"common_name": "test CA", "ttl": "24h"}),
-    )
-    .await["data"]["certificate"]
+    server
+        .post_ok(&root, "sys/mounts/pki", json!({"type": "pki"}))
+        .await;
+    let ca = server
+        .post_ok(
+            &root,
+            "pki/root/generate/internal",
+            json!({"common_name": "test CA", "ttl": "24h"}),
+        )
+        .await["data"]["certificate"]
         .as_str()
         .unwrap()
         .to_owned();
-    call(
-        &c,
-        &server,
-        &root,
+    server.post_ok(&root,
         "pki/roles/gateway",
         json!({"allowed_domains": "localhost", "allow_bare_domains": true, "allow_subdomains": true, "max_ttl": "1h"}),
     )
     .await;
-    call(
-        &c,
-        &server,
-        &root,
-        "sys/policies/acl/gateway-pki",
-        json!({"policy": "path \"pki/issue/gateway\" { capabilities = [\"update\"] }"}),
-    )
-    .await;
-    call(
-        &c,
-        &server,
-        &root,
-        "sys/auth/approle",
-        json!({"type": "approle"}),
-    )
-    .await;
-    call(
-        &c,
-        &server,
-        &root,
-        "auth/approle/role/gateway",
-        json!({"token_policies": "gateway-pki", "token_ttl": "5m"}),
-    )
-    .await;
+    server
+        .post_ok(
+            &root,
+            "sys/policies/acl/gateway-pki",
+            json!({"policy": "path \"pki/issue/gateway\" { capabilities = [\"update\"] }"}),
+        )
+        .await;
+    server
+        .post_ok(&root, "sys/auth/approle", json!({"type": "approle"}))
+        .await;
+    server
+        .post_ok(
+            &root,
+            "auth/approle/role/gateway",
+            json!({"token_policies": "gateway-pki", "token_ttl": "5m"}),
+        )
+        .await;
     let role_id = c
         .get(format!(
             "{}/v1/auth/approle/role/gateway/role-id",
@@ -164,14 +141,9 @@ async fn the_gateway_keeps_its_certificates_issued_by_palisade() {
         .as_str()
         .unwrap()
         .to_owned();
-    let secret_id = call(
-        &c,
-        &server,
-        &root,
-        "auth/approle/role/gateway/secret-id",
-        json!({}),
-    )
-    .await["data"]["secret_id"]
+    let secret_id = server
+        .post_ok(&root, "auth/approle/role/gateway/secret-id", json!({}))
+        .await["data"]["secret_id"]
         .as_str()
         .unwrap()
         .to_owned();

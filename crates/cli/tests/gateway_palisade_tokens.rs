@@ -67,20 +67,6 @@ forward_identity = {{ "x-user" = "sub", "x-scopes" = "scopes" }}
     )
 }
 
-async fn post(c: &reqwest::Client, url: String, root: &str, body: Value) -> Value {
-    let r = c
-        .post(url)
-        .header("X-Vault-Token", root)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{status}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_verifies_tokens_from_the_palisade_provider() {
     if !gateway_common::node_ready("gateway_palisade_tokens") {
@@ -91,31 +77,27 @@ async fn the_gateway_verifies_tokens_from_the_palisade_provider() {
     let root = format!("dev-root-{}", gateway_common::unique());
     let server = Server::start_dev(&Spec::sqlite(dir), &root, &dir.join("audit.log")).await;
     let api = reqwest::Client::new();
-    let v1 = |p: &str| format!("{}/v1/{p}", server.addr);
-    post(
-        &api,
-        v1("identity/oidc/key/default"),
-        &root,
-        json!({"algorithm": "EdDSA"}),
-    )
-    .await;
-    post(
-        &api,
-        v1("identity/oidc/provider/default"),
-        &root,
-        json!({"issuer": server.addr, "allowed_client_ids": "*"}),
-    )
-    .await;
+    server
+        .post_ok(
+            &root,
+            "identity/oidc/key/default",
+            json!({"algorithm": "EdDSA"}),
+        )
+        .await;
+    server
+        .post_ok(
+            &root,
+            "identity/oidc/provider/default",
+            json!({"issuer": server.addr, "allowed_client_ids": "*"}),
+        )
+        .await;
     let mut clients = Vec::new();
     for (name, audiences) in [
         ("orders-caller", "orders-api"),
         ("elsewhere", "billing-api"),
         ("gateway", "gateway"),
     ] {
-        let v = post(
-            &api,
-            v1(&format!("identity/oidc/client/{name}")),
-            &root,
+        let v = server.post_ok(&root, &format!("identity/oidc/client/{name}"),
             json!({"allowed_scopes": ["orders:read", "profile"], "allowed_audiences": audiences}),
         )
         .await;

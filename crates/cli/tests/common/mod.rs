@@ -296,6 +296,22 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `POST /v1/<path>` with `token` and a JSON body; asserts a 2xx and
+    /// returns the answer's JSON (`Null` for 204).
+    pub async fn post_ok(&self, token: &str, path: &str, body: Value) -> Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        assert!(status.is_success(), "{path}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
     }
