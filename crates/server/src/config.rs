@@ -109,6 +109,8 @@ pub struct RawStorage {
     pub url: Option<String>,
     /// Name of an environment variable holding the URL (keeps passwords out of the file).
     pub url_env: Option<String>,
+    /// A file holding the URL (a mounted Kubernetes Secret, a systemd credential).
+    pub url_file: Option<String>,
     pub table: Option<String>,
 }
 
@@ -223,9 +225,13 @@ pub fn validate(
         }
         Some(s) => match s.backend.as_deref() {
             Some("sqlite") | None => {
-                if s.url.is_some() || s.url_env.is_some() || s.table.is_some() {
+                if s.url.is_some()
+                    || s.url_env.is_some()
+                    || s.url_file.is_some()
+                    || s.table.is_some()
+                {
                     errs.push(
-                        "storage: url, url_env and table apply only to backend = \"postgres\""
+                        "storage: url, url_env, url_file and table apply only to backend = \"postgres\""
                             .into(),
                     );
                 }
@@ -243,13 +249,34 @@ pub fn validate(
                 if s.path.is_some() {
                     errs.push("storage.path: applies only to backend = \"sqlite\"".into());
                 }
-                let url = match (s.url, s.url_env) {
-                    (Some(_), Some(_)) => {
-                        errs.push("storage: set url or url_env, not both".into());
+                let given = [s.url.is_some(), s.url_env.is_some(), s.url_file.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
+                let url = match (s.url, s.url_env, s.url_file) {
+                    _ if given > 1 => {
+                        errs.push("storage: set one of url, url_env or url_file".into());
                         None
                     }
-                    (Some(u), None) => Some(u),
-                    (None, Some(var)) => match env(&var) {
+                    (Some(u), _, _) => Some(u),
+                    // the file's text is the URL (a trailing newline
+                    // dropped); errors never quote it
+                    (None, None, Some(f)) => match std::fs::read_to_string(&f) {
+                        Ok(t) => {
+                            let t = t.trim_end_matches(['\n', '\r']).to_string();
+                            if t.is_empty() {
+                                errs.push(format!("storage.url_file: {f} is empty"));
+                                None
+                            } else {
+                                Some(t)
+                            }
+                        }
+                        Err(e) => {
+                            errs.push(format!("storage.url_file: cannot read {f}: {}", e.kind()));
+                            None
+                        }
+                    },
+                    (None, Some(var), _) => match env(&var) {
                         Some(u) => Some(u),
                         None => {
                             errs.push(format!(
@@ -258,9 +285,10 @@ pub fn validate(
                             None
                         }
                     },
-                    (None, None) => {
+                    (None, None, None) => {
                         errs.push(
-                            "storage.url: required for backend = \"postgres\" (or url_env)".into(),
+                            "storage.url: required for backend = \"postgres\" (or url_env, url_file)"
+                                .into(),
                         );
                         None
                     }
@@ -740,6 +768,53 @@ mod tests {
                 "log_format: \"xml\" is not \"standard\" or \"json\"",
             ]
         );
+    }
+
+    #[test]
+    fn postgres_url_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("url");
+        std::fs::write(&f, "postgres://u:s3cret@127.0.0.1/db\n").unwrap();
+        let text = |path: &std::path::Path| {
+            format!(
+                "[storage]\nbackend = \"postgres\"\nurl_file = \"{}\"\n[listener]\ntls_disable = true\n",
+                path.display()
+            )
+        };
+        let none = |_: &str| None;
+        // allow: the file's text, without its newline
+        let c = parse(&text(&f), &none).unwrap();
+        assert_eq!(
+            c.storage,
+            StorageConfig::Postgres {
+                url: "postgres://u:s3cret@127.0.0.1/db".into(),
+                table: "palisade_store".into()
+            }
+        );
+        // deny: a missing file, an empty one, a URL of another scheme (never quoted)
+        let e = parse(&text(&dir.path().join("nope")), &none).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(
+            e.0[0].starts_with("storage.url_file: cannot read ") && e.0[0].ends_with(": entity not found"),
+            "{e:?}"
+        );
+        std::fs::write(&f, "\n").unwrap();
+        let e = parse(&text(&f), &none).unwrap_err();
+        assert!(e.0[0].ends_with(" is empty"), "{e:?}");
+        std::fs::write(&f, "mysql://u:s3cret@h/db").unwrap();
+        let e = parse(&text(&f), &none).unwrap_err();
+        assert_eq!(
+            e.0,
+            ["storage.url: must start with postgres:// or postgresql://"]
+        );
+        assert!(!format!("{e:?}").contains("s3cret"));
+        // deny: two sources at once
+        let both = format!(
+            "{}url = \"postgres://x@h/db\"\n",
+            text(&f).replace("[listener]\ntls_disable = true\n", "")
+        );
+        let e = parse(&format!("{both}[listener]\ntls_disable = true\n"), &none).unwrap_err();
+        assert_eq!(e.0, ["storage: set one of url, url_env or url_file"]);
     }
 
     #[test]
