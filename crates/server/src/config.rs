@@ -795,7 +795,8 @@ mod tests {
         let e = parse(&text(&dir.path().join("nope")), &none).unwrap_err();
         assert_eq!(e.0.len(), 1);
         assert!(
-            e.0[0].starts_with("storage.url_file: cannot read ") && e.0[0].ends_with(": entity not found"),
+            e.0[0].starts_with("storage.url_file: cannot read ")
+                && e.0[0].ends_with(": entity not found"),
             "{e:?}"
         );
         std::fs::write(&f, "\n").unwrap();
