@@ -342,6 +342,20 @@ fn rotation(
     Ok((capped, spec))
 }
 
+/// The keyed-hash key, after the rules every store applies before it
+/// touches storage: a pepper of at least 256 bits, coherent staleness bounds.
+fn mac_key(pepper: Secret<Vec<u8>>, opts: StoreOptions) -> Result<MacKey, ApiKeyError> {
+    if pepper.expose().len() < MIN_PEPPER_LEN {
+        return Err(ApiKeyError::WeakPepper);
+    }
+    if opts.max_staleness < opts.refresh_interval {
+        return Err(ApiKeyError::InvalidInput(
+            "max_staleness must be at least refresh_interval".into(),
+        ));
+    }
+    Ok(MacKey::from_bytes(pepper.expose()))
+}
+
 impl ApiKeyStore {
     /// Open (creating if needed) the table in the SQLite file at `path`, with
     /// the default [`StoreOptions`].
@@ -356,16 +370,7 @@ impl ApiKeyStore {
         pepper: Secret<Vec<u8>>,
         opts: StoreOptions,
     ) -> Result<Self, ApiKeyError> {
-        if pepper.expose().len() < MIN_PEPPER_LEN {
-            return Err(ApiKeyError::WeakPepper);
-        }
-        if opts.max_staleness < opts.refresh_interval {
-            return Err(ApiKeyError::InvalidInput(
-                "max_staleness must be at least refresh_interval".into(),
-            ));
-        }
-        let mac = MacKey::from_bytes(pepper.expose());
-        drop(pepper);
+        let mac = mac_key(pepper, opts)?;
 
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -419,15 +424,7 @@ impl ApiKeyStore {
         pepper: Secret<Vec<u8>>,
         opts: StoreOptions,
     ) -> Result<Self, ApiKeyError> {
-        if pepper.expose().len() < MIN_PEPPER_LEN {
-            return Err(ApiKeyError::WeakPepper);
-        }
-        if opts.max_staleness < opts.refresh_interval {
-            return Err(ApiKeyError::InvalidInput(
-                "max_staleness must be at least refresh_interval".into(),
-            ));
-        }
-        let mac = MacKey::from_bytes(pepper.expose());
+        let mac = mac_key(pepper, opts)?;
         Self::with_backend(Backend::Document(doc), mac, opts).await
     }
 
@@ -460,8 +457,15 @@ impl ApiKeyStore {
         let Some(body) = body else {
             return Ok((Vec::new(), version));
         };
-        let d: Doc = serde_json::from_slice(&body)
-            .map_err(|e| ApiKeyError::Storage(format!("the key document does not parse: {e}")))?;
+        let d: Doc = serde_json::from_slice(&body).map_err(|e| {
+            // position only: serde's message can quote the document's
+            // values (a keyed hash is a guessing oracle with the pepper)
+            ApiKeyError::Storage(format!(
+                "the key document does not parse (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
         Ok((d.keys, version))
     }
 

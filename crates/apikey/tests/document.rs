@@ -198,6 +198,19 @@ async fn lost_races_are_retried_and_an_unreadable_document_fails_closed() {
         ApiKeyStore::open_document(mem.clone(), Secret::new(vec![3; 32]), opts()).await,
         Err(ApiKeyError::Storage(_))
     ));
+    // a row of the wrong shape: refused, and the error does not quote it
+    mem.doc.lock().unwrap().0 =
+        Some(br#"{"keys": [{"id": "a1B2c3D4e5F6", "scopes": "hunter2-value"}]}"#.to_vec());
+    match ApiKeyStore::open_document(mem.clone(), Secret::new(vec![3; 32]), opts()).await {
+        Err(ApiKeyError::Storage(m)) => {
+            assert!(
+                m.starts_with("the key document does not parse (line 1"),
+                "{m}"
+            );
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
     // a short pepper: refused before anything is read
     assert_eq!(
         ApiKeyStore::open_document(mem, Secret::new(vec![3; 31]), opts())

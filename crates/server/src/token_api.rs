@@ -497,7 +497,9 @@ async fn create(
                 core,
                 crate::identity::LoginAlias {
                     mount: &mount,
-                    name: alias,
+                    // the value the allow-list decided on: `Web-1` and
+                    // `web-1` are one alias, never two entities
+                    name: lower,
                     metadata: Default::default(),
                     groups: None,
                 },

@@ -824,7 +824,8 @@ async fn entity_aliases_are_validated_and_bind_the_token_to_their_entity() {
     )
     .await;
     let mut entities = Vec::new();
-    for alias in ["web-1", "ADMIN", "web-1"] {
+    // `WEB-1` is the alias `web-1` the allow-list decided on, not another one
+    for alias in ["web-1", "ADMIN", "WEB-1"] {
         let r = s
             .post(
                 "auth/token/create/ea",
