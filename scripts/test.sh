@@ -33,6 +33,12 @@ if [ -f tests/e2e/oauth/package.json ] && [ ! -d tests/e2e/oauth/node_modules ] 
     || echo "warning: could not install tests/e2e/oauth; the OAuth end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
+if [ -f sdk/node/package.json ] && [ ! -d sdk/node/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing the Node.js SDK's build and test dependencies (sdk/node: typescript, express, fastify, pino)"
+  (cd sdk/node && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install sdk/node; its tests will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+
 if [ -f examples/stack/package.json ] && [ ! -d examples/stack/node_modules ] && command -v npm >/dev/null; then
   echo "==> installing the example stack's services (examples/stack: express)"
   (cd examples/stack && npm ci --no-audit --no-fund --silent) \

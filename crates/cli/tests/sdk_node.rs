@@ -1,0 +1,43 @@
+//! The Node.js SDK's own tests (sdk/node, `node:test`) against the binary
+//! under test (issue #18): both builds (ESM and CommonJS), secrets with the
+//! cache and its faults (sealed, down), token sources and re-login, transit,
+//! the mTLS dispatcher, leases on PostgreSQL, the Express and Fastify
+//! middleware and the pino preset. `npm test` builds the package with tsc
+//! first.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    reason = "test code: a failed setup step is a failed test; helpers are shared between test crates"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_node_sdk_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/node");
+    if !dir.join("node_modules/typescript").is_dir() {
+        common::skip("sdk_node: sdk/node/node_modules is absent (npm ci --prefix sdk/node)");
+        return;
+    }
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        common::skip("sdk_node: node is not installed");
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["test", "--silent"])
+        .current_dir(&dir)
+        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
+        .env_remove("PALISADE_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "npm test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("# fail 0"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("# pass 0"), "{stdout}\n{stderr}");
+}

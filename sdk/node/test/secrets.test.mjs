@@ -1,0 +1,152 @@
+// KV v2 reads, the watched-secret cache, stale serving and its limit, change events.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { ErrorCodes, Palisade, PalisadeError } from '../dist/esm/index.js';
+import { leaked, sleep, startServer } from './helpers.mjs';
+
+let server;
+const messages = [];
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  await server?.stop();
+});
+
+/** Counts the client's requests by path. */
+function counting(client) {
+  const counts = new Map();
+  const orig = client.transport.request.bind(client.transport);
+  client.transport.request = (method, path, ...rest) => {
+    counts.set(`${method} ${path}`, (counts.get(`${method} ${path}`) ?? 0) + 1);
+    return orig(method, path, ...rest);
+  };
+  return counts;
+}
+
+test('kv get and put, and the errors for a missing secret and a denied path', async () => {
+  const client = new Palisade({ address: server.addr, auth: server.root });
+  const kv = client.kv('secret');
+  const v = await kv.put('app/db', { password: 'first-password-1' });
+  assert.equal(v, 1);
+  const got = await kv.get('app/db');
+  assert.deepEqual(got.data, { password: 'first-password-1' });
+  assert.equal(got.version, 1);
+  await assert.rejects(kv.get('app/none'), (e) => e instanceof PalisadeError && e.code === ErrorCodes.NOT_FOUND && e.status === 404);
+  // a token whose policy grants nothing: 403 permission denied, not a re-login
+  const weak = (await server.api('POST', 'auth/token/create', { policies: ['default'], no_default_policy: false })).auth.client_token;
+  const limited = new Palisade({ address: server.addr, auth: weak });
+  await assert.rejects(limited.kv().get('app/db'), (e) => {
+    messages.push(e.message);
+    return e.code === ErrorCodes.PERMISSION_DENIED && e.status === 403;
+  });
+  // a path that tries to leave its mount is refused before any request
+  assert.throws(() => kv.watch('../sys/seal'), (e) => e.code === ErrorCodes.INVALID_ARGUMENT);
+  await assert.rejects(kv.get('app/%2e%2e'), (e) => e.code === ErrorCodes.INVALID_ARGUMENT);
+  await client.close();
+  await limited.close();
+});
+
+test('a watched secret is read once while fresh, and a new version is announced', async () => {
+  const client = new Palisade({ address: server.addr, auth: server.root });
+  const counts = counting(client);
+  const kv = client.kv();
+  await kv.put('app/api', { key: 'k1-xxxxxxxx' });
+  const w = kv.watch('app/api', { refreshMs: 300, followRotation: false, background: false });
+  const [a, b] = await Promise.all([w.get(), w.get()]);
+  assert.equal(a.data.key, 'k1-xxxxxxxx');
+  assert.equal(b.version, a.version);
+  await w.get();
+  assert.equal(counts.get('GET secret/data/app/api'), 1, 'three gets while fresh, one read');
+  const changed = new Promise((r) => w.once('change', r));
+  await kv.put('app/api', { key: 'k2-xxxxxxxx' });
+  assert.equal((await w.get()).data.key, 'k1-xxxxxxxx', 'still fresh: the cached version');
+  await sleep(350);
+  const c = await w.get();
+  assert.equal(c.data.key, 'k2-xxxxxxxx');
+  const ev = await changed;
+  assert.deepEqual([ev.previousVersion, ev.version], [a.version, a.version + 1]);
+  w.close();
+  await client.close();
+});
+
+test('a sealed server: the cached value is served, marked stale, then ERR_PALISADE_STALE', async () => {
+  const sealed = await startServer();
+  const client = new Palisade({ address: sealed.addr, auth: sealed.root });
+  const kv = client.kv();
+  await kv.put('app/sealed', { password: 'sealed-password-1' });
+  const w = kv.watch('app/sealed', { refreshMs: 100, maxStaleMs: 1200, followRotation: false, background: false });
+  const first = await w.get();
+  assert.equal(first.stale, false);
+  const errors = [];
+  w.on('refresh-error', (e) => errors.push(e));
+  await sealed.api('PUT', 'sys/seal');
+  try {
+    await sleep(150);
+    const s = await w.get();
+    assert.equal(s.stale, true);
+    assert.equal(s.data.password, 'sealed-password-1');
+    assert.equal(errors.at(-1)?.code, ErrorCodes.SEALED);
+    // a direct read says sealed
+    await assert.rejects(kv.get('app/sealed'), (e) => e.code === ErrorCodes.SEALED && e.status === 503);
+    await sleep(1200);
+    await assert.rejects(w.get(), (e) => {
+      messages.push(e.message);
+      return e.code === ErrorCodes.STALE && e.cause?.code === ErrorCodes.SEALED && /maxStaleMs/.test(e.message);
+    });
+  } finally {
+    w.close();
+    await client.close();
+    await sealed.stop();
+  }
+});
+
+test('a server that is down: stale within maxStaleMs, then ERR_PALISADE_STALE; fresh again when it is back', async () => {
+  let down = await startServer();
+  const { port, root } = down;
+  const client = new Palisade({ address: down.addr, auth: root, timeoutMs: 2000 });
+  const kv = client.kv();
+  await kv.put('app/down', { password: 'down-password-1' });
+  const w = kv.watch('app/down', { refreshMs: 100, maxStaleMs: 1000, followRotation: false, background: false });
+  await w.get();
+  await down.stop('SIGKILL');
+  await sleep(120);
+  const s = await w.get();
+  assert.deepEqual([s.stale, s.data.password], [true, 'down-password-1']);
+  await sleep(1000);
+  await assert.rejects(w.get(), (e) => {
+    messages.push(e.message);
+    return e.code === ErrorCodes.STALE && e.cause?.code === ErrorCodes.UNAVAILABLE;
+  });
+  await assert.rejects(kv.get('app/down'), (e) => e.code === ErrorCodes.UNAVAILABLE && /unreachable/.test(e.message));
+  // back (a new dev server on the same port and root token, the secret written again)
+  down = await startServer({ port, root });
+  try {
+    await kv.put('app/down', { password: 'down-password-2' });
+    const back = await w.get();
+    assert.deepEqual([back.stale, back.data.password], [false, 'down-password-2']);
+  } finally {
+    w.close();
+    await client.close();
+    await down.stop();
+  }
+});
+
+test('maxStaleMs 0 never serves a stale value; a missing secret is never served stale', async () => {
+  const client = new Palisade({ address: server.addr, auth: server.root });
+  const kv = client.kv();
+  await kv.put('app/gone', { v: 'gone-value-1' });
+  const w = kv.watch('app/gone', { refreshMs: 50, maxStaleMs: 60_000, followRotation: false, background: false });
+  await w.get();
+  await server.api('DELETE', 'secret/metadata/app/gone');
+  await sleep(60);
+  await assert.rejects(w.get(), (e) => e.code === ErrorCodes.NOT_FOUND);
+  w.close();
+  await client.close();
+});
+
+test('no secret value or token appears in any error message', () => {
+  const text = messages.join('\n');
+  assert.ok(messages.length >= 3);
+  assert.deepEqual(leaked(text, [server.root, 'first-password-1', 'sealed-password-1', 'down-password-1']), []);
+});
