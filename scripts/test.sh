@@ -39,10 +39,10 @@ if [ -f sdk/node/package.json ] && [ ! -d sdk/node/node_modules ] && command -v 
     || echo "warning: could not install sdk/node; its tests will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
-if [ -f examples/stack/package.json ] && [ ! -d examples/stack/node_modules ] && command -v npm >/dev/null; then
-  echo "==> installing the example stack's services (examples/stack: express)"
-  (cd examples/stack && npm ci --no-audit --no-fund --silent) \
-    || echo "warning: could not install examples/stack; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+if [ -f examples/fleet/package.json ] && [ ! -d examples/fleet/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing the example fleet's services (examples/fleet: express, pino, the SDK)"
+  (cd examples/fleet && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install examples/fleet; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
 status=0

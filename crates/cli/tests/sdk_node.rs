@@ -3,7 +3,9 @@
 //! cache and its faults (sealed, down), token sources and re-login, transit,
 //! the mTLS dispatcher, leases on PostgreSQL, the Express and Fastify
 //! middleware and the pino preset. `npm test` builds the package with tsc
-//! first.
+//! first. Then examples/fleet, whose services are written with the SDK, runs
+//! as written (one test: the fleet needs the build the SDK tests make, and two
+//! builds at once would race).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn the_node_sdk_tests_pass() {
+fn the_node_sdk_tests_pass_and_the_fleet_runs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/node");
     if !dir.join("node_modules/typescript").is_dir() {
         common::skip("sdk_node: sdk/node/node_modules is absent (npm ci --prefix sdk/node)");
@@ -40,4 +42,35 @@ fn the_node_sdk_tests_pass() {
     assert!(out.status.success(), "npm test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("# fail 0"), "{stdout}\n{stderr}");
     assert!(!stdout.contains("# pass 0"), "{stdout}\n{stderr}");
+    fleet_runs_as_written();
+}
+
+/// examples/fleet: its own script starts a Palisade server, the gateway and
+/// two Express services, then checks that service A reads its database
+/// password from Palisade and reaches service B through the gateway with a
+/// client-credentials token over mTLS, and that calls without a token,
+/// without a certificate, from another workload, straight to service B, or
+/// with a revoked token are refused.
+fn fleet_runs_as_written() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet");
+    if !dir.join("node_modules/express").is_dir() {
+        common::skip(
+            "sdk_node: examples/fleet/node_modules is absent (npm ci --prefix examples/fleet)",
+        );
+        return;
+    }
+    let out = Command::new("node")
+        .arg("run.mjs")
+        .current_dir(&dir)
+        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
+        .env_remove("PALISADE_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run.mjs failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("fleet: all 14 checks passed"),
+        "{stdout}\n{stderr}"
+    );
 }

@@ -11,7 +11,7 @@ export interface SecretVersion {
 }
 
 /** What a watched secret's `get()` answers. */
-export interface CachedSecret extends SecretVersion {
+export interface CachedSecret extends Readonly<SecretVersion> {
   /** True when the value could not be refreshed and is served from the cache. */
   stale: boolean;
   /** When the value was last read from the server (ms since the epoch). */
@@ -36,6 +36,14 @@ export interface WatchOptions {
   followRotation?: boolean;
   /** Refresh in the background (a timer that does not keep the process alive); default true. */
   background?: boolean;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v as object)) deepFreeze(x);
+  }
+  return v;
 }
 
 /** KV version 2 at one mount. */
@@ -107,6 +115,7 @@ export class WatchedSecret extends EventEmitter {
   private value: CachedSecret | null = null;
   private inflight: Promise<CachedSecret> | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private timerDue = 0;
   private closed = false;
 
   constructor(
@@ -154,7 +163,8 @@ export class WatchedSecret extends EventEmitter {
       return this.fallback(e);
     }
     const previous = this.value;
-    const fresh: CachedSecret = { ...next, stale: false, fetchedAt: Date.now() };
+    // every caller gets the same object: frozen, so that one cannot change what the others read
+    const fresh: CachedSecret = Object.freeze({ ...next, data: deepFreeze(next.data), stale: false, fetchedAt: Date.now() });
     this.value = fresh;
     let delay = this.refreshMs;
     if (this.followRotation) {
@@ -196,13 +206,19 @@ export class WatchedSecret extends EventEmitter {
       );
     }
     if (this.listenerCount('refresh-error') > 0) this.emit('refresh-error', err);
-    this.value = { ...v, stale: true };
+    this.value = Object.freeze({ ...v, stale: true });
     return this.value;
+  }
+
+  /** When the next background refresh is due (null without background refresh). */
+  get nextRefreshAt(): Date | null {
+    return this.timer ? new Date(this.timerDue) : null;
   }
 
   private schedule(ms: number): void {
     if (this.closed || !this.background) return;
     if (this.timer) clearTimeout(this.timer);
+    this.timerDue = Date.now() + ms;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.refresh().catch((e) => {

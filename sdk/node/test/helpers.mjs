@@ -87,6 +87,54 @@ export async function startServer({ port, root } = {}) {
   };
 }
 
+/**
+ * A server from a configuration file (not dev mode): SQLite in a temporary
+ * directory, plaintext on loopback, `extraToml` appended; initialised 1/1
+ * and unsealed over HTTP, KV v2 mounted at secret/.
+ */
+export async function startConfiguredServer(extraToml = '') {
+  const fsMod = await import('node:fs');
+  const os = await import('node:os');
+  const dir = fsMod.mkdtempSync(path.join(os.tmpdir(), 'palisade-sdk-server-'));
+  const port = await freePort();
+  const addr = `http://127.0.0.1:${port}`;
+  const config = path.join(dir, 'server.toml');
+  fsMod.writeFileSync(
+    config,
+    `[storage]\nbackend = "sqlite"\npath = "${path.join(dir, 'palisade.db')}"\n\n[listener]\naddress = "127.0.0.1:${port}"\ntls_disable = true\n\n${extraToml}\n`,
+  );
+  let output = '';
+  const proc = spawn(palisadeBin(), ['server', '--config', config], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout.on('data', (d) => (output += d));
+  proc.stderr.on('data', (d) => (output += d));
+  const stopped = new Promise((r) => proc.once('exit', r));
+  await until('the configured server', async () => {
+    if (proc.exitCode !== null) throw new Error(`palisade server exited: ${output}`);
+    return (await fetch(`${addr}/v1/sys/health`)).status !== undefined;
+  });
+  const put = async (p, body, token) => {
+    const r = await fetch(`${addr}/v1/${p}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { 'x-vault-token': token } : {}) }, body: JSON.stringify(body) });
+    if (!r.ok) throw new Error(`${p}: ${r.status} ${await r.text()}`);
+    const t = await r.text();
+    return t ? JSON.parse(t) : null;
+  };
+  const init = await put('sys/init', { secret_shares: 1, secret_threshold: 1 });
+  await put('sys/unseal', { key: init.keys_base64?.[0] ?? init.keys[0] });
+  const root = init.root_token;
+  await put('sys/mounts/secret', { type: 'kv', options: { version: '2' } }, root);
+  return {
+    addr,
+    root,
+    output: () => output,
+    api: (method, p, body) => put(p, body, root),
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await stopped;
+      fsMod.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 /** Every string in `secrets` that occurs in `text`. */
 export function leaked(text, secrets) {
   return secrets.filter((s) => s && text.includes(s));

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { ErrorCodes, Palisade, PalisadeError } from '../dist/esm/index.js';
-import { leaked, sleep, startServer } from './helpers.mjs';
+import { leaked, sleep, startConfiguredServer, startServer } from './helpers.mjs';
 
 let server;
 const messages = [];
@@ -58,6 +58,11 @@ test('a watched secret is read once while fresh, and a new version is announced'
   assert.equal(b.version, a.version);
   await w.get();
   assert.equal(counts.get('GET secret/data/app/api'), 1, 'three gets while fresh, one read');
+  // callers share the cached object: it cannot be changed under the others
+  assert.throws(() => {
+    a.data.key = 'changed';
+  }, TypeError);
+  assert.equal((await w.get()).data.key, 'k1-xxxxxxxx');
   const changed = new Promise((r) => w.once('change', r));
   await kv.put('app/api', { key: 'k2-xxxxxxxx' });
   assert.equal((await w.get()).data.key, 'k1-xxxxxxxx', 'still fresh: the cached version');
@@ -132,7 +137,7 @@ test('a server that is down: stale within maxStaleMs, then ERR_PALISADE_STALE; f
   }
 });
 
-test('maxStaleMs 0 never serves a stale value; a missing secret is never served stale', async () => {
+test('a deleted secret is never served stale: a 404 is an answer, not an outage', async () => {
   const client = new Palisade({ address: server.addr, auth: server.root });
   const kv = client.kv();
   await kv.put('app/gone', { v: 'gone-value-1' });
@@ -143,6 +148,41 @@ test('maxStaleMs 0 never serves a stale value; a missing secret is never served 
   await assert.rejects(w.get(), (e) => e.code === ErrorCodes.NOT_FOUND);
   w.close();
   await client.close();
+});
+
+test("a rotation policy: the watcher refreshes right after the rotation, well inside its overlap", async () => {
+  // a producer the server's configuration lists (an API user cannot name another)
+  const producer = `process.stdout.write(JSON.stringify({ data: { password: require('node:crypto').randomBytes(12).toString('hex') } }))`;
+  const s = await startConfiguredServer(`[rotation.commands]\nnew-password = ["${process.execPath}", "-e", ${JSON.stringify(producer)}]\n`);
+  const client = new Palisade({ address: s.addr, auth: s.root });
+  try {
+    const kv = client.kv();
+    await kv.put('app/rotating', { password: 'initial-password-1' });
+    // rotated now, by the producer: version 2
+    await s.api('POST', 'secret/rotation/app/rotating', { period: '1h', overlap: '10m', command: 'new-password' });
+    const rotated = await s.api('POST', 'secret/rotate/app/rotating', {});
+    assert.equal(rotated.data.version, 2);
+    const policy = (await (await fetch(`${s.addr}/v1/secret/rotation/app/rotating`, { headers: { 'x-vault-token': s.root } })).json()).data;
+    const next = Date.parse(policy.next_rotation);
+    const w = kv.watch('app/rotating', { refreshMs: 24 * 3600_000 });
+    const v = await w.get();
+    assert.equal(v.version, 2);
+    assert.notEqual(v.data.password, 'initial-password-1');
+    // the refresh is due just after the next rotation (≤ 5 s), long before the overlap (10 min) ends,
+    // although refreshMs alone would wait a day
+    const due = w.nextRefreshAt.getTime();
+    assert.ok(due >= next && due <= next + 5_000, `due ${new Date(due).toISOString()}, rotation ${policy.next_rotation}`);
+    // without followRotation: refreshMs alone
+    const plain = kv.watch('app/rotating', { refreshMs: 24 * 3600_000, followRotation: false });
+    await plain.get();
+    assert.ok(plain.nextRefreshAt.getTime() > Date.now() + 23 * 3600_000);
+    w.close();
+    plain.close();
+    assert.deepEqual(leaked(s.output(), [v.data.password]), []);
+  } finally {
+    await client.close();
+    await s.stop();
+  }
 });
 
 test('no secret value or token appears in any error message', () => {

@@ -1,41 +1,38 @@
 // Service B: an Express service that trusts only the gateway. It listens with
-// TLS and requires a client certificate from the example CA (mTLS), and of
-// those only the gateway's (URI SAN spiffe://example.org/gateway) may call it:
-// the gateway has already authenticated the caller and checked the policy,
-// and tells B who called in the x-caller / x-scopes / x-workload headers.
+// TLS and requires a client certificate from the example CA (mTLS); the SDK's
+// middleware accepts the identity the gateway forwards (x-caller / x-scopes /
+// x-workload) only on a connection whose verified client certificate is the
+// gateway's (URI SAN spiffe://example.org/gateway), and refuses every other
+// caller (403 untrusted_proxy) without reading those headers.
 //
 // Environment: B_PORT (0 picks a free port), B_CERT, B_KEY, CA (PEM files).
 // Prints {"listening":PORT} once it accepts connections.
 import fs from 'node:fs';
 import https from 'node:https';
 import express from 'express';
+import pino from 'pino';
+import { expressAuth, pinoRedaction } from '@palisade/sdk';
 
-const GATEWAY = 'spiffe://example.org/gateway';
-
+const log = pino({ redact: pinoRedaction() });
 const app = express();
 app.disable('x-powered-by');
-
-// only the gateway's certificate is accepted (rustls/OpenSSL verified the
-// chain in the handshake; this checks whose certificate it is)
-app.use((req, res, next) => {
-  const uris = (req.socket.getPeerCertificate().subjectaltname ?? '')
-    .split(', ')
-    .filter((n) => n.startsWith('URI:'))
-    .map((n) => n.slice(4));
-  if (!uris.includes(GATEWAY)) {
-    res.status(403).json({ error: { code: 'forbidden', message: 'only the gateway may call service B' } });
-    return;
-  }
-  next();
-});
+app.use(
+  expressAuth({
+    gateway: {
+      headers: { subject: 'x-caller', scopes: 'x-scopes', workload: 'x-workload' },
+      trust: { peerUris: ['spiffe://example.org/gateway'] },
+    },
+    logger: log,
+  }),
+);
 
 app.get('/orders', (req, res) => {
   res.json({
     service: 'b',
     orders: [{ id: 1, item: 'book' }],
-    caller: req.get('x-caller'),
-    scopes: req.get('x-scopes'),
-    workload: req.get('x-workload'),
+    caller: req.auth.subject,
+    scopes: req.auth.scopes.join(' '),
+    workload: req.auth.workload,
   });
 });
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The example stack, started by one script and checked end to end:
+// The example fleet, started by one script and checked end to end:
 //
 //   1. `palisade server --dev` (embedded SQLite, plaintext on loopback, a fresh root token);
 //   2. through its Vault-style HTTP API: a PKI engine with a CA, which issues every
@@ -8,16 +8,17 @@
 //   3. service B (Express, HTTPS, accepts only the gateway's client certificate);
 //   4. `palisade gateway`: mTLS listener, JWT route verified against the provider's JWKS
 //      and introspection, Cedar policy on scope and workload, mTLS to service B;
-//   5. service A (Express), which gets a client-credentials token and calls B through
-//      the gateway with its client certificate.
+//   5. service A (Express, written with @palisade/sdk): logs in with AppRole, reads its
+//      database password from Palisade, gets its client certificate from the PKI engine
+//      and a client-credentials token, and calls B through the gateway over mTLS.
 //
-// Then it checks what the stack promises (each check prints one line) and stops
-// everything. `node run.mjs --keep` leaves the stack running until Ctrl-C and prints
+// Then it checks what the fleet promises (each check prints one line) and stops
+// everything. `node run.mjs --keep` leaves the fleet running until Ctrl-C and prints
 // how to call it.
 //
 // The palisade binary: $PALISADE_BIN, else target/debug/palisade under the
-// repository (build it with `cargo build -p palisade-cli`). Needs Node.js 18+ and
-// `npm ci` in this directory (Express).
+// repository (build it with `cargo build -p palisade-cli`). Needs Node.js 18.17+, the
+// SDK built (`npm ci && npm run build` in sdk/node) and `npm ci` in this directory.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -36,11 +37,15 @@ if (!fs.existsSync(bin)) {
   process.exit(2);
 }
 if (!fs.existsSync(path.join(here, 'node_modules/express'))) {
-  console.error('run.mjs: Express is missing: run `npm ci` in examples/stack');
+  console.error('run.mjs: Express is missing: run `npm ci` in examples/fleet');
+  process.exit(2);
+}
+if (!fs.existsSync(path.join(repo, 'sdk/node/dist/esm/index.js'))) {
+  console.error('run.mjs: the SDK is not built: run `npm ci && npm run build` in sdk/node');
   process.exit(2);
 }
 
-const work = fs.mkdtempSync(path.join(os.tmpdir(), 'palisade-stack-'));
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'palisade-fleet-'));
 const children = [];
 let failed = false;
 
@@ -120,7 +125,7 @@ async function api(method, p, body) {
 }
 const write = (name, text, mode = 0o644) => fs.writeFileSync(path.join(work, name), text, { mode });
 
-// --- 2. PKI: one CA, every certificate of the stack ----------------------------------
+// --- 2. PKI: one CA, every certificate of the fleet ----------------------------------
 await api('POST', 'sys/mounts/pki', { type: 'pki', config: { max_lease_ttl: '720h' } });
 const ca = await api('POST', 'pki/root/generate/internal', {
   common_name: 'Palisade example CA',
@@ -179,6 +184,23 @@ const gatewayClient = await client('gateway', {
 write('introspect.secret', gatewayClient.client_secret, 0o600);
 const issuer = `${vault}/v1/identity/oidc/provider/default`;
 
+// --- service A's own secrets: a database password, an AppRole login ------------------
+const dbPassword = randomBytes(18).toString('base64url');
+await api('POST', 'secret/data/fleet/db', { data: { username: 'orders', password: dbPassword } });
+await api('POST', 'sys/policies/acl/service-a', {
+  policy: `
+path "secret/data/fleet/db" { capabilities = ["read"] }
+path "pki/issue/service-a"  { capabilities = ["update"] }
+path "pki/cert/*"           { capabilities = ["read"] }
+`,
+});
+await api('POST', 'sys/auth/approle', { type: 'approle' });
+await api('POST', 'auth/approle/role/service-a', { token_policies: ['service-a'], token_ttl: '20m', secret_id_ttl: '24h' });
+const roleId = (await api('GET', 'auth/approle/role/service-a/role-id')).data.role_id;
+const secretId = (await api('POST', 'auth/approle/role/service-a/secret-id')).data.secret_id;
+write('service-a.secret-id', secretId, 0o600);
+write('service-a.client-secret', serviceA.client_secret, 0o600);
+
 // --- 3. service B ----------------------------------------------------------------------
 const fromWork = (f) => path.join(work, f);
 start('service-b', process.execPath, [path.join(here, 'service-b.mjs')], {
@@ -212,13 +234,13 @@ const gateway = `https://localhost:${gatewayPort}`;
 // --- 5. service A ------------------------------------------------------------------------
 start('service-a', process.execPath, [path.join(here, 'service-a.mjs')], {
   A_PORT: '0',
+  PALISADE_ADDR: vault,
+  ROLE_ID: roleId,
+  SECRET_ID_FILE: fromWork('service-a.secret-id'),
   TOKEN_URL: `${issuer}/token`,
   CLIENT_ID: serviceA.client_id,
-  CLIENT_SECRET: serviceA.client_secret,
+  CLIENT_SECRET_FILE: fromWork('service-a.client-secret'),
   GATEWAY_URL: gateway,
-  A_CERT: fromWork('service-a.pem'),
-  A_KEY: fromWork('service-a.key'),
-  CA: fromWork('ca.pem'),
 });
 const aPort = await listening('service-a');
 
@@ -267,6 +289,18 @@ if (!keep) {
     const r = await fetch(`http://127.0.0.1:${aPort}/report`);
     const body = await r.json();
     check('service A calls service B through the gateway', r.status === 200 && body.from_b?.service === 'b', body);
+    const { createHash } = await import('node:crypto');
+    check(
+      'service A read its database password from Palisade (KV v2 version 1, never in its environment)',
+      body.db?.version === 1 && body.db.stale === false &&
+        body.db.fingerprint === createHash('sha256').update(dbPassword).digest('hex').slice(0, 16),
+      body.db,
+    );
+    check(
+      "service A's client certificate was issued to it by the PKI engine",
+      (await api('GET', `pki/cert/${body.certificate}`)).data.certificate.includes('BEGIN CERTIFICATE'),
+      body.certificate,
+    );
     check(
       'service B learns the caller from the gateway',
       body.from_b.caller === serviceA.client_id &&
@@ -311,9 +345,9 @@ if (!keep) {
     // no token or client secret in any log (dev mode prints its root token at
     // start, as Vault's does: that one is meant to be seen)
     const logs = ['server', 'gateway', 'service-a', 'service-b'].map(log).join('\n');
-    const leaked = [good, serviceA.client_secret, gatewayClient.client_secret].filter((s) => logs.includes(s));
+    const leaked = [good, serviceA.client_secret, gatewayClient.client_secret, dbPassword, secretId].filter((s) => logs.includes(s));
     check('no token or secret appears in the logs', leaked.length === 0, leaked.length);
-    console.log(`stack: all ${checks} checks passed`);
+    console.log(`fleet: all ${checks} checks passed`);
   } catch (e) {
     failed = true;
     console.error(e.message);
@@ -324,7 +358,7 @@ if (!keep) {
   if (!failed) fs.rmSync(work, { recursive: true, force: true });
   process.exit(failed ? 1 : 0);
 } else {
-  console.log(`The stack is running (logs and certificates in ${work}); Ctrl-C stops it.
+  console.log(`The fleet is running (logs and certificates in ${work}); Ctrl-C stops it.
 
   service A:   curl http://127.0.0.1:${aPort}/report
   gateway:     curl --cacert ${work}/ca.pem --cert ${work}/service-a.pem --key ${work}/service-a.key ${gateway}/b/orders
