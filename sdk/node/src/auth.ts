@@ -234,6 +234,7 @@ export class ClientCredentials {
     if ((o.authMethod ?? 'client_secret_basic') === 'client_secret_basic') {
       // RFC 6749 §2.3.1: both form-urlencoded before base64
       const pair = `${encodeURIComponent(o.clientId)}:${encodeURIComponent(secret)}`;
+      this.redactor.add(pair);
       headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`;
     } else {
       form.set('client_id', o.clientId);

@@ -37,6 +37,9 @@ export class Palisade extends EventEmitter {
   private current: CurrentToken | null = null;
   private inflight: Promise<CurrentToken> | null = null;
   private closed = false;
+  private lookupSelfWorks = true;
+  private refreshRetryAt = 0;
+  private refreshBackoffMs = 1_000;
 
   constructor(options: PalisadeOptions = {}) {
     super();
@@ -59,7 +62,21 @@ export class Palisade extends EventEmitter {
     const c = this.current;
     if (c && (c.refreshAt === 0 || now < c.refreshAt)) return c.token;
     if (c && now < c.expiresAt) {
-      this.login().catch((e) => this.emit('login-error', e));
+      // due for refresh but still valid: one background login at a time,
+      // and after a failed one not again before its back-off has passed
+      if (now >= this.refreshRetryAt) {
+        this.refreshRetryAt = now + this.refreshBackoffMs;
+        this.login().then(
+          () => {
+            this.refreshBackoffMs = 1_000;
+          },
+          (e) => {
+            this.refreshRetryAt = Date.now() + this.refreshBackoffMs;
+            this.refreshBackoffMs = Math.min(this.refreshBackoffMs * 2, 60_000);
+            this.emit('login-error', e);
+          },
+        );
+      }
       return c.token;
     }
     return (await this.login()).token;
@@ -67,11 +84,17 @@ export class Palisade extends EventEmitter {
 
   /** Log in now (one login at a time, however many callers wait). */
   login(): Promise<CurrentToken> {
+    this.assertOpen();
     if (!this.inflight) {
       const old = this.current?.token;
       this.inflight = this.source
         .login(this.transport)
-        .then((r: LoginResult) => {
+        .then(async (r: LoginResult) => {
+          if (this.closed) {
+            // close() ran while this login was on its way: the token is nobody's
+            if (this.renewable()) await this.revoke(r.token);
+            throw new PalisadeError(ErrorCodes.CLOSED, 'the client is closed');
+          }
           const started = Date.now();
           const c: CurrentToken = {
             token: r.token,
@@ -80,9 +103,9 @@ export class Palisade extends EventEmitter {
           };
           this.current = c;
           this.transport.redactor.add(r.token);
-          if (old && old !== r.token && this.source.kind !== 'token' && this.source.kind !== 'token_file') {
+          if (old && old !== r.token && this.renewable()) {
             // the replaced token is of no further use: revoke it, best effort
-            this.transport.request('POST', 'auth/token/revoke-self', {}, old).catch(() => {});
+            this.revoke(old).catch(() => {});
           }
           this.emit('login', { kind: this.source.kind, ttlMs: r.ttlMs });
           return c;
@@ -94,12 +117,25 @@ export class Palisade extends EventEmitter {
     return this.inflight;
   }
 
+  /** Tokens from a login (not fixed ones, not the operator's) are this client's to revoke. */
+  private renewable(): boolean {
+    return this.source.kind !== 'token' && this.source.kind !== 'token_file';
+  }
+
+  private async revoke(token: string): Promise<void> {
+    await this.transport.request('POST', 'auth/token/revoke-self', {}, token).catch(() => {});
+    this.transport.redactor.delete(token);
+  }
+
   /**
    * `method` on `/v1/<path>` with the client's token. When the server refuses
-   * the token itself (expired or revoked: 403, and `lookup-self` fails too),
-   * the client logs in again once and repeats the request; a second refusal is
-   * ERR_PALISADE_TOKEN_EXPIRED. A 403 for a valid token is
-   * ERR_PALISADE_PERMISSION_DENIED at once.
+   * the token itself (expired or revoked: 403, and `lookup-self` fails too,
+   * or — where the token may not read `lookup-self` — its TTL has run out),
+   * the client logs in again once, revokes the refused token and repeats the
+   * request; a second refusal of a token that `lookup-self` vouches for, or
+   * any refusal where it cannot tell, is ERR_PALISADE_PERMISSION_DENIED; a
+   * failed new login is ERR_PALISADE_TOKEN_EXPIRED. A 403 for a valid token
+   * is ERR_PALISADE_PERMISSION_DENIED at once.
    */
   async request(method: string, path: string, body?: unknown, options: RequestOptions = {}): Promise<ApiResponse> {
     const token = await this.token();
@@ -107,15 +143,20 @@ export class Palisade extends EventEmitter {
       return await this.transport.request(method, path, body, token, options);
     } catch (e) {
       if (!(e instanceof PalisadeError) || e.code !== ErrorCodes.PERMISSION_DENIED) throw e;
-      if (await this.tokenIsValid(token)) throw e;
-      if (this.source.kind === 'token') {
+      if (!(await this.tokenRefused(token))) throw e;
+      if (!this.renewable() && this.source.kind === 'token') {
         throw new PalisadeError(ErrorCodes.TOKEN_EXPIRED, `${method} /v1/${path}: the token expired or was revoked (a fixed token cannot log in again)`, { status: 403 });
       }
-      if (this.current?.token === token) this.current = null;
+      if (this.current?.token === token) {
+        // log in again, once; the refused token goes (best effort)
+        this.current = null;
+        if (this.renewable()) this.revoke(token).catch(() => {});
+      }
       let fresh: string;
       try {
         fresh = await this.token();
       } catch (loginError) {
+        if (loginError instanceof PalisadeError && loginError.code === ErrorCodes.CLOSED) throw loginError;
         const why = loginError instanceof PalisadeError ? loginError.message : 'login failed';
         throw new PalisadeError(ErrorCodes.TOKEN_EXPIRED, `${method} /v1/${path}: the token expired or was revoked, and logging in again failed: ${why}`, {
           status: 403,
@@ -125,12 +166,22 @@ export class Palisade extends EventEmitter {
       try {
         return await this.transport.request(method, path, body, fresh, options);
       } catch (e2) {
-        if (e2 instanceof PalisadeError && e2.code === ErrorCodes.PERMISSION_DENIED && !(await this.tokenIsValid(fresh))) {
-          throw new PalisadeError(ErrorCodes.TOKEN_EXPIRED, `${method} /v1/${path}: a fresh login's token was refused too`, { status: 403 });
+        if (e2 instanceof PalisadeError && e2.code === ErrorCodes.PERMISSION_DENIED && this.lookupSelfWorks && !(await this.tokenIsValid(fresh))) {
+          // a token just issued is not refused for being old: this login's
+          // tokens may not read lookup-self, which says nothing about them
+          this.lookupSelfWorks = false;
         }
         throw e2;
       }
     }
+  }
+
+  /** Did the server refuse `token` itself (rather than the request)? */
+  private async tokenRefused(token: string): Promise<boolean> {
+    if (this.lookupSelfWorks) return !(await this.tokenIsValid(token));
+    // lookup-self is not allowed for this client's tokens: only a token past its TTL counts as refused
+    const c = this.current;
+    return c !== null && c.token === token && c.expiresAt > 0 && Date.now() >= c.expiresAt - 1_000;
   }
 
   private async tokenIsValid(token: string): Promise<boolean> {
@@ -180,11 +231,11 @@ export class Palisade extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // a login on its way revokes its own token when it lands (see login())
+    await this.inflight?.catch(() => {});
     const c = this.current;
     this.current = null;
-    if (c && this.source.kind !== 'token' && this.source.kind !== 'token_file') {
-      await this.transport.request('POST', 'auth/token/revoke-self', {}, c.token).catch(() => {});
-    }
+    if (c && this.renewable()) await this.revoke(c.token);
     await this.transport.close();
   }
 

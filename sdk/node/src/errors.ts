@@ -60,7 +60,18 @@ export interface PalisadeErrorOptions {
   cause?: unknown;
 }
 
+const ERROR_BRAND = Symbol.for('palisade.sdk.PalisadeError');
+
+/**
+ * An application that loads both builds (ESM and CommonJS: the dual-package
+ * hazard) has two PalisadeError classes; `instanceof` and isPalisadeError
+ * recognise either, by a brand both share.
+ */
 export class PalisadeError extends Error {
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    return typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[ERROR_BRAND] === true;
+  }
+  readonly [ERROR_BRAND] = true;
   readonly code: ErrorCode;
   readonly status: number | undefined;
   readonly errors: string[];
@@ -88,12 +99,30 @@ export class Redactor {
   private readonly secrets = new Set<string>();
 
   add(value: string | undefined | null): void {
-    // very short values would redact ordinary words; nothing secret is that short
-    if (value && value.length >= 8) this.secrets.add(value);
+    // very short values would redact ordinary words; no credential is that short
+    if (!value || value.length < 4) return;
+    for (const form of Redactor.forms(value)) this.secrets.add(form);
   }
 
   delete(value: string | undefined | null): void {
-    if (value) this.secrets.delete(value);
+    if (value) for (const form of Redactor.forms(value)) this.secrets.delete(form);
+  }
+
+  /** The value as it may be echoed: itself, URL-encoded, base64 and base64url. */
+  static forms(value: string): string[] {
+    const b = Buffer.from(value, 'utf8');
+    const forms = new Set([value, encodeURIComponent(value), b.toString('base64'), b.toString('base64url')]);
+    return [...forms].filter((f) => f.length >= 4);
+  }
+
+  /** `text` scrubbed of the known secrets and of `extra` (and their encoded forms). */
+  scrubWith(text: string, extra: string[]): string {
+    let out = text;
+    for (const v of extra) {
+      if (v.length < 4) continue;
+      for (const f of Redactor.forms(v)) if (out.includes(f)) out = out.split(f).join('[redacted]');
+    }
+    return this.scrub(out);
   }
 
   scrub(text: string): string {

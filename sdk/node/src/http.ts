@@ -23,6 +23,11 @@ export interface TransportOptions {
 export interface RequestOptions {
   /** Non-2xx statuses answered as a response rather than an error (a batch's 400 carries per-item results). */
   answerStatuses?: number[];
+  /**
+   * The body carries secret values (a KV write, transit plaintext): every
+   * string in it is scrubbed from the server's error text too.
+   */
+  secretBody?: boolean;
 }
 
 /** One answer of the Vault-style API: the parsed JSON body (null for 204). */
@@ -60,6 +65,13 @@ export function parseAddress(address: string | undefined, allowPlaintext = false
     throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, 'the server address must be an origin (no path, query or fragment)');
   }
   return url;
+}
+
+/** Every string in a JSON value (to depth 8). */
+function stringLeaves(v: unknown, depth = 0, out: string[] = []): string[] {
+  if (typeof v === 'string') out.push(v);
+  else if (v && typeof v === 'object' && depth < 8) for (const x of Object.values(v)) stringLeaves(x, depth + 1, out);
+  return out;
 }
 
 /** Maps an HTTP status of the API to the SDK's error code. */
@@ -162,8 +174,9 @@ export class Transport {
     }
     if (res.status >= 200 && res.status < 300) return { status: res.status, body: parsed };
     if (options.answerStatuses?.includes(res.status) && parsed !== null) return { status: res.status, body: parsed };
+    const extra = options.secretBody ? stringLeaves(body) : [];
     const errors = Array.isArray(parsed?.errors)
-      ? parsed.errors.filter((e: unknown) => typeof e === 'string').map((e: string) => this.redactor.scrub(e))
+      ? parsed.errors.filter((e: unknown) => typeof e === 'string').map((e: string) => this.redactor.scrubWith(e, extra))
       : [];
     const code = codeForStatus(res.status, errors);
     const detail = errors.length > 0 ? `: ${errors.join('; ')}` : '';

@@ -69,15 +69,19 @@ export class LeasedSecret extends EventEmitter {
       throw new PalisadeError(ErrorCodes.BAD_RESPONSE, `GET /v1/${apiPath(this.path)}: the answer has no lease`);
     }
     const duration = Number(body.lease_duration) * 1000;
+    if (body.lease_duration === undefined || body.lease_duration === null || !Number.isFinite(duration) || duration < 0) {
+      throw new PalisadeError(ErrorCodes.BAD_RESPONSE, `GET /v1/${apiPath(this.path)}: lease_duration is not a number of seconds`);
+    }
     const old = this.value;
-    const v: LeasedValue = { data: body.data, leaseId: body.lease_id, expiresAt: Date.now() + duration };
+    // 0: a lease without an expiry: kept, never renewed
+    const v: LeasedValue = { data: body.data, leaseId: body.lease_id, expiresAt: duration === 0 ? Infinity : Date.now() + duration };
     this.client.transport.redactor.add(body.lease_id);
     this.value = v;
     if (this.closed) {
       await this.revoke(v.leaseId);
       throw new PalisadeError(ErrorCodes.CLOSED, `${this.path}: closed`);
     }
-    this.schedule(duration * this.renewAt, duration);
+    if (duration > 0) this.schedule(duration * this.renewAt, duration);
     if (old) {
       this.emit('change', v);
       // the old credentials are replaced: end them now rather than at their expiry
@@ -88,7 +92,7 @@ export class LeasedSecret extends EventEmitter {
 
   private schedule(ms: number, asked: number): void {
     if (this.timer) clearTimeout(this.timer);
-    if (this.closed) return;
+    if (this.closed || !Number.isFinite(ms) || !Number.isFinite(asked)) return;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.renew(asked).catch(() => {});
@@ -131,6 +135,7 @@ export class LeasedSecret extends EventEmitter {
 
   private async revoke(leaseId: string): Promise<void> {
     await this.client.request('PUT', 'sys/leases/revoke', { lease_id: leaseId });
+    this.client.transport.redactor.delete(leaseId);
   }
 
   /** Stop renewing; revoke the lease unless revokeOnClose is false. */

@@ -53,6 +53,29 @@ export interface VerifierOptions {
   dispatcher?: Dispatcher;
   /** Timeout for JWKS and discovery requests (default 5 000 ms). */
   timeoutMs?: number;
+  /**
+   * The keys decide who may call: they are fetched over https only (http
+   * only from a loopback host). Set this to allow plain http elsewhere.
+   */
+  dangerousAllowPlaintext?: boolean;
+}
+
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+/** An https URL (or http on loopback, or when allowed); anything else is refused. */
+function keySourceUrl(value: string, what: string, allowPlaintext: boolean, code: ErrorCode): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new PalisadeError(code, `verifier: ${what} is not a URL`);
+  }
+  const plainOk = url.protocol === 'http:' && (LOOPBACK_HOSTS.has(url.hostname) || allowPlaintext);
+  if (url.protocol !== 'https:' && !plainOk) {
+    throw new PalisadeError(code, `verifier: ${what} must be https (http only on loopback): keys fetched in clear text can be swapped`);
+  }
+  if (url.username || url.password) throw new PalisadeError(code, `verifier: ${what} must not carry credentials`);
+  return url;
 }
 
 const DEFAULT_ALGS = ['EdDSA', 'ES256', 'ES384', 'PS256', 'RS256'];
@@ -61,7 +84,17 @@ const DEFAULT_ALGS = ['EdDSA', 'ES256', 'ES384', 'PS256', 'RS256'];
  * Verifies bearer tokens issued by Palisade's OAuth2 provider (or any OIDC
  * issuer) with `jose` against the issuer's published keys.
  */
+const VERIFIER_BRAND = Symbol.for('palisade.sdk.TokenVerifier');
+const AUTHENTICATOR_BRAND = Symbol.for('palisade.sdk.Authenticator');
+const branded = (x: unknown, brand: symbol): boolean =>
+  typeof x === 'object' && x !== null && (x as Record<symbol, unknown>)[brand] === true;
+
 export class TokenVerifier {
+  /** Either build's verifier is one (see PalisadeError). */
+  static [Symbol.hasInstance](x: unknown): boolean {
+    return branded(x, VERIFIER_BRAND);
+  }
+  readonly [VERIFIER_BRAND] = true;
   private readonly options: VerifierOptions;
   private readonly audiences: string[];
   private readonly algorithms: string[];
@@ -83,6 +116,9 @@ export class TokenVerifier {
     }
     this.cacheMs = options.cacheMs ?? 30_000;
     this.cacheEntries = options.cacheEntries ?? 10_000;
+    const plain = options.dangerousAllowPlaintext === true;
+    keySourceUrl(options.issuer, 'issuer', plain, ErrorCodes.INVALID_ARGUMENT);
+    if (options.jwksUri) keySourceUrl(options.jwksUri, 'jwksUri', plain, ErrorCodes.INVALID_ARGUMENT);
     this.options = options;
   }
 
@@ -116,15 +152,31 @@ export class TokenVerifier {
     } catch (e) {
       throw joseError(e);
     }
-    const scope = typeof payload.scope === 'string' ? payload.scope : Array.isArray(payload.scp) ? payload.scp.join(' ') : '';
-    const identity: Identity = {
-      source: 'jwt',
-      subject: String(payload.sub),
-      scopes: scope.split(' ').filter(Boolean),
-      claims: payload,
-    };
+    if (typeof payload.sub !== 'string' || payload.sub === '') {
+      throw new PalisadeError(ErrorCodes.TOKEN_INVALID, 'invalid token: sub must be a non-empty string');
+    }
+    let scopes: string[];
+    if (payload.scope !== undefined) {
+      if (typeof payload.scope !== 'string') throw new PalisadeError(ErrorCodes.TOKEN_INVALID, 'invalid token: scope must be a string');
+      scopes = payload.scope.split(' ').filter(Boolean);
+    } else if (payload.scp !== undefined) {
+      if (!Array.isArray(payload.scp) || payload.scp.some((x: unknown) => typeof x !== 'string' || x === '' || /\s/.test(x))) {
+        throw new PalisadeError(ErrorCodes.TOKEN_INVALID, 'invalid token: scp must be a list of scope strings');
+      }
+      scopes = [...payload.scp];
+    } else {
+      scopes = [];
+    }
     const client = payload.client_id ?? payload.azp;
-    if (typeof client === 'string') identity.clientId = client;
+    // one object per verified token, shared by every request that presents
+    // it: frozen, so that no handler can change what the next one sees
+    const identity: Identity = deepFreeze({
+      source: 'jwt',
+      subject: payload.sub,
+      scopes,
+      claims: payload,
+      ...(typeof client === 'string' ? { clientId: client } : {}),
+    });
     if (this.cacheMs > 0) {
       const until = Math.min(Date.now() + this.cacheMs, Number(payload.exp) * 1000);
       if (this.cache.size >= this.cacheEntries) {
@@ -140,7 +192,12 @@ export class TokenVerifier {
   private async loadJwks(jose: Jose): Promise<ReturnType<Jose['createRemoteJWKSet']>> {
     if (!this.jwksPromise) {
       this.jwksPromise = (async () => {
-        const url = new URL(this.options.jwksUri ?? (await this.discover()));
+        const url = keySourceUrl(
+          this.options.jwksUri ?? (await this.discover()),
+          'the jwks_uri',
+          this.options.dangerousAllowPlaintext === true,
+          ErrorCodes.JWKS_UNAVAILABLE,
+        );
         const doFetch = (u: string | URL, init: any) =>
           fetch(u, { ...init, dispatcher: this.options.dispatcher, redirect: 'manual' }) as unknown as Promise<Response>;
         const set = jose.createRemoteJWKSet(url, {
@@ -171,14 +228,27 @@ export class TokenVerifier {
       if (!r.ok) throw new Error(`status ${r.status}`);
       doc = await r.json();
     } catch (e) {
-      throw new PalisadeError(ErrorCodes.JWKS_UNAVAILABLE, `the issuer's discovery document cannot be read (${(e as Error).message})`);
+      // the detail (which may quote the document) goes to the log, not to callers
+      throw new PalisadeError(ErrorCodes.JWKS_UNAVAILABLE, "the issuer's keys cannot be fetched", {
+        cause: new Error(`discovery document: ${(e as Error).message}`),
+      });
     }
     // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for
     if (doc?.issuer !== this.options.issuer || typeof doc?.jwks_uri !== 'string') {
-      throw new PalisadeError(ErrorCodes.JWKS_UNAVAILABLE, "the discovery document's issuer does not match, or it has no jwks_uri");
+      throw new PalisadeError(ErrorCodes.JWKS_UNAVAILABLE, "the issuer's keys cannot be fetched", {
+        cause: new Error("the discovery document's issuer does not match, or it has no jwks_uri"),
+      });
     }
     return doc.jwks_uri;
   }
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v as object)) deepFreeze(x);
+  }
+  return v;
 }
 
 function joseError(e: unknown): PalisadeError {
@@ -208,25 +278,45 @@ function checkScopes(identity: Identity, required: string[]): void {
   }
 }
 
-/** Addresses (IPs and CIDRs) as one matcher; IPv4-mapped IPv6 addresses match their IPv4 form. */
+/**
+ * Addresses (IPs and CIDRs) as one matcher; IPv4-mapped IPv6 addresses match
+ * their IPv4 form. Ranges wider than /8 (IPv4) or /16 (IPv6), and IPv6
+ * ranges that hold the IPv4-mapped space, are refused: a proxy list that
+ * trusts a large part of the Internet lets its clients choose their address.
+ */
 export function addressMatcher(list: string[]): (addr: string | undefined) => boolean {
   const bl = new BlockList();
   for (const entry of list) {
-    const [ip, prefix] = entry.split('/');
-    const kind = isIP(ip ?? '');
+    if (typeof entry !== 'string' || entry.includes('%')) {
+      throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `not an IP address or CIDR (zone ids are not allowed): ${String(entry)}`);
+    }
+    const parts = entry.split('/');
+    if (parts.length > 2) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `not an IP address or CIDR: ${entry}`);
+    const [ip, prefix] = parts as [string, string | undefined];
+    const kind = isIP(ip);
     if (kind === 0) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `not an IP address or CIDR: ${entry}`);
     const type = kind === 4 ? 'ipv4' : 'ipv6';
     if (prefix === undefined) {
-      bl.addAddress(ip!, type);
-    } else {
-      const n = Number(prefix);
-      if (!/^\d+$/.test(prefix) || n > (kind === 4 ? 32 : 128)) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `bad prefix in ${entry}`);
-      if (n === 0) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} trusts every address: name your proxies`);
-      bl.addSubnet(ip!, n, type);
+      bl.addAddress(ip, type);
+      continue;
     }
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(prefix)) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `bad prefix in ${entry}`);
+    const n = Number(prefix);
+    const max = kind === 4 ? 32 : 128;
+    const min = kind === 4 ? 8 : 16;
+    if (n > max) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `bad prefix in ${entry}`);
+    if (n < min) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} is wider than /${min}: name your proxies`);
+    if (kind === 6) {
+      const one = new BlockList();
+      one.addSubnet(ip, n, 'ipv6');
+      if (one.check('::ffff:0:0', 'ipv6') || one.check('::ffff:ffff:ffff', 'ipv6')) {
+        throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} holds the IPv4-mapped range: name IPv4 proxies as IPv4`);
+      }
+    }
+    bl.addSubnet(ip, n, type);
   }
   return (addr) => {
-    if (!addr) return false;
+    if (!addr || addr.includes('%')) return false;
     const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
     const a = mapped ? mapped[1]! : addr;
     const kind = isIP(a);
@@ -303,6 +393,10 @@ export function refusal(e: PalisadeError): { status: number; headers: Record<str
  * socket) and answers the caller's identity or throws a PalisadeError.
  */
 export class Authenticator {
+  static [Symbol.hasInstance](x: unknown): boolean {
+    return branded(x, AUTHENTICATOR_BRAND);
+  }
+  readonly [AUTHENTICATOR_BRAND] = true;
   private readonly verifier: TokenVerifier | null;
   private readonly gateway: GatewayIdentityOptions | null;
   private readonly gatewayAddr: ((a: string | undefined) => boolean) | null;
@@ -344,6 +438,15 @@ export class Authenticator {
     const required = this.required.length ? [...this.required, ...requiredScopes] : requiredScopes;
     const g = this.gateway;
     if (g && this.fromGateway(req)) {
+      // a header the gateway sets exactly once: a second copy (a proxy that
+      // appends rather than replaces) makes the identity ambiguous
+      for (const name of Object.values(g.headers)) {
+        if (!name) continue;
+        const lower = name.toLowerCase();
+        let n = 0;
+        for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === lower) n++;
+        if (n > 1) throw new PalisadeError(ErrorCodes.UNAUTHENTICATED, `the identity header ${lower} appears ${n} times`);
+      }
       const one = (name: string | undefined): string | undefined => {
         if (!name) return undefined;
         const v = req.headers[name.toLowerCase()];
@@ -357,7 +460,7 @@ export class Authenticator {
       const clientId = one(g.headers.clientId);
       if (clientId) identity.clientId = clientId;
       checkScopes(identity, required);
-      return identity;
+      return deepFreeze(identity);
     }
     const authz = req.headers.authorization;
     if (!this.verifier) {
@@ -374,7 +477,8 @@ export class Authenticator {
   refuse(e: unknown): ReturnType<typeof refusal> {
     const err = e instanceof PalisadeError ? e : new PalisadeError(ErrorCodes.SERVER, 'internal error');
     const r = refusal(err);
-    this.logger?.warn({ code: err.code, status: r.status, reason: err.message }, 'request refused');
+    const detail = err.cause instanceof Error ? err.cause.message : undefined;
+    this.logger?.warn({ code: err.code, status: r.status, reason: err.message, ...(detail ? { detail } : {}) }, 'request refused');
     return r;
   }
 }

@@ -73,7 +73,7 @@ export class KvV2 {
   async put(key: string, data: Record<string, unknown>, options: { cas?: number } = {}): Promise<number> {
     const body: Record<string, unknown> = { data };
     if (options.cas !== undefined) body.options = { cas: options.cas };
-    const r = await this.client.request('POST', apiPath(this.mount, 'data', key), body);
+    const r = await this.client.request('POST', apiPath(this.mount, 'data', key), body, { secretBody: true });
     return Number(r.body?.data?.version);
   }
 
@@ -196,7 +196,13 @@ export class WatchedSecret extends EventEmitter {
       err.code === ErrorCodes.RATE_LIMITED;
     const v = this.value;
     this.schedule(Math.min(this.refreshMs, 5_000));
-    if (!outage || !v) throw err;
+    if (!outage) {
+      // an answer (no access any more, deleted, token refused): the cached
+      // value must never be served again, not even during a later outage
+      this.value = null;
+      throw err;
+    }
+    if (!v) throw err;
     const age = Date.now() - v.fetchedAt;
     if (age > this.maxStaleMs) {
       throw new PalisadeError(

@@ -32,7 +32,7 @@ export class Transit {
 
   /** Encrypt one value (a string is UTF-8). */
   async encryptField(key: string, plaintext: string | Buffer, options: FieldOptions = {}): Promise<string> {
-    const r = await this.client.request('POST', apiPath(this.mount, 'encrypt', key), { plaintext: b64(plaintext), ...extras(options) });
+    const r = await this.client.request('POST', apiPath(this.mount, 'encrypt', key), { plaintext: b64(plaintext), ...extras(options) }, { secretBody: true });
     const ct = r.body?.data?.ciphertext;
     if (typeof ct !== 'string') throw new PalisadeError(ErrorCodes.BAD_RESPONSE, `encrypt/${key}: no ciphertext in the answer`);
     return ct;
@@ -48,7 +48,7 @@ export class Transit {
     if (typeof ciphertext !== 'string' || !ciphertext.startsWith('vault:v')) {
       throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, 'decryptField: not a transit ciphertext (vault:v<N>:…)');
     }
-    const r = await this.client.request('POST', apiPath(this.mount, 'decrypt', key), { ciphertext, ...extras(options) });
+    const r = await this.client.request('POST', apiPath(this.mount, 'decrypt', key), { ciphertext, ...extras(options) }, { secretBody: true });
     const pt = r.body?.data?.plaintext;
     if (typeof pt !== 'string') throw new PalisadeError(ErrorCodes.BAD_RESPONSE, `decrypt/${key}: no plaintext in the answer`);
     return Buffer.from(pt, 'base64');
@@ -106,14 +106,14 @@ export class Transit {
 
   private async batch(op: 'encrypt' | 'decrypt', key: string, input: object[]): Promise<any[]> {
     // Vault answers a batch with a failed item as 400 with every item's result
-    const r = await this.client.request('POST', apiPath(this.mount, op, key), { batch_input: input }, { answerStatuses: [400] });
+    const r = await this.client.request('POST', apiPath(this.mount, op, key), { batch_input: input }, { answerStatuses: [400], secretBody: true });
     const results = r.body?.data?.batch_results;
     if (!Array.isArray(results) || results.length !== input.length) {
       throw new PalisadeError(ErrorCodes.BAD_RESPONSE, `${op}/${key}: batch_results does not match the batch`);
     }
     const failed = results.findIndex((it: any) => typeof it?.error === 'string' && it.error !== '');
     if (failed >= 0) {
-      const why = this.client.transport.redactor.scrub(results[failed].error);
+      const why = this.client.transport.redactor.scrubWith(results[failed].error, input.flatMap((it) => Object.values(it).filter((x): x is string => typeof x === 'string')));
       throw new PalisadeError(ErrorCodes.BAD_REQUEST, `${op}/${key}: item ${failed} of the batch failed: ${why}`, { status: 400, errors: [why] });
     }
     return results;

@@ -132,6 +132,71 @@ test('a fixed token that was revoked: ERR_PALISADE_TOKEN_EXPIRED (it cannot log 
   await fixed.close();
 });
 
+test('a token that may not read lookup-self: a denied request is PERMISSION_DENIED after at most one new login', async () => {
+  const { roleId, secretId } = await role('nodefault', { token_no_default_policy: true });
+  const client = new Palisade({ address: server.addr, auth: appRole({ roleId, secretId }) });
+  let logins = 0;
+  client.on('login', () => logins++);
+  assert.equal((await client.kv().get('app/config')).data.color, 'blue');
+  const first = await client.token();
+  secrets.push(first);
+  for (let i = 0; i < 5; i++) {
+    await assert.rejects(client.read('sys/policies/acl/app'), (e) => e.code === ErrorCodes.PERMISSION_DENIED);
+  }
+  assert.ok(logins <= 2, `${logins} logins`);
+  // (the refused token is revoked best effort with revoke-self, which a token
+  // without the default policy may not call: it then ends at its TTL)
+  await client.close();
+});
+
+test('close() while a login is on its way: the token that login gets is revoked', async () => {
+  const { roleId, secretId } = await role('racing', {});
+  const client = new Palisade({ address: server.addr, auth: appRole({ roleId, secretId }) });
+  const tokens = [];
+  client.on('login', () => {});
+  const pending = client.token().then((t) => tokens.push(t), (e) => e);
+  await client.close();
+  const outcome = await pending;
+  if (tokens.length > 0) {
+    // the login landed before close(): close() revoked it
+    secrets.push(tokens[0]);
+    assert.equal(await lookup(tokens[0]), 403);
+  } else {
+    assert.equal(outcome.code, ErrorCodes.CLOSED);
+  }
+  // no token of this role is left valid
+  const accessors = (await server.api('LIST', 'auth/token/accessors').catch(() => null))?.data?.keys ?? [];
+  for (const a of accessors) {
+    const info = (await server.api('POST', 'auth/token/lookup-accessor', { accessor: a })).data;
+    assert.ok(!(info.meta?.role_name === 'racing'), 'a token of the racing role is still valid');
+  }
+});
+
+test('a failed background refresh backs off instead of logging in on every call', async () => {
+  let calls = 0;
+  const source = {
+    kind: 'custom',
+    login: async () => {
+      calls++;
+      if (calls > 1) throw new PalisadeError(ErrorCodes.UNAVAILABLE, 'login: down');
+      return { token: server.root, ttlMs: 3_000, renewable: false };
+    },
+  };
+  const client = new Palisade({ address: server.addr, auth: source, refreshAt: 0.01 });
+  const errors = [];
+  client.on('login-error', (e) => errors.push(e));
+  await client.token();
+  await sleep(50); // past 1 % of 3 s: due for refresh, still valid
+  for (let i = 0; i < 100; i++) await client.token();
+  await sleep(20);
+  assert.equal(calls, 2, 'one background login, then the back-off');
+  assert.equal(errors.length, 1);
+  await sleep(1_050);
+  await client.token();
+  await sleep(20);
+  assert.equal(calls, 3, 'tried again after the back-off');
+});
+
 test('JWT login with a service account token read from its file', async () => {
   const { publicKey, privateKey } = generateKeyPairSync('ed25519');
   await server.api('POST', 'sys/auth/jwt', { type: 'jwt' });

@@ -25,6 +25,17 @@ test('the CommonJS build verifies with jose (loaded by dynamic import)', async (
   await assert.rejects(v.verify('abc.def'), (e) => e instanceof cjs.PalisadeError && e.code === 'ERR_PALISADE_TOKEN_INVALID');
 });
 
+test('both builds in one process (the dual-package hazard): errors and verifiers are recognised across builds', async () => {
+  const cjs = require('@palisade/sdk');
+  const e = new cjs.PalisadeError(cjs.ErrorCodes.SEALED, 'x');
+  assert.ok(e instanceof esm.PalisadeError);
+  assert.ok(esm.isPalisadeError(e, 'ERR_PALISADE_SEALED'));
+  assert.ok(!(new Error('x') instanceof esm.PalisadeError));
+  const v = new cjs.TokenVerifier({ issuer: 'http://127.0.0.1:1', audience: 'x', jwksUri: 'http://127.0.0.1:1/keys' });
+  const auth = new esm.Authenticator({ jwt: v });
+  await assert.rejects(auth.authenticate({ headers: { authorization: 'Bearer abc.def' }, socket: {} }), (err) => err instanceof esm.PalisadeError && err.code === 'ERR_PALISADE_TOKEN_INVALID');
+});
+
 test('error codes are stable strings', () => {
   for (const [k, v] of Object.entries(esm.ErrorCodes)) assert.match(v, /^ERR_PALISADE_[A-Z_]+$/, k);
   const e = new esm.PalisadeError(esm.ErrorCodes.SEALED, 'x', { status: 503 });

@@ -217,6 +217,11 @@ test("the gateway's forwarded identity is trusted only on the gateway's mTLS con
     assert.deepEqual([r.status, r.body.error.code], [403, 'untrusted_proxy']);
     r = await call(gw, {});
     assert.deepEqual([r.status, r.body.error.code], [401, 'unauthenticated']);
+    // a second copy of an identity header (a proxy that appends): refused, never merged
+    r = await call(gw, { ...headers, 'x-caller': ['client-a', 'admin'] });
+    assert.deepEqual([r.status, r.body.error.code, r.body.error.message], [401, 'unauthenticated', 'the identity header x-caller appears 2 times']);
+    r = await call(gw, { ...headers, 'x-scopes': ['orders:read', 'admin'] });
+    assert.deepEqual([r.status, r.body.error.code], [401, 'unauthenticated']);
   } finally {
     s.closeAllConnections();
     s.close();
@@ -224,7 +229,8 @@ test("the gateway's forwarded identity is trusted only on the gateway's mTLS con
 });
 
 test('trustProxy: only the named proxies; everything-trusting settings are refused', async () => {
-  for (const bad of ['*', ['0.0.0.0/0'], ['::/0'], [], ['not-an-ip'], ['10.0.0.0/33']]) {
+  const wide = ['::ffff:0:0/96', '::/80', '::/1', '0.0.0.0/1', '10.0.0.0/7', '10.0.0.0/8/99', '10.0.0.0/08', 'fe80::1%eth0', 'fe80::/10%lo'];
+  for (const bad of ['*', ['0.0.0.0/0'], ['::/0'], [], ['not-an-ip'], ['10.0.0.0/33'], ...wide.map((w) => [w])]) {
     assert.throws(() => trustProxy(bad), (e) => e instanceof PalisadeError && e.code === ErrorCodes.INVALID_ARGUMENT, JSON.stringify(bad));
   }
   const ipOf = async (setting) => {
@@ -243,8 +249,77 @@ test('trustProxy: only the named proxies; everything-trusting settings are refus
   assert.equal(await ipOf(trustProxy(['127.0.0.0/8', '203.0.113.0/24'])), '198.51.100.1');
   // the connection is not from a named proxy: X-Forwarded-For is ignored
   assert.match(await ipOf(trustProxy(['10.0.0.0/8'])), /127\.0\.0\.1$/);
-  const m = trustProxy('10.1.2.3, fd00::/8');
-  assert.deepEqual([m('10.1.2.3'), m('::ffff:10.1.2.3'), m('fd00::1'), m('10.1.2.4')], [true, true, true, false]);
+  const m = trustProxy('10.1.2.3, fd00::/16');
+  assert.deepEqual([m('10.1.2.3'), m('::ffff:10.1.2.3'), m('fd00::1'), m('10.1.2.4'), m('fd00::1%eth0'), m('8.8.8.8')], [true, true, true, false, false, false]);
+});
+
+test('keys come over https only (http on loopback), and what discovery answered never reaches callers', async () => {
+  for (const [issuerUrl, jwksUri] of [
+    ['http://192.0.2.2', undefined],
+    ['https://idp.example', 'http://192.0.2.2/keys'],
+    ['https://idp.example', 'ftp://idp.example/keys'],
+    ['https://user:pw@idp.example', undefined],
+  ]) {
+    assert.throws(() => new TokenVerifier({ issuer: issuerUrl, audience: 'a', jwksUri }), (e) => e.code === ErrorCodes.INVALID_ARGUMENT, `${issuerUrl} ${jwksUri}`);
+  }
+  new TokenVerifier({ issuer: 'http://192.0.2.2', audience: 'a', dangerousAllowPlaintext: true });
+  // a discovery document (on loopback) that names a plaintext jwks_uri elsewhere
+  const http = await import('node:http');
+  let body = '';
+  const d = http.createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(body);
+  });
+  await new Promise((r) => d.listen(0, '127.0.0.1', r));
+  const iss = `http://127.0.0.1:${d.address().port}`;
+  try {
+    body = JSON.stringify({ issuer: iss, jwks_uri: 'http://192.0.2.2/keys' });
+    await assert.rejects(new TokenVerifier({ issuer: iss, audience: 'orders' }).verify(await token()), (e) => e.code === ErrorCodes.JWKS_UNAVAILABLE);
+    // an HTML error page as the document: callers learn only that keys are unavailable
+    body = '<html>internal stack trace SECRET-DETAIL</html>';
+    const localLogs = [];
+    const mw = express();
+    mw.use(expressAuth({ jwt: { issuer: iss, audience: 'orders' }, logger: { warn: (o) => localLogs.push(JSON.stringify(o)) } }));
+    mw.get('/', (req, res) => res.json({}));
+    const m = await serve(mw);
+    try {
+      const r = await get(`${m.url}/`, { authorization: `Bearer ${await token()}` });
+      assert.deepEqual([r.status, r.body.error.code, r.body.error.message], [503, 'authentication_unavailable', "the issuer's keys cannot be fetched"]);
+      assert.ok(localLogs.some((l) => l.includes('discovery document')), localLogs.join('\n'));
+    } finally {
+      await m.close();
+    }
+  } finally {
+    d.close();
+  }
+});
+
+test('claims are checked: sub a non-empty string, scp a list of scope strings; identities are frozen', async () => {
+  const { generateKeyPair, exportJWK } = await import('jose');
+  const { publicKey, privateKey } = await generateKeyPair('EdDSA', { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'EdDSA', use: 'sig' };
+  const http = await import('node:http');
+  const k = http.createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ keys: [jwk] }));
+  });
+  await new Promise((r) => k.listen(0, '127.0.0.1', r));
+  const iss = 'https://issuer.example';
+  const v = new TokenVerifier({ issuer: iss, audience: 'orders', jwksUri: `http://127.0.0.1:${k.address().port}/keys` });
+  const sign = (claims) =>
+    new SignJWT(claims).setProtectedHeader({ alg: 'EdDSA', kid: 'k1' }).setIssuer(iss).setAudience('orders').setExpirationTime('5m').sign(privateKey);
+  try {
+    const ok = await v.verify(await sign({ sub: 'alice', scp: ['read', 'write'] }));
+    assert.deepEqual([ok.subject, ok.scopes], ['alice', ['read', 'write']]);
+    assert.ok(Object.isFrozen(ok) && Object.isFrozen(ok.scopes) && Object.isFrozen(ok.claims));
+    assert.throws(() => ok.scopes.push('admin'), TypeError);
+    assert.deepEqual((await v.verify(await sign({ sub: 'alice', scp: ['read', 'write'] }))).scopes, ['read', 'write']);
+    for (const claims of [{ sub: '' }, { sub: 123 }, { sub: 'a', scp: ['a', 1] }, { sub: 'a', scp: 'read' }, { sub: 'a', scope: ['read'] }, { sub: 'a', scp: ['a b'] }]) {
+      await assert.rejects(v.verify(await sign(claims)), (e) => e.code === ErrorCodes.TOKEN_INVALID, JSON.stringify(claims));
+    }
+  } finally {
+    k.close();
+  }
 });
 
 test('the pino preset redacts tokens, secrets and keys', () => {

@@ -137,17 +137,37 @@ test('a server that is down: stale within maxStaleMs, then ERR_PALISADE_STALE; f
   }
 });
 
-test('a deleted secret is never served stale: a 404 is an answer, not an outage', async () => {
-  const client = new Palisade({ address: server.addr, auth: server.root });
+test('a deleted secret or a revoked permission is never served stale, not even during a later outage', async () => {
+  const own = await startServer();
+  const client = new Palisade({ address: own.addr, auth: own.root });
   const kv = client.kv();
   await kv.put('app/gone', { v: 'gone-value-1' });
-  const w = kv.watch('app/gone', { refreshMs: 50, maxStaleMs: 60_000, followRotation: false, background: false });
-  await w.get();
-  await server.api('DELETE', 'secret/metadata/app/gone');
-  await sleep(60);
-  await assert.rejects(w.get(), (e) => e.code === ErrorCodes.NOT_FOUND);
-  w.close();
-  await client.close();
+  await kv.put('app/denied', { v: 'denied-value-1' });
+  await own.api('POST', 'sys/policies/acl/reader', { policy: 'path "secret/data/app/denied" { capabilities = ["read"] }' });
+  const reader = (await own.api('POST', 'auth/token/create', { policies: ['reader'] })).auth.client_token;
+  const limited = new Palisade({ address: own.addr, auth: reader });
+  const opts = { refreshMs: 50, maxStaleMs: 60_000, followRotation: false, background: false };
+  const gone = kv.watch('app/gone', opts);
+  const denied = limited.kv().watch('app/denied', opts);
+  try {
+    await gone.get();
+    await denied.get();
+    await own.api('DELETE', 'secret/metadata/app/gone');
+    await own.api('POST', 'sys/policies/acl/reader', { policy: 'path "secret/data/other" { capabilities = ["read"] }' });
+    await sleep(60);
+    await assert.rejects(gone.get(), (e) => e.code === ErrorCodes.NOT_FOUND);
+    await assert.rejects(denied.get(), (e) => e.code === ErrorCodes.PERMISSION_DENIED);
+    // then the server goes away: the values it refused are not served from the cache
+    await own.stop('SIGKILL');
+    await assert.rejects(gone.get(), (e) => e.code === ErrorCodes.UNAVAILABLE);
+    await assert.rejects(denied.get(), (e) => e.code === ErrorCodes.UNAVAILABLE);
+  } finally {
+    gone.close();
+    denied.close();
+    await client.close();
+    await limited.close();
+    await own.stop();
+  }
 });
 
 test("a rotation policy: the watcher refreshes right after the rotation, well inside its overlap", async () => {
