@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Kubernetes manifests (issue #18): render every overlay of
+# The Kubernetes manifests (issue #18): render every overlay and example of
 # deploy/kubernetes with `kubectl kustomize`, validate each object against the
 # Kubernetes schemas (kubernetes-validate --strict) and scan it with checkov
 # (every failed check fails; skips are annotated with their reason in the
@@ -12,7 +12,7 @@ command -v kubectl >/dev/null || { echo "kubernetes-check: kubectl is required (
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 scan() { "$venv/bin/checkov" -f "$1" --framework kubernetes --skip-download --compact --quiet; }
-for overlay in deploy/kubernetes/overlays/*/; do
+for overlay in deploy/kubernetes/overlays/*/ deploy/kubernetes/examples/*/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" > "$out/$name.yaml"
   echo "==> $name: $(grep -c '^kind:' "$out/$name.yaml") objects"

@@ -45,6 +45,12 @@ if [ -f examples/fleet/package.json ] && [ ! -d examples/fleet/node_modules ] &&
     || echo "warning: could not install examples/fleet; its end-to-end test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
 fi
 
+if [ -f examples/guide/package.json ] && [ ! -d examples/guide/node_modules ] && command -v npm >/dev/null; then
+  echo "==> installing the guide's service (examples/guide: express, the SDK)"
+  (cd examples/guide && npm ci --no-audit --no-fund --silent) \
+    || echo "warning: could not install examples/guide; the guide's test will skip (or fail under PALISADE_REQUIRE_SERVICES=1)"
+fi
+
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?

@@ -117,6 +117,55 @@ pub(crate) enum Command {
     /// The OAuth2 provider's clients (`identity/oidc/client/*`).
     #[command(subcommand)]
     Oauth(OauthCmd),
+    /// Log in, read secrets and write them to files, then exit: the init
+    /// container that hands a pod its secrets in a memory volume instead of
+    /// environment variables (Vault Agent's injector, one shot). Every secret
+    /// is read before any file is written; each file is written whole (a new
+    /// file, then a rename). The login's token is revoked at the end unless
+    /// --token-out keeps it for the application.
+    Fetch(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FetchArgs {
+    /// How to log in: `jwt` (a Kubernetes service account token), `approle`,
+    /// or `token` (PALISADE_TOKEN / VAULT_TOKEN / ~/.palisade-token).
+    #[arg(long, default_value = "jwt", value_parser = ["jwt", "approle", "token"])]
+    pub method: String,
+    /// Where the auth method is enabled (default: the method's name).
+    #[arg(long)]
+    pub mount: Option<String>,
+    /// The JWT role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// The JWT: the projected service account token.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub jwt_file: PathBuf,
+    /// AppRole role ID.
+    #[arg(long)]
+    pub role_id: Option<String>,
+    /// A file holding the AppRole secret ID.
+    #[arg(long)]
+    pub secret_id_file: Option<PathBuf>,
+    /// The directory to write into (it must exist: a memory volume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// File mode of what is written (octal; at most 0640).
+    #[arg(long, default_value = "0400")]
+    pub mode: String,
+    /// Also write the login's token to this file in --out, and keep it
+    /// valid (for the application's SDK `tokenFile`).
+    #[arg(long)]
+    pub token_out: Option<String>,
+    /// FILE=PATH[#FIELD]: read PATH (KV v2: `secret/data/app/db`) and write
+    /// its data as JSON to FILE, or only FIELD, raw.
+    #[arg(required = true)]
+    pub secrets: Vec<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Subcommand, Debug)]
@@ -984,6 +1033,7 @@ pub(crate) async fn run(cli: Cli) -> u8 {
         Command::Pki(cmd) => pki(cmd).await,
         Command::Lease(cmd) => lease(cmd).await,
         Command::Oauth(OauthCmd::Client(cmd)) => oauth_client(cmd).await,
+        Command::Fetch(args) => fetch(args).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Gateway(a) => gateway(a).await,
     }
@@ -1871,6 +1921,218 @@ fn write_replacing(dir: &Path, name: &str, text: &str, mode: u32) -> std::io::Re
         let _ = std::fs::remove_file(&tmp);
     }
     done
+}
+
+/// A file name `fetch` may write in its directory: one plain component.
+fn fetch_file_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid file name {name:?}: letters, digits, '-', '_' and '.', not starting with '.'"
+        ))
+    }
+}
+
+/// One FILE=PATH[#FIELD] of `fetch`.
+fn fetch_spec(spec: &str) -> Result<(String, String, Option<String>), String> {
+    let (file, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected FILE=PATH[#FIELD]"))?;
+    fetch_file_name(file)?;
+    let (path, field) = match rest.split_once('#') {
+        Some((p, f)) if !f.is_empty() => (p, Some(f.to_string())),
+        Some(_) => return Err(format!("{spec:?}: an empty #FIELD")),
+        None => (rest, None),
+    };
+    let path = path.trim_matches('/');
+    if path.is_empty()
+        || path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains(['?', '#', '%']))
+    {
+        return Err(format!("{spec:?}: invalid path"));
+    }
+    Ok((file.to_string(), path.to_string(), field))
+}
+
+async fn fetch(args: FetchArgs) -> u8 {
+    let mode = match u32::from_str_radix(args.mode.trim_start_matches("0o"), 8) {
+        Ok(m) if m & !0o640 == 0 && m & 0o400 != 0 => m,
+        _ => {
+            return local_err(
+                "--mode: octal, owner-readable, at most 0640 (no write or execute bits for anyone but the owner's write)",
+            );
+        }
+    };
+    let mut specs = Vec::new();
+    for s in &args.secrets {
+        specs.push(tryc!(fetch_spec(s).map_err(local_err)));
+    }
+    if let Some(t) = &args.token_out {
+        if args.method == "token" {
+            return local_err("--token-out keeps a login's token: use --method jwt or approle");
+        }
+        tryc!(fetch_file_name(t).map_err(local_err));
+        if specs.iter().any(|(f, _, _)| f == t) {
+            return local_err(format!("{t:?} is both --token-out and a secret's file"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (f, _, _) in &specs {
+        if !seen.insert(f.clone()) {
+            return local_err(format!("{f:?} is named twice"));
+        }
+    }
+    if !args.out.is_dir() {
+        return local_err(format!("--out {}: not a directory", args.out.display()));
+    }
+    let mut c = tryc!(client(&args.remote));
+    // log in (nothing is written if this fails)
+    let login_token: Option<String> = match args.method.as_str() {
+        "token" => {
+            if token().is_none() {
+                return local_err(
+                    "--method token: no token in PALISADE_TOKEN, VAULT_TOKEN or ~/.palisade-token",
+                );
+            }
+            None
+        }
+        m => {
+            let mount = args.mount.clone().unwrap_or_else(|| m.to_string());
+            let body = if m == "jwt" {
+                let Some(role) = &args.role else {
+                    return local_err("--method jwt needs --role");
+                };
+                let jwt = match std::fs::read_to_string(&args.jwt_file) {
+                    Ok(j) => j.trim().to_string(),
+                    Err(e) => {
+                        return local_err(format!(
+                            "cannot read {}: {}",
+                            args.jwt_file.display(),
+                            e.kind()
+                        ));
+                    }
+                };
+                json!({ "role": role, "jwt": jwt })
+            } else {
+                let (Some(role_id), Some(file)) = (&args.role_id, &args.secret_id_file) else {
+                    return local_err("--method approle needs --role-id and --secret-id-file");
+                };
+                let secret_id = match std::fs::read_to_string(file) {
+                    Ok(s) => s.trim().to_string(),
+                    Err(e) => {
+                        return local_err(format!("cannot read {}: {}", file.display(), e.kind()));
+                    }
+                };
+                json!({ "role_id": role_id, "secret_id": secret_id })
+            };
+            c.set_token(None);
+            let r = call!(
+                c,
+                "POST",
+                format!("auth/{}/login", mount.trim_matches('/')),
+                Some(&body)
+            );
+            let Some(t) = r
+                .body
+                .as_ref()
+                .and_then(|b| b["auth"]["client_token"].as_str())
+            else {
+                return local_err("the login answered no auth.client_token");
+            };
+            c.set_token(Some(t.to_string()));
+            Some(t.to_string())
+        }
+    };
+    let logged_in = login_token.is_some();
+    // read everything first: a failure writes nothing
+    let mut files = Vec::new();
+    let mut failed = None;
+    for (file, path, field) in &specs {
+        match c.request("GET", path, None).await {
+            Ok(r) => {
+                let body = r.body.unwrap_or(Value::Null);
+                let data = &body["data"];
+                // KV v2 wraps the secret in data.data beside data.metadata
+                let data = if data.get("metadata").is_some() && data.get("data").is_some() {
+                    &data["data"]
+                } else {
+                    data
+                };
+                let text = match field {
+                    None if data.is_object() => format!("{data}\n"),
+                    None => {
+                        failed = Some(format!("{path}: no data"));
+                        break;
+                    }
+                    Some(f) => match &data[f.as_str()] {
+                        Value::Null => {
+                            failed = Some(format!("{path}: no field {f:?}"));
+                            break;
+                        }
+                        Value::String(v) => v.clone(),
+                        other => other.to_string(),
+                    },
+                };
+                files.push((file.clone(), text));
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let token_text = if failed.is_none() && args.token_out.is_some() {
+        login_token.map(|t| format!("{t}\n"))
+    } else {
+        None
+    };
+    let mut code = 0;
+    if let Some(e) = failed {
+        eprintln!("{e}");
+        code = 2;
+    } else {
+        for (file, text) in &files {
+            if let Err(e) = write_replacing(&args.out, file, text, mode) {
+                eprintln!("cannot write {}: {e}", args.out.join(file).display());
+                code = 1;
+                break;
+            }
+        }
+        if code == 0
+            && let (Some(name), Some(t)) = (&args.token_out, &token_text)
+            && let Err(e) = write_replacing(&args.out, name, t, mode)
+        {
+            eprintln!("cannot write {}: {e}", args.out.join(name).display());
+            code = 1;
+        }
+        if code == 0 {
+            eprintln!(
+                "wrote {} file(s) to {}{}",
+                files.len() + usize::from(token_text.is_some()),
+                args.out.display(),
+                if token_text.is_some() {
+                    " (the token kept valid)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    // the login's token is of no further use unless the application keeps it
+    if logged_in && (token_text.is_none() || code != 0) {
+        let _ = c
+            .request("POST", "auth/token/revoke-self", Some(&json!({})))
+            .await;
+    }
+    code
 }
 
 async fn pki(cmd: PkiCmd) -> u8 {

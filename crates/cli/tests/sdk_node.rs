@@ -4,8 +4,8 @@
 //! the mTLS dispatcher, leases on PostgreSQL, the Express and Fastify
 //! middleware and the pino preset. `npm test` builds the package with tsc
 //! first. Then examples/fleet, whose services are written with the SDK, runs
-//! as written (one test: the fleet needs the build the SDK tests make, and two
-//! builds at once would race).
+//! as written, and so does every command of docs/guide-node.md (one test: both
+//! need the build the SDK tests make, and two builds at once would race).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn the_node_sdk_tests_pass_and_the_fleet_runs() {
+fn the_node_sdk_tests_pass_and_the_fleet_and_the_guide_run() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/node");
     if !dir.join("node_modules/typescript").is_dir() {
         common::skip("sdk_node: sdk/node/node_modules is absent (npm ci --prefix sdk/node)");
@@ -43,6 +43,47 @@ fn the_node_sdk_tests_pass_and_the_fleet_runs() {
     assert!(stdout.contains("# fail 0"), "{stdout}\n{stderr}");
     assert!(!stdout.contains("# pass 0"), "{stdout}\n{stderr}");
     fleet_runs_as_written();
+    guide_runs_as_written();
+}
+
+/// docs/guide-node.md: every `sh` block, in order (scripts/guide-check.sh).
+fn guide_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if !root.join("examples/guide/node_modules/express").is_dir() {
+        common::skip(
+            "sdk_node: examples/guide/node_modules is absent (npm ci --prefix examples/guide)",
+        );
+        return;
+    }
+    for tool in ["curl", "jq", "openssl"] {
+        if !Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            common::skip(&format!("sdk_node: the guide needs {tool}"));
+            return;
+        }
+    }
+    let out = Command::new("bash")
+        .arg("scripts/guide-check.sh")
+        .current_dir(&root)
+        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
+        .env_remove("PALISADE_LOG")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("PALISADE_ADDR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "guide-check failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("guide-check: every command of docs/guide-node.md ran"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 /// examples/fleet: its own script starts a Palisade server, the gateway and

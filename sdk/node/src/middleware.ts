@@ -454,7 +454,8 @@ export class Authenticator {
       };
       const subject = one(g.headers.subject);
       if (!subject) throw new PalisadeError(ErrorCodes.UNAUTHENTICATED, 'the gateway forwarded no subject');
-      const identity: Identity = { source: 'gateway', subject, scopes: (one(g.headers.scopes) ?? '').split(' ').filter(Boolean) };
+      // the gateway sends scopes comma-separated; spaces (a token's own form) are accepted too
+      const identity: Identity = { source: 'gateway', subject, scopes: (one(g.headers.scopes) ?? '').split(/[\s,]+/).filter(Boolean) };
       const workload = one(g.headers.workload);
       if (workload) identity.workload = workload;
       const clientId = one(g.headers.clientId);

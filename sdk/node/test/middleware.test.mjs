@@ -211,6 +211,9 @@ test("the gateway's forwarded identity is trusted only on the gateway's mTLS con
     let r = await call(gw, headers);
     assert.equal(r.status, 200);
     assert.deepEqual(r.body, { source: 'gateway', subject: 'client-a', scopes: ['orders:read'], workload: 'spiffe://example.org/a' });
+    // the gateway's own format: comma-separated scopes
+    r = await call(gw, { ...headers, 'x-scopes': 'orders:read,orders:write' });
+    assert.deepEqual(r.body.scopes, ['orders:read', 'orders:write']);
     r = await call(other, headers);
     assert.deepEqual([r.status, r.body.error.code], [403, 'untrusted_proxy']);
     r = await call(null, headers);
