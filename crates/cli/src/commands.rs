@@ -1905,22 +1905,38 @@ async fn transit(cmd: TransitCmd) -> u8 {
 /// rename, so a reader never sees half a file and a symlink at the name is
 /// replaced, never followed.
 fn write_replacing(dir: &Path, name: &str, text: &str, mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = dir.join(format!(".{name}.{}", palisade_core::uuid_v4()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    let done = f
-        .write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    let tmp = stage(dir, name, text, mode)?;
+    let done = std::fs::rename(&tmp, dir.join(name));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     done
+}
+
+/// A new file beside `dir/name` holding `text`, synced, with exactly `mode`
+/// (set after creation, so the process's umask does not narrow it); the
+/// caller renames it into place or removes it.
+fn stage(dir: &Path, name: &str, text: &str, mode: u32) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let tmp = dir.join(format!(".{name}.{}", palisade_core::uuid_v4()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// A file name `fetch` may write in its directory: one plain component.
@@ -1952,10 +1968,16 @@ fn fetch_spec(spec: &str) -> Result<(String, String, Option<String>), String> {
         None => (rest, None),
     };
     let path = path.trim_matches('/');
+    // a URL parser reads `\\` as `/` (and then resolves `..`): refused, as
+    // control characters are, so PATH is exactly the API path read
     if path.is_empty()
-        || path
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains(['?', '#', '%']))
+        || path.split('/').any(|seg| {
+            seg.is_empty()
+                || seg == "."
+                || seg == ".."
+                || seg.contains(['?', '#', '%', '\\'])
+                || seg.chars().any(char::is_control)
+        })
     {
         return Err(format!("{spec:?}: invalid path"));
     }
@@ -1963,8 +1985,17 @@ fn fetch_spec(spec: &str) -> Result<(String, String, Option<String>), String> {
 }
 
 async fn fetch(args: FetchArgs) -> u8 {
-    let mode = match u32::from_str_radix(args.mode.trim_start_matches("0o"), 8) {
-        Ok(m) if m & !0o640 == 0 && m & 0o400 != 0 => m,
+    let digits = args.mode.strip_prefix("0o").unwrap_or(&args.mode);
+    let parsed = if !digits.is_empty()
+        && digits.len() <= 4
+        && digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        u32::from_str_radix(digits, 8).ok()
+    } else {
+        None
+    };
+    let mode = match parsed {
+        Some(m) if m & !0o640 == 0 && m & 0o400 != 0 => m,
         _ => {
             return local_err(
                 "--mode: octal, owner-readable, at most 0640 (no write or execute bits for anyone but the owner's write)",
@@ -2061,11 +2092,15 @@ async fn fetch(args: FetchArgs) -> u8 {
                 let body = r.body.unwrap_or(Value::Null);
                 let data = &body["data"];
                 // KV v2 wraps the secret in data.data beside data.metadata
-                let data = if data.get("metadata").is_some() && data.get("data").is_some() {
-                    &data["data"]
-                } else {
-                    data
-                };
+                // (an object with the version): only a read of a `data/`
+                // path is taken for one, so a KV v1 secret that happens to
+                // have `data` and `metadata` keys is written as it is
+                let kv2 = path.split('/').nth(1) == Some("data")
+                    && data
+                        .get("metadata")
+                        .is_some_and(|m| m.get("version").is_some_and(Value::is_u64))
+                    && data.get("data").is_some();
+                let data = if kv2 { &data["data"] } else { data };
                 let text = match field {
                     None if data.is_object() => format!("{data}\n"),
                     None => {
@@ -2099,24 +2134,52 @@ async fn fetch(args: FetchArgs) -> u8 {
         eprintln!("{e}");
         code = 2;
     } else {
-        for (file, text) in &files {
-            if let Err(e) = write_replacing(&args.out, file, text, mode) {
-                eprintln!("cannot write {}: {e}", args.out.join(file).display());
+        // every file staged (written, synced) before any is renamed into
+        // place: a failure to write one leaves the others as they were
+        let mut all: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect();
+        if let (Some(name), Some(t)) = (&args.token_out, &token_text) {
+            all.push((name.as_str(), t.as_str()));
+        }
+        // a rename cannot replace a directory: found before anything is written
+        for (name, _) in &all {
+            if std::fs::symlink_metadata(args.out.join(name)).is_ok_and(|m| m.is_dir()) {
+                eprintln!(
+                    "cannot write {}: a directory is in the way",
+                    args.out.join(name).display()
+                );
                 code = 1;
-                break;
             }
         }
-        if code == 0
-            && let (Some(name), Some(t)) = (&args.token_out, &token_text)
-            && let Err(e) = write_replacing(&args.out, name, t, mode)
-        {
-            eprintln!("cannot write {}: {e}", args.out.join(name).display());
-            code = 1;
+        let mut staged = Vec::new();
+        for (name, text) in all.iter().filter(|_| code == 0) {
+            match stage(&args.out, name, text, mode) {
+                Ok(tmp) => staged.push((tmp, *name)),
+                Err(e) => {
+                    eprintln!("cannot write {}: {e}", args.out.join(name).display());
+                    code = 1;
+                    break;
+                }
+            }
+        }
+        if code == 0 {
+            for (tmp, name) in &staged {
+                if let Err(e) = std::fs::rename(tmp, args.out.join(name)) {
+                    eprintln!("cannot write {}: {e}", args.out.join(name).display());
+                    code = 1;
+                    break;
+                }
+            }
+        }
+        for (tmp, _) in &staged {
+            let _ = std::fs::remove_file(tmp);
         }
         if code == 0 {
             eprintln!(
                 "wrote {} file(s) to {}{}",
-                files.len() + usize::from(token_text.is_some()),
+                all.len(),
                 args.out.display(),
                 if token_text.is_some() {
                     " (the token kept valid)"
@@ -2127,10 +2190,24 @@ async fn fetch(args: FetchArgs) -> u8 {
         }
     }
     // the login's token is of no further use unless the application keeps it
-    if logged_in && (token_text.is_none() || code != 0) {
-        let _ = c
+    if logged_in
+        && (token_text.is_none() || code != 0)
+        && let Err(e) = c
             .request("POST", "auth/token/revoke-self", Some(&json!({})))
-            .await;
+            .await
+    {
+        // a token left valid is a credential nobody watches: say so and fail
+        let why = match &e {
+            ClientError::Api { status, errors, .. } => format!("{status} {}", errors.join("; ")),
+            other => other.to_string(),
+        };
+        eprintln!(
+            "the login's token could not be revoked ({why}): it stays valid until its TTL ends; \
+             give the role the default policy (or `update` on auth/token/revoke-self)"
+        );
+        if code == 0 {
+            code = 2;
+        }
     }
     code
 }

@@ -252,6 +252,67 @@ async fn fetch_writes_secrets_after_a_service_account_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_be_revoked_is_reported_and_fails_the_fetch() {
+    let s = setup().await;
+    let out = s.dir.join("out");
+    let post = |p: &'static str, b: Value| {
+        let (srv, r) = (&s.server, s.root.clone());
+        async move { srv.post_ok(&r, p, b).await }
+    };
+    post("sys/auth/approle", json!({"type": "approle"})).await;
+    // without the default policy, a token may not call revoke-self
+    post(
+        "auth/approle/role/nodefault",
+        json!({"token_policies": ["orders"], "token_no_default_policy": true}),
+    )
+    .await;
+    let role_id = reqwest::Client::new()
+        .get(s.server.url("auth/approle/role/nodefault/role-id"))
+        .header("X-Vault-Token", &s.root)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id =
+        post("auth/approle/role/nodefault/secret-id", json!({})).await["data"]["secret_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let sid_file = s.dir.join("secret-id");
+    std::fs::write(&sid_file, format!("{secret_id}\r\n\n")).unwrap();
+    let (code, stdout, stderr) = palisade(
+        &[
+            "fetch",
+            "--address",
+            s.server.addr.as_str(),
+            "--method",
+            "approle",
+            "--role-id",
+            role_id.as_str(),
+            "--secret-id-file",
+            sid_file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "pw=secret/data/orders/db#password",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("could not be revoked"), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    common::assert_no_secrets(
+        "fetch output",
+        &format!("{stdout}{stderr}"),
+        &[PASSWORD.into(), secret_id],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_refuses_bad_arguments_before_any_request() {
     let s = setup().await;
     let out = s.dir.join("out");
@@ -273,6 +334,12 @@ async fn fetch_refuses_bad_arguments_before_any_request() {
         (&["a=secret/../sys/seal"], "invalid path"),
         (&["a=secret/data/orders/db?version=1"], "invalid path"),
         (&["a=secret/data/orders/db#"], "an empty #FIELD"),
+        (&["a=secret\\..\\..\\sys\\raw\\core"], "invalid path"),
+        (&["a=secret/data/a\\..\\..\\metrics"], "invalid path"),
+        (&["a=secret/data/orders/d\u{7}b"], "invalid path"),
+        (&["--mode", "+400", "a=secret/data/orders/db"], "--mode"),
+        (&["--mode", "0o0o400", "a=secret/data/orders/db"], "--mode"),
+        (&["--mode", "0o+400", "a=secret/data/orders/db"], "--mode"),
         (&["nopath"], "expected FILE=PATH[#FIELD]"),
         (
             &["a=secret/data/orders/db", "a=secret/data/orders/db"],
@@ -306,6 +373,78 @@ async fn fetch_refuses_bad_arguments_before_any_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // a KV v1 secret whose data has `data` and `metadata` keys is written as it is
+    s.server
+        .post_ok(&s.root, "sys/mounts/kv1", json!({"type": "kv"}))
+        .await;
+    s.server
+        .post_ok(
+            &s.root,
+            "kv1/decoy",
+            json!({"data": {"password": "decoy"}, "metadata": "x", "password": "real-v1-password"}),
+        )
+        .await;
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend_from_slice(&["v1=kv1/decoy#password", "v1.json=kv1/decoy"]);
+    let (code, stdout, stderr) = palisade(&a, &env);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("v1")).unwrap(),
+        "real-v1-password"
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("v1.json")).unwrap()).unwrap();
+    assert_eq!(doc["password"], "real-v1-password");
+
+    // a file that cannot be written (a directory at its name): the others are left as they were
+    std::fs::write(out.join("first"), "old").unwrap();
+    std::fs::create_dir(out.join("second")).unwrap();
+    let mut a: Vec<&str> = base.to_vec();
+    a.extend_from_slice(&[
+        "first=secret/data/orders/db#password",
+        "second=secret/data/orders/db#username",
+    ]);
+    let (code, _, stderr) = palisade(&a, &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot write"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("first")).unwrap(), "old");
+    assert!(
+        listing(&out).iter().all(|f| !f.starts_with('.')),
+        "no staged file left: {:?}",
+        listing(&out)
+    );
+
+    // the mode is exactly --mode, whatever the umask (a pod's fsGroup must be able to read 0440)
+    let (code, stdout, stderr) = {
+        let out_s = out.to_str().unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("umask 077 && exec \"$0\" \"$@\"")
+            .arg(common::BIN)
+            .args([
+                "fetch",
+                "--address",
+                addr.as_str(),
+                "--method",
+                "token",
+                "--out",
+                out_s,
+                "--mode",
+                "0440",
+                "g=secret/data/orders/db#password",
+            ])
+            .env("PALISADE_TOKEN", &s.root)
+            .env_remove("VAULT_TOKEN");
+        let o = cmd.output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(mode(&out.join("g")), 0o440);
+
     // --out must be a directory
     let (code, _, stderr) = palisade(
         &[

@@ -32,7 +32,7 @@ function authResult(body: any, kind: string): LoginResult {
 
 async function login(transport: Transport, kind: string, path: string, body: unknown): Promise<LoginResult> {
   try {
-    return authResult((await transport.request('POST', path, body)).body, kind);
+    return authResult((await transport.request('POST', path, body, undefined, { secretBody: true })).body, kind);
   } catch (e) {
     if (e instanceof PalisadeError && e.status !== undefined && e.status < 500 && e.code !== ErrorCodes.BAD_RESPONSE) {
       // refused (400 invalid secret id, 403): a login problem, not a transport one

@@ -67,6 +67,14 @@ export function parseAddress(address: string | undefined, allowPlaintext = false
   return url;
 }
 
+/**
+ * A server message made only of words (letters, spaces, `'-,.:()`, no word
+ * over 24 letters): it cannot carry an encoded value.
+ */
+function plainText(e: string): boolean {
+  return /^[A-Za-z '\-,.:()]*$/.test(e) && e.split(/[ \-]/).every((w) => w.length <= 24);
+}
+
 /** Every string in a JSON value (to depth 8). */
 function stringLeaves(v: unknown, depth = 0, out: string[] = []): string[] {
   if (typeof v === 'string') out.push(v);
@@ -175,9 +183,15 @@ export class Transport {
     if (res.status >= 200 && res.status < 300) return { status: res.status, body: parsed };
     if (options.answerStatuses?.includes(res.status) && parsed !== null) return { status: res.status, body: parsed };
     const extra = options.secretBody ? stringLeaves(body) : [];
-    const errors = Array.isArray(parsed?.errors)
+    let errors: string[] = Array.isArray(parsed?.errors)
       ? parsed.errors.filter((e: unknown) => typeof e === 'string').map((e: string) => this.redactor.scrubWith(e, extra))
       : [];
+    if (options.secretBody && errors.some((e) => !plainText(e))) {
+      // the request carried secret values, and a server that quotes its
+      // input may have done so in an encoding no redaction list foresees
+      // (hex, escapes, numbers): only plain-worded messages are kept
+      errors = [...errors.filter(plainText), "(the server's message was withheld: it may quote the request)"];
+    }
     const code = codeForStatus(res.status, errors);
     const detail = errors.length > 0 ? `: ${errors.join('; ')}` : '';
     throw new PalisadeError(code, `${where}: ${res.status}${detail}`, { status: res.status, errors });

@@ -284,6 +284,9 @@ function checkScopes(identity: Identity, required: string[]): void {
  * ranges that hold the IPv4-mapped space, are refused: a proxy list that
  * trusts a large part of the Internet lets its clients choose their address.
  */
+const MAPPED = new BlockList();
+MAPPED.addSubnet('::ffff:0:0', 96, 'ipv6');
+
 export function addressMatcher(list: string[]): (addr: string | undefined) => boolean {
   const bl = new BlockList();
   for (const entry of list) {
@@ -307,10 +310,13 @@ export function addressMatcher(list: string[]): (addr: string | undefined) => bo
     if (n > max) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `bad prefix in ${entry}`);
     if (n < min) throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} is wider than /${min}: name your proxies`);
     if (kind === 6) {
+      // a range that overlaps ::ffff:0:0/96 at all trusts IPv4 clients (Node's
+      // BlockList applies it to IPv4 addresses): holding the whole mapped
+      // range (n <= 96), or lying inside it (its network address is mapped)
       const one = new BlockList();
       one.addSubnet(ip, n, 'ipv6');
-      if (one.check('::ffff:0:0', 'ipv6') || one.check('::ffff:ffff:ffff', 'ipv6')) {
-        throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} holds the IPv4-mapped range: name IPv4 proxies as IPv4`);
+      if (one.check('::ffff:0:0', 'ipv6') || MAPPED.check(ip, 'ipv6')) {
+        throw new PalisadeError(ErrorCodes.INVALID_ARGUMENT, `${entry} overlaps the IPv4-mapped range: name IPv4 proxies as IPv4`);
       }
     }
     bl.addSubnet(ip, n, type);

@@ -232,7 +232,8 @@ test("the gateway's forwarded identity is trusted only on the gateway's mTLS con
 });
 
 test('trustProxy: only the named proxies; everything-trusting settings are refused', async () => {
-  const wide = ['::ffff:0:0/96', '::/80', '::/1', '0.0.0.0/1', '10.0.0.0/7', '10.0.0.0/8/99', '10.0.0.0/08', 'fe80::1%eth0', 'fe80::/10%lo'];
+  const wide = ['::ffff:0:0/96', '::/80', '::/1', '0.0.0.0/1', '10.0.0.0/7', '10.0.0.0/8/99', '10.0.0.0/08', 'fe80::1%eth0', 'fe80::/10%lo',
+    '::ffff:64.0.0.0/98', '::ffff:128.0.0.0/98', '::ffff:10.0.0.0/104', '::ffff:10.1.2.3/128'];
   for (const bad of ['*', ['0.0.0.0/0'], ['::/0'], [], ['not-an-ip'], ['10.0.0.0/33'], ...wide.map((w) => [w])]) {
     assert.throws(() => trustProxy(bad), (e) => e instanceof PalisadeError && e.code === ErrorCodes.INVALID_ARGUMENT, JSON.stringify(bad));
   }
