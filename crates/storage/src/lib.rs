@@ -15,6 +15,7 @@ use async_trait::async_trait;
 
 pub mod cache;
 pub mod conformance;
+pub mod ha;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
@@ -36,6 +37,12 @@ pub enum StorageError {
     InvalidKey(String),
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// A fenced write by a node whose leadership token is no longer current
+    /// (another node took over, or its lease ran out): nothing was written.
+    #[error(
+        "storage write refused: this node is not the active node (its leadership token is stale)"
+    )]
+    Fenced,
 }
 
 impl From<sqlx::Error> for StorageError {

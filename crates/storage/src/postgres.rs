@@ -2,10 +2,14 @@
 //! committed transaction, so acknowledged writes are as durable as the
 //! server's own `synchronous_commit` setting (on by default).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
+use crate::ha::{Fence, HaLock};
 use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
 
 pub const DEFAULT_TABLE: &str = "palisade_store";
@@ -13,6 +17,8 @@ pub const DEFAULT_TABLE: &str = "palisade_store";
 pub struct PostgresBackend {
     pool: PgPool,
     table: String,
+    /// With HA: every write is conditional on this token (see [`crate::ha`]).
+    fence: Option<Arc<Fence>>,
 }
 
 impl PostgresBackend {
@@ -46,20 +52,64 @@ impl PostgresBackend {
         )))
         .execute(&pool)
         .await?;
+        crate::ha::ensure_lock_table(&pool, table).await?;
         Ok(Self {
             pool,
             table: table.to_string(),
+            fence: None,
         })
+    }
+
+    /// The same database and table, every write conditional on `fence` being
+    /// the current leadership token (checked by PostgreSQL in the write's own
+    /// transaction); a write with a stale or zero token is
+    /// [`StorageError::Fenced`] and changes nothing.
+    pub fn fenced(&self, fence: Arc<Fence>) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            table: self.table.clone(),
+            fence: Some(fence),
+        }
+    }
+
+    /// The leadership row for this table, for node `node_id` reachable at
+    /// `api_addr`, with lease `ttl`.
+    pub fn ha_lock(
+        &self,
+        node_id: &str,
+        api_addr: &str,
+        ttl: Duration,
+    ) -> Result<HaLock, StorageError> {
+        HaLock::new(self.pool.clone(), &self.table, node_id, api_addr, ttl)
+    }
+
+    /// Inside `tx`: refuse unless this backend's token is current. The row is
+    /// read `FOR SHARE`, so a takeover waits until `tx` ends.
+    async fn check_fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StorageError> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let token = fence.get();
+        let ok: Option<bool> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT fence = $1 AND expires_at > now() FROM {} WHERE id = 1 FOR SHARE",
+            crate::ha::lock_table(&self.table)
+        )))
+        .bind(token)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if token == 0 || ok != Some(true) {
+            return Err(StorageError::Fenced);
+        }
+        Ok(())
     }
 
     /// Drop the table (tests use a table of their own and clean it up).
     pub async fn drop_table(&self) -> Result<(), StorageError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {}",
-            self.table
-        )))
-        .execute(&self.pool)
-        .await?;
+        for t in [self.table.clone(), crate::ha::lock_table(&self.table)] {
+            sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
@@ -99,25 +149,18 @@ impl Backend for PostgresBackend {
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        check_key(key)?;
-        sqlx::query(AssertSqlSafe(self.upsert_sql()))
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.transaction(vec![TxnOp::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }])
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        check_key(key)?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE key = $1",
-            self.table
-        )))
-        .bind(key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.transaction(vec![TxnOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -144,7 +187,19 @@ impl Backend for PostgresBackend {
         }
         let upsert = self.upsert_sql();
         let del = format!("DELETE FROM {} WHERE key = $1", self.table);
+        // unfenced single writes stay single statements (no BEGIN/COMMIT round trips)
+        if self.fence.is_none() && ops.len() == 1 {
+            let q = match &ops[0] {
+                TxnOp::Put { key, value } => {
+                    sqlx::query(AssertSqlSafe(upsert)).bind(key).bind(value)
+                }
+                TxnOp::Delete { key } => sqlx::query(AssertSqlSafe(del)).bind(key),
+            };
+            q.execute(&self.pool).await?;
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
+        self.check_fence(&mut tx).await?;
         for op in ops {
             match op {
                 TxnOp::Put { key, value } => {

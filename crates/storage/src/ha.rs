@@ -1,0 +1,195 @@
+//! Leadership on PostgreSQL with a fencing token (issue #19, first part).
+//!
+//! One row in `<table>_ha` says who leads: `holder` (a node id), its
+//! `api_addr`, `fence` (a number that grows by one with every new leader)
+//! and `expires_at`. Every time is PostgreSQL's `now()`, so the nodes' own
+//! clocks never matter.
+//!
+//! - [`HaLock::try_acquire`] takes the row only when its lease has run out,
+//!   and bumps `fence`: a new leader always holds a larger token than any
+//!   before it.
+//! - [`HaLock::renew`] extends the lease only while the row still carries the
+//!   caller's token and the lease has not run out.
+//! - A backend given a [`Fence`] ([`crate::postgres::PostgresBackend::fenced`])
+//!   makes **every write** conditional on that token, checked by PostgreSQL in
+//!   the write's own transaction: the transaction first reads the row
+//!   `FOR SHARE` and writes only if `fence` is still the caller's and the lease
+//!   has not run out. A takeover (`UPDATE` of that row) waits for such a write
+//!   to commit, and a write after the takeover sees the new token and fails
+//!   with [`StorageError::Fenced`]. So a deposed leader that wakes up after a
+//!   pause (SIGSTOP, a long GC, a partition) cannot write, whatever it
+//!   believes: the lease alone, without this check, would not give mutual
+//!   exclusion (Jepsen's finding about lease-based locks).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::StorageError;
+
+/// The token this process writes with; 0 means "not the leader" and makes
+/// every fenced write fail.
+#[derive(Debug, Default)]
+pub struct Fence(AtomicI64);
+
+impl Fence {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(AtomicI64::new(0)))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, token: i64) {
+        self.0.store(token, Ordering::SeqCst);
+    }
+
+    /// Stop writing (lost or gave up leadership).
+    pub fn clear(&self) {
+        self.set(0);
+    }
+}
+
+/// Who leads, as the row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub holder: String,
+    pub api_addr: String,
+    pub fence: i64,
+    /// Whether its lease is still running (by PostgreSQL's clock).
+    pub live: bool,
+}
+
+/// The leadership row of one storage table.
+pub struct HaLock {
+    pool: PgPool,
+    lock_table: String,
+    node_id: String,
+    api_addr: String,
+    ttl: Duration,
+}
+
+/// The name of the leadership table beside `table` (a checked identifier).
+pub(crate) fn lock_table(table: &str) -> String {
+    format!("{table}_ha")
+}
+
+/// Create the leadership table and its one row (fence 0, expired) if missing.
+pub(crate) async fn ensure_lock_table(pool: &PgPool, table: &str) -> Result<(), StorageError> {
+    let t = lock_table(table);
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {t} (id INT PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, \
+         api_addr TEXT NOT NULL, fence BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"
+    )))
+    .execute(pool)
+    .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {t} (id, holder, api_addr, fence, expires_at) \
+         VALUES (1, '', '', 0, 'epoch') ON CONFLICT (id) DO NOTHING"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+impl HaLock {
+    /// `node_id` names this process (unique per node: a restarted node takes a
+    /// new token like any other); `ttl` is the lease (Vault's default is 15 s).
+    pub(crate) fn new(
+        pool: PgPool,
+        table: &str,
+        node_id: &str,
+        api_addr: &str,
+        ttl: Duration,
+    ) -> Result<Self, StorageError> {
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(600) {
+            return Err(StorageError::Config(
+                "the HA lease TTL must be between 1 s and 10 min".into(),
+            ));
+        }
+        if node_id.is_empty() {
+            return Err(StorageError::Config("an empty HA node id".into()));
+        }
+        Ok(Self {
+            pool,
+            lock_table: lock_table(table),
+            node_id: node_id.to_string(),
+            api_addr: api_addr.to_string(),
+            ttl,
+        })
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Take the lead if the current lease has run out; the new fencing token
+    /// when it was taken, `None` when another node holds a live lease.
+    pub async fn try_acquire(&self) -> Result<Option<i64>, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET holder = $1, api_addr = $2, fence = fence + 1, \
+             expires_at = now() + make_interval(secs => $3::double precision / 1000) \
+             WHERE id = 1 AND expires_at <= now() RETURNING fence",
+            self.lock_table
+        )))
+        .bind(&self.node_id)
+        .bind(&self.api_addr)
+        .bind(self.ttl_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<i64, _>(0)?),
+            None => None,
+        })
+    }
+
+    /// Extend the lease held with `fence`; false when it is no longer this
+    /// node's (another took over, or it ran out first).
+    pub async fn renew(&self, fence: i64) -> Result<bool, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET expires_at = now() + make_interval(secs => $2::double precision / 1000) \
+             WHERE id = 1 AND fence = $1 AND holder = $3 AND expires_at > now() RETURNING fence",
+            self.lock_table
+        )))
+        .bind(fence)
+        .bind(self.ttl_ms())
+        .bind(&self.node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Give the lead up at once (step-down, shutdown): the next
+    /// `try_acquire` of any node succeeds.
+    pub async fn release(&self, fence: i64) -> Result<(), StorageError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET expires_at = now() WHERE id = 1 AND fence = $1 AND holder = $2",
+            self.lock_table
+        )))
+        .bind(fence)
+        .bind(&self.node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The row as it is now.
+    pub async fn leader(&self) -> Result<Leader, StorageError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT holder, api_addr, fence, expires_at > now() FROM {} WHERE id = 1",
+            self.lock_table
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Leader {
+            holder: r.try_get(0)?,
+            api_addr: r.try_get(1)?,
+            fence: r.try_get(2)?,
+            live: r.try_get(3)?,
+        })
+    }
+}
