@@ -486,10 +486,15 @@ pub fn postgres_url() -> Option<String> {
     Some(url)
 }
 
-/// Best effort: drop a test table with psql when psql is installed.
+/// Best effort: drop a test table (and its HA leadership table) with psql when psql is installed.
 pub fn drop_pg_table(url: &str, table: &str) {
     let _ = Command::new("psql")
-        .args([url, "-q", "-c", &format!("DROP TABLE IF EXISTS {table}")])
+        .args([
+            url,
+            "-q",
+            "-c",
+            &format!("DROP TABLE IF EXISTS {table}, {table}_ha"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
