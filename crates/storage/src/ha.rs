@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::StorageError;
@@ -191,5 +191,100 @@ impl HaLock {
             fence: r.try_get(2)?,
             live: r.try_get(3)?,
         })
+    }
+}
+
+/// The channel a fenced backend announces its committed writes on.
+pub(crate) fn change_channel(table: &str) -> String {
+    format!("{table}_changes")
+}
+
+/// What a [`Changes`] stream reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// These keys were written (put or deleted) by a committed transaction.
+    Keys(Vec<String>),
+    /// Notifications may have been missed (the listening connection was
+    /// lost and made again, or a transaction touched too many keys to name):
+    /// everything cached must be reloaded.
+    Resync,
+}
+
+/// Committed writes of the active node, as PostgreSQL `NOTIFY`s them (in the
+/// write's own transaction, so only committed writes are announced): what a
+/// standby, or a node that will become active, needs to drop from its caches.
+pub struct Changes {
+    pool: PgPool,
+    channel: String,
+    listener: Option<PgListener>,
+}
+
+/// The most a notification names before it says `Resync` instead
+/// (PostgreSQL's payload limit is 8000 bytes).
+pub(crate) const MAX_PAYLOAD: usize = 7900;
+
+/// The payload announcing `keys`: the keys, one per line, or `*` (resync).
+pub(crate) fn change_payload<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for k in keys {
+        if out.len() + k.len() + 1 > MAX_PAYLOAD {
+            return "*".to_string();
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(k);
+    }
+    out
+}
+
+impl Changes {
+    pub(crate) async fn connect(pool: PgPool, table: &str) -> Result<Self, StorageError> {
+        let mut c = Self {
+            pool,
+            channel: change_channel(table),
+            listener: None,
+        };
+        c.listener = Some(c.listen().await?);
+        Ok(c)
+    }
+
+    async fn listen(&self) -> Result<PgListener, StorageError> {
+        let mut l = PgListener::connect_with(&self.pool).await?;
+        l.listen(&self.channel).await?;
+        Ok(l)
+    }
+
+    /// The next change. After a lost connection it listens again (retrying
+    /// every 200 ms while PostgreSQL is unreachable) and answers
+    /// [`Change::Resync`]: what was announced meanwhile is gone.
+    pub async fn next(&mut self) -> Change {
+        loop {
+            if let Some(l) = self.listener.as_mut() {
+                match l.try_recv().await {
+                    Ok(Some(n)) => {
+                        let payload = n.payload();
+                        if payload == "*" {
+                            return Change::Resync;
+                        }
+                        return Change::Keys(payload.lines().map(str::to_string).collect());
+                    }
+                    Ok(None) | Err(_) => {
+                        // the connection went away (or PostgreSQL ended it)
+                        self.listener = None;
+                    }
+                }
+            }
+            match self.listen().await {
+                Ok(l) => {
+                    self.listener = Some(l);
+                    return Change::Resync;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage change listener: reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::ha::{Fence, HaLock};
+use crate::ha::{Changes, Fence, HaLock};
 use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_children};
 
 pub const DEFAULT_TABLE: &str = "palisade_store";
@@ -81,6 +81,16 @@ impl PostgresBackend {
         ttl: Duration,
     ) -> Result<HaLock, StorageError> {
         HaLock::new(self.pool.clone(), &self.table, node_id, api_addr, ttl)
+    }
+
+    /// The table's name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The committed writes of fenced backends on this table, as they happen.
+    pub async fn changes(&self) -> Result<Changes, StorageError> {
+        Changes::connect(self.pool.clone(), &self.table).await
     }
 
     /// Inside `tx`: refuse unless this backend's token is current. The row is
@@ -200,6 +210,18 @@ impl Backend for PostgresBackend {
         }
         let mut tx = self.pool.begin().await?;
         self.check_fence(&mut tx).await?;
+        if self.fence.is_some() {
+            // announced on commit only (NOTIFY is transactional): other
+            // nodes drop what they cached for these keys
+            let payload = crate::ha::change_payload(ops.iter().map(|op| match op {
+                TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.as_str(),
+            }));
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::ha::change_channel(&self.table))
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
         for op in ops {
             match op {
                 TxnOp::Put { key, value } => {

@@ -229,3 +229,81 @@ async fn contending_nodes_never_interleave_stale_writes() {
     assert!(tokens.len() >= 2, "leadership changed hands: {tokens:?}");
     base.drop_table().await.unwrap();
 }
+
+async fn next(c: &mut palisade_storage::ha::Changes) -> palisade_storage::ha::Change {
+    tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("a change within 10 s")
+}
+
+/// Committed fenced writes are announced to every listener, with their keys;
+/// a rolled-back (fenced) write is not; a listener whose connection
+/// PostgreSQL ends says Resync and listens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_are_announced_and_a_lost_listener_resyncs() {
+    use palisade_storage::ha::Change;
+    let Some(base) = backend().await else { return };
+    let fence = Fence::new();
+    let active = base.fenced(fence.clone());
+    let lock = base
+        .ha_lock("node-a", "https://a:8200", Duration::from_secs(5))
+        .unwrap();
+    fence.set(lock.try_acquire().await.unwrap().unwrap());
+    let mut changes = base.changes().await.unwrap();
+    active.put("sys/policy/a", b"1").await.unwrap();
+    assert_eq!(
+        next(&mut changes).await,
+        Change::Keys(vec!["sys/policy/a".into()])
+    );
+    active
+        .transaction(vec![
+            TxnOp::Put {
+                key: "x/1".into(),
+                value: b"1".to_vec(),
+            },
+            TxnOp::Delete { key: "x/2".into() },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut changes).await,
+        Change::Keys(vec!["x/1".into(), "x/2".into()])
+    );
+    // a refused write announces nothing: the next change is the next committed one
+    let stale = base.fenced(Fence::new());
+    assert!(matches!(
+        stale.put("y", b"no").await,
+        Err(StorageError::Fenced)
+    ));
+    active.delete("sys/policy/a").await.unwrap();
+    assert_eq!(
+        next(&mut changes).await,
+        Change::Keys(vec!["sys/policy/a".into()])
+    );
+    // too many keys to name: resync
+    let many: Vec<TxnOp> = (0..400)
+        .map(|i| TxnOp::Put {
+            key: format!("bulk/{i:04}/{}", "k".repeat(20)),
+            value: b"v".to_vec(),
+        })
+        .collect();
+    active.transaction(many).await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Resync);
+    // PostgreSQL ends the listening connection: Resync, then announcements again
+    let url = std::env::var("PALISADE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN%' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+    )
+    .bind(base.table_name())
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(n >= 1, "a listening connection was ended");
+    assert_eq!(next(&mut changes).await, Change::Resync);
+    active.put("after", b"1").await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Keys(vec!["after".into()]));
+    base.drop_table().await.unwrap();
+}
