@@ -14,6 +14,10 @@ use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_chil
 
 pub const DEFAULT_TABLE: &str = "palisade_store";
 
+/// The longest table name: 63 (PostgreSQL's identifier limit) minus the
+/// length of `_changes`.
+pub const MAX_TABLE_LEN: usize = 55;
+
 pub struct PostgresBackend {
     pool: PgPool,
     table: String,
@@ -29,7 +33,9 @@ impl PostgresBackend {
     /// SQL identifier (letters, digits, `_`), since it is spliced into SQL.
     pub async fn connect(url: &str, table: &str) -> Result<Self, StorageError> {
         let valid = !table.is_empty()
-            && table.len() <= 63
+            // PostgreSQL truncates identifiers at 63 bytes: `<table>_changes`
+            // (the notification channel) and `<table>_ha` must stay distinct
+            && table.len() <= MAX_TABLE_LEN
             && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !table.starts_with(|c: char| c.is_ascii_digit());
         if !valid {

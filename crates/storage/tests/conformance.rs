@@ -105,6 +105,18 @@ async fn postgres_conforms() {
 }
 
 #[tokio::test]
+async fn postgres_table_names_leave_room_for_the_ha_table_and_channel() {
+    // refused before any connection is made
+    let long = "t".repeat(56);
+    let r = PostgresBackend::connect("postgres://127.0.0.1:1/x", &long).await;
+    assert!(
+        matches!(&r, Err(palisade_storage::StorageError::Config(m)) if m.starts_with("invalid table name")),
+        "{:?}",
+        r.err()
+    );
+}
+
+#[tokio::test]
 async fn postgres_rejects_bad_table_name() {
     let r = PostgresBackend::connect("postgres://127.0.0.1:1/x", "t; DROP TABLE x").await;
     assert!(

@@ -307,3 +307,34 @@ async fn committed_writes_are_announced_and_a_lost_listener_resyncs() {
     assert_eq!(next(&mut changes).await, Change::Keys(vec!["after".into()]));
     base.drop_table().await.unwrap();
 }
+
+/// The longest table name allowed still gets its own leadership table and
+/// notification channel (PostgreSQL truncates identifiers at 63 bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_table_name_keeps_its_ha_table_and_channel_apart() {
+    use palisade_storage::ha::Change;
+    let url = std::env::var("PALISADE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let mut table = format!("ha_{}", palisade_core::uuid_v4().replace('-', "_"));
+    while table.len() < palisade_storage::postgres::MAX_TABLE_LEN {
+        table.push('x');
+    }
+    let base = match PostgresBackend::connect(&url, &table).await {
+        Ok(b) => b,
+        Err(e) => {
+            if std::env::var("PALISADE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("PostgreSQL required but unavailable: {e}");
+            }
+            eprintln!("SKIPPED: PostgreSQL unavailable ({e})");
+            return;
+        }
+    };
+    let fence = Fence::new();
+    let lock = base.ha_lock("n", "n", Duration::from_secs(5)).unwrap();
+    fence.set(lock.try_acquire().await.unwrap().unwrap());
+    let mut changes = base.changes().await.unwrap();
+    base.fenced(fence).put("k", b"v").await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Keys(vec!["k".into()]));
+    assert_eq!(base.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    base.drop_table().await.unwrap();
+}
