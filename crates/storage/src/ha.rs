@@ -70,7 +70,7 @@ pub struct HaLock {
     lock_table: String,
     node_id: String,
     api_addr: String,
-    ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// The name of the leadership table beside `table` (a checked identifier).
@@ -286,5 +286,117 @@ impl Changes {
                 }
             }
         }
+    }
+}
+
+/// This node's part, as the [`Elector`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Standby,
+    /// Leading with this fencing token (the [`Fence`] holds it too).
+    Active(i64),
+}
+
+/// Keeps trying to lead and, while leading, renews the lease: tries every
+/// `interval` (Vault's default 5 s for a 15 s lease). The [`Fence`] holds the
+/// token while this node leads and 0 otherwise. Leadership counts as lost
+/// when a renewal is refused, or when no renewal has succeeded within the
+/// lease as measured from before the last successful one was sent (the
+/// database's lease cannot have lasted longer), whichever comes first.
+pub struct Elector {
+    role: tokio::sync::watch::Receiver<Role>,
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Elector {
+    pub fn spawn(lock: HaLock, fence: Arc<Fence>, interval: Duration) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(Role::Standby);
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut held: Option<(i64, tokio::time::Instant)> = None; // token, lease deadline
+            loop {
+                let sent = tokio::time::Instant::now();
+                match held {
+                    None => match tokio::time::timeout(interval.max(lock.ttl), lock.try_acquire())
+                        .await
+                        .unwrap_or_else(|_| Err(StorageError::Backend("timed out".into())))
+                    {
+                        Ok(Some(t)) => {
+                            fence.set(t);
+                            held = Some((t, sent + lock.ttl));
+                            let _ = tx.send(Role::Active(t));
+                            tracing::info!(fence = t, "HA: this node is now the active node");
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "HA: cannot reach the leadership row"),
+                    },
+                    Some((t, deadline)) => {
+                        // a database that does not answer (a partition) must not keep
+                        // this node believing it leads past the lease's end
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        let renewed = tokio::time::timeout(left, lock.renew(t))
+                            .await
+                            .unwrap_or_else(|_| Err(StorageError::Backend("timed out".into())));
+                        let lost = match renewed {
+                            Ok(true) => {
+                                held = Some((t, sent + lock.ttl));
+                                false
+                            }
+                            Ok(false) => true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "HA: lease renewal failed");
+                                tokio::time::Instant::now() >= deadline
+                            }
+                        };
+                        if lost {
+                            fence.clear();
+                            held = None;
+                            let _ = tx.send(Role::Standby);
+                            tracing::warn!(fence = t, "HA: this node lost the lead");
+                        }
+                    }
+                }
+                // while leading, wake up in time to stand down at the deadline
+                let wait = match held {
+                    Some((_, deadline)) => interval
+                        .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                    None => interval,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopped.notified() => {
+                        if let Some((t, _)) = held {
+                            fence.clear();
+                            let _ = lock.release(t).await;
+                        }
+                        let _ = tx.send(Role::Standby);
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            role: rx,
+            stop,
+            task,
+        }
+    }
+
+    /// The current role, and changes to it.
+    pub fn role(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// Step down (releasing the lease at once) and stop.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+
+    /// Stop without releasing anything, as a crash would (tests).
+    pub fn abort(self) {
+        self.task.abort();
     }
 }

@@ -338,3 +338,69 @@ async fn the_longest_table_name_keeps_its_ha_table_and_channel_apart() {
     assert_eq!(base.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     base.drop_table().await.unwrap();
 }
+
+/// Two electors on one table: exactly one leads; when the leader crashes
+/// (no release) the other leads within two lease TTLs; when it steps down
+/// (release) the other leads within one interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn electors_fail_over_within_two_lease_ttls() {
+    use palisade_storage::ha::{Elector, Role};
+    let Some(base) = backend().await else { return };
+    let ttl = Duration::from_secs(1);
+    let interval = Duration::from_millis(300);
+    let (fa, fb) = (Fence::new(), Fence::new());
+    let a = Elector::spawn(base.ha_lock("a", "a", ttl).unwrap(), fa.clone(), interval);
+    let mut ra = a.role();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        ra.wait_for(|r| matches!(r, Role::Active(_))),
+    )
+    .await
+    .expect("the first elector leads")
+    .unwrap();
+    let b = Elector::spawn(base.ha_lock("b", "b", ttl).unwrap(), fb.clone(), interval);
+    let mut rb = b.role();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*rb.borrow(), Role::Standby, "a live leader keeps the lead");
+    assert!(fa.get() > 0 && fb.get() == 0);
+    base.fenced(fa.clone()).put("k", b"a").await.unwrap();
+
+    // A crashes: B leads within 2 x TTL
+    let t0 = std::time::Instant::now();
+    a.abort();
+    tokio::time::timeout(2 * ttl, rb.wait_for(|r| matches!(r, Role::Active(_))))
+        .await
+        .expect("failover within 2 x TTL")
+        .unwrap();
+    let failover = t0.elapsed();
+    assert!(fb.get() > fa.get());
+    // the crashed node's token writes nothing any more
+    assert!(matches!(
+        base.fenced(fa.clone()).put("k", b"stale").await,
+        Err(StorageError::Fenced)
+    ));
+    base.fenced(fb.clone()).put("k", b"b").await.unwrap();
+
+    // B steps down: a new elector leads within about one interval
+    let c = Elector::spawn(base.ha_lock("c", "c", ttl).unwrap(), Fence::new(), interval);
+    let mut rc = c.role();
+    let t1 = std::time::Instant::now();
+    b.stop().await;
+    assert_eq!(fb.get(), 0, "a node that stepped down writes nothing");
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        rc.wait_for(|r| matches!(r, Role::Active(_))),
+    )
+    .await
+    .expect("a released lease is taken at once")
+    .unwrap();
+    assert!(
+        t1.elapsed() < ttl,
+        "released, not expired: {:?}",
+        t1.elapsed()
+    );
+    eprintln!("failover after a crash: {failover:?}");
+    c.stop().await;
+    assert_eq!(base.get("k").await.unwrap().as_deref(), Some(&b"b"[..]));
+    base.drop_table().await.unwrap();
+}
