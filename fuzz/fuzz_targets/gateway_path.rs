@@ -16,11 +16,29 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(path.starts_with('/'), "{raw:?} -> {path:?}");
     let wire = encode_path(&path);
-    assert_eq!(
-        normalize_path(&wire).as_deref(),
-        Ok(path.as_str()),
-        "{raw:?} -> {wire:?}"
-    );
+    // the 8 KiB limit is on what clients send; the encoded form of a path
+    // near it can be longer (`]` is three bytes on the wire): then the round
+    // trip is checked segment by segment (the normalised path has no dot
+    // segments, so normalising it is segment by segment)
+    if wire.len() <= 8192 {
+        assert_eq!(
+            normalize_path(&wire).as_deref(),
+            Ok(path.as_str()),
+            "{raw:?} -> {wire:?}"
+        );
+    } else {
+        for seg in path.split('/').skip(1) {
+            let one = format!("/{seg}");
+            let w = encode_path(&one);
+            if w.len() <= 8192 {
+                assert_eq!(
+                    normalize_path(&w).as_deref(),
+                    Ok(one.as_str()),
+                    "{raw:?}: segment {seg:?} -> {w:?}"
+                );
+            }
+        }
+    }
     for seg in path.split('/') {
         assert!(seg != "." && seg != "..", "{raw:?} -> {path:?}");
     }
