@@ -18,6 +18,36 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+/// Run `program args` in `dir` against the binary under test; its stdout,
+/// after asserting it succeeded and printed each of `expect`.
+fn run_ok(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    env_remove: &[&str],
+    expect: &[&str],
+) -> String {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
+        .env_remove("PALISADE_LOG");
+    for var in env_remove {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    for e in expect {
+        assert!(stdout.contains(e), "{e:?} missing:\n{stdout}\n{stderr}");
+    }
+    stdout
+}
+
 #[test]
 fn the_node_sdk_tests_pass_and_the_fleet_and_the_guide_run() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/node");
@@ -30,18 +60,8 @@ fn the_node_sdk_tests_pass_and_the_fleet_and_the_guide_run() {
         common::skip("sdk_node: node is not installed");
         return;
     }
-    let out = Command::new("npm")
-        .args(["test", "--silent"])
-        .current_dir(&dir)
-        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
-        .env_remove("PALISADE_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "npm test failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("# fail 0"), "{stdout}\n{stderr}");
-    assert!(!stdout.contains("# pass 0"), "{stdout}\n{stderr}");
+    let stdout = run_ok(&dir, "npm", &["test", "--silent"], &[], &["# fail 0"]);
+    assert!(!stdout.contains("# pass 0"), "{stdout}");
     fleet_runs_as_written();
     guide_runs_as_written();
 }
@@ -66,24 +86,12 @@ fn guide_runs_as_written() {
             return;
         }
     }
-    let out = Command::new("bash")
-        .arg("scripts/guide-check.sh")
-        .current_dir(&root)
-        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
-        .env_remove("PALISADE_LOG")
-        .env_remove("VAULT_TOKEN")
-        .env_remove("PALISADE_ADDR")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "guide-check failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("guide-check: every command of docs/guide-node.md ran"),
-        "{stdout}\n{stderr}"
+    run_ok(
+        &root,
+        "bash",
+        &["scripts/guide-check.sh"],
+        &["VAULT_TOKEN", "PALISADE_ADDR"],
+        &["guide-check: every command of docs/guide-node.md ran"],
     );
 }
 
@@ -101,18 +109,11 @@ fn fleet_runs_as_written() {
         );
         return;
     }
-    let out = Command::new("node")
-        .arg("run.mjs")
-        .current_dir(&dir)
-        .env("PALISADE_BIN", env!("CARGO_BIN_EXE_palisade"))
-        .env_remove("PALISADE_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "run.mjs failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("fleet: all 14 checks passed"),
-        "{stdout}\n{stderr}"
+    run_ok(
+        &dir,
+        "node",
+        &["run.mjs"],
+        &[],
+        &["fleet: all 14 checks passed"],
     );
 }
