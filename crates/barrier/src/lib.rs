@@ -419,6 +419,41 @@ impl Barrier {
         Ok(())
     }
 
+    /// Read the keyring again with the root key in memory: another process
+    /// (the active node of an HA cluster) may have added a term
+    /// (`sys/rotate`) since this one unsealed. Needs the barrier unsealed.
+    pub async fn reload_keyring(&self) -> Result<(), BarrierError> {
+        let _g = self.admin.lock().await;
+        let current = self.ring()?;
+        let ring_ct = self
+            .backend
+            .get(KEYRING_PATH)
+            .await?
+            .ok_or_else(|| BarrierError::Corrupt("keyring missing".into()))?;
+        let ring_bytes = current
+            .root
+            .open(KEYRING_PATH.as_bytes(), &ring_ct)
+            .map_err(|_| BarrierError::Integrity {
+                path: KEYRING_PATH.into(),
+            })?;
+        let root = AeadKey::from_bytes(current.root.expose_bytes()).map_err(aead_internal)?;
+        let ring = Keyring::from_stored(root, &ring_bytes)?;
+        *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
+        Ok(())
+    }
+
+    /// A key for `purpose`, derived from the root key (HKDF-SHA256): the
+    /// same on every process unsealed with this barrier, unknown to anyone
+    /// else (HA nodes authenticate what they forward to each other with it).
+    pub fn derive_key(&self, purpose: &str) -> Result<Zeroizing<Vec<u8>>, BarrierError> {
+        let ring = self.ring()?;
+        palisade_crypto::transit::derive_key(
+            ring.root.expose_bytes(),
+            format!("palisade barrier derived key: {purpose}").as_bytes(),
+        )
+        .map_err(|_| BarrierError::Corrupt("key derivation".into()))
+    }
+
     /// Add a new keyring term; new writes use it, older terms still decrypt.
     pub async fn rotate(&self) -> Result<KeyStatus, BarrierError> {
         let _g = self.admin.lock().await;

@@ -939,8 +939,17 @@ pub(crate) async fn run(cli: Cli) -> u8 {
         Command::Status(r) => {
             let c = tryc!(client(&r));
             let reply = call!(c, "GET", "sys/seal-status", None);
-            let d = reply.data();
-            let rows = vec![
+            let mut d = reply.data();
+            // Vault's `status`: the HA part once unsealed
+            let leader = if d["sealed"] == json!(false) {
+                Some(call!(c, "GET", "sys/leader", None).data())
+            } else {
+                None
+            };
+            let ha_enabled = leader
+                .as_ref()
+                .is_some_and(|l| l["ha_enabled"] == json!(true));
+            let mut rows = vec![
                 ("Seal Type".into(), output::scalar(&d["type"])),
                 ("Initialized".into(), output::scalar(&d["initialized"])),
                 ("Sealed".into(), output::scalar(&d["sealed"])),
@@ -952,8 +961,34 @@ pub(crate) async fn run(cli: Cli) -> u8 {
                 ),
                 ("Version".into(), output::scalar(&d["version"])),
                 ("Storage Type".into(), output::scalar(&d["storage_type"])),
-                ("HA Enabled".into(), "false".into()),
+                ("HA Enabled".into(), ha_enabled.to_string()),
             ];
+            if let (true, Some(l)) = (ha_enabled, &leader) {
+                let active = l["is_self"] == json!(true);
+                rows.push((
+                    "HA Mode".into(),
+                    if active { "active" } else { "standby" }.into(),
+                ));
+                rows.push((
+                    "Active Node Address".into(),
+                    output::scalar(&l["leader_address"]),
+                ));
+                if let (Some(obj), Some(lo)) = (d.as_object_mut(), l.as_object()) {
+                    for k in [
+                        "is_self",
+                        "active_time",
+                        "leader_address",
+                        "leader_cluster_address",
+                    ] {
+                        if let Some(v) = lo.get(k) {
+                            obj.insert(k.into(), v.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(obj) = d.as_object_mut() {
+                obj.insert("ha_enabled".into(), json!(ha_enabled));
+            }
             output::print(r.format, &d, rows);
             if d["sealed"] == json!(true) { 2 } else { 0 }
         }

@@ -36,6 +36,142 @@ pub struct RawConfig {
     /// How clients reach this server, `scheme://host[:port]` (Vault's name;
     /// the default issuer of identity tokens). Default: from the listener.
     pub api_addr: Option<String>,
+    /// High availability on PostgreSQL (docs/ha.md).
+    pub ha: Option<RawHa>,
+}
+
+/// `[ha]`: several servers on one PostgreSQL database, one active.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    pub enabled: Option<bool>,
+    /// How the other nodes (and redirected clients) reach this one;
+    /// default: the top-level `api_addr`, which must then be set.
+    pub api_addr: Option<String>,
+    /// The leadership lease (Vault's 15s).
+    pub lease_ttl: Option<String>,
+    /// How often the lease is renewed and a standby tries to lead (Vault's 5s).
+    pub renew_interval: Option<String>,
+    /// What a standby does with a request: "forward" (default) or "redirect".
+    pub mode: Option<String>,
+    /// PEM CA certificates that verify the other nodes' TLS certificates
+    /// when forwarding (default: the system's roots).
+    pub tls_ca_file: Option<String>,
+}
+
+/// What a standby does with requests it does not answer itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaMode {
+    /// Send them to the active node and relay its answer.
+    Forward,
+    /// Answer 307 with the active node's address.
+    Redirect,
+}
+
+/// The validated `[ha]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaConfig {
+    pub api_addr: String,
+    pub lease_ttl: Duration,
+    pub renew_interval: Duration,
+    pub mode: HaMode,
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// Parse an `http(s)://host[:port]` address (no path, query or user).
+fn parse_api_addr(a: &str) -> Option<String> {
+    match url::Url::parse(a) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && matches!(u.path(), "" | "/")
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
+        {
+            Some(a.trim_end_matches('/').to_string())
+        }
+        _ => None,
+    }
+}
+
+fn validate_ha(
+    raw: Option<RawHa>,
+    top_api_addr: Option<&str>,
+    storage: Option<&StorageConfig>,
+    errs: &mut Vec<String>,
+) -> Option<HaConfig> {
+    let raw = raw?;
+    if !raw.enabled.unwrap_or(false) {
+        return None;
+    }
+    if matches!(storage, Some(StorageConfig::Sqlite { .. })) {
+        errs.push("ha: high availability needs storage backend = \"postgres\"".into());
+    }
+    let api_addr = match (raw.api_addr.as_deref(), top_api_addr) {
+        (Some(a), _) => parse_api_addr(a).unwrap_or_else(|| {
+            errs.push(format!(
+                "ha.api_addr: {a:?} is not scheme://host[:port] (http or https, no path)"
+            ));
+            String::new()
+        }),
+        // an invalid top-level api_addr is reported as such
+        (None, Some(a)) => parse_api_addr(a).unwrap_or_default(),
+        (None, None) => {
+            errs.push(
+                "ha.api_addr: required (or the top-level api_addr): how the other nodes reach this one"
+                    .into(),
+            );
+            String::new()
+        }
+    };
+    let mut duration = |name: &str, v: Option<String>, default: Duration| match v {
+        None => default,
+        Some(s) => match palisade_core::parse_duration(&s) {
+            Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(600) => d,
+            _ => {
+                errs.push(format!(
+                    "ha.{name}: {s:?} is not a duration between 100ms and 10m"
+                ));
+                default
+            }
+        },
+    };
+    let lease_ttl = duration("lease_ttl", raw.lease_ttl, Duration::from_secs(15));
+    let renew_interval = duration("renew_interval", raw.renew_interval, Duration::from_secs(5));
+    if lease_ttl < Duration::from_secs(1) {
+        errs.push("ha.lease_ttl: must be at least 1s".into());
+    }
+    if renew_interval.saturating_mul(2) > lease_ttl {
+        errs.push("ha.renew_interval: must be at most half of ha.lease_ttl".into());
+    }
+    let mode = match raw.mode.as_deref() {
+        None | Some("forward") => HaMode::Forward,
+        Some("redirect") => HaMode::Redirect,
+        Some(other) => {
+            errs.push(format!(
+                "ha.mode: {other:?} is not \"forward\" or \"redirect\""
+            ));
+            HaMode::Forward
+        }
+    };
+    let tls_ca_file = raw.tls_ca_file.map(PathBuf::from);
+    if let Some(f) = &tls_ca_file
+        && !f.is_file()
+    {
+        errs.push(format!(
+            "ha.tls_ca_file: {:?} does not exist or is not a file",
+            f.display()
+        ));
+    }
+    Some(HaConfig {
+        api_addr,
+        lease_ttl,
+        renew_interval,
+        mode,
+        tls_ca_file,
+    })
 }
 
 /// `[rotation]`: the producers of new values a KV rotation policy may
@@ -194,6 +330,8 @@ pub struct ServerConfig {
     pub rotation: RotationConfig,
     /// `api_addr`, validated (or derived from the listener).
     pub api_addr: String,
+    /// `[ha] enabled = true`: this server is one node of a cluster.
+    pub ha: Option<HaConfig>,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -540,24 +678,14 @@ pub fn validate(
         }
     };
     let rotation = validate_rotation(raw.rotation, &mut errs);
+    let ha = validate_ha(raw.ha, raw.api_addr.as_deref(), storage.as_ref(), &mut errs);
     let api_addr = match raw.api_addr.as_deref() {
-        Some(a) => match url::Url::parse(a) {
-            Ok(u)
-                if matches!(u.scheme(), "http" | "https")
-                    && u.host_str().is_some()
-                    && matches!(u.path(), "" | "/")
-                    && u.query().is_none()
-                    && u.username().is_empty() =>
-            {
-                a.trim_end_matches('/').to_string()
-            }
-            _ => {
-                errs.push(format!(
-                    "api_addr: {a:?} is not scheme://host[:port] (http or https, no path)"
-                ));
-                String::new()
-            }
-        },
+        Some(a) => parse_api_addr(a).unwrap_or_else(|| {
+            errs.push(format!(
+                "api_addr: {a:?} is not scheme://host[:port] (http or https, no path)"
+            ));
+            String::new()
+        }),
         None => match &listener {
             Some(l) => {
                 let scheme = if l.tls == Tls::Disabled {
@@ -598,6 +726,7 @@ pub fn validate(
             log_format,
             rotation,
             api_addr,
+            ha,
         }),
         _ => Err(ConfigErrors(vec!["invalid configuration".into()])),
     }
@@ -832,6 +961,79 @@ mod tests {
                 url: "postgres://u:pw@127.0.0.1/db".into(),
                 table: "palisade_store".into()
             }
+        );
+    }
+
+    const PG: &str = "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\n[listener]\ntls_disable = true\n";
+
+    #[test]
+    fn ha_defaults_are_vaults_and_need_postgres_and_an_address() {
+        let c = parse(
+            &format!("api_addr = \"https://n1.internal:8200\"\n{PG}[ha]\nenabled = true\n"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.ha,
+            Some(HaConfig {
+                api_addr: "https://n1.internal:8200".into(),
+                lease_ttl: Duration::from_secs(15),
+                renew_interval: Duration::from_secs(5),
+                mode: HaMode::Forward,
+                tls_ca_file: None,
+            })
+        );
+        let c = parse(
+            &format!("{PG}[ha]\nenabled = true\napi_addr = \"http://10.0.0.2:8200/\"\nmode = \"redirect\"\nlease_ttl = \"4s\"\nrenew_interval = \"1s\"\n"),
+            &no_env,
+        )
+        .unwrap()
+        .ha
+        .unwrap();
+        assert_eq!(
+            (c.api_addr.as_str(), c.mode, c.lease_ttl, c.renew_interval),
+            (
+                "http://10.0.0.2:8200",
+                HaMode::Redirect,
+                Duration::from_secs(4),
+                Duration::from_secs(1)
+            )
+        );
+        // off unless enabled
+        assert_eq!(
+            parse(&format!("{PG}[ha]\nenabled = false\n"), &no_env)
+                .unwrap()
+                .ha,
+            None
+        );
+        let err = |text: &str| parse(text, &no_env).unwrap_err().0;
+        assert_eq!(
+            err(&format!("{PG}[ha]\nenabled = true\n")),
+            vec![
+                "ha.api_addr: required (or the top-level api_addr): how the other nodes reach this one"
+            ]
+        );
+        assert_eq!(
+            err(
+                "api_addr = \"http://a:1\"\n[storage]\npath = \"/tmp/x.db\"\n[listener]\ntls_disable = true\n[ha]\nenabled = true\n"
+            ),
+            vec!["ha: high availability needs storage backend = \"postgres\""]
+        );
+        assert_eq!(
+            err(&format!(
+                "{PG}[ha]\nenabled = true\napi_addr = \"http://a:1/v1\"\nmode = \"proxy\"\nlease_ttl = \"2s\"\nrenew_interval = \"1500ms\"\n"
+            )),
+            vec![
+                "ha.api_addr: \"http://a:1/v1\" is not scheme://host[:port] (http or https, no path)",
+                "ha.renew_interval: must be at most half of ha.lease_ttl",
+                "ha.mode: \"proxy\" is not \"forward\" or \"redirect\"",
+            ]
+        );
+        assert_eq!(
+            err(&format!("{PG}[ha]\nenabled = true\napi_addr = \"http://a:1\"\nlease_ttl = \"500ms\"\nrenew_interval = \"100ms\"\nbogus = 1\n"))
+                .len(),
+            1,
+            "unknown keys are refused"
         );
     }
 }

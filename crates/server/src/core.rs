@@ -166,6 +166,9 @@ pub enum State {
     Unsealed = 2,
     /// Waiting for in-flight requests before sealing: nothing new is served.
     Sealing = 3,
+    /// HA: the barrier is unsealed but another node is active; nothing is
+    /// loaded, requests are forwarded (or redirected) to the active node.
+    Standby = 4,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -232,6 +235,8 @@ pub struct Core {
     /// State changes happen only under it, so a seal and a reload can never
     /// run at once.
     transition: tokio::sync::Mutex<()>,
+    /// `[ha]`: this server is one node of a cluster on PostgreSQL.
+    ha: Option<Arc<crate::ha::HaNode>>,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
@@ -251,6 +256,7 @@ fn needs_sudo(path: &str, op: Operation) -> bool {
         || path == "sys/rotate"
         || path == "sys/remount"
         || path == "sys/seal"
+        || path == "sys/step-down"
         || path.starts_with("sys/rekey/")
         || path.starts_with("sys/generate-root/")
         || path.starts_with("auth/token/revoke-orphan")
@@ -268,6 +274,16 @@ impl Core {
     }
 
     pub fn with_options(barrier: Arc<Barrier>, options: CoreOptions) -> Arc<Self> {
+        Self::with_ha(barrier, options, None)
+    }
+
+    /// A core that is one node of an HA cluster when `ha` is given (its
+    /// barrier must be on the node's fenced storage, see [`crate::ha`]).
+    pub fn with_ha(
+        barrier: Arc<Barrier>,
+        options: CoreOptions,
+        ha: Option<Arc<crate::ha::HaNode>>,
+    ) -> Arc<Self> {
         let leases = Arc::new(crate::lease::Leases::new(barrier.clone()));
         Arc::new(Self {
             tokens: TokenStore::new(
@@ -305,7 +321,89 @@ impl Core {
             epoch: AtomicU64::new(0),
             anchors: tokio::sync::Mutex::new(Anchors::default()),
             transition: tokio::sync::Mutex::new(()),
+            ha,
         })
+    }
+
+    /// The HA node, when this server is one.
+    pub fn ha(&self) -> Option<&Arc<crate::ha::HaNode>> {
+        self.ha.as_ref()
+    }
+
+    /// Unsealed: serving, or an HA standby.
+    pub fn is_unsealed_node(&self) -> bool {
+        matches!(self.state(), State::Unsealed | State::Standby)
+    }
+
+    /// Serving and, with HA, surely holding the lease: background jobs
+    /// (tidy, expiry, rotation) run only then.
+    pub fn is_active(&self) -> bool {
+        self.is_serving() && !self.relays()
+    }
+
+    /// HA: requests go to the active node rather than being served here
+    /// (a standby, or an active node whose lease ran out by its own clock
+    /// before its elector noticed).
+    pub fn relays(&self) -> bool {
+        let Some(ha) = &self.ha else { return false };
+        match self.state() {
+            State::Standby => true,
+            State::Unsealed => ha.holds_lease().is_none(),
+            _ => false,
+        }
+    }
+
+    /// HA: the elector won the lease with `token`. Load everything from the
+    /// database (what the previous active node wrote: the storage cache is
+    /// cleared and the keyring read again) and serve.
+    pub async fn ha_promote(self: &Arc<Self>, token: i64) {
+        let Some(ha) = self.ha.clone() else { return };
+        let _t = self.transition.lock().await;
+        if self.state() != State::Standby || self.barrier.sealed() {
+            return;
+        }
+        if ha.holds_lease() != Some(token) {
+            return;
+        }
+        ha.clear_cache();
+        let loaded = async {
+            self.barrier.reload_keyring().await?;
+            self.post_unseal().await
+        }
+        .await;
+        match loaded {
+            Ok(()) => {
+                ha.became_active();
+                tracing::info!(fence = token, "HA: active: state loaded, serving");
+            }
+            Err(e) => {
+                tracing::error!(status = e.status, error = %e.messages.join("; "), "HA: could not load the state as the active node; stepping down");
+                self.unload().await;
+                self.set_state(State::Standby);
+                ha.step_down();
+            }
+        }
+    }
+
+    /// HA: the lease is lost (or given up). Stop serving at once (new
+    /// requests are forwarded), let in-flight requests end (their writes
+    /// are refused by the database anyway), and drop what was loaded.
+    pub async fn ha_demote(self: &Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        let _t = self.transition.lock().await;
+        if !matches!(self.state(), State::Unsealed | State::Unsealing) {
+            return;
+        }
+        self.set_state(State::Standby);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.gate.clone().write_owned(),
+        )
+        .await;
+        self.unload().await;
+        ha.became_standby();
+        tracing::warn!("HA: standby: state dropped, requests are forwarded");
     }
 
     pub fn state(&self) -> State {
@@ -313,6 +411,7 @@ impl Core {
             1 => State::Unsealing,
             2 => State::Unsealed,
             3 => State::Sealing,
+            4 => State::Standby,
             _ => State::Sealed,
         }
     }
@@ -396,6 +495,15 @@ impl Core {
         let _t = self.transition.lock().await;
         if !matches!(self.state(), State::Sealed | State::Unsealing) || self.barrier.sealed() {
             return Ok(false);
+        }
+        if let Some(ha) = self.ha.clone() {
+            // a standby until the elector wins the lease (ha_promote loads)
+            self.set_state(State::Standby);
+            if let Err(e) = ha.start(&self) {
+                let _ = self.seal_locked().await;
+                return Err(e);
+            }
+            return Ok(true);
         }
         if let Err(e) = self.post_unseal().await {
             let _ = self.seal_locked().await;
@@ -554,7 +662,18 @@ impl Core {
                 "could not write the audit heads before sealing"
             );
         }
+        if let Some(ha) = &self.ha {
+            // release the lease: another node takes over at once
+            ha.stop().await;
+        }
         let r = self.barrier.seal().await;
+        self.unload().await;
+        self.set_state(State::Sealed);
+        r.map_err(ApiError::from)
+    }
+
+    /// Drop everything loaded from behind the barrier (seal, HA demotion).
+    async fn unload(&self) {
         self.root_ops.reset().await;
         self.tokens.clear();
         self.leases.clear();
@@ -573,8 +692,6 @@ impl Core {
         if let Ok(mut m) = self.mounts.write() {
             *m = Arc::new(MountTable::default());
         }
-        self.set_state(State::Sealed);
-        r.map_err(ApiError::from)
     }
 
     /// Seal once every in-flight request has finished; requests that arrive
@@ -610,6 +727,21 @@ impl Core {
         threshold: u8,
     ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String), ApiError> {
         let _t = self.transition.lock().await;
+        let Some(ha) = self.ha.clone() else {
+            return self.initialize_locked(shares, threshold).await;
+        };
+        // no node is unsealed, so none leads: take the lease to write
+        let (lock, token) = ha.acquire_once().await?;
+        let r = self.initialize_locked(shares, threshold).await;
+        ha.release_once(lock, token).await;
+        r
+    }
+
+    async fn initialize_locked(
+        self: &Arc<Self>,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(Vec<Zeroizing<Vec<u8>>>, String), ApiError> {
         let parts = self.barrier.initialize(shares, threshold).await?;
         let key =
             palisade_crypto::shamir::combine(&parts[..threshold as usize], threshold as usize)
@@ -1199,6 +1331,14 @@ impl Core {
         }
         if !self.is_serving() {
             return Err(ApiError::sealed());
+        }
+        if self.relays() {
+            // HA: the lease ran out by this node's clock (a pause); what it
+            // loaded may be stale, so nothing is served from it
+            return Err(ApiError::new(
+                503,
+                "this node is not the active node; retry",
+            ));
         }
         if self.login_route(&req)?.is_some() {
             return Ok(Begun::Open(req));

@@ -190,6 +190,32 @@ async fn handle(
     addr: Option<axum::Extension<ClientAddr>>,
     body: Body,
 ) -> axum::response::Response {
+    if st.core.relays()
+        && !answered_by_any_node(&uri)
+        && let Some(ha) = st.core.ha().cloned()
+    {
+        return ha
+            .relay(
+                &st.core,
+                st.limits.max_request_size,
+                st.limits.body_timeout,
+                method,
+                uri,
+                headers,
+                addr.map(|a| a.0),
+                body,
+            )
+            .await;
+    }
+    // a request a standby forwarded: the client it came from
+    let addr = match crate::ha::HaNode::forwarded_client(&st.core, &method, &uri, &headers) {
+        Ok(Some(c)) => Some(axum::Extension(c)),
+        Ok(None) => addr,
+        Err(e) => {
+            tracing::warn!(method = %method, "refused a request with an invalid forwarding header");
+            return render(Err(e), &palisade_core::uuid_v4(), false);
+        }
+    };
     let started = Instant::now();
     let request_id = palisade_core::uuid_v4();
     let head = method == Method::HEAD;
@@ -334,6 +360,21 @@ async fn handle(
         );
     }
     resp
+}
+
+/// What every node of an HA cluster answers itself (a standby forwards
+/// the rest): its own health, seal state, unseal and the leader. Only the
+/// canonical spellings: anything else goes to the active node, which
+/// canonicalises and refuses it as a single server would.
+fn answered_by_any_node(uri: &Uri) -> bool {
+    matches!(
+        uri.path(),
+        "/v1/sys/health"
+            | "/v1/sys/leader"
+            | "/v1/sys/seal-status"
+            | "/v1/sys/unseal"
+            | "/v1/sys/init"
+    )
 }
 
 /// `X-Vault-Wrap-TTL` (Vault's `X-Wrap-TTL` too): a duration (`90s`,

@@ -20,6 +20,7 @@ pub mod cert_auth;
 pub mod config;
 pub mod core;
 pub mod engines;
+pub mod ha;
 pub mod http;
 pub mod identity;
 pub mod json;
@@ -87,7 +88,7 @@ fn spawn_tidy(core: Arc<Core>) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            if !core.is_serving() {
+            if !core.is_active() {
                 continue;
             }
             match core.tokens.tidy().await {
@@ -134,7 +135,7 @@ pub fn spawn_lease_expiry(core: Arc<Core>) {
     tokio::spawn(async move {
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(1), core.leases.wake.notified()).await;
-            if !core.is_serving() {
+            if !core.is_active() {
                 continue;
             }
             let c = core.clone();
@@ -159,7 +160,7 @@ pub fn spawn_rotation(core: Arc<Core>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            if !c.is_serving() {
+            if !c.is_active() {
                 continue;
             }
             let c2 = c.clone();
@@ -176,7 +177,7 @@ pub fn spawn_rotation(core: Arc<Core>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !core.is_serving() {
+            if !core.is_active() {
                 continue;
             }
             let c2 = core.clone();
@@ -218,13 +219,17 @@ pub fn start(
 /// After the listener drained: anchor the audit heads once more, so a
 /// clean restart continues exactly where this run stopped.
 async fn finish(core: &Core) {
-    if core.is_serving()
+    if core.is_active()
         && let Err(e) = core.persist_audit_heads().await
     {
         tracing::warn!(
             status = e.status,
             "could not write the audit heads at shutdown"
         );
+    }
+    if let Some(ha) = core.ha() {
+        // release the lease: another node takes over at once
+        ha.stop().await;
     }
 }
 
@@ -233,9 +238,19 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let backend = open_backend(&cfg.storage).await?;
+    let (backend, ha) = match (&cfg.ha, &cfg.storage) {
+        (Some(h), StorageConfig::Postgres { url, table }) => {
+            let (b, node) =
+                crate::ha::HaNode::open(url, table, h.clone(), STORAGE_CACHE_ENTRIES).await?;
+            (b, Some(node))
+        }
+        (Some(_), StorageConfig::Sqlite { .. }) => {
+            return Err("ha: high availability needs storage backend = \"postgres\"".into());
+        }
+        (None, _) => (open_backend(&cfg.storage).await?, None),
+    };
     let barrier = Barrier::new(backend);
-    let core = Core::with_options(
+    let core = Core::with_ha(
         barrier,
         CoreOptions {
             audit_file: cfg.audit_file.clone(),
@@ -247,6 +262,7 @@ pub async fn run(
             rotation: cfg.rotation.clone(),
             api_addr: cfg.api_addr.clone(),
         },
+        ha,
     );
     if cfg.unauthenticated_rekey {
         tracing::warn!(
@@ -282,6 +298,9 @@ pub async fn run(
         shutdown,
     )?;
     tracing::info!(address = %running.addr, storage = core.barrier.backend_kind(), "palisade server listening");
+    if let Some(ha) = core.ha() {
+        tracing::info!(node_id = ha.node_id(), api_addr = %ha.config.api_addr, "HA enabled: this node is a standby once unsealed, and active while it holds the lease");
+    }
     spawn_tidy(core.clone());
     spawn_lease_expiry(core.clone());
     spawn_rotation(core.clone());

@@ -317,6 +317,12 @@ impl ApiError {
     pub fn sealed() -> Self {
         Self::new(503, "Vault is sealed")
     }
+    /// HA: this node is not (or no longer) the active node; the client may
+    /// retry (through any node).
+    pub fn not_active() -> Self {
+        Self::new(503, "this node is not the active node; retry")
+    }
+
     /// The detail goes to the server log; the client sees a fixed message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -334,6 +340,11 @@ impl From<palisade_barrier::BarrierError> for ApiError {
             B::InvalidPath(_) => ApiError::bad_request("invalid path"),
             B::Parameters(m) => ApiError::bad_request(m),
             B::InvalidUnsealKey => ApiError::bad_request("invalid unseal key"),
+            // HA: the database refused a write of a deposed active node
+            B::Storage(palisade_storage::StorageError::Fenced) => {
+                tracing::warn!("HA: a write was refused: this node no longer leads");
+                ApiError::not_active()
+            }
             // Integrity failures are reported, never returned as data.
             other => ApiError::internal(other),
         }

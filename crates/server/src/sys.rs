@@ -22,7 +22,7 @@ async fn seal_status(core: &Core) -> Result<Value, ApiError> {
     let cfg = core.barrier.seal_config().await?;
     let mut p = core.barrier.unseal_progress();
     // unsealed only once everything behind the barrier is loaded and served
-    p.sealed = p.sealed || !core.is_serving();
+    p.sealed = p.sealed || !core.is_unsealed_node();
     Ok(json!({
         "type": "shamir",
         "initialized": cfg.is_some(),
@@ -117,15 +117,22 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
         }
         ("sys/health", Operation::Read) => {
             let initialized = core.barrier.initialized().await?;
-            let sealed = !core.is_serving();
+            let sealed = !core.is_unsealed_node();
+            let standby = !sealed && core.relays();
+            let standby_ok = match req.query.iter().find(|(k, _)| k == "standbyok") {
+                None => false,
+                Some((_, v)) => v.is_empty() || fields::parse_bool(v).unwrap_or(false),
+            };
             let status = if !initialized {
                 query_code(req, "uninitcode", 501)?
             } else if sealed {
                 query_code(req, "sealedcode", 503)?
+            } else if standby && !standby_ok {
+                query_code(req, "standbycode", 429)?
             } else {
                 query_code(req, "activecode", 200)?
             };
-            // validate the other documented options even though a single node never uses them
+            // validate the other documented options even though Palisade never uses them
             for opt in ["standbycode", "drsecondarycode", "performancestandbycode"] {
                 query_code(req, opt, 429)?;
             }
@@ -134,7 +141,7 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
                 json!({
                     "initialized": initialized,
                     "sealed": sealed,
-                    "standby": false,
+                    "standby": standby,
                     "performance_standby": false,
                     "replication_performance_mode": "disabled",
                     "replication_dr_mode": "disabled",
@@ -148,13 +155,79 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
                 }),
             ))
         }
-        ("sys/leader", Operation::Read) => Ok(Response::raw(
-            200,
-            json!({ "ha_enabled": false, "is_self": false, "active_time": "0001-01-01T00:00:00Z",
-                    "leader_address": "", "leader_cluster_address": "", "performance_standby": false }),
-        )),
+        ("sys/leader", Operation::Read) => {
+            let Some(ha) = core.ha() else {
+                return Ok(Response::raw(
+                    200,
+                    json!({ "ha_enabled": false, "is_self": false, "active_time": "0001-01-01T00:00:00Z",
+                            "leader_address": "", "leader_cluster_address": "", "performance_standby": false }),
+                ));
+            };
+            if !core.is_unsealed_node() {
+                return Err(ApiError::sealed());
+            }
+            let is_self = !core.relays() && core.is_serving();
+            let leader = if is_self {
+                Some(ha.config.api_addr.clone())
+            } else {
+                ha.leader(false)
+                    .await
+                    .filter(|l| l.live && l.holder != ha.node_id())
+                    .map(|l| l.api_addr)
+            }
+            .unwrap_or_default();
+            let active_time = ha
+                .active_time()
+                .filter(|_| is_self)
+                .unwrap_or_else(|| "0001-01-01T00:00:00Z".into());
+            Ok(Response::raw(
+                200,
+                json!({ "ha_enabled": true, "is_self": is_self, "active_time": active_time,
+                        "leader_address": leader, "leader_cluster_address": leader,
+                        "performance_standby": false, "performance_standby_last_remote_wal": 0 }),
+            ))
+        }
         _ => Err(ApiError::unsupported_operation()),
     }
+}
+
+/// `sys/ha-status`: the nodes heard of recently, the active one marked
+/// (Vault's shape).
+async fn ha_status(core: &Arc<Core>) -> Result<Response, ApiError> {
+    let Some(ha) = core.ha() else {
+        return Err(ApiError::bad_request("high availability is not enabled"));
+    };
+    let nodes: Vec<Value> = ha
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| {
+            json!({
+                "hostname": n.node_id,
+                "api_address": n.api_addr,
+                "cluster_address": n.api_addr,
+                "active_node": n.active,
+                "last_echo": if n.active { Value::Null } else { json!(n.last_seen) },
+                "version": n.version,
+                "upgrade_version": n.version,
+                "redundancy_zone": "",
+            })
+        })
+        .collect();
+    let m = &ha.metrics;
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Response::data(json!({
+        "nodes": nodes,
+        "metrics": {
+            "this_node": ha.node_id(),
+            "leadership_gained": counter(&m.leadership_gained),
+            "leadership_lost": counter(&m.leadership_lost),
+            "forwarded": counter(&m.forwarded),
+            "redirected": counter(&m.redirected),
+            "forward_errors": counter(&m.forward_errors),
+        },
+    }))
+    .with_top_level())
 }
 
 fn field_u8(req: &Request, name: &str) -> Result<u8, ApiError> {
@@ -189,6 +262,14 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
         return crate::auth_methods::unlock_user(core, u);
     }
     match rest {
+        "step-down" if op == Operation::Write => {
+            // Vault: sudo; without HA there is nothing to hand over
+            if let Some(ha) = core.ha() {
+                ha.step_down();
+            }
+            return Ok(Response::no_content());
+        }
+        "ha-status" if op == Operation::Read => return ha_status(core).await,
         "rotate" if op == Operation::Write => {
             core.barrier.rotate().await?;
             return Ok(Response::no_content());

@@ -1,6 +1,10 @@
-//! A read cache in front of a backend, for a single server that is the only
-//! writer of its storage (the supported deployment). It holds what the
-//! backend holds — barrier ciphertext, never plaintext — and negative results.
+//! A read cache in front of a backend, for a server that is the only writer
+//! of its storage: a single server, or the active node of an HA cluster
+//! (fencing makes it the only one that can write; a standby keeps its cache
+//! true with [`CachedBackend::forget`] and [`CachedBackend::clear`] as
+//! PostgreSQL announces changes, and a node clears it when it becomes
+//! active). It holds what the backend holds — barrier ciphertext, never
+//! plaintext — and negative results.
 //!
 //! Consistency: every write goes through the cache; a miss records the shard's
 //! write generation before reading the backend and only fills the cache if no
@@ -61,6 +65,24 @@ impl CachedBackend {
                 s.map.clear();
             }
             s.map.insert(key.to_string(), value);
+        }
+    }
+
+    /// Drop everything cached: another process may have written (an HA
+    /// node that becomes active, or missed change notifications).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            if let Ok(mut s) = shard.lock() {
+                s.generation += 1;
+                s.map.clear();
+            }
+        }
+    }
+
+    /// Drop what is cached for `keys` (another process wrote them).
+    pub fn forget<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        for k in keys {
+            self.invalidate(k);
         }
     }
 

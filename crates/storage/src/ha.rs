@@ -71,6 +71,7 @@ pub struct HaLock {
     node_id: String,
     api_addr: String,
     pub(crate) ttl: Duration,
+    nodes_table: String,
 }
 
 /// The name of the leadership table beside `table` (a checked identifier).
@@ -78,20 +79,49 @@ pub(crate) fn lock_table(table: &str) -> String {
     format!("{table}_ha")
 }
 
-/// Create the leadership table and its one row (fence 0, expired) if missing.
-pub(crate) async fn ensure_lock_table(pool: &PgPool, table: &str) -> Result<(), StorageError> {
+/// The name of the node list beside `table`.
+pub(crate) fn nodes_table(table: &str) -> String {
+    format!("{table}_hanodes")
+}
+
+/// A node of the cluster, as its last heartbeat said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub api_addr: String,
+    /// Whether it holds the live lease now (from the leadership row, not
+    /// from what the node said).
+    pub active: bool,
+    pub version: String,
+    /// Its last heartbeat, RFC 3339 (UTC, PostgreSQL's clock).
+    pub last_seen: String,
+}
+
+/// Create the leadership table and its one row (fence 0, expired) if
+/// missing, and the node list.
+pub(crate) async fn ensure_lock_table(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    table: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {} (node_id TEXT PRIMARY KEY, api_addr TEXT NOT NULL, \
+         version TEXT NOT NULL, last_seen TIMESTAMPTZ NOT NULL)",
+        nodes_table(table)
+    )))
+    .execute(&mut **tx)
+    .await?;
     let t = lock_table(table);
     sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE IF NOT EXISTS {t} (id INT PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, \
          api_addr TEXT NOT NULL, fence BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"
     )))
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {t} (id, holder, api_addr, fence, expires_at) \
          VALUES (1, '', '', 0, 'epoch') ON CONFLICT (id) DO NOTHING"
     )))
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -117,6 +147,7 @@ impl HaLock {
         Ok(Self {
             pool,
             lock_table: lock_table(table),
+            nodes_table: nodes_table(table),
             node_id: node_id.to_string(),
             api_addr: api_addr.to_string(),
             ttl,
@@ -175,6 +206,72 @@ impl HaLock {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Record this node in the node list (`sys/ha-status`), and drop nodes
+    /// not heard of for an hour.
+    pub async fn heartbeat(&self) -> Result<(), StorageError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (node_id, api_addr, version, last_seen) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (node_id) DO UPDATE SET api_addr = EXCLUDED.api_addr, \
+             version = EXCLUDED.version, last_seen = now()",
+            self.nodes_table
+        )))
+        .bind(&self.node_id)
+        .bind(&self.api_addr)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE last_seen < now() - interval '1 hour'",
+            self.nodes_table
+        )))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Leave the node list (a clean shutdown).
+    pub async fn forget_node(&self) -> Result<(), StorageError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE node_id = $1",
+            self.nodes_table
+        )))
+        .bind(&self.node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The nodes heard of within three leases, the active one marked.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT n.node_id, n.api_addr, (h.holder = n.node_id AND h.expires_at > now()), \
+             n.version, to_char(n.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM {} n CROSS JOIN {} h WHERE h.id = 1 \
+             AND n.last_seen > now() - make_interval(secs => $1::double precision / 1000) \
+             ORDER BY n.node_id",
+            self.nodes_table, self.lock_table
+        )))
+        .bind(self.ttl_ms().saturating_mul(3))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeInfo {
+                    node_id: r.try_get(0)?,
+                    api_addr: r.try_get(1)?,
+                    active: r.try_get(2)?,
+                    version: r.try_get(3)?,
+                    last_seen: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// The row as it is now.
@@ -297,35 +394,83 @@ pub enum Role {
     Active(i64),
 }
 
+/// What the elector is asked to do.
+enum Command {
+    /// Release the lease and do not try to lead again for this long.
+    StepDown(Duration),
+    /// Release the lease and stop.
+    Stop,
+}
+
+/// Until when this node surely holds the lease, by its own monotonic clock:
+/// the lease as measured from before the last successful acquire or renewal
+/// was sent, so never later than PostgreSQL's `expires_at`. Requests check it
+/// ([`Elector::holds_lease`]): a node paused past its lease (SIGSTOP, a long
+/// stall) sees it has run out the moment it wakes, before its elector task
+/// gets to run, and stops serving from what it loaded while it led.
+#[derive(Debug, Default)]
+struct LeaseClock(std::sync::Mutex<Option<(i64, tokio::time::Instant)>>);
+
+impl LeaseClock {
+    fn set(&self, v: Option<(i64, tokio::time::Instant)>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    fn valid(&self) -> Option<i64> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *g {
+            Some((t, until)) if tokio::time::Instant::now() < until => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// Keeps trying to lead and, while leading, renews the lease: tries every
 /// `interval` (Vault's default 5 s for a 15 s lease). The [`Fence`] holds the
 /// token while this node leads and 0 otherwise. Leadership counts as lost
 /// when a renewal is refused, or when no renewal has succeeded within the
 /// lease as measured from before the last successful one was sent (the
 /// database's lease cannot have lasted longer), whichever comes first.
+/// Every round also records this node in the node list
+/// ([`HaLock::heartbeat`]).
 pub struct Elector {
     role: tokio::sync::watch::Receiver<Role>,
-    stop: Arc<tokio::sync::Notify>,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    lease: Arc<LeaseClock>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Elector {
     pub fn spawn(lock: HaLock, fence: Arc<Fence>, interval: Duration) -> Self {
         let (tx, rx) = tokio::sync::watch::channel(Role::Standby);
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
+        let (commands, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let lease = Arc::new(LeaseClock::default());
+        let clock = lease.clone();
         let task = tokio::spawn(async move {
             let mut held: Option<(i64, tokio::time::Instant)> = None; // token, lease deadline
+            let mut hold_off_until: Option<tokio::time::Instant> = None;
+            let stand_down = |held: &mut Option<(i64, tokio::time::Instant)>| {
+                fence.clear();
+                clock.set(None);
+                *held = None;
+                let _ = tx.send(Role::Standby);
+            };
             loop {
                 let sent = tokio::time::Instant::now();
+                let bound = |d: Duration| d.max(Duration::from_millis(100));
                 match held {
-                    None => match tokio::time::timeout(interval.max(lock.ttl), lock.try_acquire())
-                        .await
-                        .unwrap_or_else(|_| Err(StorageError::Backend("timed out".into())))
+                    None if hold_off_until.is_some_and(|u| sent < u) => {}
+                    None => match tokio::time::timeout(
+                        bound(interval.max(lock.ttl)),
+                        lock.try_acquire(),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(StorageError::Backend("timed out".into())))
                     {
                         Ok(Some(t)) => {
                             fence.set(t);
                             held = Some((t, sent + lock.ttl));
+                            clock.set(held);
                             let _ = tx.send(Role::Active(t));
                             tracing::info!(fence = t, "HA: this node is now the active node");
                         }
@@ -342,6 +487,7 @@ impl Elector {
                         let lost = match renewed {
                             Ok(true) => {
                                 held = Some((t, sent + lock.ttl));
+                                clock.set(held);
                                 false
                             }
                             Ok(false) => true,
@@ -351,13 +497,13 @@ impl Elector {
                             }
                         };
                         if lost {
-                            fence.clear();
-                            held = None;
-                            let _ = tx.send(Role::Standby);
+                            stand_down(&mut held);
                             tracing::warn!(fence = t, "HA: this node lost the lead");
                         }
                     }
                 }
+                // the node list: best effort, never longer than a round
+                let _ = tokio::time::timeout(bound(interval), lock.heartbeat()).await;
                 // while leading, wake up in time to stand down at the deadline
                 let wait = match held {
                     Some((_, deadline)) => interval
@@ -366,20 +512,30 @@ impl Elector {
                 };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = stopped.notified() => {
+                    cmd = inbox.recv() => {
                         if let Some((t, _)) = held {
-                            fence.clear();
-                            let _ = lock.release(t).await;
+                            stand_down(&mut held);
+                            let _ = tokio::time::timeout(bound(interval), lock.release(t)).await;
+                            tracing::info!(fence = t, "HA: this node stepped down");
                         }
-                        let _ = tx.send(Role::Standby);
-                        return;
+                        match cmd {
+                            Some(Command::StepDown(d)) => {
+                                hold_off_until = Some(tokio::time::Instant::now() + d);
+                            }
+                            Some(Command::Stop) | None => {
+                                let _ = tokio::time::timeout(bound(interval), lock.forget_node()).await;
+                                let _ = tx.send(Role::Standby);
+                                return;
+                            }
+                        }
                     }
                 }
             }
         });
         Self {
             role: rx,
-            stop,
+            commands,
+            lease,
             task,
         }
     }
@@ -389,9 +545,22 @@ impl Elector {
         self.role.clone()
     }
 
+    /// The fencing token while this node surely holds the lease by its own
+    /// clock (see [`LeaseClock`]); `None` otherwise.
+    pub fn holds_lease(&self) -> Option<i64> {
+        self.lease.valid()
+    }
+
+    /// Give the lead up (releasing the lease at once, so another node takes
+    /// over within its next round) and do not try to lead again for
+    /// `hold_off` (Vault waits 10 s after `sys/step-down`).
+    pub fn step_down(&self, hold_off: Duration) {
+        let _ = self.commands.send(Command::StepDown(hold_off));
+    }
+
     /// Step down (releasing the lease at once) and stop.
     pub async fn stop(self) {
-        self.stop.notify_one();
+        let _ = self.commands.send(Command::Stop);
         let _ = self.task.await;
     }
 

@@ -2,6 +2,7 @@
 //! committed transaction, so acknowledged writes are as durable as the
 //! server's own `synchronous_commit` setting (on by default).
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::{Backend, StorageError, TxnOp, check_key, check_prefix, collapse_chil
 pub const DEFAULT_TABLE: &str = "palisade_store";
 
 /// The longest table name: 63 (PostgreSQL's identifier limit) minus the
-/// length of `_changes`.
+/// length of `_hanodes` (the longest suffix of the tables and channel beside it).
 pub const MAX_TABLE_LEN: usize = 55;
 
 pub struct PostgresBackend {
@@ -32,6 +33,29 @@ impl PostgresBackend {
     /// Connect to `url` and create `table` if missing. `table` must be a plain
     /// SQL identifier (letters, digits, `_`), since it is spliced into SQL.
     pub async fn connect(url: &str, table: &str) -> Result<Self, StorageError> {
+        Self::open(url, table, None).await
+    }
+
+    /// [`PostgresBackend::connect`] for an HA node with lease `lease_ttl`:
+    /// PostgreSQL ends any of this node's sessions that stays idle inside a
+    /// transaction for half the lease (`idle_in_transaction_session_timeout`).
+    /// A fenced write holds the leadership row `FOR SHARE` until it commits;
+    /// a node paused mid-write (SIGSTOP, a stall) would otherwise block every
+    /// takeover for as long as it is paused.
+    pub async fn connect_for_ha(
+        url: &str,
+        table: &str,
+        lease_ttl: Duration,
+    ) -> Result<Self, StorageError> {
+        let idle = (lease_ttl / 2).max(Duration::from_millis(100));
+        Self::open(url, table, Some(idle)).await
+    }
+
+    async fn open(
+        url: &str,
+        table: &str,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Self, StorageError> {
         let valid = !table.is_empty()
             // PostgreSQL truncates identifiers at 63 bytes: `<table>_changes`
             // (the notification channel) and `<table>_ha` must stay distinct
@@ -43,9 +67,18 @@ impl PostgresBackend {
                 "invalid table name {table:?}"
             )));
         }
+        let mut options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
+            StorageError::Backend(format!("invalid PostgreSQL URL: {}", redact_url_error(&e)))
+        })?;
+        if let Some(idle) = idle_in_transaction {
+            options = options.options([(
+                "idle_in_transaction_session_timeout",
+                idle.as_millis().to_string(),
+            )]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|e| {
                 StorageError::Backend(format!(
@@ -53,12 +86,20 @@ impl PostgresBackend {
                     redact_url_error(&e)
                 ))
             })?;
+        // several nodes starting at once: `CREATE TABLE IF NOT EXISTS` is not
+        // safe concurrently in PostgreSQL, so creation is serialised
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("palisade create {table}"))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {table} (key TEXT COLLATE \"C\" PRIMARY KEY NOT NULL, value BYTEA NOT NULL)"
         )))
-        .execute(&pool)
+        .execute(&mut *tx)
         .await?;
-        crate::ha::ensure_lock_table(&pool, table).await?;
+        crate::ha::ensure_lock_table(&mut tx, table).await?;
+        tx.commit().await?;
         Ok(Self {
             pool,
             table: table.to_string(),
@@ -121,7 +162,11 @@ impl PostgresBackend {
 
     /// Drop the table (tests use a table of their own and clean it up).
     pub async fn drop_table(&self) -> Result<(), StorageError> {
-        for t in [self.table.clone(), crate::ha::lock_table(&self.table)] {
+        for t in [
+            self.table.clone(),
+            crate::ha::lock_table(&self.table),
+            crate::ha::nodes_table(&self.table),
+        ] {
             sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
                 .execute(&self.pool)
                 .await?;

@@ -71,6 +71,9 @@ pub struct Spec {
     pub ca_pem: Option<Vec<u8>>,
     /// Extra top-level TOML lines (`key = value\n`...).
     pub top_level: String,
+    /// An HA node: `[ha] enabled = true` with these extra lines, and
+    /// `api_addr` set to the node's own address.
+    pub ha: Option<String>,
 }
 
 impl Spec {
@@ -84,6 +87,7 @@ impl Spec {
             tls: None,
             ca_pem: None,
             top_level: String::new(),
+            ha: None,
         }
     }
 
@@ -94,7 +98,11 @@ impl Spec {
     /// The TOML given to `palisade server --config`. Strings use Rust's
     /// `{:?}`, which matches TOML basic-string escaping for these paths.
     pub fn config_toml(&self, port: u16) -> String {
-        let mut s = format!("log_level = \"info\"\n{}\n[storage]\n", self.top_level);
+        let mut s = format!("log_level = \"info\"\n{}\n", self.top_level);
+        if self.ha.is_some() {
+            s += &format!("api_addr = \"{}://127.0.0.1:{port}\"\n", self.scheme());
+        }
+        s += "[storage]\n";
         match &self.storage {
             Storage::Sqlite(p) => {
                 s += &format!(
@@ -128,6 +136,9 @@ impl Spec {
                 "dangerous_allow_api_file_devices = [{:?}]\n",
                 self.dir.display().to_string()
             );
+        }
+        if let Some(extra) = &self.ha {
+            s += &format!("\n[ha]\nenabled = true\n{extra}\n");
         }
         s
     }
@@ -493,7 +504,7 @@ pub fn drop_pg_table(url: &str, table: &str) {
             url,
             "-q",
             "-c",
-            &format!("DROP TABLE IF EXISTS {table}, {table}_ha"),
+            &format!("DROP TABLE IF EXISTS {table}, {table}_ha, {table}_hanodes"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

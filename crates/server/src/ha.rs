@@ -1,0 +1,628 @@
+//! High availability on PostgreSQL (issue #19; docs/ha.md): several servers
+//! on one database, one active, the others standby.
+//!
+//! - Leadership is the lease of `palisade_storage::ha` with a fencing token:
+//!   every write this node makes goes through a backend fenced with
+//!   [`HaNode::fence`], so PostgreSQL refuses it in the write's own
+//!   transaction unless this node's token is current.
+//! - A node unseals itself and is then a standby: the barrier's keys are in
+//!   memory, nothing else is loaded. When its elector wins the lease the core
+//!   clears the storage cache, reads the keyring again and loads everything
+//!   (`Core::ha_promote`); when it loses the lease the core stops serving and
+//!   drops what it loaded (`Core::ha_demote`).
+//! - A request reaching a node that is not active (or whose lease has run out
+//!   by its own clock) is forwarded to the active node, or redirected there
+//!   (307) when `[ha] mode = "redirect"`. Forwarded requests carry the
+//!   client's address and certificates in headers the active node trusts only
+//!   with a valid MAC under a key derived from the barrier's root key.
+//! - A standby keeps its storage cache true with PostgreSQL's change
+//!   notifications (a full clear after a reconnect).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use palisade_storage::Backend;
+use palisade_storage::cache::CachedBackend;
+use palisade_storage::ha::{Change, Elector, Fence, HaLock, Leader, NodeInfo, Role};
+use palisade_storage::postgres::PostgresBackend;
+
+use crate::config::{HaConfig, HaMode};
+use crate::core::Core;
+use crate::http::ClientAddr;
+use crate::logical::ApiError;
+
+/// How long a node that stepped down (`sys/step-down`) waits before it
+/// tries to lead again (Vault's `manualStepDownSleepPeriod`).
+pub const STEP_DOWN_HOLD_OFF: Duration = Duration::from_secs(10);
+
+/// Headers a standby adds to what it forwards: who the client is.
+pub const FORWARDED_HEADER: &str = "x-palisade-forwarded";
+pub const FORWARDED_CERTS_HEADER: &str = "x-palisade-forwarded-certs";
+/// How far a forwarded request's timestamp may be from the active node's
+/// clock.
+const FORWARDED_MAX_SKEW_SECS: i64 = 60;
+/// The active node must answer a forwarded request within this.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Counters for operators (`sys/ha-status`).
+#[derive(Debug, Default)]
+pub struct HaMetrics {
+    pub leadership_gained: AtomicU64,
+    pub leadership_lost: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub redirected: AtomicU64,
+    pub forward_errors: AtomicU64,
+}
+
+/// This process's part in the cluster.
+pub struct HaNode {
+    pub config: HaConfig,
+    node_id: String,
+    /// Unfenced: the leadership row, the node list and change notifications
+    /// (never used for data writes).
+    base: PostgresBackend,
+    /// The token every data write carries.
+    pub fence: Arc<Fence>,
+    cache: Arc<CachedBackend>,
+    elector: std::sync::Mutex<Option<Elector>>,
+    leader: std::sync::RwLock<Option<Leader>>,
+    client: reqwest::Client,
+    /// When this node last became active (nanoseconds since the epoch).
+    active_since: AtomicU64,
+    pub metrics: HaMetrics,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("ha: {e}"))
+}
+
+impl HaNode {
+    /// Connect to PostgreSQL: the storage the barrier uses (fenced, behind
+    /// the read cache) and the node.
+    pub async fn open(
+        url: &str,
+        table: &str,
+        config: HaConfig,
+        cache_entries: usize,
+    ) -> Result<(Arc<dyn Backend>, Arc<Self>), String> {
+        let base = PostgresBackend::connect_for_ha(url, table, config.lease_ttl)
+            .await
+            .map_err(|e| format!("storage: {e}"))?;
+        let fence = Fence::new();
+        let cache = Arc::new(CachedBackend::new(
+            Arc::new(base.fenced(fence.clone())),
+            cache_entries,
+        ));
+        let mut client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(FORWARD_TIMEOUT);
+        if let Some(f) = &config.tls_ca_file {
+            let pem = std::fs::read(f).map_err(|e| {
+                format!("ha.tls_ca_file: cannot read {}: {}", f.display(), e.kind())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    format!("ha.tls_ca_file: {} holds no PEM certificate", f.display())
+                })?;
+            client = client.tls_certs_only(certs);
+        }
+        let client = client
+            .build()
+            .map_err(|_| "ha: cannot build the forwarding HTTP client".to_string())?;
+        let node = Arc::new(Self {
+            config,
+            node_id: palisade_core::uuid_v4(),
+            base,
+            fence,
+            cache: cache.clone(),
+            elector: std::sync::Mutex::new(None),
+            leader: std::sync::RwLock::new(None),
+            client,
+            active_since: AtomicU64::new(0),
+            metrics: HaMetrics::default(),
+        });
+        node.spawn_change_listener();
+        let backend: Arc<dyn Backend> = cache;
+        Ok((backend, node))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn lock(&self) -> Result<HaLock, ApiError> {
+        self.base
+            .ha_lock(&self.node_id, &self.config.api_addr, self.config.lease_ttl)
+            .map_err(internal)
+    }
+
+    /// While not active, drop from the storage cache what the active node
+    /// changes (everything after a lost connection). The active node is the
+    /// only writer (fencing), so its own cache needs nothing.
+    fn spawn_change_listener(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut changes = loop {
+                let Some(n) = node.upgrade() else { return };
+                match n.base.changes().await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HA: cannot listen for storage changes; retrying");
+                        drop(n);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            // what was written before we listened is unknown
+            if let Some(n) = node.upgrade() {
+                n.cache.clear();
+            }
+            loop {
+                let change = changes.next().await;
+                let Some(n) = node.upgrade() else { return };
+                if n.fence.get() != 0 {
+                    continue;
+                }
+                match change {
+                    Change::Keys(keys) => n.cache.forget(keys.iter().map(String::as_str)),
+                    Change::Resync => n.cache.clear(),
+                }
+            }
+        });
+    }
+
+    /// Start trying to lead (at unseal), unless already started.
+    pub fn start(self: &Arc<Self>, core: &Arc<Core>) -> Result<(), ApiError> {
+        let mut slot = self.elector.lock().map_err(internal)?;
+        if slot.is_some() {
+            return Ok(());
+        }
+        let elector = Elector::spawn(self.lock()?, self.fence.clone(), self.config.renew_interval);
+        let role = elector.role();
+        *slot = Some(elector);
+        tokio::spawn(drive(Arc::downgrade(core), self.clone(), role));
+        Ok(())
+    }
+
+    /// Stop leading and trying to (seal, shutdown): the lease is released,
+    /// so another node takes over within its next round.
+    pub async fn stop(&self) {
+        let e = self.elector.lock().ok().and_then(|mut s| s.take());
+        if let Some(e) = e {
+            e.stop().await;
+        }
+        self.fence.clear();
+    }
+
+    /// `sys/step-down`: give the lead up and let another node take it.
+    pub fn step_down(&self) {
+        if let Ok(s) = self.elector.lock()
+            && let Some(e) = s.as_ref()
+        {
+            e.step_down(STEP_DOWN_HOLD_OFF);
+        }
+    }
+
+    /// The fencing token while this node surely holds the lease.
+    pub fn holds_lease(&self) -> Option<i64> {
+        self.elector
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().and_then(Elector::holds_lease))
+    }
+
+    /// Lead just for `sys/init` (no node is unsealed, so none leads): take
+    /// the lease if nobody holds it and write with its token. Release with
+    /// [`HaNode::release_once`].
+    pub async fn acquire_once(&self) -> Result<(HaLock, i64), ApiError> {
+        let lock = self.lock()?;
+        match lock.try_acquire().await.map_err(internal)? {
+            Some(t) => {
+                self.fence.set(t);
+                Ok((lock, t))
+            }
+            None => Err(ApiError::new(
+                503,
+                "another node of the cluster is active: initialise through it",
+            )),
+        }
+    }
+
+    pub async fn release_once(&self, lock: HaLock, token: i64) {
+        self.fence.clear();
+        if let Err(e) = lock.release(token).await {
+            tracing::warn!(error = %e, "HA: could not release the lease taken for init");
+        }
+    }
+
+    /// Called by the core once it serves as the active node.
+    pub(crate) fn became_active(&self) {
+        self.active_since
+            .store(palisade_core::now_nanos().max(0) as u64, Ordering::SeqCst);
+        self.metrics
+            .leadership_gained
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn became_standby(&self) {
+        self.active_since.store(0, Ordering::SeqCst);
+        self.metrics.leadership_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drop the whole storage cache (a node about to load as active).
+    pub(crate) fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    async fn refresh_leader(&self) -> Option<Leader> {
+        let lock = self.lock().ok()?;
+        match tokio::time::timeout(Duration::from_secs(2), lock.leader()).await {
+            Ok(Ok(l)) => {
+                if let Ok(mut g) = self.leader.write() {
+                    *g = Some(l.clone());
+                }
+                Some(l)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "HA: cannot read the leadership row");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The active node as this node last saw it; read again when `fresh`,
+    /// or when what was seen is no longer live (a failover since).
+    pub async fn leader(&self, fresh: bool) -> Option<Leader> {
+        if !fresh
+            && let Some(l) = self.leader.read().ok().and_then(|g| g.clone())
+            && l.live
+        {
+            return Some(l);
+        }
+        self.refresh_leader().await
+    }
+
+    /// Another node's address to send requests to: the live leader, never
+    /// this node.
+    async fn active_addr(&self, fresh: bool) -> Option<String> {
+        let usable = |l: &Leader| l.live && l.holder != self.node_id && !l.api_addr.is_empty();
+        let l = self.leader(fresh).await?;
+        if usable(&l) {
+            return Some(l.api_addr);
+        }
+        if fresh {
+            return None;
+        }
+        self.leader(true).await.filter(usable).map(|l| l.api_addr)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
+        self.lock()?.nodes().await.map_err(internal)
+    }
+
+    /// When this node became active (RFC 3339), if it is.
+    pub fn active_time(&self) -> Option<String> {
+        match self.active_since.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(palisade_core::rfc3339(n as i64)),
+        }
+    }
+
+    fn forwarding_key(core: &Core) -> Result<palisade_crypto::mac::MacKey, ApiError> {
+        let k = core.barrier.derive_key("ha request forwarding")?;
+        Ok(palisade_crypto::mac::MacKey::from_bytes(&k))
+    }
+
+    /// What the MAC of a forwarded request covers.
+    fn forwarded_message(ts: i64, addr: &str, method: &Method, uri: &Uri, certs: &str) -> Vec<u8> {
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        format!("palisade-forwarded v1\n{ts}\n{addr}\n{method}\n{target}\n{certs}").into_bytes()
+    }
+
+    /// The client a forwarded request is from, when it carries a valid
+    /// forwarding header: `Ok(None)` without one, an error when the header
+    /// is there but not valid (refused: a client must not pick its address).
+    pub fn forwarded_client(
+        core: &Core,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<ClientAddr>, ApiError> {
+        let Some(v) = headers.get(FORWARDED_HEADER) else {
+            if headers.contains_key(FORWARDED_CERTS_HEADER) {
+                return Err(bad_forwarded());
+            }
+            return Ok(None);
+        };
+        if core.ha().is_none() || headers.get_all(FORWARDED_HEADER).iter().count() != 1 {
+            return Err(bad_forwarded());
+        }
+        let v = v.to_str().map_err(|_| bad_forwarded())?;
+        let mut ts = None;
+        let mut addr = None;
+        let mut mac = None;
+        for part in v.split(' ') {
+            match part.split_once('=') {
+                Some(("ts", x)) => ts = x.parse::<i64>().ok(),
+                Some(("addr", x)) => addr = x.parse::<std::net::IpAddr>().ok(),
+                Some(("mac", x)) => mac = hex::decode(x).ok(),
+                _ => return Err(bad_forwarded()),
+            }
+        }
+        let (Some(ts), Some(ip), Some(mac)) = (ts, addr, mac) else {
+            return Err(bad_forwarded());
+        };
+        let mut certs_hdr = headers.get_all(FORWARDED_CERTS_HEADER).iter();
+        let certs_value = match (certs_hdr.next(), certs_hdr.next()) {
+            (None, _) => "",
+            (Some(c), None) => c.to_str().map_err(|_| bad_forwarded())?,
+            _ => return Err(bad_forwarded()),
+        };
+        let key = Self::forwarding_key(core).map_err(|_| bad_forwarded())?;
+        let msg = Self::forwarded_message(ts, &ip.to_string(), method, uri, certs_value);
+        if !key.verify(&msg, &mac) {
+            return Err(bad_forwarded());
+        }
+        let now = palisade_core::now_nanos() / 1_000_000_000;
+        if (now - ts).abs() > FORWARDED_MAX_SKEW_SECS {
+            return Err(bad_forwarded());
+        }
+        let certs = if certs_value.is_empty() {
+            None
+        } else {
+            let mut out = Vec::new();
+            for c in certs_value.split(',') {
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(c)
+                        .map_err(|_| bad_forwarded())?,
+                );
+            }
+            Some(Arc::new(out))
+        };
+        Ok(Some(ClientAddr {
+            addr: std::net::SocketAddr::new(ip, 0),
+            certs,
+        }))
+    }
+
+    /// `[ha] mode`: answer a request this node does not serve, by
+    /// forwarding it to the active node or redirecting the client there.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay(
+        &self,
+        core: &Core,
+        max_body: usize,
+        body_timeout: Duration,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        client: Option<ClientAddr>,
+        body: Body,
+    ) -> axum::response::Response {
+        let request_id = palisade_core::uuid_v4();
+        let fail = |status: u16, msg: &str| {
+            crate::http::render(Err(ApiError::new(status, msg)), &request_id, false)
+        };
+        if headers.contains_key(FORWARDED_HEADER) {
+            // forwarded to a node that is not active (it lost the lead on
+            // the way): never forwarded again, so requests cannot loop
+            return fail(
+                503,
+                "the node this request was forwarded to is not the active node; retry",
+            );
+        }
+        let target = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        if self.config.mode == HaMode::Redirect {
+            let Some(addr) = self.active_addr(false).await else {
+                return fail(503, "no active node in the cluster");
+            };
+            self.metrics.redirected.fetch_add(1, Ordering::Relaxed);
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{addr}{target}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return r;
+        }
+        let bytes = if hyper::body::Body::is_end_stream(&body) {
+            bytes::Bytes::new()
+        } else {
+            let limited = http_body_util::Limited::new(body, max_body);
+            match tokio::time::timeout(body_timeout, http_body_util::BodyExt::collect(limited))
+                .await
+            {
+                Err(_) => return fail(408, "request body not received in time"),
+                Ok(Err(e))
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return fail(413, "http: request body too large");
+                }
+                Ok(Err(_)) => return fail(400, "failed to read request body"),
+                Ok(Ok(c)) => c.to_bytes(),
+            }
+        };
+        let key = match Self::forwarding_key(core) {
+            Ok(k) => k,
+            Err(_) => return fail(503, "Vault is sealed"),
+        };
+        let ts = palisade_core::now_nanos() / 1_000_000_000;
+        let ip = client
+            .as_ref()
+            .map(|c| c.addr.ip().to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let certs = client
+            .as_ref()
+            .and_then(|c| c.certs.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let mac = key.sign_hex(&Self::forwarded_message(ts, &ip, &method, &uri, &certs));
+        let Ok(m) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
+            return fail(405, "unsupported operation");
+        };
+        let mut out = reqwest::header::HeaderMap::new();
+        let connection_named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .collect();
+        for (k, v) in &headers {
+            if is_hop_by_hop(k)
+                || connection_named.iter().any(|c| c == k.as_str())
+                || k.as_str() == FORWARDED_CERTS_HEADER
+            {
+                continue;
+            }
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_str().as_bytes()),
+                reqwest::header::HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                out.append(k, v);
+            }
+        }
+        if let Ok(v) =
+            reqwest::header::HeaderValue::from_str(&format!("ts={ts} addr={ip} mac={mac}"))
+        {
+            out.insert(FORWARDED_HEADER, v);
+        }
+        if !certs.is_empty()
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(&certs)
+        {
+            out.insert(FORWARDED_CERTS_HEADER, v);
+        }
+        let mut fresh = false;
+        let resp = loop {
+            let Some(addr) = self.active_addr(fresh).await else {
+                return fail(503, "no active node in the cluster");
+            };
+            let sent = self
+                .client
+                .request(m.clone(), format!("{addr}{target}"))
+                .headers(out.clone())
+                .body(bytes.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) => break r,
+                // never sent (the node we knew went away): look the active
+                // node up again and try once more
+                Err(e) if e.is_connect() && !fresh => {
+                    fresh = true;
+                }
+                Err(e) => {
+                    self.metrics.forward_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %redact(&e), "HA: forwarding to the active node failed");
+                    return fail(502, "forwarding the request to the active node failed");
+                }
+            }
+        };
+        self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut rh = HeaderMap::new();
+        for (k, v) in resp.headers() {
+            let Ok(name) = HeaderName::from_bytes(k.as_str().as_bytes()) else {
+                continue;
+            };
+            if is_hop_by_hop(&name) {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                rh.append(name, v);
+            }
+        }
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.forward_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %redact(&e), "HA: reading the active node's answer failed");
+                return fail(502, "forwarding the request to the active node failed");
+            }
+        };
+        let mut r = (status, body).into_response();
+        *r.headers_mut() = rh;
+        r
+    }
+}
+
+fn bad_forwarded() -> ApiError {
+    ApiError::bad_request("invalid forwarded request")
+}
+
+/// A reqwest error without its URL (which names only the active node, but
+/// a query string could carry request data).
+fn redact(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    }
+}
+
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    matches!(
+        k.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Act on the elector's decisions, and keep the leader's address fresh.
+async fn drive(core: Weak<Core>, ha: Arc<HaNode>, mut role: tokio::sync::watch::Receiver<Role>) {
+    let mut tick = tokio::time::interval(ha.config.renew_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = role.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let r = *role.borrow_and_update();
+                let Some(core) = core.upgrade() else { return };
+                match r {
+                    Role::Active(t) => core.ha_promote(t).await,
+                    Role::Standby => core.ha_demote().await,
+                }
+                ha.refresh_leader().await;
+            }
+            _ = tick.tick() => {
+                ha.refresh_leader().await;
+            }
+        }
+    }
+}
