@@ -16,12 +16,17 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 mod gateway_setup;
+mod ha;
 
 #[derive(Parser, Debug)]
 enum Cli {
     /// KV v2 read/write and transit throughput of palisade server, beside
     /// OpenBao (docs/benchmarks.md).
     Kv(Args),
+    /// KV v2 through the active node and a standby of a three-node HA
+    /// cluster on PostgreSQL, beside a single node and OpenBao HA, and
+    /// failover times over repeated kill -9 (docs/benchmarks.md).
+    Ha(ha::HaArgs),
     /// Write the files bench/gateway.sh needs into DIR.
     GatewaySetup {
         dir: PathBuf,
@@ -1280,6 +1285,12 @@ async fn run(args: &Args, backends: &[String]) -> bool {
 async fn main() {
     let args = match Cli::parse() {
         Cli::Kv(a) => a,
+        Cli::Ha(a) => {
+            if !ha::run(a).await {
+                std::process::exit(1);
+            }
+            return;
+        }
         Cli::Jwt { tokens, rounds } => {
             bench_jwt(tokens, rounds).await;
             return;

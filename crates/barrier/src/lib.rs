@@ -442,13 +442,19 @@ impl Barrier {
         Ok(())
     }
 
-    /// A key for `purpose`, derived from the root key (HKDF-SHA256): the
-    /// same on every process unsealed with this barrier, unknown to anyone
-    /// else (HA nodes authenticate what they forward to each other with it).
+    /// A key for `purpose`, derived (HKDF-SHA256) from the keyring's first
+    /// term: the same on every process unsealed with this barrier whatever
+    /// happened since (`sys/rotate` adds terms, a rekey re-wraps the keyring
+    /// under a new root key: the first term stays), unknown to anyone else
+    /// (HA nodes authenticate what they forward to each other with it).
     pub fn derive_key(&self, purpose: &str) -> Result<Zeroizing<Vec<u8>>, BarrierError> {
         let ring = self.ring()?;
+        let (_, first) = ring
+            .terms
+            .first_key_value()
+            .ok_or_else(|| BarrierError::Corrupt("empty keyring".into()))?;
         palisade_crypto::transit::derive_key(
-            ring.root.expose_bytes(),
+            first.key.expose_bytes(),
             format!("palisade barrier derived key: {purpose}").as_bytes(),
         )
         .map_err(|_| BarrierError::Corrupt("key derivation".into()))

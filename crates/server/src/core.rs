@@ -366,11 +366,22 @@ impl Core {
             return;
         }
         ha.clear_cache();
-        let loaded = async {
-            self.barrier.reload_keyring().await?;
-            self.post_unseal().await
+        if let Err(e) = self.barrier.reload_keyring().await {
+            if matches!(e, palisade_barrier::BarrierError::Integrity { .. }) {
+                // a rekey on another node wrapped the keyring under a new
+                // root key: this node cannot read the cluster's data any more
+                tracing::error!(
+                    "HA: the stored keyring does not open with this node's root key (the cluster was rekeyed since this node was unsealed): sealing; unseal it again with the current shares"
+                );
+                ha.step_down();
+                let _ = self.seal_locked().await;
+                return;
+            }
+            tracing::error!(error = %e, "HA: could not read the keyring as the active node; stepping down");
+            ha.step_down();
+            return;
         }
-        .await;
+        let loaded = self.post_unseal().await;
         match loaded {
             Ok(()) => {
                 ha.became_active();

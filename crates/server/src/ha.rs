@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use palisade_storage::Backend;
@@ -410,9 +410,12 @@ impl HaNode {
         client: Option<ClientAddr>,
         body: Body,
     ) -> axum::response::Response {
-        let request_id = palisade_core::uuid_v4();
         let fail = |status: u16, msg: &str| {
-            crate::http::render(Err(ApiError::new(status, msg)), &request_id, false)
+            crate::http::render(
+                Err(ApiError::new(status, msg)),
+                &palisade_core::uuid_v4(),
+                false,
+            )
         };
         if headers.contains_key(FORWARDED_HEADER) {
             // forwarded to a node that is not active (it lost the lead on
@@ -478,37 +481,24 @@ impl HaNode {
             })
             .unwrap_or_default();
         let mac = key.sign_hex(&Self::forwarded_message(ts, &ip, &method, &uri, &certs));
-        let Ok(m) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
-            return fail(405, "unsupported operation");
-        };
-        let mut out = reqwest::header::HeaderMap::new();
+        // axum and reqwest share the `http` crate's types
         let connection_named: Vec<String> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .collect();
-        for (k, v) in &headers {
-            if is_hop_by_hop(k)
-                || connection_named.iter().any(|c| c == k.as_str())
-                || k.as_str() == FORWARDED_CERTS_HEADER
-            {
-                continue;
-            }
-            if let (Ok(k), Ok(v)) = (
-                reqwest::header::HeaderName::from_bytes(k.as_str().as_bytes()),
-                reqwest::header::HeaderValue::from_bytes(v.as_bytes()),
-            ) {
-                out.append(k, v);
-            }
+        let mut out = headers;
+        strip_hop_by_hop(&mut out);
+        for c in &connection_named {
+            out.remove(c.as_str());
         }
-        if let Ok(v) =
-            reqwest::header::HeaderValue::from_str(&format!("ts={ts} addr={ip} mac={mac}"))
-        {
+        out.remove(FORWARDED_CERTS_HEADER);
+        if let Ok(v) = HeaderValue::from_str(&format!("ts={ts} addr={ip} mac={mac}")) {
             out.insert(FORWARDED_HEADER, v);
         }
         if !certs.is_empty()
-            && let Ok(v) = reqwest::header::HeaderValue::from_str(&certs)
+            && let Ok(v) = HeaderValue::from_str(&certs)
         {
             out.insert(FORWARDED_CERTS_HEADER, v);
         }
@@ -519,7 +509,7 @@ impl HaNode {
             };
             let sent = self
                 .client
-                .request(m.clone(), format!("{addr}{target}"))
+                .request(method.clone(), format!("{addr}{target}"))
                 .headers(out.clone())
                 .body(bytes.clone())
                 .send()
@@ -539,20 +529,9 @@ impl HaNode {
             }
         };
         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let mut rh = HeaderMap::new();
-        for (k, v) in resp.headers() {
-            let Ok(name) = HeaderName::from_bytes(k.as_str().as_bytes()) else {
-                continue;
-            };
-            if is_hop_by_hop(&name) {
-                continue;
-            }
-            if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-                rh.append(name, v);
-            }
-        }
+        let status = resp.status();
+        let mut rh = resp.headers().clone();
+        strip_hop_by_hop(&mut rh);
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -585,21 +564,23 @@ fn redact(e: &reqwest::Error) -> &'static str {
     }
 }
 
-fn is_hop_by_hop(k: &HeaderName) -> bool {
-    matches!(
-        k.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+/// Drop the headers that describe one connection, not the request.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for k in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    ] {
+        h.remove(k);
+    }
 }
 
 /// Act on the elector's decisions, and keep the leader's address fresh.
