@@ -297,14 +297,8 @@ fn palisade_cluster(args: &HaArgs, n: usize, ha: bool) -> Result<Cluster, String
 fn openbao_cluster(args: &HaArgs) -> Result<Cluster, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let pid = std::process::id();
-    // OpenBao's postgresql backend creates neither table; its connections
-    // are capped as palisade's pool is (16), within PostgreSQL's default 100
-    let tables = format!(
-        "CREATE TABLE bench_bao_{pid} (parent_path TEXT COLLATE \"C\" NOT NULL, path TEXT COLLATE \"C\", key TEXT COLLATE \"C\", value BYTEA, CONSTRAINT pkey_{pid} PRIMARY KEY (path, key)); \
-         CREATE INDEX parent_path_idx_{pid} ON bench_bao_{pid} (parent_path); \
-         CREATE TABLE bench_bao_ha_{pid} (ha_key TEXT COLLATE \"C\" NOT NULL, ha_identity TEXT COLLATE \"C\" NOT NULL, ha_value TEXT COLLATE \"C\", valid_until TIMESTAMP WITH TIME ZONE NOT NULL, CONSTRAINT ha_key_{pid} PRIMARY KEY (ha_key));"
-    );
-    psql(&args.pg_url, &tables)?;
+    // OpenBao 2.7 creates its tables itself; its connections are capped as
+    // palisade's pool is (16), within PostgreSQL's default of 100
     let mut nodes = Vec::new();
     for i in 0..3 {
         let (port, cport) = (free_port(), free_port());
@@ -332,7 +326,10 @@ audit "file" "file" {{
 }}
 "#,
             args.pg_url,
-            dir.path().join(format!("audit{i}.log")).display()
+            // one path on every node: OpenBao keeps configured audit devices
+            // in its shared table and a node whose options differ fails to
+            // become active (it would never take over)
+            dir.path().join("audit.log").display()
         );
         let path = dir.path().join(format!("bao{i}.hcl"));
         std::fs::write(&path, cfg).map_err(|e| e.to_string())?;

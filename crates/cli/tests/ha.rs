@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +59,11 @@ async fn cluster(n: usize, ttl: Duration, extra: &[&str]) -> Option<Cluster> {
         common::skip("PostgreSQL is not reachable at 127.0.0.1:5432");
         return None;
     };
+    Some(cluster_on(&url, n, ttl, extra).await)
+}
+
+async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Cluster {
+    let url = url.to_string();
     let table = format!("ha_{}", common::unique());
     // the nodes' connections carry a name of their own (pg_terminate_backend)
     let app = format!("palisade_{table}");
@@ -107,7 +113,7 @@ async fn cluster(n: usize, ttl: Duration, extra: &[&str]) -> Option<Cluster> {
     cl.nodes[active]
         .post_ok(&cl.root, "secret/config", json!({"max_versions": 1000}))
         .await;
-    Some(cl)
+    cl
 }
 
 impl Cluster {
@@ -185,7 +191,14 @@ async fn call(
     if let Some(b) = body {
         rb = rb.body(b.to_string());
     }
-    let r = rb.send().await.expect("request");
+    let r = match rb.send().await {
+        Ok(r) => r,
+        // a timeout or a refused connection: status 0 (the fault tests expect them)
+        Err(e) if e.is_timeout() || e.is_connect() => {
+            return (0, Value::Null, reqwest::header::HeaderMap::new());
+        }
+        Err(e) => panic!("request: {e}"),
+    };
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.unwrap_or_default();
@@ -803,4 +816,377 @@ async fn the_cluster_recovers_when_postgresql_ends_every_connection() {
     );
     assert!(ended >= 3, "no connection was ended");
     assert!(resumed <= ttl * 2);
+}
+
+/// A PostgreSQL of this test's own (initdb in a temporary directory, run as
+/// the `postgres` user on a free port), so that it can be restarted without
+/// disturbing the tests that share the machine's PostgreSQL. Stopped on drop.
+struct PrivatePostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// `listen_addresses`
+    listen: String,
+}
+
+impl PrivatePostgres {
+    fn start() -> Option<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Listening on `listen` (comma-separated addresses), trusting every
+    /// client of 127.0.0.1 and 10.0.0.0/8.
+    fn start_on(listen: &str) -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").is_file())?;
+        let dir = std::env::temp_dir().join(format!("palisade-pg-{}", common::unique()));
+        std::fs::create_dir(&dir).ok()?;
+        let pg = Self {
+            dir,
+            bin,
+            port: common::free_port(),
+            listen: listen.to_string(),
+        };
+        let chown = std::process::Command::new("chown")
+            .args(["postgres:postgres", &pg.dir.display().to_string()])
+            .status()
+            .ok()?;
+        if !chown.success() {
+            return None;
+        }
+        pg.run(
+            "initdb",
+            &["-D", &pg.data(), "-A", "trust", "-U", "postgres"],
+        )
+        .then_some(())?;
+        let hba = pg.dir.join("data/pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).ok()?;
+        text += "host all all 10.0.0.0/8 trust\n";
+        std::fs::write(&hba, text).ok()?;
+        pg.ctl(&["start"]).then_some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> bool {
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(tool))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `pg_ctl <args>` with this server's options, waiting for it.
+    fn ctl(&self, args: &[&str]) -> bool {
+        let data = self.data();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses={} -c max_connections=200",
+            self.port,
+            self.dir.display(),
+            self.listen
+        );
+        let log = self.dir.join("pg.log").display().to_string();
+        let mut all: Vec<&str> = vec!["-D", &data, "-o", &opts, "-l", &log, "-w"];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop", "-m", "immediate"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_recovers_from_a_postgresql_crash_and_restart() {
+    let _s = SERIAL.lock().await;
+    let Some(pg) = PrivatePostgres::start() else {
+        common::skip(
+            "cannot run a private PostgreSQL (initdb under /usr/lib/postgresql, runuser, a postgres user)",
+        );
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    let cl = cluster_on(&pg.url(), 3, ttl, &[]).await;
+    cl.wait_active(None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cl, 8, Duration::from_secs(5), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // a crash (immediate: no checkpoint, recovery from the WAL), then up again
+    assert!(
+        pg.ctl(&["restart", "-m", "immediate"]),
+        "pg_ctl restart failed"
+    );
+    let up = Instant::now();
+    let active = cl.wait_active(None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.unwrap());
+    }
+    let acked = check_histories(&cl, &cl.nodes[active], &results).await;
+    let resumed = first_ack_after(&results, up).expect("writes resumed after the restart");
+    eprintln!(
+        "PostgreSQL crash and restart: {acked} acknowledged writes read back; writes acknowledged again {resumed:?} after PostgreSQL was back"
+    );
+    assert!(resumed <= ttl * 2, "recovery took {resumed:?}");
+}
+
+/// A network namespace joined to the host by a veth pair: the host side has
+/// `10.231.N.1` (PostgreSQL) and `10.231.N.3` (the other nodes, clients),
+/// the namespace side `10.231.N.2`. Deleted on drop.
+struct Netns {
+    name: String,
+    net: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    fn create() -> Option<Self> {
+        let n = (std::process::id() % 200) + 20;
+        let ns = Self {
+            name: format!("palisade-ha-{n}"),
+            net: format!("10.231.{n}"),
+        };
+        let (h, p) = (format!("palh{n}"), format!("palp{n}"));
+        let _ = ip(&["netns", "del", &ns.name]);
+        let ok = ip(&["netns", "add", &ns.name])
+            && ip(&["link", "add", &h, "type", "veth", "peer", "name", &p])
+            && ip(&["link", "set", &p, "netns", &ns.name])
+            && ip(&["addr", "add", &format!("{}.1/24", ns.net), "dev", &h])
+            && ip(&["addr", "add", &format!("{}.3/24", ns.net), "dev", &h])
+            && ip(&["link", "set", &h, "up"])
+            && ns.exec(&["addr", "add", &format!("{}.2/24", ns.net), "dev", &p])
+            && ns.exec(&["link", "set", &p, "up"])
+            && ns.exec(&["link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+
+    /// `ip <args>` inside the namespace.
+    fn exec(&self, args: &[&str]) -> bool {
+        let mut all = vec!["netns", "exec", &self.name, "ip"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A node process (killed on drop) and its address.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_node_cut_off_from_postgresql_stops_serving_within_its_lease() {
+    let _s = SERIAL.lock().await;
+    let Some(ns) = Netns::create() else {
+        common::skip("cannot make a network namespace (ip netns, root)");
+        return;
+    };
+    let net = ns.net.clone();
+    let Some(pg) = PrivatePostgres::start_on(&format!("127.0.0.1,{net}.1")) else {
+        common::skip(
+            "cannot run a private PostgreSQL (initdb under /usr/lib/postgresql, runuser, a postgres user)",
+        );
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("ha_{}", common::unique());
+    // node 0 in the namespace, nodes 1 and 2 on the host side's .3
+    let addrs = [
+        format!("{net}.2:{}", common::free_port()),
+        format!("{net}.3:{}", common::free_port()),
+        format!("{net}.3:{}", common::free_port()),
+    ];
+    let mut procs = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let cfg = dir.path().join(format!("n{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "log_level = \"info\"\napi_addr = \"http://{a}\"\n[storage]\nbackend = \"postgres\"\nurl = \"postgres://postgres@{net}.1:{}/postgres\"\ntable = \"{table}\"\n[listener]\naddress = \"{a}\"\ntls_disable = true\n[ha]\nenabled = true\nlease_ttl = \"2s\"\nrenew_interval = \"500ms\"\n",
+                pg.port
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
+        let mut cmd = if i == 0 {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &ns.name, common::BIN]);
+            c
+        } else {
+            std::process::Command::new(common::BIN)
+        };
+        cmd.args(["server", "--config", &cfg.display().to_string()])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        procs.push(Proc(cmd.spawn().unwrap()));
+    }
+    // clients on the host side's .3: answers to it are not cut off below
+    let c = reqwest::Client::builder()
+        .local_address(Some(format!("{net}.3").parse().unwrap()))
+        .timeout(Duration::from_millis(700))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |i: usize, p: &str| format!("http://{}/v1/{p}", addrs[i]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        while c.get(url(i, "sys/health")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "node {i} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (st, init, _) = call(
+        &c,
+        "PUT",
+        &url(0, "sys/init"),
+        None,
+        Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{init}");
+    let key = init["keys"][0].as_str().unwrap().to_string();
+    let root = init["root_token"].as_str().unwrap().to_string();
+    // node 0 first: it becomes the active node
+    for i in 0..3 {
+        let (st, _, _) = call(
+            &c,
+            "PUT",
+            &url(i, "sys/unseal"),
+            None,
+            Some(json!({"key": key})),
+        )
+        .await;
+        assert_eq!(st, 200);
+        if i == 0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while call(&c, "GET", &url(0, "sys/health"), None, None).await.0 != 200 {
+                assert!(Instant::now() < deadline, "node 0 did not become active");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let (st, _, _) = call(
+        &c,
+        "POST",
+        &url(0, "sys/mounts/secret"),
+        Some(&root),
+        Some(json!({"type": "kv", "options": {"version": "2"}})),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (st, _, _) = call(
+        &c,
+        "POST",
+        &url(0, "secret/data/k"),
+        Some(&root),
+        Some(json!({"data": {"v": "before"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        call(&c, "GET", &url(0, "secret/data/k"), Some(&root), None)
+            .await
+            .0,
+        200
+    );
+
+    // cut node 0 off from PostgreSQL (packets to it are dropped: connections hang)
+    assert!(ns.exec(&["route", "add", "blackhole", &format!("{net}.1/32")]));
+    let cut = Instant::now();
+    let mut served_late = Vec::new();
+    let mut new_active = None;
+    let mut wrote_after = false;
+    while cut.elapsed() < ttl * 3 {
+        let sent = Instant::now();
+        let (st, v, _) = call(&c, "GET", &url(0, "secret/data/k"), Some(&root), None).await;
+        if st == 200 && sent > cut + ttl {
+            served_late.push((sent - cut, v));
+        }
+        if new_active.is_none() {
+            for i in 1..3 {
+                if call(&c, "GET", &url(i, "sys/health"), None, None).await.0 == 200 {
+                    new_active = Some((i, cut.elapsed()));
+                }
+            }
+        }
+        if let Some((i, _)) = new_active
+            && !wrote_after
+        {
+            let (st, _, _) = call(
+                &c,
+                "POST",
+                &url(i, "secret/data/k"),
+                Some(&root),
+                Some(json!({"data": {"v": "after"}})),
+            )
+            .await;
+            wrote_after = st == 200;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served_late.is_empty(),
+        "node 0 served past its lease while cut off: {served_late:?}"
+    );
+    let (i, took) = new_active.expect("another node took over");
+    assert!(wrote_after, "the new active node accepted no write");
+    eprintln!(
+        "partition: node 0 served nothing after its lease; node {i} active {took:?} after the cut (lease {ttl:?})"
+    );
+    assert!(took <= ttl * 2, "takeover took {took:?}");
+
+    // healed: node 0 is a standby and forwards to the new active node
+    assert!(ns.exec(&["route", "del", "blackhole", &format!("{net}.1/32")]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (st, v, _) = call(&c, "GET", &url(0, "secret/data/k"), Some(&root), None).await;
+        if st == 200 && v["data"]["data"]["v"] == json!("after") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 did not rejoin: {st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        call(&c, "GET", &url(0, "sys/health"), None, None).await.0,
+        429
+    );
+    drop(procs);
 }

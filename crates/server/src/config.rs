@@ -678,8 +678,11 @@ pub fn validate(
         }
     };
     let rotation = validate_rotation(raw.rotation, &mut errs);
-    let ha = validate_ha(raw.ha, raw.api_addr.as_deref(), storage.as_ref(), &mut errs);
-    let api_addr = match raw.api_addr.as_deref() {
+    // Vault's VAULT_API_ADDR: one configuration for every node of a cluster
+    // (a Kubernetes StatefulSet), each node's address from its environment
+    let raw_api_addr = raw.api_addr.or_else(|| env("PALISADE_API_ADDR"));
+    let ha = validate_ha(raw.ha, raw_api_addr.as_deref(), storage.as_ref(), &mut errs);
+    let api_addr = match raw_api_addr.as_deref() {
         Some(a) => parse_api_addr(a).unwrap_or_else(|| {
             errs.push(format!(
                 "api_addr: {a:?} is not scheme://host[:port] (http or https, no path)"
@@ -999,6 +1002,12 @@ mod tests {
                 Duration::from_secs(1)
             )
         );
+        // the address from PALISADE_API_ADDR when the file has none
+        let env =
+            |k: &str| (k == "PALISADE_API_ADDR").then(|| "https://p-1.nodes:8200".to_string());
+        let c = parse(&format!("{PG}[ha]\nenabled = true\n"), &env).unwrap();
+        assert_eq!(c.api_addr, "https://p-1.nodes:8200");
+        assert_eq!(c.ha.unwrap().api_addr, "https://p-1.nodes:8200");
         // off unless enabled
         assert_eq!(
             parse(&format!("{PG}[ha]\nenabled = false\n"), &no_env)
