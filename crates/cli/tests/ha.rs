@@ -76,6 +76,8 @@ async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Clust
     for i in 0..n {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = Spec::sqlite(dir.path());
+        // each node its own audit file for the device `file/`
+        spec.audit_file = Some(dir.path().join("audit.log"));
         spec.storage = Storage::Postgres {
             url: node_url.clone(),
             table: table.clone(),
@@ -659,6 +661,12 @@ async fn kill9_of_the_active_node_under_load_loses_nothing_acknowledged() {
     }
     let failover = first_ack_after(&results, killed_at).expect("writes resumed after the kill");
     let acked = check_histories(&cl, &cl.nodes[next], &results).await;
+    // the new active node continues its own audit file's chain, not the
+    // killed node's, and the file verifies
+    for n in &cl.nodes {
+        assert!(!n.output().contains("broken chain"), "{}", n.output());
+    }
+    common::verify_audit(&cl.nodes[next].spec.audit_file.clone().unwrap());
     eprintln!(
         "kill -9: {acked} acknowledged writes, all read back; writes resumed {failover:?} after the kill (lease {ttl:?})"
     );

@@ -169,6 +169,8 @@ pub enum State {
     /// HA: the barrier is unsealed but another node is active; nothing is
     /// loaded, requests are forwarded (or redirected) to the active node.
     Standby = 4,
+    /// HA: this node won the lease and is loading; unsealed, not serving yet.
+    Promoting = 5,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -330,9 +332,21 @@ impl Core {
         self.ha.as_ref()
     }
 
-    /// Unsealed: serving, or an HA standby.
+    /// Unsealed: serving, or an HA standby (or one loading to serve).
     pub fn is_unsealed_node(&self) -> bool {
-        matches!(self.state(), State::Unsealed | State::Standby)
+        matches!(
+            self.state(),
+            State::Unsealed | State::Standby | State::Promoting
+        )
+    }
+
+    /// Why a request is not served: sealed, or (HA) not the active node.
+    fn not_serving(&self) -> ApiError {
+        if self.ha.is_some() && self.is_unsealed_node() {
+            ApiError::not_active()
+        } else {
+            ApiError::sealed()
+        }
     }
 
     /// Serving and, with HA, surely holding the lease: background jobs
@@ -347,7 +361,7 @@ impl Core {
     pub fn relays(&self) -> bool {
         let Some(ha) = &self.ha else { return false };
         match self.state() {
-            State::Standby => true,
+            State::Standby | State::Promoting => true,
             State::Unsealed => ha.holds_lease().is_none(),
             _ => false,
         }
@@ -381,7 +395,7 @@ impl Core {
             ha.step_down();
             return;
         }
-        let loaded = self.post_unseal().await;
+        let loaded = self.load_and_serve(State::Promoting).await;
         match loaded {
             Ok(()) => {
                 ha.became_active();
@@ -402,7 +416,7 @@ impl Core {
     pub async fn ha_demote(self: &Arc<Self>) {
         let Some(ha) = self.ha.clone() else { return };
         let _t = self.transition.lock().await;
-        if !matches!(self.state(), State::Unsealed | State::Unsealing) {
+        if !matches!(self.state(), State::Unsealed | State::Promoting) {
             return;
         }
         self.set_state(State::Standby);
@@ -423,6 +437,7 @@ impl Core {
             2 => State::Unsealed,
             3 => State::Sealing,
             4 => State::Standby,
+            5 => State::Promoting,
             _ => State::Sealed,
         }
     }
@@ -442,7 +457,12 @@ impl Core {
     /// stay sealed: what the audit files hold cannot decide whether the
     /// server unseals. Called with `transition` held.
     async fn post_unseal(self: &Arc<Self>) -> Result<(), ApiError> {
-        self.set_state(State::Unsealing);
+        self.load_and_serve(State::Unsealing).await
+    }
+
+    /// [`Core::post_unseal`], in state `loading` until it serves.
+    async fn load_and_serve(self: &Arc<Self>, loading: State) -> Result<(), ApiError> {
+        self.set_state(loading);
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let table = match self.barrier.get(MOUNTS_PATH).await? {
             Some(b) => serde_json::from_slice::<MountTable>(&b).map_err(ApiError::internal)?,
@@ -539,7 +559,7 @@ impl Core {
         let mut ready: Vec<FileDevice> = Vec::new();
         let mut unavailable = Vec::new();
         for d in &devices {
-            let anchor = anchors.0.get(&d.path);
+            let anchor = anchors.0.get(&self.anchor_key(&d.path));
             match reopen_device(d, anchor, &self.options.api_audit_dirs) {
                 Ok(r) => {
                     if let Some(w) = &r.warning {
@@ -611,11 +631,15 @@ impl Core {
         let mut last = self.anchors.lock().await;
         let mut next = last.clone();
         let table = self.audit_table.lock().await;
-        next.0.retain(|k, _| table.iter().any(|d| &d.path == k));
+        // (with HA, other nodes' anchors of a device stay)
+        next.0.retain(|k, _| {
+            let device = k.split_once('@').map_or(k.as_str(), |(d, _)| d);
+            table.iter().any(|d| d.path == device)
+        });
         drop(table);
         for dev in self.audit.devices() {
             if let Some(h) = dev.head() {
-                next.0.insert(dev.path_name().to_owned(), h);
+                next.0.insert(self.anchor_key(dev.path_name()), h);
             }
         }
         if next == *last {
@@ -627,9 +651,26 @@ impl Core {
         Ok(())
     }
 
-    /// The head last anchored behind the barrier for device `path`.
+    /// The head last anchored behind the barrier for device `path` (of
+    /// this node's file).
     pub async fn anchored_head(&self, path: &str) -> Option<Head> {
-        self.anchors.lock().await.0.get(path).cloned()
+        self.anchors
+            .lock()
+            .await
+            .0
+            .get(&self.anchor_key(path))
+            .cloned()
+    }
+
+    /// Where a device's head is anchored: by its path; with HA by its path
+    /// and this node's `api_addr`, since each node writes its own file for
+    /// the same device (a node that becomes active continues its own
+    /// chain, never another node's).
+    fn anchor_key(&self, path: &str) -> String {
+        match &self.ha {
+            Some(ha) => format!("{path}@{}", ha.config.api_addr),
+            None => path.to_string(),
+        }
     }
 
     fn spawn_audit_head_writer(self: &Arc<Self>, epoch: u64) {
@@ -1040,7 +1081,7 @@ impl Core {
     async fn open_pki_public(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let _mounts = self.mount_gate.read().await;
         let Some((mount, rel)) = self.pki_public_route(&req)? else {
@@ -1068,7 +1109,7 @@ impl Core {
     async fn open_wrapping_lookup(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let audit = open_audit_entry(&req);
         if let Err(e) = self.audit.log(&audit).await {
@@ -1095,7 +1136,7 @@ impl Core {
         use crate::oauth::endpoints::{self, Endpoint};
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let form = match ep {
             Endpoint::Token | Endpoint::Introspect | Endpoint::Revoke if !call.get => {
@@ -1172,7 +1213,7 @@ impl Core {
     async fn open_identity_public(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let mut audit = open_audit_entry(&req);
         audit.request.data = None;
@@ -1198,7 +1239,7 @@ impl Core {
     async fn open_root_op(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let audit = open_audit_entry(&req);
         if let Err(e) = self.audit.log(&audit).await {
@@ -1258,7 +1299,7 @@ impl Core {
     async fn open_login(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         let Some((mount, name)) = self.login_route(&req)? else {
             return Err(ApiError::unsupported_path());
@@ -1341,7 +1382,7 @@ impl Core {
             return Ok(Begun::Open(req));
         }
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
         if self.relays() {
             // HA: the lease ran out by this node's clock (a pause); what it
@@ -1521,7 +1562,7 @@ impl Core {
         // every executing request holds the gate; a seal waits for them all
         let gate = self.gate.clone().read_owned().await;
         if !self.is_serving() {
-            return Err(ApiError::sealed());
+            return Err(self.not_serving());
         }
 
         // sys/seal runs as its own task: once accepted it completes (or

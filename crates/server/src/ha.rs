@@ -15,8 +15,11 @@
 //!   (307) when `[ha] mode = "redirect"`. Forwarded requests carry the
 //!   client's address and certificates in headers the active node trusts only
 //!   with a valid MAC under a key derived from the barrier's root key.
-//! - A standby keeps its storage cache true with PostgreSQL's change
-//!   notifications (a full clear after a reconnect).
+//! - The storage cache serves reads only while the node holds a fencing
+//!   token (it is then the only writer); a standby reads the database. A
+//!   standby also drops what PostgreSQL's change notifications name (all of
+//!   it after a reconnect), so a cache filled while it last led never
+//!   outlives a change by another node.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -94,9 +97,13 @@ impl HaNode {
             .await
             .map_err(|e| format!("storage: {e}"))?;
         let fence = Fence::new();
-        let cache = Arc::new(CachedBackend::new(
+        // the cache serves reads only while this node writes with a token
+        // (the active node, the only writer); a standby reads the database
+        let holds = fence.clone();
+        let cache = Arc::new(CachedBackend::gated(
             Arc::new(base.fenced(fence.clone())),
             cache_entries,
+            Arc::new(move || holds.get() != 0),
         ));
         let mut client = reqwest::Client::builder()
             .no_proxy()

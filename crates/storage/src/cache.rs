@@ -1,9 +1,8 @@
 //! A read cache in front of a backend, for a server that is the only writer
 //! of its storage: a single server, or the active node of an HA cluster
-//! (fencing makes it the only one that can write; a standby keeps its cache
-//! true with [`CachedBackend::forget`] and [`CachedBackend::clear`] as
-//! PostgreSQL announces changes, and a node clears it when it becomes
-//! active). It holds what the backend holds — barrier ciphertext, never
+//! (fencing makes it the only one that can write; a node clears the cache
+//! when it becomes active, and while it is not active reads bypass it:
+//! [`CachedBackend::gated`]). It holds what the backend holds — barrier ciphertext, never
 //! plaintext — and negative results.
 //!
 //! Consistency: every write goes through the cache; a miss records the shard's
@@ -29,6 +28,9 @@ pub struct CachedBackend {
     inner: Arc<dyn Backend>,
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    /// When set and false, reads go to the backend and fill nothing (an HA
+    /// node that is not the active one: another process writes).
+    enabled: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl CachedBackend {
@@ -45,6 +47,20 @@ impl CachedBackend {
                 })
                 .collect(),
             per_shard: (capacity / SHARDS).max(16),
+            enabled: None,
+        }
+    }
+
+    /// A cache used only while `enabled()` holds: otherwise every read goes
+    /// to the backend (writes still keep the cache true).
+    pub fn gated(
+        inner: Arc<dyn Backend>,
+        capacity: usize,
+        enabled: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        Self {
+            enabled: Some(enabled),
+            ..Self::new(inner, capacity)
         }
     }
 
@@ -97,6 +113,11 @@ impl CachedBackend {
 #[async_trait]
 impl Backend for CachedBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(enabled) = &self.enabled
+            && !enabled()
+        {
+            return self.inner.get(key).await;
+        }
         let generation = {
             let s = self
                 .shard(key)
