@@ -30,6 +30,13 @@ use zeroize::Zeroizing;
 pub const SEAL_CONFIG_PATH: &str = "core/seal-config";
 pub const ROOT_KEY_PATH: &str = "core/root-key";
 pub const KEYRING_PATH: &str = "core/keyring";
+/// After a rekey: the new root key sealed under the previous one, with the
+/// time it was written (8 bytes, big-endian nanoseconds) in front. Other
+/// processes unsealed before the rekey (HA standbys) follow the rekey with
+/// it ([`Barrier::reload_keyring`]); it is deleted after a grace period
+/// ([`Barrier::tidy_root_upgrade`]), after which old shares (and the old root
+/// key) open nothing stored from the rekey on again.
+pub const ROOT_UPGRADE_PATH: &str = "core/root-upgrade";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BarrierError {
@@ -430,16 +437,61 @@ impl Barrier {
             .get(KEYRING_PATH)
             .await?
             .ok_or_else(|| BarrierError::Corrupt("keyring missing".into()))?;
-        let ring_bytes = current
-            .root
-            .open(KEYRING_PATH.as_bytes(), &ring_ct)
-            .map_err(|_| BarrierError::Integrity {
-                path: KEYRING_PATH.into(),
-            })?;
-        let root = AeadKey::from_bytes(current.root.expose_bytes()).map_err(aead_internal)?;
+        let (root, ring_bytes) = match current.root.open(KEYRING_PATH.as_bytes(), &ring_ct) {
+            Ok(b) => (
+                AeadKey::from_bytes(current.root.expose_bytes()).map_err(aead_internal)?,
+                b,
+            ),
+            // rekeyed since this process unsealed: follow it with the new
+            // root key, sealed under the one this process holds
+            Err(_) => {
+                let integrity = || BarrierError::Integrity {
+                    path: KEYRING_PATH.into(),
+                };
+                let upgrade = self
+                    .backend
+                    .get(ROOT_UPGRADE_PATH)
+                    .await?
+                    .ok_or_else(integrity)?;
+                let sealed = upgrade.get(8..).ok_or_else(integrity)?;
+                let new_root = current
+                    .root
+                    .open(ROOT_UPGRADE_PATH.as_bytes(), sealed)
+                    .map_err(|_| integrity())?;
+                let root = AeadKey::from_bytes(&new_root).map_err(|_| integrity())?;
+                let b = root
+                    .open(KEYRING_PATH.as_bytes(), &ring_ct)
+                    .map_err(|_| integrity())?;
+                (root, b)
+            }
+        };
         let ring = Keyring::from_stored(root, &ring_bytes)?;
         *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
         Ok(())
+    }
+
+    /// Delete the rekey's root upgrade ([`ROOT_UPGRADE_PATH`]) once it is
+    /// older than `grace` (the active node calls it regularly). Returns
+    /// whether it was deleted.
+    pub async fn tidy_root_upgrade(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<bool, BarrierError> {
+        let _g = self.admin.lock().await;
+        let Some(upgrade) = self.backend.get(ROOT_UPGRADE_PATH).await? else {
+            return Ok(false);
+        };
+        let written = upgrade
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0);
+        let grace = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
+        if palisade_core::now_nanos().saturating_sub(written) < grace {
+            return Ok(false);
+        }
+        self.backend.delete(ROOT_UPGRADE_PATH).await?;
+        Ok(true)
     }
 
     /// A key for `purpose`, derived (HKDF-SHA256) from the keyring's first
@@ -541,6 +593,15 @@ impl Barrier {
         unseal: &NewUnsealKey,
         ring: &Keyring,
     ) -> Result<(), BarrierError> {
+        self.store_key_material_with(unseal, ring, Vec::new()).await
+    }
+
+    async fn store_key_material_with(
+        &self,
+        unseal: &NewUnsealKey,
+        ring: &Keyring,
+        extra: Vec<TxnOp>,
+    ) -> Result<(), BarrierError> {
         let wrapped_root = unseal
             .key
             .seal(ROOT_KEY_PATH.as_bytes(), ring.root.expose_bytes())
@@ -552,20 +613,25 @@ impl Barrier {
         let cfg_bytes =
             serde_json::to_vec(&unseal.config).map_err(|e| BarrierError::Corrupt(e.to_string()))?;
         self.backend
-            .transaction(vec![
-                TxnOp::Put {
-                    key: ROOT_KEY_PATH.into(),
-                    value: wrapped_root,
-                },
-                TxnOp::Put {
-                    key: KEYRING_PATH.into(),
-                    value: wrapped_ring,
-                },
-                TxnOp::Put {
-                    key: SEAL_CONFIG_PATH.into(),
-                    value: cfg_bytes,
-                },
-            ])
+            .transaction(
+                vec![
+                    TxnOp::Put {
+                        key: ROOT_KEY_PATH.into(),
+                        value: wrapped_root,
+                    },
+                    TxnOp::Put {
+                        key: KEYRING_PATH.into(),
+                        value: wrapped_ring,
+                    },
+                    TxnOp::Put {
+                        key: SEAL_CONFIG_PATH.into(),
+                        value: cfg_bytes,
+                    },
+                ]
+                .into_iter()
+                .chain(extra)
+                .collect(),
+            )
             .await?;
         Ok(())
     }
@@ -575,8 +641,11 @@ impl Barrier {
     /// key, the keyring wrapped under the new root key and the new seal
     /// configuration are written together or not at all, so after a crash at
     /// any point either the old shares or the new ones unseal, never neither
-    /// (and never a threshold that does not match the key). Older root keys
-    /// open none of what is stored from here on.
+    /// (and never a threshold that does not match the key). The same
+    /// transaction writes the new root key sealed under the old one
+    /// ([`ROOT_UPGRADE_PATH`]) so that other processes unsealed before (HA
+    /// standbys) can follow; once that is deleted after its grace period,
+    /// older root keys open none of what is stored from here on.
     pub async fn rekey(&self, new: &NewUnsealKey) -> Result<(), BarrierError> {
         let _g = self.admin.lock().await;
         let current = self.ring()?;
@@ -595,7 +664,22 @@ impl Barrier {
             terms,
             active: current.active,
         };
-        self.store_key_material(new, &ring).await?;
+        let mut upgrade = palisade_core::now_nanos().to_be_bytes().to_vec();
+        upgrade.extend(
+            current
+                .root
+                .seal(ROOT_UPGRADE_PATH.as_bytes(), ring.root.expose_bytes())
+                .map_err(aead_internal)?,
+        );
+        self.store_key_material_with(
+            new,
+            &ring,
+            vec![TxnOp::Put {
+                key: ROOT_UPGRADE_PATH.into(),
+                value: upgrade,
+            }],
+        )
+        .await?;
         *self.keyring.write().map_err(|_| lock_err())? = Some(Arc::new(ring));
         Ok(())
     }
@@ -621,7 +705,11 @@ impl Barrier {
     }
 
     fn check_path(path: &str) -> Result<(), BarrierError> {
-        if path.starts_with("core/seal-config") || path == ROOT_KEY_PATH || path == KEYRING_PATH {
+        if path.starts_with("core/seal-config")
+            || path == ROOT_KEY_PATH
+            || path == KEYRING_PATH
+            || path == ROOT_UPGRADE_PATH
+        {
             return Err(BarrierError::InvalidPath(path.into()));
         }
         palisade_storage::check_key(path)

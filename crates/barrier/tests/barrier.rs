@@ -376,3 +376,52 @@ async fn rekey_and_share_checks_need_the_barrier_unsealed() {
     // nothing changed: the old key still unseals
     b.unseal_with_key(&old[0]).await.unwrap();
 }
+
+#[tokio::test]
+async fn another_process_follows_a_rekey_only_within_the_grace_period() {
+    let mem = Arc::new(MemoryBackend::new());
+    let a = Barrier::new(mem.clone());
+    let old = a.initialize(1, 1).await.unwrap();
+    a.unseal_with_key(&old[0]).await.unwrap();
+    // two other processes on the same storage, unsealed before the rekey
+    let (b, late) = (Barrier::new(mem.clone()), Barrier::new(mem.clone()));
+    b.unseal_with_key(&old[0]).await.unwrap();
+    late.unseal_with_key(&old[0]).await.unwrap();
+    a.put("logical/x/k", b"v1").await.unwrap();
+    let key = a.derive_key("purpose").unwrap();
+    let (next, _) = palisade_barrier::NewUnsealKey::generate(palisade_barrier::SealConfig {
+        secret_shares: 1,
+        secret_threshold: 1,
+    })
+    .unwrap();
+    a.rekey(&next).await.unwrap();
+    a.rotate().await.unwrap();
+    a.put("logical/x/k2", b"v2").await.unwrap();
+    // derived keys do not change with a rekey or a rotation
+    assert_eq!(a.derive_key("purpose").unwrap(), key);
+    assert_ne!(a.derive_key("other").unwrap(), key);
+    // within the grace period: B follows (new root key, new term)
+    assert!(
+        !a.tidy_root_upgrade(std::time::Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    b.reload_keyring().await.unwrap();
+    assert_eq!(&b.get("logical/x/k2").await.unwrap().unwrap()[..], b"v2");
+    assert_eq!(b.derive_key("purpose").unwrap(), key);
+    // after it: the upgrade is gone and a process that did not follow cannot
+    assert!(
+        a.tidy_root_upgrade(std::time::Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        late.reload_keyring().await,
+        Err(BarrierError::Integrity { .. })
+    ));
+    // the old unseal key opens nothing any more
+    assert!(!unseals_with(snapshot(&mem).await, &old).await);
+    // B, which followed, keeps reading after another reload
+    b.reload_keyring().await.unwrap();
+    assert_eq!(&b.get("logical/x/k").await.unwrap().unwrap()[..], b"v1");
+}

@@ -27,6 +27,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Cluster {
     nodes: Vec<Server>,
+    /// The unseal shares (3, threshold 2).
+    keys: Vec<String>,
     root: String,
     url: String,
     table: String,
@@ -98,6 +100,7 @@ async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Clust
     }
     let cl = Cluster {
         nodes,
+        keys,
         root,
         url,
         table,
@@ -1290,5 +1293,90 @@ async fn unmodified_hvac_and_node_vault_work_through_every_node() {
             &n.output(),
             &[cl.root.clone(), "pw-1".into(), "pw-2".into()],
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rekey_standbys_still_forward_and_take_over() {
+    let _s = SERIAL.lock().await;
+    let ttl = Duration::from_secs(2);
+    let Some(mut cl) = cluster(3, ttl, &[]).await else {
+        return;
+    };
+    let active = cl.wait_active(None).await;
+    let standby = (active + 1) % 3;
+    let c = client();
+    let root = Some(cl.root.as_str());
+    let (st, _, _) = call(
+        &c,
+        "POST",
+        &cl.nodes[active].url("secret/data/before"),
+        root,
+        Some(json!({"data": {"v": "1"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // rekey through a standby (forwarded): new shares, a new root key
+    let (st, init, _) = call(
+        &c,
+        "PUT",
+        &cl.nodes[standby].url("sys/rekey/init"),
+        root,
+        Some(json!({"secret_shares": 3, "secret_threshold": 2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{init}");
+    let nonce = init["nonce"].as_str().unwrap().to_string();
+    let mut done = Value::Null;
+    for k in &cl.keys[..2] {
+        let (st, v, _) = call(
+            &c,
+            "PUT",
+            &cl.nodes[standby].url("sys/rekey/update"),
+            root,
+            Some(json!({"key": k, "nonce": nonce})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        done = v;
+    }
+    assert_eq!(done["complete"], json!(true), "{done}");
+    // forwarding keeps working (its key does not depend on the root key)
+    for n in 0..3 {
+        let (st, v, _) = call(
+            &c,
+            "GET",
+            &cl.nodes[n].url("secret/data/before"),
+            root,
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "node {n}: {v}");
+    }
+    // the standbys follow the rekey within a renewal interval or two; then
+    // one of them can take over
+    tokio::time::sleep(ttl).await;
+    cl.nodes[active].kill9();
+    let next = cl.wait_active(Some(active)).await;
+    let (st, v, _) = call(
+        &c,
+        "GET",
+        &cl.nodes[next].url("secret/data/before"),
+        root,
+        None,
+    )
+    .await;
+    assert_eq!((st, &v["data"]["data"]["v"]), (200, &json!("1")), "{v}");
+    let (st, _, _) = call(
+        &c,
+        "POST",
+        &cl.nodes[next].url("secret/data/after"),
+        root,
+        Some(json!({"data": {"v": "2"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    for n in &cl.nodes {
+        assert!(!n.output().contains("no longer opens"), "{}", n.output());
     }
 }

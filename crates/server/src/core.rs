@@ -239,6 +239,8 @@ pub struct Core {
     transition: tokio::sync::Mutex<()>,
     /// `[ha]`: this server is one node of a cluster on PostgreSQL.
     ha: Option<Arc<crate::ha::HaNode>>,
+    /// HA: the keyring stopped opening (reported once).
+    keyring_lost: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
@@ -324,6 +326,7 @@ impl Core {
             anchors: tokio::sync::Mutex::new(Anchors::default()),
             transition: tokio::sync::Mutex::new(()),
             ha,
+            keyring_lost: Default::default(),
         })
     }
 
@@ -407,6 +410,32 @@ impl Core {
                 self.set_state(State::Standby);
                 ha.step_down();
             }
+        }
+    }
+
+    /// HA, on a standby every renewal interval: read the keyring again, so
+    /// that a `sys/rotate` or a rekey on the active node is followed while
+    /// the rekey's root upgrade exists (its grace period). A standby that
+    /// cannot follow (it missed the grace period) says so once; it must be
+    /// unsealed again with the current shares.
+    pub async fn ha_follow_keyring(&self) {
+        if self.state() != State::Standby {
+            return;
+        }
+        let _t = self.transition.lock().await;
+        if self.state() != State::Standby {
+            return;
+        }
+        match self.barrier.reload_keyring().await {
+            Ok(()) => self.keyring_lost.store(false, Ordering::SeqCst),
+            Err(palisade_barrier::BarrierError::Integrity { .. }) => {
+                if !self.keyring_lost.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        "HA: the stored keyring no longer opens with this node's root key (the cluster was rekeyed and this node missed the upgrade): it cannot become active; seal it and unseal it again with the current shares"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "HA: could not read the keyring"),
         }
     }
 

@@ -610,6 +610,9 @@ async fn drive(core: Weak<Core>, ha: Arc<HaNode>, mut role: tokio::sync::watch::
             }
             _ = tick.tick() => {
                 ha.refresh_leader().await;
+                if let Some(core) = core.upgrade() {
+                    core.ha_follow_keyring().await;
+                }
             }
         }
     }

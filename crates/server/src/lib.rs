@@ -57,6 +57,10 @@ use crate::core::{Core, CoreOptions};
 use crate::http::HttpLimits;
 use crate::listener::ConnLimits;
 
+/// How long after a rekey HA standbys can still follow it
+/// (`palisade_barrier::ROOT_UPGRADE_PATH`).
+pub const ROOT_UPGRADE_GRACE: Duration = Duration::from_secs(600);
+
 /// Entries the storage read cache keeps (ciphertext; see palisade_storage::cache).
 pub const STORAGE_CACHE_ENTRIES: usize = 131_072;
 
@@ -90,6 +94,12 @@ fn spawn_tidy(core: Arc<Core>) {
             tick.tick().await;
             if !core.is_active() {
                 continue;
+            }
+            // a rekey's root upgrade, once HA standbys had time to follow
+            match core.barrier.tidy_root_upgrade(ROOT_UPGRADE_GRACE).await {
+                Ok(true) => tracing::info!("the rekey's root upgrade was deleted"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not tidy the rekey's root upgrade"),
             }
             match core.tokens.tidy().await {
                 Ok(0) => {}
