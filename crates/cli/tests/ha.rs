@@ -143,8 +143,11 @@ impl Cluster {
                     leaders.push(v["leader_address"].as_str().unwrap_or("").to_string());
                 }
             }
+            // every node names the same leader (its announced address:
+            // the node's own unless its [ha] api_addr says otherwise)
             if let Some(a) = active
-                && leaders.iter().all(|l| *l == self.nodes[a].addr)
+                && !leaders[0].is_empty()
+                && leaders.iter().all(|l| *l == leaders[0])
             {
                 return a;
             }
@@ -323,6 +326,23 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
             .0,
         404
     );
+
+    // non-canonical paths are refused by the standby exactly as by the
+    // active node (never normalised on the way)
+    for path in [
+        "/v1/secret/../secret/data/app",
+        "/v1/secret/%2e%2e/secret/data/app",
+        "/v1/secret/./data/app",
+    ] {
+        let (ra, rf) = (
+            raw_get(a, path, &cl.root).await,
+            raw_get(f, path, &cl.root).await,
+        );
+        assert!(ra.starts_with("HTTP/1.1 400"), "{path}: {ra}");
+        assert_eq!(body_of(&rf), body_of(&ra), "{path}");
+        assert!(rf.starts_with("HTTP/1.1 400"), "{path}: {rf}");
+    }
+    assert!(!a.output().contains("invalid forwarding header"));
 
     // X-Vault-Token handling is the active node's: none, unknown, Bearer
     for token in [None, Some("hvs.not-a-token")] {
@@ -1151,6 +1171,12 @@ async fn an_active_node_cut_off_from_postgresql_stops_serving_within_its_lease()
         if st == 200 && sent > cut + ttl {
             served_late.push((sent - cut, v));
         }
+        // its health answers at once, from memory (a load balancer must
+        // see it is not active, not a hanging probe)
+        if sent > cut + ttl + Duration::from_millis(500) {
+            let (hst, _, _) = call(&c, "GET", &url(0, "sys/health"), None, None).await;
+            assert_eq!(hst, 429, "sys/health of the cut-off node");
+        }
         if new_active.is_none() {
             for i in 1..3 {
                 if call(&c, "GET", &url(i, "sys/health"), None, None).await.0 == 200 {
@@ -1379,4 +1405,188 @@ async fn after_a_rekey_standbys_still_forward_and_take_over() {
     for n in &cl.nodes {
         assert!(!n.output().contains("no longer opens"), "{}", n.output());
     }
+}
+
+/// A raw HTTP/1.1 GET of `path` exactly as given (no client normalisation).
+async fn raw_get(n: &Server, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = tokio::net::TcpStream::connect(n.addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    t.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    t.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A TCP relay to `to` that keeps every byte clients sent through it.
+async fn recording_proxy(port: u16, to: String) -> Arc<std::sync::Mutex<Vec<u8>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let (to, rec) = (to.clone(), rec.clone());
+            tokio::spawn(async move {
+                let Ok(mut out) = tokio::net::TcpStream::connect(&to).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = out.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = ri.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if wo.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = wo.shutdown().await;
+                };
+                let down = tokio::io::copy(&mut ro, &mut wi);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_cannot_be_replayed_or_redirected_through_the_database() {
+    let _s = SERIAL.lock().await;
+    // node 0 announces a relay in front of it (its [ha] api_addr), which
+    // records what the standbys forward
+    let relay_port = common::free_port();
+    let extra = format!("api_addr = \"http://127.0.0.1:{relay_port}\"");
+    let Some(cl) = cluster(2, Duration::from_secs(4), &[extra.as_str(), ""]).await else {
+        return;
+    };
+    let seen = recording_proxy(
+        relay_port,
+        cl.nodes[0].addr.trim_start_matches("http://").to_string(),
+    )
+    .await;
+    let c = client();
+    if cl.wait_active(None).await != 0 {
+        let (st, _, _) = call(
+            &c,
+            "POST",
+            &cl.nodes[1].url("sys/step-down"),
+            Some(&cl.root),
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+        assert_eq!(cl.wait_active(Some(1)).await, 0);
+    }
+    // a forwarded request, as the standby sent it
+    let (st, _, _) = call(
+        &c,
+        "POST",
+        &cl.nodes[1].url("secret/data/x"),
+        Some(&cl.root),
+        Some(json!({"data": {"v": "1"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let captured = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    let header = captured
+        .lines()
+        .find_map(|l| l.strip_prefix("x-palisade-forwarded: "))
+        .unwrap_or_else(|| panic!("no forwarding header in {captured}"))
+        .trim()
+        .to_string();
+    let replay = |token: String| {
+        let (c, url, header) = (c.clone(), cl.nodes[0].url("secret/data/x"), header.clone());
+        async move {
+            let r = c
+                .post(url)
+                .header("X-Vault-Token", token)
+                .header("X-Palisade-Forwarded", header)
+                .body(r#"{"data":{"v":"replayed"}}"#)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let refused = (400, json!({"errors": ["invalid forwarded request"]}));
+    // replayed as is: refused (each forwarded request is accepted once)
+    assert_eq!(replay(cl.root.clone()).await, refused);
+    // with another token: refused (the MAC binds the credentials)
+    let (_, t, _) = call(
+        &c,
+        "POST",
+        &cl.nodes[0].url("auth/token/create"),
+        Some(&cl.root),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        replay(t["auth"]["client_token"].as_str().unwrap().to_string()).await,
+        refused
+    );
+    let (_, v, _) = call(
+        &c,
+        "GET",
+        &cl.nodes[0].url("secret/data/x"),
+        Some(&cl.root),
+        None,
+    )
+    .await;
+    assert_eq!(v["data"]["data"]["v"], json!("1"), "a replay wrote");
+
+    // someone who can write the leadership row points it elsewhere: the
+    // standby does not follow an address no node signed
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let hit = Arc::new(AtomicBool::new(false));
+    let h = hit.clone();
+    tokio::spawn(async move {
+        if trap.accept().await.is_ok() {
+            h.store(true, Ordering::SeqCst);
+        }
+    });
+    cl.psql(&format!(
+        "UPDATE {}_ha SET api_addr = 'http://{trap_addr}'",
+        cl.table
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (st, v, _) = call(
+        &c,
+        "GET",
+        &cl.nodes[1].url("secret/data/x"),
+        Some(&cl.root),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, v),
+        (503, json!({"errors": ["no active node in the cluster"]}))
+    );
+    assert!(
+        !hit.load(Ordering::SeqCst),
+        "the standby sent a request to the address in the row"
+    );
+    assert!(cl.nodes[1].output().contains("not following it"));
 }

@@ -62,6 +62,12 @@ pub struct HaMetrics {
     pub forward_errors: AtomicU64,
 }
 
+/// MACs of accepted forwarded requests, and in what order they expire.
+type SeenMacs = (
+    std::collections::HashSet<Vec<u8>>,
+    std::collections::VecDeque<(i64, Vec<u8>)>,
+);
+
 /// This process's part in the cluster.
 pub struct HaNode {
     pub config: HaConfig,
@@ -74,6 +80,13 @@ pub struct HaNode {
     cache: Arc<CachedBackend>,
     elector: std::sync::Mutex<Option<Elector>>,
     leader: std::sync::RwLock<Option<Leader>>,
+    /// While unsealed: the key that signs this node's address in the
+    /// leadership row and verifies the leader's (a row written by anyone
+    /// but a node of this cluster is never followed).
+    addr_key: std::sync::RwLock<Option<palisade_crypto::mac::MacKey>>,
+    /// MACs of the forwarded requests accepted within the skew window
+    /// (each is accepted once: no replay).
+    seen: std::sync::Mutex<SeenMacs>,
     client: reqwest::Client,
     /// When this node last became active (nanoseconds since the epoch).
     active_since: AtomicU64,
@@ -133,6 +146,8 @@ impl HaNode {
             cache: cache.clone(),
             elector: std::sync::Mutex::new(None),
             leader: std::sync::RwLock::new(None),
+            addr_key: std::sync::RwLock::new(None),
+            seen: Default::default(),
             client,
             active_since: AtomicU64::new(0),
             metrics: HaMetrics::default(),
@@ -146,10 +161,30 @@ impl HaNode {
         &self.node_id
     }
 
+    /// The leadership row as this node writes it: its address followed by
+    /// a MAC of it once unsealed (`sys/init` runs sealed and announces none).
     fn lock(&self) -> Result<HaLock, ApiError> {
+        let announced = match self.addr_key.read().ok().and_then(|k| {
+            k.as_ref()
+                .map(|k| k.sign_hex(self.config.api_addr.as_bytes()))
+        }) {
+            Some(mac) => format!("{} {mac}", self.config.api_addr),
+            None => self.config.api_addr.clone(),
+        };
         self.base
-            .ha_lock(&self.node_id, &self.config.api_addr, self.config.lease_ttl)
+            .ha_lock(&self.node_id, &announced, self.config.lease_ttl)
             .map_err(internal)
+    }
+
+    /// The address a leadership row announces, if a node of this cluster
+    /// signed it.
+    fn verified_addr(&self, announced: &str) -> Option<String> {
+        let (addr, mac) = announced.split_once(' ')?;
+        let mac = hex::decode(mac).ok()?;
+        let key = self.addr_key.read().ok()?;
+        key.as_ref()?
+            .verify(addr.as_bytes(), &mac)
+            .then(|| addr.to_string())
     }
 
     /// While not active, drop from the storage cache what the active node
@@ -193,6 +228,10 @@ impl HaNode {
         if slot.is_some() {
             return Ok(());
         }
+        let k = core.barrier.derive_key("ha leader address")?;
+        if let Ok(mut g) = self.addr_key.write() {
+            *g = Some(palisade_crypto::mac::MacKey::from_bytes(&k));
+        }
         let elector = Elector::spawn(self.lock()?, self.fence.clone(), self.config.renew_interval);
         let role = elector.role();
         *slot = Some(elector);
@@ -208,6 +247,9 @@ impl HaNode {
             e.stop().await;
         }
         self.fence.clear();
+        if let Ok(mut g) = self.addr_key.write() {
+            *g = None;
+        }
     }
 
     /// `sys/step-down`: give the lead up and let another node take it.
@@ -273,7 +315,18 @@ impl HaNode {
     async fn refresh_leader(&self) -> Option<Leader> {
         let lock = self.lock().ok()?;
         match tokio::time::timeout(Duration::from_secs(2), lock.leader()).await {
-            Ok(Ok(l)) => {
+            Ok(Ok(mut l)) => {
+                l.api_addr = match self.verified_addr(&l.api_addr) {
+                    Some(a) => a,
+                    None => {
+                        if l.live && l.holder != self.node_id {
+                            tracing::error!(
+                                "HA: the leadership row announces an address no node of this cluster signed; not following it"
+                            );
+                        }
+                        String::new()
+                    }
+                };
                 if let Ok(mut g) = self.leader.write() {
                     *g = Some(l.clone());
                 }
@@ -313,8 +366,15 @@ impl HaNode {
         self.leader(true).await.filter(usable).map(|l| l.api_addr)
     }
 
+    /// The node list (addresses without their signatures; shown, never used).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
-        self.lock()?.nodes().await.map_err(internal)
+        let mut nodes = self.lock()?.nodes().await.map_err(internal)?;
+        for n in &mut nodes {
+            if let Some((addr, _)) = n.api_addr.split_once(' ') {
+                n.api_addr = addr.to_string();
+            }
+        }
+        Ok(nodes)
     }
 
     /// When this node became active (RFC 3339), if it is.
@@ -331,9 +391,31 @@ impl HaNode {
     }
 
     /// What the MAC of a forwarded request covers.
-    fn forwarded_message(ts: i64, addr: &str, method: &Method, uri: &Uri, certs: &str) -> Vec<u8> {
-        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        format!("palisade-forwarded v1\n{ts}\n{addr}\n{method}\n{target}\n{certs}").into_bytes()
+    #[allow(clippy::too_many_arguments)]
+    fn forwarded_message(
+        nonce: &str,
+        ts: i64,
+        addr: &str,
+        method: &Method,
+        target: &str,
+        certs: &str,
+        headers: &HeaderMap,
+    ) -> Vec<u8> {
+        // the credentials the request carries: a captured header is no use
+        // with another token
+        let mut creds = Vec::new();
+        for name in ["x-vault-token", "authorization"] {
+            for v in headers.get_all(name) {
+                creds.extend_from_slice(v.as_bytes());
+                creds.push(b'\n');
+            }
+            creds.push(b'\n');
+        }
+        let creds = hex::encode(palisade_crypto::mac::sha256(&creds));
+        format!(
+            "palisade-forwarded v2\n{nonce}\n{ts}\n{addr}\n{method}\n{target}\n{certs}\n{creds}"
+        )
+        .into_bytes()
     }
 
     /// The client a forwarded request is from, when it carries a valid
@@ -351,22 +433,29 @@ impl HaNode {
             }
             return Ok(None);
         };
-        if core.ha().is_none() || headers.get_all(FORWARDED_HEADER).iter().count() != 1 {
+        let Some(node) = core.ha() else {
+            return Err(bad_forwarded());
+        };
+        if headers.get_all(FORWARDED_HEADER).iter().count() != 1 {
             return Err(bad_forwarded());
         }
         let v = v.to_str().map_err(|_| bad_forwarded())?;
         let mut ts = None;
         let mut addr = None;
         let mut mac = None;
+        let mut nonce = None;
         for part in v.split(' ') {
             match part.split_once('=') {
+                Some(("nonce", x)) if x.len() == 32 && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    nonce = Some(x)
+                }
                 Some(("ts", x)) => ts = x.parse::<i64>().ok(),
                 Some(("addr", x)) => addr = x.parse::<std::net::IpAddr>().ok(),
                 Some(("mac", x)) => mac = hex::decode(x).ok(),
                 _ => return Err(bad_forwarded()),
             }
         }
-        let (Some(ts), Some(ip), Some(mac)) = (ts, addr, mac) else {
+        let (Some(nonce), Some(ts), Some(ip), Some(mac)) = (nonce, ts, addr, mac) else {
             return Err(bad_forwarded());
         };
         let mut certs_hdr = headers.get_all(FORWARDED_CERTS_HEADER).iter();
@@ -375,14 +464,40 @@ impl HaNode {
             (Some(c), None) => c.to_str().map_err(|_| bad_forwarded())?,
             _ => return Err(bad_forwarded()),
         };
-        let key = Self::forwarding_key(core).map_err(|_| bad_forwarded())?;
-        let msg = Self::forwarded_message(ts, &ip.to_string(), method, uri, certs_value);
+        // sealed a moment ago: a refusal the standby's client may retry
+        let key = Self::forwarding_key(core).map_err(|_| ApiError::sealed())?;
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let msg = Self::forwarded_message(
+            nonce,
+            ts,
+            &ip.to_string(),
+            method,
+            target,
+            certs_value,
+            headers,
+        );
         if !key.verify(&msg, &mac) {
             return Err(bad_forwarded());
         }
         let now = palisade_core::now_nanos() / 1_000_000_000;
         if (now - ts).abs() > FORWARDED_MAX_SKEW_SECS {
             return Err(bad_forwarded());
+        }
+        // once only: a recorded forwarded request cannot be replayed
+        {
+            let mut g = node.seen.lock().map_err(internal)?;
+            let (set, order) = &mut *g;
+            while let Some((t, _)) = order.front()
+                && *t < now - 2 * FORWARDED_MAX_SKEW_SECS
+            {
+                if let Some((_, m)) = order.pop_front() {
+                    set.remove(&m);
+                }
+            }
+            if !set.insert(mac.clone()) {
+                return Err(bad_forwarded());
+            }
+            order.push_back((ts.max(now), mac));
         }
         let certs = if certs_value.is_empty() {
             None
@@ -437,6 +552,21 @@ impl HaNode {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
+        // the target exactly as it will be sent: an HTTP client's URL parser
+        // must not change it (dot segments, backslashes), or the active node
+        // would act on another path than the one this node was asked for
+        let unchanged = target.starts_with('/')
+            && reqwest::Url::parse(&format!("http://node{target}")).is_ok_and(|u| {
+                let mut t = u.path().to_string();
+                if let Some(q) = u.query() {
+                    t.push('?');
+                    t.push_str(q);
+                }
+                t == target
+            });
+        if !unchanged {
+            return fail(400, "invalid path");
+        }
         if self.config.mode == HaMode::Redirect {
             let Some(addr) = self.active_addr(false).await else {
                 return fail(503, "no active node in the cluster");
@@ -487,7 +617,6 @@ impl HaNode {
                     .join(",")
             })
             .unwrap_or_default();
-        let mac = key.sign_hex(&Self::forwarded_message(ts, &ip, &method, &uri, &certs));
         // axum and reqwest share the `http` crate's types
         let connection_named: Vec<String> = headers
             .get_all(header::CONNECTION)
@@ -501,7 +630,13 @@ impl HaNode {
             out.remove(c.as_str());
         }
         out.remove(FORWARDED_CERTS_HEADER);
-        if let Ok(v) = HeaderValue::from_str(&format!("ts={ts} addr={ip} mac={mac}")) {
+        // each forwarded request is unique (the active node accepts each once)
+        let nonce = palisade_core::uuid_v4().replace('-', "");
+        let mac = key.sign_hex(&Self::forwarded_message(
+            &nonce, ts, &ip, &method, &target, &certs, &out,
+        ));
+        if let Ok(v) = HeaderValue::from_str(&format!("nonce={nonce} ts={ts} addr={ip} mac={mac}"))
+        {
             out.insert(FORWARDED_HEADER, v);
         }
         if !certs.is_empty()

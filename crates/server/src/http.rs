@@ -194,6 +194,16 @@ async fn handle(
         && !answered_by_any_node(&uri)
         && let Some(ha) = st.core.ha().cloned()
     {
+        // canonical before it leaves: what the active node would refuse is
+        // refused here, with the same answer
+        let op = if method.as_str() == "LIST" {
+            Operation::List
+        } else {
+            Operation::Read
+        };
+        if let Err(e) = canonical::canonicalise(op, uri.path()) {
+            return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD);
+        }
         return ha
             .relay(
                 &st.core,

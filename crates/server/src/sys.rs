@@ -116,7 +116,9 @@ pub async fn handle_unauthenticated(core: &Arc<Core>, req: &Request) -> Result<R
             Ok(Response::raw(200, seal_status(core).await?))
         }
         ("sys/health", Operation::Read) => {
-            let initialized = core.barrier.initialized().await?;
+            // an unsealed node knows without asking the database (a standby
+            // cut off from it still answers its load balancer at once)
+            let initialized = core.is_unsealed_node() || core.barrier.initialized().await?;
             let sealed = !core.is_unsealed_node();
             let standby = !sealed && core.relays();
             let standby_ok = match req.query.iter().find(|(k, _)| k == "standbyok") {
