@@ -1589,4 +1589,19 @@ async fn forwarded_requests_cannot_be_replayed_or_redirected_through_the_databas
         "the standby sent a request to the address in the row"
     );
     assert!(cl.nodes[1].output().contains("not following it"));
+    // a node sealed a moment ago answers a forwarded request "sealed" (503,
+    // which clients retry), not "invalid"
+    let (st, _, _) = call(
+        &c,
+        "PUT",
+        &cl.nodes[0].url("sys/seal"),
+        Some(&cl.root),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        replay(cl.root.clone()).await,
+        (503, json!({"errors": ["Vault is sealed"]}))
+    );
 }
