@@ -531,6 +531,21 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         .collect();
     assert_eq!(actives.len(), 1);
     assert_eq!(actives[0]["api_address"], json!(a.addr));
+    let m = &s["data"]["metrics"];
+    assert!(
+        m["forwarded"].as_u64().is_some() && m["leadership_gained"].as_u64() >= Some(1),
+        "{m}"
+    );
+    // the lease is renewed every interval (a quarter of the lease here)
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let (_, s, _) = call(&c, "GET", &f.url("sys/ha-status"), root, None).await;
+        if s["data"]["metrics"]["lease_renewals"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lease renewal counted: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // step-down needs sudo: the reader's token is refused
     let (st, _, _) = call(&c, "POST", &f.url("sys/step-down"), Some(&user), None).await;
     assert_eq!(st, 403);

@@ -261,6 +261,15 @@ impl HaNode {
         }
     }
 
+    /// Lease renewals by this process's elector since it was started.
+    pub fn renewals(&self) -> u64 {
+        self.elector
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(Elector::renewals))
+            .unwrap_or(0)
+    }
+
     /// The fencing token while this node surely holds the lease.
     pub fn holds_lease(&self) -> Option<i64> {
         self.elector

@@ -224,6 +224,7 @@ async fn ha_status(core: &Arc<Core>) -> Result<Response, ApiError> {
             "this_node": ha.node_id(),
             "leadership_gained": counter(&m.leadership_gained),
             "leadership_lost": counter(&m.leadership_lost),
+            "lease_renewals": ha.renewals(),
             "forwarded": counter(&m.forwarded),
             "redirected": counter(&m.redirected),
             "forward_errors": counter(&m.forward_errors),

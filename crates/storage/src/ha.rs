@@ -437,6 +437,8 @@ pub struct Elector {
     role: tokio::sync::watch::Receiver<Role>,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     lease: Arc<LeaseClock>,
+    /// Successful lease renewals (metrics).
+    renewals: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -446,6 +448,8 @@ impl Elector {
         let (commands, mut inbox) = tokio::sync::mpsc::unbounded_channel();
         let lease = Arc::new(LeaseClock::default());
         let clock = lease.clone();
+        let renewals = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let renewed_count = renewals.clone();
         let task = tokio::spawn(async move {
             let mut held: Option<(i64, tokio::time::Instant)> = None; // token, lease deadline
             let mut hold_off_until: Option<tokio::time::Instant> = None;
@@ -488,6 +492,7 @@ impl Elector {
                             Ok(true) => {
                                 held = Some((t, sent + lock.ttl));
                                 clock.set(held);
+                                renewed_count.fetch_add(1, Ordering::Relaxed);
                                 false
                             }
                             Ok(false) => true,
@@ -536,6 +541,7 @@ impl Elector {
             role: rx,
             commands,
             lease,
+            renewals,
             task,
         }
     }
@@ -543,6 +549,11 @@ impl Elector {
     /// The current role, and changes to it.
     pub fn role(&self) -> tokio::sync::watch::Receiver<Role> {
         self.role.clone()
+    }
+
+    /// How many times this elector renewed its lease.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
     }
 
     /// The fencing token while this node surely holds the lease by its own
