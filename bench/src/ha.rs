@@ -460,8 +460,15 @@ async fn failovers(cl: &mut Cluster, kills: usize) -> Result<Vec<Duration>, Stri
                 Err(e) => last = e.to_string(),
             }
             if killed.elapsed() > Duration::from_secs(120) {
+                let mut tails = String::new();
+                for n in &cl.nodes {
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");
+                    tails += &format!("\n  {} log:\n    {tail}", n.addr);
+                }
                 return Err(format!(
-                    "{}: no write acknowledged 120 s after kill {} (last answer: {last})",
+                    "{}: no write acknowledged 120 s after kill {} (last answer: {last}){tails}",
                     cl.name,
                     k + 1
                 ));
@@ -631,8 +638,19 @@ pub(crate) async fn run(args: HaArgs) -> bool {
     }
     if args.kills > 0 {
         println!();
+        // one cluster at a time on PostgreSQL (whose connections are
+        // limited): the others are stopped before a cluster's failovers
+        for cl in clusters.iter_mut().filter(|c| c.nodes.len() == 1) {
+            for n in &mut cl.nodes {
+                n.kill9();
+            }
+        }
         for cl in clusters.iter_mut().filter(|c| c.nodes.len() > 1) {
-            match failovers(cl, args.kills).await {
+            let result = failovers(cl, args.kills).await;
+            for n in &mut cl.nodes {
+                n.kill9();
+            }
+            match result {
                 Ok(times) => {
                     let secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
                     let max = secs.iter().copied().fold(0.0, f64::max);

@@ -546,6 +546,24 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         assert!(Instant::now() < deadline, "no lease renewal counted: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `palisade status` shows the HA mode and the leader (Vault's `status`)
+    for (n, mode) in [(a, "active"), (f, "standby")] {
+        let (code, out, err) = common::palisade(&["status"], &[("PALISADE_ADDR", n.addr.as_str())]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("HA Enabled") && out.contains(mode), "{out}");
+        assert!(out.contains(&a.addr), "{out}");
+        let (code, out, _) = common::palisade(
+            &["status", "-format=json"],
+            &[("PALISADE_ADDR", n.addr.as_str())],
+        );
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["ha_enabled"].clone(), v["is_self"].clone()),
+            (json!(true), json!(mode == "active"))
+        );
+        assert_eq!(v["leader_address"], json!(a.addr));
+    }
     // step-down needs sudo: the reader's token is refused
     let (st, _, _) = call(&c, "POST", &f.url("sys/step-down"), Some(&user), None).await;
     assert_eq!(st, 403);
