@@ -490,7 +490,23 @@ async fn failovers(cl: &mut Cluster, kills: usize) -> Result<Vec<Duration>, Stri
     Ok(out)
 }
 
+/// Drops the tables of this run's clusters however the run ends.
+struct Tables(String);
+
+impl Drop for Tables {
+    fn drop(&mut self) {
+        let pid = std::process::id();
+        let _ = psql(
+            &self.0,
+            &format!(
+                "DROP TABLE IF EXISTS bench_bao_{pid}, bench_bao_ha_{pid}, bench_ha0_{pid}, bench_ha0_{pid}_ha, bench_ha0_{pid}_hanodes, bench_ha1_{pid}, bench_ha1_{pid}_ha, bench_ha1_{pid}_hanodes"
+            ),
+        );
+    }
+}
+
 pub(crate) async fn run(args: HaArgs) -> bool {
+    let _tables = Tables(args.pg_url.clone());
     let bao = crate::bao_available(&args.bao);
     if !bao {
         eprintln!(
@@ -680,12 +696,5 @@ pub(crate) async fn run(args: HaArgs) -> bool {
             2 * args.lease_ttl
         );
     }
-    let pid = std::process::id();
-    let _ = psql(
-        &args.pg_url,
-        &format!(
-            "DROP TABLE IF EXISTS bench_bao_{pid}, bench_bao_ha_{pid}, bench_ha0_{pid}, bench_ha0_{pid}_ha, bench_ha0_{pid}_hanodes, bench_ha1_{pid}, bench_ha1_{pid}_ha, bench_ha1_{pid}_hanodes"
-        ),
-    );
     true
 }
