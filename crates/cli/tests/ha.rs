@@ -343,6 +343,12 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         assert!(rf.starts_with("HTTP/1.1 400"), "{path}: {rf}");
     }
     assert!(!a.output().contains("invalid forwarding header"));
+    // another spelling of a local endpoint is answered by the standby itself
+    // (its own 429), never by the active node (200)
+    for path in ["/v1/sys/%68ealth", "/v1/sys/heal%74h"] {
+        let r = raw_get(f, path, &cl.root).await;
+        assert!(r.starts_with("HTTP/1.1 429"), "{path}: {r}");
+    }
 
     // X-Vault-Token handling is the active node's: none, unknown, Bearer
     for token in [None, Some("hvs.not-a-token")] {

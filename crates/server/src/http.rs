@@ -191,31 +191,39 @@ async fn handle(
     body: Body,
 ) -> axum::response::Response {
     if st.core.relays()
-        && !answered_by_any_node(&uri)
         && let Some(ha) = st.core.ha().cloned()
     {
-        // canonical before it leaves: what the active node would refuse is
-        // refused here, with the same answer
+        // canonical before deciding: what the active node would refuse is
+        // refused here, with the same answer, and a spelling of a local
+        // endpoint (`sys/%68ealth`) is this node's, never the active's
         let op = if method.as_str() == "LIST" {
             Operation::List
         } else {
             Operation::Read
         };
-        if let Err(e) = canonical::canonicalise(op, uri.path()) {
-            return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD);
+        let raw = if uri.path() == "/.well-known/openid-configuration" {
+            "/v1/identity/oidc/provider/default/.well-known/openid-configuration"
+        } else {
+            uri.path()
+        };
+        match canonical::canonicalise(op, raw) {
+            Err(e) => return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD),
+            Ok(p) if answered_by_any_node(p.as_str()) => {}
+            Ok(_) => {
+                return ha
+                    .relay(
+                        &st.core,
+                        st.limits.max_request_size,
+                        st.limits.body_timeout,
+                        method,
+                        uri,
+                        headers,
+                        addr.map(|a| a.0),
+                        body,
+                    )
+                    .await;
+            }
         }
-        return ha
-            .relay(
-                &st.core,
-                st.limits.max_request_size,
-                st.limits.body_timeout,
-                method,
-                uri,
-                headers,
-                addr.map(|a| a.0),
-                body,
-            )
-            .await;
     }
     // a request a standby forwarded: the client it came from
     let addr = match crate::ha::HaNode::forwarded_client(&st.core, &method, &uri, &headers) {
@@ -373,17 +381,12 @@ async fn handle(
 }
 
 /// What every node of an HA cluster answers itself (a standby forwards
-/// the rest): its own health, seal state, unseal and the leader. Only the
-/// canonical spellings: anything else goes to the active node, which
-/// canonicalises and refuses it as a single server would.
-fn answered_by_any_node(uri: &Uri) -> bool {
+/// the rest): its own health, seal state, unseal and the leader. `path` is
+/// canonical.
+fn answered_by_any_node(path: &str) -> bool {
     matches!(
-        uri.path(),
-        "/v1/sys/health"
-            | "/v1/sys/leader"
-            | "/v1/sys/seal-status"
-            | "/v1/sys/unseal"
-            | "/v1/sys/init"
+        path,
+        "sys/health" | "sys/leader" | "sys/seal-status" | "sys/unseal" | "sys/init"
     )
 }
 
