@@ -139,12 +139,28 @@ fn decor_comments(node: &impl Decorate) -> Vec<String> {
     out
 }
 
-/// Comments to append to a line (`# ...` after the code), with a leading space.
-fn trailing_text(raw: Option<&str>) -> String {
-    comments(raw.unwrap_or(""))
-        .iter()
-        .map(|c| format!(" {c}"))
-        .collect()
+/// Whether a comment runs to the end of its line (`#` or `//`): nothing may
+/// follow it on that line, or it would become part of the comment.
+fn is_line_comment(c: &str) -> bool {
+    c.starts_with('#') || c.starts_with("//")
+}
+
+/// Comments to append to a line (`# ...` after the code), with a leading
+/// space. A comment after a line comment starts a new line at `indent`.
+fn trailing_text(raw: Option<&str>, indent: &str) -> String {
+    let mut out = String::new();
+    let mut after_line_comment = false;
+    for c in comments(raw.unwrap_or("")) {
+        if after_line_comment {
+            out.push('\n');
+            out.push_str(indent);
+        } else {
+            out.push(' ');
+        }
+        after_line_comment = is_line_comment(&c);
+        out.push_str(&c);
+    }
+    out
 }
 
 fn indent(depth: usize) -> String {
@@ -198,7 +214,7 @@ impl Printer {
             if self.comment_pieces(&pieces(prefix, true), depth, i == 0) {
                 self.out.push('\n');
             }
-            let trailing = trailing_text(structure.decor().suffix().map(|r| &**r));
+            let trailing = trailing_text(structure.decor().suffix().map(|r| &**r), &indent(depth));
             match structure {
                 Structure::Attribute(attr) => {
                     for c in attribute_inline_comments(attr) {
@@ -237,7 +253,10 @@ impl Printer {
         }
 
         // A comment after `{` on the header line.
-        let open = trailing_text(block.body.decor().prefix().map(|r| &**r));
+        let open = trailing_text(
+            block.body.decor().prefix().map(|r| &**r),
+            &indent(depth + 1),
+        );
         let closing_comments = comments(block.body.decor().suffix().map_or("", |r| r));
         if block.body.is_empty() && open.is_empty() && closing_comments.is_empty() {
             self.line(depth, &format!("{header} {{}}{trailing}"));
@@ -316,16 +335,25 @@ fn array_text(array: &Array, depth: usize) -> Result<String, PolicyError> {
     // Commented arrays go one element per line so each comment keeps its
     // place: own-line comments above their element, same-line ones after it.
     let inner = indent(depth + 1);
-    let mut lines: Vec<String> = Vec::new();
-    let place = |lines: &mut Vec<String>, piece: Piece| match piece {
+    // Each line, and whether it ends in a line comment (nothing may be
+    // appended to it then).
+    let mut lines: Vec<(String, bool)> = Vec::new();
+    let place = |lines: &mut Vec<(String, bool)>, piece: Piece| match piece {
         Piece::Trailing(c) => match lines.last_mut() {
-            Some(last) => {
+            Some((last, ends_in_line_comment)) if !*ends_in_line_comment => {
                 last.push(' ');
                 last.push_str(&c);
+                *ends_in_line_comment = is_line_comment(&c);
             }
-            None => lines.push(format!("{inner}{c}")),
+            _ => {
+                let line_comment = is_line_comment(&c);
+                lines.push((format!("{inner}{c}"), line_comment));
+            }
         },
-        Piece::Line(c) => lines.push(format!("{inner}{c}")),
+        Piece::Line(c) => {
+            let line_comment = is_line_comment(&c);
+            lines.push((format!("{inner}{c}"), line_comment));
+        }
         Piece::Blank => {}
     };
     for element in elements {
@@ -333,11 +361,19 @@ fn array_text(array: &Array, depth: usize) -> Result<String, PolicyError> {
             place(&mut lines, piece);
         }
         // Comments between the element and its comma go after the comma.
-        let after = trailing_text(element.decor().suffix().map(|r| &**r));
-        lines.push(format!("{inner}{},{after}", expr(element, depth + 1)?));
+        let suffix = element.decor().suffix().map(|r| &**r);
+        let after = trailing_text(suffix, &inner);
+        let line_comment = comments(suffix.unwrap_or(""))
+            .last()
+            .is_some_and(|c| is_line_comment(c));
+        lines.push((
+            format!("{inner}{},{after}", expr(element, depth + 1)?),
+            line_comment,
+        ));
     }
     for piece in pieces(array.trailing(), false) {
         place(&mut lines, piece);
     }
+    let lines: Vec<String> = lines.into_iter().map(|(l, _)| l).collect();
     Ok(format!("[\n{}\n{}]", lines.join("\n"), indent(depth)))
 }

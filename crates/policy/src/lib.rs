@@ -45,6 +45,7 @@ mod acl;
 mod capability;
 mod format;
 mod json;
+mod nesting;
 mod policy;
 
 #[cfg(test)]

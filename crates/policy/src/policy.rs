@@ -51,6 +51,9 @@ impl Policy {
         let rules = if crate::json::is_json(text) {
             crate::json::parse_json(text)?
         } else {
+            // Bounded before the HCL parser, whose time grows exponentially
+            // with unclosed nesting (see `nesting`).
+            crate::nesting::check(text)?;
             let body = hcl::parse(text).map_err(PolicyError::from_hcl)?;
             parse_body(&body)?
         };

@@ -841,3 +841,28 @@ fn format_keeps_comments_in_every_position() {
         assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
     }
 }
+
+/// The `policy_hcl` fuzz target's finding: comments after a line comment
+/// (`#`, `//`) were appended to its line, so they became part of it and a
+/// second `fmt` moved them again. They go on the next line.
+#[test]
+fn format_never_appends_after_a_line_comment() {
+    let cases = [
+        (
+            "path \"a\" {\n  capabilities = [\"read\" # one\n  /* two */ // three\n  /* four\n*/ ]\n}\n",
+            "path \"a\" {\n  capabilities = [\n    \"read\", # one\n    /* two */ // three\n    /* four\n*/\n  ]\n}\n",
+        ),
+        (
+            "path \"a\" {\n  capabilities = [\"read\", # one\n  /* two */ \"list\" /* three */ # four\n  ]\n}\n",
+            "path \"a\" {\n  capabilities = [\n    \"read\", # one\n    /* two */\n    \"list\", /* three */ # four\n  ]\n}\n",
+        ),
+    ];
+    for (input, want) in cases {
+        let formatted = format_hcl(input).expect("formats");
+        assert_eq!(formatted, want, "for input:\n{input}");
+        assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
+    }
+    let fuzzed = include_str!("../../../fuzz/corpus/policy_hcl/seed-comment-after-line-comment");
+    let formatted = format_hcl(fuzzed).expect("formats");
+    assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
+}

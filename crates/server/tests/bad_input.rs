@@ -374,6 +374,12 @@ async fn invalid_policies() {
             r#"bogus "x" {}"#,
             "failed to parse policy: invalid key \"bogus\"",
         ),
+        // Unclosed nesting the HCL parser would take seconds (and, a few
+        // levels deeper, hours) to reject: refused before it parses.
+        (
+            "e=s/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p",
+            "failed to parse policy: policy text nests deeper than 8 levels of brackets",
+        ),
         // JSON policies: the same rules, and strict JSON
         (
             r#"{"path": {"x": {"capabilities": ["fly"]}}}"#,

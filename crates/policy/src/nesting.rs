@@ -1,0 +1,317 @@
+//! A bound on how deeply HCL policy text nests, checked before the HCL
+//! parser sees it.
+//!
+//! hcl-edit's expression parser backtracks: on unclosed nested objects
+//! (`e = s/a/{p/a/{p/a/{p ...`) its time grows about 1.8× per level, so 94
+//! bytes took seconds and 274 bytes (found by the `policy_hcl` fuzz target)
+//! 16 s of CPU in a release build — a policy upload that pins a core.
+//! Vault's policy language (HCL 1) needs three levels at most (`path` block,
+//! `capabilities` list, a parameters object), so text nested deeper than
+//! [`MAX_NESTING`] is refused before parsing.
+//!
+//! This is not a parser: it only follows HCL's lexical structure far enough
+//! to know which brackets are structure (comments, quoted strings, heredocs
+//! and the `${ }` / `%{ }` templates inside them), so a closing bracket
+//! inside a string cannot hide an opening one outside. Where that structure
+//! is unclear (a heredoc header it cannot read), it refuses.
+
+use crate::PolicyError;
+
+/// Deepest nesting of `{`, `[`, `(`, `${` and `%{` accepted in HCL policy
+/// text.
+pub(crate) const MAX_NESTING: usize = 8;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Frame {
+    /// Inside `{`, `[` or `(`: the closing byte expected.
+    Bracket(u8),
+    /// Inside `${` or `%{` within a string or heredoc.
+    Template,
+    /// Inside a quoted string.
+    Quoted,
+    /// Inside a heredoc; the index of its marker in `markers`.
+    Heredoc(usize),
+}
+
+fn unclear_heredoc() -> PolicyError {
+    PolicyError::Invalid(
+        "a heredoc must be <<MARKER or <<-MARKER (ASCII letters, digits, _ and -) \
+         followed by a line end"
+            .to_owned(),
+    )
+}
+
+pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
+    let too_deep = || {
+        PolicyError::Invalid(format!(
+            "policy text nests deeper than {MAX_NESTING} levels of brackets"
+        ))
+    };
+    let b = text.as_bytes();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut markers: Vec<&[u8]> = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    while i < b.len() {
+        match stack.last().copied() {
+            Some(Frame::Quoted) => match b[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    stack.pop();
+                    i += 1;
+                }
+                b'$' | b'%' if b.get(i + 1) == Some(&b[i]) && b.get(i + 2) == Some(&b'{') => {
+                    // `$${` and `%%{` are literal text.
+                    i += 3;
+                }
+                b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(too_deep());
+                    }
+                    stack.push(Frame::Template);
+                    i += 2;
+                }
+                _ => i += 1,
+            },
+            Some(Frame::Heredoc(m)) => {
+                // hcl-edit ends a heredoc at a line start, optional spaces or
+                // tabs, the marker, and anything that cannot continue an
+                // identifier; what follows on that line is expression text.
+                if i == 0 || b[i - 1] == b'\n' {
+                    let indent = b[i..]
+                        .iter()
+                        .take_while(|c| **c == b' ' || **c == b'\t')
+                        .count();
+                    let after = i + indent + markers[m].len();
+                    if b[i + indent..].starts_with(markers[m]) {
+                        match b.get(after) {
+                            Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' => {}
+                            // Whether a non-ASCII character continues the
+                            // identifier is Unicode's call: do not guess.
+                            Some(c) if !c.is_ascii() => return Err(unclear_heredoc()),
+                            _ => {
+                                stack.pop();
+                                i = after;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                match b[i] {
+                    b'$' | b'%' if b.get(i + 1) == Some(&b[i]) && b.get(i + 2) == Some(&b'{') => {
+                        i += 3;
+                    }
+                    b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
+                        depth += 1;
+                        if depth > MAX_NESTING {
+                            return Err(too_deep());
+                        }
+                        stack.push(Frame::Template);
+                        i += 2;
+                    }
+                    _ => i += 1,
+                }
+            }
+            // Expression context: the top level, brackets, templates.
+            _ => match b[i] {
+                b'#' => i = find(b, i, b"\n").unwrap_or(b.len()),
+                b'/' if b.get(i + 1) == Some(&b'/') => i = find(b, i, b"\n").unwrap_or(b.len()),
+                b'/' if b.get(i + 1) == Some(&b'*') => {
+                    i = find(b, i + 2, b"*/").map_or(b.len(), |end| end + 2);
+                }
+                b'"' => {
+                    stack.push(Frame::Quoted);
+                    i += 1;
+                }
+                b'<' if b.get(i + 1) == Some(&b'<') => {
+                    let start = i + 2 + usize::from(b.get(i + 2) == Some(&b'-'));
+                    // `<<`, an optional `-`, an identifier and a line end,
+                    // nothing else (hcl-edit's heredoc header).
+                    let len = b[start..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
+                        .count();
+                    let marker = &b[start..start + len];
+                    let rest = &b[start + len..];
+                    let newline = if rest.starts_with(b"\r\n") {
+                        2
+                    } else if rest.starts_with(b"\n") {
+                        1
+                    } else {
+                        0
+                    };
+                    if len == 0 || newline == 0 || !marker[0].is_ascii_alphabetic() {
+                        return Err(unclear_heredoc());
+                    }
+                    markers.push(marker);
+                    stack.push(Frame::Heredoc(markers.len() - 1));
+                    i = start + len + newline;
+                }
+                open @ (b'{' | b'[' | b'(') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(too_deep());
+                    }
+                    stack.push(Frame::Bracket(match open {
+                        b'{' => b'}',
+                        b'[' => b']',
+                        _ => b')',
+                    }));
+                    i += 1;
+                }
+                close @ (b'}' | b']' | b')') => {
+                    match stack.last() {
+                        Some(Frame::Bracket(expected)) if *expected == close => {
+                            stack.pop();
+                            depth -= 1;
+                        }
+                        Some(Frame::Template) if close == b'}' => {
+                            stack.pop();
+                            depth -= 1;
+                        }
+                        // A mismatched closer is a syntax error the parser
+                        // reports; it must not lower the count.
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                _ => i += 1,
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The index of the first `needle` in `haystack` at or after `from`.
+fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|n| from + n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_deep() -> String {
+        format!("policy text nests deeper than {MAX_NESTING} levels of brackets")
+    }
+
+    fn err(text: &str) -> String {
+        check(text).unwrap_err().to_string()
+    }
+
+    /// The `policy_hcl` fuzz target's slow unit: 16 s in hcl-edit (release).
+    const FUZZ_SLOW_UNIT: &str =
+        include_str!("../../../fuzz/corpus/policy_hcl/seed-slow-nested-objects");
+
+    #[test]
+    fn deep_unclosed_nesting_is_refused_before_the_parser() {
+        assert_eq!(err(FUZZ_SLOW_UNIT), too_deep());
+        let minimal = format!("e=s/a/{}{{p", "{p/a/".repeat(18));
+        assert_eq!(err(&minimal), too_deep());
+        // Through the public entry points, with the same error.
+        assert_eq!(
+            crate::Policy::parse("p", FUZZ_SLOW_UNIT)
+                .unwrap_err()
+                .to_string(),
+            too_deep()
+        );
+        assert_eq!(
+            crate::format_hcl(&minimal).unwrap_err().to_string(),
+            too_deep()
+        );
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_allowed() {
+        let at_limit = format!(
+            "x = {}1{}",
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        );
+        check(&at_limit).unwrap();
+        let over = format!(
+            "x = {}1{}",
+            "[".repeat(MAX_NESTING + 1),
+            "]".repeat(MAX_NESTING + 1)
+        );
+        assert_eq!(err(&over), too_deep());
+        // Depth is nesting, not a count: many closed blocks are fine.
+        check(&"path \"a/*\" { capabilities = [\"read\"] }\n".repeat(500)).unwrap();
+    }
+
+    #[test]
+    fn brackets_in_strings_comments_and_heredocs_are_not_structure() {
+        let policy = "
+# {{{{{{{{{{ [[[[[[[[[[
+// ((((((((((
+/* {{{{{{{{{{ */
+path \"secret/data/{{identity.entity.id}}/{{{{{{{{{{/*\" {
+  capabilities = [\"read\", \"[[[[[[[[[[\", \"\\\"{{{{{{{{{{\", \"$${{{{{{{{{{{\"]
+  comment = <<EOT
+{{{{{{{{{{ ${\"x\"} %{ if true }y%{ endif }
+  EOTX is not the end
+EOT
+}
+";
+        check(policy).unwrap();
+        if let Err(e) = crate::Policy::parse("p", policy) {
+            // The policy may be refused for its content, never for nesting.
+            assert_ne!(e.to_string(), too_deep());
+        }
+    }
+
+    #[test]
+    fn closers_in_strings_do_not_hide_openers() {
+        let deep = format!("e = {}1", "{\"}}}}]]])))\" = ".repeat(MAX_NESTING + 1));
+        assert_eq!(err(&deep), too_deep());
+        // A mismatched closer does not lower the count either.
+        let mismatched = format!("e = {}", "{)]".repeat(MAX_NESTING + 1));
+        assert_eq!(err(&mismatched), too_deep());
+    }
+
+    #[test]
+    fn templates_count_as_nesting() {
+        let deep = format!("e = {}x", "\"${".repeat(MAX_NESTING + 1));
+        assert_eq!(err(&deep), too_deep());
+        let deep = format!("e = <<EOT\n{}\nEOT\n", "%{ if ".repeat(MAX_NESTING + 1));
+        assert_eq!(err(&deep), too_deep());
+        // `$${` and `%%{` are literal text.
+        check(&format!("e = \"{}\"", "$${%%{".repeat(20))).unwrap();
+    }
+
+    #[test]
+    fn text_after_a_heredoc_end_marker_is_structure() {
+        // hcl-edit ends the heredoc at `EOT` and parses the rest of the line.
+        let deep = format!(
+            "e = <<EOT\nx\n  EOT + {}1\n",
+            "{p/a/".repeat(MAX_NESTING + 1)
+        );
+        assert_eq!(err(&deep), too_deep());
+        let deep = format!("e = <<-EOT\nEOT){}\n", "[".repeat(MAX_NESTING + 1));
+        assert_eq!(err(&deep), too_deep());
+        // `EOTX` continues an identifier: still inside the heredoc.
+        check(&format!("e = <<EOT\nEOTX {}\nEOT\n", "[".repeat(20))).unwrap();
+    }
+
+    #[test]
+    fn unreadable_heredoc_headers_are_refused() {
+        let unclear = "a heredoc must be <<MARKER or <<-MARKER (ASCII letters, digits, _ and -) \
+                       followed by a line end";
+        for text in [
+            "e = <<EOT x\nEOT\n",
+            "e = <<\nEOT\n",
+            "e = <<1EOT\nEOT\n",
+            "e = <<\u{c9}OT\n\u{c9}OT\n",
+            "e = <<EOT",
+            "e = <<EOT\nEOT\u{e9}\nEOT\n",
+        ] {
+            assert_eq!(err(text), unclear, "{text:?}");
+        }
+        check("e = <<EOT\r\nx\r\nEOT\r\n").unwrap();
+    }
+}
