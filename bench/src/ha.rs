@@ -34,6 +34,11 @@ pub(crate) struct HaArgs {
     /// it). OpenBao's PostgreSQL lock is fixed at 15 s.
     #[arg(long, default_value_t = 15)]
     lease_ttl: u64,
+    /// Also measure every cell with the active node pinned to CPU 0 and
+    /// everything else the run starts (the load generator, the other nodes)
+    /// to the other CPUs, as when each node has its own host (taskset).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pinned: bool,
     /// kill -9 of the active node per cluster (0: no failover part).
     #[arg(long, default_value_t = 10)]
     kills: usize,
@@ -90,6 +95,10 @@ impl Node {
         Ok(())
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -110,6 +119,47 @@ struct Cluster {
     key: String,
     token: String,
     _dir: tempfile::TempDir,
+}
+
+/// Every thread of `pid` on `cpus` (a taskset list such as `0` or `1-3`).
+fn set_cpus(pid: u32, cpus: &str) -> Result<(), String> {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("taskset -a -p -c {cpus} {pid} failed"))
+    }
+}
+
+/// Where the processes run for one cell: `active` (a node's pid) alone on
+/// CPU 0 and every other process of the run on the other CPUs, or (`None`)
+/// everything on every CPU.
+fn place(clusters: &[Cluster], active: Option<u32>) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = format!("0-{}", cpus - 1);
+    let rest = if cpus > 2 {
+        format!("1-{}", cpus - 1)
+    } else {
+        "1".to_string()
+    };
+    let mut pids = vec![std::process::id()];
+    pids.extend(
+        clusters
+            .iter()
+            .flat_map(|c| c.nodes.iter().filter_map(Node::pid)),
+    );
+    for pid in pids {
+        match active {
+            Some(a) if a == pid => set_cpus(pid, "0")?,
+            Some(_) => set_cpus(pid, &rest)?,
+            None => set_cpus(pid, &all)?,
+        }
+    }
+    Ok(())
 }
 
 fn http(timeout: Duration) -> reqwest::Client {
@@ -505,6 +555,9 @@ impl Drop for Tables {
     }
 }
 
+/// The label suffix of the cells run with the active node pinned.
+const PINNED: &str = " [active pinned]";
+
 pub(crate) async fn run(args: HaArgs) -> bool {
     let _tables = Tables(args.pg_url.clone());
     let bao = crate::bao_available(&args.bao);
@@ -539,16 +592,31 @@ pub(crate) async fn run(args: HaArgs) -> bool {
             return false;
         }
     }
-    // the cells: (label, cluster, through the standby?)
-    let mut cells: Vec<(String, usize, bool)> = Vec::new();
-    for (i, cl) in clusters.iter().enumerate() {
-        cells.push((format!("{} (active)", cl.name), i, false));
-        if cl.nodes.len() > 1 {
-            cells.push((format!("{} (standby, forwarded)", cl.name), i, true));
+    // the cells: (label, cluster, through the standby?, active pinned?)
+    let placements: &[bool] =
+        if args.pinned && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+            &[false, true]
+        } else {
+            &[false]
+        };
+    let mut cells: Vec<(String, usize, bool, bool)> = Vec::new();
+    for &pinned in placements {
+        let tag = if pinned { PINNED } else { "" };
+        for (i, cl) in clusters.iter().enumerate() {
+            cells.push((format!("{} (active){tag}", cl.name), i, false, pinned));
+            if cl.nodes.len() > 1 {
+                cells.push((
+                    format!("{} (standby, forwarded){tag}", cl.name),
+                    i,
+                    true,
+                    pinned,
+                ));
+            }
         }
     }
+    // (address, token, the active node's pid when the cell pins it)
     let mut addrs = Vec::new();
-    for (_, i, standby) in &cells {
+    for (_, i, standby, pinned) in &cells {
         let cl = &clusters[*i];
         let Some(a) = cl.active(None, Duration::from_secs(60)).await else {
             eprintln!("{}: no active node", cl.name);
@@ -559,7 +627,8 @@ pub(crate) async fn run(args: HaArgs) -> bool {
         } else {
             a
         };
-        addrs.push((cl.nodes[n].addr.clone(), cl.token.clone()));
+        let pin = if *pinned { cl.nodes[a].pid() } else { None };
+        addrs.push((cl.nodes[n].addr.clone(), cl.token.clone(), pin));
     }
     println!(
         "palisade-bench ha: {} clients, {} s x {} rounds per cell (interleaved), {} keys, file audit device on each node, PostgreSQL, HTTP/1.1 keep-alive on loopback",
@@ -570,8 +639,12 @@ pub(crate) async fn run(args: HaArgs) -> bool {
         .collect();
     for (o, write) in [true, false].into_iter().enumerate() {
         for r in 0..args.rounds {
-            for (c, (label, _, _)) in cells.iter().enumerate() {
-                let (addr, token) = &addrs[c];
+            for (c, (label, _, _, _)) in cells.iter().enumerate() {
+                let (addr, token, pin) = &addrs[c];
+                if let Err(e) = place(&clusters, *pin) {
+                    eprintln!("{e}");
+                    return false;
+                }
                 let round = kv_round(addr, token, write, &args).await;
                 eprintln!(
                     "{} round {}/{}: {label} {:.0} ops/s ({} errors)",
@@ -598,7 +671,11 @@ pub(crate) async fn run(args: HaArgs) -> bool {
                 .collect()
         })
         .collect();
-    for (c, (label, _, _)) in cells.iter().enumerate() {
+    if let Err(e) = place(&clusters, None) {
+        eprintln!("{e}");
+        return false;
+    }
+    for (c, (label, _, _, _)) in cells.iter().enumerate() {
         for (o, op) in ["write", "read"].iter().enumerate() {
             let rs = &results[o][c];
             println!(
@@ -615,42 +692,53 @@ pub(crate) async fn run(args: HaArgs) -> bool {
         }
     }
     println!();
-    let find = |l: &str| cells.iter().position(|(x, _, _)| x == l);
-    for (o, op) in ["write", "read"].iter().enumerate() {
-        let ratio = |a: Option<usize>, b: Option<usize>| match (a, b) {
-            (Some(a), Some(b)) if medians[o][b] > 0.0 => {
-                format!("{:.2}", medians[o][a] / medians[o][b])
-            }
-            _ => "-".into(),
+    for &pinned in placements {
+        let tag = if pinned { PINNED } else { "" };
+        let find = |l: &str| {
+            let l = format!("{l}{tag}");
+            cells.iter().position(|(x, _, _, _)| *x == l)
         };
-        println!(
-            "- {op}: palisade standby / active = {} (forwarding cost {}); palisade HA active / single = {}; openbao standby / active = {}; palisade HA active / openbao HA active = {}; palisade standby / openbao standby = {}",
-            ratio(
-                find("palisade HA (standby, forwarded)"),
-                find("palisade HA (active)")
-            ),
-            match (
-                find("palisade HA (standby, forwarded)"),
-                find("palisade HA (active)")
-            ) {
-                (Some(s), Some(a)) if medians[o][a] > 0.0 =>
-                    format!("{:.0} %", 100.0 * (1.0 - medians[o][s] / medians[o][a])),
+        if pinned {
+            println!(
+                "- with the active node alone on CPU 0 (as on its own host), everything else on the other CPUs:"
+            );
+        }
+        for (o, op) in ["write", "read"].iter().enumerate() {
+            let ratio = |a: Option<usize>, b: Option<usize>| match (a, b) {
+                (Some(a), Some(b)) if medians[o][b] > 0.0 => {
+                    format!("{:.2}", medians[o][a] / medians[o][b])
+                }
                 _ => "-".into(),
-            },
-            ratio(
-                find("palisade HA (active)"),
-                find("palisade single (active)")
-            ),
-            ratio(
-                find("openbao HA (standby, forwarded)"),
-                find("openbao HA (active)")
-            ),
-            ratio(find("palisade HA (active)"), find("openbao HA (active)")),
-            ratio(
-                find("palisade HA (standby, forwarded)"),
-                find("openbao HA (standby, forwarded)")
-            ),
-        );
+            };
+            println!(
+                "- {op}: palisade standby / active = {} (forwarding cost {}); palisade HA active / single = {}; openbao standby / active = {}; palisade HA active / openbao HA active = {}; palisade standby / openbao standby = {}",
+                ratio(
+                    find("palisade HA (standby, forwarded)"),
+                    find("palisade HA (active)")
+                ),
+                match (
+                    find("palisade HA (standby, forwarded)"),
+                    find("palisade HA (active)")
+                ) {
+                    (Some(s), Some(a)) if medians[o][a] > 0.0 =>
+                        format!("{:.0} %", 100.0 * (1.0 - medians[o][s] / medians[o][a])),
+                    _ => "-".into(),
+                },
+                ratio(
+                    find("palisade HA (active)"),
+                    find("palisade single (active)")
+                ),
+                ratio(
+                    find("openbao HA (standby, forwarded)"),
+                    find("openbao HA (active)")
+                ),
+                ratio(find("palisade HA (active)"), find("openbao HA (active)")),
+                ratio(
+                    find("palisade HA (standby, forwarded)"),
+                    find("openbao HA (standby, forwarded)")
+                ),
+            );
+        }
     }
     if args.kills > 0 {
         println!();

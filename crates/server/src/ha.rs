@@ -84,6 +84,12 @@ pub struct HaNode {
     /// leadership row and verifies the leader's (a row written by anyone
     /// but a node of this cluster is never followed).
     addr_key: std::sync::RwLock<Option<palisade_crypto::mac::MacKey>>,
+    /// While unsealed: the key that authenticates forwarded requests
+    /// (derived once per unseal, not per request).
+    forward_key: std::sync::RwLock<Option<Arc<palisade_crypto::mac::MacKey>>>,
+    /// The active node's address as last parsed: forwarded requests reuse
+    /// it and parse only their own path and query.
+    base_url: std::sync::RwLock<Option<(String, reqwest::Url)>>,
     /// MACs of the forwarded requests accepted within the skew window
     /// (each is accepted once: no replay).
     seen: std::sync::Mutex<SeenMacs>,
@@ -147,6 +153,8 @@ impl HaNode {
             elector: std::sync::Mutex::new(None),
             leader: std::sync::RwLock::new(None),
             addr_key: std::sync::RwLock::new(None),
+            forward_key: std::sync::RwLock::new(None),
+            base_url: std::sync::RwLock::new(None),
             seen: Default::default(),
             client,
             active_since: AtomicU64::new(0),
@@ -232,6 +240,10 @@ impl HaNode {
         if let Ok(mut g) = self.addr_key.write() {
             *g = Some(palisade_crypto::mac::MacKey::from_bytes(&k));
         }
+        let k = core.barrier.derive_key("ha request forwarding")?;
+        if let Ok(mut g) = self.forward_key.write() {
+            *g = Some(Arc::new(palisade_crypto::mac::MacKey::from_bytes(&k)));
+        }
         let elector = Elector::spawn(self.lock()?, self.fence.clone(), self.config.renew_interval);
         let role = elector.role();
         *slot = Some(elector);
@@ -248,6 +260,9 @@ impl HaNode {
         }
         self.fence.clear();
         if let Ok(mut g) = self.addr_key.write() {
+            *g = None;
+        }
+        if let Ok(mut g) = self.forward_key.write() {
             *g = None;
         }
     }
@@ -394,9 +409,36 @@ impl HaNode {
         }
     }
 
-    fn forwarding_key(core: &Core) -> Result<palisade_crypto::mac::MacKey, ApiError> {
-        let k = core.barrier.derive_key("ha request forwarding")?;
-        Ok(palisade_crypto::mac::MacKey::from_bytes(&k))
+    /// The forwarding key, while this node is unsealed (derived at unseal,
+    /// dropped at seal).
+    fn forwarding_key(&self, core: &Core) -> Option<Arc<palisade_crypto::mac::MacKey>> {
+        if core.barrier.sealed() {
+            return None;
+        }
+        self.forward_key.read().ok()?.clone()
+    }
+
+    /// `addr` + `target` as the URL the request is sent to, or `None` when an
+    /// HTTP client's URL parser would change the target (dot segments,
+    /// backslashes): the active node must act on exactly the path this node
+    /// was asked for. The address is parsed once, the target per request.
+    fn forward_url(&self, addr: &str, target: &str) -> Option<reqwest::Url> {
+        let cached = self.base_url.read().ok().and_then(|g| {
+            g.as_ref()
+                .filter(|(a, _)| a == addr)
+                .map(|(_, u)| u.clone())
+        });
+        let url = match cached {
+            Some(u) => u,
+            None => {
+                let u = reqwest::Url::parse(addr).ok()?;
+                if let Ok(mut g) = self.base_url.write() {
+                    *g = Some((addr.to_string(), u.clone()));
+                }
+                u
+            }
+        };
+        with_target(url, target)
     }
 
     /// What the MAC of a forwarded request covers.
@@ -474,7 +516,7 @@ impl HaNode {
             _ => return Err(bad_forwarded()),
         };
         // sealed a moment ago: a refusal the standby's client may retry
-        let key = Self::forwarding_key(core).map_err(|_| ApiError::sealed())?;
+        let key = node.forwarding_key(core).ok_or_else(ApiError::sealed)?;
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let msg = Self::forwarded_message(
             nonce,
@@ -564,16 +606,7 @@ impl HaNode {
         // the target exactly as it will be sent: an HTTP client's URL parser
         // must not change it (dot segments, backslashes), or the active node
         // would act on another path than the one this node was asked for
-        let unchanged = target.starts_with('/')
-            && reqwest::Url::parse(&format!("http://node{target}")).is_ok_and(|u| {
-                let mut t = u.path().to_string();
-                if let Some(q) = u.query() {
-                    t.push('?');
-                    t.push_str(q);
-                }
-                t == target
-            });
-        if !unchanged {
+        if self.forward_url("http://node", &target).is_none() {
             return fail(400, "invalid path");
         }
         if self.config.mode == HaMode::Redirect {
@@ -607,9 +640,8 @@ impl HaNode {
                 Ok(Ok(c)) => c.to_bytes(),
             }
         };
-        let key = match Self::forwarding_key(core) {
-            Ok(k) => k,
-            Err(_) => return fail(503, "Vault is sealed"),
+        let Some(key) = self.forwarding_key(core) else {
+            return fail(503, "Vault is sealed");
         };
         let ts = palisade_core::now_nanos() / 1_000_000_000;
         let ip = client
@@ -658,9 +690,12 @@ impl HaNode {
             let Some(addr) = self.active_addr(fresh).await else {
                 return fail(503, "no active node in the cluster");
             };
+            let Some(url) = self.forward_url(&addr, &target) else {
+                return fail(503, "no active node in the cluster");
+            };
             let sent = self
                 .client
-                .request(method.clone(), format!("{addr}{target}"))
+                .request(method.clone(), url)
                 .headers(out.clone())
                 .body(bytes.clone())
                 .send()
@@ -680,21 +715,33 @@ impl HaNode {
             }
         };
         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-        let status = resp.status();
-        let mut rh = resp.headers().clone();
-        strip_hop_by_hop(&mut rh);
-        let body = match resp.bytes().await {
-            Ok(b) => b,
+        let (mut parts, body) = axum::http::Response::from(resp).into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = match http_body_util::BodyExt::collect(body).await {
+            Ok(b) => b.to_bytes(),
             Err(e) => {
                 self.metrics.forward_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %redact(&e), "HA: reading the active node's answer failed");
                 return fail(502, "forwarding the request to the active node failed");
             }
         };
-        let mut r = (status, body).into_response();
-        *r.headers_mut() = rh;
-        r
+        axum::response::Response::from_parts(parts, Body::from(body))
     }
+}
+
+/// `base` with `target` (path and query) as its own, unless the URL parser
+/// would change the target.
+fn with_target(mut url: reqwest::Url, target: &str) -> Option<reqwest::Url> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if !path.starts_with('/') {
+        return None;
+    }
+    url.set_path(path);
+    url.set_query(query);
+    (url.path() == path && url.query() == query).then_some(url)
 }
 
 fn bad_forwarded() -> ApiError {
@@ -757,6 +804,41 @@ async fn drive(core: Weak<Core>, ha: Arc<HaNode>, mut role: tokio::sync::watch::
                 if let Some(core) = core.upgrade() {
                     core.ha_follow_keyring().await;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_target;
+
+    #[test]
+    fn a_forwarded_target_is_sent_exactly_as_received_or_not_at_all() {
+        for base in ["http://node", "https://10.0.0.2:8200"] {
+            let base = reqwest::Url::parse(base).unwrap();
+            for target in [
+                "/v1/secret/data/app",
+                "/v1/secret/data/app?version=2",
+                "/v1/secret/metadata/?list=true",
+                "/v1/sys/mounts%2Fx",
+                "/v1/secret/data/a%20b?x=%41",
+            ] {
+                let url = with_target(base.clone(), target).expect(target);
+                assert_eq!(&url.as_str()[base.as_str().len() - 1..], target);
+            }
+            // what the URL parser would rewrite is refused, never sent changed
+            for target in [
+                "/v1/secret/../sys/seal",
+                "/v1/secret/./data/app",
+                "/v1/secret/%2e%2e/sys/seal",
+                "/v1/secret\\..\\sys/seal",
+                "/v1/secret/data/a b",
+                "/v1/secret/data/{x}",
+                "v1/secret/data/app",
+                "",
+            ] {
+                assert_eq!(with_target(base.clone(), target), None, "{target:?}");
             }
         }
     }
