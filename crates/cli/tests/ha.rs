@@ -570,6 +570,21 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         );
         assert_eq!(v["leader_address"], json!(a.addr));
     }
+    // a standby refuses sys/seal as Vault's does (a review found it sealed
+    // the active node instead): the active node stays unsealed
+    for method in ["PUT", "POST"] {
+        let (st, v, _) = call(&c, method, &f.url("sys/seal"), root, None).await;
+        assert_eq!(
+            (st, v),
+            (
+                500,
+                json!({"errors": ["vault cannot seal when in standby mode; please restart instead"]})
+            )
+        );
+    }
+    let (st, _, _) = call(&c, "GET", &a.url("sys/health"), None, None).await;
+    assert_eq!(st, 200, "the active node was sealed through a standby");
+    assert_eq!(cl.wait_active(None).await, active);
     // step-down needs sudo: the reader's token is refused
     let (st, _, _) = call(&c, "POST", &f.url("sys/step-down"), Some(&user), None).await;
     assert_eq!(st, 403);
@@ -1643,4 +1658,29 @@ async fn forwarded_requests_cannot_be_replayed_or_redirected_through_the_databas
         replay(cl.root.clone()).await,
         (503, json!({"errors": ["Vault is sealed"]}))
     );
+    // node 1 takes over; the request captured on its way to node 0 is no use
+    // at node 1 (a review's finding: nonces are remembered per node, and the
+    // MAC did not name the node it was for)
+    assert_eq!(cl.wait_active(Some(0)).await, 1);
+    let r = c
+        .post(cl.nodes[1].url("secret/data/x"))
+        .header("X-Vault-Token", &cl.root)
+        .header("X-Palisade-Forwarded", &header)
+        .body(r#"{"data":{"v":"replayed"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.unwrap()),
+        refused
+    );
+    let (_, v, _) = call(
+        &c,
+        "GET",
+        &cl.nodes[1].url("secret/data/x"),
+        Some(&cl.root),
+        None,
+    )
+    .await;
+    assert_eq!(v["data"]["data"]["v"], json!("1"), "a replay wrote");
 }

@@ -7,7 +7,9 @@
 //! 16 s of CPU in a release build — a policy upload that pins a core.
 //! Vault's policy language (HCL 1) needs three levels at most (`path` block,
 //! `capabilities` list, a parameters object), so text nested deeper than
-//! [`MAX_NESTING`] is refused before parsing.
+//! [`MAX_NESTING`] is refused before parsing, and so is HCL text longer
+//! than [`MAX_HCL_BYTES`] (a security review measured 1.8 s for 100 KB
+//! under eight unclosed levels).
 //!
 //! This is not a parser: it only follows HCL's lexical structure far enough
 //! to know which brackets are structure (comments, quoted strings, heredocs
@@ -18,8 +20,14 @@
 use crate::PolicyError;
 
 /// Deepest nesting of `{`, `[`, `(`, `${` and `%{` accepted in HCL policy
-/// text.
-pub(crate) const MAX_NESTING: usize = 8;
+/// text (a real policy needs three).
+pub(crate) const MAX_NESTING: usize = 4;
+
+/// The largest HCL policy text accepted. Within the nesting bound the
+/// parser's time still grows with the text (about 0.5 µs a byte flat, and
+/// ~1.9× per level of unclosed nesting): this keeps a policy upload well
+/// under a second. JSON policies (a linear parser) are not bounded here.
+pub(crate) const MAX_HCL_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Frame {
@@ -29,19 +37,27 @@ enum Frame {
     Template,
     /// Inside a quoted string.
     Quoted,
-    /// Inside a heredoc; the index of its marker in `markers`.
-    Heredoc(usize),
+    /// Inside a heredoc: the index of its marker in `markers`, and where
+    /// its first line starts.
+    Heredoc(usize, usize),
 }
 
 fn unclear_heredoc() -> PolicyError {
     PolicyError::Invalid(
         "a heredoc must be <<MARKER or <<-MARKER (ASCII letters, digits, _ and -) \
-         followed by a line end"
+         followed by a line end, and hold at least one line"
             .to_owned(),
     )
 }
 
 pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
+    if text.len() > MAX_HCL_BYTES {
+        return Err(PolicyError::Invalid(format!(
+            "an HCL policy may hold at most {} KiB (this one: {} bytes); split it, or write it as JSON",
+            MAX_HCL_BYTES / 1024,
+            text.len()
+        )));
+    }
     let too_deep = || {
         PolicyError::Invalid(format!(
             "policy text nests deeper than {MAX_NESTING} levels of brackets"
@@ -74,11 +90,14 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                 }
                 _ => i += 1,
             },
-            Some(Frame::Heredoc(m)) => {
-                // hcl-edit ends a heredoc at a line start, optional spaces or
+            Some(Frame::Heredoc(m, first_line)) => {
+                // hcl-edit ends a heredoc at a line end, optional spaces or
                 // tabs, the marker, and anything that cannot continue an
                 // identifier; what follows on that line is expression text.
-                if i == 0 || b[i - 1] == b'\n' {
+                // Its first line ends it only when no later line does (an
+                // empty heredoc): that needs a look ahead, so a first line
+                // that looks like the end is refused as ambiguous.
+                if b[i - 1] == b'\n' {
                     let indent = b[i..]
                         .iter()
                         .take_while(|c| **c == b' ' || **c == b'\t')
@@ -90,6 +109,7 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                             // Whether a non-ASCII character continues the
                             // identifier is Unicode's call: do not guess.
                             Some(c) if !c.is_ascii() => return Err(unclear_heredoc()),
+                            _ if i == first_line => return Err(unclear_heredoc()),
                             _ => {
                                 stack.pop();
                                 i = after;
@@ -145,8 +165,8 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                         return Err(unclear_heredoc());
                     }
                     markers.push(marker);
-                    stack.push(Frame::Heredoc(markers.len() - 1));
                     i = start + len + newline;
+                    stack.push(Frame::Heredoc(markers.len() - 1, i));
                 }
                 open @ (b'{' | b'[' | b'(') => {
                     depth += 1;
@@ -204,6 +224,23 @@ mod tests {
         check(text).unwrap_err().to_string()
     }
 
+    #[test]
+    fn long_hcl_text_is_refused() {
+        let long = format!(
+            "{}\n",
+            "path \"a/*\" { capabilities = [\"read\"] }\n".repeat(MAX_HCL_BYTES / 30)
+        );
+        assert!(long.len() > MAX_HCL_BYTES);
+        assert_eq!(
+            err(&long),
+            format!(
+                "an HCL policy may hold at most 64 KiB (this one: {} bytes); split it, or write it as JSON",
+                long.len()
+            )
+        );
+        check(&long[..MAX_HCL_BYTES]).unwrap();
+    }
+
     /// The `policy_hcl` fuzz target's slow unit: 16 s in hcl-edit (release).
     const FUZZ_SLOW_UNIT: &str =
         include_str!("../../../fuzz/corpus/policy_hcl/seed-slow-nested-objects");
@@ -241,7 +278,7 @@ mod tests {
         );
         assert_eq!(err(&over), too_deep());
         // Depth is nesting, not a count: many closed blocks are fine.
-        check(&"path \"a/*\" { capabilities = [\"read\"] }\n".repeat(500)).unwrap();
+        check(&"path \"a/*\" { capabilities = [\"read\"] }\n".repeat(1000)).unwrap();
     }
 
     #[test]
@@ -292,7 +329,7 @@ EOT
             "{p/a/".repeat(MAX_NESTING + 1)
         );
         assert_eq!(err(&deep), too_deep());
-        let deep = format!("e = <<-EOT\nEOT){}\n", "[".repeat(MAX_NESTING + 1));
+        let deep = format!("e = <<-EOT\nx\nEOT){}\n", "[".repeat(MAX_NESTING + 1));
         assert_eq!(err(&deep), too_deep());
         // `EOTX` continues an identifier: still inside the heredoc.
         check(&format!("e = <<EOT\nEOTX {}\nEOT\n", "[".repeat(20))).unwrap();
@@ -301,14 +338,20 @@ EOT
     #[test]
     fn unreadable_heredoc_headers_are_refused() {
         let unclear = "a heredoc must be <<MARKER or <<-MARKER (ASCII letters, digits, _ and -) \
-                       followed by a line end";
+                       followed by a line end, and hold at least one line";
         for text in [
             "e = <<EOT x\nEOT\n",
             "e = <<\nEOT\n",
             "e = <<1EOT\nEOT\n",
             "e = <<\u{c9}OT\n\u{c9}OT\n",
             "e = <<EOT",
-            "e = <<EOT\nEOT\u{e9}\nEOT\n",
+            "e = <<EOT\nx\nEOT\u{e9}\nEOT\n",
+            // hcl-edit ends a heredoc on its first line only when no later
+            // line ends it: the review's bypass, where it ends on line 3
+            // and the guard (ending it on line 1) saw a string to the end
+            "e = <<EOT\nEOT \"\nEOT / s/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p",
+            "e = <<EOT\nEOT\n",
+            "e = <<-EOT\n  EOT\n[[[[[[[[[[ ]]]]]]]]]]\nEOT\n",
         ] {
             assert_eq!(err(text), unclear, "{text:?}");
         }

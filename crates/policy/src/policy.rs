@@ -47,13 +47,24 @@ impl Policy {
     ///
     /// A policy without any `path` block is valid and grants nothing (Vault
     /// only rejects text that fails to parse or validate).
+    ///
+    /// HCL text longer than 64 KiB or nested deeper than 4 levels is refused
+    /// before it is parsed (the HCL parser's time grows exponentially with
+    /// unclosed nesting: see `nesting`).
     pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
+        if !crate::json::is_json(text) {
+            crate::nesting::check(text)?;
+        }
+        Self::parse_unbounded(name, text)
+    }
+
+    /// [`Policy::parse`] without the size and nesting bounds: only for text
+    /// accepted before (stored policies, which an older version may have
+    /// accepted beyond today's bounds: refusing them would fail the unseal).
+    pub fn parse_unbounded(name: &str, text: &str) -> Result<Policy, PolicyError> {
         let rules = if crate::json::is_json(text) {
             crate::json::parse_json(text)?
         } else {
-            // Bounded before the HCL parser, whose time grows exponentially
-            // with unclosed nesting (see `nesting`).
-            crate::nesting::check(text)?;
             let body = hcl::parse(text).map_err(PolicyError::from_hcl)?;
             parse_body(&body)?
         };

@@ -677,7 +677,7 @@ fn json_policies_must_be_strict_json_without_repeated_keys() {
     }
     // a text that does not start with `{` is HCL, whatever follows
     assert!(matches!(
-        Policy::parse("p", r#"[{"path": {"a": {"capabilities": ["read"]}}}]"#),
+        Policy::parse("p", r#"[{"path": {"a": {"capabilities": "read"}}}]"#),
         Err(PolicyError::Syntax { line: 1, .. })
     ));
 }

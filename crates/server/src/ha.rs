@@ -343,7 +343,9 @@ impl HaNode {
                 l.api_addr = match self.verified_addr(&l.api_addr) {
                     Some(a) => a,
                     None => {
-                        if l.live && l.holder != self.node_id {
+                        // sealed (no key to check with) is not an alarm
+                        let unsealed = self.addr_key.read().is_ok_and(|k| k.is_some());
+                        if unsealed && l.live && l.holder != self.node_id {
                             tracing::error!(
                                 "HA: the leadership row announces an address no node of this cluster signed; not following it"
                             );
@@ -441,9 +443,13 @@ impl HaNode {
         with_target(url, target)
     }
 
-    /// What the MAC of a forwarded request covers.
+    /// What the MAC of a forwarded request covers. `dest` is the address of
+    /// the node it is sent to (its `api_addr`, as it announced it): nonces
+    /// are remembered per node, so a request captured on its way to one
+    /// node is no use at another (after a failover).
     #[allow(clippy::too_many_arguments)]
     fn forwarded_message(
+        dest: &str,
         nonce: &str,
         ts: i64,
         addr: &str,
@@ -464,7 +470,7 @@ impl HaNode {
         }
         let creds = hex::encode(palisade_crypto::mac::sha256(&creds));
         format!(
-            "palisade-forwarded v2\n{nonce}\n{ts}\n{addr}\n{method}\n{target}\n{certs}\n{creds}"
+            "palisade-forwarded v3\n{dest}\n{nonce}\n{ts}\n{addr}\n{method}\n{target}\n{certs}\n{creds}"
         )
         .into_bytes()
     }
@@ -519,6 +525,7 @@ impl HaNode {
         let key = node.forwarding_key(core).ok_or_else(ApiError::sealed)?;
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let msg = Self::forwarded_message(
+            &node.config.api_addr,
             nonce,
             ts,
             &ip.to_string(),
@@ -673,18 +680,6 @@ impl HaNode {
         out.remove(FORWARDED_CERTS_HEADER);
         // each forwarded request is unique (the active node accepts each once)
         let nonce = palisade_core::uuid_v4().replace('-', "");
-        let mac = key.sign_hex(&Self::forwarded_message(
-            &nonce, ts, &ip, &method, &target, &certs, &out,
-        ));
-        if let Ok(v) = HeaderValue::from_str(&format!("nonce={nonce} ts={ts} addr={ip} mac={mac}"))
-        {
-            out.insert(FORWARDED_HEADER, v);
-        }
-        if !certs.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&certs)
-        {
-            out.insert(FORWARDED_CERTS_HEADER, v);
-        }
         let mut fresh = false;
         let resp = loop {
             let Some(addr) = self.active_addr(fresh).await else {
@@ -693,10 +688,25 @@ impl HaNode {
             let Some(url) = self.forward_url(&addr, &target) else {
                 return fail(503, "no active node in the cluster");
             };
+            // signed for the node it goes to
+            let mac = key.sign_hex(&Self::forwarded_message(
+                &addr, &nonce, ts, &ip, &method, &target, &certs, &out,
+            ));
+            let mut headers = out.clone();
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("nonce={nonce} ts={ts} addr={ip} mac={mac}"))
+            {
+                headers.insert(FORWARDED_HEADER, v);
+            }
+            if !certs.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&certs)
+            {
+                headers.insert(FORWARDED_CERTS_HEADER, v);
+            }
             let sent = self
                 .client
                 .request(method.clone(), url)
-                .headers(out.clone())
+                .headers(headers)
                 .body(bytes.clone())
                 .send()
                 .await;

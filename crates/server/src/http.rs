@@ -209,6 +209,19 @@ async fn handle(
         match canonical::canonicalise(op, raw) {
             Err(e) => return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD),
             Ok(p) if answered_by_any_node(p.as_str()) => {}
+            // Vault's standby refuses to seal (sealing the active node
+            // instead would be an outage nobody asked for)
+            Ok(p) if p.as_str() == "sys/seal" => {
+                let err = if method == Method::PUT || method == Method::POST {
+                    ApiError::new(
+                        500,
+                        "vault cannot seal when in standby mode; please restart instead",
+                    )
+                } else {
+                    ApiError::new(405, "unsupported operation")
+                };
+                return render(Err(err), &palisade_core::uuid_v4(), method == Method::HEAD);
+            }
             Ok(_) => {
                 return ha
                     .relay(
@@ -230,7 +243,10 @@ async fn handle(
         Ok(Some(c)) => Some(axum::Extension(c)),
         Ok(None) => addr,
         Err(e) => {
-            tracing::warn!(method = %method, "refused a request with an invalid forwarding header");
+            // (a node sealed a moment ago answers 503 sealed: no alarm)
+            if e.status == 400 {
+                tracing::warn!(method = %method, "refused a request with an invalid forwarding header");
+            }
             return render(Err(e), &palisade_core::uuid_v4(), false);
         }
     };

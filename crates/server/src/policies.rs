@@ -25,6 +25,9 @@ pub struct PolicyStore {
     acls: RwLock<HashMap<Vec<String>, Arc<Acl>>>,
 }
 
+/// Policy texts parsed at a time (on the blocking pool).
+static PARSE_SLOT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 fn lock<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::internal(format!("policy store lock: {e}")))
 }
@@ -55,7 +58,7 @@ impl PolicyStore {
         for name in self.barrier.list(PREFIX).await? {
             if let Some(b) = self.barrier.get(&format!("{PREFIX}{name}")).await? {
                 let s: Stored = serde_json::from_slice(&b).map_err(ApiError::internal)?;
-                let p = Policy::parse(&s.name, &s.raw).map_err(|e| {
+                let p = Policy::parse_unbounded(&s.name, &s.raw).map_err(|e| {
                     ApiError::internal(format!("stored policy {name} invalid: {e}"))
                 })?;
                 map.insert(s.name, Arc::new(p));
@@ -109,7 +112,17 @@ impl PolicyStore {
                 "cannot update response-wrapping policy",
             ));
         }
-        let policy = Policy::parse(&name, raw).map_err(|e| {
+        // off the async workers, one at a time: even within its bounds a
+        // hostile policy may take a moment to parse, and requests keep being
+        // served meanwhile
+        let parsed = {
+            let _slot = PARSE_SLOT.acquire().await.map_err(ApiError::internal)?;
+            let (n, text) = (name.clone(), raw.to_string());
+            tokio::task::spawn_blocking(move || Policy::parse(&n, &text))
+                .await
+                .map_err(ApiError::internal)?
+        };
+        let policy = parsed.map_err(|e| {
             // syntax errors already say "failed to parse policy: "; say it once
             let e = e.to_string();
             match e.strip_prefix("failed to parse policy: ") {

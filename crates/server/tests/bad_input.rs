@@ -378,7 +378,7 @@ async fn invalid_policies() {
         // levels deeper, hours) to reject: refused before it parses.
         (
             "e=s/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p/a/{p",
-            "failed to parse policy: policy text nests deeper than 8 levels of brackets",
+            "failed to parse policy: policy text nests deeper than 4 levels of brackets",
         ),
         // JSON policies: the same rules, and strict JSON
         (
