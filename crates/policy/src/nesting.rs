@@ -58,11 +58,6 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
             text.len()
         )));
     }
-    let too_deep = || {
-        PolicyError::Invalid(format!(
-            "policy text nests deeper than {MAX_NESTING} levels of brackets"
-        ))
-    };
     let b = text.as_bytes();
     let mut stack: Vec<Frame> = Vec::new();
     let mut markers: Vec<&[u8]> = Vec::new();
@@ -76,19 +71,7 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                     stack.pop();
                     i += 1;
                 }
-                b'$' | b'%' if b.get(i + 1) == Some(&b[i]) && b.get(i + 2) == Some(&b'{') => {
-                    // `$${` and `%%{` are literal text.
-                    i += 3;
-                }
-                b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(too_deep());
-                    }
-                    stack.push(Frame::Template);
-                    i += 2;
-                }
-                _ => i += 1,
+                _ => i += template_text(b, i, &mut stack, &mut depth)?,
             },
             Some(Frame::Heredoc(m, first_line)) => {
                 // hcl-edit ends a heredoc at a line end, optional spaces or
@@ -118,20 +101,7 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                         }
                     }
                 }
-                match b[i] {
-                    b'$' | b'%' if b.get(i + 1) == Some(&b[i]) && b.get(i + 2) == Some(&b'{') => {
-                        i += 3;
-                    }
-                    b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
-                        depth += 1;
-                        if depth > MAX_NESTING {
-                            return Err(too_deep());
-                        }
-                        stack.push(Frame::Template);
-                        i += 2;
-                    }
-                    _ => i += 1,
-                }
+                i += template_text(b, i, &mut stack, &mut depth)?;
             }
             // Expression context: the top level, brackets, templates.
             _ => match b[i] {
@@ -169,15 +139,12 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
                     stack.push(Frame::Heredoc(markers.len() - 1, i));
                 }
                 open @ (b'{' | b'[' | b'(') => {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(too_deep());
-                    }
-                    stack.push(Frame::Bracket(match open {
+                    let close = match open {
                         b'{' => b'}',
                         b'[' => b']',
                         _ => b')',
-                    }));
+                    };
+                    nest(&mut stack, &mut depth, Frame::Bracket(close))?;
                     i += 1;
                 }
                 close @ (b'}' | b']' | b')') => {
@@ -201,6 +168,37 @@ pub(crate) fn check(text: &str) -> Result<(), PolicyError> {
         }
     }
     Ok(())
+}
+
+/// Enter `frame` (a bracket or a template), within [`MAX_NESTING`].
+fn nest(stack: &mut Vec<Frame>, depth: &mut usize, frame: Frame) -> Result<(), PolicyError> {
+    *depth += 1;
+    if *depth > MAX_NESTING {
+        return Err(PolicyError::Invalid(format!(
+            "policy text nests deeper than {MAX_NESTING} levels of brackets"
+        )));
+    }
+    stack.push(frame);
+    Ok(())
+}
+
+/// String or heredoc text at `i`: a template (`${`, `%{`) is entered, the
+/// escapes `$${` and `%%{` are literal text. How many bytes were read.
+fn template_text(
+    b: &[u8],
+    i: usize,
+    stack: &mut Vec<Frame>,
+    depth: &mut usize,
+) -> Result<usize, PolicyError> {
+    let sigil = matches!(b[i], b'$' | b'%');
+    if sigil && b.get(i + 1) == Some(&b[i]) && b.get(i + 2) == Some(&b'{') {
+        Ok(3)
+    } else if sigil && b.get(i + 1) == Some(&b'{') {
+        nest(stack, depth, Frame::Template)?;
+        Ok(2)
+    } else {
+        Ok(1)
+    }
 }
 
 /// The index of the first `needle` in `haystack` at or after `from`.
