@@ -73,7 +73,8 @@ fn scan(raw: &str) -> Vec<Trivia> {
         } else if c.is_whitespace() {
             rest = &rest[c.len_utf8()..];
         } else if rest.starts_with("/*") {
-            let end = rest.find("*/").map_or(rest.len(), |i| i + 2);
+            // the end is searched after the opening `/*` (`/*/` opens only)
+            let end = rest[2..].find("*/").map_or(rest.len(), |i| i + 4);
             out.push(Trivia::Comment(rest[..end].to_owned()));
             rest = &rest[end..];
         } else {

@@ -862,7 +862,17 @@ fn format_never_appends_after_a_line_comment() {
         assert_eq!(formatted, want, "for input:\n{input}");
         assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
     }
-    let fuzzed = include_str!("../../../fuzz/corpus/policy_hcl/seed-comment-after-line-comment");
-    let formatted = format_hcl(fuzzed).expect("formats");
-    assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
+    for fuzzed in [
+        include_str!("../../../fuzz/corpus/policy_hcl/seed-comment-after-line-comment"),
+        // `/*/` opens a block comment; it was taken for a whole one
+        include_str!("../../../fuzz/corpus/policy_hcl/seed-slash-star-slash"),
+    ] {
+        let formatted = format_hcl(fuzzed).expect("formats");
+        assert_eq!(format_hcl(&formatted).expect("formats"), formatted);
+    }
+    assert_eq!(
+        format_hcl("path \"a\" {\n  capabilities = [\"read\" /*/ x */ # y\n  ]\n}\n")
+            .expect("formats"),
+        "path \"a\" {\n  capabilities = [\n    \"read\", /*/ x */ # y\n  ]\n}\n"
+    );
 }
