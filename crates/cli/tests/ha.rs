@@ -582,6 +582,14 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
             )
         );
     }
+    // another method is the active node's answer (405), from the standby
+    let (sa, va, _) = call(&c, "GET", &a.url("sys/seal"), root, None).await;
+    let (sf, vf, _) = call(&c, "GET", &f.url("sys/seal"), root, None).await;
+    assert_eq!(
+        (sa, &va),
+        (405, &json!({"errors": ["unsupported operation"]}))
+    );
+    assert_eq!((sf, &vf), (sa, &va));
     let (st, _, _) = call(&c, "GET", &a.url("sys/health"), None, None).await;
     assert_eq!(st, 200, "the active node was sealed through a standby");
     assert_eq!(cl.wait_active(None).await, active);

@@ -613,7 +613,15 @@ impl HaNode {
         // the target exactly as it will be sent: an HTTP client's URL parser
         // must not change it (dot segments, backslashes), or the active node
         // would act on another path than the one this node was asked for
-        if self.forward_url("http://node", &target).is_none() {
+        // (checked on a fixed base: the cached address of the active node is
+        // only replaced when the leader changes)
+        static CHECK_BASE: std::sync::LazyLock<Option<reqwest::Url>> =
+            std::sync::LazyLock::new(|| reqwest::Url::parse("http://node").ok());
+        if CHECK_BASE
+            .clone()
+            .and_then(|base| with_target(base, &target))
+            .is_none()
+        {
             return fail(400, "invalid path");
         }
         if self.config.mode == HaMode::Redirect {

@@ -201,12 +201,7 @@ async fn handle(
         } else {
             Operation::Read
         };
-        let raw = if uri.path() == "/.well-known/openid-configuration" {
-            "/v1/identity/oidc/provider/default/.well-known/openid-configuration"
-        } else {
-            uri.path()
-        };
-        match canonical::canonicalise(op, raw) {
+        match canonical::canonicalise(op, api_path(&uri)) {
             Err(e) => return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD),
             Ok(p) if answered_by_any_node(p.as_str()) => {}
             // Vault's standby refuses to seal (sealing the active node
@@ -218,7 +213,7 @@ async fn handle(
                         "vault cannot seal when in standby mode; please restart instead",
                     )
                 } else {
-                    ApiError::new(405, "unsupported operation")
+                    ApiError::unsupported_operation()
                 };
                 return render(Err(err), &palisade_core::uuid_v4(), method == Method::HEAD);
             }
@@ -287,14 +282,7 @@ async fn handle(
             }
             _ => return Err(ApiError::unsupported_operation()),
         };
-        // the default OAuth provider's discovery document at the root
-        // (OpenID Connect Discovery, for clients given only the host)
-        let raw_path = if uri.path() == "/.well-known/openid-configuration" {
-            "/v1/identity/oidc/provider/default/.well-known/openid-configuration"
-        } else {
-            uri.path()
-        };
-        let path = canonical::canonicalise(operation, raw_path)?;
+        let path = canonical::canonicalise(operation, api_path(&uri))?;
         if let Some((name, ep)) = crate::oauth::endpoints::parse(&path) {
             let name = name.to_string();
             refused_at_edge = false;
@@ -394,6 +382,17 @@ async fn handle(
         );
     }
     resp
+}
+
+/// The API path a request names: its own, except the default OAuth
+/// provider's discovery document served at the root (OpenID Connect
+/// Discovery, for clients given only the host).
+fn api_path(uri: &Uri) -> &str {
+    if uri.path() == "/.well-known/openid-configuration" {
+        "/v1/identity/oidc/provider/default/.well-known/openid-configuration"
+    } else {
+        uri.path()
+    }
 }
 
 /// What every node of an HA cluster answers itself (a standby forwards
