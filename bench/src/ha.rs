@@ -419,33 +419,34 @@ fn psql(url: &str, sql: &str) -> Result<(), String> {
 /// KV v2 writes or reads of `keys` keys by `clients` keep-alive clients at
 /// `addr` for `seconds`.
 async fn kv_round(addr: &str, token: &str, write: bool, args: &HaArgs) -> Round {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()
-        .unwrap_or_default();
     let stop = Instant::now() + Duration::from_secs(args.seconds);
     let token = Arc::new(token.to_string());
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (http, token, addr) = (http.clone(), token.clone(), addr.to_string());
+        let (token, addr) = (token.clone(), addr.to_string());
         let (clients, keys) = (args.clients, args.keys);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(50_000);
             let mut errors = 0usize;
+            let Ok(mut conn) = crate::load::Conn::new(&addr) else {
+                return (lat, 1);
+            };
             let mut i = c;
             while Instant::now() < stop {
-                let url = format!("{addr}/v1/secret/data/bench/k{}", i % keys);
+                let path = format!("/v1/secret/data/bench/k{}", i % keys);
                 i += clients;
                 let t = Instant::now();
-                let req = if write {
-                    http.post(&url)
-                        .json(&json!({"data": {"v": i, "pad": "x".repeat(64)}}))
+                let (method, body) = if write {
+                    let b = json!({"data": {"v": i, "pad": "x".repeat(64)}}).to_string();
+                    (hyper::Method::POST, bytes::Bytes::from(b))
                 } else {
-                    http.get(&url)
+                    (hyper::Method::GET, bytes::Bytes::new())
                 };
-                match req.header("X-Vault-Token", token.as_str()).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
+                match conn
+                    .request(method, &path, &[("x-vault-token", token.as_str())], body)
+                    .await
+                {
+                    Ok((status, _)) if (200..300).contains(&status) => {
                         lat.push(t.elapsed().as_micros() as u64);
                     }
                     _ => errors += 1,

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod gateway_setup;
 mod ha;
+mod load;
 
 #[derive(Parser, Debug)]
 enum Cli {

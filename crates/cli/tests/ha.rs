@@ -33,6 +33,8 @@ struct Cluster {
     url: String,
     table: String,
     app: String,
+    /// Trusts the nodes' CA when they listen on TLS.
+    client: reqwest::Client,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -46,11 +48,18 @@ impl Drop for Cluster {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_trusting(None)
+}
+
+/// A client that follows no redirect and trusts `ca_pem` (if any).
+fn client_trusting(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca_pem {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
+    }
+    b.build().unwrap()
 }
 
 /// `n` nodes with lease `ttl`, renewed every `ttl / 4`; `extra[i]` adds
@@ -65,7 +74,20 @@ async fn cluster(n: usize, ttl: Duration, extra: &[&str]) -> Option<Cluster> {
 }
 
 async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Cluster {
+    cluster_with(url, n, ttl, extra, None).await
+}
+
+/// As [`cluster_on`]; with `pki` (a directory holding `ca.pem`, `server.pem`
+/// and `server.key`, [`common::make_pki`]) every node listens on TLS.
+async fn cluster_with(
+    url: &str,
+    n: usize,
+    ttl: Duration,
+    extra: &[&str],
+    pki: Option<&std::path::Path>,
+) -> Cluster {
     let url = url.to_string();
+    let ca_pem = pki.map(|p| std::fs::read(p.join("ca.pem")).unwrap());
     let table = format!("ha_{}", common::unique());
     // the nodes' connections carry a name of their own (pg_terminate_backend)
     let app = format!("palisade_{table}");
@@ -80,6 +102,10 @@ async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Clust
         let mut spec = Spec::sqlite(dir.path());
         // each node its own audit file for the device `file/`
         spec.audit_file = Some(dir.path().join("audit.log"));
+        if let Some(p) = pki {
+            spec.tls = Some((p.join("server.pem"), p.join("server.key")));
+            spec.ca_pem.clone_from(&ca_pem);
+        }
         spec.storage = Storage::Postgres {
             url: node_url.clone(),
             table: table.clone(),
@@ -93,7 +119,7 @@ async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Clust
         nodes.push(Server::start(&spec).await);
         dirs.push(dir);
     }
-    let c = client();
+    let c = client_trusting(ca_pem.as_deref());
     let (keys, root) = common::init(&c, &nodes[0], 3, 2).await;
     for node in &nodes {
         common::unseal(&c, node, &keys[1..]).await;
@@ -105,6 +131,7 @@ async fn cluster_on(url: &str, n: usize, ttl: Duration, extra: &[&str]) -> Clust
         url,
         table,
         app,
+        client: c,
         _dirs: dirs,
     };
     let active = cl.wait_active(None).await;
@@ -125,7 +152,7 @@ impl Cluster {
     /// Wait until one node (not `not`) is active and every other live node
     /// names it as the leader; its index.
     async fn wait_active(&self, not: Option<usize>) -> usize {
-        let c = client();
+        let c = &self.client;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut active = None;
@@ -342,6 +369,21 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         assert_eq!(body_of(&rf), body_of(&ra), "{path}");
         assert!(rf.starts_with("HTTP/1.1 400"), "{path}: {rf}");
     }
+    // targets a URL parser would rewrite (`{`, `|`, `^` are percent-encoded
+    // by the WHATWG parser) reach the active node as the client sent them:
+    // the same answer through the standby as from the active node
+    for path in [
+        "/v1/secret/data/{x}",
+        "/v1/secret/data/a|b",
+        "/v1/secret/data/a^b?version=1",
+    ] {
+        let (ra, rf) = (
+            raw_get(a, path, &cl.root).await,
+            raw_get(f, path, &cl.root).await,
+        );
+        assert_eq!(rf.lines().next(), ra.lines().next(), "{path}: {rf}");
+        assert_eq!(body_of(&rf), body_of(&ra), "{path}");
+    }
     assert!(!a.output().contains("invalid forwarding header"));
     // another spelling of a local endpoint is answered by the standby itself
     // (its own 429), never by the active node (200)
@@ -551,6 +593,64 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         }
         assert!(Instant::now() < deadline, "no lease renewal counted: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // sys/metrics (Vault's): the active node's counters, through any node,
+    // as Prometheus text or go-metrics JSON; a token that may read it needed
+    let r = c
+        .get(f.url("sys/metrics?format=prometheus"))
+        .header("X-Vault-Token", &cl.root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/plain; version=0.0.4"
+    );
+    let text = r.text().await.unwrap();
+    for line in [
+        "# TYPE palisade_ha_leadership_gained_total counter",
+        "palisade_core_active 1",
+        "palisade_core_unsealed 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    let renewals = |t: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix("palisade_ha_lease_renewals_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    assert!(renewals(&text) > 0, "{text}");
+    let (st, v, _) = call(&c, "GET", &f.url("sys/metrics"), root, None).await;
+    assert_eq!(st, 200);
+    assert!(
+        v["Counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["Name"] == json!("palisade.ha.lease_renewals")
+                && m["Count"].as_u64() > Some(0)),
+        "{v}"
+    );
+    assert!(
+        v["Gauges"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"Name": "palisade.core.active", "Value": 1, "Labels": {}})),
+        "{v}"
+    );
+    let (st, v, _) = call(&c, "GET", &f.url("sys/metrics?format=xml"), root, None).await;
+    assert_eq!(
+        (st, v),
+        (
+            400,
+            json!({"errors": ["metric response format \"xml\" unknown"]})
+        )
+    );
+    for token in [None, Some("not-a-token"), Some(user.as_str())] {
+        let (st, v, _) = call(&c, "GET", &f.url("sys/metrics"), token, None).await;
+        assert_eq!((st, v), (403, json!({"errors": ["permission denied"]})));
     }
     // `palisade status` shows the HA mode and the leader (Vault's `status`)
     for (n, mode) in [(a, "active"), (f, "standby")] {
@@ -1467,6 +1567,85 @@ async fn after_a_rekey_standbys_still_forward_and_take_over() {
     for n in &cl.nodes {
         assert!(!n.output().contains("no longer opens"), "{}", n.output());
     }
+}
+
+/// Forwarding over TLS between nodes: a standby that trusts the cluster's
+/// CA (`[ha] tls_ca_file`) forwards to the active node; one that does not
+/// (the platform's roots) refuses the active node's certificate and sends
+/// nothing: 502, and the write it was asked for never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_forward_over_tls_only_to_a_certificate_they_trust() {
+    let _s = SERIAL.lock().await;
+    let Some(url) = common::postgres_url() else {
+        common::skip("PostgreSQL is not reachable at 127.0.0.1:5432");
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    common::make_pki(pki.path());
+    let ca = format!(
+        "tls_ca_file = {:?}",
+        pki.path().join("ca.pem").display().to_string()
+    );
+    let cl = cluster_with(
+        &url,
+        3,
+        Duration::from_secs(4),
+        &[ca.as_str(), ca.as_str(), ""],
+        Some(pki.path()),
+    )
+    .await;
+    let c = &cl.client;
+    let root = Some(cl.root.as_str());
+    // node 2 (no CA file) must be a standby
+    let mut active = cl.wait_active(None).await;
+    if active == 2 {
+        let (st, _, _) = call(c, "POST", &cl.nodes[2].url("sys/step-down"), root, None).await;
+        assert_eq!(st, 204);
+        active = cl.wait_active(Some(2)).await;
+        cl.wait_active(None).await;
+    }
+    assert!(cl.nodes[active].addr.starts_with("https://"));
+    let (a, trusting, untrusting) = (&cl.nodes[active], &cl.nodes[1 - active], &cl.nodes[2]);
+    // allowed: the trusting standby forwards a write and a read
+    let (st, _, _) = call(
+        c,
+        "POST",
+        &trusting.url("secret/data/tls"),
+        root,
+        Some(json!({"data": {"v": "over tls"}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v, _) = call(c, "GET", &trusting.url("secret/data/tls"), root, None).await;
+    assert_eq!(
+        (st, &v["data"]["data"]["v"]),
+        (200, &json!("over tls")),
+        "{v}"
+    );
+    // denied: the other standby does not trust the active node's certificate
+    let (st, v, _) = call(
+        c,
+        "POST",
+        &untrusting.url("secret/data/untrusted"),
+        root,
+        Some(json!({"data": {"v": "never"}})),
+    )
+    .await;
+    assert_eq!(
+        (st, v),
+        (
+            502,
+            json!({"errors": ["forwarding the request to the active node failed"]})
+        )
+    );
+    let (st, _, _) = call(c, "GET", &a.url("secret/data/untrusted"), root, None).await;
+    assert_eq!(st, 404, "nothing was written");
+    let log = untrusting.output();
+    assert!(
+        log.contains("HA: forwarding to the active node failed"),
+        "{log}"
+    );
+    assert!(!log.contains(&cl.root), "the token is not logged");
 }
 
 /// A raw HTTP/1.1 GET of `path` exactly as given (no client normalisation).

@@ -14,40 +14,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{Server, Spec};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// Write ca.pem, server.pem and server.key into `dir`; return the CA PEM.
-fn make_pki(dir: &Path) -> String {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "palisade e2e test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &issuer).expect("sign server cert");
-
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write cert");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write key");
-    ca_cert.pem()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca_pem = make_pki(dir.path());
+    let ca_pem = common::make_pki(dir.path());
     let mut spec = Spec::sqlite(dir.path());
     spec.tls = Some((dir.path().join("server.pem"), dir.path().join("server.key")));
     spec.ca_pem = Some(ca_pem.clone().into_bytes());

@@ -36,6 +36,7 @@ use palisade_storage::postgres::PostgresBackend;
 
 use crate::config::{HaConfig, HaMode};
 use crate::core::Core;
+use crate::ha_client::SendError;
 use crate::http::ClientAddr;
 use crate::logical::ApiError;
 
@@ -87,13 +88,14 @@ pub struct HaNode {
     /// While unsealed: the key that authenticates forwarded requests
     /// (derived once per unseal, not per request).
     forward_key: std::sync::RwLock<Option<Arc<palisade_crypto::mac::MacKey>>>,
-    /// The active node's address as last parsed: forwarded requests reuse
-    /// it and parse only their own path and query.
-    base_url: std::sync::RwLock<Option<(String, reqwest::Url)>>,
     /// MACs of the forwarded requests accepted within the skew window
     /// (each is accepted once: no replay).
     seen: std::sync::Mutex<SeenMacs>,
-    client: reqwest::Client,
+    client: crate::ha_client::ForwardClient,
+    /// Forwarded requests' nonces: a random prefix per process and a
+    /// counter (unique, which is all the active node's replay check needs).
+    nonce_prefix: u64,
+    nonce_count: AtomicU64,
     /// When this node last became active (nanoseconds since the epoch).
     active_since: AtomicU64,
     pub metrics: HaMetrics,
@@ -124,26 +126,22 @@ impl HaNode {
             cache_entries,
             Arc::new(move || holds.get() != 0),
         ));
-        let mut client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(FORWARD_TIMEOUT);
-        if let Some(f) = &config.tls_ca_file {
-            let pem = std::fs::read(f).map_err(|e| {
+        let roots = match &config.tls_ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| {
                 format!("ha.tls_ca_file: cannot read {}: {}", f.display(), e.kind())
+            })?),
+            None => None,
+        };
+        let client = crate::ha_client::ForwardClient::new(roots.as_deref(), FORWARD_TIMEOUT)
+            .map_err(|e| match &config.tls_ca_file {
+                Some(f) => format!("ha.tls_ca_file: {}: {e}", f.display()),
+                None => format!("ha: cannot build the forwarding client: {e}"),
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    format!("ha.tls_ca_file: {} holds no PEM certificate", f.display())
-                })?;
-            client = client.tls_certs_only(certs);
-        }
-        let client = client
-            .build()
-            .map_err(|_| "ha: cannot build the forwarding HTTP client".to_string())?;
+        let nonce_prefix = u64::from_be_bytes(
+            palisade_core::random_bytes(8)
+                .try_into()
+                .map_err(|_| "ha: no random bytes".to_string())?,
+        );
         let node = Arc::new(Self {
             config,
             node_id: palisade_core::uuid_v4(),
@@ -154,9 +152,10 @@ impl HaNode {
             leader: std::sync::RwLock::new(None),
             addr_key: std::sync::RwLock::new(None),
             forward_key: std::sync::RwLock::new(None),
-            base_url: std::sync::RwLock::new(None),
             seen: Default::default(),
             client,
+            nonce_prefix,
+            nonce_count: AtomicU64::new(0),
             active_since: AtomicU64::new(0),
             metrics: HaMetrics::default(),
         });
@@ -420,29 +419,6 @@ impl HaNode {
         self.forward_key.read().ok()?.clone()
     }
 
-    /// `addr` + `target` as the URL the request is sent to, or `None` when an
-    /// HTTP client's URL parser would change the target (dot segments,
-    /// backslashes): the active node must act on exactly the path this node
-    /// was asked for. The address is parsed once, the target per request.
-    fn forward_url(&self, addr: &str, target: &str) -> Option<reqwest::Url> {
-        let cached = self.base_url.read().ok().and_then(|g| {
-            g.as_ref()
-                .filter(|(a, _)| a == addr)
-                .map(|(_, u)| u.clone())
-        });
-        let url = match cached {
-            Some(u) => u,
-            None => {
-                let u = reqwest::Url::parse(addr).ok()?;
-                if let Ok(mut g) = self.base_url.write() {
-                    *g = Some((addr.to_string(), u.clone()));
-                }
-                u
-            }
-        };
-        with_target(url, target)
-    }
-
     /// What the MAC of a forwarded request covers. `dest` is the address of
     /// the node it is sent to (its `api_addr`, as it announced it): nonces
     /// are remembered per node, so a request captured on its way to one
@@ -605,26 +581,29 @@ impl HaNode {
                 "the node this request was forwarded to is not the active node; retry",
             );
         }
-        let target = uri
+        // origin form, as received: what is signed is what is sent
+        let path_only = match uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
+        let target = path_only
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
-        // the target exactly as it will be sent: an HTTP client's URL parser
-        // must not change it (dot segments, backslashes), or the active node
-        // would act on another path than the one this node was asked for
-        // (checked on a fixed base: the cached address of the active node is
-        // only replaced when the leader changes)
-        static CHECK_BASE: std::sync::LazyLock<Option<reqwest::Url>> =
-            std::sync::LazyLock::new(|| reqwest::Url::parse("http://node").ok());
-        if CHECK_BASE
-            .clone()
-            .and_then(|base| with_target(base, &target))
-            .is_none()
-        {
-            return fail(400, "invalid path");
-        }
         if self.config.mode == HaMode::Redirect {
+            // the client's URL parser must not change the target (dot
+            // segments, backslashes): it would ask the active node for
+            // another path than the one this node checked
+            static CHECK_BASE: std::sync::LazyLock<Option<url::Url>> =
+                std::sync::LazyLock::new(|| url::Url::parse("http://node").ok());
+            if CHECK_BASE
+                .clone()
+                .and_then(|base| with_target(base, &target))
+                .is_none()
+            {
+                return fail(400, "invalid path");
+            }
             let Some(addr) = self.active_addr(false).await else {
                 return fail(503, "no active node in the cluster");
             };
@@ -673,7 +652,6 @@ impl HaNode {
                     .join(",")
             })
             .unwrap_or_default();
-        // axum and reqwest share the `http` crate's types
         let connection_named: Vec<String> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -687,69 +665,62 @@ impl HaNode {
         }
         out.remove(FORWARDED_CERTS_HEADER);
         // each forwarded request is unique (the active node accepts each once)
-        let nonce = palisade_core::uuid_v4().replace('-', "");
+        let nonce = format!(
+            "{:016x}{:016x}",
+            self.nonce_prefix,
+            self.nonce_count.fetch_add(1, Ordering::Relaxed)
+        );
         let mut fresh = false;
         let resp = loop {
             let Some(addr) = self.active_addr(fresh).await else {
-                return fail(503, "no active node in the cluster");
-            };
-            let Some(url) = self.forward_url(&addr, &target) else {
                 return fail(503, "no active node in the cluster");
             };
             // signed for the node it goes to
             let mac = key.sign_hex(&Self::forwarded_message(
                 &addr, &nonce, ts, &ip, &method, &target, &certs, &out,
             ));
-            let mut headers = out.clone();
+            let mut req = hyper::Request::new(http_body_util::Full::new(bytes.clone()));
+            *req.method_mut() = method.clone();
+            // the target exactly as this node received it (and checked it)
+            *req.uri_mut() = path_only.clone();
+            *req.headers_mut() = out.clone();
             if let Ok(v) =
                 HeaderValue::from_str(&format!("nonce={nonce} ts={ts} addr={ip} mac={mac}"))
             {
-                headers.insert(FORWARDED_HEADER, v);
+                req.headers_mut().insert(FORWARDED_HEADER, v);
             }
             if !certs.is_empty()
                 && let Ok(v) = HeaderValue::from_str(&certs)
             {
-                headers.insert(FORWARDED_CERTS_HEADER, v);
+                req.headers_mut().insert(FORWARDED_CERTS_HEADER, v);
             }
-            let sent = self
-                .client
-                .request(method.clone(), url)
-                .headers(headers)
-                .body(bytes.clone())
-                .send()
-                .await;
-            match sent {
+            match self.client.send(&addr, req).await {
                 Ok(r) => break r,
                 // never sent (the node we knew went away): look the active
                 // node up again and try once more
-                Err(e) if e.is_connect() && !fresh => {
+                Err(SendError::Connect) if !fresh => {
                     fresh = true;
                 }
                 Err(e) => {
                     self.metrics.forward_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %redact(&e), "HA: forwarding to the active node failed");
+                    tracing::warn!(
+                        error = e.as_str(),
+                        "HA: forwarding to the active node failed"
+                    );
                     return fail(502, "forwarding the request to the active node failed");
                 }
             }
         };
         self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
-        let (mut parts, body) = axum::http::Response::from(resp).into_parts();
+        let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = match http_body_util::BodyExt::collect(body).await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                self.metrics.forward_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %redact(&e), "HA: reading the active node's answer failed");
-                return fail(502, "forwarding the request to the active node failed");
-            }
-        };
         axum::response::Response::from_parts(parts, Body::from(body))
     }
 }
 
 /// `base` with `target` (path and query) as its own, unless the URL parser
-/// would change the target.
-fn with_target(mut url: reqwest::Url, target: &str) -> Option<reqwest::Url> {
+/// would change the target (`mode = "redirect"`).
+fn with_target(mut url: url::Url, target: &str) -> Option<url::Url> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -764,20 +735,6 @@ fn with_target(mut url: reqwest::Url, target: &str) -> Option<reqwest::Url> {
 
 fn bad_forwarded() -> ApiError {
     ApiError::bad_request("invalid forwarded request")
-}
-
-/// A reqwest error without its URL (which names only the active node, but
-/// a query string could carry request data).
-fn redact(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    }
 }
 
 /// Drop the headers that describe one connection, not the request.
@@ -831,10 +788,13 @@ async fn drive(core: Weak<Core>, ha: Arc<HaNode>, mut role: tokio::sync::watch::
 mod tests {
     use super::with_target;
 
+    /// `mode = "redirect"`: the client's URL parser sees `Location`; a
+    /// target it would rewrite is refused (forwarding sends the target as
+    /// received, with no URL parser on the way).
     #[test]
-    fn a_forwarded_target_is_sent_exactly_as_received_or_not_at_all() {
+    fn a_redirect_target_is_sent_exactly_as_received_or_not_at_all() {
         for base in ["http://node", "https://10.0.0.2:8200"] {
-            let base = reqwest::Url::parse(base).unwrap();
+            let base = url::Url::parse(base).unwrap();
             for target in [
                 "/v1/secret/data/app",
                 "/v1/secret/data/app?version=2",

@@ -273,6 +273,7 @@ pub async fn handle(core: &Arc<Core>, auth: &Authorized, rest: &str) -> Result<R
             return Ok(Response::no_content());
         }
         "ha-status" if op == Operation::Read => return ha_status(core).await,
+        "metrics" if op == Operation::Read => return crate::metrics::handle(core, req),
         "rotate" if op == Operation::Write => {
             core.barrier.rotate().await?;
             return Ok(Response::no_content());

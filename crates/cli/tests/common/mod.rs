@@ -310,7 +310,9 @@ impl Server {
     /// `POST /v1/<path>` with `token` and a JSON body; asserts a 2xx and
     /// returns the answer's JSON (`Null` for 204).
     pub async fn post_ok(&self, token: &str, path: &str, body: Value) -> Value {
-        let r = reqwest::Client::new()
+        let r = self
+            .spec
+            .client()
             .post(format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", token)
             .json(&body)
@@ -677,4 +679,30 @@ pub fn read_script_secrets(path: &Path) -> ScriptSecrets {
         root_token,
         hmac: v["hmac"].as_str().unwrap_or_default().to_string(),
     }
+}
+
+/// Write ca.pem, server.pem and server.key into `dir`; return the CA PEM.
+pub fn make_pki(dir: &Path) -> String {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "palisade e2e test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).expect("sign server cert");
+
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write key");
+    ca_cert.pem()
 }
