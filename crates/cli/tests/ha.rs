@@ -354,33 +354,24 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         404
     );
 
-    // non-canonical paths are refused by the standby exactly as by the
-    // active node (never normalised on the way)
-    for path in [
-        "/v1/secret/../secret/data/app",
-        "/v1/secret/%2e%2e/secret/data/app",
-        "/v1/secret/./data/app",
+    // the same answer through the standby as from the active node, for
+    // non-canonical paths (400 from both: never normalised on the way) and
+    // for targets a URL parser would rewrite (`{`, `|`, `^` are
+    // percent-encoded by the WHATWG parser: they reach the active node as
+    // the client sent them)
+    for (path, refused) in [
+        ("/v1/secret/../secret/data/app", true),
+        ("/v1/secret/%2e%2e/secret/data/app", true),
+        ("/v1/secret/./data/app", true),
+        ("/v1/secret/data/{x}", false),
+        ("/v1/secret/data/a|b", false),
+        ("/v1/secret/data/a^b?version=1", false),
     ] {
         let (ra, rf) = (
             raw_get(a, path, &cl.root).await,
             raw_get(f, path, &cl.root).await,
         );
-        assert!(ra.starts_with("HTTP/1.1 400"), "{path}: {ra}");
-        assert_eq!(body_of(&rf), body_of(&ra), "{path}");
-        assert!(rf.starts_with("HTTP/1.1 400"), "{path}: {rf}");
-    }
-    // targets a URL parser would rewrite (`{`, `|`, `^` are percent-encoded
-    // by the WHATWG parser) reach the active node as the client sent them:
-    // the same answer through the standby as from the active node
-    for path in [
-        "/v1/secret/data/{x}",
-        "/v1/secret/data/a|b",
-        "/v1/secret/data/a^b?version=1",
-    ] {
-        let (ra, rf) = (
-            raw_get(a, path, &cl.root).await,
-            raw_get(f, path, &cl.root).await,
-        );
+        assert_eq!(ra.starts_with("HTTP/1.1 400"), refused, "{path}: {ra}");
         assert_eq!(rf.lines().next(), ra.lines().next(), "{path}: {rf}");
         assert_eq!(body_of(&rf), body_of(&ra), "{path}");
     }
