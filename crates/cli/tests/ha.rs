@@ -359,23 +359,52 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
     // for targets a URL parser would rewrite (`{`, `|`, `^` are
     // percent-encoded by the WHATWG parser: they reach the active node as
     // the client sent them)
-    for (path, refused) in [
-        ("/v1/secret/../secret/data/app", true),
-        ("/v1/secret/%2e%2e/secret/data/app", true),
-        ("/v1/secret/./data/app", true),
-        ("/v1/secret/data/{x}", false),
-        ("/v1/secret/data/a|b", false),
-        ("/v1/secret/data/a^b?version=1", false),
+    // ... and (a review's findings) for a bad method or query string on a
+    // bad path (checked in the same order: query, method, path), for a
+    // Connection header naming a header the API reads (refused by both: a
+    // standby must drop such a header, the active node would act on it),
+    // and for a client's own forwarded-certificates header
+    for (method, path, extra, refused) in [
+        ("GET", "/v1/secret/../secret/data/app", "", true),
+        ("GET", "/v1/secret/%2e%2e/secret/data/app", "", true),
+        ("GET", "/v1/secret/./data/app", "", true),
+        ("GET", "/v1/secret/data/{x}", "", false),
+        ("GET", "/v1/secret/data/a|b", "", false),
+        ("GET", "/v1/secret/data/a^b?version=1", "", false),
+        ("TRACE", "/v1/a/../b", "", false),
+        ("GET", "/v1/a/../b?%zz", "", true),
+        (
+            "GET",
+            "/v1/secret/data/app",
+            "Connection: X-Vault-Token\r\n",
+            true,
+        ),
+        (
+            "GET",
+            "/v1/secret/data/app",
+            "Connection: keep-alive, x-vault-namespace\r\nX-Vault-Namespace: team-a\r\n",
+            true,
+        ),
     ] {
         let (ra, rf) = (
-            raw_get(a, path, &cl.root).await,
-            raw_get(f, path, &cl.root).await,
+            raw(a, method, path, &cl.root, extra).await,
+            raw(f, method, path, &cl.root, extra).await,
         );
         assert_eq!(ra.starts_with("HTTP/1.1 400"), refused, "{path}: {ra}");
         assert_eq!(rf.lines().next(), ra.lines().next(), "{path}: {rf}");
         assert_eq!(body_of(&rf), body_of(&ra), "{path}");
     }
     assert!(!a.output().contains("invalid forwarding header"));
+    // a client's own forwarded-certificates header: the active node's 400,
+    // from the standby too (it used to drop the header and go on)
+    let certs = "X-Palisade-Forwarded-Certs: AAAA\r\n";
+    let (ra, rf) = (
+        raw(a, "GET", "/v1/secret/data/app", &cl.root, certs).await,
+        raw(f, "GET", "/v1/secret/data/app", &cl.root, certs).await,
+    );
+    assert!(ra.starts_with("HTTP/1.1 400"), "{ra}");
+    assert_eq!(rf.lines().next(), ra.lines().next(), "{rf}");
+    assert_eq!(body_of(&rf), body_of(&ra));
     // another spelling of a local endpoint is answered by the standby itself
     // (its own 429), never by the active node (200)
     for path in ["/v1/sys/%68ealth", "/v1/sys/heal%74h"] {
@@ -599,21 +628,42 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
         "text/plain; version=0.0.4"
     );
     let text = r.text().await.unwrap();
+    // each node answers with its own numbers (a standby once the active node
+    // allowed the token): the standby's forwarding counters are visible
+    let counter = |t: &str, name: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {t}"))
+    };
     for line in [
         "# TYPE palisade_ha_leadership_gained_total counter",
-        "palisade_core_active 1",
+        "palisade_core_active 0",
         "palisade_core_unsealed 1",
+        "palisade_ha_leadership_gained_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
-    let renewals = |t: &str| -> u64 {
-        t.lines()
-            .find_map(|l| l.strip_prefix("palisade_ha_lease_renewals_total "))
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    assert!(renewals(&text) > 0, "{text}");
-    let (st, v, _) = call(&c, "GET", &f.url("sys/metrics"), root, None).await;
+    assert!(
+        counter(&text, "palisade_ha_forwarded_requests_total") > 0,
+        "{text}"
+    );
+    let r = c
+        .get(a.url("sys/metrics?format=prometheus"))
+        .header("X-Vault-Token", &cl.root)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.lines().any(|l| l == "palisade_core_active 1"),
+        "{text}"
+    );
+    assert!(
+        counter(&text, "palisade_ha_lease_renewals_total") > 0,
+        "{text}"
+    );
+    let (st, v, _) = call(&c, "GET", &a.url("sys/metrics"), root, None).await;
     assert_eq!(st, 200);
     assert!(
         v["Counters"]
@@ -629,6 +679,20 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
             .as_array()
             .unwrap()
             .contains(&json!({"Name": "palisade.core.active", "Value": 1, "Labels": {}})),
+        "{v}"
+    );
+    // a timestamp of now (a review saw 1970)
+    let year = v["Timestamp"].as_str().unwrap()[..4]
+        .parse::<u32>()
+        .unwrap();
+    assert!(year >= 2026, "{v}");
+    let (st, v, _) = call(&c, "GET", &f.url("sys/metrics"), root, None).await;
+    assert_eq!(st, 200);
+    assert!(
+        v["Gauges"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"Name": "palisade.core.active", "Value": 0, "Labels": {}})),
         "{v}"
     );
     let (st, v, _) = call(&c, "GET", &f.url("sys/metrics?format=xml"), root, None).await;
@@ -1641,13 +1705,19 @@ async fn standbys_forward_over_tls_only_to_a_certificate_they_trust() {
 
 /// A raw HTTP/1.1 GET of `path` exactly as given (no client normalisation).
 async fn raw_get(n: &Server, path: &str, token: &str) -> String {
+    raw(n, "GET", path, token, "").await
+}
+
+/// A raw HTTP/1.1 request; `extra` is more header lines (each ending in
+/// `\r\n`).
+async fn raw(n: &Server, method: &str, path: &str, token: &str, extra: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut t = tokio::net::TcpStream::connect(n.addr.trim_start_matches("http://"))
         .await
         .unwrap();
     t.write_all(
         format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {token}\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nX-Vault-Token: {token}\r\n{extra}Connection: close\r\n\r\n"
         )
         .as_bytes(),
     )

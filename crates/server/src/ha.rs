@@ -113,6 +113,7 @@ impl HaNode {
         table: &str,
         config: HaConfig,
         cache_entries: usize,
+        idle_timeout: Duration,
     ) -> Result<(Arc<dyn Backend>, Arc<Self>), String> {
         let base = PostgresBackend::connect_for_ha(url, table, config.lease_ttl)
             .await
@@ -132,11 +133,15 @@ impl HaNode {
             })?),
             None => None,
         };
-        let client = crate::ha_client::ForwardClient::new(roots.as_deref(), FORWARD_TIMEOUT)
-            .map_err(|e| match &config.tls_ca_file {
-                Some(f) => format!("ha.tls_ca_file: {}: {e}", f.display()),
-                None => format!("ha: cannot build the forwarding client: {e}"),
-            })?;
+        // pooled connections are dropped well before the other nodes' idle
+        // timeout (`http_idle_timeout`, the same on every node of a cluster)
+        let keep_idle = (idle_timeout / 2).min(Duration::from_secs(60));
+        let client =
+            crate::ha_client::ForwardClient::new(roots.as_deref(), FORWARD_TIMEOUT, keep_idle)
+                .map_err(|e| match &config.tls_ca_file {
+                    Some(f) => format!("ha.tls_ca_file: {}: {e}", f.display()),
+                    None => format!("ha: cannot build the forwarding client: {e}"),
+                })?;
         let nonce_prefix = u64::from_be_bytes(
             palisade_core::random_bytes(8)
                 .try_into()
@@ -377,18 +382,21 @@ impl HaNode {
         self.refresh_leader().await
     }
 
-    /// Another node's address to send requests to: the live leader, never
-    /// this node.
-    async fn active_addr(&self, fresh: bool) -> Option<String> {
+    /// Another node to send requests to: the live leader (its address and
+    /// its node id, new at every start of that process), never this node.
+    async fn active_node(&self, fresh: bool) -> Option<(String, String)> {
         let usable = |l: &Leader| l.live && l.holder != self.node_id && !l.api_addr.is_empty();
         let l = self.leader(fresh).await?;
         if usable(&l) {
-            return Some(l.api_addr);
+            return Some((l.api_addr, l.holder));
         }
         if fresh {
             return None;
         }
-        self.leader(true).await.filter(usable).map(|l| l.api_addr)
+        self.leader(true)
+            .await
+            .filter(usable)
+            .map(|l| (l.api_addr, l.holder))
     }
 
     /// The node list (addresses without their signatures; shown, never used).
@@ -420,12 +428,15 @@ impl HaNode {
     }
 
     /// What the MAC of a forwarded request covers. `dest` is the address of
-    /// the node it is sent to (its `api_addr`, as it announced it): nonces
-    /// are remembered per node, so a request captured on its way to one
-    /// node is no use at another (after a failover).
+    /// the node it is sent to (its `api_addr`, as it announced it) and
+    /// `dest_id` that node's id (new at every start of its process): nonces
+    /// are remembered per process, so a request captured on its way to one
+    /// node is no use at another (after a failover), nor at the same node
+    /// once restarted (a review replayed one there).
     #[allow(clippy::too_many_arguments)]
     fn forwarded_message(
         dest: &str,
+        dest_id: &str,
         nonce: &str,
         ts: i64,
         addr: &str,
@@ -446,7 +457,7 @@ impl HaNode {
         }
         let creds = hex::encode(palisade_crypto::mac::sha256(&creds));
         format!(
-            "palisade-forwarded v3\n{dest}\n{nonce}\n{ts}\n{addr}\n{method}\n{target}\n{certs}\n{creds}"
+            "palisade-forwarded v4\n{dest}\n{dest_id}\n{nonce}\n{ts}\n{addr}\n{method}\n{target}\n{certs}\n{creds}"
         )
         .into_bytes()
     }
@@ -502,6 +513,7 @@ impl HaNode {
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let msg = Self::forwarded_message(
             &node.config.api_addr,
+            &node.node_id,
             nonce,
             ts,
             &ip.to_string(),
@@ -573,6 +585,10 @@ impl HaNode {
                 false,
             )
         };
+        if headers.contains_key(FORWARDED_CERTS_HEADER) && !headers.contains_key(FORWARDED_HEADER) {
+            // the active node's answer to a client sending it
+            return fail(400, "invalid forwarded request");
+        }
         if headers.contains_key(FORWARDED_HEADER) {
             // forwarded to a node that is not active (it lost the lead on
             // the way): never forwarded again, so requests cannot loop
@@ -604,7 +620,7 @@ impl HaNode {
             {
                 return fail(400, "invalid path");
             }
-            let Some(addr) = self.active_addr(false).await else {
+            let Some((addr, _)) = self.active_node(false).await else {
                 return fail(503, "no active node in the cluster");
             };
             self.metrics.redirected.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +679,7 @@ impl HaNode {
         for c in &connection_named {
             out.remove(c.as_str());
         }
-        out.remove(FORWARDED_CERTS_HEADER);
+
         // each forwarded request is unique (the active node accepts each once)
         let nonce = format!(
             "{:016x}{:016x}",
@@ -672,12 +688,12 @@ impl HaNode {
         );
         let mut fresh = false;
         let resp = loop {
-            let Some(addr) = self.active_addr(fresh).await else {
+            let Some((addr, holder)) = self.active_node(fresh).await else {
                 return fail(503, "no active node in the cluster");
             };
-            // signed for the node it goes to
+            // signed for the node (and process) it goes to
             let mac = key.sign_hex(&Self::forwarded_message(
-                &addr, &nonce, ts, &ip, &method, &target, &certs, &out,
+                &addr, &holder, &nonce, ts, &ip, &method, &target, &certs, &out,
             ));
             let mut req = hyper::Request::new(http_body_util::Full::new(bytes.clone()));
             *req.method_mut() = method.clone();
@@ -698,7 +714,7 @@ impl HaNode {
                 Ok(r) => break r,
                 // never sent (the node we knew went away): look the active
                 // node up again and try once more
-                Err(SendError::Connect) if !fresh => {
+                Err(SendError::Connect | SendError::Tls) if !fresh => {
                     fresh = true;
                 }
                 Err(e) => {
@@ -786,7 +802,32 @@ async fn drive(core: Weak<Core>, ha: Arc<HaNode>, mut role: tokio::sync::watch::
 
 #[cfg(test)]
 mod tests {
-    use super::with_target;
+    use super::{HaNode, with_target};
+
+    /// The MAC covers the destination's address and its process's node id:
+    /// a forwarded request recorded on its way is no use at another node,
+    /// nor at the same node restarted on the same address (a review
+    /// replayed one there within the 60 s window).
+    #[test]
+    fn a_forwarded_request_is_signed_for_one_process_of_one_node() {
+        let h = axum::http::HeaderMap::new();
+        let m = |dest: &str, id: &str| {
+            HaNode::forwarded_message(
+                dest,
+                id,
+                "0123",
+                1,
+                "10.0.0.1",
+                &axum::http::Method::GET,
+                "/v1/x",
+                "",
+                &h,
+            )
+        };
+        assert_eq!(m("http://a:8200", "id-1"), m("http://a:8200", "id-1"));
+        assert_ne!(m("http://a:8200", "id-1"), m("http://a:8200", "id-2"));
+        assert_ne!(m("http://a:8200", "id-1"), m("http://b:8200", "id-1"));
+    }
 
     /// `mode = "redirect"`: the client's URL parser sees `Location`; a
     /// target it would rewrite is refused (forwarding sends the target as

@@ -14,7 +14,7 @@
 //!   request having been sent (retried on a new connection).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum SendError {
     /// No connection could be made: the request was not sent.
     Connect,
+    /// The TLS handshake failed (the active node's certificate was not
+    /// trusted, or TLS itself failed): the request was not sent.
+    Tls,
     Timeout,
     /// Sent (or possibly sent) and then failed.
     Request,
@@ -41,6 +44,7 @@ impl SendError {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Tls => "tls handshake",
             Self::Timeout => "timeout",
             Self::Request => "request",
             Self::Body => "body",
@@ -90,15 +94,24 @@ type Conn = SendRequest<Full<Bytes>>;
 pub(crate) struct ForwardClient {
     tls: tokio_rustls::TlsConnector,
     timeout: Duration,
+    /// How long a connection may wait idle in the pool: below the active
+    /// node's idle timeout, so a request is not written just as the active
+    /// node closes the connection.
+    keep_idle: Duration,
     /// The active node's address as last parsed.
     target: Mutex<Option<Arc<Target>>>,
-    idle: Mutex<Vec<(Arc<Target>, Conn)>>,
+    /// Idle connections, with when each was returned.
+    idle: Mutex<Vec<(Arc<Target>, Conn, Instant)>>,
 }
 
 impl ForwardClient {
     /// `roots_pem`: the CA certificates an `https` active node's certificate
     /// must chain to (`[ha] tls_ca_file`); without them, the platform's.
-    pub(crate) fn new(roots_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        roots_pem: Option<&[u8]>,
+        timeout: Duration,
+        keep_idle: Duration,
+    ) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -132,6 +145,7 @@ impl ForwardClient {
         Ok(Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             timeout,
+            keep_idle,
             target: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
         })
@@ -150,9 +164,12 @@ impl ForwardClient {
     /// An idle connection to `t` that can take a request now.
     fn checkout(&self, t: &Arc<Target>) -> Option<Conn> {
         let mut g = self.idle.lock().ok()?;
-        // connections to a former active node are useless: dropped
-        g.retain(|(to, c)| Arc::ptr_eq(to, t) && !c.is_closed());
-        while let Some((_, c)) = g.pop() {
+        // connections to a former active node are useless, and one idle
+        // for long may be closed by the active node as it is used: dropped
+        g.retain(|(to, c, since)| {
+            Arc::ptr_eq(to, t) && !c.is_closed() && since.elapsed() < self.keep_idle
+        });
+        while let Some((_, c, _)) = g.pop() {
             if c.is_ready() {
                 return Some(c);
             }
@@ -167,7 +184,7 @@ impl ForwardClient {
         if let Ok(mut g) = self.idle.lock()
             && g.len() < MAX_IDLE
         {
-            g.push((t, c));
+            g.push((t, c, Instant::now()));
         }
     }
 
@@ -186,8 +203,8 @@ impl ForwardClient {
                 let tls =
                     tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name.clone(), tcp))
                         .await
-                        .map_err(|_| SendError::Connect)?
-                        .map_err(|_| SendError::Connect)?;
+                        .map_err(|_| SendError::Tls)?
+                        .map_err(|_| SendError::Tls)?;
                 handshake(tls).await
             }
         }

@@ -165,20 +165,82 @@ const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Read and drop a refused request's body, chunk by chunk, up to `limit`
 /// bytes and `timeout`: a client still sending when we answer and close would
 /// otherwise see the connection reset instead of the answer. Nothing is kept.
-async fn discard_body(mut body: Body, limit: usize, timeout: Duration) {
+/// Whether the whole body was read (if not, the connection must not be
+/// reused: the rest of the body would be read as the next request).
+async fn discard_body(mut body: Body, limit: usize, timeout: Duration) -> bool {
     let drain = async {
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return };
+            let Ok(frame) = frame else { return false };
             if let Some(d) = frame.data_ref() {
                 seen = seen.saturating_add(d.len());
                 if seen > limit {
-                    return;
+                    return false;
                 }
             }
         }
+        true
     };
-    let _ = tokio::time::timeout(timeout, drain).await;
+    tokio::time::timeout(timeout, drain).await.unwrap_or(false)
+}
+
+/// Headers the API acts on. A `Connection` header naming one would make it
+/// per-connection: an HA standby (any proxy) must drop it, the node serving
+/// the request directly would act on it, and the two would answer
+/// differently (a namespace or a token silently gone). Refused on every
+/// node instead.
+const END_TO_END_API_HEADERS: [&str; 8] = [
+    "x-vault-token",
+    "authorization",
+    "x-vault-namespace",
+    "x-vault-wrap-ttl",
+    "x-wrap-ttl",
+    "content-type",
+    crate::ha::FORWARDED_HEADER,
+    crate::ha::FORWARDED_CERTS_HEADER,
+];
+
+fn connection_names_api_header(headers: &HeaderMap) -> Option<ApiError> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .find_map(|t| {
+            END_TO_END_API_HEADERS
+                .iter()
+                .find(|h| h.as_bytes().eq_ignore_ascii_case(t))
+        })
+        .map(|h| {
+            ApiError::bad_request(format!(
+                "invalid Connection header: {h} is not a per-connection header"
+            ))
+        })
+}
+
+/// The query string's parameters and the operation a request asks for, in
+/// the order every node checks them (the query, then the method; the path
+/// after both).
+fn query_and_operation(
+    method: &Method,
+    uri: &Uri,
+) -> Result<(Vec<(String, String)>, Operation), ApiError> {
+    let query = parse_query(uri.query())?;
+    let list_q = query
+        .iter()
+        .find(|(k, _)| k == "list")
+        .map(|(_, v)| fields::parse_bool(v).unwrap_or(false))
+        .unwrap_or(false);
+    let operation = match method.as_str() {
+        "GET" if list_q => Operation::List,
+        "GET" | "HEAD" => Operation::Read,
+        "LIST" => Operation::List,
+        "POST" | "PUT" => Operation::Write,
+        "DELETE" => Operation::Delete,
+        "PATCH" => Operation::Patch,
+        _ => return Err(ApiError::unsupported_operation()),
+    };
+    Ok((query, operation))
 }
 
 async fn handle(
@@ -190,23 +252,24 @@ async fn handle(
     addr: Option<axum::Extension<ClientAddr>>,
     body: Body,
 ) -> axum::response::Response {
+    if let Some(e) = connection_names_api_header(&headers) {
+        return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD);
+    }
     if st.core.relays()
         && let Some(ha) = st.core.ha().cloned()
     {
         // canonical before deciding: what the active node would refuse is
-        // refused here, with the same answer, and a spelling of a local
-        // endpoint (`sys/%68ealth`) is this node's, never the active's
-        let op = if method.as_str() == "LIST" {
-            Operation::List
-        } else {
-            Operation::Read
-        };
-        match canonical::canonicalise(op, api_path(&uri)) {
+        // refused here, with the same answer (the same checks in the same
+        // order), and a spelling of a local endpoint (`sys/%68ealth`) is
+        // this node's, never the active's
+        let checked = query_and_operation(&method, &uri)
+            .and_then(|(q, op)| Ok((q, canonical::canonicalise(op, api_path(&uri))?)));
+        match checked {
             Err(e) => return render(Err(e), &palisade_core::uuid_v4(), method == Method::HEAD),
-            Ok(p) if answered_by_any_node(p.as_str()) => {}
+            Ok((_, p)) if answered_by_any_node(p.as_str()) => {}
             // Vault's standby refuses to seal (sealing the active node
             // instead would be an outage nobody asked for)
-            Ok(p) if p.as_str() == "sys/seal" => {
+            Ok((_, p)) if p.as_str() == "sys/seal" => {
                 let err = if method == Method::PUT || method == Method::POST {
                     ApiError::new(
                         500,
@@ -216,6 +279,30 @@ async fn handle(
                     ApiError::unsupported_operation()
                 };
                 return render(Err(err), &palisade_core::uuid_v4(), method == Method::HEAD);
+            }
+            // this node's own metrics, once the active node has decided the
+            // token may read them (Vault's standby answers for itself too)
+            Ok((query, p)) if p.as_str() == "sys/metrics" && method == Method::GET => {
+                let answer = ha
+                    .relay(
+                        &st.core,
+                        st.limits.max_request_size,
+                        st.limits.body_timeout,
+                        method,
+                        uri,
+                        headers,
+                        addr.map(|a| a.0),
+                        body,
+                    )
+                    .await;
+                if answer.status() != StatusCode::OK {
+                    return answer;
+                }
+                return render(
+                    crate::metrics::answer(&st.core, &query),
+                    &palisade_core::uuid_v4(),
+                    false,
+                );
             }
             Ok(_) => {
                 return ha
@@ -252,36 +339,22 @@ async fn handle(
     let mut refused_at_edge = true;
     let mut body = Some(body);
     let result = async {
-        let query = parse_query(uri.query())?;
-        let list_q = query
-            .iter()
-            .find(|(k, _)| k == "list")
-            .map(|(_, v)| fields::parse_bool(v).unwrap_or(false))
-            .unwrap_or(false);
+        let (query, operation) = query_and_operation(&method, &uri)?;
         // Input the edge cannot accept on a request it could parse (wrong
         // content type): carried into the core, which audits it and refuses.
         let mut input_error = None;
-        let operation = match method.as_str() {
-            "GET" if list_q => Operation::List,
-            "GET" | "HEAD" => Operation::Read,
-            "LIST" => Operation::List,
-            "POST" | "PUT" => Operation::Write,
-            "DELETE" => Operation::Delete,
-            "PATCH" => {
-                let ct = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if ct.split(';').next().map(str::trim) != Some("application/merge-patch+json") {
-                    input_error = Some(ApiError::new(
-                        415,
-                        "PATCH requires Content-Type application/merge-patch+json",
-                    ));
-                }
-                Operation::Patch
+        if operation == Operation::Patch {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if ct.split(';').next().map(str::trim) != Some("application/merge-patch+json") {
+                input_error = Some(ApiError::new(
+                    415,
+                    "PATCH requires Content-Type application/merge-patch+json",
+                ));
             }
-            _ => return Err(ApiError::unsupported_operation()),
-        };
+        }
         let path = canonical::canonicalise(operation, api_path(&uri))?;
         if let Some((name, ep)) = crate::oauth::endpoints::parse(&path) {
             let name = name.to_string();
@@ -347,6 +420,7 @@ async fn handle(
         }
     }
     .await;
+    let mut close = false;
     if let Some(b) = body.take()
         && version < axum::http::Version::HTTP_2
     {
@@ -355,7 +429,9 @@ async fn handle(
         // a reset connection; a larger or slower body is not waited for (the
         // connection then closes): a refused request must not hold its
         // connection. HTTP/2 resets the one stream instead.
-        discard_body(b, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIME).await;
+        // Not all of it read: the answer says the connection closes (a
+        // client, or a standby's pool, must not send another request on it)
+        close = !discard_body(b, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIME).await;
     }
     let status = match &result {
         Ok(r) => r.status,
@@ -375,6 +451,10 @@ async fn handle(
         "request"
     );
     let mut resp = render(result, &request_id, head);
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if limits.hsts {
         resp.headers_mut().insert(
             header::STRICT_TRANSPORT_SECURITY,

@@ -252,8 +252,14 @@ pub async fn run(
 ) -> Result<(), String> {
     let (backend, ha) = match (&cfg.ha, &cfg.storage) {
         (Some(h), StorageConfig::Postgres { url, table }) => {
-            let (b, node) =
-                crate::ha::HaNode::open(url, table, h.clone(), STORAGE_CACHE_ENTRIES).await?;
+            let (b, node) = crate::ha::HaNode::open(
+                url,
+                table,
+                h.clone(),
+                STORAGE_CACHE_ENTRIES,
+                cfg.listener.conn.idle_timeout,
+            )
+            .await?;
             (b, Some(node))
         }
         (Some(_), StorageConfig::Sqlite { .. }) => {

@@ -2,8 +2,9 @@
 //! HA counters (issue #19: leadership changes, lease renewals, forwarded
 //! requests), as Prometheus text (`format=prometheus`) or as the JSON of
 //! Vault's in-memory sink. A token with `read` on `sys/metrics` is needed,
-//! as in Vault; a standby forwards the request, so the answer is the active
-//! node's (a standby's own forwarding counters are in its log).
+//! as in Vault. Each node answers with its own numbers: a standby asks the
+//! active node first (which decides on the token) and then answers for
+//! itself, so its forwarding counters are visible too.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -130,7 +131,7 @@ fn vault_json(metrics: &[Metric]) -> Value {
         }
     }
     json!({
-        "Timestamp": palisade_core::rfc3339(palisade_core::now_nanos() / 1_000_000_000),
+        "Timestamp": palisade_core::rfc3339(palisade_core::now_nanos()),
         "Gauges": gauges,
         "Counters": counters,
         "Points": [],
@@ -140,8 +141,13 @@ fn vault_json(metrics: &[Metric]) -> Value {
 
 /// `GET sys/metrics[?format=prometheus]` (the token and ACL were checked).
 pub fn handle(core: &Arc<Core>, req: &Request) -> Result<Response, ApiError> {
-    let format = req
-        .query
+    answer(core, &req.query)
+}
+
+/// This node's metrics in the format `query` asks for. On a standby, after
+/// the active node allowed the same request (`http::handle`).
+pub fn answer(core: &Core, query: &[(String, String)]) -> Result<Response, ApiError> {
+    let format = query
         .iter()
         .find(|(k, _)| k == "format")
         .map(|(_, v)| v.as_str())

@@ -447,6 +447,17 @@ async fn a_refused_body_is_discarded_and_the_connection_kept() {
         "{:?}",
         String::from_utf8_lossy(&got)
     );
+    // and says so: a client (or an HA standby's connection pool) must not
+    // send its next request on a connection whose unread body would be
+    // taken for that request (found by a review: pooled standby
+    // connections broke and other clients got 502s)
+    assert!(
+        String::from_utf8_lossy(&got)
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(32 * 1024));
@@ -462,6 +473,10 @@ async fn a_refused_body_is_discarded_and_the_connection_kept() {
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     assert!(
         text.ends_with("{\"errors\":[\"permission denied\"]}"),
+        "{text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
     );
     // same connection, next request
