@@ -681,6 +681,19 @@ async fn standbys_forward_and_redirect_every_operation_as_the_active_node_answer
             .contains(&json!({"Name": "palisade.core.active", "Value": 1, "Labels": {}})),
         "{v}"
     );
+    // asked wrapped through a standby: the active node's wrapped answer,
+    // passed on (never this node's metrics unwrapped)
+    let r = c
+        .get(f.url("sys/metrics"))
+        .header("X-Vault-Token", &cl.root)
+        .header("X-Vault-Wrap-TTL", "60s")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let w: Value = r.json().await.unwrap();
+    assert!(w["wrap_info"]["token"].is_string(), "{w}");
+    assert!(w.get("Gauges").is_none(), "{w}");
     // a timestamp of now (a review saw 1970)
     let year = v["Timestamp"].as_str().unwrap()[..4]
         .parse::<u32>()
@@ -1697,7 +1710,7 @@ async fn standbys_forward_over_tls_only_to_a_certificate_they_trust() {
     assert_eq!(st, 404, "nothing was written");
     let log = untrusting.output();
     assert!(
-        log.contains("HA: forwarding to the active node failed"),
+        log.contains("HA: forwarding to the active node failed") && log.contains("tls handshake"),
         "{log}"
     );
     assert!(!log.contains(&cl.root), "the token is not logged");

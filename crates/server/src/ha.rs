@@ -47,6 +47,14 @@ pub const STEP_DOWN_HOLD_OFF: Duration = Duration::from_secs(10);
 /// Headers a standby adds to what it forwards: who the client is.
 pub const FORWARDED_HEADER: &str = "x-palisade-forwarded";
 pub const FORWARDED_CERTS_HEADER: &str = "x-palisade-forwarded-certs";
+/// On the active node's answer: the forwarded request was signed for an
+/// earlier process at this address (the standby's view of the leader was a
+/// few seconds old); nothing was done, the standby looks the leader up and
+/// sends it again.
+pub const FORWARD_RETRY_HEADER: &str = "x-palisade-forward-retry";
+/// The message of that answer.
+pub const FORWARDED_TO_RESTARTED: &str =
+    "the node this request was forwarded to has restarted since; retry";
 /// How far a forwarded request's timestamp may be from the active node's
 /// clock.
 const FORWARDED_MAX_SKEW_SECS: i64 = 60;
@@ -488,8 +496,10 @@ impl HaNode {
         let mut addr = None;
         let mut mac = None;
         let mut nonce = None;
+        let mut dest_id = None;
         for part in v.split(' ') {
             match part.split_once('=') {
+                Some(("node", x)) if x.len() <= 64 => dest_id = Some(x),
                 Some(("nonce", x)) if x.len() == 32 && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
                     nonce = Some(x)
                 }
@@ -499,7 +509,9 @@ impl HaNode {
                 _ => return Err(bad_forwarded()),
             }
         }
-        let (Some(nonce), Some(ts), Some(ip), Some(mac)) = (nonce, ts, addr, mac) else {
+        let (Some(nonce), Some(ts), Some(ip), Some(mac), Some(dest_id)) =
+            (nonce, ts, addr, mac, dest_id)
+        else {
             return Err(bad_forwarded());
         };
         let mut certs_hdr = headers.get_all(FORWARDED_CERTS_HEADER).iter();
@@ -511,9 +523,11 @@ impl HaNode {
         // sealed a moment ago: a refusal the standby's client may retry
         let key = node.forwarding_key(core).ok_or_else(ApiError::sealed)?;
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        // verified as signed (for the process the standby named), then
+        // accepted only if that process is this one
         let msg = Self::forwarded_message(
             &node.config.api_addr,
-            &node.node_id,
+            dest_id,
             nonce,
             ts,
             &ip.to_string(),
@@ -524,6 +538,9 @@ impl HaNode {
         );
         if !key.verify(&msg, &mac) {
             return Err(bad_forwarded());
+        }
+        if dest_id != node.node_id {
+            return Err(ApiError::new(503, FORWARDED_TO_RESTARTED));
         }
         let now = palisade_core::now_nanos() / 1_000_000_000;
         if (now - ts).abs() > FORWARDED_MAX_SKEW_SECS {
@@ -585,10 +602,6 @@ impl HaNode {
                 false,
             )
         };
-        if headers.contains_key(FORWARDED_CERTS_HEADER) && !headers.contains_key(FORWARDED_HEADER) {
-            // the active node's answer to a client sending it
-            return fail(400, "invalid forwarded request");
-        }
         if headers.contains_key(FORWARDED_HEADER) {
             // forwarded to a node that is not active (it lost the lead on
             // the way): never forwarded again, so requests cannot loop
@@ -700,9 +713,9 @@ impl HaNode {
             // the target exactly as this node received it (and checked it)
             *req.uri_mut() = path_only.clone();
             *req.headers_mut() = out.clone();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("nonce={nonce} ts={ts} addr={ip} mac={mac}"))
-            {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "nonce={nonce} ts={ts} addr={ip} node={holder} mac={mac}"
+            )) {
                 req.headers_mut().insert(FORWARDED_HEADER, v);
             }
             if !certs.is_empty()
@@ -711,6 +724,12 @@ impl HaNode {
                 req.headers_mut().insert(FORWARDED_CERTS_HEADER, v);
             }
             match self.client.send(&addr, req).await {
+                // signed for the process that held the lease a moment ago
+                // (restarted at the same address): nothing was done; look
+                // the leader up and sign again, once
+                Ok(r) if r.headers().contains_key(FORWARD_RETRY_HEADER) && !fresh => {
+                    fresh = true;
+                }
                 Ok(r) => break r,
                 // never sent (the node we knew went away): look the active
                 // node up again and try once more

@@ -165,23 +165,20 @@ const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Read and drop a refused request's body, chunk by chunk, up to `limit`
 /// bytes and `timeout`: a client still sending when we answer and close would
 /// otherwise see the connection reset instead of the answer. Nothing is kept.
-/// Whether the whole body was read (if not, the connection must not be
-/// reused: the rest of the body would be read as the next request).
-async fn discard_body(mut body: Body, limit: usize, timeout: Duration) -> bool {
+async fn discard_body(mut body: Body, limit: usize, timeout: Duration) {
     let drain = async {
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return false };
+            let Ok(frame) = frame else { return };
             if let Some(d) = frame.data_ref() {
                 seen = seen.saturating_add(d.len());
                 if seen > limit {
-                    return false;
+                    return;
                 }
             }
         }
-        true
     };
-    tokio::time::timeout(timeout, drain).await.unwrap_or(false)
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 /// Headers the API acts on. A `Connection` header naming one would make it
@@ -243,7 +240,73 @@ fn query_and_operation(
     Ok((query, operation))
 }
 
+/// A request body that records whether it was read to its end.
+struct TrackedBody {
+    inner: Body,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every answer passes here: an HTTP/1.1 request whose body was not read
+/// to its end (refused before it, over a limit, or cut short) is answered
+/// with `Connection: close`, so no client — nor an HA standby's connection
+/// pool — sends another request on a connection whose unread body would be
+/// taken for that request; TLS listeners add HSTS.
 async fn handle(
+    State(st): State<AppState>,
+    version: axum::http::Version,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    addr: Option<axum::Extension<ClientAddr>>,
+    body: Body,
+) -> axum::response::Response {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(
+        hyper::body::Body::is_end_stream(&body),
+    ));
+    let body = Body::new(TrackedBody {
+        inner: body,
+        done: done.clone(),
+    });
+    let hsts = st.limits.hsts;
+    let mut resp = answer(State(st), version, method, uri, headers, addr, body).await;
+    if version < axum::http::Version::HTTP_2 && !done.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if hsts {
+        resp.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    resp
+}
+
+async fn answer(
     State(st): State<AppState>,
     version: axum::http::Version,
     method: Method,
@@ -258,6 +321,17 @@ async fn handle(
     if st.core.relays()
         && let Some(ha) = st.core.ha().cloned()
     {
+        // first, as the active node does: a client's own forwarded
+        // certificates (without a forwarding header) are refused
+        if headers.contains_key(crate::ha::FORWARDED_CERTS_HEADER)
+            && !headers.contains_key(crate::ha::FORWARDED_HEADER)
+        {
+            return render(
+                Err(ApiError::bad_request("invalid forwarded request")),
+                &palisade_core::uuid_v4(),
+                method == Method::HEAD,
+            );
+        }
         // canonical before deciding: what the active node would refuse is
         // refused here, with the same answer (the same checks in the same
         // order), and a spelling of a local endpoint (`sys/%68ealth`) is
@@ -282,7 +356,14 @@ async fn handle(
             }
             // this node's own metrics, once the active node has decided the
             // token may read them (Vault's standby answers for itself too)
-            Ok((query, p)) if p.as_str() == "sys/metrics" && method == Method::GET => {
+            // (wrapped or help answers are the active node's, passed on)
+            Ok((query, p))
+                if p.as_str() == "sys/metrics"
+                    && method == Method::GET
+                    && !headers.contains_key("x-vault-wrap-ttl")
+                    && !headers.contains_key("x-wrap-ttl")
+                    && !query.iter().any(|(k, _)| k == "help") =>
+            {
                 let answer = ha
                     .relay(
                         &st.core,
@@ -329,7 +410,18 @@ async fn handle(
             if e.status == 400 {
                 tracing::warn!(method = %method, "refused a request with an invalid forwarding header");
             }
-            return render(Err(e), &palisade_core::uuid_v4(), false);
+            let retry = e
+                .messages
+                .iter()
+                .any(|m| m == crate::ha::FORWARDED_TO_RESTARTED);
+            let mut r = render(Err(e), &palisade_core::uuid_v4(), false);
+            if retry {
+                r.headers_mut().insert(
+                    crate::ha::FORWARD_RETRY_HEADER,
+                    HeaderValue::from_static("1"),
+                );
+            }
+            return r;
         }
     };
     let started = Instant::now();
@@ -420,7 +512,6 @@ async fn handle(
         }
     }
     .await;
-    let mut close = false;
     if let Some(b) = body.take()
         && version < axum::http::Version::HTTP_2
     {
@@ -429,9 +520,8 @@ async fn handle(
         // a reset connection; a larger or slower body is not waited for (the
         // connection then closes): a refused request must not hold its
         // connection. HTTP/2 resets the one stream instead.
-        // Not all of it read: the answer says the connection closes (a
-        // client, or a standby's pool, must not send another request on it)
-        close = !discard_body(b, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIME).await;
+        // (not all of it read: `handle` says the connection closes)
+        discard_body(b, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIME).await;
     }
     let status = match &result {
         Ok(r) => r.status,
@@ -450,18 +540,7 @@ async fn handle(
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
-    let mut resp = render(result, &request_id, head);
-    if close {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    if limits.hsts {
-        resp.headers_mut().insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-        );
-    }
-    resp
+    render(result, &request_id, head)
 }
 
 /// The API path a request names: its own, except the default OAuth

@@ -459,6 +459,22 @@ async fn a_refused_body_is_discarded_and_the_connection_kept() {
         String::from_utf8_lossy(&got)
     );
 
+    // every refusal that leaves the body unread says so, also the ones
+    // answered before the usual path (a review found the first fix covered
+    // only one exit): a Connection header naming X-Vault-Token is refused at
+    // once, with a large body still coming
+    let mut early = TcpStream::connect(s.addr).await.unwrap();
+    early
+        .write_all(b"POST /v1/secret/data/x HTTP/1.1\r\nHost: x\r\nX-Vault-Token: hvs.wrong\r\nConnection: x-vault-token\r\nContent-Length: 10000000\r\n\r\n{\"data\":")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut early, Duration::from_secs(10))
+        .await
+        .expect("closed");
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(got.starts_with("http/1.1 400"), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(32 * 1024));
     let head = format!(
