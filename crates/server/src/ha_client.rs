@@ -284,7 +284,63 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::Target;
+    use super::{ForwardClient, Target};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A keep-alive HTTP/1.1 server on loopback that answers 200 and counts
+    /// the connections it accepted.
+    async fn counting_server() -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                n.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_r| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get() -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+        let mut r = hyper::Request::new(http_body_util::Full::default());
+        *r.uri_mut() = hyper::Uri::from_static("/v1/sys/health");
+        r
+    }
+
+    /// A pooled connection is reused within `keep_idle` and never after it
+    /// (the active node may be closing it just then: a review measured 502s
+    /// with a 1 s `http_idle_timeout`).
+    #[tokio::test]
+    async fn pooled_connections_are_reused_only_while_fresh() {
+        let (addr, accepted) = counting_server().await;
+        let c =
+            ForwardClient::new(None, Duration::from_secs(5), Duration::from_millis(300)).unwrap();
+        for _ in 0..3 {
+            let r = c.send(&addr, get()).await.unwrap();
+            assert_eq!(
+                (r.status().as_u16(), r.body().as_ref()),
+                (200, b"ok".as_slice())
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = c.send(&addr, get()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "not reused once stale");
+    }
 
     #[test]
     fn addresses_parse_once_into_what_a_connection_needs() {
