@@ -354,16 +354,16 @@ async fn answer(
                 };
                 return render(Err(err), &palisade_core::uuid_v4(), method == Method::HEAD);
             }
-            // this node's own metrics, once the active node has decided the
-            // token may read them (Vault's standby answers for itself too)
-            // (wrapped or help answers are the active node's, passed on)
-            Ok((query, p))
-                if p.as_str() == "sys/metrics"
+            Ok((query, p)) => {
+                // sys/metrics: this node's own numbers, once the active node
+                // has decided the token may read them (Vault's standby
+                // answers for itself too); wrapped or help answers are the
+                // active node's, passed on
+                let own_metrics = p.as_str() == "sys/metrics"
                     && method == Method::GET
                     && !headers.contains_key("x-vault-wrap-ttl")
                     && !headers.contains_key("x-wrap-ttl")
-                    && !query.iter().any(|(k, _)| k == "help") =>
-            {
+                    && !query.iter().any(|(k, _)| k == "help");
                 let answer = ha
                     .relay(
                         &st.core,
@@ -376,7 +376,7 @@ async fn answer(
                         body,
                     )
                     .await;
-                if answer.status() != StatusCode::OK {
+                if !own_metrics || answer.status() != StatusCode::OK {
                     return answer;
                 }
                 return render(
@@ -384,20 +384,6 @@ async fn answer(
                     &palisade_core::uuid_v4(),
                     false,
                 );
-            }
-            Ok(_) => {
-                return ha
-                    .relay(
-                        &st.core,
-                        st.limits.max_request_size,
-                        st.limits.body_timeout,
-                        method,
-                        uri,
-                        headers,
-                        addr.map(|a| a.0),
-                        body,
-                    )
-                    .await;
             }
         }
     }

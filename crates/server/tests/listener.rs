@@ -474,6 +474,24 @@ async fn a_refused_body_is_discarded_and_the_connection_kept() {
     let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(got.starts_with("http/1.1 400"), "{got}");
     assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(
+        got.ends_with(
+            r#"{"errors":["invalid connection header: x-vault-token is not a per-connection header"]}"#
+        ),
+        "{got}"
+    );
+    // allowed: a Connection header naming only per-connection things
+    let mut ok = TcpStream::connect(s.addr).await.unwrap();
+    ok.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, TE\r\nTE: trailers\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = ok.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let body = format!("{{\"data\":{{\"v\":\"{}\"}}}}", "x".repeat(32 * 1024));
