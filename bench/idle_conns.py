@@ -30,11 +30,17 @@ async def main():
     host, port, cafile, n, path, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
     ctx = ssl.create_default_context(cafile=cafile)
     held = []
-    sem = asyncio.Semaphore(200)
+    sem = asyncio.Semaphore(100)  # under the per-client cap of 128 concurrent requests
     results = await asyncio.gather(*(one(host, port, ctx, path, token, held, sem) for _ in range(n)), return_exceptions=True)
     errors = [r for r in results if isinstance(r, Exception)]
     ok = sum(1 for _, s in held if b" 200 " in s)
-    print(f"open={len(held)} ok={ok} errors={len(errors)}", flush=True)
+    others = {}
+    for _, s in held:
+        if b" 200 " not in s:
+            key = s.decode(errors="replace").strip()
+            others[key] = others.get(key, 0) + 1
+    print(f"open={len(held)} ok={ok} errors={len(errors)}"
+          + (f" other answers={others}" if others else ""), flush=True)
     if errors:
         print(f"first error: {errors[0]!r}", file=sys.stderr, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
