@@ -22,6 +22,7 @@ pub mod action;
 pub mod crs;
 pub mod lexer;
 pub mod libinjection;
+pub mod memo;
 pub mod operator;
 pub mod ruleset;
 pub mod transform;

@@ -25,6 +25,45 @@ pub struct Link {
     /// Its transformation chain, interned when loading (0: none): values
     /// through the same chain are cached per transaction.
     pub chain: u32,
+    /// Set when loading is done, unique in the process, for links whose
+    /// answer depends on the value alone (see [`crate::memo`]); 0 for the
+    /// others. It stands for this link's operator, transformations and
+    /// `multiMatch`: only the loader sets them.
+    pub memo_id: u64,
+}
+
+impl Link {
+    /// Whether the link's answer for a value depends on the value alone and
+    /// a miss changes nothing: an operator without a macro in its argument,
+    /// and not a negated one that captures (`!@rx (a)` writes TX:1 when the
+    /// pattern matches, which is the link's miss).
+    fn pure(&self) -> bool {
+        use crate::operator::{Num, Op};
+        let literal = |m: &crate::action::Macro| {
+            m.0.iter()
+                .all(|p| matches!(p, crate::action::Part::Text(_)))
+        };
+        !(self.actions.capture && self.operator.negated)
+            && match &self.operator.op {
+                Op::Rx(_)
+                | Op::Pm(_)
+                | Op::ValidateByteRange(_)
+                | Op::ValidateUrlEncoding
+                | Op::ValidateUtf8Encoding
+                | Op::IpMatch(_)
+                | Op::DetectSqli
+                | Op::DetectXss => true,
+                Op::Eq(n) | Op::Ge(n) | Op::Gt(n) | Op::Le(n) | Op::Lt(n) => {
+                    matches!(n, Num::Const(_))
+                }
+                Op::Streq(m)
+                | Op::BeginsWith(m)
+                | Op::EndsWith(m)
+                | Op::Contains(m)
+                | Op::Within(m) => literal(m),
+                Op::UnconditionalMatch => false,
+            }
+    }
 }
 
 /// A rule: `SecRule` or `SecAction`, with the links chained to it.
@@ -69,6 +108,8 @@ pub struct RuleSet {
     pub block: [Option<Disruptive>; 5],
     pub engine: Option<EngineMode>,
     pub component_signatures: Vec<String>,
+    /// Links that did not match a header value (shared by the set's clones).
+    pub memo: Arc<crate::memo::Memo>,
 }
 
 impl RuleSet {
@@ -345,6 +386,7 @@ impl Builder {
                 actions,
                 line: d.line,
                 chain: chain_id,
+                memo_id: 0,
             });
             if chain {
                 self.open = Some(head);
@@ -389,6 +431,7 @@ impl Builder {
                 chain: self.chain_id(&link_actions.transforms),
                 actions: link_actions,
                 line: d.line,
+                memo_id: 0,
             }],
         };
         if chain {
@@ -434,7 +477,18 @@ impl Builder {
         self.set.phases[p].push(Entry::Rule(Arc::new(rule)));
     }
 
-    fn finish(self) -> Result<RuleSet, LoadError> {
+    fn finish(mut self) -> Result<RuleSet, LoadError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        for e in self.set.phases.iter_mut().flatten() {
+            let Entry::Rule(r) = e else { continue };
+            for link in &mut Arc::make_mut(r).links {
+                link.memo_id = if link.pure() {
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                } else {
+                    0
+                };
+            }
+        }
         for (target, file, line) in &self.skip_targets {
             let is_id = target.parse::<u32>().is_ok_and(|id| self.ids.contains(&id));
             if !self.markers.contains(target) && !is_id {

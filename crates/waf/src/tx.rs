@@ -258,6 +258,10 @@ pub struct Transaction<'s> {
     /// rules. The source value is kept with its result, so its address is
     /// never reused while the entry exists.
     tcache: HashMap<(usize, usize, u32), (Bytes, Bytes), BuildFx>,
+    /// The memo's hash of a value by (address, length), the value kept
+    /// alongside as in `tcache`: a header is hashed once per transaction,
+    /// not once per rule that reads it.
+    vhash: HashMap<(usize, usize), (Bytes, u64), BuildFx>,
     /// The rules that matched and log, in order.
     pub matches: Vec<RuleMatch>,
     pub interruption: Option<Interruption>,
@@ -737,6 +741,7 @@ impl<'s> Transaction<'s> {
             items: Vec::with_capacity(64),
             empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
+            vhash: HashMap::with_capacity_and_hasher(32, BuildFx),
             matches: Vec::new(),
             interruption: None,
             allowed: false,
@@ -833,6 +838,7 @@ impl<'s> Transaction<'s> {
         // the collections are replaced below: cached results of the old
         // values would never be asked for again
         self.tcache.clear();
+        self.vhash.clear();
         if self.body_processor.is_none() {
             let ct = self
                 .header("content-type")
@@ -1010,6 +1016,17 @@ impl<'s> Transaction<'s> {
         true
     }
 
+    /// The memo's hash of `value`, computed once per transaction.
+    fn value_hash(&mut self, value: &Bytes) -> u64 {
+        let key = (value.as_ptr() as usize, value.len());
+        if let Some((_, h)) = self.vhash.get(&key) {
+            return *h;
+        }
+        let h = self.set.memo.value_hash(value);
+        self.vhash.insert(key, (value.clone(), h));
+        h
+    }
+
     /// `value` through the link's transformations, from the cache when the
     /// same value went through the same chain before.
     fn transformed(&mut self, value: &Bytes, link: &Link) -> Bytes {
@@ -1050,6 +1067,15 @@ impl<'s> Transaction<'s> {
         let mut last = None;
         for item in items.drain(..) {
             let mut hit: Option<Bytes> = None;
+            // a value clients repeat, through a link whose answer depends on
+            // it alone: a known miss skips the transformations and operator
+            let memo = (link.memo_id != 0 && !item.count && item.var.repeated_by_clients())
+                .then(|| self.value_hash(&item.value));
+            if let Some(vh) = memo
+                && self.set.memo.known_miss(link.memo_id, vh, &item.value)
+            {
+                continue;
+            }
             if link.actions.multi_match {
                 // the value before and after each transformation
                 let mut cur = item.value.clone();
@@ -1073,7 +1099,12 @@ impl<'s> Transaction<'s> {
                     hit = Some(v);
                 }
             }
-            let Some(v) = hit else { continue };
+            let Some(v) = hit else {
+                if let Some(vh) = memo {
+                    self.set.memo.remember_miss(link.memo_id, vh, &item.value);
+                }
+                continue;
+            };
             let name = item.name();
             self.matched_var = Some((name.clone(), v.clone()));
             self.matched_vars.push((name.clone(), v));

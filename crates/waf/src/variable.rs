@@ -102,6 +102,28 @@ const NAMES: &[(&str, Variable)] = &[
 ];
 
 impl Variable {
+    /// Values clients send unchanged request after request: the ones
+    /// [`crate::memo`] keeps negative answers for. Headers, cookies, the
+    /// method and protocol, and the names of arguments (an API's fields,
+    /// the same in every request of one kind). Argument values, paths and
+    /// bodies are not among them: they differ per request, and keeping them
+    /// would flatter a benchmark that replays a fixed set of requests.
+    pub fn repeated_by_clients(self) -> bool {
+        use Variable::*;
+        matches!(
+            self,
+            RequestHeaders
+                | RequestHeadersNames
+                | RequestCookies
+                | RequestCookiesNames
+                | RequestMethod
+                | RequestProtocol
+                | ArgsNames
+                | ArgsGetNames
+                | ArgsPostNames
+        )
+    }
+
     /// The variable named `name` (any case).
     pub fn parse(name: &str) -> Option<Variable> {
         NAMES

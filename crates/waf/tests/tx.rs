@@ -553,3 +553,73 @@ SecRule ARGS_NAMES "@rx ^sk_" "id:10,phase:2,pass,log,msg:'pollution (%{MATCHED_
     assert_eq!(m.msg, "pollution (ARGS_NAMES:sk_live_SECRET) score 7");
     assert_eq!(m.msg_safe, "pollution (%{MATCHED_VAR_NAME}) score 7");
 }
+
+fn with_header(mut r: Request, name: &str, value: &str) -> Request {
+    r.headers.push((name.into(), value.as_bytes().to_vec()));
+    r
+}
+
+/// The memo of negative answers (crate::memo): a header value a link did
+/// not match is skipped next time, and nothing else changes. Each request
+/// below is a new transaction on the same rule set.
+#[test]
+fn header_values_known_not_to_match_are_skipped_and_nothing_else_changes() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS:X-Probe "@rx (?i)union\s+select" "id:20,phase:1,deny,status:403,t:urlDecodeUni"
+SecRule REQUEST_HEADERS:X-Probe "!@rx ^[a-z0-9 %]+$" "id:21,phase:1,pass,log"
+SecAction "id:22,phase:1,pass,nolog,setvar:tx.allowed=/alpha/"
+SecRule ARGS:allow "@streq beta" "id:23,phase:1,pass,nolog,setvar:tx.allowed=/beta/"
+SecRule REQUEST_HEADERS:X-Probe "!@within %{tx.allowed}" "id:24,phase:1,pass,log"
+SecRule REQUEST_HEADERS:X-Probe "@rx ^(\w+)" "id:25,phase:1,pass,log,capture,chain"
+    SecRule TX:1 "@streq gamma" "t:none"
+SecRule REQUEST_HEADERS:X-Probe "!@rx ^(a)lpha$" "id:26,phase:1,pass,nolog,capture"
+SecRule TX:1 "@streq a" "id:27,phase:1,pass,log"
+SecRule ARGS_NAMES "@rx ^debug$" "id:28,phase:1,deny,status:403"
+"#,
+    );
+    // a benign value: no match but 27 (26's miss captured TX:1 = a); misses
+    // kept for 20 and 21 only (24 reads TX, 25 matched, 26 writes TX when it
+    // misses, 27 reads TX)
+    for _ in 0..2 {
+        let (i, ids) = run(&set, with_header(get("/"), "X-Probe", "alpha"));
+        assert_eq!((i.map(|i| i.rule_id), ids), (None, vec![27]));
+        assert_eq!(
+            set.memo.len(),
+            2,
+            "20 and 21 missed 'alpha' and depend on it alone"
+        );
+    }
+    // an attack in the same header is still refused, every time (a match is
+    // never kept)
+    for _ in 0..2 {
+        let (i, ids) = run(
+            &set,
+            with_header(get("/"), "X-Probe", "1%20UNION%20SELECT%20pw"),
+        );
+        assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((20, 403)));
+        assert_eq!(ids, vec![20]);
+    }
+    // a rule whose operator reads TX answers by this transaction's TX, not
+    // by what an earlier one kept: 'alpha' is outside /beta/
+    let (_, ids) = run(&set, with_header(get("/?allow=beta"), "X-Probe", "alpha"));
+    assert_eq!(ids, vec![24, 27]);
+    // a capturing link is evaluated each time: TX:1 set, the chain completes
+    // (24 too: 'gamma' is outside /alpha/)
+    for _ in 0..2 {
+        let (_, ids) = run(&set, with_header(get("/"), "X-Probe", "gamma"));
+        assert_eq!(ids, vec![24, 25]);
+    }
+    // argument values are never kept (they differ per request): rule 23
+    // misses 'zeta' and 'eta' without an entry; the new name 'page' is kept
+    // for 28 ('allow' was, by the request above)
+    let before = set.memo.len();
+    let _ = run(&set, get("/?allow=zeta&page=2"));
+    assert_eq!(set.memo.len(), before + 1);
+    let _ = run(&set, get("/?allow=eta&page=3"));
+    assert_eq!(set.memo.len(), before + 1);
+    for _ in 0..2 {
+        let (i, _) = run(&set, get("/?allow=zeta&debug=1"));
+        assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((28, 403)));
+    }
+}
