@@ -29,7 +29,7 @@ pub struct Link {
     /// answer depends on the value alone (see [`crate::memo`]); 0 for the
     /// others. It stands for this link's operator, transformations and
     /// `multiMatch`: only the loader sets them.
-    pub memo_id: u64,
+    pub(crate) memo_id: u64,
 }
 
 impl Link {
@@ -108,8 +108,9 @@ pub struct RuleSet {
     pub block: [Option<Disruptive>; 5],
     pub engine: Option<EngineMode>,
     pub component_signatures: Vec<String>,
-    /// Links that did not match a header value (shared by the set's clones).
-    pub memo: Arc<crate::memo::Memo>,
+    /// Links that did not match a value clients repeat (a clone starts
+    /// empty).
+    pub memo: crate::memo::Memo,
 }
 
 impl RuleSet {

@@ -123,6 +123,9 @@ pub struct Interruption {
     pub action: Disruptive,
 }
 
+/// A value and its memo digest (None: too long to keep).
+type Digested = (Bytes, Option<crate::memo::Digest>);
+
 /// The transformation cache's hasher: its keys are addresses and small
 /// numbers the engine makes, never request data, so a fast
 /// multiply-rotate hash (rustc's Fx) is safe here.
@@ -187,6 +190,19 @@ struct Item {
 }
 
 impl Item {
+    /// Whether the memo may answer for this value: a kind clients repeat,
+    /// not a count.
+    fn memo_eligible(&self) -> bool {
+        !self.count && self.var.repeated_by_clients()
+    }
+
+    /// A credential's value (a cookie's, or a header's whose name says so):
+    /// the memo keeps it under its name.
+    fn credential(&self) -> bool {
+        self.var == Variable::RequestCookies
+            || (self.var == Variable::RequestHeaders && crate::memo::credential_header(&self.key))
+    }
+
     /// `ARGS:q`, `REQUEST_URI`, `&ARGS` (MATCHED_VAR_NAME).
     fn name(&self) -> Rc<str> {
         let v = self.var.name();
@@ -258,10 +274,12 @@ pub struct Transaction<'s> {
     /// rules. The source value is kept with its result, so its address is
     /// never reused while the entry exists.
     tcache: HashMap<(usize, usize, u32), (Bytes, Bytes), BuildFx>,
-    /// The memo's hash of a value by (address, length), the value kept
+    /// The memo's digest of a value by (address, length), the value kept
     /// alongside as in `tcache`: a header is hashed once per transaction,
     /// not once per rule that reads it.
-    vhash: HashMap<(usize, usize), (Bytes, u64), BuildFx>,
+    vhash: HashMap<(usize, usize), Digested, BuildFx>,
+    /// Entries this transaction added to the memo (bounded).
+    memo_new: u32,
     /// The rules that matched and log, in order.
     pub matches: Vec<RuleMatch>,
     pub interruption: Option<Interruption>,
@@ -742,6 +760,7 @@ impl<'s> Transaction<'s> {
             empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             vhash: HashMap::with_capacity_and_hasher(32, BuildFx),
+            memo_new: 0,
             matches: Vec::new(),
             interruption: None,
             allowed: false,
@@ -1016,15 +1035,19 @@ impl<'s> Transaction<'s> {
         true
     }
 
-    /// The memo's hash of `value`, computed once per transaction.
-    fn value_hash(&mut self, value: &Bytes) -> u64 {
+    /// The memo's digest of `value`, computed once per transaction.
+    fn digest(&mut self, item: &Item) -> Option<crate::memo::Digest> {
+        let value = &item.value;
         let key = (value.as_ptr() as usize, value.len());
-        if let Some((_, h)) = self.vhash.get(&key) {
-            return *h;
+        if let Some((_, d)) = self.vhash.get(&key) {
+            return *d;
         }
-        let h = self.set.memo.value_hash(value);
-        self.vhash.insert(key, (value.clone(), h));
-        h
+        // a value object belongs to one variable and name (the collections
+        // are built apart), so whether it is a credential is decided once
+        let name = item.credential().then_some(&*item.key);
+        let d = self.set.memo.digest(name, value);
+        self.vhash.insert(key, (value.clone(), d));
+        d
     }
 
     /// `value` through the link's transformations, from the cache when the
@@ -1069,10 +1092,13 @@ impl<'s> Transaction<'s> {
             let mut hit: Option<Bytes> = None;
             // a value clients repeat, through a link whose answer depends on
             // it alone: a known miss skips the transformations and operator
-            let memo = (link.memo_id != 0 && !item.count && item.var.repeated_by_clients())
-                .then(|| self.value_hash(&item.value));
-            if let Some(vh) = memo
-                && self.set.memo.known_miss(link.memo_id, vh, &item.value)
+            let memo = if link.memo_id != 0 && item.memo_eligible() {
+                self.digest(&item)
+            } else {
+                None
+            };
+            if let Some(d) = memo
+                && self.set.memo.known_miss(link.memo_id, d)
             {
                 continue;
             }
@@ -1100,8 +1126,11 @@ impl<'s> Transaction<'s> {
                 }
             }
             let Some(v) = hit else {
-                if let Some(vh) = memo {
-                    self.set.memo.remember_miss(link.memo_id, vh, &item.value);
+                if let Some(d) = memo
+                    && self.memo_new < crate::memo::MAX_NEW_PER_TRANSACTION
+                {
+                    self.memo_new += 1;
+                    self.set.memo.remember_miss(link.memo_id, d);
                 }
                 continue;
             };

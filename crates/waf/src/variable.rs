@@ -103,11 +103,12 @@ const NAMES: &[(&str, Variable)] = &[
 
 impl Variable {
     /// Values clients send unchanged request after request: the ones
-    /// [`crate::memo`] keeps negative answers for. Headers, cookies, the
-    /// method and protocol, and the names of arguments (an API's fields,
-    /// the same in every request of one kind). Argument values, paths and
-    /// bodies are not among them: they differ per request, and keeping them
-    /// would flatter a benchmark that replays a fixed set of requests.
+    /// [`crate::memo`] keeps negative answers for. Headers, cookies, their
+    /// names, the method and protocol, and the names of arguments (an API's
+    /// fields, the same in every request of one kind). Argument values,
+    /// paths and bodies are not among them: they differ per request, and
+    /// keeping them would flatter a benchmark that replays a fixed set of
+    /// requests.
     pub fn repeated_by_clients(self) -> bool {
         use Variable::*;
         matches!(

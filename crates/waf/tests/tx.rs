@@ -623,3 +623,62 @@ SecRule ARGS_NAMES "@rx ^debug$" "id:28,phase:1,deny,status:403"
         assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((28, 403)));
     }
 }
+
+/// The memo keeps credentials under their own names (a request repeating
+/// another client's token in another header must not learn by its timing
+/// that the token was seen), one request cannot flood it, and a clone
+/// starts empty.
+#[test]
+fn the_memo_keeps_credentials_apart_and_is_bounded_per_request() {
+    let set = rules(
+        r#"
+SecRule REQUEST_HEADERS|REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx (?i)union\s+select" "id:30,phase:1,deny,status:403,t:urlDecodeUni"
+"#,
+    );
+    let token = "Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    let mut r = get("/");
+    for (h, v) in [
+        ("Authorization", token),
+        ("X-API-Key", "pal_live_0123456789"),
+        ("Cookie", "sid=7f3a9c; theme=dark"),
+    ] {
+        r = with_header(r, h, v);
+    }
+    let (i, _) = run(&set, r.clone());
+    assert!(i.is_none());
+    // Host, User-Agent, Accept, Authorization, X-API-Key, Cookie, the
+    // cookies sid and theme and their names
+    assert_eq!(set.memo.len(), 10);
+    let (i, _) = run(&set, r);
+    assert!(i.is_none());
+    assert_eq!(set.memo.len(), 10);
+    // the token under another header name, the session under another cookie
+    // name: not known (two new entries), so not answered any faster
+    let probe = with_header(get("/"), "X-Probe", token);
+    let probe = with_header(probe, "X-Forwarded-Cookie", "x");
+    let _ = run(&set, with_header(probe, "Cookie", "other=7f3a9c"));
+    // X-Probe, X-Forwarded-Cookie ('x' under its own name), Cookie
+    // ('other=7f3a9c'), the cookie 'other' and its name
+    assert_eq!(set.memo.len(), 15);
+    // an attack in a credential header is found, every time
+    for _ in 0..2 {
+        let (i, _) = run(
+            &set,
+            with_header(get("/"), "X-Auth-Token", "1 union select 2"),
+        );
+        assert_eq!(i.map(|i| i.rule_id), Some(30));
+    }
+    // one request with 1,200 distinct cookie names adds at most 256 entries
+    let jar = (0..1200)
+        .map(|i| format!("n{i}=v"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let before = set.memo.len();
+    let _ = run(&set, with_header(get("/"), "Cookie", &jar));
+    assert_eq!(
+        set.memo.len(),
+        before + palisade_waf::memo::MAX_NEW_PER_TRANSACTION as usize
+    );
+    // a clone of the rule set has a memo of its own, empty
+    assert!(set.clone().memo.is_empty());
+}
