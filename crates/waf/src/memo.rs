@@ -31,7 +31,7 @@
 //!   while loading, but a clone is where a change would happen.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 /// Longest value kept (a JWT in a custom header fits).
@@ -43,7 +43,7 @@ pub const MAX_ENTRIES: usize = 65_536;
 pub const MAX_NEW_PER_TRANSACTION: u32 = 256;
 
 /// Key → (link id, the value's second digest) of a miss.
-type Misses = HashMap<u64, (u64, u64), BuildPassThrough>;
+type Misses = HashMap<u64, (u64, u64), crate::tx::BuildFx>;
 
 /// A value's two keyed digests (see the module's text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl Default for Memo {
     fn default() -> Self {
         Memo {
             seeds: (RandomState::new(), RandomState::new()),
-            map: Mutex::new(HashMap::with_hasher(BuildPassThrough)),
+            map: Mutex::new(HashMap::with_hasher(crate::tx::BuildFx)),
         }
     }
 }
@@ -137,35 +137,6 @@ impl Memo {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The map's keys are already SipHash values: used as they are.
-#[derive(Default, Clone, Copy)]
-struct BuildPassThrough;
-
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl BuildHasher for BuildPassThrough {
-    type Hasher = PassThrough;
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
-    }
-}
-
-impl Hasher for PassThrough {
-    fn write(&mut self, bytes: &[u8]) {
-        // only u64 keys are hashed; fold anything else in all the same
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -126,14 +126,14 @@ pub struct Interruption {
 /// A value and its memo digest (None: too long to keep).
 type Digested = (Bytes, Option<crate::memo::Digest>);
 
-/// The transformation cache's hasher: its keys are addresses and small
-/// numbers the engine makes, never request data, so a fast
-/// multiply-rotate hash (rustc's Fx) is safe here.
+/// The caches' hasher: their keys are addresses, small numbers and keyed
+/// digests the engine makes, never request data an attacker chooses, so a
+/// fast multiply-rotate hash (rustc's Fx) is safe here.
 #[derive(Default, Clone, Copy)]
-struct BuildFx;
+pub(crate) struct BuildFx;
 
 #[derive(Default)]
-struct Fx(u64);
+pub(crate) struct Fx(u64);
 
 impl std::hash::BuildHasher for BuildFx {
     type Hasher = Fx;

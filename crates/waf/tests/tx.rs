@@ -600,6 +600,19 @@ SecRule ARGS_NAMES "@rx ^debug$" "id:28,phase:1,deny,status:403"
         assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((20, 403)));
         assert_eq!(ids, vec![20]);
     }
+    // spellings of the attack (case, spaces, encodings) after the benign
+    // values were kept: each is its own value, evaluated in full
+    for v in [
+        "1 UNION SELECT pw",
+        "1%20union%20select%20pw",
+        "1 UnIoN\tSeLeCt pw",
+        " 1 union  select pw ",
+    ] {
+        for _ in 0..2 {
+            let (i, _) = run(&set, with_header(get("/"), "X-Probe", v));
+            assert_eq!(i.map(|i| (i.rule_id, i.status)), Some((20, 403)), "{v:?}");
+        }
+    }
     // a rule whose operator reads TX answers by this transaction's TX, not
     // by what an earlier one kept: 'alpha' is outside /beta/
     let (_, ids) = run(&set, with_header(get("/?allow=beta"), "X-Probe", "alpha"));
