@@ -32,6 +32,9 @@
 #     C connections with a random think time of 0..2D ms (Lua delay()) between
 #     requests, C calibrated against the gateway without inspection, the same C
 #     and D then for every proxy;
+#   - p99 of the gateway with and without CRS PL1 at half of the CRS PL1
+#     gateway's own peak rate (the same method): what CRS adds to the latency
+#     of a gateway that is not saturated;
 #   - RSS (and PSS: nginx's master and worker share the rule set's pages) after
 #     a warm-up, and peak RSS at the end.
 # Targets checked: PL1 throughput >= 20x nginx + ModSecurity; p99 added by CRS
@@ -267,20 +270,24 @@ def parse(ticks, duration, clk):
     print(rps, p50, p99, non2xx.group(1) if non2xx else 0,
           sum(map(int, errs.groups())) if errs else 0, n, cpu_us, 100 * cpu_s / float(duration))
 
-def report(results, labels_json, conns, half_desc, rounds):
+def report(results, labels_json, conns, half_desc, rounds, own_desc):
     labels = json.loads(labels_json)
-    full, half, mem = {}, {}, {}
+    full, half, own, mem = {}, {}, {}, {}
     for line in open(results):
         f = line.split()
         if f[0] == "full": full.setdefault(f[1], []).append(list(map(float, f[2:])))
         elif f[0] == "half": half.setdefault(f[1], []).append(list(map(float, f[2:])))
+        elif f[0] == "own": own.setdefault(f[1], []).append(list(map(float, f[2:])))
         elif f[0] == "mem": mem[f[1]] = list(map(float, f[2:]))
     med = lambda rows: [statistics.median(c) for c in zip(*rows)]
     F = {k: med(v) for k, v in full.items()}; H = {k: med(v) for k, v in half.items()}
+    O = {k: med(v) for k, v in own.items()}
     print("rounds at full load (req/s): " + "; ".join(
         f"{labels[k]} {', '.join(f'{r[0]:.0f}' for r in full[k])}" for k in full))
     print(f"rounds at half load ({half_desc}; p99 ms): " + "; ".join(
         f"{labels[k]} {', '.join(f'{r[2]:.2f}' for r in half[k])}" for k in half))
+    print(f"rounds at half of the CRS PL1 gateway's own peak ({own_desc}; req/s, p99 ms): " + "; ".join(
+        f"{labels[k]} {', '.join(f'{r[0]:.0f} {r[2]:.2f}' for r in own[k])}" for k in own))
     print()
     base = F["modsec"][0]
     print(f"| proxy (TLS, 1 worker) | req/s | × nginx+ModSec | p50 ms | p99 ms | half load: req/s, p99 ms "
@@ -314,6 +321,9 @@ def report(results, labels_json, conns, half_desc, rounds):
     print(f"  PL1 throughput >= 20x nginx + ModSecurity: {t1:.1f}x -> {ok(t1 >= 20)}")
     print(f"  p99 added by CRS PL1 at half load < 2 ms: {H['pl1'][2]:.2f} - {H['off'][2]:.2f} = {added:+.2f} ms "
           f"-> {ok(added < 2)}")
+    added_own = O["pl1"][2] - O["off"][2]
+    print(f"    read at half of the CRS PL1 gateway's own peak ({O['pl1'][0]:.0f} req/s served): "
+          f"{O['pl1'][2]:.2f} - {O['off'][2]:.2f} = {added_own:+.2f} ms -> {ok(added_own < 2)}")
     print(f"  PL1 throughput >= 0.75x the gateway without inspection: {t3:.2f}x "
           f"(inspection costs {100 * (1 - t3):.0f} %) -> {ok(t3 >= 0.75)}")
     bad = [labels[k] for k in F if F[k][4] > 0 or (k != "pl2" and F[k][3] > 0)]
@@ -542,10 +552,10 @@ full() { # name round
   a=$(ticks ${PP[$1]})
   echo "full $1 $(H parse $((a - b)) "$DURATION" "$CLK" <<<"$out")" >>"$RESULTS"
 }
-half() { # name conns -> figures
+half() { # name conns [rate] -> figures
   local out
   if [ -n "$RATE_WRK" ]; then
-    out=$(${LOAD[@]+"${LOAD[@]}"} $RATE_WRK -t1 -c"$CONNS" -d"${DURATION}s" -R"$TARGET" --latency -s "$DIR/mix.lua" "$(url "$1")")
+    out=$(${LOAD[@]+"${LOAD[@]}"} $RATE_WRK -t1 -c"$CONNS" -d"${DURATION}s" -R"${3:-$TARGET}" --latency -s "$DIR/mix.lua" "$(url "$1")")
   else
     out=$(${LOAD[@]+"${LOAD[@]}"} wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$DIR/half.lua" "$(url "$1")")
   fi
@@ -593,6 +603,25 @@ fi
 for r in $(seq 1 "$ROUNDS"); do
   for n in "${NAMES[@]}"; do echo "half $n $(half "$n" "$C")" >>"$RESULTS"; done
 done
+# ---- half of the CRS PL1 gateway's own peak rate: what CRS adds to the
+# latency of a gateway that is not saturated (the rate above saturates it
+# whenever it serves less than half of the uninspected gateway's rate)
+read -r pl1_rps < <(python3 -c '
+import sys,statistics
+print(statistics.median(float(l.split()[2]) for l in open(sys.argv[1]) if l.startswith("full pl1 ")))' "$RESULTS")
+TARGET_OWN=$(python3 -c "print(max(1, int($pl1_rps / 2)))")
+C_OWN=$CONNS
+if [ -z "$RATE_WRK" ]; then
+  C_OWN=$(python3 -c "import math; print(max(1, math.ceil($TARGET_OWN * ($D + $off_p50) / 1000)))")
+  read -r h_rps _ < <(half off "$C_OWN")
+  C_OWN=$(python3 -c "import math; print(max(1, math.ceil($C_OWN * $TARGET_OWN / max($h_rps, 1))))")
+  OWN_DESC="target $TARGET_OWN req/s: $C_OWN connections, think time $THINK, mean $D ms"
+else
+  OWN_DESC="constant rate $TARGET_OWN req/s ($RATE_WRK -R), $CONNS connections"
+fi
+for r in $(seq 1 "$ROUNDS"); do
+  for n in off pl1; do echo "own $n $(half "$n" "$C_OWN" "$TARGET_OWN")" >>"$RESULTS"; done
+done
 for n in "${NAMES[@]}"; do
   read -r _ _ hwm <<<"$(mem "$n")"
   read -r rss pss _ <<<"${MEM[$n]}"
@@ -601,4 +630,4 @@ done
 for n in off pl1 pl2; do kill -0 "${PID[$n]}" 2>/dev/null || die "$n exited during the run"; done
 
 echo
-H report "$RESULTS" "$LABELS" "$CONNS" "$HALF_DESC" "$ROUNDS"
+H report "$RESULTS" "$LABELS" "$CONNS" "$HALF_DESC" "$ROUNDS" "$OWN_DESC"
