@@ -1156,6 +1156,10 @@ impl<'s> Transaction<'s> {
     /// The values a link's targets name, exclusions and removed targets
     /// applied.
     fn collect(&self, r: &Rule, targets: &[Target], out: &mut Vec<Item>) {
+        let applies = |rr: &RuleRef| match rr {
+            RuleRef::Id(id) => *id == r.id,
+            RuleRef::Tag(tag) => r.has_tag(tag),
+        };
         let excluded = |t: &Target, key: &str| -> bool {
             let matches_ex = |ex: &Target| {
                 ex.variable == t.variable
@@ -1163,17 +1167,24 @@ impl<'s> Transaction<'s> {
             };
             targets.iter().filter(|x| x.exclude).any(matches_ex)
                 || self.removed_targets.iter().any(|(rr, ex)| {
-                    let applies = match rr {
-                        RuleRef::Id(id) => *id == r.id,
-                        RuleRef::Tag(tag) => r.has_tag(tag),
-                    };
-                    applies
-                        && (ex.variable == t.variable
-                            && (ex.selector.is_none()
-                                || ex.selector.as_ref().is_some_and(|s| key_matches(s, key))))
+                    ex.variable == t.variable
+                        && (ex.selector.is_none()
+                            || ex.selector.as_ref().is_some_and(|s| key_matches(s, key)))
+                        && applies(rr)
                 })
         };
         for t in targets.iter().filter(|t| !t.exclude) {
+            // whether any exclusion names this target's variable: decided
+            // once per target, not per value (CRS 941010 removes
+            // REQUEST_FILENAME from the `xss-perf-disable` rules on most
+            // requests, which no other variable's values need to check)
+            let may_be_excluded = targets
+                .iter()
+                .any(|x| x.exclude && x.variable == t.variable)
+                || self
+                    .removed_targets
+                    .iter()
+                    .any(|(rr, ex)| ex.variable == t.variable && applies(rr));
             let owned;
             let (first, second): (&[Pair], &[Pair]) = match (&t.selector, self.keyed(t.variable)) {
                 // TX:name and the like: one lookup, not the whole collection
@@ -1199,7 +1210,7 @@ impl<'s> Transaction<'s> {
                 {
                     continue;
                 }
-                if excluded(t, key) {
+                if may_be_excluded && excluded(t, key) {
                     continue;
                 }
                 n += 1;

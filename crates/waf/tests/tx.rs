@@ -85,8 +85,32 @@ SecRule ARGS "@rx evil" "id:4,phase:2,pass"
 SecMarker END
 SecRule REQUEST_HEADERS:X-Off "@rx ." "id:5,phase:1,pass,nolog,ctl:ruleRemoveById=1"
 SecRule &ARGS "@ge 3" "id:6,phase:2,pass"
+SecRule REQUEST_HEADERS:X-Skip-Id "@rx ." "id:7,phase:1,pass,nolog,ctl:ruleRemoveTargetById=8;ARGS:note"
+SecRule REQUEST_HEADERS:X-Skip-Tag "@rx ." "id:9,phase:1,pass,nolog,ctl:ruleRemoveTargetByTag=quiet;ARGS:note"
+SecRule ARGS|REQUEST_HEADERS:X-Probe "@rx oops" "id:8,phase:2,pass,tag:'loud',tag:'quiet'"
 "#,
     );
+    // ctl removes one target of one rule, by id or by tag, for this request:
+    // that argument only, the rule's other targets still evaluated
+    let with = |uri: &str, header: &str| {
+        let mut r = get(uri);
+        r.headers.push((header.into(), b"1".to_vec()));
+        r
+    };
+    assert_eq!(run(&set, get("/?note=oops")).1, vec![8]);
+    assert_eq!(
+        run(&set, with("/?note=oops", "X-Skip-Id")).1,
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        run(&set, with("/?note=oops", "X-Skip-Tag")).1,
+        Vec::<u32>::new()
+    );
+    assert_eq!(run(&set, with("/?other=oops", "X-Skip-Id")).1, vec![8]);
+    assert_eq!(run(&set, with("/?other=oops", "X-Skip-Tag")).1, vec![8]);
+    let mut r = with("/?note=oops", "X-Skip-Tag");
+    r.headers.push(("X-Probe".into(), b"oops".to_vec()));
+    assert_eq!(run(&set, r).1, vec![8]);
     // rule 1 excludes ARGS:safe, rule 4 does not
     assert_eq!(run(&set, get("/?safe=evil")).1, vec![4]);
     assert_eq!(run(&set, get("/?a=evil")).1, vec![1, 4]);
