@@ -173,6 +173,10 @@ type Bytes = Rc<[u8]>;
 
 /// One (key, value) of a collection.
 type Pair = (Rc<str>, Bytes);
+/// TX, IP and GLOBAL: lowercase keys, shared with the items that name them.
+type Keyed = BTreeMap<Rc<str>, Bytes>;
+/// The keys `capture` sets: TX:0 to TX:9.
+const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// A collection: (key, value) in arrival order.
 type Coll = Vec<Pair>;
@@ -258,9 +262,9 @@ pub struct Transaction<'s> {
     response_headers: Coll,
     response_header_names: Coll,
     response_body: Option<Bytes>,
-    tx: BTreeMap<String, Bytes>,
-    ip: BTreeMap<String, Bytes>,
-    global: BTreeMap<String, Bytes>,
+    tx: Keyed,
+    ip: Keyed,
+    global: Keyed,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
     removed_targets: Vec<(RuleRef, Target)>,
@@ -657,10 +661,8 @@ fn names(c: &Coll) -> Values {
         .collect()
 }
 
-fn map(m: &BTreeMap<String, Bytes>) -> Values {
-    m.iter()
-        .map(|(k, v)| (Rc::from(k.as_str()), v.clone()))
-        .collect()
+fn map(m: &Keyed) -> Values {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 impl<'s> Transaction<'s> {
@@ -808,7 +810,7 @@ impl<'s> Transaction<'s> {
             tx: self
                 .tx
                 .iter()
-                .map(|(k, v)| (k.clone(), v.to_vec()))
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect(),
             removed_ids: self.removed_ids.clone(),
             removed_tags: self.removed_tags.clone(),
@@ -827,7 +829,7 @@ impl<'s> Transaction<'s> {
         t.tx = carry
             .tx
             .into_iter()
-            .map(|(k, v)| (k, Rc::from(v)))
+            .map(|(k, v)| (Rc::from(k), Rc::from(v)))
             .collect();
         t.removed_ids = carry.removed_ids;
         t.removed_tags = carry.removed_tags;
@@ -838,7 +840,9 @@ impl<'s> Transaction<'s> {
 
     /// The value of `TX:<key>` (tests, logs).
     pub fn tx(&self, key: &str) -> Option<&[u8]> {
-        self.tx.get(&key.to_ascii_lowercase()).map(|v| &v[..])
+        self.tx
+            .get(key.to_ascii_lowercase().as_str())
+            .map(|v| &v[..])
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -1186,15 +1190,17 @@ impl<'s> Transaction<'s> {
                     .iter()
                     .any(|(rr, ex)| ex.variable == t.variable && applies(rr));
             let owned;
+            let one: [Pair; 1];
             let (first, second): (&[Pair], &[Pair]) = match (&t.selector, self.keyed(t.variable)) {
                 // TX:name and the like: one lookup, not the whole collection
-                (Some(Selector::Key(k)), Some(m)) => {
-                    owned = m
-                        .get(k.as_str())
-                        .map(|v| vec![(Rc::from(k.as_str()), v.clone())])
-                        .unwrap_or_default();
-                    (&owned, &[])
-                }
+                // (nor an allocation: the key is the map's)
+                (Some(Selector::Key(k)), Some(m)) => match m.get_key_value(k.as_str()) {
+                    Some((key, v)) => {
+                        one = [(key.clone(), v.clone())];
+                        (&one, &[])
+                    }
+                    None => (&[], &[]),
+                },
                 _ => match self.collection(t.variable) {
                     Some(pair) => pair,
                     None => {
@@ -1260,7 +1266,7 @@ impl<'s> Transaction<'s> {
     }
 
     /// The map behind TX, IP and GLOBAL (keys lowercase).
-    fn keyed(&self, v: Variable) -> Option<&BTreeMap<String, Bytes>> {
+    fn keyed(&self, v: Variable) -> Option<&Keyed> {
         match v {
             Variable::Tx => Some(&self.tx),
             Variable::Ip => Some(&self.ip),
@@ -1395,7 +1401,7 @@ impl<'s> Transaction<'s> {
             [] => Cow::Borrowed(&[]),
             [Part::Text(t)] => Cow::Borrowed(t.as_bytes()),
             [Part::Var(v, Some(k))] => match self.keyed(*v) {
-                Some(map) => Cow::Borrowed(map.get(k).map_or(&[][..], |b| &b[..])),
+                Some(map) => Cow::Borrowed(map.get(k.as_str()).map_or(&[][..], |b| &b[..])),
                 None => Cow::Owned(self.expand(m)),
             },
             _ => Cow::Owned(self.expand(m)),
@@ -1440,7 +1446,7 @@ impl<'s> Transaction<'s> {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Var(v, key) => {
                     if let (Some(k), Some(map)) = (key, self.keyed(*v)) {
-                        if let Some(b) = map.get(k) {
+                        if let Some(b) = map.get(k.as_str()) {
                             out.extend_from_slice(b);
                         }
                         continue;
@@ -1474,14 +1480,13 @@ impl<'s> Transaction<'s> {
                     false
                 } else {
                     if capture && let Some(c) = re.captures(v) {
-                        for i in 0..10 {
-                            let key = i.to_string();
+                        for (i, key) in CAPTURE_KEYS.iter().enumerate() {
                             match c.get(i) {
                                 Some(m) => {
-                                    self.tx.insert(key, bytes(m.as_bytes()));
+                                    self.tx.insert(Rc::from(*key), bytes(m.as_bytes()));
                                 }
                                 None => {
-                                    self.tx.remove(&key);
+                                    self.tx.remove(*key);
                                 }
                             }
                         }
@@ -1560,7 +1565,7 @@ impl<'s> Transaction<'s> {
                     Variable::Global => &self.global,
                     _ => &self.tx,
                 };
-                let cur = coll.get(&key).map(|v| atoi(v)).unwrap_or(0);
+                let cur = coll.get(key.as_str()).map(|v| atoi(v)).unwrap_or(0);
                 let n = if matches!(sv.op, SetOp::Add(_)) {
                     cur.saturating_add(d)
                 } else {
@@ -1577,10 +1582,10 @@ impl<'s> Transaction<'s> {
         };
         match value {
             Some(v) => {
-                coll.insert(key, v);
+                coll.insert(Rc::from(key), v);
             }
             None => {
-                coll.remove(&key);
+                coll.remove(key.as_str());
             }
         }
     }
