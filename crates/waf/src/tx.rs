@@ -282,6 +282,11 @@ pub struct Transaction<'s> {
     /// alongside as in `tcache`: a header is hashed once per transaction,
     /// not once per rule that reads it.
     vhash: HashMap<(usize, usize), Digested, BuildFx>,
+    /// Matched variables' names (`TX:blocking_paranoia_level`) by
+    /// (variable, key's address and length, count), the key kept alongside
+    /// as in `tcache`: CRS's rules match the same TX variables over and
+    /// over, and each match names its variable.
+    names: HashMap<(Variable, usize, usize, bool), (Rc<str>, Rc<str>), BuildFx>,
     /// Entries this transaction added to the memo (bounded).
     memo_new: u32,
     /// The rules that matched and log, in order.
@@ -762,6 +767,7 @@ impl<'s> Transaction<'s> {
             empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             vhash: HashMap::with_capacity_and_hasher(32, BuildFx),
+            names: HashMap::with_capacity_and_hasher(32, BuildFx),
             memo_new: 0,
             matches: Vec::new(),
             interruption: None,
@@ -1039,6 +1045,22 @@ impl<'s> Transaction<'s> {
         true
     }
 
+    /// `item.name()`, made once per transaction.
+    fn name_of(&mut self, item: &Item) -> Rc<str> {
+        let key = (
+            item.var,
+            item.key.as_ptr() as usize,
+            item.key.len(),
+            item.count,
+        );
+        if let Some((_, name)) = self.names.get(&key) {
+            return name.clone();
+        }
+        let name = item.name();
+        self.names.insert(key, (item.key.clone(), name.clone()));
+        name
+    }
+
     /// The memo's digest of `value`, computed once per transaction.
     fn digest(&mut self, item: &Item) -> Option<crate::memo::Digest> {
         let value = &item.value;
@@ -1138,7 +1160,7 @@ impl<'s> Transaction<'s> {
                 }
                 continue;
             };
-            let name = item.name();
+            let name = self.name_of(&item);
             self.matched_var = Some((name.clone(), v.clone()));
             self.matched_vars.push((name.clone(), v));
             // ModSecurity runs a link's non-disruptive actions for each
