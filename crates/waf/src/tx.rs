@@ -1462,7 +1462,7 @@ impl<'s> Transaction<'s> {
     }
 
     fn expand(&self, m: &Macro) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(64);
         for p in &m.0 {
             match p {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -1577,9 +1577,9 @@ impl<'s> Transaction<'s> {
     }
 
     fn setvar(&mut self, sv: &crate::action::SetVar) {
-        let key = String::from_utf8_lossy(&self.expand(&sv.key)).to_ascii_lowercase();
+        let key = String::from_utf8_lossy(&self.expand_cow(&sv.key)).to_ascii_lowercase();
         let value = match &sv.op {
-            SetOp::Set(m) => Some(Rc::from(self.expand(m))),
+            SetOp::Set(m) => Some(Rc::from(self.expand_cow(m))),
             SetOp::Add(m) | SetOp::Sub(m) => {
                 let d = atoi(&self.expand(m));
                 let coll = match sv.collection {
@@ -1603,9 +1603,13 @@ impl<'s> Transaction<'s> {
             _ => &mut self.tx,
         };
         match value {
-            Some(v) => {
-                coll.insert(Rc::from(key), v);
-            }
+            // an existing key keeps its name (no new allocation for it)
+            Some(v) => match coll.get_mut(key.as_str()) {
+                Some(slot) => *slot = v,
+                None => {
+                    coll.insert(Rc::from(key), v);
+                }
+            },
             None => {
                 coll.remove(key.as_str());
             }
