@@ -175,6 +175,8 @@ type Bytes = Rc<[u8]>;
 type Pair = (Rc<str>, Bytes);
 /// TX, IP and GLOBAL: lowercase keys, shared with the items that name them.
 type Keyed = BTreeMap<Rc<str>, Bytes>;
+/// At most this many matched variables' names are kept per transaction.
+const MAX_NAMES: usize = 1024;
 /// The keys `capture` sets: TX:0 to TX:9.
 const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
@@ -1057,7 +1059,11 @@ impl<'s> Transaction<'s> {
             return name.clone();
         }
         let name = item.name();
-        self.names.insert(key, (item.key.clone(), name.clone()));
+        // bounded: keys made per request (FILES, TX keys deleted and set
+        // again) would otherwise add an entry per match
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(key, (item.key.clone(), name.clone()));
+        }
         name
     }
 
