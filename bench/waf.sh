@@ -588,18 +588,24 @@ read -r off_rps off_p50 _ < <(python3 -c '
 import sys,statistics
 rows=[l.split() for l in open(sys.argv[1]) if l.startswith("full off ")]
 print(statistics.median(float(r[2]) for r in rows), statistics.median(float(r[3]) for r in rows))' "$RESULTS")
+# offer RATE: the load that offers RATE req/s, in LOAD_C and LOAD_DESC. With a
+# wrk that has -R: CONNS connections at that rate; otherwise LOAD_C
+# connections with a think time of D ms on average, calibrated once against
+# the gateway without inspection, then the same for every proxy
+offer() {
+  LOAD_C=$CONNS
+  if [ -z "$RATE_WRK" ]; then
+    LOAD_C=$(python3 -c "import math; print(max(1, math.ceil($1 * ($D + $off_p50) / 1000)))")
+    read -r h_rps _ < <(half off "$LOAD_C" "$1")
+    LOAD_C=$(python3 -c "import math; print(max(1, math.ceil($LOAD_C * $1 / max($h_rps, 1))))")
+    LOAD_DESC="target $1 req/s: $LOAD_C connections, think time $THINK, mean $D ms"
+  else
+    LOAD_DESC="constant rate $1 req/s ($RATE_WRK -R), $CONNS connections"
+  fi
+}
 TARGET=$(python3 -c "print(max(1, int($off_rps / 2)))")
-C=$CONNS
-if [ -z "$RATE_WRK" ]; then
-  # C connections with a think time of D ms on average: calibrated once
-  # against the gateway without inspection, then the same C for every proxy
-  C=$(python3 -c "import math; print(max(1, math.ceil($TARGET * ($D + $off_p50) / 1000)))")
-  read -r h_rps _ < <(half off "$C")
-  C=$(python3 -c "import math; print(max(1, math.ceil($C * $TARGET / max($h_rps, 1))))")
-  HALF_DESC="target $TARGET req/s: $C connections, think time $THINK, mean $D ms"
-else
-  HALF_DESC="constant rate $TARGET req/s ($RATE_WRK -R), $CONNS connections"
-fi
+offer "$TARGET"
+C=$LOAD_C HALF_DESC=$LOAD_DESC
 for r in $(seq 1 "$ROUNDS"); do
   for n in "${NAMES[@]}"; do echo "half $n $(half "$n" "$C")" >>"$RESULTS"; done
 done
@@ -610,15 +616,8 @@ read -r pl1_rps < <(python3 -c '
 import sys,statistics
 print(statistics.median(float(l.split()[2]) for l in open(sys.argv[1]) if l.startswith("full pl1 ")))' "$RESULTS")
 TARGET_OWN=$(python3 -c "print(max(1, int($pl1_rps / 2)))")
-C_OWN=$CONNS
-if [ -z "$RATE_WRK" ]; then
-  C_OWN=$(python3 -c "import math; print(max(1, math.ceil($TARGET_OWN * ($D + $off_p50) / 1000)))")
-  read -r h_rps _ < <(half off "$C_OWN")
-  C_OWN=$(python3 -c "import math; print(max(1, math.ceil($C_OWN * $TARGET_OWN / max($h_rps, 1))))")
-  OWN_DESC="target $TARGET_OWN req/s: $C_OWN connections, think time $THINK, mean $D ms"
-else
-  OWN_DESC="constant rate $TARGET_OWN req/s ($RATE_WRK -R), $CONNS connections"
-fi
+offer "$TARGET_OWN"
+C_OWN=$LOAD_C OWN_DESC=$LOAD_DESC
 for r in $(seq 1 "$ROUNDS"); do
   for n in off pl1; do echo "own $n $(half "$n" "$C_OWN" "$TARGET_OWN")" >>"$RESULTS"; done
 done

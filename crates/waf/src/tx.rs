@@ -175,6 +175,8 @@ type Bytes = Rc<[u8]>;
 type Pair = (Rc<str>, Bytes);
 /// TX, IP and GLOBAL: lowercase keys, shared with the items that name them.
 type Keyed = BTreeMap<Rc<str>, Bytes>;
+/// A matched variable's name by (variable, key's address and length, count).
+type NameKey = (Variable, usize, usize, bool);
 /// At most this many matched variables' names are kept per transaction.
 const MAX_NAMES: usize = 1024;
 /// The keys `capture` sets: TX:0 to TX:9.
@@ -288,7 +290,7 @@ pub struct Transaction<'s> {
     /// (variable, key's address and length, count), the key kept alongside
     /// as in `tcache`: CRS's rules match the same TX variables over and
     /// over, and each match names its variable.
-    names: HashMap<(Variable, usize, usize, bool), (Rc<str>, Rc<str>), BuildFx>,
+    names: HashMap<NameKey, (Rc<str>, Rc<str>), BuildFx>,
     /// Entries this transaction added to the memo (bounded).
     memo_new: u32,
     /// The rules that matched and log, in order.
