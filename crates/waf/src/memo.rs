@@ -77,8 +77,8 @@ impl std::fmt::Debug for Memo {
     }
 }
 
-/// Header names whose values are credentials or sessions: never kept.
-/// Broad on purpose (an API key header has any name a gateway is told):
+/// Header names whose values are credentials or sessions: their values are
+/// digested under the header's name (see the module's text). Broad on purpose (an API key header has any name a gateway is told):
 /// any name with one of these in it, in any case.
 pub fn credential_header(name: &str) -> bool {
     const WORDS: [&[u8]; 7] = [

@@ -1589,7 +1589,7 @@ impl<'s> Transaction<'s> {
         let value = match &sv.op {
             SetOp::Set(m) => Some(Rc::from(self.expand_cow(m))),
             SetOp::Add(m) | SetOp::Sub(m) => {
-                let d = atoi(&self.expand(m));
+                let d = atoi(&self.expand_cow(m));
                 let coll = match sv.collection {
                     Variable::Ip => &self.ip,
                     Variable::Global => &self.global,
