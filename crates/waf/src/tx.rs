@@ -1137,7 +1137,10 @@ impl<'s> Transaction<'s> {
                 continue;
             }
             if link.actions.multi_match {
-                // the value before and after each transformation
+                // the value before any transformation and after each one
+                // that changes it, as ModSecurity: an unchanged value would
+                // get the same answer again (the operator reads nothing a
+                // miss can have changed)
                 let mut cur = item.value.clone();
                 if self.run_operator(&link.operator, &cur, link.actions.capture) {
                     hit = Some(cur.clone());
@@ -1146,9 +1149,10 @@ impl<'s> Transaction<'s> {
                     if hit.is_some() {
                         break;
                     }
-                    if let Some(next) = t.apply_if_changes(&cur) {
-                        cur = Rc::from(next);
-                    }
+                    let Some(next) = t.apply_if_changes(&cur) else {
+                        continue;
+                    };
+                    cur = Rc::from(next);
                     if self.run_operator(&link.operator, &cur, link.actions.capture) {
                         hit = Some(cur.clone());
                     }

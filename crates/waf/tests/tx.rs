@@ -163,6 +163,36 @@ SecRule TX:score "@ge %{tx.threshold}" "id:199,phase:2,deny,msg:'score %{tx.scor
 }
 
 #[test]
+fn multi_match_tries_the_value_before_and_after_each_transformation() {
+    // `%27X` is `'X` after urlDecodeUni and `'x` after lowercase: only the
+    // middle form matches 1, only the raw form matches 2
+    let set = rules(
+        r#"
+SecRule ARGS:a "@rx ^'X$" "id:1,phase:2,pass,t:none,t:urlDecodeUni,t:lowercase,multiMatch,logdata:'%{MATCHED_VAR}'"
+SecRule ARGS:b "@rx %27" "id:2,phase:2,pass,t:none,t:urlDecodeUni,multiMatch,logdata:'%{MATCHED_VAR}'"
+SecRule ARGS:a "@rx ^'X$" "id:3,phase:2,pass,t:none,t:urlDecodeUni,t:lowercase,logdata:'%{MATCHED_VAR}'"
+SecRule ARGS:b "@rx %27" "id:4,phase:2,pass,t:none,t:urlDecodeUni,logdata:'%{MATCHED_VAR}'"
+"#,
+    );
+    // the query's own decoding gives ARGS:a = `%27X` from `%2527X`
+    let hits = |uri: &str| -> Vec<(u32, String)> {
+        let mut tx = Transaction::new(&set, get(uri));
+        tx.process_request();
+        tx.matches.iter().map(|m| (m.id, m.data.clone())).collect()
+    };
+    assert_eq!(
+        hits("/?a=%2527X&b=%2527"),
+        vec![(1, "'X".to_string()), (2, "%27".to_string())]
+    );
+    // a value no transformation changes is tried (once) as it is
+    assert_eq!(hits("/?a=%27X"), vec![(1, "'X".to_string())]);
+    assert_eq!(hits("/?b=%2527%2527"), vec![(2, "%27%27".to_string())]);
+    // matching at no step: nothing
+    assert_eq!(hits("/?a=%2527Y&b=%252"), vec![]);
+    assert_eq!(hits("/?a=%2527x"), vec![]);
+}
+
+#[test]
 fn bodies_by_processor() {
     let set = rules(
         r#"
