@@ -122,7 +122,18 @@ impl Transform {
             Lowercase => !v.iter().any(u8::is_ascii_uppercase),
             Utf8ToUnicode => v.is_ascii(),
             ReplaceComments => !v.windows(2).any(|w| w == b"/*"),
-            RemoveWhitespace | CompressWhitespace => !v.iter().any(|&b| is_space(b) || b == 0xa0),
+            RemoveWhitespace => !v.iter().any(|&b| is_space(b) || b == 0xa0),
+            // single spaces are kept as they are
+            CompressWhitespace => {
+                !v.iter().any(|&b| b != b' ' && (is_space(b) || b == 0xa0))
+                    && !v.windows(2).any(|w| w == b"  ")
+            }
+            RemoveCommentsChar => {
+                !has(b'#') && !v.windows(2).any(|w| w == b"/*" || w == b"*/" || w == b"--")
+            }
+            // one segment that is not a dot segment is its own normal form
+            NormalizePath => !has(b'/') && v != b"." && v != b"..",
+            NormalizePathWin => !has(b'/') && !has(b'\\') && v != b"." && v != b"..",
             Trim => {
                 v.first().is_none_or(|b| !b.is_ascii_whitespace())
                     && v.last().is_none_or(|b| !b.is_ascii_whitespace())
@@ -646,6 +657,55 @@ fn base64_decode(v: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `apply_if_changes` skips a transformation only where it would not
+    /// change the value: compared with `apply` on every string of up to
+    /// three bytes over an alphabet of the bytes the skips look at, and on
+    /// longer pseudo-random strings over it.
+    #[test]
+    fn apply_if_changes_agrees_with_apply() {
+        const ALPHABET: &[u8] = b" \t\n\x0b\x0c\r\0/\\.%+&#*-<>!a=Z9'\"^,;(\xa0\xc3\xa9";
+        let check = |v: &[u8]| {
+            for &(_, tf) in NAMES {
+                let full = tf.apply(v);
+                let expected = (full != v).then_some(full);
+                assert_eq!(tf.apply_if_changes(v), expected, "{tf:?} on {v:?}");
+            }
+        };
+        check(b"");
+        for &a in ALPHABET {
+            check(&[a]);
+            for &b in ALPHABET {
+                check(&[a, b]);
+                for &c in ALPHABET {
+                    check(&[a, b, c]);
+                }
+            }
+        }
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = 4 + (x % 12) as usize;
+            let v: Vec<u8> = (0..len)
+                .map(|i| ALPHABET[(x.rotate_right(i as u32 * 5) % ALPHABET.len() as u64) as usize])
+                .collect();
+            check(&v);
+        }
+        for v in [
+            &b"."[..],
+            b"..",
+            b"a b",
+            b"a  b",
+            b"a\tb",
+            b"x--y",
+            b"C:\\x",
+            b"/a/../b",
+        ] {
+            check(v);
+        }
+    }
 
     fn t(tf: Transform, input: &str) -> String {
         String::from_utf8_lossy(&tf.apply(input.as_bytes())).into_owned()
