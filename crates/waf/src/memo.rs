@@ -17,10 +17,14 @@
 //!   a value is taken for another only if both collide, which nobody without
 //!   the keys can arrange. One slot per key (a colliding value replaces the
 //!   other), so request data cannot grow a probe chain either.
-//! - Bounded: values up to [`MAX_VALUE`] bytes, at most [`MAX_ENTRIES`]
-//!   entries of 24 bytes (all dropped when full), at most
-//!   [`MAX_NEW_PER_TRANSACTION`] new entries per transaction (one request
-//!   full of distinct names cannot empty it for the others).
+//! - Bounded: values up to [`MAX_VALUE`] bytes; a fixed table of
+//!   [`MAX_ENTRIES`] entries in buckets of four, a new entry replacing one
+//!   of its bucket's when the bucket is full (no probe chain for request
+//!   data to grow); at most [`MAX_NEW_PER_TRANSACTION`] new entries per
+//!   transaction (one request full of distinct names cannot push out the
+//!   others' entries).
+//! - Lock-free: workers read entries without a lock (each is read whole or
+//!   not at all, see `Slot`), so inspecting in parallel never waits here.
 //! - Values that are credentials (a header [`credential_header`] names, a
 //!   cookie's value) are kept under their header's or cookie's name: a
 //!   skipped evaluation is faster, and a request repeating another client's
@@ -30,36 +34,87 @@
 //! - A rule set's clone starts with an empty memo: links are only changed
 //!   while loading, but a clone is where a change would happen.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Longest value kept (a JWT in a custom header fits).
 pub const MAX_VALUE: usize = 2048;
-/// Entries kept before the memo starts over (24 bytes each, ~2.5 MiB with
-/// the table's own overhead).
+/// Entries kept: a fixed table of this many slots (32 bytes each, 2 MiB),
+/// in buckets of [`WAYS`]; a new entry takes a free slot of its bucket or
+/// replaces one of the bucket's entries.
 pub const MAX_ENTRIES: usize = 65_536;
+/// Slots per bucket.
+const WAYS: usize = 4;
 /// New entries one transaction may add.
 pub const MAX_NEW_PER_TRANSACTION: u32 = 256;
-
-/// Key → (link id, the value's second digest) of a miss.
-type Misses = HashMap<u64, (u64, u64), crate::tx::BuildFx>;
 
 /// A value's two keyed digests (see the module's text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Digest(u64, u64);
 
+/// One entry: (link id, first digest, second digest) under a sequence
+/// number, odd while a writer fills it and 0 while it was never filled
+/// (link ids start at 1). Readers take no lock: they read the sequence
+/// number, the entry, then the sequence number again, and use the entry
+/// only if both are the same even number, so an entry is never read half
+/// written (a seqlock, as in Boehm's "Can Seqlocks Get Along With
+/// Programming Language Memory Models?"). A writer claims the slot by
+/// moving its number from even to odd, or gives up: a miss not kept is only
+/// a slower next time.
+#[derive(Default)]
+struct Slot {
+    seq: AtomicU64,
+    link: AtomicU64,
+    first: AtomicU64,
+    second: AtomicU64,
+}
+
+impl Slot {
+    /// The entry, if one is there and was read whole.
+    fn read(&self) -> Option<(u64, u64, u64)> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before == 0 || before & 1 == 1 {
+            return None;
+        }
+        let entry = (
+            self.link.load(Ordering::Relaxed),
+            self.first.load(Ordering::Relaxed),
+            self.second.load(Ordering::Relaxed),
+        );
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == before).then_some(entry)
+    }
+
+    /// Fill the slot, unless another writer is filling it.
+    fn write(&self, link: u64, d: Digest) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq & 1 == 1
+            || self
+                .seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        self.link.store(link, Ordering::Relaxed);
+        self.first.store(d.0, Ordering::Relaxed);
+        self.second.store(d.1, Ordering::Relaxed);
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+}
+
 /// A rule set's memo of (link, value) pairs that did not match.
 pub struct Memo {
     seeds: (RandomState, RandomState),
-    map: Mutex<Misses>,
+    slots: Box<[Slot]>,
 }
 
 impl Default for Memo {
     fn default() -> Self {
         Memo {
             seeds: (RandomState::new(), RandomState::new()),
-            map: Mutex::new(HashMap::with_hasher(crate::tx::BuildFx)),
+            slots: (0..MAX_ENTRIES).map(|_| Slot::default()).collect(),
         }
     }
 }
@@ -104,35 +159,46 @@ impl Memo {
         })
     }
 
-    /// The map's key for `link` and a value's first digest: a bijective
-    /// multiply-xorshift mix (for one link, equal keys mean equal digests).
-    fn key(link: u64, d: Digest) -> u64 {
+    /// The bucket of `link` and a value's first digest: a multiply-xorshift
+    /// mix of the two.
+    fn bucket(&self, link: u64, d: Digest) -> &[Slot] {
         let mut x = d.0 ^ link.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x ^= x >> 33;
         x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-        x ^ (x >> 33)
+        x ^= x >> 33;
+        let buckets = MAX_ENTRIES / WAYS;
+        let b = (x as usize) % buckets * WAYS;
+        &self.slots[b..b + WAYS]
     }
 
-    /// Whether `link` is known not to match the value of digest `d`.
+    /// Whether `link` is known not to match the value of digest `d`: only
+    /// an entry with the same link and both digests answers.
     pub fn known_miss(&self, link: u64, d: Digest) -> bool {
-        // a poisoned lock still holds whole entries (each insert is one call)
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&Self::key(link, d))
-            .is_some_and(|&(l, second)| l == link && second == d.1)
+        self.bucket(link, d)
+            .iter()
+            .any(|s| s.read() == Some((link, d.0, d.1)))
     }
 
-    /// Remember that `link` did not match the value of digest `d`.
+    /// Remember that `link` did not match the value of digest `d`: in a
+    /// free slot of its bucket, else in place of one of the bucket's
+    /// entries (picked by the second digest).
     pub fn remember_miss(&self, link: u64, d: Digest) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
+        let bucket = self.bucket(link, d);
+        let mut free = None;
+        for s in bucket {
+            match s.read() {
+                Some(e) if e == (link, d.0, d.1) => return,
+                None if free.is_none() && s.seq.load(Ordering::Relaxed) == 0 => free = Some(s),
+                _ => {}
+            }
         }
-        map.insert(Self::key(link, d), (link, d.1));
+        let slot = free.unwrap_or(&bucket[(d.1 as usize) % WAYS]);
+        slot.write(link, d);
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.slots.iter().filter(|s| s.read().is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,13 +230,66 @@ mod tests {
         );
         // too long to keep
         assert_eq!(m.digest(None, &vec![b'a'; MAX_VALUE + 1]), None);
-        // full: starts over
-        for i in 0..MAX_ENTRIES as u64 {
+        // bounded: a bucket holds four entries; a fifth (same link and first
+        // digest, so the same bucket) replaces one of them
+        let m = Memo::default();
+        for k in 1..=5 {
+            m.remember_miss(7, Digest(42, k));
+        }
+        assert_eq!(m.len(), WAYS);
+        assert_eq!(
+            (1..=5).filter(|&k| m.known_miss(7, Digest(42, k))).count(),
+            WAYS
+        );
+        for i in 0..2 * MAX_ENTRIES as u64 {
             m.remember_miss(10 + i, d(b"v"));
         }
-        assert!(m.len() < MAX_ENTRIES);
+        assert!(m.len() <= MAX_ENTRIES);
+        m.remember_miss(1, d(b"curl/8.5.0"));
         // a clone is empty
         assert!(!m.is_empty() && m.clone().is_empty());
+    }
+
+    /// A slot written by two threads at once is read as one entry or the
+    /// other (or not at all), never as a mix of the two.
+    #[test]
+    fn a_slot_is_never_read_half_written() {
+        let slot = std::sync::Arc::new(Slot::default());
+        let a = (1, 10, 100);
+        let b = (2, 20, 200);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|(l, f, s)| {
+                let (slot, stop) = (slot.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        slot.write(l, Digest(f, s));
+                        // a pause, for readers to get whole reads too
+                        for _ in 0..(l * 50) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen = [0u32; 2];
+        let start = std::time::Instant::now();
+        let mut reads = 0;
+        while reads < 200_000 || (seen.contains(&0) && start.elapsed().as_secs() < 10) {
+            reads += 1;
+            match slot.read() {
+                Some(e) if e == a => seen[0] += 1,
+                Some(e) if e == b => seen[1] += 1,
+                Some(e) => panic!("a mixed entry {e:?}"),
+                None => {}
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
     }
 
     #[test]
