@@ -13,18 +13,21 @@
 //! actions, as before.
 //!
 //! - No request data is kept: an entry is the link id and two SipHash-1-3
-//!   values of the value under two random keys per memo (std's keyed hash);
-//!   a value is taken for another only if both collide, which nobody without
-//!   the keys can arrange. One slot per key (a colliding value replaces the
-//!   other), so request data cannot grow a probe chain either.
+//!   values of the value under one random 128-bit key per memo (std's keyed
+//!   hash), over two domain-separated inputs; a value is taken for another
+//!   only if both collide, which nobody without the key can arrange.
 //! - Bounded: values up to [`MAX_VALUE`] bytes; a fixed table of
 //!   [`MAX_ENTRIES`] entries in buckets of four, a new entry replacing one
 //!   of its bucket's when the bucket is full (no probe chain for request
 //!   data to grow); at most [`MAX_NEW_PER_TRANSACTION`] new entries per
-//!   transaction (one request full of distinct names cannot push out the
-//!   others' entries).
+//!   transaction, each displacing at most one entry (requests full of
+//!   distinct names can only make others' later evaluations slower, never
+//!   skip one). A race may store an entry twice (two writers adding it while
+//!   a third fills its slot); that costs a slot, nothing else.
 //! - Lock-free: workers read entries without a lock (each is read whole or
 //!   not at all, see `Slot`), so inspecting in parallel never waits here.
+//!   The table is 2 MiB, written when the memo is made (one per rule set:
+//!   the gateway loads one per paranoia level).
 //! - Values that are credentials (a header [`credential_header`] names, a
 //!   cookie's value) are kept under their header's or cookie's name: a
 //!   skipped evaluation is faster, and a request repeating another client's
@@ -53,8 +56,8 @@ pub const MAX_NEW_PER_TRANSACTION: u32 = 256;
 pub struct Digest(u64, u64);
 
 /// One entry: (link id, first digest, second digest) under a sequence
-/// number, odd while a writer fills it and 0 while it was never filled
-/// (link ids start at 1). Readers take no lock: they read the sequence
+/// number, odd while a writer fills it and 0 while it was never filled.
+/// Readers take no lock: they read the sequence
 /// number, the entry, then the sequence number again, and use the entry
 /// only if both are the same even number, so an entry is never read half
 /// written (a seqlock, as in Boehm's "Can Seqlocks Get Along With
@@ -106,14 +109,14 @@ impl Slot {
 
 /// A rule set's memo of (link, value) pairs that did not match.
 pub struct Memo {
-    seeds: (RandomState, RandomState),
+    seed: RandomState,
     slots: Box<[Slot]>,
 }
 
 impl Default for Memo {
     fn default() -> Self {
         Memo {
-            seeds: (RandomState::new(), RandomState::new()),
+            seed: RandomState::new(),
             slots: (0..MAX_ENTRIES).map(|_| Slot::default()).collect(),
         }
     }
@@ -150,11 +153,14 @@ impl Memo {
     /// value and transaction), under `name` for a credential; None for a
     /// value too long to keep.
     pub fn digest(&self, name: Option<&str>, value: &[u8]) -> Option<Digest> {
-        // slices hash with their length: (name, value) pairs are unambiguous
+        // slices hash with their length: (name, value) pairs are
+        // unambiguous; the leading 0 and 1 make the two halves hashes of
+        // different inputs under the one key (two RandomStates would have
+        // related keys: std makes the second by adding one to the first's)
         (value.len() <= MAX_VALUE).then(|| {
             Digest(
-                self.seeds.0.hash_one((name, value)),
-                self.seeds.1.hash_one((name, value)),
+                self.seed.hash_one((0u8, name, value)),
+                self.seed.hash_one((1u8, name, value)),
             )
         })
     }
@@ -244,14 +250,17 @@ mod tests {
         for i in 0..2 * MAX_ENTRIES as u64 {
             m.remember_miss(10 + i, d(b"v"));
         }
-        assert!(m.len() <= MAX_ENTRIES);
+        // each bucket keeps at most four, so some of 2 x 65,536 are gone
+        assert!(m.len() < MAX_ENTRIES);
         m.remember_miss(1, d(b"curl/8.5.0"));
         // a clone is empty
         assert!(!m.is_empty() && m.clone().is_empty());
     }
 
     /// A slot written by two threads at once is read as one entry or the
-    /// other (or not at all), never as a mix of the two.
+    /// other (or not at all), never as a mix of the two. (It catches a
+    /// missing or wrong sequence check; on x86 it cannot catch a too weak
+    /// memory ordering, which is argued in `Slot`'s text instead.)
     #[test]
     fn a_slot_is_never_read_half_written() {
         let slot = std::sync::Arc::new(Slot::default());
