@@ -192,6 +192,58 @@ SecRule ARGS:b "@rx %27" "id:4,phase:2,pass,t:none,t:urlDecodeUni,logdata:'%{MAT
     assert_eq!(hits("/?a=%2527x"), vec![]);
 }
 
+/// Exact deny rules behind the transformations that skip unchanged values
+/// (`apply_if_changes`): every spelling the transformation folds is
+/// refused, and near misses it does not fold pass.
+#[test]
+fn exact_deny_rules_see_the_transformed_value_in_every_spelling() {
+    let set = rules(
+        r#"
+SecRule ARGS:p "@streq /admin" "id:1,phase:2,deny,status:403,t:none,t:normalizePathWin"
+SecRule ARGS:w "@streq drop table" "id:2,phase:2,deny,status:403,t:none,t:compressWhitespace"
+SecRule ARGS:c "@streq droptable" "id:3,phase:2,deny,status:403,t:none,t:removeCommentsChar"
+"#,
+    );
+    let verdict = |q: &str| {
+        run(&set, get(&format!("/?{q}")))
+            .0
+            .map(|i| (i.rule_id, i.status))
+    };
+    for (q, id) in [
+        ("p=/admin", 1),
+        ("p=/./admin", 1),
+        ("p=//admin", 1),
+        ("p=/x/../admin", 1),
+        ("p=%5Cadmin", 1),
+        ("p=%5Cx%5C..%5Cadmin", 1),
+        ("w=drop%20table", 2),
+        ("w=drop%20%20table", 2),
+        ("w=drop%09table", 2),
+        ("w=drop%0A%0D%20table", 2),
+        ("w=drop%A0table", 2),
+        ("c=droptable", 3),
+        ("c=drop/**/table", 3),
+        ("c=drop--table", 3),
+        ("c=drop%23table", 3),
+        ("c=drop%3C!--table", 3),
+    ] {
+        assert_eq!(verdict(q), Some((id, 403)), "{q}");
+    }
+    for q in [
+        "p=admin",
+        "p=/admins",
+        "p=/ADMIN",
+        "p=/admin/.",
+        "p=.",
+        "w=droptable",
+        "w=drop_table",
+        "c=drop-table",
+        "c=drop/table",
+    ] {
+        assert_eq!(verdict(q), None, "{q}");
+    }
+}
+
 #[test]
 fn bodies_by_processor() {
     let set = rules(
