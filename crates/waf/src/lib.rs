@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod byteset;
 pub mod crs;
 pub mod lexer;
 pub mod libinjection;

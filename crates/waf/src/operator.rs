@@ -12,6 +12,7 @@ use std::path::Path;
 use aho_corasick::AhoCorasick;
 
 use crate::action::Macro;
+use crate::byteset::ByteSet;
 
 /// A compiled operator.
 #[derive(Clone, Debug)]
@@ -31,7 +32,9 @@ pub enum Num {
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Rx(regex::bytes::Regex),
+    /// The regex, and the bytes a value must contain for it to match
+    /// ([`crate::byteset`]; None: no such set).
+    Rx(regex::bytes::Regex, Option<ByteSet>),
     /// Phrases, any of which matching anywhere (case-insensitive).
     Pm(AhoCorasick),
     Eq(Num),
@@ -82,7 +85,8 @@ fn pcre_bytes(pattern: &str) -> String {
     out
 }
 
-fn rx(pattern: &str) -> Result<regex::bytes::Regex, String> {
+/// A SecLang `@rx` pattern compiled as libmodsecurity compiles it.
+pub(crate) fn compile_rx(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(&pcre_bytes(pattern))
         .unicode(false)
         // libmodsecurity compiles every @rx with PCRE_DOTALL|PCRE_MULTILINE:
@@ -180,7 +184,9 @@ impl Operator {
                         "@rx with a macro is not supported (the pattern must compile once)".into(),
                     );
                 }
-                Op::Rx(rx(&arg)?)
+                let re = compile_rx(&arg)?;
+                let need = crate::byteset::needed_for(re.as_str());
+                Op::Rx(re, need)
             }
             "pm" => Op::Pm(phrases(arg.split_ascii_whitespace().map(str::to_string))?),
             "pmFromFile" | "pmf" => {
@@ -248,7 +254,7 @@ mod tests {
     #[test]
     fn operators_compile() {
         let o = op("@rx (?i)select\\s+from").unwrap();
-        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(b"SeLeCt  from")));
+        assert!(matches!(&o.op, Op::Rx(r, _) if r.is_match(b"SeLeCt  from")));
         let o = op("!@rx ^\\d+$").unwrap();
         assert!(o.negated);
         let o = op("^(?:GET|HEAD)$").unwrap();
@@ -277,15 +283,15 @@ mod tests {
             r"[\x7f-\xff]\\x{41}\x09"
         );
         let o = op(r"@rx ^[\x{80}-\x{ff}]+$").unwrap();
-        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(&[0xc3, 0xa9]) && !r.is_match(b"a")));
+        assert!(matches!(&o.op, Op::Rx(r, _) if r.is_match(&[0xc3, 0xa9]) && !r.is_match(b"a")));
         // DOTALL and MULTILINE, as libmodsecurity: a newline hides nothing
         let o = op("@rx (?i)javascript:.*location").unwrap();
-        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(b"javascript:\nlocation=name")));
+        assert!(matches!(&o.op, Op::Rx(r, _) if r.is_match(b"javascript:\nlocation=name")));
         let o = op("@rx ^https?://").unwrap();
-        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(b"\nhttp://192.0.2.1/x")));
+        assert!(matches!(&o.op, Op::Rx(r, _) if r.is_match(b"\nhttp://192.0.2.1/x")));
         // invalid UTF-8 is inspected as bytes
         let o = op("@rx \\xff").unwrap();
-        assert!(matches!(&o.op, Op::Rx(r) if r.is_match(&[0x41, 0xff])));
+        assert!(matches!(&o.op, Op::Rx(r, _) if r.is_match(&[0x41, 0xff])));
     }
 
     #[test]

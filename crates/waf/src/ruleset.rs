@@ -45,7 +45,7 @@ impl Link {
         };
         !(self.actions.capture && self.operator.negated)
             && match &self.operator.op {
-                Op::Rx(_)
+                Op::Rx(..)
                 | Op::Pm(_)
                 | Op::ValidateByteRange(_)
                 | Op::ValidateUrlEncoding
@@ -358,7 +358,7 @@ impl Builder {
             self.skip_targets
                 .push((after.clone(), d.file.clone(), d.line));
         }
-        if matches!(operator.op, Op::Rx(_)) && targets.is_empty() {
+        if matches!(operator.op, Op::Rx(..)) && targets.is_empty() {
             return Err("a SecRule needs targets".into());
         }
         if targets.iter().all(|t| t.exclude) && !targets.is_empty() {

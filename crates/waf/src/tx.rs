@@ -22,6 +22,7 @@ use std::rc::Rc;
 
 use crate::EngineMode;
 use crate::action::{Ctl, Disruptive, Macro, Part, SetOp};
+use crate::byteset::ByteSet;
 use crate::operator::{Num, Op, Operator};
 use crate::ruleset::{Entry, Link, Rule, RuleSet};
 use crate::variable::{Selector, Target, Variable};
@@ -179,6 +180,9 @@ type Keyed = BTreeMap<Rc<str>, Bytes>;
 type NameKey = (Variable, usize, usize, bool);
 /// At most this many matched variables' names are kept per transaction.
 const MAX_NAMES: usize = 1024;
+/// Values up to this length have their byte set made when asked, not
+/// kept.
+const SHORT_VALUE: usize = 32;
 /// The keys `capture` sets: TX:0 to TX:9.
 const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
@@ -286,6 +290,10 @@ pub struct Transaction<'s> {
     /// alongside as in `tcache`: a header is hashed once per transaction,
     /// not once per rule that reads it.
     vhash: HashMap<(usize, usize), Digested, BuildFx>,
+    /// The bytes a value holds, by (address, length), the value kept
+    /// alongside as in `tcache`: asked by every `@rx` with a needed set
+    /// ([`crate::byteset`]), made once per value.
+    bsets: HashMap<(usize, usize), (Bytes, ByteSet), BuildFx>,
     /// Matched variables' names (`TX:blocking_paranoia_level`) by
     /// (variable, key's address and length, count), the key kept alongside
     /// as in `tcache`: CRS's rules match the same TX variables over and
@@ -771,6 +779,7 @@ impl<'s> Transaction<'s> {
             empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             vhash: HashMap::with_capacity_and_hasher(32, BuildFx),
+            bsets: HashMap::with_capacity_and_hasher(128, BuildFx),
             names: HashMap::with_capacity_and_hasher(32, BuildFx),
             memo_new: 0,
             matches: Vec::new(),
@@ -872,6 +881,7 @@ impl<'s> Transaction<'s> {
         // values would never be asked for again
         self.tcache.clear();
         self.vhash.clear();
+        self.bsets.clear();
         if self.body_processor.is_none() {
             let ct = self
                 .header("content-type")
@@ -1506,9 +1516,27 @@ impl<'s> Transaction<'s> {
         }
     }
 
-    fn run_operator(&mut self, o: &Operator, v: &[u8], capture: bool) -> bool {
+    /// The bytes `v` holds, made once per value.
+    fn byteset(&mut self, v: &Bytes) -> ByteSet {
+        // short values: counting is cheaper than a lookup
+        if v.len() <= SHORT_VALUE {
+            return ByteSet::of(v);
+        }
+        let key = (v.as_ptr() as usize, v.len());
+        if let Some((_, s)) = self.bsets.get(&key) {
+            return *s;
+        }
+        let s = ByteSet::of(v);
+        self.bsets.insert(key, (v.clone(), s));
+        s
+    }
+
+    fn run_operator(&mut self, o: &Operator, value: &Bytes, capture: bool) -> bool {
+        let v: &[u8] = value;
         let hit = match &o.op {
-            Op::Rx(re) => {
+            // a value without any byte the pattern needs cannot match
+            Op::Rx(_, Some(need)) if !self.byteset(value).meets(need) => false,
+            Op::Rx(re, _) => {
                 // the DFA answers whether; only a match pays for captures
                 if !re.is_match(v) {
                     false
