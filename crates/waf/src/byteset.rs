@@ -335,4 +335,149 @@ mod tests {
         );
         assert!(skipped > 100_000, "{skipped} skipped");
     }
+
+    /// Patterns built from the constructs where a wrong set would hide a
+    /// match (inline `(?u)`/`(?i)`/`(?x)`/`(?s)`, Unicode classes and their
+    /// case folds, assertions, empty branches, `{0}`, `{0,n}`, `{1,}`, lazy
+    /// repetitions, nested and named captures, the empty class), each run
+    /// on values made only of bytes outside its set: none may match.
+    #[test]
+    fn generated_patterns_never_match_without_their_set() {
+        const ATOMS: &[&str] = &[
+            "a",
+            "b",
+            "<",
+            "K",
+            "k",
+            "s",
+            r"\xff",
+            r"\xc3",
+            r"(?-u:\xff)",
+            ".",
+            "(?u).",
+            r"(?u)\w",
+            r"\w",
+            r"\s",
+            r"\d",
+            r"\W",
+            r"\S",
+            "[^a]",
+            "[a-c]",
+            "(?i)k",
+            "(?iu)k",
+            "(?iu)s",
+            r"\b",
+            "^",
+            "$",
+            r"\B",
+            r"\A",
+            r"\z",
+            r"(?u)\b",
+            "(?u:é)",
+            "é",
+            "(?u:[é-ü])",
+            r"(?u)\x{212a}",
+            r"(?iu)\x{17f}",
+            r"(?u)[^a]",
+            r"(?u)\W",
+            r"(?u)\S",
+            r"(?u)\D",
+            r"(?u)[\x{80}-\x{7ff}]",
+            r"(?u)[\x{800}-\x{10ffff}]",
+            "(?x) a b ",
+            "(?x)[ ]",
+            r"[^\x00-\xff]",
+            r"\x00",
+            "\n",
+            "(?-s:.)",
+            "[[:alpha:]]",
+            "[[:^alpha:]]",
+            "(?i)[a-z]",
+            "(?iu)[a-z]",
+            "(?U)a+",
+            "ab",
+            "(?i)ab",
+            "(?i)<x",
+        ];
+        const REPS: &[&str] = &[
+            "*", "+", "?", "{0,2}", "{1,}", "{2}", "{0}", "+?", "*?", "{1,3}?", "{1}",
+        ];
+        const GROUPS: &[&str] = &["(", "(?P<n>", "(?i:", "(?u:", "(?-u:", "(?s:", "(?x:"];
+        const FLAGS: &[&str] = &["(?i)", "(?u)", "(?-u)", "(?x)", "(?U)", "(?-s)", "(?-m)"];
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: usize) -> usize {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 % n as u64) as usize
+            }
+        }
+        fn pattern(r: &mut Rng, depth: u32) -> String {
+            if depth == 0 || r.below(3) == 0 {
+                return ATOMS[r.below(ATOMS.len())].to_string();
+            }
+            match r.below(8) {
+                0 | 1 => (0..2 + r.below(3)).map(|_| pattern(r, depth - 1)).collect(),
+                2 | 3 => {
+                    let n = 2 + r.below(3);
+                    let v: Vec<String> = (0..n)
+                        .map(|_| {
+                            if r.below(6) == 0 {
+                                String::new()
+                            } else {
+                                pattern(r, depth - 1)
+                            }
+                        })
+                        .collect();
+                    format!("(?:{})", v.join("|"))
+                }
+                4 | 5 => format!("(?:{}){}", pattern(r, depth - 1), REPS[r.below(REPS.len())]),
+                6 => format!(
+                    "{}{})",
+                    GROUPS[r.below(GROUPS.len())],
+                    pattern(r, depth - 1)
+                ),
+                _ => format!("{}{}", FLAGS[r.below(FLAGS.len())], pattern(r, depth - 1)),
+            }
+        }
+        let alphabet: &[u8] =
+            b"abAKkSs< _0\n\xff\xc3\xa9\xe2\x84\xaa\xc5\xbf\x00\xbc\xce\xb1\xf0\x9f\x98\x80";
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut with_set, mut skipped) = (0u32, 0u32);
+        for _ in 0..1500 {
+            let p = pattern(&mut r, 4);
+            let Ok(re) = crate::operator::compile_rx(&p) else {
+                continue;
+            };
+            let Some(need) = needed_for(re.as_str()) else {
+                continue;
+            };
+            with_set += 1;
+            let outside: Vec<u8> = (0..=255u8)
+                .filter(|&b| !ByteSet::of(&[b]).meets(&need))
+                .collect();
+            if outside.is_empty() {
+                continue;
+            }
+            // the alphabet's bytes outside the set, and a spread of the rest
+            let pool: Vec<u8> = alphabet
+                .iter()
+                .copied()
+                .filter(|b| outside.contains(b))
+                .chain(outside.iter().copied().step_by(7))
+                .collect();
+            for _ in 0..150 {
+                let v: Vec<u8> = (0..r.below(16))
+                    .map(|_| pool[r.below(pool.len())])
+                    .collect();
+                skipped += 1;
+                assert!(
+                    !re.is_match(&v),
+                    "{p:?} matches {v:x?} without any needed byte"
+                );
+            }
+        }
+        assert!(with_set > 500 && skipped > 50_000, "{with_set} {skipped}");
+    }
 }

@@ -178,7 +178,8 @@ type Pair = (Rc<str>, Bytes);
 type Keyed = BTreeMap<Rc<str>, Bytes>;
 /// A matched variable's name by (variable, key's address and length, count).
 type NameKey = (Variable, usize, usize, bool);
-/// At most this many matched variables' names are kept per transaction.
+/// At most this many matched variables' names (and values' byte sets) are
+/// kept per transaction.
 const MAX_NAMES: usize = 1024;
 /// Values up to this length have their byte set made when asked, not
 /// kept.
@@ -779,7 +780,7 @@ impl<'s> Transaction<'s> {
             empty_value: Rc::from(&b""[..]),
             tcache: HashMap::with_capacity_and_hasher(256, BuildFx),
             vhash: HashMap::with_capacity_and_hasher(32, BuildFx),
-            bsets: HashMap::with_capacity_and_hasher(128, BuildFx),
+            bsets: HashMap::default(),
             names: HashMap::with_capacity_and_hasher(32, BuildFx),
             memo_new: 0,
             matches: Vec::new(),
@@ -1527,7 +1528,10 @@ impl<'s> Transaction<'s> {
             return *s;
         }
         let s = ByteSet::of(v);
-        self.bsets.insert(key, (v.clone(), s));
+        // bounded: `multiMatch` makes new values per link, never asked again
+        if self.bsets.len() < MAX_NAMES {
+            self.bsets.insert(key, (v.clone(), s));
+        }
         s
     }
 

@@ -801,3 +801,30 @@ SecRule REQUEST_HEADERS|REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx (?i)union\s+s
     // a clone of the rule set has a memo of its own, empty
     assert!(set.clone().memo.is_empty());
 }
+
+/// The needed-byte check (crate::byteset) skips a regex only when it cannot
+/// match: a multiMatch link whose raw value lacks the byte still matches the
+/// decoded form (and captures), a negated skip matches, a skipped capturing
+/// link leaves TX:1 as it was; values over 32 bytes take the cached path.
+#[test]
+fn regexes_skipped_for_missing_bytes_answer_as_if_run() {
+    let set = rules(
+        r#"
+SecRule ARGS:a "@rx (<)scr" "id:1,phase:2,pass,capture,t:none,t:urlDecodeUni,multiMatch"
+SecRule ARGS:a "!@rx ~" "id:2,phase:2,pass"
+SecRule ARGS:a "@rx (z)(q)" "id:3,phase:2,pass,capture"
+SecRule TX:1 "@streq <" "id:4,phase:2,pass"
+SecRule ARGS:a "@rx <script" "id:5,phase:2,pass,t:none,t:urlDecodeUni"
+SecRule ARGS:a "@rx <script" "id:6,phase:2,pass"
+SecRule ARGS:a "!@rx <script" "id:7,phase:2,pass"
+"#,
+    );
+    // ARGS:a = 40 x's then `%3Cscript%3E` (52 bytes, no `<`)
+    let uri = format!("/?a={}%253Cscript%253E", "x".repeat(40));
+    assert_eq!(run(&set, get(&uri)).1, vec![1, 2, 4, 5, 7]);
+    // short values (computed, not cached) answer the same
+    assert_eq!(
+        run(&set, get("/?a=%253Cscript%253E")).1,
+        vec![1, 2, 4, 5, 7]
+    );
+}
