@@ -120,6 +120,14 @@ pub struct RawWaf {
     pub crs_dir: String,
     /// CRS's `tx.allowed_methods` (rule 911100).
     pub allowed_methods: Option<Vec<String>>,
+    /// Rule files loaded after the setup and before CRS's rules (CRS's
+    /// `REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf`: runtime exclusions,
+    /// settings), in this order.
+    pub before_crs: Option<Vec<String>>,
+    /// Rule files loaded after CRS's rules (CRS's
+    /// `RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf`: `SecRuleRemoveById`,
+    /// `SecRuleUpdateTargetById`), in this order.
+    pub after_crs: Option<Vec<String>>,
 }
 
 /// `[ids]`: intrusion detection and bans (docs/gateway-config.md).
@@ -1421,13 +1429,36 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
     {
         c.err("waf.allowed_methods: method names in capitals (GET, POST, ...), at least one");
     }
-    let crs_before = vec![(
+    let mut crs_before = vec![(
         "[waf] allowed_methods".to_string(),
         format!(
             "SecAction \"id:900200,phase:1,pass,t:none,nolog,setvar:'tx.allowed_methods={}'\"\n",
             allowed_methods.join(" ")
         ),
     )];
+    // the operator's own rule files around CRS (exclusions, tuning), read
+    // now: each is named by its path in load errors
+    let mut crs_after = Vec::new();
+    let mut tuning_files: std::collections::HashMap<String, &str> =
+        std::collections::HashMap::new();
+    if let Some(w) = &raw.waf {
+        for (field, files, into) in [
+            ("waf.before_crs", &w.before_crs, &mut crs_before),
+            ("waf.after_crs", &w.after_crs, &mut crs_after),
+        ] {
+            for f in files.iter().flatten() {
+                let path = c.path(f);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let name = path.display().to_string();
+                        tuning_files.insert(name.clone(), field);
+                        into.push((name, text));
+                    }
+                    Err(e) => c.err(format!("{field}: {}: cannot read: {e}", path.display())),
+                }
+            }
+        }
+    }
     // each OpenAPI document is loaded once, however many routes name it
     let mut openapi_docs: std::collections::HashMap<
         PathBuf,
@@ -1551,6 +1582,7 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                         let opts = palisade_waf::crs::CrsOptions {
                             paranoia,
                             before_rules: crs_before.clone(),
+                            after_rules: crs_after.clone(),
                             ..Default::default()
                         };
                         match palisade_waf::crs::load(dir, &opts) {
@@ -1560,7 +1592,14 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                                 Some(set)
                             }
                             Err(e) => {
-                                c.err(format!("waf.crs_dir: {e}"));
+                                // the field that names the file at fault
+                                let field = e
+                                    .file
+                                    .as_deref()
+                                    .and_then(|f| tuning_files.get(f))
+                                    .copied()
+                                    .unwrap_or("waf.crs_dir");
+                                c.err(format!("{field}: {e}"));
                                 None
                             }
                         }

@@ -1059,6 +1059,74 @@ async fn crs_blocks_attacks_before_authentication_and_passes_ordinary_requests()
     assert_eq!(h.svc.count(), 3);
 }
 
+/// `[waf] before_crs` / `after_crs`: the operator's rule files around CRS,
+/// as ModSecurity deployments tune it. A runtime exclusion before CRS
+/// stops the SQL injection rules reading one argument on one path, and
+/// nothing else; a rule after CRS runs.
+#[tokio::test]
+async fn crs_tuning_files_exclude_what_they_name_and_nothing_else() {
+    let tuning = tempfile::tempdir().unwrap();
+    let before = tuning.path().join("before.conf");
+    let after = tuning.path().join("after.conf");
+    std::fs::write(
+        &before,
+        "# the forum's post bodies quote SQL\n\
+         SecRule REQUEST_FILENAME \"@beginsWith /crs/forum\" \\\n    \
+         \"id:1001,phase:1,pass,nolog,ctl:ruleRemoveTargetByTag=attack-sqli;ARGS:json.body\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &after,
+        "SecRule ARGS:json.coupon \"@streq FREE-FOREVER\" \"id:1002,phase:2,deny,status:403,log,msg:'Retired coupon'\"\n",
+    )
+    .unwrap();
+    let text = config_text(30_000).replacen(
+        "[waf]\n",
+        &format!("[waf]\nbefore_crs = [{before:?}]\nafter_crs = [{after:?}]\n"),
+        1,
+    );
+    let h = harness_from(text).await;
+    let sqli = "' OR '1'='1";
+    let json = |k: &str| serde_json::json!({ k: sqli }).to_string();
+    // allowed: the excluded argument on the excluded path
+    let a = h
+        .send(post_cl(
+            "/crs/forum/posts",
+            "application/json",
+            &json("body"),
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.record.get("inspection").is_none(), "{}", a.record);
+    // denied: another argument on that path, the same argument elsewhere
+    for (path, key) in [("/crs/forum/posts", "title"), ("/crs/shop", "body")] {
+        let a = h.send(post_cl(path, "application/json", &json(key))).await;
+        a.assert_error(403, "request_blocked");
+        let reason = a.record["reason"].as_str().unwrap();
+        assert!(reason.contains("crs:942100 "), "{path} {key}: {reason}");
+    }
+    // the rule after CRS: its coupon refused, another one passed
+    let a = h
+        .send(post_cl(
+            "/crs/orders",
+            "application/json",
+            r#"{"coupon":"FREE-FOREVER"}"#,
+        ))
+        .await;
+    a.assert_error(403, "request_blocked");
+    let reason = a.record["reason"].as_str().unwrap();
+    assert!(reason.contains("crs:1002 Retired coupon"), "{reason}");
+    let a = h
+        .send(post_cl(
+            "/crs/orders",
+            "application/json",
+            r#"{"coupon":"SPRING-25"}"#,
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.svc.count(), 2);
+}
+
 #[tokio::test]
 async fn crs_detect_mode_logs_and_forwards() {
     let h = harness(30_000).await;
@@ -1260,6 +1328,41 @@ policy_file = "/dev/null"
             .any(|e| e.starts_with("waf.crs_dir: ") && e.contains("/nonexistent/crs")),
         "{missing:?}"
     );
+    // tuning files: one that cannot be read, one whose line 2 is wrong;
+    // each error names its field, the file and the line
+    let tuning = tempfile::tempdir().unwrap();
+    let bad = tuning.path().join("after.conf");
+    std::fs::write(
+        &bad,
+        "SecRuleRemoveById 920350\nSecRule ARGS \"@rx (\" \"id:1003,phase:2,deny\"\n",
+    )
+    .unwrap();
+    let crs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crs");
+    let errs_tuning = errs(format!(
+        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [\"/nonexistent/before.conf\"]\nafter_crs = [{bad:?}]\n",
+        route("crs = \"block\"")
+    ));
+    assert!(
+        errs_tuning
+            .iter()
+            .any(|e| e.starts_with("waf.before_crs: /nonexistent/before.conf: cannot read: ")),
+        "{errs_tuning:?}"
+    );
+    let at = format!("waf.after_crs: {}:2: ", bad.display());
+    assert!(
+        errs_tuning
+            .iter()
+            .any(|e| e.starts_with(&at) && e.contains("@rx pattern does not compile")),
+        "{errs_tuning:?}"
+    );
+    // the same file, correct, loads (this base has other errors: none
+    // is about the WAF)
+    std::fs::write(&bad, "SecRuleRemoveById 920350\n").unwrap();
+    let ok = errs(format!(
+        "{}\n[waf]\ncrs_dir = \"{crs}\"\nafter_crs = [{bad:?}]\n",
+        route("crs = \"block\"")
+    ));
+    assert!(!ok.iter().any(|e| e.starts_with("waf")), "{ok:?}");
 }
 
 /// `[ids]`: failed logins from one address ban it; the ban refuses every
