@@ -1355,6 +1355,15 @@ policy_file = "/dev/null"
             .any(|e| e.starts_with(&at) && e.contains("@rx pattern does not compile")),
         "{errs_tuning:?}"
     );
+    // a tuning file may not set the engine's mode: DetectionOnly there
+    // would let every blocking route pass attacks
+    std::fs::write(&bad, "SecRuleEngine DetectionOnly\n").unwrap();
+    let mode = errs(format!(
+        "{}\n[waf]\ncrs_dir = \"{crs}\"\nafter_crs = [{bad:?}]\n",
+        route("crs = \"block\"")
+    ));
+    let at = format!("waf.after_crs: {}:1: SecRuleEngine: ", bad.display());
+    assert!(mode.iter().any(|e| e.starts_with(&at)), "{mode:?}");
     // the same file, correct, loads (this base has other errors: none
     // is about the WAF)
     std::fs::write(&bad, "SecRuleRemoveById 920350\n").unwrap();

@@ -96,6 +96,22 @@ pub fn load(crs_dir: &Path, opts: &CrsOptions) -> Result<RuleSet, LoadError> {
         texts.push((f.display().to_string(), read(&f)?));
     }
     texts.extend(opts.after_rules.iter().cloned());
+    // the mode is the caller's (the gateway's per-route `crs` setting): a
+    // rule file that set it would change it for every route, and
+    // `DetectionOnly` or `Off` there would let a route configured to block
+    // pass attacks
+    for (name, text) in texts.iter().skip(2) {
+        let file: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
+        for d in crate::lexer::directives(text, &file)? {
+            if d.name.eq_ignore_ascii_case("SecRuleEngine") {
+                return Err(LoadError::at(
+                    &file,
+                    d.line,
+                    "SecRuleEngine: the engine's mode is the route's setting (crs = \"detect\" or \"block\"), not a rule file's",
+                ));
+            }
+        }
+    }
     let refs: Vec<(&str, &str)> = texts
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))

@@ -65,6 +65,58 @@ fn a_broken_rule_file_names_its_file_and_line() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The engine's mode is the caller's: `SecRuleEngine` in a rule file
+/// around CRS (where `DetectionOnly` would silently stop a blocking route
+/// from blocking) is a load error naming the file and line; a rule's own
+/// `ctl:ruleEngine`, scoped to the requests it matches, loads.
+#[test]
+fn rule_files_cannot_set_the_engine_mode() {
+    for (before, after) in [
+        ("# tuning\nSecRuleEngine DetectionOnly\n", ""),
+        ("", "SecRuleRemoveById 920350\nsecruleengine Off\n"),
+    ] {
+        let opts = palisade_waf::crs::CrsOptions {
+            before_rules: vec![("before.conf".into(), before.into())],
+            after_rules: vec![("after.conf".into(), after.into())],
+            ..Default::default()
+        };
+        let e = palisade_waf::crs::load(&crs(), &opts).unwrap_err();
+        let file = if before.is_empty() {
+            "after.conf"
+        } else {
+            "before.conf"
+        };
+        assert_eq!(e.file.as_deref(), Some(file), "{e}");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.starts_with("SecRuleEngine: "), "{e}");
+    }
+    let opts = palisade_waf::crs::CrsOptions {
+        before_rules: vec![(
+            "before.conf".into(),
+            "SecRule REQUEST_FILENAME \"@streq /health\" \"id:1001,phase:1,pass,nolog,ctl:ruleEngine=Off\"\n"
+                .into(),
+        )],
+        ..Default::default()
+    };
+    let set = palisade_waf::crs::load(&crs(), &opts).unwrap_or_else(|e| panic!("{e}"));
+    // the route's mode stands: an attack elsewhere is interrupted
+    let req = palisade_waf::tx::Request {
+        method: "GET".into(),
+        uri: "/products?id=1%27%20OR%20%271%27%3D%271".into(),
+        protocol: "HTTP/1.1".into(),
+        headers: vec![
+            ("Host".into(), b"example.com".to_vec()),
+            ("User-Agent".into(), b"test".to_vec()),
+            ("Accept".into(), b"*/*".to_vec()),
+        ],
+        body: Vec::new(),
+        remote_addr: "192.0.2.1".into(),
+        id: "t".into(),
+    };
+    let mut tx = palisade_waf::tx::Transaction::new(&set, req);
+    assert!(tx.process_request().is_some(), "{:?}", tx.matches);
+}
+
 fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("waf-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
