@@ -1451,6 +1451,11 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                 match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         let name = path.display().to_string();
+                        // checked now, whether or not a route runs CRS
+                        if let Err(e) = palisade_waf::crs::check_tuning(&name, &text) {
+                            c.err(format!("{field}: {e}"));
+                            continue;
+                        }
                         tuning_files.insert(name.clone(), field);
                         into.push((name, text));
                     }
@@ -1592,11 +1597,20 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                                 Some(set)
                             }
                             Err(e) => {
-                                // the field that names the file at fault
+                                // the field of the tuning file at fault: the
+                                // one the error is in, or the one it names (a
+                                // rule id CRS also uses: "first at <file>:<line>")
+                                let text = e.to_string();
                                 let field = e
                                     .file
                                     .as_deref()
                                     .and_then(|f| tuning_files.get(f))
+                                    .or_else(|| {
+                                        tuning_files
+                                            .iter()
+                                            .find(|(f, _)| text.contains(&format!("{f}:")))
+                                            .map(|(_, field)| field)
+                                    })
                                     .copied()
                                     .unwrap_or("waf.crs_dir");
                                 c.err(format!("{field}: {e}"));

@@ -1372,6 +1372,33 @@ policy_file = "/dev/null"
         route("crs = \"block\"")
     ));
     assert!(!ok.iter().any(|e| e.starts_with("waf")), "{ok:?}");
+    // a before_crs rule whose id CRS also uses: the tuning file's field,
+    // and where its rule is (review)
+    let dup = tuning.path().join("before.conf");
+    std::fs::write(
+        &dup,
+        "SecRule ARGS:q \"@streq x\" \"id:942100,phase:2,deny,status:403\"\n",
+    )
+    .unwrap();
+    let taken = errs(format!(
+        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [{dup:?}]\n",
+        route("crs = \"block\"")
+    ));
+    let first = format!("(first at {}:1)", dup.display());
+    assert!(
+        taken
+            .iter()
+            .any(|e| e.starts_with("waf.before_crs: ") && e.ends_with(&first)),
+        "{taken:?}"
+    );
+    // a tuning file is checked even when no route runs CRS
+    std::fs::write(&dup, "SecDefaultAction \"phase:2,nolog,auditlog,pass\"\n").unwrap();
+    let unused = errs(format!(
+        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [{dup:?}]\n",
+        route("")
+    ));
+    let at = format!("waf.before_crs: {}:1: SecDefaultAction: ", dup.display());
+    assert!(unused.iter().any(|e| e.starts_with(&at)), "{unused:?}");
 }
 
 /// `[ids]`: failed logins from one address ban it; the ban refuses every

@@ -55,6 +55,35 @@ pub fn rule_files(crs_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
+/// Check an operator's rule file meant to load around CRS (the gateway's
+/// `[waf] before_crs` / `after_crs`), named `name`: it parses, and it sets
+/// nothing for every request of every route. Refused, with the line:
+/// `SecRuleEngine` and `SecDefaultAction` (the mode, and what CRS's `block`
+/// means and whether its matches are logged, are settings of the whole rule
+/// set), and `ctl:ruleEngine` in a `SecAction` (a rule that matches every
+/// request: `SecRuleEngine` by another name). A `SecRule`'s own
+/// `ctl:ruleEngine` applies to the requests it matches and is allowed.
+pub fn check_tuning(name: &str, text: &str) -> Result<(), LoadError> {
+    let file: std::sync::Arc<str> = std::sync::Arc::from(name);
+    for d in crate::lexer::directives(text, &file)? {
+        let why = if d.name.eq_ignore_ascii_case("SecRuleEngine") {
+            "SecRuleEngine: the engine's mode is the route's setting (crs = \"detect\" or \"block\"), not a rule file's"
+        } else if d.name.eq_ignore_ascii_case("SecDefaultAction") {
+            "SecDefaultAction: CRS's default actions are its setup's (crs-setup.conf), not a tuning file's: they change what every rule's block means"
+        } else if d.name.eq_ignore_ascii_case("SecAction")
+            && d.args
+                .iter()
+                .any(|a| a.to_ascii_lowercase().contains("ctl:ruleengine"))
+        {
+            "SecAction with ctl:ruleEngine: it would set the mode of every request on every route (condition it in a SecRule)"
+        } else {
+            continue;
+        };
+        return Err(LoadError::at(&file, d.line, why));
+    }
+    Ok(())
+}
+
 /// Load CRS from `crs_dir` (holding `crs-setup.conf.example` or
 /// `crs-setup.conf`, and `rules/`).
 pub fn load(crs_dir: &Path, opts: &CrsOptions) -> Result<RuleSet, LoadError> {

@@ -171,7 +171,8 @@ struct Builder {
     defaults: HashMap<u8, Actions>,
     /// A rule whose last link said `chain`: the next `SecRule` joins it.
     open: Option<Rule>,
-    ids: HashSet<u32>,
+    /// Every rule id, with where it was defined.
+    ids: HashMap<u32, (Arc<str>, u32)>,
     markers: HashSet<String>,
     /// skipAfter targets to check once everything is loaded.
     skip_targets: Vec<(String, Arc<str>, u32)>,
@@ -251,6 +252,13 @@ impl Builder {
                 let phase = a.phase.ok_or("SecDefaultAction needs a phase")?;
                 if a.id.is_some() || a.chain || !a.setvars.is_empty() || a.skip_after.is_some() {
                     return Err("SecDefaultAction takes no id, chain, setvar or skipAfter".into());
+                }
+                // `block` in every rule would mean allow: a match would end
+                // the evaluation and pass the request
+                if a.disruptive == Some(Disruptive::Allow) {
+                    return Err(
+                        "SecDefaultAction: allow is not a default action (pass, deny, drop)".into(),
+                    );
                 }
                 self.set.block[usize::from(phase - 1)] = a.disruptive;
                 self.defaults.insert(phase, a);
@@ -400,9 +408,10 @@ impl Builder {
             Some(id) => id,
             None => return Err("a rule needs an id".into()),
         };
-        if !self.ids.insert(id) {
-            return Err(format!("duplicate rule id {id}"));
+        if let Some((file, line)) = self.ids.get(&id) {
+            return Err(format!("duplicate rule id {id} (first at {file}:{line})"));
         }
+        self.ids.insert(id, (d.file.clone(), d.line));
         let phase = actions.phase.unwrap_or(2);
         let mut actions = actions;
         self.merge_defaults(phase, &mut actions);
@@ -490,13 +499,17 @@ impl Builder {
                 };
             }
         }
+        // a skip ends at a marker only, as in libmodsecurity 3: a rule id
+        // (or a misspelt marker) would skip the rest of the phase, anomaly
+        // evaluation included, so it is refused
         for (target, file, line) in &self.skip_targets {
-            let is_id = target.parse::<u32>().is_ok_and(|id| self.ids.contains(&id));
-            if !self.markers.contains(target) && !is_id {
+            if !self.markers.contains(target) {
                 return Err(LoadError::at(
                     file,
                     *line,
-                    format!("skipAfter:{target}: no SecMarker or rule has that name"),
+                    format!(
+                        "skipAfter:{target}: no SecMarker has that name (a skip ends only at a marker: it would skip the rest of the phase)"
+                    ),
                 ));
             }
         }
@@ -560,7 +573,7 @@ SecRuleUpdateTargetById 1 "!ARGS:safe"
             ),
             (
                 "SecRule ARGS \"@rx a\" \"id:1\"\nSecRule ARGS \"@rx a\" \"id:1\"",
-                "t.conf:2: duplicate rule id 1",
+                "t.conf:2: duplicate rule id 1 (first at t.conf:1)",
             ),
             (
                 "SecRule ARGS \"@foo a\" \"id:1\"",
@@ -580,7 +593,7 @@ SecRuleUpdateTargetById 1 "!ARGS:safe"
             ),
             (
                 "SecRule ARGS \"@rx a\" \"id:1,skipAfter:NOWHERE\"",
-                "t.conf:1: skipAfter:NOWHERE: no SecMarker or rule has that name",
+                "t.conf:1: skipAfter:NOWHERE: no SecMarker has that name (a skip ends only at a marker: it would skip the rest of the phase)",
             ),
             (
                 "SecRuleUpdateTargetById 9 \"!ARGS:x\"",

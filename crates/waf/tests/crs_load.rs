@@ -100,9 +100,15 @@ fn rule_files_cannot_set_the_engine_mode() {
     };
     let set = palisade_waf::crs::load(&crs(), &opts).unwrap_or_else(|e| panic!("{e}"));
     // the route's mode stands: an attack elsewhere is interrupted
-    let req = palisade_waf::tx::Request {
+    let mut tx = palisade_waf::tx::Transaction::new(&set, sqli_get("/products"));
+    assert!(tx.process_request().is_some(), "{:?}", tx.matches);
+}
+
+/// A SQL injection in a query string, to `path`.
+fn sqli_get(path: &str) -> palisade_waf::tx::Request {
+    palisade_waf::tx::Request {
         method: "GET".into(),
-        uri: "/products?id=1%27%20OR%20%271%27%3D%271".into(),
+        uri: format!("{path}?id=1%27%20OR%20%271%27%3D%271"),
         protocol: "HTTP/1.1".into(),
         headers: vec![
             ("Host".into(), b"example.com".to_vec()),
@@ -112,9 +118,92 @@ fn rule_files_cannot_set_the_engine_mode() {
         body: Vec::new(),
         remote_addr: "192.0.2.1".into(),
         id: "t".into(),
+    }
+}
+
+/// An operator's tuning file sets nothing for every request of every
+/// route: `SecRuleEngine`, `SecDefaultAction` (CRS's own "audit log only"
+/// example would silence every finding) and `ctl:ruleEngine` in a
+/// `SecAction` are refused with their line; exclusions, removals and a
+/// `SecRule`'s own `ctl:ruleEngine` pass. (review of the tuning files)
+#[test]
+fn tuning_files_set_nothing_for_every_request() {
+    for (text, why) in [
+        ("# x\nSecRuleEngine DetectionOnly\n", "SecRuleEngine: "),
+        (
+            "# x\nSecDefaultAction \"phase:2,nolog,auditlog,pass\"\n",
+            "SecDefaultAction: ",
+        ),
+        (
+            "# x\nSecAction \"id:1000,phase:1,pass,nolog,ctl:ruleEngine=DetectionOnly\"\n",
+            "SecAction with ctl:ruleEngine: ",
+        ),
+        (
+            "# x\nsecaction \\\n  \"id:1000,phase:1,pass,nolog,CTL:RULEENGINE=Off\"\n",
+            "SecAction with ctl:ruleEngine: ",
+        ),
+    ] {
+        let e = palisade_waf::crs::check_tuning("t.conf", text).unwrap_err();
+        assert_eq!((e.file.as_deref(), e.line), (Some("t.conf"), 2), "{e}");
+        assert!(e.message.starts_with(why), "{e}");
+    }
+    palisade_waf::crs::check_tuning(
+        "t.conf",
+        "SecRule REQUEST_FILENAME \"@streq /health\" \"id:1001,phase:1,pass,nolog,ctl:ruleEngine=Off\"\n\
+         SecRuleRemoveById 920350\n\
+         SecRuleUpdateTargetById 942100 \"!ARGS:json.body\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Through the loader: a default action of `allow` (every CRS `block`
+/// would pass the request) and a `skipAfter` naming a rule (a skip ends
+/// only at a marker, as in libmodsecurity: it would skip the rest of the
+/// phase, anomaly evaluation included) are load errors. (review of the
+/// tuning files)
+#[test]
+fn what_would_silently_skip_crs_does_not_load() {
+    let load = |before: &str, after: &str| {
+        let opts = palisade_waf::crs::CrsOptions {
+            before_rules: vec![("before.conf".into(), before.into())],
+            after_rules: vec![("after.conf".into(), after.into())],
+            ..Default::default()
+        };
+        palisade_waf::crs::load(&crs(), &opts)
     };
-    let mut tx = palisade_waf::tx::Transaction::new(&set, req);
-    assert!(tx.process_request().is_some(), "{:?}", tx.matches);
+    let e = load("", "SecDefaultAction \"phase:2,log,auditlog,allow\"\n").unwrap_err();
+    assert_eq!((e.file.as_deref(), e.line), (Some("after.conf"), 1), "{e}");
+    assert!(e.message.starts_with("SecDefaultAction: allow"), "{e}");
+    let e = load(
+        "SecRule REQUEST_FILENAME \"@beginsWith /forum\" \"id:1001,phase:2,pass,nolog,skipAfter:1002\"\n\
+         SecRule ARGS:coupon \"@streq FREE-FOREVER\" \"id:1002,phase:2,deny,status:403\"\n",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!((e.file.as_deref(), e.line), (Some("before.conf"), 1), "{e}");
+    assert!(e.message.starts_with("skipAfter:1002: no SecMarker"), "{e}");
+    // a rule id CRS also uses names where it was first defined
+    let e = load(
+        "SecRule ARGS:q \"@streq x\" \"id:942100,phase:2,deny\"\n",
+        "",
+    )
+    .unwrap_err();
+    assert!(
+        e.message
+            .ends_with("duplicate rule id 942100 (first at before.conf:1)"),
+        "{e}"
+    );
+    // the same tuning, with a marker, loads and CRS still blocks
+    let set = load(
+        "SecRule REQUEST_FILENAME \"@beginsWith /forum\" \"id:1001,phase:2,pass,nolog,skipAfter:END-COUPON\"\n\
+         SecRule ARGS:coupon \"@streq FREE-FOREVER\" \"id:1002,phase:2,deny,status:403\"\n\
+         SecMarker END-COUPON\n",
+        "SecDefaultAction \"phase:2,log,auditlog,pass\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut tx = palisade_waf::tx::Transaction::new(&set, sqli_get("/forum/posts"));
+    let stop = tx.process_request().cloned();
+    assert_eq!(stop.map(|i| i.rule_id), Some(949110), "{:?}", tx.matches);
 }
 
 fn tempdir() -> PathBuf {
