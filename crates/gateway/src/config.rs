@@ -1608,7 +1608,10 @@ pub fn validate(raw: RawConfig, env: &Env) -> Result<GatewayConfig, ConfigErrors
                                     .or_else(|| {
                                         tuning_files
                                             .iter()
-                                            .find(|(f, _)| text.contains(&format!("{f}:")))
+                                            .filter(|(f, _)| {
+                                                text.contains(&format!("(first at {f}:"))
+                                            })
+                                            .max_by_key(|(f, _)| f.len())
                                             .map(|(_, field)| field)
                                     })
                                     .copied()

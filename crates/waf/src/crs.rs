@@ -71,9 +71,14 @@ pub fn check_tuning(name: &str, text: &str) -> Result<(), LoadError> {
         } else if d.name.eq_ignore_ascii_case("SecDefaultAction") {
             "SecDefaultAction: CRS's default actions are its setup's (crs-setup.conf), not a tuning file's: they change what every rule's block means"
         } else if d.name.eq_ignore_ascii_case("SecAction")
-            && d.args
-                .iter()
-                .any(|a| a.to_ascii_lowercase().contains("ctl:ruleengine"))
+            && d.args.iter().any(|a| {
+                // as the loader reads them (quotes, spaces after the colon)
+                crate::action::Actions::parse(a).is_ok_and(|a| {
+                    a.ctls
+                        .iter()
+                        .any(|c| matches!(c, crate::action::Ctl::RuleEngine(_)))
+                })
+            })
         {
             "SecAction with ctl:ruleEngine: it would set the mode of every request on every route (condition it in a SecRule)"
         } else {

@@ -3,7 +3,7 @@
 //! every reference checked. Anything the engine does not implement is an
 //! error naming the file and line; nothing is skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -173,9 +173,13 @@ struct Builder {
     open: Option<Rule>,
     /// Every rule id, with where it was defined.
     ids: HashMap<u32, (Arc<str>, u32)>,
-    markers: HashSet<String>,
+    /// Each marker's name, with the number of directives read before it.
+    markers: HashMap<String, usize>,
     /// skipAfter targets to check once everything is loaded.
-    skip_targets: Vec<(String, Arc<str>, u32)>,
+    /// `skipAfter` targets: the marker, where, and the directives read before.
+    skip_targets: Vec<(String, Arc<str>, u32, usize)>,
+    /// Directives read so far.
+    read: usize,
     /// Transformation chains seen, by their id (from 1).
     chains: HashMap<Vec<crate::transform::Transform>, u32>,
 }
@@ -198,6 +202,7 @@ impl Builder {
     }
 
     fn directive(&mut self, d: &Directive, dir: &Path) -> Result<(), String> {
+        self.read += 1;
         let args = |n: std::ops::RangeInclusive<usize>| -> Result<(), String> {
             if n.contains(&d.args.len()) {
                 Ok(())
@@ -240,7 +245,7 @@ impl Builder {
             "SecMarker" => {
                 args(1..=1)?;
                 let name: Arc<str> = Arc::from(d.args[0].as_str());
-                self.markers.insert(d.args[0].clone());
+                self.markers.insert(d.args[0].clone(), self.read);
                 for p in &mut self.set.phases {
                     p.push(Entry::Marker(name.clone()));
                 }
@@ -364,7 +369,7 @@ impl Builder {
     ) -> Result<(), String> {
         if let Some(after) = &actions.skip_after {
             self.skip_targets
-                .push((after.clone(), d.file.clone(), d.line));
+                .push((after.clone(), d.file.clone(), d.line, self.read));
         }
         if matches!(operator.op, Op::Rx(..)) && targets.is_empty() {
             return Err("a SecRule needs targets".into());
@@ -502,13 +507,13 @@ impl Builder {
         // a skip ends at a marker only, as in libmodsecurity 3: a rule id
         // (or a misspelt marker) would skip the rest of the phase, anomaly
         // evaluation included, so it is refused
-        for (target, file, line) in &self.skip_targets {
-            if !self.markers.contains(target) {
+        for (target, file, line, at) in &self.skip_targets {
+            if self.markers.get(target).is_none_or(|m| m <= at) {
                 return Err(LoadError::at(
                     file,
                     *line,
                     format!(
-                        "skipAfter:{target}: no SecMarker has that name (a skip ends only at a marker: it would skip the rest of the phase)"
+                        "skipAfter:{target}: no SecMarker of that name follows the rule (a skip ends only at a marker: it would skip the rest of the phase)"
                     ),
                 ));
             }
@@ -593,7 +598,7 @@ SecRuleUpdateTargetById 1 "!ARGS:safe"
             ),
             (
                 "SecRule ARGS \"@rx a\" \"id:1,skipAfter:NOWHERE\"",
-                "t.conf:1: skipAfter:NOWHERE: no SecMarker has that name (a skip ends only at a marker: it would skip the rest of the phase)",
+                "t.conf:1: skipAfter:NOWHERE: no SecMarker of that name follows the rule (a skip ends only at a marker: it would skip the rest of the phase)",
             ),
             (
                 "SecRuleUpdateTargetById 9 \"!ARGS:x\"",

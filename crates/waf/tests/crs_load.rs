@@ -139,7 +139,11 @@ fn tuning_files_set_nothing_for_every_request() {
             "SecAction with ctl:ruleEngine: ",
         ),
         (
-            "# x\nsecaction \\\n  \"id:1000,phase:1,pass,nolog,CTL:RULEENGINE=Off\"\n",
+            "# x\nSecAction \"id:1000,phase:1,pass,nolog,ctl:'ruleEngine=DetectionOnly'\"\n",
+            "SecAction with ctl:ruleEngine: ",
+        ),
+        (
+            "# x\nSecAction \\\n  \"id:1000,phase:1,pass,nolog,ctl: ruleEngine=Off\"\n",
             "SecAction with ctl:ruleEngine: ",
         ),
     ] {
@@ -182,6 +186,18 @@ fn what_would_silently_skip_crs_does_not_load() {
     .unwrap_err();
     assert_eq!((e.file.as_deref(), e.line), (Some("before.conf"), 1), "{e}");
     assert!(e.message.starts_with("skipAfter:1002: no SecMarker"), "{e}");
+    // a marker before the rule never ends its skip (review)
+    let e = load(
+        "SecMarker END-COUPON\n\
+         SecRule REQUEST_FILENAME \"@beginsWith /forum\" \"id:1001,phase:2,pass,nolog,skipAfter:END-COUPON\"\n",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!((e.file.as_deref(), e.line), (Some("before.conf"), 2), "{e}");
+    assert!(
+        e.message.starts_with("skipAfter:END-COUPON: no SecMarker"),
+        "{e}"
+    );
     // a rule id CRS also uses names where it was first defined
     let e = load(
         "SecRule ARGS:q \"@streq x\" \"id:942100,phase:2,deny\"\n",
