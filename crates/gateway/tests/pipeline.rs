@@ -1098,7 +1098,28 @@ async fn crs_tuning_files_exclude_what_they_name_and_nothing_else() {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.record.get("inspection").is_none(), "{}", a.record);
-    // denied: another argument on that path, the same argument elsewhere
+    // denied: another argument on that path, the same argument elsewhere,
+    // and every other spelling of the path: the exclusion's condition sees
+    // the path the gateway routed (non-canonical paths never reach CRS)
+    for path in [
+        "/crs/forum/posts/../../shop",
+        "/crs/forum/posts/%2e%2e/%2e%2e/shop",
+        "/crs/forum%2fposts",
+        "/crs//forum/posts",
+        "/crs/FORUM/posts",
+        "/crs/forum\\posts",
+    ] {
+        let a = h
+            .send(post_cl(path, "application/json", &json("body")))
+            .await;
+        assert!(
+            matches!(a.status, 400 | 403 | 404),
+            "{path}: {} {}",
+            a.status,
+            a.body
+        );
+        assert_eq!(a.record["decision"], "deny", "{path}");
+    }
     for (path, key) in [("/crs/forum/posts", "title"), ("/crs/shop", "body")] {
         let a = h.send(post_cl(path, "application/json", &json(key))).await;
         a.assert_error(403, "request_blocked");
@@ -1338,10 +1359,18 @@ policy_file = "/dev/null"
     )
     .unwrap();
     let crs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crs");
-    let errs_tuning = errs(format!(
-        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [\"/nonexistent/before.conf\"]\nafter_crs = [{bad:?}]\n",
-        route("crs = \"block\"")
-    ));
+    // the configuration's errors with `[waf]` holding the repository's CRS
+    // and `tuning`, on a route running CRS (or not)
+    let waf_errs = |route_extra: &str, tuning: String| {
+        errs(format!(
+            "{}\n[waf]\ncrs_dir = \"{crs}\"\n{tuning}\n",
+            route(route_extra)
+        ))
+    };
+    let errs_tuning = waf_errs(
+        "crs = \"block\"",
+        format!("before_crs = [\"/nonexistent/before.conf\"]\nafter_crs = [{bad:?}]"),
+    );
     assert!(
         errs_tuning
             .iter()
@@ -1358,19 +1387,13 @@ policy_file = "/dev/null"
     // a tuning file may not set the engine's mode: DetectionOnly there
     // would let every blocking route pass attacks
     std::fs::write(&bad, "SecRuleEngine DetectionOnly\n").unwrap();
-    let mode = errs(format!(
-        "{}\n[waf]\ncrs_dir = \"{crs}\"\nafter_crs = [{bad:?}]\n",
-        route("crs = \"block\"")
-    ));
+    let mode = waf_errs("crs = \"block\"", format!("after_crs = [{bad:?}]"));
     let at = format!("waf.after_crs: {}:1: SecRuleEngine: ", bad.display());
     assert!(mode.iter().any(|e| e.starts_with(&at)), "{mode:?}");
     // the same file, correct, loads (this base has other errors: none
     // is about the WAF)
     std::fs::write(&bad, "SecRuleRemoveById 920350\n").unwrap();
-    let ok = errs(format!(
-        "{}\n[waf]\ncrs_dir = \"{crs}\"\nafter_crs = [{bad:?}]\n",
-        route("crs = \"block\"")
-    ));
+    let ok = waf_errs("crs = \"block\"", format!("after_crs = [{bad:?}]"));
     assert!(!ok.iter().any(|e| e.starts_with("waf")), "{ok:?}");
     // a before_crs rule whose id CRS also uses: the tuning file's field,
     // and where its rule is (review)
@@ -1380,10 +1403,7 @@ policy_file = "/dev/null"
         "SecRule ARGS:q \"@streq x\" \"id:942100,phase:2,deny,status:403\"\n",
     )
     .unwrap();
-    let taken = errs(format!(
-        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [{dup:?}]\n",
-        route("crs = \"block\"")
-    ));
+    let taken = waf_errs("crs = \"block\"", format!("before_crs = [{dup:?}]"));
     let first = format!("(first at {}:1)", dup.display());
     assert!(
         taken
@@ -1393,10 +1413,7 @@ policy_file = "/dev/null"
     );
     // a tuning file is checked even when no route runs CRS
     std::fs::write(&dup, "SecDefaultAction \"phase:2,nolog,auditlog,pass\"\n").unwrap();
-    let unused = errs(format!(
-        "{}\n[waf]\ncrs_dir = \"{crs}\"\nbefore_crs = [{dup:?}]\n",
-        route("")
-    ));
+    let unused = waf_errs("", format!("before_crs = [{dup:?}]"));
     let at = format!("waf.before_crs: {}:1: SecDefaultAction: ", dup.display());
     assert!(unused.iter().any(|e| e.starts_with(&at)), "{unused:?}");
 }
